@@ -1,0 +1,44 @@
+# symvirt: make demo (set up and run the main job), make test (everything).
+GO ?= go
+export PATH := $(PATH):/usr/local/go/bin
+
+include mk/guest.mk
+
+.PHONY: all build test test-short vet demo bench generate libsymvirt clean
+
+all: build
+
+build: bin/symvirt
+
+bin/symvirt: $(GUEST_GO_SOURCES)
+	@mkdir -p $(@D)
+	$(GO) build -o $@ ./cmd/symvirt
+
+libsymvirt:
+	@$(MAKE) -s -C libsymvirt all
+	@$(MAKE) -s -C examples/hook
+
+vet:
+	$(GO) vet ./...
+
+# The whole suite: unit tests, real QEMU under TCG, real namespaces, real
+# eBPF. SYMVIRT_REQUIRE_QEMU=1 turns "skip: no guest" into a failure.
+test: guest libsymvirt vet
+	SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 40m ./...
+
+# Unit tests only (no QEMU, no root).
+test-short:
+	$(GO) test -short -count=1 ./...
+
+demo: guest build
+	@scripts/demo
+
+bench: guest build
+	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 60m -run '^TestBench' -v ./bench/ | grep '^{' || (echo "bench failed" >&2; exit 1)
+
+generate:
+	$(GO) generate ./...
+
+clean:
+	rm -rf bin build
+	@$(MAKE) -s -C libsymvirt clean || true

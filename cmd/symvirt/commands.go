@@ -1,0 +1,11 @@
+package main
+
+import "github.com/urfave/cli/v3"
+
+// commands lists every top-level subcommand; each lives in its own file.
+func commands() []*cli.Command {
+	return []*cli.Command{
+		hostdCommand(),
+		vmCommand(),
+	}
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd"
+	"github.com/urfave/cli/v3"
+)
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func hostdCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "hostd",
+		Usage: "run the host daemon: launches and supervises QEMU, checkpoints, migrates",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Usage: "host configuration (YAML)"},
+			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/symvirt", Usage: "per-VM state (survives hostd restarts)"},
+			&cli.StringFlag{Name: "socket", Usage: "API unix socket (default STATE_DIR/hostd.sock)"},
+			&cli.StringFlag{Name: "listen", Usage: "API TCP address for remote hosts, e.g. 10.0.0.1:7070"},
+			&cli.StringFlag{Name: "accel", Usage: "kvm, tcg or auto (default tcg)"},
+			&cli.StringFlag{Name: "qemu", Usage: "QEMU binary"},
+			&cli.StringFlag{Name: "migration-address", Usage: "address incoming migrations listen on"},
+			&cli.DurationFlag{Name: "guest-timeout", Usage: "deadline of a guest cooperation round"},
+			&cli.StringFlag{Name: "log-level", Value: "info"},
+		},
+		Action: runHostd,
+	}
+}
+
+func runHostd(ctx context.Context, cmd *cli.Command) error {
+	log, err := newLogger(cmd.String("log-level"))
+	if err != nil {
+		return err
+	}
+	var cfg hostd.Config
+	if p := cmd.String("config"); p != "" {
+		if cfg, err = hostd.LoadConfig(p); err != nil {
+			return err
+		}
+	}
+	if cmd.IsSet("state-dir") || cfg.StateDir == "" {
+		cfg.StateDir = cmd.String("state-dir")
+	}
+	for flag, dst := range map[string]*string{"accel": &cfg.Accel, "qemu": &cfg.QEMU, "migration-address": &cfg.MigrationAddress} {
+		if v := cmd.String(flag); v != "" {
+			*dst = v
+		}
+	}
+	if d := cmd.Duration("guest-timeout"); d > 0 {
+		cfg.GuestTimeout = d
+	}
+	cfg.Logger = log
+	h, err := hostd.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	sock := cmd.String("socket")
+	if sock == "" {
+		sock = filepath.Join(cfg.StateDir, "hostd.sock")
+	}
+	os.Remove(sock)
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	os.Chmod(sock, 0o600)
+	srv := &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ul) }()
+	if addr := cmd.String("listen"); addr != "" {
+		tl, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		go func() { errc <- srv.Serve(tl) }()
+	}
+	log.Info("hostd serving", "socket", sock, "listen", cmd.String("listen"), "state_dir", cfg.StateDir,
+		"accel", h.Config().Accel)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	select {
+	case s := <-sigs:
+		log.Info("shutting down; VMs keep running", "signal", s.String())
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/cliutil"
+	"github.com/urfave/cli/v3"
+)
+
+var hostFlag = &cli.StringFlag{
+	Name:    "host",
+	Usage:   "hostd API: a unix socket path or host:port",
+	Value:   "/var/lib/symvirt/hostd.sock",
+	Sources: cli.EnvVars("SYMVIRT_HOST"),
+}
+
+var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"}
+
+func vmCommand() *cli.Command {
+	named := func(name, usage string, fn func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error), flags ...cli.Flag) *cli.Command {
+		return &cli.Command{
+			Name: name, Usage: usage, ArgsUsage: "VM",
+			Flags: flags,
+			Action: func(ctx context.Context, cmd *cli.Command) error {
+				vm, err := oneArg(cmd, "VM")
+				if err != nil {
+					return err
+				}
+				out, err := cliutil.New(cmd.String("output"))
+				if err != nil {
+					return err
+				}
+				res, err := fn(ctx, hostd.NewClient(cmd.String("host")), vm, cmd)
+				if err != nil {
+					return err
+				}
+				return printResult(out, res)
+			},
+		}
+	}
+	action := func(a string) func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
+		return func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
+			return c.Action(ctx, vm, a)
+		}
+	}
+	return &cli.Command{
+		Name:  "vm",
+		Usage: "manage the VMs of one host (talks to its hostd)",
+		Flags: []cli.Flag{hostFlag, outputFlag},
+		Commands: []*cli.Command{
+			{
+				Name: "create", Usage: "create a VM from a spec file",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "VM spec (YAML)"},
+					&cli.BoolFlag{Name: "start", Usage: "start it too"},
+				},
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					out, err := cliutil.New(cmd.String("output"))
+					if err != nil {
+						return err
+					}
+					spec, err := hostd.LoadSpec(cmd.String("file"))
+					if err != nil {
+						return err
+					}
+					info, err := hostd.NewClient(cmd.String("host")).Create(ctx, spec, cmd.Bool("start"))
+					if err != nil {
+						return err
+					}
+					return printResult(out, info)
+				},
+			},
+			{
+				Name: "list", Usage: "list VMs",
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					out, err := cliutil.New(cmd.String("output"))
+					if err != nil {
+						return err
+					}
+					vms, err := hostd.NewClient(cmd.String("host")).List(ctx)
+					if err != nil {
+						return err
+					}
+					return out.Print(vms, func(w io.Writer) {
+						tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+						fmt.Fprintln(tw, "NAME\tSTATE\tPID\tMEMORY\tDETACHED")
+						for _, v := range vms {
+							fmt.Fprintf(tw, "%s\t%s\t%d\t%dM\t%s\n", v.Name, v.State, v.PID, v.Spec.Memory, strings.Join(v.Detached, ","))
+						}
+						tw.Flush()
+					})
+				},
+			},
+			named("status", "show a VM", func(ctx context.Context, c *hostd.Client, vm string, _ *cli.Command) (any, error) {
+				return c.Status(ctx, vm)
+			}),
+			named("start", "start a VM", action("start")),
+			named("pause", "pause a VM's vCPUs", action("pause")),
+			named("resume", "resume a paused VM", action("resume")),
+			named("stop", "stop a VM (power-down, then quit, then kill)", func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
+				return c.Stop(ctx, vm, cmd.Duration("timeout"))
+			}, &cli.DurationFlag{Name: "timeout", Usage: "grace period before QEMU is quit"}),
+			named("delete", "delete a stopped VM and its state", func(ctx context.Context, c *hostd.Client, vm string, _ *cli.Command) (any, error) {
+				return map[string]string{"deleted": vm}, c.Delete(ctx, vm)
+			}),
+			{
+				Name: "detach", Usage: "hot-unplug a passthrough device", ArgsUsage: "VM DEVICE",
+				Action: func(ctx context.Context, cmd *cli.Command) error { return deviceAction(ctx, cmd, "detach") },
+			},
+			{
+				Name: "attach", Usage: "hot-plug a detached passthrough device", ArgsUsage: "VM DEVICE",
+				Action: func(ctx context.Context, cmd *cli.Command) error { return deviceAction(ctx, cmd, "attach") },
+			},
+			named("checkpoint", "save a VM's memory, devices and disks to a directory on its host",
+				func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
+					p := cliutil.NewProgress("checkpoint "+vm, true)
+					defer p.Done()
+					return c.Checkpoint(ctx, vm, hostd.CheckpointOptions{Dir: cmd.String("dir"), Stop: cmd.Bool("stop"),
+						NoGuest: cmd.Bool("no-guest")}, progressTo(p))
+				},
+				&cli.StringFlag{Name: "dir", Required: true, Usage: "checkpoint directory (must not exist)"},
+				&cli.BoolFlag{Name: "stop", Usage: "stop the VM after the checkpoint"},
+				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
+			{
+				Name: "restore", Usage: "start a VM from a checkpoint directory",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "dir", Required: true},
+					&cli.StringFlag{Name: "name", Usage: "restore under another name"},
+					&cli.BoolFlag{Name: "no-guest", Usage: "do not tell the guest"},
+				},
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					out, err := cliutil.New(cmd.String("output"))
+					if err != nil {
+						return err
+					}
+					p := cliutil.NewProgress("restore", true)
+					info, err := hostd.NewClient(cmd.String("host")).Restore(ctx, hostd.RestoreOptions{
+						Dir: cmd.String("dir"), Name: cmd.String("name"), NoGuest: cmd.Bool("no-guest")}, progressTo(p))
+					p.Done()
+					if err != nil {
+						return err
+					}
+					return printResult(out, info)
+				},
+			},
+			named("migrate", "live-migrate a VM to another hostd",
+				func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
+					bw, err := parseRate(cmd.String("max-bandwidth"))
+					if err != nil {
+						return nil, err
+					}
+					p := cliutil.NewProgress("migrate "+vm, true)
+					defer p.Done()
+					return c.Migrate(ctx, vm, hostd.MigrateOptions{To: cmd.String("to"), MaxBandwidth: bw,
+						DowntimeLimit: cmd.Duration("downtime-limit"), NoGuest: cmd.Bool("no-guest")}, progressTo(p))
+				},
+				&cli.StringFlag{Name: "to", Required: true, Usage: "destination hostd API address (host:port)"},
+				&cli.StringFlag{Name: "max-bandwidth", Usage: "cap, e.g. 100M (bytes/s)"},
+				&cli.DurationFlag{Name: "downtime-limit", Usage: "QEMU's downtime target"},
+				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
+		},
+	}
+}
+
+func deviceAction(ctx context.Context, cmd *cli.Command, action string) error {
+	if cmd.Args().Len() != 2 {
+		return fmt.Errorf("%s: want VM DEVICE", action)
+	}
+	out, err := cliutil.New(cmd.String("output"))
+	if err != nil {
+		return err
+	}
+	info, err := hostd.NewClient(cmd.String("host")).Device(ctx, cmd.Args().Get(0), cmd.Args().Get(1), action)
+	if err != nil {
+		return err
+	}
+	return printResult(out, info)
+}
+
+func oneArg(cmd *cli.Command, what string) (string, error) {
+	if cmd.Args().Len() != 1 {
+		return "", fmt.Errorf("%s: want exactly one %s argument, got %d", cmd.Name, what, cmd.Args().Len())
+	}
+	return cmd.Args().First(), nil
+}
+
+func progressTo(p *cliutil.Progress) hostd.ProgressFunc {
+	return func(pr hostd.Progress) { p.Update(pr.Phase, pr.Transferred, pr.Total, pr.MbPS) }
+}
+
+// parseRate parses a byte rate such as 100M or 1G (per second).
+func parseRate(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mib, err := hostd.ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("--max-bandwidth: %w", err)
+	}
+	return int64(mib) << 20, nil
+}
+
+// printResult prints any result: JSON, or a short text form.
+func printResult(out cliutil.Output, v any) error {
+	return out.Print(v, func(w io.Writer) {
+		switch r := v.(type) {
+		case hostd.VMInfo:
+			fmt.Fprintf(w, "%s: %s", r.Name, r.State)
+			if r.PID > 0 {
+				fmt.Fprintf(w, " (pid %d)", r.PID)
+			}
+			if len(r.Detached) > 0 {
+				fmt.Fprintf(w, ", detached: %s", strings.Join(r.Detached, ","))
+			}
+			for _, id := range r.Present {
+				fmt.Fprintf(w, ", %s present", id)
+				if slot := r.Devices[id]; slot != "" {
+					fmt.Fprintf(w, " (pool %s)", slot)
+				}
+			}
+			fmt.Fprintln(w)
+		case hostd.CheckpointResult:
+			fmt.Fprintf(w, "checkpoint %s: %s in %s, vCPUs stopped %s\n", r.Dir, cliutil.Bytes(r.Bytes),
+				r.Duration.Round(time.Millisecond), r.Downtime.Round(time.Millisecond))
+			for _, f := range r.Manifest.Files {
+				fmt.Fprintf(w, "  %s %s sha256:%s\n", f.Name, cliutil.Bytes(f.Size), f.SHA256)
+			}
+		case hostd.MigrateResult:
+			fmt.Fprintf(w, "migrated %s to %s: %s in %s (QEMU: total %s, downtime %s)\n", r.VM.Name, r.Destination,
+				cliutil.Bytes(r.Transferred), r.Duration.Round(time.Millisecond), r.TotalTime, r.Downtime)
+		default:
+			fmt.Fprintf(w, "%v\n", v)
+		}
+	})
+}

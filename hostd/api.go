@@ -1,0 +1,281 @@
+package hostd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// maxBody bounds every request body: specs and options are small.
+const maxBody = 1 << 20
+
+// event is one line of a streamed (NDJSON) response: progress lines, then
+// exactly one result or error line.
+type event struct {
+	Progress *Progress       `json:"progress,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *apiError       `json:"error,omitempty"`
+}
+
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Handler returns hostd's HTTP API.
+func (h *Host) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/host", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResp(w, map[string]any{"accel": h.cfg.Accel, "migration_address": h.cfg.MigrationAddress,
+			"pools": h.cfg.Pools, "qemu": h.cfg.QEMU})
+	})
+	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResp(w, h.List())
+	})
+	mux.HandleFunc("POST /v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Spec  Spec `json:"spec"`
+			Start bool `json:"start"`
+		}
+		if !readReq(w, r, &req) {
+			return
+		}
+		vm, err := h.Create(req.Spec)
+		if err == nil && req.Start {
+			if err = vm.Start(r.Context()); err != nil {
+				h.Delete(vm.name)
+			}
+		}
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, vm.Info(r.Context()))
+	})
+	vmRoute := func(method, path string, fn func(w http.ResponseWriter, r *http.Request, vm *VM)) {
+		mux.HandleFunc(method+" /v1/vms/{name}"+path, func(w http.ResponseWriter, r *http.Request) {
+			vm, err := h.Get(r.PathValue("name"))
+			if err != nil {
+				writeErr(w, err)
+				return
+			}
+			fn(w, r, vm)
+		})
+	}
+	vmRoute("GET", "", func(w http.ResponseWriter, r *http.Request, vm *VM) { writeJSONResp(w, vm.Info(r.Context())) })
+	vmRoute("DELETE", "", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		if err := h.Delete(vm.name); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, map[string]string{"deleted": vm.name})
+	})
+	simple := func(path string, fn func(ctx context.Context, vm *VM) error) {
+		vmRoute("POST", path, func(w http.ResponseWriter, r *http.Request, vm *VM) {
+			// Operations finish even if the client goes away: a half-done
+			// operation is worse than an unread answer.
+			ctx := context.WithoutCancel(r.Context())
+			if err := fn(ctx, vm); err != nil {
+				writeErr(w, err)
+				return
+			}
+			writeJSONResp(w, vm.Info(ctx))
+		})
+	}
+	simple("/start", func(ctx context.Context, vm *VM) error { return vm.Start(ctx) })
+	simple("/pause", func(ctx context.Context, vm *VM) error { return vm.Pause(ctx) })
+	simple("/resume", func(ctx context.Context, vm *VM) error { return vm.Resume(ctx) })
+	vmRoute("POST", "/stop", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		var req struct {
+			Timeout time.Duration `json:"timeout_ns"`
+		}
+		if !readReq(w, r, &req) {
+			return
+		}
+		if err := vm.Stop(context.WithoutCancel(r.Context()), req.Timeout); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, vm.Info(r.Context()))
+	})
+	vmRoute("POST", "/devices/{dev}/detach", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		if err := vm.Detach(context.WithoutCancel(r.Context()), r.PathValue("dev")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, vm.Info(r.Context()))
+	})
+	vmRoute("POST", "/devices/{dev}/attach", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		if err := vm.Attach(context.WithoutCancel(r.Context()), r.PathValue("dev")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, vm.Info(r.Context()))
+	})
+	vmRoute("POST", "/checkpoint", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		var opts CheckpointOptions
+		if !readReq(w, r, &opts) {
+			return
+		}
+		stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
+			return vm.Checkpoint(ctx, opts, p)
+		})
+	})
+	vmRoute("POST", "/migrate", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		var opts MigrateOptions
+		if !readReq(w, r, &opts) {
+			return
+		}
+		stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
+			return vm.Migrate(ctx, opts, p)
+		})
+	})
+	mux.HandleFunc("POST /v1/restore", func(w http.ResponseWriter, r *http.Request) {
+		var opts RestoreOptions
+		if !readReq(w, r, &opts) {
+			return
+		}
+		stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
+			vm, err := h.Restore(ctx, opts, p)
+			if err != nil {
+				return nil, err
+			}
+			return vm.Info(ctx), nil
+		})
+	})
+	mux.HandleFunc("POST /v1/incoming", func(w http.ResponseWriter, r *http.Request) {
+		var req IncomingRequest
+		if !readReq(w, r, &req) {
+			return
+		}
+		resp, err := h.Incoming(context.WithoutCancel(r.Context()), req)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, resp)
+	})
+	vmRoute("POST", "/incoming/finish", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		info, err := vm.FinishIncoming(context.WithoutCancel(r.Context()))
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, info)
+	})
+	vmRoute("POST", "/incoming/abort", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		if err := vm.AbortIncoming(context.WithoutCancel(r.Context())); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, map[string]string{"aborted": vm.name})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func readReq(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err == nil && len(body) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(v)
+	}
+	if err != nil {
+		writeErr(w, fmt.Errorf("request body: %w: %v", ErrInvalidSpec, err))
+		return false
+	}
+	return true
+}
+
+func writeJSONResp(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	code := codeOf(err)
+	status := http.StatusInternalServerError
+	switch code {
+	case "not_found":
+		status = http.StatusNotFound
+	case "exists", "busy", "invalid_state":
+		status = http.StatusConflict
+	case "invalid_spec", "checksum":
+		status = http.StatusBadRequest
+	case "unauthorized":
+		status = http.StatusForbidden
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(event{Error: &apiError{Code: code, Message: err.Error()}})
+}
+
+// stream runs a long operation, sending progress lines as NDJSON and the
+// result (or error) as the last line. The operation is not cancelled when
+// the client disconnects.
+func stream(w http.ResponseWriter, r *http.Request, op func(context.Context, ProgressFunc) (any, error)) {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	var mu sync.Mutex
+	gone := false
+	send := func(ev event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if gone {
+			return
+		}
+		if err := json.NewEncoder(w).Encode(ev); err != nil {
+			gone = true
+			return
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	last := time.Time{}
+	progress := func(p Progress) {
+		// Throttle: a terminal needs a few updates a second, not hundreds.
+		if now := time.Now(); now.Sub(last) > 200*time.Millisecond || p.Transferred == 0 {
+			last = now
+			send(event{Progress: &p})
+		}
+	}
+	res, err := op(context.WithoutCancel(r.Context()), progress)
+	if err != nil {
+		send(event{Error: &apiError{Code: codeOf(err), Message: err.Error()}})
+		return
+	}
+	data, err := json.Marshal(res)
+	if err != nil {
+		send(event{Error: &apiError{Code: "internal", Message: err.Error()}})
+		return
+	}
+	send(event{Result: data})
+}
+
+// remoteError carries an API error to the caller: its message is the
+// server's, and errors.Is matches the server's sentinel.
+type remoteError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.sentinel }
+
+func decodeAPIError(ae *apiError) error {
+	if ae == nil {
+		return errors.New("unknown error")
+	}
+	return &remoteError{msg: ae.Message, sentinel: errorForCode(ae.Code)}
+}

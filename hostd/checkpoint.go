@@ -1,0 +1,507 @@
+package hostd
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/symvirt/symvirt/qmp"
+)
+
+// Manifest describes a checkpoint directory. It is written last, so a
+// directory without one is incomplete by construction.
+type Manifest struct {
+	Version   int          `json:"version"`
+	VM        string       `json:"vm"`
+	Spec      Spec         `json:"spec"`
+	CreatedAt time.Time    `json:"created_at"`
+	QEMU      string       `json:"qemu_version"`
+	Files     []FileDigest `json:"files"`
+	// Round is the guest cooperation round the guest was in at the cut; a
+	// restore finishes it with the outcome "restored".
+	Round *Round `json:"round,omitempty"`
+}
+
+// FileDigest is one artifact of a checkpoint.
+type FileDigest struct {
+	Name   string `json:"name"`
+	Role   string `json:"role"` // state | disk
+	ID     string `json:"id,omitempty"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+const (
+	manifestName = "manifest.json"
+	stateName    = "state.bin"
+)
+
+// Progress is reported during long operations.
+type Progress struct {
+	Phase       string  `json:"phase"`
+	Transferred int64   `json:"transferred,omitempty"`
+	Total       int64   `json:"total,omitempty"`
+	Remaining   int64   `json:"remaining,omitempty"`
+	MbPS        float64 `json:"mbps,omitempty"`
+}
+
+// ProgressFunc receives progress; it must not block.
+type ProgressFunc func(Progress)
+
+// CheckpointOptions control Checkpoint.
+type CheckpointOptions struct {
+	Dir string `json:"dir"`
+	// Stop leaves the VM stopped (QEMU quit) after a successful checkpoint
+	// instead of resuming it.
+	Stop bool `json:"stop,omitempty"`
+	// NoGuest skips the cooperation round even when the VM has a channel.
+	NoGuest bool `json:"no_guest,omitempty"`
+	// KeepStopped leaves the VM paused with devices detached after the
+	// save: the coordinator resumes the job together.
+	KeepStopped bool `json:"keep_stopped,omitempty"`
+}
+
+// CheckpointResult reports a finished checkpoint.
+type CheckpointResult struct {
+	Dir      string        `json:"dir"`
+	Manifest Manifest      `json:"manifest"`
+	Bytes    int64         `json:"bytes"`
+	Duration time.Duration `json:"duration_ns"`
+	// Downtime is how long the vCPUs were stopped.
+	Downtime time.Duration `json:"downtime_ns"`
+}
+
+// Checkpoint saves the VM's memory and device state (and copies its disks)
+// into opts.Dir: guest cooperation round, detach passthrough devices, stop,
+// save, re-attach, resume. On any failure the partial directory is removed
+// and the VM is left running as it was.
+func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress ProgressFunc) (res CheckpointResult, err error) {
+	if err := vm.lock("checkpoint"); err != nil {
+		return res, err
+	}
+	defer vm.unlock()
+	start := timeNow()
+	defer func() { vm.h.metrics.observe("checkpoint", resultLabel(err), start) }()
+	if progress == nil {
+		progress = func(Progress) {}
+	}
+	if opts.Dir == "" {
+		return res, fmt.Errorf("checkpoint: dir is missing")
+	}
+	mon, err := vm.monitor()
+	if err != nil {
+		return res, err
+	}
+	st, err := mon.Status(ctx)
+	if err != nil {
+		return res, err
+	}
+	wasRunning := st.Running
+	if err := os.MkdirAll(filepath.Dir(opts.Dir), 0o700); err != nil {
+		return res, err
+	}
+	if err := os.Mkdir(opts.Dir, 0o700); err != nil {
+		return res, fmt.Errorf("checkpoint dir %s: %w", opts.Dir, err)
+	}
+	complete := false
+	defer func() {
+		if !complete {
+			os.RemoveAll(opts.Dir)
+		}
+	}()
+
+	progress(Progress{Phase: "prepare"})
+	coop, err := vm.prepareGuest(ctx, "checkpoint", opts.NoGuest)
+	if err != nil {
+		return res, err
+	}
+	outcome := "aborted"
+	defer func() { coop.finish(context.WithoutCancel(ctx), outcome) }()
+
+	progress(Progress{Phase: "detach"})
+	if err := vm.detachAll(ctx); err != nil {
+		return res, err
+	}
+	// From here a failure must re-attach and resume.
+	rollback := func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		vm.attachAll(rctx)
+		if wasRunning {
+			if err := mon.Cont(rctx); err != nil {
+				vm.log.Error("resume after failed checkpoint", "err", err)
+			}
+		}
+	}
+	stopped := timeNow()
+	if err := mon.Stop(ctx); err != nil {
+		rollback()
+		return res, err
+	}
+	m := Manifest{Version: 1, VM: vm.name, Spec: vm.Spec(), CreatedAt: time.Now().UTC(),
+		QEMU: mon.Version().String(), Round: coop.round()}
+	progress(Progress{Phase: "save"})
+	fd, err := saveState(ctx, mon, filepath.Join(opts.Dir, stateName), progress)
+	if err != nil {
+		rollback()
+		return res, fmt.Errorf("vm %q: save state: %w", vm.name, err)
+	}
+	m.Files = append(m.Files, fd)
+	for i, d := range m.Spec.Disks {
+		progress(Progress{Phase: "disk " + d.ID})
+		name := "disk-" + d.ID + "." + d.Format
+		fd, err := copyFileDigest(d.Path, filepath.Join(opts.Dir, name))
+		if err != nil {
+			rollback()
+			return res, fmt.Errorf("vm %q: copy disk %q: %w", vm.name, d.ID, err)
+		}
+		fd.Role, fd.ID = "disk", d.ID
+		m.Files = append(m.Files, fd)
+		m.Spec.Disks[i].Path = name // relative to the checkpoint dir
+	}
+	if err := writeJSON(filepath.Join(opts.Dir, manifestName), m); err != nil {
+		rollback()
+		return res, err
+	}
+	complete = true
+	outcome = "checkpointed"
+	for _, f := range m.Files {
+		res.Bytes += f.Size
+	}
+	res.Dir, res.Manifest = opts.Dir, m
+	switch {
+	case opts.Stop:
+		progress(Progress{Phase: "stop"})
+		coop.finish(ctx, outcome)
+		if err := vm.stop(ctx, time.Millisecond); err != nil {
+			return res, err
+		}
+	case opts.KeepStopped:
+		coop.keep() // the caller resumes the guest
+	default:
+		progress(Progress{Phase: "attach"})
+		if err := vm.attachAll(ctx); err != nil {
+			// The checkpoint is complete; the VM runs without the device.
+			vm.log.Error("re-attach after checkpoint", "err", err)
+		}
+		if wasRunning {
+			if err := mon.Cont(ctx); err != nil {
+				return res, err
+			}
+		}
+	}
+	res.Downtime = timeNow().Sub(stopped)
+	res.Duration = timeNow().Sub(start)
+	vm.log.Info("checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "downtime", res.Downtime)
+	return res, nil
+}
+
+// saveState streams QEMU's migration stream for a stopped VM into path
+// through a pipe, so hostd hashes and syncs what it writes and QEMU never
+// opens files itself.
+func saveState(ctx context.Context, mon *qmp.Client, path string, progress ProgressFunc) (FileDigest, error) {
+	fd := FileDigest{Name: filepath.Base(path), Role: "state"}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fd, err
+	}
+	defer f.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fd, err
+	}
+	defer r.Close()
+	const fdName = "symvirt-save"
+	err = mon.GetFD(ctx, fdName, w)
+	w.Close()
+	if err != nil {
+		return fd, err
+	}
+	// A checkpoint of a stopped VM should use the disk's full speed; QEMU's
+	// default bandwidth cap (32 MiB/s) is for live migration.
+	if err := mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
+		return fd, err
+	}
+	h := sha256.New()
+	type copied struct {
+		n   int64
+		err error
+	}
+	done := make(chan copied, 1)
+	go func() {
+		n, err := io.Copy(io.MultiWriter(f, h), r)
+		done <- copied{n, err}
+	}()
+	if err := mon.Migrate(ctx, "fd:"+fdName); err != nil {
+		mon.CloseFD(context.WithoutCancel(ctx), fdName)
+		r.Close()
+		<-done
+		return fd, err
+	}
+	_, err = mon.WaitMigration(ctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
+		progress(Progress{Phase: "save", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total,
+			Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
+	})
+	if err != nil {
+		mon.MigrateCancel(context.WithoutCancel(ctx))
+		r.Close()
+		<-done
+		return fd, err
+	}
+	// QEMU closes its end when the stream is complete, which ends the copy.
+	var c copied
+	select {
+	case c = <-done:
+	case <-ctx.Done():
+		r.Close()
+		<-done
+		return fd, ctx.Err()
+	}
+	if c.err != nil {
+		return fd, c.err
+	}
+	if err := f.Sync(); err != nil {
+		return fd, err
+	}
+	if err := f.Close(); err != nil {
+		return fd, err
+	}
+	fd.Size, fd.SHA256 = c.n, hex.EncodeToString(h.Sum(nil))
+	return fd, syncDir(filepath.Dir(path))
+}
+
+// copyFileDigest copies src to dst, syncing and hashing it.
+func copyFileDigest(src, dst string) (FileDigest, error) {
+	fd := FileDigest{Name: filepath.Base(dst)}
+	in, err := os.Open(src)
+	if err != nil {
+		return fd, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fd, err
+	}
+	defer out.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(out, h), in)
+	if err != nil {
+		return fd, err
+	}
+	if err := out.Sync(); err != nil {
+		return fd, err
+	}
+	if err := out.Close(); err != nil {
+		return fd, err
+	}
+	fd.Size, fd.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+	return fd, syncDir(filepath.Dir(dst))
+}
+
+// ReadManifest loads a checkpoint's manifest.
+func ReadManifest(dir string) (Manifest, error) {
+	var m Manifest
+	if err := readJSON(filepath.Join(dir, manifestName), &m); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return m, fmt.Errorf("checkpoint %s: no manifest (incomplete or not a checkpoint): %w", dir, ErrNotFound)
+		}
+		return m, fmt.Errorf("checkpoint %s: %w", dir, err)
+	}
+	if m.Version != 1 || m.VM == "" || len(m.Files) == 0 {
+		return m, fmt.Errorf("checkpoint %s: manifest is malformed: %w", dir, ErrChecksum)
+	}
+	return m, nil
+}
+
+// VerifyCheckpoint checks every file's size and sha256 against the
+// manifest.
+func VerifyCheckpoint(dir string) (Manifest, error) {
+	m, err := ReadManifest(dir)
+	if err != nil {
+		return m, err
+	}
+	for _, fd := range m.Files {
+		if filepath.Base(fd.Name) != fd.Name {
+			return m, fmt.Errorf("checkpoint %s: file name %q: %w", dir, fd.Name, ErrChecksum)
+		}
+		f, err := os.Open(filepath.Join(dir, fd.Name))
+		if err != nil {
+			return m, fmt.Errorf("checkpoint %s: %w", dir, err)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return m, err
+		}
+		if n != fd.Size || hex.EncodeToString(h.Sum(nil)) != fd.SHA256 {
+			return m, fmt.Errorf("checkpoint %s: file %s (%d bytes) does not match its manifest: %w", dir, fd.Name, n, ErrChecksum)
+		}
+	}
+	return m, nil
+}
+
+// RestoreOptions control Restore.
+type RestoreOptions struct {
+	Dir string `json:"dir"`
+	// Name overrides the VM name (restore a copy).
+	Name string `json:"name,omitempty"`
+	// Paused leaves the restored VM paused with devices detached (the
+	// coordinator resumes a job together).
+	Paused bool `json:"paused,omitempty"`
+	// NoGuest skips telling the guest.
+	NoGuest bool `json:"no_guest,omitempty"`
+}
+
+// Restore verifies a checkpoint and starts its VM from it on this host,
+// with passthrough devices from this host's pools.
+func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress ProgressFunc) (vm *VM, err error) {
+	start := timeNow()
+	defer func() { h.metrics.observe("restore", resultLabel(err), start) }()
+	if progress == nil {
+		progress = func(Progress) {}
+	}
+	progress(Progress{Phase: "verify"})
+	m, err := VerifyCheckpoint(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	spec := m.Spec
+	if opts.Name != "" {
+		spec.Name = opts.Name
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
+	}
+	// A stopped VM of the same name is replaced; a running one is not.
+	if old, err := h.Get(spec.Name); err == nil {
+		if old.alive() {
+			return nil, fmt.Errorf("vm %q is running: %w", spec.Name, ErrExists)
+		}
+		h.forgetKeep(old, true)
+	}
+	// Disks come from the checkpoint, copied into the VM's own dir so the
+	// checkpoint stays intact for another restore.
+	vm, err = h.Create(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := vm.lock("restore"); err != nil {
+		return nil, err
+	}
+	defer vm.unlock()
+	ok := false
+	defer func() {
+		if !ok {
+			vm.kill()
+			h.forget(vm)
+		}
+	}()
+	for i, d := range spec.Disks {
+		progress(Progress{Phase: "disk " + d.ID})
+		dst := filepath.Join(vm.dir, "disk-"+d.ID+"."+d.Format)
+		if _, err := copyFileDigest(filepath.Join(opts.Dir, d.Path), dst); err != nil {
+			return nil, err
+		}
+		spec.Disks[i].Path = dst
+	}
+	vm.mu.Lock()
+	vm.spec = spec
+	err = writeJSON(filepath.Join(vm.dir, fileSpec), spec)
+	vm.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if err := vm.allocateSlots(nil); err != nil {
+		return nil, err
+	}
+	absent := map[string]bool{}
+	for _, id := range spec.passthrough() {
+		absent[id] = true
+	}
+	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
+		return nil, err
+	}
+	mon, err := vm.monitor()
+	if err != nil {
+		return nil, err
+	}
+	progress(Progress{Phase: "load"})
+	if err := loadState(ctx, mon, filepath.Join(opts.Dir, stateName), progress); err != nil {
+		return nil, fmt.Errorf("vm %q: load state: %w", spec.Name, err)
+	}
+	vm.mu.Lock()
+	vm.rt.Incoming = false
+	vm.rt.Round = m.Round
+	vm.saveRuntime()
+	vm.mu.Unlock()
+	if !opts.Paused {
+		progress(Progress{Phase: "attach"})
+		if err := vm.attachAll(ctx); err != nil {
+			return nil, err
+		}
+		if err := mon.Cont(ctx); err != nil {
+			return nil, err
+		}
+		if !opts.NoGuest {
+			vm.finishRound(ctx, "restored")
+		}
+	}
+	ok = true
+	vm.log.Info("restored", "from", opts.Dir, "took", timeNow().Sub(start))
+	return vm, nil
+}
+
+// loadState feeds a saved stream to a QEMU started with -incoming defer.
+func loadState(ctx context.Context, mon *qmp.Client, path string, progress ProgressFunc) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	const fdName = "symvirt-load"
+	err = mon.GetFD(ctx, fdName, r)
+	r.Close()
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(w, f)
+		w.Close()
+		done <- err
+	}()
+	if err := mon.MigrateIncoming(ctx, "fd:"+fdName); err != nil {
+		w.Close()
+		return err
+	}
+	_, err = mon.WaitMigration(ctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
+		progress(Progress{Phase: "load", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total})
+	})
+	w.Close()
+	if err != nil {
+		return err
+	}
+	if err := <-done; err != nil && !errors.Is(err, os.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+func resultLabel(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
+}

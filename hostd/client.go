@@ -1,0 +1,225 @@
+package hostd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client talks to a hostd API, on a unix socket ("/path" or "unix:/path")
+// or TCP ("host:port").
+type Client struct {
+	addr string
+	base string
+	http *http.Client
+}
+
+// NewClient returns a client for addr.
+func NewClient(addr string) *Client {
+	c := &Client{addr: addr}
+	tr := &http.Transport{MaxIdleConns: 4, IdleConnTimeout: 30 * time.Second}
+	if path, ok := unixPath(addr); ok {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}
+		c.base = "http://hostd"
+	} else {
+		tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second}).DialContext
+		c.base = "http://" + addr
+	}
+	c.http = &http.Client{Transport: tr}
+	return c
+}
+
+func unixPath(addr string) (string, bool) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return p, true
+	}
+	return addr, strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, ".")
+}
+
+// Addr returns the address the client talks to.
+func (c *Client) Addr() string { return c.addr }
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.send(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("hostd %s: %w", c.addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var ev event
+		if json.Unmarshal(data, &ev) == nil && ev.Error != nil {
+			return decodeAPIError(ev.Error)
+		}
+		return fmt.Errorf("hostd %s: %s: %s", c.addr, resp.Status, bytes.TrimSpace(data))
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(data, out)
+}
+
+func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("hostd %s: %w", c.addr, err)
+	}
+	return resp, nil
+}
+
+// streamOp runs a streamed operation, passing progress to fn.
+func (c *Client) streamOp(ctx context.Context, path string, body, out any, progress ProgressFunc) error {
+	resp, err := c.send(ctx, "POST", path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		var ev event
+		if json.Unmarshal(data, &ev) == nil && ev.Error != nil {
+			return decodeAPIError(ev.Error)
+		}
+		return fmt.Errorf("hostd %s: %s", c.addr, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return fmt.Errorf("hostd %s: bad stream line: %w", c.addr, err)
+		}
+		switch {
+		case ev.Progress != nil:
+			if progress != nil {
+				progress(*ev.Progress)
+			}
+		case ev.Error != nil:
+			return decodeAPIError(ev.Error)
+		case ev.Result != nil:
+			if out != nil {
+				return json.Unmarshal(ev.Result, out)
+			}
+			return nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("hostd %s: %w", c.addr, err)
+	}
+	return fmt.Errorf("hostd %s: %w", c.addr, errNoResult)
+}
+
+func vmPath(name string, rest string) string { return "/v1/vms/" + url.PathEscape(name) + rest }
+
+// Create registers a VM and optionally starts it.
+func (c *Client) Create(ctx context.Context, spec Spec, start bool) (VMInfo, error) {
+	var info VMInfo
+	err := c.do(ctx, "POST", "/v1/vms", map[string]any{"spec": spec, "start": start}, &info)
+	return info, err
+}
+
+// List returns every VM on the host.
+func (c *Client) List(ctx context.Context) ([]VMInfo, error) {
+	var out []VMInfo
+	err := c.do(ctx, "GET", "/v1/vms", nil, &out)
+	return out, err
+}
+
+// Status returns one VM.
+func (c *Client) Status(ctx context.Context, name string) (VMInfo, error) {
+	var info VMInfo
+	err := c.do(ctx, "GET", vmPath(name, ""), nil, &info)
+	return info, err
+}
+
+// Delete removes a stopped VM.
+func (c *Client) Delete(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", vmPath(name, ""), nil, nil)
+}
+
+// Action runs start, pause or resume.
+func (c *Client) Action(ctx context.Context, name, action string) (VMInfo, error) {
+	var info VMInfo
+	err := c.do(ctx, "POST", vmPath(name, "/"+action), nil, &info)
+	return info, err
+}
+
+// Stop stops a VM, killing it after timeout (0: the host's default).
+func (c *Client) Stop(ctx context.Context, name string, timeout time.Duration) (VMInfo, error) {
+	var info VMInfo
+	err := c.do(ctx, "POST", vmPath(name, "/stop"), map[string]any{"timeout_ns": timeout}, &info)
+	return info, err
+}
+
+// Device detaches or attaches a passthrough device.
+func (c *Client) Device(ctx context.Context, name, dev, action string) (VMInfo, error) {
+	var info VMInfo
+	err := c.do(ctx, "POST", vmPath(name, "/devices/"+url.PathEscape(dev)+"/"+action), nil, &info)
+	return info, err
+}
+
+// Checkpoint saves a VM into a directory on the host.
+func (c *Client) Checkpoint(ctx context.Context, name string, opts CheckpointOptions, p ProgressFunc) (CheckpointResult, error) {
+	var res CheckpointResult
+	err := c.streamOp(ctx, vmPath(name, "/checkpoint"), opts, &res, p)
+	return res, err
+}
+
+// Restore starts a VM from a checkpoint directory on the host.
+func (c *Client) Restore(ctx context.Context, opts RestoreOptions, p ProgressFunc) (VMInfo, error) {
+	var info VMInfo
+	err := c.streamOp(ctx, "/v1/restore", opts, &info, p)
+	return info, err
+}
+
+// Migrate live-migrates a VM to another hostd.
+func (c *Client) Migrate(ctx context.Context, name string, opts MigrateOptions, p ProgressFunc) (MigrateResult, error) {
+	var res MigrateResult
+	err := c.streamOp(ctx, vmPath(name, "/migrate"), opts, &res, p)
+	return res, err
+}
+
+// Incoming asks this host to receive a migration.
+func (c *Client) Incoming(ctx context.Context, req IncomingRequest) (IncomingResponse, error) {
+	var resp IncomingResponse
+	err := c.do(ctx, "POST", "/v1/incoming", req, &resp)
+	return resp, err
+}
+
+// FinishIncoming completes a received migration.
+func (c *Client) FinishIncoming(ctx context.Context, name string) (VMInfo, error) {
+	var info VMInfo
+	err := c.do(ctx, "POST", vmPath(name, "/incoming/finish"), nil, &info)
+	return info, err
+}
+
+// AbortIncoming discards a received migration.
+func (c *Client) AbortIncoming(ctx context.Context, name string) error {
+	return c.do(ctx, "POST", vmPath(name, "/incoming/abort"), nil, nil)
+}

@@ -1,0 +1,92 @@
+package hostd
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is one host's configuration.
+type Config struct {
+	// StateDir holds one directory per VM; it survives hostd restarts,
+	// which is how a restarted hostd re-adopts running VMs.
+	StateDir string `yaml:"state_dir"`
+	// QEMU is the emulator binary (default qemu-system-x86_64).
+	QEMU string `yaml:"qemu"`
+	// Accel is kvm, tcg, or auto (kvm when /dev/kvm opens, else tcg). The
+	// default is tcg: a /dev/kvm that opens is not proof that KVM can run
+	// guests (nested or restricted hosts), and kvm and tcg guests cannot
+	// migrate to each other, so production sets kvm explicitly.
+	Accel string `yaml:"accel"`
+	// MigrationAddress is the address of this host that migration sources
+	// connect to; incoming QEMUs listen on it.
+	MigrationAddress string `yaml:"migration_address"`
+	// Pools are this host's passthrough devices, by pool name; each entry
+	// is a set of device properties (a VF's host address; a MAC in tests).
+	Pools map[string][]map[string]string `yaml:"pools"`
+	// StopTimeout bounds a graceful stop before QEMU is killed.
+	StopTimeout time.Duration `yaml:"stop_timeout"`
+	// GuestTimeout bounds a cooperation round with a guest.
+	GuestTimeout time.Duration `yaml:"guest_timeout"`
+	// DetachTimeout bounds the wait for DEVICE_DELETED.
+	DetachTimeout time.Duration `yaml:"detach_timeout"`
+
+	Logger *slog.Logger `yaml:"-"`
+}
+
+// LoadConfig reads a YAML host configuration.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() error {
+	if c.StateDir == "" {
+		return fmt.Errorf("config: state_dir is missing")
+	}
+	if c.QEMU == "" {
+		c.QEMU = "qemu-system-x86_64"
+	}
+	switch c.Accel {
+	case "":
+		c.Accel = "tcg"
+	case "auto":
+		c.Accel = "tcg"
+		if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+			f.Close()
+			c.Accel = "kvm"
+		}
+	case "kvm", "tcg":
+	default:
+		return fmt.Errorf("config: accel %q: want kvm, tcg or auto", c.Accel)
+	}
+	if c.MigrationAddress == "" {
+		c.MigrationAddress = "127.0.0.1"
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 30 * time.Second
+	}
+	if c.GuestTimeout == 0 {
+		c.GuestTimeout = 30 * time.Second
+	}
+	if c.DetachTimeout == 0 {
+		c.DetachTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}

@@ -1,0 +1,217 @@
+package hostd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/mdlayher/vsock"
+	"github.com/symvirt/symvirt/guestproto"
+)
+
+// guestPort is the vsock port guestd listens on.
+const guestPort = 1024
+
+// dialGuest opens the VM's guest channel. The guest is untrusted: the
+// connection is only ever used through guestproto.Host, which bounds every
+// read and wait.
+func (vm *VM) dialGuest(ctx context.Context) (net.Conn, error) {
+	spec := vm.Spec()
+	switch spec.Guest.Type {
+	case "virtio-serial":
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(vm.dir, fileGuest))
+	case "vsock":
+		type res struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan res, 1)
+		go func() {
+			c, err := vsock.Dial(spec.Guest.CID, guestPort, nil)
+			ch <- res{c, err}
+		}()
+		select {
+		case r := <-ch:
+			return r.c, r.err
+		case <-ctx.Done():
+			go func() {
+				if r := <-ch; r.c != nil {
+					r.c.Close()
+				}
+			}()
+			return nil, ctx.Err()
+		}
+	}
+	return nil, fmt.Errorf("vm %q has no guest channel", vm.name)
+}
+
+// coop is one cooperation round with a VM's guest. A nil or empty coop
+// (no channel, or skipped) does nothing, so operations call it blindly.
+type coop struct {
+	vm   *VM
+	host *guestproto.Host
+	r    *Round
+	done bool
+}
+
+func newRoundID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// prepareGuest runs PREPARE and waits for READY, bounded by GuestTimeout.
+// A guest that refuses, never answers or misbehaves fails the operation
+// before anything was done to the VM.
+func (vm *VM) prepareGuest(ctx context.Context, op string, skip bool) (*coop, error) {
+	c := &coop{vm: vm}
+	spec := vm.Spec()
+	if skip || spec.Guest.Type == "none" {
+		return c, nil
+	}
+	timeout := vm.h.cfg.GuestTimeout
+	gctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := timeNow()
+	conn, err := vm.dialGuest(gctx)
+	if err != nil {
+		return nil, fmt.Errorf("vm %q: %w: channel: %v", vm.name, ErrGuest, err)
+	}
+	host := guestproto.NewHost(conn, vm.log.With("channel", spec.Guest.Type))
+	if _, err := host.Handshake(gctx); err != nil {
+		host.Close()
+		return nil, fmt.Errorf("vm %q: %w: handshake: %v", vm.name, ErrGuest, err)
+	}
+	id := newRoundID()
+	// The guest gets a little less time than we wait, so its REFUSED (with
+	// the reason) arrives before our own deadline.
+	guestDeadline := timeout - timeout/5
+	p := guestproto.Prepare{ID: id, Op: op, Deadline: guestDeadline, Devices: vm.guestDevices()}
+	if err := host.Prepare(gctx, p); err != nil {
+		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		host.Abort(actx, id, "host gave up: "+err.Error())
+		acancel()
+		host.Close()
+		vm.h.metrics.observe("guest_prepare", "error", start)
+		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrGuest, err)
+	}
+	vm.h.metrics.observe("guest_prepare", "ok", start)
+	vm.log.Info("guest ready", "op", op, "round", id, "took", timeNow().Sub(start))
+	c.host, c.r = host, &Round{ID: id, Op: op}
+	return c, nil
+}
+
+// guestDevices tells the guest which NICs are about to go away, by MAC, so
+// it can move traffic off them.
+func (vm *VM) guestDevices() []guestproto.Device {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	over := vm.overrides()
+	var out []guestproto.Device
+	for _, n := range vm.spec.NICs {
+		if !n.Passthrough {
+			continue
+		}
+		mac := n.MAC
+		if m := over[n.ID]["mac"]; m != "" {
+			mac = m
+		}
+		out = append(out, guestproto.Device{ID: n.ID, MAC: mac})
+	}
+	for _, d := range vm.spec.Devs {
+		if d.Passthrough {
+			out = append(out, guestproto.Device{ID: d.ID})
+		}
+	}
+	return out
+}
+
+func (c *coop) round() *Round {
+	if c == nil {
+		return nil
+	}
+	return c.r
+}
+
+// finish ends the round on the open channel: RESUME with the outcome, or
+// ABORT. The guest is told best-effort: the VM runs either way.
+func (c *coop) finish(ctx context.Context, outcome string) {
+	if c == nil || c.host == nil || c.done {
+		return
+	}
+	c.done = true
+	ctx, cancel := context.WithTimeout(ctx, c.vm.h.cfg.GuestTimeout)
+	defer cancel()
+	var err error
+	if outcome == "aborted" {
+		err = c.host.Abort(ctx, c.r.ID, "operation aborted")
+	} else {
+		err = c.host.Resume(ctx, c.r.ID, outcome)
+	}
+	c.host.Close()
+	if err != nil {
+		c.vm.log.Warn("guest did not acknowledge the outcome", "round", c.r.ID, "outcome", outcome, "err", err)
+	}
+}
+
+// keep closes the channel but leaves the round open in the guest: the
+// outcome is delivered later, by another QEMU or another host
+// (finishRound).
+func (c *coop) keep() {
+	if c == nil || c.host == nil || c.done {
+		return
+	}
+	c.done = true
+	c.host.Close()
+	c.vm.mu.Lock()
+	c.vm.rt.Round = c.r
+	c.vm.saveRuntime()
+	c.vm.mu.Unlock()
+}
+
+// finishRound tells the guest the outcome of a round it entered in
+// another QEMU (restore, migration destination). It reconnects, reads the
+// pending round from the handshake, and resumes it.
+func (vm *VM) finishRound(ctx context.Context, outcome string) {
+	spec := vm.Spec()
+	if spec.Guest.Type == "none" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, vm.h.cfg.GuestTimeout)
+	defer cancel()
+	conn, err := vm.dialGuest(ctx)
+	if err != nil {
+		vm.log.Warn("guest channel for outcome", "err", err)
+		return
+	}
+	host := guestproto.NewHost(conn, vm.log.With("channel", spec.Guest.Type))
+	defer host.Close()
+	ack, err := host.Handshake(ctx)
+	if err != nil {
+		vm.log.Warn("guest handshake for outcome", "err", err)
+		return
+	}
+	if ack.PendingID == "" {
+		vm.log.Info("guest has no pending round", "outcome", outcome)
+		return
+	}
+	if outcome == "aborted" {
+		err = host.Abort(ctx, ack.PendingID, "operation aborted")
+	} else {
+		err = host.Resume(ctx, ack.PendingID, outcome)
+	}
+	if err != nil {
+		vm.log.Warn("guest did not acknowledge the outcome", "round", ack.PendingID, "err", err)
+		return
+	}
+	vm.mu.Lock()
+	vm.rt.Round = nil
+	vm.saveRuntime()
+	vm.mu.Unlock()
+	vm.log.Info("guest told", "round", ack.PendingID, "op", ack.PendingOp, "outcome", outcome)
+}

@@ -1,0 +1,718 @@
+package hostd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/symvirt/symvirt/qmp"
+)
+
+// Host manages the VMs of one host. QEMU processes run in their own session
+// and are not tied to hostd's lifetime: New re-adopts the ones still running.
+type Host struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+
+	mu  sync.Mutex
+	vms map[string]*VM
+}
+
+// VM is one VM known to this host.
+type VM struct {
+	h    *Host
+	name string
+	dir  string
+	log  *slog.Logger
+
+	// op serialises long operations on one VM; TryLock failure is ErrBusy.
+	op sync.Mutex
+
+	mu        sync.Mutex
+	spec      Spec
+	rt        runtimeState
+	mon       *qmp.Client
+	exited    chan struct{} // closed when the QEMU process is gone
+	operation string        // what the VM is doing now, for status
+}
+
+// runtimeState is persisted next to the spec so a restarted hostd knows
+// which process to adopt and which devices are detached.
+type runtimeState struct {
+	PID       int       `json:"pid,omitempty"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	// Detached lists passthrough devices currently unplugged.
+	Detached []string `json:"detached,omitempty"`
+	// Slots maps a passthrough device to the pool entry it uses here.
+	Slots map[string]poolSlot `json:"slots,omitempty"`
+	// Incoming is set while QEMU waits for a migration stream.
+	Incoming bool `json:"incoming,omitempty"`
+	// Round is the guest cooperation round a migration carries.
+	Round *Round `json:"round,omitempty"`
+}
+
+type poolSlot struct {
+	Pool  string `json:"pool"`
+	Index int    `json:"index"`
+}
+
+// Round identifies a guest cooperation round that outlives one QEMU (a
+// migration's destination or a restore tells the guest its outcome).
+type Round struct {
+	ID string `json:"id"`
+	Op string `json:"op"`
+}
+
+// VMInfo is a VM's status as the API reports it.
+type VMInfo struct {
+	Name      string    `json:"name"`
+	State     string    `json:"state"`
+	Operation string    `json:"operation,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	Detached  []string  `json:"detached,omitempty"`
+	// Present lists the passthrough devices QEMU has on its PCI buses now
+	// (query-pci), the ground truth next to Detached's bookkeeping.
+	Present []string          `json:"present,omitempty"`
+	Devices map[string]string `json:"devices,omitempty"`
+	Spec    Spec              `json:"spec"`
+	Dir     string            `json:"dir"`
+}
+
+// New opens (creating if needed) the state dir and re-adopts every VM whose
+// QEMU is still running.
+func New(cfg Config) (*Host, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics()}
+	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(h.vmsDir())
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		vm, err := h.load(e.Name())
+		if err != nil {
+			h.log.Warn("skipping unreadable vm state", "vm", e.Name(), "err", err)
+			continue
+		}
+		h.vms[vm.name] = vm
+		if err := vm.adopt(); err != nil {
+			vm.log.Warn("could not re-adopt", "err", err)
+		}
+	}
+	h.metrics.vmsFunc(h.stateCounts)
+	return h, nil
+}
+
+// Close drops monitor connections; VMs keep running.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, vm := range h.vms {
+		vm.mu.Lock()
+		if vm.mon != nil {
+			vm.mon.Close()
+		}
+		vm.mu.Unlock()
+	}
+	return nil
+}
+
+// Config returns the effective configuration.
+func (h *Host) Config() Config { return h.cfg }
+
+func (h *Host) vmsDir() string { return filepath.Join(h.cfg.StateDir, "vms") }
+
+func (h *Host) newVM(name string, spec Spec) *VM {
+	return &VM{h: h, name: name, dir: filepath.Join(h.vmsDir(), name), spec: spec,
+		log: h.log.With("vm", name)}
+}
+
+func (h *Host) load(name string) (*VM, error) {
+	vm := h.newVM(name, Spec{})
+	if err := readJSON(filepath.Join(vm.dir, fileSpec), &vm.spec); err != nil {
+		return nil, err
+	}
+	if err := readJSON(filepath.Join(vm.dir, fileRuntime), &vm.rt); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// Get returns a VM by name.
+func (h *Host) Get(name string) (*VM, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vm, ok := h.vms[name]
+	if !ok {
+		return nil, fmt.Errorf("vm %q: %w", name, ErrNotFound)
+	}
+	return vm, nil
+}
+
+// List returns every VM's status, sorted by name.
+func (h *Host) List() []VMInfo {
+	h.mu.Lock()
+	vms := make([]*VM, 0, len(h.vms))
+	for _, vm := range h.vms {
+		vms = append(vms, vm)
+	}
+	h.mu.Unlock()
+	out := make([]VMInfo, 0, len(vms))
+	for _, vm := range vms {
+		out = append(out, vm.Info(context.Background()))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (h *Host) stateCounts() map[string]int {
+	counts := map[string]int{}
+	for _, info := range h.List() {
+		counts[info.State]++
+	}
+	return counts
+}
+
+// Create registers a VM (and persists its spec); it does not start it.
+func (h *Host) Create(spec Spec) (*VM, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.vms[spec.Name]; ok {
+		return nil, fmt.Errorf("vm %q: %w", spec.Name, ErrExists)
+	}
+	vm := h.newVM(spec.Name, spec)
+	if err := os.MkdirAll(vm.dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := writeJSON(filepath.Join(vm.dir, fileSpec), spec); err != nil {
+		os.RemoveAll(vm.dir)
+		return nil, err
+	}
+	h.vms[spec.Name] = vm
+	vm.log.Info("created")
+	return vm, nil
+}
+
+// Delete removes a stopped VM and its state.
+func (h *Host) Delete(name string) error {
+	vm, err := h.Get(name)
+	if err != nil {
+		return err
+	}
+	if !vm.op.TryLock() {
+		return fmt.Errorf("vm %q: %w", name, ErrBusy)
+	}
+	defer vm.op.Unlock()
+	if vm.alive() {
+		return fmt.Errorf("vm %q is running: stop it first: %w", name, ErrInvalidState)
+	}
+	h.forget(vm)
+	vm.log.Info("deleted")
+	return nil
+}
+
+// forget drops a VM that is not running from the host and the disk.
+func (h *Host) forget(vm *VM) { h.forgetKeep(vm, false) }
+
+// forgetKeep is forget that may keep the console and QEMU logs, for a VM
+// that is replaced by a restore of itself: its console history goes on.
+func (h *Host) forgetKeep(vm *VM, keepLogs bool) {
+	h.mu.Lock()
+	if h.vms[vm.name] == vm {
+		delete(h.vms, vm.name)
+	}
+	h.mu.Unlock()
+	os.Remove(shmPath(vm.name))
+	if !keepLogs {
+		os.RemoveAll(vm.dir)
+		return
+	}
+	entries, _ := os.ReadDir(vm.dir)
+	for _, e := range entries {
+		if e.Name() != fileSerial && e.Name() != fileQEMULog {
+			os.RemoveAll(filepath.Join(vm.dir, e.Name()))
+		}
+	}
+}
+
+// lock takes a VM's operation lock or reports ErrBusy.
+func (vm *VM) lock(op string) error {
+	if !vm.op.TryLock() {
+		vm.mu.Lock()
+		cur := vm.operation
+		vm.mu.Unlock()
+		return fmt.Errorf("vm %q is busy with %s: %w", vm.name, cur, ErrBusy)
+	}
+	vm.mu.Lock()
+	vm.operation = op
+	vm.mu.Unlock()
+	return nil
+}
+
+func (vm *VM) unlock() {
+	vm.mu.Lock()
+	vm.operation = ""
+	vm.mu.Unlock()
+	vm.op.Unlock()
+}
+
+// Name returns the VM's name.
+func (vm *VM) Name() string { return vm.name }
+
+// Spec returns a copy of the VM's spec.
+func (vm *VM) Spec() Spec {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.spec
+}
+
+func (vm *VM) monitor() (*qmp.Client, error) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.mon == nil {
+		return nil, fmt.Errorf("vm %q is not running: %w", vm.name, ErrInvalidState)
+	}
+	select {
+	case <-vm.mon.Done():
+		return nil, fmt.Errorf("vm %q: monitor closed: %w", vm.name, ErrInvalidState)
+	default:
+	}
+	return vm.mon, nil
+}
+
+func (vm *VM) alive() bool {
+	vm.mu.Lock()
+	pid := vm.rt.PID
+	vm.mu.Unlock()
+	return pid > 0 && processAlive(pid)
+}
+
+// Info reports the VM's status; the run state comes from QEMU itself.
+func (vm *VM) Info(ctx context.Context) VMInfo {
+	vm.mu.Lock()
+	info := VMInfo{Name: vm.name, Operation: vm.operation, PID: vm.rt.PID, StartedAt: vm.rt.StartedAt,
+		Detached: slices.Clone(vm.rt.Detached), Spec: vm.spec, Dir: vm.dir}
+	mon := vm.mon
+	incoming := vm.rt.Incoming
+	if len(vm.rt.Slots) > 0 {
+		info.Devices = map[string]string{}
+		for id, s := range vm.rt.Slots {
+			info.Devices[id] = fmt.Sprintf("%s[%d]", s.Pool, s.Index)
+		}
+	}
+	vm.mu.Unlock()
+	switch {
+	case info.PID == 0 || !processAlive(info.PID):
+		info.State, info.PID = "stopped", 0
+	case mon == nil:
+		info.State = "unmanaged"
+	default:
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st, err := mon.Status(ctx)
+		switch {
+		case err != nil:
+			info.State = "unknown"
+		case incoming && st.Status == "inmigrate":
+			info.State = "incoming"
+		default:
+			info.State = st.Status
+		}
+		if err == nil && !incoming {
+			for _, id := range info.Spec.passthrough() {
+				if ok, perr := pciPresent(ctx, mon, id); perr == nil && ok {
+					info.Present = append(info.Present, id)
+				}
+			}
+		}
+	}
+	return info
+}
+
+// saveRuntime persists rt; callers hold vm.mu.
+func (vm *VM) saveRuntime() {
+	if err := writeJSON(filepath.Join(vm.dir, fileRuntime), vm.rt); err != nil {
+		vm.log.Error("persist runtime state", "err", err)
+	}
+}
+
+// adopt reconnects to a QEMU left running by an earlier hostd.
+func (vm *VM) adopt() error {
+	vm.mu.Lock()
+	pid := vm.rt.PID
+	vm.mu.Unlock()
+	if pid == 0 {
+		return nil
+	}
+	if !processAlive(pid) || !vm.ownsProcess(pid) {
+		vm.mu.Lock()
+		vm.rt.PID, vm.rt.Incoming = 0, false
+		vm.saveRuntime()
+		vm.mu.Unlock()
+		vm.log.Info("qemu is gone; vm is stopped", "pid", pid)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	mon, err := qmp.Dial(ctx, "unix", filepath.Join(vm.dir, fileQMP))
+	if err != nil {
+		return fmt.Errorf("qmp: %w", err)
+	}
+	exited := make(chan struct{})
+	vm.mu.Lock()
+	vm.mon, vm.exited = mon, exited
+	vm.mu.Unlock()
+	go vm.watch(mon, nil, pid, exited)
+	vm.log.Info("re-adopted running qemu", "pid", pid)
+	return nil
+}
+
+// ownsProcess guards against PID reuse: the process must be QEMU with this
+// VM's monitor socket on its command line.
+func (vm *VM) ownsProcess(pid int) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(cmdline), filepath.Join(vm.dir, fileQMP))
+}
+
+// watch notices QEMU going away. A started QEMU is reaped by wait; an
+// adopted one is not our child, so it is polled.
+func (vm *VM) watch(mon *qmp.Client, wait func() error, pid int, exited chan struct{}) {
+	if wait != nil {
+		err := wait()
+		vm.log.Info("qemu exited", "pid", pid, "status", err)
+	} else {
+		<-mon.Done()
+		for processAlive(pid) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		vm.log.Info("qemu exited", "pid", pid)
+	}
+	vm.mu.Lock()
+	if vm.rt.PID == pid {
+		vm.rt.PID, vm.rt.Incoming = 0, false
+		vm.saveRuntime()
+	}
+	if vm.mon == mon {
+		vm.mon = nil
+	}
+	vm.mu.Unlock()
+	mon.Close()
+	close(exited)
+}
+
+// Start boots a stopped VM.
+func (vm *VM) Start(ctx context.Context) error {
+	if err := vm.lock("start"); err != nil {
+		return err
+	}
+	defer vm.unlock()
+	if vm.alive() {
+		return fmt.Errorf("vm %q is already running: %w", vm.name, ErrInvalidState)
+	}
+	if err := vm.allocateSlots(nil); err != nil {
+		return err
+	}
+	if err := vm.launch(ctx, launch{}); err != nil {
+		return err
+	}
+	mon, err := vm.monitor()
+	if err != nil {
+		return err
+	}
+	return mon.Cont(ctx)
+}
+
+// launch starts QEMU (paused: -S is implied by starting with the monitor
+// and continuing, so a failed start never runs the guest) and connects QMP.
+func (vm *VM) launch(ctx context.Context, l launch) error {
+	vm.mu.Lock()
+	l.spec, l.dir, l.accel = vm.spec, vm.dir, vm.h.cfg.Accel
+	l.override = vm.overrides()
+	vm.mu.Unlock()
+	args, err := qemuArgs(l)
+	if err != nil {
+		return err
+	}
+	args = append(args, "-S")
+	for _, f := range []string{fileQMP, fileGuest, filePID} {
+		os.Remove(filepath.Join(vm.dir, f))
+	}
+	logPath := filepath.Join(vm.dir, fileQEMULog)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	logStart, _ := logf.Seek(0, io.SeekEnd)
+	cmd := exec.Command(vm.h.cfg.QEMU, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// A session of its own: signals to hostd's process group (Ctrl-C, a
+	// service manager stopping hostd) must not reach the VMs.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("vm %q: %w: %v", vm.name, ErrQEMUStart, err)
+	}
+	pid := cmd.Process.Pid
+	waitErr := make(chan error, 1)
+	waited := make(chan struct{})
+	go func() { waitErr <- cmd.Wait(); close(waited) }()
+	fail := func(reason string) error {
+		cmd.Process.Kill()
+		<-waited
+		return fmt.Errorf("vm %q: %w: %s: %s", vm.name, ErrQEMUStart, reason, tailFrom(logPath, logStart, 2048))
+	}
+	var mon *qmp.Client
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-waited:
+			return fmt.Errorf("vm %q: %w: qemu exited: %s", vm.name, ErrQEMUStart, tailFrom(logPath, logStart, 2048))
+		case <-ctx.Done():
+			return fail(ctx.Err().Error())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fail("no QMP monitor after 30s")
+		}
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		mon, err = qmp.Dial(dctx, "unix", filepath.Join(vm.dir, fileQMP))
+		cancel()
+		if err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	exited := make(chan struct{})
+	vm.mu.Lock()
+	vm.mon, vm.exited = mon, exited
+	vm.rt.PID, vm.rt.StartedAt, vm.rt.Incoming = pid, time.Now().UTC(), l.incoming
+	vm.rt.Detached = nil
+	for id := range l.absent {
+		vm.rt.Detached = append(vm.rt.Detached, id)
+	}
+	sort.Strings(vm.rt.Detached)
+	vm.saveRuntime()
+	vm.mu.Unlock()
+	go vm.watch(mon, func() error { <-waited; return <-waitErr }, pid, exited)
+	vm.log.Info("qemu started", "pid", pid, "incoming", l.incoming, "accel", l.accel)
+	return nil
+}
+
+// Stop shuts the VM down: ACPI power-down first, then quit, then SIGKILL.
+func (vm *VM) Stop(ctx context.Context, timeout time.Duration) error {
+	if err := vm.lock("stop"); err != nil {
+		return err
+	}
+	defer vm.unlock()
+	return vm.stop(ctx, timeout)
+}
+
+func (vm *VM) stop(ctx context.Context, timeout time.Duration) error {
+	vm.mu.Lock()
+	mon, exited, pid := vm.mon, vm.exited, vm.rt.PID
+	vm.mu.Unlock()
+	if pid == 0 || !processAlive(pid) {
+		return nil
+	}
+	if timeout == 0 {
+		timeout = vm.h.cfg.StopTimeout
+	}
+	if mon != nil {
+		if err := mon.SystemPowerdown(ctx); err == nil {
+			select {
+			case <-exited:
+				vm.cleanupAfterStop()
+				return nil
+			case <-time.After(timeout):
+				vm.log.Info("guest did not power off in time; quitting qemu", "timeout", timeout)
+			case <-ctx.Done():
+			}
+		}
+		qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		mon.Quit(qctx)
+		cancel()
+		select {
+		case <-exited:
+			vm.cleanupAfterStop()
+			return nil
+		case <-time.After(5 * time.Second):
+		}
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	if exited != nil {
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("vm %q: qemu pid %d did not exit after SIGKILL", vm.name, pid)
+		}
+	}
+	vm.cleanupAfterStop()
+	return nil
+}
+
+// kill ends QEMU at once (a destination that must not run, a failed start).
+func (vm *VM) kill() {
+	vm.mu.Lock()
+	exited, pid := vm.exited, vm.rt.PID
+	vm.mu.Unlock()
+	if pid > 0 {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if exited != nil {
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	vm.cleanupAfterStop()
+}
+
+// cleanupAfterStop removes what must not outlive the VM's QEMU: shared RAM
+// is only removed once QEMU is gone, never while it runs.
+func (vm *VM) cleanupAfterStop() {
+	vm.mu.Lock()
+	vm.rt.PID, vm.rt.Incoming, vm.rt.Detached = 0, false, nil
+	vm.saveRuntime()
+	vm.mu.Unlock()
+	os.Remove(shmPath(vm.name))
+}
+
+// Pause stops the vCPUs.
+func (vm *VM) Pause(ctx context.Context) error {
+	if err := vm.lock("pause"); err != nil {
+		return err
+	}
+	defer vm.unlock()
+	mon, err := vm.monitor()
+	if err != nil {
+		return err
+	}
+	return mon.Stop(ctx)
+}
+
+// Resume continues the vCPUs.
+func (vm *VM) Resume(ctx context.Context) error {
+	if err := vm.lock("resume"); err != nil {
+		return err
+	}
+	defer vm.unlock()
+	mon, err := vm.monitor()
+	if err != nil {
+		return err
+	}
+	return mon.Cont(ctx)
+}
+
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	// A zombie answers kill(0) but is gone for our purposes.
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) {
+		return stat[i+2] != 'Z' && stat[i+2] != 'X'
+	}
+	return true
+}
+
+// tailFrom returns at most n bytes of a log written since offset.
+func tailFrom(path string, offset int64, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	start := offset
+	if st.Size()-start > n {
+		start = st.Size() - n
+	}
+	buf := make([]byte, st.Size()-start)
+	f.ReadAt(buf, start)
+	return strings.TrimSpace(string(buf))
+}
+
+func readJSON(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, v)
+}
+
+// writeJSON replaces a file atomically and durably.
+func writeJSON(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(data, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

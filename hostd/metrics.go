@@ -1,0 +1,58 @@
+package hostd
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var timeNow = time.Now
+
+// metrics are hostd's Prometheus metrics, on a registry of their own so
+// several Hosts (tests) do not collide.
+type metrics struct {
+	reg      *prometheus.Registry
+	ops      *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "symvirt_hostd_operations_total",
+			Help: "VM operations by kind and result.",
+		}, []string{"op", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "symvirt_hostd_operation_seconds",
+			Help:    "Duration of VM operations.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
+		}, []string{"op"}),
+	}
+	m.reg.MustRegister(m.ops, m.duration, prometheus.NewGoCollector())
+	return m
+}
+
+func (m *metrics) observe(op, result string, start time.Time) {
+	m.ops.WithLabelValues(op, result).Inc()
+	m.duration.WithLabelValues(op).Observe(timeNow().Sub(start).Seconds())
+}
+
+// vmsFunc exports the number of VMs per state, computed at scrape time.
+func (m *metrics) vmsFunc(counts func() map[string]int) {
+	m.reg.MustRegister(&vmCollector{counts: counts, desc: prometheus.NewDesc(
+		"symvirt_hostd_vms", "VMs on this host by state.", []string{"state"}, nil)})
+}
+
+type vmCollector struct {
+	counts func() map[string]int
+	desc   *prometheus.Desc
+}
+
+func (c *vmCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
+	for state, n := range c.counts() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
+	}
+}

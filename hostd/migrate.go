@@ -1,0 +1,306 @@
+package hostd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/symvirt/symvirt/qmp"
+)
+
+// MigrateOptions control a live migration.
+type MigrateOptions struct {
+	// To is the destination hostd's API address (host:port or a unix path).
+	To string `json:"to"`
+	// MaxBandwidth caps the stream in bytes/s (0: no practical cap).
+	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
+	// DowntimeLimit is QEMU's target for the final stop-and-copy.
+	DowntimeLimit time.Duration `json:"downtime_limit_ns,omitempty"`
+	NoGuest       bool          `json:"no_guest,omitempty"`
+}
+
+// MigrateResult reports a finished migration, with QEMU's own figures.
+type MigrateResult struct {
+	Destination string        `json:"destination"`
+	TotalTime   time.Duration `json:"total_ns"`
+	Downtime    time.Duration `json:"downtime_ns"`
+	Transferred int64         `json:"transferred"`
+	Duration    time.Duration `json:"duration_ns"`
+	VM          VMInfo        `json:"vm"`
+}
+
+// IncomingRequest asks a destination to prepare for a VM.
+type IncomingRequest struct {
+	Spec Spec `json:"spec"`
+	// Absent are passthrough devices detached at the source; the
+	// destination starts without them and attaches its own afterwards.
+	Absent []string `json:"absent,omitempty"`
+	Round  *Round   `json:"round,omitempty"`
+}
+
+// IncomingResponse tells the source where to send the stream.
+type IncomingResponse struct {
+	URI string `json:"uri"`
+}
+
+// Migrate live-migrates the VM to another hostd: cooperation round, detach
+// passthrough devices, pre-copy to a QEMU the destination started, then
+// the destination attaches devices from its pool and resumes. Until the
+// destination runs, any failure resumes the source with its devices.
+func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress ProgressFunc) (res MigrateResult, err error) {
+	if err := vm.lock("migrate"); err != nil {
+		return res, err
+	}
+	defer vm.unlock()
+	start := timeNow()
+	defer func() { vm.h.metrics.observe("migrate", resultLabel(err), start) }()
+	if progress == nil {
+		progress = func(Progress) {}
+	}
+	if opts.To == "" {
+		return res, fmt.Errorf("migrate: destination is missing")
+	}
+	mon, err := vm.monitor()
+	if err != nil {
+		return res, err
+	}
+	st, err := mon.Status(ctx)
+	if err != nil {
+		return res, err
+	}
+	wasRunning := st.Running
+	progress(Progress{Phase: "prepare"})
+	coop, err := vm.prepareGuest(ctx, "migrate", opts.NoGuest)
+	if err != nil {
+		return res, err
+	}
+	outcome := "aborted"
+	defer func() { coop.finish(context.WithoutCancel(ctx), outcome) }()
+
+	progress(Progress{Phase: "detach"})
+	if err := vm.detachAll(ctx); err != nil {
+		return res, err
+	}
+	dest := NewClient(opts.To)
+	rollback := func(why error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		vm.log.Warn("migration failed; resuming source", "err", why)
+		if err := vm.attachAll(rctx); err != nil {
+			vm.log.Error("re-attach on source", "err", err)
+		}
+		if st, err := mon.Status(rctx); err == nil && !st.Running && wasRunning {
+			if err := mon.Cont(rctx); err != nil {
+				vm.log.Error("resume source", "err", err)
+			}
+		}
+	}
+	spec := vm.Spec()
+	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: coop.round()})
+	if err != nil {
+		err = fmt.Errorf("vm %q: destination %s: %w", vm.name, opts.To, err)
+		rollback(err)
+		return res, err
+	}
+	abortDest := func() {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		if err := dest.AbortIncoming(actx, vm.name); err != nil {
+			vm.log.Warn("abort at destination", "err", err)
+		}
+	}
+	bw := opts.MaxBandwidth
+	if bw == 0 {
+		bw = 64 << 30
+	}
+	params := map[string]any{"max-bandwidth": bw}
+	if opts.DowntimeLimit > 0 {
+		params["downtime-limit"] = opts.DowntimeLimit.Milliseconds()
+	}
+	progress(Progress{Phase: "migrate"})
+	if err = mon.MigrateSetParameters(ctx, params); err == nil {
+		err = mon.Migrate(ctx, inc.URI)
+	}
+	var info qmp.MigrationInfo
+	if err == nil {
+		info, err = mon.WaitMigration(ctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
+			progress(Progress{Phase: "migrate", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total,
+				Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
+		})
+	}
+	if err != nil {
+		mon.MigrateCancel(context.WithoutCancel(ctx))
+		abortDest()
+		err = fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
+		rollback(err)
+		return res, err
+	}
+	// The commit point: the destination attaches its devices and runs.
+	progress(Progress{Phase: "resume at destination"})
+	coop.keep() // the destination tells the guest
+	fin, ferr := dest.FinishIncoming(ctx, vm.name)
+	if ferr != nil {
+		// Never resume the source if the destination already runs: two
+		// copies of one VM must not both run.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		di, serr := dest.Status(sctx, vm.name)
+		cancel()
+		if serr == nil && di.State == "running" {
+			vm.log.Warn("destination reported an error but runs the vm", "err", ferr)
+			fin = di
+		} else {
+			abortDest()
+			err = fmt.Errorf("vm %q: %w: destination did not resume: %w", vm.name, ErrMigration, ferr)
+			rollback(err)
+			vm.finishRound(context.WithoutCancel(ctx), "aborted")
+			return res, err
+		}
+	}
+	outcome = "migrated"
+	res = MigrateResult{Destination: opts.To, TotalTime: time.Duration(info.TotalTime) * time.Millisecond,
+		Downtime: time.Duration(info.Downtime) * time.Millisecond, Transferred: info.RAM.Transferred,
+		VM: fin}
+	// The source copy is obsolete: quit it and forget it here.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	mon.Quit(qctx)
+	cancel()
+	vm.mu.Lock()
+	exited := vm.exited
+	vm.mu.Unlock()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		vm.kill()
+	}
+	vm.h.forget(vm)
+	res.Duration = timeNow().Sub(start)
+	vm.log.Info("migrated", "to", opts.To, "total", res.TotalTime, "downtime", res.Downtime, "bytes", res.Transferred)
+	return res, nil
+}
+
+// Incoming starts a QEMU waiting for a migration stream.
+func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingResponse, error) {
+	spec := req.Spec
+	if err := spec.Validate(); err != nil {
+		return IncomingResponse{}, err
+	}
+	if old, err := h.Get(spec.Name); err == nil {
+		if old.alive() {
+			return IncomingResponse{}, fmt.Errorf("vm %q already runs here: %w", spec.Name, ErrExists)
+		}
+		h.forget(old)
+	}
+	vm, err := h.Create(spec)
+	if err != nil {
+		return IncomingResponse{}, err
+	}
+	if err := vm.lock("incoming"); err != nil {
+		return IncomingResponse{}, err
+	}
+	defer vm.unlock()
+	ok := false
+	defer func() {
+		if !ok {
+			vm.kill()
+			h.forget(vm)
+		}
+	}()
+	absent := map[string]bool{}
+	for _, id := range req.Absent {
+		if _, pt := spec.findDevice(id, nil); !pt {
+			return IncomingResponse{}, fmt.Errorf("incoming %q: absent device %q is not a passthrough device: %w", spec.Name, id, ErrInvalidSpec)
+		}
+		absent[id] = true
+	}
+	if err := vm.allocateSlots(req.Absent); err != nil {
+		return IncomingResponse{}, err
+	}
+	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
+		return IncomingResponse{}, err
+	}
+	mon, err := vm.monitor()
+	if err != nil {
+		return IncomingResponse{}, err
+	}
+	port, err := freePort(h.cfg.MigrationAddress)
+	if err != nil {
+		return IncomingResponse{}, err
+	}
+	uri := "tcp:" + net.JoinHostPort(h.cfg.MigrationAddress, strconv.Itoa(port))
+	if err := mon.MigrateIncoming(ctx, uri); err != nil {
+		return IncomingResponse{}, err
+	}
+	vm.mu.Lock()
+	vm.rt.Round = req.Round
+	vm.saveRuntime()
+	vm.mu.Unlock()
+	ok = true
+	vm.log.Info("waiting for incoming migration", "uri", uri)
+	return IncomingResponse{URI: uri}, nil
+}
+
+// FinishIncoming completes a migration on the destination: wait for the
+// stream, attach this host's devices, resume, tell the guest.
+func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
+	if err := vm.lock("finish-incoming"); err != nil {
+		return VMInfo{}, err
+	}
+	defer vm.unlock()
+	vm.mu.Lock()
+	incoming := vm.rt.Incoming
+	vm.mu.Unlock()
+	if !incoming {
+		return VMInfo{}, fmt.Errorf("vm %q is not waiting for a migration: %w", vm.name, ErrInvalidState)
+	}
+	mon, err := vm.monitor()
+	if err != nil {
+		return VMInfo{}, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, err := mon.WaitMigration(wctx, 50*time.Millisecond, nil); err != nil {
+		return VMInfo{}, fmt.Errorf("vm %q: incoming: %w", vm.name, err)
+	}
+	vm.mu.Lock()
+	vm.rt.Incoming = false
+	vm.saveRuntime()
+	vm.mu.Unlock()
+	if err := vm.attachAll(ctx); err != nil {
+		return VMInfo{}, err
+	}
+	if err := mon.Cont(ctx); err != nil {
+		return VMInfo{}, err
+	}
+	vm.finishRound(ctx, "migrated")
+	return vm.Info(ctx), nil
+}
+
+// AbortIncoming kills a destination QEMU that must not run.
+func (vm *VM) AbortIncoming(ctx context.Context) error {
+	vm.mu.Lock()
+	incoming := vm.rt.Incoming
+	vm.mu.Unlock()
+	if !incoming {
+		if vm.alive() {
+			return fmt.Errorf("vm %q runs here and is not an incoming migration: %w", vm.name, ErrInvalidState)
+		}
+	}
+	vm.kill()
+	vm.h.forget(vm)
+	vm.log.Info("incoming migration aborted")
+	return nil
+}
+
+func freePort(addr string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("migration address %s: %w", addr, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+var errNoResult = errors.New("stream ended without a result")

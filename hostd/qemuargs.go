@@ -1,0 +1,214 @@
+package hostd
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Files of a VM's state directory.
+const (
+	fileSpec    = "spec.json"
+	fileRuntime = "runtime.json"
+	fileQMP     = "qmp.sock"
+	fileGuest   = "guest.sock"
+	fileSerial  = "serial.log"
+	fileQEMULog = "qemu.log"
+	filePID     = "qemu.pid"
+)
+
+// launch says how to start QEMU for a VM.
+type launch struct {
+	spec     Spec
+	dir      string
+	accel    string
+	incoming bool
+	// absent lists passthrough devices left out of the command line: they
+	// were detached at the source of a migration or checkpoint and are
+	// hot-plugged after the state is loaded, so both sides agree on the
+	// device set when the state is transferred.
+	absent map[string]bool
+	// override replaces properties of passthrough devices (from a pool).
+	override map[string]map[string]string
+}
+
+// qemuArgs builds QEMU's argv (without the binary). No shell is involved,
+// so nothing in a spec can inject arguments: values with commas are
+// rejected or escaped (QEMU escapes ',' as ',,').
+func qemuArgs(l launch) ([]string, error) {
+	s := l.spec
+	a := []string{
+		"-name", "guest=" + esc(s.Name) + ",debug-threads=on",
+		"-machine", "q35",
+		"-accel", l.accel,
+		"-m", fmt.Sprintf("%dM", s.Memory),
+		"-smp", fmt.Sprint(s.VCPUs),
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-chardev", "file,id=serial0,append=on,path=" + esc(filepath.Join(l.dir, fileSerial)),
+		"-serial", "chardev:serial0",
+		"-qmp", "unix:" + esc(filepath.Join(l.dir, fileQMP)) + ",server=on,wait=off",
+		"-pidfile", filepath.Join(l.dir, filePID),
+	}
+	if s.CPU != "" {
+		a = append(a, "-cpu", s.CPU)
+	}
+	if s.SharedMemory {
+		a = append(a,
+			"-object", "memory-backend-file,id=ram0,share=on,size="+fmt.Sprintf("%dM", s.Memory)+",mem-path="+esc(shmPath(s.Name)),
+			"-machine", "memory-backend=ram0")
+	}
+	if s.Kernel != "" {
+		a = append(a, "-kernel", s.Kernel)
+		if s.Initrd != "" {
+			a = append(a, "-initrd", s.Initrd)
+		}
+		if s.Append != "" {
+			a = append(a, "-append", s.Append)
+		}
+	}
+	for _, d := range s.Disks {
+		a = append(a,
+			"-blockdev", fmt.Sprintf("driver=file,node-name=f-%s,filename=%s", d.ID, esc(d.Path)),
+			"-blockdev", fmt.Sprintf("driver=%s,node-name=%s,file=f-%s", d.Format, d.ID, d.ID),
+			"-device", fmt.Sprintf("virtio-blk-pci,drive=%s,id=dev-%s", d.ID, d.ID))
+	}
+	chassis := 0
+	rootPort := func(id string) string {
+		chassis++
+		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=rp-%s,chassis=%d,slot=%d,bus=pcie.0", id, chassis, chassis))
+		return "rp-" + id
+	}
+	for _, n := range s.NICs {
+		nd := "nd-" + n.ID
+		switch n.Backend {
+		case "tap":
+			a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", nd, esc(n.Tap)))
+		default:
+			v := "user,id=" + nd
+			for _, f := range n.HostFwd {
+				v += ",hostfwd=" + esc(f)
+			}
+			a = append(a, "-netdev", v)
+		}
+		if n.Passthrough {
+			bus := rootPort(n.ID)
+			if l.absent[n.ID] {
+				continue
+			}
+			a = append(a, "-device", deviceArg(nicDevice(n, bus, l.override[n.ID])))
+			continue
+		}
+		a = append(a, "-device", deviceArg(nicDevice(n, "", nil)))
+	}
+	for _, d := range s.Devs {
+		bus := ""
+		if d.Passthrough {
+			bus = rootPort(d.ID)
+			if l.absent[d.ID] {
+				continue
+			}
+		}
+		a = append(a, "-device", deviceArg(genericDevice(d, bus, l.override[d.ID])))
+	}
+	switch s.Guest.Type {
+	case "virtio-serial":
+		a = append(a,
+			"-device", "virtio-serial-pci,id=vser0",
+			"-chardev", "socket,id=guestch,server=on,wait=off,path="+esc(filepath.Join(l.dir, fileGuest)),
+			"-device", "virtserialport,bus=vser0.0,chardev=guestch,name=org.symvirt.0")
+	case "vsock":
+		a = append(a, "-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", s.Guest.CID))
+	}
+	if l.incoming {
+		a = append(a, "-incoming", "defer")
+	}
+	return a, nil
+}
+
+// device is a QEMU device: driver, id and properties.
+type device struct {
+	Driver string
+	ID     string
+	Props  map[string]string
+}
+
+func nicDevice(n NIC, bus string, override map[string]string) device {
+	p := map[string]string{"netdev": "nd-" + n.ID}
+	if n.MAC != "" {
+		p["mac"] = n.MAC
+	}
+	if bus != "" {
+		p["bus"] = bus
+	}
+	for k, v := range override {
+		p[k] = v
+	}
+	return device{Driver: n.Model, ID: n.ID, Props: p}
+}
+
+func genericDevice(d Dev, bus string, override map[string]string) device {
+	p := map[string]string{}
+	for k, v := range d.Props {
+		p[k] = v
+	}
+	if bus != "" {
+		p["bus"] = bus
+	}
+	for k, v := range override {
+		p[k] = v
+	}
+	return device{Driver: d.Driver, ID: d.ID, Props: p}
+}
+
+func deviceArg(d device) string {
+	var b strings.Builder
+	b.WriteString(esc(d.Driver))
+	b.WriteString(",id=" + d.ID)
+	keys := make([]string, 0, len(d.Props))
+	for k := range d.Props {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		b.WriteString("," + k + "=" + esc(d.Props[k]))
+	}
+	return b.String()
+}
+
+// esc escapes a value for QEMU's option syntax, where ',' separates keys.
+func esc(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
+// shmPath is where a VM's shared RAM lives; it must outlive QEMU.
+func shmPath(name string) string { return filepath.Join("/dev/shm", "symvirt-"+name+".ram") }
+
+// findDevice returns the spec's definition of passthrough device id.
+func (s *Spec) findDevice(id string, override map[string]string) (device, bool) {
+	for _, n := range s.NICs {
+		if n.ID == id {
+			return nicDevice(n, "rp-"+n.ID, override), n.Passthrough
+		}
+	}
+	for _, d := range s.Devs {
+		if d.ID == id {
+			return genericDevice(d, "rp-"+d.ID, override), d.Passthrough
+		}
+	}
+	return device{}, false
+}
+
+// poolOf returns the pool a device is drawn from on a destination ("" for
+// none).
+func (s *Spec) poolOf(id string) string {
+	for _, n := range s.NICs {
+		if n.ID == id {
+			return n.Pool
+		}
+	}
+	for _, d := range s.Devs {
+		if d.ID == id {
+			return d.Pool
+		}
+	}
+	return ""
+}

@@ -1,0 +1,282 @@
+package hostd
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Spec describes one VM. It is what an operator writes (YAML) and what
+// hostd persists and hands to another hostd on migration.
+type Spec struct {
+	Name   string `yaml:"name" json:"name"`
+	Memory Size   `yaml:"memory" json:"memory"`
+	VCPUs  int    `yaml:"vcpus,omitempty" json:"vcpus,omitempty"`
+	CPU    string `yaml:"cpu,omitempty" json:"cpu,omitempty"`
+	// Kernel/Initrd/Append boot a kernel directly; Disks may hold a root file
+	// system instead or as well.
+	Kernel string  `yaml:"kernel,omitempty" json:"kernel,omitempty"`
+	Initrd string  `yaml:"initrd,omitempty" json:"initrd,omitempty"`
+	Append string  `yaml:"append,omitempty" json:"append,omitempty"`
+	Disks  []Disk  `yaml:"disks,omitempty" json:"disks,omitempty"`
+	NICs   []NIC   `yaml:"nics,omitempty" json:"nics,omitempty"`
+	Devs   []Dev   `yaml:"devices,omitempty" json:"devices,omitempty"`
+	Guest  Channel `yaml:"guest_channel,omitempty" json:"guest_channel,omitempty"`
+	// SharedMemory backs guest RAM with a file under /dev/shm that outlives
+	// the QEMU process (warm reboot).
+	SharedMemory bool `yaml:"shared_memory,omitempty" json:"shared_memory,omitempty"`
+}
+
+// Size is a memory size in MiB; YAML accepts 512, "512M", "2G".
+type Size int64
+
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// ParseSize parses a size in MiB ("256", "256M", "1G", "1GiB").
+func ParseSize(v string) (Size, error) {
+	v = strings.TrimSpace(strings.ToUpper(v))
+	v = strings.TrimSuffix(strings.TrimSuffix(v, "IB"), "B")
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(v, "G"):
+		mult, v = 1024, strings.TrimSuffix(v, "G")
+	case strings.HasSuffix(v, "M"):
+		v = strings.TrimSuffix(v, "M")
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("size %q: want a positive number of MiB such as 512, 512M or 2G", v)
+	}
+	return Size(n * mult), nil
+}
+
+// Disk is a block device. Checkpoints copy it (the VM is stopped), so a
+// restore gets the disk as it was at the cut.
+type Disk struct {
+	ID     string `yaml:"id" json:"id"`
+	Path   string `yaml:"path" json:"path"`
+	Format string `yaml:"format,omitempty" json:"format,omitempty"`
+}
+
+// NIC is a network interface. Passthrough NICs (an SR-IOV VF in production,
+// an emulated PCIe NIC in tests) sit on their own pcie-root-port so they can
+// be hot-unplugged before a checkpoint or migration.
+type NIC struct {
+	ID          string   `yaml:"id" json:"id"`
+	Model       string   `yaml:"model,omitempty" json:"model,omitempty"`
+	MAC         string   `yaml:"mac,omitempty" json:"mac,omitempty"`
+	Backend     string   `yaml:"backend,omitempty" json:"backend,omitempty"` // user | tap
+	Tap         string   `yaml:"tap,omitempty" json:"tap,omitempty"`
+	HostFwd     []string `yaml:"hostfwd,omitempty" json:"hostfwd,omitempty"`
+	Passthrough bool     `yaml:"passthrough,omitempty" json:"passthrough,omitempty"`
+	// Pool names the host's device pool this NIC is re-attached from on a
+	// migration destination (its entries override properties such as mac).
+	Pool string `yaml:"pool,omitempty" json:"pool,omitempty"`
+}
+
+// Dev is any other QEMU device, e.g. vfio-pci for an HCA.
+type Dev struct {
+	ID          string            `yaml:"id" json:"id"`
+	Driver      string            `yaml:"driver" json:"driver"`
+	Props       map[string]string `yaml:"props,omitempty" json:"props,omitempty"`
+	Passthrough bool              `yaml:"passthrough,omitempty" json:"passthrough,omitempty"`
+	Pool        string            `yaml:"pool,omitempty" json:"pool,omitempty"`
+}
+
+// Channel selects how hostd talks to guestd.
+type Channel struct {
+	Type string `yaml:"type,omitempty" json:"type,omitempty"` // none | virtio-serial | vsock
+	CID  uint32 `yaml:"cid,omitempty" json:"cid,omitempty"`
+}
+
+var (
+	nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+	idRE   = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_-]{0,30}$`)
+)
+
+// ParseSpec decodes YAML (or JSON, a YAML subset) and validates it.
+// Unknown fields are errors: a typo must not silently drop a device.
+func ParseSpec(data []byte) (Spec, error) {
+	var s Spec
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&s); err != nil {
+		return Spec{}, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+	}
+	if err := s.Validate(); err != nil {
+		return Spec{}, err
+	}
+	return s, nil
+}
+
+// LoadSpec reads and validates a spec file.
+func LoadSpec(path string) (Spec, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Spec{}, err
+	}
+	s, err := ParseSpec(data)
+	if err != nil {
+		return Spec{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+func fieldErr(field, format string, a ...any) error {
+	return fmt.Errorf("%w: field %s: %s", ErrInvalidSpec, field, fmt.Sprintf(format, a...))
+}
+
+// Validate checks every field and names the first one that is wrong.
+func (s *Spec) Validate() error {
+	if s.Name == "" {
+		return fieldErr("name", "missing")
+	}
+	if !nameRE.MatchString(s.Name) {
+		return fieldErr("name", "%q: use letters, digits, '.', '_' or '-' (at most 63)", s.Name)
+	}
+	if s.Memory <= 0 {
+		return fieldErr("memory", "missing (e.g. memory: 512M)")
+	}
+	if s.VCPUs == 0 {
+		s.VCPUs = 1
+	}
+	if s.VCPUs < 0 || s.VCPUs > 256 {
+		return fieldErr("vcpus", "%d is out of range 1..256", s.VCPUs)
+	}
+	if s.Kernel == "" && len(s.Disks) == 0 {
+		return fieldErr("kernel", "missing: give a kernel or at least one disk")
+	}
+	if s.Kernel == "" && (s.Initrd != "" || s.Append != "") {
+		return fieldErr("kernel", "missing: initrd and append need a kernel")
+	}
+	ids := map[string]string{}
+	useID := func(field, id string) error {
+		if !idRE.MatchString(id) {
+			return fieldErr(field, "%q: an id starts with a letter and has letters, digits, '_' or '-' (at most 31)", id)
+		}
+		if prev, dup := ids[id]; dup {
+			return fieldErr(field, "id %q is already used by %s", id, prev)
+		}
+		ids[id] = field
+		return nil
+	}
+	for i := range s.Disks {
+		d := &s.Disks[i]
+		f := fmt.Sprintf("disks[%d]", i)
+		if d.ID == "" {
+			d.ID = fmt.Sprintf("disk%d", i)
+		}
+		if err := useID(f+".id", d.ID); err != nil {
+			return err
+		}
+		if d.Path == "" {
+			return fieldErr(f+".path", "missing")
+		}
+		if d.Format == "" {
+			d.Format = "qcow2"
+		}
+		if d.Format != "qcow2" && d.Format != "raw" {
+			return fieldErr(f+".format", "%q: want qcow2 or raw", d.Format)
+		}
+	}
+	for i := range s.NICs {
+		n := &s.NICs[i]
+		f := fmt.Sprintf("nics[%d]", i)
+		if n.ID == "" {
+			return fieldErr(f+".id", "missing")
+		}
+		if err := useID(f+".id", n.ID); err != nil {
+			return err
+		}
+		if n.Model == "" {
+			n.Model = "virtio-net-pci"
+		}
+		if n.MAC != "" {
+			if _, err := net.ParseMAC(n.MAC); err != nil {
+				return fieldErr(f+".mac", "%q is not a MAC address", n.MAC)
+			}
+		}
+		switch n.Backend {
+		case "", "user":
+			n.Backend = "user"
+			if n.Tap != "" {
+				return fieldErr(f+".tap", "only for backend: tap")
+			}
+		case "tap":
+			if n.Tap == "" {
+				return fieldErr(f+".tap", "missing: backend tap needs the tap interface name")
+			}
+			if len(n.HostFwd) > 0 {
+				return fieldErr(f+".hostfwd", "only for backend: user")
+			}
+		default:
+			return fieldErr(f+".backend", "%q: want user or tap", n.Backend)
+		}
+		if n.Pool != "" && !n.Passthrough {
+			return fieldErr(f+".pool", "only passthrough devices come from a pool")
+		}
+	}
+	for i := range s.Devs {
+		d := &s.Devs[i]
+		f := fmt.Sprintf("devices[%d]", i)
+		if d.ID == "" {
+			return fieldErr(f+".id", "missing")
+		}
+		if err := useID(f+".id", d.ID); err != nil {
+			return err
+		}
+		if d.Driver == "" {
+			return fieldErr(f+".driver", "missing")
+		}
+		for k := range d.Props {
+			if k == "id" || k == "driver" || k == "bus" || strings.ContainsAny(k, ",= ") {
+				return fieldErr(f+".props", "property %q is not allowed", k)
+			}
+		}
+		if d.Pool != "" && !d.Passthrough {
+			return fieldErr(f+".pool", "only passthrough devices come from a pool")
+		}
+	}
+	switch s.Guest.Type {
+	case "", "none":
+		s.Guest.Type = "none"
+	case "virtio-serial":
+	case "vsock":
+		if s.Guest.CID < 3 {
+			return fieldErr("guest_channel.cid", "vsock needs a guest cid >= 3")
+		}
+	default:
+		return fieldErr("guest_channel.type", "%q: want none, virtio-serial or vsock", s.Guest.Type)
+	}
+	return nil
+}
+
+// passthrough lists the ids of every device that must be detached before a
+// checkpoint or migration, in spec order.
+func (s *Spec) passthrough() []string {
+	var ids []string
+	for _, n := range s.NICs {
+		if n.Passthrough {
+			ids = append(ids, n.ID)
+		}
+	}
+	for _, d := range s.Devs {
+		if d.Passthrough {
+			ids = append(ids, d.ID)
+		}
+	}
+	return ids
+}

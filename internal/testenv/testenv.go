@@ -1,0 +1,297 @@
+// Package testenv runs the real daemons for integration tests: it builds
+// the symvirt binary once, starts hostd processes (optionally inside network
+// namespaces that stand for hosts), prints their logs only when a test
+// fails, and kills every QEMU a test left behind.
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// RepoRoot is the directory holding go.mod.
+func RepoRoot(t testing.TB) string {
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Binary builds ./cmd/symvirt once per test process and returns its path.
+func Binary(t testing.TB) string {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "symvirt-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "symvirt")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/symvirt")
+		cmd.Dir = RepoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// RequireRoot skips (or fails, under SYMVIRT_REQUIRE_QEMU=1) without root.
+func RequireRoot(t testing.TB) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("SYMVIRT_REQUIRE_QEMU") == "1" {
+			t.Fatal("this test needs root (network namespaces)")
+		}
+		t.Skip("needs root for network namespaces")
+	}
+}
+
+func randSuffix() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Run runs a command and fails the test on error.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// NetNS is a network namespace standing for one host.
+type NetNS struct{ Name string }
+
+// NewNetNS creates a namespace with loopback up; it is deleted at cleanup.
+func NewNetNS(t testing.TB, prefix string) *NetNS {
+	RequireRoot(t)
+	ns := &NetNS{Name: "sv" + prefix + "-" + randSuffix()}
+	Run(t, "ip", "netns", "add", ns.Name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns.Name).Run() })
+	Run(t, "ip", "-n", ns.Name, "link", "set", "lo", "up")
+	return ns
+}
+
+// Link joins two namespaces with a veth pair and gives each end an
+// address (CIDR).
+func Link(t testing.TB, a, b *NetNS, addrA, addrB string) {
+	sfx := randSuffix()
+	ea, eb := "va"+sfx, "vb"+sfx
+	Run(t, "ip", "link", "add", ea, "type", "veth", "peer", "name", eb)
+	Run(t, "ip", "link", "set", ea, "netns", a.Name)
+	Run(t, "ip", "link", "set", eb, "netns", b.Name)
+	Run(t, "ip", "-n", a.Name, "addr", "add", addrA, "dev", ea)
+	Run(t, "ip", "-n", b.Name, "addr", "add", addrB, "dev", eb)
+	Run(t, "ip", "-n", a.Name, "link", "set", ea, "up")
+	Run(t, "ip", "-n", b.Name, "link", "set", eb, "up")
+}
+
+// Hostd is a hostd process under test.
+type Hostd struct {
+	t        testing.TB
+	Name     string
+	NS       *NetNS // nil: the test's own namespace
+	StateDir string
+	Listen   string // TCP API address, "" for none
+	Config   string // config file path
+	Args     []string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	logs bytes.Buffer
+	done chan struct{}
+}
+
+// Socket is the hostd's unix API socket.
+func (h *Hostd) Socket() string { return filepath.Join(h.StateDir, "hostd.sock") }
+
+// Client returns an API client on the unix socket.
+func (h *Hostd) Client() *hostd.Client { return hostd.NewClient(h.Socket()) }
+
+// Addr is the address another hostd uses to reach this one.
+func (h *Hostd) Addr() string {
+	if h.Listen != "" {
+		return h.Listen
+	}
+	return h.Socket()
+}
+
+// Logs returns what the hostd printed so far.
+func (h *Hostd) Logs() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.logs.String()
+}
+
+// StartHostd starts a hostd; cfg (YAML) may be empty. It is stopped, and
+// every QEMU under its state dir killed, at cleanup; its logs are printed
+// if the test failed.
+func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string) *Hostd {
+	h := &Hostd{t: t, Name: name, NS: ns, StateDir: t.TempDir(), Listen: listen}
+	if cfg != "" {
+		h.Config = filepath.Join(t.TempDir(), "host.yaml")
+		if err := os.WriteFile(h.Config, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		h.Kill()
+		KillUnder(h.StateDir)
+		if t.Failed() {
+			t.Logf("---- hostd %s logs ----\n%s", h.Name, h.Logs())
+			for _, f := range globAll(h.StateDir, "vms/*/qemu.log", "vms/*/serial.log") {
+				data, _ := os.ReadFile(f)
+				if len(data) > 4000 {
+					data = data[len(data)-4000:]
+				}
+				t.Logf("---- %s (tail) ----\n%s", f, data)
+			}
+		}
+	})
+	h.Start()
+	return h
+}
+
+func globAll(dir string, patterns ...string) []string {
+	var out []string
+	for _, p := range patterns {
+		m, _ := filepath.Glob(filepath.Join(dir, p))
+		out = append(out, m...)
+	}
+	return out
+}
+
+// Start (re)starts the hostd process and waits for its API.
+func (h *Hostd) Start() {
+	t := h.t
+	t.Helper()
+	args := []string{"hostd", "--state-dir", h.StateDir, "--log-level", "debug"}
+	if h.Listen != "" {
+		args = append(args, "--listen", h.Listen)
+		host, _, _ := strings.Cut(h.Listen, ":")
+		args = append(args, "--migration-address", host)
+	}
+	if h.Config != "" {
+		args = append(args, "--config", h.Config)
+	}
+	args = append(args, h.Args...)
+	bin := Binary(t)
+	var cmd *exec.Cmd
+	if h.NS != nil {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", h.NS.Name, bin}, args...)...)
+	} else {
+		cmd = exec.Command(bin, args...)
+	}
+	h.mu.Lock()
+	cmd.Stdout, cmd.Stderr = &lockedWriter{h}, &lockedWriter{h}
+	h.mu.Unlock()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	h.mu.Lock()
+	h.cmd, h.done = cmd, done
+	h.mu.Unlock()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := h.Client().List(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-done:
+			t.Fatalf("hostd %s exited at start:\n%s", h.Name, h.Logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hostd %s API not up after 20s: %v\n%s", h.Name, err, h.Logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill sends SIGKILL to hostd (and only hostd: QEMUs run in their own
+// sessions) and waits for it to exit.
+func (h *Hostd) Kill() {
+	h.mu.Lock()
+	cmd, done := h.cmd, h.done
+	h.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	// With ip netns exec the hostd is exec'd in place, so this is hostd.
+	<-done
+}
+
+type lockedWriter struct{ h *Hostd }
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.h.mu.Lock()
+	defer w.h.mu.Unlock()
+	return w.h.logs.Write(p)
+}
+
+// KillUnder kills every process whose command line mentions dir (the
+// QEMUs of a state dir).
+func KillUnder(dir string) {
+	for _, pid := range PIDsUnder(dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// PIDsUnder lists processes whose command line mentions dir.
+func PIDsUnder(dir string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && bytes.Contains(cmdline, []byte(dir)) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
