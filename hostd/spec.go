@@ -39,15 +39,15 @@ type Size int64
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	v, err := ParseSize(n.Value)
 	if err != nil {
-		return err
+		return fmt.Errorf("field memory (line %d): %w", n.Line, err)
 	}
 	*s = v
 	return nil
 }
 
 // ParseSize parses a size in MiB ("256", "256M", "1G", "1GiB").
-func ParseSize(v string) (Size, error) {
-	v = strings.TrimSpace(strings.ToUpper(v))
+func ParseSize(orig string) (Size, error) {
+	v := strings.TrimSpace(strings.ToUpper(orig))
 	v = strings.TrimSuffix(strings.TrimSuffix(v, "IB"), "B")
 	mult := int64(1)
 	switch {
@@ -58,7 +58,7 @@ func ParseSize(v string) (Size, error) {
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("size %q: want a positive number of MiB such as 512, 512M or 2G", v)
+		return 0, fmt.Errorf("size %q: want a positive number of MiB such as 512, 512M or 2G", orig)
 	}
 	return Size(n * mult), nil
 }
