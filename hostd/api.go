@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -35,7 +36,8 @@ func (h *Host) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/host", func(w http.ResponseWriter, r *http.Request) {
 		writeJSONResp(w, map[string]any{"accel": h.cfg.Accel, "migration_address": h.cfg.MigrationAddress,
-			"pools": h.cfg.Pools, "qemu": h.cfg.QEMU})
+			"pools": h.cfg.Pools, "qemu": h.cfg.QEMU, "pid": os.Getpid(), "started_at": h.started,
+			"stale_shared_memory": h.StaleSharedMemory()})
 	})
 	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
 		writeJSONResp(w, h.List())
@@ -177,6 +179,50 @@ func (h *Host) Handler() http.Handler {
 			return
 		}
 		writeJSONResp(w, map[string]string{"aborted": vm.name})
+	})
+	vmRoute("POST", "/rejuvenate", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		var opts RejuvenateOptions
+		if !readReq(w, r, &opts) {
+			return
+		}
+		res, err := vm.Rejuvenate(context.WithoutCancel(r.Context()), opts)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, res)
+	})
+	mux.HandleFunc("POST /v1/rejuvenate", func(w http.ResponseWriter, r *http.Request) {
+		var opts RejuvenateOptions
+		if !readReq(w, r, &opts) {
+			return
+		}
+		writeJSONResp(w, h.Rejuvenate(context.WithoutCancel(r.Context()), opts))
+	})
+	mux.HandleFunc("POST /v1/host/restart", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Binary string `json:"binary,omitempty"`
+		}
+		if !readReq(w, r, &req) {
+			return
+		}
+		if h.Restart == nil {
+			writeErr(w, fmt.Errorf("this hostd cannot restart itself: %w", ErrInvalidState))
+			return
+		}
+		if err := h.Restart(req.Binary, true); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, map[string]any{"restarting": os.Getpid()})
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		// Answer first, then replace the process; VMs are re-adopted.
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			h.Restart(req.Binary, false)
+		}()
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics.reg, promhttp.HandlerOpts{}))
 	return mux

@@ -223,3 +223,41 @@ func (c *Client) FinishIncoming(ctx context.Context, name string) (VMInfo, error
 func (c *Client) AbortIncoming(ctx context.Context, name string) error {
 	return c.do(ctx, "POST", vmPath(name, "/incoming/abort"), nil, nil)
 }
+
+// Rejuvenate warm-restarts one VM's QEMU.
+func (c *Client) Rejuvenate(ctx context.Context, name string, opts RejuvenateOptions) (RejuvenateResult, error) {
+	var res RejuvenateResult
+	err := c.do(ctx, "POST", vmPath(name, "/rejuvenate"), opts, &res)
+	return res, err
+}
+
+// RejuvenateHost warm-restarts every VM of the host.
+func (c *Client) RejuvenateHost(ctx context.Context, opts RejuvenateOptions) ([]RejuvenateResult, error) {
+	var res []RejuvenateResult
+	err := c.do(ctx, "POST", "/v1/rejuvenate", opts, &res)
+	return res, err
+}
+
+// HostInfo describes a hostd.
+type HostInfo struct {
+	Accel             string                         `json:"accel"`
+	MigrationAddress  string                         `json:"migration_address"`
+	Pools             map[string][]map[string]string `json:"pools"`
+	QEMU              string                         `json:"qemu"`
+	PID               int                            `json:"pid"`
+	StartedAt         time.Time                      `json:"started_at"`
+	StaleSharedMemory []string                       `json:"stale_shared_memory"`
+}
+
+// Host returns the hostd's description.
+func (c *Client) Host(ctx context.Context) (HostInfo, error) {
+	var hi HostInfo
+	err := c.do(ctx, "GET", "/v1/host", nil, &hi)
+	return hi, err
+}
+
+// RestartHostd replaces the hostd process (optionally with another
+// binary); VMs keep running and are re-adopted.
+func (c *Client) RestartHostd(ctx context.Context, binary string) error {
+	return c.do(ctx, "POST", "/v1/host/restart", map[string]string{"binary": binary}, nil)
+}

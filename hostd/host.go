@@ -2,6 +2,8 @@ package hostd
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,12 +26,18 @@ import (
 // Host manages the VMs of one host. QEMU processes run in their own session
 // and are not tied to hostd's lifetime: New re-adopts the ones still running.
 type Host struct {
+	tag     string // short hash of the state dir, unique per hostd
+	started time.Time
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
 
 	mu  sync.Mutex
 	vms map[string]*VM
+
+	// Restart replaces the hostd process (set by the daemon). With check
+	// it only validates binary; VMs are untouched either way.
+	Restart func(binary string, check bool) error
 }
 
 // VM is one VM known to this host.
@@ -63,6 +71,9 @@ type runtimeState struct {
 	Incoming bool `json:"incoming,omitempty"`
 	// Round is the guest cooperation round a migration carries.
 	Round *Round `json:"round,omitempty"`
+	// QEMU is the binary this VM runs with when not the host's default
+	// (after an upgrade by rejuvenate).
+	QEMU string `json:"qemu,omitempty"`
 }
 
 type poolSlot struct {
@@ -99,7 +110,9 @@ func New(cfg Config) (*Host, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics()}
+	sum := sha256.Sum256([]byte(cfg.StateDir))
+	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
+		tag: hex.EncodeToString(sum[:4]), started: time.Now().UTC()}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
 	}
@@ -125,6 +138,9 @@ func New(cfg Config) (*Host, error) {
 		}
 	}
 	h.metrics.vmsFunc(h.stateCounts)
+	for _, f := range h.StaleSharedMemory() {
+		h.log.Warn("stale shared memory file: no running vm owns it", "file", f)
+	}
 	return h, nil
 }
 
@@ -208,6 +224,10 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 	if _, ok := h.vms[spec.Name]; ok {
 		return nil, fmt.Errorf("vm %q: %w", spec.Name, ErrExists)
 	}
+	if spec.SharedMemory == nil {
+		on := h.shmHasRoom(spec.Memory)
+		spec.SharedMemory = &on
+	}
 	vm := h.newVM(spec.Name, spec)
 	if err := os.MkdirAll(vm.dir, 0o700); err != nil {
 		return nil, err
@@ -250,7 +270,7 @@ func (h *Host) forgetKeep(vm *VM, keepLogs bool) {
 		delete(h.vms, vm.name)
 	}
 	h.mu.Unlock()
-	os.Remove(shmPath(vm.name))
+	os.Remove(h.shmPath(vm.name))
 	if !keepLogs {
 		os.RemoveAll(vm.dir)
 		return
@@ -459,6 +479,7 @@ func (vm *VM) launch(ctx context.Context, l launch) error {
 	vm.mu.Lock()
 	l.spec, l.dir, l.accel = vm.spec, vm.dir, vm.h.cfg.Accel
 	l.override = vm.overrides()
+	l.shm = vm.h.shmPath(vm.name)
 	vm.mu.Unlock()
 	args, err := qemuArgs(l)
 	if err != nil {
@@ -475,7 +496,10 @@ func (vm *VM) launch(ctx context.Context, l launch) error {
 	}
 	defer logf.Close()
 	logStart, _ := logf.Seek(0, io.SeekEnd)
-	cmd := exec.Command(vm.h.cfg.QEMU, args...)
+	vm.mu.Lock()
+	bin := vm.qemuBinary()
+	vm.mu.Unlock()
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A session of its own: signals to hostd's process group (Ctrl-C, a
 	// service manager stopping hostd) must not reach the VMs.
@@ -583,6 +607,12 @@ func (vm *VM) stop(ctx context.Context, timeout time.Duration) error {
 
 // kill ends QEMU at once (a destination that must not run, a failed start).
 func (vm *VM) kill() {
+	vm.killProcess()
+	vm.cleanupAfterStop()
+}
+
+// killProcess ends QEMU at once but leaves its shared RAM file alone.
+func (vm *VM) killProcess() {
 	vm.mu.Lock()
 	exited, pid := vm.exited, vm.rt.PID
 	vm.mu.Unlock()
@@ -595,7 +625,10 @@ func (vm *VM) kill() {
 		case <-time.After(10 * time.Second):
 		}
 	}
-	vm.cleanupAfterStop()
+	vm.mu.Lock()
+	vm.rt.PID, vm.rt.Incoming = 0, false
+	vm.saveRuntime()
+	vm.mu.Unlock()
 }
 
 // cleanupAfterStop removes what must not outlive the VM's QEMU: shared RAM
@@ -605,7 +638,7 @@ func (vm *VM) cleanupAfterStop() {
 	vm.rt.PID, vm.rt.Incoming, vm.rt.Detached = 0, false, nil
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	os.Remove(shmPath(vm.name))
+	os.Remove(vm.h.shmPath(vm.name))
 }
 
 // Pause stops the vCPUs.
@@ -715,4 +748,15 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// shmHasRoom reports whether /dev/shm can hold another guest of this size
+// with room to spare (the default for shared memory).
+func (h *Host) shmHasRoom(mem Size) bool {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(shmDir, &st); err != nil {
+		return false
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	return free > 2*int64(mem)<<20+256<<20
 }

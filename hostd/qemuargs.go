@@ -31,6 +31,8 @@ type launch struct {
 	absent map[string]bool
 	// override replaces properties of passthrough devices (from a pool).
 	override map[string]map[string]string
+	// shm is the shared RAM file when the spec asks for shared memory.
+	shm string
 }
 
 // qemuArgs builds QEMU's argv (without the binary). No shell is involved,
@@ -53,9 +55,12 @@ func qemuArgs(l launch) ([]string, error) {
 	if s.CPU != "" {
 		a = append(a, "-cpu", s.CPU)
 	}
-	if s.SharedMemory {
+	if s.sharedMemory() {
+		if l.shm == "" {
+			return nil, fmt.Errorf("vm %q: shared memory without a file", s.Name)
+		}
 		a = append(a,
-			"-object", "memory-backend-file,id=ram0,share=on,size="+fmt.Sprintf("%dM", s.Memory)+",mem-path="+esc(shmPath(s.Name)),
+			"-object", "memory-backend-file,id=ram0,share=on,size="+fmt.Sprintf("%dM", s.Memory)+",mem-path="+esc(l.shm),
 			"-machine", "memory-backend=ram0")
 	}
 	if s.Kernel != "" {
@@ -179,8 +184,15 @@ func deviceArg(d device) string {
 // esc escapes a value for QEMU's option syntax, where ',' separates keys.
 func esc(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
-// shmPath is where a VM's shared RAM lives; it must outlive QEMU.
-func shmPath(name string) string { return filepath.Join("/dev/shm", "symvirt-"+name+".ram") }
+// shmDir is where shared guest RAM lives: a tmpfs that outlives QEMU.
+var shmDir = "/dev/shm"
+
+// shmPath is where a VM's shared RAM lives. The host's tag is in the name
+// so two hostds on one machine (tests, a migration between them) never
+// share a file.
+func (h *Host) shmPath(name string) string {
+	return filepath.Join(shmDir, "symvirt-"+h.tag+"-"+name+".ram")
+}
 
 // findDevice returns the spec's definition of passthrough device id.
 func (s *Spec) findDevice(id string, override map[string]string) (device, bool) {

@@ -29,8 +29,9 @@ type Spec struct {
 	Devs   []Dev   `yaml:"devices,omitempty" json:"devices,omitempty"`
 	Guest  Channel `yaml:"guest_channel,omitempty" json:"guest_channel,omitempty"`
 	// SharedMemory backs guest RAM with a file under /dev/shm that outlives
-	// the QEMU process (warm reboot).
-	SharedMemory bool `yaml:"shared_memory,omitempty" json:"shared_memory,omitempty"`
+	// the QEMU process, so the VMM can be restarted with RAM in place
+	// (warm reboot). Unset: hostd turns it on when /dev/shm has room.
+	SharedMemory *bool `yaml:"shared_memory,omitempty" json:"shared_memory,omitempty"`
 }
 
 // Size is a memory size in MiB; YAML accepts 512, "512M", "2G".
@@ -280,3 +281,6 @@ func (s *Spec) passthrough() []string {
 	}
 	return ids
 }
+
+// sharedMemory reports whether guest RAM lives in a shared file.
+func (s *Spec) sharedMemory() bool { return s.SharedMemory != nil && *s.SharedMemory }

@@ -72,6 +72,30 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	defer h.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	h.Restart = func(binary string, check bool) error {
+		bin := exe
+		if binary != "" {
+			bin = binary
+		}
+		if check {
+			st, err := os.Stat(bin)
+			if err != nil {
+				return fmt.Errorf("hostd binary: %w", err)
+			}
+			if st.Mode()&0o111 == 0 {
+				return fmt.Errorf("hostd binary %s is not executable", bin)
+			}
+			return nil
+		}
+		log.Info("re-executing hostd; VMs keep running", "binary", bin)
+		// Every descriptor is close-on-exec: the new process listens
+		// again and re-adopts the VMs from the state dir.
+		return syscall.Exec(bin, append([]string{bin}, os.Args[1:]...), os.Environ())
+	}
 	sock := cmd.String("socket")
 	if sock == "" {
 		sock = filepath.Join(cfg.StateDir, "hostd.sock")

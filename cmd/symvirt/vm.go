@@ -149,6 +149,12 @@ func vmCommand() *cli.Command {
 					return printResult(out, info)
 				},
 			},
+			named("rejuvenate", "restart the VM's QEMU with its RAM in place (warm reboot)",
+				func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
+					return c.Rejuvenate(ctx, vm, hostd.RejuvenateOptions{QEMU: cmd.String("qemu-binary"), NoGuest: cmd.Bool("no-guest")})
+				},
+				&cli.StringFlag{Name: "qemu-binary", Usage: "start the new QEMU from this binary (upgrade)"},
+				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
 			named("migrate", "live-migrate a VM to another hostd",
 				func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
 					bw, err := parseRate(cmd.String("max-bandwidth"))
@@ -231,6 +237,12 @@ func printResult(out cliutil.Output, v any) error {
 			for _, f := range r.Manifest.Files {
 				fmt.Fprintf(w, "  %s %s sha256:%s\n", f.Name, cliutil.Bytes(f.Size), f.SHA256)
 			}
+		case hostd.RejuvenateResult:
+			printRejuvenate(w, r)
+		case []hostd.RejuvenateResult:
+			for _, x := range r {
+				printRejuvenate(w, x)
+			}
 		case hostd.MigrateResult:
 			fmt.Fprintf(w, "migrated %s to %s: %s in %s (QEMU: total %s, downtime %s)\n", r.VM.Name, r.Destination,
 				cliutil.Bytes(r.Transferred), r.Duration.Round(time.Millisecond), r.TotalTime, r.Downtime)
@@ -238,4 +250,87 @@ func printResult(out cliutil.Output, v any) error {
 			fmt.Fprintf(w, "%v\n", v)
 		}
 	})
+}
+
+func printRejuvenate(w io.Writer, r hostd.RejuvenateResult) {
+	switch {
+	case r.Skipped != "":
+		fmt.Fprintf(w, "%s: skipped: %s\n", r.VM, r.Skipped)
+	case r.Error != "":
+		fmt.Fprintf(w, "%s: FAILED: %s\n", r.VM, r.Error)
+	default:
+		fb := ""
+		if r.Fallback {
+			fb = " (new binary failed; old binary took it back)"
+		}
+		fmt.Fprintf(w, "%s: qemu pid %d -> %d (%s), vCPUs stopped %s, device state %s%s\n", r.VM, r.OldPID, r.NewPID,
+			r.QEMU, r.Downtime.Round(time.Millisecond), cliutil.Bytes(r.StateBytes), fb)
+	}
+}
+
+func rejuvenateCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rejuvenate",
+		Usage:     "restart every QEMU of a host with guest RAM in place (or, with --hostd, hostd itself)",
+		ArgsUsage: "HOST (a hostd API address: unix socket path or host:port)",
+		Flags: []cli.Flag{
+			outputFlag,
+			&cli.StringFlag{Name: "qemu-binary", Usage: "start the new QEMUs from this binary (upgrade)"},
+			&cli.IntFlag{Name: "parallel", Value: 1, Usage: "VMs restarted at once"},
+			&cli.BoolFlag{Name: "hostd", Usage: "restart hostd itself instead (VMs untouched)"},
+			&cli.StringFlag{Name: "hostd-binary", Usage: "with --hostd: the new hostd binary (upgrade)"},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			host, err := oneArg(cmd, "HOST")
+			if err != nil {
+				return err
+			}
+			out, err := cliutil.New(cmd.String("output"))
+			if err != nil {
+				return err
+			}
+			c := hostd.NewClient(host)
+			if cmd.Bool("hostd") {
+				before, err := c.Host(ctx)
+				if err != nil {
+					return err
+				}
+				if err := c.RestartHostd(ctx, cmd.String("hostd-binary")); err != nil {
+					return err
+				}
+				// Wait for the new process to answer.
+				deadline := time.Now().Add(30 * time.Second)
+				for {
+					time.Sleep(200 * time.Millisecond)
+					after, err := c.Host(ctx)
+					if err == nil && after.StartedAt.After(before.StartedAt) {
+						vms, _ := c.List(ctx)
+						return out.Print(map[string]any{"pid": after.PID, "vms": len(vms)}, func(w io.Writer) {
+							fmt.Fprintf(w, "hostd restarted (pid %d, started %s); %d VMs re-adopted\n", after.PID,
+								after.StartedAt.Format(time.RFC3339), len(vms))
+						})
+					}
+					if time.Now().After(deadline) {
+						return fmt.Errorf("hostd did not come back within 30s (last error: %v)", err)
+					}
+				}
+			}
+			if cmd.Int("parallel") < 1 {
+				return fmt.Errorf("--parallel %d: want at least 1", cmd.Int("parallel"))
+			}
+			res, err := c.RejuvenateHost(ctx, hostd.RejuvenateOptions{QEMU: cmd.String("qemu-binary"), Parallel: int(cmd.Int("parallel"))})
+			if err != nil {
+				return err
+			}
+			if err := printResult(out, res); err != nil {
+				return err
+			}
+			for _, r := range res {
+				if r.Error != "" {
+					return fmt.Errorf("%s: %s", r.VM, r.Error)
+				}
+			}
+			return nil
+		},
+	}
 }
