@@ -1,0 +1,129 @@
+// Package machine is the coordinator's operation protocol as a pure state
+// machine, in the style of etcd's raft: it consumes events and emits
+// actions, and does nothing else. An operation (Op) checkpoints, restarts or
+// migrates one job — N QEMU VMs on several hosts — with the guests'
+// cooperation (SymVirt): every VM of the job goes through the same phases,
+// and the job's consistent cut is taken only when all of them got there.
+//
+// # Contract
+//
+//   - Pure. No goroutines, sockets, clock, randomness or logging inside.
+//     The same Op and the same events give the same actions, byte for byte.
+//   - Time is an input. Events carry the driver's clock (ActionResult.Now,
+//     Tick.Now, HostDown.Now, Cancel.Now; New and Recover take now). Every
+//     Action carries its Deadline; Op.Deadline is the earliest one, the
+//     latest moment the driver must deliver a Tick. A Tick at or after an
+//     action's deadline fails it with reason "deadline".
+//   - The state is the Op struct, which marshals to JSON (encoding/json);
+//     unexported fields are derived and rebuilt on first use. An Op is not
+//     safe for concurrent use: one driver goroutine owns it. The driver
+//     journals the Op (bbolt) after every Step and BEFORE executing the
+//     actions Step returned, so it never executes an action the journal does
+//     not know about.
+//   - Recovery. A coordinator killed mid-operation reloads the Op and calls
+//     Recover(now) once: it re-issues every outstanding action with its
+//     original ActionID (fresh deadline), and the operation continues —
+//     forward if it had not failed, rolling back if it had. Actions the
+//     dead coordinator already executed are de-duplicated by hostd.
+//   - Driver's duties. Execute each Action (an RPC to the hostd on
+//     Action.Host; RecordCheckpoint is the coordinator's own catalog) and
+//     answer it with exactly one ActionResult carrying its ID. Actions of one
+//     Step are independent and may run in parallel. Report a hostd that is
+//     gone with HostDown. Deliver Ticks no later than Op.Deadline.
+//   - hostd's duties. De-duplicate on ActionID.String(): a repeated ID
+//     returns the first execution's result. Compensations are idempotent and
+//     harmless when there is nothing to undo (Attach of attached devices,
+//     Resume of a running VM, Abort of a round the guest is not in, Kill or
+//     CancelMigrate of a VM that is not there, DeleteArtifacts of nothing).
+//     Fencing: once hostd has executed a closing action (Abort, Attach,
+//     Resume, Kill, CancelMigrate, DeleteArtifacts) of an op for a VM, it
+//     refuses that op's forward actions (Prepare, Detach, Stop, Save,
+//     Migrate, Restore) for that VM, and cancels one in progress if it can.
+//     The machine stops waiting for an action at its deadline, and
+//     supersedes an outstanding Prepare with an Abort (and a Migrate with a
+//     CancelMigrate at the destination, which refuses the incoming copy), so
+//     a forward action may reach hostd after its compensation: the fence
+//     makes it a no-op. A Migrate leaves the destination's copy PAUSED: it
+//     runs only on an explicit Resume there.
+//   - Ignored input. Results whose ID is not outstanding (other op, unknown
+//     VM, stale attempt, superseded, duplicate, late after a deadline) change
+//     nothing and are counted in Op.Ignored. Events after Done are no-ops.
+//
+// # Phases
+//
+// Forward phases are barriers: the phase's action goes to every VM at once,
+// and the next phase starts when every VM succeeded. Closing phases run a
+// chain per VM without barriers.
+//
+//	checkpoint:        PREPARE -> DETACH -> STOP -> SAVE =commit=> resume: ATTACH, RESUME(checkpointed)
+//	                   (+ RecordCheckpoint complete at the commit, with every VM's digest)
+//	migrate/evacuate:  PREPARE -> DETACH -> STOP -> MIGRATE =commit=> switch
+//	live migrate:      PREPARE -> DETACH ---------> MIGRATE(live) =commit=> switch
+//	                   switch, per moving VM: ATTACH@dest, RESUME(migrated)@dest, KILL@source
+//	                   switch, per staying VM (no Dest): ATTACH, RESUME(migrated)
+//	restart:           RESTORE (paused, on Dest or Host) =commit=> resume: ATTACH, RESUME(restored)
+//	any failure before the commit point                      => rollback (below)
+//
+// The commit point is the end of the last forward phase: every VM saved
+// (checkpoint; the checkpoint is COMPLETE only then), every moving VM's
+// destination holds a complete paused copy (migrate), every VM restored
+// paused (restart). Stop-and-copy takes the job's cut when the STOP barrier
+// is passed; a live migration's cut is each VM's own switch-over, after
+// which that VM stays paused at both ends until the commit (the price of
+// being able to roll every VM back). Evacuate is a migrate (one Op per job,
+// listing all the job's VMs, with Dest set on those of the evacuated host).
+//
+// # Failure semantics
+//
+// Before the commit point, any forward failure (a refusal, an error, a
+// deadline, HostDown of a VM's host or of a moving VM's destination, a
+// Cancel) rolls back every VM that is not lost. Each VM undoes every step
+// that was ISSUED — succeeded, failed or unanswered alike, because a failed
+// or timed-out action may have taken effect — in reverse order, on its
+// Host:
+//
+//	CANCEL-MIGRATE@dest   if Migrate was issued (runs concurrently with the rest,
+//	                      even while the Migrate is still outstanding)
+//	ATTACH                if Detach was issued
+//	RESUME(aborted)       if Stop or Migrate was issued (the VM may be paused), else
+//	ABORT                 if Prepare was issued (an outstanding Prepare is superseded at once)
+//	DELETE-ARTIFACTS      if Save was issued (checkpoint: the partial checkpoint goes)
+//	restart: KILL@target  if Restore was issued (nothing is left half-running)
+//
+// A VM waits for its own outstanding forward action (Detach, Stop, Save,
+// Migrate, Restore) to be answered or to time out before undoing it; a
+// checkpoint that rolls back records RecordCheckpoint "failed".
+//
+// Migration, exactly: the destination runs a VM only after Resume@dest was
+// issued (VMState.Switched), and that happens only after the commit point
+// or in a salvage (below). So before the commit every VM can still roll
+// back; after it no VM rolls back, except one whose destination host dies
+// before its Resume@dest was issued: its source still holds the complete
+// paused state and is resumed there ("aborted", reported in its Error),
+// while the rest of the job goes on to its destinations. A VM whose
+// Resume@dest was issued is never resumed at its source again (two copies
+// must never run): if its destination dies it is lost; if its Resume@dest
+// keeps failing it is stranded and its source copy is left paused for an
+// operator. The source copy is killed only after Resume@dest succeeded.
+// Salvage: if a moving VM's SOURCE host dies after its transfer completed
+// and before anything was resumed or cancelled, the VM continues at its
+// destination (outcome "migrated") instead of being lost, whatever the rest
+// of the job does.
+//
+// HostDown(host): every VM whose current copy is on host (VMState.At) is
+// lost (salvage aside) and gets no more actions, except a CancelMigrate to
+// drop its incoming copy at a live destination; actions outstanding on host
+// fail without retry; no action is ever sent to a host known down. Before
+// the commit point a loss rolls the other VMs back and fails a checkpoint;
+// after it the other VMs carry on and a complete checkpoint stays complete.
+//
+// Closing actions (Attach, Resume, Abort, Kill, CancelMigrate,
+// DeleteArtifacts, RecordCheckpoint) are retried at once with a new attempt
+// ID, up to MaxAttempts. An Attach that is given up does not block the
+// Resume (a VM running without its device beats a paused one; the error is
+// reported); a Resume or Abort (or a restart's Kill) that is given up leaves
+// the VM "stranded" with its Error. So when Done, every VM is either lost,
+// stranded with an error, or running where its outcome says (aborted
+// restart: not running), with its devices attached or the attach failure in
+// its Error.
+package machine

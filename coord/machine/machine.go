@@ -1,0 +1,824 @@
+package machine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Op is one operation on one job: the whole state of the protocol. It
+// marshals to JSON (the exported fields are the state; the unexported ones
+// are derived and rebuilt on first use after a reload).
+type Op struct {
+	ID        string    `json:"id"`
+	Kind      Kind      `json:"kind"`
+	Job       string    `json:"job"`
+	Opts      Options   `json:"options"`
+	VMs       []VMState `json:"vms"`
+	Phase     Phase     `json:"phase"`
+	Committed bool      `json:"committed,omitempty"`
+	Outcome   string    `json:"outcome,omitempty"` // set when Done
+	Reason    string    `json:"reason,omitempty"`  // first failure, if rolled back
+	Error     string    `json:"error,omitempty"`   // job-level problems
+	StartedAt time.Time `json:"started_at"`
+	Now       time.Time `json:"now"` // latest driver time seen
+	// Deadline is the earliest deadline of the outstanding actions (zero if
+	// none): the driver needs no Tick before it.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Record is the outstanding job-level RecordCheckpoint action.
+	Record      *Action  `json:"record,omitempty"`
+	Recorded    Status   `json:"recorded,omitempty"`
+	RecordTries int      `json:"record_tries,omitempty"`
+	Down        []string `json:"down_hosts,omitempty"` // hosts reported by HostDown
+	Ignored     int      `json:"ignored,omitempty"`    // stale, duplicate or unknown results
+
+	ready       bool
+	index       map[string]int // VM name -> index in VMs
+	outstanding int            // outstanding actions (Pending, Side, Record)
+	atDeadline  int            // outstanding actions whose deadline == Deadline
+	dirtyAll    bool           // advance every VM before returning
+	out         []Action       // actions emitted by the current call
+}
+
+// New starts an operation and returns its first actions. now is the
+// driver's clock. It fails on invalid input (nothing is emitted then).
+func New(id string, kind Kind, job string, vms []VM, opts Options, now time.Time) (*Op, []Action, error) {
+	opts = opts.normalise()
+	if err := validate(id, kind, vms, opts); err != nil {
+		return nil, nil, err
+	}
+	o := &Op{ID: id, Kind: kind, Job: job, Opts: opts, StartedAt: now, Now: now,
+		VMs: make([]VMState, len(vms))}
+	for i, vm := range vms {
+		if vm.Dest == vm.Host {
+			vm.Dest = ""
+		}
+		v := VMState{VM: vm, At: vm.Host}
+		if kind == KindCheckpoint {
+			v.Dest = ""
+		}
+		if kind == KindRestart && vm.Dest != "" {
+			v.At = vm.Dest
+		}
+		o.VMs[i] = v
+	}
+	o.ensure()
+	o.enter(o.phases()[0])
+	o.settle()
+	return o, o.flush(), nil
+}
+
+func (opts Options) normalise() Options {
+	if opts.PrepareTimeout <= 0 {
+		opts.PrepareTimeout = DefaultPrepareTimeout
+	}
+	if opts.StepTimeout <= 0 {
+		opts.StepTimeout = DefaultStepTimeout
+	}
+	if opts.TransferTimeout <= 0 {
+		opts.TransferTimeout = opts.StepTimeout
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = DefaultMaxAttempts
+	}
+	return opts
+}
+
+func validate(id string, kind Kind, vms []VM, opts Options) error {
+	if id == "" {
+		return errors.New("machine: empty operation id")
+	}
+	if len(vms) == 0 {
+		return errors.New("machine: no VMs")
+	}
+	seen := make(map[string]bool, len(vms))
+	moving := 0
+	for _, vm := range vms {
+		if vm.Name == "" || vm.Host == "" {
+			return fmt.Errorf("machine: VM %q: name and host are required", vm.Name)
+		}
+		if seen[vm.Name] {
+			return fmt.Errorf("machine: VM %q listed twice", vm.Name)
+		}
+		seen[vm.Name] = true
+		if vm.Dest != "" && vm.Dest != vm.Host {
+			moving++
+		}
+	}
+	switch kind {
+	case KindCheckpoint, KindRestart:
+		if opts.CheckpointID == "" {
+			return fmt.Errorf("machine: %s needs a CheckpointID", kind)
+		}
+		if opts.Live {
+			return fmt.Errorf("machine: Live applies to migrate and evacuate, not %s", kind)
+		}
+	case KindMigrate, KindEvacuate:
+		if moving == 0 {
+			return fmt.Errorf("machine: %s: no VM has a Dest other than its Host", kind)
+		}
+	default:
+		return fmt.Errorf("machine: unknown kind %q", kind)
+	}
+	return nil
+}
+
+// Step applies one event and returns the actions to execute, in order.
+// The caller journals the Op before executing them.
+func (o *Op) Step(ev Event) []Action {
+	o.ensure()
+	if o.Phase == PhaseDone {
+		if _, ok := ev.(ActionResult); ok {
+			o.Ignored++
+		}
+		return nil
+	}
+	switch e := ev.(type) {
+	case ActionResult:
+		o.clock(e.Now)
+		o.onResult(e)
+	case Tick:
+		o.clock(e.Now)
+		o.onTick()
+	case HostDown:
+		o.clock(e.Now)
+		o.onHostDown(e.Host)
+	case Cancel:
+		o.clock(e.Now)
+		reason := "cancelled"
+		if e.Reason != "" {
+			reason += ": " + e.Reason
+		}
+		o.fail(reason)
+	}
+	o.settle()
+	return o.flush()
+}
+
+// Recover is called once on an Op reloaded from the journal (after a
+// coordinator restart). It re-issues every outstanding action with its
+// original ID, so hostd answers from its de-duplication record if it
+// already ran it, and gives each a fresh deadline from now (the time the
+// coordinator was away is not charged to the action). It then completes any
+// transition the journal left pending. The operation continues from there:
+// forward if it had not failed, rolling back if it had.
+func (o *Op) Recover(now time.Time) []Action {
+	o.ensure()
+	o.clock(now)
+	if o.Phase == PhaseDone {
+		return nil
+	}
+	refresh := func(a *Action) {
+		if a != nil {
+			a.Deadline = o.Now.Add(o.timeout(a.Type))
+			o.out = append(o.out, *a)
+		}
+	}
+	for i := range o.VMs {
+		refresh(o.VMs[i].Pending)
+		refresh(o.VMs[i].Side)
+	}
+	refresh(o.Record)
+	o.recomputeDeadline()
+	o.dirtyAll = true
+	o.settle()
+	return o.flush()
+}
+
+// Done reports whether the operation is over (no outstanding actions).
+func (o *Op) Done() bool { return o.Phase == PhaseDone }
+
+// Outstanding returns the actions sent and not yet answered, in a stable
+// order (VM order, main before side, the job-level record last).
+func (o *Op) Outstanding() []Action {
+	var out []Action
+	for i := range o.VMs {
+		if a := o.VMs[i].Pending; a != nil {
+			out = append(out, *a)
+		}
+		if a := o.VMs[i].Side; a != nil {
+			out = append(out, *a)
+		}
+	}
+	if o.Record != nil {
+		out = append(out, *o.Record)
+	}
+	return out
+}
+
+// Result reports the operation; it is final once Done.
+func (o *Op) Result() Result {
+	r := Result{Op: o.ID, Kind: o.Kind, Job: o.Job, Done: o.Done(), Committed: o.Committed,
+		Outcome: o.Outcome, Reason: o.Reason, Error: o.Error, Ignored: o.Ignored,
+		VMs: make([]VMResult, len(o.VMs))}
+	if o.Kind == KindCheckpoint {
+		r.CheckpointID = o.Opts.CheckpointID
+		switch {
+		case o.Committed:
+			r.Checkpoint = CheckpointComplete
+			r.Digests = o.digests()
+		case o.Phase == PhaseRollback || o.Phase == PhaseDone:
+			r.Checkpoint = CheckpointFailed
+		}
+	}
+	if o.Kind == KindRestart {
+		r.CheckpointID = o.Opts.CheckpointID
+	}
+	for i := range o.VMs {
+		v := &o.VMs[i]
+		r.VMs[i] = VMResult{Name: v.Name, Host: v.At, Step: v.Step, Outcome: v.Outcome, Error: v.Error, Digest: v.Digest}
+		if v.Lost {
+			r.Lost = append(r.Lost, v.Name)
+		}
+		if v.Outcome == OutcomeStranded {
+			r.Stranded = append(r.Stranded, v.Name)
+		}
+	}
+	return r
+}
+
+// UnmarshalJSON loads a journaled Op, discarding any derived state the
+// receiver held (they are rebuilt on first use).
+func (o *Op) UnmarshalJSON(b []byte) error {
+	type plain Op // same fields, no methods
+	var p plain
+	err := json.Unmarshal(b, &p)
+	*o = Op(p)
+	return err
+}
+
+// ---- derived state ----
+
+// ensure rebuilds the derived fields (after New or a JSON reload).
+func (o *Op) ensure() {
+	if o.ready {
+		return
+	}
+	o.ready = true
+	o.index = make(map[string]int, len(o.VMs))
+	for i := range o.VMs {
+		o.index[o.VMs[i].Name] = i
+	}
+	o.recomputeDeadline()
+}
+
+func (o *Op) recomputeDeadline() {
+	o.outstanding, o.atDeadline, o.Deadline = 0, 0, time.Time{}
+	for i := range o.VMs {
+		o.count(o.VMs[i].Pending)
+		o.count(o.VMs[i].Side)
+	}
+	o.count(o.Record)
+}
+
+func (o *Op) count(a *Action) {
+	if a == nil {
+		return
+	}
+	o.outstanding++
+	switch {
+	case o.Deadline.IsZero() || a.Deadline.Before(o.Deadline):
+		o.Deadline, o.atDeadline = a.Deadline, 1
+	case a.Deadline.Equal(o.Deadline):
+		o.atDeadline++
+	}
+}
+
+// drop removes the outstanding action in *slot and returns it.
+func (o *Op) drop(slot **Action) *Action {
+	a := *slot
+	*slot = nil
+	o.uncount(a)
+	return a
+}
+
+// uncount forgets an action already removed from its slot.
+func (o *Op) uncount(a *Action) {
+	o.outstanding--
+	if a.Deadline.Equal(o.Deadline) {
+		o.atDeadline--
+		if o.atDeadline == 0 {
+			o.recomputeDeadline()
+		}
+	}
+}
+
+func (o *Op) clock(now time.Time) {
+	if now.After(o.Now) {
+		o.Now = now
+	}
+}
+
+func (o *Op) flush() []Action {
+	out := o.out
+	o.out = nil
+	return out
+}
+
+func (o *Op) timeout(t ActionType) time.Duration {
+	switch t {
+	case Prepare:
+		return o.Opts.PrepareTimeout
+	case Save, Migrate, Restore:
+		return o.Opts.TransferTimeout
+	}
+	return o.Opts.StepTimeout
+}
+
+func (o *Op) isDown(host string) bool {
+	for _, h := range o.Down {
+		if h == host {
+			return true
+		}
+	}
+	return false
+}
+
+// moving reports whether v leaves its host (migrate/evacuate with a Dest).
+func (o *Op) moving(v *VMState) bool {
+	return (o.Kind == KindMigrate || o.Kind == KindEvacuate) && v.Dest != ""
+}
+
+func (o *Op) kindOutcome() string {
+	switch o.Kind {
+	case KindCheckpoint:
+		return OutcomeCheckpointed
+	case KindRestart:
+		return OutcomeRestored
+	}
+	return OutcomeMigrated
+}
+
+// phases lists the forward (barrier) phases of the operation's kind.
+func (o *Op) phases() []Phase {
+	switch o.Kind {
+	case KindCheckpoint:
+		return []Phase{PhasePrepare, PhaseDetach, PhaseStop, PhaseSave}
+	case KindRestart:
+		return []Phase{PhaseRestore}
+	}
+	if o.Opts.Live {
+		return []Phase{PhasePrepare, PhaseDetach, PhaseMigrate}
+	}
+	return []Phase{PhasePrepare, PhaseDetach, PhaseStop, PhaseMigrate}
+}
+
+func (o *Op) digests() map[string]string {
+	d := make(map[string]string, len(o.VMs))
+	for i := range o.VMs {
+		d[o.VMs[i].Name] = o.VMs[i].Digest
+	}
+	return d
+}
+
+func (v *VMState) status(t ActionType) *Status {
+	switch t {
+	case Prepare:
+		return &v.Prepare
+	case Detach:
+		return &v.Detach
+	case Stop:
+		return &v.Stop
+	case Save:
+		return &v.Save
+	case Migrate:
+		return &v.Migrate
+	case Restore:
+		return &v.Restore
+	case Attach:
+		return &v.Attach
+	case Resume, Abort:
+		return &v.Finish
+	case DeleteArtifacts:
+		return &v.Delete
+	case CancelMigrate:
+		return &v.Cancel
+	case Kill:
+		return &v.Kill
+	}
+	panic("machine: no status for " + string(t))
+}
+
+func (v *VMState) addErr(msg string) {
+	if v.Error != "" {
+		v.Error += "; "
+	}
+	v.Error += msg
+}
+
+// ---- transitions ----
+
+// settle runs phase transitions while nothing is outstanding.
+func (o *Op) settle() {
+	for {
+		if o.dirtyAll {
+			o.dirtyAll = false
+			for i := range o.VMs {
+				o.advance(&o.VMs[i])
+			}
+		}
+		if o.outstanding > 0 || o.Phase == PhaseDone {
+			return
+		}
+		switch o.Phase {
+		case PhaseResume, PhaseSwitch, PhaseRollback:
+			o.Phase = PhaseDone
+			o.Outcome = OutcomeAborted
+			if o.Committed {
+				o.Outcome = o.kindOutcome()
+			}
+			return
+		}
+		// A forward phase completed: every live VM succeeded.
+		ph := o.phases()
+		next := Phase("")
+		for i, p := range ph {
+			if p == o.Phase && i+1 < len(ph) {
+				next = ph[i+1]
+			}
+		}
+		if next != "" {
+			o.enter(next)
+		} else {
+			o.commit()
+		}
+	}
+}
+
+func (o *Op) enter(p Phase) {
+	o.Phase = p
+	o.dirtyAll = true
+}
+
+// commit passes the commit point: from here on nothing rolls back.
+func (o *Op) commit() {
+	o.Committed = true
+	o.Phase = PhaseResume
+	if o.Kind == KindMigrate || o.Kind == KindEvacuate {
+		o.Phase = PhaseSwitch
+	}
+	for i := range o.VMs {
+		if v := &o.VMs[i]; !v.Lost && v.Dir == "" {
+			v.Dir = DirForward
+		}
+	}
+	if o.Kind == KindCheckpoint {
+		o.issueRecord(CheckpointComplete)
+	}
+	o.dirtyAll = true
+}
+
+// fail rolls the operation back, unless it is past the commit point or
+// already rolling back.
+func (o *Op) fail(reason string) {
+	if o.Committed || o.Phase == PhaseRollback || o.Phase == PhaseDone {
+		return
+	}
+	o.Reason = reason
+	o.Phase = PhaseRollback
+	if o.Kind == KindCheckpoint {
+		o.issueRecord(CheckpointFailed)
+	}
+	for i := range o.VMs {
+		v := &o.VMs[i]
+		if v.Lost || v.Dir != "" {
+			continue
+		}
+		v.Dir = DirBack
+		if v.Pending != nil && v.Pending.Type == Prepare {
+			// Superseded by the Abort that follows; its answer is stale.
+			o.drop(&v.Pending)
+		}
+	}
+	o.dirtyAll = true
+}
+
+// advance emits v's next actions if it has none outstanding.
+func (o *Op) advance(v *VMState) {
+	if v.Side == nil && o.needCancel(v) {
+		o.issue(v, &v.Side, CancelMigrate, v.Dest, "")
+	}
+	for v.Pending == nil && !v.Finished && !v.Lost {
+		t, host, outcome := o.next(v)
+		if t == "" {
+			return
+		}
+		if o.isDown(host) { // never send to a dead hostd
+			*v.status(t) = StatusFailed
+			v.addErr(fmt.Sprintf("%s: host %s down", t, host))
+			if t.forward() {
+				o.fail(fmt.Sprintf("vm %s: %s: host %s down", v.Name, t, host))
+			}
+			continue
+		}
+		o.issue(v, &v.Pending, t, host, outcome)
+	}
+}
+
+// needCancel: the destination may hold an incoming copy that will never
+// run, and can still be told to drop it.
+func (o *Op) needCancel(v *VMState) bool {
+	return o.moving(v) && v.Migrate != "" && v.Cancel == "" && !v.Switched &&
+		(v.Lost || v.Dir == DirBack) && !o.isDown(v.Dest)
+}
+
+// next returns v's next main action, or "" (and maybe finishes v).
+func (o *Op) next(v *VMState) (ActionType, string, string) {
+	switch v.Dir {
+	case "":
+		t := ActionType(o.Phase)
+		if !t.forward() || *v.status(t) != "" || (t == Migrate && !o.moving(v)) {
+			return "", "", "" // waiting at the barrier
+		}
+		return t, v.At, ""
+	case DirForward:
+		return o.forwardNext(v)
+	}
+	return o.backNext(v)
+}
+
+// forwardNext: Attach, Resume(outcome) where the VM will run; after a
+// migration, Kill the obsolete source once the destination runs.
+func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
+	out := o.kindOutcome()
+	at := v.At
+	if o.moving(v) {
+		at = v.Dest
+	}
+	switch {
+	case v.Attach == "":
+		return Attach, at, ""
+	case v.Finish == "":
+		return Resume, at, out
+	case o.moving(v) && v.Finish == StatusOK && v.Kill == "" && !o.isDown(v.Host):
+		return Kill, v.Host, ""
+	}
+	o.finishVM(v, out)
+	return "", "", ""
+}
+
+// backNext undoes, in reverse order, every step that was issued.
+func (o *Op) backNext(v *VMState) (ActionType, string, string) {
+	if o.Kind == KindRestart {
+		if v.Restore != "" && v.Kill == "" {
+			return Kill, v.At, ""
+		}
+		o.finishVM(v, OutcomeAborted)
+		return "", "", ""
+	}
+	switch {
+	case v.Detach != "" && v.Attach == "":
+		return Attach, v.Host, ""
+	case v.Finish == "" && (v.Stop != "" || v.Migrate != ""):
+		return Resume, v.Host, OutcomeAborted
+	case v.Finish == "" && v.Prepare != "":
+		return Abort, v.Host, ""
+	case v.Save != "" && v.Delete == "":
+		return DeleteArtifacts, v.Host, ""
+	}
+	o.finishVM(v, OutcomeAborted)
+	return "", "", ""
+}
+
+func (o *Op) finishVM(v *VMState, outcome string) {
+	v.Finished = true
+	v.Outcome = outcome
+	if v.Finish == StatusFailed || (o.Kind == KindRestart && v.Kill == StatusFailed) {
+		v.Outcome = OutcomeStranded
+	}
+	if o.Kind == KindRestart && v.Dir == DirBack && v.Outcome != OutcomeStranded {
+		v.At = "" // killed, or never created
+	}
+}
+
+func (o *Op) issue(v *VMState, slot **Action, t ActionType, host, outcome string) {
+	if v.Tries == nil {
+		v.Tries = make(map[ActionType]int, 8)
+	}
+	v.Tries[t]++
+	a := &Action{ID: ActionID{Op: o.ID, VM: v.Name, Step: t, Attempt: v.Tries[t]},
+		Type: t, VM: v.Name, Host: host, Outcome: outcome, Deadline: o.Now.Add(o.timeout(t))}
+	switch t {
+	case Save, Restore, DeleteArtifacts:
+		a.CheckpointID = o.Opts.CheckpointID
+	case Migrate:
+		a.Dest, a.Live = v.Dest, o.Opts.Live
+	case CancelMigrate:
+		a.Dest = v.Dest
+	case Resume:
+		if o.moving(v) && host == v.Dest {
+			// From here the destination may run the VM: the source
+			// must never be resumed again.
+			v.Switched, v.At = true, v.Dest
+		}
+	}
+	*slot = a
+	*v.status(t) = StatusIssued
+	v.Step = t
+	o.count(a)
+	o.out = append(o.out, *a)
+}
+
+func (o *Op) issueRecord(outcome string) {
+	o.RecordTries++
+	a := &Action{ID: ActionID{Op: o.ID, Step: RecordCheckpoint, Attempt: o.RecordTries},
+		Type: RecordCheckpoint, Outcome: outcome, CheckpointID: o.Opts.CheckpointID,
+		Deadline: o.Now.Add(o.timeout(RecordCheckpoint))}
+	if outcome == CheckpointComplete {
+		a.Digests = o.digests()
+	}
+	if o.Record != nil { // defensive: commit and fail exclude each other
+		o.drop(&o.Record)
+	}
+	o.Record = a
+	o.Recorded = StatusIssued
+	o.count(a)
+	o.out = append(o.out, *a)
+}
+
+// ---- events ----
+
+func (o *Op) onResult(r ActionResult) {
+	if r.ID.Op != o.ID {
+		o.Ignored++
+		return
+	}
+	if r.ID.VM == "" {
+		if o.Record == nil || o.Record.ID != r.ID {
+			o.Ignored++
+			return
+		}
+		o.resolveRecord(r.OK, r.Reason)
+		return
+	}
+	i, ok := o.index[r.ID.VM]
+	if !ok {
+		o.Ignored++
+		return
+	}
+	v := &o.VMs[i]
+	var slot **Action
+	switch {
+	case v.Pending != nil && v.Pending.ID == r.ID:
+		slot = &v.Pending
+	case v.Side != nil && v.Side.ID == r.ID:
+		slot = &v.Side
+	default:
+		o.Ignored++
+		return
+	}
+	o.resolve(v, slot, r.OK, r.Reason, r.Digest)
+	o.advance(v)
+}
+
+// resolve applies the answer (or the failure) of the action in *slot.
+func (o *Op) resolve(v *VMState, slot **Action, ok bool, reason, digest string) {
+	a := o.drop(slot)
+	if ok && a.Type == Save && digest == "" {
+		ok, reason = false, "no digest reported"
+	}
+	st := v.status(a.Type)
+	if ok {
+		*st = StatusOK
+		if a.Type == Save {
+			v.Digest = digest
+		}
+		return
+	}
+	if reason == "" {
+		reason = "failed"
+	}
+	if a.Type.forward() {
+		*st = StatusFailed
+		v.addErr(fmt.Sprintf("%s: %s", a.Type, reason))
+		o.fail(fmt.Sprintf("vm %s: %s: %s", v.Name, a.Type, reason))
+		return
+	}
+	if !o.isDown(a.Host) && v.Tries[a.Type] < o.Opts.MaxAttempts {
+		o.issue(v, slot, a.Type, a.Host, a.Outcome) // same step, next attempt
+		return
+	}
+	*st = StatusFailed
+	v.addErr(fmt.Sprintf("%s on %s: %s", a.Type, a.Host, reason))
+}
+
+func (o *Op) resolveRecord(ok bool, reason string) {
+	a := o.drop(&o.Record)
+	if ok {
+		o.Recorded = StatusOK
+		return
+	}
+	if o.RecordTries < o.Opts.MaxAttempts {
+		o.issueRecord(a.Outcome)
+		return
+	}
+	o.Recorded = StatusFailed
+	msg := fmt.Sprintf("%s %s: %s", RecordCheckpoint, a.Outcome, reason)
+	if o.Error != "" {
+		msg = o.Error + "; " + msg
+	}
+	o.Error = msg
+}
+
+func (o *Op) onTick() {
+	if o.Deadline.IsZero() || o.Now.Before(o.Deadline) {
+		return
+	}
+	expired := func(a *Action) bool { return a != nil && !o.Now.Before(a.Deadline) }
+	for i := range o.VMs {
+		v := &o.VMs[i]
+		if expired(v.Pending) {
+			o.resolve(v, &v.Pending, false, "deadline", "")
+		}
+		if expired(v.Side) {
+			o.resolve(v, &v.Side, false, "deadline", "")
+		}
+	}
+	if expired(o.Record) {
+		o.resolveRecord(false, "deadline")
+	}
+	o.dirtyAll = true
+}
+
+// onHostDown: the VMs whose copy is on host are lost, except a VM whose
+// source died after its transfer completed, which is salvaged at its
+// destination; actions on host fail; before the commit point, a loss (or a
+// lost destination) rolls the operation back.
+func (o *Op) onHostDown(host string) {
+	if host == "" || o.isDown(host) {
+		return
+	}
+	o.Down = append(o.Down, host)
+	var lost, destDown bool
+	for i := range o.VMs {
+		v := &o.VMs[i]
+		if v.Lost {
+			o.failOn(v, host)
+			continue
+		}
+		moving := o.moving(v)
+		switch {
+		case v.At == host && moving && !v.Switched && v.Migrate == StatusOK &&
+			v.Cancel == "" && v.Finish == "" && !o.isDown(v.Dest):
+			// The destination holds a complete paused copy and the source
+			// was never resumed: run the VM at the destination.
+			o.failOn(v, host)
+			if v.Dir != DirForward {
+				v.Dir, v.Attach = DirForward, ""
+			}
+			v.addErr(fmt.Sprintf("source host %s down before the switch: continued at the destination", host))
+		case v.At == host:
+			o.lose(v, host)
+			lost = lost || !o.Committed
+		case moving && !v.Switched && v.Dest == host:
+			if v.Pending != nil && v.Pending.Type == Migrate {
+				o.resolve(v, &v.Pending, false, "destination host "+host+" down", "")
+			}
+			o.failOn(v, host)
+			switch {
+			case v.Dir == DirForward && o.isDown(v.Host):
+				o.lose(v, host) // salvaged from a dead source, now the destination died too
+				lost = lost || !o.Committed
+			case v.Dir == DirForward:
+				// Committed, but the destination never ran it: back to the source.
+				v.Dir, v.Attach = DirBack, ""
+				v.addErr(fmt.Sprintf("destination host %s down before the switch: resumed at the source", host))
+			default:
+				destDown = true
+			}
+		default:
+			o.failOn(v, host)
+		}
+	}
+	switch {
+	case lost:
+		o.fail("host " + host + " down")
+	case destDown:
+		o.fail("destination host " + host + " down")
+	}
+	o.dirtyAll = true
+}
+
+// failOn fails v's outstanding actions addressed to host (not retried).
+func (o *Op) failOn(v *VMState, host string) {
+	if v.Pending != nil && v.Pending.Host == host {
+		o.resolve(v, &v.Pending, false, "host "+host+" down", "")
+	}
+	if v.Side != nil && v.Side.Host == host {
+		o.resolve(v, &v.Side, false, "host "+host+" down", "")
+	}
+}
+
+// lose marks v lost on host: no more actions except dropping an incoming
+// copy at a live destination.
+func (o *Op) lose(v *VMState, host string) {
+	if v.Pending != nil {
+		o.drop(&v.Pending)
+	}
+	if v.Side != nil && o.isDown(v.Side.Host) {
+		o.drop(&v.Side)
+	}
+	v.Lost, v.Finished, v.Outcome = true, true, OutcomeLost
+	v.addErr("host " + host + " down")
+}

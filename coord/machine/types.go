@@ -1,0 +1,293 @@
+package machine
+
+import (
+	"strconv"
+	"time"
+)
+
+// Kind is what an operation does to a job.
+type Kind string
+
+const (
+	KindCheckpoint Kind = "checkpoint" // save every VM, then resume them where they are
+	KindRestart    Kind = "restart"    // restore every VM from a checkpoint and run it
+	KindMigrate    Kind = "migrate"    // move the VMs that have a Dest; the others stay
+	KindEvacuate   Kind = "evacuate"   // a migrate whose moving VMs leave one host; same machine
+)
+
+// VM is one VM of the job, as given to New.
+type VM struct {
+	Name string `json:"name"`
+	Host string `json:"host"` // where it runs (restart: where it ran)
+	// Dest is the destination host: migrate/evacuate move the VM there
+	// (empty, or equal to Host: the VM stays but is stopped and resumed
+	// with the job); restart restores it there instead of Host.
+	// Checkpoint ignores it.
+	Dest string `json:"dest,omitempty"`
+}
+
+// Options tune one operation. Zero durations take the defaults below;
+// New stores the normalised options in the Op, so a reloaded Op behaves
+// the same.
+type Options struct {
+	// Live (migrate/evacuate only): pre-copy while the VMs run, no STOP
+	// phase; each VM's cut is its migration's own switch-over.
+	Live bool `json:"live,omitempty"`
+	// PrepareTimeout bounds a Prepare (the guest cooperation round).
+	PrepareTimeout time.Duration `json:"prepare_timeout"`
+	// StepTimeout bounds every other action (Detach, Stop, Attach,
+	// Resume, Abort, Kill, CancelMigrate, DeleteArtifacts, RecordCheckpoint).
+	StepTimeout time.Duration `json:"step_timeout"`
+	// TransferTimeout bounds Save, Migrate and Restore, which move the
+	// VM's memory; zero means StepTimeout.
+	TransferTimeout time.Duration `json:"transfer_timeout"`
+	// MaxAttempts bounds the attempts of a compensating or closing action
+	// (Abort, Attach, Resume, Kill, CancelMigrate, DeleteArtifacts,
+	// RecordCheckpoint) before it is given up and reported. Forward actions
+	// are never retried: their failure rolls the operation back.
+	MaxAttempts int `json:"max_attempts"`
+	// CheckpointID names the checkpoint written (checkpoint) or read
+	// (restart). Required for those kinds.
+	CheckpointID string `json:"checkpoint_id,omitempty"`
+}
+
+// Defaults for zero Options fields.
+const (
+	DefaultPrepareTimeout = 60 * time.Second
+	DefaultStepTimeout    = 60 * time.Second
+	DefaultMaxAttempts    = 3
+)
+
+// ActionType says what the driver must do.
+type ActionType string
+
+const (
+	// Forward actions. A failure (or a deadline) of any of them before
+	// the commit point rolls the whole operation back.
+	Prepare ActionType = "prepare" // run a guest cooperation round: guest apps reach a safe point
+	Detach  ActionType = "detach"  // hot-unplug the VM's passthrough devices
+	Stop    ActionType = "stop"    // pause the vCPUs
+	Save    ActionType = "save"    // write the VM's state into checkpoint CheckpointID; result carries the digest
+	Migrate ActionType = "migrate" // send the VM from Host to Dest; on success Dest holds a complete PAUSED copy
+	Restore ActionType = "restore" // create the VM on Host from checkpoint CheckpointID, PAUSED
+
+	// Closing and compensating actions; retried up to MaxAttempts.
+	Attach          ActionType = "attach"           // hot-plug the VM's passthrough devices (on Host)
+	Resume          ActionType = "resume"           // continue the vCPUs (no-op if running) and tell the guest Outcome
+	Abort           ActionType = "abort"            // end the guest round as "aborted" (VM never stopped); supersedes a Prepare in flight
+	DeleteArtifacts ActionType = "delete-artifacts" // remove the VM's (partial) artifacts of checkpoint CheckpointID
+	CancelMigrate   ActionType = "cancel-migrate"   // on Host (the destination): abort the incoming VM and drop its copy
+	Kill            ActionType = "kill"             // destroy the VM's QEMU on Host (restart rollback; obsolete migration source)
+
+	// RecordCheckpoint is job-level (VM and Host empty): the driver records
+	// checkpoint CheckpointID as Outcome "complete" (with Digests) or "failed".
+	RecordCheckpoint ActionType = "record-checkpoint"
+)
+
+// forward reports whether t is a forward action (not retried; its failure
+// before the commit point rolls the operation back).
+func (t ActionType) forward() bool {
+	switch t {
+	case Prepare, Detach, Stop, Save, Migrate, Restore:
+		return true
+	}
+	return false
+}
+
+// ActionID identifies one attempt of one action. The driver and hostd
+// de-duplicate on it: the same ID is the same request (Recover re-issues
+// outstanding actions with their IDs), and hostd must answer a repeated ID
+// with the result of the first execution instead of running it again.
+type ActionID struct {
+	Op      string     `json:"op"`
+	VM      string     `json:"vm,omitempty"` // empty for job-level actions
+	Step    ActionType `json:"step"`
+	Attempt int        `json:"attempt"` // 1, 2, ... per (VM, Step)
+}
+
+// String renders the ID as "op/vm/step/attempt", a stable key for hostd.
+func (id ActionID) String() string {
+	return id.Op + "/" + id.VM + "/" + string(id.Step) + "/" + strconv.Itoa(id.Attempt)
+}
+
+// Action is one request for the driver. Every Action is answered by
+// exactly one ActionResult with its ID (a missing answer is failed by the
+// machine at Deadline; extra answers are ignored).
+type Action struct {
+	ID   ActionID   `json:"id"`
+	Type ActionType `json:"type"`
+	VM   string     `json:"vm,omitempty"`
+	// Host is the host whose hostd executes the action (for CancelMigrate:
+	// the destination; for Resume/Attach after a migration: the destination).
+	Host string `json:"host,omitempty"`
+	// Dest: Migrate's and CancelMigrate's destination host.
+	Dest string `json:"dest,omitempty"`
+	// Live: Migrate pre-copies while the VM runs.
+	Live bool `json:"live,omitempty"`
+	// Outcome: for Resume, what the guest is told ("checkpointed",
+	// "migrated", "restored", "aborted"); for RecordCheckpoint,
+	// "complete" or "failed".
+	Outcome      string `json:"outcome,omitempty"`
+	CheckpointID string `json:"checkpoint_id,omitempty"`
+	// Digests: RecordCheckpoint "complete" only, VM name -> artifact digest.
+	Digests map[string]string `json:"digests,omitempty"`
+	// Deadline, on the driver's clock: past it, a Tick fails the action
+	// with reason "deadline". hostd may use it to bound the work.
+	Deadline time.Time `json:"deadline"`
+}
+
+// Outcomes: told to guests by Resume, reported per VM and per operation.
+const (
+	OutcomeCheckpointed = "checkpointed"
+	OutcomeMigrated     = "migrated"
+	OutcomeRestored     = "restored"
+	OutcomeAborted      = "aborted"  // rolled back: as before the operation (restart: not running)
+	OutcomeLost         = "lost"     // its host went down
+	OutcomeStranded     = "stranded" // a closing action kept failing: needs an operator (see Error)
+
+	CheckpointComplete = "complete"
+	CheckpointFailed   = "failed"
+)
+
+// Event is an input of Op.Step: ActionResult, Tick, HostDown or Cancel.
+type Event interface{ isEvent() }
+
+// ActionResult is the driver's answer to an Action.
+type ActionResult struct {
+	ID     ActionID `json:"id"`
+	OK     bool     `json:"ok"`
+	Reason string   `json:"reason,omitempty"` // why it failed (guest refusal, error text)
+	Digest string   `json:"digest,omitempty"` // Save: the artifact digest (required when OK)
+	// Now is the driver's clock when the result arrived; it dates the
+	// deadlines of the actions this result triggers. Zero: the latest
+	// time the machine has seen.
+	Now time.Time `json:"now,omitzero"`
+}
+
+// Tick advances the machine's clock; outstanding actions whose deadline is
+// at or before Now fail with reason "deadline".
+type Tick struct{ Now time.Time }
+
+// HostDown says the driver lost a hostd for good (for this operation).
+type HostDown struct {
+	Host string
+	Now  time.Time
+}
+
+// Cancel asks to roll the operation back (operator request, shutdown).
+// It is ignored after the commit point.
+type Cancel struct {
+	Reason string
+	Now    time.Time
+}
+
+func (ActionResult) isEvent() {}
+func (Tick) isEvent()         {}
+func (HostDown) isEvent()     {}
+func (Cancel) isEvent()       {}
+
+// Phase is the operation's job-level stage.
+type Phase string
+
+const (
+	// Forward phases, each a barrier across the job: every VM gets the
+	// phase's action, and the next phase starts when all succeeded.
+	PhasePrepare Phase = "prepare"
+	PhaseDetach  Phase = "detach"
+	PhaseStop    Phase = "stop"
+	PhaseSave    Phase = "save"
+	PhaseMigrate Phase = "migrate"
+	PhaseRestore Phase = "restore"
+	// Closing phases: each VM runs its own chain, no barrier.
+	PhaseResume   Phase = "resume"   // committed checkpoint or restart: Attach, Resume
+	PhaseSwitch   Phase = "switch"   // committed migration: Attach/Resume at Dest, Kill the source
+	PhaseRollback Phase = "rollback" // failed before the commit point: undo what was issued
+	PhaseDone     Phase = "done"
+)
+
+// Status of one step of one VM. A step that was issued may have taken
+// effect even if it failed or its answer never came, so every compensation
+// keys on "issued at all" (Status != ""), not on success.
+type Status string
+
+const (
+	StatusIssued Status = "issued" // outstanding, or superseded without an answer
+	StatusOK     Status = "ok"
+	StatusFailed Status = "failed" // failed, timed out, or given up after MaxAttempts
+)
+
+// Direction of a VM's closing chain.
+type Direction string
+
+const (
+	DirForward Direction = "forward" // toward the kind's outcome (after the commit, or salvaged)
+	DirBack    Direction = "back"    // rolling back to where it was
+)
+
+// VMState is the machine's record of one VM. All of it is journaled.
+type VMState struct {
+	VM
+	// At is the host holding the VM's current copy: Host, Dest once its
+	// destination was told to run it (Switched), the restore target for a
+	// restart; empty when no copy exists (a restart rolled back).
+	At       string     `json:"at,omitempty"`
+	Dir      Direction  `json:"dir,omitempty"`
+	Switched bool       `json:"switched,omitempty"` // Resume was issued at Dest: the move is irreversible
+	Step     ActionType `json:"step,omitempty"`     // last action issued
+	Outcome  string     `json:"outcome,omitempty"`  // set when Finished or Lost
+	Error    string     `json:"error,omitempty"`    // failures seen, "; "-separated
+	Lost     bool       `json:"lost,omitempty"`
+	Finished bool       `json:"finished,omitempty"` // nothing more to do for this VM
+	Digest   string     `json:"digest,omitempty"`   // Save result
+
+	Prepare Status `json:"prepare,omitempty"`
+	Detach  Status `json:"detach,omitempty"`
+	Stop    Status `json:"stop,omitempty"`
+	Save    Status `json:"save,omitempty"`
+	Migrate Status `json:"migrate,omitempty"`
+	Restore Status `json:"restore,omitempty"`
+	Attach  Status `json:"attach,omitempty"`
+	Finish  Status `json:"finish,omitempty"` // the closing Resume or Abort (guest told the outcome)
+	Delete  Status `json:"delete,omitempty"`
+	Cancel  Status `json:"cancel,omitempty"`
+	Kill    Status `json:"kill,omitempty"`
+
+	Tries map[ActionType]int `json:"tries,omitempty"` // attempts issued per action type
+	// Pending is the VM's outstanding main action; Side its outstanding
+	// CancelMigrate (which runs at the destination, concurrently).
+	Pending *Action `json:"pending,omitempty"`
+	Side    *Action `json:"side,omitempty"`
+}
+
+// Result is the report of an operation (final once Done).
+type Result struct {
+	Op        string `json:"op"`
+	Kind      Kind   `json:"kind"`
+	Job       string `json:"job"`
+	Done      bool   `json:"done"`
+	Committed bool   `json:"committed"`
+	// Outcome: the kind's outcome ("checkpointed", "migrated", "restored")
+	// if the commit point was passed, else "aborted"; empty while running.
+	Outcome string `json:"outcome,omitempty"`
+	Reason  string `json:"reason,omitempty"` // the failure that rolled the operation back
+	Error   string `json:"error,omitempty"`  // job-level problems (RecordCheckpoint given up)
+	// Checkpoint (checkpoint kind): "complete" iff every VM's Save succeeded,
+	// "failed" if the operation rolled back, empty while undecided.
+	Checkpoint   string            `json:"checkpoint,omitempty"`
+	CheckpointID string            `json:"checkpoint_id,omitempty"`
+	Digests      map[string]string `json:"digests,omitempty"`
+	VMs          []VMResult        `json:"vms"`
+	Lost         []string          `json:"lost,omitempty"`
+	Stranded     []string          `json:"stranded,omitempty"`
+	Ignored      int               `json:"ignored,omitempty"` // stale, duplicate or unknown results
+}
+
+// VMResult is one VM's line of a Result.
+type VMResult struct {
+	Name    string     `json:"name"`
+	Host    string     `json:"host,omitempty"` // where its copy is now (At); where it was lost
+	Step    ActionType `json:"step,omitempty"` // last action issued
+	Outcome string     `json:"outcome,omitempty"`
+	Error   string     `json:"error,omitempty"`
+	Digest  string     `json:"digest,omitempty"`
+}
