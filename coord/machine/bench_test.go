@@ -1,7 +1,9 @@
 package machine
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 	"testing"
 )
 
@@ -38,4 +40,18 @@ func BenchmarkCheckpoint1000VMs(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(actions), "actions/op")
+}
+
+// TestBenchControlPlane is `make bench`'s JSON line for the control plane:
+// one checkpoint round of 1,000 simulated VMs on 100 simulated hosts
+// through the state machine, excluding QEMU and RPCs.
+func TestBenchControlPlane(t *testing.T) {
+	if os.Getenv("SYMVIRT_BENCH") != "1" {
+		t.Skip("benchmark: run with make bench")
+	}
+	r := testing.Benchmark(BenchmarkCheckpoint1000VMs)
+	line, _ := json.Marshal(map[string]any{"bench": "coord_checkpoint_round", "vms": 1000, "hosts": 100,
+		"seconds_per_round": float64(r.NsPerOp()) / 1e9, "rounds": r.N,
+		"actions_per_round": r.Extra["actions/op"], "allocs_per_round": r.AllocsPerOp()})
+	fmt.Println(string(line))
 }
