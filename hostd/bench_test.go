@@ -135,7 +135,7 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 }
 
 func waitSerial(t *testing.T, path string, re *regexp.Regexp) {
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(8 * time.Minute)
 	for time.Now().Before(deadline) {
 		if data, _ := os.ReadFile(path); re.Match(data) {
 			return
@@ -143,4 +143,109 @@ func waitSerial(t *testing.T, path string, re *regexp.Regexp) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("%s: no %s", path, re)
+}
+
+// fillScript dirties most of guest RAM (non-zero pages cost a full page in
+// any save), so the cold path pays for the memory a real guest uses.
+const fillScript = `#!/bin/sh
+( kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo); mb=$((kb * 6 / 10 / 1024))
+  mkdir -p /run/fill && mount -t tmpfs -o size=${mb}m tmpfs /run/fill
+  yes symvirt-fill-pattern | head -c 1048576 > /run/fill/s1
+  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do cat /run/fill/s1; done > /run/fill/s16
+  i=16; while [ $i -lt $((mb - 20)) ]; do cat /run/fill/s16; i=$((i + 16)); done > /run/fill/f
+  echo "symvirt-filled $mb" ) &
+`
+
+// TestBenchRejuvenate compares the warm VMM restart with the cold path
+// (checkpoint RAM to a file, new QEMU, restore) side by side, per VM size
+// and for 1 and 4 VMs: per-VM vCPU downtime and whole-host time.
+func TestBenchRejuvenate(t *testing.T) {
+	if os.Getenv("SYMVIRT_BENCH") != "1" {
+		t.Skip("benchmark: run with make bench")
+	}
+	kernel, base := testguest.Paths(t)
+	initrd := testguest.Initrd(t, map[string]testguest.File{"/etc/symvirt/rc.d/40-fill": {Mode: 0o755, Data: []byte(fillScript)}})
+	_ = base
+	for _, c := range []struct {
+		mem Size
+		n   int
+	}{{256, 1}, {1024, 1}, {2048, 1}, {256, 4}, {1024, 4}} {
+		benchWarmCold(t, kernel, initrd, c.mem, c.n)
+	}
+}
+
+func benchWarmCold(t *testing.T, kernel, initrd string, mem Size, n int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	h, _ := benchHost(t, "3")
+	on := true
+	var vms []*VM
+	for i := range n {
+		vm, err := h.Create(Spec{Name: fmt.Sprintf("w%d-%d", mem, i), Memory: mem, VCPUs: 1, Kernel: kernel, Initrd: initrd,
+			Append: "console=ttyS0 quiet", SharedMemory: &on})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := vm.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		vms = append(vms, vm)
+	}
+	for _, vm := range vms {
+		waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-filled`))
+	}
+	// Warm: every VM at once.
+	start := time.Now()
+	res := h.Rejuvenate(ctx, RejuvenateOptions{Parallel: n})
+	warmHost := time.Since(start)
+	var warmMax time.Duration
+	for _, r := range res {
+		if r.Error != "" || r.Skipped != "" {
+			t.Fatalf("rejuvenate: %+v", r)
+		}
+		warmMax = max(warmMax, r.Downtime)
+	}
+	// Cold: checkpoint (with quit) and restore every VM, in parallel.
+	type cold struct {
+		down time.Duration
+		err  error
+	}
+	results := make(chan cold, n)
+	dir := t.TempDir()
+	start = time.Now()
+	for _, vm := range vms {
+		go func() {
+			t0 := time.Now()
+			ck := filepath.Join(dir, vm.name)
+			cres, err := vm.Checkpoint(ctx, CheckpointOptions{Dir: ck, Stop: true, NoGuest: true}, nil)
+			if err != nil {
+				results <- cold{err: err}
+				return
+			}
+			stoppedAt := t0.Add(cres.Duration - cres.Downtime)
+			if _, err := h.Restore(ctx, RestoreOptions{Dir: ck, NoGuest: true}, nil); err != nil {
+				results <- cold{err: err}
+				return
+			}
+			results <- cold{down: time.Since(stoppedAt)}
+		}()
+	}
+	var coldMax time.Duration
+	for range vms {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		coldMax = max(coldMax, r.down)
+	}
+	coldHost := time.Since(start)
+	emit(map[string]any{"bench": "rejuvenate_vs_cold", "memory_mib": int(mem), "vms": n,
+		"warm_downtime_max_seconds": warmMax.Seconds(), "cold_downtime_max_seconds": coldMax.Seconds(),
+		"warm_host_seconds": warmHost.Seconds(), "cold_host_seconds": coldHost.Seconds(),
+		"downtime_ratio_cold_over_warm": coldMax.Seconds() / warmMax.Seconds()})
+	for _, info := range h.List() {
+		if v, err := h.Get(info.Name); err == nil {
+			v.kill()
+		}
+	}
 }

@@ -24,7 +24,10 @@ func (vm *VM) dialGuest(ctx context.Context) (net.Conn, error) {
 	switch spec.Guest.Type {
 	case "virtio-serial":
 		var d net.Dialer
-		return d.DialContext(ctx, "unix", filepath.Join(vm.dir, fileGuest))
+		vm.mu.Lock()
+		gen := vm.rt.Gen
+		vm.mu.Unlock()
+		return d.DialContext(ctx, "unix", filepath.Join(vm.dir, genName(fileGuest, gen)))
 	case "vsock":
 		type res struct {
 			c   net.Conn

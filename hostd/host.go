@@ -74,6 +74,9 @@ type runtimeState struct {
 	// QEMU is the binary this VM runs with when not the host's default
 	// (after an upgrade by rejuvenate).
 	QEMU string `json:"qemu,omitempty"`
+	// Gen numbers the QEMU processes of this VM; it names the monitor and
+	// guest sockets, so a warm restart can run two side by side.
+	Gen int `json:"gen,omitempty"`
 }
 
 type poolSlot struct {
@@ -402,7 +405,10 @@ func (vm *VM) adopt() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	mon, err := qmp.Dial(ctx, "unix", filepath.Join(vm.dir, fileQMP))
+	vm.mu.Lock()
+	gen := vm.rt.Gen
+	vm.mu.Unlock()
+	mon, err := qmp.Dial(ctx, "unix", filepath.Join(vm.dir, genName(fileQMP, gen)))
 	if err != nil {
 		return fmt.Errorf("qmp: %w", err)
 	}
@@ -422,7 +428,10 @@ func (vm *VM) ownsProcess(pid int) bool {
 	if err != nil {
 		return false
 	}
-	return strings.Contains(string(cmdline), filepath.Join(vm.dir, fileQMP))
+	vm.mu.Lock()
+	gen := vm.rt.Gen
+	vm.mu.Unlock()
+	return strings.Contains(string(cmdline), filepath.Join(vm.dir, genName(fileQMP, gen)))
 }
 
 // watch notices QEMU going away. A started QEMU is reaped by wait; an
@@ -473,74 +482,109 @@ func (vm *VM) Start(ctx context.Context) error {
 	return mon.Cont(ctx)
 }
 
-// launch starts QEMU (paused: -S is implied by starting with the monitor
-// and continuing, so a failed start never runs the guest) and connects QMP.
+// proc is a started QEMU process with its monitor, not yet (or no longer)
+// the VM's current one.
+type proc struct {
+	pid     int
+	gen     int
+	bin     string
+	mon     *qmp.Client
+	waited  chan struct{}
+	waitErr chan error
+}
+
+// kill ends a proc that never became the VM's QEMU.
+func (p *proc) kill() {
+	syscall.Kill(p.pid, syscall.SIGKILL)
+	<-p.waited
+	p.mon.Close()
+}
+
+// launch starts QEMU and makes it the VM's current one.
 func (vm *VM) launch(ctx context.Context, l launch) error {
 	vm.mu.Lock()
-	l.spec, l.dir, l.accel = vm.spec, vm.dir, vm.h.cfg.Accel
+	bin, gen := vm.qemuBinary(), vm.rt.Gen
+	vm.mu.Unlock()
+	p, err := vm.start(ctx, l, bin, gen)
+	if err != nil {
+		return err
+	}
+	vm.install(p, l)
+	return nil
+}
+
+// start starts a QEMU for the VM, paused (-S, so a failed start never runs
+// the guest), and connects its monitor. gen picks the socket names, so a
+// second QEMU can start while the current one still runs (warm restart).
+func (vm *VM) start(ctx context.Context, l launch, bin string, gen int) (*proc, error) {
+	vm.mu.Lock()
+	l.spec, l.dir, l.accel, l.gen = vm.spec, vm.dir, vm.h.cfg.Accel, gen
 	l.override = vm.overrides()
 	l.shm = vm.h.shmPath(vm.name)
 	vm.mu.Unlock()
 	args, err := qemuArgs(l)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	args = append(args, "-S")
 	for _, f := range []string{fileQMP, fileGuest, filePID} {
-		os.Remove(filepath.Join(vm.dir, f))
+		os.Remove(filepath.Join(vm.dir, genName(f, gen)))
 	}
 	logPath := filepath.Join(vm.dir, fileQEMULog)
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer logf.Close()
 	logStart, _ := logf.Seek(0, io.SeekEnd)
-	vm.mu.Lock()
-	bin := vm.qemuBinary()
-	vm.mu.Unlock()
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A session of its own: signals to hostd's process group (Ctrl-C, a
 	// service manager stopping hostd) must not reach the VMs.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("vm %q: %w: %v", vm.name, ErrQEMUStart, err)
+		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrQEMUStart, err)
 	}
-	pid := cmd.Process.Pid
-	waitErr := make(chan error, 1)
-	waited := make(chan struct{})
-	go func() { waitErr <- cmd.Wait(); close(waited) }()
+	p := &proc{pid: cmd.Process.Pid, gen: gen, bin: bin, waited: make(chan struct{}), waitErr: make(chan error, 1)}
+	go func() { p.waitErr <- cmd.Wait(); close(p.waited) }()
 	fail := func(reason string) error {
 		cmd.Process.Kill()
-		<-waited
+		<-p.waited
 		return fmt.Errorf("vm %q: %w: %s: %s", vm.name, ErrQEMUStart, reason, tailFrom(logPath, logStart, 2048))
 	}
-	var mon *qmp.Client
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
-		case <-waited:
-			return fmt.Errorf("vm %q: %w: qemu exited: %s", vm.name, ErrQEMUStart, tailFrom(logPath, logStart, 2048))
+		case <-p.waited:
+			return nil, fmt.Errorf("vm %q: %w: qemu exited: %s", vm.name, ErrQEMUStart, tailFrom(logPath, logStart, 2048))
 		case <-ctx.Done():
-			return fail(ctx.Err().Error())
+			return nil, fail(ctx.Err().Error())
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fail("no QMP monitor after 30s")
+			return nil, fail("no QMP monitor after 30s")
 		}
 		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		mon, err = qmp.Dial(dctx, "unix", filepath.Join(vm.dir, fileQMP))
+		p.mon, err = qmp.Dial(dctx, "unix", filepath.Join(vm.dir, genName(fileQMP, gen)))
 		cancel()
 		if err == nil {
-			break
+			return p, nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// install makes p the VM's current QEMU.
+func (vm *VM) install(p *proc, l launch) {
 	exited := make(chan struct{})
 	vm.mu.Lock()
-	vm.mon, vm.exited = mon, exited
-	vm.rt.PID, vm.rt.StartedAt, vm.rt.Incoming = pid, time.Now().UTC(), l.incoming
+	vm.mon, vm.exited = p.mon, exited
+	vm.rt.PID, vm.rt.StartedAt, vm.rt.Incoming, vm.rt.Gen = p.pid, time.Now().UTC(), l.incoming, p.gen
+	if p.bin != vm.h.cfg.QEMU {
+		vm.rt.QEMU = p.bin
+	} else {
+		vm.rt.QEMU = ""
+	}
 	vm.rt.Detached = nil
 	for id := range l.absent {
 		vm.rt.Detached = append(vm.rt.Detached, id)
@@ -548,9 +592,17 @@ func (vm *VM) launch(ctx context.Context, l launch) error {
 	sort.Strings(vm.rt.Detached)
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	go vm.watch(mon, func() error { <-waited; return <-waitErr }, pid, exited)
-	vm.log.Info("qemu started", "pid", pid, "incoming", l.incoming, "accel", l.accel)
-	return nil
+	go vm.watch(p.mon, func() error { <-p.waited; return <-p.waitErr }, p.pid, exited)
+	vm.log.Info("qemu started", "pid", p.pid, "incoming", l.incoming, "qemu", p.bin, "gen", p.gen)
+}
+
+// genName is a per-generation file name: qmp.sock, qmp.1.sock, ...
+func genName(base string, gen int) string {
+	if gen == 0 {
+		return base
+	}
+	ext := filepath.Ext(base)
+	return strings.TrimSuffix(base, ext) + "." + strconv.Itoa(gen) + ext
 }
 
 // Stop shuts the VM down: ACPI power-down first, then quit, then SIGKILL.

@@ -33,6 +33,8 @@ type launch struct {
 	override map[string]map[string]string
 	// shm is the shared RAM file when the spec asks for shared memory.
 	shm string
+	// gen names the sockets and pid file of this QEMU (genName).
+	gen int
 }
 
 // qemuArgs builds QEMU's argv (without the binary). No shell is involved,
@@ -49,8 +51,8 @@ func qemuArgs(l launch) ([]string, error) {
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-chardev", "file,id=serial0,append=on,path=" + esc(filepath.Join(l.dir, fileSerial)),
 		"-serial", "chardev:serial0",
-		"-qmp", "unix:" + esc(filepath.Join(l.dir, fileQMP)) + ",server=on,wait=off",
-		"-pidfile", filepath.Join(l.dir, filePID),
+		"-qmp", "unix:" + esc(filepath.Join(l.dir, genName(fileQMP, l.gen))) + ",server=on,wait=off",
+		"-pidfile", filepath.Join(l.dir, genName(filePID, l.gen)),
 	}
 	if s.CPU != "" {
 		a = append(a, "-cpu", s.CPU)
@@ -120,7 +122,7 @@ func qemuArgs(l launch) ([]string, error) {
 	case "virtio-serial":
 		a = append(a,
 			"-device", "virtio-serial-pci,id=vser0",
-			"-chardev", "socket,id=guestch,server=on,wait=off,path="+esc(filepath.Join(l.dir, fileGuest)),
+			"-chardev", "socket,id=guestch,server=on,wait=off,path="+esc(filepath.Join(l.dir, genName(fileGuest, l.gen))),
 			"-device", "virtserialport,bus=vser0.0,chardev=guestch,name=org.symvirt.0")
 	case "vsock":
 		a = append(a, "-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", s.Guest.CID))

@@ -9,7 +9,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/symvirt/symvirt/qmp"
 )
 
 // RejuvenateOptions control a warm VMM restart.
@@ -39,13 +42,14 @@ type RejuvenateResult struct {
 	Error    string `json:"error,omitempty"`
 }
 
-const fileWarmState = "warm.state"
-
 // Rejuvenate restarts the VM's QEMU while its RAM stays in the shared
-// memory file (warm-VM reboot): cooperation round, detach, stop, save only
-// device state (x-ignore-shared), quit, start a new QEMU on the same
-// memory, load, re-attach, resume, tell the guest. If the new QEMU cannot
-// start, the old binary takes the VM back from the same state.
+// memory file (warm-VM reboot). The new QEMU starts first, on the same
+// memory, while the old one still runs; then: cooperation round, detach,
+// stop, stream only the device state (x-ignore-shared) from the old QEMU to
+// the new one through a pipe, switch, re-attach, resume, tell the guest.
+// The old QEMU quits only once the new one holds the state, so any failure
+// resumes the old one: nothing is lost. A new binary that cannot start
+// falls back to the current one.
 func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res RejuvenateResult, err error) {
 	res.VM = vm.name
 	if err := vm.lock("rejuvenate"); err != nil {
@@ -81,7 +85,17 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	if err := vm.detachAll(ctx); err != nil {
 		return res, err
 	}
-	rollback := func() {
+	vm.mu.Lock()
+	res.OldPID = vm.rt.PID
+	oldQEMU, gen := vm.qemuBinary(), vm.rt.Gen+1
+	oldExited := vm.exited
+	absent := map[string]bool{}
+	for _, id := range vm.rt.Detached {
+		absent[id] = true
+	}
+	vm.mu.Unlock()
+	rollback := func(why error) {
+		vm.log.Warn("rejuvenate failed; the old qemu goes on", "err", why)
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		// The old QEMU must save RAM again in any later checkpoint.
@@ -91,68 +105,58 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 			mon.Cont(rctx)
 		}
 	}
-	stopped := timeNow()
-	if err := mon.Stop(ctx); err != nil {
-		rollback()
-		return res, err
-	}
-	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-		rollback()
-		return res, err
-	}
-	statePath := filepath.Join(vm.dir, fileWarmState)
-	os.Remove(statePath)
-	fd, err := saveState(ctx, mon, statePath, func(Progress) {})
-	if err != nil {
-		os.Remove(statePath)
-		rollback()
-		return res, fmt.Errorf("vm %q: save device state: %w", vm.name, err)
-	}
-	defer os.Remove(statePath)
-	res.StateBytes = fd.Size
 
-	// Past this point the old QEMU goes away; RAM stays in the file.
-	vm.mu.Lock()
-	exited := vm.exited
-	res.OldPID = vm.rt.PID
-	oldQEMU := vm.qemuBinary()
-	absent := map[string]bool{}
-	for _, id := range vm.rt.Detached {
-		absent[id] = true
-	}
-	vm.mu.Unlock()
-	coop.keep()
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	mon.Quit(qctx)
-	cancel()
-	select {
-	case <-exited:
-	case <-time.After(15 * time.Second):
-		return res, fmt.Errorf("vm %q: old qemu pid %d did not quit", vm.name, res.OldPID)
-	}
 	newQEMU := oldQEMU
 	if opts.QEMU != "" {
 		newQEMU = opts.QEMU
 	}
-	err = vm.warmStart(ctx, newQEMU, absent, statePath)
+	l := launch{incoming: true, absent: absent}
+	p, err := vm.start(ctx, l, newQEMU, gen)
 	if err != nil && newQEMU != oldQEMU {
-		vm.log.Error("new qemu failed; taking the vm back with the old binary", "qemu", newQEMU, "err", err)
+		vm.log.Error("new qemu failed to start; using the current binary", "qemu", newQEMU, "err", err)
 		res.Fallback = true
-		err = vm.warmStart(ctx, oldQEMU, absent, statePath)
+		p, err = vm.start(ctx, l, oldQEMU, gen)
 	}
 	if err != nil {
-		// The RAM is still in the shared file and the device state in
-		// statePath: keep both for the operator.
-		os.Rename(statePath, statePath+".failed")
-		return res, fmt.Errorf("vm %q: restart qemu (state kept in %s.failed, RAM in %s): %w",
-			vm.name, statePath, vm.h.shmPath(vm.name), err)
+		rollback(err)
+		return res, err
 	}
-	mon, _ = vm.monitor()
+	if err := p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
+		p.kill()
+		rollback(err)
+		return res, err
+	}
+
+	stopped := timeNow()
+	n, err := warmTransfer(ctx, mon, p)
+	if err != nil {
+		p.kill()
+		rollback(err)
+		return res, fmt.Errorf("vm %q: device state to the new qemu: %w", vm.name, err)
+	}
+	res.StateBytes = n
+	// Later checkpoints and migrations must carry RAM again.
+	p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false})
+
+	// Switch: the new QEMU is the VM's; the old one quits in the
+	// background (it is stopped and holds nothing the guest needs).
+	coop.keep()
+	vm.install(p, launch{absent: absent})
+	go func() {
+		qctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		mon.Quit(qctx)
+		select {
+		case <-oldExited:
+		case <-time.After(15 * time.Second):
+			syscall.Kill(res.OldPID, syscall.SIGKILL)
+		}
+	}()
 	if err := vm.attachAll(ctx); err != nil {
 		vm.log.Error("re-attach after rejuvenate", "err", err)
 	}
 	if wasRunning {
-		if err := mon.Cont(ctx); err != nil {
+		if err := p.mon.Cont(ctx); err != nil {
 			return res, err
 		}
 	}
@@ -161,51 +165,53 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	if !opts.NoGuest {
 		vm.finishRound(ctx, outcome)
 	}
-	vm.mu.Lock()
-	res.NewPID, res.QEMU = vm.rt.PID, vm.qemuBinary()
-	vm.mu.Unlock()
+	res.NewPID, res.QEMU = p.pid, p.bin
 	res.Duration = timeNow().Sub(start)
 	vm.log.Info("rejuvenated", "old_pid", res.OldPID, "new_pid", res.NewPID, "qemu", res.QEMU,
 		"downtime", res.Downtime, "state_bytes", res.StateBytes, "fallback", res.Fallback)
 	return res, nil
 }
 
-// warmStart starts qemu on the VM's shared RAM and loads the device state.
-func (vm *VM) warmStart(ctx context.Context, qemu string, absent map[string]bool, statePath string) error {
-	vm.mu.Lock()
-	prev := vm.rt.QEMU
-	vm.rt.QEMU = qemu
-	vm.mu.Unlock()
-	fail := func(err error) error {
-		vm.killProcess() // never the RAM file: it holds the guest
-		vm.mu.Lock()
-		vm.rt.QEMU = prev
-		vm.saveRuntime()
-		vm.mu.Unlock()
-		return err
+// warmTransfer stops the old QEMU and streams its device state (RAM is
+// skipped: x-ignore-shared) into the new one through a pipe.
+func warmTransfer(ctx context.Context, old *qmp.Client, p *proc) (int64, error) {
+	if err := old.Stop(ctx); err != nil {
+		return 0, err
 	}
-	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
-		return fail(err)
+	if err := old.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
+		return 0, err
 	}
-	mon, err := vm.monitor()
+	if err := old.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
+		return 0, err
+	}
+	r, w, err := os.Pipe()
 	if err != nil {
-		return fail(err)
+		return 0, err
 	}
-	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-		return fail(err)
+	err = p.mon.GetFD(ctx, "symvirt-warm-in", r)
+	r.Close()
+	if err == nil {
+		err = old.GetFD(ctx, "symvirt-warm-out", w)
 	}
-	if err := loadState(ctx, mon, statePath, func(Progress) {}); err != nil {
-		return fail(err)
+	w.Close()
+	if err != nil {
+		return 0, err
 	}
-	// Later checkpoints and migrations must carry RAM again.
-	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false}); err != nil {
-		return fail(err)
+	if err := p.mon.MigrateIncoming(ctx, "fd:symvirt-warm-in"); err != nil {
+		return 0, err
 	}
-	vm.mu.Lock()
-	vm.rt.Incoming = false
-	vm.saveRuntime()
-	vm.mu.Unlock()
-	return nil
+	if err := old.Migrate(ctx, "fd:symvirt-warm-out"); err != nil {
+		return 0, err
+	}
+	info, err := old.WaitMigration(ctx, 5*time.Millisecond, nil)
+	if err != nil {
+		old.MigrateCancel(context.WithoutCancel(ctx))
+		return 0, err
+	}
+	if _, err := p.mon.WaitMigration(ctx, 5*time.Millisecond, nil); err != nil {
+		return 0, err
+	}
+	return info.RAM.Transferred, nil
 }
 
 // qemuBinary is the QEMU this VM runs with; callers hold vm.mu.
