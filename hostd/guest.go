@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -53,6 +54,38 @@ func (vm *VM) dialGuest(ctx context.Context) (net.Conn, error) {
 	return nil, fmt.Errorf("vm %q has no guest channel", vm.name)
 }
 
+// connectGuest opens the channel and completes a handshake, retrying with
+// short attempts until ctx ends: a HELLO sent before guestd has opened its
+// port is dropped by the guest kernel, and a guest still finishing a round
+// reports itself busy.
+func (vm *VM) connectGuest(ctx context.Context) (*guestproto.Host, guestproto.HelloAck, error) {
+	var last error
+	for {
+		conn, err := vm.dialGuest(ctx)
+		if err == nil {
+			host := guestproto.NewHost(conn, vm.log.With("channel", vm.Spec().Guest.Type))
+			actx, cancel := context.WithTimeout(ctx, time.Second)
+			ack, herr := host.Handshake(actx)
+			cancel()
+			busy := herr == nil && (ack.State == guestproto.StatePreparing || ack.State == guestproto.StateFinishing)
+			if herr == nil && !busy {
+				return host, ack, nil
+			}
+			host.Close()
+			err = herr
+			if busy {
+				err = fmt.Errorf("guest busy (%s)", ack.State)
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, guestproto.HelloAck{}, fmt.Errorf("%w (last attempt: %v)", ctx.Err(), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // coop is one cooperation round with a VM's guest. A nil or empty coop
 // (no channel, or skipped) does nothing, so operations call it blindly.
 type coop struct {
@@ -81,14 +114,19 @@ func (vm *VM) prepareGuest(ctx context.Context, op string, skip bool) (*coop, er
 	gctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := timeNow()
-	conn, err := vm.dialGuest(gctx)
+	host, ack, err := vm.connectGuest(gctx)
 	if err != nil {
-		return nil, fmt.Errorf("vm %q: %w: channel: %v", vm.name, ErrGuest, err)
+		vm.h.metrics.observe("guest_prepare", "error", start)
+		return nil, fmt.Errorf("vm %q: %w: no handshake: %v", vm.name, ErrGuest, err)
 	}
-	host := guestproto.NewHost(conn, vm.log.With("channel", spec.Guest.Type))
-	if _, err := host.Handshake(gctx); err != nil {
-		host.Close()
-		return nil, fmt.Errorf("vm %q: %w: handshake: %v", vm.name, ErrGuest, err)
+	if ack.PendingID != "" {
+		// A round whose outcome never reached the guest (a host crashed
+		// in between): end it before starting another.
+		vm.log.Warn("guest has a stale round; aborting it", "round", ack.PendingID, "op", ack.PendingOp)
+		if err := host.Abort(gctx, ack.PendingID, "stale round"); err != nil {
+			host.Close()
+			return nil, fmt.Errorf("vm %q: %w: abort stale round: %v", vm.name, ErrGuest, err)
+		}
 	}
 	id := newRoundID()
 	// The guest gets a little less time than we wait, so its REFUSED (with
@@ -96,9 +134,13 @@ func (vm *VM) prepareGuest(ctx context.Context, op string, skip bool) (*coop, er
 	guestDeadline := timeout - timeout/5
 	p := guestproto.Prepare{ID: id, Op: op, Deadline: guestDeadline, Devices: vm.guestDevices()}
 	if err := host.Prepare(gctx, p); err != nil {
-		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		host.Abort(actx, id, "host gave up: "+err.Error())
-		acancel()
+		// REFUSED means the guest already undid its round; anything else
+		// (deadline, dead channel) needs an explicit ABORT.
+		if !errors.Is(err, guestproto.ErrRefused) {
+			actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			host.Abort(actx, id, "host gave up: "+err.Error())
+			acancel()
+		}
 		host.Close()
 		vm.h.metrics.observe("guest_prepare", "error", start)
 		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrGuest, err)
@@ -187,18 +229,12 @@ func (vm *VM) finishRound(ctx context.Context, outcome string) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, vm.h.cfg.GuestTimeout)
 	defer cancel()
-	conn, err := vm.dialGuest(ctx)
+	host, ack, err := vm.connectGuest(ctx)
 	if err != nil {
 		vm.log.Warn("guest channel for outcome", "err", err)
 		return
 	}
-	host := guestproto.NewHost(conn, vm.log.With("channel", spec.Guest.Type))
 	defer host.Close()
-	ack, err := host.Handshake(ctx)
-	if err != nil {
-		vm.log.Warn("guest handshake for outcome", "err", err)
-		return
-	}
 	if ack.PendingID == "" {
 		vm.log.Info("guest has no pending round", "outcome", outcome)
 		return

@@ -8,5 +8,9 @@ func commands() []*cli.Command {
 		hostdCommand(),
 		vmCommand(),
 		rejuvenateCommand(),
+		guestdCommand(),
+		hookCommand(),
+		certsCommand(),
+		taintCommand(),
 	}
 }

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/symvirt/symvirt/guestd"
+	"github.com/symvirt/symvirt/guestd/hookclient"
+	"github.com/symvirt/symvirt/internal/cliutil"
+	"github.com/urfave/cli/v3"
+)
+
+// guestdCommand is "symvirt guestd", the agent inside the VM.
+func guestdCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "guestd",
+		Usage: "run the guest agent (inside the VM): safe points, NIC hand-off and outcomes for symvirt operations",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "channel", Value: "virtio-serial", Usage: "host channel: virtio-serial, vsock or unix:PATH"},
+			&cli.StringFlag{Name: "port-name", Value: guestd.DefaultPortName, Usage: "virtio-serial port name"},
+			&cli.Uint32Flag{Name: "vsock-port", Value: guestd.DefaultVsockPort, Usage: "vsock port to listen on"},
+			&cli.StringFlag{Name: "hook-socket", Value: guestd.DefaultHookSocket, Usage: "hook socket for applications"},
+			&cli.StringFlag{Name: "hook-dir", Value: guestd.DefaultHookDir, Usage: "hook scripts, run in name order"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "address for Prometheus /metrics, e.g. :9465 (default: none)"},
+			&cli.DurationFlag{Name: "nic-wait", Value: 10 * time.Second, Usage: "how long RESUME waits for replacement NICs"},
+			&cli.StringFlag{Name: "sys-root", Value: "/", Usage: "prefix of /sys and /dev (tests)"},
+			&cli.StringFlag{Name: "log-level", Value: "info"},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			log, err := newLogger(cmd.String("log-level"))
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return guestd.Run(ctx, guestd.Config{
+				Channel:       cmd.String("channel"),
+				PortName:      cmd.String("port-name"),
+				VsockPort:     cmd.Uint32("vsock-port"),
+				HookSocket:    cmd.String("hook-socket"),
+				HookDir:       cmd.String("hook-dir"),
+				MetricsListen: cmd.String("metrics-listen"),
+				NICWait:       cmd.Duration("nic-wait"),
+				SysRoot:       cmd.String("sys-root"),
+				Logger:        log,
+			})
+		},
+	}
+}
+
+// hookCommand is "symvirt hook", the hook socket for shell scripts.
+func hookCommand() *cli.Command {
+	flags := func() []cli.Flag {
+		return []cli.Flag{
+			&cli.StringFlag{Name: "socket", Value: hookclient.Path(), Usage: "guestd hook socket ($SYMVIRT_HOOK_SOCKET)"},
+			&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"},
+			&cli.DurationFlag{Name: "timeout", Usage: "give up after this long (default: wait as long as it takes)"},
+		}
+	}
+	// run opens the socket (registering as name, if set) and runs f with a
+	// context bounded by --timeout and interrupted by SIGINT/SIGTERM.
+	run := func(name string, f func(context.Context, *hookclient.Client, cliutil.Output) error) cli.ActionFunc {
+		return func(ctx context.Context, cmd *cli.Command) error {
+			out, err := cliutil.New(cmd.String("output"))
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if d := cmd.Duration("timeout"); d > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, d)
+				defer cancel()
+			}
+			c, err := hookclient.Open(cmd.String("socket"), name)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return f(ctx, c, out)
+		}
+	}
+	return &cli.Command{
+		Name:  "hook",
+		Usage: "talk to guestd's hook socket from a script (inside the VM)",
+		Commands: []*cli.Command{
+			{
+				Name:  "wait",
+				Usage: "block until an operation is pending; print OP ID",
+				Flags: flags(),
+				Action: run("", func(ctx context.Context, c *hookclient.Client, out cliutil.Output) error {
+					p, err := c.Wait(ctx)
+					if err != nil {
+						return err
+					}
+					return out.Print(map[string]string{"op": p.Op, "id": p.ID}, func(w io.Writer) {
+						fmt.Fprintln(w, p.Op, p.ID)
+					})
+				}),
+			},
+			{
+				Name: "sync",
+				Usage: "report a safe point and block until the operation's outcome; print it. " +
+					"Registers as hook-cli for this call only: rounds wait only for apps registered when they start",
+				Flags: flags(),
+				Action: run("hook-cli", func(ctx context.Context, c *hookclient.Client, out cliutil.Output) error {
+					o, err := c.Sync(ctx)
+					if err != nil {
+						return err
+					}
+					return out.Print(map[string]string{"outcome": o.Outcome, "op": o.Op, "id": o.ID}, func(w io.Writer) {
+						fmt.Fprintln(w, o.Outcome)
+					})
+				}),
+			},
+			{
+				Name:  "status",
+				Usage: "print the current round: idle, or pending OP ID synced=N/M",
+				Flags: flags(),
+				Action: run("", func(ctx context.Context, c *hookclient.Client, out cliutil.Output) error {
+					s, err := c.Status()
+					if err != nil {
+						return err
+					}
+					v := map[string]any{"pending": s.Pending}
+					if s.Pending {
+						v["op"], v["id"], v["synced"], v["registered"] = s.Op, s.ID, s.Synced, s.Registered
+					}
+					return out.Print(v, func(w io.Writer) {
+						if !s.Pending {
+							fmt.Fprintln(w, "idle")
+							return
+						}
+						fmt.Fprintf(w, "pending %s %s synced=%d/%d\n", s.Op, s.ID, s.Synced, s.Registered)
+					})
+				}),
+			},
+		},
+	}
+}

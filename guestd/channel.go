@@ -1,0 +1,347 @@
+package guestd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/symvirt/symvirt/guestproto"
+)
+
+// ErrNoPort: no virtio-serial port of the configured name.
+var ErrNoPort = errors.New("guestd: virtio-serial port not found")
+
+const (
+	writeTimeout = 5 * time.Second
+	// The host needs a handful of frames per round plus heartbeats; far
+	// above that is a broken or hostile host.
+	inboundRate  = 100
+	inboundBurst = 200
+	// eofPoll is how often a virtio-serial port with no host behind it (it
+	// reads as EOF) is tried again.
+	eofPoll = 200 * time.Millisecond
+)
+
+func (a *agent) serveChannel(ctx context.Context, kind, path string) error {
+	switch kind {
+	case "virtio-serial":
+		return a.serveVirtio(ctx)
+	case "vsock":
+		ln, err := vsock.Listen(a.cfg.VsockPort, nil)
+		if err != nil {
+			return fmt.Errorf("guestd: vsock port %d: %w", a.cfg.VsockPort, err)
+		}
+		a.log.Info("listening on vsock", "port", a.cfg.VsockPort)
+		return a.serveListener(ctx, ln)
+	case "unix":
+		if err := removeStaleSocket(path); err != nil {
+			return err
+		}
+		ln, err := listenUnixMode(path, 0o600)
+		if err != nil {
+			return fmt.Errorf("guestd: channel socket: %w", err)
+		}
+		defer os.Remove(path)
+		a.log.Info("listening on unix socket", "path", path)
+		return a.serveListener(ctx, ln)
+	}
+	return fmt.Errorf("guestd: unknown channel kind %q", kind)
+}
+
+// serveListener serves one host connection at a time. A new connection
+// replaces the current one: the host reconnects after every restore or
+// migration, and the old connection may be half-dead.
+func (a *agent) serveListener(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var cur net.Conn
+	var curDone chan struct{}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			a.log.Warn("accept", "err", err)
+			sleepCtx(ctx, 100*time.Millisecond)
+			continue
+		}
+		if cur != nil {
+			a.log.Info("new host connection replaces the current one")
+			cur.Close()
+			<-curDone
+		}
+		cur, curDone = c, make(chan struct{})
+		go func(c net.Conn, done chan struct{}) {
+			defer close(done)
+			err := a.serveStream(ctx, c, func() { c.Close() }, false)
+			c.Close()
+			a.log.Info("host connection closed", "err", err)
+		}(c, curDone)
+	}
+	if cur != nil {
+		cur.Close()
+		<-curDone
+	}
+	return nil
+}
+
+// findVirtioPort finds the device node of the named virtio-serial port: the
+// /dev/virtio-ports/NAME link if udev (or the test guest's hotplug script)
+// made one, else the vportNpM whose sysfs name matches.
+func findVirtioPort(root, name string) (string, error) {
+	link := filepath.Join(root, "dev/virtio-ports", name)
+	if _, err := os.Stat(link); err == nil {
+		return link, nil
+	}
+	dir := filepath.Join(root, "sys/class/virtio-ports")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s: %v", ErrNoPort, name, err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "name"))
+		if err != nil || strings.TrimSpace(string(b)) != name {
+			continue
+		}
+		dev := filepath.Join(root, "dev", e.Name())
+		if _, err := os.Stat(dev); err != nil {
+			return "", fmt.Errorf("%w: %s is %s but %s: %v", ErrNoPort, name, e.Name(), dev, err)
+		}
+		return dev, nil
+	}
+	return "", fmt.Errorf("%w: %s", ErrNoPort, name)
+}
+
+// serveVirtio serves the virtio-serial port until ctx ends. The port
+// outlives host connections: it reads as EOF while no host is connected
+// (between a checkpoint and a restore, during a migration), so EOF means
+// "poll again", not "exit"; a partial frame is dropped with the EOF.
+func (a *agent) serveVirtio(ctx context.Context) error {
+	lastErr := ""
+	for ctx.Err() == nil {
+		path, err := findVirtioPort(a.cfg.SysRoot, a.cfg.PortName)
+		var f *os.File
+		if err == nil {
+			f, err = os.OpenFile(path, os.O_RDWR, 0)
+		}
+		if err != nil {
+			if err.Error() != lastErr {
+				a.log.Warn("virtio-serial port not available; retrying", "err", err)
+				lastErr = err.Error()
+			}
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		lastErr = ""
+		a.log.Info("virtio-serial port open", "path", path)
+		for ctx.Err() == nil {
+			err := a.serveStream(ctx, f, func() {
+				if f.SetReadDeadline(time.Now()) != nil {
+					f.Close() // not pollable: the only way to stop the read
+				}
+			}, true)
+			_ = f.SetReadDeadline(time.Time{})
+			if ctx.Err() != nil {
+				break
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, guestproto.ErrFlood) {
+				sleepCtx(ctx, eofPoll)
+				continue
+			}
+			a.log.Warn("virtio-serial port failed; reopening", "err", err)
+			break
+		}
+		f.Close()
+		sleepCtx(ctx, eofPoll)
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// inbound is one thing the reader saw: a frame, or garbage (virtio-serial
+// only; the reader then resynchronises on the next HELLO).
+type inbound struct {
+	m       guestproto.Message
+	garbage error
+}
+
+// serveStream runs host sessions over one byte stream until it ends (read
+// error, EOF, ctx) or, on a socket, the host breaks the protocol. interrupt
+// must unblock a pending Read. On virtio-serial (virtio true) garbage, a
+// flood or a write error only end the session: the next HELLO starts anew.
+func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt func(), virtio bool) error {
+	br := bufio.NewReaderSize(rw, 4096)
+	fr := guestproto.NewFrameReader(br)
+	frames := make(chan inbound)
+	readErr := make(chan error, 1)
+	writeErr := make(chan error, 1)
+	out := make(chan []byte, 64)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			m, err := fr.ReadFrame()
+			in := inbound{m: m}
+			if err != nil {
+				if !virtio || !(errors.Is(err, guestproto.ErrMalformed) || errors.Is(err, guestproto.ErrVersion)) {
+					readErr <- err
+					return
+				}
+				in.garbage = err
+			}
+			select {
+			case frames <- in:
+			case <-stop:
+				return
+			}
+			if in.garbage != nil {
+				if err := guestproto.Resync(br); err != nil {
+					readErr <- err
+					return
+				}
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		dl, _ := rw.(interface{ SetWriteDeadline(time.Time) error })
+		for {
+			select {
+			case f := <-out:
+				if dl != nil {
+					_ = dl.SetWriteDeadline(time.Now().Add(writeTimeout))
+				}
+				if _, err := rw.Write(f); err != nil {
+					select {
+					case writeErr <- err:
+					default:
+					}
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+
+	var sess *session
+	endSess := func(cause error) {
+		if sess != nil {
+			a.endSession(sess, cause)
+			sess = nil
+		}
+	}
+	defer func() {
+		endSess(errSessionEnded)
+		close(stop)
+		interrupt()
+		wg.Wait()
+	}()
+	var tick <-chan time.Time
+	if a.cfg.Heartbeat > 0 {
+		t := time.NewTicker(a.cfg.Heartbeat)
+		defer t.Stop()
+		tick = t.C
+	}
+	lim := newLimiter(inboundRate, inboundBurst)
+	var seq uint64
+	for {
+		if sess != nil && sess.ctx.Err() != nil { // ended by send (host not reading)
+			if !virtio {
+				return context.Cause(sess.ctx)
+			}
+			endSess(context.Cause(sess.ctx))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-readErr:
+			return err
+		case err := <-writeErr:
+			if !virtio {
+				return fmt.Errorf("write: %w", err)
+			}
+			a.log.Warn("virtio-serial write failed: host gone?", "err", err)
+			endSess(err)
+		case <-tick:
+			if sess != nil {
+				seq++
+				sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypePing, Seq: seq})
+			}
+		case in := <-frames:
+			if in.garbage != nil {
+				a.log.Warn("garbage from the host: waiting for the next HELLO", "err", in.garbage)
+				endSess(in.garbage)
+				continue
+			}
+			if !lim.allow(time.Now()) {
+				err := fmt.Errorf("%w: more than %d frames at once", guestproto.ErrFlood, inboundBurst)
+				if !virtio {
+					return err
+				}
+				endSess(err)
+				continue
+			}
+			if in.m.Type == guestproto.TypeHello {
+				endSess(errNewHost)
+				if in.m.V != guestproto.Version {
+					a.log.Warn("host speaks another protocol version", "host", in.m.V, "guest", guestproto.Version)
+				}
+				sess = a.newSession(out)
+				a.hello(sess)
+				continue
+			}
+			if sess == nil {
+				a.log.Debug("frame before HELLO dropped", "type", in.m.Type, "id", in.m.ID)
+				continue
+			}
+			if err := a.handle(sess, in.m); err != nil {
+				a.log.Warn("host broke the protocol", "err", err)
+				if !virtio {
+					return err
+				}
+				endSess(err)
+			}
+		}
+	}
+}
+
+// limiter is a token bucket on inbound frames.
+type limiter struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func newLimiter(rate, burst float64) *limiter {
+	return &limiter{rate: rate, burst: burst, tokens: burst, last: time.Now()}
+}
+
+func (l *limiter) allow(now time.Time) bool {
+	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	l.last = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
