@@ -178,7 +178,9 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	switch {
 	case opts.Stop:
 		progress(Progress{Phase: "stop"})
-		coop.finish(ctx, outcome)
+		// This incarnation never runs again, so its guest is not told;
+		// a restore of the checkpoint tells the guest "restored".
+		coop.keep()
 		if err := vm.stop(ctx, time.Millisecond); err != nil {
 			return res, err
 		}
