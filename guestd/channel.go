@@ -202,6 +202,20 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 		defer wg.Done()
 		for {
 			m, err := fr.ReadFrame()
+			if err != nil && virtio && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				// No host right now. The session is kept: the notice
+				// that the previous host left can arrive after the next
+				// host's HELLO (control and data queues are not ordered),
+				// and every new host starts with a HELLO anyway. A
+				// partial frame goes with the EOF.
+				br.Reset(rw)
+				select {
+				case <-stop:
+					return
+				case <-time.After(eofPoll):
+				}
+				continue
+			}
 			in := inbound{m: m}
 			if err != nil {
 				if !virtio || !(errors.Is(err, guestproto.ErrMalformed) || errors.Is(err, guestproto.ErrVersion)) {

@@ -180,6 +180,14 @@ func (h *Host) Handler() http.Handler {
 		}
 		writeJSONResp(w, map[string]string{"aborted": vm.name})
 	})
+	vmRoute("POST", "/drill", func(w http.ResponseWriter, r *http.Request, vm *VM) {
+		res, err := vm.Drill(context.WithoutCancel(r.Context()))
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSONResp(w, res)
+	})
 	vmRoute("POST", "/rejuvenate", func(w http.ResponseWriter, r *http.Request, vm *VM) {
 		var opts RejuvenateOptions
 		if !readReq(w, r, &opts) {

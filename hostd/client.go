@@ -261,3 +261,10 @@ func (c *Client) Host(ctx context.Context) (HostInfo, error) {
 func (c *Client) RestartHostd(ctx context.Context, binary string) error {
 	return c.do(ctx, "POST", "/v1/host/restart", map[string]string{"binary": binary}, nil)
 }
+
+// Drill runs a cooperation round with the guest that changes nothing.
+func (c *Client) Drill(ctx context.Context, name string) (DrillResult, error) {
+	var res DrillResult
+	err := c.do(ctx, "POST", vmPath(name, "/drill"), nil, &res)
+	return res, err
+}

@@ -132,7 +132,11 @@ func (vm *VM) prepareGuest(ctx context.Context, op string, skip bool) (*coop, er
 	// The guest gets a little less time than we wait, so its REFUSED (with
 	// the reason) arrives before our own deadline.
 	guestDeadline := timeout - timeout/5
-	p := guestproto.Prepare{ID: id, Op: op, Deadline: guestDeadline, Devices: vm.guestDevices()}
+	var devs []guestproto.Device
+	if op != "detach" { // a drill hands off nothing
+		devs = vm.guestDevices()
+	}
+	p := guestproto.Prepare{ID: id, Op: op, Deadline: guestDeadline, Devices: devs}
 	if err := host.Prepare(gctx, p); err != nil {
 		// REFUSED means the guest already undid its round; anything else
 		// (deadline, dead channel) needs an explicit ABORT.
@@ -253,4 +257,32 @@ func (vm *VM) finishRound(ctx context.Context, outcome string) {
 	vm.saveRuntime()
 	vm.mu.Unlock()
 	vm.log.Info("guest told", "round", ack.PendingID, "op", ack.PendingOp, "outcome", outcome)
+}
+
+// DrillResult times one cooperation round that changes nothing.
+type DrillResult struct {
+	Ready time.Duration `json:"ready_ns"` // PREPARE to READY
+	Round time.Duration `json:"round_ns"` // connect to the guest's DONE
+}
+
+// Drill runs a cooperation round and aborts it: the guest's hooks and
+// applications reach their safe point and are released with "aborted".
+// It checks that a guest cooperates, and times the round, without
+// touching the VM.
+func (vm *VM) Drill(ctx context.Context) (DrillResult, error) {
+	if err := vm.lock("drill"); err != nil {
+		return DrillResult{}, err
+	}
+	defer vm.unlock()
+	if vm.Spec().Guest.Type == "none" {
+		return DrillResult{}, fmt.Errorf("vm %q has no guest channel: %w", vm.name, ErrInvalidState)
+	}
+	start := timeNow()
+	c, err := vm.prepareGuest(ctx, "detach", false)
+	if err != nil {
+		return DrillResult{}, err
+	}
+	ready := timeNow()
+	c.finish(ctx, "aborted")
+	return DrillResult{Ready: ready.Sub(start), Round: timeNow().Sub(start)}, nil
 }

@@ -149,6 +149,10 @@ func vmCommand() *cli.Command {
 					return printResult(out, info)
 				},
 			},
+			named("drill", "run a cooperation round with the guest that changes nothing (is the guest cooperating?)",
+				func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
+					return c.Drill(ctx, vm)
+				}),
 			named("rejuvenate", "restart the VM's QEMU with its RAM in place (warm reboot)",
 				func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
 					return c.Rejuvenate(ctx, vm, hostd.RejuvenateOptions{QEMU: cmd.String("qemu-binary"), NoGuest: cmd.Bool("no-guest")})
@@ -237,6 +241,8 @@ func printResult(out cliutil.Output, v any) error {
 			for _, f := range r.Manifest.Files {
 				fmt.Fprintf(w, "  %s %s sha256:%s\n", f.Name, cliutil.Bytes(f.Size), f.SHA256)
 			}
+		case hostd.DrillResult:
+			fmt.Fprintf(w, "guest cooperates: ready after %s, round done in %s\n", r.Ready.Round(time.Microsecond), r.Round.Round(time.Microsecond))
 		case hostd.RejuvenateResult:
 			printRejuvenate(w, r)
 		case []hostd.RejuvenateResult:
