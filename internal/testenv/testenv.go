@@ -10,9 +10,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/vishvananda/netns"
 )
 
 var (
@@ -294,4 +297,63 @@ func PIDsUnder(dir string) []int {
 		}
 	}
 	return out
+}
+
+// Bridge creates a bridge named br in the namespace, up.
+func Bridge(t testing.TB, ns *NetNS, br string) {
+	Run(t, "ip", "-n", ns.Name, "link", "add", br, "type", "bridge")
+	Run(t, "ip", "-n", ns.Name, "link", "set", br, "up")
+}
+
+// Tap creates a tap device for QEMU in the namespace, on bridge br.
+func Tap(t testing.TB, ns *NetNS, tap, br string) {
+	Run(t, "ip", "-n", ns.Name, "tuntap", "add", "dev", tap, "mode", "tap")
+	Run(t, "ip", "-n", ns.Name, "link", "set", tap, "master", br, "up")
+}
+
+// BridgeLink joins bridge brA in a and brB in b with a veth pair, so both
+// are one L2 segment (the cluster network guests share).
+func BridgeLink(t testing.TB, a *NetNS, brA string, b *NetNS, brB string) {
+	sfx := randSuffix()
+	ea, eb := "la"+sfx, "lb"+sfx
+	Run(t, "ip", "link", "add", ea, "type", "veth", "peer", "name", eb)
+	Run(t, "ip", "link", "set", ea, "netns", a.Name)
+	Run(t, "ip", "link", "set", eb, "netns", b.Name)
+	Run(t, "ip", "-n", a.Name, "link", "set", ea, "master", brA, "up")
+	Run(t, "ip", "-n", b.Name, "link", "set", eb, "master", brB, "up")
+}
+
+// Attach gives namespace c an address on bridge br of namespace a (a
+// client on the guests' L2).
+func Attach(t testing.TB, c *NetNS, addr string, a *NetNS, br string) {
+	sfx := randSuffix()
+	ec, ea := "ca"+sfx, "cb"+sfx
+	Run(t, "ip", "link", "add", ec, "type", "veth", "peer", "name", ea)
+	Run(t, "ip", "link", "set", ec, "netns", c.Name)
+	Run(t, "ip", "link", "set", ea, "netns", a.Name)
+	Run(t, "ip", "-n", c.Name, "addr", "add", addr, "dev", ec)
+	Run(t, "ip", "-n", c.Name, "link", "set", ec, "up")
+	Run(t, "ip", "-n", a.Name, "link", "set", ea, "master", br, "up")
+}
+
+// DialIn dials a TCP address from inside namespace ns; the socket stays in
+// that namespace for its whole life.
+func DialIn(ns *NetNS, addr string, timeout time.Duration) (net.Conn, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return nil, err
+	}
+	defer netns.Set(orig)
+	return net.DialTimeout("tcp", addr, timeout)
 }
