@@ -131,7 +131,7 @@ func TestBondedConnectionSurvivesMigration(t *testing.T) {
 	dlog := serialLog(dst, "bond1")
 	waitLog(t, dlog, regexp.MustCompile(`hook: outcome migrated`), 30*time.Second)
 	// The destination's NIC is back in the bond, carrying the traffic.
-	waitLog(t, dlog, regexp.MustCompile(`(enslaved|primary).*`), 30*time.Second)
+	waitLog(t, dlog, regexp.MustCompile(`(vmxnet3\) enslaved to bond0|bond0 primary: eth|new NIC enslaved)`), 30*time.Second)
 	time.Sleep(3 * time.Second)
 	gap, n, err := echo.stop()
 	if err != nil {
