@@ -232,6 +232,23 @@ func (h *Host) Handler() http.Handler {
 			h.Restart(req.Binary, false)
 		}()
 	})
+	mux.HandleFunc("POST /v1/steps", func(w http.ResponseWriter, r *http.Request) {
+		var req StepRequest
+		if !readReq(w, r, &req) {
+			return
+		}
+		writeJSONResp(w, h.Step(context.WithoutCancel(r.Context()), req))
+	})
+	mux.HandleFunc("POST /v1/leases/renew", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Op    string        `json:"op"`
+			Lease time.Duration `json:"lease_ns"`
+		}
+		if !readReq(w, r, &req) {
+			return
+		}
+		writeJSONResp(w, map[string]int{"renewed": h.RenewLeases(req.Op, req.Lease)})
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
 }

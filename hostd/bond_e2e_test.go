@@ -122,7 +122,11 @@ func TestBondedConnectionSurvivesMigration(t *testing.T) {
 	waitLog(t, serialLog(src, "bond1"), regexp.MustCompile(`hook: registered`), 90*time.Second)
 	echo := startEcho(t, client, "10.79.0.10:7000")
 	time.Sleep(2 * time.Second)
-	before, _, _ := func() (time.Duration, int, error) { echo.mu.Lock(); defer echo.mu.Unlock(); return echo.maxGap, echo.count, echo.err }()
+	before, _, _ := func() (time.Duration, int, error) {
+		echo.mu.Lock()
+		defer echo.mu.Unlock()
+		return echo.maxGap, echo.count, echo.err
+	}()
 
 	res, err := src.Client().Migrate(ctx, "bond1", hostd.MigrateOptions{To: dst.Addr()}, nil)
 	if err != nil {

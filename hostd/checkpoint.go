@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/symvirt/symvirt/qmp"
@@ -144,28 +145,8 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 		rollback()
 		return res, err
 	}
-	m := Manifest{Version: 1, VM: vm.name, Spec: vm.Spec(), CreatedAt: time.Now().UTC(),
-		QEMU: mon.Version().String(), Round: coop.round()}
-	progress(Progress{Phase: "save"})
-	fd, err := saveState(ctx, mon, filepath.Join(opts.Dir, stateName), progress)
+	m, err := vm.writeCheckpoint(ctx, mon, opts.Dir, coop.round(), progress)
 	if err != nil {
-		rollback()
-		return res, fmt.Errorf("vm %q: save state: %w", vm.name, err)
-	}
-	m.Files = append(m.Files, fd)
-	for i, d := range m.Spec.Disks {
-		progress(Progress{Phase: "disk " + d.ID})
-		name := "disk-" + d.ID + "." + d.Format
-		fd, err := copyFileDigest(d.Path, filepath.Join(opts.Dir, name))
-		if err != nil {
-			rollback()
-			return res, fmt.Errorf("vm %q: copy disk %q: %w", vm.name, d.ID, err)
-		}
-		fd.Role, fd.ID = "disk", d.ID
-		m.Files = append(m.Files, fd)
-		m.Spec.Disks[i].Path = name // relative to the checkpoint dir
-	}
-	if err := writeJSON(filepath.Join(opts.Dir, manifestName), m); err != nil {
 		rollback()
 		return res, err
 	}
@@ -202,6 +183,36 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	res.Duration = timeNow().Sub(start)
 	vm.log.Info("checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "downtime", res.Downtime)
 	return res, nil
+}
+
+// writeCheckpoint saves a stopped VM into dir (which exists and is empty):
+// state, disks, then the manifest, last, so a directory without one is
+// incomplete by construction.
+func (vm *VM) writeCheckpoint(ctx context.Context, mon *qmp.Client, dir string, round *Round, progress ProgressFunc) (Manifest, error) {
+	m := Manifest{Version: 1, VM: vm.name, Spec: vm.Spec(), CreatedAt: time.Now().UTC(),
+		QEMU: mon.Version().String(), Round: round}
+	m.Spec.Disks = slices.Clone(m.Spec.Disks) // paths are rewritten below
+	progress(Progress{Phase: "save"})
+	fd, err := saveState(ctx, mon, filepath.Join(dir, stateName), progress)
+	if err != nil {
+		return m, fmt.Errorf("vm %q: save state: %w", vm.name, err)
+	}
+	m.Files = append(m.Files, fd)
+	for i, d := range m.Spec.Disks {
+		progress(Progress{Phase: "disk " + d.ID})
+		name := "disk-" + d.ID + "." + d.Format
+		fd, err := copyFileDigest(d.Path, filepath.Join(dir, name))
+		if err != nil {
+			return m, fmt.Errorf("vm %q: copy disk %q: %w", vm.name, d.ID, err)
+		}
+		fd.Role, fd.ID = "disk", d.ID
+		m.Files = append(m.Files, fd)
+		m.Spec.Disks[i].Path = name // relative to the checkpoint dir
+	}
+	if err := writeJSON(filepath.Join(dir, manifestName), m); err != nil {
+		return m, err
+	}
+	return m, nil
 }
 
 // saveState streams QEMU's migration stream for a stopped VM into path

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,7 +24,11 @@ type Client struct {
 }
 
 // NewClient returns a client for addr.
-func NewClient(addr string) *Client {
+func NewClient(addr string) *Client { return NewClientTLS(addr, nil) }
+
+// NewClientTLS returns a client that speaks HTTPS with cfg (mutual TLS)
+// to a TCP address; a unix socket stays plain (local, root-only).
+func NewClientTLS(addr string, cfg *tls.Config) *Client {
 	c := &Client{addr: addr}
 	tr := &http.Transport{MaxIdleConns: 4, IdleConnTimeout: 30 * time.Second}
 	if path, ok := unixPath(addr); ok {
@@ -35,6 +40,10 @@ func NewClient(addr string) *Client {
 	} else {
 		tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second}).DialContext
 		c.base = "http://" + addr
+		if cfg != nil {
+			tr.TLSClientConfig = cfg.Clone()
+			c.base = "https://" + addr
+		}
 	}
 	c.http = &http.Client{Transport: tr}
 	return c
@@ -267,4 +276,16 @@ func (c *Client) Drill(ctx context.Context, name string) (DrillResult, error) {
 	var res DrillResult
 	err := c.do(ctx, "POST", vmPath(name, "/drill"), nil, &res)
 	return res, err
+}
+
+// Step runs one coordinator step.
+func (c *Client) Step(ctx context.Context, req StepRequest) (StepResult, error) {
+	var res StepResult
+	err := c.do(ctx, "POST", "/v1/steps", req, &res)
+	return res, err
+}
+
+// RenewLeases extends an operation's leases on the host.
+func (c *Client) RenewLeases(ctx context.Context, op string, d time.Duration) error {
+	return c.do(ctx, "POST", "/v1/leases/renew", map[string]any{"op": op, "lease_ns": d}, nil)
 }

@@ -3,6 +3,7 @@ package hostd
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -38,6 +39,12 @@ type Host struct {
 	// Restart replaces the hostd process (set by the daemon). With check
 	// it only validates binary; VMs are untouched either way.
 	Restart func(binary string, check bool) error
+	// PeerTLS, when set, is how this hostd reaches other hostds (the
+	// destination of a migration) over mutual TLS.
+	PeerTLS *tls.Config
+
+	steps *stepState
+	stop  context.CancelFunc
 }
 
 // VM is one VM known to this host.
@@ -115,7 +122,7 @@ func New(cfg Config) (*Host, error) {
 	}
 	sum := sha256.Sum256([]byte(cfg.StateDir))
 	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
-		tag: hex.EncodeToString(sum[:4]), started: time.Now().UTC()}
+		tag: hex.EncodeToString(sum[:4]), started: time.Now().UTC(), steps: newStepState()}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
 	}
@@ -144,11 +151,17 @@ func New(cfg Config) (*Host, error) {
 	for _, f := range h.StaleSharedMemory() {
 		h.log.Warn("stale shared memory file: no running vm owns it", "file", f)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop = cancel
+	go h.leaseLoop(ctx)
 	return h, nil
 }
 
 // Close drops monitor connections; VMs keep running.
 func (h *Host) Close() error {
+	if h.stop != nil {
+		h.stop()
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, vm := range h.vms {
@@ -811,4 +824,12 @@ func (h *Host) shmHasRoom(mem Size) bool {
 	}
 	free := int64(st.Bavail) * int64(st.Bsize)
 	return free > 2*int64(mem)<<20+256<<20
+}
+
+// peer returns a client for another hostd, over mutual TLS when set.
+func (h *Host) peer(addr string) *Client {
+	if h.PeerTLS != nil {
+		return NewClientTLS(addr, h.PeerTLS)
+	}
+	return NewClient(addr)
 }

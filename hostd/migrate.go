@@ -39,6 +39,10 @@ type IncomingRequest struct {
 	// destination starts without them and attaches its own afterwards.
 	Absent []string `json:"absent,omitempty"`
 	Round  *Round   `json:"round,omitempty"`
+	// Op and Lease: a coordinator's operation holds the paused copy; if
+	// nobody resumes it before the lease ends, it is discarded.
+	Op    string        `json:"op,omitempty"`
+	Lease time.Duration `json:"lease_ns,omitempty"`
 }
 
 // IncomingResponse tells the source where to send the stream.
@@ -84,7 +88,7 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 	if err := vm.detachAll(ctx); err != nil {
 		return res, err
 	}
-	dest := NewClient(opts.To)
+	dest := vm.h.peer(opts.To)
 	rollback := func(why error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -237,6 +241,9 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	vm.rt.Round = req.Round
 	vm.saveRuntime()
 	vm.mu.Unlock()
+	if req.Op != "" {
+		h.setLease(spec.Name, req.Op, 2*req.Lease, "")
+	}
 	ok = true
 	vm.log.Info("waiting for incoming migration", "uri", uri)
 	return IncomingResponse{URI: uri}, nil

@@ -4,7 +4,7 @@ import "github.com/urfave/cli/v3"
 
 // commands lists every top-level subcommand; each lives in its own file.
 func commands() []*cli.Command {
-	return []*cli.Command{
+	return append([]*cli.Command{
 		hostdCommand(),
 		vmCommand(),
 		rejuvenateCommand(),
@@ -12,5 +12,5 @@ func commands() []*cli.Command {
 		hookCommand(),
 		certsCommand(),
 		taintCommand(),
-	}
+	}, jobCommands()...)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,10 +11,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/urfave/cli/v3"
 )
 
@@ -39,6 +42,9 @@ func hostdCommand() *cli.Command {
 			&cli.StringFlag{Name: "migration-address", Usage: "address incoming migrations listen on"},
 			&cli.DurationFlag{Name: "guest-timeout", Usage: "deadline of a guest cooperation round"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "this hostd's certificate (symvirt certs issue --role hostd); with it the TCP API is mutual TLS"},
+			&cli.StringFlag{Name: "tls-key"},
+			&cli.StringFlag{Name: "tls-ca", Usage: "the cluster CA"},
 		},
 		Action: runHostd,
 	}
@@ -106,13 +112,30 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	os.Chmod(sock, 0o600)
-	srv := &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	handler := h.Handler()
+	var serverTLS *tls.Config
+	if cert := cmd.String("tls-cert"); cert != "" {
+		key, ca := cmd.String("tls-key"), cmd.String("tls-ca")
+		// The coordinator may call everything; another hostd only the
+		// routes of an incoming migration.
+		if serverTLS, err = pki.ServerConfig(cert, key, ca, pki.RoleCoord, pki.RoleHostd); err != nil {
+			return err
+		}
+		if h.PeerTLS, err = pki.ClientConfig(cert, key, ca, pki.RoleHostd); err != nil {
+			return err
+		}
+		handler = authorize(handler)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ul) }()
 	if addr := cmd.String("listen"); addr != "" {
 		tl, err := net.Listen("tcp", addr)
 		if err != nil {
 			return err
+		}
+		if serverTLS != nil {
+			tl = tls.NewListener(tl, serverTLS)
 		}
 		go func() { errc <- srv.Serve(tl) }()
 	}
@@ -131,4 +154,35 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// authorize lets a TLS peer with the hostd role call only what a migration
+// source needs of its destination; the coordinator may call everything;
+// the unix socket (no TLS) is local and root-only.
+func authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil {
+			role, name, ok := pki.PeerRole(*r.TLS)
+			allowed := ok && (role == pki.RoleCoord || role == pki.RoleHostd && peerRoute(r))
+			if !allowed {
+				http.Error(w, fmt.Sprintf(`{"error":{"code":"unauthorized","message":"%s/%s may not call %s %s"}}`,
+					role, name, r.Method, r.URL.Path), http.StatusForbidden)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func peerRoute(r *http.Request) bool {
+	p := r.URL.Path
+	switch {
+	case r.Method == "POST" && p == "/v1/incoming":
+		return true
+	case r.Method == "POST" && strings.HasPrefix(p, "/v1/vms/") && (strings.HasSuffix(p, "/incoming/finish") || strings.HasSuffix(p, "/incoming/abort")):
+		return true
+	case r.Method == "GET" && strings.HasPrefix(p, "/v1/vms/"):
+		return true
+	}
+	return false
 }

@@ -1,0 +1,199 @@
+package coord
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/hostd"
+)
+
+// drive is the thin driver around the pure state machine: it journals the
+// operation, executes actions (RPCs to hostds, in parallel), feeds results,
+// deadlines and lost hosts back as events, and renews the hostds' leases
+// while the operation holds VMs. It returns when the operation is done.
+func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action, progress ProgressFunc) machine.Result {
+	op := rec.Op
+	log := c.log.With("op", op.ID, "job", op.Job, "kind", op.Kind)
+	events := make(chan machine.Event, 64)
+	down := map[string]bool{}
+	journal := func() {
+		if err := c.store.Put(bucketOps, op.ID, rec); err != nil {
+			// Without the journal a crash could not be recovered: stop
+			// issuing new work; deadlines roll the operation back.
+			log.Error("journal write failed", "err", err)
+		}
+	}
+	finished := make(chan struct{})
+	defer close(finished)
+	exec := func(as []machine.Action) {
+		for _, a := range as {
+			go func() {
+				ev := c.execute(ctx, rec, a)
+				select {
+				case events <- ev:
+				case <-finished: // a late answer the machine no longer waits for
+				}
+			}()
+		}
+	}
+	report := func() {
+		if progress == nil {
+			return
+		}
+		p := Progress{Op: op.ID, Phase: string(op.Phase), Total: len(op.VMs)}
+		for _, v := range op.VMs {
+			if v.Pending == nil {
+				p.Done++
+			}
+		}
+		progress(p)
+	}
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	defer stopRenew()
+	go c.renewLeases(renewCtx, rec)
+
+	journal()
+	c.crashPoint(op)
+	exec(acts)
+	report()
+	for !op.Done() {
+		var timer <-chan time.Time
+		var t *time.Timer
+		if !op.Deadline.IsZero() {
+			t = time.NewTimer(time.Until(op.Deadline) + 10*time.Millisecond)
+			timer = t.C
+		}
+		var ev machine.Event
+		select {
+		case ev = <-events:
+		case <-timer:
+			ev = machine.Tick{Now: time.Now()}
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if hd, ok := ev.(machine.HostDown); ok {
+			if down[hd.Host] {
+				continue
+			}
+			down[hd.Host] = true
+			log.Warn("host down", "host", hd.Host)
+		}
+		next := op.Step(ev)
+		journal()
+		c.crashPoint(op)
+		exec(next)
+		report()
+	}
+	res := op.Result()
+	rec.Result = &res
+	journal()
+	c.afterOp(rec, res)
+	log.Info("operation done", "outcome", res.Outcome, "reason", res.Reason, "lost", res.Lost)
+	return res
+}
+
+// crashPoint exits the process right after the journal write when the
+// operation enters the configured phase: a kill -9 at a known instant.
+func (c *Coord) crashPoint(op *machine.Op) {
+	if c.cfg.CrashAt != "" && string(op.Phase) == c.cfg.CrashAt {
+		c.log.Warn("crash point reached: exiting without cleanup", "phase", op.Phase)
+		exit := c.cfg.Exit
+		if exit == nil {
+			exit = os.Exit
+		}
+		exit(99)
+	}
+}
+
+// execute runs one action and answers it. A hostd that cannot be reached
+// (and does not answer a probe) is reported down as well.
+func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) machine.Event {
+	fail := func(reason string) machine.Event {
+		return machine.ActionResult{ID: a.ID, OK: false, Reason: reason, Now: time.Now()}
+	}
+	if a.Type == machine.RecordCheckpoint {
+		return c.record(rec, a)
+	}
+	addr, ok := rec.Hosts[a.Host]
+	if !ok {
+		return fail(fmt.Sprintf("unknown host %q", a.Host))
+	}
+	req := hostd.StepRequest{ID: a.ID.String(), Op: a.ID.Op, Kind: string(a.Type), VM: a.VM,
+		OpKind: string(rec.Op.Kind), Outcome: a.Outcome, Live: a.Live, Lease: c.cfg.Lease, Deadline: a.Deadline}
+	switch a.Type {
+	case machine.Save, machine.Restore, machine.DeleteArtifacts:
+		req.Dir = c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+	case machine.Migrate:
+		dest, ok := rec.Hosts[a.Dest]
+		if !ok {
+			return fail(fmt.Sprintf("unknown destination %q", a.Dest))
+		}
+		req.Dest = dest
+	}
+	cctx, cancel := context.WithDeadline(ctx, a.Deadline.Add(5*time.Second))
+	defer cancel()
+	res, err := c.client(addr).Step(cctx, req)
+	if err != nil {
+		if c.unreachable(ctx, addr) {
+			return machine.HostDown{Host: a.Host, Now: time.Now()}
+		}
+		return fail(err.Error())
+	}
+	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest, Now: time.Now()}
+}
+
+// unreachable probes a hostd a few times.
+func (c *Coord) unreachable(ctx context.Context, addr string) bool {
+	for range 3 {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := c.client(addr).Host(pctx)
+		cancel()
+		if err == nil {
+			return false
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return true
+}
+
+// record is RecordCheckpoint: the checkpoint becomes complete (with every
+// VM's digest) or failed in the catalog.
+func (c *Coord) record(rec *OpRecord, a machine.Action) machine.Event {
+	var ck Checkpoint
+	if err := c.store.Get(bucketCheckpoints, a.CheckpointID, &ck); err != nil {
+		return machine.ActionResult{ID: a.ID, Reason: err.Error(), Now: time.Now()}
+	}
+	ck.Status, ck.Done = a.Outcome, time.Now().UTC()
+	for i := range ck.VMs {
+		ck.VMs[i].Digest = a.Digests[ck.VMs[i].Name]
+	}
+	if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
+		return machine.ActionResult{ID: a.ID, Reason: err.Error(), Now: time.Now()}
+	}
+	return machine.ActionResult{ID: a.ID, OK: true, Now: time.Now()}
+}
+
+// renewLeases keeps the hostds from undoing the operation on their own.
+func (c *Coord) renewLeases(ctx context.Context, rec *OpRecord) {
+	t := time.NewTicker(c.cfg.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for name, addr := range rec.Hosts {
+			rctx, cancel := context.WithTimeout(ctx, c.cfg.Lease/3)
+			if err := c.client(addr).RenewLeases(rctx, rec.Op.ID, c.cfg.Lease); err != nil && !errors.Is(err, context.Canceled) {
+				c.log.Debug("lease renewal", "host", name, "err", err)
+			}
+			cancel()
+		}
+	}
+}
