@@ -108,10 +108,7 @@ func frame(body string) []byte {
 }
 
 func TestMisbehavingGuests(t *testing.T) {
-	h := testenv.StartHostd(t, "a", nil, "", "")
-	h.Args = []string{"--guest-timeout", "5s"}
-	h.Kill()
-	h.Start()
+	h := testenv.StartHostd(t, "a", nil, "", "", "--guest-timeout", "5s")
 	ctx := ctxT(t, 5*time.Minute)
 	c := h.Client()
 	port := "/dev/virtio-ports/org.symvirt.0"

@@ -124,20 +124,107 @@ func Link(t testing.TB, a, b *NetNS, addrA, addrB string) {
 	Run(t, "ip", "-n", b.Name, "link", "set", eb, "up")
 }
 
-// Hostd is a hostd process under test.
-type Hostd struct {
-	t        testing.TB
-	Name     string
-	NS       *NetNS // nil: the test's own namespace
-	StateDir string
-	Listen   string // TCP API address, "" for none
-	Config   string // config file path
-	Args     []string
+// Daemon is a symvirt daemon process under test (hostd, coord): started
+// from the built binary, optionally inside a namespace, its output kept
+// and printed only if the test fails.
+type Daemon struct {
+	t    testing.TB
+	Name string
+	NS   *NetNS // nil: the test's own namespace
+	// Args builds the command line (it may change between restarts).
+	Args func() []string
+	// Ready reports whether the daemon answers.
+	Ready func() error
+	Env   []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	logs bytes.Buffer
 	done chan struct{}
+}
+
+// Logs returns what the daemon printed so far.
+func (d *Daemon) Logs() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.logs.String()
+}
+
+// Start (re)starts the process and waits until it is ready.
+func (d *Daemon) Start() {
+	t := d.t
+	t.Helper()
+	bin := Binary(t)
+	args := d.Args()
+	var cmd *exec.Cmd
+	if d.NS != nil {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", d.NS.Name, bin}, args...)...)
+	} else {
+		cmd = exec.Command(bin, args...)
+	}
+	cmd.Env = append(os.Environ(), d.Env...)
+	cmd.Stdout, cmd.Stderr = &lockedWriter{d}, &lockedWriter{d}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	d.mu.Lock()
+	d.cmd, d.done = cmd, done
+	d.mu.Unlock()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := d.Ready()
+		if err == nil {
+			return
+		}
+		select {
+		case <-done:
+			t.Fatalf("%s exited at start:\n%s", d.Name, d.Logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not up after 20s: %v\n%s", d.Name, err, d.Logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill sends SIGKILL to the daemon (only it: QEMUs run in their own
+// sessions) and waits for it to exit.
+func (d *Daemon) Kill() {
+	d.mu.Lock()
+	cmd, done := d.cmd, d.done
+	d.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	// With ip netns exec the daemon is exec'd in place, so this is it.
+	<-done
+}
+
+// Exited reports whether the process has ended (on its own or killed).
+func (d *Daemon) Exited() bool {
+	d.mu.Lock()
+	done := d.done
+	d.mu.Unlock()
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Hostd is a hostd process under test.
+type Hostd struct {
+	Daemon
+	StateDir string
+	Listen   string // TCP API address, "" for none
+	Config   string // config file path
+	Args     []string
 }
 
 // Socket is the hostd's unix API socket.
@@ -154,29 +241,40 @@ func (h *Hostd) Addr() string {
 	return h.Socket()
 }
 
-// Logs returns what the hostd printed so far.
-func (h *Hostd) Logs() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.logs.String()
-}
-
 // StartHostd starts a hostd; cfg (YAML) may be empty. It is stopped, and
 // every QEMU under its state dir killed, at cleanup; its logs are printed
 // if the test failed.
-func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string) *Hostd {
-	h := &Hostd{t: t, Name: name, NS: ns, StateDir: t.TempDir(), Listen: listen}
+func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string, args ...string) *Hostd {
+	h := &Hostd{StateDir: t.TempDir(), Listen: listen, Args: args}
+	h.Daemon = Daemon{t: t, Name: "hostd " + name, NS: ns}
 	if cfg != "" {
 		h.Config = filepath.Join(t.TempDir(), "host.yaml")
 		if err := os.WriteFile(h.Config, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
+	h.Daemon.Args = func() []string {
+		a := []string{"hostd", "--state-dir", h.StateDir, "--log-level", "debug"}
+		if h.Listen != "" {
+			host, _, _ := strings.Cut(h.Listen, ":")
+			a = append(a, "--listen", h.Listen, "--migration-address", host)
+		}
+		if h.Config != "" {
+			a = append(a, "--config", h.Config)
+		}
+		return append(a, h.Args...)
+	}
+	h.Ready = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := h.Client().List(ctx)
+		return err
+	}
 	t.Cleanup(func() {
 		h.Kill()
 		KillUnder(h.StateDir)
 		if t.Failed() {
-			t.Logf("---- hostd %s logs ----\n%s", h.Name, h.Logs())
+			t.Logf("---- %s logs ----\n%s", h.Name, h.Logs())
 			for _, f := range globAll(h.StateDir, "vms/*/qemu.log", "vms/*/serial.log") {
 				data, _ := os.ReadFile(f)
 				if len(data) > 4000 {
@@ -199,79 +297,12 @@ func globAll(dir string, patterns ...string) []string {
 	return out
 }
 
-// Start (re)starts the hostd process and waits for its API.
-func (h *Hostd) Start() {
-	t := h.t
-	t.Helper()
-	args := []string{"hostd", "--state-dir", h.StateDir, "--log-level", "debug"}
-	if h.Listen != "" {
-		args = append(args, "--listen", h.Listen)
-		host, _, _ := strings.Cut(h.Listen, ":")
-		args = append(args, "--migration-address", host)
-	}
-	if h.Config != "" {
-		args = append(args, "--config", h.Config)
-	}
-	args = append(args, h.Args...)
-	bin := Binary(t)
-	var cmd *exec.Cmd
-	if h.NS != nil {
-		cmd = exec.Command("ip", append([]string{"netns", "exec", h.NS.Name, bin}, args...)...)
-	} else {
-		cmd = exec.Command(bin, args...)
-	}
-	h.mu.Lock()
-	cmd.Stdout, cmd.Stderr = &lockedWriter{h}, &lockedWriter{h}
-	h.mu.Unlock()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	h.mu.Lock()
-	h.cmd, h.done = cmd, done
-	h.mu.Unlock()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := h.Client().List(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-		select {
-		case <-done:
-			t.Fatalf("hostd %s exited at start:\n%s", h.Name, h.Logs())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hostd %s API not up after 20s: %v\n%s", h.Name, err, h.Logs())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// Kill sends SIGKILL to hostd (and only hostd: QEMUs run in their own
-// sessions) and waits for it to exit.
-func (h *Hostd) Kill() {
-	h.mu.Lock()
-	cmd, done := h.cmd, h.done
-	h.mu.Unlock()
-	if cmd == nil || cmd.Process == nil {
-		return
-	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	// With ip netns exec the hostd is exec'd in place, so this is hostd.
-	<-done
-}
-
-type lockedWriter struct{ h *Hostd }
+type lockedWriter struct{ d *Daemon }
 
 func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.h.mu.Lock()
-	defer w.h.mu.Unlock()
-	return w.h.logs.Write(p)
+	w.d.mu.Lock()
+	defer w.d.mu.Unlock()
+	return w.d.logs.Write(p)
 }
 
 // KillUnder kills every process whose command line mentions dir (the
@@ -356,4 +387,52 @@ func DialIn(ns *NetNS, addr string, timeout time.Duration) (net.Conn, error) {
 	}
 	defer netns.Set(orig)
 	return net.DialTimeout("tcp", addr, timeout)
+}
+
+// Coord is a coordinator process under test.
+type Coord struct {
+	Daemon
+	StateDir      string
+	CheckpointDir string
+	Extra         []string
+}
+
+// Socket is the coordinator's unix API socket.
+func (c *Coord) Socket() string { return filepath.Join(c.StateDir, "coord.sock") }
+
+// CLI runs a symvirt command against this coordinator.
+func (c *Coord) CLI(t testing.TB, args ...string) (string, error) {
+	cmd := exec.Command(Binary(t), args...)
+	cmd.Env = append(os.Environ(), "SYMVIRT_COORD="+c.Socket())
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// StartCoord starts a coordinator (in ns, if set) with extra flags.
+func StartCoord(t testing.TB, ns *NetNS, checkpointDir string, extra ...string) *Coord {
+	c := &Coord{StateDir: t.TempDir(), CheckpointDir: checkpointDir, Extra: extra}
+	c.Daemon = Daemon{t: t, Name: "coord", NS: ns}
+	c.Daemon.Args = func() []string {
+		return append([]string{"coord", "--state-dir", c.StateDir, "--checkpoint-dir", c.CheckpointDir,
+			"--log-level", "debug"}, c.Extra...)
+	}
+	c.Ready = func() error {
+		_, err := os.Stat(c.Socket())
+		if err != nil {
+			return err
+		}
+		out, err := c.CLI(t, "hosts")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	t.Cleanup(func() {
+		c.Kill()
+		if t.Failed() {
+			t.Logf("---- coord logs ----\n%s", c.Logs())
+		}
+	})
+	c.Start()
+	return c
 }
