@@ -31,17 +31,31 @@ type cluster struct {
 	certs  string
 	kernel string
 	initrd string
+	// lastWhere is the placement the coordinator last reported, per job.
+	lastWhere map[string]map[string]string
 }
 
 var hostIP = map[string]string{"a": "10.77.9.11", "b": "10.77.9.12", "c": "10.77.9.13"}
 
 const vmsPerHost = 3
 
-func newCluster(t *testing.T, coordArgs ...string) *cluster {
+// clusterOpts vary a test cluster.
+type clusterOpts struct {
+	ckDir     string   // checkpoint root (default: a temp dir)
+	coordEnv  []string // environment of the coordinator process
+	coordArgs []string
+}
+
+func newCluster(t *testing.T) *cluster { return newClusterWith(t, clusterOpts{}) }
+
+func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 	testenv.RequireRoot(t)
 	kernel, _ := testguest.Paths(t)
 	c := &cluster{t: t, hosts: map[string]*testenv.Hostd{}, names: []string{"a", "b", "c"}, kernel: kernel}
-	c.ckDir = t.TempDir()
+	c.ckDir = o.ckDir
+	if c.ckDir == "" {
+		c.ckDir = t.TempDir()
+	}
 	c.certs = t.TempDir()
 	bin := testenv.Binary(t)
 	run := func(args ...string) {
@@ -81,8 +95,8 @@ func newCluster(t *testing.T, coordArgs ...string) *cluster {
 	}
 	args := append([]string{"--tls-cert", filepath.Join(c.certs, "coord-coord.crt"),
 		"--tls-key", filepath.Join(c.certs, "coord-coord.key"), "--tls-ca", filepath.Join(c.certs, "ca.crt"),
-		"--lease", "8s", "--prepare-timeout", "25s", "--step-timeout", "30s", "--transfer-timeout", "90s"}, coordArgs...)
-	c.coord = testenv.StartCoord(t, mgmt, c.ckDir, args...)
+		"--lease", "8s", "--prepare-timeout", "25s", "--step-timeout", "30s", "--transfer-timeout", "90s"}, o.coordArgs...)
+	c.coord = testenv.StartCoord(t, mgmt, c.ckDir, o.coordEnv, args...)
 	for _, name := range c.names {
 		c.cli("hosts", "add", name, hostIP[name]+":7070")
 	}
@@ -91,6 +105,8 @@ func newCluster(t *testing.T, coordArgs ...string) *cluster {
 		"/etc/symvirt/rc.d/40-echo": {Mode: 0o755, Data: []byte(echoRC)},
 		"/etc/symvirt/rc.d/50-hook": {Mode: 0o755, Data: []byte(hookRC)},
 		"/etc/symvirt/rc.d/60-peer": {Mode: 0o755, Data: []byte(peersRC)},
+		"/etc/symvirt/rc.d/70-faults": {Mode: 0o755, Data: []byte(faultsRC)},
+		"/etc/symvirt/hooks.d/10-slow": {Mode: 0o755, Data: []byte(slowHook)},
 	})
 	return c
 }
@@ -110,10 +126,28 @@ func (c *cluster) op(args ...string) (machine.Result, string, error) {
 	out, err := c.coord.CLI(c.t, append(args, "--output", "json")...)
 	var res machine.Result
 	if i := strings.Index(out, "{"); i >= 0 {
-		json.Unmarshal([]byte(out[i:]), &res)
+		// The JSON result comes first; an error line may follow it.
+		json.NewDecoder(strings.NewReader(out[i:])).Decode(&res)
 	}
 	return res, out, err
 }
+
+// faultsRC arms guest-side faults chosen on the kernel command line:
+// symvirt.slow=1 makes the prepare hook take 6 s (a window to inject a
+// fault mid-operation); symvirt.stuck=1 freezes the hook application once
+// registered, so it never reaches its safe point.
+const faultsRC = `#!/bin/sh
+[ "$SYMVIRT_SLOW" = 1 ] && touch /run/slow
+if [ "$SYMVIRT_STUCK" = 1 ]; then
+  ( sleep 4; kill -STOP $(pidof hook); echo "hook frozen" ) </dev/null >/dev/console 2>&1 &
+fi
+exit 0
+`
+
+const slowHook = `#!/bin/sh
+[ "$1" = prepare ] && [ -e /run/slow ] && sleep 6
+exit 0
+`
 
 const echoRC = `#!/bin/sh
 nc -ll -p 7000 -e cat </dev/null >/dev/null 2>&1 &
@@ -137,8 +171,9 @@ for p in $(echo "$SYMVIRT_PEERS" | tr , " "); do
 done
 `
 
-// jobYAML is a job of n VMs, vmI on host hosts[I-1].
-func (c *cluster) jobYAML(name string, hosts ...string) string {
+// jobYAML is a job of n VMs, vmI on host hosts[I-1]; extra is appended
+// to every VM's kernel command line.
+func (c *cluster) jobYAML(name, extra string, hosts ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "name: %s\nvms:\n", name)
 	var peers []string
@@ -157,27 +192,37 @@ func (c *cluster) jobYAML(name string, hosts ...string) string {
       memory: 256M
       kernel: %s
       initrd: %s
-      append: "console=ttyS0 quiet panic=-1 symvirt.counter=1 symvirt.agent=1 symvirt.bond=1 symvirt.ip=10.79.0.%d/24 symvirt.role=%s symvirt.peers=%s"
+      append: "console=ttyS0 quiet panic=-1 symvirt.counter=1 symvirt.agent=1 symvirt.bond=1 symvirt.ip=10.79.0.%d/24 symvirt.role=%s symvirt.peers=%s%s"
       guest_channel: {type: virtio-serial}
       nics:
         - {id: pt0, model: vmxnet3, backend: tap, tap: tvm%dp, passthrough: true, pool: nic}
         - {id: net1, model: virtio-net-pci, backend: tap, tap: tvm%dn, mac: "52:54:00:77:00:0%d"}
-`, n, h, c.kernel, c.initrd, 10+n, role, strings.Join(peers, ","), n, n, n)
+`, n, h, c.kernel, c.initrd, 10+n, role, strings.Join(peers, ","), extra, n, n, n)
 	}
 	return b.String()
 }
 
-func (c *cluster) createJob(name string, hosts ...string) {
+func (c *cluster) createJob(name string, hosts ...string) { c.createJobWith(name, "", hosts...) }
+
+func (c *cluster) createJobWith(name, extra string, hosts ...string) {
 	f := filepath.Join(c.t.TempDir(), "job.yaml")
-	os.WriteFile(f, []byte(strings.ReplaceAll(c.jobYAML(name, hosts...), "symvirt.peers=", "symvirt.peers=")), 0o600)
+	os.WriteFile(f, []byte(c.jobYAML(name, extra, hosts...)), 0o600)
 	c.cli("jobs", "create", "-f", f)
 }
 
-// where returns the host each VM of the job is on, per the coordinator.
+// where returns the host each VM of the job is on, per the coordinator
+// (or as it last said, while the coordinator is down).
 func (c *cluster) where(job string) map[string]string {
-	out := c.cli("jobs", "--output", "json")
+	out, err := c.coord.CLI(c.t, "jobs", "--output", "json")
+	if err != nil {
+		if c.coord.Exited() && c.lastWhere[job] != nil {
+			return c.lastWhere[job]
+		}
+		c.t.Fatalf("symvirt jobs: %v\n%s", err, out)
+	}
 	var jobs []coord.Job
 	json.Unmarshal([]byte(out), &jobs)
+
 	m := map[string]string{}
 	for _, j := range jobs {
 		if j.Name == job {
@@ -186,6 +231,10 @@ func (c *cluster) where(job string) map[string]string {
 			}
 		}
 	}
+	if c.lastWhere == nil {
+		c.lastWhere = map[string]map[string]string{}
+	}
+	c.lastWhere[job] = m
 	return m
 }
 

@@ -247,8 +247,17 @@ func saveState(ctx context.Context, mon *qmp.Client, path string, progress Progr
 		err error
 	}
 	done := make(chan copied, 1)
+	// A write error (a full disk) must end the migration at once: QEMU
+	// would otherwise block on the pipe until the deadline.
+	wctx, stopWait := context.WithCancelCause(ctx)
+	defer stopWait(nil)
 	go func() {
 		n, err := io.Copy(io.MultiWriter(f, h), r)
+		if err != nil {
+			err = fmt.Errorf("write %s: %w", path, err)
+			stopWait(err)
+			r.Close()
+		}
 		done <- copied{n, err}
 	}()
 	if err := mon.Migrate(ctx, "fd:"+fdName); err != nil {
@@ -257,14 +266,16 @@ func saveState(ctx context.Context, mon *qmp.Client, path string, progress Progr
 		<-done
 		return fd, err
 	}
-	_, err = mon.WaitMigration(ctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
+	_, err = mon.WaitMigration(wctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
 		progress(Progress{Phase: "save", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total,
 			Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
 	})
 	if err != nil {
 		mon.MigrateCancel(context.WithoutCancel(ctx))
 		r.Close()
-		<-done
+		if c := <-done; c.err != nil {
+			return fd, c.err // the cause: e.g. no space left on device
+		}
 		return fd, err
 	}
 	// QEMU closes its end when the stream is complete, which ends the copy.

@@ -84,6 +84,9 @@ type runtimeState struct {
 	// Gen numbers the QEMU processes of this VM; it names the monitor and
 	// guest sockets, so a warm restart can run two side by side.
 	Gen int `json:"gen,omitempty"`
+	// Lease is a coordinator's hold on the VM; persisted so that a
+	// restarted hostd still undoes an abandoned operation.
+	Lease *lease `json:"lease,omitempty"`
 }
 
 type poolSlot struct {
@@ -145,6 +148,10 @@ func New(cfg Config) (*Host, error) {
 		h.vms[vm.name] = vm
 		if err := vm.adopt(); err != nil {
 			vm.log.Warn("could not re-adopt", "err", err)
+		}
+		if l := vm.rt.Lease; l != nil {
+			// The coordinator gets one more lease period to renew it.
+			h.steps.leases[vm.name] = &lease{Op: l.Op, Dest: l.Dest, Until: time.Now().Add(l.Period), Period: l.Period}
 		}
 	}
 	h.metrics.vmsFunc(h.stateCounts)

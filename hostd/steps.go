@@ -95,11 +95,12 @@ type stepState struct {
 
 // lease is a coordinator's hold on a VM.
 type lease struct {
-	op    string
-	until time.Time
-	// dest is set on a migration source whose stream completed: its
+	Op     string        `json:"op"`
+	Until  time.Time     `json:"until"`
+	Period time.Duration `json:"period"`
+	// Dest is set on a migration source whose stream completed: its
 	// destination holds a paused copy.
-	dest string
+	Dest string `json:"dest,omitempty"`
 }
 
 const maxRemembered = 4096
@@ -180,22 +181,37 @@ func (h *Host) setLease(vm, op string, d time.Duration, dest string) {
 		return
 	}
 	h.steps.mu.Lock()
-	defer h.steps.mu.Unlock()
 	l := h.steps.leases[vm]
-	if l == nil || l.op != op {
-		l = &lease{op: op}
+	if l == nil || l.Op != op {
+		l = &lease{Op: op}
 		h.steps.leases[vm] = l
 	}
-	l.until = timeNow().Add(d)
+	l.Until, l.Period = timeNow().Add(d), d
 	if dest != "" {
-		l.dest = dest
+		l.Dest = dest
 	}
+	cp := *l
+	h.steps.mu.Unlock()
+	h.persistLease(vm, &cp)
 }
 
 func (h *Host) dropLease(vm string) {
 	h.steps.mu.Lock()
 	delete(h.steps.leases, vm)
 	h.steps.mu.Unlock()
+	h.persistLease(vm, nil)
+}
+
+// persistLease records the lease (or its end) in the VM's runtime state.
+func (h *Host) persistLease(name string, l *lease) {
+	vm, err := h.Get(name)
+	if err != nil {
+		return
+	}
+	vm.mu.Lock()
+	vm.rt.Lease = l
+	vm.saveRuntime()
+	vm.mu.Unlock()
 }
 
 // RenewLeases extends every lease an operation holds on this host.
@@ -204,8 +220,8 @@ func (h *Host) RenewLeases(op string, d time.Duration) int {
 	defer h.steps.mu.Unlock()
 	n := 0
 	for _, l := range h.steps.leases {
-		if l.op == op {
-			l.until = timeNow().Add(d)
+		if l.Op == op {
+			l.Until, l.Period = timeNow().Add(d), d
 			n++
 		}
 	}
@@ -438,7 +454,7 @@ func (h *Host) expireLeases() {
 	h.steps.mu.Lock()
 	var due []string
 	for vm, l := range h.steps.leases {
-		if now.After(l.until) {
+		if now.After(l.Until) {
 			due = append(due, vm)
 		}
 	}
@@ -451,7 +467,8 @@ func (h *Host) expireLeases() {
 		if l == nil {
 			continue
 		}
-		h.fence(name, l.op)
+		h.persistLease(name, nil)
+		h.fence(name, l.Op)
 		vm, err := h.Get(name)
 		if err != nil {
 			continue
@@ -472,7 +489,7 @@ func (vm *VM) expire(l *lease) {
 		}
 	}
 	defer vm.unlock()
-	vm.log.Warn("coordinator lease expired: undoing its operation here", "op", l.op, "dest", l.dest)
+	vm.log.Warn("coordinator lease expired: undoing its operation here", "op", l.Op, "dest", l.Dest)
 	vm.mu.Lock()
 	incoming := vm.rt.Incoming
 	vm.mu.Unlock()
@@ -482,20 +499,20 @@ func (vm *VM) expire(l *lease) {
 		vm.h.forget(vm)
 		return
 	}
-	if l.dest != "" {
+	if l.Dest != "" {
 		// A migration source: resume only if the destination's copy is
 		// gone for sure.
-		dest := vm.h.peer(l.dest)
+		dest := vm.h.peer(l.Dest)
 		err := dest.AbortIncoming(ctx, vm.name)
 		switch {
 		case err == nil, errors.Is(err, ErrNotFound):
 		case errors.Is(err, ErrInvalidState):
-			vm.log.Warn("destination runs the vm: killing the source copy", "dest", l.dest)
+			vm.log.Warn("destination runs the vm: killing the source copy", "dest", l.Dest)
 			vm.kill()
 			vm.h.forget(vm)
 			return
 		default:
-			vm.log.Error("destination unreachable: the source copy stays paused for an operator", "dest", l.dest, "err", err)
+			vm.log.Error("destination unreachable: the source copy stays paused for an operator", "dest", l.Dest, "err", err)
 			return
 		}
 	}

@@ -409,9 +409,9 @@ func (c *Coord) CLI(t testing.TB, args ...string) (string, error) {
 }
 
 // StartCoord starts a coordinator (in ns, if set) with extra flags.
-func StartCoord(t testing.TB, ns *NetNS, checkpointDir string, extra ...string) *Coord {
+func StartCoord(t testing.TB, ns *NetNS, checkpointDir string, env []string, extra ...string) *Coord {
 	c := &Coord{StateDir: t.TempDir(), CheckpointDir: checkpointDir, Extra: extra}
-	c.Daemon = Daemon{t: t, Name: "coord", NS: ns}
+	c.Daemon = Daemon{t: t, Name: "coord", NS: ns, Env: env}
 	c.Daemon.Args = func() []string {
 		return append([]string{"coord", "--state-dir", c.StateDir, "--checkpoint-dir", c.CheckpointDir,
 			"--log-level", "debug"}, c.Extra...)

@@ -1,0 +1,222 @@
+package coord_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/coord/machine"
+)
+
+// Every failure test injects a real fault (a frozen guest application,
+// kill -9 of a hostd or of the coordinator, a full tmpfs) into a real job
+// on real QEMU, and checks that nothing is left paused or half-done.
+
+var onePeer = []string{"10.79.0.12"}
+
+// startJob creates a 2-VM job (vm1 on a, vm2 on b) with guest options and
+// waits until vm1 talks to vm2.
+func startJob(t *testing.T, c *cluster, extra string) map[string]int {
+	c.createJobWith("jf", extra, "a", "b")
+	c.where("jf") // remembered for when the coordinator is down
+	return c.waitTraffic("jf", "a", onePeer, map[string]int{})
+}
+
+// assertUntouched checks that every VM of the job runs, with its
+// passthrough NIC present and nothing detached, where the coordinator
+// says it is, and that vm1's connection goes on.
+func assertUntouched(t *testing.T, c *cluster, since map[string]int, skip ...string) {
+	t.Helper()
+	for vm, host := range c.where("jf") {
+		if slices.Contains(skip, vm) {
+			continue
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			st, err := c.hosts[host].Client().Status(ctxT(t, 10*time.Second), vm)
+			if err == nil && st.State == "running" && len(st.Detached) == 0 && slices.Contains(st.Present, "pt0") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s on %s is not running as before: %+v %v", vm, host, st, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	c.waitTraffic("jf", "a", onePeer, since)
+}
+
+func checkpointStatus(t *testing.T, c *cluster, id string) string {
+	out := c.cli("checkpoints", "show", id)
+	for _, s := range []string{"complete", "failed", "in-progress"} {
+		if strings.Contains(out, ", "+s+",") {
+			return s
+		}
+	}
+	t.Fatalf("checkpoint %s: %s", id, out)
+	return ""
+}
+
+func TestGuestNotReadyAbortsJob(t *testing.T) {
+	c := newCluster(t)
+	since := startJob(t, c, " symvirt.stuck=1")
+	waitFile(t, c.serial("a", "vm1"), `hook frozen`)
+	res, out, err := c.op("checkpoint", "jf")
+	if err == nil || res.Outcome != machine.OutcomeAborted || res.Checkpoint != machine.CheckpointFailed {
+		t.Fatalf("checkpoint with a guest that never gets ready: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "did not reach a safe point") {
+		t.Fatalf("the reason does not say why:\n%s", out)
+	}
+	assertUntouched(t, c, since)
+	if entries, _ := os.ReadDir(filepath.Join(c.ckDir, res.CheckpointID)); len(entries) != 0 {
+		t.Fatalf("a failed checkpoint left files: %v", entries)
+	}
+	if s := checkpointStatus(t, c, res.CheckpointID); s != "failed" {
+		t.Fatalf("checkpoint recorded %s", s)
+	}
+}
+
+func TestHostdDiesMidCheckpoint(t *testing.T) {
+	c := newCluster(t)
+	since := startJob(t, c, " symvirt.slow=1")
+	type result struct {
+		res machine.Result
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, out, err := c.op("checkpoint", "jf")
+		done <- result{r, out, err}
+	}()
+	// The guests' prepare hooks take 6 s: hostd b dies in the middle.
+	waitFile(t, c.serial("b", "vm2"), `"PREPARE"`)
+	c.hosts["b"].Kill()
+	r := <-done
+	if r.err == nil || r.res.Checkpoint != machine.CheckpointFailed || !slices.Contains(r.res.Lost, "vm2") {
+		t.Fatalf("checkpoint with a dead hostd: %v\n%s", r.err, r.out)
+	}
+	assertUntouched(t, c, since, "vm2")
+	// The dead host's VM never depended on hostd: it still runs, and is
+	// managed again once hostd is back.
+	c.hosts["b"].Start()
+	st, err := c.hosts["b"].Client().Status(ctxT(t, 10*time.Second), "vm2")
+	if err != nil || st.State != "running" {
+		t.Fatalf("vm2 after hostd b came back: %+v %v", st, err)
+	}
+}
+
+func TestMigrationDestinationDies(t *testing.T) {
+	c := newCluster(t)
+	since := startJob(t, c, " symvirt.slow=1")
+	type result struct {
+		res machine.Result
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, out, err := c.op("migrate", "vm2", "--to", "c")
+		done <- result{r, out, err}
+	}()
+	waitFile(t, c.serial("b", "vm2"), `"PREPARE"`)
+	c.hosts["c"].Kill()
+	r := <-done
+	if r.err == nil || r.res.Outcome != machine.OutcomeAborted {
+		t.Fatalf("migration to a dead destination: %v\n%s", r.err, r.out)
+	}
+	if w := c.where("jf"); w["vm2"] != "b" {
+		t.Fatalf("vm2 is recorded on %s", w["vm2"])
+	}
+	assertUntouched(t, c, since)
+}
+
+func TestCheckpointOnFullDisk(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=40m,mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	c := newClusterWith(t, clusterOpts{ckDir: dir})
+	since := startJob(t, c, "")
+	res, out, err := c.op("checkpoint", "jf")
+	if err == nil || res.Checkpoint != machine.CheckpointFailed {
+		t.Fatalf("checkpoint onto a full disk: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "no space left") {
+		t.Fatalf("the reason does not say the disk is full:\n%s", out)
+	}
+	assertUntouched(t, c, since)
+	if entries, _ := os.ReadDir(filepath.Join(dir, res.CheckpointID)); len(entries) != 0 {
+		t.Fatalf("partial files left: %v", entries)
+	}
+}
+
+// The coordinator dies (at a known instant: every VM stopped and detached,
+// about to save) and comes back: it finishes the checkpoint.
+func TestCoordCrashThenRecovers(t *testing.T) {
+	c := newClusterWith(t, clusterOpts{coordEnv: []string{"SYMVIRT_COORD_CRASH_AT=save"}})
+	since := startJob(t, c, "")
+	if _, out, err := c.op("checkpoint", "jf"); err == nil {
+		t.Fatalf("the coordinator should have died mid-operation:\n%s", out)
+	}
+	waitExited(t, c)
+	c.coord.Env = nil
+	c.coord.Start()
+	id := waitCheckpoint(t, c, "complete")
+	t.Logf("recovered checkpoint %s complete", id)
+	assertUntouched(t, c, since)
+	for vm, host := range c.where("jf") {
+		waitFile(t, c.serial(host, vm), `hook: outcome checkpointed`)
+	}
+}
+
+// The coordinator dies with the job paused and stays away: every hostd
+// resumes its VMs when the lease runs out, and the coordinator, back
+// later, rolls the operation back (the hostds fenced it).
+func TestCoordGoneLeaseResumesVMs(t *testing.T) {
+	c := newClusterWith(t, clusterOpts{coordEnv: []string{"SYMVIRT_COORD_CRASH_AT=save"}})
+	since := startJob(t, c, "")
+	c.op("checkpoint", "jf")
+	waitExited(t, c)
+	// Paused now; the 8 s lease expires and the hostds undo the operation.
+	for vm, host := range c.where("jf") {
+		waitFile(t, c.serial(host, vm), `hook: outcome aborted`)
+	}
+	assertUntouched(t, c, since)
+	c.coord.Env = nil
+	c.coord.Start()
+	waitCheckpoint(t, c, "failed")
+	assertUntouched(t, c, c.traffic("a"))
+}
+
+func waitExited(t *testing.T, c *cluster) {
+	deadline := time.Now().Add(60 * time.Second)
+	for !c.coord.Exited() {
+		if time.Now().After(deadline) {
+			t.Fatal("the coordinator did not reach its crash point")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func waitCheckpoint(t *testing.T, c *cluster, status string) string {
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		out := c.cli("checkpoints", "list")
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[1] == "jf" && f[2] == status {
+				return f[0]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s checkpoint of jf:\n%s", status, out)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
