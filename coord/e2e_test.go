@@ -101,11 +101,11 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 		c.cli("hosts", "add", name, hostIP[name]+":7070")
 	}
 	c.initrd = testguest.Initrd(t, map[string]testguest.File{
-		"/bin/hook":                 {Src: hookBinary(t), Mode: 0o755},
-		"/etc/symvirt/rc.d/40-echo": {Mode: 0o755, Data: []byte(echoRC)},
-		"/etc/symvirt/rc.d/50-hook": {Mode: 0o755, Data: []byte(hookRC)},
-		"/etc/symvirt/rc.d/60-peer": {Mode: 0o755, Data: []byte(peersRC)},
-		"/etc/symvirt/rc.d/70-faults": {Mode: 0o755, Data: []byte(faultsRC)},
+		"/bin/hook":                    {Src: hookBinary(t), Mode: 0o755},
+		"/etc/symvirt/rc.d/40-echo":    {Mode: 0o755, Data: []byte(echoRC)},
+		"/etc/symvirt/rc.d/50-hook":    {Mode: 0o755, Data: []byte(hookRC)},
+		"/etc/symvirt/rc.d/60-peer":    {Mode: 0o755, Data: []byte(peersRC)},
+		"/etc/symvirt/rc.d/70-faults":  {Mode: 0o755, Data: []byte(faultsRC)},
 		"/etc/symvirt/hooks.d/10-slow": {Mode: 0o755, Data: []byte(slowHook)},
 	})
 	return c
