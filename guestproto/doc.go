@@ -22,7 +22,9 @@
 //	HELLO      host->guest  first frame of every host connection
 //	HELLO_ACK  guest->host  state; id+op of the round in flight if state is "ready"
 //	PING/PONG  both ways    heartbeat; PONG echoes the PING's seq
-//	PREPARE    host->guest  id, op, deadline_ms, devices: reach a safe point
+//	PREPARE    host->guest  id, op, deadline_ms, devices: reach a safe point;
+//	                        freeze (op "migrate" only): also freeze the guest's
+//	                        processes that do not depend on the outside world
 //	READY      guest->host  id: safe point reached, devices may go
 //	REFUSED    guest->host  id, reason: the round is over, nothing changed
 //	RESUME     host->guest  id, outcome: the operation is over, undo the hand-off
@@ -41,7 +43,12 @@
 //     uses the listed devices. On ErrRefused the guest has already ended the
 //     round itself (no ABORT is needed). On any other error (deadline, closed
 //     channel) the host must Abort(id) (after a reconnect and Handshake if the
-//     channel died) so that the guest undoes its hand-off.
+//     channel died) so that the guest undoes its hand-off. With
+//     Prepare.Freeze (dependency-aware migration, op "migrate" only), READY
+//     also means the guest has frozen its processes that do not depend on
+//     the outside world; they stay frozen until Resume or Abort (or the
+//     guest's own time limit), and a guest without its taint tracker
+//     answers REFUSED.
 //  3. Detach the devices, stop/save/migrate, re-attach devices.
 //  4. Resume(id, outcome) on whatever connection now reaches the guest:
 //     "checkpointed" (same VM goes on), "restored" (a new VM from the

@@ -36,6 +36,7 @@ func validMessages() []Message {
 		{V: 1, Type: TypePong},
 		{V: 1, Type: TypePrepare, ID: "job7.r3", Op: OpMigrate, DeadlineMS: 30000,
 			Devices: []Device{{ID: "pt0", MAC: "52:54:00:12:34:56"}, {ID: "gpu0"}}},
+		{V: 1, Type: TypePrepare, ID: "mig.1", Op: OpMigrate, DeadlineMS: 60000, Freeze: true},
 		{V: 1, Type: TypeReady, ID: "r-1"},
 		{V: 1, Type: TypeRefused, ID: "r-1", Reason: "application solver did not reach a safe point"},
 		{V: 1, Type: TypeResume, ID: "r-1", Outcome: OutcomeRestored},

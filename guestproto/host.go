@@ -67,6 +67,13 @@ type Prepare struct {
 	// overrun it; the host waits a little longer than this for the answer.
 	Deadline time.Duration
 	Devices  []Device
+	// Freeze asks for a dependency-aware migration (Op must be OpMigrate):
+	// with READY the guest has also frozen every process that does not
+	// depend on the world outside the VM (per its eBPF taint tracker), so
+	// that they stop dirtying memory; RESUME or ABORT thaws them. A guest
+	// without a tracker refuses; a guest too old to know the field ignores
+	// it and answers READY without freezing.
+	Freeze bool
 }
 
 // RefusedError is the guest's REFUSED answer to a PREPARE. It matches
@@ -404,7 +411,7 @@ func (h *Host) Prepare(ctx context.Context, p Prepare) error {
 		return fmt.Errorf("guestproto: prepare %s: %w", p.ID, ErrNoHandshake)
 	}
 	m := Message{V: Version, Type: TypePrepare, ID: p.ID, Op: p.Op,
-		DeadlineMS: p.Deadline.Milliseconds(), Devices: p.Devices}
+		DeadlineMS: p.Deadline.Milliseconds(), Devices: p.Devices, Freeze: p.Freeze}
 	if p.Deadline > 0 && m.DeadlineMS == 0 {
 		m.DeadlineMS = 1
 	}

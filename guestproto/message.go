@@ -84,6 +84,12 @@ type Message struct {
 	Reason     string   `json:"reason,omitempty"`
 	Seq        uint64   `json:"seq,omitempty"`
 	State      string   `json:"state,omitempty"`
+	// Freeze (PREPARE of op "migrate" only) asks for a dependency-aware
+	// migration: the guest freezes its processes that do not depend on the
+	// world outside the VM until the round ends. Absent means false, so a
+	// host that does not know it asks for a plain migration, and a guest
+	// that does not know it ignores it (and does not freeze).
+	Freeze bool `json:"freeze,omitempty"`
 }
 
 // Deadline is DeadlineMS as a duration.
@@ -181,7 +187,7 @@ func (m Message) Validate() error {
 	// so that a confused peer is noticed rather than half-understood.
 	var (
 		wantID, wantOp, wantDeadline, wantDevices, wantOutcome bool
-		wantReason, wantState                                  bool
+		wantReason, wantState, wantFreeze                      bool
 	)
 	switch m.Type {
 	case TypeHello, TypePing, TypePong:
@@ -198,7 +204,12 @@ func (m Message) Validate() error {
 		}
 		wantID, wantOp = m.ID != "", m.Op != ""
 	case TypePrepare:
-		wantID, wantOp, wantDeadline, wantDevices = true, true, true, true
+		wantID, wantOp, wantDeadline, wantDevices, wantFreeze = true, true, true, true, true
+		if m.Freeze && m.Op != OpMigrate {
+			// Freezing only pays off while memory is copied to another
+			// host; for any other op it would just stop the guest's work.
+			return bad("freeze with op %.32q, only with %s", m.Op, OpMigrate)
+		}
 		if m.DeadlineMS <= 0 || m.Deadline() > MaxDeadline {
 			return bad("deadline_ms %d out of range", m.DeadlineMS)
 		}
@@ -255,6 +266,8 @@ func (m Message) Validate() error {
 		return bad("unexpected reason")
 	case !wantState && m.State != "":
 		return bad("unexpected state")
+	case !wantFreeze && m.Freeze:
+		return bad("unexpected freeze")
 	}
 	return nil
 }
@@ -292,6 +305,7 @@ type wireMessage struct {
 	Reason     string                     `json:"reason"`
 	Seq        uint64                     `json:"seq"`
 	State      string                     `json:"state"`
+	Freeze     bool                       `json:"freeze"`
 }
 
 // maxNesting bounds how deeply a frame's JSON may nest. The schema needs 3
@@ -346,6 +360,7 @@ func decode(body []byte) (Message, error) {
 	m := Message{
 		V: w.V, Type: w.Type, ID: w.ID, Op: w.Op, DeadlineMS: w.DeadlineMS,
 		Outcome: w.Outcome, Reason: w.Reason, Seq: w.Seq, State: w.State,
+		Freeze: w.Freeze,
 	}
 	n := 0
 	for n < len(w.Devices) && w.Devices[n].present {

@@ -8,9 +8,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -435,4 +437,16 @@ func StartCoord(t testing.TB, ns *NetNS, checkpointDir string, env []string, ext
 	})
 	c.Start()
 	return c
+}
+
+// HTTPClientIn is an HTTP client whose connections are made inside
+// namespace ns (HTTP dials on goroutines of its own, so switching the
+// caller's thread would not do).
+func HTTPClientIn(ns *NetNS, cfg *tls.Config) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: cfg,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return DialIn(ns, addr, 5*time.Second)
+		},
+	}}
 }
