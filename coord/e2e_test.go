@@ -37,7 +37,7 @@ type cluster struct {
 
 var hostIP = map[string]string{"a": "10.77.9.11", "b": "10.77.9.12", "c": "10.77.9.13"}
 
-const vmsPerHost = 3
+const vmsPerHost = 5
 
 // clusterOpts vary a test cluster.
 type clusterOpts struct {

@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/symvirt/symvirt/ebpf/taint"
 	"github.com/symvirt/symvirt/guestproto"
 )
 
@@ -38,8 +41,39 @@ type Config struct {
 
 	Logger *slog.Logger
 
+	// Taint runs the eBPF taint tracker (package ebpf/taint), which tells
+	// the processes that depend on the world outside the VM; rounds with
+	// freeze (dependency-aware migration) need it. If it cannot load,
+	// guestd logs why and runs without it, refusing such rounds.
+	Taint bool
+	// TaintSocket serves the tracker to `symvirt taint` (default
+	// taint.DefaultSocket; "-": not served).
+	TaintSocket string
+	// TaintIgnore lists peers whose traffic does not taint (e.g. the
+	// management network).
+	TaintIgnore []netip.Prefix
+	// CgroupRoot is the cgroup v2 hierarchy the freezer uses. Default: the
+	// first cgroup2 mount in /proc/self/mountinfo, else one mounted at
+	// DefaultCgroupMount when first needed.
+	CgroupRoot string
+	// FreezeAllow names processes (comm, as in /proc/PID/comm) that are
+	// never frozen. nil means DefaultFreezeAllow; empty, none.
+	FreezeAllow []string
+	// FreezeMax bounds how long processes stay frozen after READY
+	// (default DefaultFreezeMax; <0: no bound).
+	FreezeMax time.Duration
+	// FreezeState is the freezer's record of what it froze (default
+	// DefaultFreezeState), for a restarted guestd to undo.
+	FreezeState string
+
 	// sysWrite replaces the sysfs writes (tests: a fake kernel).
 	sysWrite func(path string, data []byte) error
+	// taintSource replaces the eBPF tracker (tests).
+	taintSource taint.Source
+	// openTaint replaces taint.Open (tests).
+	openTaint func(taint.Options) (taint.Source, io.Closer, error)
+	// freezeTest holds the freezer's test hooks.
+	freezeTest *freezeHooks
 }
 
 // Defaults.
@@ -81,6 +115,18 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.TaintSocket == "" {
+		c.TaintSocket = taint.DefaultSocket
+	}
+	if c.FreezeState == "" {
+		c.FreezeState = DefaultFreezeState
+	}
+	switch {
+	case c.FreezeMax == 0:
+		c.FreezeMax = DefaultFreezeMax
+	case c.FreezeMax < 0:
+		c.FreezeMax = 0
+	}
 }
 
 // Run is guestd: it serves the hook socket and the host channel until ctx
@@ -93,12 +139,29 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// First of all: a guestd that died while processes were frozen must not
+	// leave them so. Failing that is logged, not fatal: the agent is still
+	// needed, and the next freeze tries again.
+	fz := newFreezer(cfg)
+	if err := fz.recover(); err != nil {
+		cfg.Logger.Error("cannot thaw what an earlier guestd froze", "err", err)
+	}
+	// Whatever happens from here on, guestd does not exit leaving processes
+	// frozen (a READY round is lost with the process anyway).
+	defer fz.thaw("guestd stopping")
 	hooks, err := NewHookServer(cfg.HookSocket, cfg.Logger)
 	if err != nil {
 		return err
 	}
 	defer hooks.Close()
+	tt := openTaintTracker(cfg, cfg.Logger.With("component", "taint"))
+	defer tt.close()
 	a := newAgent(cfg, hooks)
+	a.fz, a.taint = fz, tt
+	a.met.addFreezer(fz)
+	if tt.src != nil {
+		a.met.addTaint(tt.src)
+	}
 	if cfg.MetricsListen != "" {
 		stop, err := a.met.serve(cfg.MetricsListen, a.log)
 		if err != nil {
@@ -106,7 +169,8 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		defer stop()
 	}
-	a.log.Info("guestd starting", "channel", cfg.Channel, "hook_socket", cfg.HookSocket, "hook_dir", cfg.HookDir)
+	a.log.Info("guestd starting", "channel", cfg.Channel, "hook_socket", cfg.HookSocket, "hook_dir", cfg.HookDir,
+		"taint_tracker", tt.src != nil)
 	err = a.serveChannel(ctx, kind, path)
 	a.drain(30 * time.Second)
 	a.log.Info("guestd stopped", "err", err)
@@ -120,6 +184,8 @@ type agent struct {
 	hooks *HookServer
 	net   *netSys
 	met   *metrics
+	fz    *freezer
+	taint *taintTracker
 
 	wg sync.WaitGroup // round work goroutines
 
@@ -136,6 +202,7 @@ type roundWork struct {
 	devices []guestproto.Device
 	cancel  context.CancelCauseFunc // the prepare's; cause *abortCause for an ABORT
 	handoff *handoff                // what the NIC hand-off changed
+	freeze  bool                    // PREPARE asked to freeze the untainted processes
 	hooksOK []string                // scripts whose "prepare" succeeded
 	doneTo  []*session              // sessions that asked to end the round: DONE when it has
 }
@@ -159,6 +226,9 @@ func newAgent(cfg Config, hooks *HookServer) *agent {
 		net:     ns,
 		met:     newMetrics(hooks),
 		changed: make(chan struct{}),
+		// Run replaces these with the ones it started.
+		fz:    newFreezer(cfg),
+		taint: &taintTracker{why: "the tracker is not running"},
 	}
 }
 
@@ -290,11 +360,23 @@ func (a *agent) onPrepare(sess *session, m guestproto.Message) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	act, reason := a.round.onPrepare(m.ID, m.Op)
-	sess.log.Info("PREPARE", "id", m.ID, "op", m.Op, "deadline", m.Deadline(), "devices", len(m.Devices), "action", act)
+	sess.log.Info("PREPARE", "id", m.ID, "op", m.Op, "deadline", m.Deadline(), "devices", len(m.Devices), "freeze", m.Freeze, "action", act)
+	if act == actStart && m.Freeze && a.taint.src == nil {
+		// Refused before anything is done: the host may retry without
+		// freeze, as a plain migration.
+		_ = a.round.prepared(m.ID, false)
+		_ = a.round.finished(m.ID, "refused")
+		a.notifyLocked()
+		reason = guestproto.TruncateReason(a.taint.freezeUnavailable())
+		sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeRefused, ID: m.ID, Reason: reason})
+		sess.log.Warn("REFUSED", "id", m.ID, "reason", reason)
+		a.met.rounds.WithLabelValues(m.Op, "refused").Inc()
+		return
+	}
 	switch act {
 	case actStart:
 		ctx, cancel := context.WithCancelCause(sess.ctx)
-		w := &roundWork{id: m.ID, op: m.Op, devices: m.Devices, cancel: cancel}
+		w := &roundWork{id: m.ID, op: m.Op, devices: m.Devices, freeze: m.Freeze, cancel: cancel}
 		a.work = w
 		a.notifyLocked()
 		a.wg.Add(1)
@@ -409,6 +491,20 @@ func (a *agent) prepare(ctx context.Context, sess *session, w *roundWork, deadli
 			reason = "sync() did not finish before the deadline"
 		}
 	}
+	// Freezing comes last: nothing above waits on a frozen process (a
+	// frozen FUSE server would hang sync), and the frozen stop dirtying
+	// memory from here on.
+	var frozen freezeResult
+	if reason == "" && w.freeze {
+		var err error
+		frozen, err = a.fz.freeze(wctx, a.taint.tainted)
+		if err != nil {
+			reason = "freezing the untainted processes: " + err.Error()
+		} else {
+			log.Info("froze the untainted processes", "frozen", frozen.Frozen, "left_running", frozen.Skipped,
+				"settled", frozen.Settled, "took", frozen.Took.Round(time.Millisecond))
+		}
+	}
 
 	// Decided under the lock: a cancellation (ABORT, host gone) that came
 	// first wins over success, and READY is never sent after it.
@@ -418,7 +514,11 @@ func (a *agent) prepare(ctx context.Context, sess *session, w *roundWork, deadli
 		a.notifyLocked()
 		sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeReady, ID: w.id})
 		a.mu.Unlock()
-		log.Info("READY", "took", time.Since(start).Round(time.Millisecond))
+		if w.freeze {
+			log.Info("READY", "took", time.Since(start).Round(time.Millisecond), "frozen", frozen.Frozen)
+		} else {
+			log.Info("READY", "took", time.Since(start).Round(time.Millisecond))
+		}
 		return
 	}
 	_ = a.round.prepared(w.id, false)
@@ -463,9 +563,14 @@ func (a *agent) finish(sess *session, w *roundWork, outcome string) {
 }
 
 // undo ends a round in the guest, in the order the applications need it:
-// network first (they may talk as soon as they resume), then the hook
-// scripts (services), then the applications' SYNCs. scripts nil means all.
+// the frozen processes first (the hook scripts' services may be among
+// them), then the network (they may talk as soon as they resume), then the
+// hook scripts (services), then the applications' SYNCs. scripts nil means
+// all.
 func (a *agent) undo(w *roundWork, outcome string, scripts []string) {
+	if w.freeze {
+		_, _ = a.fz.thaw("round " + w.id + " " + outcome)
+	}
 	nctx, cancel := context.WithTimeout(context.Background(), a.cfg.NICWait)
 	a.net.reattach(nctx, w.handoff)
 	cancel()

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/symvirt/symvirt/ebpf/taint"
 )
 
 // metrics are guestd's Prometheus metrics, in a registry of their own (not
@@ -61,4 +63,27 @@ func (m *metrics) serve(addr string, log *slog.Logger) (stop func(), err error) 
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}, nil
+}
+
+// addFreezer exports how many processes are frozen now.
+func (m *metrics) addFreezer(f *freezer) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "symvirt_guestd_frozen_processes",
+		Help: "Processes frozen now by a dependency-aware migration round.",
+	}, func() float64 { return float64(f.frozenCount()) }))
+}
+
+// addTaint exports the taint tracker's counts (only when it runs: the
+// metrics' absence says there is no tracker).
+func (m *metrics) addTaint(src taint.Source) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "symvirt_guestd_tainted_processes",
+			Help: "Processes that depend on the world outside the VM (eBPF taint tracker); they are never frozen.",
+		}, func() float64 { n, _ := src.Counts(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "symvirt_guestd_taint_events_total",
+			Help: "Taint events (taints and exits of tainted processes) the tracker has received.",
+		}, func() float64 { _, ev := src.Counts(); return float64(ev) }),
+	)
 }

@@ -1,0 +1,80 @@
+package coord_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/hostd"
+)
+
+// TestBenchJobCheckpoint is `make bench`'s job line: a job checkpoint and
+// a job restart of 1, 2 and 4 VMs on three hosts, against checkpointing
+// (and restoring) the same VMs one after another through their hostds,
+// run side by side. The ratio is sequential time over job time.
+func TestBenchJobCheckpoint(t *testing.T) {
+	if os.Getenv("SYMVIRT_BENCH") != "1" {
+		t.Skip("benchmark: run with make bench")
+	}
+	c := newCluster(t)
+	placement := []string{"a", "b", "c", "a"}
+	for _, n := range []int{1, 2, 4} {
+		job := fmt.Sprintf("bench%d", n)
+		f := filepath.Join(t.TempDir(), "job.yaml")
+		yaml := c.jobYAML(job, "", placement[:n]...)
+		// Each job gets its own VM names and taps.
+		yaml = strings.ReplaceAll(yaml, "name: vm", "name: "+job+"vm")
+		os.WriteFile(f, []byte(yaml), 0o600)
+		c.cli("jobs", "create", "-f", f)
+		for i := 1; i <= n; i++ {
+			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `hook: registered`)
+		}
+		start := time.Now()
+		res, out, err := c.op("checkpoint", job)
+		if err != nil || res.Checkpoint != machine.CheckpointComplete {
+			t.Fatalf("checkpoint: %v\n%s", err, out)
+		}
+		jobCk := time.Since(start)
+
+		// Baseline: the same VMs, one after another, each with its own
+		// cooperation round, detach, save, re-attach.
+		dirs := map[string]string{}
+		start = time.Now()
+		for i := 1; i <= n; i++ {
+			vm, h := fmt.Sprintf("%svm%d", job, i), placement[i-1]
+			dirs[vm] = filepath.Join(c.ckDir, "seq-"+vm)
+			if _, err := c.hosts[h].Client().Checkpoint(ctxT(t, 5*time.Minute), vm, hostd.CheckpointOptions{Dir: dirs[vm]}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seqCk := time.Since(start)
+
+		c.killAll(job)
+		start = time.Now()
+		if _, out, err := c.op("restart", job, "--checkpoint", res.CheckpointID); err != nil {
+			t.Fatalf("restart: %v\n%s", err, out)
+		}
+		jobRestart := time.Since(start)
+		c.killAll(job)
+		start = time.Now()
+		for i := 1; i <= n; i++ {
+			vm, h := fmt.Sprintf("%svm%d", job, i), placement[i-1]
+			if _, err := c.hosts[h].Client().Restore(ctxT(t, 5*time.Minute), hostd.RestoreOptions{Dir: dirs[vm]}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seqRestart := time.Since(start)
+		line, _ := json.Marshal(map[string]any{"bench": "job_checkpoint_restart", "vms": n, "memory_mib": 256,
+			"job_checkpoint_seconds": jobCk.Seconds(), "sequential_checkpoint_seconds": seqCk.Seconds(),
+			"checkpoint_ratio_sequential_over_job": seqCk.Seconds() / jobCk.Seconds(),
+			"job_restart_seconds": jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
+			"restart_ratio_sequential_over_job": seqRestart.Seconds() / jobRestart.Seconds()})
+		fmt.Println(string(line))
+		c.killAll(job)
+	}
+}
