@@ -93,9 +93,12 @@ func (c *Coord) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/ops", func(w http.ResponseWriter, r *http.Request) { reply(w)(c.Ops()) })
 	mux.HandleFunc("POST /v1/jobs/{name}/checkpoint", func(w http.ResponseWriter, r *http.Request) {
-		stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
-			return c.Checkpoint(ctx, r.PathValue("name"), p)
-		})
+		var o CheckpointOptions
+		if decode(w, r, &o) {
+			stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
+				return c.Checkpoint(ctx, r.PathValue("name"), o, p)
+			})
+		}
 	})
 	mux.HandleFunc("POST /v1/jobs/{name}/restart", func(w http.ResponseWriter, r *http.Request) {
 		var o RestartOptions
@@ -311,10 +314,10 @@ func (c *Client) Stream(ctx context.Context, path string, body, out any, progres
 	return fmt.Errorf("coord %s: stream ended without a result: %v", c.addr, sc.Err())
 }
 
-// Checkpoint checkpoints a job.
-func (c *Client) Checkpoint(ctx context.Context, job string, p ProgressFunc) (machine.Result, error) {
+// Checkpoint checkpoints a job (live: by background snapshots).
+func (c *Client) Checkpoint(ctx context.Context, job string, o CheckpointOptions, p ProgressFunc) (machine.Result, error) {
 	var res machine.Result
-	err := c.Stream(ctx, "/v1/jobs/"+url.PathEscape(job)+"/checkpoint", nil, &res, p)
+	err := c.Stream(ctx, "/v1/jobs/"+url.PathEscape(job)+"/checkpoint", o, &res, p)
 	return res, err
 }
 

@@ -72,7 +72,7 @@ func TestBenchJobCheckpoint(t *testing.T) {
 		line, _ := json.Marshal(map[string]any{"bench": "job_checkpoint_restart", "vms": n, "memory_mib": 256,
 			"job_checkpoint_seconds": jobCk.Seconds(), "sequential_checkpoint_seconds": seqCk.Seconds(),
 			"checkpoint_ratio_sequential_over_job": seqCk.Seconds() / jobCk.Seconds(),
-			"job_restart_seconds": jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
+			"job_restart_seconds":                  jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
 			"restart_ratio_sequential_over_job": seqRestart.Seconds() / jobRestart.Seconds()})
 		fmt.Println(string(line))
 		c.killAll(job)

@@ -63,6 +63,12 @@ type OpRecord struct {
 	Op     *machine.Op       `json:"op"`
 	Result *machine.Result   `json:"result,omitempty"`
 	Hosts  map[string]string `json:"hosts"` // name -> address, frozen at start
+	// Live: a checkpoint by background snapshot. Its Save returns at the
+	// snapshot point; the checkpoint is recorded complete only once every
+	// VM's stream is written, synced and checksummed.
+	Live       bool   `json:"live,omitempty"`
+	LiveFailed string `json:"live_failed,omitempty"`
+	Bandwidth  int64  `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
 }
 
 // Config configures a coordinator.
@@ -317,6 +323,10 @@ func (c *Coord) hostMap() (map[string]string, error) {
 
 // run starts an operation and drives it to the end.
 func (c *Coord) run(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, progress ProgressFunc) (machine.Result, error) {
+	return c.runLive(ctx, kind, job, vms, opts, nil, progress)
+}
+
+func (c *Coord) runLive(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, live *CheckpointOptions, progress ProgressFunc) (machine.Result, error) {
 	id := newID("op")
 	if err := c.claim(job.Name, id); err != nil {
 		return machine.Result{}, err
@@ -331,6 +341,9 @@ func (c *Coord) run(ctx context.Context, kind machine.Kind, job Job, vms []machi
 		return machine.Result{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	rec := &OpRecord{Op: op, Hosts: hosts}
+	if live != nil {
+		rec.Live, rec.Bandwidth = live.Live, live.Bandwidth
+	}
 	if kind == machine.KindCheckpoint {
 		ck := Checkpoint{ID: opts.CheckpointID, Job: job.Name, Op: id, Status: "in-progress", CreatedAt: time.Now().UTC()}
 		for _, v := range vms {
@@ -342,6 +355,10 @@ func (c *Coord) run(ctx context.Context, kind machine.Kind, job Job, vms []machi
 	}
 	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
 	res := c.drive(ctx, rec, acts, progress)
+	if rec.LiveFailed != "" {
+		res.Checkpoint, res.Reason = machine.CheckpointFailed, rec.LiveFailed
+		return res, fmt.Errorf("%s of job %q: %w: %s (the job runs on)", kind, job.Name, ErrFailed, rec.LiveFailed)
+	}
 	if res.Outcome == machine.OutcomeAborted || res.Outcome == "" {
 		return res, fmt.Errorf("%s of job %q: %w: %s", kind, job.Name, ErrFailed, res.Reason)
 	}
@@ -375,8 +392,18 @@ func (c *Coord) afterOp(rec *OpRecord, res machine.Result) {
 	}
 }
 
-// Checkpoint checkpoints every VM of a job together.
-func (c *Coord) Checkpoint(ctx context.Context, job string, progress ProgressFunc) (machine.Result, error) {
+// CheckpointOptions control a job checkpoint.
+type CheckpointOptions struct {
+	// Live takes background snapshots: the job pauses only until every
+	// VM's snapshot point is taken; the checkpoint is complete once every
+	// stream is written.
+	Live bool `json:"live"`
+	// Bandwidth caps each live stream (bytes/s; 0: none).
+	Bandwidth int64 `json:"bandwidth,omitempty"`
+}
+
+// Checkpoint checkpoints every VM of a job together (a consistent cut).
+func (c *Coord) Checkpoint(ctx context.Context, job string, o CheckpointOptions, progress ProgressFunc) (machine.Result, error) {
 	j, err := c.Job(job)
 	if err != nil {
 		return machine.Result{}, err
@@ -385,7 +412,7 @@ func (c *Coord) Checkpoint(ctx context.Context, job string, progress ProgressFun
 	for _, v := range j.VMs {
 		vms = append(vms, machine.VM{Name: v.Name, Host: v.Host})
 	}
-	return c.run(ctx, machine.KindCheckpoint, j, vms, c.options(newID(job), false), progress)
+	return c.runLive(ctx, machine.KindCheckpoint, j, vms, c.options(newID(job), false), &o, progress)
 }
 
 // RestartOptions control Restart.

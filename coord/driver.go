@@ -117,7 +117,7 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		return machine.ActionResult{ID: a.ID, OK: false, Reason: reason, Now: time.Now()}
 	}
 	if a.Type == machine.RecordCheckpoint {
-		return c.record(rec, a)
+		return c.record(ctx, rec, a)
 	}
 	addr, ok := rec.Hosts[a.Host]
 	if !ok {
@@ -128,6 +128,8 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 	switch a.Type {
 	case machine.Save, machine.Restore, machine.DeleteArtifacts:
 		req.Dir = c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+		req.Live = a.Type == machine.Save && rec.Live
+		req.Bandwidth = rec.Bandwidth
 	case machine.Migrate:
 		dest, ok := rec.Hosts[a.Dest]
 		if !ok {
@@ -163,14 +165,25 @@ func (c *Coord) unreachable(ctx context.Context, addr string) bool {
 
 // record is RecordCheckpoint: the checkpoint becomes complete (with every
 // VM's digest) or failed in the catalog.
-func (c *Coord) record(rec *OpRecord, a machine.Action) machine.Event {
+func (c *Coord) record(ctx context.Context, rec *OpRecord, a machine.Action) machine.Event {
 	var ck Checkpoint
 	if err := c.store.Get(bucketCheckpoints, a.CheckpointID, &ck); err != nil {
 		return machine.ActionResult{ID: a.ID, Reason: err.Error(), Now: time.Now()}
 	}
 	ck.Status, ck.Done = a.Outcome, time.Now().UTC()
+	digests := a.Digests
+	if rec.Live && a.Outcome == machine.CheckpointComplete {
+		// The job runs again (its resume goes on beside this); complete
+		// means every stream written, synced and checksummed.
+		var err error
+		if digests, err = c.waitStreams(ctx, rec, ck); err != nil {
+			rec.LiveFailed = err.Error()
+			ck.Status = machine.CheckpointFailed
+			c.deleteArtifacts(ctx, rec, ck)
+		}
+	}
 	for i := range ck.VMs {
-		ck.VMs[i].Digest = a.Digests[ck.VMs[i].Name]
+		ck.VMs[i].Digest = digests[ck.VMs[i].Name]
 	}
 	if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
 		return machine.ActionResult{ID: a.ID, Reason: err.Error(), Now: time.Now()}
@@ -196,4 +209,53 @@ func (c *Coord) renewLeases(ctx context.Context, rec *OpRecord) {
 			cancel()
 		}
 	}
+}
+
+// waitStreams waits for every VM's live stream; the first failure fails
+// the checkpoint.
+func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (map[string]string, error) {
+	type res struct {
+		vm, digest string
+		err        error
+	}
+	ch := make(chan res, len(ck.VMs))
+	for _, v := range ck.VMs {
+		go func() {
+			wctx, cancel := context.WithTimeout(ctx, c.transferTimeout())
+			defer cancel()
+			r, err := c.client(rec.Hosts[v.Host]).Step(wctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/save-wait",
+				Op: rec.Op.ID, Kind: hostd.StepSaveWait, VM: v.Name, Dir: v.Dir})
+			if err == nil && !r.OK {
+				err = errors.New(r.Reason)
+			}
+			ch <- res{v.Name, r.Digest, err}
+		}()
+	}
+	digests := map[string]string{}
+	var first error
+	for range ck.VMs {
+		r := <-ch
+		if r.err != nil && first == nil {
+			first = fmt.Errorf("vm %s: %w", r.vm, r.err)
+		}
+		digests[r.vm] = r.digest
+	}
+	return digests, first
+}
+
+// deleteArtifacts removes what a failed live checkpoint left.
+func (c *Coord) deleteArtifacts(ctx context.Context, rec *OpRecord, ck Checkpoint) {
+	for _, v := range ck.VMs {
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		c.client(rec.Hosts[v.Host]).Step(dctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/delete-live",
+			Op: rec.Op.ID, Kind: hostd.StepDeleteArtifacts, VM: v.Name, Dir: v.Dir})
+		cancel()
+	}
+}
+
+func (c *Coord) transferTimeout() time.Duration {
+	if c.cfg.TransferTimeout > 0 {
+		return c.cfg.TransferTimeout
+	}
+	return 10 * time.Minute
 }

@@ -220,3 +220,58 @@ func waitCheckpoint(t *testing.T, c *cluster, status string) string {
 		time.Sleep(300 * time.Millisecond)
 	}
 }
+
+// A QEMU killed while its live checkpoint still streams: the checkpoint
+// fails and its files go; the rest of the job runs on untouched.
+func TestLiveCheckpointQEMUKilledMidStream(t *testing.T) {
+	c := newCluster(t)
+	startJob(t, c, "")
+	type result struct {
+		res machine.Result
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// 8 MB/s: a stream of ~110 MB takes long enough to kill into.
+		r, out, err := c.op("checkpoint", "jf", "--live", "--bandwidth", "8M")
+		done <- result{r, out, err}
+	}()
+	var state string
+	deadline := time.Now().Add(60 * time.Second)
+	for state == "" {
+		m, _ := filepath.Glob(filepath.Join(c.ckDir, "*", "vm2", "state.bin"))
+		if len(m) > 0 {
+			if st, err := os.Stat(m[0]); err == nil && st.Size() > 4<<20 {
+				state = m[0]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the live stream never started")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// vm1 runs during the stream: the job is not paused for it.
+	if st, err := c.hosts["a"].Client().Status(ctxT(t, 10*time.Second), "vm1"); err != nil || st.State != "running" {
+		t.Fatalf("vm1 while streaming: %+v %v", st, err)
+	}
+	st, err := c.hosts["b"].Client().Status(ctxT(t, 10*time.Second), "vm2")
+	if err != nil || st.PID == 0 {
+		t.Fatalf("vm2: %+v %v", st, err)
+	}
+	syscallKill(st.PID)
+	r := <-done
+	if r.err == nil || r.res.Checkpoint != machine.CheckpointFailed {
+		t.Fatalf("live checkpoint with a QEMU killed mid-stream: %v\n%s", r.err, r.out)
+	}
+	if m, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(state)), "*", "*")); len(m) != 0 {
+		t.Fatalf("partial files left: %v", m)
+	}
+	if s := checkpointStatus(t, c, r.res.CheckpointID); s != "failed" {
+		t.Fatalf("checkpoint recorded %s", s)
+	}
+	st, err = c.hosts["a"].Client().Status(ctxT(t, 10*time.Second), "vm1")
+	if err != nil || st.State != "running" || len(st.Detached) != 0 {
+		t.Fatalf("vm1 after the failed live checkpoint: %+v %v", st, err)
+	}
+}

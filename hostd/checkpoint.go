@@ -66,6 +66,13 @@ type CheckpointOptions struct {
 	// KeepStopped leaves the VM paused with devices detached after the
 	// save: the coordinator resumes the job together.
 	KeepStopped bool `json:"keep_stopped,omitempty"`
+	// Live takes a background snapshot: the VM pauses only for the
+	// snapshot point and runs while its memory streams to the file. Where
+	// QEMU or the kernel cannot, the stop-and-save path runs and
+	// CheckpointResult.Fallback says why.
+	Live bool `json:"live,omitempty"`
+	// Bandwidth caps a live checkpoint's stream (bytes/s; 0: none).
+	Bandwidth int64 `json:"bandwidth,omitempty"`
 }
 
 // CheckpointResult reports a finished checkpoint.
@@ -76,6 +83,8 @@ type CheckpointResult struct {
 	Duration time.Duration `json:"duration_ns"`
 	// Downtime is how long the vCPUs were stopped.
 	Downtime time.Duration `json:"downtime_ns"`
+	Live     bool          `json:"live,omitempty"`
+	Fallback string        `json:"fallback,omitempty"` // why a live checkpoint was taken stop-and-save
 }
 
 // Checkpoint saves the VM's memory and device state (and copies its disks)
@@ -141,6 +150,45 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 		}
 	}
 	stopped := timeNow()
+	if opts.Live && (opts.Stop || !wasRunning) {
+		res.Fallback = "the vm does not run on after this checkpoint"
+		opts.Live = false
+	}
+	if opts.Live {
+		progress(Progress{Phase: "snapshot"})
+		ls, err := vm.startLiveSave(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth)
+		switch {
+		case errors.Is(err, ErrLiveUnsupported):
+			res.Fallback = err.Error()
+			vm.log.Warn("live checkpoint unsupported here: stop-and-save instead", "err", err)
+			opts.Live = false
+		case err != nil:
+			rollback()
+			return res, err
+		default:
+			// QEMU runs the vCPUs again: the pause is over. Devices come
+			// back and the guest is told while the memory streams.
+			res.Live = true
+			if err := vm.attachAll(ctx); err != nil {
+				vm.log.Error("re-attach after snapshot point", "err", err)
+			}
+			outcome = "checkpointed"
+			coop.finish(ctx, outcome)
+			progress(Progress{Phase: "stream"})
+			m, err := ls.wait(ctx)
+			if err != nil {
+				return res, err // the stream removed its files; the vm runs on
+			}
+			complete = true
+			for _, f := range m.Files {
+				res.Bytes += f.Size
+			}
+			res.Dir, res.Manifest, res.Duration = opts.Dir, m, timeNow().Sub(start)
+			res.Downtime = ls.downtime // QEMU's pause at the snapshot point
+			vm.log.Info("live checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "pause", res.Downtime)
+			return res, nil
+		}
+	}
 	if err := mon.Stop(ctx); err != nil {
 		rollback()
 		return res, err

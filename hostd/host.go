@@ -63,6 +63,7 @@ type VM struct {
 	mon       *qmp.Client
 	exited    chan struct{} // closed when the QEMU process is gone
 	operation string        // what the VM is doing now, for status
+	live      *liveSave     // a live checkpoint still streaming
 }
 
 // runtimeState is persisted next to the spec so a restarted hostd knows

@@ -44,6 +44,8 @@ const (
 	StepKill            = "kill"
 	StepCancelMigrate   = "cancel-migrate"
 	StepDeleteArtifacts = "delete-artifacts"
+	// StepSaveWait waits for a live save's stream and returns its digest.
+	StepSaveWait = "save-wait"
 )
 
 // StepRequest is one action of a coordinator operation.
@@ -60,6 +62,8 @@ type StepRequest struct {
 	// Dest is the destination hostd's API address (migrate).
 	Dest string `json:"dest,omitempty"`
 	Live bool   `json:"live,omitempty"`
+	// Bandwidth caps a live save's stream (bytes/s).
+	Bandwidth int64 `json:"bandwidth,omitempty"`
 	// Lease bounds how long the VM may stay paused, detached or in a
 	// guest round without the coordinator renewing.
 	Lease    time.Duration `json:"lease_ns,omitempty"`
@@ -142,9 +146,13 @@ func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
 	res := StepResult{OK: err == nil}
 	if err != nil {
 		res.Reason, res.Code = err.Error(), codeOf(err)
-	} else if req.Kind == StepSave {
+	} else if req.Kind == StepSaveWait || req.Kind == StepSave {
 		res.Digest, err = fileDigest(filepath.Join(req.Dir, manifestName))
-		if err != nil {
+		switch {
+		case err != nil && req.Kind == StepSave && req.Live:
+			// Streaming: the digest comes with save-wait.
+			res.Digest, err = "pending:"+req.ID, nil
+		case err != nil:
 			res = StepResult{Reason: err.Error(), Code: codeOf(err)}
 		}
 	}
@@ -263,6 +271,11 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		}
 		return err
 	}
+	if req.Kind == StepSaveWait {
+		// Not under the VM's operation lock: the job's resume runs
+		// while the stream is still being written.
+		return vm.saveWait(ctx, req.Dir)
+	}
 	if err := vm.lock("step " + req.Kind); err != nil {
 		return err
 	}
@@ -307,6 +320,23 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		vm.mu.Lock()
 		round := vm.rt.Round
 		vm.mu.Unlock()
+		if req.Live {
+			ls, err := vm.startLiveSave(ctx, mon, req.Dir, round, req.Bandwidth)
+			if err == nil {
+				// QEMU runs the vm again; the coordinator re-attaches and
+				// resumes the job while the memory streams.
+				vm.mu.Lock()
+				vm.live = ls
+				vm.mu.Unlock()
+				h.setLease(req.VM, req.Op, req.Lease, "")
+				return nil
+			}
+			if !errors.Is(err, ErrLiveUnsupported) {
+				os.RemoveAll(req.Dir)
+				return err
+			}
+			vm.log.Warn("live checkpoint unsupported here: stop-and-save instead", "err", err)
+		}
 		if _, err := vm.writeCheckpoint(ctx, mon, req.Dir, round, func(Progress) {}); err != nil {
 			os.RemoveAll(req.Dir)
 			return err
@@ -550,4 +580,24 @@ func fileDigest(path string) (string, error) {
 		return "", err
 	}
 	return "sha256:" + hex.EncodeToString(hs.Sum(nil)), nil
+}
+
+// saveWait waits for the VM's live save into dir to be complete.
+func (vm *VM) saveWait(ctx context.Context, dir string) error {
+	vm.mu.Lock()
+	ls := vm.live
+	vm.mu.Unlock()
+	if ls == nil || ls.dir != dir {
+		// Not live (it fell back) or already waited for: the manifest
+		// says whether it is complete.
+		_, err := ReadManifest(dir)
+		return err
+	}
+	_, err := ls.wait(ctx)
+	vm.mu.Lock()
+	if vm.live == ls {
+		vm.live = nil
+	}
+	vm.mu.Unlock()
+	return err
 }

@@ -188,13 +188,20 @@ func printOpResult(w io.Writer, v any) {
 func jobCommands() []*cli.Command {
 	return []*cli.Command{
 		coordDaemonCommand(),
-		opCommand("checkpoint", "checkpoint every VM of a job together (consistent cut)", "JOB", nil,
+		opCommand("checkpoint", "checkpoint every VM of a job together (consistent cut)", "JOB",
+			[]cli.Flag{&cli.BoolFlag{Name: "live", Value: true,
+				Usage: "background snapshots: the job pauses only for the snapshot points (--live=false: stop, save, resume; used anyway where QEMU or the kernel cannot, with the reason logged)"},
+				&cli.StringFlag{Name: "bandwidth", Usage: "cap each live stream, e.g. 200M (bytes/s)"}},
 			func(ctx context.Context, c *coord.Client, cmd *cli.Command, p coord.ProgressFunc) (any, error) {
 				job, err := oneArg(cmd, "JOB")
 				if err != nil {
 					return nil, err
 				}
-				return c.Checkpoint(ctx, job, p)
+				bw, err := parseRate(cmd.String("bandwidth"))
+				if err != nil {
+					return nil, err
+				}
+				return c.Checkpoint(ctx, job, coord.CheckpointOptions{Live: cmd.Bool("live"), Bandwidth: bw}, p)
 			}),
 		opCommand("restart", "restore every VM of a job from a checkpoint", "JOB",
 			[]cli.Flag{&cli.StringFlag{Name: "checkpoint", Usage: "checkpoint id (default: the newest complete)"},

@@ -122,8 +122,9 @@ func vmCommand() *cli.Command {
 					p := cliutil.NewProgress("checkpoint "+vm, true)
 					defer p.Done()
 					return c.Checkpoint(ctx, vm, hostd.CheckpointOptions{Dir: cmd.String("dir"), Stop: cmd.Bool("stop"),
-						NoGuest: cmd.Bool("no-guest")}, progressTo(p))
+						NoGuest: cmd.Bool("no-guest"), Live: cmd.Bool("live")}, progressTo(p))
 				},
+				&cli.BoolFlag{Name: "live", Usage: "background snapshot: pause only for the snapshot point"},
 				&cli.StringFlag{Name: "dir", Required: true, Usage: "checkpoint directory (must not exist)"},
 				&cli.BoolFlag{Name: "stop", Usage: "stop the VM after the checkpoint"},
 				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
@@ -236,8 +237,15 @@ func printResult(out cliutil.Output, v any) error {
 			}
 			fmt.Fprintln(w)
 		case hostd.CheckpointResult:
-			fmt.Fprintf(w, "checkpoint %s: %s in %s, vCPUs stopped %s\n", r.Dir, cliutil.Bytes(r.Bytes),
+			kind := "stop-and-save"
+			if r.Live {
+				kind = "live"
+			}
+			fmt.Fprintf(w, "checkpoint %s (%s): %s in %s, vCPUs stopped %s\n", r.Dir, kind, cliutil.Bytes(r.Bytes),
 				r.Duration.Round(time.Millisecond), r.Downtime.Round(time.Millisecond))
+			if r.Fallback != "" {
+				fmt.Fprintf(w, "  not live: %s\n", r.Fallback)
+			}
 			for _, f := range r.Manifest.Files {
 				fmt.Fprintf(w, "  %s %s sha256:%s\n", f.Name, cliutil.Bytes(f.Size), f.SHA256)
 			}
