@@ -169,6 +169,16 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 			// QEMU runs the vCPUs again: the pause is over. Devices come
 			// back and the guest is told while the memory streams.
 			res.Live = true
+			vm.mu.Lock()
+			vm.live = ls
+			vm.mu.Unlock()
+			defer func() {
+				vm.mu.Lock()
+				if vm.live == ls {
+					vm.live = nil
+				}
+				vm.mu.Unlock()
+			}()
 			if err := vm.attachAll(ctx); err != nil {
 				vm.log.Error("re-attach after snapshot point", "err", err)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/symvirt/symvirt/qmp"
 )
@@ -183,7 +184,29 @@ func (vm *VM) detachAll(ctx context.Context) error {
 func (vm *VM) attachAll(ctx context.Context) error {
 	vm.mu.Lock()
 	ids := slices.Clone(vm.rt.Detached)
+	ls := vm.live
 	vm.mu.Unlock()
+	if ls != nil && len(ids) > 0 {
+		select {
+		case <-ls.done:
+		default:
+			// QEMU refuses device_add while a live checkpoint streams. The
+			// guest runs on (its bond on the other NIC) and the devices
+			// come back when the stream ends; nothing waits for that.
+			vm.log.Info("devices return when the live checkpoint's stream ends", "devices", ids)
+			go func() {
+				<-ls.done
+				actx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				for _, id := range ids {
+					if err := vm.attach(actx, id); err != nil {
+						vm.log.Error("attach after live checkpoint", "device", id, "err", err)
+					}
+				}
+			}()
+			return nil
+		}
+	}
 	var first error
 	for _, id := range ids {
 		if err := vm.attach(ctx, id); err != nil {

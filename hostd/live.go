@@ -107,9 +107,11 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, dir string, ro
 		var err error
 		n, err = io.Copy(io.MultiWriter(f, hs), r)
 		if err != nil {
+			// Keep draining: failing QEMU's stream while the guest runs
+			// under write protection can leave its vCPUs stuck on
+			// faults. Let the snapshot finish into nothing, then fail it.
 			err = fmt.Errorf("write %s: %w", path, err)
-			stop(err)
-			r.Close()
+			io.Copy(io.Discard, r)
 		}
 		copied <- err
 	}()
@@ -121,7 +123,9 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, dir string, ro
 		info, err := mon.WaitMigration(sctx, 50*time.Millisecond, nil)
 		ls.downtime = time.Duration(info.Downtime) * time.Millisecond
 		if err != nil {
-			mon.MigrateCancel(context.Background())
+			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			mon.MigrateCancel(cctx)
+			cancel()
 			r.Close()
 			if cerr := <-copied; cerr != nil {
 				err = cerr
