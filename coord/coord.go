@@ -69,6 +69,7 @@ type OpRecord struct {
 	Live       bool   `json:"live,omitempty"`
 	LiveFailed string `json:"live_failed,omitempty"`
 	Bandwidth  int64  `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
+	Freeze     bool   `json:"freeze,omitempty"`    // dependency-aware migration
 }
 
 // Config configures a coordinator.
@@ -323,10 +324,17 @@ func (c *Coord) hostMap() (map[string]string, error) {
 
 // run starts an operation and drives it to the end.
 func (c *Coord) run(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, progress ProgressFunc) (machine.Result, error) {
-	return c.runLive(ctx, kind, job, vms, opts, nil, progress)
+	return c.runWith(ctx, kind, job, vms, opts, runExtra{}, progress)
 }
 
-func (c *Coord) runLive(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, live *CheckpointOptions, progress ProgressFunc) (machine.Result, error) {
+// runExtra is what an operation carries besides the machine's options.
+type runExtra struct {
+	live   *CheckpointOptions
+	freeze bool
+}
+
+func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, extra runExtra, progress ProgressFunc) (machine.Result, error) {
+	live := extra.live
 	id := newID("op")
 	if err := c.claim(job.Name, id); err != nil {
 		return machine.Result{}, err
@@ -340,7 +348,7 @@ func (c *Coord) runLive(ctx context.Context, kind machine.Kind, job Job, vms []m
 	if err != nil {
 		return machine.Result{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	rec := &OpRecord{Op: op, Hosts: hosts}
+	rec := &OpRecord{Op: op, Hosts: hosts, Freeze: extra.freeze}
 	if live != nil {
 		rec.Live, rec.Bandwidth = live.Live, live.Bandwidth
 	}
@@ -412,7 +420,7 @@ func (c *Coord) Checkpoint(ctx context.Context, job string, o CheckpointOptions,
 	for _, v := range j.VMs {
 		vms = append(vms, machine.VM{Name: v.Name, Host: v.Host})
 	}
-	return c.runLive(ctx, machine.KindCheckpoint, j, vms, c.options(newID(job), false), &o, progress)
+	return c.runWith(ctx, machine.KindCheckpoint, j, vms, c.options(newID(job), false), runExtra{live: &o}, progress)
 }
 
 // RestartOptions control Restart.
@@ -540,6 +548,9 @@ func pick(load map[string]*hostLoad, not string) (string, error) {
 type MigrateOptions struct {
 	To   []string `json:"to"`
 	Live bool     `json:"live,omitempty"`
+	// DependencyAware freezes each guest's untainted processes while it
+	// migrates (implies Live).
+	DependencyAware bool `json:"dependency_aware,omitempty"`
 }
 
 // Migrate moves a job (or one VM of it) to the given hosts, round-robin.
@@ -573,8 +584,8 @@ func (c *Coord) Migrate(ctx context.Context, target string, opts MigrateOptions,
 		}
 		vms = append(vms, machine.VM{Name: v.Name, Host: v.Host, Dest: dest})
 	}
-	res, err := c.run(ctx, machine.KindMigrate, j, vms, c.options("", opts.Live), progress)
-	return res, err
+	live := opts.Live || opts.DependencyAware
+	return c.runWith(ctx, machine.KindMigrate, j, vms, c.options("", live), runExtra{freeze: opts.DependencyAware}, progress)
 }
 
 // Evacuate moves every VM off a host; a job spanning the host is moved as

@@ -124,7 +124,8 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		return fail(fmt.Sprintf("unknown host %q", a.Host))
 	}
 	req := hostd.StepRequest{ID: a.ID.String(), Op: a.ID.Op, Kind: string(a.Type), VM: a.VM,
-		OpKind: string(rec.Op.Kind), Outcome: a.Outcome, Live: a.Live, Lease: c.cfg.Lease, Deadline: a.Deadline}
+		OpKind: string(rec.Op.Kind), Outcome: a.Outcome, Live: a.Live, Lease: c.cfg.Lease, Deadline: a.Deadline,
+		Freeze: rec.Freeze && a.Type == machine.Prepare}
 	switch a.Type {
 	case machine.Save, machine.Restore, machine.DeleteArtifacts:
 		req.Dir = c.ckDir(rec.Op.Opts.CheckpointID, a.VM)

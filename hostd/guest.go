@@ -105,6 +105,13 @@ func newRoundID() string {
 // A guest that refuses, never answers or misbehaves fails the operation
 // before anything was done to the VM.
 func (vm *VM) prepareGuest(ctx context.Context, op string, skip bool) (*coop, error) {
+	return vm.prepareGuestFreeze(ctx, op, skip, false)
+}
+
+// prepareGuestFreeze is prepareGuest that, with freeze (a dependency-aware
+// migration), also has the guest freeze every process that does not
+// depend on the world outside the VM until the round ends.
+func (vm *VM) prepareGuestFreeze(ctx context.Context, op string, skip, freeze bool) (*coop, error) {
 	c := &coop{vm: vm}
 	spec := vm.Spec()
 	if skip || spec.Guest.Type == "none" {
@@ -136,7 +143,7 @@ func (vm *VM) prepareGuest(ctx context.Context, op string, skip bool) (*coop, er
 	if op != "detach" { // a drill hands off nothing
 		devs = vm.guestDevices()
 	}
-	p := guestproto.Prepare{ID: id, Op: op, Deadline: guestDeadline, Devices: devs}
+	p := guestproto.Prepare{ID: id, Op: op, Deadline: guestDeadline, Devices: devs, Freeze: freeze}
 	if err := host.Prepare(gctx, p); err != nil {
 		// REFUSED means the guest already undid its round; anything else
 		// (deadline, dead channel) needs an explicit ABORT.

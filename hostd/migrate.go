@@ -20,6 +20,12 @@ type MigrateOptions struct {
 	// DowntimeLimit is QEMU's target for the final stop-and-copy.
 	DowntimeLimit time.Duration `json:"downtime_limit_ns,omitempty"`
 	NoGuest       bool          `json:"no_guest,omitempty"`
+	// DependencyAware has the guest freeze every process without a
+	// dependency outside the VM while the VM migrates (they stop dirtying
+	// memory, so pre-copy converges); the tainted ones keep serving.
+	DependencyAware bool `json:"dependency_aware,omitempty"`
+	// Capabilities are extra QEMU migration capabilities (auto-converge...).
+	Capabilities map[string]bool `json:"capabilities,omitempty"`
 }
 
 // MigrateResult reports a finished migration, with QEMU's own figures.
@@ -77,7 +83,10 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 	}
 	wasRunning := st.Running
 	progress(Progress{Phase: "prepare"})
-	coop, err := vm.prepareGuest(ctx, "migrate", opts.NoGuest)
+	if opts.DependencyAware && (opts.NoGuest || vm.Spec().Guest.Type == "none") {
+		return res, fmt.Errorf("vm %q: a dependency-aware migration needs the guest's cooperation: %w", vm.name, ErrInvalidState)
+	}
+	coop, err := vm.prepareGuestFreeze(ctx, "migrate", opts.NoGuest, opts.DependencyAware)
 	if err != nil {
 		return res, err
 	}
@@ -125,7 +134,13 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 		params["downtime-limit"] = opts.DowntimeLimit.Milliseconds()
 	}
 	progress(Progress{Phase: "migrate"})
-	if err = mon.MigrateSetParameters(ctx, params); err == nil {
+	if len(opts.Capabilities) > 0 {
+		err = mon.MigrateSetCapabilities(ctx, opts.Capabilities)
+	}
+	if err == nil {
+		err = mon.MigrateSetParameters(ctx, params)
+	}
+	if err == nil {
 		err = mon.Migrate(ctx, inc.URI)
 	}
 	var info qmp.MigrationInfo

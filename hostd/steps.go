@@ -64,6 +64,8 @@ type StepRequest struct {
 	Live bool   `json:"live,omitempty"`
 	// Bandwidth caps a live save's stream (bytes/s).
 	Bandwidth int64 `json:"bandwidth,omitempty"`
+	// Freeze (prepare of a migration): dependency-aware, see MigrateOptions.
+	Freeze bool `json:"freeze,omitempty"`
 	// Lease bounds how long the VM may stay paused, detached or in a
 	// guest round without the coordinator renewing.
 	Lease    time.Duration `json:"lease_ns,omitempty"`
@@ -282,7 +284,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 	defer vm.unlock()
 	switch req.Kind {
 	case StepPrepare:
-		c, err := vm.prepareGuest(ctx, guestOp(req.OpKind), false)
+		c, err := vm.prepareGuestFreeze(ctx, guestOp(req.OpKind), false, req.Freeze && guestOp(req.OpKind) == "migrate")
 		if err != nil {
 			return err
 		}

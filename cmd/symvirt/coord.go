@@ -216,13 +216,15 @@ func jobCommands() []*cli.Command {
 			}),
 		opCommand("migrate", "live-migrate a VM or a whole job to other hosts", "VM|JOB",
 			[]cli.Flag{&cli.StringSliceFlag{Name: "to", Required: true, Usage: "destination host (repeat for several)"},
-				&cli.BoolFlag{Name: "live", Usage: "pre-copy while the VMs run (default: stop-and-copy, consistent cut)"}},
+				&cli.BoolFlag{Name: "live", Usage: "pre-copy while the VMs run (default: stop-and-copy, consistent cut)"},
+				&cli.BoolFlag{Name: "dependency-aware", Usage: "freeze each guest's processes without an outside dependency while it migrates (implies --live)"}},
 			func(ctx context.Context, c *coord.Client, cmd *cli.Command, p coord.ProgressFunc) (any, error) {
 				target, err := oneArg(cmd, "VM|JOB")
 				if err != nil {
 					return nil, err
 				}
-				return c.Migrate(ctx, target, coord.MigrateOptions{To: cmd.StringSlice("to"), Live: cmd.Bool("live")}, p)
+				return c.Migrate(ctx, target, coord.MigrateOptions{To: cmd.StringSlice("to"), Live: cmd.Bool("live"),
+					DependencyAware: cmd.Bool("dependency-aware")}, p)
 			}),
 		opCommand("evacuate", "move every VM off a host (jobs move as jobs)", "HOST",
 			[]cli.Flag{&cli.BoolFlag{Name: "live", Usage: "pre-copy while the VMs run"}},

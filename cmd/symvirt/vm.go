@@ -169,11 +169,13 @@ func vmCommand() *cli.Command {
 					p := cliutil.NewProgress("migrate "+vm, true)
 					defer p.Done()
 					return c.Migrate(ctx, vm, hostd.MigrateOptions{To: cmd.String("to"), MaxBandwidth: bw,
-						DowntimeLimit: cmd.Duration("downtime-limit"), NoGuest: cmd.Bool("no-guest")}, progressTo(p))
+						DowntimeLimit: cmd.Duration("downtime-limit"), NoGuest: cmd.Bool("no-guest"),
+						DependencyAware: cmd.Bool("dependency-aware")}, progressTo(p))
 				},
 				&cli.StringFlag{Name: "to", Required: true, Usage: "destination hostd API address (host:port)"},
 				&cli.StringFlag{Name: "max-bandwidth", Usage: "cap, e.g. 100M (bytes/s)"},
 				&cli.DurationFlag{Name: "downtime-limit", Usage: "QEMU's downtime target"},
+				&cli.BoolFlag{Name: "dependency-aware", Usage: "freeze the guest's processes that do not depend on the outside while it migrates"},
 				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
 		},
 	}
