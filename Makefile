@@ -34,7 +34,7 @@ demo: guest build
 	@scripts/demo
 
 bench: guest build
-	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 60m -run '^TestBench' -v ./... | grep '^{' || (echo "bench failed" >&2; exit 1)
+	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 60m -run '^(TestBench|TestDependencyAware)' -v ./... | grep '^{' || (echo "bench failed" >&2; exit 1)
 
 generate:
 	$(GO) generate ./...

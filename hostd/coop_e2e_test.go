@@ -186,3 +186,7 @@ func TestMisbehavingGuests(t *testing.T) {
 	}
 	waitLog(t, serialLog(h, "good"), regexp.MustCompile(`hook: outcome checkpointed`), 10*time.Second)
 }
+
+func runMake(dir string) ([]byte, error) {
+	return exec.Command("make", "-s", "-C", dir).CombinedOutput()
+}
