@@ -11,6 +11,7 @@ import (
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/pausewatch"
 )
 
 // TestBenchJobCheckpoint is `make bench`'s job line: a job checkpoint and
@@ -26,13 +27,28 @@ func TestBenchJobCheckpoint(t *testing.T) {
 	for _, n := range []int{1, 2, 4} {
 		job := fmt.Sprintf("bench%d", n)
 		f := filepath.Join(t.TempDir(), "job.yaml")
-		yaml := c.jobYAML(job, "", placement[:n]...)
+		yaml := c.jobYAML(job, " symvirt.tick=1", placement[:n]...)
 		// Each job gets its own VM names and taps.
 		yaml = strings.ReplaceAll(yaml, "name: vm", "name: "+job+"vm")
 		os.WriteFile(f, []byte(yaml), 0o600)
 		c.cli("jobs", "create", "-f", f)
 		for i := 1; i <= n; i++ {
 			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `hook: registered`)
+		}
+		// The guest-visible pause of each VM, stop-and-save then live.
+		pause := map[string]time.Duration{}
+		for _, live := range []string{"--live=false", "--live=true"} {
+			var mons []*pausewatch.GapMonitor
+			for i := 1; i <= n; i++ {
+				mons = append(mons, pausewatch.WatchGaps(c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i))))
+			}
+			if res, out, err := c.op("checkpoint", job, live); err != nil || res.Checkpoint != machine.CheckpointComplete {
+				t.Fatalf("checkpoint %s: %v\n%s", live, err, out)
+			}
+			time.Sleep(300 * time.Millisecond)
+			for _, m := range mons {
+				pause[live] = max(pause[live], m.End())
+			}
 		}
 		start := time.Now()
 		res, out, err := c.op("checkpoint", job)
@@ -73,7 +89,9 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"job_checkpoint_seconds": jobCk.Seconds(), "sequential_checkpoint_seconds": seqCk.Seconds(),
 			"checkpoint_ratio_sequential_over_job": seqCk.Seconds() / jobCk.Seconds(),
 			"job_restart_seconds":                  jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
-			"restart_ratio_sequential_over_job": seqRestart.Seconds() / jobRestart.Seconds()})
+			"restart_ratio_sequential_over_job":     seqRestart.Seconds() / jobRestart.Seconds(),
+			"stop_and_save_guest_pause_max_seconds": pause["--live=false"].Seconds(),
+			"live_guest_pause_max_seconds":          pause["--live=true"].Seconds()})
 		fmt.Println(string(line))
 		c.killAll(job)
 	}

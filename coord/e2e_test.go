@@ -15,6 +15,7 @@ import (
 
 	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/internal/pausewatch"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -107,6 +108,7 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 		"/etc/symvirt/rc.d/60-peer":    {Mode: 0o755, Data: []byte(peersRC)},
 		"/etc/symvirt/rc.d/70-faults":  {Mode: 0o755, Data: []byte(faultsRC)},
 		"/etc/symvirt/hooks.d/10-slow": {Mode: 0o755, Data: []byte(slowHook)},
+		"/etc/symvirt/tick":            {Mode: 0o755, Data: []byte(pausewatch.TickScript)},
 	})
 	return c
 }
@@ -138,6 +140,7 @@ func (c *cluster) op(args ...string) (machine.Result, string, error) {
 // registered, so it never reaches its safe point.
 const faultsRC = `#!/bin/sh
 [ "$SYMVIRT_SLOW" = 1 ] && touch /run/slow
+[ "$SYMVIRT_TICK" = 1 ] && /etc/symvirt/tick
 if [ "$SYMVIRT_STUCK" = 1 ]; then
   ( sleep 4; kill -STOP $(pidof hook); echo "hook frozen" ) </dev/null >/dev/console 2>&1 &
 fi

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/pausewatch"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -259,47 +260,6 @@ func benchWarmCold(t *testing.T, kernel, initrd string, mem Size, n int) {
 	}
 }
 
-// tickScript makes the guest write to its console every 5 ms; the host
-// watches the console file grow, so a pause of the vCPUs shows as a gap
-// measured on the host's clock (the guest's own clock stops with it).
-const tickScript = `#!/bin/sh
-( while :; do echo .; usleep 5000; done ) </dev/null >/dev/console 2>&1 &
-`
-
-// gapMonitor records the longest time the file did not grow.
-type gapMonitor struct {
-	stop chan struct{}
-	done chan time.Duration
-}
-
-func watchGaps(path string) *gapMonitor {
-	m := &gapMonitor{stop: make(chan struct{}), done: make(chan time.Duration, 1)}
-	go func() {
-		var size int64
-		last, maxGap := time.Now(), time.Duration(0)
-		for {
-			select {
-			case <-m.stop:
-				m.done <- maxGap
-				return
-			case <-time.After(500 * time.Microsecond):
-			}
-			st, err := os.Stat(path)
-			if err != nil {
-				continue
-			}
-			if now := time.Now(); st.Size() != size {
-				size = st.Size()
-				maxGap = max(maxGap, now.Sub(last))
-				last = now
-			}
-		}
-	}()
-	return m
-}
-
-func (m *gapMonitor) end() time.Duration { close(m.stop); return <-m.done }
-
 // TestBenchLiveCheckpoint: the guest-visible pause (a gap in the guest's
 // 5 ms console ticks, on the host's clock) and the whole checkpoint time,
 // live (background snapshot) against stop-and-save, side by side, for
@@ -311,7 +271,7 @@ func TestBenchLiveCheckpoint(t *testing.T) {
 	kernel, _ := testguest.Paths(t)
 	initrd := testguest.Initrd(t, map[string]testguest.File{
 		"/etc/symvirt/rc.d/40-fill": {Mode: 0o755, Data: []byte(fillScript)},
-		"/etc/symvirt/rc.d/41-tick": {Mode: 0o755, Data: []byte(tickScript)}})
+		"/etc/symvirt/rc.d/41-tick": {Mode: 0o755, Data: []byte(pausewatch.TickScript)}})
 	for _, mem := range []Size{256, 1024, 2048} {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		h, _ := benchHost(t, "4")
@@ -328,13 +288,13 @@ func TestBenchLiveCheckpoint(t *testing.T) {
 		line := map[string]any{"bench": "live_vs_stop_checkpoint", "memory_mib": int(mem)}
 		for _, live := range []bool{true, false} {
 			// A quiet second first, to know the ticks' normal gap.
-			quiet := watchGaps(serial)
+			quiet := pausewatch.WatchGaps(serial)
 			time.Sleep(time.Second)
-			normal := quiet.end()
-			g := watchGaps(serial)
+			normal := quiet.End()
+			g := pausewatch.WatchGaps(serial)
 			res, err := vm.Checkpoint(ctx, CheckpointOptions{Dir: filepath.Join(t.TempDir(), "ck"), NoGuest: true, Live: live}, nil)
 			time.Sleep(200 * time.Millisecond)
-			gap := g.end()
+			gap := g.End()
 			if err != nil {
 				t.Fatal(err)
 			}
