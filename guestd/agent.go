@@ -173,6 +173,8 @@ func Run(ctx context.Context, cfg Config) error {
 		"taint_tracker", tt.src != nil)
 	err = a.serveChannel(ctx, kind, path)
 	a.drain(30 * time.Second)
+	// Before the tracker stops (deferred), while the freezer can still ask it.
+	fz.thaw("guestd stopping")
 	a.log.Info("guestd stopped", "err", err)
 	return err
 }
@@ -361,17 +363,19 @@ func (a *agent) onPrepare(sess *session, m guestproto.Message) {
 	defer a.mu.Unlock()
 	act, reason := a.round.onPrepare(m.ID, m.Op)
 	sess.log.Info("PREPARE", "id", m.ID, "op", m.Op, "deadline", m.Deadline(), "devices", len(m.Devices), "freeze", m.Freeze, "action", act)
-	if act == actStart && m.Freeze && a.taint.src == nil {
-		// Refused before anything is done: the host may retry without
-		// freeze, as a plain migration.
-		_ = a.round.prepared(m.ID, false)
-		_ = a.round.finished(m.ID, "refused")
-		a.notifyLocked()
-		reason = guestproto.TruncateReason(a.taint.freezeUnavailable())
-		sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeRefused, ID: m.ID, Reason: reason})
-		sess.log.Warn("REFUSED", "id", m.ID, "reason", reason)
-		a.met.rounds.WithLabelValues(m.Op, "refused").Inc()
-		return
+	if act == actStart && m.Freeze {
+		if why := a.cannotFreeze(); why != "" {
+			// Refused before anything is done: the host may retry
+			// without freeze, as a plain migration.
+			_ = a.round.prepared(m.ID, false)
+			_ = a.round.finished(m.ID, "refused")
+			a.notifyLocked()
+			reason = guestproto.TruncateReason(why)
+			sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeRefused, ID: m.ID, Reason: reason})
+			sess.log.Warn("REFUSED", "id", m.ID, "reason", reason)
+			a.met.rounds.WithLabelValues(m.Op, "refused").Inc()
+			return
+		}
 	}
 	switch act {
 	case actStart:
@@ -386,6 +390,19 @@ func (a *agent) onPrepare(sess *session, m guestproto.Message) {
 	case actRefuse:
 		sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeRefused, ID: m.ID, Reason: reason})
 	}
+}
+
+// cannotFreeze says why a round with freeze cannot be done ("" if it can):
+// no tracker, or no cgroup v2 freezer. Cheap (a few file operations; at
+// most one mount), so it is checked before the round starts.
+func (a *agent) cannotFreeze() string {
+	if a.taint.src == nil {
+		return a.taint.freezeUnavailable()
+	}
+	if err := a.fz.ready(); err != nil {
+		return "dependency-aware migration needs the cgroup v2 freezer: " + err.Error()
+	}
+	return ""
 }
 
 func (a *agent) onFinish(sess *session, m guestproto.Message) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,7 @@ type testEnv struct {
 	hookDir  string
 	sys      *fakeSys
 	metrics  string // host:port, if enabled
+	stop     func() // stops guestd (Run returns) and waits for it; Cleanup does it too
 }
 
 func startGuestd(t *testing.T, mutate func(*Config)) *testEnv {
@@ -47,6 +49,9 @@ func startGuestd(t *testing.T, mutate func(*Config)) *testEnv {
 		Heartbeat:         100 * time.Millisecond,
 		Logger:            testLogger(t),
 		sysWrite:          e.sys.write,
+		// Never the machine's own: tests run next to each other.
+		FreezeState: filepath.Join(e.dir, "freeze.json"),
+		TaintSocket: filepath.Join(e.dir, "taint.sock"),
 	}
 	if mutate != nil {
 		mutate(&cfg)
@@ -55,17 +60,21 @@ func startGuestd(t *testing.T, mutate func(*Config)) *testEnv {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
+	var once sync.Once
+	e.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("Run did not return after cancel")
 			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
+		})
+	}
+	t.Cleanup(e.stop)
 	waitFor(t, "guestd to listen", func() bool {
 		c, err := net.Dial("unix", e.chanPath)
 		if err == nil {

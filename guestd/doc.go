@@ -19,16 +19,19 @@
 //     active-backup bond stops being its active slave (and primary), so
 //     that traffic already runs over the other slave when the device goes.
 //  4. sync(2).
-//  5. READY. The round stays READY across host connections: after a restore
+//  5. With freeze (op migrate only): freeze the processes that do not depend
+//     on the world outside the VM (see Dependency-aware migration).
+//  6. READY. The round stays READY across host connections: after a restore
 //     or a migration, HELLO_ACK reports it (state "ready", id, op).
 //
-// A refused round is undone at once by the guest itself (NICs, "resume OP
-// aborted" to the scripts that prepared, applications get "aborted"); the
-// host needs no ABORT. On RESUME(id, outcome), or ABORT: bonds get a NIC
-// back (the old one if it never left; else, within NICWait, every new
-// ethernet NIC not in another bond is enslaved and the first becomes primary
-// and active), scripts run with "resume OP OUTCOME", applications' SYNCs
-// return OUTCOME, and DONE goes to the host. The state machine is the
+// A refused round is undone at once by the guest itself (frozen processes,
+// NICs, "resume OP aborted" to the scripts that prepared, applications get
+// "aborted"); the host needs no ABORT. On RESUME(id, outcome), or ABORT:
+// frozen processes are thawed, bonds get a NIC back (the old one if it
+// never left; else, within NICWait, every new ethernet NIC not in another
+// bond is enslaved and the first becomes primary and active), scripts run
+// with "resume OP OUTCOME", applications' SYNCs return OUTCOME, and DONE
+// goes to the host. The state machine is the
 // round type (round.go); the agent does its I/O.
 //
 // # Channel
@@ -61,9 +64,72 @@
 // Another command while WAIT or SYNC blocks is a protocol error. The Go
 // client is package hookclient; the C one is libsymvirt.
 //
+// # Dependency-aware migration
+//
+// During a live migration only the processes that depend on the world
+// outside the VM must keep running; the others can be frozen for the whole
+// migration, so that they stop dirtying memory and pre-copy converges fast
+// (Nocentino & Ruth 2009). Which process depends on the outside is what the
+// eBPF taint tracker (package ebpf/taint; Config.Taint) tells; guestd runs
+// it with taint.DefaultIPCExempt and serves it on Config.TaintSocket for
+// `symvirt taint`. If it cannot load, guestd runs without it, and a PREPARE
+// with freeze is REFUSED ("dependency-aware migration needs the taint
+// tracker: <why>") before anything is done, as it is without a cgroup v2
+// freezer.
+//
+// Freezing uses the cgroup v2 freezer on Config.CgroupRoot (default: the
+// first cgroup2 mount of /proc/self/mountinfo, else one mounted at
+// DefaultCgroupMount). Every process is frozen except: PID 1, guestd and its
+// ancestors, the readers of guestd's stdout/stderr pipes (guestd would block
+// on its own log), zombies, kernel threads (PF_KTHREAD or no
+// /proc/PID/exe), the tainted, the processes named (comm) in
+// Config.FreezeAllow (default DefaultFreezeAllow: the hubs that tainted
+// processes use without tainting them, i.e. those of
+// taint.DefaultIPCExempt and systemd-resolved), and those the freezer
+// could not put back: in another cgroup namespace, in a threaded cgroup,
+// or refused by the kernel (logged).
+// Applications blocked in their SYNC are frozen too: harmlessly.
+//
+// The freezer records each process (pid, start time, cgroup from the "0::"
+// line of /proc/PID/cgroup) in Config.FreezeState, then moves it whole (its
+// tgid into cgroup.procs) into <root>/symvirt-frozen, writes 1 to
+// cgroup.freeze and waits (at most 5 s; a task busy in the kernel freezes
+// when it leaves it) for cgroup.events to say "frozen 1". Then, and every
+// 250 ms while frozen, a member the tracker reports tainted (its event was
+// still on its way) is moved back, which thaws it: a tainted process is
+// never left frozen. The READY log reports how many are frozen.
+//
+// Thawing writes 0 to cgroup.freeze first (whatever else fails, everything
+// runs again), then moves each member back to its recorded cgroup (a child
+// forked between the move and the freeze goes to its parent's, an
+// unrecorded one to the root; a cgroup that is gone is replaced by its
+// nearest existing ancestor, one that refuses the process by the root),
+// and removes the cgroup and the state file. It happens on RESUME and ABORT
+// (before the NICs, scripts and applications), when the prepare fails or
+// runs past its deadline, after Config.FreezeMax frozen (a host that
+// vanished after READY; the round stays READY and the migration merely
+// goes on without freezing), and when guestd stops. A guestd that starts
+// thaws and restores first whatever its state file (or, without one, a
+// non-empty symvirt-frozen cgroup) says an earlier guestd left frozen; that
+// is the only protection against a crash, so guestd must be restarted when
+// it dies (systemd Restart=always).
+//
+// Limits: processes forked during the round by running (tainted or
+// exempted) processes are not frozen; a process tainted while it waits to
+// be frozen is released within 250 ms; an untainted process that a tainted
+// one depends on through a channel that passes no taint on (shared memory,
+// files, local UDP, signals; see the tracker's limits) is frozen, and the
+// tainted one may stall on it until the thaw (add it to
+// Config.FreezeAllow); a frozen FUSE server blocks whoever touches its
+// file system; on systemd hosts, units whose every process is frozen have
+// an empty cgroup meanwhile (systemd tracks their main PID); the allowlist
+// matches comm, which any process can take.
+//
 // # Metrics
 //
 // With Config.MetricsListen: symvirt_guestd_rounds_total{op,outcome},
-// symvirt_guestd_registered_apps, symvirt_guestd_host_sessions_total on
+// symvirt_guestd_registered_apps, symvirt_guestd_host_sessions_total,
+// symvirt_guestd_frozen_processes and, with the tracker,
+// symvirt_guestd_tainted_processes and symvirt_guestd_taint_events_total on
 // /metrics.
 package guestd

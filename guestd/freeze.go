@@ -43,14 +43,17 @@ const (
 )
 
 // DefaultFreezeAllow lists the processes (by comm) that are never frozen:
-// the local hubs that the taint tracker never taints over IPC
-// (taint.DefaultIPCExempt). That exemption keeps one tainted message from
-// tainting them and, through them, everything; but it also means a hub can
-// be untainted while tainted processes depend on it: a tainted service
-// logging to a frozen journald, or calling over a frozen D-Bus, would block.
-// So they keep running. Everything else untainted is frozen; applications
-// blocked in their SYNC are harmless to freeze.
-var DefaultFreezeAllow = slices.Clone(taint.DefaultIPCExempt)
+// local hubs that tainted processes use without the tracker passing the
+// taint on. First those it never taints over IPC (taint.DefaultIPCExempt:
+// PID 1, journald, the D-Bus daemons): the exemption keeps one tainted
+// message from tainting them and, through them, everything, but it also
+// means a hub can be untainted while tainted processes depend on it; a
+// tainted service logging to a frozen journald, or calling over a frozen
+// D-Bus, would block. Then systemd-resolved ("systemd-resolve", comm being
+// 15 bytes at most): name lookups go to it over loopback UDP, which passes
+// no taint on. Everything else untainted is frozen; applications blocked in
+// their SYNC are harmless to freeze.
+var DefaultFreezeAllow = append(slices.Clone(taint.DefaultIPCExempt), "systemd-resolve")
 
 // pfKthread is PF_KTHREAD in /proc/PID/stat's flags (field 9).
 const pfKthread = 0x00200000
@@ -535,9 +538,11 @@ func (f *freezer) plan(mount string, tainted func(int) bool) (procs []frozenProc
 		if f.hooks.scope != nil && !f.hooks.scope(pid) {
 			continue
 		}
-		why := ""
-		var st procStat
-		var cg string
+		st, err := readStat(pid)
+		if err != nil {
+			continue // exited
+		}
+		why, cg := "", ""
 		switch {
 		case pid == 1:
 			why = "init"
@@ -545,21 +550,14 @@ func (f *freezer) plan(mount string, tainted func(int) bool) (procs []frozenProc
 			why = "guestd"
 		case loggers[pid]:
 			why = "reads guestd's log"
-		}
-		if why == "" {
-			if st, err = readStat(pid); err != nil {
-				continue // exited
-			}
-			switch {
-			case st.state == 'Z' || st.state == 'X':
-				why = "zombie"
-			case isKernelThread(st):
-				why = "kernel thread"
-			case f.allow[st.comm]:
-				why = "allowlist"
-			case tainted(pid):
-				why = "tainted"
-			}
+		case st.state == 'Z' || st.state == 'X':
+			why = "zombie"
+		case isKernelThread(st):
+			why = "kernel thread"
+		case f.allow[st.comm]:
+			why = "allowlist"
+		case tainted(pid):
+			why = "tainted"
 		}
 		if why == "" {
 			cg, why = f.movable(mount, pid)
@@ -602,6 +600,32 @@ func (f *freezer) movable(mount string, pid int) (cg, why string) {
 		return "", "threaded cgroup"
 	}
 	return cg, ""
+}
+
+// ready checks that freeze can work: a cgroup2 hierarchy (mounting one if
+// needed) whose cgroups have the freezer (Linux 5.2+).
+func (f *freezer) ready() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cur != nil {
+		return errors.New("processes are frozen already")
+	}
+	mount, err := f.cgroupMount(true)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(mount, f.group)
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create cgroup %s: %w", dir, err)
+	}
+	_, err = os.Stat(filepath.Join(dir, "cgroup.freeze"))
+	// Nothing left behind: a round refused later never gets to freeze (a
+	// non-empty leftover stays, for freeze to deal with).
+	_ = unix.Rmdir(dir)
+	if err != nil {
+		return fmt.Errorf("the cgroup2 hierarchy at %s has no freezer (Linux 5.2+): %w", mount, err)
+	}
+	return nil
 }
 
 // freeze moves every process that may be frozen (see plan) into the frozen
@@ -653,6 +677,9 @@ func (f *freezer) freeze(ctx context.Context, tainted func(int) bool) (res freez
 	for _, p := range procs {
 		if ctx.Err() != nil {
 			return res, fmt.Errorf("moving processes to freeze: %w", context.Cause(ctx))
+		}
+		if ps, err := readStat(p.PID); err != nil || ps.start != p.Start {
+			continue // exited, and its pid maybe taken by a process plan never saw
 		}
 		if err := movePID(dir, p.PID); err != nil {
 			if !errors.Is(err, syscall.ESRCH) {
@@ -706,10 +733,10 @@ func (f *freezer) releaseTaintedLocked(set *frozenSet, tainted func(int) bool) {
 		}
 		dest := f.destination(set.mount, pid, set.recs)
 		if err := movePID(dest, pid); err != nil && !errors.Is(err, syscall.ESRCH) {
-			f.log.Error("cannot release a tainted process from the frozen cgroup", "pid", pid, "to", dest, "err", err)
+			f.log.Error("cannot release a tainted process from the frozen cgroup", "pid", pid, "to", inHier(set.mount, dest), "err", err)
 			continue
 		}
-		f.log.Info("released a process that turned out tainted", "pid", pid, "comm", set.recs[pid].Comm, "to", dest)
+		f.log.Info("released a process that turned out tainted", "pid", pid, "comm", set.recs[pid].Comm, "to", inHier(set.mount, dest))
 	}
 	if pids, err := readPIDs(set.dir); err == nil {
 		f.frozen.Store(int64(len(pids)))
@@ -819,7 +846,7 @@ func (f *freezer) restore(mount, dir string, recs map[int]frozenProc) (int, erro
 			dest := f.destination(mount, pid, recs)
 			err := movePID(dest, pid)
 			if err != nil && dest != mount && !errors.Is(err, syscall.ESRCH) {
-				f.log.Warn("cannot move a thawed process back to its cgroup: moving it to the root", "pid", pid, "to", dest, "err", err)
+				f.log.Warn("cannot move a thawed process back to its cgroup: moving it to the root", "pid", pid, "to", inHier(mount, dest), "err", err)
 				dest = mount
 				err = movePID(dest, pid)
 			}
@@ -853,6 +880,14 @@ func (f *freezer) destination(mount string, pid int, recs map[int]frozenProc) st
 		p = st.ppid
 	}
 	return mount
+}
+
+// inHier is the cgroup of directory dir, for logs.
+func inHier(mount, dir string) string {
+	if r, err := filepath.Rel(mount, dir); err == nil && !strings.HasPrefix(r, "..") {
+		return path.Clean("/" + r)
+	}
+	return dir
 }
 
 // existingCgroup is the directory of cg, or of its nearest ancestor that

@@ -1,7 +1,6 @@
 package guestd
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -84,7 +83,7 @@ func openTaintTracker(cfg Config, log *slog.Logger) *taintTracker {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			if err := taint.Serve(l, t.src); err != nil && !errors.Is(err, io.EOF) {
+			if err := taint.Serve(l, t.src); err != nil {
 				log.Warn("taint API socket", "err", err)
 			}
 		}()

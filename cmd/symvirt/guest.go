@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/symvirt/symvirt/ebpf/taint"
 	"github.com/symvirt/symvirt/guestd"
 	"github.com/symvirt/symvirt/guestd/hookclient"
 	"github.com/symvirt/symvirt/internal/cliutil"
@@ -28,12 +31,29 @@ func guestdCommand() *cli.Command {
 			&cli.StringFlag{Name: "metrics-listen", Usage: "address for Prometheus /metrics, e.g. :9465 (default: none)"},
 			&cli.DurationFlag{Name: "nic-wait", Value: 10 * time.Second, Usage: "how long RESUME waits for replacement NICs"},
 			&cli.StringFlag{Name: "sys-root", Value: "/", Usage: "prefix of /sys and /dev (tests)"},
+			&cli.BoolFlag{Name: "taint", Value: true, Usage: "run the eBPF taint tracker (which processes depend on the outside world), " +
+				"needed for dependency-aware migration (default on; --taint=false disables); if it cannot load, guestd runs without it and refuses such rounds"},
+			&cli.StringFlag{Name: "taint-socket", Value: taint.DefaultSocket, Usage: "where \"symvirt taint\" reaches the tracker (\"-\": nowhere)"},
+			&cli.StringSliceFlag{Name: "taint-ignore", Usage: "peer CIDR or address whose traffic does not taint, e.g. the management network (repeatable)"},
+			&cli.StringFlag{Name: "cgroup-root", Usage: "cgroup v2 hierarchy for freezing (default: the mounted one, else one mounted at " + guestd.DefaultCgroupMount + ")"},
+			&cli.StringSliceFlag{Name: "freeze-allow", Value: guestd.DefaultFreezeAllow,
+				Usage: "processes (comm) never frozen by dependency-aware migration; the default are the local hubs tainted " +
+					"processes use (journal, D-Bus); giving the flag replaces the list, --freeze-allow '' empties it"},
+			&cli.DurationFlag{Name: "freeze-max", Value: guestd.DefaultFreezeMax, Usage: "thaw frozen processes after this long even without RESUME (0: never)"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			log, err := newLogger(cmd.String("log-level"))
 			if err != nil {
 				return err
+			}
+			ignore, err := parsePrefixes(cmd.StringSlice("taint-ignore"))
+			if err != nil {
+				return err
+			}
+			freezeMax := cmd.Duration("freeze-max")
+			if freezeMax == 0 {
+				freezeMax = -1 // Config: <0 is "no bound", 0 the default
 			}
 			ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -47,9 +67,47 @@ func guestdCommand() *cli.Command {
 				NICWait:       cmd.Duration("nic-wait"),
 				SysRoot:       cmd.String("sys-root"),
 				Logger:        log,
+				Taint:         cmd.Bool("taint"),
+				TaintSocket:   cmd.String("taint-socket"),
+				TaintIgnore:   ignore,
+				CgroupRoot:    cmd.String("cgroup-root"),
+				FreezeAllow:   nonEmpty(cmd.StringSlice("freeze-allow")),
+				FreezeMax:     freezeMax,
 			})
 		},
 	}
+}
+
+// parsePrefixes parses CIDRs, taking a bare address as a one-address prefix.
+func parsePrefixes(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		if s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("--taint-ignore %q: %w", s, err)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// nonEmpty drops empty elements, keeping the result non-nil: an empty
+// --freeze-allow means "allow none", not "the default".
+func nonEmpty(ss []string) []string {
+	out := []string{}
+	for _, s := range ss {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // hookCommand is "symvirt hook", the hook socket for shell scripts.
