@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -345,26 +344,7 @@ func (c *cluster) killAll(job string) {
 	}
 }
 
-var hookOnce struct {
-	sync.Once
-	path string
-	err  error
-}
-
-func hookBinary(t *testing.T) string {
-	hookOnce.Do(func() {
-		root := testenv.RepoRoot(t)
-		out, err := exec.Command("make", "-s", "-C", filepath.Join(root, "examples/hook")).CombinedOutput()
-		if err != nil {
-			hookOnce.err = fmt.Errorf("%v: %s", err, out)
-		}
-		hookOnce.path = filepath.Join(root, "examples/hook/hook")
-	})
-	if hookOnce.err != nil {
-		t.Fatal(hookOnce.err)
-	}
-	return hookOnce.path
-}
+func hookBinary(t *testing.T) string { return testenv.Make(t, "examples/hook") }
 
 func TestJobKeepsConnectionsAcrossOperations(t *testing.T) {
 	c := newCluster(t)

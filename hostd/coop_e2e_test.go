@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sync"
@@ -17,26 +16,7 @@ import (
 )
 
 // hookApp builds the C example (libsymvirt, statically linked) once.
-var hookOnce struct {
-	sync.Once
-	path string
-	err  error
-}
-
-func hookBinary(t *testing.T) string {
-	hookOnce.Do(func() {
-		root := testenv.RepoRoot(t)
-		out, err := exec.Command("make", "-s", "-C", filepath.Join(root, "examples/hook")).CombinedOutput()
-		if err != nil {
-			hookOnce.err = errors.New(string(out))
-		}
-		hookOnce.path = filepath.Join(root, "examples/hook/hook")
-	})
-	if hookOnce.err != nil {
-		t.Fatalf("build examples/hook: %v", hookOnce.err)
-	}
-	return hookOnce.path
-}
+func hookBinary(t *testing.T) string { return testenv.Make(t, "examples/hook") }
 
 // hookRC starts the C hook program once guestd's socket is there.
 const hookRC = `#!/bin/sh
@@ -185,8 +165,4 @@ func TestMisbehavingGuests(t *testing.T) {
 		}
 	}
 	waitLog(t, serialLog(h, "good"), regexp.MustCompile(`hook: outcome checkpointed`), 10*time.Second)
-}
-
-func runMake(dir string) ([]byte, error) {
-	return exec.Command("make", "-s", "-C", dir).CombinedOutput()
 }

@@ -4,10 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,26 +14,7 @@ import (
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
-var dirtyOnce struct {
-	sync.Once
-	path string
-	err  error
-}
-
-func dirtyBinary(t *testing.T) string {
-	dirtyOnce.Do(func() {
-		root := testenv.RepoRoot(t)
-		out, err := runMake(filepath.Join(root, "examples/dirty"))
-		if err != nil {
-			dirtyOnce.err = fmt.Errorf("%v: %s", err, out)
-		}
-		dirtyOnce.path = filepath.Join(root, "examples/dirty/dirty")
-	})
-	if dirtyOnce.err != nil {
-		t.Fatal(dirtyOnce.err)
-	}
-	return dirtyOnce.path
-}
+func dirtyBinary(t *testing.T) string { return testenv.Make(t, "examples/dirty") }
 
 var passRE = regexp.MustCompile(`dirty: pass (\d+) (ok|CORRUPT)`)
 

@@ -450,3 +450,29 @@ func HTTPClientIn(ns *NetNS, cfg *tls.Config) *http.Client {
 		},
 	}}
 }
+
+var (
+	buildMu  sync.Mutex
+	builtDir = map[string]error{}
+)
+
+// Make builds a C example once per test process with its Makefile (e.g.
+// "examples/hook") and returns the path of its binary (the directory's
+// base name).
+func Make(t testing.TB, dir string) string {
+	root := RepoRoot(t)
+	buildMu.Lock()
+	err, done := builtDir[dir]
+	if !done {
+		out, berr := exec.Command("make", "-s", "-C", filepath.Join(root, dir)).CombinedOutput()
+		if berr != nil {
+			err = fmt.Errorf("make -C %s: %v: %s", dir, berr, out)
+		}
+		builtDir[dir] = err
+	}
+	buildMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, dir, filepath.Base(dir))
+}
