@@ -543,6 +543,14 @@ func (vm *VM) start(ctx context.Context, l launch, bin string, gen int) (*proc, 
 	l.override = vm.overrides()
 	l.shm = vm.h.shmPath(vm.name)
 	vm.mu.Unlock()
+	if l.spec.sharedMemory() {
+		// A tmpfs without room kills QEMU with SIGBUS at the first touch
+		// of guest RAM: say so instead.
+		if _, err := os.Stat(l.shm); err != nil && !vm.h.shmFree(l.spec.Memory) {
+			return nil, fmt.Errorf("vm %q: %w: %s has no room for %d MiB of shared guest RAM (see stale files in hostd's status)",
+				vm.name, ErrQEMUStart, shmDir, l.spec.Memory)
+		}
+	}
 	args, err := qemuArgs(l)
 	if err != nil {
 		return nil, err
@@ -825,13 +833,17 @@ func syncDir(dir string) error {
 
 // shmHasRoom reports whether /dev/shm can hold another guest of this size
 // with room to spare (the default for shared memory).
-func (h *Host) shmHasRoom(mem Size) bool {
+func (h *Host) shmHasRoom(mem Size) bool { return shmFreeBytes() > 2*int64(mem)<<20+256<<20 }
+
+// shmFree reports whether /dev/shm can hold a guest of this size at all.
+func (h *Host) shmFree(mem Size) bool { return shmFreeBytes() >= int64(mem)<<20 }
+
+func shmFreeBytes() int64 {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(shmDir, &st); err != nil {
-		return false
+		return 0
 	}
-	free := int64(st.Bavail) * int64(st.Bsize)
-	return free > 2*int64(mem)<<20+256<<20
+	return int64(st.Bavail) * int64(st.Bsize)
 }
 
 // peer returns a client for another hostd, over mutual TLS when set.

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
@@ -275,6 +276,13 @@ func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string,
 	t.Cleanup(func() {
 		h.Kill()
 		KillUnder(h.StateDir)
+		// QEMUs killed by a test leave their shared RAM behind (hostd
+		// keeps a crashed VM's file for the operator); a test must not.
+		sum := sha256.Sum256([]byte(h.StateDir))
+		shm, _ := filepath.Glob("/dev/shm/symvirt-" + hex.EncodeToString(sum[:4]) + "-*.ram")
+		for _, f := range shm {
+			os.Remove(f)
+		}
 		if t.Failed() {
 			t.Logf("---- %s logs ----\n%s", h.Name, h.Logs())
 			for _, f := range globAll(h.StateDir, "vms/*/qemu.log", "vms/*/serial.log") {
