@@ -1,68 +1,27 @@
 package coord
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
-// event is one NDJSON line of a streamed operation: progress lines, then
-// one result or error line.
-type event struct {
-	Progress *Progress       `json:"progress,omitempty"`
-	Result   json.RawMessage `json:"result,omitempty"`
-	Error    *apiError       `json:"error,omitempty"`
-}
+var codes = jsonapi.Codes{{Code: "not_found", Err: ErrNotFound}, {Code: "exists", Err: ErrExists},
+	{Code: "invalid", Err: ErrInvalid}, {Code: "busy", Err: ErrBusy}, {Code: "failed", Err: ErrFailed},
+	{Code: "no_capacity", Err: ErrNoCapacity}}
 
-type apiError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-var codes = []struct {
-	code string
-	err  error
-}{{"not_found", ErrNotFound}, {"exists", ErrExists}, {"invalid", ErrInvalid}, {"busy", ErrBusy},
-	{"failed", ErrFailed}, {"no_capacity", ErrNoCapacity}}
-
-func codeOf(err error) string {
-	for _, c := range codes {
-		if errors.Is(err, c.err) {
-			return c.code
-		}
-	}
-	return "internal"
-}
-
-type remoteError struct {
-	msg      string
-	sentinel error
-}
-
-func (e *remoteError) Error() string { return e.msg }
-func (e *remoteError) Unwrap() error { return e.sentinel }
-
-func decodeErr(ae *apiError) error {
-	for _, c := range codes {
-		if c.code == ae.Code {
-			return &remoteError{ae.Message, c.err}
-		}
-	}
-	return &remoteError{ae.Message, nil}
-}
+func codeOf(err error) string { return codes.Of(err) }
 
 // Handler is the coordinator's API.
 func (c *Coord) Handler() http.Handler {
@@ -149,8 +108,7 @@ func reply(w http.ResponseWriter) func(v any, err error) {
 			writeErr(w, err)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(v)
+		jsonapi.WriteJSON(w, v)
 	}
 }
 
@@ -164,41 +122,15 @@ func writeErr(w http.ResponseWriter, err error) {
 	case "invalid":
 		status = http.StatusBadRequest
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(event{Error: &apiError{Code: codeOf(err), Message: err.Error()}})
+	jsonapi.WriteError(w, status, codeOf(err), err)
 }
 
-// stream runs an operation with NDJSON progress; it goes on if the
-// client leaves (the operation must finish or roll back either way).
+// stream runs an operation with NDJSON progress; a failed operation's
+// result still goes with its error (it says what happened to each VM).
 func stream(w http.ResponseWriter, r *http.Request, op func(context.Context, ProgressFunc) (any, error)) {
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	fl, _ := w.(http.Flusher)
-	var mu sync.Mutex
-	gone := false
-	send := func(ev event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if gone {
-			return
-		}
-		if json.NewEncoder(w).Encode(ev) != nil {
-			gone = true
-			return
-		}
-		if fl != nil {
-			fl.Flush()
-		}
-	}
-	res, err := op(context.WithoutCancel(r.Context()), func(p Progress) { send(event{Progress: &p}) })
-	data, _ := json.Marshal(res)
-	if err != nil {
-		// The result explains what happened to each VM: send both.
-		send(event{Result: data, Error: &apiError{Code: codeOf(err), Message: err.Error()}})
-		return
-	}
-	send(event{Result: data})
+	jsonapi.Stream(w, r, codeOf, func(ctx context.Context, send func(any)) (any, error) {
+		return op(ctx, func(p Progress) { send(p) })
+	})
 }
 
 // Client talks to a coordinator.
@@ -257,21 +189,10 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return err
+	if err := jsonapi.ReadReply(resp, codes, out); err != nil {
+		return fmt.Errorf("coord %s: %w", c.addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		var ev event
-		if json.Unmarshal(data, &ev) == nil && ev.Error != nil {
-			return decodeErr(ev.Error)
-		}
-		return fmt.Errorf("coord %s: %s: %s", c.addr, resp.Status, bytes.TrimSpace(data))
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(data, out)
+	return nil
 }
 
 // Stream runs a streamed operation; out receives the result even when the
@@ -283,35 +204,18 @@ func (c *Client) Stream(ctx context.Context, path string, body, out any, progres
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var ev event
-		if json.Unmarshal(data, &ev) == nil && ev.Error != nil {
-			return decodeErr(ev.Error)
-		}
-		return fmt.Errorf("coord %s: %s", c.addr, resp.Status)
+		return fmt.Errorf("coord %s: %w", c.addr, jsonapi.ReadReply(resp, codes, nil))
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	for sc.Scan() {
-		var ev event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("coord %s: bad stream line: %w", c.addr, err)
+	err = jsonapi.ReadStream(resp.Body, codes, func(raw json.RawMessage) {
+		var p Progress
+		if progress != nil && json.Unmarshal(raw, &p) == nil {
+			progress(p)
 		}
-		if ev.Progress != nil {
-			if progress != nil {
-				progress(*ev.Progress)
-			}
-			continue
-		}
-		if ev.Result != nil && out != nil {
-			json.Unmarshal(ev.Result, out)
-		}
-		if ev.Error != nil {
-			return decodeErr(ev.Error)
-		}
-		return nil
+	}, out)
+	if err != nil {
+		return fmt.Errorf("coord %s: %w", c.addr, err)
 	}
-	return fmt.Errorf("coord %s: stream ended without a result: %v", c.addr, sc.Err())
+	return nil
 }
 
 // Checkpoint checkpoints a job (live: by background snapshots).

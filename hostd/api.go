@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,23 +12,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
 // maxBody bounds every request body: specs and options are small.
 const maxBody = 1 << 20
-
-// event is one line of a streamed (NDJSON) response: progress lines, then
-// exactly one result or error line.
-type event struct {
-	Progress *Progress       `json:"progress,omitempty"`
-	Result   json.RawMessage `json:"result,omitempty"`
-	Error    *apiError       `json:"error,omitempty"`
-}
-
-type apiError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
 
 // Handler returns hostd's HTTP API.
 func (h *Host) Handler() http.Handler {
@@ -267,10 +254,7 @@ func readReq(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-func writeJSONResp(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
-}
+func writeJSONResp(w http.ResponseWriter, v any) { jsonapi.WriteJSON(w, v) }
 
 func writeErr(w http.ResponseWriter, err error) {
 	code := codeOf(err)
@@ -285,68 +269,22 @@ func writeErr(w http.ResponseWriter, err error) {
 	case "unauthorized":
 		status = http.StatusForbidden
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(event{Error: &apiError{Code: code, Message: err.Error()}})
+	jsonapi.WriteError(w, status, code, err)
 }
 
-// stream runs a long operation, sending progress lines as NDJSON and the
-// result (or error) as the last line. The operation is not cancelled when
-// the client disconnects.
+// stream runs a long operation with progress on the wire, a few updates a
+// second (a terminal needs no more) plus every phase change.
 func stream(w http.ResponseWriter, r *http.Request, op func(context.Context, ProgressFunc) (any, error)) {
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	var mu sync.Mutex
-	gone := false
-	send := func(ev event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if gone {
-			return
-		}
-		if err := json.NewEncoder(w).Encode(ev); err != nil {
-			gone = true
-			return
-		}
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
-	last := time.Time{}
-	progress := func(p Progress) {
-		// Throttle: a terminal needs a few updates a second, not hundreds.
-		if now := time.Now(); now.Sub(last) > 200*time.Millisecond || p.Transferred == 0 {
-			last = now
-			send(event{Progress: &p})
-		}
-	}
-	res, err := op(context.WithoutCancel(r.Context()), progress)
-	if err != nil {
-		send(event{Error: &apiError{Code: codeOf(err), Message: err.Error()}})
-		return
-	}
-	data, err := json.Marshal(res)
-	if err != nil {
-		send(event{Error: &apiError{Code: "internal", Message: err.Error()}})
-		return
-	}
-	send(event{Result: data})
-}
-
-// remoteError carries an API error to the caller: its message is the
-// server's, and errors.Is matches the server's sentinel.
-type remoteError struct {
-	msg      string
-	sentinel error
-}
-
-func (e *remoteError) Error() string { return e.msg }
-func (e *remoteError) Unwrap() error { return e.sentinel }
-
-func decodeAPIError(ae *apiError) error {
-	if ae == nil {
-		return errors.New("unknown error")
-	}
-	return &remoteError{msg: ae.Message, sentinel: errorForCode(ae.Code)}
+	jsonapi.Stream(w, r, codeOf, func(ctx context.Context, send func(any)) (any, error) {
+		var mu sync.Mutex
+		last, phase := time.Time{}, ""
+		return op(ctx, func(p Progress) {
+			mu.Lock()
+			defer mu.Unlock()
+			if now := time.Now(); now.Sub(last) > 200*time.Millisecond || p.Phase != phase {
+				last, phase = now, p.Phase
+				send(p)
+			}
+		})
+	})
 }

@@ -1,7 +1,6 @@
 package hostd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -13,6 +12,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
 // Client talks to a hostd API, on a unix socket ("/path" or "unix:/path")
@@ -65,21 +66,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
+	if err := jsonapi.ReadReply(resp, errorCodes, out); err != nil {
 		return fmt.Errorf("hostd %s: %w", c.addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		var ev event
-		if json.Unmarshal(data, &ev) == nil && ev.Error != nil {
-			return decodeAPIError(ev.Error)
-		}
-		return fmt.Errorf("hostd %s: %s: %s", c.addr, resp.Status, bytes.TrimSpace(data))
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(data, out)
+	return nil
 }
 
 func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
@@ -110,38 +100,18 @@ func (c *Client) streamOp(ctx context.Context, path string, body, out any, progr
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var ev event
-		if json.Unmarshal(data, &ev) == nil && ev.Error != nil {
-			return decodeAPIError(ev.Error)
-		}
-		return fmt.Errorf("hostd %s: %s", c.addr, resp.Status)
+		return fmt.Errorf("hostd %s: %w", c.addr, jsonapi.ReadReply(resp, errorCodes, nil))
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		var ev event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("hostd %s: bad stream line: %w", c.addr, err)
+	err = jsonapi.ReadStream(resp.Body, errorCodes, func(raw json.RawMessage) {
+		var p Progress
+		if progress != nil && json.Unmarshal(raw, &p) == nil {
+			progress(p)
 		}
-		switch {
-		case ev.Progress != nil:
-			if progress != nil {
-				progress(*ev.Progress)
-			}
-		case ev.Error != nil:
-			return decodeAPIError(ev.Error)
-		case ev.Result != nil:
-			if out != nil {
-				return json.Unmarshal(ev.Result, out)
-			}
-			return nil
-		}
-	}
-	if err := sc.Err(); err != nil {
+	}, out)
+	if err != nil {
 		return fmt.Errorf("hostd %s: %w", c.addr, err)
 	}
-	return fmt.Errorf("hostd %s: %w", c.addr, errNoResult)
+	return nil
 }
 
 func vmPath(name string, rest string) string { return "/v1/vms/" + url.PathEscape(name) + rest }

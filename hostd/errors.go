@@ -1,6 +1,10 @@
 package hostd
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/symvirt/symvirt/internal/jsonapi"
+)
 
 // Sentinel errors. Callers wrap them with the VM or field they concern and
 // check them with errors.Is; the API maps them to stable codes so a remote
@@ -19,39 +23,20 @@ var (
 	ErrUnauthorized = errors.New("unauthorized")
 )
 
-// errorCodes gives every sentinel a stable wire name. Ordered, so an error
-// wrapping several sentinels maps to the same code every time.
-var errorCodes = []struct {
-	code string
-	err  error
-}{
-	{"not_found", ErrNotFound},
-	{"exists", ErrExists},
-	{"invalid_spec", ErrInvalidSpec},
-	{"invalid_state", ErrInvalidState},
-	{"busy", ErrBusy},
-	{"qemu_start", ErrQEMUStart},
-	{"checksum", ErrChecksum},
-	{"no_device", ErrNoDevice},
-	{"guest", ErrGuest},
-	{"migration", ErrMigration},
-	{"unauthorized", ErrUnauthorized},
+// errorCodes gives every sentinel a stable wire name, so a remote client
+// gets the same sentinel back.
+var errorCodes = jsonapi.Codes{
+	{Code: "not_found", Err: ErrNotFound},
+	{Code: "exists", Err: ErrExists},
+	{Code: "invalid_spec", Err: ErrInvalidSpec},
+	{Code: "invalid_state", Err: ErrInvalidState},
+	{Code: "busy", Err: ErrBusy},
+	{Code: "qemu_start", Err: ErrQEMUStart},
+	{Code: "checksum", Err: ErrChecksum},
+	{Code: "no_device", Err: ErrNoDevice},
+	{Code: "guest", Err: ErrGuest},
+	{Code: "migration", Err: ErrMigration},
+	{Code: "unauthorized", Err: ErrUnauthorized},
 }
 
-func codeOf(err error) string {
-	for _, c := range errorCodes {
-		if errors.Is(err, c.err) {
-			return c.code
-		}
-	}
-	return "internal"
-}
-
-func errorForCode(code string) error {
-	for _, c := range errorCodes {
-		if c.code == code {
-			return c.err
-		}
-	}
-	return nil
-}
+func codeOf(err error) string { return errorCodes.Of(err) }

@@ -2,7 +2,6 @@ package hostd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -324,5 +323,3 @@ func freePort(addr string) (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
-
-var errNoResult = errors.New("stream ended without a result")

@@ -2,9 +2,12 @@ package hostd
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
 func TestParseSpecNamesTheBadField(t *testing.T) {
@@ -111,9 +114,10 @@ func TestQEMUArgs(t *testing.T) {
 
 func TestErrorCodesRoundTrip(t *testing.T) {
 	for _, c := range errorCodes {
-		err := decodeAPIError(&apiError{Code: codeOf(c.err), Message: "x"})
-		if !errors.Is(err, c.err) {
-			t.Errorf("%s does not round-trip", c.code)
+		wrapped := fmt.Errorf("vm %q: %w", "x", c.Err)
+		err := errorCodes.Decode(&jsonapi.Error{Code: codeOf(wrapped), Message: wrapped.Error()})
+		if !errors.Is(err, c.Err) || err.Error() != wrapped.Error() {
+			t.Errorf("%s does not round-trip: %v", c.Code, err)
 		}
 	}
 }
