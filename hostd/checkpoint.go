@@ -226,15 +226,17 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	case opts.KeepStopped:
 		coop.keep() // the caller resumes the guest
 	default:
-		progress(Progress{Phase: "attach"})
-		if err := vm.attachAll(ctx); err != nil {
-			// The checkpoint is complete; the VM runs without the device.
-			vm.log.Error("re-attach after checkpoint", "err", err)
-		}
+		// Run first, then hot-plug: a running guest sees the hot-add
+		// reliably; one that was paused through it can miss it.
 		if wasRunning {
 			if err := mon.Cont(ctx); err != nil {
 				return res, err
 			}
+		}
+		progress(Progress{Phase: "attach"})
+		if err := vm.attachAll(ctx); err != nil {
+			// The checkpoint is complete; the VM runs without the device.
+			vm.log.Error("re-attach after checkpoint", "err", err)
 		}
 	}
 	res.Downtime = timeNow().Sub(stopped)
@@ -524,11 +526,11 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	vm.saveRuntime()
 	vm.mu.Unlock()
 	if !opts.Paused {
-		progress(Progress{Phase: "attach"})
-		if err := vm.attachAll(ctx); err != nil {
+		if err := mon.Cont(ctx); err != nil {
 			return nil, err
 		}
-		if err := mon.Cont(ctx); err != nil {
+		progress(Progress{Phase: "attach"})
+		if err := vm.attachAll(ctx); err != nil {
 			return nil, err
 		}
 		if !opts.NoGuest {

@@ -289,10 +289,12 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 	vm.rt.Incoming = false
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	if err := vm.attachAll(ctx); err != nil {
+	// Run first, then hot-plug this host's device: a running guest sees
+	// the hot-add reliably.
+	if err := mon.Cont(ctx); err != nil {
 		return VMInfo{}, err
 	}
-	if err := mon.Cont(ctx); err != nil {
+	if err := vm.attachAll(ctx); err != nil {
 		return VMInfo{}, err
 	}
 	vm.finishRound(ctx, "migrated")

@@ -351,13 +351,15 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		if err := vm.completeIncoming(ctx); err != nil {
 			return err
 		}
+		if !vm.running(ctx) {
+			// Hot-plugged into a paused guest, a device can go unseen:
+			// the resume that follows attaches it once the guest runs.
+			return nil
+		}
 		return vm.attachAll(ctx)
 	case StepResume:
 		if err := vm.completeIncoming(ctx); err != nil {
 			return err
-		}
-		if err := vm.attachAll(ctx); err != nil {
-			vm.log.Error("attach before resume", "err", err)
 		}
 		mon, err := vm.monitor()
 		if err != nil {
@@ -367,6 +369,9 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 			if err := mon.Cont(ctx); err != nil {
 				return err
 			}
+		}
+		if err := vm.attachAll(ctx); err != nil {
+			vm.log.Error("attach after resume", "err", err)
 		}
 		h.dropLease(req.VM)
 		vm.finishRound(ctx, req.Outcome)
