@@ -7,10 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
@@ -134,88 +132,28 @@ func stream(w http.ResponseWriter, r *http.Request, op func(context.Context, Pro
 }
 
 // Client talks to a coordinator.
-type Client struct {
-	addr, base string
-	http       *http.Client
-}
+type Client struct{ api *jsonapi.Client }
 
 // NewClient returns a client for a unix socket path or an https host:port
 // (cfg: the operator's client certificate).
 func NewClient(addr string, cfg *tls.Config) *Client {
-	tr := &http.Transport{}
-	c := &Client{addr: addr}
-	if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "unix:") {
-		path := strings.TrimPrefix(addr, "unix:")
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}
-		c.base = "http://coord"
-	} else {
-		c.base = "http://" + addr
-		if cfg != nil {
-			tr.TLSClientConfig = cfg.Clone()
-			c.base = "https://" + addr
-		}
-	}
-	c.http = &http.Client{Transport: tr}
-	return c
-}
-
-func (c *Client) req(ctx context.Context, method, path string, body any) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = bytes.NewReader(data)
-	}
-	rq, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.http.Do(rq)
-	if err != nil {
-		return nil, fmt.Errorf("coord %s: %w", c.addr, err)
-	}
-	return resp, nil
+	return &Client{api: jsonapi.NewClient("coord", addr, cfg, codes)}
 }
 
 // Do runs a plain request.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
-	resp, err := c.req(ctx, method, path, body)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := jsonapi.ReadReply(resp, codes, out); err != nil {
-		return fmt.Errorf("coord %s: %w", c.addr, err)
-	}
-	return nil
+	return c.api.Do(ctx, method, path, body, out)
 }
 
 // Stream runs a streamed operation; out receives the result even when the
 // operation failed (it says what happened to each VM).
 func (c *Client) Stream(ctx context.Context, path string, body, out any, progress ProgressFunc) error {
-	resp, err := c.req(ctx, "POST", path, body)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("coord %s: %w", c.addr, jsonapi.ReadReply(resp, codes, nil))
-	}
-	err = jsonapi.ReadStream(resp.Body, codes, func(raw json.RawMessage) {
+	return c.api.Stream(ctx, path, body, out, func(raw json.RawMessage) {
 		var p Progress
 		if progress != nil && json.Unmarshal(raw, &p) == nil {
 			progress(p)
 		}
-	}, out)
-	if err != nil {
-		return fmt.Errorf("coord %s: %w", c.addr, err)
-	}
-	return nil
+	})
 }
 
 // Checkpoint checkpoints a job (live: by background snapshots).

@@ -1,16 +1,10 @@
 package hostd
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/symvirt/symvirt/internal/jsonapi"
@@ -18,11 +12,7 @@ import (
 
 // Client talks to a hostd API, on a unix socket ("/path" or "unix:/path")
 // or TCP ("host:port").
-type Client struct {
-	addr string
-	base string
-	http *http.Client
-}
+type Client struct{ api *jsonapi.Client }
 
 // NewClient returns a client for addr.
 func NewClient(addr string) *Client { return NewClientTLS(addr, nil) }
@@ -30,88 +20,24 @@ func NewClient(addr string) *Client { return NewClientTLS(addr, nil) }
 // NewClientTLS returns a client that speaks HTTPS with cfg (mutual TLS)
 // to a TCP address; a unix socket stays plain (local, root-only).
 func NewClientTLS(addr string, cfg *tls.Config) *Client {
-	c := &Client{addr: addr}
-	tr := &http.Transport{MaxIdleConns: 4, IdleConnTimeout: 30 * time.Second}
-	if path, ok := unixPath(addr); ok {
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}
-		c.base = "http://hostd"
-	} else {
-		tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second}).DialContext
-		c.base = "http://" + addr
-		if cfg != nil {
-			tr.TLSClientConfig = cfg.Clone()
-			c.base = "https://" + addr
-		}
-	}
-	c.http = &http.Client{Transport: tr}
-	return c
-}
-
-func unixPath(addr string) (string, bool) {
-	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		return p, true
-	}
-	return addr, strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, ".")
+	return &Client{api: jsonapi.NewClient("hostd", addr, cfg, errorCodes)}
 }
 
 // Addr returns the address the client talks to.
-func (c *Client) Addr() string { return c.addr }
+func (c *Client) Addr() string { return c.api.Addr() }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	resp, err := c.send(ctx, method, path, body)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := jsonapi.ReadReply(resp, errorCodes, out); err != nil {
-		return fmt.Errorf("hostd %s: %w", c.addr, err)
-	}
-	return nil
-}
-
-func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = bytes.NewReader(data)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("hostd %s: %w", c.addr, err)
-	}
-	return resp, nil
+	return c.api.Do(ctx, method, path, body, out)
 }
 
 // streamOp runs a streamed operation, passing progress to fn.
 func (c *Client) streamOp(ctx context.Context, path string, body, out any, progress ProgressFunc) error {
-	resp, err := c.send(ctx, "POST", path, body)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("hostd %s: %w", c.addr, jsonapi.ReadReply(resp, errorCodes, nil))
-	}
-	err = jsonapi.ReadStream(resp.Body, errorCodes, func(raw json.RawMessage) {
+	return c.api.Stream(ctx, path, body, out, func(raw json.RawMessage) {
 		var p Progress
 		if progress != nil && json.Unmarshal(raw, &p) == nil {
 			progress(p)
 		}
-	}, out)
-	if err != nil {
-		return fmt.Errorf("hostd %s: %w", c.addr, err)
-	}
-	return nil
+	})
 }
 
 func vmPath(name string, rest string) string { return "/v1/vms/" + url.PathEscape(name) + rest }
