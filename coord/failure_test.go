@@ -18,6 +18,24 @@ import (
 
 var onePeer = []string{"10.79.0.12"}
 
+// opResult is the outcome of an operation run in the background.
+type opResult struct {
+	res machine.Result
+	out string
+	err error
+}
+
+// opAsync runs an operation in the background, so a test can inject a
+// fault while it runs.
+func (c *cluster) opAsync(args ...string) <-chan opResult {
+	done := make(chan opResult, 1)
+	go func() {
+		r, out, err := c.op(args...)
+		done <- opResult{r, out, err}
+	}()
+	return done
+}
+
 // startJob creates a 2-VM job (vm1 on a, vm2 on b) with guest options and
 // waits until vm1 talks to vm2.
 func startJob(t *testing.T, c *cluster, extra string) map[string]int {
@@ -84,16 +102,7 @@ func TestGuestNotReadyAbortsJob(t *testing.T) {
 func TestHostdDiesMidCheckpoint(t *testing.T) {
 	c := newCluster(t)
 	since := startJob(t, c, " symvirt.slow=1")
-	type result struct {
-		res machine.Result
-		out string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		r, out, err := c.op("checkpoint", "jf")
-		done <- result{r, out, err}
-	}()
+	done := c.opAsync("checkpoint", "jf")
 	// The guests' prepare hooks take 6 s: hostd b dies in the middle.
 	waitFile(t, c.serial("b", "vm2"), `"PREPARE"`)
 	c.hosts["b"].Kill()
@@ -114,16 +123,7 @@ func TestHostdDiesMidCheckpoint(t *testing.T) {
 func TestMigrationDestinationDies(t *testing.T) {
 	c := newCluster(t)
 	since := startJob(t, c, " symvirt.slow=1")
-	type result struct {
-		res machine.Result
-		out string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		r, out, err := c.op("migrate", "vm2", "--to", "c")
-		done <- result{r, out, err}
-	}()
+	done := c.opAsync("migrate", "vm2", "--to", "c")
 	waitFile(t, c.serial("b", "vm2"), `"PREPARE"`)
 	c.hosts["c"].Kill()
 	r := <-done
@@ -226,17 +226,8 @@ func waitCheckpoint(t *testing.T, c *cluster, status string) string {
 func TestLiveCheckpointQEMUKilledMidStream(t *testing.T) {
 	c := newCluster(t)
 	startJob(t, c, "")
-	type result struct {
-		res machine.Result
-		out string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		// 8 MB/s: a stream of ~110 MB takes long enough to kill into.
-		r, out, err := c.op("checkpoint", "jf", "--live", "--bandwidth", "8M")
-		done <- result{r, out, err}
-	}()
+	// 8 MB/s: a stream of ~110 MB takes long enough to kill into.
+	done := c.opAsync("checkpoint", "jf", "--live", "--bandwidth", "8M")
 	var state string
 	deadline := time.Now().Add(60 * time.Second)
 	for state == "" {
