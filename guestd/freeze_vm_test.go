@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -63,12 +61,7 @@ func TestFreezeInVM(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 
 	dir := shortDir(t)
-	bin := filepath.Join(dir, "guestd.test")
-	build := exec.Command("go", "test", "-c", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // the guest has no libc
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the test binary for the guest: %v\n%s", err, out)
-	}
+	bin := guestTestBinary(t, dir)
 	initrd := testguest.Initrd(t, map[string]testguest.File{
 		"/bin/guestd.test":        {Src: bin, Mode: 0o755},
 		"/etc/symvirt/rc.d/50-fz": {Mode: 0o755, Data: []byte(freezeGuestScript)},
@@ -76,31 +69,9 @@ func TestFreezeInVM(t *testing.T) {
 	sock := filepath.Join(dir, "sv.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, testguest.Qemu, "-M", "q35", "-accel", "tcg", "-m", "768", "-smp", "2",
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", fmt.Sprintf("console=ttyS0 quiet panic=-1 symvirt.name=fzvm symvirt.ip=10.0.2.15/24 symvirt.tport=%d", port),
-		"-serial", "stdio",
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-		"-device", "virtio-serial-pci,id=vs0",
-		"-chardev", "socket,id=sv,path="+sock+",server=on,wait=off",
-		"-device", "virtserialport,bus=vs0.0,chardev=sv,name=org.symvirt.0")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	con := newConsole(stdout)
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() || testing.Verbose() {
-			t.Logf("guest console:\n%s", con.all())
-		}
-	}()
+	con := bootGuest(t, ctx, kernel, initrd, sock,
+		[]string{"-m", "768", "-smp", "2", "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"},
+		fmt.Sprintf("symvirt.name=fzvm symvirt.ip=10.0.2.15/24 symvirt.tport=%d", port))
 
 	// Part 1: the freezer tests, in the guest.
 	con.expect(t, ctx, "freeze-vm-unit-exit ")

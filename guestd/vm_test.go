@@ -50,12 +50,7 @@ func TestGuestdInVM(t *testing.T) {
 		t.Skipf("no uncompressed veth.ko in the test guest's kernel package: %v", err)
 	}
 	dir := shortDir(t)
-	bin := filepath.Join(dir, "guestd.test")
-	build := exec.Command("go", "test", "-c", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // the guest has no libc
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the test binary for the guest: %v\n%s", err, out)
-	}
+	bin := guestTestBinary(t, dir)
 	initrd := testguest.Initrd(t, map[string]testguest.File{
 		"/bin/guestd.test":        {Src: bin, Mode: 0o755},
 		"/lib/modules/veth.ko":    {Src: veth},
@@ -64,30 +59,7 @@ func TestGuestdInVM(t *testing.T) {
 	sock := filepath.Join(dir, "sv.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, testguest.Qemu, "-M", "q35", "-accel", "tcg", "-m", "512",
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet panic=-1 symvirt.name=gdvm",
-		"-serial", "stdio",
-		"-device", "virtio-serial-pci,id=vs0",
-		"-chardev", "socket,id=sv,path="+sock+",server=on,wait=off",
-		"-device", "virtserialport,bus=vs0.0,chardev=sv,name=org.symvirt.0")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	con := newConsole(stdout)
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() || testing.Verbose() {
-			t.Logf("guest console:\n%s", con.all())
-		}
-	}()
+	con := bootGuest(t, ctx, kernel, initrd, sock, []string{"-m", "512"}, "symvirt.name=gdvm")
 
 	// Part 1: the hand-off tests, in the guest's kernel.
 	con.expect(t, ctx, "guestd-vm-netns-exit ")
@@ -261,4 +233,49 @@ func (c *console) expect(t *testing.T, ctx context.Context, line string) {
 			t.Fatalf("console never showed %q", line)
 		}
 	}
+}
+
+// guestTestBinary builds this package's test binary, static (the guest has
+// no libc), to run inside the test guest.
+func guestTestBinary(t *testing.T, dir string) string {
+	bin := filepath.Join(dir, "guestd.test")
+	build := exec.Command("go", "test", "-c", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the test binary for the guest: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// bootGuest boots the test guest with its console on a pipe and the
+// org.symvirt.0 virtio-serial port on the unix socket sock; extra are more
+// QEMU arguments, appendArgs more kernel arguments. QEMU is killed when
+// the test ends, and the console printed if it failed (or with -v).
+func bootGuest(t *testing.T, ctx context.Context, kernel, initrd, sock string, extra []string, appendArgs string) *console {
+	args := append([]string{"-M", "q35", "-accel", "tcg",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 quiet panic=-1 " + appendArgs,
+		"-serial", "stdio",
+		"-device", "virtio-serial-pci,id=vs0",
+		"-chardev", "socket,id=sv,path=" + sock + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vs0.0,chardev=sv,name=org.symvirt.0"}, extra...)
+	cmd := exec.CommandContext(ctx, testguest.Qemu, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con := newConsole(stdout)
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() || testing.Verbose() {
+			t.Logf("guest console:\n%s", con.all())
+		}
+	})
+	return con
 }
