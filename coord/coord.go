@@ -56,6 +56,9 @@ type CheckpointVM struct {
 	Host   string `json:"host"` // where it ran at the cut
 	Dir    string `json:"dir"`
 	Digest string `json:"digest,omitempty"`
+	// Pause (live): how long the VM's vCPUs stood still for its snapshot
+	// point.
+	Pause time.Duration `json:"pause_ns,omitempty"`
 }
 
 // OpRecord is a journaled operation.

@@ -131,6 +131,15 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		req.Dir = c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
 		req.Live = a.Type == machine.Save && rec.Live
 		req.Bandwidth = rec.Bandwidth
+	case machine.Stop:
+		// A live checkpoint's cut is a network fence where hostd can.
+		req.Live = rec.Op.Kind == machine.KindCheckpoint && rec.Live
+	case machine.Detach:
+		if rec.Op.Kind == machine.KindCheckpoint && rec.Live {
+			// hostd arms the snapshot while the VM still runs: after the
+			// STOP barrier the save is one QMP command.
+			req.Dir, req.Live, req.Bandwidth = c.ckDir(rec.Op.Opts.CheckpointID, a.VM), true, rec.Bandwidth
+		}
 	case machine.Migrate:
 		dest, ok := rec.Hosts[a.Dest]
 		if !ok {
@@ -173,18 +182,19 @@ func (c *Coord) record(ctx context.Context, rec *OpRecord, a machine.Action) mac
 	}
 	ck.Status, ck.Done = a.Outcome, time.Now().UTC()
 	digests := a.Digests
+	var pauses map[string]time.Duration
 	if rec.Live && a.Outcome == machine.CheckpointComplete {
 		// The job runs again (its resume goes on beside this); complete
 		// means every stream written, synced and checksummed.
 		var err error
-		if digests, err = c.waitStreams(ctx, rec, ck); err != nil {
+		if digests, pauses, err = c.waitStreams(ctx, rec, ck); err != nil {
 			rec.LiveFailed = err.Error()
 			ck.Status = machine.CheckpointFailed
 			c.deleteArtifacts(ctx, rec, ck)
 		}
 	}
 	for i := range ck.VMs {
-		ck.VMs[i].Digest = digests[ck.VMs[i].Name]
+		ck.VMs[i].Digest, ck.VMs[i].Pause = digests[ck.VMs[i].Name], pauses[ck.VMs[i].Name]
 	}
 	if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
 		return machine.ActionResult{ID: a.ID, Reason: err.Error(), Now: time.Now()}
@@ -214,9 +224,10 @@ func (c *Coord) renewLeases(ctx context.Context, rec *OpRecord) {
 
 // waitStreams waits for every VM's live stream; the first failure fails
 // the checkpoint.
-func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (map[string]string, error) {
+func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (map[string]string, map[string]time.Duration, error) {
 	type res struct {
 		vm, digest string
+		pause      time.Duration
 		err        error
 	}
 	ch := make(chan res, len(ck.VMs))
@@ -229,19 +240,19 @@ func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (
 			if err == nil && !r.OK {
 				err = errors.New(r.Reason)
 			}
-			ch <- res{v.Name, r.Digest, err}
+			ch <- res{v.Name, r.Digest, r.Pause, err}
 		}()
 	}
-	digests := map[string]string{}
+	digests, pauses := map[string]string{}, map[string]time.Duration{}
 	var first error
 	for range ck.VMs {
 		r := <-ch
 		if r.err != nil && first == nil {
 			first = fmt.Errorf("vm %s: %w", r.vm, r.err)
 		}
-		digests[r.vm] = r.digest
+		digests[r.vm], pauses[r.vm] = r.digest, r.pause
 	}
-	return digests, first
+	return digests, pauses, first
 }
 
 // deleteArtifacts removes what a failed live checkpoint left.

@@ -108,6 +108,7 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 		"/etc/symvirt/rc.d/70-faults":  {Mode: 0o755, Data: []byte(faultsRC)},
 		"/etc/symvirt/hooks.d/10-slow": {Mode: 0o755, Data: []byte(slowHook)},
 		"/etc/symvirt/tick":            {Mode: 0o755, Data: []byte(pausewatch.TickScript)},
+		"/bin/tick":                    {Src: pausewatch.TickBinary(t), Mode: 0o755},
 	})
 	return c
 }

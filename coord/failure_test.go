@@ -148,7 +148,7 @@ func TestCheckpointOnFullDisk(t *testing.T) {
 	if err == nil || res.Checkpoint != machine.CheckpointFailed {
 		t.Fatalf("checkpoint onto a full disk: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "no space left") {
+	if !strings.Contains(strings.ToLower(out), "no space left") {
 		t.Fatalf("the reason does not say the disk is full:\n%s", out)
 	}
 	assertUntouched(t, c, since)

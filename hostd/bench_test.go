@@ -271,7 +271,8 @@ func TestBenchLiveCheckpoint(t *testing.T) {
 	kernel, _ := testguest.Paths(t)
 	initrd := testguest.Initrd(t, map[string]testguest.File{
 		"/etc/symvirt/rc.d/40-fill": {Mode: 0o755, Data: []byte(fillScript)},
-		"/etc/symvirt/rc.d/41-tick": {Mode: 0o755, Data: []byte(pausewatch.TickScript)}})
+		"/etc/symvirt/rc.d/41-tick": {Mode: 0o755, Data: []byte(pausewatch.TickScript)},
+		"/bin/tick":                 {Src: pausewatch.TickBinary(t), Mode: 0o755}})
 	for _, mem := range []Size{256, 1024, 2048} {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		h, _ := benchHost(t, "4")

@@ -81,8 +81,12 @@ type CheckpointResult struct {
 	Manifest Manifest      `json:"manifest"`
 	Bytes    int64         `json:"bytes"`
 	Duration time.Duration `json:"duration_ns"`
-	// Downtime is how long the vCPUs were stopped.
+	// Downtime is how long the vCPUs were stopped (a live checkpoint:
+	// QEMU's own figure for its snapshot point).
 	Downtime time.Duration `json:"downtime_ns"`
+	// Pause (live): the snapshot point's pause from QEMU's STOP and RESUME
+	// events, on the host's clock.
+	Pause    time.Duration `json:"pause_ns,omitempty"`
 	Live     bool          `json:"live,omitempty"`
 	Fallback string        `json:"fallback,omitempty"` // why a live checkpoint was taken stop-and-save
 }
@@ -156,7 +160,7 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	}
 	if opts.Live {
 		progress(Progress{Phase: "snapshot"})
-		ls, err := vm.startLiveSave(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth)
+		ls, err := vm.liveSaveNow(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth)
 		switch {
 		case errors.Is(err, ErrLiveUnsupported):
 			res.Fallback = err.Error()
@@ -194,7 +198,7 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 				res.Bytes += f.Size
 			}
 			res.Dir, res.Manifest, res.Duration = opts.Dir, m, timeNow().Sub(start)
-			res.Downtime = ls.downtime // QEMU's pause at the snapshot point
+			res.Downtime, res.Pause = ls.downtime, ls.pause // the snapshot point's
 			vm.log.Info("live checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "pause", res.Downtime)
 			return res, nil
 		}

@@ -134,6 +134,9 @@ func (vm *VM) attach(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	// A re-attach deferred to a live stream's end may meet a step's.
+	vm.attachMu.Lock()
+	defer vm.attachMu.Unlock()
 	vm.mu.Lock()
 	dev, pt := vm.spec.findDevice(id, vm.overrides()[id])
 	detached := slices.Contains(vm.rt.Detached, id)
@@ -185,7 +188,7 @@ func (vm *VM) attachAll(ctx context.Context) error {
 	vm.mu.Lock()
 	ids := slices.Clone(vm.rt.Detached)
 	ls := vm.live
-	vm.mu.Unlock()
+	later := false
 	if ls != nil && len(ids) > 0 {
 		select {
 		case <-ls.done:
@@ -193,19 +196,26 @@ func (vm *VM) attachAll(ctx context.Context) error {
 			// QEMU refuses device_add while a live checkpoint streams. The
 			// guest runs on (its bond on the other NIC) and the devices
 			// come back when the stream ends; nothing waits for that.
-			vm.log.Info("devices return when the live checkpoint's stream ends", "devices", ids)
-			go func() {
-				<-ls.done
-				actx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				for _, id := range ids {
-					if err := vm.attach(actx, id); err != nil {
-						vm.log.Error("attach after live checkpoint", "device", id, "err", err)
-					}
-				}
-			}()
-			return nil
+			later = !ls.reattach
+			ls.reattach = true
+			if !later {
+				vm.mu.Unlock()
+				return nil // already scheduled
+			}
 		}
+	}
+	vm.mu.Unlock()
+	if later {
+		vm.log.Info("devices return when the live checkpoint's stream ends", "devices", ids)
+		go func() {
+			<-ls.done
+			actx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := vm.attachAll(actx); err != nil {
+				vm.log.Error("attach after live checkpoint", "err", err)
+			}
+		}()
+		return nil
 	}
 	var first error
 	for _, id := range ids {

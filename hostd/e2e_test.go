@@ -466,3 +466,81 @@ func TestLiveCheckpointRestoresTheCut(t *testing.T) {
 		t.Fatalf("after restore the counter is %d; at the cut it was about %d, before the stop %d", first, cut[len(cut)-1], before[len(before)-1])
 	}
 }
+
+// A disk that fills up while a live checkpoint streams: the stream's room
+// was reserved before the snapshot point (QEMU 7.2 hangs the guest on a
+// write error in a background snapshot), so the other writer gets ENOSPC
+// and the checkpoint completes, verified, with the guest running
+// throughout. A disk already too small fails the checkpoint before the
+// cut, with the reason, the VM untouched and no file left.
+func TestLiveCheckpointDiskFillsDuringStream(t *testing.T) {
+	h := testenv.StartHostd(t, "a", nil, "", "")
+	c := h.Client()
+	ctx := ctxT(t, 3*time.Minute)
+	if _, err := c.Create(ctx, guestSpec(t, "lf1", ""), true); err != nil {
+		t.Fatal(err)
+	}
+	log := serialLog(h, "lf1")
+	waitCounter(t, log, 3, 90*time.Second)
+
+	small := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", small).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", small).Run() })
+	_, err := c.Checkpoint(ctx, "lf1", hostd.CheckpointOptions{Dir: filepath.Join(small, "ck"), Live: true}, nil)
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("checkpoint onto a 40 MiB tmpfs: %v", err)
+	}
+	if ents, _ := os.ReadDir(small); len(ents) != 0 {
+		t.Fatalf("files left: %v", ents)
+	}
+	if info, err := c.Status(ctx, "lf1"); err != nil || info.State != "running" {
+		t.Fatalf("after the failed checkpoint: %+v %v", info, err)
+	}
+
+	fs := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=600m", "tmpfs", fs).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", fs).Run() })
+	filled := make(chan error, 1)
+	progress := func(p hostd.Progress) {
+		if p.Phase != "stream" {
+			return
+		}
+		go func() {
+			// Another writer takes every byte left while the memory streams.
+			f, err := os.Create(filepath.Join(fs, "filler"))
+			if err != nil {
+				filled <- err
+				return
+			}
+			defer f.Close()
+			buf := make([]byte, 1<<20)
+			for {
+				if _, err := f.Write(buf); err != nil {
+					filled <- err
+					return
+				}
+			}
+		}()
+	}
+	dir := filepath.Join(fs, "ck")
+	before := counters(log)
+	res, err := c.Checkpoint(ctx, "lf1", hostd.CheckpointOptions{Dir: dir, Live: true}, progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ferr := <-filled; !errors.Is(ferr, syscall.ENOSPC) {
+		t.Fatalf("the filler did not fill the disk: %v", ferr)
+	}
+	if !res.Live {
+		t.Fatalf("not live: %+v", res)
+	}
+	if _, err := hostd.VerifyCheckpoint(dir); err != nil {
+		t.Fatal(err)
+	}
+	waitCounter(t, log, before[len(before)-1]+2, 30*time.Second) // the guest runs on
+	t.Logf("live checkpoint complete on a disk filled during its stream: %d bytes, snapshot pause %s", res.Bytes, res.Pause)
+}

@@ -64,6 +64,8 @@ type VM struct {
 	exited    chan struct{} // closed when the QEMU process is gone
 	operation string        // what the VM is doing now, for status
 	live      *liveSave     // a live checkpoint still streaming
+	armed     *liveArm      // a live checkpoint made ready before the job's cut
+	attachMu  sync.Mutex
 }
 
 // runtimeState is persisted next to the spec so a restarted hostd knows
@@ -439,7 +441,29 @@ func (vm *VM) adopt() error {
 	vm.mu.Unlock()
 	go vm.watch(mon, nil, pid, exited)
 	vm.log.Info("re-adopted running qemu", "pid", pid)
+	vm.settleLive(mon)
 	return nil
+}
+
+// settleLive clears what a hostd that died during a live checkpoint left
+// in QEMU: a background snapshot still streams (into a file the
+// coordinator deletes: it never got a manifest) and must finish on its
+// own, since QEMU 7.2 cannot end one early without hanging the guest; once
+// it has, the capability goes off so a later migration is a migration.
+func (vm *VM) settleLive(mon *qmp.Client) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		if mi, err := mon.QueryMigrate(ctx); err == nil && mi.Status != "" && mi.Status != "completed" &&
+			mi.Status != "failed" && mi.Status != "cancelled" {
+			vm.log.Warn("a stream from before hostd restarted is still running; letting it finish", "status", mi.Status)
+			mon.WaitMigration(ctx, time.Second, nil)
+		}
+		mon.CloseFD(ctx, liveFD)
+		if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": false}); err != nil {
+			vm.log.Debug("background-snapshot off", "err", err)
+		}
+	}()
 }
 
 // ownsProcess guards against PID reuse: the process must be QEMU with this

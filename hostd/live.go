@@ -9,8 +9,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/symvirt/symvirt/qmp"
 )
@@ -20,10 +23,85 @@ import (
 // write-protected through userfaultfd), then runs on while its memory, as
 // it was at that instant, streams to the file. QEMU 7.2 resumes the vCPUs
 // by itself at the snapshot point.
+//
+// While the stream runs, every first write of the guest to a page waits
+// until QEMU's migration thread has saved that page. That thread serves
+// such faults between pages it writes, so anything that slows its writes
+// stretches the guest's stalls: it writes straight into the checkpoint
+// file (no pipe through hostd, no rate limit, which would park faults for
+// up to a rate-limit window), and hostd checksums the file afterwards,
+// from the page cache, while nothing waits on it.
+//
+// QEMU 7.2 must never meet a write error in a background snapshot: it
+// fails the migration without lifting the write protection, and the
+// guest's vCPUs hang on their next write fault for good (checked here: a
+// full tmpfs froze the guest). So the file's room is reserved up front
+// (fallocate, before the cut): a disk that is or becomes full fails the
+// checkpoint before the VM is touched, or cannot touch the stream at all.
+// Writing straight to the file also keeps the stream independent of hostd:
+// a hostd killed mid-stream does not fail it (a pipe would, with EPIPE).
 
 // ErrLiveUnsupported: this QEMU or kernel cannot take a background
 // snapshot; the caller falls back to stop-and-save and says why.
 var ErrLiveUnsupported = errors.New("live checkpoint unsupported")
+
+const liveFD = "symvirt-live"
+
+// liveArm is a background snapshot made ready: the capability set, the
+// state file open and handed to QEMU. Arming before the cut leaves one QMP
+// command for the instant the VM is paused.
+type liveArm struct {
+	dir  string
+	f    *os.File
+	used bool
+}
+
+// armLive prepares a background snapshot into dir, which must exist and
+// be empty.
+func (vm *VM) armLive(ctx context.Context, mon *qmp.Client, dir string, bandwidth int64) (*liveArm, error) {
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": true}); err != nil {
+		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrLiveUnsupported, err)
+	}
+	a := &liveArm{dir: dir}
+	var err error
+	a.f, err = os.OpenFile(filepath.Join(dir, stateName), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err == nil {
+		err = reserve(a.f, streamBound(vm.Spec().Memory))
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			a.disarm(mon)
+			return nil, fmt.Errorf("vm %q: %w: cannot reserve room for the stream in %s (no fallocate there)", vm.name, ErrLiveUnsupported, dir)
+		}
+	}
+	if err == nil {
+		err = mon.GetFD(ctx, liveFD, a.f)
+	}
+	if err == nil {
+		// A cap on the stream would make page faults wait out QEMU's rate
+		// limiting windows: the guest would stall. The operator may still
+		// trade that for disk bandwidth.
+		if bandwidth <= 0 {
+			bandwidth = 64 << 30
+		}
+		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": bandwidth})
+	}
+	if err != nil {
+		a.disarm(mon)
+		return nil, fmt.Errorf("vm %q: arm live checkpoint: %w", vm.name, err)
+	}
+	return a, nil
+}
+
+// disarm undoes an arm that was not used (or whose snapshot ended).
+func (a *liveArm) disarm(mon *qmp.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if a.f != nil && !a.used {
+		a.f.Close()
+		os.RemoveAll(a.dir) // made for this arm
+		mon.CloseFD(ctx, liveFD)
+	}
+	mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": false})
+}
 
 // liveSave is a background snapshot whose stream is still being written.
 type liveSave struct {
@@ -33,23 +111,22 @@ type liveSave struct {
 	err  error
 	// downtime is QEMU's own figure for the snapshot point's pause.
 	downtime time.Duration
+	// pause is how long the vCPUs stood still for the snapshot point, from
+	// QEMU's STOP and RESUME events (host clock); 0 if the VM was
+	// already stopped.
+	pause time.Duration
+	// reattach is set once a hot-plug waits for the stream's end.
+	reattach bool
 }
 
-// startLiveSave starts a background snapshot into dir and returns once
-// the snapshot point is taken (QEMU runs the VM again). A running VM is
-// paused by QEMU only for the snapshot point; a stopped one (a job's
-// consistent cut) is run again by QEMU at its snapshot point. The
-// stream finishes in the background: wait on ls.done. Disks are copied
-// before, while the VM is still stopped, so they match the cut.
-func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, dir string, round *Round, bandwidth int64) (*liveSave, error) {
-	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": true}); err != nil {
-		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrLiveUnsupported, err)
-	}
-	off := func() {
-		octx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		mon.MigrateSetCapabilities(octx, map[string]bool{"background-snapshot": false})
-	}
+// startLiveSave takes the snapshot point of an armed background snapshot
+// and returns once QEMU runs the VM again. A running VM is paused by QEMU
+// only for the snapshot point; a stopped one (a job's consistent cut) is
+// run again by QEMU at its snapshot point. The stream finishes in the
+// background: wait on ls.done. Disks are copied before, while the VM is
+// still stopped, so they match the cut.
+func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, round *Round) (*liveSave, error) {
+	dir := a.dir
 	ls := &liveSave{dir: dir, done: make(chan struct{})}
 	m := Manifest{Version: 1, VM: vm.name, Spec: vm.Spec(), CreatedAt: time.Now().UTC(),
 		QEMU: mon.Version().String(), Round: round}
@@ -58,66 +135,26 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, dir string, ro
 		name := "disk-" + d.ID + "." + d.Format
 		fd, err := copyFileDigest(d.Path, filepath.Join(dir, name))
 		if err != nil {
-			off()
+			a.disarm(mon)
 			return nil, fmt.Errorf("vm %q: copy disk %q: %w", vm.name, d.ID, err)
 		}
 		fd.Role, fd.ID = "disk", d.ID
 		m.Files = append(m.Files, fd)
 		m.Spec.Disks[i].Path = name
 	}
-	path := filepath.Join(dir, stateName)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		off()
-		return nil, err
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		f.Close()
-		off()
-		return nil, err
-	}
-	err = mon.GetFD(ctx, "symvirt-live", w)
-	w.Close()
-	if err == nil {
-		// A cap keeps a background checkpoint from starving the running
-		// job of disk bandwidth.
-		if bandwidth <= 0 {
-			bandwidth = 64 << 30
-		}
-		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": bandwidth})
-	}
-	resumed, unsubscribe := mon.Subscribe("RESUME")
+	events, unsubscribe := mon.Subscribe("STOP", "RESUME")
 	defer unsubscribe()
-	if err == nil {
-		err = mon.Migrate(ctx, "fd:symvirt-live")
-	}
-	if err != nil {
-		r.Close()
-		f.Close()
-		off()
+	if err := mon.Migrate(ctx, "fd:"+liveFD); err != nil {
+		a.disarm(mon)
 		return nil, err
 	}
+	a.used = true
+	f := a.f
 	// The stream outlives the request that started it.
 	sctx, stop := context.WithCancelCause(context.Background())
-	hs := sha256.New()
-	copied := make(chan error, 1)
-	var n int64
-	go func() {
-		var err error
-		n, err = io.Copy(io.MultiWriter(f, hs), r)
-		if err != nil {
-			// Keep draining: failing QEMU's stream while the guest runs
-			// under write protection can leave its vCPUs stuck on
-			// faults. Let the snapshot finish into nothing, then fail it.
-			err = fmt.Errorf("write %s: %w", path, err)
-			io.Copy(io.Discard, r)
-		}
-		copied <- err
-	}()
 	go func() {
 		defer close(ls.done)
-		defer off()
+		defer a.disarm(mon)
 		defer f.Close()
 		defer stop(nil)
 		info, err := mon.WaitMigration(sctx, 50*time.Millisecond, nil)
@@ -126,19 +163,25 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, dir string, ro
 			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			mon.MigrateCancel(cctx)
 			cancel()
-			r.Close()
-			if cerr := <-copied; cerr != nil {
-				err = cerr
-			}
-		} else {
-			err = <-copied
 		}
-		r.Close()
+		var fd FileDigest
+		if err == nil {
+			// QEMU's descriptor shares ours' offset: the end of its
+			// stream. What was reserved past it goes.
+			var end int64
+			if end, err = f.Seek(0, io.SeekCurrent); err == nil {
+				err = f.Truncate(end)
+			}
+		}
 		if err == nil {
 			err = f.Sync()
 		}
 		if err == nil {
-			m.Files = append(m.Files, FileDigest{Name: stateName, Role: "state", Size: n, SHA256: hex.EncodeToString(hs.Sum(nil))})
+			fd, err = digestFile(f.Name())
+		}
+		if err == nil {
+			fd.Role = "state"
+			m.Files = append(m.Files, fd)
 			err = writeJSON(filepath.Join(dir, manifestName), m)
 		}
 		if err != nil {
@@ -148,13 +191,27 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, dir string, ro
 			return
 		}
 		ls.m = m
-		vm.log.Info("live checkpoint stream complete", "dir", dir, "bytes", n)
+		vm.log.Info("live checkpoint stream complete", "dir", dir, "bytes", fd.Size)
 	}()
 	// The snapshot point: QEMU has stopped the vCPUs (if they ran), saved
 	// the devices and armed the write protection when it runs them again.
+	var stopped time.Time
 	for {
 		select {
-		case <-resumed:
+		case ev, ok := <-events:
+			if !ok {
+				events = nil // the monitor is gone: ls.done follows
+				continue
+			}
+			at := time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
+			if ev.Event == "STOP" {
+				stopped = at
+				continue
+			}
+			if !stopped.IsZero() {
+				ls.pause = at.Sub(stopped)
+			}
+			vm.log.Info("snapshot point taken", "pause", ls.pause)
 			return ls, nil
 		case <-ls.done:
 			if ls.err == nil {
@@ -167,6 +224,98 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, dir string, ro
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// streamBound is the most a background snapshot of memMiB of RAM writes:
+// every page with its header, the device state, and slack.
+func streamBound(memMiB Size) int64 {
+	ram := int64(memMiB) << 20
+	return ram + ram/256 + 64<<20
+}
+
+// reserve allocates n bytes for f, so that writing them cannot fail for
+// want of room.
+func reserve(f *os.File, n int64) error {
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, n); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			return err
+		}
+		return fmt.Errorf("reserve %d MiB for the live stream in %s: %w", n>>20, f.Name(), err)
+	}
+	return nil
+}
+
+// liveSaveNow arms (unless the coordinator's detach step already did)
+// and takes the snapshot point.
+func (vm *VM) liveSaveNow(ctx context.Context, mon *qmp.Client, dir string, round *Round, bandwidth int64) (*liveSave, error) {
+	vm.mu.Lock()
+	a := vm.armed
+	vm.armed = nil
+	vm.mu.Unlock()
+	if a != nil && a.dir != dir {
+		a.disarm(mon)
+		a = nil
+	}
+	if a == nil {
+		var err error
+		if a, err = vm.armLive(ctx, mon, dir, bandwidth); err != nil {
+			return nil, err
+		}
+	}
+	return vm.startLiveSave(ctx, mon, a, round)
+}
+
+// dropArm disarms a live checkpoint that was armed and never started (the
+// operation rolled back).
+func (vm *VM) dropArm() {
+	vm.mu.Lock()
+	a := vm.armed
+	vm.armed = nil
+	vm.mu.Unlock()
+	if a == nil {
+		return
+	}
+	if mon, err := vm.monitor(); err == nil {
+		a.disarm(mon)
+	} else if a.f != nil {
+		a.f.Close()
+	}
+}
+
+// digestFile hashes a written file (read back from the page cache), on a
+// thread of the lowest priority: the job runs meanwhile, and other VMs'
+// streams serve their guests' write faults.
+func digestFile(path string) (FileDigest, error) {
+	type result struct {
+		fd  FileDigest
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// The thread dies with this goroutine (locked, never unlocked).
+		runtime.LockOSThread()
+		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
+		fd, err := hashFile(path)
+		ch <- result{fd, err}
+	}()
+	r := <-ch
+	return r.fd, r.err
+}
+
+func hashFile(path string) (FileDigest, error) {
+	fd := FileDigest{Name: filepath.Base(path)}
+	f, err := os.Open(path)
+	if err != nil {
+		return fd, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return fd, fmt.Errorf("read back %s: %w", path, err)
+	}
+	fd.Size, fd.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+	return fd, nil
 }
 
 // wait waits for the stream and returns the manifest.

@@ -79,6 +79,9 @@ type StepResult struct {
 	Code   string `json:"code,omitempty"`
 	// Digest identifies a saved checkpoint (sha256 of its manifest).
 	Digest string `json:"digest,omitempty"`
+	// Pause (save-wait of a live save): how long the vCPUs stood still
+	// for the snapshot point.
+	Pause time.Duration `json:"pause_ns,omitempty"`
 }
 
 func forwardStep(kind string) bool {
@@ -144,8 +147,14 @@ func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
 		defer cancel()
 	}
 	start := timeNow()
-	err := h.step(ctx, req)
-	res := StepResult{OK: err == nil}
+	var pause time.Duration
+	var err error
+	if req.Kind == StepSaveWait {
+		pause, err = h.saveWaitStep(ctx, req)
+	} else {
+		err = h.step(ctx, req)
+	}
+	res := StepResult{OK: err == nil, Pause: pause}
 	if err != nil {
 		res.Reason, res.Code = err.Error(), codeOf(err)
 	} else if req.Kind == StepSaveWait || req.Kind == StepSave {
@@ -273,11 +282,6 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		}
 		return err
 	}
-	if req.Kind == StepSaveWait {
-		// Not under the VM's operation lock: the job's resume runs
-		// while the stream is still being written.
-		return vm.saveWait(ctx, req.Dir)
-	}
 	if err := vm.lock("step " + req.Kind); err != nil {
 		return err
 	}
@@ -293,37 +297,55 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		return nil
 	case StepDetach:
 		h.setLease(req.VM, req.Op, req.Lease, "")
-		return vm.detachAll(ctx)
+		if err := vm.detachAll(ctx); err != nil {
+			return err
+		}
+		if req.Live && req.OpKind == "checkpoint" && req.Dir != "" {
+			// Arm the snapshot now, while the VM runs, so that the save
+			// after the job's STOP barrier is a single QMP command.
+			if err := vm.armStep(ctx, req); err != nil {
+				vm.log.Warn("live checkpoint not armed in advance (the save will try again)", "err", err)
+			}
+		}
+		return nil
 	case StepStop:
 		mon, err := vm.monitor()
 		if err != nil {
 			return err
 		}
 		h.setLease(req.VM, req.Op, req.Lease, "")
+		if req.Live && req.OpKind == "checkpoint" {
+			// A live checkpoint's cut: fence the network, the vCPUs run on.
+			err := vm.fence(ctx, mon)
+			if err == nil {
+				return nil
+			}
+			vm.log.Warn("the vm stops for the job's cut instead", "err", err)
+		}
 		return mon.Stop(ctx)
 	case StepSave:
 		mon, err := vm.monitor()
 		if err != nil {
 			return err
 		}
-		if st, err := mon.Status(ctx); err != nil || st.Running {
+		if st, err := mon.Status(ctx); err != nil || (st.Running && !req.Live) {
+			// A live save may find the VM running: fenced, not stopped.
 			return fmt.Errorf("vm %q: save needs a stopped vm (status %s, %v): %w", vm.name, st.Status, err, ErrInvalidState)
 		}
 		if req.Dir == "" {
 			return fmt.Errorf("save: dir is missing: %w", ErrInvalidSpec)
 		}
-		if err := os.MkdirAll(filepath.Dir(req.Dir), 0o700); err != nil {
-			return err
-		}
-		os.RemoveAll(req.Dir) // a retried save starts from nothing
-		if err := os.Mkdir(req.Dir, 0o700); err != nil {
-			return err
-		}
 		vm.mu.Lock()
-		round := vm.rt.Round
+		round, armed := vm.rt.Round, req.Live && vm.armed != nil && vm.armed.dir == req.Dir
 		vm.mu.Unlock()
+		if !armed {
+			vm.dropArm()
+			if err := freshDir(req.Dir); err != nil {
+				return err
+			}
+		}
 		if req.Live {
-			ls, err := vm.startLiveSave(ctx, mon, req.Dir, round, req.Bandwidth)
+			ls, err := vm.liveSaveNow(ctx, mon, req.Dir, round, req.Bandwidth)
 			if err == nil {
 				// QEMU runs the vm again; the coordinator re-attaches and
 				// resumes the job while the memory streams.
@@ -338,6 +360,9 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 				return err
 			}
 			vm.log.Warn("live checkpoint unsupported here: stop-and-save instead", "err", err)
+			if err := freshDir(req.Dir); err != nil {
+				return err
+			}
 		}
 		if _, err := vm.writeCheckpoint(ctx, mon, req.Dir, round, func(Progress) {}); err != nil {
 			os.RemoveAll(req.Dir)
@@ -348,6 +373,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 	case StepMigrate:
 		return vm.migrateStep(ctx, req)
 	case StepAttach:
+		vm.dropArm() // the operation did not use it
 		if err := vm.completeIncoming(ctx); err != nil {
 			return err
 		}
@@ -358,6 +384,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		}
 		return vm.attachAll(ctx)
 	case StepResume:
+		vm.dropArm() // the operation did not use it
 		if err := vm.completeIncoming(ctx); err != nil {
 			return err
 		}
@@ -370,6 +397,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 				return err
 			}
 		}
+		vm.unfence(ctx)
 		if err := vm.attachAll(ctx); err != nil {
 			vm.log.Error("attach after resume", "err", err)
 		}
@@ -377,12 +405,14 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		vm.finishRound(ctx, req.Outcome)
 		return nil
 	case StepAbort:
+		vm.dropArm() // the operation did not use it
 		vm.finishRound(ctx, "aborted")
 		if vm.running(ctx) {
 			h.dropLease(req.VM)
 		}
 		return nil
 	case StepKill:
+		vm.dropArm() // the operation did not use it
 		h.dropLease(req.VM)
 		vm.kill()
 		h.forget(vm)
@@ -400,6 +430,37 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		return nil
 	}
 	return fmt.Errorf("step kind %q: %w", req.Kind, ErrInvalidSpec)
+}
+
+// armStep makes a live save ready for the save step that will follow.
+func (vm *VM) armStep(ctx context.Context, req StepRequest) error {
+	mon, err := vm.monitor()
+	if err != nil {
+		return err
+	}
+	vm.dropArm()
+	if err := freshDir(req.Dir); err != nil {
+		return err
+	}
+	a, err := vm.armLive(ctx, mon, req.Dir, req.Bandwidth)
+	if err != nil {
+		os.RemoveAll(req.Dir)
+		return err
+	}
+	vm.mu.Lock()
+	vm.armed = a
+	vm.mu.Unlock()
+	return nil
+}
+
+// freshDir makes dir exist and be empty (a retried step starts from
+// nothing).
+func freshDir(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return err
+	}
+	os.RemoveAll(dir)
+	return os.Mkdir(dir, 0o700)
 }
 
 // guestOp maps an operation kind to what the guest is told is coming.
@@ -559,6 +620,8 @@ func (vm *VM) expire(l *lease) {
 			mon.Cont(ctx)
 		}
 	}
+	vm.unfence(ctx)
+	vm.dropArm()
 	vm.finishRound(ctx, "aborted")
 }
 
@@ -589,22 +652,31 @@ func fileDigest(path string) (string, error) {
 	return "sha256:" + hex.EncodeToString(hs.Sum(nil)), nil
 }
 
-// saveWait waits for the VM's live save into dir to be complete.
-func (vm *VM) saveWait(ctx context.Context, dir string) error {
+// saveWaitStep waits for a VM's live save into req.Dir to be complete.
+// It does not take the VM's operation lock: the job's resume runs while
+// the stream is still being written.
+func (h *Host) saveWaitStep(ctx context.Context, req StepRequest) (time.Duration, error) {
+	if req.VM == "" || req.Op == "" || req.ID == "" {
+		return 0, fmt.Errorf("step: id, op and vm are required: %w", ErrInvalidSpec)
+	}
+	vm, err := h.Get(req.VM)
+	if err != nil {
+		return 0, err
+	}
 	vm.mu.Lock()
 	ls := vm.live
 	vm.mu.Unlock()
-	if ls == nil || ls.dir != dir {
+	if ls == nil || ls.dir != req.Dir {
 		// Not live (it fell back) or already waited for: the manifest
 		// says whether it is complete.
-		_, err := ReadManifest(dir)
-		return err
+		_, err := ReadManifest(req.Dir)
+		return 0, err
 	}
-	_, err := ls.wait(ctx)
+	_, err = ls.wait(ctx)
 	vm.mu.Lock()
 	if vm.live == ls {
 		vm.live = nil
 	}
 	vm.mu.Unlock()
-	return err
+	return ls.pause, err
 }

@@ -359,7 +359,11 @@ func jobCommands() []*cli.Command {
 						ck := v.(*coord.Checkpoint)
 						fmt.Fprintf(w, "%s: job %s, %s, created %s\n", ck.ID, ck.Job, ck.Status, ck.CreatedAt.Format(time.RFC3339))
 						for _, vm := range ck.VMs {
-							fmt.Fprintf(w, "  %s on %s: %s %s\n", vm.Name, vm.Host, vm.Dir, vm.Digest)
+							pause := ""
+							if vm.Pause > 0 {
+								pause = fmt.Sprintf(" (live, paused %s)", vm.Pause.Round(100*time.Microsecond))
+							}
+							fmt.Fprintf(w, "  %s on %s: %s %s%s\n", vm.Name, vm.Host, vm.Dir, vm.Digest, pause)
 						}
 					})
 				}},

@@ -6,7 +6,13 @@
 package pausewatch
 
 import (
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
 	"time"
 )
 
@@ -49,8 +55,47 @@ func WatchGaps(path string) *GapMonitor {
 // End stops watching and returns the longest gap.
 func (m *GapMonitor) End() time.Duration { close(m.stop); return <-m.done }
 
-// TickScript makes a guest write to its console every 5 ms (for
-// WatchGaps).
+// TickScript runs the guest-side timestamp loop (examples/tick, installed
+// as /bin/tick: TickBinary) on the guest's console: a line every
+// millisecond, so a gap longer than a few milliseconds is a pause.
 const TickScript = `#!/bin/sh
-( while :; do echo .; usleep 5000; done ) </dev/null >/dev/console 2>&1 &
+/bin/tick 1000 </dev/null >/dev/console 2>&1 &
 `
+
+var (
+	tickOnce sync.Once
+	tickPath string
+	tickErr  error
+)
+
+// TickBinary builds examples/tick (static, for the libc-less test guest)
+// and returns its path.
+func TickBinary(t testing.TB) string {
+	tickOnce.Do(func() {
+		dir, err := os.Getwd()
+		for err == nil {
+			if _, serr := os.Stat(filepath.Join(dir, "go.mod")); serr == nil {
+				break
+			}
+			if filepath.Dir(dir) == dir {
+				err = errors.New("no go.mod above the working directory")
+				break
+			}
+			dir = filepath.Dir(dir)
+		}
+		if err != nil {
+			tickErr = err
+			return
+		}
+		src := filepath.Join(dir, "examples", "tick")
+		if out, err := exec.Command("make", "-s", "-C", src).CombinedOutput(); err != nil {
+			tickErr = fmt.Errorf("make -C %s: %v: %s", src, err, out)
+			return
+		}
+		tickPath = filepath.Join(src, "tick")
+	})
+	if tickErr != nil {
+		t.Fatal(tickErr)
+	}
+	return tickPath
+}

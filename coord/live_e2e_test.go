@@ -1,0 +1,136 @@
+package coord_test
+
+import (
+	"encoding/json"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/coord"
+	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/internal/pausewatch"
+)
+
+var counterRE = regexp.MustCompile(`symvirt-counter (\d+)`)
+
+// counterLog is one guest's counter values, in the order printed.
+func counterLog(path string) []int {
+	data, _ := os.ReadFile(path)
+	var out []int
+	for _, m := range counterRE.FindAllStringSubmatch(string(data), -1) {
+		n, _ := strconv.Atoi(m[1])
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestLiveJobCheckpointRestoresTheCut: a 2-VM job whose client VM holds a
+// TCP connection to the other; each guest runs a 1 ms timestamp loop on
+// its console. A stop-and-save checkpoint, then a live one, side by side:
+// the live checkpoint's longest tick gap (what the guests saw) is shorter.
+// Then both VMs run on, are killed, and the job restarts from the live
+// checkpoint: each guest's counter resumes from its value at the cut (a
+// value printed during the checkpoint, not the later ones), and the TCP
+// connection carries on (no reconnect).
+func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
+	c := newCluster(t)
+	c.createJobWith("jl", " symvirt.tick=1", "a", "b")
+	peers := []string{"10.79.0.12"}
+	last := c.waitTraffic("jl", "a", peers, map[string]int{})
+	serials := map[string]string{"vm1": c.serial("a", "vm1"), "vm2": c.serial("b", "vm2")}
+	vms := []string{"vm1", "vm2"}
+
+	gaps := map[string]map[string]time.Duration{}
+	var window map[string][2]int // per VM: last counter before, first... after the live checkpoint
+	var ckID string
+	for _, live := range []string{"--live=false", "--live=true"} {
+		mons := map[string]*pausewatch.GapMonitor{}
+		before := map[string]int{}
+		for _, vm := range vms {
+			mons[vm] = pausewatch.WatchGaps(serials[vm])
+			before[vm] = len(counterLog(serials[vm]))
+		}
+		res, out, err := c.op("checkpoint", "jl", live)
+		if err != nil || res.Checkpoint != machine.CheckpointComplete {
+			t.Fatalf("checkpoint %s: %v\n%s", live, err, out)
+		}
+		time.Sleep(300 * time.Millisecond)
+		gaps[live] = map[string]time.Duration{}
+		window = map[string][2]int{}
+		for _, vm := range vms {
+			gaps[live][vm] = mons[vm].End()
+			l := counterLog(serials[vm])
+			window[vm] = [2]int{l[before[vm]-1], l[len(l)-1]}
+		}
+		ckID = res.CheckpointID
+		last = c.waitTraffic("jl", "a", peers, last)
+	}
+	var ck coord.Checkpoint
+	out, err := c.coord.CLI(t, "checkpoints", "show", ckID, "--output", "json")
+	if err != nil || json.Unmarshal([]byte(out), &ck) != nil {
+		t.Fatalf("checkpoints show: %v\n%s", err, out)
+	}
+	for _, vm := range ck.VMs {
+		if vm.Pause <= 0 {
+			t.Fatalf("vm %s: no snapshot pause recorded: was the checkpoint live? %+v", vm.Name, ck)
+		}
+		t.Logf("%s: snapshot pause %s; longest tick gap: live %s, stop-and-save %s", vm.Name, vm.Pause,
+			gaps["--live=true"][vm.Name], gaps["--live=false"][vm.Name])
+		if gaps["--live=true"][vm.Name] >= gaps["--live=false"][vm.Name] {
+			t.Errorf("vm %s: the live checkpoint stalled the guest as long as stop-and-save did", vm.Name)
+		}
+	}
+
+	// Both run on past the cut; then they die and the job restarts from
+	// the live checkpoint.
+	ran := map[string]int{}
+	for _, vm := range vms {
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			l := counterLog(serials[vm])
+			if l[len(l)-1] >= window[vm][1]+3 {
+				ran[vm] = l[len(l)-1]
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the counter stopped at %d after the live checkpoint", vm, l[len(l)-1])
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	c.killAll("jl")
+	printed := map[string]int{}
+	for _, vm := range vms {
+		printed[vm] = len(counterLog(serials[vm]))
+	}
+	since := c.traffic("a")
+	if res, out, err := c.op("restart", "jl", "--checkpoint", ckID); err != nil || res.Outcome != machine.OutcomeRestored {
+		t.Fatalf("restart: %v\n%s", err, out)
+	}
+	for _, vm := range vms {
+		deadline := time.Now().Add(60 * time.Second)
+		for len(counterLog(serials[vm])) <= printed[vm] {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no counter after the restart", vm)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		first := counterLog(serials[vm])[printed[vm]]
+		// The guest goes on from its value at the cut, which it printed
+		// while the live checkpoint ran: not from a later value.
+		atCut := first - 1
+		if atCut < window[vm][0] || atCut > window[vm][1] {
+			t.Fatalf("%s: restarted at %d: the cut was while the counter went %d..%d (it reached %d before the kill)",
+				vm, first, window[vm][0], window[vm][1], ran[vm])
+		}
+		t.Logf("%s: counter at the cut %d (checkpoint ran while it went %d..%d; %d before the kill), restarted at %d",
+			vm, atCut, window[vm][0], window[vm][1], ran[vm], first)
+		if slices.Contains(counterLog(serials[vm])[:printed[vm]], 0) && first == 1 {
+			t.Fatalf("%s: booted afresh instead of restoring", vm)
+		}
+	}
+	c.waitTraffic("jl", "a", peers, since)
+}

@@ -1,0 +1,42 @@
+/*
+ * tick: a guest-side timestamp loop. Every millisecond it writes one line
+ * with the guest's monotonic clock (microseconds) to stdout (the serial
+ * console in the tests). The host timestamps each line as it arrives: a
+ * gap between two lines on the host's clock is a time the guest could not
+ * run, whatever its own clock says (under TCG the guest's clock stops with
+ * its vCPUs, so the guest alone cannot see a pause of its vCPUs).
+ *
+ * usage: tick [period_us]   (default 1000)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+	long period = argc > 1 ? atol(argv[1]) : 1000;
+	if (period <= 0 || period > 1000000) {
+		fprintf(stderr, "tick: period %s: want 1..1000000 microseconds\n", argv[1]);
+		return 2;
+	}
+	struct timespec next, now;
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	for (;;) {
+		char buf[32];
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		int n = snprintf(buf, sizeof buf, "t%ld\n", now.tv_sec * 1000000L + now.tv_nsec / 1000);
+		if (write(1, buf, n) != n)
+			return 1;
+		next.tv_nsec += period * 1000;
+		while (next.tv_nsec >= 1000000000L) {
+			next.tv_nsec -= 1000000000L;
+			next.tv_sec++;
+		}
+		/* After a pause, do not burst to catch up: tick from now on. */
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec > next.tv_sec || (now.tv_sec == next.tv_sec && now.tv_nsec > next.tv_nsec))
+			next = now;
+		clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+	}
+}

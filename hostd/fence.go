@@ -1,0 +1,88 @@
+package hostd
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/symvirt/symvirt/qmp"
+)
+
+// The network fence makes a job's live checkpoint consistent without
+// keeping every VM paused until the slowest has reached its snapshot
+// point. A cut is inconsistent only if a message leaves a VM after its
+// snapshot point and reaches a VM before that one's. So, instead of
+// stopping the vCPUs at the STOP barrier, hostd holds every packet the VM
+// sends or receives in a QEMU filter-buffer on each of its netdevs (the
+// passthrough devices are already gone). Once every VM of the job is
+// fenced, each takes its own snapshot point (QEMU pauses it for that
+// instant only); the fences lift in the resume phase, after the last
+// snapshot point: held packets then flow, and the checkpoint holds them as
+// lost in flight, which TCP retransmits after a restart.
+//
+// A held packet is in no VM's saved state, and a filter's release timer
+// runs on the guest's virtual clock, so an interval of an hour never
+// fires in practice: lifting the fence (object-del) is what releases them.
+
+const fenceInterval = uint32(3600 * 1000 * 1000) // µs
+
+func fenceID(nic string) string { return "symvirt-fence-" + nic }
+
+// fenceable reports why the VM cannot be fenced, or "".
+func (vm *VM) fenceable() string {
+	spec := vm.Spec()
+	if len(spec.Disks) > 0 {
+		// Disks are copied at the cut: the VM must stand still for that.
+		return "the vm has disks, copied while it is stopped"
+	}
+	return ""
+}
+
+// fence holds the VM's network traffic. On failure nothing stays fenced.
+func (vm *VM) fence(ctx context.Context, mon *qmp.Client) error {
+	if why := vm.fenceable(); why != "" {
+		return fmt.Errorf("vm %q: no network fence: %s", vm.name, why)
+	}
+	start := timeNow()
+	var done []string
+	for _, n := range vm.Spec().NICs {
+		if n.Passthrough {
+			continue // detached before the cut
+		}
+		err := mon.Execute(ctx, "object-add", map[string]any{"qom-type": "filter-buffer", "id": fenceID(n.ID),
+			"netdev": "nd-" + n.ID, "queue": "all", "interval": fenceInterval}, nil)
+		if err != nil {
+			vm.unfenceIDs(context.WithoutCancel(ctx), mon, done)
+			return fmt.Errorf("vm %q: network fence on %q: %w", vm.name, n.ID, err)
+		}
+		done = append(done, n.ID)
+	}
+	vm.log.Info("network fenced", "nics", done, "took", timeNow().Sub(start))
+	return nil
+}
+
+// unfence releases what the fence held; it is harmless on a VM that is not
+// fenced (hostd may have restarted since it fenced it).
+func (vm *VM) unfence(ctx context.Context) {
+	mon, err := vm.monitor()
+	if err != nil {
+		return
+	}
+	var ids []string
+	for _, n := range vm.Spec().NICs {
+		if !n.Passthrough {
+			ids = append(ids, n.ID)
+		}
+	}
+	vm.unfenceIDs(ctx, mon, ids)
+}
+
+func (vm *VM) unfenceIDs(ctx context.Context, mon *qmp.Client, nics []string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for _, id := range nics {
+		if err := mon.Execute(ctx, "object-del", map[string]any{"id": fenceID(id)}, nil); err == nil {
+			vm.log.Info("network fence lifted", "nic", id)
+		}
+	}
+}
