@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/pausewatch"
@@ -35,19 +36,34 @@ func TestBenchJobCheckpoint(t *testing.T) {
 		for i := 1; i <= n; i++ {
 			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `hook: registered`)
 		}
-		// The guest-visible pause of each VM, stop-and-save then live.
-		pause := map[string]time.Duration{}
+		// The guest-visible pause of each VM (the longest gap in its 1 ms
+		// tick loop), stop-and-save then live, and the whole time.
+		pause, whole := map[string]time.Duration{}, map[string]time.Duration{}
+		var snapshotPause time.Duration
 		for _, live := range []string{"--live=false", "--live=true"} {
 			var mons []*pausewatch.GapMonitor
 			for i := 1; i <= n; i++ {
 				mons = append(mons, pausewatch.WatchGaps(c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i))))
 			}
-			if res, out, err := c.op("checkpoint", job, live); err != nil || res.Checkpoint != machine.CheckpointComplete {
+			start := time.Now()
+			res, out, err := c.op("checkpoint", job, live)
+			if err != nil || res.Checkpoint != machine.CheckpointComplete {
 				t.Fatalf("checkpoint %s: %v\n%s", live, err, out)
 			}
+			whole[live] = time.Since(start)
 			time.Sleep(300 * time.Millisecond)
 			for _, m := range mons {
 				pause[live] = max(pause[live], m.End())
+			}
+			if live == "--live=true" {
+				var ck coord.Checkpoint
+				out, err := c.coord.CLI(t, "checkpoints", "show", res.CheckpointID, "--output", "json")
+				if err != nil || json.Unmarshal([]byte(out), &ck) != nil {
+					t.Fatalf("checkpoints show: %v\n%s", err, out)
+				}
+				for _, v := range ck.VMs {
+					snapshotPause = max(snapshotPause, v.Pause)
+				}
 			}
 		}
 		start := time.Now()
@@ -91,7 +107,11 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"job_restart_seconds":                  jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
 			"restart_ratio_sequential_over_job":     seqRestart.Seconds() / jobRestart.Seconds(),
 			"stop_and_save_guest_pause_max_seconds": pause["--live=false"].Seconds(),
-			"live_guest_pause_max_seconds":          pause["--live=true"].Seconds()})
+			"live_guest_pause_max_seconds":          pause["--live=true"].Seconds(),
+			"live_snapshot_pause_max_seconds":       snapshotPause.Seconds(),
+			"stop_and_save_checkpoint_seconds":      whole["--live=false"].Seconds(),
+			"live_checkpoint_seconds":               whole["--live=true"].Seconds(),
+			"pause_ratio_stop_over_live":            pause["--live=false"].Seconds() / pause["--live=true"].Seconds()})
 		fmt.Println(string(line))
 		c.killAll(job)
 	}

@@ -250,8 +250,11 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 	if _, ok := h.vms[spec.Name]; ok {
 		return nil, fmt.Errorf("vm %q: %w", spec.Name, ErrExists)
 	}
+	if spec.HugePages && hugetlbfsDir() == "" {
+		return nil, fmt.Errorf("vm %q: field hugepages: no hugetlbfs is mounted here (mount -t hugetlbfs none /dev/hugepages): %w", spec.Name, ErrInvalidSpec)
+	}
 	if spec.SharedMemory == nil {
-		on := h.shmHasRoom(spec.Memory)
+		on := spec.HugePages || h.shmHasRoom(spec.Memory)
 		spec.SharedMemory = &on
 	}
 	vm := h.newVM(spec.Name, spec)
@@ -296,7 +299,7 @@ func (h *Host) forgetKeep(vm *VM, keepLogs bool) {
 		delete(h.vms, vm.name)
 	}
 	h.mu.Unlock()
-	os.Remove(h.shmPath(vm.name))
+	os.Remove(h.ramPath(vm.Spec()))
 	if !keepLogs {
 		os.RemoveAll(vm.dir)
 		return
@@ -565,9 +568,13 @@ func (vm *VM) start(ctx context.Context, l launch, bin string, gen int) (*proc, 
 	vm.mu.Lock()
 	l.spec, l.dir, l.accel, l.gen = vm.spec, vm.dir, vm.h.cfg.Accel, gen
 	l.override = vm.overrides()
-	l.shm = vm.h.shmPath(vm.name)
+	l.shm = vm.h.ramPath(vm.spec)
 	vm.mu.Unlock()
-	if l.spec.sharedMemory() {
+	if l.spec.HugePages {
+		if err := vm.h.hugePagesFor(l.spec.Memory, l.shm); err != nil {
+			return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrQEMUStart, err)
+		}
+	} else if l.spec.sharedMemory() {
 		// A tmpfs without room kills QEMU with SIGBUS at the first touch
 		// of guest RAM: say so instead.
 		if _, err := os.Stat(l.shm); err != nil && !vm.h.shmFree(l.spec.Memory) {
@@ -743,7 +750,7 @@ func (vm *VM) cleanupAfterStop() {
 	vm.rt.PID, vm.rt.Incoming, vm.rt.Detached = 0, false, nil
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	os.Remove(vm.h.shmPath(vm.name))
+	os.Remove(vm.h.ramPath(vm.Spec()))
 }
 
 // Pause stops the vCPUs.

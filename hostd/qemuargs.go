@@ -2,8 +2,10 @@ package hostd
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -194,6 +196,48 @@ var shmDir = "/dev/shm"
 // share a file.
 func (h *Host) shmPath(name string) string {
 	return filepath.Join(shmDir, "symvirt-"+h.tag+"-"+name+".ram")
+}
+
+// ramPath is the VM's shared RAM file: on a hugetlbfs for hugepages.
+func (h *Host) ramPath(s Spec) string {
+	if s.HugePages {
+		if dir := hugetlbfsDir(); dir != "" {
+			return filepath.Join(dir, "symvirt-"+h.tag+"-"+s.Name+".ram")
+		}
+	}
+	return h.shmPath(s.Name)
+}
+
+// hugetlbfsDir is the first hugetlbfs of 2 MiB pages mounted here, or "".
+func hugetlbfsDir() string {
+	data, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[2] == "hugetlbfs" && (!strings.Contains(f[3], "pagesize=") || strings.Contains(f[3], "pagesize=2M")) {
+			return strings.ReplaceAll(f[1], `\040`, " ")
+		}
+	}
+	return ""
+}
+
+// hugePagesFor checks that the VM's RAM fits in the free huge pages (a
+// hugetlbfs out of pages kills QEMU with SIGBUS at the first touch).
+func (h *Host) hugePagesFor(mem Size, path string) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil // RAM already in place (warm reboot, restart)
+	}
+	data, err := os.ReadFile("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+	if err != nil {
+		return fmt.Errorf("hugepages: %w", err)
+	}
+	free, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if need := int(mem) / 2; free < need {
+		return fmt.Errorf("hugepages: %d MiB of guest RAM needs %d free 2 MiB pages, %d are free (sysctl vm.nr_hugepages)", mem, need, free)
+	}
+	return nil
 }
 
 // findDevice returns the spec's definition of passthrough device id.
