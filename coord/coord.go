@@ -59,6 +59,8 @@ type CheckpointVM struct {
 	// Pause (live): how long the VM's vCPUs stood still for its snapshot
 	// point.
 	Pause time.Duration `json:"pause_ns,omitempty"`
+	// SnapshotAt (live): when it ran again after its snapshot point.
+	SnapshotAt time.Time `json:"snapshot_at,omitzero"`
 }
 
 // OpRecord is a journaled operation.
@@ -71,8 +73,11 @@ type OpRecord struct {
 	// VM's stream is written, synced and checksummed.
 	Live       bool   `json:"live,omitempty"`
 	LiveFailed string `json:"live_failed,omitempty"`
-	Bandwidth  int64  `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
-	Freeze     bool   `json:"freeze,omitempty"`    // dependency-aware migration
+	// notes: per VM, how a successful step departed from its request
+	// (reported, not journaled).
+	notes     *vmNotes
+	Bandwidth int64 `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
+	Freeze    bool  `json:"freeze,omitempty"`    // dependency-aware migration
 }
 
 // Config configures a coordinator.
@@ -351,7 +356,7 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 	if err != nil {
 		return machine.Result{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	rec := &OpRecord{Op: op, Hosts: hosts, Freeze: extra.freeze}
+	rec := &OpRecord{Op: op, Hosts: hosts, Freeze: extra.freeze, notes: &vmNotes{}}
 	if live != nil {
 		rec.Live, rec.Bandwidth = live.Live, live.Bandwidth
 	}
@@ -366,6 +371,9 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 	}
 	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
 	res := c.drive(ctx, rec, acts, progress)
+	for i := range res.VMs {
+		res.VMs[i].Note = rec.notes.get(res.VMs[i].Name)
+	}
 	if rec.LiveFailed != "" {
 		res.Checkpoint, res.Reason = machine.CheckpointFailed, rec.LiveFailed
 		return res, fmt.Errorf("%s of job %q: %w: %s (the job runs on)", kind, job.Name, ErrFailed, rec.LiveFailed)
@@ -374,6 +382,33 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 		return res, fmt.Errorf("%s of job %q: %w: %s", kind, job.Name, ErrFailed, res.Reason)
 	}
 	return res, nil
+}
+
+// vmNotes collect what steps report besides success, per VM.
+type vmNotes struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (n *vmNotes) add(vm, note string) {
+	if n == nil {
+		return // a recovered operation: its notes are gone
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.m == nil {
+		n.m = map[string]string{}
+	}
+	n.m[vm] = note
+}
+
+func (n *vmNotes) get(vm string) string {
+	if n == nil {
+		return ""
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.m[vm]
 }
 
 func (c *Coord) ckDir(ck, vm string) string {

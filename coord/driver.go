@@ -156,6 +156,10 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		}
 		return fail(err.Error())
 	}
+	if res.Note != "" {
+		c.log.Warn("step departed from its request", "op", a.ID.Op, "vm", a.VM, "step", a.Type, "note", res.Note)
+		rec.notes.add(a.VM, res.Note)
+	}
 	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest, Now: time.Now()}
 }
 
@@ -182,19 +186,20 @@ func (c *Coord) record(ctx context.Context, rec *OpRecord, a machine.Action) mac
 	}
 	ck.Status, ck.Done = a.Outcome, time.Now().UTC()
 	digests := a.Digests
-	var pauses map[string]time.Duration
+	var snaps map[string]hostd.StepResult
 	if rec.Live && a.Outcome == machine.CheckpointComplete {
 		// The job runs again (its resume goes on beside this); complete
 		// means every stream written, synced and checksummed.
 		var err error
-		if digests, pauses, err = c.waitStreams(ctx, rec, ck); err != nil {
+		if digests, snaps, err = c.waitStreams(ctx, rec, ck); err != nil {
 			rec.LiveFailed = err.Error()
 			ck.Status = machine.CheckpointFailed
 			c.deleteArtifacts(ctx, rec, ck)
 		}
 	}
 	for i := range ck.VMs {
-		ck.VMs[i].Digest, ck.VMs[i].Pause = digests[ck.VMs[i].Name], pauses[ck.VMs[i].Name]
+		ck.VMs[i].Digest = digests[ck.VMs[i].Name]
+		ck.VMs[i].Pause, ck.VMs[i].SnapshotAt = snaps[ck.VMs[i].Name].Pause, snaps[ck.VMs[i].Name].SnapshotAt
 	}
 	if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
 		return machine.ActionResult{ID: a.ID, Reason: err.Error(), Now: time.Now()}
@@ -224,11 +229,11 @@ func (c *Coord) renewLeases(ctx context.Context, rec *OpRecord) {
 
 // waitStreams waits for every VM's live stream; the first failure fails
 // the checkpoint.
-func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (map[string]string, map[string]time.Duration, error) {
+func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (map[string]string, map[string]hostd.StepResult, error) {
 	type res struct {
-		vm, digest string
-		pause      time.Duration
-		err        error
+		vm  string
+		r   hostd.StepResult
+		err error
 	}
 	ch := make(chan res, len(ck.VMs))
 	for _, v := range ck.VMs {
@@ -240,19 +245,19 @@ func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (
 			if err == nil && !r.OK {
 				err = errors.New(r.Reason)
 			}
-			ch <- res{v.Name, r.Digest, r.Pause, err}
+			ch <- res{v.Name, r, err}
 		}()
 	}
-	digests, pauses := map[string]string{}, map[string]time.Duration{}
+	digests, results := map[string]string{}, map[string]hostd.StepResult{}
 	var first error
 	for range ck.VMs {
 		r := <-ch
 		if r.err != nil && first == nil {
 			first = fmt.Errorf("vm %s: %w", r.vm, r.err)
 		}
-		digests[r.vm], pauses[r.vm] = r.digest, r.pause
+		digests[r.vm], results[r.vm] = r.r.Digest, r.r
 	}
-	return digests, pauses, first
+	return digests, results, first
 }
 
 // deleteArtifacts removes what a failed live checkpoint left.

@@ -44,6 +44,7 @@ type clusterOpts struct {
 	ckDir     string   // checkpoint root (default: a temp dir)
 	coordEnv  []string // environment of the coordinator process
 	coordArgs []string
+	hostdYAML map[string]string // extra hostd configuration, per host
 }
 
 func newCluster(t *testing.T) *cluster { return newClusterWith(t, clusterOpts{}) }
@@ -88,6 +89,7 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 		for i := 1; i <= vmsPerHost; i++ {
 			fmt.Fprintf(&pool, "    - {mac: \"52:54:00:0%c:00:0%d\"}\n", 'a'+rune(len(c.hosts)), i)
 		}
+		pool.WriteString(o.hostdYAML[name])
 		c.hosts[name] = testenv.StartHostd(t, name, ns, hostIP[name]+":7070", pool.String(),
 			"--tls-cert", filepath.Join(c.certs, "hostd-"+name+".crt"),
 			"--tls-key", filepath.Join(c.certs, "hostd-"+name+".key"),

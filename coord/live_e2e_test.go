@@ -3,9 +3,11 @@ package coord_test
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,8 +48,10 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 	gaps := map[string]map[string]time.Duration{}
 	var window map[string][2]int // per VM: last counter before, first... after the live checkpoint
 	var ckID string
+	var liveMons map[string]*pausewatch.GapMonitor
 	for _, live := range []string{"--live=false", "--live=true"} {
 		mons := map[string]*pausewatch.GapMonitor{}
+		liveMons = mons
 		before := map[string]int{}
 		for _, vm := range vms {
 			mons[vm] = pausewatch.WatchGaps(serials[vm])
@@ -77,8 +81,12 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 		if vm.Pause <= 0 {
 			t.Fatalf("vm %s: no snapshot pause recorded: was the checkpoint live? %+v", vm.Name, ck)
 		}
-		t.Logf("%s: snapshot pause %s; longest tick gap: live %s, stop-and-save %s", vm.Name, vm.Pause,
-			gaps["--live=true"][vm.Name], gaps["--live=false"][vm.Name])
+		atCut := liveMons[vm.Name].At(vm.SnapshotAt)
+		t.Logf("%s: snapshot pause %s (QEMU's events); tick gap at the cut %s; longest tick gap: live %s, stop-and-save %s",
+			vm.Name, vm.Pause, atCut, gaps["--live=true"][vm.Name], gaps["--live=false"][vm.Name])
+		if atCut < vm.Pause {
+			t.Errorf("vm %s: the guest's ticks show no pause around its snapshot point (%s): does the tick loop run?", vm.Name, vm.SnapshotAt)
+		}
 		if gaps["--live=true"][vm.Name] >= gaps["--live=false"][vm.Name] {
 			t.Errorf("vm %s: the live checkpoint stalled the guest as long as stop-and-save did", vm.Name)
 		}
@@ -133,4 +141,44 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 		}
 	}
 	c.waitTraffic("jl", "a", peers, since)
+}
+
+// Where QEMU refuses a background snapshot, that VM's part of a live job
+// checkpoint is taken stop-and-save, the result says so and why, and a
+// restart from the mixed checkpoint does not care which kind each part is.
+// Host b's QEMU is a wrapper with auto-converge on, which QEMU 7.2 does not
+// combine with background-snapshot.
+func TestLiveCheckpointFallsBackWhereRefused(t *testing.T) {
+	wrapper := filepath.Join(t.TempDir(), "qemu-autoconverge")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\nexec qemu-system-x86_64 \"$@\" -global migration.x-auto-converge=on\n"), 0o755)
+	c := newClusterWith(t, clusterOpts{hostdYAML: map[string]string{"b": "qemu: " + wrapper + "\n"}})
+	c.createJob("jr", "a", "b")
+	peers := []string{"10.79.0.12"}
+	last := c.waitTraffic("jr", "a", peers, map[string]int{})
+	res, out, err := c.op("checkpoint", "jr")
+	if err != nil || res.Checkpoint != machine.CheckpointComplete {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	notes := map[string]string{}
+	for _, v := range res.VMs {
+		notes[v.Name] = v.Note
+	}
+	if !strings.Contains(notes["vm2"], "stop-and-save instead of live") || !strings.Contains(notes["vm2"], "auto-converge") {
+		t.Fatalf("vm2 (refusing QEMU) has no fallback note with the reason: %q\n%s", notes["vm2"], out)
+	}
+	if notes["vm1"] != "" {
+		t.Fatalf("vm1 was live, yet: %q", notes["vm1"])
+	}
+	t.Logf("vm2: %s", notes["vm2"])
+	text, _ := c.coord.CLI(t, "checkpoint", "jr")
+	if !strings.Contains(text, "note: vm2: stop-and-save instead of live") {
+		t.Fatalf("the terminal output does not show the fallback:\n%s", text)
+	}
+	last = c.waitTraffic("jr", "a", peers, last)
+	c.killAll("jr")
+	last = c.traffic("a")
+	if r, out, err := c.op("restart", "jr", "--checkpoint", res.CheckpointID); err != nil || r.Outcome != machine.OutcomeRestored {
+		t.Fatalf("restart from a checkpoint half live, half stop-and-save: %v\n%s", err, out)
+	}
+	c.waitTraffic("jr", "a", peers, last)
 }

@@ -87,6 +87,8 @@ type CheckpointResult struct {
 	// Pause (live): the snapshot point's pause from QEMU's STOP and RESUME
 	// events, on the host's clock.
 	Pause    time.Duration `json:"pause_ns,omitempty"`
+	// SnapshotAt (live): when the vCPUs ran again after the snapshot point.
+	SnapshotAt time.Time `json:"snapshot_at,omitzero"`
 	Live     bool          `json:"live,omitempty"`
 	Fallback string        `json:"fallback,omitempty"` // why a live checkpoint was taken stop-and-save
 }
@@ -198,8 +200,8 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 				res.Bytes += f.Size
 			}
 			res.Dir, res.Manifest, res.Duration = opts.Dir, m, timeNow().Sub(start)
-			res.Downtime, res.Pause = ls.downtime, ls.pause // the snapshot point's
-			vm.log.Info("live checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "pause", res.Downtime)
+			res.Downtime, res.Pause, res.SnapshotAt = ls.downtime, ls.pause, ls.at // the snapshot point's
+			vm.log.Info("live checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "pause", res.Pause)
 			return res, nil
 		}
 	}

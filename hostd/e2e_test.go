@@ -3,6 +3,9 @@ package hostd_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -437,9 +440,16 @@ func TestLiveCheckpointRestoresTheCut(t *testing.T) {
 	if !res.Live || res.Fallback != "" {
 		t.Fatalf("not a live checkpoint: %+v", res)
 	}
-	t.Logf("live checkpoint: paused %s, whole %s, %d bytes", res.Downtime, res.Duration, res.Bytes)
+	t.Logf("live checkpoint: paused %s (QEMU: %s), whole %s, %d bytes", res.Pause, res.Downtime, res.Duration, res.Bytes)
 	if _, err := hostd.VerifyCheckpoint(dir); err != nil {
 		t.Fatal(err)
+	}
+	// The pause is exported for the operator's dashboards.
+	metrics := scrape(t, h)
+	for _, want := range []string{"symvirt_hostd_live_snapshot_pause_seconds_count 1", `symvirt_hostd_operations_total{op="checkpoint",result="ok"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("/metrics has no %q:\n%s", want, metrics)
+		}
 	}
 	// The VM ran on; restore brings back the cut, whatever ran after it.
 	cut := counters(log)
@@ -543,4 +553,19 @@ func TestLiveCheckpointDiskFillsDuringStream(t *testing.T) {
 	}
 	waitCounter(t, log, before[len(before)-1]+2, 30*time.Second) // the guest runs on
 	t.Logf("live checkpoint complete on a disk filled during its stream: %d bytes, snapshot pause %s", res.Bytes, res.Pause)
+}
+
+// scrape fetches hostd's Prometheus metrics over its socket.
+func scrape(t *testing.T, h *testenv.Hostd) string {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", h.Socket())
+	}}}
+	resp, err := hc.Get("http://hostd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
 }

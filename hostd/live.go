@@ -115,6 +115,8 @@ type liveSave struct {
 	// QEMU's STOP and RESUME events (host clock); 0 if the VM was
 	// already stopped.
 	pause time.Duration
+	// at is when the vCPUs ran again after the snapshot point (RESUME).
+	at time.Time
 	// reattach is set once a hot-plug waits for the stream's end.
 	reattach bool
 }
@@ -208,8 +210,10 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 				stopped = at
 				continue
 			}
+			ls.at = at
 			if !stopped.IsZero() {
 				ls.pause = at.Sub(stopped)
+				vm.h.metrics.pause.Observe(ls.pause.Seconds())
 			}
 			vm.log.Info("snapshot point taken", "pause", ls.pause)
 			return ls, nil

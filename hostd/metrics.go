@@ -14,6 +14,8 @@ type metrics struct {
 	reg      *prometheus.Registry
 	ops      *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// pause is the vCPU pause of live checkpoints' snapshot points.
+	pause prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -28,8 +30,13 @@ func newMetrics() *metrics {
 			Help:    "Duration of VM operations.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
 		}, []string{"op"}),
+		pause: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "symvirt_hostd_live_snapshot_pause_seconds",
+			Help:    "How long a live checkpoint's snapshot point stopped the vCPUs (QEMU's STOP to RESUME).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
 	}
-	m.reg.MustRegister(m.ops, m.duration, prometheus.NewGoCollector())
+	m.reg.MustRegister(m.ops, m.duration, m.pause, prometheus.NewGoCollector())
 	return m
 }
 

@@ -70,6 +70,16 @@ type StepRequest struct {
 	// guest round without the coordinator renewing.
 	Lease    time.Duration `json:"lease_ns,omitempty"`
 	Deadline time.Time     `json:"deadline,omitzero"`
+
+	// note collects what the step did differently from what was asked.
+	note *string
+}
+
+// notef says how a step departed from its request (it still succeeded).
+func (r StepRequest) notef(format string, a ...any) {
+	if r.note != nil {
+		*r.note = fmt.Sprintf(format, a...)
+	}
 }
 
 // StepResult answers a step.
@@ -82,6 +92,11 @@ type StepResult struct {
 	// Pause (save-wait of a live save): how long the vCPUs stood still
 	// for the snapshot point.
 	Pause time.Duration `json:"pause_ns,omitempty"`
+	// SnapshotAt: when the vCPUs ran again after it (QEMU's clock).
+	SnapshotAt time.Time `json:"snapshot_at,omitzero"`
+	// Note says how a successful step departed from its request, e.g. a
+	// live save taken stop-and-save, and why.
+	Note string `json:"note,omitempty"`
 }
 
 func forwardStep(kind string) bool {
@@ -147,14 +162,22 @@ func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
 		defer cancel()
 	}
 	start := timeNow()
-	var pause time.Duration
+	var ls *liveSave
 	var err error
+	var note string
+	req.note = &note
 	if req.Kind == StepSaveWait {
-		pause, err = h.saveWaitStep(ctx, req)
+		ls, err = h.saveWaitStep(ctx, req)
 	} else {
 		err = h.step(ctx, req)
 	}
-	res := StepResult{OK: err == nil, Pause: pause}
+	res := StepResult{OK: err == nil}
+	if ls != nil {
+		res.Pause, res.SnapshotAt = ls.pause, ls.at
+	}
+	if err == nil {
+		res.Note = note
+	}
 	if err != nil {
 		res.Reason, res.Code = err.Error(), codeOf(err)
 	} else if req.Kind == StepSaveWait || req.Kind == StepSave {
@@ -169,7 +192,7 @@ func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
 	}
 	h.metrics.observe("step_"+req.Kind, resultLabel(err), start)
 	h.log.Info("step", "id", req.ID, "kind", req.Kind, "vm", req.VM, "ok", res.OK, "reason", res.Reason,
-		"took", timeNow().Sub(start))
+		"note", res.Note, "took", timeNow().Sub(start))
 	st.mu.Lock()
 	st.results[req.ID] = res
 	st.order = append(st.order, req.ID)
@@ -321,6 +344,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 				return nil
 			}
 			vm.log.Warn("the vm stops for the job's cut instead", "err", err)
+			req.notef("stopped for the cut (no network fence: %v)", err)
 		}
 		return mon.Stop(ctx)
 	case StepSave:
@@ -360,6 +384,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 				return err
 			}
 			vm.log.Warn("live checkpoint unsupported here: stop-and-save instead", "err", err)
+			req.notef("stop-and-save instead of live: %v", err)
 			if err := freshDir(req.Dir); err != nil {
 				return err
 			}
@@ -655,13 +680,13 @@ func fileDigest(path string) (string, error) {
 // saveWaitStep waits for a VM's live save into req.Dir to be complete.
 // It does not take the VM's operation lock: the job's resume runs while
 // the stream is still being written.
-func (h *Host) saveWaitStep(ctx context.Context, req StepRequest) (time.Duration, error) {
+func (h *Host) saveWaitStep(ctx context.Context, req StepRequest) (*liveSave, error) {
 	if req.VM == "" || req.Op == "" || req.ID == "" {
-		return 0, fmt.Errorf("step: id, op and vm are required: %w", ErrInvalidSpec)
+		return nil, fmt.Errorf("step: id, op and vm are required: %w", ErrInvalidSpec)
 	}
 	vm, err := h.Get(req.VM)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	vm.mu.Lock()
 	ls := vm.live
@@ -670,7 +695,7 @@ func (h *Host) saveWaitStep(ctx context.Context, req StepRequest) (time.Duration
 		// Not live (it fell back) or already waited for: the manifest
 		// says whether it is complete.
 		_, err := ReadManifest(req.Dir)
-		return 0, err
+		return nil, err
 	}
 	_, err = ls.wait(ctx)
 	vm.mu.Lock()
@@ -678,5 +703,5 @@ func (h *Host) saveWaitStep(ctx context.Context, req StepRequest) (time.Duration
 		vm.live = nil
 	}
 	vm.mu.Unlock()
-	return ls.pause, err
+	return ls, err
 }

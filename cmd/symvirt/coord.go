@@ -176,6 +176,11 @@ func printOpResult(w io.Writer, v any) {
 		if len(r.Lost) > 0 {
 			fmt.Fprintf(w, "  lost (their host went down): %s\n", strings.Join(r.Lost, ", "))
 		}
+		for _, vm := range r.VMs {
+			if vm.Note != "" {
+				fmt.Fprintf(w, "  note: %s: %s\n", vm.Name, vm.Note)
+			}
+		}
 	case []machine.Result:
 		for _, x := range r {
 			printOpResult(w, x)

@@ -290,4 +290,7 @@ type VMResult struct {
 	Outcome string     `json:"outcome,omitempty"`
 	Error   string     `json:"error,omitempty"`
 	Digest  string     `json:"digest,omitempty"`
+	// Note (set by the driver, not the machine) says how the VM's part
+	// departed from what was asked, e.g. stop-and-save instead of live.
+	Note string `json:"note,omitempty"`
 }

@@ -16,27 +16,34 @@ import (
 	"time"
 )
 
-// GapMonitor records the longest time a file did not grow: a guest that
-// writes to its console every few milliseconds shows a pause of its vCPUs
-// as a gap, measured on the host's clock (the guest's own clock stops
-// with it).
+// GapMonitor records the gaps in a file's growth: a guest that writes to
+// its console every millisecond shows a pause of its vCPUs as a gap,
+// measured on the host's clock (the guest's own clock stops with it).
 type GapMonitor struct {
 	stop chan struct{}
-	done chan time.Duration
+	done chan struct{}
+	gaps []Gap // longer than a few ticks
+	max  time.Duration
 }
+
+// Gap is a time the file did not grow.
+type Gap struct{ From, To time.Time }
+
+// Len is the gap's length.
+func (g Gap) Len() time.Duration { return g.To.Sub(g.From) }
 
 // WatchGaps starts watching path.
 func WatchGaps(path string) *GapMonitor {
-	m := &GapMonitor{stop: make(chan struct{}), done: make(chan time.Duration, 1)}
+	m := &GapMonitor{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
+		defer close(m.done)
 		var size int64
-		last, maxGap := time.Now(), time.Duration(0)
+		last := time.Now()
 		for {
 			select {
 			case <-m.stop:
-				m.done <- maxGap
 				return
-			case <-time.After(500 * time.Microsecond):
+			case <-time.After(250 * time.Microsecond):
 			}
 			st, err := os.Stat(path)
 			if err != nil {
@@ -44,7 +51,11 @@ func WatchGaps(path string) *GapMonitor {
 			}
 			if now := time.Now(); st.Size() != size {
 				size = st.Size()
-				maxGap = max(maxGap, now.Sub(last))
+				g := Gap{last, now}
+				m.max = max(m.max, g.Len())
+				if g.Len() > 3*time.Millisecond {
+					m.gaps = append(m.gaps, g)
+				}
 				last = now
 			}
 		}
@@ -53,7 +64,23 @@ func WatchGaps(path string) *GapMonitor {
 }
 
 // End stops watching and returns the longest gap.
-func (m *GapMonitor) End() time.Duration { close(m.stop); return <-m.done }
+func (m *GapMonitor) End() time.Duration {
+	close(m.stop)
+	<-m.done
+	return m.max
+}
+
+// At returns the gap around instant t (after End), 0 if the file grew
+// steadily then: the guest-visible pause at a known event.
+func (m *GapMonitor) At(t time.Time) time.Duration {
+	const slack = time.Millisecond // the clocks of two processes, polling
+	for _, g := range m.gaps {
+		if !t.Before(g.From.Add(-slack)) && !t.After(g.To.Add(slack)) {
+			return g.Len()
+		}
+	}
+	return 0
+}
 
 // TickScript runs the guest-side timestamp loop (examples/tick, installed
 // as /bin/tick: TickBinary) on the guest's console: a line every
