@@ -86,11 +86,11 @@ type CheckpointResult struct {
 	Downtime time.Duration `json:"downtime_ns"`
 	// Pause (live): the snapshot point's pause from QEMU's STOP and RESUME
 	// events, on the host's clock.
-	Pause    time.Duration `json:"pause_ns,omitempty"`
+	Pause time.Duration `json:"pause_ns,omitempty"`
 	// SnapshotAt (live): when the vCPUs ran again after the snapshot point.
 	SnapshotAt time.Time `json:"snapshot_at,omitzero"`
-	Live     bool          `json:"live,omitempty"`
-	Fallback string        `json:"fallback,omitempty"` // why a live checkpoint was taken stop-and-save
+	Live       bool      `json:"live,omitempty"`
+	Fallback   string    `json:"fallback,omitempty"` // why a live checkpoint was taken stop-and-save
 }
 
 // Checkpoint saves the VM's memory and device state (and copies its disks)
