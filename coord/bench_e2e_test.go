@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,19 @@ func TestBenchJobCheckpoint(t *testing.T) {
 	}
 	c := newCluster(t)
 	placement := []string{"a", "b", "c", "a"}
-	for _, n := range []int{1, 2, 4} {
+	sizes := []int{1, 2, 4}
+	if v := os.Getenv("SYMVIRT_BENCH_JOB_VMS"); v != "" {
+		// e.g. "4": one size only, to compare settings quickly.
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 1 || n > 4 {
+				t.Fatalf("SYMVIRT_BENCH_JOB_VMS=%q: want sizes from 1 to 4, comma-separated", v)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	for _, n := range sizes {
 		job := fmt.Sprintf("bench%d", n)
 		f := filepath.Join(t.TempDir(), "job.yaml")
 		yaml := c.jobYAML(job, " symvirt.tick=1", placement[:n]...)

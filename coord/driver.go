@@ -240,8 +240,18 @@ func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (
 		go func() {
 			wctx, cancel := context.WithTimeout(ctx, c.transferTimeout())
 			defer cancel()
-			r, err := c.client(rec.Hosts[v.Host]).Step(wctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/save-wait",
-				Op: rec.Op.ID, Kind: hostd.StepSaveWait, VM: v.Name, Dir: v.Dir})
+			var r hostd.StepResult
+			var err error
+			for {
+				// A hostd that is away (restarting) is asked again: a
+				// hostd that died mid-stream answers that it has no
+				// complete checkpoint.
+				r, err = c.client(rec.Hosts[v.Host]).Step(wctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/save-wait",
+					Op: rec.Op.ID, Kind: hostd.StepSaveWait, VM: v.Name, Dir: v.Dir})
+				if err == nil || !sleepCtx(wctx, time.Second) {
+					break
+				}
+			}
 			if err == nil && !r.OK {
 				err = errors.New(r.Reason)
 			}
@@ -264,9 +274,28 @@ func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (
 func (c *Coord) deleteArtifacts(ctx context.Context, rec *OpRecord, ck Checkpoint) {
 	for _, v := range ck.VMs {
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		c.client(rec.Hosts[v.Host]).Step(dctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/delete-live",
-			Op: rec.Op.ID, Kind: hostd.StepDeleteArtifacts, VM: v.Name, Dir: v.Dir})
+		for {
+			r, err := c.client(rec.Hosts[v.Host]).Step(dctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/delete-live",
+				Op: rec.Op.ID, Kind: hostd.StepDeleteArtifacts, VM: v.Name, Dir: v.Dir})
+			if err == nil && r.OK {
+				break
+			}
+			if !sleepCtx(dctx, time.Second) {
+				c.log.Error("partial live checkpoint left behind", "vm", v.Name, "host", v.Host, "dir", v.Dir, "err", err, "reason", r.Reason)
+				break
+			}
+		}
 		cancel()
+	}
+}
+
+// sleepCtx sleeps d unless ctx ends first; it reports whether it slept.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
 	}
 }
 

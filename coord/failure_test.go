@@ -228,20 +228,7 @@ func TestLiveCheckpointQEMUKilledMidStream(t *testing.T) {
 	startJob(t, c, "")
 	// 8 MB/s: a stream of ~110 MB takes long enough to kill into.
 	done := c.opAsync("checkpoint", "jf", "--live", "--bandwidth", "8M")
-	var state string
-	deadline := time.Now().Add(60 * time.Second)
-	for state == "" {
-		m, _ := filepath.Glob(filepath.Join(c.ckDir, "*", "vm2", "state.bin"))
-		if len(m) > 0 {
-			if st, err := os.Stat(m[0]); err == nil && st.Size() > 4<<20 {
-				state = m[0]
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the live stream never started")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	state := waitStreaming(t, c, "b", "vm2")
 	// vm1 runs during the stream: the job is not paused for it.
 	if st, err := c.hosts["a"].Client().Status(ctxT(t, 10*time.Second), "vm1"); err != nil || st.State != "running" {
 		t.Fatalf("vm1 while streaming: %+v %v", st, err)
@@ -264,5 +251,53 @@ func TestLiveCheckpointQEMUKilledMidStream(t *testing.T) {
 	st, err = c.hosts["a"].Client().Status(ctxT(t, 10*time.Second), "vm1")
 	if err != nil || st.State != "running" || len(st.Detached) != 0 {
 		t.Fatalf("vm1 after the failed live checkpoint: %+v %v", st, err)
+	}
+}
+
+// waitStreaming waits until vm's live checkpoint on host has passed its
+// snapshot point (its memory streams) and returns the state file.
+func waitStreaming(t *testing.T, c *cluster, host, vm string) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(c.hosts[host].Logs(), `"msg":"snapshot point taken","vm":"`+vm+`"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the live stream never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m, _ := filepath.Glob(filepath.Join(c.ckDir, "*", vm, "state.bin"))
+	if len(m) != 1 {
+		t.Fatalf("state files: %v", m)
+	}
+	return m[0]
+}
+
+// hostd b dies (kill -9) while vm2's memory streams, and is back a moment
+// later. The stream was QEMU's own (into a file), so the guest never
+// noticed; the checkpoint is failed (no hostd saw it complete), its files
+// are gone on both hosts, both VMs run with their devices and their
+// connection, and the next live checkpoint works.
+func TestLiveCheckpointHostdKilledMidStream(t *testing.T) {
+	c := newCluster(t)
+	since := startJob(t, c, "")
+	done := c.opAsync("checkpoint", "jf", "--live", "--bandwidth", "8M")
+	state := waitStreaming(t, c, "b", "vm2")
+	c.hosts["b"].Kill()
+	time.Sleep(500 * time.Millisecond)
+	c.hosts["b"].Start()
+	r := <-done
+	if r.err == nil || r.res.Checkpoint != machine.CheckpointFailed {
+		t.Fatalf("live checkpoint whose hostd died mid-stream: %v\n%s", r.err, r.out)
+	}
+	t.Logf("reason: %s", r.res.Reason)
+	assertUntouched(t, c, since)
+	if m, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(state)), "*", "*")); len(m) != 0 {
+		t.Fatalf("partial files left: %v", m)
+	}
+	if s := checkpointStatus(t, c, r.res.CheckpointID); s != "failed" {
+		t.Fatalf("checkpoint recorded %s", s)
+	}
+	if res, out, err := c.op("checkpoint", "jf"); err != nil || res.Checkpoint != machine.CheckpointComplete {
+		t.Fatalf("the next checkpoint: %v\n%s", err, out)
 	}
 }

@@ -84,6 +84,9 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 		atCut := liveMons[vm.Name].At(vm.SnapshotAt)
 		t.Logf("%s: snapshot pause %s (QEMU's events); tick gap at the cut %s; longest tick gap: live %s, stop-and-save %s",
 			vm.Name, vm.Pause, atCut, gaps["--live=true"][vm.Name], gaps["--live=false"][vm.Name])
+		for _, g := range liveMons[vm.Name].Longest(3) {
+			t.Logf("  %s: gap %s from %+.1f ms after the snapshot point", vm.Name, g.Len().Round(100*time.Microsecond), float64(g.From.Sub(vm.SnapshotAt).Microseconds())/1000)
+		}
 		if atCut < vm.Pause {
 			t.Errorf("vm %s: the guest's ticks show no pause around its snapshot point (%s): does the tick loop run?", vm.Name, vm.SnapshotAt)
 		}

@@ -36,6 +36,9 @@ type Host struct {
 	mu  sync.Mutex
 	vms map[string]*VM
 
+	// snapshotSem lets one live checkpoint's snapshot point run at a time.
+	snapshotSem chan struct{}
+
 	// Restart replaces the hostd process (set by the daemon). With check
 	// it only validates binary; VMs are untouched either way.
 	Restart func(binary string, check bool) error
@@ -127,7 +130,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256([]byte(cfg.StateDir))
-	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
+	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, snapshotSem: make(chan struct{}, 1), metrics: newMetrics(),
 		tag: hex.EncodeToString(sum[:4]), started: time.Now().UTC(), steps: newStepState()}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
@@ -454,13 +457,30 @@ func (vm *VM) adopt() error {
 // own, since QEMU 7.2 cannot end one early without hanging the guest; once
 // it has, the capability goes off so a later migration is a migration.
 func (vm *VM) settleLive(mon *qmp.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	mi, err := mon.QueryMigrate(ctx)
+	cancel()
+	var orphan *liveSave
+	if err == nil && mi.Status != "" && mi.Status != "completed" && mi.Status != "failed" && mi.Status != "cancelled" {
+		vm.log.Warn("a stream from before hostd restarted is still running; letting it finish", "status", mi.Status)
+		// Stands for the stream in attachAll (QEMU refuses device_add
+		// meanwhile) and fails a save-wait: it has no manifest.
+		orphan = &liveSave{done: make(chan struct{}), err: errors.New("the stream was started by a hostd that died")}
+		vm.mu.Lock()
+		vm.live = orphan
+		vm.mu.Unlock()
+	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 		defer cancel()
-		if mi, err := mon.QueryMigrate(ctx); err == nil && mi.Status != "" && mi.Status != "completed" &&
-			mi.Status != "failed" && mi.Status != "cancelled" {
-			vm.log.Warn("a stream from before hostd restarted is still running; letting it finish", "status", mi.Status)
+		if orphan != nil {
 			mon.WaitMigration(ctx, time.Second, nil)
+			close(orphan.done)
+			vm.mu.Lock()
+			if vm.live == orphan {
+				vm.live = nil
+			}
+			vm.mu.Unlock()
 		}
 		mon.CloseFD(ctx, liveFD)
 		if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": false}); err != nil {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -144,6 +146,24 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 		m.Files = append(m.Files, fd)
 		m.Spec.Disks[i].Path = name
 	}
+	// One snapshot point at a time on this host: each is a burst of CPU
+	// (device state, write-protecting all RAM) during which its VM
+	// stands still, and several at once stretch every one of them. The
+	// job's network fence keeps the cut consistent whatever the order.
+	select {
+	case vm.h.snapshotSem <- struct{}{}:
+	case <-ctx.Done():
+		a.disarm(mon)
+		return nil, ctx.Err()
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-vm.h.snapshotSem
+		}
+	}
+	defer release()
 	events, unsubscribe := mon.Subscribe("STOP", "RESUME")
 	defer unsubscribe()
 	if err := mon.Migrate(ctx, "fd:"+liveFD); err != nil {
@@ -151,6 +171,12 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 		return nil, err
 	}
 	a.used = true
+	vm.mu.Lock()
+	pid := vm.rt.PID
+	vm.mu.Unlock()
+	// The snapshot point runs on the stream's thread while the VM stands
+	// still: it goes first on a busy host, then steps back for the stream.
+	backgroundStream(pid, snapshotNice)
 	f := a.f
 	// The stream outlives the request that started it.
 	sctx, stop := context.WithCancelCause(context.Background())
@@ -215,6 +241,9 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 				ls.pause = at.Sub(stopped)
 				vm.h.metrics.pause.Observe(ls.pause.Seconds())
 			}
+			release()
+			// Only now: the snapshot point itself ran on this thread.
+			backgroundStream(pid, streamNice)
 			vm.log.Info("snapshot point taken", "pause", ls.pause)
 			return ls, nil
 		case <-ls.done:
@@ -227,6 +256,41 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 			<-ls.done
 			return nil, ctx.Err()
 		}
+	}
+}
+
+// streamNice is the stream thread's nice value. On a host short of cores
+// the stream competes with the vCPUs it protects: a guest stalled for the
+// CPU is as stalled as a paused one. Niced, the thread still gets a core
+// whenever a vCPU waits on it (a write fault blocks the vCPU), and yields
+// to running vCPUs the rest of the time.
+const streamNice = 10
+
+// snapshotNice is that thread's nice value until the snapshot point is
+// taken, since the VM is paused until then.
+const snapshotNice = -10
+
+// backgroundStream renices QEMU's background-snapshot thread (named by
+// -name debug-threads=on) as soon as it exists.
+func backgroundStream(pid, nice int) {
+	if pid <= 0 {
+		return
+	}
+	for range 50 {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return
+		}
+		for _, e := range ents {
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, e.Name()))
+			if strings.TrimSpace(string(comm)) == "bg_snapshot" {
+				if tid, err := strconv.Atoi(e.Name()); err == nil {
+					unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+				}
+				return
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 

@@ -6,11 +6,13 @@
 package pausewatch
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -68,6 +70,13 @@ func (m *GapMonitor) End() time.Duration {
 	close(m.stop)
 	<-m.done
 	return m.max
+}
+
+// Longest returns the n longest gaps (after End), longest first.
+func (m *GapMonitor) Longest(n int) []Gap {
+	g := slices.Clone(m.gaps)
+	slices.SortFunc(g, func(a, b Gap) int { return cmp.Compare(b.Len(), a.Len()) })
+	return g[:min(n, len(g))]
 }
 
 // At returns the gap around instant t (after End), 0 if the file grew
