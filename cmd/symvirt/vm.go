@@ -243,8 +243,12 @@ func printResult(out cliutil.Output, v any) error {
 			if r.Live {
 				kind = "live"
 			}
+			stopped := r.Downtime
+			if r.Live && r.Pause > 0 {
+				stopped = r.Pause // QEMU's events, finer than its downtime figure
+			}
 			fmt.Fprintf(w, "checkpoint %s (%s): %s in %s, vCPUs stopped %s\n", r.Dir, kind, cliutil.Bytes(r.Bytes),
-				r.Duration.Round(time.Millisecond), r.Downtime.Round(time.Millisecond))
+				r.Duration.Round(time.Millisecond), stopped.Round(100*time.Microsecond))
 			if r.Fallback != "" {
 				fmt.Fprintf(w, "  not live: %s\n", r.Fallback)
 			}
