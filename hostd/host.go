@@ -36,9 +36,6 @@ type Host struct {
 	mu  sync.Mutex
 	vms map[string]*VM
 
-	// snapshotSem lets one live checkpoint's snapshot point run at a time.
-	snapshotSem chan struct{}
-
 	// Restart replaces the hostd process (set by the daemon). With check
 	// it only validates binary; VMs are untouched either way.
 	Restart func(binary string, check bool) error
@@ -130,7 +127,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256([]byte(cfg.StateDir))
-	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, snapshotSem: make(chan struct{}, 1), metrics: newMetrics(),
+	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
 		tag: hex.EncodeToString(sum[:4]), started: time.Now().UTC(), steps: newStepState()}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
