@@ -160,6 +160,14 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 		res.Fallback = "the vm does not run on after this checkpoint"
 		opts.Live = false
 	}
+	if opts.Live && len(vm.Spec().Disks) > 0 {
+		// Disks are copied at the snapshot point: the vCPUs stand still
+		// for the copy (QEMU runs them again at the snapshot point).
+		if err := mon.Stop(ctx); err != nil {
+			rollback()
+			return res, err
+		}
+	}
 	if opts.Live {
 		progress(Progress{Phase: "snapshot"})
 		ls, err := vm.liveSaveNow(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth)

@@ -166,9 +166,6 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 	vm.mu.Lock()
 	pid := vm.rt.PID
 	vm.mu.Unlock()
-	// The snapshot point runs on the stream's thread while the VM stands
-	// still: it goes first on a busy host, then steps back for the stream.
-	backgroundStream(pid, snapshotNice)
 	f := a.f
 	// The stream outlives the request that started it.
 	sctx, stop := context.WithCancelCause(context.Background())
@@ -225,6 +222,10 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 			}
 			at := time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
 			if ev.Event == "STOP" {
+				// The snapshot point runs on the stream's thread while
+				// the VM stands still: it goes first on a busy host
+				// (not before: its setup ran beside the running guest).
+				backgroundStream(pid, snapshotNice)
 				stopped = at
 				continue
 			}
