@@ -167,6 +167,9 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 			rollback()
 			return res, err
 		}
+		vm.mu.Lock()
+		vm.stoppedAt = timeNow()
+		vm.mu.Unlock()
 	}
 	if opts.Live {
 		progress(Progress{Phase: "snapshot"})

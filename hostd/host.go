@@ -66,6 +66,7 @@ type VM struct {
 	live      *liveSave     // a live checkpoint still streaming
 	armed     *liveArm      // a live checkpoint made ready before the job's cut
 	attachMu  sync.Mutex
+	stoppedAt time.Time // when hostd stopped the vCPUs for a cut, for its pause
 }
 
 // runtimeState is persisted next to the spec so a restarted hostd knows

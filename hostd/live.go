@@ -230,6 +230,13 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 				continue
 			}
 			ls.at = at
+			vm.mu.Lock()
+			if stopped.IsZero() {
+				// Already stopped for the cut by hostd: the pause began then.
+				stopped = vm.stoppedAt
+			}
+			vm.stoppedAt = time.Time{}
+			vm.mu.Unlock()
 			if !stopped.IsZero() {
 				ls.pause = at.Sub(stopped)
 				vm.h.metrics.pause.Observe(ls.pause.Seconds())

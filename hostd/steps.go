@@ -346,7 +346,13 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 			vm.log.Warn("the vm stops for the job's cut instead", "err", err)
 			req.notef("stopped for the cut (no network fence: %v)", err)
 		}
-		return mon.Stop(ctx)
+		if err := mon.Stop(ctx); err != nil {
+			return err
+		}
+		vm.mu.Lock()
+		vm.stoppedAt = timeNow()
+		vm.mu.Unlock()
+		return nil
 	case StepSave:
 		mon, err := vm.monitor()
 		if err != nil {
