@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,18 +48,26 @@ func TestBenchJobCheckpoint(t *testing.T) {
 		os.WriteFile(f, []byte(yaml), 0o600)
 		c.cli("jobs", "create", "-f", f)
 		for i := 1; i <= n; i++ {
+			// Booted through: the app registered and guestd (which loads
+			// its eBPF programs first, slow under TCG) listens.
 			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `hook: registered`)
+			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `virtio-serial port open`)
+			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `virtio-serial port open`)
 		}
 		// The guest-visible pause of each VM (the gap in its 1 ms tick
 		// loop around its snapshot point; stop-and-save: the longest),
 		// the longest stall, stop-and-save then live, and the whole time.
 		pause, whole := map[string]time.Duration{}, map[string]time.Duration{}
-		var snapshotPause, atCut time.Duration
+		var snapshotPause, atCut, fenceHeld time.Duration
 		for _, live := range []string{"--live=false", "--live=true"} {
 			mons := map[string]*pausewatch.GapMonitor{}
 			for i := 1; i <= n; i++ {
 				vm := fmt.Sprintf("%svm%d", job, i)
 				mons[vm] = pausewatch.WatchGaps(c.serial(placement[i-1], vm))
+			}
+			logMark := map[string]int{}
+			for h, d := range c.hosts {
+				logMark[h] = len(d.Logs())
 			}
 			start := time.Now()
 			res, out, err := c.op("checkpoint", job, live)
@@ -79,6 +88,9 @@ func TestBenchJobCheckpoint(t *testing.T) {
 				for _, v := range ck.VMs {
 					snapshotPause = max(snapshotPause, v.Pause)
 					atCut = max(atCut, mons[v.Name].At(v.SnapshotAt))
+				}
+				for h, d := range c.hosts {
+					fenceHeld = max(fenceHeld, maxFenceHeld(d.Logs()[logMark[h]:]))
 				}
 			}
 		}
@@ -126,10 +138,23 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"live_guest_pause_at_cut_max_seconds":   atCut.Seconds(),
 			"live_longest_stall_max_seconds":        pause["--live=true"].Seconds(),
 			"live_snapshot_pause_max_seconds":       snapshotPause.Seconds(),
+			"live_network_fence_max_seconds":        fenceHeld.Seconds(),
 			"stop_and_save_checkpoint_seconds":      whole["--live=false"].Seconds(),
 			"live_checkpoint_seconds":               whole["--live=true"].Seconds(),
 			"pause_ratio_stop_over_live":            pause["--live=false"].Seconds() / atCut.Seconds()})
 		fmt.Println(string(line))
 		c.killAll(job)
 	}
+}
+
+var fenceHeldRE = regexp.MustCompile(`"msg":"network fence lifted".*"held_ns":(\d+)`)
+
+// maxFenceHeld is the longest network fence in hostd's log.
+func maxFenceHeld(log string) time.Duration {
+	var m time.Duration
+	for _, x := range fenceHeldRE.FindAllStringSubmatch(log, -1) {
+		n, _ := strconv.ParseInt(x[1], 10, 64)
+		m = max(m, time.Duration(n))
+	}
+	return m
 }

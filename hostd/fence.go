@@ -57,6 +57,9 @@ func (vm *VM) fence(ctx context.Context, mon *qmp.Client) error {
 		}
 		done = append(done, n.ID)
 	}
+	vm.mu.Lock()
+	vm.fencedAt = start
+	vm.mu.Unlock()
 	vm.log.Info("network fenced", "nics", done, "took", timeNow().Sub(start))
 	return nil
 }
@@ -74,15 +77,28 @@ func (vm *VM) unfence(ctx context.Context) {
 			ids = append(ids, n.ID)
 		}
 	}
-	vm.unfenceIDs(ctx, mon, ids)
-}
-
-func (vm *VM) unfenceIDs(ctx context.Context, mon *qmp.Client, nics []string) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	for _, id := range nics {
-		if err := mon.Execute(ctx, "object-del", map[string]any{"id": fenceID(id)}, nil); err == nil {
-			vm.log.Info("network fence lifted", "nic", id)
+	if vm.unfenceIDs(ctx, mon, ids) {
+		vm.mu.Lock()
+		at := vm.fencedAt
+		vm.fencedAt = time.Time{}
+		vm.mu.Unlock()
+		if !at.IsZero() {
+			held := timeNow().Sub(at)
+			vm.h.metrics.fence.Observe(held.Seconds())
+			vm.log.Info("network fence lifted", "held_ns", held.Nanoseconds())
 		}
 	}
+}
+
+// unfenceIDs removes the fences of nics; it reports whether any was there.
+func (vm *VM) unfenceIDs(ctx context.Context, mon *qmp.Client, nics []string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	lifted := false
+	for _, id := range nics {
+		if err := mon.Execute(ctx, "object-del", map[string]any{"id": fenceID(id)}, nil); err == nil {
+			lifted = true
+		}
+	}
+	return lifted
 }

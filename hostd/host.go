@@ -67,6 +67,7 @@ type VM struct {
 	armed     *liveArm      // a live checkpoint made ready before the job's cut
 	attachMu  sync.Mutex
 	stoppedAt time.Time // when hostd stopped the vCPUs for a cut, for its pause
+	fencedAt  time.Time // when the network fence went up
 }
 
 // runtimeState is persisted next to the spec so a restarted hostd knows

@@ -166,6 +166,10 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 	vm.mu.Lock()
 	pid := vm.rt.PID
 	vm.mu.Unlock()
+	// The stream's thread first sets up (holding QEMU's big lock, which
+	// stalls the guest's I/O) and then takes the snapshot point with the
+	// VM stopped: both go first on a busy host.
+	backgroundStream(pid, snapshotNice)
 	f := a.f
 	// The stream outlives the request that started it.
 	sctx, stop := context.WithCancelCause(context.Background())
@@ -222,10 +226,6 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 			}
 			at := time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
 			if ev.Event == "STOP" {
-				// The snapshot point runs on the stream's thread while
-				// the VM stands still: it goes first on a busy host
-				// (not before: its setup ran beside the running guest).
-				backgroundStream(pid, snapshotNice)
 				stopped = at
 				continue
 			}

@@ -16,6 +16,8 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	// pause is the vCPU pause of live checkpoints' snapshot points.
 	pause prometheus.Histogram
+	// fence is how long a job's network fence held a VM's traffic.
+	fence prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -35,8 +37,13 @@ func newMetrics() *metrics {
 			Help:    "How long a live checkpoint's snapshot point stopped the vCPUs (QEMU's STOP to RESUME).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		fence: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "symvirt_hostd_network_fence_seconds",
+			Help:    "How long a live job checkpoint's network fence held a VM's packets.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
 	}
-	m.reg.MustRegister(m.ops, m.duration, m.pause, prometheus.NewGoCollector())
+	m.reg.MustRegister(m.ops, m.duration, m.pause, m.fence, prometheus.NewGoCollector())
 	return m
 }
 
