@@ -58,10 +58,14 @@ func serialLog(h *testenv.Hostd, vm string) string {
 var counterRE = regexp.MustCompile(`symvirt-counter (\d+)`)
 
 // counters returns every counter value the guest printed, in order.
-func counters(path string) []int {
+func counters(path string) []int { return numbersIn(path, counterRE) }
+
+// numbersIn returns the number re captures in each of its matches in the
+// file, in order.
+func numbersIn(path string, re *regexp.Regexp) []int {
 	data, _ := os.ReadFile(path)
 	var out []int
-	for _, m := range counterRE.FindAllSubmatch(data, -1) {
+	for _, m := range re.FindAllSubmatch(data, -1) {
 		n, _ := strconv.Atoi(string(m[1]))
 		out = append(out, n)
 	}
@@ -606,15 +610,7 @@ func TestLiveCheckpointWithDiskIsConsistent(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := serialLog(h, "ld1")
-	diskCounters := func() []int {
-		data, _ := os.ReadFile(log)
-		var out []int
-		for _, m := range diskCounterRE.FindAllSubmatch(data, -1) {
-			n, _ := strconv.Atoi(string(m[1]))
-			out = append(out, n)
-		}
-		return out
-	}
+	diskCounters := func() []int { return numbersIn(log, diskCounterRE) }
 	deadline := time.Now().Add(90 * time.Second)
 	for len(diskCounters()) < 5 {
 		if time.Now().After(deadline) {
