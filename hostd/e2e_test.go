@@ -3,6 +3,7 @@ package hostd_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -436,6 +437,18 @@ func TestLiveCheckpointRestoresTheCut(t *testing.T) {
 	}
 	log := serialLog(h, "lv1")
 	waitCounter(t, log, 4, 90*time.Second)
+	// QEMU shares hostd's scheduling group (both run in the test's
+	// session): a session per VM would be an autogroup per VM, and the
+	// nice values a live checkpoint gives QEMU's threads would not act
+	// across VMs.
+	if st, err := c.Status(ctx, "lv1"); err != nil {
+		t.Fatal(err)
+	} else if own, err := os.ReadFile("/proc/self/autogroup"); err == nil {
+		qemu, _ := os.ReadFile(fmt.Sprintf("/proc/%d/autogroup", st.PID))
+		if string(qemu) != string(own) {
+			t.Fatalf("qemu runs in autogroup %q, hostd's session in %q", qemu, own)
+		}
+	}
 	dir := filepath.Join(t.TempDir(), "ck")
 	res, err := c.Checkpoint(ctx, "lv1", hostd.CheckpointOptions{Dir: dir, Live: true}, nil)
 	if err != nil {

@@ -618,9 +618,14 @@ func (vm *VM) start(ctx context.Context, l launch, bin string, gen int) (*proc, 
 	logStart, _ := logf.Seek(0, io.SeekEnd)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// A session of its own: signals to hostd's process group (Ctrl-C, a
-	// service manager stopping hostd) must not reach the VMs.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// A process group of its own: signals to hostd's (Ctrl-C, a service
+	// manager stopping hostd) must not reach the VMs. Not a session: on a
+	// host whose processes sit in the root cgroup, each session is a
+	// scheduling group of its own (autogroup), which would make every VM
+	// an equal share of the CPUs whatever the nice values hostd gives its
+	// threads (a stream's nice 19 then yielded only to its own vCPUs, not
+	// to the other VMs'; traced with four VMs on two cores).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrQEMUStart, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -163,18 +164,26 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 	defer release()
 	events, unsubscribe := mon.Subscribe("STOP", "RESUME")
 	defer unsubscribe()
+	vm.mu.Lock()
+	pid := vm.rt.PID
+	vm.mu.Unlock()
+	// From migrate to a little after the snapshot point the VM goes first
+	// on a busy host: the stream's set-up holds QEMU's big lock (which
+	// stalls the guest's I/O), the snapshot point needs the main loop and
+	// the vCPUs to answer, and a guest that waits for a CPU after it is as
+	// stalled as a paused one. The stream's thread, born of the boosted
+	// main loop, shares the boost until then.
+	unboost := boostVM(pid, snapshotNice)
+	defer func() {
+		if unboost != nil {
+			unboost()
+		}
+	}()
 	if err := mon.Migrate(ctx, "fd:"+liveFD); err != nil {
 		a.disarm(mon)
 		return nil, err
 	}
 	a.used = true
-	vm.mu.Lock()
-	pid := vm.rt.PID
-	vm.mu.Unlock()
-	// The stream's thread first sets up (holding QEMU's big lock, which
-	// stalls the guest's I/O) and then takes the snapshot point with the
-	// VM stopped: both go first on a busy host.
-	backgroundStream(pid, snapshotNice)
 	f := a.f
 	// The stream outlives the request that started it.
 	sctx, stop := context.WithCancelCause(context.Background())
@@ -192,18 +201,21 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 		}
 		var fd FileDigest
 		if err == nil {
-			// QEMU's descriptor shares ours' offset: the end of its
-			// stream. What was reserved past it goes.
-			var end int64
-			if end, err = f.Seek(0, io.SeekCurrent); err == nil {
-				err = f.Truncate(end)
-			}
-		}
-		if err == nil {
-			err = f.Sync()
-		}
-		if err == nil {
-			fd, err = digestFile(f.Name())
+			err = atLowestPriority(func() error {
+				// QEMU's descriptor shares ours' offset: the end of its
+				// stream. What was reserved past it goes.
+				end, err := f.Seek(0, io.SeekCurrent)
+				if err == nil {
+					err = f.Truncate(end)
+				}
+				if err == nil {
+					err = f.Sync()
+				}
+				if err == nil {
+					fd, err = hashFile(f.Name())
+				}
+				return err
+			})
 		}
 		if err == nil {
 			fd.Role = "state"
@@ -248,6 +260,8 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 			}
 			release()
 			backgroundStream(pid, streamNice)
+			time.AfterFunc(catchUp, unboost)
+			unboost = nil
 			vm.log.Info("snapshot point taken", "pause", ls.pause)
 			return ls, nil
 		case <-ls.done:
@@ -273,9 +287,16 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 // leaves the stream a core to serve it.
 const streamNice = 19
 
-// snapshotNice is that thread's nice value until the snapshot point is
-// taken: the VM is paused until then.
+// snapshotNice is the nice value of a VM's QEMU threads from migrate to
+// catchUp after its snapshot point.
 const snapshotNice = -10
+
+// catchUp is how long a VM's vCPUs and main loop keep their boost after
+// its snapshot point, to run what piled up while they stood still
+// (timers, interrupts). The stream's thread drops to streamNice at once:
+// boosted, each VM's stream took a core from the others' vCPUs (traced
+// with four VMs on two cores).
+const catchUp = 100 * time.Millisecond
 
 // snapshotLock serializes snapshot points across the hostds of a machine
 // (one in production; several in tests).
@@ -306,28 +327,65 @@ func lockMachine(ctx context.Context, path string) (release func(), err error) {
 	}
 }
 
-// backgroundStream renices QEMU's background-snapshot thread (named by
-// -name debug-threads=on) as soon as it exists.
-func backgroundStream(pid, nice int) {
+// boostVM renices every thread of QEMU process pid to nice and returns
+// the function that ends the boost (once; later calls do nothing): each
+// thread gets its nice value back, the background-snapshot thread (named
+// by -name debug-threads=on) gets streamNice, and threads born during the
+// boost (which inherit it) get the main thread's.
+func boostVM(pid, nice int) (unboost func()) {
 	if pid <= 0 {
-		return
+		return func() {}
 	}
-	for range 50 {
-		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		if err != nil {
-			return
+	old := map[int]int{}
+	for _, tid := range qemuThreads(pid) {
+		// The raw getpriority(2) is 20-nice.
+		if p, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil {
+			old[tid] = 20 - p
+			unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
 		}
-		for _, e := range ents {
-			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, e.Name()))
-			if strings.TrimSpace(string(comm)) == "bg_snapshot" {
-				if tid, err := strconv.Atoi(e.Name()); err == nil {
-					unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			for _, tid := range qemuThreads(pid) {
+				n, ok := old[tid]
+				switch {
+				case ok:
+				case threadName(pid, tid) == "bg_snapshot":
+					n = streamNice
+				default:
+					n = old[pid]
 				}
-				return
+				unix.Setpriority(unix.PRIO_PROCESS, tid, n)
 			}
-		}
-		time.Sleep(2 * time.Millisecond)
+		})
 	}
+}
+
+// backgroundStream renices QEMU's background-snapshot thread.
+func backgroundStream(pid, nice int) {
+	for _, tid := range qemuThreads(pid) {
+		if threadName(pid, tid) == "bg_snapshot" {
+			unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+		}
+	}
+}
+
+// qemuThreads lists the threads of process pid (none once it is gone).
+func qemuThreads(pid int) []int {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var tids []int
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids
+}
+
+func threadName(pid, tid int) string {
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", pid, tid))
+	return strings.TrimSpace(string(comm))
 }
 
 // streamBound is the most a background snapshot of memMiB of RAM writes:
@@ -386,24 +444,20 @@ func (vm *VM) dropArm() {
 	}
 }
 
-// digestFile hashes a written file (read back from the page cache), on a
-// thread of the lowest priority: the job runs meanwhile, and other VMs'
-// streams serve their guests' write faults.
-func digestFile(path string) (FileDigest, error) {
-	type result struct {
-		fd  FileDigest
-		err error
-	}
-	ch := make(chan result, 1)
+// atLowestPriority runs fn on a thread of the lowest priority: syncing
+// (the kernel writes the pages back on the caller's time) and hashing a
+// stream take tens of milliseconds of CPU per 256 MiB, which the job's
+// vCPUs and the other VMs' streams (serving their guests' write faults)
+// need more.
+func atLowestPriority(fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		// The thread dies with this goroutine (locked, never unlocked).
 		runtime.LockOSThread()
 		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
-		fd, err := hashFile(path)
-		ch <- result{fd, err}
+		ch <- fn()
 	}()
-	r := <-ch
-	return r.fd, r.err
+	return <-ch
 }
 
 func hashFile(path string) (FileDigest, error) {

@@ -3,9 +3,12 @@ package hostd
 import (
 	"context"
 	"errors"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Snapshot points are serialized through a lock file shared by every hostd
@@ -58,4 +61,38 @@ func TestStreamBound(t *testing.T) {
 			t.Errorf("%d MiB: bound %d < %d", mem, streamBound(mem), need)
 		}
 	}
+}
+
+// A boost renices every thread of the process and its end puts each back.
+func TestBoostVM(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pid := cmd.Process.Pid
+	nice := func() int {
+		p, err := unix.Getpriority(unix.PRIO_PROCESS, pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 20 - p
+	}
+	if err := unix.Setpriority(unix.PRIO_PROCESS, pid, 3); err != nil {
+		t.Fatal(err)
+	}
+	unboost := boostVM(pid, -7)
+	if n := nice(); n != -7 {
+		t.Fatalf("boosted: nice %d, want -7", n)
+	}
+	unboost()
+	if n := nice(); n != 3 {
+		t.Fatalf("after the boost: nice %d, want its own 3 back", n)
+	}
+	unix.Setpriority(unix.PRIO_PROCESS, pid, 5)
+	unboost() // once only
+	if n := nice(); n != 5 {
+		t.Fatalf("a second unboost changed nice to %d", n)
+	}
+	boostVM(0, -7)() // no process: nothing to do
 }

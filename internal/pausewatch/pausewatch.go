@@ -132,9 +132,11 @@ func (m *GapMonitor) At(t time.Time) time.Duration {
 
 // TickScript runs the guest-side timestamp loop (examples/tick, installed
 // as /bin/tick: TickBinary) on the guest's console: a line every
-// millisecond, so a gap longer than a few milliseconds is a pause.
+// millisecond (every $SYMVIRT_TICKPERIOD microseconds: symvirt.tickperiod
+// on the kernel command line), so a gap longer than a few periods is a
+// pause.
 const TickScript = `#!/bin/sh
-/bin/tick 1000 </dev/null >/dev/console 2>&1 &
+/bin/tick ${SYMVIRT_TICKPERIOD:-1000} </dev/null >/dev/console 2>&1 &
 `
 
 var (
