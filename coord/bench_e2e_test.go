@@ -75,6 +75,7 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			}
 		}
 		var snapshotPause, atCut, fenceHeld time.Duration
+		atCutPerVM := map[string]float64{}
 		for _, live := range []string{"--live=false", "--live=true"} {
 			mons := map[string]*pausewatch.GapMonitor{}
 			for i := 1; i <= n; i++ {
@@ -104,6 +105,7 @@ func TestBenchJobCheckpoint(t *testing.T) {
 				for _, v := range ck.VMs {
 					snapshotPause = max(snapshotPause, v.Pause)
 					atCut = max(atCut, mons[v.Name].At(v.SnapshotAt))
+					atCutPerVM[v.Name] = mons[v.Name].At(v.SnapshotAt).Seconds()
 				}
 				for h, d := range c.hosts {
 					fenceHeld = max(fenceHeld, maxFenceHeld(d.Logs()[logMark[h]:]))
@@ -151,9 +153,9 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"job_restart_seconds":                  jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
 			"restart_ratio_sequential_over_job":     seqRestart.Seconds() / jobRestart.Seconds(),
 			"stop_and_save_guest_pause_max_seconds": pause["--live=false"].Seconds(),
-			"live_guest_pause_at_cut_max_seconds":   atCut.Seconds(),
-			"live_longest_stall_max_seconds":        pause["--live=true"].Seconds(),
-			"live_snapshot_pause_max_seconds":       snapshotPause.Seconds(), "quiet_longest_gap_max_seconds": quiet.Seconds(), "tick_period_seconds": 0.002,
+			"live_guest_pause_at_cut_max_seconds":   atCut.Seconds(), "live_guest_pause_at_cut_seconds": atCutPerVM,
+			"live_longest_stall_max_seconds":  pause["--live=true"].Seconds(),
+			"live_snapshot_pause_max_seconds": snapshotPause.Seconds(), "quiet_longest_gap_max_seconds": quiet.Seconds(), "tick_period_seconds": 0.002,
 			"live_network_fence_max_seconds":   fenceHeld.Seconds(),
 			"stop_and_save_checkpoint_seconds": whole["--live=false"].Seconds(),
 			"live_checkpoint_seconds":          whole["--live=true"].Seconds(),
