@@ -299,9 +299,10 @@ const snapshotNice = -10
 // the stream's thread to save that page: boosted, and with no other VM
 // taking its snapshot point meanwhile, the thread serves them at once.
 // Measured with four VMs on two cores: the guests' pause at the cut
-// 20-24 ms with this, 77-125 ms with the stream at nice 19 from the point
-// on and the next VM's point right after; the price is the network fence,
-// held 50 ms longer per VM (310-340 ms instead of 120-130 for four).
+// 16-24 ms with this (six runs), 77-125 ms with the stream at nice 19
+// from the point on and the next VM's point right after; the price is
+// the network fence, held 50 ms longer per VM (300-370 ms instead of
+// 120-130 for four).
 const catchUp = 50 * time.Millisecond
 
 // snapshotLock serializes snapshot points across the hostds of a machine
