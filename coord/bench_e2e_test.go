@@ -15,6 +15,7 @@ import (
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/pausewatch"
+	"github.com/symvirt/symvirt/internal/testguest"
 )
 
 // TestBenchJobCheckpoint is `make bench`'s job line: a job checkpoint and
@@ -25,20 +26,10 @@ func TestBenchJobCheckpoint(t *testing.T) {
 	if os.Getenv("SYMVIRT_BENCH") != "1" {
 		t.Skip("benchmark: run with make bench")
 	}
+	// e.g. SYMVIRT_BENCH_JOB_VMS=4: one size only.
+	sizes := testguest.BenchSizes(t, "SYMVIRT_BENCH_JOB_VMS", []int{1, 2, 4}, 1, 4)
 	c := newCluster(t)
 	placement := []string{"a", "b", "c", "a"}
-	sizes := []int{1, 2, 4}
-	if v := os.Getenv("SYMVIRT_BENCH_JOB_VMS"); v != "" {
-		// e.g. "4": one size only, to compare settings quickly.
-		sizes = nil
-		for _, f := range strings.Split(v, ",") {
-			n, err := strconv.Atoi(f)
-			if err != nil || n < 1 || n > 4 {
-				t.Fatalf("SYMVIRT_BENCH_JOB_VMS=%q: want sizes from 1 to 4, comma-separated", v)
-			}
-			sizes = append(sizes, n)
-		}
-	}
 	for _, n := range sizes {
 		job := fmt.Sprintf("bench%d", n)
 		f := filepath.Join(t.TempDir(), "job.yaml")

@@ -282,19 +282,10 @@ func TestBenchLiveCheckpoint(t *testing.T) {
 		"/etc/symvirt/rc.d/41-tick": {Mode: 0o755, Data: []byte(pausewatch.TickScript)},
 		"/bin/tick":                 {Src: pausewatch.TickBinary(t), Mode: 0o755}})
 	huge := reserveHugePages(t, 1100)
-	sizes := []Size{256, 1024, 2048}
-	if v := os.Getenv("SYMVIRT_BENCH_LIVE_MIB"); v != "" {
-		// e.g. "2048": one size only, to compare settings quickly.
-		sizes = nil
-		for _, f := range strings.Split(v, ",") {
-			n, err := strconv.Atoi(f)
-			if err != nil || n < 128 || n > 2048 {
-				t.Fatalf("SYMVIRT_BENCH_LIVE_MIB=%q: want sizes in MiB from 128 to 2048, comma-separated", v)
-			}
-			sizes = append(sizes, Size(n))
-		}
-	}
-	for _, mem := range sizes {
+	// e.g. SYMVIRT_BENCH_LIVE_MIB=2048: one size only.
+	sizes := testguest.BenchSizes(t, "SYMVIRT_BENCH_LIVE_MIB", []int{256, 1024, 2048}, 128, 2048)
+	for _, n := range sizes {
+		mem := Size(n)
 		line := map[string]any{"bench": "live_vs_stop_checkpoint", "memory_mib": int(mem)}
 		for _, mode := range []string{"live_shm", "live_hugepages", "stop"} {
 			if mode == "live_hugepages" && !huge {
