@@ -254,17 +254,19 @@ func TestLiveCheckpointQEMUKilledMidStream(t *testing.T) {
 	}
 }
 
-// waitStreaming waits until vm's live checkpoint on host has passed its
-// snapshot point (its memory streams) and returns the state file.
+// waitStreaming waits until vm's live checkpoint on host streams its
+// memory (a running VM's copy has started; the VM runs) and returns the
+// state file.
 func waitStreaming(t *testing.T, c *cluster, host, vm string) string {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(c.hosts[host].Logs(), `"msg":"snapshot point taken","vm":"`+vm+`"`) {
+	for !strings.Contains(c.hosts[host].Logs(), `"msg":"live checkpoint copy started","vm":"`+vm+`"`) {
 		if time.Now().After(deadline) {
 			t.Fatal("the live stream never started")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	time.Sleep(500 * time.Millisecond) // some of it written
 	m, _ := filepath.Glob(filepath.Join(c.ckDir, "*", vm, "state.bin"))
 	if len(m) != 1 {
 		t.Fatalf("state files: %v", m)

@@ -149,13 +149,26 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 // Where QEMU refuses a background snapshot, that VM's part of a live job
 // checkpoint is taken stop-and-save, the result says so and why, and a
 // restart from the mixed checkpoint does not care which kind each part is.
-// Host b's QEMU is a wrapper with auto-converge on, which QEMU 7.2 does not
-// combine with background-snapshot.
+// A running VM's live checkpoint is a copy that any QEMU that can save can
+// take; a VM with a disk stops for the cut (its disk is copied at it) and
+// then needs a background snapshot. vm2 has a disk, and host b's QEMU is
+// a wrapper with auto-converge on, which QEMU 7.2 does not combine with
+// background-snapshot.
 func TestLiveCheckpointFallsBackWhereRefused(t *testing.T) {
 	wrapper := filepath.Join(t.TempDir(), "qemu-autoconverge")
 	os.WriteFile(wrapper, []byte("#!/bin/sh\nexec qemu-system-x86_64 \"$@\" -global migration.x-auto-converge=on\n"), 0o755)
 	c := newClusterWith(t, clusterOpts{hostdYAML: map[string]string{"b": "qemu: " + wrapper + "\n"}})
-	c.createJob("jr", "a", "b")
+	disk := filepath.Join(t.TempDir(), "vm2.raw")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yaml := c.jobYAML("jr", "", "a", "b")
+	at := strings.Index(yaml, "  - name: vm2\n")
+	spec := strings.Index(yaml[at:], "    spec:\n") + at + len("    spec:\n")
+	yaml = yaml[:spec] + "      disks: [{id: d0, path: " + disk + ", format: raw}]\n" + yaml[spec:]
+	f := filepath.Join(t.TempDir(), "job.yaml")
+	os.WriteFile(f, []byte(yaml), 0o600)
+	c.cli("jobs", "create", "-f", f)
 	peers := []string{"10.79.0.12"}
 	last := c.waitTraffic("jr", "a", peers, map[string]int{})
 	res, out, err := c.op("checkpoint", "jr")

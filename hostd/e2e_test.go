@@ -533,8 +533,8 @@ func TestLiveCheckpointDiskFillsDuringStream(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", "-l", fs).Run() })
 	filled := make(chan error, 1)
 	progress := func(p hostd.Progress) {
-		if p.Phase != "stream" {
-			return
+		if p.Phase != "snapshot" {
+			return // the copy starts
 		}
 		go func() {
 			// Another writer takes every byte left while the memory streams.

@@ -50,6 +50,9 @@ var ErrLiveUnsupported = errors.New("live checkpoint unsupported")
 
 const liveFD = "symvirt-live"
 
+// livePipeFD is the write end of the pipe a running VM's copy goes through.
+const livePipeFD = "symvirt-live-pipe"
+
 // liveArm is a background snapshot made ready: the capability set, the
 // state file open and handed to QEMU. Arming before the cut leaves one QMP
 // command for the instant the VM is paused.
@@ -62,8 +65,10 @@ type liveArm struct {
 // armLive prepares a background snapshot into dir, which must exist and
 // be empty.
 func (vm *VM) armLive(ctx context.Context, mon *qmp.Client, dir string, bandwidth int64) (*liveArm, error) {
-	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": true}); err != nil {
-		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrLiveUnsupported, err)
+	// MIGRATION events: a running VM's copy ends with the VM stopped, and
+	// the sooner hostd hears of it the sooner the VM runs again.
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"events": true}); err != nil {
+		return nil, fmt.Errorf("vm %q: arm live checkpoint: %w", vm.name, err)
 	}
 	a := &liveArm{dir: dir}
 	var err error
@@ -124,18 +129,30 @@ type liveSave struct {
 	reattach bool
 }
 
-// startLiveSave takes the snapshot point of an armed background snapshot
-// and returns once QEMU runs the VM again. A running VM is paused by QEMU
-// only for the snapshot point; a stopped one (a job's consistent cut) is
-// run again by QEMU at its snapshot point. The stream finishes in the
-// background: wait on ls.done. Disks are copied before, while the VM is
-// still stopped, so they match the cut.
+// startLiveSave takes the snapshot point of an armed live checkpoint and
+// returns once the VM runs again. A running VM is copied while it runs
+// and paused only for its last few pages (startPrecopy); a stopped one (a
+// VM with disks, copied at the cut, or one that could not be fenced) is
+// run again by QEMU at its snapshot point while its memory, as it was
+// then, streams on (startBackground): wait on ls.done for the stream.
 func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, round *Round) (*liveSave, error) {
+	st, err := mon.Status(ctx)
+	if err != nil {
+		a.disarm(mon)
+		return nil, err
+	}
 	dir := a.dir
 	ls := &liveSave{dir: dir, done: make(chan struct{})}
 	m := Manifest{Version: 1, VM: vm.name, Spec: vm.Spec(), CreatedAt: time.Now().UTC(),
 		QEMU: mon.Version().String(), Round: round}
 	m.Spec.Disks = slices.Clone(m.Spec.Disks)
+	if st.Running {
+		if len(m.Spec.Disks) > 0 {
+			a.disarm(mon)
+			return nil, fmt.Errorf("vm %q: a live checkpoint copies disks at its cut, so the vm must be stopped first: %w", vm.name, ErrInvalidState)
+		}
+		return vm.startPrecopy(ctx, mon, a, ls, m)
+	}
 	for i, d := range m.Spec.Disks {
 		name := "disk-" + d.ID + "." + d.Format
 		fd, err := copyFileDigest(d.Path, filepath.Join(dir, name))
@@ -146,6 +163,16 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 		fd.Role, fd.ID = "disk", d.ID
 		m.Files = append(m.Files, fd)
 		m.Spec.Disks[i].Path = name
+	}
+	return vm.startBackground(ctx, mon, a, ls, m)
+}
+
+// startBackground: QEMU's background-snapshot of a stopped VM (see the
+// comment at the top).
+func (vm *VM) startBackground(ctx context.Context, mon *qmp.Client, a *liveArm, ls *liveSave, m Manifest) (*liveSave, error) {
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": true}); err != nil {
+		a.disarm(mon)
+		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrLiveUnsupported, err)
 	}
 	// One snapshot point at a time on this machine, each with its catch-up
 	// (see catchUp): the point is a burst of CPU (device state,
@@ -170,9 +197,7 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 	}()
 	events, unsubscribe := mon.Subscribe("STOP", "RESUME")
 	defer unsubscribe()
-	vm.mu.Lock()
-	pid := vm.rt.PID
-	vm.mu.Unlock()
+	pid := vm.pid()
 	// From migrate to a little after the snapshot point the VM goes first
 	// on a busy host: the stream's set-up holds QEMU's big lock (which
 	// stalls the guest's I/O), the snapshot point needs the main loop and
@@ -205,37 +230,7 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 			mon.MigrateCancel(cctx)
 			cancel()
 		}
-		var fd FileDigest
-		if err == nil {
-			err = atLowestPriority(func() error {
-				// QEMU's descriptor shares ours' offset: the end of its
-				// stream. What was reserved past it goes.
-				end, err := f.Seek(0, io.SeekCurrent)
-				if err == nil {
-					err = f.Truncate(end)
-				}
-				if err == nil {
-					err = f.Sync()
-				}
-				if err == nil {
-					fd, err = hashFile(f.Name())
-				}
-				return err
-			})
-		}
-		if err == nil {
-			fd.Role = "state"
-			m.Files = append(m.Files, fd)
-			err = writeJSON(filepath.Join(dir, manifestName), m)
-		}
-		if err != nil {
-			os.RemoveAll(dir)
-			ls.err = fmt.Errorf("vm %q: live checkpoint stream: %w", vm.name, err)
-			vm.log.Error("live checkpoint failed; the vm runs on untouched", "err", ls.err)
-			return
-		}
-		ls.m = m
-		vm.log.Info("live checkpoint stream complete", "dir", dir, "bytes", fd.Size)
+		vm.endStream(ls, f, m, err)
 	}()
 	// The snapshot point: QEMU has stopped the vCPUs (if they ran), saved
 	// the devices and armed the write protection when it runs them again.
@@ -252,22 +247,10 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 				stopped = at
 				continue
 			}
-			ls.at = at
-			vm.mu.Lock()
-			if stopped.IsZero() {
-				// Already stopped for the cut by hostd: the pause began then.
-				stopped = vm.stoppedAt
-			}
-			vm.stoppedAt = time.Time{}
-			vm.mu.Unlock()
-			if !stopped.IsZero() {
-				ls.pause = at.Sub(stopped)
-				vm.h.metrics.pause.Observe(ls.pause.Seconds())
-			}
+			vm.pointTaken(ls, stopped, at)
 			end, rel := unboost, release
 			time.AfterFunc(catchUp, func() { end(); rel() })
 			unboost, release = nil, nil
-			vm.log.Info("snapshot point taken", "pause", ls.pause)
 			return ls, nil
 		case <-ls.done:
 			if ls.err == nil {
@@ -280,6 +263,295 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// precopyDowntime is the pause QEMU aims at when it stops a VM for the
+// last pages of a live checkpoint (its downtime-limit). It needs the
+// guest to dirty pages more slowly than the disk takes them; converge
+// raises it for one that does not.
+const precopyDowntime = 5 * time.Millisecond
+
+// precopyPasses is how many passes over the dirty pages a live
+// checkpoint makes at precopyDowntime before converge starts doubling it.
+const precopyPasses = 8
+
+// startPrecopy copies a running VM's memory while it runs, as a
+// migration does, into the checkpoint: QEMU sends all of RAM, then the
+// pages the guest dirtied meanwhile, again and again, until what is left
+// fits in precopyDowntime; then it stops the vCPUs, sends the rest and
+// the devices' state, and the VM is run again at once. The snapshot point
+// is that stop: a pause of a few milliseconds at any memory size, with no
+// write-protection of guest RAM (which costs QEMU 7.2 tens of
+// milliseconds per GiB inside the pause) and no guest write ever waiting
+// for the stream (the background snapshot's write faults). The job's
+// network fence makes the cut consistent across VMs whatever their
+// points' order; it is held for the copy.
+//
+// The stream runs through a pipe that hostd drains into the reserved
+// file, so the stream lives no longer than hostd: a hostd that dies
+// breaks it (EPIPE), QEMU fails the migration and the VM runs on, never
+// left stopped at the end of a copy nobody would resume. A write error
+// (a disk full past the reserved room) fails it the same way, safely:
+// unlike a background snapshot, a migration that fails runs its VM on.
+func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls *liveSave, m Manifest) (*liveSave, error) {
+	var params struct {
+		Downtime int64 `json:"downtime-limit"`
+	}
+	r, w, err := os.Pipe()
+	if err == nil {
+		defer w.Close()
+		// Big enough for QEMU's writes not to wait on hostd's reads.
+		if rc, err := r.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+		}
+		err = mon.GetFD(ctx, livePipeFD, w)
+	}
+	if err == nil {
+		err = mon.Execute(ctx, "query-migrate-parameters", nil, &params)
+	}
+	if err == nil {
+		err = mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": precopyDowntime.Milliseconds()})
+	}
+	restoreParams := func() {
+		if params.Downtime > 0 {
+			pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			mon.MigrateSetParameters(pctx, map[string]any{"downtime-limit": params.Downtime})
+			cancel()
+		}
+	}
+	if err != nil {
+		if r != nil {
+			r.Close()
+		}
+		restoreParams()
+		a.disarm(mon)
+		return nil, fmt.Errorf("vm %q: live checkpoint: %w", vm.name, err)
+	}
+	events, unsubscribe := mon.Subscribe("STOP", "RESUME", "MIGRATION")
+	defer unsubscribe()
+	f := a.f
+	drained := make(chan error, 1)
+	go func() {
+		drained <- drain(r, f)
+		// A reader gone makes QEMU's next write fail: the migration fails.
+		r.Close()
+	}()
+	if err := mon.Migrate(ctx, "fd:"+livePipeFD); err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		mon.CloseFD(cctx, livePipeFD)
+		cancel()
+		r.Close()
+		restoreParams()
+		a.disarm(mon)
+		return nil, fmt.Errorf("vm %q: live checkpoint: %w", vm.name, err)
+	}
+	w.Close() // QEMU has its own: its close at the stream's end is our EOF
+	a.used = true
+	vm.log.Info("live checkpoint copy started", "downtime_limit", precopyDowntime)
+	pid := vm.pid()
+	// The copy yields to every vCPU on the host: a guest waiting for a
+	// CPU is stalled, a copy that waits only takes longer.
+	for _, tid := range qemuThreads(pid) {
+		if threadName(pid, tid) == "live_migration" {
+			unix.Setpriority(unix.PRIO_PROCESS, tid, streamNice)
+		}
+	}
+	sctx, stop := context.WithCancelCause(context.Background())
+	go func() {
+		defer close(ls.done)
+		defer a.disarm(mon)
+		defer f.Close()
+		defer restoreParams()
+		defer stop(nil)
+		dl := precopyDowntime
+		info, err := mon.WaitMigration(sctx, 50*time.Millisecond, func(mi qmp.MigrationInfo) {
+			// A guest that dirties memory faster than the disk takes it
+			// never fits in precopyDowntime: give it a longer pause
+			// rather than no checkpoint.
+			if want := converge(mi.RAM.DirtySyncCount); want > dl {
+				dl = want
+				vm.log.Info("live checkpoint: the guest dirties memory fast; longer pause allowed", "downtime_limit", dl, "passes", mi.RAM.DirtySyncCount)
+				mon.MigrateSetParameters(sctx, map[string]any{"downtime-limit": dl.Milliseconds()})
+			}
+		})
+		ls.downtime = time.Duration(info.Downtime) * time.Millisecond
+		if err != nil {
+			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			mon.MigrateCancel(cctx)
+			cancel()
+			r.Close()
+		}
+		// Whatever happened, the VM runs on: a copy that completed just as
+		// the request ended left it stopped (postmigrate).
+		vm.runAfterCopy(mon)
+		if derr := <-drained; err == nil && derr != nil {
+			err = fmt.Errorf("write stream: %w", derr)
+		}
+		vm.endStream(ls, f, m, err)
+	}()
+	var stopped time.Time
+	var unboost func()
+	defer func() {
+		if unboost != nil {
+			unboost()
+		}
+	}()
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				events = nil // the monitor is gone: ls.done follows
+				continue
+			}
+			at := time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
+			switch ev.Event {
+			case "STOP":
+				// The last pages and the devices: the VM stands still
+				// until they are out, so it goes first now.
+				stopped = at
+				unboost = boostVM(pid, snapshotNice)
+			case "MIGRATION":
+				if ev.Data["status"] == "completed" {
+					vm.runAfterCopy(mon)
+				}
+			case "RESUME":
+				vm.pointTaken(ls, stopped, at)
+				return ls, nil
+			}
+		case <-ls.done:
+			if ls.err == nil {
+				return ls, nil
+			}
+			return nil, ls.err
+		case <-ctx.Done():
+			stop(ctx.Err())
+			<-ls.done
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// converge is the downtime-limit a live checkpoint's copy allows after
+// passes passes over dirty pages: precopyDowntime, doubled per pass past
+// precopyPasses, at most 2 s (QEMU then stops the VM for what is left).
+func converge(passes int64) time.Duration {
+	n := passes - precopyPasses
+	if n <= 0 {
+		return precopyDowntime
+	}
+	return min(precopyDowntime<<min(n, 20), 2*time.Second)
+}
+
+// runAfterCopy runs a VM whose live checkpoint copy has completed. QEMU
+// announces the completion a moment before it marks the VM postmigrate
+// (a cont in between would be undone), so it waits for that mark; a VM
+// in any other state is left as it is.
+func (vm *VM) runAfterCopy(mon *qmp.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		st, err := mon.Status(ctx)
+		if err != nil {
+			return
+		}
+		switch st.Status {
+		case "postmigrate":
+			if err := mon.Cont(ctx); err != nil {
+				vm.log.Error("run the vm after its live checkpoint copy", "err", err)
+			}
+			return
+		case "finish-migrate":
+			time.Sleep(100 * time.Microsecond)
+		default:
+			return
+		}
+	}
+}
+
+// drain copies the pipe r into f (at f's offset) until EOF, by splice: the
+// stream does not pass through hostd's memory.
+func drain(r, f *os.File) error {
+	rc, err := r.SyscallConn()
+	if err != nil {
+		return err
+	}
+	out := int(f.Fd())
+	for {
+		var n int64
+		var serr error
+		err := rc.Read(func(fd uintptr) bool {
+			n, serr = unix.Splice(int(fd), nil, out, nil, 1<<20, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			return serr != unix.EAGAIN
+		})
+		switch {
+		case err != nil:
+			return err
+		case serr != nil:
+			return serr
+		case n == 0:
+			return nil
+		}
+	}
+}
+
+// pointTaken records the snapshot point: the vCPUs ran again at at, after
+// standing still since stopped (QEMU's STOP event, or hostd's stop for the
+// job's cut).
+func (vm *VM) pointTaken(ls *liveSave, stopped, at time.Time) {
+	ls.at = at
+	vm.mu.Lock()
+	if stopped.IsZero() {
+		stopped = vm.stoppedAt
+	}
+	vm.stoppedAt = time.Time{}
+	vm.mu.Unlock()
+	if !stopped.IsZero() {
+		ls.pause = at.Sub(stopped)
+		vm.h.metrics.pause.Observe(ls.pause.Seconds())
+	}
+	vm.log.Info("snapshot point taken", "pause", ls.pause)
+}
+
+// endStream finishes a stream that QEMU has written whole into f (err
+// nil), f's offset at its end: what was reserved past it goes, the file is
+// synced and hashed, and the manifest written last. On any error the
+// checkpoint's files go and ls.err says why; the VM runs on.
+func (vm *VM) endStream(ls *liveSave, f *os.File, m Manifest, err error) {
+	var fd FileDigest
+	if err == nil {
+		err = atLowestPriority(func() error {
+			end, err := f.Seek(0, io.SeekCurrent)
+			if err == nil {
+				err = f.Truncate(end)
+			}
+			if err == nil {
+				err = f.Sync()
+			}
+			if err == nil {
+				fd, err = hashFile(f.Name())
+			}
+			return err
+		})
+	}
+	if err == nil {
+		fd.Role = "state"
+		m.Files = append(m.Files, fd)
+		err = writeJSON(filepath.Join(ls.dir, manifestName), m)
+	}
+	if err != nil {
+		os.RemoveAll(ls.dir)
+		ls.err = fmt.Errorf("vm %q: live checkpoint stream: %w", vm.name, err)
+		vm.log.Error("live checkpoint failed; the vm runs on untouched", "err", ls.err)
+		return
+	}
+	ls.m = m
+	vm.log.Info("live checkpoint stream complete", "dir", ls.dir, "bytes", fd.Size)
+}
+
+func (vm *VM) pid() int {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.rt.PID
 }
 
 // streamNice is the stream thread's nice value after catchUp. On a host
