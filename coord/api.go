@@ -156,7 +156,7 @@ func (c *Client) Stream(ctx context.Context, path string, body, out any, progres
 	})
 }
 
-// Checkpoint checkpoints a job (live: by background snapshots).
+// Checkpoint checkpoints a job (live: each VM copied while it runs).
 func (c *Client) Checkpoint(ctx context.Context, job string, o CheckpointOptions, p ProgressFunc) (machine.Result, error) {
 	var res machine.Result
 	err := c.Stream(ctx, "/v1/jobs/"+url.PathEscape(job)+"/checkpoint", o, &res, p)

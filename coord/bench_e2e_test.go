@@ -97,6 +97,10 @@ func TestBenchJobCheckpoint(t *testing.T) {
 					snapshotPause = max(snapshotPause, v.Pause)
 					atCut = max(atCut, mons[v.Name].At(v.SnapshotAt))
 					atCutPerVM[v.Name] = mons[v.Name].At(v.SnapshotAt).Seconds()
+					for _, g := range mons[v.Name].Longest(3) {
+						t.Logf("%s: gap %.1f ms from %+.1f ms after its snapshot point", v.Name,
+							float64(g.Len().Microseconds())/1000, float64(g.From.Sub(v.SnapshotAt).Microseconds())/1000)
+					}
 				}
 				for h, d := range c.hosts {
 					fenceHeld = max(fenceHeld, maxFenceHeld(d.Logs()[logMark[h]:]))

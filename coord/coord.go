@@ -68,8 +68,8 @@ type OpRecord struct {
 	Op     *machine.Op       `json:"op"`
 	Result *machine.Result   `json:"result,omitempty"`
 	Hosts  map[string]string `json:"hosts"` // name -> address, frozen at start
-	// Live: a checkpoint by background snapshot. Its Save returns at the
-	// snapshot point; the checkpoint is recorded complete only once every
+	// Live: a live checkpoint. Its Save returns at the snapshot point (a
+	// running VM's after its copy, fenced); the checkpoint is recorded complete only once every
 	// VM's stream is written, synced and checksummed.
 	Live       bool   `json:"live,omitempty"`
 	LiveFailed string `json:"live_failed,omitempty"`
@@ -440,9 +440,9 @@ func (c *Coord) afterOp(rec *OpRecord, res machine.Result) {
 
 // CheckpointOptions control a job checkpoint.
 type CheckpointOptions struct {
-	// Live takes background snapshots: the job pauses only until every
-	// VM's snapshot point is taken; the checkpoint is complete once every
-	// stream is written.
+	// Live copies each VM while it runs and pauses it only for its
+	// snapshot point (hostd's live.go); the checkpoint is complete once
+	// every stream is written.
 	Live bool `json:"live"`
 	// Bandwidth caps each live stream (bytes/s; 0: none).
 	Bandwidth int64 `json:"bandwidth,omitempty"`

@@ -66,9 +66,10 @@ type CheckpointOptions struct {
 	// KeepStopped leaves the VM paused with devices detached after the
 	// save: the coordinator resumes the job together.
 	KeepStopped bool `json:"keep_stopped,omitempty"`
-	// Live takes a background snapshot: the VM pauses only for the
-	// snapshot point and runs while its memory streams to the file. Where
-	// QEMU or the kernel cannot, the stop-and-save path runs and
+	// Live copies the VM's memory while it runs and pauses it only for
+	// the snapshot point at the end (a VM with disks: stopped for their
+	// copy, then a background snapshot; live.go). Where QEMU or the
+	// kernel cannot, the stop-and-save path runs and
 	// CheckpointResult.Fallback says why.
 	Live bool `json:"live,omitempty"`
 	// Bandwidth caps a live checkpoint's stream (bytes/s; 0: none).
@@ -173,7 +174,7 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	}
 	if opts.Live {
 		progress(Progress{Phase: "snapshot"})
-		ls, err := vm.liveSaveNow(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth)
+		ls, err := vm.liveSaveNow(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth, false, progress)
 		switch {
 		case errors.Is(err, ErrLiveUnsupported):
 			res.Fallback = err.Error()

@@ -678,3 +678,73 @@ func TestLiveCheckpointWithDiskIsConsistent(t *testing.T) {
 	}
 	t.Logf("disk copy holds %d, restored guest goes on with %d; snapshot pause %s (disk copied in it)", atCut, first, res.Pause)
 }
+
+// dirtierRC rewrites 16 MiB of guest memory over and over, as fast as the
+// guest can copy a file in a tmpfs.
+const dirtierRC = `#!/bin/sh
+( mkdir -p /run/d && mount -t tmpfs -o size=64m tmpfs /run/d
+  yes symvirt-dirty | head -c 16777216 > /run/d/src
+  echo symvirt-dirtier-ready
+  while :; do cp /run/d/src /run/d/dst; done ) </dev/null >/dev/console 2>&1 &
+`
+
+// A guest that rewrites memory faster than its copy takes it (16 MiB
+// rewritten again and again, the copy capped at 64 MB/s) never fits in a
+// live checkpoint's 5 ms pause. After its passes hostd allows it a longer
+// pause, doubling, so the checkpoint completes, and restores, instead of
+// copying for ever.
+func TestLiveCheckpointConvergesForAFastDirtier(t *testing.T) {
+	h := testenv.StartHostd(t, "a", nil, "", "")
+	c := h.Client()
+	ctx := ctxT(t, 3*time.Minute)
+	spec := guestSpec(t, "ld1", "")
+	spec.Initrd = testguest.Initrd(t, map[string]testguest.File{
+		"/etc/symvirt/rc.d/20-nics":    {Mode: 0o755, Data: []byte(nicsScript)},
+		"/etc/symvirt/rc.d/45-dirtier": {Mode: 0o755, Data: []byte(dirtierRC)}})
+	if _, err := c.Create(ctx, spec, true); err != nil {
+		t.Fatal(err)
+	}
+	log := serialLog(h, "ld1")
+	waitCounter(t, log, 3, 90*time.Second)
+	waitSerialText(t, log, "symvirt-dirtier-ready")
+	dir := filepath.Join(t.TempDir(), "ck")
+	res, err := c.Checkpoint(ctx, "ld1", hostd.CheckpointOptions{Dir: dir, Live: true, Bandwidth: 64 << 20}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Live {
+		t.Fatalf("not live: %+v", res)
+	}
+	if !strings.Contains(h.Logs(), "longer pause allowed") {
+		t.Fatalf("the copy converged without a longer pause: the guest did not outrun it (pause %s)", res.Pause)
+	}
+	t.Logf("fast dirtier: live checkpoint in %s, pause %s (QEMU: %s), %d bytes", res.Duration, res.Pause, res.Downtime, res.Bytes)
+	if _, err := c.Stop(ctx, "ld1", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	before := len(counters(log))
+	if _, err := c.Restore(ctx, hostd.RestoreOptions{Dir: dir}, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(counters(log)) <= before {
+		if time.Now().After(deadline) {
+			t.Fatal("no counter after restore")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func waitSerialText(t *testing.T, path, text string) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if data, _ := os.ReadFile(path); strings.Contains(string(data), text) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no %q", path, text)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

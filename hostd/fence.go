@@ -11,14 +11,20 @@ import (
 // The network fence makes a job's live checkpoint consistent without
 // keeping every VM paused until the slowest has reached its snapshot
 // point. A cut is inconsistent only if a message leaves a VM after its
-// snapshot point and reaches a VM before that one's. So, instead of
-// stopping the vCPUs at the STOP barrier, hostd holds every packet the VM
-// sends or receives in a QEMU filter-buffer on each of its netdevs (the
-// passthrough devices are already gone). Once every VM of the job is
-// fenced, each takes its own snapshot point (QEMU pauses it for that
-// instant only); the fences lift in the resume phase, after the last
-// snapshot point: held packets then flow, and the checkpoint holds them as
-// lost in flight, which TCP retransmits after a restart.
+// snapshot point and reaches a VM before that one's. So each VM is fenced
+// at its own snapshot point, before its vCPUs run again: hostd holds every
+// packet the VM sends or receives in a QEMU filter-buffer on each of its
+// netdevs (the passthrough devices are already gone), and the fences lift
+// in the resume phase, after the last snapshot point. A message sent after
+// its sender's point is held until every point is taken; what a VM sent
+// before its point is in its past, wherever it lands; held packets are
+// lost in flight for the checkpoint, which TCP retransmits after a
+// restart.
+//
+// A running VM's snapshot point is the stop at the end of its copy
+// (live.go): QEMU holds it stopped until hostd runs it, and hostd fences
+// it in between. A VM with disks is stopped and fenced at the job's STOP
+// barrier, since QEMU runs it again by itself at its point.
 //
 // A held packet is in no VM's saved state, and a filter's release timer
 // runs on the guest's virtual clock, so an interval of an hour never
@@ -28,21 +34,8 @@ const fenceInterval = uint32(3600 * 1000 * 1000) // µs
 
 func fenceID(nic string) string { return "symvirt-fence-" + nic }
 
-// fenceable reports why the VM cannot be fenced, or "".
-func (vm *VM) fenceable() string {
-	spec := vm.Spec()
-	if len(spec.Disks) > 0 {
-		// Disks are copied at the cut: the VM must stand still for that.
-		return "the vm has disks, copied while it is stopped"
-	}
-	return ""
-}
-
 // fence holds the VM's network traffic. On failure nothing stays fenced.
 func (vm *VM) fence(ctx context.Context, mon *qmp.Client) error {
-	if why := vm.fenceable(); why != "" {
-		return fmt.Errorf("vm %q: no network fence: %s", vm.name, why)
-	}
 	start := timeNow()
 	var done []string
 	for _, n := range vm.Spec().NICs {

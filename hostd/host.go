@@ -454,7 +454,9 @@ func (vm *VM) adopt() error {
 // in QEMU: a background snapshot still streams (into a file the
 // coordinator deletes: it never got a manifest) and must finish on its
 // own, since QEMU 7.2 cannot end one early without hanging the guest; once
-// it has, the capability goes off so a later migration is a migration.
+// it has, the capability goes off so a later migration is a migration. (A
+// running VM's copy went through a pipe into the dead hostd: it fails at
+// its next write and QEMU runs the VM on.)
 func (vm *VM) settleLive(mon *qmp.Client) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	mi, err := mon.QueryMigrate(ctx)

@@ -21,31 +21,38 @@ import (
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// A live checkpoint uses QEMU's background-snapshot: the VM is stopped for
-// a moment (the snapshot point: device state saved, guest RAM
-// write-protected through userfaultfd), then runs on while its memory, as
-// it was at that instant, streams to the file. QEMU 7.2 resumes the vCPUs
-// by itself at the snapshot point.
+// A live checkpoint of a running VM is a precopy into the checkpoint
+// (startPrecopy): QEMU copies the VM's memory while it runs, then stops it
+// for the last pages and the devices' state, the snapshot point, and hostd
+// runs it again. A VM already stopped for its cut (a job's VM with disks,
+// copied at the cut) takes QEMU's background-snapshot instead: QEMU saves
+// its devices, write-protects its RAM through userfaultfd and runs it
+// again, while its memory, as it was at that instant, streams on.
 //
-// While the stream runs, every first write of the guest to a page waits
-// until QEMU's migration thread has saved that page. That thread serves
-// such faults between pages it writes, so anything that slows its writes
-// stretches the guest's stalls: it writes straight into the checkpoint
-// file (no pipe through hostd, no rate limit, which would park faults for
-// up to a rate-limit window), and hostd checksums the file afterwards,
-// from the page cache, while nothing waits on it.
+// The precopy is the default because its pause does not grow with memory:
+// QEMU 7.2 write-protects all of a VM's RAM inside a background snapshot's
+// pause (16-45 ms for 2 GiB in /dev/shm here), and after it every first
+// write of the guest to a page waits until QEMU's migration thread has
+// saved that page (serving such faults between the pages it writes, so
+// anything that slows its writes stretches the guest's stalls). A precopy
+// pauses for what the guest dirtied during the last pass: 3-10 ms here at
+// 256 MiB to 2 GiB. Its price is time: the snapshot point comes at the end
+// of the copy, and a job's network fence lasts from a VM's point to the
+// job's last.
 //
-// QEMU 7.2 must never meet a write error in a background snapshot: it
-// fails the migration without lifting the write protection, and the
-// guest's vCPUs hang on their next write fault for good (checked here: a
-// full tmpfs froze the guest). So the file's room is reserved up front
-// (fallocate, before the cut): a disk that is or becomes full fails the
-// checkpoint before the VM is touched, or cannot touch the stream at all.
-// Writing straight to the file also keeps the stream independent of hostd:
-// a hostd killed mid-stream does not fail it (a pipe would, with EPIPE).
+// A background snapshot writes straight into the checkpoint file (no pipe
+// through hostd, no rate limit, which would park faults for up to a
+// rate-limit window), and hostd checksums the file afterwards. QEMU 7.2
+// must never meet a write error in one: it fails the migration without
+// lifting the write protection, and the guest's vCPUs hang on their next
+// write fault for good (checked here: a full tmpfs froze the guest). So the
+// file's room is reserved up front (fallocate, before the cut), for either
+// kind: a disk that is or becomes full fails the checkpoint before the VM
+// is touched.
 
 // ErrLiveUnsupported: this QEMU or kernel cannot take a background
-// snapshot; the caller falls back to stop-and-save and says why.
+// snapshot (needed for a VM stopped for its cut); the caller falls back to
+// stop-and-save and says why.
 var ErrLiveUnsupported = errors.New("live checkpoint unsupported")
 
 const liveFD = "symvirt-live"
@@ -53,17 +60,17 @@ const liveFD = "symvirt-live"
 // livePipeFD is the write end of the pipe a running VM's copy goes through.
 const livePipeFD = "symvirt-live-pipe"
 
-// liveArm is a background snapshot made ready: the capability set, the
-// state file open and handed to QEMU. Arming before the cut leaves one QMP
-// command for the instant the VM is paused.
+// liveArm is a live checkpoint made ready while the VM runs: QEMU's
+// MIGRATION events on, the state file open with its room reserved and
+// handed to QEMU (which a background snapshot writes into).
 type liveArm struct {
 	dir  string
 	f    *os.File
 	used bool
 }
 
-// armLive prepares a background snapshot into dir, which must exist and
-// be empty.
+// armLive prepares a live checkpoint into dir, which must exist and be
+// empty.
 func (vm *VM) armLive(ctx context.Context, mon *qmp.Client, dir string, bandwidth int64) (*liveArm, error) {
 	// MIGRATION events: a running VM's copy ends with the VM stopped, and
 	// the sooner hostd hears of it the sooner the VM runs again.
@@ -111,7 +118,8 @@ func (a *liveArm) disarm(mon *qmp.Client) {
 	mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": false})
 }
 
-// liveSave is a background snapshot whose stream is still being written.
+// liveSave is a live checkpoint past its snapshot point whose stream may
+// still be being written (a background snapshot's) or checksummed.
 type liveSave struct {
 	dir  string
 	done chan struct{}
@@ -135,7 +143,7 @@ type liveSave struct {
 // VM with disks, copied at the cut, or one that could not be fenced) is
 // run again by QEMU at its snapshot point while its memory, as it was
 // then, streams on (startBackground): wait on ls.done for the stream.
-func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, round *Round) (*liveSave, error) {
+func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, round *Round, fence bool, progress func(Progress)) (*liveSave, error) {
 	st, err := mon.Status(ctx)
 	if err != nil {
 		a.disarm(mon)
@@ -151,7 +159,7 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 			a.disarm(mon)
 			return nil, fmt.Errorf("vm %q: a live checkpoint copies disks at its cut, so the vm must be stopped first: %w", vm.name, ErrInvalidState)
 		}
-		return vm.startPrecopy(ctx, mon, a, ls, m)
+		return vm.startPrecopy(ctx, mon, a, ls, m, fence, progress)
 	}
 	for i, d := range m.Spec.Disks {
 		name := "disk-" + d.ID + "." + d.Format
@@ -293,7 +301,13 @@ const precopyPasses = 8
 // left stopped at the end of a copy nobody would resume. A write error
 // (a disk full past the reserved room) fails it the same way, safely:
 // unlike a background snapshot, a migration that fails runs its VM on.
-func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls *liveSave, m Manifest) (*liveSave, error) {
+//
+// With fence, the VM's network is fenced at that stop, before it runs
+// again: the job's cut (fence.go).
+func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls *liveSave, m Manifest, fence bool, progress func(Progress)) (*liveSave, error) {
+	if progress == nil {
+		progress = func(Progress) {}
+	}
 	var params struct {
 		Downtime int64 `json:"downtime-limit"`
 	}
@@ -356,6 +370,13 @@ func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls 
 			unix.Setpriority(unix.PRIO_PROCESS, tid, streamNice)
 		}
 	}
+	// The copy's end (nil: completed) from the goroutine that follows it,
+	// which waits for pointDone before it makes sure the VM runs: the
+	// fence goes up between the two.
+	copyEnded := make(chan error, 1)
+	pointDone := make(chan struct{})
+	endPoint := sync.OnceFunc(func() { close(pointDone) })
+	defer endPoint()
 	sctx, stop := context.WithCancelCause(context.Background())
 	go func() {
 		defer close(ls.done)
@@ -365,6 +386,8 @@ func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls 
 		defer stop(nil)
 		dl := precopyDowntime
 		info, err := mon.WaitMigration(sctx, 50*time.Millisecond, func(mi qmp.MigrationInfo) {
+			progress(Progress{Phase: "copy", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total,
+				Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
 			// A guest that dirties memory faster than the disk takes it
 			// never fits in precopyDowntime: give it a longer pause
 			// rather than no checkpoint.
@@ -381,6 +404,8 @@ func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls 
 			cancel()
 			r.Close()
 		}
+		copyEnded <- err
+		<-pointDone
 		// Whatever happened, the VM runs on: a copy that completed just as
 		// the request ended left it stopped (postmigrate).
 		vm.runAfterCopy(mon)
@@ -396,6 +421,35 @@ func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls 
 			unboost()
 		}
 	}()
+	var fenceErr error
+	fenced, pointed, resumed := false, false, false
+	fenceNow := func() {
+		if fence && !fenced {
+			fenced = true
+			fenceErr = vm.fence(context.WithoutCancel(ctx), mon)
+		}
+	}
+	// point: the copy is complete and QEMU holds the VM stopped; fence it
+	// if asked (and not yet done), then run it.
+	point := func() {
+		if pointed {
+			return
+		}
+		pointed = true
+		fenceNow()
+		resumed = vm.runAfterCopy(mon)
+		endPoint()
+	}
+	// done: the point is behind; the stream's end is the caller's.
+	done := func(at time.Time) (*liveSave, error) {
+		vm.pointTaken(ls, stopped, at)
+		if fenceErr != nil {
+			<-ls.done
+			os.RemoveAll(ls.dir)
+			return nil, fenceErr
+		}
+		return ls, nil
+	}
 	for {
 		select {
 		case ev, ok := <-events:
@@ -410,21 +464,36 @@ func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls 
 				// until they are out, so it goes first now.
 				stopped = at
 				unboost = boostVM(pid, snapshotNice)
+				// The vCPUs are stopped for good until hostd runs them:
+				// the fence goes up while QEMU sends the last pages
+				// (QEMU takes it once it has).
+				fenceNow()
 			case "MIGRATION":
 				if ev.Data["status"] == "completed" {
-					vm.runAfterCopy(mon)
+					point()
+					if !resumed {
+						return done(timeNow())
+					}
 				}
 			case "RESUME":
-				vm.pointTaken(ls, stopped, at)
-				return ls, nil
+				if pointed {
+					return done(at)
+				}
 			}
-		case <-ls.done:
-			if ls.err == nil {
-				return ls, nil
+		case err := <-copyEnded:
+			if err != nil {
+				endPoint()
+				<-ls.done
+				return nil, ls.err
 			}
-			return nil, ls.err
+			// Completed: in case its event was missed.
+			point()
+			if !resumed {
+				return done(timeNow())
+			}
 		case <-ctx.Done():
 			stop(ctx.Err())
+			endPoint()
 			<-ls.done
 			return nil, ctx.Err()
 		}
@@ -446,24 +515,25 @@ func converge(passes int64) time.Duration {
 // announces the completion a moment before it marks the VM postmigrate
 // (a cont in between would be undone), so it waits for that mark; a VM
 // in any other state is left as it is.
-func (vm *VM) runAfterCopy(mon *qmp.Client) {
+func (vm *VM) runAfterCopy(mon *qmp.Client) (resumed bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
 		st, err := mon.Status(ctx)
 		if err != nil {
-			return
+			return false
 		}
 		switch st.Status {
 		case "postmigrate":
 			if err := mon.Cont(ctx); err != nil {
 				vm.log.Error("run the vm after its live checkpoint copy", "err", err)
+				return false
 			}
-			return
+			return true
 		case "finish-migrate":
 			time.Sleep(100 * time.Microsecond)
 		default:
-			return
+			return false
 		}
 	}
 }
@@ -679,7 +749,10 @@ func reserve(f *os.File, n int64) error {
 
 // liveSaveNow arms (unless the coordinator's detach step already did)
 // and takes the snapshot point.
-func (vm *VM) liveSaveNow(ctx context.Context, mon *qmp.Client, dir string, round *Round, bandwidth int64) (*liveSave, error) {
+//
+// fence (a job's checkpoint) fences a running VM's network at its
+// snapshot point, before it runs again (see fence.go).
+func (vm *VM) liveSaveNow(ctx context.Context, mon *qmp.Client, dir string, round *Round, bandwidth int64, fence bool, progress func(Progress)) (*liveSave, error) {
 	vm.mu.Lock()
 	a := vm.armed
 	vm.armed = nil
@@ -694,7 +767,7 @@ func (vm *VM) liveSaveNow(ctx context.Context, mon *qmp.Client, dir string, roun
 			return nil, err
 		}
 	}
-	return vm.startLiveSave(ctx, mon, a, round)
+	return vm.startLiveSave(ctx, mon, a, round, fence, progress)
 }
 
 // dropArm disarms a live checkpoint that was armed and never started (the

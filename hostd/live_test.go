@@ -96,3 +96,15 @@ func TestBoostVM(t *testing.T) {
 	}
 	boostVM(0, -7)() // no process: nothing to do
 }
+
+func TestConverge(t *testing.T) {
+	for _, c := range []struct {
+		passes int64
+		want   time.Duration
+	}{{0, precopyDowntime}, {precopyPasses, precopyDowntime}, {precopyPasses + 1, 2 * precopyDowntime},
+		{precopyPasses + 3, 8 * precopyDowntime}, {precopyPasses + 9, 2 * time.Second}, {1 << 40, 2 * time.Second}} {
+		if got := converge(c.passes); got != c.want {
+			t.Errorf("converge(%d) = %s, want %s", c.passes, got, c.want)
+		}
+	}
+}

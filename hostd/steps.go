@@ -337,14 +337,12 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 			return err
 		}
 		h.setLease(req.VM, req.Op, req.Lease, "")
-		if req.Live && req.OpKind == "checkpoint" {
-			// A live checkpoint's cut: fence the network, the vCPUs run on.
-			err := vm.fence(ctx, mon)
-			if err == nil {
-				return nil
-			}
-			vm.log.Warn("the vm stops for the job's cut instead", "err", err)
-			req.notef("stopped for the cut (no network fence: %v)", err)
+		live := req.Live && req.OpKind == "checkpoint"
+		if live && len(vm.Spec().Disks) == 0 {
+			// A running VM's cut is its snapshot point, at the end of the
+			// save step's copy, where it is fenced (fence.go); it runs
+			// on until then.
+			return nil
 		}
 		if err := mon.Stop(ctx); err != nil {
 			return err
@@ -352,6 +350,14 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		vm.mu.Lock()
 		vm.stoppedAt = timeNow()
 		vm.mu.Unlock()
+		if live {
+			// Its disks are copied at the cut, with the vCPUs stopped;
+			// QEMU runs it again at its snapshot point, fenced from
+			// here (fence.go).
+			if err := vm.fence(ctx, mon); err != nil {
+				return err // the rollback runs it again
+			}
+		}
 		return nil
 	case StepSave:
 		mon, err := vm.monitor()
@@ -375,7 +381,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 			}
 		}
 		if req.Live {
-			ls, err := vm.liveSaveNow(ctx, mon, req.Dir, round, req.Bandwidth)
+			ls, err := vm.liveSaveNow(ctx, mon, req.Dir, round, req.Bandwidth, true, nil)
 			if err == nil {
 				// QEMU runs the vm again; the coordinator re-attaches and
 				// resumes the job while the memory streams.

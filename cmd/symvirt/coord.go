@@ -195,7 +195,7 @@ func jobCommands() []*cli.Command {
 		coordDaemonCommand(),
 		opCommand("checkpoint", "checkpoint every VM of a job together (consistent cut)", "JOB",
 			[]cli.Flag{&cli.BoolFlag{Name: "live", Value: true,
-				Usage: "background snapshots: the job pauses only for the snapshot points (--live=false: stop, save, resume; used anyway where QEMU or the kernel cannot, with the reason logged)"},
+				Usage: "copy each VM while it runs, pause it only for its snapshot point, fence its network from there to the last VM's (--live=false: stop, save, resume; used anyway where QEMU or the kernel cannot, with the reason shown)"},
 				&cli.StringFlag{Name: "bandwidth", Usage: "cap each live stream, e.g. 200M (bytes/s)"}},
 			func(ctx context.Context, c *coord.Client, cmd *cli.Command, p coord.ProgressFunc) (any, error) {
 				job, err := oneArg(cmd, "JOB")

@@ -124,7 +124,7 @@ func vmCommand() *cli.Command {
 					return c.Checkpoint(ctx, vm, hostd.CheckpointOptions{Dir: cmd.String("dir"), Stop: cmd.Bool("stop"),
 						NoGuest: cmd.Bool("no-guest"), Live: cmd.Bool("live")}, progressTo(p))
 				},
-				&cli.BoolFlag{Name: "live", Usage: "background snapshot: pause only for the snapshot point"},
+				&cli.BoolFlag{Name: "live", Usage: "copy the VM while it runs; pause only for the snapshot point"},
 				&cli.StringFlag{Name: "dir", Required: true, Usage: "checkpoint directory (must not exist)"},
 				&cli.BoolFlag{Name: "stop", Usage: "stop the VM after the checkpoint"},
 				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
