@@ -255,18 +255,25 @@ func TestLiveCheckpointQEMUKilledMidStream(t *testing.T) {
 }
 
 // waitStreaming waits until vm's live checkpoint on host streams its
-// memory (a running VM's copy has started; the VM runs) and returns the
-// state file.
+// memory while the VM runs (a background snapshot past its point; a
+// precopy under way) and returns the state file.
 func waitStreaming(t *testing.T, c *cluster, host, vm string) string {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(c.hosts[host].Logs(), `"msg":"live checkpoint copy started","vm":"`+vm+`"`) {
+	for {
+		logs := c.hosts[host].Logs()
+		if strings.Contains(logs, `"msg":"snapshot point taken","vm":"`+vm+`"`) {
+			break
+		}
+		if strings.Contains(logs, `"msg":"live checkpoint copy started","vm":"`+vm+`"`) {
+			time.Sleep(500 * time.Millisecond) // some of it written
+			break
+		}
 		if time.Now().After(deadline) {
 			t.Fatal("the live stream never started")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(500 * time.Millisecond) // some of it written
 	m, _ := filepath.Glob(filepath.Join(c.ckDir, "*", vm, "state.bin"))
 	if len(m) != 1 {
 		t.Fatalf("state files: %v", m)
@@ -279,8 +286,19 @@ func waitStreaming(t *testing.T, c *cluster, host, vm string) string {
 // noticed; the checkpoint is failed (no hostd saw it complete), its files
 // are gone on both hosts, both VMs run with their devices and their
 // connection, and the next live checkpoint works.
+//
+// Both ways of copying a running VM: QEMU's background snapshot (written
+// by QEMU into the file: it finishes on its own) and the precopy (through
+// a pipe into hostd: it breaks, QEMU fails it and the VM runs on).
 func TestLiveCheckpointHostdKilledMidStream(t *testing.T) {
-	c := newCluster(t)
+	for _, mode := range []string{"snapshot", "precopy"} {
+		t.Run(mode, func(t *testing.T) { testHostdKilledMidStream(t, mode) })
+	}
+}
+
+func testHostdKilledMidStream(t *testing.T, mode string) {
+	yaml := "live_mode: " + mode + "\n"
+	c := newClusterWith(t, clusterOpts{hostdYAML: map[string]string{"a": yaml, "b": yaml}})
 	since := startJob(t, c, "")
 	done := c.opAsync("checkpoint", "jf", "--live", "--bandwidth", "8M")
 	state := waitStreaming(t, c, "b", "vm2")

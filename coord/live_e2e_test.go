@@ -198,3 +198,53 @@ func TestLiveCheckpointFallsBackWhereRefused(t *testing.T) {
 	}
 	c.waitTraffic("jr", "a", peers, last)
 }
+
+// With live_mode precopy (the default under KVM) each VM is copied while
+// it runs, unfenced, and fenced at its own snapshot point, the stop at the
+// end of its copy, before it runs again; the fences lift after the last
+// point. The job's connection carries on. (Not restored here: under TCG,
+// QEMU 7.2's precopy images were seen to miss guest writes, see hostd's
+// TestBenchPrecopyImage, which is why TCG hosts default to snapshot.)
+func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
+	yaml := "live_mode: precopy\n"
+	c := newClusterWith(t, clusterOpts{hostdYAML: map[string]string{"a": yaml, "b": yaml}})
+	c.createJob("jp", "a", "b")
+	peers := []string{"10.79.0.12"}
+	last := c.waitTraffic("jp", "a", peers, map[string]int{})
+	marks := map[string]int{"a": len(c.hosts["a"].Logs()), "b": len(c.hosts["b"].Logs())}
+	res, out, err := c.op("checkpoint", "jp")
+	if err != nil || res.Checkpoint != machine.CheckpointComplete {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	for _, v := range res.VMs {
+		if v.Note != "" {
+			t.Fatalf("%s: %s", v.Name, v.Note)
+		}
+	}
+	for vm, host := range map[string]string{"vm1": "a", "vm2": "b"} {
+		logs := c.hosts[host].Logs()[marks[host]:]
+		at := func(msg string) int {
+			i := strings.Index(logs, `"msg":"`+msg+`","vm":"`+vm+`"`)
+			if i < 0 {
+				t.Fatalf("%s: no %q in hostd %s's log", vm, msg, host)
+			}
+			return i
+		}
+		copied, fenced, point, lifted := at("live checkpoint copy started"), at("network fenced"), at("snapshot point taken"), at("network fence lifted")
+		if !(copied < fenced && fenced < point && point < lifted) {
+			t.Fatalf("%s: copy started, fenced, point, lifted at %d, %d, %d, %d in the log: want that order", vm, copied, fenced, point, lifted)
+		}
+	}
+	var ck coord.Checkpoint
+	out, err = c.coord.CLI(t, "checkpoints", "show", res.CheckpointID, "--output", "json")
+	if err != nil || json.Unmarshal([]byte(out), &ck) != nil {
+		t.Fatalf("checkpoints show: %v\n%s", err, out)
+	}
+	for _, v := range ck.VMs {
+		t.Logf("%s: snapshot pause %s", v.Name, v.Pause)
+		if v.Pause <= 0 || v.Pause > time.Second {
+			t.Fatalf("%s: snapshot pause %s", v.Name, v.Pause)
+		}
+	}
+	c.waitTraffic("jp", "a", peers, last)
+}

@@ -41,10 +41,16 @@ func emit(v map[string]any) {
 	fmt.Println(string(data))
 }
 
-func benchHost(t *testing.T, name string) (*Host, string) {
+// benchHost starts a hostd in-process; liveMode, if given, is its
+// live_mode.
+func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 	dir := t.TempDir()
-	h, err := New(Config{StateDir: dir, Logger: slog.New(slog.DiscardHandler),
-		Pools: map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}}})
+	cfg := Config{StateDir: dir, Logger: slog.New(slog.DiscardHandler),
+		Pools: map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}}}
+	if len(liveMode) > 0 {
+		cfg.LiveMode = liveMode[0]
+	}
+	h, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,12 +272,13 @@ func benchWarmCold(t *testing.T, kernel, initrd string, mem Size, n int) {
 // TestBenchLiveCheckpoint: the guest-visible pause (the gap in the guest's
 // 1 ms timestamp loop on its console, on the host's clock, around the
 // snapshot point), the longest stall of that loop during the operation, and
-// the whole checkpoint time, live (background snapshot) against
-// stop-and-save, side by side, for guests with 60% of their memory in
-// use. Live runs twice per size: RAM in /dev/shm (the default) and on
-// 2 MiB huge pages. The snapshot point's own pause comes from QEMU's STOP
-// and RESUME events; the tick gap also holds the stalls of the guest's
-// first writes to pages while its memory streams.
+// the whole checkpoint time, live against stop-and-save, side by side, for
+// guests with 60% of their memory in use. Live runs three times per size:
+// background snapshot with RAM in /dev/shm (the default on this TCG host)
+// and on 2 MiB huge pages, and precopy (live_mode precopy, the default
+// under KVM). The snapshot point's own pause comes from QEMU's STOP and
+// RESUME events; the tick gap also holds the stalls of the guest's first
+// writes to pages while a background snapshot streams.
 func TestBenchLiveCheckpoint(t *testing.T) {
 	if os.Getenv("SYMVIRT_BENCH") != "1" {
 		t.Skip("benchmark: run with make bench")
@@ -287,12 +294,16 @@ func TestBenchLiveCheckpoint(t *testing.T) {
 	for _, n := range sizes {
 		mem := Size(n)
 		line := map[string]any{"bench": "live_vs_stop_checkpoint", "memory_mib": int(mem)}
-		for _, mode := range []string{"live_shm", "live_hugepages", "stop"} {
+		for _, mode := range []string{"live_shm", "live_hugepages", "live_precopy", "stop"} {
 			if mode == "live_hugepages" && !huge {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-			h, _ := benchHost(t, "4")
+			liveMode := "snapshot"
+			if mode == "live_precopy" {
+				liveMode = "precopy"
+			}
+			h, _ := benchHost(t, "4", liveMode)
 			vm, err := h.Create(Spec{Name: fmt.Sprintf("live%d", mem), Memory: mem, VCPUs: 1, Kernel: kernel, Initrd: initrd,
 				Append: "console=ttyS0 quiet", HugePages: mode == "live_hugepages"})
 			if err != nil {
@@ -338,6 +349,7 @@ func TestBenchLiveCheckpoint(t *testing.T) {
 			cancel()
 		}
 		line["pause_ratio_stop_over_live_shm"] = line["stop_guest_pause_seconds"].(float64) / line["live_shm_guest_pause_seconds"].(float64)
+		line["pause_ratio_stop_over_live_precopy"] = line["stop_guest_pause_seconds"].(float64) / line["live_precopy_guest_pause_seconds"].(float64)
 		if huge {
 			line["pause_ratio_stop_over_live_hugepages"] = line["stop_guest_pause_seconds"].(float64) / line["live_hugepages_guest_pause_seconds"].(float64)
 		}

@@ -34,6 +34,12 @@ type Config struct {
 	GuestTimeout time.Duration `yaml:"guest_timeout"`
 	// DetachTimeout bounds the wait for DEVICE_DELETED.
 	DetachTimeout time.Duration `yaml:"detach_timeout"`
+	// LiveMode is how a live checkpoint copies a running VM: "precopy"
+	// (copied while it runs, paused for its last pages), "snapshot"
+	// (QEMU's background-snapshot), or "auto" (the default): precopy
+	// under KVM, snapshot under TCG, where QEMU 7.2's precopy images
+	// were seen to miss guest writes (live.go).
+	LiveMode string `yaml:"live_mode"`
 
 	Logger *slog.Logger `yaml:"-"`
 }
@@ -72,6 +78,16 @@ func (c *Config) setDefaults() error {
 	case "kvm", "tcg":
 	default:
 		return fmt.Errorf("config: accel %q: want kvm, tcg or auto", c.Accel)
+	}
+	switch c.LiveMode {
+	case "", "auto":
+		c.LiveMode = "snapshot"
+		if c.Accel == "kvm" {
+			c.LiveMode = "precopy"
+		}
+	case "precopy", "snapshot":
+	default:
+		return fmt.Errorf("config: live_mode %q: want precopy, snapshot or auto", c.LiveMode)
 	}
 	if c.MigrationAddress == "" {
 		c.MigrationAddress = "127.0.0.1"

@@ -12,19 +12,22 @@ import (
 // keeping every VM paused until the slowest has reached its snapshot
 // point. A cut is inconsistent only if a message leaves a VM after its
 // snapshot point and reaches a VM before that one's. So each VM is fenced
-// at its own snapshot point, before its vCPUs run again: hostd holds every
-// packet the VM sends or receives in a QEMU filter-buffer on each of its
-// netdevs (the passthrough devices are already gone), and the fences lift
-// in the resume phase, after the last snapshot point. A message sent after
+// by its snapshot point at the latest, before its vCPUs run again: hostd
+// holds every packet the VM sends or receives in a QEMU filter-buffer on
+// each of its netdevs (the passthrough devices are already gone), and the
+// fences lift in the resume phase, after the last snapshot point. A message sent after
 // its sender's point is held until every point is taken; what a VM sent
 // before its point is in its past, wherever it lands; held packets are
 // lost in flight for the checkpoint, which TCP retransmits after a
 // restart.
 //
-// A running VM's snapshot point is the stop at the end of its copy
-// (live.go): QEMU holds it stopped until hostd runs it, and hostd fences
-// it in between. A VM with disks is stopped and fenced at the job's STOP
-// barrier, since QEMU runs it again by itself at its point.
+// With live_mode precopy a running VM's snapshot point is the stop at
+// the end of its copy (live.go): QEMU holds it stopped until hostd runs
+// it, and hostd fences it in between, so the fence does not cover the
+// copy. With live_mode snapshot QEMU takes the point and runs the VM again
+// by itself, so every running VM is fenced at the job's STOP barrier,
+// before any point. A VM with disks is stopped and fenced at the barrier
+// (QEMU runs it again at its point).
 //
 // A held packet is in no VM's saved state, and a filter's release timer
 // runs on the guest's virtual clock, so an interval of an hour never

@@ -338,11 +338,22 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		}
 		h.setLease(req.VM, req.Op, req.Lease, "")
 		live := req.Live && req.OpKind == "checkpoint"
+		var unfenced error
 		if live && len(vm.Spec().Disks) == 0 {
-			// A running VM's cut is its snapshot point, at the end of the
-			// save step's copy, where it is fenced (fence.go); it runs
-			// on until then.
-			return nil
+			if h.cfg.LiveMode == "precopy" {
+				// A running VM's cut is its snapshot point, at the end of
+				// the save step's copy, where it is fenced (fence.go); it
+				// runs on until then.
+				return nil
+			}
+			// Its snapshot point is QEMU's, in the save step: fenced
+			// from now, it runs on (fence.go).
+			unfenced = vm.fence(ctx, mon)
+			if unfenced == nil {
+				return nil
+			}
+			vm.log.Warn("the vm stops for the job's cut instead", "err", unfenced)
+			req.notef("stopped for the cut (no network fence: %v)", unfenced)
 		}
 		if err := mon.Stop(ctx); err != nil {
 			return err
@@ -350,10 +361,11 @@ func (h *Host) step(ctx context.Context, req StepRequest) error {
 		vm.mu.Lock()
 		vm.stoppedAt = timeNow()
 		vm.mu.Unlock()
-		if live {
+		if live && unfenced == nil {
 			// Its disks are copied at the cut, with the vCPUs stopped;
 			// QEMU runs it again at its snapshot point, fenced from
-			// here (fence.go).
+			// here (fence.go; with live_mode snapshot the others'
+			// fences would do).
 			if err := vm.fence(ctx, mon); err != nil {
 				return err // the rollback runs it again
 			}
