@@ -28,7 +28,22 @@ func TestBenchJobCheckpoint(t *testing.T) {
 	}
 	// e.g. SYMVIRT_BENCH_JOB_VMS=4: one size only.
 	sizes := testguest.BenchSizes(t, "SYMVIRT_BENCH_JOB_VMS", []int{1, 2, 4}, 1, 4)
-	c := newCluster(t)
+	// e.g. SYMVIRT_BENCH_LIVE_MODE=precopy: the hostds' live_mode (default:
+	// theirs, snapshot on this TCG host).
+	o := clusterOpts{}
+	mode := os.Getenv("SYMVIRT_BENCH_LIVE_MODE")
+	switch mode {
+	case "":
+		mode = "auto"
+	case "precopy", "snapshot", "auto":
+		o.hostdYAML = map[string]string{}
+		for _, h := range []string{"a", "b", "c"} {
+			o.hostdYAML[h] = "live_mode: " + mode + "\n"
+		}
+	default:
+		t.Fatalf("SYMVIRT_BENCH_LIVE_MODE=%q: want precopy, snapshot or auto", mode)
+	}
+	c := newClusterWith(t, o)
 	placement := []string{"a", "b", "c", "a"}
 	for _, n := range sizes {
 		job := fmt.Sprintf("bench%d", n)
@@ -151,7 +166,7 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"live_guest_pause_at_cut_max_seconds":   atCut.Seconds(), "live_guest_pause_at_cut_seconds": atCutPerVM,
 			"live_longest_stall_max_seconds":  pause["--live=true"].Seconds(),
 			"live_snapshot_pause_max_seconds": snapshotPause.Seconds(), "quiet_longest_gap_max_seconds": quiet.Seconds(), "tick_period_seconds": 0.002,
-			"live_network_fence_max_seconds":   fenceHeld.Seconds(),
+			"live_network_fence_max_seconds": fenceHeld.Seconds(), "live_mode": mode,
 			"stop_and_save_checkpoint_seconds": whole["--live=false"].Seconds(),
 			"live_checkpoint_seconds":          whole["--live=true"].Seconds(),
 			"pause_ratio_stop_over_live":       pause["--live=false"].Seconds() / atCut.Seconds()})
