@@ -260,7 +260,7 @@ func (vm *VM) startBackground(ctx context.Context, mon *qmp.Client, a *liveArm, 
 				events = nil // the monitor is gone: ls.done follows
 				continue
 			}
-			at := time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
+			at := qmp.EventTime(ev)
 			if ev.Event == "STOP" {
 				stopped = at
 				continue
@@ -467,7 +467,7 @@ func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls 
 				events = nil // the monitor is gone: ls.done follows
 				continue
 			}
-			at := time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
+			at := qmp.EventTime(ev)
 			switch ev.Event {
 			case "STOP":
 				// The last pages and the devices: the VM stands still

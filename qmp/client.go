@@ -365,6 +365,11 @@ func (c *Client) removePendingLocked(id string) {
 	}
 }
 
+// EventTime is when QEMU emitted ev, on the host's clock.
+func EventTime(ev goqmp.Event) time.Time {
+	return time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
+}
+
 // Subscribe returns a channel of events whose name is one of names (all
 // events if none) and a cancel func that unsubscribes and closes the channel.
 // The channel is buffered (WithEventBuffer); when it is full, further events
