@@ -683,20 +683,11 @@ func TestLiveCheckpointWithDiskIsConsistent(t *testing.T) {
 	t.Logf("disk copy holds %d, restored guest goes on with %d; snapshot pause %s (disk copied in it)", atCut, first, res.Pause)
 }
 
-// dirtierRC rewrites 16 MiB of guest memory over and over, as fast as the
-// guest can copy a file in a tmpfs.
-const dirtierRC = `#!/bin/sh
-( mkdir -p /run/d && mount -t tmpfs -o size=64m tmpfs /run/d
-  yes symvirt-dirty | head -c 16777216 > /run/d/src
-  echo symvirt-dirtier-ready
-  while :; do cp /run/d/src /run/d/dst; done ) </dev/null >/dev/console 2>&1 &
-`
-
 // A guest that rewrites memory faster than its copy takes it (16 MiB
 // rewritten again and again, the copy capped at 64 MB/s) never fits in a
 // live checkpoint's 5 ms pause. After its passes hostd allows it a longer
-// pause, doubling, so the checkpoint completes, and restores, instead of
-// copying for ever. (Its restore is not tested here: under TCG, QEMU
+// pause, doubling, so the checkpoint completes instead of copying for
+// ever. (Its restore is not tested here: under TCG, QEMU
 // 7.2's precopy images were seen to miss guest writes, see
 // TestBenchPrecopyImage, which is why live_mode defaults to snapshot on a
 // TCG host.)
@@ -707,7 +698,7 @@ func TestLiveCheckpointConvergesForAFastDirtier(t *testing.T) {
 	spec := guestSpec(t, "ld1", "")
 	spec.Initrd = testguest.Initrd(t, map[string]testguest.File{
 		"/etc/symvirt/rc.d/20-nics":    {Mode: 0o755, Data: []byte(nicsScript)},
-		"/etc/symvirt/rc.d/45-dirtier": {Mode: 0o755, Data: []byte(dirtierRC)}})
+		"/etc/symvirt/rc.d/45-dirtier": {Mode: 0o755, Data: []byte(testguest.DirtierScript)}})
 	if _, err := c.Create(ctx, spec, true); err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ func TestBenchPrecopyImage(t *testing.T) {
 	}
 	kernel, _ := testguest.Paths(t)
 	initrd := testguest.Initrd(t, map[string]testguest.File{
-		"/etc/symvirt/rc.d/45-dirtier": {Mode: 0o755, Data: []byte(benchDirtierRC)}})
+		"/etc/symvirt/rc.d/45-dirtier": {Mode: 0o755, Data: []byte(testguest.DirtierScript)}})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	h, _ := benchHost(t, "5")
@@ -97,14 +97,6 @@ func TestBenchPrecopyImage(t *testing.T) {
 	emit(map[string]any{"bench": "precopy_image_vs_ram", "accel": h.cfg.Accel, "rounds": rounds,
 		"rounds_differing": bad, "pages_differing_max": worst})
 }
-
-// benchDirtierRC rewrites 16 MiB of guest memory over and over.
-const benchDirtierRC = `#!/bin/sh
-( mkdir -p /run/d && mount -t tmpfs -o size=64m tmpfs /run/d
-  yes symvirt-dirty | head -c 16777216 > /run/d/src
-  echo symvirt-dirtier-ready
-  while :; do cp /run/d/src /run/d/dst; done ) </dev/null >/dev/console 2>&1 &
-`
 
 // imagePages reads the RAM section of a QEMU 7.2 migration stream (4 KiB
 // pages, no compression) and returns the digest of the last copy of each
