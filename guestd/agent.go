@@ -72,6 +72,9 @@ type Config struct {
 	taintSource taint.Source
 	// openTaint replaces taint.Open (tests).
 	openTaint func(taint.Options) (taint.Source, io.Closer, error)
+	// hostSilence ends a socket host connection with no frame for this long
+	// (default defaultHostSilence; tests shorten it).
+	hostSilence time.Duration
 	// freezeTest holds the freezer's test hooks.
 	freezeTest *freezeHooks
 }
@@ -111,6 +114,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 5 * time.Second
+	}
+	if c.hostSilence == 0 {
+		c.hostSilence = defaultHostSilence
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

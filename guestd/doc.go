@@ -36,11 +36,14 @@
 //
 // # Channel
 //
-// virtio-serial (the port named org.symvirt.0; EOF means "no host now", so
-// the agent polls; garbage makes it resynchronise on the next HELLO), vsock
-// (listens on a port), or unix:PATH (listens on a socket; tests). On sockets
-// a new connection replaces the current one, and a protocol error closes
-// it. Every new host begins with HELLO; a PREPARE still in progress when it
+// virtio-serial (the port named org.symvirt.0, made root-only 0600 before
+// it is opened; EOF means "no host now", so the agent polls; garbage makes
+// it resynchronise on the next HELLO), vsock (listens on a port; only the
+// host, CID 2, from a privileged port below 1024), or unix:PATH (listens on
+// a 0600 socket; tests). On sockets a new connection never replaces a live
+// one (it is refused unless the current one ends within takeoverWait), a
+// host silent for 3 PING intervals is dropped, and a protocol error closes
+// the connection. Every new host begins with HELLO; a PREPARE still in progress when it
 // comes is cancelled and undone.
 //
 // # Hook socket
