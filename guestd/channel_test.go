@@ -3,9 +3,16 @@ package guestd
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mdlayher/vsock"
 
@@ -105,4 +112,46 @@ func TestSilentHostDropped(t *testing.T) {
 	if _, ack := e.host(); ack.State != guestproto.StateIdle {
 		t.Errorf("host after the silent one: %+v", ack)
 	}
+}
+
+// The filter's premise, on this kernel: binding a vsock port below 1024
+// takes root, so an unprivileged user cannot speak from one (and hostd,
+// root, can). The control: the same user binds an unprivileged port.
+func TestVsockPrivilegedPortNeedsRoot(t *testing.T) {
+	if p := os.Getenv("SYMVIRT_VSOCK_BIND"); p != "" {
+		port, _ := strconv.Atoi(p)
+		fmt.Printf("bind %d as uid %d: %v\n", port, os.Getuid(), bindVsock(uint32(port)))
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to switch to an unprivileged user")
+	}
+	if err := bindVsock(maxPrivilegedPort); err != nil {
+		t.Skipf("cannot bind a vsock port even as root here: %v", err)
+	}
+	asNobody := func(port int) string {
+		cmd := exec.Command("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
+			os.Args[0], "-test.run", "^TestVsockPrivilegedPortNeedsRoot$")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("SYMVIRT_VSOCK_BIND=%d", port))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("setpriv: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	if out := asNobody(maxPrivilegedPort); !strings.Contains(out, "bind 1023 as uid 65534: permission denied") {
+		t.Errorf("nobody binding vsock port 1023:\n%s\nwant permission denied", out)
+	}
+	if out := asNobody(40000 + os.Getpid()%10000); !strings.Contains(out, ": <nil>") {
+		t.Errorf("control, nobody binding an unprivileged vsock port:\n%s", out)
+	}
+}
+
+func bindVsock(port uint32) error {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
 }
