@@ -175,7 +175,7 @@ func (a *agent) serveVirtio(ctx context.Context) error {
 		path, err := findVirtioPort(a.cfg.SysRoot, a.cfg.PortName)
 		var f *os.File
 		if err == nil {
-			f, err = os.OpenFile(path, os.O_RDWR, 0)
+			f, err = openPort(path)
 		}
 		if err != nil {
 			if err.Error() != lastErr {
