@@ -29,6 +29,12 @@ type Config struct {
 	HookSocket    string // default /run/symvirt/hook.sock
 	HookDir       string // default /etc/symvirt/hooks.d
 	MetricsListen string // host:port for /metrics; "" = no metrics server
+	// HookGroup (name or gid) owns the hook socket, mode 0660, so that its
+	// members can register; default: guestd's group (root).
+	HookGroup string
+	// HookMaxPerUID bounds one non-root user's hook socket connections
+	// (default DefaultHookMaxPerUID).
+	HookMaxPerUID int
 
 	// SysRoot is prefixed to every /sys and /dev path (default "/").
 	SysRoot string
@@ -155,7 +161,11 @@ func Run(ctx context.Context, cfg Config) error {
 	// Whatever happens from here on, guestd does not exit leaving processes
 	// frozen (a READY round is lost with the process anyway).
 	defer fz.thaw("guestd stopping")
-	hooks, err := NewHookServer(cfg.HookSocket, cfg.Logger)
+	hopts, err := hookOptionsFrom(cfg)
+	if err != nil {
+		return err
+	}
+	hooks, err := NewHookServer(cfg.HookSocket, cfg.Logger, hopts...)
 	if err != nil {
 		return err
 	}

@@ -60,7 +60,7 @@ func (a *agent) serveChannel(ctx context.Context, kind, path string) error {
 		if err := removeStaleSocket(path); err != nil {
 			return err
 		}
-		ln, err := listenUnixMode(path, 0o600)
+		ln, err := listenUnixMode(path, 0o600, -1)
 		if err != nil {
 			return fmt.Errorf("guestd: channel socket: %w", err)
 		}
