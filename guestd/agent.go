@@ -29,6 +29,12 @@ type Config struct {
 	HookSocket    string // default /run/symvirt/hook.sock
 	HookDir       string // default /etc/symvirt/hooks.d
 	MetricsListen string // host:port for /metrics; "" = no metrics server
+	// HookGroup (name or gid) owns the hook socket, mode 0660, so that its
+	// members can register; default: guestd's group (root).
+	HookGroup string
+	// HookMaxPerUID bounds one non-root user's hook socket connections
+	// (default DefaultHookMaxPerUID).
+	HookMaxPerUID int
 
 	// SysRoot is prefixed to every /sys and /dev path (default "/").
 	SysRoot string
@@ -72,6 +78,9 @@ type Config struct {
 	taintSource taint.Source
 	// openTaint replaces taint.Open (tests).
 	openTaint func(taint.Options) (taint.Source, io.Closer, error)
+	// hostSilence ends a socket host connection with no frame for this long
+	// (default defaultHostSilence; tests shorten it).
+	hostSilence time.Duration
 	// freezeTest holds the freezer's test hooks.
 	freezeTest *freezeHooks
 }
@@ -112,6 +121,9 @@ func (c *Config) setDefaults() {
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 5 * time.Second
 	}
+	if c.hostSilence == 0 {
+		c.hostSilence = defaultHostSilence
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -149,7 +161,11 @@ func Run(ctx context.Context, cfg Config) error {
 	// Whatever happens from here on, guestd does not exit leaving processes
 	// frozen (a READY round is lost with the process anyway).
 	defer fz.thaw("guestd stopping")
-	hooks, err := NewHookServer(cfg.HookSocket, cfg.Logger)
+	hopts, err := hookOptionsFrom(cfg)
+	if err != nil {
+		return err
+	}
+	hooks, err := NewHookServer(cfg.HookSocket, cfg.Logger, hopts...)
 	if err != nil {
 		return err
 	}

@@ -18,8 +18,14 @@ import (
 	"github.com/symvirt/symvirt/guestproto"
 )
 
-// ErrNoPort: no virtio-serial port of the configured name.
-var ErrNoPort = errors.New("guestd: virtio-serial port not found")
+// Host channel errors.
+var (
+	// ErrNoPort: no virtio-serial port of the configured name.
+	ErrNoPort = errors.New("guestd: virtio-serial port not found")
+	// ErrHostSilent: a socket host sent nothing (not even a PING) for too
+	// long; its connection is closed.
+	ErrHostSilent = errors.New("guestd: host silent")
+)
 
 const (
 	writeTimeout = 5 * time.Second
@@ -30,6 +36,13 @@ const (
 	// eofPoll is how often a virtio-serial port with no host behind it (it
 	// reads as EOF) is tried again.
 	eofPoll = 200 * time.Millisecond
+	// takeoverWait is how long a new host connection waits for the current
+	// one to end (a host that just hung up) before it is refused.
+	takeoverWait = 2 * time.Second
+	// defaultHostSilence: a socket host that sends nothing for this long
+	// (hostd PINGs every guestproto.DefaultPingInterval) is gone, and its
+	// connection no longer keeps the next host out.
+	defaultHostSilence = 3 * guestproto.DefaultPingInterval
 )
 
 func (a *agent) serveChannel(ctx context.Context, kind, path string) error {
@@ -42,26 +55,31 @@ func (a *agent) serveChannel(ctx context.Context, kind, path string) error {
 			return fmt.Errorf("guestd: vsock port %d: %w", a.cfg.VsockPort, err)
 		}
 		a.log.Info("listening on vsock", "port", a.cfg.VsockPort)
-		return a.serveListener(ctx, ln)
+		return a.serveListener(ctx, ln, vsockHostPeer)
 	case "unix":
 		if err := removeStaleSocket(path); err != nil {
 			return err
 		}
-		ln, err := listenUnixMode(path, 0o600)
+		ln, err := listenUnixMode(path, 0o600, -1)
 		if err != nil {
 			return fmt.Errorf("guestd: channel socket: %w", err)
 		}
 		defer os.Remove(path)
 		a.log.Info("listening on unix socket", "path", path)
-		return a.serveListener(ctx, ln)
+		// The socket is 0600: whoever connects is root already.
+		return a.serveListener(ctx, ln, nil)
 	}
 	return fmt.Errorf("guestd: unknown channel kind %q", kind)
 }
 
-// serveListener serves one host connection at a time. A new connection
-// replaces the current one: the host reconnects after every restore or
-// migration, and the old connection may be half-dead.
-func (a *agent) serveListener(ctx context.Context, ln net.Listener) error {
+// serveListener serves one host connection at a time. admit (if not nil)
+// vets each peer's address first. A new connection never replaces a live
+// one, or any local user able to connect could cut hostd off mid-round (or
+// take its place): it waits briefly for the current one to end (a host that
+// just hung up; after a restore or migration the guest kernel resets vsock
+// connections) and is refused otherwise. A host that died without a word
+// ends its connection by falling silent (cfg.hostSilence).
+func (a *agent) serveListener(ctx context.Context, ln net.Listener, admit func(net.Addr) error) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var cur net.Conn
@@ -76,10 +94,10 @@ func (a *agent) serveListener(ctx context.Context, ln net.Listener) error {
 			sleepCtx(ctx, 100*time.Millisecond)
 			continue
 		}
-		if cur != nil {
-			a.log.Info("new host connection replaces the current one")
-			cur.Close()
-			<-curDone
+		if err := a.admitHost(ctx, c, admit, curDone); err != nil {
+			a.log.Warn("host connection refused", "peer", c.RemoteAddr(), "err", err)
+			c.Close()
+			continue
 		}
 		cur, curDone = c, make(chan struct{})
 		go func(c net.Conn, done chan struct{}) {
@@ -94,6 +112,30 @@ func (a *agent) serveListener(ctx context.Context, ln net.Listener) error {
 		<-curDone
 	}
 	return nil
+}
+
+// admitHost decides whether new connection c may be served: its peer must
+// pass admit, and the current connection (curDone not yet closed) must end
+// within takeoverWait.
+func (a *agent) admitHost(ctx context.Context, c net.Conn, admit func(net.Addr) error, curDone <-chan struct{}) error {
+	if admit != nil {
+		if err := admit(c.RemoteAddr()); err != nil {
+			return err
+		}
+	}
+	if curDone == nil {
+		return nil
+	}
+	t := time.NewTimer(takeoverWait)
+	defer t.Stop()
+	select {
+	case <-curDone:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("%w: the current host connection is live", ErrChannelBusy)
+	}
 }
 
 // findVirtioPort finds the device node of the named virtio-serial port: the
@@ -133,7 +175,7 @@ func (a *agent) serveVirtio(ctx context.Context) error {
 		path, err := findVirtioPort(a.cfg.SysRoot, a.cfg.PortName)
 		var f *os.File
 		if err == nil {
-			f, err = os.OpenFile(path, os.O_RDWR, 0)
+			f, err = openPort(path)
 		}
 		if err != nil {
 			if err.Error() != lastErr {
@@ -279,6 +321,15 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 	}
 	lim := newLimiter(inboundRate, inboundBurst)
 	var seq uint64
+	// On a socket, a host that falls silent is gone: virtio-serial has no
+	// such notion (the port outlives hosts), and no one else can take it.
+	var silent <-chan time.Time
+	var silence *time.Timer
+	if !virtio && a.cfg.hostSilence > 0 {
+		silence = time.NewTimer(a.cfg.hostSilence)
+		defer silence.Stop()
+		silent = silence.C
+	}
 	for {
 		if sess != nil && sess.ctx.Err() != nil { // ended by send (host not reading)
 			if !virtio {
@@ -289,6 +340,8 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-silent:
+			return fmt.Errorf("%w: nothing from the host for %v", ErrHostSilent, a.cfg.hostSilence)
 		case err := <-readErr:
 			return err
 		case err := <-writeErr:
@@ -303,6 +356,9 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 				sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypePing, Seq: seq})
 			}
 		case in := <-frames:
+			if silence != nil {
+				silence.Reset(a.cfg.hostSilence)
+			}
 			if in.garbage != nil {
 				a.log.Warn("garbage from the host: waiting for the next HELLO", "err", in.garbage)
 				endSess(in.garbage)

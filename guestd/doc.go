@@ -36,17 +36,25 @@
 //
 // # Channel
 //
-// virtio-serial (the port named org.symvirt.0; EOF means "no host now", so
-// the agent polls; garbage makes it resynchronise on the next HELLO), vsock
-// (listens on a port), or unix:PATH (listens on a socket; tests). On sockets
-// a new connection replaces the current one, and a protocol error closes
-// it. Every new host begins with HELLO; a PREPARE still in progress when it
+// virtio-serial (the port named org.symvirt.0, made root-only 0600 before
+// it is opened; EOF means "no host now", so the agent polls; garbage makes
+// it resynchronise on the next HELLO), vsock (listens on a port; only the
+// host, CID 2, from a privileged port below 1024), or unix:PATH (listens on
+// a 0600 socket; tests). On sockets a new connection never replaces a live
+// one (it is refused unless the current one ends within takeoverWait), a
+// host silent for 3 PING intervals is dropped, and a protocol error closes
+// the connection. Every new host begins with HELLO; a PREPARE still in progress when it
 // comes is cancelled and undone.
 //
 // # Hook socket
 //
-// A unix socket (default /run/symvirt/hook.sock, mode 0660) speaking lines
-// of at most 4096 bytes; a longer line or an unknown command gets "ERR ..."
+// A unix socket (default /run/symvirt/hook.sock, mode 0660, group root or
+// Config.HookGroup) speaking lines of at most 4096 bytes. Slots are bounded:
+// 256 in all, the last 16 for root only, and Config.HookMaxPerUID (default
+// 64) per non-root user (SO_PEERCRED), so one user cannot crowd out the
+// applications; a refused client gets "ERR too many ...". A client that has
+// not registered and sends nothing for 10 s gets "ERR idle without HELLO"
+// and is disconnected (one blocked in WAIT or SYNC is not idle); a longer line or an unknown command gets "ERR ..."
 // and the connection closed:
 //
 //	HELLO <name> <pid>  -> OK 1            register: rounds wait for this connection's SYNC
@@ -63,6 +71,10 @@
 // registered ones are waited for, and closing the connection unregisters.
 // Another command while WAIT or SYNC blocks is a protocol error. The Go
 // client is package hookclient; the C one is libsymvirt.
+//
+// Hook scripts (Config.HookDir) run as root, so only those owned by root
+// and writable by root alone, in a directory of the same (symlinks
+// followed), run; others are skipped with a warning.
 //
 // # Dependency-aware migration
 //

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Hook socket protocol limits.
@@ -70,11 +68,14 @@ type HookServer struct {
 	quit chan struct{}
 	wg   sync.WaitGroup
 
+	opts hookOptions
+
 	mu      sync.Mutex
 	closed  bool
 	conns   map[*hookConn]struct{}
-	cur     *hookRound    // the pending round, nil if none
-	changed chan struct{} // closed and replaced on every state change
+	perUID  map[uint32]int // connections per peer uid
+	cur     *hookRound     // the pending round, nil if none
+	changed chan struct{}  // closed and replaced on every state change
 }
 
 // hookRound is one round as the hook socket sees it.
@@ -87,7 +88,8 @@ type hookRound struct {
 // hookConn is one client. Fields after c are guarded by HookServer.mu.
 type hookConn struct {
 	c       *net.UnixConn
-	peerPID int // from SO_PEERCRED, for logs; 0 if unknown
+	peerPID int    // from SO_PEERCRED, for logs; 0 if unknown
+	peerUID uint32 // from SO_PEERCRED; unknownUID if unknown
 
 	name       string
 	pid        int
@@ -105,10 +107,14 @@ func (c *hookConn) label() string {
 }
 
 // NewHookServer listens on path: it creates the parent directory, replaces a
-// stale socket (one nobody listens on) and makes the socket mode 0660. A
-// socket another server answers on is ErrSocketInUse; a non-socket file at
-// path is an error, not deleted.
-func NewHookServer(path string, logger *slog.Logger) (*HookServer, error) {
+// stale socket (one nobody listens on) and makes the socket mode 0660 (in
+// the group WithHookGroup gives). A socket another server answers on is
+// ErrSocketInUse; a non-socket file at path is an error, not deleted.
+func NewHookServer(path string, logger *slog.Logger, opts ...HookOption) (*HookServer, error) {
+	o := hookOptions{gid: -1, maxPerUID: DefaultHookMaxPerUID, idle: defaultHookIdle}
+	for _, f := range opts {
+		f(&o)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -120,7 +126,7 @@ func NewHookServer(path string, logger *slog.Logger) (*HookServer, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
-	ln, err := listenUnixMode(path, 0o660)
+	ln, err := listenUnixMode(path, 0o660, o.gid)
 	if err != nil {
 		return nil, fmt.Errorf("guestd: hook socket: %w", err)
 	}
@@ -128,13 +134,15 @@ func NewHookServer(path string, logger *slog.Logger) (*HookServer, error) {
 		path:    path,
 		ln:      ln,
 		log:     logger,
+		opts:    o,
 		quit:    make(chan struct{}),
 		conns:   make(map[*hookConn]struct{}),
+		perUID:  make(map[uint32]int),
 		changed: make(chan struct{}),
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
-	logger.Info("hook socket listening", "path", path)
+	logger.Info("hook socket listening", "path", path, "gid", o.gid, "max_per_uid", o.maxPerUID)
 	return s, nil
 }
 
@@ -160,10 +168,19 @@ func removeStaleSocket(path string) error {
 	return nil
 }
 
-// listenUnixMode listens on path with the given mode, with no window in which
-// the socket exists with looser permissions: it binds a temporary name in
-// the same directory, chmods it and renames it into place.
-func listenUnixMode(path string, mode os.FileMode) (*net.UnixListener, error) {
+// listenUnixMode listens on path with the given mode (and group gid, unless
+// -1), with no window in which the socket exists with looser permissions:
+// it binds a temporary name in the same directory, sets it up and renames
+// it into place.
+func listenUnixMode(path string, mode os.FileMode, gid int) (*net.UnixListener, error) {
+	setup := func(name string) error {
+		if gid >= 0 {
+			if err := os.Chown(name, -1, gid); err != nil {
+				return err
+			}
+		}
+		return os.Chmod(name, mode)
+	}
 	tmp := filepath.Join(filepath.Dir(path), fmt.Sprintf(".%d.%d.tmp", os.Getpid(), time.Now().UnixNano()%1e6))
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
@@ -174,14 +191,14 @@ func listenUnixMode(path string, mode os.FileMode) (*net.UnixListener, error) {
 			return nil, err
 		}
 		ln.SetUnlinkOnClose(false)
-		if err := os.Chmod(path, mode); err != nil {
+		if err := setup(path); err != nil {
 			ln.Close()
 			return nil, err
 		}
 		return ln, nil
 	}
 	ln.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, mode); err == nil {
+	if err := setup(tmp); err == nil {
 		err = os.Rename(tmp, path)
 		if err == nil {
 			return ln, nil
@@ -353,33 +370,23 @@ func (s *HookServer) acceptLoop() {
 			}
 			continue
 		}
-		hc := &hookConn{c: c, peerPID: peerPID(c)}
+		hc := &hookConn{c: c}
+		hc.peerPID, hc.peerUID = peerCred(c)
 		s.mu.Lock()
-		if s.closed || len(s.conns) >= maxHookConns {
+		if why := s.admitLocked(hc.peerUID); why != "" {
 			s.mu.Unlock()
-			s.log.Warn("hook client rejected", "peer_pid", hc.peerPID, "clients", maxHookConns)
+			s.log.Warn("hook client rejected", "peer_pid", hc.peerPID, "peer_uid", hc.peerUID, "why", why)
+			_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			_, _ = c.Write([]byte("ERR " + why + "\n"))
 			c.Close()
 			continue
 		}
 		s.conns[hc] = struct{}{}
+		s.perUID[hc.peerUID]++
 		s.mu.Unlock()
 		s.wg.Add(1)
 		go s.serve(hc)
 	}
-}
-
-func peerPID(c *net.UnixConn) int {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	pid := 0
-	_ = raw.Control(func(fd uintptr) {
-		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-			pid = int(cred.Pid)
-		}
-	})
-	return pid
 }
 
 // errHookClient is a client breaking the protocol; it gets "ERR ..." and is
@@ -427,6 +434,9 @@ func (s *HookServer) serve(c *hookConn) {
 		c.c.Close()
 		s.mu.Lock()
 		delete(s.conns, c)
+		if s.perUID[c.peerUID]--; s.perUID[c.peerUID] <= 0 {
+			delete(s.perUID, c.peerUID)
+		}
 		if c.registered {
 			s.notifyLocked() // WaitSynced no longer waits for it
 		}
@@ -435,12 +445,26 @@ func (s *HookServer) serve(c *hookConn) {
 			s.log.Info("application unregistered", "name", c.name, "pid", c.pid)
 		}
 	}()
+	idle := time.NewTimer(s.opts.idle)
+	defer idle.Stop()
 	for {
 		var l hookLine
 		var ok bool
+		s.mu.Lock()
+		registered := c.registered
+		s.mu.Unlock()
+		var idleC <-chan time.Time
+		if !registered {
+			idle.Reset(s.opts.idle)
+			idleC = idle.C
+		}
 		select {
 		case l, ok = <-lines:
 		case <-s.quit:
+			return
+		case <-idleC:
+			s.log.Warn("hook client dropped: idle and not registered", "peer_pid", c.peerPID, "peer_uid", c.peerUID, "idle", s.opts.idle)
+			_ = s.reply(c, "ERR idle without HELLO")
 			return
 		}
 		if !ok {

@@ -39,16 +39,27 @@ func (e *HookError) Error() string {
 
 func (e *HookError) Unwrap() error { return ErrHookFailed }
 
+// ErrHookUnsafe: a hook script, or its directory, that someone other than
+// root could have written; it is not run (scripts run as root).
+var ErrHookUnsafe = errors.New("guestd: hook script not trusted")
+
 // hookScripts lists the executables in dir, sorted by name, skipping hidden
 // and backup files (run-parts style) so that an editor's leftovers do not
-// run. A missing dir means no hooks.
-func hookScripts(dir string) ([]string, error) {
+// run. A missing dir means no hooks. Scripts run as root, so a script (or
+// the directory holding it) that another user could have written is
+// skipped with a warning (see trustedHook), as is the whole dir if it is
+// such a directory itself.
+func hookScripts(dir string, log *slog.Logger) ([]string, error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("guestd: hook dir: %w", err)
+	}
+	if err := trustedPath(dir, true); err != nil {
+		log.Warn("hook scripts skipped: their directory is not trusted", "dir", dir, "err", err)
+		return nil, nil
 	}
 	var names []string
 	for _, e := range ents {
@@ -57,14 +68,56 @@ func hookScripts(dir string) ([]string, error) {
 			strings.Contains(n, ".dpkg-") || strings.HasSuffix(n, ".disabled") {
 			continue
 		}
-		fi, err := os.Stat(filepath.Join(dir, n)) // follows symlinks
+		p := filepath.Join(dir, n)
+		fi, err := os.Stat(p) // follows symlinks
 		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+			continue
+		}
+		if err := trustedHook(p); err != nil {
+			log.Warn("hook script skipped", "hook", n, "err", err)
 			continue
 		}
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	return names, nil
+}
+
+// trustedHook checks the file a hook entry names (symlinks followed) and
+// the directory that file is in.
+func trustedHook(path string) error {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrHookUnsafe, err)
+	}
+	if err := trustedPath(real, false); err != nil {
+		return err
+	}
+	return trustedPath(filepath.Dir(real), true)
+}
+
+// trustedPath: path (symlinks followed) is owned by root (or by guestd's
+// own user, which runs the scripts anyway) and writable by its owner only.
+func trustedPath(path string, dir bool) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrHookUnsafe, err)
+	}
+	what := "file"
+	if dir {
+		what = "directory"
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%w: %s: no owner information", ErrHookUnsafe, path)
+	}
+	if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%w: %s %s is owned by uid %d, not root", ErrHookUnsafe, what, path, st.Uid)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%w: %s %s is group- or world-writable (mode %04o)", ErrHookUnsafe, what, path, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // hookRun is one invocation of the hook scripts.
@@ -115,7 +168,7 @@ func (h hookRun) run(ctx context.Context, name string) error {
 // returns the scripts that succeeded, which are the ones to tell if the round
 // is then aborted.
 func (h hookRun) prepare(ctx context.Context) ([]string, error) {
-	names, err := hookScripts(h.dir)
+	names, err := hookScripts(h.dir, h.log)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +187,7 @@ func (h hookRun) prepare(ctx context.Context) ([]string, error) {
 func (h hookRun) resume(ctx context.Context, names []string) {
 	if names == nil {
 		var err error
-		if names, err = hookScripts(h.dir); err != nil {
+		if names, err = hookScripts(h.dir, h.log); err != nil {
 			h.log.Warn("hook scripts", "err", err)
 			return
 		}

@@ -3,6 +3,7 @@ package guestd
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,7 +31,10 @@ var inGuest = os.Getenv("SYMVIRT_IN_GUEST") == "1"
 //   - guestd on a real virtio-serial port: a host handshake, a round an
 //     application syncs for, the host connection dropped after READY (as
 //     around a checkpoint: the port then reads EOF), a new connection whose
-//     HELLO_ACK reports the round, and RESUME reaching the application.
+//     HELLO_ACK reports the round, and RESUME reaching the application;
+//   - a guest user (uid 65534) against the port: it opens the port left
+//     0666 before guestd runs (the control), and is refused once guestd
+//     has made it root-only, while the round above still works.
 //
 // Skipped when the guest is not built or qemu is missing (see testguest).
 func TestGuestdInVM(t *testing.T) {
@@ -72,8 +77,11 @@ func TestGuestdInVM(t *testing.T) {
 		t.Error("the hand-off tests failed in the guest")
 	}
 
-	// Part 2: guestd on virtio-serial.
+	// Part 2: a guest user against the port.
 	con.expect(t, ctx, "helper-app registered")
+	checkPortAttack(t, con.all())
+
+	// Part 3: guestd on virtio-serial; the round works as before.
 	h, ack := vmHandshake(t, ctx, sock)
 	if ack.State != guestproto.StateIdle {
 		t.Fatalf("first HelloAck %+v", ack)
@@ -134,7 +142,18 @@ cd /tmp
 export SYMVIRT_IN_GUEST=1
 /bin/guestd.test -test.run '^(TestNICDiscoveryInNetns|TestBondHandoffInNetns)$' -test.v -test.count=1 2>&1
 echo "guestd-vm-netns-exit $?"
+# A guest user against the port: left 0666 (as a loose udev rule or mknod
+# would), it is theirs before guestd runs (the control); guestd makes it
+# root-only, and then the same user is refused.
+port=$(readlink -f /dev/virtio-ports/org.symvirt.0)
+echo "port-node-as-created $port $(stat -c '%a %u:%g' "$port")"
+chmod 0666 "$port"
+SYMVIRT_HELPER=openport SYMVIRT_PORT="$port" /bin/guestd.test -test.run '^TestHelperProcess$' 2>&1 | sed 's/^/before-guestd: /'
 SYMVIRT_HELPER=guestd /bin/guestd.test -test.run '^TestHelperProcess$' </dev/null >/dev/console 2>&1 &
+i=0
+while [ "$(stat -c %a "$port")" != 600 ] && [ $i -lt 300 ]; do usleep 100000; i=$((i + 1)); done
+SYMVIRT_HELPER=openport SYMVIRT_PORT="$port" /bin/guestd.test -test.run '^TestHelperProcess$' 2>&1 | sed 's/^/with-guestd: /'
+SYMVIRT_HELPER=openport SYMVIRT_PORT=/dev/virtio-ports/org.symvirt.0 /bin/guestd.test -test.run '^TestHelperProcess$' 2>&1 | sed 's/^/with-guestd: /'
 SYMVIRT_HELPER=app /bin/guestd.test -test.run '^TestHelperProcess$' </dev/null >/dev/console 2>&1 &
 `
 
@@ -146,6 +165,8 @@ func TestHelperProcess(t *testing.T) {
 		log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug})).With("guestd", "vm")
 		err := Run(context.Background(), Config{NICWait: 2 * time.Second, Heartbeat: time.Second, Logger: log})
 		fmt.Println("helper-guestd exited:", err)
+	case "openport":
+		fmt.Println(openPortAs(os.Getenv("SYMVIRT_PORT"), 65534))
 	case "app":
 		var c *hookclient.Client
 		for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
@@ -278,4 +299,58 @@ func bootGuest(t *testing.T, ctx context.Context, kernel, initrd, sock string, e
 		}
 	})
 	return con
+}
+
+// checkPortAttack reads what the guest user got from the port: before
+// guestd, the loose node opened (the control: the attack is real); with
+// guestd running, the node root-only 0600 and the open refused, by the
+// device path and by the /dev/virtio-ports link.
+func checkPortAttack(t *testing.T, console string) {
+	t.Helper()
+	var before, with []string
+	for _, l := range strings.Split(console, "\n") {
+		switch {
+		case strings.Contains(l, "before-guestd: openport "):
+			before = append(before, l)
+		case strings.Contains(l, "with-guestd: openport "):
+			with = append(with, l)
+		}
+	}
+	if len(before) != 1 || !strings.Contains(before[0], "uid=65534 mode=0666 owner=0:0: opened") {
+		t.Errorf("control: a guest user did not open the loose port before guestd ran (%q); the attack proves nothing", before)
+	}
+	if len(with) != 2 {
+		t.Errorf("want 2 attempts on the port with guestd running, got %q", with)
+	}
+	for _, l := range with {
+		if !strings.Contains(l, "uid=65534 mode=0600 owner=0:0: ") || !strings.HasSuffix(l, ": permission denied") {
+			t.Errorf("guest user against guestd's port: %q, want mode 0600 root and permission denied", l)
+		}
+	}
+}
+
+// openPortAs opens the port as guest user uid (the helper drops root
+// itself: the test guest's passwd has no other user) and says what
+// happened, with the node's mode and owner.
+func openPortAs(path string, uid int) string {
+	if err := syscall.Setgroups(nil); err != nil {
+		return "openport: setgroups: " + err.Error()
+	}
+	if err := syscall.Setgid(uid); err != nil {
+		return "openport: setgid: " + err.Error()
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		return "openport: setuid: " + err.Error()
+	}
+	desc := fmt.Sprintf("openport %s uid=%d", path, os.Getuid())
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err == nil {
+		desc += fmt.Sprintf(" mode=%04o owner=%d:%d", st.Mode&0o7777, st.Uid, st.Gid)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return desc + ": " + errors.Unwrap(err).Error()
+	}
+	f.Close()
+	return desc + ": opened"
 }

@@ -1,6 +1,7 @@
 package guestd
 
 import (
+	"bufio"
 	"context"
 	"path/filepath"
 	"testing"
@@ -10,15 +11,19 @@ import (
 	"github.com/symvirt/symvirt/guestproto"
 )
 
-// TestVsockChannel serves guestd on vsock and talks to it through the
-// kernel's local vsock transport (CID 1), which needs no VM. Where the
-// kernel has no vsock loopback the test says so and skips: the host here
-// has no /dev/vhost-vsock either, so no guest could have a vsock channel.
+// TestVsockChannel serves guestd on vsock and attacks it as a guest user
+// would, through the kernel's local vsock transport (CID 1): the connection
+// is closed without a HELLO_ACK. The accepted path (the host, CID 2, from a
+// privileged port) needs a VM on a host with /dev/vhost-vsock, which this
+// test cannot have; TestVsockHostPeer checks that filter, and
+// TestSecondHostConnectionRefused the one-live-connection rule on the same
+// listener code. Where the kernel has no vsock loopback the test says so
+// and skips.
 func TestVsockChannel(t *testing.T) {
 	const port = 10240 + 7
 	ln, err := vsock.Listen(port, nil)
 	if err != nil {
-		t.Skipf("vsock unavailable on this kernel (listen: %v); the end-to-end tests use virtio-serial", err)
+		t.Skipf("vsock unavailable on this kernel (listen: %v); the peer filter is checked by TestVsockHostPeer", err)
 	}
 	go func() {
 		if c, err := ln.Accept(); err == nil {
@@ -28,11 +33,11 @@ func TestVsockChannel(t *testing.T) {
 	c, err := vsock.Dial(vsock.Local, port, nil)
 	ln.Close()
 	if err != nil {
-		t.Skipf("vsock loopback (CID 1, vsock_loopback) unavailable on this kernel: %v; the end-to-end tests use virtio-serial", err)
+		t.Skipf("vsock loopback (CID 1, vsock_loopback) unavailable on this kernel: %v; the peer filter is checked by TestVsockHostPeer", err)
 	}
 	c.Close()
 	cfg := Config{Channel: "vsock", VsockPort: port, Logger: testLogger(t), Heartbeat: -1,
-		HookSocket: filepath.Join(t.TempDir(), "hook.sock"), HookDir: t.TempDir()}
+		HookSocket: filepath.Join(shortDir(t), "hook.sock"), HookDir: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -49,19 +54,15 @@ func TestVsockChannel(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	h := guestproto.NewHost(conn, testLogger(t))
-	defer h.Close()
-	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer rcancel()
-	if ack, err := h.Handshake(rctx); err != nil || ack.State != guestproto.StateIdle {
-		t.Fatalf("handshake over vsock: %+v %v", ack, err)
+	hello, _ := guestproto.Encode(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeHello})
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn.Write(hello)
+	if m, err := guestproto.ReadFrame(bufio.NewReader(conn)); err == nil {
+		t.Errorf("a loopback (CID 1) peer got %+v; want the connection refused", m)
 	}
-	if err := h.Prepare(rctx, guestproto.Prepare{ID: "v1", Op: guestproto.OpCheckpoint, Deadline: 2 * time.Second}); err != nil {
-		t.Fatalf("prepare over vsock: %v", err)
-	}
-	if err := h.Resume(rctx, "v1", guestproto.OutcomeCheckpointed); err != nil {
-		t.Fatalf("resume over vsock: %v", err)
-	}
+	conn.Close()
 	cancel()
 	<-done
+	t.Skip("the accepted path needs the host (CID 2) behind /dev/vhost-vsock, absent here: " +
+		"TestVsockHostPeer checks the filter, TestSecondHostConnectionRefused the one-connection rule")
 }

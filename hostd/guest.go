@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/mdlayher/vsock"
 	"github.com/symvirt/symvirt/guestproto"
 )
 
@@ -36,7 +35,7 @@ func (vm *VM) dialGuest(ctx context.Context) (net.Conn, error) {
 		}
 		ch := make(chan res, 1)
 		go func() {
-			c, err := vsock.Dial(spec.Guest.CID, guestPort, nil)
+			c, err := dialVsockPrivileged(spec.Guest.CID, guestPort)
 			ch <- res{c, err}
 		}()
 		select {
