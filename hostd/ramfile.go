@@ -306,6 +306,25 @@ func (vm *VM) removeRAM() {
 	vm.mu.Unlock()
 }
 
+// warmRAMUsable says why a new QEMU could not take over the running one's
+// RAM file: none recorded (an older hostd's QEMU), replaced at the path,
+// or not what the running QEMU maps.
+func (vm *VM) warmRAMUsable() error {
+	vm.mu.Lock()
+	want, pid := vm.rt.RAM, vm.rt.PID
+	vm.mu.Unlock()
+	if want == nil {
+		return fmt.Errorf("vm %q: its qemu was started without a guest RAM file recorded by hostd (an older hostd): use checkpoint and restore: %w", vm.name, ErrRAMFile)
+	}
+	if d := vm.ramReplaced(); d != "" {
+		return fmt.Errorf("vm %q: %s: refused for the new qemu; the VM runs on: %w", vm.name, d, ErrRAMFile)
+	}
+	if !qemuMaps(pid, *want) {
+		return fmt.Errorf("vm %q: the running qemu (pid %d) does not map guest RAM file %s (inode %d): refused: %w", vm.name, pid, want.Path, want.Ino, ErrRAMFile)
+	}
+	return nil
+}
+
 // verifyAdoptRAM checks, before hostd re-adopts a running QEMU, that it
 // maps the RAM file hostd created; a file replaced at the path since is
 // refused later (warm restart, a start after a crash) and reported now.

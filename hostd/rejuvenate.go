@@ -61,6 +61,11 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	if !spec.sharedMemory() {
 		return res, fmt.Errorf("vm %q does not run on shared memory (shared_memory: false): use checkpoint and restore: %w", vm.name, ErrInvalidState)
 	}
+	// Before the guest is asked or anything stops: the new QEMU would
+	// take whatever file is at the path for the guest's memory.
+	if err := vm.warmRAMUsable(); err != nil {
+		return res, err
+	}
 	if opts.QEMU != "" {
 		if _, err := exec.LookPath(opts.QEMU); err != nil {
 			return res, fmt.Errorf("qemu binary %q: %w", opts.QEMU, err)
