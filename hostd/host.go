@@ -140,6 +140,15 @@ func New(cfg Config) (*Host, error) {
 	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
+	// Made now, before any local user can take the name; one that is
+	// already someone else's fails every start on shared memory.
+	for _, dir := range RAMDirs(cfg.StateDir) {
+		if d, err := openRAMDir(dir); err != nil {
+			h.log.Error("guest RAM directory refused: VMs on shared memory cannot start", "err", err)
+		} else {
+			d.Close()
+		}
+	}
 	entries, err := os.ReadDir(h.vmsDir())
 	if err != nil {
 		return nil, err
@@ -163,15 +172,6 @@ func New(cfg Config) (*Host, error) {
 		}
 	}
 	h.metrics.vmsFunc(h.stateCounts)
-	// Made now, before any local user can take the name; one that is
-	// already someone else's fails every start on shared memory.
-	for _, dir := range RAMDirs(cfg.StateDir) {
-		if d, err := openRAMDir(dir); err != nil {
-			h.log.Error("guest RAM directory refused: VMs on shared memory cannot start", "err", err)
-		} else {
-			d.Close()
-		}
-	}
 	for _, f := range h.StaleSharedMemory() {
 		h.log.Warn("stale shared memory file: no running vm owns it", "file", f)
 	}
