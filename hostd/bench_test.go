@@ -69,6 +69,9 @@ func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 			}
 		}
 		h.Close()
+		for _, d := range RAMDirs(dir) {
+			os.RemoveAll(d)
+		}
 	})
 	return h, sock
 }

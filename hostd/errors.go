@@ -21,6 +21,9 @@ var (
 	ErrGuest        = errors.New("guest did not cooperate")
 	ErrMigration    = errors.New("migration failed")
 	ErrUnauthorized = errors.New("unauthorized")
+	// ErrRAMFile: a guest RAM file or its directory is not the one hostd
+	// created (pre-created, a symlink, replaced): it is never used.
+	ErrRAMFile = errors.New("guest RAM file refused")
 )
 
 // errorCodes gives every sentinel a stable wire name, so a remote client
@@ -37,6 +40,7 @@ var errorCodes = jsonapi.Codes{
 	{Code: "guest", Err: ErrGuest},
 	{Code: "migration", Err: ErrMigration},
 	{Code: "unauthorized", Err: ErrUnauthorized},
+	{Code: "ram_file", Err: ErrRAMFile},
 }
 
 func codeOf(err error) string { return errorCodes.Of(err) }

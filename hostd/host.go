@@ -2,9 +2,7 @@ package hostd
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -92,6 +90,9 @@ type runtimeState struct {
 	// Lease is a coordinator's hold on the VM; persisted so that a
 	// restarted hostd still undoes an abandoned operation.
 	Lease *lease `json:"lease,omitempty"`
+	// RAM is the shared RAM file hostd created for this VM: the only one
+	// it hands to a QEMU of the VM again (ramfile.go).
+	RAM *ramIdentity `json:"ram,omitempty"`
 }
 
 type poolSlot struct {
@@ -120,6 +121,9 @@ type VMInfo struct {
 	Devices map[string]string `json:"devices,omitempty"`
 	Spec    Spec              `json:"spec"`
 	Dir     string            `json:"dir"`
+	// RAMError says how the file at the VM's RAM path is not the one
+	// hostd created for it (replaced): it is never used again.
+	RAMError string `json:"ram_error,omitempty"`
 }
 
 // New opens (creating if needed) the state dir and re-adopts every VM whose
@@ -128,14 +132,22 @@ func New(cfg Config) (*Host, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256([]byte(cfg.StateDir))
 	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
-		tag: hex.EncodeToString(sum[:4]), started: time.Now().UTC(), steps: newStepState()}
+		tag: hostTag(cfg.StateDir), started: time.Now().UTC(), steps: newStepState()}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
 	}
 	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
 		return nil, err
+	}
+	// Made now, before any local user can take the name; one that is
+	// already someone else's fails every start on shared memory.
+	for _, dir := range RAMDirs(cfg.StateDir) {
+		if d, err := openRAMDir(dir); err != nil {
+			h.log.Error("guest RAM directory refused: VMs on shared memory cannot start", "err", err)
+		} else {
+			d.Close()
+		}
 	}
 	entries, err := os.ReadDir(h.vmsDir())
 	if err != nil {
@@ -301,7 +313,7 @@ func (h *Host) forgetKeep(vm *VM, keepLogs bool) {
 		delete(h.vms, vm.name)
 	}
 	h.mu.Unlock()
-	os.Remove(h.ramPath(vm.Spec()))
+	vm.removeRAM()
 	if !keepLogs {
 		os.RemoveAll(vm.dir)
 		return
@@ -380,6 +392,7 @@ func (vm *VM) Info(ctx context.Context) VMInfo {
 		}
 	}
 	vm.mu.Unlock()
+	info.RAMError = vm.ramReplaced()
 	switch {
 	case info.PID == 0 || !processAlive(info.PID):
 		info.State, info.PID = "stopped", 0
@@ -430,6 +443,9 @@ func (vm *VM) adopt() error {
 		vm.mu.Unlock()
 		vm.log.Info("qemu is gone; vm is stopped", "pid", pid)
 		return nil
+	}
+	if err := vm.verifyAdoptRAM(pid); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -585,24 +601,16 @@ func (vm *VM) launch(ctx context.Context, l launch) error {
 // start starts a QEMU for the VM, paused (-S, so a failed start never runs
 // the guest), and connects its monitor. gen picks the socket names, so a
 // second QEMU can start while the current one still runs (warm restart).
-func (vm *VM) start(ctx context.Context, l launch, bin string, gen int) (*proc, error) {
+func (vm *VM) start(ctx context.Context, l launch, bin string, gen int) (_ *proc, err error) {
 	vm.mu.Lock()
 	l.spec, l.dir, l.accel, l.gen = vm.spec, vm.dir, vm.h.cfg.Accel, gen
 	l.override = vm.overrides()
-	l.shm = vm.h.ramPath(vm.spec)
 	vm.mu.Unlock()
-	if l.spec.HugePages {
-		if err := vm.h.hugePagesFor(l.spec.Memory, l.shm); err != nil {
-			return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrQEMUStart, err)
-		}
-	} else if l.spec.sharedMemory() {
-		// A tmpfs without room kills QEMU with SIGBUS at the first touch
-		// of guest RAM: say so instead.
-		if _, err := os.Stat(l.shm); err != nil && !vm.h.shmFree(l.spec.Memory) {
-			return nil, fmt.Errorf("vm %q: %w: %s has no room for %d MiB of shared guest RAM (see stale files in hostd's status)",
-				vm.name, ErrQEMUStart, shmDir, l.spec.Memory)
-		}
+	ram, err := vm.qemuRAM(&l)
+	if err != nil {
+		return nil, err
 	}
+	defer func() { ram.release(err != nil) }()
 	args, err := qemuArgs(l)
 	if err != nil {
 		return nil, err
@@ -620,6 +628,7 @@ func (vm *VM) start(ctx context.Context, l launch, bin string, gen int) (*proc, 
 	logStart, _ := logf.Seek(0, io.SeekEnd)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = ram.files()
 	// A process group of its own: signals to hostd's (Ctrl-C, a service
 	// manager stopping hostd) must not reach the VMs. Not a session: on a
 	// host whose processes sit in the root cgroup, each session is a
@@ -776,7 +785,7 @@ func (vm *VM) cleanupAfterStop() {
 	vm.rt.PID, vm.rt.Incoming, vm.rt.Detached = 0, false, nil
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	os.Remove(vm.h.ramPath(vm.Spec()))
+	vm.removeRAM()
 }
 
 // Pause stops the vCPUs.

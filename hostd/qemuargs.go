@@ -33,8 +33,12 @@ type launch struct {
 	absent map[string]bool
 	// override replaces properties of passthrough devices (from a pool).
 	override map[string]map[string]string
-	// shm is the shared RAM file when the spec asks for shared memory.
+	// shm is QEMU's mem-path for shared memory: the RAM file hostd opened
+	// and passes as descriptor ramFD.
 	shm string
+	// warm: the RAM file must be in place, the running QEMU's (a warm
+	// restart), never a new one.
+	warm bool
 	// gen names the sockets and pid file of this QEMU (genName).
 	gen int
 }
@@ -191,21 +195,18 @@ func esc(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 // shmDir is where shared guest RAM lives: a tmpfs that outlives QEMU.
 var shmDir = "/dev/shm"
 
-// shmPath is where a VM's shared RAM lives. The host's tag is in the name
-// so two hostds on one machine (tests, a migration between them) never
-// share a file.
-func (h *Host) shmPath(name string) string {
-	return filepath.Join(shmDir, "symvirt-"+h.tag+"-"+name+".ram")
-}
-
-// ramPath is the VM's shared RAM file: on a hugetlbfs for hugepages.
+// ramPath is the VM's shared RAM file, in the host's own directory (see
+// ramfile.go): on the hugetlbfs for hugepages, else on /dev/shm. The
+// host's tag is in the directory's name so two hostds on one machine
+// (tests, a migration between them) never share a file.
 func (h *Host) ramPath(s Spec) string {
+	base := shmDir
 	if s.HugePages {
 		if dir := hugetlbfsDir(); dir != "" {
-			return filepath.Join(dir, "symvirt-"+h.tag+"-"+s.Name+".ram")
+			base = dir
 		}
 	}
-	return h.shmPath(s.Name)
+	return filepath.Join(base, "symvirt-"+h.tag, s.Name+".ram")
 }
 
 // hugetlbfsDir is the first hugetlbfs of 2 MiB pages mounted here, or "".
@@ -225,10 +226,7 @@ func hugetlbfsDir() string {
 
 // hugePagesFor checks that the VM's RAM fits in the free huge pages (a
 // hugetlbfs out of pages kills QEMU with SIGBUS at the first touch).
-func (h *Host) hugePagesFor(mem Size, path string) error {
-	if _, err := os.Stat(path); err == nil {
-		return nil // RAM already in place (warm reboot, restart)
-	}
+func (h *Host) hugePagesFor(mem Size) error {
 	data, err := os.ReadFile("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
 	if err != nil {
 		return fmt.Errorf("hugepages: %w", err)

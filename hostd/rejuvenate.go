@@ -2,12 +2,11 @@ package hostd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -62,6 +61,11 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	if !spec.sharedMemory() {
 		return res, fmt.Errorf("vm %q does not run on shared memory (shared_memory: false): use checkpoint and restore: %w", vm.name, ErrInvalidState)
 	}
+	// Before the guest is asked or anything stops: the new QEMU would
+	// take whatever file is at the path for the guest's memory.
+	if err := vm.warmRAMUsable(); err != nil {
+		return res, err
+	}
 	if opts.QEMU != "" {
 		if _, err := exec.LookPath(opts.QEMU); err != nil {
 			return res, fmt.Errorf("qemu binary %q: %w", opts.QEMU, err)
@@ -110,9 +114,9 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	if opts.QEMU != "" {
 		newQEMU = opts.QEMU
 	}
-	l := launch{incoming: true, absent: absent}
+	l := launch{incoming: true, absent: absent, warm: true}
 	p, err := vm.start(ctx, l, newQEMU, gen)
-	if err != nil && newQEMU != oldQEMU {
+	if err != nil && newQEMU != oldQEMU && !errors.Is(err, ErrRAMFile) {
 		vm.log.Error("new qemu failed to start; using the current binary", "qemu", newQEMU, "err", err)
 		res.Fallback = true
 		p, err = vm.start(ctx, l, oldQEMU, gen)
@@ -265,20 +269,4 @@ func (h *Host) Rejuvenate(ctx context.Context, opts RejuvenateOptions) []Rejuven
 	wg.Wait()
 	sort.Slice(out, func(i, j int) bool { return out[i].VM < out[j].VM })
 	return out
-}
-
-// StaleSharedMemory lists shared RAM files of this host that no running VM
-// owns (left by a crash). They are reported, not removed: one may hold
-// the only copy of a guest's memory.
-func (h *Host) StaleSharedMemory() []string {
-	matches, _ := filepath.Glob(filepath.Join(shmDir, "symvirt-"+h.tag+"-*.ram"))
-	var stale []string
-	for _, m := range matches {
-		name := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(m), "symvirt-"+h.tag+"-"), ".ram")
-		if vm, err := h.Get(name); err == nil && vm.alive() {
-			continue
-		}
-		stale = append(stale, m)
-	}
-	return stale
 }

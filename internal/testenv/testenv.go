@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
@@ -278,10 +277,8 @@ func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string,
 		KillUnder(h.StateDir)
 		// QEMUs killed by a test leave their shared RAM behind (hostd
 		// keeps a crashed VM's file for the operator); a test must not.
-		sum := sha256.Sum256([]byte(h.StateDir))
-		shm, _ := filepath.Glob("/dev/shm/symvirt-" + hex.EncodeToString(sum[:4]) + "-*.ram")
-		for _, f := range shm {
-			os.Remove(f)
+		for _, dir := range hostd.RAMDirs(h.StateDir) {
+			os.RemoveAll(dir)
 		}
 		if t.Failed() {
 			t.Logf("---- %s logs ----\n%s", h.Name, h.Logs())
