@@ -76,6 +76,9 @@ type OpRecord struct {
 	// notes: per VM, how a successful step departed from its request
 	// (reported, not journaled).
 	notes     *vmNotes
+	// journalErr: the journal could not be written; the driver stopped.
+	journalErr error
+	sent       bool // some action went out to a hostd
 	Bandwidth int64 `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
 	Freeze    bool  `json:"freeze,omitempty"`    // dependency-aware migration
 }
@@ -205,6 +208,14 @@ func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
 		}
 	}
 	var created []JobVM
+	undo := func() {
+		for _, done := range created {
+			dh, _ := c.host(done.Host)
+			cl := c.client(dh.Addr)
+			cl.Stop(ctx, done.Name, time.Second)
+			cl.Delete(ctx, done.Name)
+		}
+	}
 	for _, vm := range j.VMs {
 		if vm.Spec == nil {
 			continue
@@ -213,18 +224,17 @@ func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
 		spec := *vm.Spec
 		spec.Name = vm.Name
 		if _, err := c.client(h.Addr).Create(ctx, spec, true); err != nil {
-			for _, done := range created {
-				dh, _ := c.host(done.Host)
-				cl := c.client(dh.Addr)
-				cl.Stop(ctx, done.Name, time.Second)
-				cl.Delete(ctx, done.Name)
-			}
+			undo()
 			return j, fmt.Errorf("job %q: create vm %q on %s: %w", j.Name, vm.Name, vm.Host, err)
 		}
 		created = append(created, vm)
 	}
 	j.Created = time.Now().UTC()
-	return j, c.store.Put(bucketJobs, j.Name, j)
+	if err := c.store.Put(bucketJobs, j.Name, j); err != nil {
+		undo() // VMs of a job the coordinator does not know would run unmanaged
+		return j, fmt.Errorf("job %q: journal write failed: %w", j.Name, err)
+	}
+	return j, nil
 }
 
 // Jobs lists the jobs.
@@ -347,7 +357,12 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 	if err := c.claim(job.Name, id); err != nil {
 		return machine.Result{}, err
 	}
-	defer c.release(job.Name)
+	holdJob := false
+	defer func() {
+		if !holdJob {
+			c.release(job.Name)
+		}
+	}()
 	hosts, err := c.hostMap()
 	if err != nil {
 		return machine.Result{}, err
@@ -366,13 +381,23 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 			ck.VMs = append(ck.VMs, CheckpointVM{Name: v.Name, Host: v.Host, Dir: c.ckDir(opts.CheckpointID, v.Name)})
 		}
 		if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
-			return machine.Result{}, err
+			c.log.Error("journal write failed: operation refused", "op", id, "job", job.Name, "err", err)
+			return machine.Result{}, fmt.Errorf("%s of job %q: %w: journal write failed: %v", kind, job.Name, ErrFailed, err)
 		}
 	}
 	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
 	res := c.drive(ctx, rec, acts, progress)
 	for i := range res.VMs {
 		res.VMs[i].Note = rec.notes.get(res.VMs[i].Name)
+	}
+	if rec.journalErr != nil {
+		if !res.Done && rec.sent {
+			// The job stays busy until the hostds' leases have undone
+			// what this operation paused.
+			holdJob = true
+			time.AfterFunc(2*c.cfg.Lease, func() { c.release(job.Name) })
+		}
+		return res, fmt.Errorf("%s of job %q: %w: %v", kind, job.Name, ErrFailed, rec.journalErr)
 	}
 	if rec.LiveFailed != "" {
 		res.Checkpoint, res.Reason = machine.CheckpointFailed, rec.LiveFailed
@@ -434,7 +459,9 @@ func (c *Coord) afterOp(rec *OpRecord, res machine.Result) {
 		}
 	}
 	if changed {
-		c.store.Put(bucketJobs, j.Name, j)
+		if err := c.store.Put(bucketJobs, j.Name, j); err != nil {
+			c.log.Error("journal write failed: the job's placement is not recorded", "job", j.Name, "err", err)
+		}
 	}
 }
 
