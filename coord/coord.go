@@ -75,12 +75,12 @@ type OpRecord struct {
 	LiveFailed string `json:"live_failed,omitempty"`
 	// notes: per VM, how a successful step departed from its request
 	// (reported, not journaled).
-	notes     *vmNotes
+	notes *vmNotes
 	// journalErr: the journal could not be written; the driver stopped.
 	journalErr error
-	sent       bool // some action went out to a hostd
-	Bandwidth int64 `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
-	Freeze    bool  `json:"freeze,omitempty"`    // dependency-aware migration
+	sent       bool  // some action went out to a hostd
+	Bandwidth  int64 `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
+	Freeze     bool  `json:"freeze,omitempty"`    // dependency-aware migration
 }
 
 // Config configures a coordinator.
