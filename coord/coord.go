@@ -14,6 +14,7 @@ import (
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/names"
 )
 
 // Host is a hostd the coordinator drives.
@@ -187,8 +188,8 @@ func (c *Coord) client(addr string) *hostd.Client { return hostd.NewClientTLS(ad
 // CreateJob records a job; VMs with a spec are created and started on
 // their hosts first (all or nothing).
 func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
-	if j.Name == "" || len(j.VMs) == 0 {
-		return j, fmt.Errorf("job: a name and at least one vm are required: %w", ErrInvalid)
+	if err := validateJob(j); err != nil {
+		return j, err
 	}
 	var old Job
 	if err := c.store.Get(bucketJobs, j.Name, &old); err == nil {
@@ -235,6 +236,23 @@ func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
 		return j, fmt.Errorf("job %q: journal write failed: %w", j.Name, err)
 	}
 	return j, nil
+}
+
+// validateJob checks the names a job brings: they become directories under
+// the checkpoint root and on the hosts.
+func validateJob(j Job) error {
+	if err := names.Check("name", j.Name); err != nil {
+		return fmt.Errorf("job: %w: %v", ErrInvalid, err)
+	}
+	if len(j.VMs) == 0 {
+		return fmt.Errorf("job %q: field vms: at least one vm is required: %w", j.Name, ErrInvalid)
+	}
+	for i, vm := range j.VMs {
+		if err := names.Check(fmt.Sprintf("vms[%d].name", i), vm.Name); err != nil {
+			return fmt.Errorf("job %q: %w: %v", j.Name, ErrInvalid, err)
+		}
+	}
+	return nil
 }
 
 // Jobs lists the jobs.
@@ -378,7 +396,11 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 	if kind == machine.KindCheckpoint {
 		ck := Checkpoint{ID: opts.CheckpointID, Job: job.Name, Op: id, Status: "in-progress", CreatedAt: time.Now().UTC()}
 		for _, v := range vms {
-			ck.VMs = append(ck.VMs, CheckpointVM{Name: v.Name, Host: v.Host, Dir: c.ckDir(opts.CheckpointID, v.Name)})
+			dir, err := c.ckDir(opts.CheckpointID, v.Name)
+			if err != nil {
+				return machine.Result{}, err
+			}
+			ck.VMs = append(ck.VMs, CheckpointVM{Name: v.Name, Host: v.Host, Dir: dir})
 		}
 		if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
 			c.log.Error("journal write failed: operation refused", "op", id, "job", job.Name, "err", err)
@@ -436,8 +458,14 @@ func (n *vmNotes) get(vm string) string {
 	return n.m[vm]
 }
 
-func (c *Coord) ckDir(ck, vm string) string {
-	return c.cfg.CheckpointDir + "/" + ck + "/" + vm
+// ckDir is where a VM's part of a checkpoint goes; built from names, it is
+// checked to lie inside the checkpoint root.
+func (c *Coord) ckDir(ck, vm string) (string, error) {
+	dir, err := names.Join(c.cfg.CheckpointDir, ck, vm)
+	if err != nil {
+		return "", fmt.Errorf("checkpoint %s vm %q: %w: %v", ck, vm, ErrInvalid, err)
+	}
+	return dir, nil
 }
 
 // afterOp records where the job's VMs are now.

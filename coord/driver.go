@@ -157,7 +157,11 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		Freeze: rec.Freeze && a.Type == machine.Prepare}
 	switch a.Type {
 	case machine.Save, machine.Restore, machine.DeleteArtifacts:
-		req.Dir = c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+		dir, err := c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+		if err != nil {
+			return fail(err.Error())
+		}
+		req.Dir = dir
 		req.Live = a.Type == machine.Save && rec.Live
 		req.Bandwidth = rec.Bandwidth
 	case machine.Stop:
@@ -167,7 +171,11 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		if rec.Op.Kind == machine.KindCheckpoint && rec.Live {
 			// hostd arms the snapshot while the VM still runs: after the
 			// STOP barrier the save is one QMP command.
-			req.Dir, req.Live, req.Bandwidth = c.ckDir(rec.Op.Opts.CheckpointID, a.VM), true, rec.Bandwidth
+			dir, err := c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+			if err != nil {
+				return fail(err.Error())
+			}
+			req.Dir, req.Live, req.Bandwidth = dir, true, rec.Bandwidth
 		}
 	case machine.Migrate:
 		dest, ok := rec.Hosts[a.Dest]

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/internal/atomicfile"
+	"github.com/symvirt/symvirt/internal/names"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -248,6 +249,10 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	// The name becomes vms/<name>: it must stay a directory of vms/.
+	if _, err := names.Join(h.vmsDir(), spec.Name); err != nil {
+		return nil, fmt.Errorf("field name: %w: %v", ErrInvalidSpec, err)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.vms[spec.Name]; ok {
@@ -261,7 +266,7 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 		spec.SharedMemory = &on
 	}
 	vm := h.newVM(spec.Name, spec)
-	if err := os.MkdirAll(vm.dir, 0o700); err != nil {
+	if err := mkdirAll(vm.dir, 0o700); err != nil {
 		return nil, err
 	}
 	if err := writeJSON(filepath.Join(vm.dir, fileSpec), spec); err != nil {
