@@ -412,8 +412,12 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 	for i := range res.VMs {
 		res.VMs[i].Note = rec.notes.get(res.VMs[i].Name)
 	}
+	if rec.journalErr != nil && res.Done {
+		return res, fmt.Errorf("%s of job %q: %w: it ended %s, but %v (a restarted coordinator repeats its closing steps)",
+			kind, job.Name, ErrFailed, res.Outcome, rec.journalErr)
+	}
 	if rec.journalErr != nil {
-		if !res.Done && rec.sent {
+		if rec.sent {
 			// The job stays busy until the hostds' leases have undone
 			// what this operation paused.
 			holdJob = true

@@ -110,7 +110,6 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 		// Every action is done; only the record of it is missing (a
 		// restarted coordinator runs the closing steps again: idempotent).
 		res.Error = rec.journalErr.Error()
-		return res
 	}
 	c.afterOp(rec, res)
 	log.Info("operation done", "outcome", res.Outcome, "reason", res.Reason, "lost", res.Lost)
