@@ -14,6 +14,7 @@ import (
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/names"
 )
 
 // Host is a hostd the coordinator drives.
@@ -75,9 +76,12 @@ type OpRecord struct {
 	LiveFailed string `json:"live_failed,omitempty"`
 	// notes: per VM, how a successful step departed from its request
 	// (reported, not journaled).
-	notes     *vmNotes
-	Bandwidth int64 `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
-	Freeze    bool  `json:"freeze,omitempty"`    // dependency-aware migration
+	notes *vmNotes
+	// journalErr: the journal could not be written; the driver stopped.
+	journalErr error
+	sent       bool  // some action went out to a hostd
+	Bandwidth  int64 `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
+	Freeze     bool  `json:"freeze,omitempty"`    // dependency-aware migration
 }
 
 // Config configures a coordinator.
@@ -184,8 +188,8 @@ func (c *Coord) client(addr string) *hostd.Client { return hostd.NewClientTLS(ad
 // CreateJob records a job; VMs with a spec are created and started on
 // their hosts first (all or nothing).
 func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
-	if j.Name == "" || len(j.VMs) == 0 {
-		return j, fmt.Errorf("job: a name and at least one vm are required: %w", ErrInvalid)
+	if err := validateJob(j); err != nil {
+		return j, err
 	}
 	var old Job
 	if err := c.store.Get(bucketJobs, j.Name, &old); err == nil {
@@ -205,6 +209,14 @@ func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
 		}
 	}
 	var created []JobVM
+	undo := func() {
+		for _, done := range created {
+			dh, _ := c.host(done.Host)
+			cl := c.client(dh.Addr)
+			cl.Stop(ctx, done.Name, time.Second)
+			cl.Delete(ctx, done.Name)
+		}
+	}
 	for _, vm := range j.VMs {
 		if vm.Spec == nil {
 			continue
@@ -213,18 +225,34 @@ func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
 		spec := *vm.Spec
 		spec.Name = vm.Name
 		if _, err := c.client(h.Addr).Create(ctx, spec, true); err != nil {
-			for _, done := range created {
-				dh, _ := c.host(done.Host)
-				cl := c.client(dh.Addr)
-				cl.Stop(ctx, done.Name, time.Second)
-				cl.Delete(ctx, done.Name)
-			}
+			undo()
 			return j, fmt.Errorf("job %q: create vm %q on %s: %w", j.Name, vm.Name, vm.Host, err)
 		}
 		created = append(created, vm)
 	}
 	j.Created = time.Now().UTC()
-	return j, c.store.Put(bucketJobs, j.Name, j)
+	if err := c.store.Put(bucketJobs, j.Name, j); err != nil {
+		undo() // VMs of a job the coordinator does not know would run unmanaged
+		return j, fmt.Errorf("job %q: journal write failed: %w", j.Name, err)
+	}
+	return j, nil
+}
+
+// validateJob checks the names a job brings: they become directories under
+// the checkpoint root and on the hosts.
+func validateJob(j Job) error {
+	if err := names.Check("name", j.Name); err != nil {
+		return fmt.Errorf("job: %w: %v", ErrInvalid, err)
+	}
+	if len(j.VMs) == 0 {
+		return fmt.Errorf("job %q: field vms: at least one vm is required: %w", j.Name, ErrInvalid)
+	}
+	for i, vm := range j.VMs {
+		if err := names.Check(fmt.Sprintf("vms[%d].name", i), vm.Name); err != nil {
+			return fmt.Errorf("job %q: %w: %v", j.Name, ErrInvalid, err)
+		}
+	}
+	return nil
 }
 
 // Jobs lists the jobs.
@@ -347,7 +375,12 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 	if err := c.claim(job.Name, id); err != nil {
 		return machine.Result{}, err
 	}
-	defer c.release(job.Name)
+	holdJob := false
+	defer func() {
+		if !holdJob {
+			c.release(job.Name)
+		}
+	}()
 	hosts, err := c.hostMap()
 	if err != nil {
 		return machine.Result{}, err
@@ -363,16 +396,34 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 	if kind == machine.KindCheckpoint {
 		ck := Checkpoint{ID: opts.CheckpointID, Job: job.Name, Op: id, Status: "in-progress", CreatedAt: time.Now().UTC()}
 		for _, v := range vms {
-			ck.VMs = append(ck.VMs, CheckpointVM{Name: v.Name, Host: v.Host, Dir: c.ckDir(opts.CheckpointID, v.Name)})
+			dir, err := c.ckDir(opts.CheckpointID, v.Name)
+			if err != nil {
+				return machine.Result{}, err
+			}
+			ck.VMs = append(ck.VMs, CheckpointVM{Name: v.Name, Host: v.Host, Dir: dir})
 		}
 		if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
-			return machine.Result{}, err
+			c.log.Error("journal write failed: operation refused", "op", id, "job", job.Name, "err", err)
+			return machine.Result{}, fmt.Errorf("%s of job %q: %w: journal write failed: %v", kind, job.Name, ErrFailed, err)
 		}
 	}
 	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
 	res := c.drive(ctx, rec, acts, progress)
 	for i := range res.VMs {
 		res.VMs[i].Note = rec.notes.get(res.VMs[i].Name)
+	}
+	if rec.journalErr != nil && res.Done {
+		return res, fmt.Errorf("%s of job %q: %w: it ended %s, but %v (a restarted coordinator repeats its closing steps)",
+			kind, job.Name, ErrFailed, res.Outcome, rec.journalErr)
+	}
+	if rec.journalErr != nil {
+		if rec.sent {
+			// The job stays busy until the hostds' leases have undone
+			// what this operation paused.
+			holdJob = true
+			time.AfterFunc(2*c.cfg.Lease, func() { c.release(job.Name) })
+		}
+		return res, fmt.Errorf("%s of job %q: %w: %v", kind, job.Name, ErrFailed, rec.journalErr)
 	}
 	if rec.LiveFailed != "" {
 		res.Checkpoint, res.Reason = machine.CheckpointFailed, rec.LiveFailed
@@ -411,8 +462,14 @@ func (n *vmNotes) get(vm string) string {
 	return n.m[vm]
 }
 
-func (c *Coord) ckDir(ck, vm string) string {
-	return c.cfg.CheckpointDir + "/" + ck + "/" + vm
+// ckDir is where a VM's part of a checkpoint goes; built from names, it is
+// checked to lie inside the checkpoint root.
+func (c *Coord) ckDir(ck, vm string) (string, error) {
+	dir, err := names.Join(c.cfg.CheckpointDir, ck, vm)
+	if err != nil {
+		return "", fmt.Errorf("checkpoint %s vm %q: %w: %v", ck, vm, ErrInvalid, err)
+	}
+	return dir, nil
 }
 
 // afterOp records where the job's VMs are now.
@@ -434,7 +491,9 @@ func (c *Coord) afterOp(rec *OpRecord, res machine.Result) {
 		}
 	}
 	if changed {
-		c.store.Put(bucketJobs, j.Name, j)
+		if err := c.store.Put(bucketJobs, j.Name, j); err != nil {
+			c.log.Error("journal write failed: the job's placement is not recorded", "job", j.Name, "err", err)
+		}
 	}
 }
 

@@ -20,16 +20,29 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 	log := c.log.With("op", op.ID, "job", op.Job, "kind", op.Kind)
 	events := make(chan machine.Event, 64)
 	down := map[string]bool{}
-	journal := func() {
-		if err := c.store.Put(bucketOps, op.ID, rec); err != nil {
-			// Without the journal a crash could not be recovered: stop
-			// issuing new work; deadlines roll the operation back.
-			log.Error("journal write failed", "err", err)
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	defer stopRenew()
+	// journal writes the operation before its next actions go out. When
+	// it cannot, no further action is sent and the leases are no longer
+	// renewed: a crash now could not be recovered, so the hostds' leases
+	// undo what the operation paused (their designed last line of defence).
+	journal := func() bool {
+		err := c.store.Put(bucketOps, op.ID, rec)
+		if err == nil {
+			return true
 		}
+		stopRenew()
+		rec.journalErr = fmt.Errorf("journal write failed: %w", err)
+		log.Error("journal write failed: the operation stops here; the hostds' leases undo what it paused",
+			"phase", op.Phase, "err", err)
+		return false
 	}
 	finished := make(chan struct{})
 	defer close(finished)
 	exec := func(as []machine.Action) {
+		if len(as) > 0 {
+			rec.sent = true
+		}
 		for _, a := range as {
 			go func() {
 				ev := c.execute(ctx, rec, a)
@@ -52,11 +65,11 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 		}
 		progress(p)
 	}
-	renewCtx, stopRenew := context.WithCancel(ctx)
-	defer stopRenew()
 	go c.renewLeases(renewCtx, rec)
 
-	journal()
+	if !journal() {
+		return c.journalFailed(rec)
+	}
 	c.crashPoint(op)
 	exec(acts)
 	report()
@@ -84,16 +97,31 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 			log.Warn("host down", "host", hd.Host)
 		}
 		next := op.Step(ev)
-		journal()
+		if !journal() {
+			return c.journalFailed(rec)
+		}
 		c.crashPoint(op)
 		exec(next)
 		report()
 	}
 	res := op.Result()
 	rec.Result = &res
-	journal()
+	if !journal() {
+		// Every action is done; only the record of it is missing (a
+		// restarted coordinator runs the closing steps again: idempotent).
+		res.Error = rec.journalErr.Error()
+	}
 	c.afterOp(rec, res)
 	log.Info("operation done", "outcome", res.Outcome, "reason", res.Reason, "lost", res.Lost)
+	return res
+}
+
+// journalFailed is the result of an operation stopped because its journal
+// could not be written: undecided (no outcome), saying why.
+func (c *Coord) journalFailed(rec *OpRecord) machine.Result {
+	res := rec.Op.Result()
+	res.Reason = rec.journalErr.Error()
+	res.Error = "stopped: no further actions sent; each hostd resumes what it holds paused when its lease runs out"
 	return res
 }
 
@@ -128,7 +156,11 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		Freeze: rec.Freeze && a.Type == machine.Prepare}
 	switch a.Type {
 	case machine.Save, machine.Restore, machine.DeleteArtifacts:
-		req.Dir = c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+		dir, err := c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+		if err != nil {
+			return fail(err.Error())
+		}
+		req.Dir = dir
 		req.Live = a.Type == machine.Save && rec.Live
 		req.Bandwidth = rec.Bandwidth
 	case machine.Stop:
@@ -138,7 +170,11 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		if rec.Op.Kind == machine.KindCheckpoint && rec.Live {
 			// hostd arms the snapshot while the VM still runs: after the
 			// STOP barrier the save is one QMP command.
-			req.Dir, req.Live, req.Bandwidth = c.ckDir(rec.Op.Opts.CheckpointID, a.VM), true, rec.Bandwidth
+			dir, err := c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+			if err != nil {
+				return fail(err.Error())
+			}
+			req.Dir, req.Live, req.Bandwidth = dir, true, rec.Bandwidth
 		}
 	case machine.Migrate:
 		dest, ok := rec.Hosts[a.Dest]

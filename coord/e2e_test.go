@@ -45,6 +45,7 @@ type clusterOpts struct {
 	coordEnv  []string // environment of the coordinator process
 	coordArgs []string
 	hostdYAML map[string]string // extra hostd configuration, per host
+	coordDir  string            // the coordinator's state dir (default: a temp dir)
 }
 
 func newCluster(t *testing.T) *cluster { return newClusterWith(t, clusterOpts{}) }
@@ -98,7 +99,10 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 	args := append([]string{"--tls-cert", filepath.Join(c.certs, "coord-coord.crt"),
 		"--tls-key", filepath.Join(c.certs, "coord-coord.key"), "--tls-ca", filepath.Join(c.certs, "ca.crt"),
 		"--lease", "8s", "--prepare-timeout", "25s", "--step-timeout", "30s", "--transfer-timeout", "90s"}, o.coordArgs...)
-	c.coord = testenv.StartCoord(t, mgmt, c.ckDir, o.coordEnv, args...)
+	if o.coordDir == "" {
+		o.coordDir = t.TempDir()
+	}
+	c.coord = testenv.StartCoordIn(t, mgmt, o.coordDir, c.ckDir, o.coordEnv, args...)
 	for _, name := range c.names {
 		c.cli("hosts", "add", name, hostIP[name]+":7070")
 	}

@@ -120,10 +120,10 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 		return res, err
 	}
 	wasRunning := st.Running
-	if err := os.MkdirAll(filepath.Dir(opts.Dir), 0o700); err != nil {
+	if err := mkdirAll(filepath.Dir(opts.Dir), 0o700); err != nil {
 		return res, err
 	}
-	if err := os.Mkdir(opts.Dir, 0o700); err != nil {
+	if err := mkdir(opts.Dir, 0o700); err != nil {
 		return res, fmt.Errorf("checkpoint dir %s: %w", opts.Dir, err)
 	}
 	complete := false

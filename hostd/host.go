@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/atomicfile"
+	"github.com/symvirt/symvirt/internal/names"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -259,6 +261,10 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	// The name becomes vms/<name>: it must stay a directory of vms/.
+	if _, err := names.Join(h.vmsDir(), spec.Name); err != nil {
+		return nil, fmt.Errorf("field name: %w: %v", ErrInvalidSpec, err)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.vms[spec.Name]; ok {
@@ -272,7 +278,7 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 		spec.SharedMemory = &on
 	}
 	vm := h.newVM(spec.Name, spec)
-	if err := os.MkdirAll(vm.dir, 0o700); err != nil {
+	if err := mkdirAll(vm.dir, 0o700); err != nil {
 		return nil, err
 	}
 	if err := writeJSON(filepath.Join(vm.dir, fileSpec), spec); err != nil {
@@ -860,42 +866,24 @@ func readJSON(path string, v any) error {
 	return json.Unmarshal(data, v)
 }
 
-// writeJSON replaces a file atomically and durably.
+// writeJSON replaces a file atomically and durably (atomicfile: no
+// temporary file is left behind when it fails).
 func writeJSON(path string, v any) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		return err
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(data, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.WriteFile(path, append(data, '\n'), 0o600)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }
+
+// mkdirAll and mkdir create directories durably (each created one's parent
+// fsynced); variables so a test sees checkpoint directories made this way.
+var (
+	mkdirAll, defaultMkdirAll = atomicfile.MkdirAll, atomicfile.MkdirAll
+	mkdir, defaultMkdir       = atomicfile.Mkdir, atomicfile.Mkdir
+)
 
 // shmHasRoom reports whether /dev/shm can hold another guest of this size
 // with room to spare (the default for shared memory).

@@ -503,13 +503,14 @@ func (vm *VM) armStep(ctx context.Context, req StepRequest) error {
 }
 
 // freshDir makes dir exist and be empty (a retried step starts from
-// nothing).
+// nothing); every directory it creates is durable (its parent fsynced), so
+// a crash cannot lose a checkpoint directory the coordinator recorded.
 func freshDir(dir string) error {
-	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+	if err := mkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return err
 	}
 	os.RemoveAll(dir)
-	return os.Mkdir(dir, 0o700)
+	return mkdir(dir, 0o700)
 }
 
 // guestOp maps an operation kind to what the guest is told is coming.

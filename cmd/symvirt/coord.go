@@ -22,6 +22,7 @@ import (
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/cliutil"
 	"github.com/symvirt/symvirt/internal/pki"
+	"github.com/symvirt/symvirt/internal/unixsock"
 	"github.com/urfave/cli/v3"
 	"go.yaml.in/yaml/v3"
 )
@@ -72,6 +73,9 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 			return err
 		}
 	}
+	if err := unixsock.PrivateDir(cfg.StateDir); err != nil {
+		return err
+	}
 	c, err := coord.New(cfg)
 	if err != nil {
 		return err
@@ -81,12 +85,10 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 	if sock == "" {
 		sock = filepath.Join(cfg.StateDir, "coord.sock")
 	}
-	os.Remove(sock)
-	ul, err := net.Listen("unix", sock)
+	ul, err := unixsock.Listen(sock)
 	if err != nil {
 		return err
 	}
-	os.Chmod(sock, 0o600)
 	srv := &http.Server{Handler: c.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ul) }()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/pki"
+	"github.com/symvirt/symvirt/internal/unixsock"
 	"github.com/urfave/cli/v3"
 )
 
@@ -73,6 +74,9 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 		cfg.GuestTimeout = d
 	}
 	cfg.Logger = log
+	if err := unixsock.PrivateDir(cfg.StateDir); err != nil {
+		return err
+	}
 	h, err := hostd.New(cfg)
 	if err != nil {
 		return err
@@ -106,12 +110,10 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	if sock == "" {
 		sock = filepath.Join(cfg.StateDir, "hostd.sock")
 	}
-	os.Remove(sock)
-	ul, err := net.Listen("unix", sock)
+	ul, err := unixsock.Listen(sock)
 	if err != nil {
 		return err
 	}
-	os.Chmod(sock, 0o600)
 	handler := h.Handler()
 	var serverTLS *tls.Config
 	if cert := cmd.String("tls-cert"); cert != "" {

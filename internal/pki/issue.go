@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/symvirt/symvirt/internal/atomicfile"
 )
 
 // File names in a PKI directory.
@@ -360,59 +362,18 @@ func ensureDir(dir string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path with mode via a temporary file in the
-// same directory, fsynced then renamed into place (or, with noClobber,
-// hard-linked, failing with fs.ErrExist if path exists).
-func writeFileAtomic(path string, data []byte, mode fs.FileMode, noClobber bool) (err error) {
-	dir := filepath.Dir(path)
-	if err := ensureDir(dir); err != nil {
+// writeFileAtomic writes data to path with mode durably (atomicfile); with
+// noClobber it fails with fs.ErrExist if path exists.
+func writeFileAtomic(path string, data []byte, mode fs.FileMode, noClobber bool) error {
+	if err := ensureDir(filepath.Dir(path)); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*") // created 0600
-	if err != nil {
-		return fmt.Errorf("pki: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			err = fmt.Errorf("pki: write %s: %w", path, err)
-		}
-	}()
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
+	write := atomicfile.WriteFile
 	if noClobber {
-		if err := os.Link(tmp, path); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				return err
-			}
-			// No hard links here (some file systems): check, then rename.
-			if _, serr := os.Lstat(path); serr == nil {
-				return fs.ErrExist
-			}
-			if err := os.Rename(tmp, path); err != nil {
-				return err
-			}
-		} else {
-			os.Remove(tmp)
-		}
-	} else if err := os.Rename(tmp, path); err != nil {
-		return err
+		write = atomicfile.WriteFileNew
 	}
-	if d, err := os.Open(dir); err == nil { // make the rename durable
-		d.Sync()
-		d.Close()
+	if err := write(path, data, mode); err != nil {
+		return fmt.Errorf("pki: %w", err)
 	}
 	return nil
 }

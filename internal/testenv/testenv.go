@@ -417,7 +417,13 @@ func (c *Coord) CLI(t testing.TB, args ...string) (string, error) {
 
 // StartCoord starts a coordinator (in ns, if set) with extra flags.
 func StartCoord(t testing.TB, ns *NetNS, checkpointDir string, env []string, extra ...string) *Coord {
-	c := &Coord{StateDir: t.TempDir(), CheckpointDir: checkpointDir, Extra: extra}
+	return StartCoordIn(t, ns, t.TempDir(), checkpointDir, env, extra...)
+}
+
+// StartCoordIn is StartCoord with the coordinator's state dir given (e.g.
+// a small tmpfs a test fills).
+func StartCoordIn(t testing.TB, ns *NetNS, stateDir, checkpointDir string, env []string, extra ...string) *Coord {
+	c := &Coord{StateDir: stateDir, CheckpointDir: checkpointDir, Extra: extra}
 	c.Daemon = Daemon{t: t, Name: "coord", NS: ns, Env: env}
 	c.Daemon.Args = func() []string {
 		return append([]string{"coord", "--state-dir", c.StateDir, "--checkpoint-dir", c.CheckpointDir,
