@@ -512,10 +512,11 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	}
 	defer vm.unlock()
 	ok := false
+	created := vm // a failed return sets vm to nil
 	defer func() {
 		if !ok {
-			vm.kill()
-			h.forget(vm)
+			created.kill()
+			h.forget(created)
 		}
 	}()
 	for i, d := range spec.Disks {
@@ -668,8 +669,12 @@ func (res fed) verdict(path string, want FileDigest, qemuErr error) error {
 		return fmt.Errorf("read %s: %w", path, res.readErr)
 	}
 	if res.read != want.Size || res.sum != want.SHA256 {
-		return fmt.Errorf("%s (%d bytes, sha256 %s) does not match its signed manifest (%d bytes, sha256 %s); qemu: %v: %w",
-			path, res.read, res.sum, want.Size, want.SHA256, qemuErr, ErrChecksum)
+		qemu := "QEMU had loaded it: the vm is killed before it ran"
+		if qemuErr != nil {
+			qemu = "QEMU: " + qemuErr.Error()
+		}
+		return fmt.Errorf("%s as read (%d bytes, sha256 %s) does not match its signed manifest (%d bytes, sha256 %s) (%s): %w",
+			path, res.read, res.sum, want.Size, want.SHA256, qemu, ErrChecksum)
 	}
 	if qemuErr != nil {
 		return qemuErr
