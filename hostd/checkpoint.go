@@ -495,11 +495,13 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
 	// A stopped VM of the same name is replaced; a running one is not.
+	replaced := false
 	if old, err := h.Get(spec.Name); err == nil {
 		if old.alive() {
 			return nil, fmt.Errorf("vm %q is running: %w", spec.Name, ErrExists)
 		}
 		h.forgetKeep(old, true)
+		replaced = true
 	}
 	// Disks come from the checkpoint, copied into the VM's own dir so the
 	// checkpoint stays intact for another restore.
@@ -516,7 +518,7 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	defer func() {
 		if !ok {
 			created.kill()
-			h.forget(created)
+			h.forgetKeep(created, replaced) // the replaced VM's console history stays
 		}
 	}()
 	for i, d := range spec.Disks {
