@@ -287,7 +287,7 @@ func (vm *VM) writeCheckpoint(ctx context.Context, mon *qmp.Client, dir string, 
 		m.Files = append(m.Files, fd)
 		m.Spec.Disks[i].Path = name // relative to the checkpoint dir
 	}
-	if err := writeJSON(filepath.Join(dir, manifestName), m); err != nil {
+	if err := vm.h.writeManifest(dir, m); err != nil {
 		return m, err
 	}
 	return m, nil
@@ -380,12 +380,17 @@ func saveState(ctx context.Context, mon *qmp.Client, path string, progress Progr
 
 // copyFileDigest copies src to dst, syncing and hashing it.
 func copyFileDigest(src, dst string) (FileDigest, error) {
-	fd := FileDigest{Name: filepath.Base(dst)}
 	in, err := os.Open(src)
 	if err != nil {
-		return fd, err
+		return FileDigest{Name: filepath.Base(dst)}, err
 	}
 	defer in.Close()
+	return copyDigest(in, dst)
+}
+
+// copyDigest copies in to dst (new), syncing and hashing it.
+func copyDigest(in *os.File, dst string) (FileDigest, error) {
+	fd := FileDigest{Name: filepath.Base(dst)}
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fd, err
@@ -406,33 +411,31 @@ func copyFileDigest(src, dst string) (FileDigest, error) {
 	return fd, syncDir(filepath.Dir(dst))
 }
 
-// ReadManifest loads a checkpoint's manifest.
+// ReadManifest loads a checkpoint's manifest and checks its form and that
+// it names only files of dir, but not its signature: it tells whether a
+// checkpoint is complete. A restore reads it with Host.verifiedManifest.
 func ReadManifest(dir string) (Manifest, error) {
-	var m Manifest
-	if err := readJSON(filepath.Join(dir, manifestName), &m); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return m, fmt.Errorf("checkpoint %s: no manifest (incomplete or not a checkpoint): %w", dir, ErrNotFound)
-		}
-		return m, fmt.Errorf("checkpoint %s: %w", dir, err)
+	data, err := readInDir(dir, manifestName)
+	if errors.Is(err, os.ErrNotExist) {
+		return Manifest{}, fmt.Errorf("checkpoint %s: no manifest (incomplete or not a checkpoint): %w", dir, ErrNotFound)
 	}
-	if m.Version != 1 || m.VM == "" || len(m.Files) == 0 {
-		return m, fmt.Errorf("checkpoint %s: manifest is malformed: %w", dir, ErrChecksum)
+	if err != nil {
+		return Manifest{}, fmt.Errorf("checkpoint %s: %w", dir, err)
 	}
-	return m, nil
+	return parseManifest(dir, data)
 }
 
 // VerifyCheckpoint checks every file's size and sha256 against the
-// manifest.
+// manifest (integrity, for tools and tests; not the signature, which a
+// restore checks, and which a restore needs no pre-pass for: it hashes
+// the state as QEMU reads it and each disk as it copies it).
 func VerifyCheckpoint(dir string) (Manifest, error) {
 	m, err := ReadManifest(dir)
 	if err != nil {
 		return m, err
 	}
 	for _, fd := range m.Files {
-		if filepath.Base(fd.Name) != fd.Name {
-			return m, fmt.Errorf("checkpoint %s: file name %q: %w", dir, fd.Name, ErrChecksum)
-		}
-		f, err := os.Open(filepath.Join(dir, fd.Name))
+		f, err := openInDir(dir, fd.Name)
 		if err != nil {
 			return m, fmt.Errorf("checkpoint %s: %w", dir, err)
 		}
@@ -461,8 +464,10 @@ type RestoreOptions struct {
 	NoGuest bool `json:"no_guest,omitempty"`
 }
 
-// Restore verifies a checkpoint and starts its VM from it on this host,
-// with passthrough devices from this host's pools.
+// Restore starts a checkpoint's VM on this host, with passthrough devices
+// from this host's pools. The manifest's signature is checked before any of
+// it is used; each disk is hashed as it is copied, and the state as QEMU
+// reads it: the VM runs only from the bytes the manifest signed.
 func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress ProgressFunc) (vm *VM, err error) {
 	start := timeNow()
 	defer func() { h.metrics.observe("restore", resultLabel(err), start) }()
@@ -470,10 +475,18 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 		progress = func(Progress) {}
 	}
 	progress(Progress{Phase: "verify"})
-	m, err := VerifyCheckpoint(opts.Dir)
+	m, err := h.verifiedManifest(opts.Dir)
 	if err != nil {
 		return nil, err
 	}
+	stateFile, _ := m.file("state", "")
+	// Opened once: what QEMU reads is what this descriptor reads, and it
+	// is hashed on the way (loadState).
+	state, err := openInDir(opts.Dir, stateFile.Name)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
+	}
+	defer state.Close()
 	spec := m.Spec
 	if opts.Name != "" {
 		spec.Name = opts.Name
@@ -482,11 +495,13 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
 	// A stopped VM of the same name is replaced; a running one is not.
+	replaced := false
 	if old, err := h.Get(spec.Name); err == nil {
 		if old.alive() {
 			return nil, fmt.Errorf("vm %q is running: %w", spec.Name, ErrExists)
 		}
 		h.forgetKeep(old, true)
+		replaced = true
 	}
 	// Disks come from the checkpoint, copied into the VM's own dir so the
 	// checkpoint stays intact for another restore.
@@ -499,16 +514,18 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	}
 	defer vm.unlock()
 	ok := false
+	created := vm // a failed return sets vm to nil
 	defer func() {
 		if !ok {
-			vm.kill()
-			h.forget(vm)
+			created.kill()
+			h.forgetKeep(created, replaced) // the replaced VM's console history stays
 		}
 	}()
 	for i, d := range spec.Disks {
 		progress(Progress{Phase: "disk " + d.ID})
-		dst := filepath.Join(vm.dir, "disk-"+d.ID+"."+d.Format)
-		if _, err := copyFileDigest(filepath.Join(opts.Dir, d.Path), dst); err != nil {
+		f, _ := m.file("disk", d.ID) // checkManifest: it is there, and d.Path names it
+		dst := filepath.Join(vm.dir, f.Name)
+		if err := copyVerified(opts.Dir, f, dst); err != nil {
 			return nil, err
 		}
 		spec.Disks[i].Path = dst
@@ -535,7 +552,7 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 		return nil, err
 	}
 	progress(Progress{Phase: "load"})
-	if err := loadState(ctx, mon, filepath.Join(opts.Dir, stateName), progress); err != nil {
+	if err := loadState(ctx, mon, state, stateFile, progress); err != nil {
 		return nil, fmt.Errorf("vm %q: load state: %w", spec.Name, err)
 	}
 	vm.mu.Lock()
@@ -560,13 +577,11 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	return vm, nil
 }
 
-// loadState feeds a saved stream to a QEMU started with -incoming defer.
-func loadState(ctx context.Context, mon *qmp.Client, path string, progress ProgressFunc) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+// loadState feeds a checkpoint's state to a QEMU started with -incoming
+// defer (and -S: it stays paused) through a pipe, hashing exactly the bytes
+// QEMU takes; unless they are the manifest's, it fails with ErrChecksum and
+// the caller kills QEMU before the guest ever ran.
+func loadState(ctx context.Context, mon *qmp.Client, f *os.File, want FileDigest, progress ProgressFunc) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
@@ -578,25 +593,96 @@ func loadState(ctx context.Context, mon *qmp.Client, path string, progress Progr
 	if err != nil {
 		return err
 	}
-	done := make(chan error, 1)
+	done := make(chan fed, 1)
 	go func() {
-		_, err := io.Copy(w, f)
-		w.Close()
-		done <- err
+		res := feedState(f, w)
+		w.Close() // QEMU sees the stream's end
+		done <- res
 	}()
-	if err := mon.MigrateIncoming(ctx, "fd:"+fdName); err != nil {
-		w.Close()
-		return err
+	err = mon.MigrateIncoming(ctx, "fd:"+fdName)
+	if err == nil {
+		_, err = mon.WaitMigration(ctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
+			progress(Progress{Phase: "load", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total})
+		})
 	}
-	_, err = mon.WaitMigration(ctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
-		progress(Progress{Phase: "load", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total})
-	})
-	w.Close()
 	if err != nil {
-		return err
+		w.Close() // the feeder stops writing and hashes the rest
 	}
-	if err := <-done; err != nil && !errors.Is(err, os.ErrClosed) {
-		return err
+	var res fed
+	select {
+	case res = <-done:
+	case <-ctx.Done():
+		w.Close()
+		res = <-done
+	}
+	return res.verdict(f.Name(), want, err)
+}
+
+// fed is what feedState read and what of it went into QEMU's pipe.
+type fed struct {
+	read, sent int64
+	sum        string // sha256 of all read
+	readErr    error
+	sendErr    error
+}
+
+// testHookStateSent, when set (tests only), runs once after the first
+// chunk of the state went to QEMU: a test changes the file there, as an
+// attacker would while a restore runs.
+var testHookStateSent func()
+
+// feedState copies f to w, hashing it. It reads f to its end even when w
+// fails (QEMU stopped reading), so that the verdict can tell a changed
+// file from a QEMU error.
+func feedState(f *os.File, w io.Writer) fed {
+	var res fed
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			res.read += int64(n)
+			if res.sendErr == nil {
+				m, werr := w.Write(buf[:n])
+				res.sent += int64(m)
+				res.sendErr = werr
+				if hook := testHookStateSent; hook != nil && res.sent == int64(m) {
+					hook()
+				}
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			res.readErr = err
+			break
+		}
+	}
+	res.sum = hex.EncodeToString(h.Sum(nil))
+	return res
+}
+
+// verdict: a state file that is not the manifest's is ErrChecksum, whatever
+// QEMU said of it; else QEMU's error; else QEMU must have taken it whole.
+func (res fed) verdict(path string, want FileDigest, qemuErr error) error {
+	if res.readErr != nil {
+		return fmt.Errorf("read %s: %w", path, res.readErr)
+	}
+	if res.read != want.Size || res.sum != want.SHA256 {
+		qemu := "QEMU had loaded it: the vm is killed before it ran"
+		if qemuErr != nil {
+			qemu = "QEMU: " + qemuErr.Error()
+		}
+		return fmt.Errorf("%s as read (%d bytes, sha256 %s) does not match its signed manifest (%d bytes, sha256 %s) (%s): %w",
+			path, res.read, res.sum, want.Size, want.SHA256, qemu, ErrChecksum)
+	}
+	if qemuErr != nil {
+		return qemuErr
+	}
+	if res.sent != res.read {
+		return fmt.Errorf("qemu took %d of the %d bytes of %s (%v): %w", res.sent, res.read, path, res.sendErr, ErrChecksum)
 	}
 	return nil
 }

@@ -40,6 +40,13 @@ type Config struct {
 	// under KVM, snapshot under TCG, where QEMU 7.2's precopy images
 	// were seen to miss guest writes (live.go).
 	LiveMode string `yaml:"live_mode"`
+	// TLSCert and TLSKey are this hostd's certificate (role hostd) and key;
+	// TLSCA is the cluster CA. Checkpoint manifests are signed with the key
+	// and verified against the CA. Without them hostd makes a CA of its own
+	// in STATE_DIR/pki, so its checkpoints verify on this host only.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	TLSCA   string `yaml:"tls_ca"`
 
 	Logger *slog.Logger `yaml:"-"`
 }

@@ -45,6 +45,9 @@ type Host struct {
 
 	steps *stepState
 	stop  context.CancelFunc
+	// keys sign the checkpoint manifests this host writes and verify
+	// the ones it restores (sign.go).
+	keys *manifestKeys
 }
 
 // VM is one VM known to this host.
@@ -150,6 +153,10 @@ func New(cfg Config) (*Host, error) {
 		} else {
 			d.Close()
 		}
+	}
+	var err error
+	if h.keys, err = loadManifestKeys(cfg); err != nil {
+		return nil, err
 	}
 	entries, err := os.ReadDir(h.vmsDir())
 	if err != nil {

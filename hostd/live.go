@@ -616,7 +616,7 @@ func (vm *VM) endStream(ls *liveSave, f *os.File, m Manifest, err error) {
 	if err == nil {
 		fd.Role = "state"
 		m.Files = append(m.Files, fd)
-		err = writeJSON(filepath.Join(ls.dir, manifestName), m)
+		err = vm.h.writeManifest(ls.dir, m)
 	}
 	if err != nil {
 		os.RemoveAll(ls.dir)

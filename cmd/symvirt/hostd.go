@@ -65,7 +65,8 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	if cmd.IsSet("state-dir") || cfg.StateDir == "" {
 		cfg.StateDir = cmd.String("state-dir")
 	}
-	for flag, dst := range map[string]*string{"accel": &cfg.Accel, "qemu": &cfg.QEMU, "migration-address": &cfg.MigrationAddress} {
+	for flag, dst := range map[string]*string{"accel": &cfg.Accel, "qemu": &cfg.QEMU, "migration-address": &cfg.MigrationAddress,
+		"tls-cert": &cfg.TLSCert, "tls-key": &cfg.TLSKey, "tls-ca": &cfg.TLSCA} {
 		if v := cmd.String(flag); v != "" {
 			*dst = v
 		}

@@ -1,0 +1,264 @@
+package hostd
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/internal/pki"
+)
+
+func unitHost(t *testing.T, cfg Config) *Host {
+	t.Helper()
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	h, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// sampleManifest is a well-formed manifest with one disk, written (with its
+// files) into a new directory by h.
+func sampleManifest(t *testing.T, h *Host) (string, Manifest) {
+	t.Helper()
+	dir := t.TempDir()
+	m := Manifest{Version: 1, VM: "v1", CreatedAt: time.Now().UTC(),
+		Spec: Spec{Name: "v1", Memory: 64, Kernel: "/boot/vmlinuz",
+			Disks: []Disk{{ID: "d0", Path: "disk-d0.raw", Format: "raw"}}},
+		Files: []FileDigest{
+			{Name: stateName, Role: "state", Size: 1, SHA256: strings.Repeat("0", 64)},
+			{Name: "disk-d0.raw", Role: "disk", ID: "d0", Size: 1, SHA256: strings.Repeat("1", 64)},
+		}}
+	if err := h.writeManifest(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	return dir, m
+}
+
+// A hostd without TLS files makes a CA of its own once, root-only, and
+// signs with it; a checkpoint it wrote verifies on it and on no other host.
+func TestLocalPKISignsAndVerifies(t *testing.T) {
+	state := t.TempDir()
+	h := unitHost(t, Config{StateDir: state})
+	for path, want := range map[string]os.FileMode{
+		filepath.Join(state, "pki"):                    0o700,
+		filepath.Join(state, "pki", pki.CAKeyFile):     0o600,
+		filepath.Join(state, "pki", "hostd-local.key"): 0o600,
+	} {
+		st, err := os.Stat(path)
+		if err != nil || st.Mode().Perm() != want {
+			t.Fatalf("%s: %v %v, want mode %v", path, st, err, want)
+		}
+	}
+	dir, m := sampleManifest(t, h)
+	got, err := h.verifiedManifest(dir)
+	if err != nil || got.VM != m.VM || len(got.Files) != 2 {
+		t.Fatalf("own manifest: %+v %v", got, err)
+	}
+	// The same state dir again: the same CA (made once).
+	h.Close()
+	if _, err := unitHost(t, Config{StateDir: state}).verifiedManifest(dir); err != nil {
+		t.Fatalf("after a restart of hostd: %v", err)
+	}
+	other := unitHost(t, Config{})
+	if _, err := other.verifiedManifest(dir); !errors.Is(err, ErrUnauthorized) || !errors.Is(err, pki.ErrSignature) {
+		t.Fatalf("another host's local CA: %v, want ErrUnauthorized", err)
+	}
+}
+
+// clusterPKI is a CA with hostd certificates a and b, a coordinator's and a
+// client's.
+func clusterPKI(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		role pki.Role
+		name string
+	}{{pki.RoleHostd, "a"}, {pki.RoleHostd, "b"}, {pki.RoleCoord, "coord"}, {pki.RoleClient, "admin"}} {
+		if _, _, err := pki.Issue(dir, c.role, c.name, nil, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func tlsConfig(dir, name string) Config {
+	cert, key := pki.CertPaths(dir, pki.RoleHostd, name)
+	return Config{TLSCert: cert, TLSKey: key, TLSCA: filepath.Join(dir, pki.CACertFile)}
+}
+
+// resign replaces dir's signature with one by role/name of the PKI in pkiDir.
+func resign(t *testing.T, dir, pkiDir string, role pki.Role, name string) {
+	t.Helper()
+	s, err := pki.LoadSigner(pki.CertPaths(pkiDir, role, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, manifestName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := s.Sign(manifestDomain, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigData, _ := json.Marshal(sig)
+	if err := os.WriteFile(filepath.Join(dir, manifestSigName), sigData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With one cluster CA, host b verifies what host a signed, and what the
+// coordinator signs; not a manifest changed after signing, an unsigned one,
+// one signed by a client certificate or by another CA's hostd.
+func TestManifestSignatureAcrossHosts(t *testing.T) {
+	ca := clusterPKI(t)
+	a, b := unitHost(t, tlsConfig(ca, "a")), unitHost(t, tlsConfig(ca, "b"))
+	dir, _ := sampleManifest(t, a)
+	if _, err := b.verifiedManifest(dir); err != nil {
+		t.Fatalf("b verifies a's manifest: %v", err)
+	}
+	resign(t, dir, ca, pki.RoleCoord, "coord")
+	if _, err := b.verifiedManifest(dir); err != nil {
+		t.Fatalf("signed by the coordinator: %v", err)
+	}
+	refused := func(what string) {
+		t.Helper()
+		_, err := b.verifiedManifest(dir)
+		if !errors.Is(err, ErrUnauthorized) || !errors.Is(err, pki.ErrSignature) {
+			t.Fatalf("%s: %v, want ErrUnauthorized", what, err)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+	resign(t, dir, ca, pki.RoleClient, "admin")
+	refused("signed by a client certificate")
+	other := clusterPKI(t)
+	resign(t, dir, other, pki.RoleHostd, "a")
+	refused("signed by another CA's hostd a")
+	resign(t, dir, ca, pki.RoleHostd, "a")
+	path := filepath.Join(dir, manifestName)
+	data, _ := os.ReadFile(path)
+	os.WriteFile(path, []byte(strings.Replace(string(data), "disk-d0.raw", "../../etc/shadow", -1)), 0o600)
+	refused("disk path changed after signing")
+	os.WriteFile(path, data, 0o600)
+	os.Remove(filepath.Join(dir, manifestSigName))
+	refused("unsigned")
+}
+
+// A hostd's certificate and CA go together, and must agree.
+func TestManifestKeysConfig(t *testing.T) {
+	ca := clusterPKI(t)
+	cfg := tlsConfig(ca, "a")
+	cfg.TLSCA, cfg.StateDir, cfg.Logger = "", t.TempDir(), slog.New(slog.DiscardHandler)
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "go together") {
+		t.Fatalf("cert without CA: %v", err)
+	}
+	cfg.TLSCA = filepath.Join(clusterPKI(t), pki.CACertFile)
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "does not verify") {
+		t.Fatalf("cert of another CA: %v", err)
+	}
+	cfg = tlsConfig(ca, "a")
+	cfg.TLSCert, cfg.TLSKey = pki.CertPaths(ca, pki.RoleClient, "admin")
+	cfg.StateDir, cfg.Logger = t.TempDir(), slog.New(slog.DiscardHandler)
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "want a hostd one") {
+		t.Fatalf("client cert: %v", err)
+	}
+}
+
+// Every file a manifest names is a plain name in the checkpoint directory,
+// and the spec's disks are the checkpoint's copies: a manifest that says
+// otherwise is refused even when its signature is good.
+func TestCheckManifestConfinesPaths(t *testing.T) {
+	good := func() Manifest {
+		return Manifest{Version: 1, VM: "v1",
+			Spec:  Spec{Name: "v1", Disks: []Disk{{ID: "d0", Path: "disk-d0.raw", Format: "raw"}}},
+			Files: []FileDigest{{Name: stateName, Role: "state"}, {Name: "disk-d0.raw", Role: "disk", ID: "d0"}}}
+	}
+	if err := checkManifest(good()); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(*Manifest){
+		"disk path ../../etc/shadow":  func(m *Manifest) { m.Spec.Disks[0].Path = "../../etc/shadow" },
+		"disk path absolute":          func(m *Manifest) { m.Spec.Disks[0].Path = "/etc/shadow" },
+		"disk file ../../etc/shadow":  func(m *Manifest) { m.Files[1].Name = "../../etc/shadow"; m.Spec.Disks[0].Path = m.Files[1].Name },
+		"disk file in a subdirectory": func(m *Manifest) { m.Files[1].Name = "sub/d"; m.Spec.Disks[0].Path = m.Files[1].Name },
+		"disk file ..":                func(m *Manifest) { m.Files[1].Name = ".."; m.Spec.Disks[0].Path = ".." },
+		"state elsewhere":             func(m *Manifest) { m.Files[0].Name = "/dev/sda" },
+		"state renamed":               func(m *Manifest) { m.Files[0].Name = "other.bin" },
+		"two state files":             func(m *Manifest) { m.Files[1].Role = "state" },
+		"unknown role":                func(m *Manifest) { m.Files[1].Role = "kernel" },
+		"file listed twice":           func(m *Manifest) { m.Files = append(m.Files, m.Files[1]) },
+		"disk without its file":       func(m *Manifest) { m.Files = m.Files[:1] },
+		"file without its disk":       func(m *Manifest) { m.Spec.Disks = nil },
+		"no files":                    func(m *Manifest) { m.Files = nil },
+	} {
+		m := good()
+		change(&m)
+		if err := checkManifest(m); !errors.Is(err, ErrChecksum) {
+			t.Errorf("%s: %v, want ErrChecksum", name, err)
+		}
+	}
+}
+
+// A checkpoint's file is opened without following a symlink and must be a
+// regular file (a FIFO would hang the restore).
+func TestOpenInDirRefusesSymlinksAndSpecialFiles(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "ok"), []byte("x"), 0o600)
+	os.Symlink("/etc/shadow", filepath.Join(dir, "link"))
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := openInDir(dir, "ok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, name := range []string{"link", "fifo", "../ok", "/etc/shadow"} {
+		if f, err := openInDir(dir, name); !errors.Is(err, ErrChecksum) {
+			if f != nil {
+				f.Close()
+			}
+			t.Errorf("%s: %v, want ErrChecksum", name, err)
+		}
+	}
+}
+
+// The state's verdict: a file other than the manifest's is a checksum
+// error even when QEMU took it; QEMU's own error otherwise.
+func TestStateVerdict(t *testing.T) {
+	want := FileDigest{Size: 10, SHA256: "ab"}
+	ok := fed{read: 10, sent: 10, sum: "ab"}
+	if err := ok.verdict("s", want, nil); err != nil {
+		t.Fatal(err)
+	}
+	qemu := errors.New("qemu failed")
+	for name, c := range map[string]struct {
+		f    fed
+		qemu error
+		want error
+	}{
+		"other bytes, qemu took them": {fed{read: 10, sent: 10, sum: "cd"}, nil, ErrChecksum},
+		"truncated, qemu failed":      {fed{read: 5, sent: 5, sum: "cd"}, qemu, ErrChecksum},
+		"right bytes, qemu failed":    {fed{read: 10, sent: 4, sum: "ab"}, qemu, qemu},
+		"qemu stopped early":          {fed{read: 10, sent: 4, sum: "ab"}, nil, ErrChecksum},
+	} {
+		if err := c.f.verdict("s", want, c.qemu); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", name, err, c.want)
+		}
+	}
+}
