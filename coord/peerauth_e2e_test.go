@@ -44,6 +44,12 @@ func (p peerAPI) call(method, path string, body any) (int, string) {
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
+	var e struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	if json.Unmarshal(out, &e) == nil && e.Error.Code != "" {
+		return resp.StatusCode, e.Error.Code + ": " + e.Error.Message
+	}
 	return resp.StatusCode, string(out)
 }
 
@@ -99,7 +105,7 @@ func TestPeerHostdCannotHijackMigrations(t *testing.T) {
 		{"grant signed by a hostd", c.grant(cKey, good), "may not sign"},
 	} {
 		code, body := fromC.call("POST", "/v1/incoming", hostd.IncomingRequest{Spec: evil, Op: "op-evil", Grant: tc.grant})
-		if code != 403 || !strings.Contains(body, `"unauthorized"`) || !strings.Contains(body, "hostd/c may not hand over") ||
+		if code != 403 || !strings.HasPrefix(body, "unauthorized: ") || !strings.Contains(body, "hostd/c may not hand over") ||
 			!strings.Contains(body, tc.want) {
 			t.Errorf("%s: POST /v1/incoming: %d %s; want 403 unauthorized saying %q", tc.name, code, body, tc.want)
 		}
@@ -113,7 +119,7 @@ func TestPeerHostdCannotHijackMigrations(t *testing.T) {
 		for _, call := range [][2]string{{"POST", "/incoming/abort"}, {"POST", "/incoming/finish"},
 			{"DELETE", ""}, {"GET", ""}, {"POST", "/stop"}} {
 			code, body := fromC.call(call[0], "/v1/vms/"+vm+call[1], struct{}{})
-			if code != 403 || !strings.Contains(body, `"unauthorized"`) || !strings.Contains(body, "hostd/c may not") {
+			if code != 403 || !strings.HasPrefix(body, "unauthorized: ") || !strings.Contains(body, "hostd/c may not") {
 				t.Errorf("hostd/c %s /v1/vms/%s%s: %d %s; want 403 unauthorized", call[0], vm, call[1], code, body)
 			}
 		}
