@@ -146,7 +146,7 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 			return fail(fmt.Sprintf("unknown destination %q", a.Dest))
 		}
 		req.Dest = dest
-		grant, err := c.grant(rec, a)
+		grant, err := c.grant(a)
 		if err != nil {
 			return fail(err.Error())
 		}
@@ -171,7 +171,7 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 // grant signs the coordinator's permission for a migration's source to
 // hand the VM to its destination; hosts are named as registered, which
 // must be their certificates' names.
-func (c *Coord) grant(rec *OpRecord, a machine.Action) (*hostd.Grant, error) {
+func (c *Coord) grant(a machine.Action) (*hostd.Grant, error) {
 	if c.cfg.Signer == nil {
 		return nil, nil // no TLS: hostds do not authenticate each other
 	}

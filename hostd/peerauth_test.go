@@ -188,3 +188,16 @@ func TestAuthorizeRoutes(t *testing.T) {
 }
 
 func must(cert, _ string) string { return cert }
+
+// A direct migration (symvirt vm migrate) between TLS hostds carries no
+// coordinator grant: it is refused before anything is paused, pointing at
+// the coordinator; without TLS (unix sockets, tests) it goes on.
+func TestDirectMigrationBetweenTLSHostdsRefused(t *testing.T) {
+	err := (&Host{PeerTLS: &tls.Config{}}).directMigrationRefused("vm1")
+	if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "symvirt migrate vm1 --to HOST") {
+		t.Fatalf("direct migration between TLS hostds: %v", err)
+	}
+	if err := (&Host{}).directMigrationRefused("vm1"); err != nil {
+		t.Fatalf("direct migration without TLS: %v", err)
+	}
+}
