@@ -15,6 +15,7 @@ import (
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/names"
+	"github.com/symvirt/symvirt/internal/pki"
 )
 
 // Host is a hostd the coordinator drives.
@@ -97,7 +98,10 @@ type Config struct {
 	TransferTimeout time.Duration
 	// HostTLS is the client configuration towards hostds (mutual TLS).
 	HostTLS *tls.Config
-	Logger  *slog.Logger
+	// Signer is the coordinator certificate's key; it signs the grants
+	// that let one hostd hand a VM to another (nil without TLS).
+	Signer *pki.Signer
+	Logger *slog.Logger
 	// CrashAt makes the coordinator exit at once when an operation enters
 	// this phase (after journaling it): a deterministic kill -9 for tests.
 	CrashAt string

@@ -182,6 +182,11 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 			return fail(fmt.Sprintf("unknown destination %q", a.Dest))
 		}
 		req.Dest = dest
+		grant, err := c.grant(a)
+		if err != nil {
+			return fail(err.Error())
+		}
+		req.Grant = grant
 	}
 	cctx, cancel := context.WithDeadline(ctx, a.Deadline.Add(5*time.Second))
 	defer cancel()
@@ -197,6 +202,21 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		rec.notes.add(a.VM, res.Note)
 	}
 	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest, Now: time.Now()}
+}
+
+// grant signs the coordinator's permission for a migration's source to
+// hand the VM to its destination; hosts are named as registered, which
+// must be their certificates' names.
+func (c *Coord) grant(a machine.Action) (*hostd.Grant, error) {
+	if c.cfg.Signer == nil {
+		return nil, nil // no TLS: hostds do not authenticate each other
+	}
+	expires := a.Deadline
+	if expires.IsZero() {
+		expires = time.Now().Add(c.transferTimeout())
+	}
+	return hostd.SignGrant(c.cfg.Signer, hostd.MigrationGrant{Op: a.ID.Op, VM: a.VM,
+		Source: a.Host, Dest: a.Dest, Expires: expires})
 }
 
 // unreachable probes a hostd a few times.

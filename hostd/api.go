@@ -24,7 +24,7 @@ func (h *Host) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/host", func(w http.ResponseWriter, r *http.Request) {
 		writeJSONResp(w, map[string]any{"accel": h.cfg.Accel, "migration_address": h.cfg.MigrationAddress,
 			"pools": h.cfg.Pools, "qemu": h.cfg.QEMU, "pid": os.Getpid(), "started_at": h.started,
-			"stale_shared_memory": h.StaleSharedMemory()})
+			"stale_shared_memory": h.StaleSharedMemory(), "insecure": h.InsecureAPI})
 	})
 	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
 		writeJSONResp(w, h.List())
@@ -121,6 +121,10 @@ func (h *Host) Handler() http.Handler {
 	vmRoute("POST", "/migrate", func(w http.ResponseWriter, r *http.Request, vm *VM) {
 		var opts MigrateOptions
 		if !readReq(w, r, &opts) {
+			return
+		}
+		if err := h.directMigrationRefused(vm.name); err != nil {
+			writeErr(w, err)
 			return
 		}
 		stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
@@ -237,7 +241,7 @@ func (h *Host) Handler() http.Handler {
 		writeJSONResp(w, map[string]int{"renewed": h.RenewLeases(req.Op, req.Lease)})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics.reg, promhttp.HandlerOpts{}))
-	return mux
+	return h.authorize(mux)
 }
 
 func readReq(w http.ResponseWriter, r *http.Request, v any) bool {

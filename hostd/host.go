@@ -42,6 +42,11 @@ type Host struct {
 	// PeerTLS, when set, is how this hostd reaches other hostds (the
 	// destination of a migration) over mutual TLS.
 	PeerTLS *tls.Config
+	// PeerAuth, when set, judges peer hostds' migration grants.
+	PeerAuth *PeerAuth
+	// InsecureAPI: the TCP API listens without TLS (reported by GET
+	// /v1/host: anyone who reaches it is root here).
+	InsecureAPI bool
 
 	steps *stepState
 	stop  context.CancelFunc
@@ -86,6 +91,9 @@ type runtimeState struct {
 	Incoming bool `json:"incoming,omitempty"`
 	// Round is the guest cooperation round a migration carries.
 	Round *Round `json:"round,omitempty"`
+	// From is the certificate name of the peer hostd this VM was migrated
+	// from; only that peer may finish, abort or read the migration.
+	From string `json:"from,omitempty"`
 	// QEMU is the binary this VM runs with when not the host's default
 	// (after an upgrade by rejuvenate).
 	QEMU string `json:"qemu,omitempty"`

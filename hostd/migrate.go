@@ -48,6 +48,9 @@ type IncomingRequest struct {
 	// nobody resumes it before the lease ends, it is discarded.
 	Op    string        `json:"op,omitempty"`
 	Lease time.Duration `json:"lease_ns,omitempty"`
+	// Grant is the coordinator's permission for the calling peer hostd
+	// to hand this VM over (required from a peer over TLS).
+	Grant *Grant `json:"grant,omitempty"`
 }
 
 // IncomingResponse tells the source where to send the stream.
@@ -202,6 +205,10 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 // Incoming starts a QEMU waiting for a migration stream.
 func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingResponse, error) {
 	spec := req.Spec
+	from, err := h.admitIncoming(ctx, req)
+	if err != nil {
+		return IncomingResponse{}, err
+	}
 	if err := spec.Validate(); err != nil {
 		return IncomingResponse{}, err
 	}
@@ -253,6 +260,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	}
 	vm.mu.Lock()
 	vm.rt.Round = req.Round
+	vm.rt.From = from
 	vm.saveRuntime()
 	vm.mu.Unlock()
 	if req.Op != "" {
@@ -307,7 +315,8 @@ func (vm *VM) AbortIncoming(ctx context.Context) error {
 	incoming := vm.rt.Incoming
 	vm.mu.Unlock()
 	if !incoming {
-		if vm.alive() {
+		// A peer may discard only a copy that never ran here.
+		if vm.alive() || callerFrom(ctx).peer() {
 			return fmt.Errorf("vm %q runs here and is not an incoming migration: %w", vm.name, ErrInvalidState)
 		}
 	}

@@ -70,6 +70,9 @@ type StepRequest struct {
 	// guest round without the coordinator renewing.
 	Lease    time.Duration `json:"lease_ns,omitempty"`
 	Deadline time.Time     `json:"deadline,omitzero"`
+	// Grant (migrate) is the coordinator's signed permission for this
+	// host to hand the VM to Dest; the source forwards it.
+	Grant *Grant `json:"grant,omitempty"`
 
 	// note collects what the step did differently from what was asked.
 	note *string
@@ -574,7 +577,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	vm.mu.Unlock()
 	dest := vm.h.peer(req.Dest)
 	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round,
-		Op: req.Op, Lease: req.Lease})
+		Op: req.Op, Lease: req.Lease, Grant: req.Grant})
 	if err != nil {
 		return fmt.Errorf("vm %q: destination %s: %w", vm.name, req.Dest, err)
 	}

@@ -72,6 +72,9 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 		if serverTLS, err = pki.ServerConfig(cert, cmd.String("tls-key"), cmd.String("tls-ca"), pki.RoleClient); err != nil {
 			return err
 		}
+		if cfg.Signer, err = pki.LoadSigner(cert, cmd.String("tls-key")); err != nil {
+			return err
+		}
 	}
 	if err := unixsock.PrivateDir(cfg.StateDir); err != nil {
 		return err

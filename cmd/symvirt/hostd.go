@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -37,7 +36,8 @@ func hostdCommand() *cli.Command {
 			&cli.StringFlag{Name: "config", Usage: "host configuration (YAML)"},
 			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/symvirt", Usage: "per-VM state (survives hostd restarts)"},
 			&cli.StringFlag{Name: "socket", Usage: "API unix socket (default STATE_DIR/hostd.sock)"},
-			&cli.StringFlag{Name: "listen", Usage: "API TCP address for remote hosts, e.g. 10.0.0.1:7070"},
+			&cli.StringFlag{Name: "listen", Usage: "API TCP address for remote hosts, e.g. 10.0.0.1:7070 (needs --tls-cert unless loopback or --insecure)"},
+			&cli.BoolFlag{Name: "insecure", Usage: "allow --listen on a non-loopback address without TLS: anyone who reaches it is root here (tests only)"},
 			&cli.StringFlag{Name: "accel", Usage: "kvm, tcg or auto (default tcg)"},
 			&cli.StringFlag{Name: "qemu", Usage: "QEMU binary"},
 			&cli.StringFlag{Name: "migration-address", Usage: "address incoming migrations listen on"},
@@ -53,6 +53,10 @@ func hostdCommand() *cli.Command {
 
 func runHostd(ctx context.Context, cmd *cli.Command) error {
 	log, err := newLogger(cmd.String("log-level"))
+	if err != nil {
+		return err
+	}
+	insecure, err := checkListen(log, cmd.String("listen"), cmd.String("tls-cert") != "", cmd.Bool("insecure"))
 	if err != nil {
 		return err
 	}
@@ -83,6 +87,7 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	defer h.Close()
+	h.InsecureAPI = insecure
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -119,15 +124,17 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	var serverTLS *tls.Config
 	if cert := cmd.String("tls-cert"); cert != "" {
 		key, ca := cmd.String("tls-key"), cmd.String("tls-ca")
-		// The coordinator may call everything; another hostd only the
-		// routes of an incoming migration.
+		// Roles are checked at the handshake; what each may call, in
+		// hostd's handler (hostd/peerauth.go).
 		if serverTLS, err = pki.ServerConfig(cert, key, ca, pki.RoleCoord, pki.RoleHostd); err != nil {
 			return err
 		}
 		if h.PeerTLS, err = pki.ClientConfig(cert, key, ca, pki.RoleHostd); err != nil {
 			return err
 		}
-		handler = authorize(handler)
+		if h.PeerAuth, err = hostd.NewPeerAuth(cert, key, ca); err != nil {
+			return err
+		}
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
@@ -159,33 +166,25 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	return srv.Shutdown(sctx)
 }
 
-// authorize lets a TLS peer with the hostd role call only what a migration
-// source needs of its destination; the coordinator may call everything;
-// the unix socket (no TLS) is local and root-only.
-func authorize(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS != nil {
-			role, name, ok := pki.PeerRole(*r.TLS)
-			allowed := ok && (role == pki.RoleCoord || role == pki.RoleHostd && peerRoute(r))
-			if !allowed {
-				http.Error(w, fmt.Sprintf(`{"error":{"code":"unauthorized","message":"%s/%s may not call %s %s"}}`,
-					role, name, r.Method, r.URL.Path), http.StatusForbidden)
-				return
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func peerRoute(r *http.Request) bool {
-	p := r.URL.Path
-	switch {
-	case r.Method == "POST" && p == "/v1/incoming":
-		return true
-	case r.Method == "POST" && strings.HasPrefix(p, "/v1/vms/") && (strings.HasSuffix(p, "/incoming/finish") || strings.HasSuffix(p, "/incoming/abort")):
-		return true
-	case r.Method == "GET" && strings.HasPrefix(p, "/v1/vms/"):
-		return true
+// checkListen refuses a TCP API without TLS on a non-loopback address
+// unless insecure is given: every route (create a VM, restart hostd with any
+// binary) is root on this host. It reports whether the API is insecure.
+func checkListen(log *slog.Logger, addr string, hasTLS, insecure bool) (bool, error) {
+	if addr == "" || hasTLS {
+		return false, nil
 	}
-	return false
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, fmt.Errorf("--listen %q: %w", addr, err)
+	}
+	ip := net.ParseIP(host)
+	loopback := host == "localhost" || ip != nil && ip.IsLoopback()
+	if !loopback && !insecure {
+		return false, fmt.Errorf("--listen %s without --tls-cert: anyone who reaches this address could run "+
+			"anything as root on this host; give --tls-cert, --tls-key and --tls-ca, listen on a loopback address, "+
+			"or pass --insecure (tests only)", addr)
+	}
+	log.Warn("INSECURE: the TCP API has no TLS and no authentication: whoever reaches it is root on this host",
+		"listen", addr, "loopback", loopback)
+	return true, nil
 }

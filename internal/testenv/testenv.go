@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -260,6 +261,11 @@ func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string,
 		if h.Listen != "" {
 			host, _, _ := strings.Cut(h.Listen, ":")
 			a = append(a, "--listen", h.Listen, "--migration-address", host)
+			if !slices.Contains(h.Args, "--tls-cert") {
+				// Test hosts in their own namespaces; hostd refuses a
+				// plain TCP API on a routable address without it.
+				a = append(a, "--insecure")
+			}
 		}
 		if h.Config != "" {
 			a = append(a, "--config", h.Config)
