@@ -1,0 +1,330 @@
+package hostd
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Policy confines what a VM spec may make QEMU (run as root) open on this
+// host. A spec comes from hostd's API, a coordinator's job file, a migration
+// source or a checkpoint's manifest: none of them is trusted with host files
+// or host hardware.
+type Policy struct {
+	// ImageDirs hold kernels and initrds; a disk's backing file may lie
+	// here too (a read-only base image under a VM's overlay). Default:
+	// STATE_DIR/images.
+	ImageDirs []string `yaml:"image_dirs"`
+	// DiskDirs hold VM disks. Default: STATE_DIR/disks.
+	DiskDirs []string `yaml:"disk_dirs"`
+	// TapNames are patterns (path.Match, e.g. "tap-*") a NIC's tap must
+	// match. Empty: any interface name. The kernel already refuses a tap
+	// another QEMU holds open.
+	TapNames []string `yaml:"tap_names"`
+}
+
+// setDefaults fills the directories an operator expects when the config is
+// silent, and resolves every directory (symlinks too), so a spec's resolved
+// path compares with what the directory really is.
+func (p *Policy) setDefaults(stateDir string) error {
+	state, err := filepath.Abs(stateDir)
+	if err != nil {
+		return err
+	}
+	if p.ImageDirs == nil {
+		p.ImageDirs = []string{filepath.Join(state, "images")}
+	}
+	if p.DiskDirs == nil {
+		p.DiskDirs = []string{filepath.Join(state, "disks")}
+	}
+	if p.ImageDirs, err = resolveDirs("image_dirs", p.ImageDirs); err != nil {
+		return err
+	}
+	if p.DiskDirs, err = resolveDirs("disk_dirs", p.DiskDirs); err != nil {
+		return err
+	}
+	for _, pat := range p.TapNames {
+		if _, err := path.Match(pat, ""); err != nil {
+			return fmt.Errorf("config: policy.tap_names: %q: %v", pat, err)
+		}
+	}
+	return nil
+}
+
+func resolveDirs(name string, dirs []string) ([]string, error) {
+	out := make([]string, len(dirs))
+	for i, d := range dirs {
+		if !filepath.IsAbs(d) {
+			return nil, fmt.Errorf("config: policy.%s: %q is not an absolute path", name, d)
+		}
+		out[i] = resolveDir(d)
+	}
+	return out, nil
+}
+
+// resolveDir cleans d and resolves its symlinks; a directory that does not
+// exist yet keeps its clean path (nothing can lie in it until it does).
+func resolveDir(d string) string {
+	d = filepath.Clean(d)
+	if r, err := filepath.EvalSymlinks(d); err == nil {
+		return r
+	}
+	return d
+}
+
+func policyErr(field, format string, a ...any) error {
+	return fmt.Errorf("%w: spec field %s: %s", ErrUnauthorized, field, fmt.Sprintf(format, a...))
+}
+
+// check enforces the policy on a validated spec before hostd takes it
+// (Create, and through it an incoming migration). pools are this host's
+// device pools. Every field that reaches QEMU or the host's file system is
+// checked here or in Validate.
+func (p *Policy) check(s Spec, pools map[string][]map[string]string) error {
+	if err := p.checkBoot(s); err != nil {
+		return err
+	}
+	for i, d := range s.Disks {
+		f := fmt.Sprintf("disks[%d].path", i)
+		if err := p.checkFile(f, d.Path, p.DiskDirs, "disk"); err != nil {
+			return err
+		}
+		if err := p.checkBacking(f, d.Path, d.Format, true); err != nil {
+			return err
+		}
+	}
+	return p.checkDevices(s, pools)
+}
+
+// checkRestore is check for a checkpoint's spec: its disks are names
+// inside the checkpoint directory dir, which hostd copies into the VM's
+// own directory before QEMU opens them.
+func (p *Policy) checkRestore(s Spec, dir string, pools map[string][]map[string]string) error {
+	if err := p.checkBoot(s); err != nil {
+		return err
+	}
+	root := resolveDir(dir)
+	for i, d := range s.Disks {
+		f := fmt.Sprintf("disks[%d].path", i)
+		if !filepath.IsLocal(d.Path) {
+			return policyErr(f, "%s is not a file name inside the checkpoint directory", d.Path)
+		}
+		path := filepath.Join(dir, d.Path)
+		if err := checkFileIn(f, path, []string{root}, "checkpoint"); err != nil {
+			return err
+		}
+		// The copy lives in another directory: a relative backing file
+		// would resolve there, so only absolute ones are allowed.
+		if err := p.checkBacking(f, path, d.Format, false); err != nil {
+			return err
+		}
+	}
+	return p.checkDevices(s, pools)
+}
+
+func (p *Policy) checkBoot(s Spec) error {
+	if err := p.checkFile("kernel", s.Kernel, p.ImageDirs, "image"); err != nil {
+		return err
+	}
+	return p.checkFile("initrd", s.Initrd, p.ImageDirs, "image")
+}
+
+// checkFile checks one path of the spec ("" is absent) against dirs.
+func (p *Policy) checkFile(field, name string, dirs []string, kind string) error {
+	if name == "" {
+		return nil
+	}
+	if !filepath.IsAbs(name) {
+		return fieldErr(field, "%s is not an absolute path", name)
+	}
+	return checkFileIn(field, name, dirs, kind)
+}
+
+// checkFileIn resolves name (made clean, symlinks followed) and requires a
+// regular file inside one of dirs: never a device node, a directory or a
+// FIFO, whatever a symlink in an allowed directory points to.
+func checkFileIn(field, name string, dirs []string, kind string) error {
+	clean := filepath.Clean(name)
+	inside := func(p string) bool { return slices.ContainsFunc(dirs, func(d string) bool { return within(p, d) }) }
+	// Outside by name is refused before it is looked at: the answer must
+	// not tell a client whether a host file exists.
+	if !inside(clean) {
+		return policyErr(field, "%s is outside the allowed %s directories %v", name, kind, dirs)
+	}
+	real, err := filepath.EvalSymlinks(clean)
+	if err != nil {
+		return fieldErr(field, "%s: %v", name, unwrapPathErr(err))
+	}
+	if !inside(real) {
+		return policyErr(field, "%s (resolves to %s) is outside the allowed %s directories %v", name, real, kind, dirs)
+	}
+	shown := name
+	if real != clean {
+		shown = fmt.Sprintf("%s (resolves to %s)", name, real)
+	}
+	st, err := os.Stat(real)
+	if err != nil {
+		return fieldErr(field, "%s: %v", name, unwrapPathErr(err))
+	}
+	if !st.Mode().IsRegular() {
+		return policyErr(field, "%s is %s, not a regular file", shown, fileKind(st.Mode()))
+	}
+	return nil
+}
+
+// within reports whether p lies inside dir (both clean and absolute).
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && filepath.IsLocal(rel)
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeDevice != 0 && m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "not a regular file (" + m.Type().String() + ")"
+}
+
+func unwrapPathErr(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// Drivers that attach host hardware (or host kernel devices): only from a
+// pool, so the host's operator decides which hardware a VM gets.
+var hostDriverRE = regexp.MustCompile(`^(vfio-|vhost-|usb-host$|u2f-passthru$|pci-assign$|kvm-pci-assign$|xen-pci-passthrough$)`)
+
+// Device properties that name host resources. Hardware ones must come
+// from the device's pool; files and descriptors are never a spec's to name;
+// backends are hostd's own (disks, NICs, the guest channel, guest RAM).
+var (
+	hostHardwareProps = []string{"host", "sysfsdev", "hostbus", "hostaddr", "hostport", "hostdevice", "vendorid", "productid", "wwpn", "vhostdev"}
+	hostFileProps     = []string{"romfile", "file", "kernel", "initrd", "fd", "fds", "vhostfd", "vhostfds", "configfd", "iommufd"}
+	backendProps      = []string{"chardev", "drive", "netdev", "memdev", "fsdev", "rng", "audiodev", "tpmdev"}
+)
+
+// checkDevices checks NICs (tap names, hostfwd ports, models) and devices
+// (drivers, properties) against the pools and the policy.
+func (p *Policy) checkDevices(s Spec, pools map[string][]map[string]string) error {
+	for i, n := range s.NICs {
+		f := fmt.Sprintf("nics[%d]", i)
+		if err := checkHostDriver(f+".model", n.Model, n.Passthrough, n.Pool, pools); err != nil {
+			return err
+		}
+		if err := p.checkTap(f+".tap", n.Tap); err != nil {
+			return err
+		}
+		for j, fwd := range n.HostFwd {
+			if err := checkHostFwd(fmt.Sprintf("%s.hostfwd[%d]", f, j), fwd); err != nil {
+				return err
+			}
+		}
+	}
+	for i, d := range s.Devs {
+		f := fmt.Sprintf("devices[%d]", i)
+		if err := checkHostDriver(f+".driver", d.Driver, d.Passthrough, d.Pool, pools); err != nil {
+			return err
+		}
+		if err := checkProps(f+".props", d, pools); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkHostDriver(field, driver string, passthrough bool, pool string, pools map[string][]map[string]string) error {
+	if !hostDriverRE.MatchString(driver) {
+		return nil
+	}
+	if !passthrough || pool == "" {
+		return policyErr(field, "%s attaches host hardware: only as a passthrough device from one of this host's pools (passthrough: true, pool: NAME)", driver)
+	}
+	if len(pools[pool]) == 0 {
+		return policyErr(field, "%s: pool %q is not configured on this host", driver, pool)
+	}
+	return nil
+}
+
+// checkProps refuses properties naming host files or hostd's backends, and
+// host hardware that is not an entry of the device's pool. A pool entry
+// overrides the spec's properties at launch; the check still refuses a
+// value outside the pool, so a spec never names hardware the host did not
+// give out.
+func checkProps(field string, d Dev, pools map[string][]map[string]string) error {
+	keys := make([]string, 0, len(d.Props))
+	for k := range d.Props {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		v, f := d.Props[k], field+"."+k
+		switch {
+		case slices.Contains(hostFileProps, k) && v != "":
+			return policyErr(f, "%q names a host file or descriptor; a spec may not", v)
+		case slices.Contains(backendProps, k):
+			return policyErr(f, "%q refers to a backend hostd owns; a spec may not", v)
+		case slices.Contains(hostHardwareProps, k):
+			if !d.Passthrough || d.Pool == "" {
+				return policyErr(f, "%s names host hardware: only from one of this host's pools (passthrough: true, pool: NAME)", v)
+			}
+			if !slices.ContainsFunc(pools[d.Pool], func(e map[string]string) bool { return e[k] == v }) {
+				return policyErr(f, "%s is not an entry of pool %q on this host", v, d.Pool)
+			}
+		}
+	}
+	return nil
+}
+
+// tapRE is a Linux interface name (IFNAMSIZ: at most 15 bytes).
+var tapRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$`)
+
+func (p *Policy) checkTap(field, tap string) error {
+	if tap == "" {
+		return nil
+	}
+	if !tapRE.MatchString(tap) {
+		return fieldErr(field, "%q is not an interface name (letters, digits, '_', '.', '-'; at most 15)", tap)
+	}
+	if len(p.TapNames) == 0 || slices.ContainsFunc(p.TapNames, func(pat string) bool {
+		ok, _ := path.Match(pat, tap)
+		return ok
+	}) {
+		return nil
+	}
+	return policyErr(field, "%s does not match the allowed tap names %v", tap, p.TapNames)
+}
+
+// checkHostFwd allows user-networking forwards of unprivileged host ports
+// only: a spec must not take a system service's port (22, 443) on the
+// host when it is free.
+func checkHostFwd(field, fwd string) error {
+	host, _, ok := strings.Cut(fwd, "-")
+	parts := strings.Split(host, ":")
+	if !ok || len(parts) != 3 || (parts[0] != "" && parts[0] != "tcp" && parts[0] != "udp") {
+		return fieldErr(field, "%q: want [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport", fwd)
+	}
+	port, err := strconv.Atoi(parts[2])
+	if err != nil || port < 1 || port > 65535 {
+		return fieldErr(field, "%q: host port %q is not a port number", fwd, parts[2])
+	}
+	if port < 1024 {
+		return policyErr(field, "%q: host port %d is privileged (below 1024)", fwd, port)
+	}
+	return nil
+}
