@@ -108,8 +108,12 @@ func TestPolicyRefusesHostFilesAndDevices(t *testing.T) {
 		}, ErrUnauthorized, "field devices[0].props.sysfsdev"},
 		{"unknown pool", func(s *Spec) { s.Devs = []Dev{{ID: "h", Driver: "vfio-pci", Passthrough: true, Pool: "gpu"}} }, ErrUnauthorized, `pool "gpu" is not configured`},
 		{"usb-host NIC model", func(s *Spec) { s.NICs = []NIC{{ID: "n", Model: "usb-host", Backend: "user"}} }, ErrUnauthorized, "field nics[0].model"},
-		{"romfile", func(s *Spec) { s.Devs = []Dev{{ID: "r", Driver: "e1000", Props: map[string]string{"romfile": "/etc/shadow"}}} }, ErrUnauthorized, "field devices[0].props.romfile"},
-		{"loader file", func(s *Spec) { s.Devs = []Dev{{ID: "l", Driver: "loader", Props: map[string]string{"file": "/etc/shadow"}}} }, ErrUnauthorized, "field devices[0].props.file"},
+		{"romfile", func(s *Spec) {
+			s.Devs = []Dev{{ID: "r", Driver: "e1000", Props: map[string]string{"romfile": "/etc/shadow"}}}
+		}, ErrUnauthorized, "field devices[0].props.romfile"},
+		{"loader file", func(s *Spec) {
+			s.Devs = []Dev{{ID: "l", Driver: "loader", Props: map[string]string{"file": "/etc/shadow"}}}
+		}, ErrUnauthorized, "field devices[0].props.file"},
 		{"guest channel chardev", func(s *Spec) {
 			s.Devs = []Dev{{ID: "c", Driver: "isa-serial", Props: map[string]string{"chardev": "guestch"}}}
 		}, ErrUnauthorized, "field devices[0].props.chardev"},
