@@ -3,6 +3,7 @@ package hostd
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -26,6 +27,10 @@ type Policy struct {
 	// match. Empty: any interface name. The kernel already refuses a tap
 	// another QEMU holds open.
 	TapNames []string `yaml:"tap_names"`
+	// QEMUDirs hold the binaries a warm restart may switch a VM's QEMU to
+	// (an upgrade); the configured qemu binary is always allowed. Default:
+	// none other.
+	QEMUDirs []string `yaml:"qemu_dirs"`
 }
 
 // setDefaults fills the directories an operator expects when the config is
@@ -46,6 +51,9 @@ func (p *Policy) setDefaults(stateDir string) error {
 		return err
 	}
 	if p.DiskDirs, err = resolveDirs("disk_dirs", p.DiskDirs); err != nil {
+		return err
+	}
+	if p.QEMUDirs, err = resolveDirs("qemu_dirs", p.QEMUDirs); err != nil {
 		return err
 	}
 	for _, pat := range p.TapNames {
@@ -325,6 +333,33 @@ func checkHostFwd(field, fwd string) error {
 	}
 	if port < 1024 {
 		return policyErr(field, "%q: host port %d is privileged (below 1024)", fwd, port)
+	}
+	return nil
+}
+
+// checkBinary allows a QEMU binary other than the configured one (runs as
+// root, chosen by a client) only from QEMUDirs, and only a regular
+// executable file that no one but its owner can write.
+func (p *Policy) checkBinary(name, configured string) error {
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		return fmt.Errorf("%w: qemu binary %q: %v", ErrInvalidSpec, name, err)
+	}
+	real, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		return fmt.Errorf("%w: qemu binary %q: %v", ErrInvalidSpec, name, err)
+	}
+	if conf, err := exec.LookPath(configured); err == nil {
+		if r, err := filepath.EvalSymlinks(conf); err == nil && r == real {
+			return nil
+		}
+	}
+	if !slices.ContainsFunc(p.QEMUDirs, func(d string) bool { return within(real, d) }) {
+		return fmt.Errorf("%w: qemu binary %s (resolves to %s) is outside the allowed qemu directories %v", ErrUnauthorized, name, real, p.QEMUDirs)
+	}
+	st, err := os.Stat(real)
+	if err != nil || !st.Mode().IsRegular() || st.Mode()&0o022 != 0 {
+		return fmt.Errorf("%w: qemu binary %s: not a regular file writable only by its owner", ErrUnauthorized, real)
 	}
 	return nil
 }

@@ -258,3 +258,27 @@ func TestConfineArgs(t *testing.T) {
 		t.Errorf("sandbox with a user: %s", a)
 	}
 }
+
+func TestPolicyQEMUBinary(t *testing.T) {
+	dir := t.TempDir()
+	p := Policy{QEMUDirs: []string{dir}}
+	if err := p.setDefaults("/s"); err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "qemu-new")
+	os.WriteFile(good, []byte("#!/bin/sh\n"), 0o755)
+	os.Chmod(good, 0o755)
+	if err := p.checkBinary(good, "qemu-system-x86_64"); err != nil {
+		t.Errorf("binary in qemu_dirs: %v", err)
+	}
+	if err := p.checkBinary("/bin/sh", "/bin/sh"); err != nil {
+		t.Errorf("the configured binary: %v", err)
+	}
+	if err := p.checkBinary("/bin/sh", "qemu-system-x86_64"); !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "outside the allowed qemu directories") {
+		t.Errorf("/bin/sh as a new qemu: %v", err)
+	}
+	os.Chmod(good, 0o777)
+	if err := p.checkBinary(good, "qemu-system-x86_64"); !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "writable only by its owner") {
+		t.Errorf("world-writable binary: %v", err)
+	}
+}

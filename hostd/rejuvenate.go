@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -63,8 +62,8 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 		return res, fmt.Errorf("vm %q does not run on shared memory (shared_memory: false): use checkpoint and restore: %w", vm.name, ErrInvalidState)
 	}
 	if opts.QEMU != "" {
-		if _, err := exec.LookPath(opts.QEMU); err != nil {
-			return res, fmt.Errorf("qemu binary %q: %w", opts.QEMU, err)
+		if err := vm.h.cfg.Policy.checkBinary(opts.QEMU, vm.h.cfg.QEMU); err != nil {
+			return res, fmt.Errorf("vm %q: %w", vm.name, err)
 		}
 	}
 	mon, err := vm.monitor()

@@ -312,14 +312,15 @@ func PolicyDirs(t testing.TB) []string {
 	return []string{guest, filepath.Dir(t.TempDir())}
 }
 
-// PolicyYAML is the host config's policy block for PolicyDirs.
+// PolicyYAML is the host config's policy block for PolicyDirs (a warm
+// restart's new QEMU binary may come from them too).
 func PolicyYAML(t testing.TB) string {
 	var q []string
 	for _, d := range PolicyDirs(t) {
 		q = append(q, strconv.Quote(d))
 	}
 	list := strings.Join(q, ", ")
-	return fmt.Sprintf("\npolicy: {image_dirs: [%s], disk_dirs: [%s]}\n", list, list)
+	return fmt.Sprintf("\npolicy: {image_dirs: [%s], disk_dirs: [%s], qemu_dirs: [%s]}\n", list, list, list)
 }
 
 func globAll(dir string, patterns ...string) []string {
