@@ -208,8 +208,8 @@ func policyControl(t *testing.T, spec hostd.Spec) {
 
 // TestQEMURunsSandboxedAsQEMUUser: with qemu_user, QEMU runs under its
 // seccomp filter as that user, and what it does after dropping root (a
-// checkpoint into a descriptor, a restore from one, the shared RAM file
-// opened at start) still works.
+// checkpoint into a descriptor, a restore from one, hot-plugging an
+// emulated NIC, a warm restart on the shared RAM file) still works.
 func TestQEMURunsSandboxedAsQEMUUser(t *testing.T) {
 	testenv.RequireRoot(t)
 	nobody, err := user.Lookup("nobody")
@@ -251,6 +251,18 @@ func TestQEMURunsSandboxedAsQEMUUser(t *testing.T) {
 	waitPresent(t, c, "sb1", "pt0")
 	if err := syscall.Kill(rinfo.PID, 0); err != nil {
 		t.Fatalf("restored qemu: %v", err)
+	}
+	// A warm restart: the new QEMU maps the RAM file as root, then drops.
+	if !*mustStatus(t, c, "sb1").Spec.SharedMemory {
+		t.Log("no room in /dev/shm for shared memory: warm restart not tried")
+	} else {
+		res, err := c.Rejuvenate(ctx, "sb1", hostd.RejuvenateOptions{})
+		if err != nil || res.NewPID == 0 || res.Fallback {
+			t.Fatalf("rejuvenate: %+v %v", res, err)
+		}
+		assertConfined(res.NewPID)
+		last = counters(log)[len(counters(log))-1]
+		waitCounter(t, log, last+2, 60*time.Second)
 	}
 	if _, err := c.Stop(ctx, "sb1", time.Second); err != nil {
 		t.Fatal(err)
