@@ -46,7 +46,8 @@ func emit(v map[string]any) {
 func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 	dir := t.TempDir()
 	cfg := Config{StateDir: dir, Logger: slog.New(slog.DiscardHandler),
-		Pools: map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}}}
+		Pools:  map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}},
+		Policy: testPolicy(t)}
 	if len(liveMode) > 0 {
 		cfg.LiveMode = liveMode[0]
 	}

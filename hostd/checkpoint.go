@@ -494,6 +494,9 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
+	if err := h.cfg.Policy.checkRestore(spec, opts.Dir, h.cfg.Pools); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
+	}
 	// A stopped VM of the same name is replaced; a running one is not.
 	replaced := false
 	if old, err := h.Get(spec.Name); err == nil {
@@ -505,7 +508,7 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	}
 	// Disks come from the checkpoint, copied into the VM's own dir so the
 	// checkpoint stays intact for another restore.
-	vm, err = h.Create(spec)
+	vm, err = h.create(spec)
 	if err != nil {
 		return nil, err
 	}

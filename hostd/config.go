@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -47,6 +48,13 @@ type Config struct {
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
 	TLSCA   string `yaml:"tls_ca"`
+
+	// Policy confines the files and host devices a VM spec may use.
+	Policy Policy `yaml:"policy"`
+	// QEMUUser, when set, is the unprivileged user QEMU runs as after it
+	// opened what it needs as root (-runas). Hot-plugging host devices
+	// then needs them opened to that user (e.g. /dev/vfio/N).
+	QEMUUser string `yaml:"qemu_user"`
 
 	Logger *slog.Logger `yaml:"-"`
 }
@@ -107,6 +115,14 @@ func (c *Config) setDefaults() error {
 	}
 	if c.DetachTimeout == 0 {
 		c.DetachTimeout = 10 * time.Second
+	}
+	if err := c.Policy.setDefaults(c.StateDir); err != nil {
+		return err
+	}
+	if c.QEMUUser != "" {
+		if _, err := user.Lookup(c.QEMUUser); err != nil {
+			return fmt.Errorf("config: qemu_user %q: %w", c.QEMUUser, err)
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

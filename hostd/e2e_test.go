@@ -332,10 +332,12 @@ func TestBadInput(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "field memory") {
 		t.Fatalf("bad spec: err %v, output %s", err, out)
 	}
-	// A QEMU that cannot start reports its stderr.
-	spec := hostd.Spec{Name: "b2", Memory: 64, Kernel: "/nonexistent/vmlinuz"}
+	// A QEMU that cannot start reports its stderr (an empty kernel).
+	empty := filepath.Join(t.TempDir(), "vmlinuz")
+	os.WriteFile(empty, nil, 0o600)
+	spec := hostd.Spec{Name: "b2", Memory: 64, Kernel: empty}
 	_, err = c.Create(ctx, spec, true)
-	if !errors.Is(err, hostd.ErrQEMUStart) || !strings.Contains(err.Error(), "/nonexistent/vmlinuz") {
+	if !errors.Is(err, hostd.ErrQEMUStart) || !strings.Contains(err.Error(), empty) {
 		t.Fatalf("qemu start failure: %v", err)
 	}
 	if _, err := c.Status(ctx, "b2"); !errors.Is(err, hostd.ErrNotFound) {

@@ -272,6 +272,7 @@ func (h *Host) stateCounts() map[string]int {
 }
 
 // Create registers a VM (and persists its spec); it does not start it.
+// The spec must pass the host's policy (an incoming migration's too).
 func (h *Host) Create(spec Spec) (*VM, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
@@ -280,6 +281,14 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 	if _, err := names.Join(h.vmsDir(), spec.Name); err != nil {
 		return nil, fmt.Errorf("field name: %w: %v", ErrInvalidSpec, err)
 	}
+	if err := h.cfg.Policy.check(spec, h.cfg.Pools); err != nil {
+		return nil, err
+	}
+	return h.create(spec)
+}
+
+// create registers a VM whose spec was checked.
+func (h *Host) create(spec Spec) (*VM, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.vms[spec.Name]; ok {
@@ -632,6 +641,7 @@ func (vm *VM) start(ctx context.Context, l launch, bin string, gen int) (_ *proc
 		return nil, err
 	}
 	defer func() { ram.release(err != nil) }()
+	l.runAs = vm.h.cfg.QEMUUser
 	args, err := qemuArgs(l)
 	if err != nil {
 		return nil, err

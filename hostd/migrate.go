@@ -212,6 +212,9 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err := spec.Validate(); err != nil {
 		return IncomingResponse{}, err
 	}
+	if err := h.cfg.Policy.check(spec, h.cfg.Pools); err != nil {
+		return IncomingResponse{}, err
+	}
 	if old, err := h.Get(spec.Name); err == nil {
 		if old.alive() {
 			return IncomingResponse{}, fmt.Errorf("vm %q already runs here: %w", spec.Name, ErrExists)

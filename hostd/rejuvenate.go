@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"sort"
 	"sync"
 	"syscall"
@@ -67,8 +66,8 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 		return res, err
 	}
 	if opts.QEMU != "" {
-		if _, err := exec.LookPath(opts.QEMU); err != nil {
-			return res, fmt.Errorf("qemu binary %q: %w", opts.QEMU, err)
+		if err := vm.h.cfg.Policy.checkBinary(opts.QEMU, vm.h.cfg.QEMU); err != nil {
+			return res, fmt.Errorf("vm %q: %w", vm.name, err)
 		}
 	}
 	mon, err := vm.monitor()

@@ -250,6 +250,9 @@ func (h *Hostd) Addr() string {
 func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string, args ...string) *Hostd {
 	h := &Hostd{StateDir: t.TempDir(), Listen: listen, Args: args}
 	h.Daemon = Daemon{t: t, Name: "hostd " + name, NS: ns}
+	if !strings.Contains(cfg, "policy:") {
+		cfg += PolicyYAML(t)
+	}
 	if cfg != "" {
 		h.Config = filepath.Join(t.TempDir(), "host.yaml")
 		if err := os.WriteFile(h.Config, []byte(cfg), 0o600); err != nil {
@@ -299,6 +302,28 @@ func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string,
 	})
 	h.Start()
 	return h
+}
+
+// PolicyDirs are the directories a test hostd lets specs use for kernels,
+// initrds and disks: the test guest's ($SYMVIRT_GUEST_DIR or build/guest)
+// and the test's own temporary directories.
+func PolicyDirs(t testing.TB) []string {
+	guest := os.Getenv("SYMVIRT_GUEST_DIR")
+	if guest == "" {
+		guest = filepath.Join(RepoRoot(t), "build", "guest")
+	}
+	return []string{guest, filepath.Dir(t.TempDir())}
+}
+
+// PolicyYAML is the host config's policy block for PolicyDirs (a warm
+// restart's new QEMU binary may come from them too).
+func PolicyYAML(t testing.TB) string {
+	var q []string
+	for _, d := range PolicyDirs(t) {
+		q = append(q, strconv.Quote(d))
+	}
+	list := strings.Join(q, ", ")
+	return fmt.Sprintf("\npolicy: {image_dirs: [%s], disk_dirs: [%s], qemu_dirs: [%s]}\n", list, list, list)
 }
 
 func globAll(dir string, patterns ...string) []string {
