@@ -6,11 +6,23 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// migTLSObject is the QOM id of the TLS credentials a migrating QEMU uses.
-const migTLSObject = "symvirt-migtls"
+// migTLSObject is the QOM id of the TLS credentials a migrating QEMU
+// uses; migAuthzObject that of the rule a destination checks its source's
+// certificate with.
+const (
+	migTLSObject   = "symvirt-migtls"
+	migAuthzObject = "symvirt-migauthz"
+)
+
+// hostdDNs match, in QEMU's glob syntax, the subject of a hostd
+// certificate as gnutls prints it (legacy order, as QEMU 7.2's gnutls
+// 3.7 does, and RFC 4514 order): a coordinator's or a client's
+// certificate, signed by the same CA, cannot feed a destination.
+var hostdDNs = []string{"O=symvirt,OU=" + pki.RoleHostd.OU() + ",CN=*", "CN=*,OU=" + pki.RoleHostd.OU() + ",O=symvirt"}
 
 // migrationDefaults fills and checks the migration stream settings.
 func (c *Config) migrationDefaults() error {
@@ -103,11 +115,23 @@ func (vm *VM) setMigrationTLS(ctx context.Context, mon *qmp.Client, endpoint, ho
 	}
 	// Left by an earlier migration of this QEMU that failed.
 	mon.Execute(ctx, "object-del", map[string]any{"id": migTLSObject}, nil)
+	mon.Execute(ctx, "object-del", map[string]any{"id": migAuthzObject}, nil)
 	if err := mon.Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": migTLSObject,
 		"dir": dir, "endpoint": endpoint, "verify-peer": true}, nil); err != nil {
 		return fmt.Errorf("migration tls credentials (%s): %w", dir, err)
 	}
 	params := map[string]any{"tls-creds": migTLSObject}
+	if endpoint == "server" {
+		var rules []map[string]any
+		for _, dn := range hostdDNs {
+			rules = append(rules, map[string]any{"match": dn, "policy": "allow", "format": "glob"})
+		}
+		if err := mon.Execute(ctx, "object-add", map[string]any{"qom-type": "authz-list", "id": migAuthzObject,
+			"policy": "deny", "rules": rules}, nil); err != nil {
+			return fmt.Errorf("migration tls authorization: %w", err)
+		}
+		params["tls-authz"] = migAuthzObject
+	}
 	if hostname != "" {
 		params["tls-hostname"] = hostname
 	}
@@ -123,9 +147,10 @@ func (vm *VM) clearMigrationTLS(ctx context.Context, mon *qmp.Client) {
 	if !vm.h.cfg.migrationTLS() {
 		return
 	}
-	if err := mon.MigrateSetParameters(ctx, map[string]any{"tls-creds": "", "tls-hostname": ""}); err != nil {
+	if err := mon.MigrateSetParameters(ctx, map[string]any{"tls-creds": "", "tls-hostname": "", "tls-authz": ""}); err != nil {
 		vm.log.Debug("clear migration tls", "err", err)
 		return
 	}
 	mon.Execute(ctx, "object-del", map[string]any{"id": migTLSObject}, nil)
+	mon.Execute(ctx, "object-del", map[string]any{"id": migAuthzObject}, nil)
 }

@@ -35,7 +35,8 @@ const markerRC = `#!/bin/sh
 // and the guest's RAM marker never shows on the wire; the same hostds
 // with migration TLS turned off (the control) send it in the clear.
 // Against the TLS destination a rogue QEMU with a certificate from
-// another CA, then one without TLS, cannot feed the waiting QEMU;
+// another CA, one with the cluster CA's client (not hostd) certificate,
+// then one without TLS, cannot feed the waiting QEMU;
 // without TLS (the control) the rogue's stream is taken.
 func TestMigrationStreamTLS(t *testing.T) {
 	testenv.RequireRoot(t)
@@ -51,6 +52,7 @@ func TestMigrationStreamTLS(t *testing.T) {
 	}
 	run("certs", "init", "--dir", certs)
 	run("certs", "init", "--dir", rogueCA)
+	run("certs", "issue", "--dir", certs, "--role", "client", "--name", "admin")
 	run("certs", "issue", "--dir", rogueCA, "--role", "hostd", "--name", "b", "--host", "10.77.1.1")
 	a, b := testenv.NewNetNS(t, "a"), testenv.NewNetNS(t, "b")
 	testenv.Link(t, a, b, "10.77.1.1/24", "10.77.1.2/24")
@@ -90,6 +92,14 @@ func TestMigrationStreamTLS(t *testing.T) {
 	}
 	if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
 		t.Fatalf("a rogue with another CA's certificate fed the destination: %s", st.State)
+	}
+	// A client certificate of the cluster CA is not a hostd's.
+	if status := rogue.tryTLS(t, ctx, filepath.Join(certs, "ca.crt"), filepath.Join(certs, "client-admin.crt"),
+		filepath.Join(certs, "client-admin.key")); status == "completed" {
+		t.Fatalf("a rogue with the CA's client (not hostd) certificate completed its migration")
+	}
+	if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
+		t.Fatalf("a rogue with a client certificate fed the destination: %s", st.State)
 	}
 	t.Logf("plain rogue against TLS: %q", rogue.tryPlain(t, ctx))
 	time.Sleep(2 * time.Second) // let the destination read what the rogue sent
@@ -237,6 +247,7 @@ func (r *rogue) tryTLS(t *testing.T, ctx context.Context, ca, cert, key string) 
 		}
 		os.WriteFile(filepath.Join(dir, to), data, 0o600)
 	}
+	r.mon.Execute(ctx, "object-del", map[string]any{"id": "rogue"}, nil)
 	if err := r.mon.Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": "rogue",
 		"dir": dir, "endpoint": "client", "verify-peer": false}, nil); err != nil {
 		t.Fatal(err)
