@@ -26,6 +26,21 @@ type Config struct {
 	// MigrationAddress is the address of this host that migration sources
 	// connect to; incoming QEMUs listen on it.
 	MigrationAddress string `yaml:"migration_address"`
+	// MigrationPorts is the range ("LOW-HIGH") incoming QEMUs listen in;
+	// a source refuses a destination's stream address outside its own.
+	MigrationPorts string `yaml:"migration_ports"`
+	// TLSCert, TLSKey and TLSCA are this hostd's certificate (symvirt
+	// certs issue --role hostd), its key and the cluster CA. With them
+	// the TCP API is mutual TLS and so, by default, is the migration
+	// stream; checkpoint manifests are signed with the key and verified
+	// against the CA. Without them hostd makes a CA of its own in
+	// STATE_DIR/pki, so its checkpoints verify on this host only.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	TLSCA   string `yaml:"tls_ca"`
+	// MigrationTLS turns TLS on the migration stream off ("false", for a
+	// bench) or on; unset, it is on whenever TLSCert is set.
+	MigrationTLS *bool `yaml:"migration_tls"`
 	// Pools are this host's passthrough devices, by pool name; each entry
 	// is a set of device properties (a VF's host address; a MAC in tests).
 	Pools map[string][]map[string]string `yaml:"pools"`
@@ -41,14 +56,6 @@ type Config struct {
 	// under KVM, snapshot under TCG, where QEMU 7.2's precopy images
 	// were seen to miss guest writes (live.go).
 	LiveMode string `yaml:"live_mode"`
-	// TLSCert and TLSKey are this hostd's certificate (role hostd) and key;
-	// TLSCA is the cluster CA. Checkpoint manifests are signed with the key
-	// and verified against the CA. Without them hostd makes a CA of its own
-	// in STATE_DIR/pki, so its checkpoints verify on this host only.
-	TLSCert string `yaml:"tls_cert"`
-	TLSKey  string `yaml:"tls_key"`
-	TLSCA   string `yaml:"tls_ca"`
-
 	// Policy confines the files and host devices a VM spec may use.
 	Policy Policy `yaml:"policy"`
 	// QEMUUser, when set, is the unprivileged user QEMU runs as after it
@@ -106,6 +113,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MigrationAddress == "" {
 		c.MigrationAddress = "127.0.0.1"
+	}
+	if err := c.migrationDefaults(); err != nil {
+		return err
 	}
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 30 * time.Second

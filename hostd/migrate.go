@@ -136,7 +136,12 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 		params["downtime-limit"] = opts.DowntimeLimit.Milliseconds()
 	}
 	progress(Progress{Phase: "migrate"})
-	if len(opts.Capabilities) > 0 {
+	host, err := checkMigrationURI(inc.URI, opts.To, vm.h.cfg.migrationPorts())
+	if err == nil {
+		err = vm.setMigrationTLS(ctx, mon, "client", host)
+		defer vm.clearMigrationTLS(context.WithoutCancel(ctx), mon)
+	}
+	if err == nil && len(opts.Capabilities) > 0 {
 		err = mon.MigrateSetCapabilities(ctx, opts.Capabilities)
 	}
 	if err == nil {
@@ -253,8 +258,11 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err != nil {
 		return IncomingResponse{}, err
 	}
-	port, err := freePort(h.cfg.MigrationAddress)
+	port, err := freePort(h.cfg.MigrationAddress, h.cfg.migrationPorts())
 	if err != nil {
+		return IncomingResponse{}, err
+	}
+	if err := vm.setMigrationTLS(ctx, mon, "server", ""); err != nil {
 		return IncomingResponse{}, err
 	}
 	uri := "tcp:" + net.JoinHostPort(h.cfg.MigrationAddress, strconv.Itoa(port))
@@ -296,6 +304,7 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 	if _, err := mon.WaitMigration(wctx, 50*time.Millisecond, nil); err != nil {
 		return VMInfo{}, fmt.Errorf("vm %q: incoming: %w", vm.name, err)
 	}
+	vm.clearMigrationTLS(ctx, mon)
 	vm.mu.Lock()
 	vm.rt.Incoming = false
 	vm.saveRuntime()
@@ -327,13 +336,4 @@ func (vm *VM) AbortIncoming(ctx context.Context) error {
 	vm.h.forget(vm)
 	vm.log.Info("incoming migration aborted")
 	return nil
-}
-
-func freePort(addr string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("migration address %s: %w", addr, err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -554,6 +554,7 @@ func (vm *VM) completeIncoming(ctx context.Context) error {
 	if _, err := mon.WaitMigration(ctx, 20*time.Millisecond, nil); err != nil {
 		return fmt.Errorf("vm %q: incoming: %w", vm.name, err)
 	}
+	vm.clearMigrationTLS(ctx, mon)
 	vm.mu.Lock()
 	vm.rt.Incoming = false
 	vm.saveRuntime()
@@ -581,7 +582,15 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if err != nil {
 		return fmt.Errorf("vm %q: destination %s: %w", vm.name, req.Dest, err)
 	}
-	if err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30}); err == nil {
+	host, err := checkMigrationURI(inc.URI, req.Dest, vm.h.cfg.migrationPorts())
+	if err == nil {
+		err = vm.setMigrationTLS(ctx, mon, "client", host)
+		defer vm.clearMigrationTLS(context.WithoutCancel(ctx), mon)
+	}
+	if err == nil {
+		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30})
+	}
+	if err == nil {
 		err = mon.Migrate(ctx, inc.URI)
 	}
 	if err == nil {

@@ -41,6 +41,8 @@ func hostdCommand() *cli.Command {
 			&cli.StringFlag{Name: "accel", Usage: "kvm, tcg or auto (default tcg)"},
 			&cli.StringFlag{Name: "qemu", Usage: "QEMU binary"},
 			&cli.StringFlag{Name: "migration-address", Usage: "address incoming migrations listen on"},
+			&cli.StringFlag{Name: "migration-ports", Usage: "port range incoming migrations listen in (default 49152-49407)"},
+			&cli.BoolFlag{Name: "no-migration-tls", Usage: "send migration streams in the clear even with --tls-cert (a bench)"},
 			&cli.DurationFlag{Name: "guest-timeout", Usage: "deadline of a guest cooperation round"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "this hostd's certificate (symvirt certs issue --role hostd); with it the TCP API is mutual TLS"},
@@ -56,10 +58,6 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	insecure, err := checkListen(log, cmd.String("listen"), cmd.String("tls-cert") != "", cmd.Bool("insecure"))
-	if err != nil {
-		return err
-	}
 	var cfg hostd.Config
 	if p := cmd.String("config"); p != "" {
 		if cfg, err = hostd.LoadConfig(p); err != nil {
@@ -70,10 +68,18 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 		cfg.StateDir = cmd.String("state-dir")
 	}
 	for flag, dst := range map[string]*string{"accel": &cfg.Accel, "qemu": &cfg.QEMU, "migration-address": &cfg.MigrationAddress,
-		"tls-cert": &cfg.TLSCert, "tls-key": &cfg.TLSKey, "tls-ca": &cfg.TLSCA} {
+		"migration-ports": &cfg.MigrationPorts, "tls-cert": &cfg.TLSCert, "tls-key": &cfg.TLSKey, "tls-ca": &cfg.TLSCA} {
 		if v := cmd.String(flag); v != "" {
 			*dst = v
 		}
+	}
+	if cmd.Bool("no-migration-tls") {
+		off := false
+		cfg.MigrationTLS = &off
+	}
+	insecure, err := checkListen(log, cmd.String("listen"), cfg.TLSCert != "", cmd.Bool("insecure"))
+	if err != nil {
+		return err
 	}
 	if d := cmd.Duration("guest-timeout"); d > 0 {
 		cfg.GuestTimeout = d
@@ -122,8 +128,8 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	}
 	handler := h.Handler()
 	var serverTLS *tls.Config
-	if cert := cmd.String("tls-cert"); cert != "" {
-		key, ca := cmd.String("tls-key"), cmd.String("tls-ca")
+	if cert := cfg.TLSCert; cert != "" {
+		key, ca := cfg.TLSKey, cfg.TLSCA
 		// Roles are checked at the handshake; what each may call, in
 		// hostd's handler (hostd/peerauth.go).
 		if serverTLS, err = pki.ServerConfig(cert, key, ca, pki.RoleCoord, pki.RoleHostd); err != nil {

@@ -1,0 +1,286 @@
+package hostd_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/testenv"
+	"github.com/symvirt/symvirt/internal/testguest"
+	"github.com/symvirt/symvirt/qmp"
+)
+
+// ramMarker is what the guest keeps in RAM for the capture to look for.
+const ramMarker = "symvirt-ram-marker-5f3a9c1e7b2d4086"
+
+// markerRC writes the marker thousands of times into a file of the
+// initramfs root (RAM), so guest memory holds it in many pages.
+const markerRC = `#!/bin/sh
+( i=0; while [ $i -lt 4000 ]; do echo "` + ramMarker + ` $i"; i=$((i+1)); done > /marker
+  echo symvirt-marker-ready ) >/dev/console 2>&1 &
+`
+
+// TestMigrationStreamTLS captures a migration stream between two hostds
+// in network namespaces: with the hostds' certificates the stream is TLS
+// and the guest's RAM marker never shows on the wire; the same hostds
+// with migration TLS turned off (the control) send it in the clear.
+// Against the TLS destination a rogue QEMU with a certificate from
+// another CA, one with the cluster CA's client (not hostd) certificate,
+// then one without TLS, cannot feed the waiting QEMU;
+// without TLS (the control) the rogue's stream is taken.
+func TestMigrationStreamTLS(t *testing.T) {
+	testenv.RequireRoot(t)
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Skip("tcpdump not found: run make deps")
+	}
+	bin := testenv.Binary(t)
+	certs, rogueCA := t.TempDir(), t.TempDir()
+	run := func(args ...string) {
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("symvirt %v: %v\n%s", args, err, out)
+		}
+	}
+	run("certs", "init", "--dir", certs)
+	run("certs", "init", "--dir", rogueCA)
+	run("certs", "issue", "--dir", certs, "--role", "client", "--name", "admin")
+	run("certs", "issue", "--dir", rogueCA, "--role", "hostd", "--name", "b", "--host", "10.77.1.1")
+	a, b := testenv.NewNetNS(t, "a"), testenv.NewNetNS(t, "b")
+	testenv.Link(t, a, b, "10.77.1.1/24", "10.77.1.2/24")
+	start := func(name string, ns *testenv.NetNS, ip, mac string) *testenv.Hostd {
+		run("certs", "issue", "--dir", certs, "--role", "hostd", "--name", name, "--host", ip)
+		return testenv.StartHostd(t, name, ns, ip+":7070", "pools:\n  nic:\n    - {mac: \""+mac+"\"}\n",
+			"--tls-cert", filepath.Join(certs, "hostd-"+name+".crt"),
+			"--tls-key", filepath.Join(certs, "hostd-"+name+".key"), "--tls-ca", filepath.Join(certs, "ca.crt"))
+	}
+	src, dst := start("a", a, "10.77.1.1", "52:54:00:aa:00:01"), start("b", b, "10.77.1.2", "52:54:00:bb:00:01")
+	ctx := ctxT(t, 8*time.Minute)
+	kernel, _ := testguest.Paths(t)
+	spec := guestSpec(t, "mt1", "nic")
+	spec.Initrd = testguest.Initrd(t, map[string]testguest.File{"/etc/symvirt/rc.d/30-marker": {Mode: 0o755, Data: []byte(markerRC)}})
+	if _, err := src.Client().Create(ctx, spec, true); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, serialLog(src, "mt1"), regexp.MustCompile(`symvirt-marker-ready`), 120*time.Second)
+
+	wire, res := captureMigration(t, ctx, src, dst, "mt1")
+	t.Logf("with TLS: %d bytes captured, stream %d bytes, marker %d times", len(wire), res.Transferred, bytes.Count(wire, []byte(ramMarker)))
+	if n := bytes.Count(wire, []byte(ramMarker)); n != 0 || int64(len(wire)) < res.Transferred/2 {
+		t.Fatalf("with TLS: the marker is %d times in %d captured bytes (stream %d bytes); want 0 in a full capture", n, len(wire), res.Transferred)
+	}
+	waitCounter(t, serialLog(dst, "mt1"), 1, 60*time.Second)
+	assertRunningWith(t, dst.Client(), "mt1", "pt0", serialLog(dst, "mt1"))
+	// The TLS credentials do not outlive the migration: QEMU would wrap a
+	// checkpoint's stream in TLS too.
+	if _, err := dst.Client().Checkpoint(ctx, "mt1", hostd.CheckpointOptions{Dir: filepath.Join(t.TempDir(), "ck")}, nil); err != nil {
+		t.Fatalf("checkpoint after a TLS migration: %v", err)
+	}
+
+	rogue := startRogue(t, ctx, dst, a, kernel, "rg1")
+	if status := rogue.tryTLS(t, ctx, filepath.Join(rogueCA, "ca.crt"), filepath.Join(rogueCA, "hostd-b.crt"),
+		filepath.Join(rogueCA, "hostd-b.key")); status == "completed" {
+		t.Fatalf("a rogue with another CA's certificate completed its migration")
+	}
+	if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
+		t.Fatalf("a rogue with another CA's certificate fed the destination: %s", st.State)
+	}
+	// A client certificate of the cluster CA is not a hostd's.
+	if status := rogue.tryTLS(t, ctx, filepath.Join(certs, "ca.crt"), filepath.Join(certs, "client-admin.crt"),
+		filepath.Join(certs, "client-admin.key")); status == "completed" {
+		t.Fatalf("a rogue with the CA's client (not hostd) certificate completed its migration")
+	}
+	if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
+		t.Fatalf("a rogue with a client certificate fed the destination: %s", st.State)
+	}
+	t.Logf("plain rogue against TLS: %q", rogue.tryPlain(t, ctx))
+	time.Sleep(2 * time.Second) // let the destination read what the rogue sent
+	if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
+		t.Fatalf("a rogue without TLS fed the destination: %s", st.State)
+	}
+	if err := dst.Client().AbortIncoming(ctx, "rg1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The control: the same hostds with migration TLS off.
+	for _, h := range []*testenv.Hostd{src, dst} {
+		h.Kill()
+		h.Args = append(h.Args, "--no-migration-tls")
+		h.Start()
+	}
+	wire, res = captureMigration(t, ctx, dst, src, "mt1")
+	t.Logf("without TLS: %d bytes captured, stream %d bytes, marker %d times", len(wire), res.Transferred, bytes.Count(wire, []byte(ramMarker)))
+	if n := bytes.Count(wire, []byte(ramMarker)); n == 0 {
+		t.Fatalf("without TLS the marker is not in %d captured bytes (stream %d bytes): the capture proves nothing", len(wire), res.Transferred)
+	}
+	rogue = startRogue(t, ctx, dst, a, kernel, "rg2")
+	if status := rogue.tryPlain(t, ctx); status != "completed" {
+		t.Fatalf("without TLS a rogue's stream ended %q, want completed (the control)", status)
+	}
+	if st := mustStatus(t, dst.Client(), "rg2"); st.State == "incoming" {
+		t.Fatalf("without TLS the destination still waits after the rogue's stream")
+	}
+}
+
+// captureMigration migrates vm from one hostd to the other while tcpdump
+// records the destination namespace's traffic on the migration ports.
+func captureMigration(t *testing.T, ctx context.Context, from, to *testenv.Hostd, vm string) ([]byte, hostd.MigrateResult) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "mig.pcap")
+	cmd := exec.Command("ip", "netns", "exec", to.NS.Name, "tcpdump", "-i", "any", "-U", "-s", "0", "-w", file,
+		"tcp portrange 49152-49407")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		var seen strings.Builder
+		for sc.Scan() {
+			seen.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "listening on") {
+				ready <- ""
+				return
+			}
+		}
+		ready <- seen.String()
+	}()
+	if msg := <-ready; msg != "" {
+		t.Fatalf("tcpdump: %s", msg)
+	}
+	res, err := from.Client().Migrate(ctx, vm, hostd.MigrateOptions{To: to.Addr()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	wire, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := mustStatus(t, to.Client(), vm); st.State != "running" {
+		t.Fatalf("after migration: %s at the destination", st.State)
+	}
+	return wire, res
+}
+
+// rogue is a QEMU outside any hostd with the very machine a destination
+// waits for (its command line, copied), so only the channel decides
+// whether its stream is taken.
+type rogue struct {
+	mon *qmp.Client
+	uri string
+}
+
+func startRogue(t *testing.T, ctx context.Context, dst *testenv.Hostd, ns *testenv.NetNS, kernel, name string) *rogue {
+	t.Helper()
+	inc, err := dst.Client().Incoming(ctx, hostd.IncomingRequest{Spec: hostd.Spec{Name: name, Memory: 64, VCPUs: 1,
+		Kernel: kernel, Append: "console=ttyS0 quiet", Guest: hostd.Channel{Type: "none"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := mustStatus(t, dst.Client(), name)
+	argv, err := os.ReadFile("/proc/" + strconv.Itoa(st.PID) + "/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmDir, dir := filepath.Join(dst.StateDir, "vms", name), t.TempDir()
+	args := []string{"netns", "exec", ns.Name}
+	for _, a := range strings.Split(strings.TrimRight(string(argv), "\x00"), "\x00") {
+		if a == "-incoming" || a == "defer" {
+			continue
+		}
+		args = append(args, strings.ReplaceAll(a, vmDir, dir))
+	}
+	// ip netns exec execs QEMU: the process is QEMU.
+	cmd := exec.Command("ip", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("rogue qemu output:\n%s", out.String())
+		}
+	})
+	var mon *qmp.Client
+	sock := ""
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		m, _ := filepath.Glob(filepath.Join(dir, "qmp*.sock"))
+		if len(m) == 0 {
+			continue
+		}
+		sock = m[0]
+		if mon, err = qmp.Dial(ctx, "unix", sock); err == nil {
+			break
+		}
+	}
+	if mon == nil {
+		t.Fatalf("rogue qemu: no QMP at %s: %v", sock, err)
+	}
+	t.Cleanup(func() { mon.Close() })
+	return &rogue{mon: mon, uri: inc.URI}
+}
+
+// tryTLS migrates with credentials of the rogue's own CA; it does not
+// check the destination's certificate (it wants in, whoever that is).
+func (r *rogue) tryTLS(t *testing.T, ctx context.Context, ca, cert, key string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for from, to := range map[string]string{ca: "ca-cert.pem", cert: "client-cert.pem", key: "client-key.pem"} {
+		data, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, to), data, 0o600)
+	}
+	r.mon.Execute(ctx, "object-del", map[string]any{"id": "rogue"}, nil)
+	if err := r.mon.Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": "rogue",
+		"dir": dir, "endpoint": "client", "verify-peer": false}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.mon.MigrateSetParameters(ctx, map[string]any{"tls-creds": "rogue", "tls-hostname": "10.77.1.2"}); err != nil {
+		t.Fatal(err)
+	}
+	status := r.migrate(t, ctx)
+	r.mon.MigrateSetParameters(ctx, map[string]any{"tls-creds": "", "tls-hostname": ""})
+	return status
+}
+
+func (r *rogue) tryPlain(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	return r.migrate(t, ctx)
+}
+
+// migrate streams the rogue to the destination's URI and returns how its
+// migration ended ("completed", "failed"; "" if it never ended).
+func (r *rogue) migrate(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	if err := r.mon.Migrate(ctx, r.uri); err != nil {
+		t.Fatalf("rogue migrate: %v", err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		mi, err := r.mon.QueryMigrate(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mi.Status == "completed" || mi.Status == "failed" {
+			return mi.Status
+		}
+	}
+	r.mon.MigrateCancel(ctx)
+	return ""
+}
