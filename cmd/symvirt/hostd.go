@@ -40,7 +40,7 @@ func hostdCommand() *cli.Command {
 			&cli.BoolFlag{Name: "insecure", Usage: "allow --listen on a non-loopback address without TLS: anyone who reaches it is root here (tests only)"},
 			&cli.StringFlag{Name: "accel", Usage: "kvm, tcg or auto (default tcg)"},
 			&cli.StringFlag{Name: "qemu", Usage: "QEMU binary"},
-			&cli.StringFlag{Name: "migration-address", Usage: "address incoming migrations listen on"},
+			&cli.StringFlag{Name: "migration-address", Usage: "address incoming migrations listen on (default: the host of --listen; sources accept only that host)"},
 			&cli.StringFlag{Name: "migration-ports", Usage: "port range incoming migrations listen in (default 49152-49407)"},
 			&cli.BoolFlag{Name: "no-migration-tls", Usage: "send migration streams in the clear even with --tls-cert (a bench)"},
 			&cli.DurationFlag{Name: "guest-timeout", Usage: "deadline of a guest cooperation round"},
@@ -80,6 +80,9 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	insecure, err := checkListen(log, cmd.String("listen"), cfg.TLSCert != "", cmd.Bool("insecure"))
 	if err != nil {
 		return err
+	}
+	if cfg.MigrationAddress == "" {
+		cfg.MigrationAddress = listenHost(cmd.String("listen"))
 	}
 	if d := cmd.Duration("guest-timeout"); d > 0 {
 		cfg.GuestTimeout = d
@@ -193,4 +196,17 @@ func checkListen(log *slog.Logger, addr string, hasTLS, insecure bool) (bool, er
 	log.Warn("INSECURE: the TCP API has no TLS and no authentication: whoever reaches it is root on this host",
 		"listen", addr, "loopback", loopback)
 	return true, nil
+}
+
+// listenHost is the host of a --listen address when it names one address
+// (not a wildcard): the address migration sources are sent to.
+func listenHost(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return ""
+	}
+	return host
 }
