@@ -123,7 +123,7 @@ func (h *Host) Handler() http.Handler {
 		if !readReq(w, r, &opts) {
 			return
 		}
-		if err := h.directMigrationRefused(vm.name); err != nil {
+		if err := h.directMigrationRefused(vm.name, opts); err != nil {
 			writeErr(w, err)
 			return
 		}

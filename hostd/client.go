@@ -26,6 +26,9 @@ func NewClientTLS(addr string, cfg *tls.Config) *Client {
 // Addr returns the address the client talks to.
 func (c *Client) Addr() string { return c.api.Addr() }
 
+// Local reports whether the hostd is reached on a unix socket (this host).
+func (c *Client) Local() bool { return c.api.Local() }
+
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	return c.api.Do(ctx, method, path, body, out)
 }

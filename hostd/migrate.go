@@ -25,6 +25,9 @@ type MigrateOptions struct {
 	DependencyAware bool `json:"dependency_aware,omitempty"`
 	// Capabilities are extra QEMU migration capabilities (auto-converge...).
 	Capabilities map[string]bool `json:"capabilities,omitempty"`
+	// Grant is the coordinator's signed permission to hand the VM to a
+	// TLS destination (peerauth.go); it is passed on as it is.
+	Grant *Grant `json:"grant,omitempty"`
 }
 
 // MigrateResult reports a finished migration, with QEMU's own figures.
@@ -114,7 +117,7 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 		}
 	}
 	spec := vm.Spec()
-	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: coop.round()})
+	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: coop.round(), Grant: opts.Grant})
 	if err != nil {
 		err = fmt.Errorf("vm %q: destination %s: %w", vm.name, opts.To, err)
 		rollback(err)

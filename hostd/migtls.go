@@ -32,6 +32,9 @@ func (c *Config) migrationDefaults() error {
 	if _, err := parsePortRange(c.MigrationPorts); err != nil {
 		return err
 	}
+	if set, all := c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "", c.TLSCert != "" && c.TLSKey != "" && c.TLSCA != ""; set && !all {
+		return fmt.Errorf("config: tls_cert, tls_key and tls_ca go together (have %q, %q, %q)", c.TLSCert, c.TLSKey, c.TLSCA)
+	}
 	if c.MigrationTLS == nil {
 		on := c.TLSCert != ""
 		c.MigrationTLS = &on

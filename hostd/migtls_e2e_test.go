@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 	"github.com/symvirt/symvirt/qmp"
@@ -53,6 +54,7 @@ func TestMigrationStreamTLS(t *testing.T) {
 	run("certs", "init", "--dir", certs)
 	run("certs", "init", "--dir", rogueCA)
 	run("certs", "issue", "--dir", certs, "--role", "client", "--name", "admin")
+	run("certs", "issue", "--dir", certs, "--role", "coord", "--name", "coord")
 	run("certs", "issue", "--dir", rogueCA, "--role", "hostd", "--name", "b", "--host", "10.77.1.1")
 	a, b := testenv.NewNetNS(t, "a"), testenv.NewNetNS(t, "b")
 	testenv.Link(t, a, b, "10.77.1.1/24", "10.77.1.2/24")
@@ -158,7 +160,8 @@ func captureMigration(t *testing.T, ctx context.Context, from, to *testenv.Hostd
 	if msg := <-ready; msg != "" {
 		t.Fatalf("tcpdump: %s", msg)
 	}
-	res, err := from.Client().Migrate(ctx, vm, hostd.MigrateOptions{To: to.Addr()}, nil)
+	res, err := from.Client().Migrate(ctx, vm, hostd.MigrateOptions{To: to.Addr(),
+		Grant: coordGrant(t, filepath.Dir(from.Args[1]), vm, hostdName(from), hostdName(to))}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,4 +286,26 @@ func (r *rogue) migrate(t *testing.T, ctx context.Context) string {
 	}
 	r.mon.MigrateCancel(ctx)
 	return ""
+}
+
+// coordGrant signs, with the coordinator certificate "coord" of the PKI in
+// certs, a grant for a direct migration of vm from source to dest (hosts by
+// their certificates' names): what the coordinator gives a migrate step.
+func coordGrant(t *testing.T, certs, vm, source, dest string) *hostd.Grant {
+	t.Helper()
+	s, err := pki.LoadSigner(pki.CertPaths(certs, pki.RoleCoord, "coord"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := hostd.SignGrant(s, hostd.MigrationGrant{VM: vm, Source: source, Dest: dest, Expires: time.Now().Add(5 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// hostdName is the certificate name of a test hostd started with
+// --tls-cert DIR/hostd-NAME.crt.
+func hostdName(h *testenv.Hostd) string {
+	return strings.TrimSuffix(strings.TrimPrefix(filepath.Base(h.Args[1]), "hostd-"), ".crt")
 }

@@ -90,6 +90,7 @@ func TestMigrateRefusesPeerURI(t *testing.T) {
 		{"certs", "init", "--dir", certs},
 		{"certs", "issue", "--dir", certs, "--role", "hostd", "--name", "src", "--host", "127.0.0.1"},
 		{"certs", "issue", "--dir", certs, "--role", "hostd", "--name", "peer", "--host", "127.0.0.2"},
+		{"certs", "issue", "--dir", certs, "--role", "coord", "--name", "coord"},
 	} {
 		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
 			t.Fatalf("symvirt %v: %v\n%s", args, err, out)
@@ -139,7 +140,9 @@ func TestMigrateRefusesPeerURI(t *testing.T) {
 		{mtls, peerAddr, "tcp:127.0.0.2:22", "outside migration_ports"},
 	} {
 		c2.peer.answer(c2.uri)
-		_, err := c.Migrate(ctx, "mu1", hostd.MigrateOptions{To: c2.to}, nil)
+		// The coordinator granted the migration; the peer abuses it.
+		grant := coordGrant(t, certs, "mu1", "src", "peer")
+		_, err := c.Migrate(ctx, "mu1", hostd.MigrateOptions{To: c2.to, Grant: grant}, nil)
 		if !errors.Is(err, hostd.ErrMigration) || !strings.Contains(err.Error(), c2.uri) ||
 			!strings.Contains(err.Error(), c2.whyInErr) || !strings.Contains(err.Error(), "unauthorized") {
 			t.Fatalf("peer %s answering %q: %v, want ErrMigration (unauthorized) naming the URI and %q", c2.to, c2.uri, err, c2.whyInErr)

@@ -21,7 +21,8 @@ import (
 //     its source, and only that peer may finish, abort or read it;
 //   - the unix socket (no TLS) is local root and may call everything.
 // A direct `symvirt vm migrate` between TLS hostds has no coordinator to
-// grant it and is refused at the source: migrate through the coordinator.
+// grant it and is refused at the source (migrate through the coordinator),
+// unless its caller brings a grant the coordinator's key signed.
 
 // grantDomain separates migration grants from every other signed payload.
 const grantDomain = "symvirt migration grant v1"
@@ -206,9 +207,11 @@ func (h *Host) admitIncoming(ctx context.Context, req IncomingRequest) (string, 
 }
 
 // directMigrationRefused: a VM is handed to a TLS peer only with a
-// coordinator's grant, which a direct migration does not have.
-func (h *Host) directMigrationRefused(vm string) error {
-	if h.PeerTLS == nil {
+// coordinator's grant, which a direct migration has only where the caller
+// holds one (the coordinator's key signed it); a destination on this
+// host's unix socket is local root and needs none.
+func (h *Host) directMigrationRefused(vm string, opts MigrateOptions) error {
+	if h.PeerTLS == nil || opts.Grant != nil || h.peer(opts.To).Local() {
 		return nil
 	}
 	return fmt.Errorf("vm %q: a migration between TLS hostds needs the coordinator's grant: "+

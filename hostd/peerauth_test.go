@@ -193,11 +193,19 @@ func must(cert, _ string) string { return cert }
 // coordinator grant: it is refused before anything is paused, pointing at
 // the coordinator; without TLS (unix sockets, tests) it goes on.
 func TestDirectMigrationBetweenTLSHostdsRefused(t *testing.T) {
-	err := (&Host{PeerTLS: &tls.Config{}}).directMigrationRefused("vm1")
+	tlsHost := &Host{PeerTLS: &tls.Config{}}
+	err := tlsHost.directMigrationRefused("vm1", MigrateOptions{To: "10.0.0.2:7070"})
 	if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "symvirt migrate vm1 --to HOST") {
 		t.Fatalf("direct migration between TLS hostds: %v", err)
 	}
-	if err := (&Host{}).directMigrationRefused("vm1"); err != nil {
+	if err := (&Host{}).directMigrationRefused("vm1", MigrateOptions{To: "10.0.0.2:7070"}); err != nil {
 		t.Fatalf("direct migration without TLS: %v", err)
+	}
+	if err := tlsHost.directMigrationRefused("vm1", MigrateOptions{To: "/run/b/hostd.sock"}); err != nil {
+		t.Fatalf("direct migration to a local unix socket: %v", err)
+	}
+	// The destination judges the grant itself (TestAdmitIncoming).
+	if err := tlsHost.directMigrationRefused("vm1", MigrateOptions{To: "10.0.0.2:7070", Grant: &Grant{}}); err != nil {
+		t.Fatalf("direct migration with a grant: %v", err)
 	}
 }

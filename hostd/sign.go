@@ -40,14 +40,11 @@ type manifestKeys struct {
 // STATE_DIR/pki (made once), whose checkpoints verify on this host only.
 func loadManifestKeys(cfg Config) (*manifestKeys, error) {
 	cert, key, ca := cfg.TLSCert, cfg.TLSKey, cfg.TLSCA
-	switch {
-	case cert == "" && key == "" && ca == "":
+	if cert == "" { // setDefaults saw to it that all three go together
 		var err error
 		if cert, key, ca, err = localPKI(filepath.Join(cfg.StateDir, "pki")); err != nil {
 			return nil, err
 		}
-	case cert == "" || key == "" || ca == "":
-		return nil, fmt.Errorf("config: tls_cert, tls_key and tls_ca go together (have %q, %q, %q)", cert, key, ca)
 	}
 	s, err := pki.LoadSigner(cert, key)
 	if err != nil {

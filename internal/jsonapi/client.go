@@ -56,6 +56,13 @@ func unixPath(addr string) (string, bool) {
 // Addr returns the server's address.
 func (c *Client) Addr() string { return c.addr }
 
+// Local reports whether the server is on a unix socket (this host, plain
+// HTTP) rather than TCP (mutual TLS where configured).
+func (c *Client) Local() bool {
+	_, ok := unixPath(c.addr)
+	return ok
+}
+
 func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
