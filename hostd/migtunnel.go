@@ -33,6 +33,8 @@ const (
 	tunnelInFD  = "symvirt-migin"
 	// tunnelChunk is how much one read from QEMU may carry into TLS.
 	tunnelChunk = 1 << 20
+	// tunnelSocketBuf is the send buffer of both ends of QEMU's socket.
+	tunnelSocketBuf = 4 << 20
 	// tunnelHandshake bounds a connection's TLS handshake at either end.
 	tunnelHandshake = 15 * time.Second
 	// tunnelConnectWait is how long a destination waits for its source to
@@ -49,6 +51,13 @@ func socketPair() (qemuEnd *os.File, ours *net.UnixConn, err error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("migration socketpair: %w", err)
+	}
+	for _, fd := range fds {
+		// Room for several of QEMU's 256 KiB writes, so that QEMU and the
+		// copy rarely wait on each other (FORCE: hostd is root; best effort).
+		if syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUFFORCE, tunnelSocketBuf) != nil {
+			syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, tunnelSocketBuf)
+		}
 	}
 	qemuEnd = os.NewFile(uintptr(fds[0]), "migration-qemu")
 	f := os.NewFile(uintptr(fds[1]), "migration-hostd")
