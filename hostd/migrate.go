@@ -3,8 +3,6 @@ package hostd
 import (
 	"context"
 	"fmt"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/symvirt/symvirt/qmp"
@@ -139,10 +137,11 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 		params["downtime-limit"] = opts.DowntimeLimit.Milliseconds()
 	}
 	progress(Progress{Phase: "migrate"})
+	var tun *outTunnel
+	qemuURI := ""
 	host, err := checkMigrationURI(inc.URI, opts.To, vm.h.cfg.migrationPorts())
 	if err == nil {
-		err = vm.setMigrationTLS(ctx, mon, "client", host)
-		defer vm.clearMigrationTLS(context.WithoutCancel(ctx), mon)
+		tun, qemuURI, err = vm.streamTo(ctx, mon, inc.URI, host)
 	}
 	if err == nil && len(opts.Capabilities) > 0 {
 		err = mon.MigrateSetCapabilities(ctx, opts.Capabilities)
@@ -151,7 +150,7 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 		err = mon.MigrateSetParameters(ctx, params)
 	}
 	if err == nil {
-		err = mon.Migrate(ctx, inc.URI)
+		err = mon.Migrate(ctx, qemuURI)
 	}
 	var info qmp.MigrationInfo
 	if err == nil {
@@ -160,8 +159,12 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 				Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
 		})
 	}
+	if err == nil {
+		err = tun.finish()
+	}
 	if err != nil {
 		mon.MigrateCancel(context.WithoutCancel(ctx))
+		err = withTunnelErr(err, tun.abort(context.WithoutCancel(ctx), mon))
 		abortDest()
 		err = fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
 		rollback(err)
@@ -261,15 +264,12 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err != nil {
 		return IncomingResponse{}, err
 	}
-	port, err := freePort(h.cfg.MigrationAddress, h.cfg.migrationPorts())
+	wait := tunnelConnectWait
+	if req.Lease > 0 {
+		wait = 2 * req.Lease
+	}
+	uri, err := vm.incomingStream(ctx, mon, from, wait)
 	if err != nil {
-		return IncomingResponse{}, err
-	}
-	if err := vm.setMigrationTLS(ctx, mon, "server", ""); err != nil {
-		return IncomingResponse{}, err
-	}
-	uri := "tcp:" + net.JoinHostPort(h.cfg.MigrationAddress, strconv.Itoa(port))
-	if err := mon.MigrateIncoming(ctx, uri); err != nil {
 		return IncomingResponse{}, err
 	}
 	vm.mu.Lock()
@@ -307,7 +307,6 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 	if _, err := mon.WaitMigration(wctx, 50*time.Millisecond, nil); err != nil {
 		return VMInfo{}, fmt.Errorf("vm %q: incoming: %w", vm.name, err)
 	}
-	vm.clearMigrationTLS(ctx, mon)
 	vm.mu.Lock()
 	vm.rt.Incoming = false
 	vm.saveRuntime()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,12 +34,15 @@ const markerRC = `#!/bin/sh
 
 // TestMigrationStreamTLS captures a migration stream between two hostds
 // in network namespaces: with the hostds' certificates the stream is TLS
-// and the guest's RAM marker never shows on the wire; the same hostds
-// with migration TLS turned off (the control) send it in the clear.
-// Against the TLS destination a rogue QEMU with a certificate from
-// another CA, one with the cluster CA's client (not hostd) certificate,
-// then one without TLS, cannot feed the waiting QEMU;
-// without TLS (the control) the rogue's stream is taken.
+// (hostd's own tunnel) and the guest's RAM marker never shows on the
+// wire; the same hostds with migration TLS turned off (the control) send
+// it in the clear. Against a TLS destination waiting for a VM that hostd
+// a was granted to hand over, a rogue QEMU streaming with another CA's
+// hostd certificate, the cluster CA's client or coordinator certificate,
+// another hostd's certificate, or no TLS, cannot feed the waiting QEMU;
+// with hostd a's certificate the same stream is taken (so the refusals
+// came from the certificates). Without TLS (the control) a rogue's plain
+// stream is taken.
 func TestMigrationStreamTLS(t *testing.T) {
 	testenv.RequireRoot(t)
 	if _, err := exec.LookPath("tcpdump"); err != nil {
@@ -55,6 +59,7 @@ func TestMigrationStreamTLS(t *testing.T) {
 	run("certs", "init", "--dir", rogueCA)
 	run("certs", "issue", "--dir", certs, "--role", "client", "--name", "admin")
 	run("certs", "issue", "--dir", certs, "--role", "coord", "--name", "coord")
+	run("certs", "issue", "--dir", certs, "--role", "hostd", "--name", "c", "--host", "10.77.1.1")
 	run("certs", "issue", "--dir", rogueCA, "--role", "hostd", "--name", "b", "--host", "10.77.1.1")
 	a, b := testenv.NewNetNS(t, "a"), testenv.NewNetNS(t, "b")
 	testenv.Link(t, a, b, "10.77.1.1/24", "10.77.1.2/24")
@@ -87,26 +92,43 @@ func TestMigrationStreamTLS(t *testing.T) {
 		t.Fatalf("checkpoint after a TLS migration: %v", err)
 	}
 
-	rogue := startRogue(t, ctx, dst, a, kernel, "rg1")
-	if status := rogue.tryTLS(t, ctx, filepath.Join(rogueCA, "ca.crt"), filepath.Join(rogueCA, "hostd-b.crt"),
-		filepath.Join(rogueCA, "hostd-b.key")); status == "completed" {
-		t.Fatalf("a rogue with another CA's certificate completed its migration")
-	}
-	if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
-		t.Fatalf("a rogue with another CA's certificate fed the destination: %s", st.State)
-	}
-	// A client certificate of the cluster CA is not a hostd's.
-	if status := rogue.tryTLS(t, ctx, filepath.Join(certs, "ca.crt"), filepath.Join(certs, "client-admin.crt"),
-		filepath.Join(certs, "client-admin.key")); status == "completed" {
-		t.Fatalf("a rogue with the CA's client (not hostd) certificate completed its migration")
-	}
-	if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
-		t.Fatalf("a rogue with a client certificate fed the destination: %s", st.State)
+	// A rogue QEMU in the source's namespace streams a real VM to the port
+	// the destination (a TLS hostd) waits on for rg1, which hostd a was
+	// granted to hand over.
+	inc := peerIncoming(t, a, certs, "a", "b", rogueSpec("rg1", kernel))
+	rogue := startRogue(t, ctx, dst, a, "rg1", inc)
+	for _, c := range []struct{ what, dir, cert string }{
+		{"another CA's hostd certificate", rogueCA, "hostd-b"},
+		{"the CA's client certificate", certs, "client-admin"},
+		{"the CA's coordinator certificate", certs, "coord-coord"},
+		{"another hostd's certificate than the granted source", certs, "hostd-c"},
+	} {
+		status := rogue.tryTLS(t, ctx, filepath.Join(c.dir, "ca.crt"), filepath.Join(c.dir, c.cert+".crt"), filepath.Join(c.dir, c.cert+".key"))
+		t.Logf("rogue with %s: %q", c.what, status)
+		if status == "completed" {
+			t.Fatalf("a rogue with %s completed its migration", c.what)
+		}
+		if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
+			t.Fatalf("a rogue with %s fed the destination: %s", c.what, st.State)
+		}
 	}
 	t.Logf("plain rogue against TLS: %q", rogue.tryPlain(t, ctx))
 	time.Sleep(2 * time.Second) // let the destination read what the rogue sent
 	if st := mustStatus(t, dst.Client(), "rg1"); st.State != "incoming" {
 		t.Fatalf("a rogue without TLS fed the destination: %s", st.State)
+	}
+	// The same stream with the granted source's certificate is taken: the
+	// refusals above came from the certificates, and left the wait intact.
+	if status := rogue.tryTLS(t, ctx, filepath.Join(certs, "ca.crt"), filepath.Join(certs, "hostd-a.crt"), filepath.Join(certs, "hostd-a.key")); status != "completed" {
+		t.Fatalf("the granted source's certificate: stream ended %q, want completed", status)
+	}
+	for deadline := time.Now().Add(30 * time.Second); mustStatus(t, dst.Client(), "rg1").State == "incoming"; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the granted source's stream completed but the destination still waits")
+		}
+	}
+	if st := mustStatus(t, dst.Client(), "rg1"); st.State == "stopped" {
+		t.Fatalf("the granted source's stream did not load: %s", st.State)
 	}
 	if err := dst.Client().AbortIncoming(ctx, "rg1"); err != nil {
 		t.Fatal(err)
@@ -123,7 +145,11 @@ func TestMigrationStreamTLS(t *testing.T) {
 	if n := bytes.Count(wire, []byte(ramMarker)); n == 0 {
 		t.Fatalf("without TLS the marker is not in %d captured bytes (stream %d bytes): the capture proves nothing", len(wire), res.Transferred)
 	}
-	rogue = startRogue(t, ctx, dst, a, kernel, "rg2")
+	inc2, err := dst.Client().Incoming(ctx, hostd.IncomingRequest{Spec: rogueSpec("rg2", kernel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue = startRogue(t, ctx, dst, a, "rg2", inc2.URI)
 	if status := rogue.tryPlain(t, ctx); status != "completed" {
 		t.Fatalf("without TLS a rogue's stream ended %q, want completed (the control)", status)
 	}
@@ -185,13 +211,8 @@ type rogue struct {
 	uri string
 }
 
-func startRogue(t *testing.T, ctx context.Context, dst *testenv.Hostd, ns *testenv.NetNS, kernel, name string) *rogue {
+func startRogue(t *testing.T, ctx context.Context, dst *testenv.Hostd, ns *testenv.NetNS, name, uri string) *rogue {
 	t.Helper()
-	inc, err := dst.Client().Incoming(ctx, hostd.IncomingRequest{Spec: hostd.Spec{Name: name, Memory: 64, VCPUs: 1,
-		Kernel: kernel, Append: "console=ttyS0 quiet", Guest: hostd.Channel{Type: "none"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	st := mustStatus(t, dst.Client(), name)
 	argv, err := os.ReadFile("/proc/" + strconv.Itoa(st.PID) + "/cmdline")
 	if err != nil {
@@ -235,7 +256,7 @@ func startRogue(t *testing.T, ctx context.Context, dst *testenv.Hostd, ns *teste
 		t.Fatalf("rogue qemu: no QMP at %s: %v", sock, err)
 	}
 	t.Cleanup(func() { mon.Close() })
-	return &rogue{mon: mon, uri: inc.URI}
+	return &rogue{mon: mon, uri: uri}
 }
 
 // tryTLS migrates with credentials of the rogue's own CA; it does not
@@ -308,4 +329,34 @@ func coordGrant(t *testing.T, certs, vm, source, dest string) *hostd.Grant {
 // --tls-cert DIR/hostd-NAME.crt.
 func hostdName(h *testenv.Hostd) string {
 	return strings.TrimSuffix(strings.TrimPrefix(filepath.Base(h.Args[1]), "hostd-"), ".crt")
+}
+
+func rogueSpec(name, kernel string) hostd.Spec {
+	return hostd.Spec{Name: name, Memory: 64, VCPUs: 1, Kernel: kernel, Append: "console=ttyS0 quiet", Guest: hostd.Channel{Type: "none"}}
+}
+
+// peerIncoming asks the destination (at 10.77.1.2) for an incoming
+// migration as hostd "from" would, over mutual TLS from namespace ns with
+// the coordinator's grant naming it the source; it returns the URI.
+func peerIncoming(t *testing.T, ns *testenv.NetNS, certs, from, to string, spec hostd.Spec) string {
+	t.Helper()
+	cfg, err := pki.ClientConfig(filepath.Join(certs, "hostd-"+from+".crt"), filepath.Join(certs, "hostd-"+from+".key"),
+		filepath.Join(certs, "ca.crt"), pki.RoleHostd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(hostd.IncomingRequest{Spec: spec, Grant: coordGrant(t, certs, spec.Name, from, to)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := testenv.HTTPClientIn(ns, cfg).Post("https://10.77.1.2:7070/v1/incoming", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var inc hostd.IncomingResponse
+	if err := json.NewDecoder(resp.Body).Decode(&inc); err != nil || resp.StatusCode != 200 || inc.URI == "" {
+		t.Fatalf("incoming as peer %s: %s %+v %v", from, resp.Status, inc, err)
+	}
+	return inc.URI
 }

@@ -2,7 +2,6 @@ package hostd
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -95,21 +94,13 @@ func isUnixAddr(addr string) bool {
 	return strings.HasPrefix(addr, "unix:") || strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, ".")
 }
 
-// freePort finds a port in ports that addr can listen on now, starting at
-// a random one so concurrent incoming migrations rarely collide.
+// freePort finds a port in ports that addr can listen on now (QEMU then
+// listens there).
 func freePort(addr string, ports portRange) (int, error) {
-	n := ports.hi - ports.lo + 1
-	first := rand.IntN(n)
-	var lastErr error
-	for i := range n {
-		port := ports.lo + (first+i)%n
-		l, err := net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		l.Close()
-		return port, nil
+	l, port, err := listenMigration(addr, ports)
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("migration address %s: no free port in %s: %w", addr, ports, lastErr)
+	l.Close()
+	return port, nil
 }

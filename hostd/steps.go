@@ -554,7 +554,6 @@ func (vm *VM) completeIncoming(ctx context.Context) error {
 	if _, err := mon.WaitMigration(ctx, 20*time.Millisecond, nil); err != nil {
 		return fmt.Errorf("vm %q: incoming: %w", vm.name, err)
 	}
-	vm.clearMigrationTLS(ctx, mon)
 	vm.mu.Lock()
 	vm.rt.Incoming = false
 	vm.saveRuntime()
@@ -582,22 +581,27 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if err != nil {
 		return fmt.Errorf("vm %q: destination %s: %w", vm.name, req.Dest, err)
 	}
+	var tun *outTunnel
+	qemuURI := ""
 	host, err := checkMigrationURI(inc.URI, req.Dest, vm.h.cfg.migrationPorts())
 	if err == nil {
-		err = vm.setMigrationTLS(ctx, mon, "client", host)
-		defer vm.clearMigrationTLS(context.WithoutCancel(ctx), mon)
+		tun, qemuURI, err = vm.streamTo(ctx, mon, inc.URI, host)
 	}
 	if err == nil {
 		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30})
 	}
 	if err == nil {
-		err = mon.Migrate(ctx, inc.URI)
+		err = mon.Migrate(ctx, qemuURI)
 	}
 	if err == nil {
 		_, err = mon.WaitMigration(ctx, 50*time.Millisecond, nil)
 	}
+	if err == nil {
+		err = tun.finish()
+	}
 	if err != nil {
 		mon.MigrateCancel(context.WithoutCancel(ctx))
+		err = withTunnelErr(err, tun.abort(context.WithoutCancel(ctx), mon))
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 		dest.AbortIncoming(actx, vm.name)
 		cancel()
