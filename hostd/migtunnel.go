@@ -100,6 +100,10 @@ func (h *Host) migrationTLSConfig(server bool) (*tls.Config, error) {
 		return nil, fmt.Errorf("migration tls: %w", err)
 	}
 	cfg.DynamicRecordSizingDisabled = true
+	// No post-handshake session tickets: a source that never reads (QEMU's
+	// own TLS client does not) would close with them unread, so its kernel
+	// resets the connection and ours drops the stream's unread tail.
+	cfg.SessionTicketsDisabled = true
 	return cfg, nil
 }
 
