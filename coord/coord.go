@@ -314,7 +314,7 @@ func (c *Coord) RemoveCheckpoint(ctx context.Context, id string) error {
 			return err
 		}
 		res, err := c.client(h.Addr).Step(ctx, hostd.StepRequest{ID: "rm/" + id + "/" + v.Name, Op: "rm-" + id,
-			Kind: hostd.StepDeleteArtifacts, VM: v.Name, Dir: v.Dir})
+			Kind: hostd.StepDeleteArtifacts, VM: v.Name, Save: &hostd.SaveArgs{Dir: v.Dir}})
 		if err != nil {
 			return err
 		}

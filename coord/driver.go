@@ -151,42 +151,9 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 	if !ok {
 		return fail(fmt.Sprintf("unknown host %q", a.Host))
 	}
-	req := hostd.StepRequest{ID: a.ID.String(), Op: a.ID.Op, Kind: string(a.Type), VM: a.VM,
-		OpKind: string(rec.Op.Kind), Outcome: a.Outcome, Live: a.Live, Lease: c.cfg.Lease, Deadline: a.Deadline,
-		Freeze: rec.Freeze && a.Type == machine.Prepare}
-	switch a.Type {
-	case machine.Save, machine.Restore, machine.DeleteArtifacts:
-		dir, err := c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
-		if err != nil {
-			return fail(err.Error())
-		}
-		req.Dir = dir
-		req.Live = a.Type == machine.Save && rec.Live
-		req.Bandwidth = rec.Bandwidth
-	case machine.Stop:
-		// A live checkpoint's cut is a network fence where hostd can.
-		req.Live = rec.Op.Kind == machine.KindCheckpoint && rec.Live
-	case machine.Detach:
-		if rec.Op.Kind == machine.KindCheckpoint && rec.Live {
-			// hostd arms the snapshot while the VM still runs: after the
-			// STOP barrier the save is one QMP command.
-			dir, err := c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
-			if err != nil {
-				return fail(err.Error())
-			}
-			req.Dir, req.Live, req.Bandwidth = dir, true, rec.Bandwidth
-		}
-	case machine.Migrate:
-		dest, ok := rec.Hosts[a.Dest]
-		if !ok {
-			return fail(fmt.Sprintf("unknown destination %q", a.Dest))
-		}
-		req.Dest = dest
-		grant, err := c.grant(a)
-		if err != nil {
-			return fail(err.Error())
-		}
-		req.Grant = grant
+	req, err := c.stepRequest(rec, a)
+	if err != nil {
+		return fail(err.Error())
 	}
 	cctx, cancel := context.WithDeadline(ctx, a.Deadline.Add(5*time.Second))
 	defer cancel()
@@ -201,7 +168,55 @@ func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) ma
 		c.log.Warn("step departed from its request", "op", a.ID.Op, "vm", a.VM, "step", a.Type, "note", res.Note)
 		rec.notes.add(a.VM, res.Note)
 	}
+	if req.Kind == hostd.StepPoint && res.OK && res.Digest == "" {
+		res.Digest = "streaming" // the digest comes with wait-save, in record
+	}
 	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest, Now: time.Now()}
+}
+
+// stepRequest is the hostd step that executes a.
+func (c *Coord) stepRequest(rec *OpRecord, a machine.Action) (hostd.StepRequest, error) {
+	req := hostd.StepRequest{ID: a.ID.String(), Op: a.ID.Op, Kind: string(a.Type), VM: a.VM,
+		Lease: c.cfg.Lease, Deadline: a.Deadline}
+	live := rec.Op.Kind == machine.KindCheckpoint && rec.Live
+	switch a.Type {
+	case machine.Prepare:
+		req.Prepare = &hostd.PrepareArgs{Operation: string(rec.Op.Kind), Freeze: rec.Freeze}
+	case machine.Resume:
+		req.Resume = &hostd.ResumeArgs{Outcome: a.Outcome}
+	case machine.Detach, machine.Stop, machine.Save, machine.Restore, machine.DeleteArtifacts:
+		if a.Type == machine.Detach && !live || a.Type == machine.Stop {
+			break
+		}
+		dir, err := c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
+		if err != nil {
+			return req, err
+		}
+		req.Save = &hostd.SaveArgs{Dir: dir, Bandwidth: rec.Bandwidth}
+	case machine.Migrate:
+		dest, ok := rec.Hosts[a.Dest]
+		if !ok {
+			return req, fmt.Errorf("unknown destination %q", a.Dest)
+		}
+		grant, err := c.grant(a)
+		if err != nil {
+			return req, err
+		}
+		req.Migrate = &hostd.MigrateArgs{Dest: dest, Grant: grant}
+	}
+	if live {
+		// A live checkpoint's detach arms, its stop fences, its save
+		// takes the snapshot point.
+		switch a.Type {
+		case machine.Detach:
+			req.Kind = hostd.StepArm
+		case machine.Stop:
+			req.Kind = hostd.StepFence
+		case machine.Save:
+			req.Kind = hostd.StepPoint
+		}
+	}
+	return req, nil
 }
 
 // grant signs the coordinator's permission for a migration's source to
@@ -303,7 +318,7 @@ func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (
 				// hostd that died mid-stream answers that it has no
 				// complete checkpoint.
 				r, err = c.client(rec.Hosts[v.Host]).Step(wctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/save-wait",
-					Op: rec.Op.ID, Kind: hostd.StepSaveWait, VM: v.Name, Dir: v.Dir})
+					Op: rec.Op.ID, Kind: hostd.StepWaitSave, VM: v.Name, Save: &hostd.SaveArgs{Dir: v.Dir}})
 				if err == nil || !sleepCtx(wctx, time.Second) {
 					break
 				}
@@ -332,7 +347,7 @@ func (c *Coord) deleteArtifacts(ctx context.Context, rec *OpRecord, ck Checkpoin
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		for {
 			r, err := c.client(rec.Hosts[v.Host]).Step(dctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/delete-live",
-				Op: rec.Op.ID, Kind: hostd.StepDeleteArtifacts, VM: v.Name, Dir: v.Dir})
+				Op: rec.Op.ID, Kind: hostd.StepDeleteArtifacts, VM: v.Name, Save: &hostd.SaveArgs{Dir: v.Dir}})
 			if err == nil && r.OK {
 				break
 			}

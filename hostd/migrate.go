@@ -339,3 +339,50 @@ func (vm *VM) AbortIncoming(ctx context.Context) error {
 	vm.log.Info("incoming migration aborted")
 	return nil
 }
+
+// migrateStep streams the VM to a destination that keeps it paused; the
+// source stays paused too until the coordinator resumes one of them.
+func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
+	mon, err := vm.monitor()
+	if err != nil {
+		return err
+	}
+	spec := vm.Spec()
+	vm.mu.Lock()
+	round := vm.rt.Round
+	vm.mu.Unlock()
+	dest := vm.h.peer(req.Migrate.Dest)
+	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round,
+		Op: req.Op, Lease: req.Lease, Grant: req.Migrate.Grant})
+	if err != nil {
+		return fmt.Errorf("vm %q: destination %s: %w", vm.name, req.Migrate.Dest, err)
+	}
+	var tun *outTunnel
+	qemuURI := ""
+	host, err := checkMigrationURI(inc.URI, req.Migrate.Dest, vm.h.cfg.migrationPorts())
+	if err == nil {
+		tun, qemuURI, err = vm.streamTo(ctx, mon, inc.URI, host)
+	}
+	if err == nil {
+		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30})
+	}
+	if err == nil {
+		err = mon.Migrate(ctx, qemuURI)
+	}
+	if err == nil {
+		_, err = mon.WaitMigration(ctx, 50*time.Millisecond, nil)
+	}
+	if err == nil {
+		err = tun.finish()
+	}
+	if err != nil {
+		mon.MigrateCancel(context.WithoutCancel(ctx))
+		err = withTunnelErr(err, tun.abort(context.WithoutCancel(ctx), mon))
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		dest.AbortIncoming(actx, vm.name)
+		cancel()
+		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
+	}
+	vm.h.setLease(vm.name, req.Op, req.Lease, req.Migrate.Dest)
+	return nil
+}

@@ -44,45 +44,58 @@ const (
 	StepKill            = "kill"
 	StepCancelMigrate   = "cancel-migrate"
 	StepDeleteArtifacts = "delete-artifacts"
-	// StepSaveWait waits for a live save's stream and returns its digest.
-	StepSaveWait = "save-wait"
+	// A live checkpoint's steps (coord/machine's Arm, Fence, Point,
+	// WaitSave): the VM runs on through its copy.
+	StepArm      = "arm"
+	StepFence    = "fence"
+	StepPoint    = "point"
+	StepWaitSave = "wait-save"
 )
 
-// StepRequest is one action of a coordinator operation.
+// StepRequest is one step of an operation: the header every step carries
+// and the arguments of its kind, in the field named after it (the others
+// stay nil). Validate says which kinds take which arguments.
 type StepRequest struct {
-	ID      string `json:"id"` // the action id, for de-duplication
-	Op      string `json:"op"` // the operation id, for fencing and leases
-	Kind    string `json:"kind"`
-	VM      string `json:"vm"`
-	OpKind  string `json:"op_kind,omitempty"` // checkpoint | migrate | restart: what the guest is told is coming
-	Outcome string `json:"outcome,omitempty"`
-	// Dir is the VM's checkpoint directory (save, restore,
-	// delete-artifacts).
-	Dir string `json:"dir,omitempty"`
-	// Dest is the destination hostd's API address (migrate).
-	Dest string `json:"dest,omitempty"`
-	Live bool   `json:"live,omitempty"`
-	// Bandwidth caps a live save's stream (bytes/s).
-	Bandwidth int64 `json:"bandwidth,omitempty"`
-	// Freeze (prepare of a migration): dependency-aware, see MigrateOptions.
-	Freeze bool `json:"freeze,omitempty"`
+	ID   string `json:"id"` // the action id, for de-duplication
+	Op   string `json:"op"` // the operation id, for fencing and leases
+	Kind string `json:"kind"`
+	VM   string `json:"vm"`
 	// Lease bounds how long the VM may stay paused, detached or in a
-	// guest round without the coordinator renewing.
+	// guest round without the operation's driver renewing it.
 	Lease    time.Duration `json:"lease_ns,omitempty"`
 	Deadline time.Time     `json:"deadline,omitzero"`
-	// Grant (migrate) is the coordinator's signed permission for this
-	// host to hand the VM to Dest; the source forwards it.
-	Grant *Grant `json:"grant,omitempty"`
 
-	// note collects what the step did differently from what was asked.
-	note *string
+	Prepare *PrepareArgs `json:"prepare,omitempty"` // prepare
+	Save    *SaveArgs    `json:"save,omitempty"`    // save, arm, point, wait-save, restore, delete-artifacts
+	Migrate *MigrateArgs `json:"migrate,omitempty"` // migrate
+	Resume  *ResumeArgs  `json:"resume,omitempty"`  // resume
 }
 
-// notef says how a step departed from its request (it still succeeded).
-func (r StepRequest) notef(format string, a ...any) {
-	if r.note != nil {
-		*r.note = fmt.Sprintf(format, a...)
-	}
+// PrepareArgs: what the guest is told is coming.
+type PrepareArgs struct {
+	Operation string `json:"operation"` // checkpoint | migrate | restore | rejuvenate
+	// Freeze (migrate): dependency-aware, see MigrateOptions.
+	Freeze bool `json:"freeze,omitempty"`
+}
+
+// SaveArgs name the VM's checkpoint directory.
+type SaveArgs struct {
+	Dir string `json:"dir"`
+	// Bandwidth caps a live save's stream (arm; bytes/s, 0: none).
+	Bandwidth int64 `json:"bandwidth,omitempty"`
+}
+
+// MigrateArgs: where the VM goes.
+type MigrateArgs struct {
+	Dest string `json:"dest"` // the destination hostd's API address
+	// Grant is the coordinator's signed permission for this host to hand
+	// the VM to Dest; the source forwards it.
+	Grant *Grant `json:"grant,omitempty"`
+}
+
+// ResumeArgs: what the guest is told happened.
+type ResumeArgs struct {
+	Outcome string `json:"outcome"`
 }
 
 // StepResult answers a step.
@@ -90,10 +103,11 @@ type StepResult struct {
 	OK     bool   `json:"ok"`
 	Reason string `json:"reason,omitempty"`
 	Code   string `json:"code,omitempty"`
-	// Digest identifies a saved checkpoint (sha256 of its manifest).
+	// Digest identifies a saved checkpoint (sha256 of its manifest):
+	// save, wait-save.
 	Digest string `json:"digest,omitempty"`
-	// Pause (save-wait of a live save): how long the vCPUs stood still
-	// for the snapshot point.
+	// Pause (wait-save): how long the vCPUs stood still for the snapshot
+	// point.
 	Pause time.Duration `json:"pause_ns,omitempty"`
 	// SnapshotAt: when the vCPUs ran again after it (QEMU's clock).
 	SnapshotAt time.Time `json:"snapshot_at,omitzero"`
@@ -104,7 +118,7 @@ type StepResult struct {
 
 func forwardStep(kind string) bool {
 	switch kind {
-	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore:
+	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint:
 		return true
 	}
 	return false
@@ -165,33 +179,10 @@ func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
 		defer cancel()
 	}
 	start := timeNow()
-	var ls *liveSave
+	res := h.runStep(ctx, req)
 	var err error
-	var note string
-	req.note = &note
-	if req.Kind == StepSaveWait {
-		ls, err = h.saveWaitStep(ctx, req)
-	} else {
-		err = h.step(ctx, req)
-	}
-	res := StepResult{OK: err == nil}
-	if ls != nil {
-		res.Pause, res.SnapshotAt = ls.pause, ls.at
-	}
-	if err == nil {
-		res.Note = note
-	}
-	if err != nil {
-		res.Reason, res.Code = err.Error(), codeOf(err)
-	} else if req.Kind == StepSaveWait || req.Kind == StepSave {
-		res.Digest, err = fileDigest(filepath.Join(req.Dir, manifestName))
-		switch {
-		case err != nil && req.Kind == StepSave && req.Live:
-			// Streaming: the digest comes with save-wait.
-			res.Digest, err = "pending:"+req.ID, nil
-		case err != nil:
-			res = StepResult{Reason: err.Error(), Code: codeOf(err)}
-		}
+	if !res.OK {
+		err = errors.New(res.Reason)
 	}
 	h.metrics.observe("step_"+req.Kind, resultLabel(err), start)
 	h.log.Info("step", "id", req.ID, "kind", req.Kind, "vm", req.VM, "ok", res.OK, "reason", res.Reason,
@@ -273,230 +264,345 @@ func (h *Host) RenewLeases(op string, d time.Duration) int {
 	return n
 }
 
-func (h *Host) step(ctx context.Context, req StepRequest) error {
-	if req.VM == "" || req.Op == "" || req.ID == "" {
+// runStep executes a validated step and builds its result.
+func (h *Host) runStep(ctx context.Context, req StepRequest) StepResult {
+	if err := req.Validate(); err != nil {
+		return StepResult{Reason: err.Error(), Code: codeOf(err)}
+	}
+	if req.Kind == StepWaitSave {
+		return h.waitSaveStep(ctx, req)
+	}
+	note, err := h.step(ctx, req)
+	if err != nil {
+		return StepResult{Reason: err.Error(), Code: codeOf(err)}
+	}
+	res := StepResult{OK: true, Note: note}
+	if req.Kind == StepSave {
+		if res.Digest, err = fileDigest(filepath.Join(req.Save.Dir, manifestName)); err != nil {
+			return StepResult{Reason: err.Error(), Code: codeOf(err)}
+		}
+	}
+	return res
+}
+
+// Validate checks the header and that the kind's arguments, and only
+// those, are present.
+func (r StepRequest) Validate() error {
+	if r.VM == "" || r.Op == "" || r.ID == "" {
 		return fmt.Errorf("step: id, op and vm are required: %w", ErrInvalidSpec)
 	}
+	want := ""
+	switch r.Kind {
+	case StepPrepare:
+		want = "prepare"
+	case StepSave, StepArm, StepPoint, StepWaitSave, StepRestore, StepDeleteArtifacts:
+		want = "save"
+	case StepMigrate:
+		want = "migrate"
+	case StepResume:
+		want = "resume"
+	case StepDetach, StepStop, StepFence, StepAttach, StepAbort, StepKill, StepCancelMigrate:
+	default:
+		return fmt.Errorf("step kind %q: %w", r.Kind, ErrInvalidSpec)
+	}
+	have := map[string]bool{"prepare": r.Prepare != nil, "save": r.Save != nil, "migrate": r.Migrate != nil,
+		"resume": r.Resume != nil}
+	for k, ok := range have {
+		if ok != (k == want) {
+			return fmt.Errorf("step %s: arguments %q %s: %w", r.Kind, k, map[bool]string{true: "are not taken", false: "are missing"}[ok], ErrInvalidSpec)
+		}
+	}
+	if r.Save != nil && !filepath.IsAbs(r.Save.Dir) {
+		return fmt.Errorf("step %s: dir %q is not an absolute path: %w", r.Kind, r.Save.Dir, ErrInvalidSpec)
+	}
+	if r.Migrate != nil && r.Migrate.Dest == "" {
+		return fmt.Errorf("step migrate: dest is missing: %w", ErrInvalidSpec)
+	}
+	return nil
+}
+
+// step runs one step under the fencing rule; it returns how a successful
+// step departed from its request.
+func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 	if forwardStep(req.Kind) {
 		if h.isFenced(req.VM, req.Op) {
-			return fmt.Errorf("vm %q: operation %s was already rolled back here: %w", req.VM, req.Op, ErrInvalidState)
+			return "", fmt.Errorf("vm %q: operation %s was already rolled back here: %w", req.VM, req.Op, ErrInvalidState)
 		}
 	} else {
 		h.fence(req.VM, req.Op)
 	}
 	switch req.Kind {
 	case StepRestore:
-		if req.Dir == "" {
-			return fmt.Errorf("restore: dir is missing: %w", ErrInvalidSpec)
-		}
-		if _, err := h.Restore(ctx, RestoreOptions{Dir: req.Dir, Name: req.VM, Paused: true, NoGuest: true}, nil); err != nil {
-			return err
+		if _, err := h.Restore(ctx, RestoreOptions{Dir: req.Save.Dir, Name: req.VM, Paused: true, NoGuest: true}, nil); err != nil {
+			return "", err
 		}
 		h.setLease(req.VM, req.Op, req.Lease, "")
-		return nil
+		return "", nil
 	case StepDeleteArtifacts:
-		if req.Dir == "" || !filepath.IsAbs(req.Dir) {
-			return fmt.Errorf("delete-artifacts: dir %q is not an absolute path: %w", req.Dir, ErrInvalidSpec)
-		}
-		return os.RemoveAll(req.Dir)
+		return "", os.RemoveAll(req.Save.Dir)
 	}
 	vm, err := h.Get(req.VM)
 	if err != nil {
 		switch req.Kind {
 		case StepKill, StepCancelMigrate, StepAbort:
-			return nil // nothing to undo
+			return "", nil // nothing to undo
 		}
-		return err
+		return "", err
 	}
 	if err := vm.lock("step " + req.Kind); err != nil {
-		return err
+		return "", err
 	}
 	defer vm.unlock()
-	switch req.Kind {
-	case StepPrepare:
-		c, err := vm.prepareGuestFreeze(ctx, guestOp(req.OpKind), false, req.Freeze && guestOp(req.OpKind) == "migrate")
-		if err != nil {
-			return err
-		}
-		c.keep()
-		h.setLease(req.VM, req.Op, req.Lease, "")
-		return nil
-	case StepDetach:
-		h.setLease(req.VM, req.Op, req.Lease, "")
-		if err := vm.detachAll(ctx); err != nil {
-			return err
-		}
-		if req.Live && req.OpKind == "checkpoint" && req.Dir != "" {
-			// Arm the snapshot now, while the VM runs, so that the save
-			// after the job's STOP barrier is a single QMP command.
-			if err := vm.armStep(ctx, req); err != nil {
-				vm.log.Warn("live checkpoint not armed in advance (the save will try again)", "err", err)
-			}
-		}
-		return nil
-	case StepStop:
-		mon, err := vm.monitor()
-		if err != nil {
-			return err
-		}
-		h.setLease(req.VM, req.Op, req.Lease, "")
-		live := req.Live && req.OpKind == "checkpoint"
-		var unfenced error
-		if live && len(vm.Spec().Disks) == 0 {
-			if h.cfg.LiveMode == "precopy" {
-				// A running VM's cut is its snapshot point, at the end of
-				// the save step's copy, where it is fenced (fence.go); it
-				// runs on until then.
-				return nil
-			}
-			// Its snapshot point is QEMU's, in the save step: fenced
-			// from now, it runs on (fence.go).
-			unfenced = vm.fence(ctx, mon)
-			if unfenced == nil {
-				return nil
-			}
-			vm.log.Warn("the vm stops for the job's cut instead", "err", unfenced)
-			req.notef("stopped for the cut (no network fence: %v)", unfenced)
-		}
-		if err := mon.Stop(ctx); err != nil {
-			return err
-		}
-		vm.mu.Lock()
-		vm.stoppedAt = timeNow()
-		vm.mu.Unlock()
-		if live && unfenced == nil {
-			// Its disks are copied at the cut, with the vCPUs stopped;
-			// QEMU runs it again at its snapshot point, fenced from
-			// here (fence.go; with live_mode snapshot the others'
-			// fences would do).
-			if err := vm.fence(ctx, mon); err != nil {
-				return err // the rollback runs it again
-			}
-		}
-		return nil
-	case StepSave:
-		mon, err := vm.monitor()
-		if err != nil {
-			return err
-		}
-		if st, err := mon.Status(ctx); err != nil || (st.Running && !req.Live) {
-			// A live save may find the VM running: fenced, not stopped.
-			return fmt.Errorf("vm %q: save needs a stopped vm (status %s, %v): %w", vm.name, st.Status, err, ErrInvalidState)
-		}
-		if req.Dir == "" {
-			return fmt.Errorf("save: dir is missing: %w", ErrInvalidSpec)
-		}
-		vm.mu.Lock()
-		round, armed := vm.rt.Round, req.Live && vm.armed != nil && vm.armed.dir == req.Dir
-		vm.mu.Unlock()
-		if !armed {
-			vm.dropArm()
-			if err := freshDir(req.Dir); err != nil {
-				return err
-			}
-		}
-		if req.Live {
-			ls, err := vm.liveSaveNow(ctx, mon, req.Dir, round, req.Bandwidth, true, nil)
-			if err == nil {
-				// QEMU runs the vm again; the coordinator re-attaches and
-				// resumes the job while the memory streams.
-				vm.mu.Lock()
-				vm.live = ls
-				vm.mu.Unlock()
-				h.setLease(req.VM, req.Op, req.Lease, "")
-				return nil
-			}
-			if !errors.Is(err, ErrLiveUnsupported) {
-				os.RemoveAll(req.Dir)
-				return err
-			}
-			vm.log.Warn("live checkpoint unsupported here: stop-and-save instead", "err", err)
-			req.notef("stop-and-save instead of live: %v", err)
-			if err := freshDir(req.Dir); err != nil {
-				return err
-			}
-		}
-		if _, err := vm.writeCheckpoint(ctx, mon, req.Dir, round, func(Progress) {}); err != nil {
-			os.RemoveAll(req.Dir)
-			return err
-		}
-		h.setLease(req.VM, req.Op, req.Lease, "")
-		return nil
-	case StepMigrate:
-		return vm.migrateStep(ctx, req)
-	case StepAttach:
-		vm.dropArm() // the operation did not use it
-		if err := vm.completeIncoming(ctx); err != nil {
-			return err
-		}
-		if !vm.running(ctx) {
-			// Hot-plugged into a paused guest, a device can go unseen:
-			// the resume that follows attaches it once the guest runs.
-			return nil
-		}
-		return vm.attachAll(ctx)
-	case StepResume:
-		vm.dropArm() // the operation did not use it
-		if err := vm.completeIncoming(ctx); err != nil {
-			return err
-		}
-		mon, err := vm.monitor()
-		if err != nil {
-			return err
-		}
-		if st, err := mon.Status(ctx); err == nil && !st.Running {
-			if err := mon.Cont(ctx); err != nil {
-				return err
-			}
-		}
-		vm.unfence(ctx)
-		if err := vm.attachAll(ctx); err != nil {
-			vm.log.Error("attach after resume", "err", err)
-		}
-		h.dropLease(req.VM)
-		vm.finishRound(ctx, req.Outcome)
-		return nil
-	case StepAbort:
-		vm.dropArm() // the operation did not use it
-		vm.finishRound(ctx, "aborted")
-		if vm.running(ctx) {
-			h.dropLease(req.VM)
-		}
-		return nil
-	case StepKill:
-		vm.dropArm() // the operation did not use it
-		h.dropLease(req.VM)
-		vm.kill()
-		h.forget(vm)
-		return nil
-	case StepCancelMigrate:
-		vm.mu.Lock()
-		incoming := vm.rt.Incoming
-		vm.mu.Unlock()
-		if !incoming && vm.running(ctx) {
-			return fmt.Errorf("vm %q already runs here: %w", vm.name, ErrInvalidState)
-		}
-		h.dropLease(req.VM)
-		vm.kill()
-		h.forget(vm)
-		return nil
+	if fn, ok := forwardSteps[req.Kind]; ok {
+		return fn(vm, ctx, req)
 	}
-	return fmt.Errorf("step kind %q: %w", req.Kind, ErrInvalidSpec)
+	return "", closingSteps[req.Kind](vm, ctx, req)
 }
 
-// armStep makes a live save ready for the save step that will follow.
-func (vm *VM) armStep(ctx context.Context, req StepRequest) error {
+// forwardSteps move an operation on; each may leave the VM held (paused,
+// detached, fenced, in a guest round) under the step's lease.
+var forwardSteps = map[string]func(*VM, context.Context, StepRequest) (string, error){
+	StepPrepare: (*VM).prepareStep,
+	StepDetach:  (*VM).detachStep,
+	StepArm:     (*VM).armStep,
+	StepStop:    (*VM).stopStep,
+	StepFence:   (*VM).fenceStep,
+	StepSave:    (*VM).saveStep,
+	StepPoint:   (*VM).pointStep,
+	StepMigrate: func(vm *VM, ctx context.Context, req StepRequest) (string, error) { return "", vm.migrateStep(ctx, req) },
+}
+
+// closingSteps end or undo an operation's hold on the VM; each is
+// harmless when there is nothing to undo.
+var closingSteps = map[string]func(*VM, context.Context, StepRequest) error{
+	StepAttach:        (*VM).attachStep,
+	StepResume:        (*VM).resumeStep,
+	StepAbort:         (*VM).abortStep,
+	StepKill:          (*VM).killStep,
+	StepCancelMigrate: (*VM).cancelMigrateStep,
+}
+
+func (vm *VM) prepareStep(ctx context.Context, req StepRequest) (string, error) {
+	op := req.Prepare.Operation
+	c, err := vm.prepareGuestFreeze(ctx, guestOp(op), false, req.Prepare.Freeze && guestOp(op) == "migrate")
+	if err != nil {
+		return "", err
+	}
+	c.keep()
+	vm.h.setLease(req.VM, req.Op, req.Lease, "")
+	return "", nil
+}
+
+func (vm *VM) detachStep(ctx context.Context, req StepRequest) (string, error) {
+	vm.h.setLease(req.VM, req.Op, req.Lease, "")
+	return "", vm.detachAll(ctx)
+}
+
+// armStep detaches the devices and makes the live save ready while the VM
+// still runs, so that its snapshot point is a single QMP command.
+func (vm *VM) armStep(ctx context.Context, req StepRequest) (string, error) {
+	vm.h.setLease(req.VM, req.Op, req.Lease, "")
+	if err := vm.detachAll(ctx); err != nil {
+		return "", err
+	}
+	if err := vm.arm(ctx, req.Save.Dir, req.Save.Bandwidth); err != nil {
+		vm.log.Warn("live checkpoint not armed in advance (the point will try again)", "err", err)
+		return fmt.Sprintf("not armed in advance: %v", err), nil
+	}
+	return "", nil
+}
+
+func (vm *VM) stopStep(ctx context.Context, req StepRequest) (string, error) {
+	mon, err := vm.monitor()
+	if err != nil {
+		return "", err
+	}
+	vm.h.setLease(req.VM, req.Op, req.Lease, "")
+	if err := mon.Stop(ctx); err != nil {
+		return "", err
+	}
+	vm.mu.Lock()
+	vm.stoppedAt = timeNow()
+	vm.mu.Unlock()
+	return "", nil
+}
+
+// fenceStep is a live checkpoint's cut for this VM: cut off the network,
+// it runs on until its snapshot point. A VM with disks stands still (its
+// disks are copied at the point); one that cannot be fenced is stopped.
+func (vm *VM) fenceStep(ctx context.Context, req StepRequest) (string, error) {
+	mon, err := vm.monitor()
+	if err != nil {
+		return "", err
+	}
+	vm.h.setLease(req.VM, req.Op, req.Lease, "")
+	if len(vm.Spec().Disks) == 0 {
+		if vm.h.cfg.LiveMode == "precopy" {
+			// Its cut is its snapshot point, at the end of the point
+			// step's copy, where it is fenced (fence.go).
+			return "", nil
+		}
+		unfenced := vm.fence(ctx, mon)
+		if unfenced == nil {
+			return "", nil
+		}
+		vm.log.Warn("the vm stops for the job's cut instead", "err", unfenced)
+		if _, err := vm.stopStep(ctx, req); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("stopped for the cut (no network fence: %v)", unfenced), nil
+	}
+	if _, err := vm.stopStep(ctx, req); err != nil {
+		return "", err
+	}
+	// QEMU runs it again at its snapshot point, fenced from here.
+	return "", vm.fence(ctx, mon)
+}
+
+// saveStep writes a stopped VM's checkpoint.
+func (vm *VM) saveStep(ctx context.Context, req StepRequest) (string, error) {
+	mon, err := vm.monitor()
+	if err != nil {
+		return "", err
+	}
+	if st, err := mon.Status(ctx); err != nil || st.Running {
+		return "", fmt.Errorf("vm %q: save needs a stopped vm (status %s, %v): %w", vm.name, st.Status, err, ErrInvalidState)
+	}
+	vm.dropArm()
+	dir := req.Save.Dir
+	if err := freshDir(dir); err != nil {
+		return "", err
+	}
+	vm.mu.Lock()
+	round := vm.rt.Round
+	vm.mu.Unlock()
+	if _, err := vm.writeCheckpoint(ctx, mon, dir, round, func(Progress) {}); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	vm.h.setLease(req.VM, req.Op, req.Lease, "")
+	return "", nil
+}
+
+// pointStep takes a live checkpoint's snapshot point: QEMU runs the VM
+// again while its memory streams; wait-save reports the stream's end.
+// Where a live save is impossible it saves stop-and-save (and says so).
+func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
+	mon, err := vm.monitor()
+	if err != nil {
+		return "", err
+	}
+	dir := req.Save.Dir
+	vm.mu.Lock()
+	round, armed := vm.rt.Round, vm.armed != nil && vm.armed.dir == dir
+	vm.mu.Unlock()
+	if !armed {
+		vm.dropArm()
+		if err := freshDir(dir); err != nil {
+			return "", err
+		}
+	}
+	ls, err := vm.liveSaveNow(ctx, mon, dir, round, req.Save.Bandwidth, true, nil)
+	if err == nil {
+		vm.mu.Lock()
+		vm.live = ls
+		vm.mu.Unlock()
+		vm.h.setLease(req.VM, req.Op, req.Lease, "")
+		return "", nil
+	}
+	if !errors.Is(err, ErrLiveUnsupported) {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	vm.log.Warn("live checkpoint unsupported here: stop-and-save instead", "err", err)
+	if _, err := vm.stopStep(ctx, req); err != nil {
+		return "", err
+	}
+	if _, err := vm.saveStep(ctx, req); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("stop-and-save instead of live: %v", err), nil
+}
+
+func (vm *VM) attachStep(ctx context.Context, req StepRequest) error {
+	vm.dropArm() // the operation did not use it
+	if err := vm.completeIncoming(ctx); err != nil {
+		return err
+	}
+	if !vm.running(ctx) {
+		// Hot-plugged into a paused guest, a device can go unseen:
+		// the resume that follows attaches it once the guest runs.
+		return nil
+	}
+	return vm.attachAll(ctx)
+}
+
+func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
+	vm.dropArm() // the operation did not use it
+	if err := vm.completeIncoming(ctx); err != nil {
+		return err
+	}
+	mon, err := vm.monitor()
+	if err != nil {
+		return err
+	}
+	if st, err := mon.Status(ctx); err == nil && !st.Running {
+		if err := mon.Cont(ctx); err != nil {
+			return err
+		}
+	}
+	vm.unfence(ctx)
+	if err := vm.attachAll(ctx); err != nil {
+		vm.log.Error("attach after resume", "err", err)
+	}
+	vm.h.dropLease(req.VM)
+	vm.finishRound(ctx, req.Resume.Outcome)
+	return nil
+}
+
+func (vm *VM) abortStep(ctx context.Context, req StepRequest) error {
+	vm.dropArm() // the operation did not use it
+	vm.finishRound(ctx, "aborted")
+	if vm.running(ctx) {
+		vm.h.dropLease(req.VM)
+	}
+	return nil
+}
+
+func (vm *VM) killStep(ctx context.Context, req StepRequest) error {
+	vm.dropArm() // the operation did not use it
+	vm.h.dropLease(req.VM)
+	vm.kill()
+	vm.h.forget(vm)
+	return nil
+}
+
+func (vm *VM) cancelMigrateStep(ctx context.Context, req StepRequest) error {
+	vm.mu.Lock()
+	incoming := vm.rt.Incoming
+	vm.mu.Unlock()
+	if !incoming && vm.running(ctx) {
+		return fmt.Errorf("vm %q already runs here: %w", vm.name, ErrInvalidState)
+	}
+	vm.h.dropLease(req.VM)
+	vm.kill()
+	vm.h.forget(vm)
+	return nil
+}
+
+// arm makes a live save into dir ready for the point step.
+func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	mon, err := vm.monitor()
 	if err != nil {
 		return err
 	}
 	vm.dropArm()
-	if err := freshDir(req.Dir); err != nil {
+	if err := freshDir(dir); err != nil {
 		return err
 	}
-	a, err := vm.armLive(ctx, mon, req.Dir, req.Bandwidth)
+	a, err := vm.armLive(ctx, mon, dir, bandwidth)
 	if err != nil {
-		os.RemoveAll(req.Dir)
+		os.RemoveAll(dir)
 		return err
 	}
 	vm.mu.Lock()
@@ -558,56 +664,6 @@ func (vm *VM) completeIncoming(ctx context.Context) error {
 	vm.rt.Incoming = false
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	return nil
-}
-
-// migrateStep streams the VM to a destination that keeps it paused; the
-// source stays paused too until the coordinator resumes one of them.
-func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
-	mon, err := vm.monitor()
-	if err != nil {
-		return err
-	}
-	if req.Dest == "" {
-		return fmt.Errorf("migrate: dest is missing: %w", ErrInvalidSpec)
-	}
-	spec := vm.Spec()
-	vm.mu.Lock()
-	round := vm.rt.Round
-	vm.mu.Unlock()
-	dest := vm.h.peer(req.Dest)
-	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round,
-		Op: req.Op, Lease: req.Lease, Grant: req.Grant})
-	if err != nil {
-		return fmt.Errorf("vm %q: destination %s: %w", vm.name, req.Dest, err)
-	}
-	var tun *outTunnel
-	qemuURI := ""
-	host, err := checkMigrationURI(inc.URI, req.Dest, vm.h.cfg.migrationPorts())
-	if err == nil {
-		tun, qemuURI, err = vm.streamTo(ctx, mon, inc.URI, host)
-	}
-	if err == nil {
-		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30})
-	}
-	if err == nil {
-		err = mon.Migrate(ctx, qemuURI)
-	}
-	if err == nil {
-		_, err = mon.WaitMigration(ctx, 50*time.Millisecond, nil)
-	}
-	if err == nil {
-		err = tun.finish()
-	}
-	if err != nil {
-		mon.MigrateCancel(context.WithoutCancel(ctx))
-		err = withTunnelErr(err, tun.abort(context.WithoutCancel(ctx), mon))
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		dest.AbortIncoming(actx, vm.name)
-		cancel()
-		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
-	}
-	vm.h.setLease(vm.name, req.Op, req.Lease, req.Dest)
 	return nil
 }
 
@@ -718,31 +774,39 @@ func fileDigest(path string) (string, error) {
 	return "sha256:" + hex.EncodeToString(hs.Sum(nil)), nil
 }
 
-// saveWaitStep waits for a VM's live save into req.Dir to be complete.
-// It does not take the VM's operation lock: the job's resume runs while
-// the stream is still being written.
-func (h *Host) saveWaitStep(ctx context.Context, req StepRequest) (*liveSave, error) {
-	if req.VM == "" || req.Op == "" || req.ID == "" {
-		return nil, fmt.Errorf("step: id, op and vm are required: %w", ErrInvalidSpec)
-	}
+// waitSaveStep waits for a VM's live save into its directory to be
+// complete and answers with its digest. It does not take the VM's
+// operation lock: the job's resume runs while the stream is written.
+func (h *Host) waitSaveStep(ctx context.Context, req StepRequest) StepResult {
+	fail := func(err error) StepResult { return StepResult{Reason: err.Error(), Code: codeOf(err)} }
 	vm, err := h.Get(req.VM)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
+	dir := req.Save.Dir
 	vm.mu.Lock()
 	ls := vm.live
 	vm.mu.Unlock()
-	if ls == nil || ls.dir != req.Dir {
+	var res StepResult
+	if ls != nil && ls.dir == dir {
+		_, err = ls.wait(ctx)
+		vm.mu.Lock()
+		if vm.live == ls {
+			vm.live = nil
+		}
+		vm.mu.Unlock()
+		if err != nil {
+			return fail(err)
+		}
+		res.Pause, res.SnapshotAt = ls.pause, ls.at
+	} else if _, err := ReadManifest(dir); err != nil {
 		// Not live (it fell back) or already waited for: the manifest
 		// says whether it is complete.
-		_, err := ReadManifest(req.Dir)
-		return nil, err
+		return fail(err)
 	}
-	_, err = ls.wait(ctx)
-	vm.mu.Lock()
-	if vm.live == ls {
-		vm.live = nil
+	if res.Digest, err = fileDigest(filepath.Join(dir, manifestName)); err != nil {
+		return fail(err)
 	}
-	vm.mu.Unlock()
-	return ls, err
+	res.OK = true
+	return res
 }

@@ -71,6 +71,15 @@ const (
 	Migrate ActionType = "migrate" // send the VM from Host to Dest; on success Dest holds a complete PAUSED copy
 	Restore ActionType = "restore" // create the VM on Host from checkpoint CheckpointID, PAUSED
 
+	// Live checkpoint (Options.Live on a checkpoint): the VMs run on
+	// through the copy and stand still only for their snapshot point.
+	Arm   ActionType = "arm"   // detach passthrough devices and reserve the VM's live save (its stream file, QEMU set up)
+	Fence ActionType = "fence" // cut the VM off the network (it runs on); the job's cut is when every VM is fenced
+	Point ActionType = "point" // take the VM's snapshot point; QEMU runs it again (still fenced) while its memory streams
+	// WaitSave waits (TransferTimeout) for the VM's stream to be written,
+	// synced and checksummed; its result carries the digest.
+	WaitSave ActionType = "wait-save"
+
 	// Closing and compensating actions; retried up to MaxAttempts.
 	Attach          ActionType = "attach"           // hot-plug the VM's passthrough devices (on Host)
 	Resume          ActionType = "resume"           // continue the vCPUs (no-op if running) and tell the guest Outcome

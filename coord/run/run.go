@@ -1,0 +1,127 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/symvirt/symvirt/coord/machine"
+)
+
+// ErrJournal: the operation's journal could not be written, so it stopped.
+var ErrJournal = errors.New("journal write failed")
+
+// Executor runs actions.
+type Executor interface {
+	// Execute runs a and answers it: a machine.ActionResult with a.ID, or
+	// a machine.HostDown for a host that is gone. It may block until the
+	// action's deadline; it must honour ctx.
+	Execute(ctx context.Context, a machine.Action) machine.Event
+}
+
+// ExecutorFunc adapts a function to Executor.
+type ExecutorFunc func(ctx context.Context, a machine.Action) machine.Event
+
+// Execute calls f.
+func (f ExecutorFunc) Execute(ctx context.Context, a machine.Action) machine.Event { return f(ctx, a) }
+
+// Hooks are the driver's optional callbacks; each runs on the driver's
+// goroutine, which owns the Op.
+type Hooks struct {
+	// Journal persists the Op; it is required.
+	Journal func(*machine.Op) error
+	// Journaled runs after each successful journal write, before the
+	// actions go out (tests use it to crash at a known point).
+	Journaled func(*machine.Op)
+	// Progress runs after each step.
+	Progress func(*machine.Op)
+	Log      *slog.Logger
+}
+
+// Drive runs op to its end, starting with acts (the actions New or Recover
+// returned). It returns the operation's result, and ErrJournal (wrapped)
+// if it had to stop because the journal could not be written: the result
+// is then undecided.
+func Drive(ctx context.Context, op *machine.Op, acts []machine.Action, ex Executor, h Hooks) (machine.Result, error) {
+	log := h.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &driver{op: op, ex: ex, h: h, log: log, events: make(chan machine.Event, 64),
+		finished: make(chan struct{}), down: map[string]bool{}}
+	defer close(d.finished)
+	if err := d.send(ctx, acts); err != nil {
+		return op.Result(), err
+	}
+	for !op.Done() {
+		ev, ok := d.next()
+		if !ok {
+			continue
+		}
+		if err := d.send(ctx, op.Step(ev)); err != nil {
+			return op.Result(), err
+		}
+	}
+	return op.Result(), nil
+}
+
+type driver struct {
+	op       *machine.Op
+	ex       Executor
+	h        Hooks
+	log      *slog.Logger
+	events   chan machine.Event
+	finished chan struct{}
+	down     map[string]bool
+}
+
+// send journals the Op, then executes acts in parallel.
+func (d *driver) send(ctx context.Context, acts []machine.Action) error {
+	if err := d.h.Journal(d.op); err != nil {
+		d.log.Error("journal write failed: the operation stops here", "op", d.op.ID, "phase", d.op.Phase, "err", err)
+		return fmt.Errorf("operation %s: %w: %w", d.op.ID, ErrJournal, err)
+	}
+	if d.h.Journaled != nil {
+		d.h.Journaled(d.op)
+	}
+	for _, a := range acts {
+		go func() {
+			ev := d.ex.Execute(ctx, a)
+			select {
+			case d.events <- ev:
+			case <-d.finished: // a late answer nobody waits for
+			}
+		}()
+	}
+	if d.h.Progress != nil {
+		d.h.Progress(d.op)
+	}
+	return nil
+}
+
+// next waits for an event or the machine's next deadline. It reports false
+// for an event that needs no Step (a host already known down).
+func (d *driver) next() (machine.Event, bool) {
+	var timer <-chan time.Time
+	if !d.op.Deadline.IsZero() {
+		t := time.NewTimer(time.Until(d.op.Deadline) + 10*time.Millisecond)
+		defer t.Stop()
+		timer = t.C
+	}
+	var ev machine.Event
+	select {
+	case ev = <-d.events:
+	case <-timer:
+		ev = machine.Tick{Now: time.Now()}
+	}
+	if hd, ok := ev.(machine.HostDown); ok {
+		if d.down[hd.Host] {
+			return nil, false
+		}
+		d.down[hd.Host] = true
+		d.log.Warn("host down", "op", d.op.ID, "host", hd.Host)
+	}
+	return ev, true
+}
