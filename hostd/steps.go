@@ -369,7 +369,9 @@ var forwardSteps = map[string]func(*VM, context.Context, StepRequest) (string, e
 	StepFence:   (*VM).fenceStep,
 	StepSave:    (*VM).saveStep,
 	StepPoint:   (*VM).pointStep,
-	StepMigrate: func(vm *VM, ctx context.Context, req StepRequest) (string, error) { return "", vm.migrateStep(ctx, req) },
+	StepMigrate: func(vm *VM, ctx context.Context, req StepRequest) (string, error) {
+		return "", vm.migrateStep(ctx, req)
+	},
 }
 
 // closingSteps end or undo an operation's hold on the VM; each is
