@@ -6,11 +6,16 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/jsonapi"
 )
+
+// SocketPath is the coordinator's unix API socket in its state directory
+// (unless --socket says otherwise).
+func SocketPath(stateDir string) string { return filepath.Join(stateDir, "coord.sock") }
 
 // Handler is the coordinator's API.
 func (c *Coord) Handler() http.Handler {

@@ -70,7 +70,7 @@ func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 			}
 		}
 		h.Close()
-		for _, d := range RAMDirs(dir) {
+		for _, d := range (Layout{dir}).RAMDirs() {
 			os.RemoveAll(d)
 		}
 	})

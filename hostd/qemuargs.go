@@ -9,17 +9,6 @@ import (
 	"strings"
 )
 
-// Files of a VM's state directory.
-const (
-	fileSpec    = "spec.json"
-	fileRuntime = "runtime.json"
-	fileQMP     = "qmp.sock"
-	fileGuest   = "guest.sock"
-	fileSerial  = "serial.log"
-	fileQEMULog = "qemu.log"
-	filePID     = "qemu.pid"
-)
-
 // launch says how to start QEMU for a VM.
 type launch struct {
 	spec     Spec
@@ -225,7 +214,7 @@ func (h *Host) ramPath(s Spec) string {
 			base = dir
 		}
 	}
-	return filepath.Join(base, "symvirt-"+h.tag, s.Name+".ram")
+	return filepath.Join(h.layout().ramDir(base), s.Name+".ram")
 }
 
 // hugetlbfsDir is the first hugetlbfs of 2 MiB pages mounted here, or "".

@@ -86,7 +86,7 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 	defer c.Close()
 	sock := cmd.String("socket")
 	if sock == "" {
-		sock = filepath.Join(cfg.StateDir, "coord.sock")
+		sock = coord.SocketPath(cfg.StateDir)
 	}
 	ul, err := unixsock.Listen(sock)
 	if err != nil {

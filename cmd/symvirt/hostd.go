@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -123,7 +122,7 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	}
 	sock := cmd.String("socket")
 	if sock == "" {
-		sock = filepath.Join(cfg.StateDir, "hostd.sock")
+		sock = hostd.Layout{StateDir: cfg.StateDir}.Socket()
 	}
 	ul, err := unixsock.Listen(sock)
 	if err != nil {

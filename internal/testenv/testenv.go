@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/vishvananda/netns"
 )
@@ -230,8 +231,11 @@ type Hostd struct {
 	Args     []string
 }
 
+// Layout is where this hostd keeps its files.
+func (h *Hostd) Layout() hostd.Layout { return hostd.Layout{StateDir: h.StateDir} }
+
 // Socket is the hostd's unix API socket.
-func (h *Hostd) Socket() string { return filepath.Join(h.StateDir, "hostd.sock") }
+func (h *Hostd) Socket() string { return h.Layout().Socket() }
 
 // Client returns an API client on the unix socket.
 func (h *Hostd) Client() *hostd.Client { return hostd.NewClient(h.Socket()) }
@@ -286,22 +290,29 @@ func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string,
 		KillUnder(h.StateDir)
 		// QEMUs killed by a test leave their shared RAM behind (hostd
 		// keeps a crashed VM's file for the operator); a test must not.
-		for _, dir := range hostd.RAMDirs(h.StateDir) {
+		for _, dir := range h.Layout().RAMDirs() {
 			os.RemoveAll(dir)
 		}
 		if t.Failed() {
 			t.Logf("---- %s logs ----\n%s", h.Name, h.Logs())
-			for _, f := range globAll(h.StateDir, "vms/*/qemu.log", "vms/*/serial.log") {
-				data, _ := os.ReadFile(f)
-				if len(data) > 4000 {
-					data = data[len(data)-4000:]
-				}
-				t.Logf("---- %s (tail) ----\n%s", f, data)
+			vms, _ := os.ReadDir(h.Layout().VMs())
+			for _, vm := range vms {
+				printTail(t, h.Layout().QEMULog(vm.Name()))
+				printTail(t, h.Layout().SerialLog(vm.Name()))
 			}
 		}
 	})
 	h.Start()
 	return h
+}
+
+// printTail logs the end of a file.
+func printTail(t testing.TB, f string) {
+	data, _ := os.ReadFile(f)
+	if len(data) > 4000 {
+		data = data[len(data)-4000:]
+	}
+	t.Logf("---- %s (tail) ----\n%s", f, data)
 }
 
 // PolicyDirs are the directories a test hostd lets specs use for kernels,
@@ -324,15 +335,6 @@ func PolicyYAML(t testing.TB) string {
 	}
 	list := strings.Join(q, ", ")
 	return fmt.Sprintf("\npolicy: {image_dirs: [%s], disk_dirs: [%s], qemu_dirs: [%s]}\n", list, list, list)
-}
-
-func globAll(dir string, patterns ...string) []string {
-	var out []string
-	for _, p := range patterns {
-		m, _ := filepath.Glob(filepath.Join(dir, p))
-		out = append(out, m...)
-	}
-	return out
 }
 
 type lockedWriter struct{ d *Daemon }
@@ -436,7 +438,7 @@ type Coord struct {
 }
 
 // Socket is the coordinator's unix API socket.
-func (c *Coord) Socket() string { return filepath.Join(c.StateDir, "coord.sock") }
+func (c *Coord) Socket() string { return coord.SocketPath(c.StateDir) }
 
 // CLI runs a symvirt command against this coordinator.
 func (c *Coord) CLI(t testing.TB, args ...string) (string, error) {
