@@ -1,7 +1,3 @@
-// Package testenv runs the real daemons for integration tests: it builds
-// the symvirt binary once, starts hostd processes (optionally inside network
-// namespaces that stand for hosts), prints their logs only when a test
-// fails, and kills every QEMU a test left behind.
 package testenv
 
 import (
