@@ -46,12 +46,13 @@ func (h *Host) hostRoutes(mux *http.ServeMux) {
 		if h.Restart == nil {
 			return nil, fmt.Errorf("this hostd cannot restart itself: %w", ErrInvalidState)
 		}
-		if err := h.Restart(req.Binary, true); err != nil {
+		exec, err := h.Restart(req.Binary)
+		if err != nil {
 			return nil, err
 		}
 		// The answer goes out first, then the process is replaced; VMs
 		// are re-adopted.
-		time.AfterFunc(200*time.Millisecond, func() { h.Restart(req.Binary, false) })
+		time.AfterFunc(200*time.Millisecond, func() { exec() })
 		return map[string]any{"restarting": os.Getpid()}, nil
 	})
 	handle(mux, "POST /v1/steps", func(r *http.Request, req StepRequest) (any, error) {

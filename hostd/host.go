@@ -35,9 +35,9 @@ type Host struct {
 	mu  sync.Mutex
 	vms map[string]*VM
 
-	// Restart replaces the hostd process (set by the daemon). With check
-	// it only validates binary; VMs are untouched either way.
-	Restart func(binary string, check bool) error
+	// Restart checks binary ("": hostd's own) and returns what replaces
+	// the hostd process with it (set by the daemon); VMs are untouched.
+	Restart func(binary string) (exec func() error, err error)
 	// PeerTLS, when set, is how this hostd reaches other hostds (the
 	// destination of a migration) over mutual TLS.
 	PeerTLS *tls.Config

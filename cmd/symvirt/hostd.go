@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -100,26 +101,7 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	h.Restart = func(binary string, check bool) error {
-		bin := exe
-		if binary != "" {
-			bin = binary
-		}
-		if check {
-			st, err := os.Stat(bin)
-			if err != nil {
-				return fmt.Errorf("hostd binary: %w", err)
-			}
-			if st.Mode()&0o111 == 0 {
-				return fmt.Errorf("hostd binary %s is not executable", bin)
-			}
-			return nil
-		}
-		log.Info("re-executing hostd; VMs keep running", "binary", bin)
-		// Every descriptor is close-on-exec: the new process listens
-		// again and re-adopts the VMs from the state dir.
-		return syscall.Exec(bin, append([]string{bin}, os.Args[1:]...), os.Environ())
-	}
+	h.Restart = func(binary string) (func() error, error) { return reexec(cmp.Or(binary, exe), log) }
 	sock := cmd.String("socket")
 	if sock == "" {
 		sock = hostd.Layout{StateDir: cfg.StateDir}.Socket()
@@ -208,4 +190,21 @@ func listenHost(addr string) string {
 		return ""
 	}
 	return host
+}
+
+// reexec checks that bin can replace this hostd and returns what does it.
+// Every descriptor is close-on-exec: the new process listens again and
+// re-adopts the VMs from the state dir.
+func reexec(bin string, log *slog.Logger) (func() error, error) {
+	st, err := os.Stat(bin)
+	if err != nil {
+		return nil, fmt.Errorf("hostd binary: %w", err)
+	}
+	if st.Mode()&0o111 == 0 {
+		return nil, fmt.Errorf("hostd binary %s is not executable", bin)
+	}
+	return func() error {
+		log.Info("re-executing hostd; VMs keep running", "binary", bin)
+		return syscall.Exec(bin, append([]string{bin}, os.Args[1:]...), os.Environ())
+	}, nil
 }
