@@ -4,15 +4,11 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/pki"
@@ -106,11 +102,6 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	if sock == "" {
 		sock = hostd.Layout{StateDir: cfg.StateDir}.Socket()
 	}
-	ul, err := unixsock.Listen(sock)
-	if err != nil {
-		return err
-	}
-	handler := h.Handler()
 	var serverTLS *tls.Config
 	if cert := cfg.TLSCert; cert != "" {
 		key, ca := cfg.TLSKey, cfg.TLSCA
@@ -126,34 +117,8 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 			return err
 		}
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(ul) }()
-	if addr := cmd.String("listen"); addr != "" {
-		tl, err := net.Listen("tcp", addr)
-		if err != nil {
-			return err
-		}
-		if serverTLS != nil {
-			tl = tls.NewListener(tl, serverTLS)
-		}
-		go func() { errc <- srv.Serve(tl) }()
-	}
-	log.Info("hostd serving", "socket", sock, "listen", cmd.String("listen"), "state_dir", cfg.StateDir,
-		"accel", h.Config().Accel)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case s := <-sigs:
-		log.Info("shutting down; VMs keep running", "signal", s.String())
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return srv.Shutdown(sctx)
+	return serve(log, "hostd", h.Handler(), sock, cmd.String("listen"), serverTLS,
+		"state_dir", cfg.StateDir, "accel", h.Config().Accel)
 }
 
 // checkListen refuses a TCP API without TLS on a non-loopback address
