@@ -3,7 +3,6 @@ package coord
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -90,12 +89,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 // Stream runs a streamed operation; out receives the result even when the
 // operation failed (it says what happened to each VM).
 func (c *Client) Stream(ctx context.Context, path string, body, out any, progress ProgressFunc) error {
-	return c.api.Stream(ctx, path, body, out, func(raw json.RawMessage) {
-		var p Progress
-		if progress != nil && json.Unmarshal(raw, &p) == nil {
-			progress(p)
-		}
-	})
+	return c.api.Stream(ctx, path, body, out, jsonapi.Progress(progress))
 }
 
 // Checkpoint checkpoints a job (live: each VM copied while it runs).
