@@ -17,19 +17,7 @@ const maxBody = 4 << 20
 // a fresh In, then fn's reply or error written. fn's request outlives the
 // client: a half-done operation is worse than an unread answer.
 func Handle[In any](mux *http.ServeMux, codes Codes, pattern string, fn func(*http.Request, In) (any, error)) {
-	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		var in In
-		err := ReadRequest(w, r, &in)
-		var out any
-		if err == nil {
-			out, err = fn(r.WithContext(context.WithoutCancel(r.Context())), in)
-		}
-		if err != nil {
-			codes.WriteError(w, err)
-			return
-		}
-		WriteJSON(w, out)
-	})
+	handle(mux, codes, pattern, fn, WriteJSON)
 }
 
 // Op is a long operation: progress sends one progress line.
@@ -40,18 +28,22 @@ type Op func(progress func(any)) (any, error)
 // progress goes out as NDJSON lines and its result (and error) as the last
 // one. Like Handle's, the operation goes on when the client goes away.
 func HandleStream[In any](mux *http.ServeMux, codes Codes, pattern string, fn func(*http.Request, In) (Op, error)) {
+	handle(mux, codes, pattern, fn, codes.stream)
+}
+
+func handle[In, Out any](mux *http.ServeMux, codes Codes, pattern string, fn func(*http.Request, In) (Out, error), reply func(http.ResponseWriter, Out)) {
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		var in In
 		err := ReadRequest(w, r, &in)
-		var op Op
+		var out Out
 		if err == nil {
-			op, err = fn(r.WithContext(context.WithoutCancel(r.Context())), in)
+			out, err = fn(r.WithContext(context.WithoutCancel(r.Context())), in)
 		}
 		if err != nil {
 			codes.WriteError(w, err)
 			return
 		}
-		codes.stream(w, op)
+		reply(w, out)
 	})
 }
 
