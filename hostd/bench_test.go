@@ -55,7 +55,7 @@ func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "hostd.sock")
+	sock := Layout{dir}.Socket()
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)

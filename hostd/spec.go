@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/symvirt/symvirt/internal/names"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -108,10 +109,7 @@ type Channel struct {
 	CID  uint32 `yaml:"cid,omitempty" json:"cid,omitempty"`
 }
 
-var (
-	nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
-	idRE   = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_-]{0,30}$`)
-)
+var idRE = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_-]{0,30}$`)
 
 // ParseSpec decodes YAML (or JSON, a YAML subset) and validates it.
 // Unknown fields are errors: a typo must not silently drop a device.
@@ -171,11 +169,10 @@ func (s *Spec) Validate() error {
 }
 
 func (s *Spec) validateMachine() error {
+	if err := names.Check("name", s.Name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidSpec, err)
+	}
 	switch {
-	case s.Name == "":
-		return fieldErr("name", "missing")
-	case !nameRE.MatchString(s.Name):
-		return fieldErr("name", "%q: use letters, digits, '.', '_' or '-' (at most 63)", s.Name)
 	case s.Memory <= 0:
 		return fieldErr("memory", "missing (e.g. memory: 512M)")
 	case s.HugePages && s.Memory%2 != 0:
