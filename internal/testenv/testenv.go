@@ -113,15 +113,22 @@ func NewNetNS(t testing.TB, prefix string) *NetNS {
 // Link joins two namespaces with a veth pair and gives each end an
 // address (CIDR).
 func Link(t testing.TB, a, b *NetNS, addrA, addrB string) {
-	sfx := randSuffix()
-	ea, eb := "va"+sfx, "vb"+sfx
-	Run(t, "ip", "link", "add", ea, "type", "veth", "peer", "name", eb)
-	Run(t, "ip", "link", "set", ea, "netns", a.Name)
-	Run(t, "ip", "link", "set", eb, "netns", b.Name)
+	ea, eb := veth(t, "v", a, b)
 	Run(t, "ip", "-n", a.Name, "addr", "add", addrA, "dev", ea)
 	Run(t, "ip", "-n", b.Name, "addr", "add", addrB, "dev", eb)
 	Run(t, "ip", "-n", a.Name, "link", "set", ea, "up")
 	Run(t, "ip", "-n", b.Name, "link", "set", eb, "up")
+}
+
+// veth creates a veth pair (names starting with prefix) with one end in a,
+// the other in b.
+func veth(t testing.TB, prefix string, a, b *NetNS) (ea, eb string) {
+	sfx := randSuffix()
+	ea, eb = prefix+"a"+sfx, prefix+"b"+sfx
+	Run(t, "ip", "link", "add", ea, "type", "veth", "peer", "name", eb)
+	Run(t, "ip", "link", "set", ea, "netns", a.Name)
+	Run(t, "ip", "link", "set", eb, "netns", b.Name)
+	return ea, eb
 }
 
 // Daemon is a symvirt daemon process under test (hostd, coord): started
@@ -381,11 +388,7 @@ func Tap(t testing.TB, ns *NetNS, tap, br string) {
 // BridgeLink joins bridge brA in a and brB in b with a veth pair, so both
 // are one L2 segment (the cluster network guests share).
 func BridgeLink(t testing.TB, a *NetNS, brA string, b *NetNS, brB string) {
-	sfx := randSuffix()
-	ea, eb := "la"+sfx, "lb"+sfx
-	Run(t, "ip", "link", "add", ea, "type", "veth", "peer", "name", eb)
-	Run(t, "ip", "link", "set", ea, "netns", a.Name)
-	Run(t, "ip", "link", "set", eb, "netns", b.Name)
+	ea, eb := veth(t, "l", a, b)
 	Run(t, "ip", "-n", a.Name, "link", "set", ea, "master", brA, "up")
 	Run(t, "ip", "-n", b.Name, "link", "set", eb, "master", brB, "up")
 }
@@ -393,11 +396,7 @@ func BridgeLink(t testing.TB, a *NetNS, brA string, b *NetNS, brB string) {
 // Attach gives namespace c an address on bridge br of namespace a (a
 // client on the guests' L2).
 func Attach(t testing.TB, c *NetNS, addr string, a *NetNS, br string) {
-	sfx := randSuffix()
-	ec, ea := "ca"+sfx, "cb"+sfx
-	Run(t, "ip", "link", "add", ec, "type", "veth", "peer", "name", ea)
-	Run(t, "ip", "link", "set", ec, "netns", c.Name)
-	Run(t, "ip", "link", "set", ea, "netns", a.Name)
+	ec, ea := veth(t, "c", c, a)
 	Run(t, "ip", "-n", c.Name, "addr", "add", addr, "dev", ec)
 	Run(t, "ip", "-n", c.Name, "link", "set", ec, "up")
 	Run(t, "ip", "-n", a.Name, "link", "set", ea, "master", br, "up")
