@@ -1,133 +1,74 @@
 package coord
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
-var codes = jsonapi.Codes{{Code: "not_found", Err: ErrNotFound}, {Code: "exists", Err: ErrExists},
-	{Code: "invalid", Err: ErrInvalid}, {Code: "busy", Err: ErrBusy}, {Code: "failed", Err: ErrFailed},
-	{Code: "no_capacity", Err: ErrNoCapacity}}
-
-func codeOf(err error) string { return codes.Of(err) }
+// SocketPath is the coordinator's unix API socket in its state directory
+// (unless --socket says otherwise).
+func SocketPath(stateDir string) string { return filepath.Join(stateDir, "coord.sock") }
 
 // Handler is the coordinator's API.
 func (c *Coord) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/hosts", func(w http.ResponseWriter, r *http.Request) { reply(w)(c.Hosts()) })
-	mux.HandleFunc("POST /v1/hosts", func(w http.ResponseWriter, r *http.Request) {
-		var h Host
-		if decode(w, r, &h) {
-			reply(w)(h, c.AddHost(h))
-		}
-	})
-	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) { reply(w)(c.Jobs()) })
-	mux.HandleFunc("GET /v1/jobs/{name}", func(w http.ResponseWriter, r *http.Request) { reply(w)(c.Job(r.PathValue("name"))) })
-	mux.HandleFunc("POST /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
-		var j Job
-		if decode(w, r, &j) {
-			reply(w)(c.CreateJob(context.WithoutCancel(r.Context()), j))
-		}
-	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { reply(w)(c.Status(r.Context())) })
-	mux.HandleFunc("GET /v1/checkpoints", func(w http.ResponseWriter, r *http.Request) { reply(w)(c.Checkpoints()) })
-	mux.HandleFunc("GET /v1/checkpoints/{id}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w)(c.CheckpointByID(r.PathValue("id")))
-	})
-	mux.HandleFunc("DELETE /v1/checkpoints/{id}", func(w http.ResponseWriter, r *http.Request) {
-		id := r.PathValue("id")
-		reply(w)(map[string]string{"removed": id}, c.RemoveCheckpoint(context.WithoutCancel(r.Context()), id))
-	})
-	mux.HandleFunc("GET /v1/ops", func(w http.ResponseWriter, r *http.Request) { reply(w)(c.Ops()) })
-	mux.HandleFunc("POST /v1/jobs/{name}/checkpoint", func(w http.ResponseWriter, r *http.Request) {
-		var o CheckpointOptions
-		if decode(w, r, &o) {
-			stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
-				return c.Checkpoint(ctx, r.PathValue("name"), o, p)
-			})
-		}
-	})
-	mux.HandleFunc("POST /v1/jobs/{name}/restart", func(w http.ResponseWriter, r *http.Request) {
-		var o RestartOptions
-		if decode(w, r, &o) {
-			stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
-				return c.Restart(ctx, r.PathValue("name"), o, p)
-			})
-		}
-	})
-	mux.HandleFunc("POST /v1/migrate/{target}", func(w http.ResponseWriter, r *http.Request) {
-		var o MigrateOptions
-		if decode(w, r, &o) {
-			stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
-				return c.Migrate(ctx, r.PathValue("target"), o, p)
-			})
-		}
-	})
-	mux.HandleFunc("POST /v1/hosts/{name}/evacuate", func(w http.ResponseWriter, r *http.Request) {
-		var o struct {
-			Live bool `json:"live"`
-		}
-		if decode(w, r, &o) {
-			stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
-				return c.Evacuate(ctx, r.PathValue("name"), o.Live, p)
-			})
-		}
-	})
+	c.stateRoutes(mux)
+	c.operationRoutes(mux)
 	return mux
 }
 
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4<<20))
-	if err == nil && len(bytes.TrimSpace(data)) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(data))
-		dec.DisallowUnknownFields()
-		err = dec.Decode(v)
-	}
-	if err != nil {
-		writeErr(w, fmt.Errorf("request body: %w: %v", ErrInvalid, err))
-		return false
-	}
-	return true
+// none is the request of a route that takes no body.
+type none struct{}
+
+func handle[In any](mux *http.ServeMux, pattern string, fn func(*http.Request, In) (any, error)) {
+	jsonapi.Handle(mux, codes, pattern, fn)
 }
 
-func reply(w http.ResponseWriter) func(v any, err error) {
-	return func(v any, err error) {
-		if err != nil {
-			writeErr(w, err)
-			return
-		}
-		jsonapi.WriteJSON(w, v)
-	}
+// stateRoutes: hosts, jobs, checkpoints and operations as stored.
+func (c *Coord) stateRoutes(mux *http.ServeMux) {
+	handle(mux, "GET /v1/hosts", func(*http.Request, none) (any, error) { return c.Hosts() })
+	handle(mux, "POST /v1/hosts", func(_ *http.Request, h Host) (any, error) { return h, c.AddHost(h) })
+	handle(mux, "GET /v1/jobs", func(*http.Request, none) (any, error) { return c.Jobs() })
+	handle(mux, "GET /v1/jobs/{name}", func(r *http.Request, _ none) (any, error) { return c.Job(r.PathValue("name")) })
+	handle(mux, "POST /v1/jobs", func(r *http.Request, j Job) (any, error) { return c.CreateJob(r.Context(), j) })
+	handle(mux, "GET /v1/status", func(r *http.Request, _ none) (any, error) { return c.Status(r.Context()) })
+	handle(mux, "GET /v1/checkpoints", func(*http.Request, none) (any, error) { return c.Checkpoints() })
+	handle(mux, "GET /v1/checkpoints/{id}", func(r *http.Request, _ none) (any, error) {
+		return c.CheckpointByID(r.PathValue("id"))
+	})
+	handle(mux, "DELETE /v1/checkpoints/{id}", func(r *http.Request, _ none) (any, error) {
+		id := r.PathValue("id")
+		return map[string]string{"removed": id}, c.RemoveCheckpoint(r.Context(), id)
+	})
+	handle(mux, "GET /v1/ops", func(*http.Request, none) (any, error) { return c.Ops() })
 }
 
-func writeErr(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
-	switch codeOf(err) {
-	case "not_found":
-		status = http.StatusNotFound
-	case "exists", "busy":
-		status = http.StatusConflict
-	case "invalid":
-		status = http.StatusBadRequest
-	}
-	jsonapi.WriteError(w, status, codeOf(err), err)
-}
-
-// stream runs an operation with NDJSON progress; a failed operation's
+// operationRoutes: the job operations, streamed; a failed operation's
 // result still goes with its error (it says what happened to each VM).
-func stream(w http.ResponseWriter, r *http.Request, op func(context.Context, ProgressFunc) (any, error)) {
-	jsonapi.Stream(w, r, codeOf, func(ctx context.Context, send func(any)) (any, error) {
-		return op(ctx, func(p Progress) { send(p) })
+func (c *Coord) operationRoutes(mux *http.ServeMux) {
+	op := func(fn func(p ProgressFunc) (any, error)) (jsonapi.Op, error) {
+		return func(send func(any)) (any, error) { return fn(func(p Progress) { send(p) }) }, nil
+	}
+	jsonapi.HandleStream(mux, codes, "POST /v1/jobs/{name}/checkpoint", func(r *http.Request, o CheckpointOptions) (jsonapi.Op, error) {
+		return op(func(p ProgressFunc) (any, error) { return c.Checkpoint(r.Context(), r.PathValue("name"), o, p) })
+	})
+	jsonapi.HandleStream(mux, codes, "POST /v1/jobs/{name}/restart", func(r *http.Request, o RestartOptions) (jsonapi.Op, error) {
+		return op(func(p ProgressFunc) (any, error) { return c.Restart(r.Context(), r.PathValue("name"), o, p) })
+	})
+	jsonapi.HandleStream(mux, codes, "POST /v1/migrate/{target}", func(r *http.Request, o MigrateOptions) (jsonapi.Op, error) {
+		return op(func(p ProgressFunc) (any, error) { return c.Migrate(r.Context(), r.PathValue("target"), o, p) })
+	})
+	jsonapi.HandleStream(mux, codes, "POST /v1/hosts/{name}/evacuate", func(r *http.Request, o struct {
+		Live bool `json:"live"`
+	}) (jsonapi.Op, error) {
+		return op(func(p ProgressFunc) (any, error) { return c.Evacuate(r.Context(), r.PathValue("name"), o.Live, p) })
 	})
 }
 
@@ -148,12 +89,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 // Stream runs a streamed operation; out receives the result even when the
 // operation failed (it says what happened to each VM).
 func (c *Client) Stream(ctx context.Context, path string, body, out any, progress ProgressFunc) error {
-	return c.api.Stream(ctx, path, body, out, func(raw json.RawMessage) {
-		var p Progress
-		if progress != nil && json.Unmarshal(raw, &p) == nil {
-			progress(p)
-		}
-	})
+	return c.api.Stream(ctx, path, body, out, jsonapi.Progress(progress))
 }
 
 // Checkpoint checkpoints a job (live: each VM copied while it runs).

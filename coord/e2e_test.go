@@ -248,7 +248,7 @@ func (c *cluster) where(job string) map[string]string {
 }
 
 func (c *cluster) serial(host, vm string) string {
-	return filepath.Join(c.hosts[host].StateDir, "vms", vm, "serial.log")
+	return c.hosts[host].Layout().SerialLog(vm)
 }
 
 var peerRE = regexp.MustCompile(`peer-(10\.79\.0\.\d+) (\d+)`)

@@ -2,7 +2,6 @@ package coord
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -110,13 +109,3 @@ func listAll[T any](s Store, bucket string) ([]T, error) {
 	}
 	return out, err
 }
-
-// Sentinel errors of the coordinator.
-var (
-	ErrNotFound   = errors.New("not found")
-	ErrExists     = errors.New("already exists")
-	ErrInvalid    = errors.New("invalid request")
-	ErrBusy       = errors.New("an operation on this job is in progress")
-	ErrFailed     = errors.New("operation failed")
-	ErrNoCapacity = errors.New("no host with room")
-)

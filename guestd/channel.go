@@ -319,7 +319,7 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 		defer t.Stop()
 		tick = t.C
 	}
-	lim := newLimiter(inboundRate, inboundBurst)
+	lim := guestproto.NewLimiter(inboundRate, inboundBurst)
 	var seq uint64
 	// On a socket, a host that falls silent is gone: virtio-serial has no
 	// such notion (the port outlives hosts), and no one else can take it.
@@ -364,7 +364,7 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 				endSess(in.garbage)
 				continue
 			}
-			if !lim.allow(time.Now()) {
+			if !lim.Allow(time.Now()) {
 				err := fmt.Errorf("%w: more than %d frames at once", guestproto.ErrFlood, inboundBurst)
 				if !virtio {
 					return err
@@ -394,24 +394,4 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 			}
 		}
 	}
-}
-
-// limiter is a token bucket on inbound frames.
-type limiter struct {
-	rate, burst, tokens float64
-	last                time.Time
-}
-
-func newLimiter(rate, burst float64) *limiter {
-	return &limiter{rate: rate, burst: burst, tokens: burst, last: time.Now()}
-}
-
-func (l *limiter) allow(now time.Time) bool {
-	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	l.last = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
 }

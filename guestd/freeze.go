@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/symvirt/symvirt/ebpf/taint"
+	"github.com/symvirt/symvirt/internal/atomicfile"
 )
 
 // Defaults of the freezer (dependency-aware migration; see doc.go).
@@ -489,12 +490,7 @@ func (f *freezer) writeState(st *freezeState) error {
 	if err := os.MkdirAll(filepath.Dir(f.state), 0o755); err != nil {
 		return fmt.Errorf("freezer state: %w", err)
 	}
-	tmp := f.state + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("freezer state: %w", err)
-	}
-	if err := os.Rename(tmp, f.state); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.WriteFile(f.state, b, 0o600); err != nil {
 		return fmt.Errorf("freezer state: %w", err)
 	}
 	return nil

@@ -200,7 +200,7 @@ func (h *Host) closedErr() error {
 
 func (h *Host) readLoop() {
 	fr := NewFrameReader(bufio.NewReaderSize(h.rwc, 4096))
-	lim := limiter{rate: h.cfg.rate, burst: float64(h.cfg.burst), tokens: float64(h.cfg.burst), last: time.Now()}
+	lim := NewLimiter(h.cfg.rate, h.cfg.burst)
 	for {
 		m, err := fr.ReadFrame()
 		if err != nil {
@@ -214,7 +214,7 @@ func (h *Host) readLoop() {
 		}
 		now := time.Now()
 		h.lastSeen.Store(now.UnixNano())
-		if !lim.allow(now) {
+		if !lim.Allow(now) {
 			h.die(fmt.Errorf("%w: more than %d frames at once or %.0f/s", ErrFlood, h.cfg.burst, h.cfg.rate))
 			return
 		}
@@ -454,20 +454,4 @@ func (h *Host) finish(ctx context.Context, m Message) error {
 		return fmt.Errorf("guestproto: %s %s: %w", what, m.ID, err)
 	}
 	return nil
-}
-
-// limiter is a token bucket on inbound frames.
-type limiter struct {
-	rate, burst, tokens float64
-	last                time.Time
-}
-
-func (l *limiter) allow(now time.Time) bool {
-	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	l.last = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
 }

@@ -55,7 +55,7 @@ func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "hostd.sock")
+	sock := Layout{dir}.Socket()
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +70,7 @@ func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 			}
 		}
 		h.Close()
-		for _, d := range RAMDirs(dir) {
+		for _, d := range (Layout{dir}).RAMDirs() {
 			os.RemoveAll(d)
 		}
 	})

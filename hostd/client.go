@@ -3,7 +3,6 @@ package hostd
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"net/url"
 	"time"
 
@@ -35,12 +34,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 
 // streamOp runs a streamed operation, passing progress to fn.
 func (c *Client) streamOp(ctx context.Context, path string, body, out any, progress ProgressFunc) error {
-	return c.api.Stream(ctx, path, body, out, func(raw json.RawMessage) {
-		var p Progress
-		if progress != nil && json.Unmarshal(raw, &p) == nil {
-			progress(p)
-		}
-	})
+	return c.api.Stream(ctx, path, body, out, jsonapi.Progress(progress))
 }
 
 func vmPath(name string, rest string) string { return "/v1/vms/" + url.PathEscape(name) + rest }

@@ -2,6 +2,7 @@ package hostd
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"log/slog"
 	"os"
@@ -85,9 +86,7 @@ func (c *Config) setDefaults() error {
 	if c.StateDir == "" {
 		return fmt.Errorf("config: state_dir is missing")
 	}
-	if c.QEMU == "" {
-		c.QEMU = "qemu-system-x86_64"
-	}
+	c.QEMU = cmp.Or(c.QEMU, "qemu-system-x86_64")
 	switch c.Accel {
 	case "":
 		c.Accel = "tcg"
@@ -111,21 +110,13 @@ func (c *Config) setDefaults() error {
 	default:
 		return fmt.Errorf("config: live_mode %q: want precopy, snapshot or auto", c.LiveMode)
 	}
-	if c.MigrationAddress == "" {
-		c.MigrationAddress = "127.0.0.1"
-	}
+	c.MigrationAddress = cmp.Or(c.MigrationAddress, "127.0.0.1")
 	if err := c.migrationDefaults(); err != nil {
 		return err
 	}
-	if c.StopTimeout == 0 {
-		c.StopTimeout = 30 * time.Second
-	}
-	if c.GuestTimeout == 0 {
-		c.GuestTimeout = 30 * time.Second
-	}
-	if c.DetachTimeout == 0 {
-		c.DetachTimeout = 10 * time.Second
-	}
+	c.StopTimeout = cmp.Or(c.StopTimeout, 30*time.Second)
+	c.GuestTimeout = cmp.Or(c.GuestTimeout, 30*time.Second)
+	c.DetachTimeout = cmp.Or(c.DetachTimeout, 10*time.Second)
 	if err := c.Policy.setDefaults(c.StateDir); err != nil {
 		return err
 	}
@@ -134,8 +125,6 @@ func (c *Config) setDefaults() error {
 			return fmt.Errorf("config: qemu_user %q: %w", c.QEMUUser, err)
 		}
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return nil
 }

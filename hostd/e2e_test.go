@@ -54,7 +54,7 @@ func guestSpec(t *testing.T, name string, pool string) hostd.Spec {
 }
 
 func serialLog(h *testenv.Hostd, vm string) string {
-	return filepath.Join(h.StateDir, "vms", vm, "serial.log")
+	return h.Layout().SerialLog(vm)
 }
 
 var counterRE = regexp.MustCompile(`symvirt-counter (\d+)`)

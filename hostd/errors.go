@@ -2,19 +2,22 @@ package hostd
 
 import (
 	"errors"
+	"net/http"
+	"slices"
 
 	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
 // Sentinel errors. Callers wrap them with the VM or field they concern and
 // check them with errors.Is; the API maps them to stable codes so a remote
-// client gets the same sentinel back.
+// client gets the same sentinel back. The first four are the ones coord
+// shares (jsonapi).
 var (
-	ErrNotFound     = errors.New("not found")
-	ErrExists       = errors.New("already exists")
-	ErrInvalidSpec  = errors.New("invalid spec")
+	ErrNotFound     = jsonapi.ErrNotFound
+	ErrExists       = jsonapi.ErrExists
+	ErrInvalidSpec  = jsonapi.ErrInvalid
+	ErrBusy         = jsonapi.ErrBusy
 	ErrInvalidState = errors.New("invalid state")
-	ErrBusy         = errors.New("another operation is in progress")
 	ErrQEMUStart    = errors.New("qemu failed to start")
 	ErrChecksum     = errors.New("checksum mismatch")
 	ErrNoDevice     = errors.New("no free device in pool")
@@ -26,21 +29,17 @@ var (
 	ErrRAMFile = errors.New("guest RAM file refused")
 )
 
-// errorCodes gives every sentinel a stable wire name, so a remote client
-// gets the same sentinel back.
-var errorCodes = jsonapi.Codes{
-	{Code: "not_found", Err: ErrNotFound},
-	{Code: "exists", Err: ErrExists},
-	{Code: "invalid_spec", Err: ErrInvalidSpec},
-	{Code: "invalid_state", Err: ErrInvalidState},
-	{Code: "busy", Err: ErrBusy},
+// errorCodes gives every sentinel a stable wire name and HTTP status. A
+// failed migration that was refused is "migration" (before unauthorized).
+var errorCodes = slices.Concat(jsonapi.Shared, jsonapi.Codes{
+	{Code: "invalid_state", Err: ErrInvalidState, Status: http.StatusConflict},
 	{Code: "qemu_start", Err: ErrQEMUStart},
-	{Code: "checksum", Err: ErrChecksum},
+	{Code: "checksum", Err: ErrChecksum, Status: http.StatusBadRequest},
 	{Code: "no_device", Err: ErrNoDevice},
 	{Code: "guest", Err: ErrGuest},
 	{Code: "migration", Err: ErrMigration},
-	{Code: "unauthorized", Err: ErrUnauthorized},
+	{Code: "unauthorized", Err: ErrUnauthorized, Status: http.StatusForbidden},
 	{Code: "ram_file", Err: ErrRAMFile},
-}
+})
 
 func codeOf(err error) string { return errorCodes.Of(err) }

@@ -27,7 +27,6 @@ import (
 // Host manages the VMs of one host. QEMU processes run in their own session
 // and are not tied to hostd's lifetime: New re-adopts the ones still running.
 type Host struct {
-	tag     string // short hash of the state dir, unique per hostd
 	started time.Time
 	cfg     Config
 	log     *slog.Logger
@@ -36,9 +35,9 @@ type Host struct {
 	mu  sync.Mutex
 	vms map[string]*VM
 
-	// Restart replaces the hostd process (set by the daemon). With check
-	// it only validates binary; VMs are untouched either way.
-	Restart func(binary string, check bool) error
+	// Restart checks binary ("": hostd's own) and returns what replaces
+	// the hostd process with it (set by the daemon); VMs are untouched.
+	Restart func(binary string) (exec func() error, err error)
 	// PeerTLS, when set, is how this hostd reaches other hostds (the
 	// destination of a migration) over mutual TLS.
 	PeerTLS *tls.Config
@@ -146,7 +145,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
-		tag: hostTag(cfg.StateDir), started: time.Now().UTC(), steps: newStepState()}
+		started: time.Now().UTC(), steps: newStepState()}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
 	}
@@ -155,7 +154,7 @@ func New(cfg Config) (*Host, error) {
 	}
 	// Made now, before any local user can take the name; one that is
 	// already someone else's fails every start on shared memory.
-	for _, dir := range RAMDirs(cfg.StateDir) {
+	for _, dir := range h.layout().RAMDirs() {
 		if d, err := openRAMDir(dir); err != nil {
 			h.log.Error("guest RAM directory refused: VMs on shared memory cannot start", "err", err)
 		} else {
@@ -218,10 +217,10 @@ func (h *Host) Close() error {
 // Config returns the effective configuration.
 func (h *Host) Config() Config { return h.cfg }
 
-func (h *Host) vmsDir() string { return filepath.Join(h.cfg.StateDir, "vms") }
+func (h *Host) vmsDir() string { return h.layout().VMs() }
 
 func (h *Host) newVM(name string, spec Spec) *VM {
-	return &VM{h: h, name: name, dir: filepath.Join(h.vmsDir(), name), spec: spec,
+	return &VM{h: h, name: name, dir: h.layout().VM(name), spec: spec,
 		log: h.log.With("vm", name)}
 }
 

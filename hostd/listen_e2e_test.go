@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/testenv"
 )
 
@@ -36,7 +36,7 @@ func TestListenWithoutTLSRefused(t *testing.T) {
 		!strings.Contains(string(out), "--insecure") {
 		t.Fatalf("the refusal does not say what is wrong and how to fix it:\n%s", out)
 	}
-	if _, err := os.Stat(filepath.Join(state, "hostd.sock")); err == nil {
+	if _, err := os.Stat(hostd.Layout{StateDir: state}.Socket()); err == nil {
 		t.Fatalf("a refused hostd left its socket behind")
 	}
 

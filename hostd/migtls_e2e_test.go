@@ -218,7 +218,7 @@ func startRogue(t *testing.T, ctx context.Context, dst *testenv.Hostd, ns *teste
 	if err != nil {
 		t.Fatal(err)
 	}
-	vmDir, dir := filepath.Join(dst.StateDir, "vms", name), t.TempDir()
+	vmDir, dir := dst.Layout().VM(name), t.TempDir()
 	args := []string{"netns", "exec", ns.Name}
 	for _, a := range strings.Split(strings.TrimRight(string(argv), "\x00"), "\x00") {
 		if a == "-incoming" || a == "defer" {

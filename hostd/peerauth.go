@@ -111,11 +111,11 @@ func callerFrom(ctx context.Context) Caller {
 func (h *Host) authorize(next http.Handler) http.Handler {
 	refuse := func(w http.ResponseWriter, r *http.Request) {
 		c := callerFrom(r.Context())
-		writeErr(w, fmt.Errorf("%s may not call %s %s: %w", c, r.Method, r.URL.Path, ErrUnauthorized))
+		errorCodes.WriteError(w, fmt.Errorf("%s may not call %s %s: %w", c, r.Method, r.URL.Path, ErrUnauthorized))
 	}
 	own := func(w http.ResponseWriter, r *http.Request) {
 		if err := h.receivedFrom(r.PathValue("name"), callerFrom(r.Context())); err != nil {
-			writeErr(w, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, err))
+			errorCodes.WriteError(w, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, err))
 			return
 		}
 		next.ServeHTTP(w, r)

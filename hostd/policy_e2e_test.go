@@ -63,7 +63,7 @@ func assertNothingLeft(t *testing.T, h *testenv.Hostd, what string) {
 	if vms, err := h.Client().List(context.Background()); err != nil || len(vms) != 0 {
 		t.Fatalf("%s: vms left: %+v %v", what, vms, err)
 	}
-	if entries, _ := os.ReadDir(filepath.Join(h.StateDir, "vms")); len(entries) != 0 {
+	if entries, _ := os.ReadDir(h.Layout().VMs()); len(entries) != 0 {
 		t.Fatalf("%s: state left: %v", what, entries)
 	}
 	if pids := qemuPIDs(h.StateDir); len(pids) != 0 {

@@ -9,17 +9,6 @@ import (
 	"strings"
 )
 
-// Files of a VM's state directory.
-const (
-	fileSpec    = "spec.json"
-	fileRuntime = "runtime.json"
-	fileQMP     = "qmp.sock"
-	fileGuest   = "guest.sock"
-	fileSerial  = "serial.log"
-	fileQEMULog = "qemu.log"
-	filePID     = "qemu.pid"
-)
-
 // launch says how to start QEMU for a VM.
 type launch struct {
 	spec     Spec
@@ -88,13 +77,26 @@ func qemuArgs(l launch) ([]string, error) {
 			"-blockdev", fmt.Sprintf("driver=%s,node-name=%s,file=f-%s", d.Format, d.ID, d.ID),
 			"-device", fmt.Sprintf("virtio-blk-pci,drive=%s,id=dev-%s", d.ID, d.ID))
 	}
+	a = append(a, l.deviceArgs()...)
+	a = append(a, l.guestChannelArgs()...)
+	if l.incoming {
+		a = append(a, "-incoming", "defer")
+	}
+	return append(a, confineArgs(l.runAs)...), nil
+}
+
+// deviceArgs: the NICs and other devices, each passthrough one on a
+// pcie-root-port of its own so it can be hot-unplugged; one detached at a
+// migration's or checkpoint's source keeps its port but is left out.
+func (l launch) deviceArgs() []string {
+	var a []string
 	chassis := 0
 	rootPort := func(id string) string {
 		chassis++
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=rp-%s,chassis=%d,slot=%d,bus=pcie.0", id, chassis, chassis))
 		return "rp-" + id
 	}
-	for _, n := range s.NICs {
+	for _, n := range l.spec.NICs {
 		nd := "nd-" + n.ID
 		switch n.Backend {
 		case "tap":
@@ -116,7 +118,7 @@ func qemuArgs(l launch) ([]string, error) {
 		}
 		a = append(a, "-device", deviceArg(nicDevice(n, "", nil)))
 	}
-	for _, d := range s.Devs {
+	for _, d := range l.spec.Devs {
 		bus := ""
 		if d.Passthrough {
 			bus = rootPort(d.ID)
@@ -126,19 +128,21 @@ func qemuArgs(l launch) ([]string, error) {
 		}
 		a = append(a, "-device", deviceArg(genericDevice(d, bus, l.override[d.ID])))
 	}
-	switch s.Guest.Type {
+	return a
+}
+
+// guestChannelArgs: the device guestd talks to hostd on.
+func (l launch) guestChannelArgs() []string {
+	switch l.spec.Guest.Type {
 	case "virtio-serial":
-		a = append(a,
+		return []string{
 			"-device", "virtio-serial-pci,id=vser0",
-			"-chardev", "socket,id=guestch,server=on,wait=off,path="+esc(filepath.Join(l.dir, genName(fileGuest, l.gen))),
-			"-device", "virtserialport,bus=vser0.0,chardev=guestch,name=org.symvirt.0")
+			"-chardev", "socket,id=guestch,server=on,wait=off,path=" + esc(filepath.Join(l.dir, genName(fileGuest, l.gen))),
+			"-device", "virtserialport,bus=vser0.0,chardev=guestch,name=org.symvirt.0"}
 	case "vsock":
-		a = append(a, "-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", s.Guest.CID))
+		return []string{"-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", l.spec.Guest.CID)}
 	}
-	if l.incoming {
-		a = append(a, "-incoming", "defer")
-	}
-	return append(a, confineArgs(l.runAs)...), nil
+	return nil
 }
 
 // sandboxDeny is QEMU's seccomp filter: no obsolete system calls, no
@@ -225,7 +229,7 @@ func (h *Host) ramPath(s Spec) string {
 			base = dir
 		}
 	}
-	return filepath.Join(base, "symvirt-"+h.tag, s.Name+".ram")
+	return filepath.Join(h.layout().ramDir(base), s.Name+".ram")
 }
 
 // hugetlbfsDir is the first hugetlbfs of 2 MiB pages mounted here, or "".

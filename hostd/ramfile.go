@@ -2,8 +2,6 @@ package hostd
 
 import (
 	"bufio"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -62,23 +60,6 @@ func (id ramIdentity) differs(path string, st *unix.Stat_t) string {
 		d = append(d, fmt.Sprintf("mode %#o, hostd created it %#o", st.Mode, id.Mode))
 	}
 	return strings.Join(d, "; ")
-}
-
-// hostTag is a short hash of a state dir: it names the host's RAM
-// directories, so two hostds on one machine never share one.
-func hostTag(stateDir string) string {
-	sum := sha256.Sum256([]byte(stateDir))
-	return hex.EncodeToString(sum[:4])
-}
-
-// RAMDirs lists the directories where the hostd of this state dir keeps
-// guest RAM files: on /dev/shm and on the hugetlbfs, if one is mounted.
-func RAMDirs(stateDir string) []string {
-	dirs := []string{filepath.Join(shmDir, "symvirt-"+hostTag(stateDir))}
-	if hp := hugetlbfsDir(); hp != "" {
-		dirs = append(dirs, filepath.Join(hp, "symvirt-"+hostTag(stateDir)))
-	}
-	return dirs
 }
 
 // openRAMDir creates the directory (0700) or opens the existing one, and
@@ -375,7 +356,7 @@ func qemuMaps(pid int, id ramIdentity) bool {
 // the only copy of a guest's memory.
 func (h *Host) StaleSharedMemory() []string {
 	var stale []string
-	for _, dir := range RAMDirs(h.cfg.StateDir) {
+	for _, dir := range h.layout().RAMDirs() {
 		matches, _ := filepath.Glob(filepath.Join(dir, "*.ram"))
 		for _, m := range matches {
 			if vm, err := h.Get(strings.TrimSuffix(filepath.Base(m), ".ram")); err == nil && vm.alive() {

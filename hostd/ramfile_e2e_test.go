@@ -44,7 +44,7 @@ func mustNobody(t *testing.T, args ...string) {
 
 // ramFileOf is where hostd h keeps VM vm's RAM on /dev/shm.
 func ramFileOf(h *testenv.Hostd, vm string) (dir, file string) {
-	dir = hostd.RAMDirs(h.StateDir)[0]
+	dir = h.Layout().RAMDirs()[0]
 	return dir, filepath.Join(dir, vm+".ram")
 }
 

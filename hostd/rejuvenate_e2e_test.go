@@ -78,7 +78,7 @@ func TestRejuvenateKeepsGuestMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := serialLog(h, "rj1")
-	shm := filepath.Join(hostd.RAMDirs(h.StateDir)[0], "rj1.ram")
+	shm := filepath.Join(h.Layout().RAMDirs()[0], "rj1.ram")
 	if st, err := os.Stat(shm); err != nil || st.Size() != 512<<20 {
 		t.Fatalf("shared memory file %s: %v", shm, err)
 	}
@@ -126,7 +126,7 @@ func TestRejuvenateKeepsGuestMemory(t *testing.T) {
 	}
 
 	// A stale file (a crash left it) is reported, not removed.
-	ghost := filepath.Join(hostd.RAMDirs(h.StateDir)[0], "ghost.ram")
+	ghost := filepath.Join(h.Layout().RAMDirs()[0], "ghost.ram")
 	os.WriteFile(ghost, []byte("x"), 0o600)
 	defer os.Remove(ghost)
 	hi, err := c.Host(ctx)

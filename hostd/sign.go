@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/atomicfile"
 	"github.com/symvirt/symvirt/internal/pki"
 )
 
@@ -104,10 +105,10 @@ func (h *Host) writeManifest(dir string, m Manifest) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileDurable(filepath.Join(dir, manifestSigName), sigData); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, manifestSigName), sigData, 0o600); err != nil {
 		return err
 	}
-	return writeFileDurable(filepath.Join(dir, manifestName), data)
+	return atomicfile.WriteFile(filepath.Join(dir, manifestName), data, 0o600)
 }
 
 // verifiedManifest reads a checkpoint's manifest and returns it only if
@@ -139,28 +140,4 @@ func (h *Host) verifiedManifest(dir string) (Manifest, error) {
 	}
 	h.log.Info("checkpoint manifest verified", "dir", dir, "signer", string(role)+"/"+name)
 	return m, nil
-}
-
-// writeFileDurable replaces path with data atomically and durably.
-func writeFileDurable(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
 }

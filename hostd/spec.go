@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/symvirt/symvirt/internal/names"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -108,10 +109,7 @@ type Channel struct {
 	CID  uint32 `yaml:"cid,omitempty" json:"cid,omitempty"`
 }
 
-var (
-	nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
-	idRE   = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_-]{0,30}$`)
-)
+var idRE = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_-]{0,30}$`)
 
 // ParseSpec decodes YAML (or JSON, a YAML subset) and validates it.
 // Unknown fields are errors: a typo must not silently drop a device.
@@ -145,133 +143,149 @@ func fieldErr(field, format string, a ...any) error {
 	return fmt.Errorf("%w: field %s: %s", ErrInvalidSpec, field, fmt.Sprintf(format, a...))
 }
 
-// Validate checks every field and names the first one that is wrong.
+// Validate checks every field and names the first one that is wrong; it
+// fills in the defaults.
 func (s *Spec) Validate() error {
-	if s.Name == "" {
-		return fieldErr("name", "missing")
+	if err := s.validateMachine(); err != nil {
+		return err
 	}
-	if !nameRE.MatchString(s.Name) {
-		return fieldErr("name", "%q: use letters, digits, '.', '_' or '-' (at most 63)", s.Name)
-	}
-	if s.Memory <= 0 {
-		return fieldErr("memory", "missing (e.g. memory: 512M)")
-	}
-	if s.HugePages && s.Memory%2 != 0 {
-		return fieldErr("memory", "%d MiB: with hugepages, a multiple of 2 MiB", s.Memory)
-	}
-	if s.HugePages && s.SharedMemory != nil && !*s.SharedMemory {
-		return fieldErr("shared_memory", "false, but hugepages are always a shared file")
-	}
-	if s.VCPUs == 0 {
-		s.VCPUs = 1
-	}
-	if s.VCPUs < 0 || s.VCPUs > 256 {
-		return fieldErr("vcpus", "%d is out of range 1..256", s.VCPUs)
-	}
-	if s.Kernel == "" && len(s.Disks) == 0 {
-		return fieldErr("kernel", "missing: give a kernel or at least one disk")
-	}
-	if s.Kernel == "" && (s.Initrd != "" || s.Append != "") {
-		return fieldErr("kernel", "missing: initrd and append need a kernel")
-	}
-	ids := map[string]string{}
-	useID := func(field, id string) error {
-		if !idRE.MatchString(id) {
-			return fieldErr(field, "%q: an id starts with a letter and has letters, digits, '_' or '-' (at most 31)", id)
-		}
-		if prev, dup := ids[id]; dup {
-			return fieldErr(field, "id %q is already used by %s", id, prev)
-		}
-		ids[id] = field
-		return nil
-	}
+	ids := idSet{}
 	for i := range s.Disks {
-		d := &s.Disks[i]
-		f := fmt.Sprintf("disks[%d]", i)
-		if d.ID == "" {
-			d.ID = fmt.Sprintf("disk%d", i)
-		}
-		if err := useID(f+".id", d.ID); err != nil {
+		if err := s.Disks[i].validate(fmt.Sprintf("disks[%d]", i), i, ids); err != nil {
 			return err
-		}
-		if d.Path == "" {
-			return fieldErr(f+".path", "missing")
-		}
-		if d.Format == "" {
-			d.Format = "qcow2"
-		}
-		if d.Format != "qcow2" && d.Format != "raw" {
-			return fieldErr(f+".format", "%q: want qcow2 or raw", d.Format)
 		}
 	}
 	for i := range s.NICs {
-		n := &s.NICs[i]
-		f := fmt.Sprintf("nics[%d]", i)
-		if n.ID == "" {
-			return fieldErr(f+".id", "missing")
-		}
-		if err := useID(f+".id", n.ID); err != nil {
+		if err := s.NICs[i].validate(fmt.Sprintf("nics[%d]", i), ids); err != nil {
 			return err
-		}
-		if n.Model == "" {
-			n.Model = "virtio-net-pci"
-		}
-		if n.MAC != "" {
-			if _, err := net.ParseMAC(n.MAC); err != nil {
-				return fieldErr(f+".mac", "%q is not a MAC address", n.MAC)
-			}
-		}
-		switch n.Backend {
-		case "", "user":
-			n.Backend = "user"
-			if n.Tap != "" {
-				return fieldErr(f+".tap", "only for backend: tap")
-			}
-		case "tap":
-			if n.Tap == "" {
-				return fieldErr(f+".tap", "missing: backend tap needs the tap interface name")
-			}
-			if len(n.HostFwd) > 0 {
-				return fieldErr(f+".hostfwd", "only for backend: user")
-			}
-		default:
-			return fieldErr(f+".backend", "%q: want user or tap", n.Backend)
-		}
-		if n.Pool != "" && !n.Passthrough {
-			return fieldErr(f+".pool", "only passthrough devices come from a pool")
 		}
 	}
 	for i := range s.Devs {
-		d := &s.Devs[i]
-		f := fmt.Sprintf("devices[%d]", i)
-		if d.ID == "" {
-			return fieldErr(f+".id", "missing")
-		}
-		if err := useID(f+".id", d.ID); err != nil {
+		if err := s.Devs[i].validate(fmt.Sprintf("devices[%d]", i), ids); err != nil {
 			return err
 		}
-		if d.Driver == "" {
-			return fieldErr(f+".driver", "missing")
-		}
-		for k := range d.Props {
-			if k == "id" || k == "driver" || k == "bus" || strings.ContainsAny(k, ",= ") {
-				return fieldErr(f+".props", "property %q is not allowed", k)
-			}
-		}
-		if d.Pool != "" && !d.Passthrough {
-			return fieldErr(f+".pool", "only passthrough devices come from a pool")
+	}
+	return s.Guest.validate()
+}
+
+func (s *Spec) validateMachine() error {
+	if err := names.Check("name", s.Name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidSpec, err)
+	}
+	switch {
+	case s.Memory <= 0:
+		return fieldErr("memory", "missing (e.g. memory: 512M)")
+	case s.HugePages && s.Memory%2 != 0:
+		return fieldErr("memory", "%d MiB: with hugepages, a multiple of 2 MiB", s.Memory)
+	case s.HugePages && s.SharedMemory != nil && !*s.SharedMemory:
+		return fieldErr("shared_memory", "false, but hugepages are always a shared file")
+	case s.VCPUs < 0 || s.VCPUs > 256:
+		return fieldErr("vcpus", "%d is out of range 1..256", s.VCPUs)
+	case s.Kernel == "" && len(s.Disks) == 0:
+		return fieldErr("kernel", "missing: give a kernel or at least one disk")
+	case s.Kernel == "" && (s.Initrd != "" || s.Append != ""):
+		return fieldErr("kernel", "missing: initrd and append need a kernel")
+	}
+	s.VCPUs = max(s.VCPUs, 1)
+	return nil
+}
+
+// idSet holds the device ids used so far, each with the field that uses it.
+type idSet map[string]string
+
+func (ids idSet) use(field, id string) error {
+	if !idRE.MatchString(id) {
+		return fieldErr(field, "%q: an id starts with a letter and has letters, digits, '_' or '-' (at most 31)", id)
+	}
+	if prev, dup := ids[id]; dup {
+		return fieldErr(field, "id %q is already used by %s", id, prev)
+	}
+	ids[id] = field
+	return nil
+}
+
+func (d *Disk) validate(f string, i int, ids idSet) error {
+	if d.ID == "" {
+		d.ID = fmt.Sprintf("disk%d", i)
+	}
+	if err := ids.use(f+".id", d.ID); err != nil {
+		return err
+	}
+	if d.Path == "" {
+		return fieldErr(f+".path", "missing")
+	}
+	if d.Format == "" {
+		d.Format = "qcow2"
+	}
+	if d.Format != "qcow2" && d.Format != "raw" {
+		return fieldErr(f+".format", "%q: want qcow2 or raw", d.Format)
+	}
+	return nil
+}
+
+func (n *NIC) validate(f string, ids idSet) error {
+	if n.ID == "" {
+		return fieldErr(f+".id", "missing")
+	}
+	if err := ids.use(f+".id", n.ID); err != nil {
+		return err
+	}
+	if n.Model == "" {
+		n.Model = "virtio-net-pci"
+	}
+	if _, err := net.ParseMAC(n.MAC); n.MAC != "" && err != nil {
+		return fieldErr(f+".mac", "%q is not a MAC address", n.MAC)
+	}
+	switch {
+	case n.Backend != "" && n.Backend != "user" && n.Backend != "tap":
+		return fieldErr(f+".backend", "%q: want user or tap", n.Backend)
+	case n.Backend != "tap" && n.Tap != "":
+		return fieldErr(f+".tap", "only for backend: tap")
+	case n.Backend == "tap" && n.Tap == "":
+		return fieldErr(f+".tap", "missing: backend tap needs the tap interface name")
+	case n.Backend == "tap" && len(n.HostFwd) > 0:
+		return fieldErr(f+".hostfwd", "only for backend: user")
+	case n.Pool != "" && !n.Passthrough:
+		return fieldErr(f+".pool", "only passthrough devices come from a pool")
+	}
+	if n.Backend == "" {
+		n.Backend = "user"
+	}
+	return nil
+}
+
+func (d *Dev) validate(f string, ids idSet) error {
+	if d.ID == "" {
+		return fieldErr(f+".id", "missing")
+	}
+	if err := ids.use(f+".id", d.ID); err != nil {
+		return err
+	}
+	if d.Driver == "" {
+		return fieldErr(f+".driver", "missing")
+	}
+	for k := range d.Props {
+		if k == "id" || k == "driver" || k == "bus" || strings.ContainsAny(k, ",= ") {
+			return fieldErr(f+".props", "property %q is not allowed", k)
 		}
 	}
-	switch s.Guest.Type {
+	if d.Pool != "" && !d.Passthrough {
+		return fieldErr(f+".pool", "only passthrough devices come from a pool")
+	}
+	return nil
+}
+
+func (c *Channel) validate() error {
+	switch c.Type {
 	case "", "none":
-		s.Guest.Type = "none"
+		c.Type = "none"
 	case "virtio-serial":
 	case "vsock":
-		if s.Guest.CID < 3 {
+		if c.CID < 3 {
 			return fieldErr("guest_channel.cid", "vsock needs a guest cid >= 3")
 		}
 	default:
-		return fieldErr("guest_channel.type", "%q: want none, virtio-serial or vsock", s.Guest.Type)
+		return fieldErr("guest_channel.type", "%q: want none, virtio-serial or vsock", c.Type)
 	}
 	return nil
 }

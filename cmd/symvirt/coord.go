@@ -4,17 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -86,38 +81,13 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 	defer c.Close()
 	sock := cmd.String("socket")
 	if sock == "" {
-		sock = filepath.Join(cfg.StateDir, "coord.sock")
+		sock = coord.SocketPath(cfg.StateDir)
 	}
-	ul, err := unixsock.Listen(sock)
-	if err != nil {
-		return err
+	listen := cmd.String("listen")
+	if listen != "" && serverTLS == nil {
+		return fmt.Errorf("--listen needs --tls-cert, --tls-key and --tls-ca: the coordinator's TCP API is mutual TLS only")
 	}
-	srv := &http.Server{Handler: c.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(ul) }()
-	if addr := cmd.String("listen"); addr != "" {
-		if serverTLS == nil {
-			return fmt.Errorf("--listen needs --tls-cert, --tls-key and --tls-ca: the coordinator's TCP API is mutual TLS only")
-		}
-		tl, err := net.Listen("tcp", addr)
-		if err != nil {
-			return err
-		}
-		go func() { errc <- srv.Serve(tls.NewListener(tl, serverTLS)) }()
-	}
-	log.Info("coord serving", "socket", sock, "listen", cmd.String("listen"), "state_dir", cfg.StateDir)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case <-sigs:
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return srv.Shutdown(sctx)
+	return serve(log, "coord", c.Handler(), sock, listen, serverTLS, "state_dir", cfg.StateDir)
 }
 
 var coordFlag = &cli.StringFlag{Name: "coord", Sources: cli.EnvVars("SYMVIRT_COORD"),

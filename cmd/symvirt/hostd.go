@@ -1,18 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
-	"os/signal"
-	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/pki"
@@ -101,35 +97,11 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	h.Restart = func(binary string, check bool) error {
-		bin := exe
-		if binary != "" {
-			bin = binary
-		}
-		if check {
-			st, err := os.Stat(bin)
-			if err != nil {
-				return fmt.Errorf("hostd binary: %w", err)
-			}
-			if st.Mode()&0o111 == 0 {
-				return fmt.Errorf("hostd binary %s is not executable", bin)
-			}
-			return nil
-		}
-		log.Info("re-executing hostd; VMs keep running", "binary", bin)
-		// Every descriptor is close-on-exec: the new process listens
-		// again and re-adopts the VMs from the state dir.
-		return syscall.Exec(bin, append([]string{bin}, os.Args[1:]...), os.Environ())
-	}
+	h.Restart = func(binary string) (func() error, error) { return reexec(cmp.Or(binary, exe), log) }
 	sock := cmd.String("socket")
 	if sock == "" {
-		sock = filepath.Join(cfg.StateDir, "hostd.sock")
+		sock = hostd.Layout{StateDir: cfg.StateDir}.Socket()
 	}
-	ul, err := unixsock.Listen(sock)
-	if err != nil {
-		return err
-	}
-	handler := h.Handler()
 	var serverTLS *tls.Config
 	if cert := cfg.TLSCert; cert != "" {
 		key, ca := cfg.TLSKey, cfg.TLSCA
@@ -145,34 +117,8 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 			return err
 		}
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(ul) }()
-	if addr := cmd.String("listen"); addr != "" {
-		tl, err := net.Listen("tcp", addr)
-		if err != nil {
-			return err
-		}
-		if serverTLS != nil {
-			tl = tls.NewListener(tl, serverTLS)
-		}
-		go func() { errc <- srv.Serve(tl) }()
-	}
-	log.Info("hostd serving", "socket", sock, "listen", cmd.String("listen"), "state_dir", cfg.StateDir,
-		"accel", h.Config().Accel)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case s := <-sigs:
-		log.Info("shutting down; VMs keep running", "signal", s.String())
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return srv.Shutdown(sctx)
+	return serve(log, "hostd", h.Handler(), sock, cmd.String("listen"), serverTLS,
+		"state_dir", cfg.StateDir, "accel", h.Config().Accel)
 }
 
 // checkListen refuses a TCP API without TLS on a non-loopback address
@@ -209,4 +155,21 @@ func listenHost(addr string) string {
 		return ""
 	}
 	return host
+}
+
+// reexec checks that bin can replace this hostd and returns what does it.
+// Every descriptor is close-on-exec: the new process listens again and
+// re-adopts the VMs from the state dir.
+func reexec(bin string, log *slog.Logger) (func() error, error) {
+	st, err := os.Stat(bin)
+	if err != nil {
+		return nil, fmt.Errorf("hostd binary: %w", err)
+	}
+	if st.Mode()&0o111 == 0 {
+		return nil, fmt.Errorf("hostd binary %s is not executable", bin)
+	}
+	return func() error {
+		log.Info("re-executing hostd; VMs keep running", "binary", bin)
+		return syscall.Exec(bin, append([]string{bin}, os.Args[1:]...), os.Environ())
+	}, nil
 }

@@ -86,7 +86,7 @@ func TestNamesCannotLeaveTheirRoot(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(filepath.Dir(h.StateDir), "x")); err == nil {
 		t.Errorf("hostd created %s", filepath.Join(filepath.Dir(h.StateDir), "x"))
 	}
-	if vms := entries(filepath.Join(h.StateDir, "vms")); len(vms) != 0 {
+	if vms := entries(h.Layout().VMs()); len(vms) != 0 {
 		t.Errorf("hostd's vms dir: %v", vms)
 	}
 }

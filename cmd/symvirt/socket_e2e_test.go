@@ -77,7 +77,7 @@ func TestAPISocketsRefuseOtherUsers(t *testing.T) {
 			os.Chmod(p, 0o755)
 		}
 	}
-	if m, _ := describe(t, filepath.Join(h.StateDir, "vms")); m.Perm() != 0o700 {
+	if m, _ := describe(t, h.Layout().VMs()); m.Perm() != 0o700 {
 		t.Errorf("hostd's vms dir (QMP and guest sockets live below it): %v", m)
 	}
 

@@ -114,3 +114,16 @@ func (c *Client) Stream(ctx context.Context, path string, body, out any, progres
 	}
 	return nil
 }
+
+// Progress decodes each progress line into a P for fn (nil: none).
+func Progress[P any](fn func(P)) func(json.RawMessage) {
+	if fn == nil {
+		return nil
+	}
+	return func(raw json.RawMessage) {
+		var p P
+		if json.Unmarshal(raw, &p) == nil {
+			fn(p)
+		}
+	}
+}

@@ -1,20 +1,14 @@
-// Package jsonapi is the wire format hostd and coord share: JSON replies,
-// errors as {"error":{"code","message"}} (the code maps back to a sentinel
-// on the client), and long operations as NDJSON streams of progress lines
-// ended by one line with the result, the error, or both (a failed job
-// operation still reports what happened to each VM).
 package jsonapi
 
 import (
 	"bufio"
 	"bytes"
-	"context"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"sync"
 )
 
 // Error is an API error on the wire.
@@ -33,21 +27,45 @@ type Event struct {
 // ErrNoResult: the stream ended without its last line (the server died).
 var ErrNoResult = errors.New("stream ended without a result")
 
-// Codes maps sentinel errors to stable wire codes, in order (an error
-// wrapping several sentinels maps to the first).
+// The sentinels both APIs share: hostd and coord re-export them, so "not
+// found" is one error whichever side says it.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrInvalid  = errors.New("invalid request")
+	ErrBusy     = errors.New("another operation is in progress")
+)
+
+// Shared gives the shared sentinels their codes; each API's table starts
+// with it.
+var Shared = Codes{
+	{Code: "not_found", Err: ErrNotFound, Status: http.StatusNotFound},
+	{Code: "exists", Err: ErrExists, Status: http.StatusConflict},
+	{Code: "invalid", Err: ErrInvalid, Status: http.StatusBadRequest},
+	{Code: "busy", Err: ErrBusy, Status: http.StatusConflict},
+}
+
+// Codes maps sentinel errors to stable wire codes and HTTP statuses, in
+// order (an error wrapping several sentinels maps to the first).
 type Codes []struct {
-	Code string
-	Err  error
+	Code   string
+	Err    error
+	Status int // 0: 500
 }
 
 // Of returns err's code ("internal" for none).
 func (c Codes) Of(err error) string {
+	code, _ := c.lookup(err)
+	return code
+}
+
+func (c Codes) lookup(err error) (string, int) {
 	for _, x := range c {
 		if errors.Is(err, x.Err) {
-			return x.Code
+			return x.Code, cmp.Or(x.Status, http.StatusInternalServerError)
 		}
 	}
-	return "internal"
+	return "internal", http.StatusInternalServerError
 }
 
 // Decode turns a wire error back into an error whose message is the
@@ -71,63 +89,6 @@ type remote struct {
 
 func (e *remote) Error() string { return e.msg }
 func (e *remote) Unwrap() error { return e.sentinel }
-
-// WriteJSON writes v as the reply.
-func WriteJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
-}
-
-// WriteError writes an error reply.
-func WriteError(w http.ResponseWriter, status int, code string, err error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(Event{Error: &Error{Code: code, Message: err.Error()}})
-}
-
-// Stream runs a long operation, sending its progress as NDJSON lines and
-// its result (and error) as the last line. The operation does not end
-// when the client goes away: a half-done operation is worse than an
-// unread answer.
-func Stream(w http.ResponseWriter, r *http.Request, code func(error) string, op func(ctx context.Context, progress func(any)) (any, error)) {
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	var mu sync.Mutex
-	gone := false
-	send := func(ev Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if gone {
-			return
-		}
-		if json.NewEncoder(w).Encode(ev) != nil {
-			gone = true
-			return
-		}
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
-	res, err := op(context.WithoutCancel(r.Context()), func(p any) {
-		if data, err := json.Marshal(p); err == nil {
-			send(Event{Progress: data})
-		}
-	})
-	var ev Event
-	if res != nil {
-		if data, merr := json.Marshal(res); merr == nil && !bytes.Equal(data, []byte("null")) {
-			ev.Result = data
-		}
-	}
-	if err != nil {
-		ev.Error = &Error{Code: code(err), Message: err.Error()}
-	}
-	if ev.Result == nil && ev.Error == nil {
-		ev.Result = json.RawMessage("{}")
-	}
-	send(ev)
-}
 
 // ReadStream reads a stream: progress lines go to progress, the result
 // into out (when there is one), and the wire error, if any, is returned

@@ -1,7 +1,3 @@
-// Package testenv runs the real daemons for integration tests: it builds
-// the symvirt binary once, starts hostd processes (optionally inside network
-// namespaces that stand for hosts), prints their logs only when a test
-// fails, and kills every QEMU a test left behind.
 package testenv
 
 import (
@@ -25,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/vishvananda/netns"
 )
@@ -116,15 +113,22 @@ func NewNetNS(t testing.TB, prefix string) *NetNS {
 // Link joins two namespaces with a veth pair and gives each end an
 // address (CIDR).
 func Link(t testing.TB, a, b *NetNS, addrA, addrB string) {
-	sfx := randSuffix()
-	ea, eb := "va"+sfx, "vb"+sfx
-	Run(t, "ip", "link", "add", ea, "type", "veth", "peer", "name", eb)
-	Run(t, "ip", "link", "set", ea, "netns", a.Name)
-	Run(t, "ip", "link", "set", eb, "netns", b.Name)
+	ea, eb := veth(t, "v", a, b)
 	Run(t, "ip", "-n", a.Name, "addr", "add", addrA, "dev", ea)
 	Run(t, "ip", "-n", b.Name, "addr", "add", addrB, "dev", eb)
 	Run(t, "ip", "-n", a.Name, "link", "set", ea, "up")
 	Run(t, "ip", "-n", b.Name, "link", "set", eb, "up")
+}
+
+// veth creates a veth pair (names starting with prefix) with one end in a,
+// the other in b.
+func veth(t testing.TB, prefix string, a, b *NetNS) (ea, eb string) {
+	sfx := randSuffix()
+	ea, eb = prefix+"a"+sfx, prefix+"b"+sfx
+	Run(t, "ip", "link", "add", ea, "type", "veth", "peer", "name", eb)
+	Run(t, "ip", "link", "set", ea, "netns", a.Name)
+	Run(t, "ip", "link", "set", eb, "netns", b.Name)
+	return ea, eb
 }
 
 // Daemon is a symvirt daemon process under test (hostd, coord): started
@@ -230,8 +234,11 @@ type Hostd struct {
 	Args     []string
 }
 
+// Layout is where this hostd keeps its files.
+func (h *Hostd) Layout() hostd.Layout { return hostd.Layout{StateDir: h.StateDir} }
+
 // Socket is the hostd's unix API socket.
-func (h *Hostd) Socket() string { return filepath.Join(h.StateDir, "hostd.sock") }
+func (h *Hostd) Socket() string { return h.Layout().Socket() }
 
 // Client returns an API client on the unix socket.
 func (h *Hostd) Client() *hostd.Client { return hostd.NewClient(h.Socket()) }
@@ -286,22 +293,29 @@ func StartHostd(t testing.TB, name string, ns *NetNS, listen string, cfg string,
 		KillUnder(h.StateDir)
 		// QEMUs killed by a test leave their shared RAM behind (hostd
 		// keeps a crashed VM's file for the operator); a test must not.
-		for _, dir := range hostd.RAMDirs(h.StateDir) {
+		for _, dir := range h.Layout().RAMDirs() {
 			os.RemoveAll(dir)
 		}
 		if t.Failed() {
 			t.Logf("---- %s logs ----\n%s", h.Name, h.Logs())
-			for _, f := range globAll(h.StateDir, "vms/*/qemu.log", "vms/*/serial.log") {
-				data, _ := os.ReadFile(f)
-				if len(data) > 4000 {
-					data = data[len(data)-4000:]
-				}
-				t.Logf("---- %s (tail) ----\n%s", f, data)
+			vms, _ := os.ReadDir(h.Layout().VMs())
+			for _, vm := range vms {
+				printTail(t, h.Layout().QEMULog(vm.Name()))
+				printTail(t, h.Layout().SerialLog(vm.Name()))
 			}
 		}
 	})
 	h.Start()
 	return h
+}
+
+// printTail logs the end of a file.
+func printTail(t testing.TB, f string) {
+	data, _ := os.ReadFile(f)
+	if len(data) > 4000 {
+		data = data[len(data)-4000:]
+	}
+	t.Logf("---- %s (tail) ----\n%s", f, data)
 }
 
 // PolicyDirs are the directories a test hostd lets specs use for kernels,
@@ -324,15 +338,6 @@ func PolicyYAML(t testing.TB) string {
 	}
 	list := strings.Join(q, ", ")
 	return fmt.Sprintf("\npolicy: {image_dirs: [%s], disk_dirs: [%s], qemu_dirs: [%s]}\n", list, list, list)
-}
-
-func globAll(dir string, patterns ...string) []string {
-	var out []string
-	for _, p := range patterns {
-		m, _ := filepath.Glob(filepath.Join(dir, p))
-		out = append(out, m...)
-	}
-	return out
 }
 
 type lockedWriter struct{ d *Daemon }
@@ -383,11 +388,7 @@ func Tap(t testing.TB, ns *NetNS, tap, br string) {
 // BridgeLink joins bridge brA in a and brB in b with a veth pair, so both
 // are one L2 segment (the cluster network guests share).
 func BridgeLink(t testing.TB, a *NetNS, brA string, b *NetNS, brB string) {
-	sfx := randSuffix()
-	ea, eb := "la"+sfx, "lb"+sfx
-	Run(t, "ip", "link", "add", ea, "type", "veth", "peer", "name", eb)
-	Run(t, "ip", "link", "set", ea, "netns", a.Name)
-	Run(t, "ip", "link", "set", eb, "netns", b.Name)
+	ea, eb := veth(t, "l", a, b)
 	Run(t, "ip", "-n", a.Name, "link", "set", ea, "master", brA, "up")
 	Run(t, "ip", "-n", b.Name, "link", "set", eb, "master", brB, "up")
 }
@@ -395,11 +396,7 @@ func BridgeLink(t testing.TB, a *NetNS, brA string, b *NetNS, brB string) {
 // Attach gives namespace c an address on bridge br of namespace a (a
 // client on the guests' L2).
 func Attach(t testing.TB, c *NetNS, addr string, a *NetNS, br string) {
-	sfx := randSuffix()
-	ec, ea := "ca"+sfx, "cb"+sfx
-	Run(t, "ip", "link", "add", ec, "type", "veth", "peer", "name", ea)
-	Run(t, "ip", "link", "set", ec, "netns", c.Name)
-	Run(t, "ip", "link", "set", ea, "netns", a.Name)
+	ec, ea := veth(t, "c", c, a)
 	Run(t, "ip", "-n", c.Name, "addr", "add", addr, "dev", ec)
 	Run(t, "ip", "-n", c.Name, "link", "set", ec, "up")
 	Run(t, "ip", "-n", a.Name, "link", "set", ea, "master", br, "up")
@@ -436,7 +433,7 @@ type Coord struct {
 }
 
 // Socket is the coordinator's unix API socket.
-func (c *Coord) Socket() string { return filepath.Join(c.StateDir, "coord.sock") }
+func (c *Coord) Socket() string { return coord.SocketPath(c.StateDir) }
 
 // CLI runs a symvirt command against this coordinator.
 func (c *Coord) CLI(t testing.TB, args ...string) (string, error) {

@@ -1,0 +1,28 @@
+// Package hostd runs the VMs of one host: one QEMU per VM, driven over QMP,
+// and executes the coordinator's steps on them. It decides nothing about
+// jobs and rolls nothing back on its own: what happens next in an operation
+// is coord/machine's to say. Its parts:
+//
+//   - QEMU process supervision (host.go, qemuargs.go, spec.go, policy.go,
+//     policy_devices.go, qcow2.go, ramfile.go, rejuvenate.go): a spec is
+//     validated and confined by the host's policy, QEMU is started
+//     sandboxed in its own session with its RAM in a file hostd created,
+//     and re-adopted, not restarted, when hostd itself restarts.
+//   - Persisted state (layout.go, host.go's writeJSON): every VM's spec and
+//     runtime state (leases included) live under Layout's state directory,
+//     written through internal/atomicfile, so a crash leaves the old or the
+//     new file; Layout is also what tools and tests read.
+//   - Steps and leases (steps.go, fence.go): typed, idempotent steps, each
+//     under an operation's lease; a lease that expires undoes what its
+//     steps did to the VM.
+//   - Snapshot and stream (checkpoint.go, live.go, manifest.go, sign.go,
+//     migrate.go, migtunnel.go, migtls.go, miguri.go): a checkpoint is a
+//     directory of hashed files under a signed manifest; a migration is
+//     QEMU's stream, carried by hostd under TLS when configured.
+//   - Devices and the guest (devices.go, guest.go, guest_vsock.go):
+//     passthrough devices are hot-unplugged and plugged again; guestd is
+//     asked to cooperate and never trusted.
+//   - API (api.go, client.go, errors.go, peerauth.go, metrics.go): JSON over
+//     HTTP (internal/jsonapi), on a root-only unix socket or mutual TLS;
+//     every error wraps a sentinel of errors.go, which the client gets back.
+package hostd

@@ -1,0 +1,58 @@
+package hostd
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"path/filepath"
+)
+
+// Layout is where the hostd of one state directory keeps its files: the
+// API socket, a directory per VM, and guest RAM files outside the state
+// directory. Tools and tests read it here rather than re-deriving it.
+type Layout struct{ StateDir string }
+
+// Files of a VM's directory.
+const (
+	fileSpec    = "spec.json"
+	fileRuntime = "runtime.json"
+	fileQMP     = "qmp.sock"
+	fileGuest   = "guest.sock"
+	fileSerial  = "serial.log"
+	fileQEMULog = "qemu.log"
+	filePID     = "qemu.pid"
+)
+
+func (h *Host) layout() Layout { return Layout{h.cfg.StateDir} }
+
+// Socket is the API's unix socket (unless --socket says otherwise).
+func (l Layout) Socket() string { return filepath.Join(l.StateDir, "hostd.sock") }
+
+// VMs holds one directory per VM.
+func (l Layout) VMs() string { return filepath.Join(l.StateDir, "vms") }
+
+// VM is a VM's directory: its spec, runtime state, sockets and logs.
+func (l Layout) VM(name string) string { return filepath.Join(l.VMs(), name) }
+
+// SerialLog is a VM's console output.
+func (l Layout) SerialLog(vm string) string { return filepath.Join(l.VM(vm), fileSerial) }
+
+// QEMULog is what a VM's QEMU printed.
+func (l Layout) QEMULog(vm string) string { return filepath.Join(l.VM(vm), fileQEMULog) }
+
+// RAMDirs lists the directories where this hostd keeps guest RAM files:
+// on /dev/shm and on the hugetlbfs, if one is mounted.
+func (l Layout) RAMDirs() []string {
+	dirs := []string{l.ramDir(shmDir)}
+	if hp := hugetlbfsDir(); hp != "" {
+		dirs = append(dirs, l.ramDir(hp))
+	}
+	return dirs
+}
+
+// ramDir is this hostd's RAM directory on the file system at base, named
+// by a short hash of the state dir so two hostds on one machine (tests, a
+// migration between them) never share one.
+func (l Layout) ramDir(base string) string {
+	sum := sha256.Sum256([]byte(l.StateDir))
+	return filepath.Join(base, "symvirt-"+hex.EncodeToString(sum[:4]))
+}
