@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/symvirt/symvirt/qmp"
 )
 
 // Steps are the pieces of a job operation that the coordinator drives one
@@ -91,6 +93,15 @@ type MigrateArgs struct {
 	// Grant is the coordinator's signed permission for this host to hand
 	// the VM to Dest; the source forwards it.
 	Grant *Grant `json:"grant,omitempty"`
+	// MaxBandwidth caps the stream in bytes/s (0: no practical cap).
+	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
+	// DowntimeLimit is QEMU's target for the final stop-and-copy.
+	DowntimeLimit time.Duration `json:"downtime_limit_ns,omitempty"`
+	// Capabilities are extra QEMU migration capabilities (auto-converge...).
+	Capabilities map[string]bool `json:"capabilities,omitempty"`
+	// Progress, when set (hostd's own direct operations), observes QEMU's
+	// figures while the stream runs and once more when it completed.
+	Progress func(qmp.MigrationInfo) `json:"-"`
 }
 
 // ResumeArgs: what the guest is told happened.
