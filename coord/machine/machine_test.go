@@ -563,11 +563,34 @@ func TestNewValidation(t *testing.T) {
 		{"no host", "op", KindCheckpoint, []VM{{Name: "a"}}, ok},
 		{"dup", "op", KindCheckpoint, []VM{{Name: "a", Host: "h"}, {Name: "a", Host: "h"}}, ok},
 		{"no checkpoint id", "op", KindRestart, vms3, Options{}},
-		{"live checkpoint", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Live: true}},
+		{"live restart", "op", KindRestart, vms3, Options{CheckpointID: "ck", Live: true}},
+		{"live rejuvenate", "op", KindRejuvenate, vms3, Options{Live: true}},
+		{"bandwidth without live", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Bandwidth: 1 << 20}},
+		{"bandwidth on a migration", "op", KindMigrate, mgVMs, Options{Live: true, Bandwidth: 1 << 20}},
+		{"negative bandwidth", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Live: true, Bandwidth: -1}},
+		{"freeze on a checkpoint", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Freeze: true}},
+		{"freeze on a rejuvenate", "op", KindRejuvenate, vms3, Options{Freeze: true}},
 		{"nothing moves", "op", KindMigrate, []VM{{Name: "a", Host: "h", Dest: "h"}}, ok},
 	} {
 		if _, acts, err := New(c.id, c.kind, "j", c.vms, c.opts, t0); err == nil || acts != nil {
 			t.Errorf("%s: err %v, actions %v", c.name, err, acts)
+		}
+	}
+	for _, c := range []struct {
+		kind Kind
+		opts Options
+	}{
+		{KindCheckpoint, Options{CheckpointID: "ck", Live: true, Bandwidth: 1 << 20}},
+		{KindMigrate, Options{Live: true, Freeze: true}},
+		{KindEvacuate, Options{Freeze: true}},
+		{KindRejuvenate, Options{}},
+	} {
+		vms := vms3
+		if c.kind != KindCheckpoint && c.kind != KindRejuvenate {
+			vms = mgVMs
+		}
+		if _, _, err := New("op", c.kind, "j", vms, c.opts, t0); err != nil {
+			t.Errorf("%s %+v: %v", c.kind, c.opts, err)
 		}
 	}
 	o, _, err := New("op", KindMigrate, "j", mgVMs, Options{}, t0)
@@ -595,6 +618,13 @@ func TestRecoverAfterEveryStep(t *testing.T) {
 		{"migrate fails", KindMigrate, mgVMs, Options{}, failOn(Migrate, "b")},
 		{"live", KindMigrate, mgVMs, Options{Live: true}, allOK},
 		{"refused", KindEvacuate, mgVMs, Options{}, failOn(Prepare, "c")},
+		{"live checkpoint", KindCheckpoint, vms3, liveOpts, allOK},
+		{"live checkpoint fence fails", KindCheckpoint, vms3, liveOpts, failOn(Fence, "b")},
+		{"live checkpoint stream fails", KindCheckpoint, vms3, liveOpts, failOn(WaitSave, "c")},
+		{"rejuvenate", KindRejuvenate, vms3, Options{}, allOK},
+		{"rejuvenate replace fails", KindRejuvenate, vms3, Options{}, failOn(Replace, "a")},
+		{"migrate cancel given up", KindMigrate, mgVMs, Options{}, failOnAny(
+			failOn(Migrate, "b"), failOn(CancelMigrate, "a"))},
 	}
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
@@ -629,6 +659,20 @@ func TestRecoverAfterEveryStep(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+var liveOpts = Options{CheckpointID: "ck", Live: true, Bandwidth: 1 << 20}
+
+// failOnAny fails what any of the policies fails.
+func failOnAny(policies ...func(a Action) (verdict, string)) func(a Action) (verdict, string) {
+	return func(a Action) (verdict, string) {
+		for _, p := range policies {
+			if v, reason := p(a); v != vOK {
+				return v, reason
+			}
+		}
+		return vOK, ""
 	}
 }
 
