@@ -54,7 +54,6 @@ type directOp struct {
 	NoGuest bool        `json:"no_guest,omitempty"`
 	// Quit (checkpoint): the VM quits after its save instead of running on.
 	Quit          bool            `json:"quit,omitempty"`
-	Freeze        bool            `json:"freeze,omitempty"`
 	MaxBandwidth  int64           `json:"max_bandwidth,omitempty"`
 	DowntimeLimit time.Duration   `json:"downtime_limit_ns,omitempty"`
 	Capabilities  map[string]bool `json:"capabilities,omitempty"`
@@ -177,7 +176,9 @@ func (h *Host) execDirect(ctx context.Context, d *directOp, a machine.Action) ma
 		res = h.localStep(ctx, d, a)
 		crashPoint(string(d.Op.Kind)+":"+string(a.Type), h.log)
 	default:
-		res = h.peerStep(ctx, d, a)
+		if res = h.peerStep(ctx, d, a); !res.OK && h.peerDown(d.To) {
+			return machine.HostDown{Host: a.Host, Now: time.Now()}
+		}
 	}
 	if !res.OK && forwardAction(a.Type) {
 		d.mu.Lock()
@@ -249,7 +250,7 @@ func (d *directOp) stepRequest(a machine.Action) StepRequest {
 	req := StepRequest{ID: a.ID.String(), Op: a.ID.Op, Kind: string(a.Type), VM: a.VM, Deadline: a.Deadline}
 	switch a.Type {
 	case machine.Prepare:
-		req.Prepare = &PrepareArgs{Operation: string(d.Op.Kind), Freeze: d.Freeze}
+		req.Prepare = &PrepareArgs{Operation: string(d.Op.Kind), Freeze: a.Freeze}
 	case machine.Resume:
 		req.Resume = &ResumeArgs{Outcome: a.Outcome}
 	case machine.Save, machine.Restore, machine.DeleteArtifacts:
@@ -301,6 +302,22 @@ func (h *Host) peerStep(ctx context.Context, d *directOp, a machine.Action) Step
 		return StepResult{Reason: fmt.Sprintf("destination %s: %v", d.To, err), Code: codeOf(err)}
 	}
 	return StepResult{OK: true}
+}
+
+// peerDown reports whether a destination hostd is gone: it does not
+// answer at all, three times (an error answer is an answer). A host
+// reported down runs no copy of the VM that anyone will ever resume.
+func (h *Host) peerDown(addr string) bool {
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := h.peer(addr).Host(ctx)
+		cancel()
+		if err == nil || codeOf(err) != "internal" {
+			return false
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return true
 }
 
 // recoverDirect finishes every direct operation a previous hostd left

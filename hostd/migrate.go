@@ -77,12 +77,12 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 		return res, fmt.Errorf("vm %q: a dependency-aware migration needs the guest's cooperation: %w", vm.name, ErrInvalidState)
 	}
 	o := vm.h.opOptions("")
-	o.Live = true
+	o.Live, o.Freeze = true, opts.DependencyAware
 	d, acts, err := vm.h.newDirect(machine.KindMigrate, machine.VM{Name: vm.name, Dest: opts.To}, o)
 	if err != nil {
 		return res, err
 	}
-	d.To, d.Grant, d.NoGuest, d.Freeze, d.progress = opts.To, opts.Grant, opts.NoGuest, opts.DependencyAware, progress
+	d.To, d.Grant, d.NoGuest, d.progress = opts.To, opts.Grant, opts.NoGuest, progress
 	d.MaxBandwidth, d.DowntimeLimit, d.Capabilities = opts.MaxBandwidth, opts.DowntimeLimit, opts.Capabilities
 	if _, err := vm.h.runDirect(d, acts); err != nil {
 		return res, err
