@@ -57,6 +57,7 @@ type directOp struct {
 	MaxBandwidth  int64           `json:"max_bandwidth,omitempty"`
 	DowntimeLimit time.Duration   `json:"downtime_limit_ns,omitempty"`
 	Capabilities  map[string]bool `json:"capabilities,omitempty"`
+	QEMU          string          `json:"qemu,omitempty"` // rejuvenate: the new binary
 
 	progress ProgressFunc
 	steps    sync.Mutex // this host runs one of the op's steps at a time
@@ -66,6 +67,8 @@ type directOp struct {
 	stopped  time.Time
 	resumed  time.Time
 	mig      qmp.MigrationInfo
+	bytes    int64  // rejuvenate: device state moved
+	note     string // how a step departed from its request
 	destVM   VMInfo
 }
 
@@ -192,7 +195,8 @@ func (h *Host) execDirect(ctx context.Context, d *directOp, a machine.Action) ma
 
 func forwardAction(t machine.ActionType) bool {
 	switch t {
-	case machine.Prepare, machine.Detach, machine.Stop, machine.Save, machine.Migrate, machine.Restore:
+	case machine.Prepare, machine.Detach, machine.Stop, machine.Save, machine.Migrate, machine.Restore,
+		machine.Arm, machine.Fence, machine.Point, machine.Replace:
 		return true
 	}
 	return false
@@ -217,6 +221,9 @@ func (h *Host) localStep(ctx context.Context, d *directOp, a machine.Action) Ste
 	res := h.Step(ctx, d.stepRequest(a))
 	if res.OK {
 		d.mu.Lock()
+		if res.Note != "" {
+			d.note = res.Note
+		}
 		switch a.Type {
 		case machine.Stop:
 			d.stopped = timeNow()
@@ -258,6 +265,12 @@ func (d *directOp) stepRequest(a machine.Action) StepRequest {
 	case machine.Migrate:
 		req.Migrate = &MigrateArgs{Dest: d.To, Grant: d.Grant, MaxBandwidth: d.MaxBandwidth,
 			DowntimeLimit: d.DowntimeLimit, Capabilities: d.Capabilities, Progress: d.migrating}
+	case machine.Replace:
+		req.Replace = &ReplaceArgs{QEMU: d.QEMU, Transferred: func(n int64) {
+			d.mu.Lock()
+			d.bytes = n
+			d.mu.Unlock()
+		}}
 	}
 	return req
 }

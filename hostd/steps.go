@@ -71,6 +71,7 @@ type StepRequest struct {
 	Save    *SaveArgs    `json:"save,omitempty"`    // save, arm, point, wait-save, restore, delete-artifacts
 	Migrate *MigrateArgs `json:"migrate,omitempty"` // migrate
 	Resume  *ResumeArgs  `json:"resume,omitempty"`  // resume
+	Replace *ReplaceArgs `json:"replace,omitempty"` // replace
 }
 
 // PrepareArgs: what the guest is told is coming.
@@ -129,7 +130,7 @@ type StepResult struct {
 
 func forwardStep(kind string) bool {
 	switch kind {
-	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint:
+	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint, StepReplace:
 		return true
 	}
 	return false
@@ -312,12 +313,14 @@ func (r StepRequest) Validate() error {
 		want = "migrate"
 	case StepResume:
 		want = "resume"
+	case StepReplace:
+		want = "replace"
 	case StepDetach, StepStop, StepFence, StepAttach, StepAbort, StepKill, StepCancelMigrate:
 	default:
 		return fmt.Errorf("step kind %q: %w", r.Kind, ErrInvalidSpec)
 	}
 	have := map[string]bool{"prepare": r.Prepare != nil, "save": r.Save != nil, "migrate": r.Migrate != nil,
-		"resume": r.Resume != nil}
+		"resume": r.Resume != nil, "replace": r.Replace != nil}
 	for k, ok := range have {
 		if ok != (k == want) {
 			return fmt.Errorf("step %s: arguments %q %s: %w", r.Kind, k, map[bool]string{true: "are not taken", false: "are missing"}[ok], ErrInvalidSpec)
@@ -380,6 +383,7 @@ var forwardSteps = map[string]func(*VM, context.Context, StepRequest) (string, e
 	StepFence:   (*VM).fenceStep,
 	StepSave:    (*VM).saveStep,
 	StepPoint:   (*VM).pointStep,
+	StepReplace: (*VM).replaceStep,
 	StepMigrate: func(vm *VM, ctx context.Context, req StepRequest) (string, error) {
 		return "", vm.migrateStep(ctx, req)
 	},
