@@ -95,8 +95,9 @@ type CheckpointResult struct {
 // Checkpoint saves the VM's memory and device state (and copies its disks)
 // into opts.Dir, a one-VM operation of the coordinator's machine: guest
 // cooperation round, detach passthrough devices, stop, save, re-attach,
-// resume. On any failure the machine rolls it back: the partial directory
-// is removed and the VM runs as it was.
+// resume; live, the VM runs on through the copy and stands still only for
+// its snapshot point. On any failure the machine rolls it back: the partial
+// directory is removed and the VM runs as it was.
 func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress ProgressFunc) (res CheckpointResult, err error) {
 	start := timeNow()
 	defer func() { vm.h.metrics.observe("checkpoint", resultLabel(err), start) }()
@@ -109,20 +110,17 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	if _, err := os.Lstat(opts.Dir); !errors.Is(err, os.ErrNotExist) {
 		return res, fmt.Errorf("checkpoint dir %s: %w", opts.Dir, os.ErrExist)
 	}
-	if progress == nil {
-		progress = func(Progress) {}
+	o := vm.h.opOptions(opts.Dir)
+	if opts.Live && (opts.Stop || !vm.running(ctx)) {
+		res.Fallback = "the vm does not run on after this checkpoint"
+	} else if opts.Live {
+		o.Live, o.Bandwidth = true, opts.Bandwidth
 	}
-	if opts.Live {
-		var done bool
-		if res, done, err = vm.checkpointLive(ctx, opts, progress); done {
-			return res, err
-		}
-	}
-	d, acts, err := vm.h.newDirect(machine.KindCheckpoint, machine.VM{Name: vm.name}, vm.h.opOptions(opts.Dir))
+	d, acts, err := vm.h.newDirect(machine.KindCheckpoint, machine.VM{Name: vm.name}, o)
 	if err != nil {
 		return res, err
 	}
-	d.Dir, d.NoGuest, d.Quit, d.progress = opts.Dir, opts.NoGuest, opts.Stop, progress
+	d.Dir, d.NoGuest, d.Quit, d.MaxBandwidth, d.progress = opts.Dir, opts.NoGuest, opts.Stop, opts.Bandwidth, progress
 	if _, err := vm.h.runDirect(d, acts); err != nil {
 		return res, err
 	}
@@ -133,95 +131,12 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 		res.Bytes += f.Size
 	}
 	res.Dir, res.Downtime, res.Duration = opts.Dir, d.resumed.Sub(d.stopped), timeNow().Sub(start)
-	vm.log.Info("checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "downtime", res.Downtime)
+	if o.Live {
+		res.Live, res.Fallback = d.note == "", d.note
+		res.Downtime, res.Pause, res.SnapshotAt = d.pause, d.pause, d.snapshotAt
+	}
+	vm.log.Info("checkpoint complete", "dir", opts.Dir, "live", res.Live, "bytes", res.Bytes, "downtime", res.Downtime)
 	return res, nil
-}
-
-// checkpointLive copies the VM's memory while it runs; it reports done
-// false (with res.Fallback saying why) where a live checkpoint is not
-// possible and nothing was changed: the caller saves stop-and-save.
-func (vm *VM) checkpointLive(ctx context.Context, opts CheckpointOptions, progress ProgressFunc) (res CheckpointResult, done bool, err error) {
-	if err := vm.lock("checkpoint"); err != nil {
-		return res, true, err
-	}
-	defer vm.unlock()
-	start := timeNow()
-	mon, err := vm.monitor()
-	if err != nil {
-		return res, true, err
-	}
-	if opts.Stop || !vm.running(ctx) {
-		res.Fallback = "the vm does not run on after this checkpoint"
-		return res, false, nil
-	}
-	if err := mkdirAll(filepath.Dir(opts.Dir), 0o700); err != nil {
-		return res, true, err
-	}
-	if err := mkdir(opts.Dir, 0o700); err != nil {
-		return res, true, fmt.Errorf("checkpoint dir %s: %w", opts.Dir, err)
-	}
-	progress(Progress{Phase: "prepare"})
-	coop, err := vm.prepareGuest(ctx, "checkpoint", opts.NoGuest)
-	if err == nil {
-		progress(Progress{Phase: "detach"})
-		if err = vm.detachAll(ctx); err == nil && len(vm.Spec().Disks) > 0 {
-			// Disks are copied at the snapshot point: the vCPUs stand
-			// still for the copy (QEMU runs them again there).
-			err = mon.Stop(ctx)
-		}
-	}
-	var ls *liveSave
-	if err == nil {
-		progress(Progress{Phase: "snapshot"})
-		ls, err = vm.liveSaveNow(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth, false, progress)
-	}
-	if err != nil {
-		rctx := context.WithoutCancel(ctx)
-		vm.attachAll(rctx)
-		if !vm.running(rctx) {
-			mon.Cont(rctx)
-		}
-		coop.finish(rctx, "aborted")
-		os.RemoveAll(opts.Dir)
-		if errors.Is(err, ErrLiveUnsupported) {
-			vm.log.Warn("live checkpoint unsupported here: stop-and-save instead", "err", err)
-			res.Fallback = err.Error()
-			return res, false, nil
-		}
-		return res, true, err
-	}
-	return vm.liveStreamed(ctx, opts.Dir, ls, coop, start, progress)
-}
-
-// liveStreamed runs the VM again after its snapshot point (devices back,
-// guest told) while the memory streams, and reports the finished stream.
-func (vm *VM) liveStreamed(ctx context.Context, dir string, ls *liveSave, coop *coop, start time.Time, progress ProgressFunc) (res CheckpointResult, done bool, err error) {
-	vm.mu.Lock()
-	vm.live = ls
-	vm.mu.Unlock()
-	defer func() {
-		vm.mu.Lock()
-		if vm.live == ls {
-			vm.live = nil
-		}
-		vm.mu.Unlock()
-	}()
-	if err := vm.attachAll(ctx); err != nil {
-		vm.log.Error("re-attach after snapshot point", "err", err)
-	}
-	coop.finish(ctx, "checkpointed")
-	progress(Progress{Phase: "stream"})
-	m, err := ls.wait(ctx)
-	if err != nil {
-		return res, true, err // the stream removed its files; the vm runs on
-	}
-	for _, f := range m.Files {
-		res.Bytes += f.Size
-	}
-	res.Live, res.Dir, res.Manifest, res.Duration = true, dir, m, timeNow().Sub(start)
-	res.Downtime, res.Pause, res.SnapshotAt = ls.downtime, ls.pause, ls.at // the snapshot point's
-	vm.log.Info("live checkpoint complete", "dir", dir, "bytes", res.Bytes, "pause", res.Pause)
-	return res, true, nil
 }
 
 // writeCheckpoint saves a stopped VM into dir (which exists and is empty):

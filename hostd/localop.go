@@ -54,22 +54,24 @@ type directOp struct {
 	NoGuest bool        `json:"no_guest,omitempty"`
 	// Quit (checkpoint): the VM quits after its save instead of running on.
 	Quit          bool            `json:"quit,omitempty"`
-	MaxBandwidth  int64           `json:"max_bandwidth,omitempty"`
+	MaxBandwidth  int64           `json:"max_bandwidth,omitempty"` // migrate, live checkpoint
 	DowntimeLimit time.Duration   `json:"downtime_limit_ns,omitempty"`
 	Capabilities  map[string]bool `json:"capabilities,omitempty"`
 	QEMU          string          `json:"qemu,omitempty"` // rejuvenate: the new binary
 
-	progress ProgressFunc
-	steps    sync.Mutex // this host runs one of the op's steps at a time
-	mu       sync.Mutex
-	failure  error // the first forward step's failure, with its sentinel
-	saved    bool
-	stopped  time.Time
-	resumed  time.Time
-	mig      qmp.MigrationInfo
-	bytes    int64  // rejuvenate: device state moved
-	note     string // how a step departed from its request
-	destVM   VMInfo
+	progress   ProgressFunc
+	steps      sync.Mutex // this host runs one of the op's steps at a time
+	mu         sync.Mutex
+	failure    error // the first forward step's failure, with its sentinel
+	saved      bool
+	stopped    time.Time
+	pause      time.Duration // live checkpoint: the snapshot point's
+	snapshotAt time.Time
+	resumed    time.Time
+	mig        qmp.MigrationInfo
+	bytes      int64  // rejuvenate: device state moved
+	note       string // how a step departed from its request
+	destVM     VMInfo
 }
 
 // directBusy holds the VMs under a direct operation: one at a time.
@@ -138,13 +140,13 @@ func (h *Host) drive(d *directOp, acts []machine.Action) (machine.Result, error)
 // verdict turns a finished operation's result into the caller's error.
 func (d *directOp) verdict(res machine.Result) error {
 	vm := res.VMs[0]
-	if res.Committed && vm.Outcome == res.Outcome {
+	if res.Committed && vm.Outcome == res.Outcome && (res.Kind != machine.KindCheckpoint || res.Checkpoint == machine.CheckpointComplete) {
 		return nil
 	}
 	d.mu.Lock()
 	failure := d.failure
 	d.mu.Unlock()
-	if !res.Committed && failure != nil {
+	if failure != nil && (!res.Committed || res.Checkpoint == machine.CheckpointFailed) {
 		return failure
 	}
 	sentinel := ErrInvalidState
@@ -183,14 +185,15 @@ func (h *Host) execDirect(ctx context.Context, d *directOp, a machine.Action) ma
 			return machine.HostDown{Host: a.Host, Now: time.Now()}
 		}
 	}
-	if !res.OK && forwardAction(a.Type) {
+	if !res.OK && (forwardAction(a.Type) || a.Type == machine.WaitSave) {
 		d.mu.Lock()
 		if d.failure == nil {
 			d.failure = errorCodes.Decode(&jsonapi.Error{Code: res.Code, Message: res.Reason})
 		}
 		d.mu.Unlock()
 	}
-	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest, Now: time.Now()}
+	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest,
+		Pause: res.Pause, SnapshotAt: res.SnapshotAt, Now: time.Now()}
 }
 
 func forwardAction(t machine.ActionType) bool {
@@ -204,7 +207,11 @@ func forwardAction(t machine.ActionType) bool {
 
 // localStep runs a on this host as the step hostd runs for a coordinator.
 func (h *Host) localStep(ctx context.Context, d *directOp, a machine.Action) StepResult {
-	d.progress(Progress{Phase: string(a.Type)})
+	phase := string(a.Type)
+	if a.Type == machine.WaitSave {
+		phase = "stream"
+	}
+	d.progress(Progress{Phase: phase})
 	d.mu.Lock()
 	quit := d.Quit && d.saved // saved: the checkpoint committed
 	d.mu.Unlock()
@@ -221,14 +228,15 @@ func (h *Host) localStep(ctx context.Context, d *directOp, a machine.Action) Ste
 	res := h.Step(ctx, d.stepRequest(a))
 	if res.OK {
 		d.mu.Lock()
-		if res.Note != "" {
-			d.note = res.Note
-		}
 		switch a.Type {
+		case machine.Point, machine.Replace:
+			d.note = res.Note // a live save taken stop-and-save; an old binary kept
 		case machine.Stop:
 			d.stopped = timeNow()
 		case machine.Save:
 			d.saved = true
+		case machine.WaitSave:
+			d.pause, d.snapshotAt = res.Pause, res.SnapshotAt
 		case machine.Resume:
 			d.resumed = timeNow()
 		}
@@ -260,8 +268,10 @@ func (d *directOp) stepRequest(a machine.Action) StepRequest {
 		req.Prepare = &PrepareArgs{Operation: string(d.Op.Kind), Freeze: a.Freeze}
 	case machine.Resume:
 		req.Resume = &ResumeArgs{Outcome: a.Outcome}
-	case machine.Save, machine.Restore, machine.DeleteArtifacts:
-		req.Save = &SaveArgs{Dir: d.Dir}
+	case machine.Arm:
+		req.Save = &SaveArgs{Dir: d.Dir, Bandwidth: a.Bandwidth}
+	case machine.Save, machine.Point, machine.WaitSave, machine.Restore, machine.DeleteArtifacts:
+		req.Save = &SaveArgs{Dir: d.Dir, Bandwidth: d.MaxBandwidth}
 	case machine.Migrate:
 		req.Migrate = &MigrateArgs{Dest: d.To, Grant: d.Grant, MaxBandwidth: d.MaxBandwidth,
 			DowntimeLimit: d.DowntimeLimit, Capabilities: d.Capabilities, Progress: d.migrating}
