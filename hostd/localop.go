@@ -360,6 +360,7 @@ func (h *Host) recoverDirect() {
 			h.log.Error("unreadable direct operation journal: left for an operator", "file", f, "err", err)
 			continue
 		}
+		d.saved = d.Op.VMs[0].Save == machine.StatusOK
 		now := time.Now()
 		var acts []machine.Action
 		for _, a := range d.Op.Recover(now) {
