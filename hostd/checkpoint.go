@@ -356,7 +356,7 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	}
 	name := opts.Name
 	if name == "" {
-		m, err := ReadManifest(opts.Dir)
+		m, err := h.verifiedManifest(opts.Dir)
 		if err != nil {
 			return nil, err
 		}

@@ -222,6 +222,8 @@ func (h *Host) localStep(ctx context.Context, d *directOp, a machine.Action) Ste
 		return StepResult{OK: true} // the VM quits: nothing to plug
 	case quit && a.Type == machine.Resume:
 		return d.quit(ctx, h, a.VM)
+	case a.Type == machine.Kill && d.Op.Kind == machine.KindRestart && !h.startedSince(a.VM, d.Op.StartedAt):
+		return StepResult{OK: true} // not the restore's VM: a stopped one it was to replace, or none
 	}
 	d.steps.Lock()
 	defer d.steps.Unlock()
@@ -243,6 +245,17 @@ func (h *Host) localStep(ctx context.Context, d *directOp, a machine.Action) Ste
 		d.mu.Unlock()
 	}
 	return res
+}
+
+// startedSince reports whether the VM's QEMU was started at or after t.
+func (h *Host) startedSince(name string, t time.Time) bool {
+	vm, err := h.Get(name)
+	if err != nil {
+		return false
+	}
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.rt.PID != 0 && !vm.rt.StartedAt.Before(t)
 }
 
 // quit ends a checkpointed VM's QEMU instead of resuming it; its guest is

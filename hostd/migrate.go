@@ -237,8 +237,13 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	round := vm.rt.Round
 	vm.mu.Unlock()
 	dest := vm.h.peer(args.Dest)
-	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round,
-		Op: req.Op, Lease: req.Lease, Grant: args.Grant})
+	ireq := IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round, Lease: req.Lease, Grant: args.Grant}
+	if req.Lease > 0 {
+		// Held under the operation's lease there (a direct operation
+		// holds none: its driver, this host, cancels the copy itself).
+		ireq.Op = req.Op
+	}
+	inc, err := dest.Incoming(ctx, ireq)
 	if err != nil {
 		return fmt.Errorf("vm %q: destination %s: %w", vm.name, args.Dest, err)
 	}
