@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -63,9 +64,6 @@ type CheckpointOptions struct {
 	Stop bool `json:"stop,omitempty"`
 	// NoGuest skips the cooperation round even when the VM has a channel.
 	NoGuest bool `json:"no_guest,omitempty"`
-	// KeepStopped leaves the VM paused with devices detached after the
-	// save: the coordinator resumes the job together.
-	KeepStopped bool `json:"keep_stopped,omitempty"`
 	// Live copies the VM's memory while it runs and pauses it only for
 	// the snapshot point at the end (a VM with disks: stopped for their
 	// copy, then a background snapshot; live.go). Where QEMU or the
@@ -95,171 +93,49 @@ type CheckpointResult struct {
 }
 
 // Checkpoint saves the VM's memory and device state (and copies its disks)
-// into opts.Dir: guest cooperation round, detach passthrough devices, stop,
-// save, re-attach, resume. On any failure the partial directory is removed
-// and the VM is left running as it was.
+// into opts.Dir, a one-VM operation of the coordinator's machine: guest
+// cooperation round, detach passthrough devices, stop, save, re-attach,
+// resume; live, the VM runs on through the copy and stands still only for
+// its snapshot point. On any failure the machine rolls it back: the partial
+// directory is removed and the VM runs as it was.
 func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress ProgressFunc) (res CheckpointResult, err error) {
-	if err := vm.lock("checkpoint"); err != nil {
-		return res, err
-	}
-	defer vm.unlock()
 	start := timeNow()
 	defer func() { vm.h.metrics.observe("checkpoint", resultLabel(err), start) }()
-	if progress == nil {
-		progress = func(Progress) {}
-	}
 	if opts.Dir == "" {
-		return res, fmt.Errorf("checkpoint: dir is missing")
+		return res, fmt.Errorf("checkpoint: dir is missing: %w", ErrInvalidSpec)
 	}
-	mon, err := vm.monitor()
-	if err != nil {
+	if opts.Dir, err = filepath.Abs(opts.Dir); err != nil {
 		return res, err
 	}
-	st, err := mon.Status(ctx)
-	if err != nil {
-		return res, err
+	if _, err := os.Lstat(opts.Dir); !errors.Is(err, os.ErrNotExist) {
+		return res, fmt.Errorf("checkpoint dir %s: %w", opts.Dir, os.ErrExist)
 	}
-	wasRunning := st.Running
-	if err := mkdirAll(filepath.Dir(opts.Dir), 0o700); err != nil {
-		return res, err
-	}
-	if err := mkdir(opts.Dir, 0o700); err != nil {
-		return res, fmt.Errorf("checkpoint dir %s: %w", opts.Dir, err)
-	}
-	complete := false
-	defer func() {
-		if !complete {
-			os.RemoveAll(opts.Dir)
-		}
-	}()
-
-	progress(Progress{Phase: "prepare"})
-	coop, err := vm.prepareGuest(ctx, "checkpoint", opts.NoGuest)
-	if err != nil {
-		return res, err
-	}
-	outcome := "aborted"
-	defer func() { coop.finish(context.WithoutCancel(ctx), outcome) }()
-
-	progress(Progress{Phase: "detach"})
-	if err := vm.detachAll(ctx); err != nil {
-		return res, err
-	}
-	// From here a failure must re-attach and resume.
-	rollback := func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		vm.attachAll(rctx)
-		if wasRunning {
-			if err := mon.Cont(rctx); err != nil {
-				vm.log.Error("resume after failed checkpoint", "err", err)
-			}
-		}
-	}
-	stopped := timeNow()
-	if opts.Live && (opts.Stop || !wasRunning) {
+	o := vm.h.opOptions(opts.Dir)
+	if opts.Live && (opts.Stop || !vm.running(ctx)) {
 		res.Fallback = "the vm does not run on after this checkpoint"
-		opts.Live = false
+	} else if opts.Live {
+		o.Live, o.Bandwidth = true, opts.Bandwidth
 	}
-	if opts.Live && len(vm.Spec().Disks) > 0 {
-		// Disks are copied at the snapshot point: the vCPUs stand still
-		// for the copy (QEMU runs them again at the snapshot point).
-		if err := mon.Stop(ctx); err != nil {
-			rollback()
-			return res, err
-		}
-		vm.mu.Lock()
-		vm.stoppedAt = timeNow()
-		vm.mu.Unlock()
-	}
-	if opts.Live {
-		progress(Progress{Phase: "snapshot"})
-		ls, err := vm.liveSaveNow(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth, false, progress)
-		switch {
-		case errors.Is(err, ErrLiveUnsupported):
-			res.Fallback = err.Error()
-			vm.log.Warn("live checkpoint unsupported here: stop-and-save instead", "err", err)
-			opts.Live = false
-		case err != nil:
-			rollback()
-			return res, err
-		default:
-			// QEMU runs the vCPUs again: the pause is over. Devices come
-			// back and the guest is told while the memory streams.
-			res.Live = true
-			vm.mu.Lock()
-			vm.live = ls
-			vm.mu.Unlock()
-			defer func() {
-				vm.mu.Lock()
-				if vm.live == ls {
-					vm.live = nil
-				}
-				vm.mu.Unlock()
-			}()
-			if err := vm.attachAll(ctx); err != nil {
-				vm.log.Error("re-attach after snapshot point", "err", err)
-			}
-			outcome = "checkpointed"
-			coop.finish(ctx, outcome)
-			progress(Progress{Phase: "stream"})
-			m, err := ls.wait(ctx)
-			if err != nil {
-				return res, err // the stream removed its files; the vm runs on
-			}
-			complete = true
-			for _, f := range m.Files {
-				res.Bytes += f.Size
-			}
-			res.Dir, res.Manifest, res.Duration = opts.Dir, m, timeNow().Sub(start)
-			res.Downtime, res.Pause, res.SnapshotAt = ls.downtime, ls.pause, ls.at // the snapshot point's
-			vm.log.Info("live checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "pause", res.Pause)
-			return res, nil
-		}
-	}
-	if err := mon.Stop(ctx); err != nil {
-		rollback()
-		return res, err
-	}
-	m, err := vm.writeCheckpoint(ctx, mon, opts.Dir, coop.round(), progress)
+	d, acts, err := vm.h.newDirect(machine.KindCheckpoint, machine.VM{Name: vm.name}, o)
 	if err != nil {
-		rollback()
 		return res, err
 	}
-	complete = true
-	outcome = "checkpointed"
-	for _, f := range m.Files {
+	d.Dir, d.NoGuest, d.Quit, d.MaxBandwidth, d.progress = opts.Dir, opts.NoGuest, opts.Stop, opts.Bandwidth, progress
+	if _, err := vm.h.runDirect(d, acts); err != nil {
+		return res, err
+	}
+	if res.Manifest, err = ReadManifest(opts.Dir); err != nil {
+		return res, err
+	}
+	for _, f := range res.Manifest.Files {
 		res.Bytes += f.Size
 	}
-	res.Dir, res.Manifest = opts.Dir, m
-	switch {
-	case opts.Stop:
-		progress(Progress{Phase: "stop"})
-		// This incarnation never runs again, so its guest is not told;
-		// a restore of the checkpoint tells the guest "restored".
-		coop.keep()
-		if err := vm.stop(ctx, time.Millisecond); err != nil {
-			return res, err
-		}
-	case opts.KeepStopped:
-		coop.keep() // the caller resumes the guest
-	default:
-		// Run first, then hot-plug: a running guest sees the hot-add
-		// reliably; one that was paused through it can miss it.
-		if wasRunning {
-			if err := mon.Cont(ctx); err != nil {
-				return res, err
-			}
-		}
-		progress(Progress{Phase: "attach"})
-		if err := vm.attachAll(ctx); err != nil {
-			// The checkpoint is complete; the VM runs without the device.
-			vm.log.Error("re-attach after checkpoint", "err", err)
-		}
+	res.Dir, res.Downtime, res.Duration = opts.Dir, d.resumed.Sub(d.stopped), timeNow().Sub(start)
+	if o.Live {
+		res.Live, res.Fallback = d.note == "", d.note
+		res.Downtime, res.Pause, res.SnapshotAt = d.pause, d.pause, d.snapshotAt
 	}
-	res.Downtime = timeNow().Sub(stopped)
-	res.Duration = timeNow().Sub(start)
-	vm.log.Info("checkpoint complete", "dir", opts.Dir, "bytes", res.Bytes, "downtime", res.Downtime)
+	vm.log.Info("checkpoint complete", "dir", opts.Dir, "live", res.Live, "bytes", res.Bytes, "downtime", res.Downtime)
 	return res, nil
 }
 
@@ -368,10 +244,7 @@ func saveState(ctx context.Context, mon *qmp.Client, path string, progress Progr
 	if c.err != nil {
 		return fd, c.err
 	}
-	if err := f.Sync(); err != nil {
-		return fd, err
-	}
-	if err := f.Close(); err != nil {
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
 		return fd, err
 	}
 	fd.Size, fd.SHA256 = c.n, hex.EncodeToString(h.Sum(nil))
@@ -465,15 +338,50 @@ type RestoreOptions struct {
 }
 
 // Restore starts a checkpoint's VM on this host, with passthrough devices
-// from this host's pools. The manifest's signature is checked before any of
-// it is used; each disk is hashed as it is copied, and the state as QEMU
-// reads it: the VM runs only from the bytes the manifest signed.
+// from this host's pools: a one-VM restart of the coordinator's machine
+// (restore paused, then attach and resume), killed again if it cannot run.
+// With opts.Paused it is only the restore step: the VM stays paused with
+// its devices detached for the caller to resume.
 func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress ProgressFunc) (vm *VM, err error) {
 	start := timeNow()
 	defer func() { h.metrics.observe("restore", resultLabel(err), start) }()
 	if progress == nil {
 		progress = func(Progress) {}
 	}
+	if opts.Paused {
+		return h.restorePaused(ctx, opts, progress)
+	}
+	if opts.Dir, err = filepath.Abs(opts.Dir); err != nil {
+		return nil, err
+	}
+	name := opts.Name
+	if name == "" {
+		m, err := h.verifiedManifest(opts.Dir)
+		if err != nil {
+			return nil, err
+		}
+		name = m.VM
+	}
+	d, acts, err := h.newDirect(machine.KindRestart, machine.VM{Name: name}, h.opOptions(opts.Dir))
+	if err != nil {
+		return nil, err
+	}
+	d.Dir, d.NoGuest, d.progress = opts.Dir, opts.NoGuest, progress
+	if _, err := h.runDirect(d, acts); err != nil {
+		return nil, err
+	}
+	vm, err = h.Get(name)
+	if err == nil {
+		vm.log.Info("restored", "from", opts.Dir, "took", timeNow().Sub(start))
+	}
+	return vm, err
+}
+
+// restorePaused creates the VM paused from a checkpoint. The manifest's
+// signature is checked before any of it is used; each disk is hashed as it
+// is copied, and the state as QEMU reads it: the VM runs only from the
+// bytes the manifest signed.
+func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress ProgressFunc) (vm *VM, err error) {
 	progress(Progress{Phase: "verify"})
 	m, err := h.verifiedManifest(opts.Dir)
 	if err != nil {
@@ -506,8 +414,6 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 		h.forgetKeep(old, true)
 		replaced = true
 	}
-	// Disks come from the checkpoint, copied into the VM's own dir so the
-	// checkpoint stays intact for another restore.
 	vm, err = h.create(spec)
 	if err != nil {
 		return nil, err
@@ -524,30 +430,7 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 			h.forgetKeep(created, replaced) // the replaced VM's console history stays
 		}
 	}()
-	for i, d := range spec.Disks {
-		progress(Progress{Phase: "disk " + d.ID})
-		f, _ := m.file("disk", d.ID) // checkManifest: it is there, and d.Path names it
-		dst := filepath.Join(vm.dir, f.Name)
-		if err := copyVerified(opts.Dir, f, dst); err != nil {
-			return nil, err
-		}
-		spec.Disks[i].Path = dst
-	}
-	vm.mu.Lock()
-	vm.spec = spec
-	err = writeJSON(filepath.Join(vm.dir, fileSpec), spec)
-	vm.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	if err := vm.allocateSlots(nil); err != nil {
-		return nil, err
-	}
-	absent := map[string]bool{}
-	for _, id := range spec.passthrough() {
-		absent[id] = true
-	}
-	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
+	if err := vm.launchRestored(ctx, m, spec, opts.Dir, progress); err != nil {
 		return nil, err
 	}
 	mon, err := vm.monitor()
@@ -563,21 +446,38 @@ func (h *Host) Restore(ctx context.Context, opts RestoreOptions, progress Progre
 	vm.rt.Round = m.Round
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	if !opts.Paused {
-		if err := mon.Cont(ctx); err != nil {
-			return nil, err
-		}
-		progress(Progress{Phase: "attach"})
-		if err := vm.attachAll(ctx); err != nil {
-			return nil, err
-		}
-		if !opts.NoGuest {
-			vm.finishRound(ctx, "restored")
-		}
-	}
 	ok = true
-	vm.log.Info("restored", "from", opts.Dir, "took", timeNow().Sub(start))
 	return vm, nil
+}
+
+// launchRestored copies the checkpoint's disks into the VM's own
+// directory (the checkpoint stays intact for another restore) and starts
+// its QEMU waiting for the state, without passthrough devices.
+func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir string, progress ProgressFunc) error {
+	for i, d := range spec.Disks {
+		progress(Progress{Phase: "disk " + d.ID})
+		f, _ := m.file("disk", d.ID) // checkManifest: it is there, and d.Path names it
+		dst := filepath.Join(vm.dir, f.Name)
+		if err := copyVerified(dir, f, dst); err != nil {
+			return err
+		}
+		spec.Disks[i].Path = dst
+	}
+	vm.mu.Lock()
+	vm.spec = spec
+	err := writeJSON(filepath.Join(vm.dir, fileSpec), spec)
+	vm.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := vm.allocateSlots(nil); err != nil {
+		return err
+	}
+	absent := map[string]bool{}
+	for _, id := range spec.passthrough() {
+		absent[id] = true
+	}
+	return vm.launch(ctx, launch{incoming: true, absent: absent})
 }
 
 // loadState feeds a checkpoint's state to a QEMU started with -incoming

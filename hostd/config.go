@@ -57,6 +57,11 @@ type Config struct {
 	// under KVM, snapshot under TCG, where QEMU 7.2's precopy images
 	// were seen to miss guest writes (live.go).
 	LiveMode string `yaml:"live_mode"`
+	// OpStepTimeout and OpTransferTimeout bound each step of a direct
+	// (single-VM) operation; a transfer (save, migrate, restore) gets the
+	// latter. Zero: 2 minutes and 30 minutes.
+	OpStepTimeout     time.Duration `yaml:"op_step_timeout"`
+	OpTransferTimeout time.Duration `yaml:"op_transfer_timeout"`
 	// Policy confines the files and host devices a VM spec may use.
 	Policy Policy `yaml:"policy"`
 	// QEMUUser, when set, is the unprivileged user QEMU runs as after it

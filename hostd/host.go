@@ -194,6 +194,7 @@ func New(cfg Config) (*Host, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.stop = cancel
 	go h.leaseLoop(ctx)
+	h.recoverDirect()
 	return h, nil
 }
 

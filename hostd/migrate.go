@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -59,156 +60,36 @@ type IncomingResponse struct {
 	URI string `json:"uri"`
 }
 
-// Migrate live-migrates the VM to another hostd: cooperation round, detach
-// passthrough devices, pre-copy to a QEMU the destination started, then
-// the destination attaches devices from its pool and resumes. Until the
-// destination runs, any failure resumes the source with its devices.
+// Migrate live-migrates the VM to another hostd, a one-VM operation of the
+// coordinator's machine: cooperation round, detach passthrough devices,
+// pre-copy to a QEMU the destination started and keeps paused; then (the
+// commit point) the destination attaches devices from its pool and
+// resumes, and the source copy is killed. Before the commit point any
+// failure cancels the destination's copy and resumes the source with its
+// devices; after it the source is never resumed.
 func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress ProgressFunc) (res MigrateResult, err error) {
-	if err := vm.lock("migrate"); err != nil {
-		return res, err
-	}
-	defer vm.unlock()
 	start := timeNow()
 	defer func() { vm.h.metrics.observe("migrate", resultLabel(err), start) }()
-	if progress == nil {
-		progress = func(Progress) {}
-	}
 	if opts.To == "" {
-		return res, fmt.Errorf("migrate: destination is missing")
+		return res, fmt.Errorf("migrate: destination is missing: %w", ErrInvalidSpec)
 	}
-	mon, err := vm.monitor()
-	if err != nil {
-		return res, err
-	}
-	st, err := mon.Status(ctx)
-	if err != nil {
-		return res, err
-	}
-	wasRunning := st.Running
-	progress(Progress{Phase: "prepare"})
 	if opts.DependencyAware && (opts.NoGuest || vm.Spec().Guest.Type == "none") {
 		return res, fmt.Errorf("vm %q: a dependency-aware migration needs the guest's cooperation: %w", vm.name, ErrInvalidState)
 	}
-	coop, err := vm.prepareGuestFreeze(ctx, "migrate", opts.NoGuest, opts.DependencyAware)
+	o := vm.h.opOptions("")
+	o.Live, o.Freeze = true, opts.DependencyAware
+	d, acts, err := vm.h.newDirect(machine.KindMigrate, machine.VM{Name: vm.name, Dest: opts.To}, o)
 	if err != nil {
 		return res, err
 	}
-	outcome := "aborted"
-	defer func() { coop.finish(context.WithoutCancel(ctx), outcome) }()
-
-	progress(Progress{Phase: "detach"})
-	if err := vm.detachAll(ctx); err != nil {
+	d.To, d.Grant, d.NoGuest, d.progress = opts.To, opts.Grant, opts.NoGuest, progress
+	d.MaxBandwidth, d.DowntimeLimit, d.Capabilities = opts.MaxBandwidth, opts.DowntimeLimit, opts.Capabilities
+	if _, err := vm.h.runDirect(d, acts); err != nil {
 		return res, err
 	}
-	dest := vm.h.peer(opts.To)
-	rollback := func(why error) {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		vm.log.Warn("migration failed; resuming source", "err", why)
-		if err := vm.attachAll(rctx); err != nil {
-			vm.log.Error("re-attach on source", "err", err)
-		}
-		if st, err := mon.Status(rctx); err == nil && !st.Running && wasRunning {
-			if err := mon.Cont(rctx); err != nil {
-				vm.log.Error("resume source", "err", err)
-			}
-		}
-	}
-	spec := vm.Spec()
-	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: coop.round(), Grant: opts.Grant})
-	if err != nil {
-		err = fmt.Errorf("vm %q: destination %s: %w", vm.name, opts.To, err)
-		rollback(err)
-		return res, err
-	}
-	abortDest := func() {
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer cancel()
-		if err := dest.AbortIncoming(actx, vm.name); err != nil {
-			vm.log.Warn("abort at destination", "err", err)
-		}
-	}
-	bw := opts.MaxBandwidth
-	if bw == 0 {
-		bw = 64 << 30
-	}
-	params := map[string]any{"max-bandwidth": bw}
-	if opts.DowntimeLimit > 0 {
-		params["downtime-limit"] = opts.DowntimeLimit.Milliseconds()
-	}
-	progress(Progress{Phase: "migrate"})
-	var tun *outTunnel
-	qemuURI := ""
-	host, err := checkMigrationURI(inc.URI, opts.To, vm.h.cfg.migrationPorts())
-	if err == nil {
-		tun, qemuURI, err = vm.streamTo(ctx, mon, inc.URI, host)
-	}
-	if err == nil && len(opts.Capabilities) > 0 {
-		err = mon.MigrateSetCapabilities(ctx, opts.Capabilities)
-	}
-	if err == nil {
-		err = mon.MigrateSetParameters(ctx, params)
-	}
-	if err == nil {
-		err = mon.Migrate(ctx, qemuURI)
-	}
-	var info qmp.MigrationInfo
-	if err == nil {
-		info, err = mon.WaitMigration(ctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
-			progress(Progress{Phase: "migrate", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total,
-				Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
-		})
-	}
-	if err == nil {
-		err = tun.finish()
-	}
-	if err != nil {
-		mon.MigrateCancel(context.WithoutCancel(ctx))
-		err = withTunnelErr(err, tun.abort(context.WithoutCancel(ctx), mon))
-		abortDest()
-		err = fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
-		rollback(err)
-		return res, err
-	}
-	// The commit point: the destination attaches its devices and runs.
-	progress(Progress{Phase: "resume at destination"})
-	coop.keep() // the destination tells the guest
-	fin, ferr := dest.FinishIncoming(ctx, vm.name)
-	if ferr != nil {
-		// Never resume the source if the destination already runs: two
-		// copies of one VM must not both run.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		di, serr := dest.Status(sctx, vm.name)
-		cancel()
-		if serr == nil && di.State == "running" {
-			vm.log.Warn("destination reported an error but runs the vm", "err", ferr)
-			fin = di
-		} else {
-			abortDest()
-			err = fmt.Errorf("vm %q: %w: destination did not resume: %w", vm.name, ErrMigration, ferr)
-			rollback(err)
-			vm.finishRound(context.WithoutCancel(ctx), "aborted")
-			return res, err
-		}
-	}
-	outcome = "migrated"
-	res = MigrateResult{Destination: opts.To, TotalTime: time.Duration(info.TotalTime) * time.Millisecond,
-		Downtime: time.Duration(info.Downtime) * time.Millisecond, Transferred: info.RAM.Transferred,
-		VM: fin}
-	// The source copy is obsolete: quit it and forget it here.
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	mon.Quit(qctx)
-	cancel()
-	vm.mu.Lock()
-	exited := vm.exited
-	vm.mu.Unlock()
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-		vm.kill()
-	}
-	vm.h.forget(vm)
-	res.Duration = timeNow().Sub(start)
+	res = MigrateResult{Destination: opts.To, TotalTime: time.Duration(d.mig.TotalTime) * time.Millisecond,
+		Downtime: time.Duration(d.mig.Downtime) * time.Millisecond, Transferred: d.mig.RAM.Transferred,
+		VM: d.destVM, Duration: timeNow().Sub(start)}
 	vm.log.Info("migrated", "to", opts.To, "total", res.TotalTime, "downtime", res.Downtime, "bytes", res.Transferred)
 	return res, nil
 }
@@ -316,6 +197,7 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 	if err := mon.Cont(ctx); err != nil {
 		return VMInfo{}, err
 	}
+	crashPoint("finish-incoming", vm.log)
 	if err := vm.attachAll(ctx); err != nil {
 		return VMInfo{}, err
 	}
@@ -341,8 +223,11 @@ func (vm *VM) AbortIncoming(ctx context.Context) error {
 }
 
 // migrateStep streams the VM to a destination that keeps it paused; the
-// source stays paused too until the coordinator resumes one of them.
+// source stays paused too until the operation resumes one of them (a
+// failed stream is cancelled here; the destination's copy is the
+// operation's to cancel).
 func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
+	args := req.Migrate
 	mon, err := vm.monitor()
 	if err != nil {
 		return err
@@ -351,26 +236,42 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	vm.mu.Lock()
 	round := vm.rt.Round
 	vm.mu.Unlock()
-	dest := vm.h.peer(req.Migrate.Dest)
-	inc, err := dest.Incoming(ctx, IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round,
-		Op: req.Op, Lease: req.Lease, Grant: req.Migrate.Grant})
+	dest := vm.h.peer(args.Dest)
+	ireq := IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round, Lease: req.Lease, Grant: args.Grant}
+	if req.Lease > 0 {
+		// Held under the operation's lease there (a direct operation
+		// holds none: its driver, this host, cancels the copy itself).
+		ireq.Op = req.Op
+	}
+	inc, err := dest.Incoming(ctx, ireq)
 	if err != nil {
-		return fmt.Errorf("vm %q: destination %s: %w", vm.name, req.Migrate.Dest, err)
+		return fmt.Errorf("vm %q: destination %s: %w", vm.name, args.Dest, err)
+	}
+	params := map[string]any{"max-bandwidth": int64(64) << 30}
+	if args.MaxBandwidth > 0 {
+		params["max-bandwidth"] = args.MaxBandwidth
+	}
+	if args.DowntimeLimit > 0 {
+		params["downtime-limit"] = args.DowntimeLimit.Milliseconds()
 	}
 	var tun *outTunnel
 	qemuURI := ""
-	host, err := checkMigrationURI(inc.URI, req.Migrate.Dest, vm.h.cfg.migrationPorts())
+	host, err := checkMigrationURI(inc.URI, args.Dest, vm.h.cfg.migrationPorts())
 	if err == nil {
 		tun, qemuURI, err = vm.streamTo(ctx, mon, inc.URI, host)
 	}
+	if err == nil && len(args.Capabilities) > 0 {
+		err = mon.MigrateSetCapabilities(ctx, args.Capabilities)
+	}
 	if err == nil {
-		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30})
+		err = mon.MigrateSetParameters(ctx, params)
 	}
 	if err == nil {
 		err = mon.Migrate(ctx, qemuURI)
 	}
+	var info qmp.MigrationInfo
 	if err == nil {
-		_, err = mon.WaitMigration(ctx, 50*time.Millisecond, nil)
+		info, err = mon.WaitMigration(ctx, 50*time.Millisecond, args.Progress)
 	}
 	if err == nil {
 		err = tun.finish()
@@ -378,11 +279,11 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if err != nil {
 		mon.MigrateCancel(context.WithoutCancel(ctx))
 		err = withTunnelErr(err, tun.abort(context.WithoutCancel(ctx), mon))
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		dest.AbortIncoming(actx, vm.name)
-		cancel()
 		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
 	}
-	vm.h.setLease(vm.name, req.Op, req.Lease, req.Migrate.Dest)
+	if args.Progress != nil {
+		args.Progress(info)
+	}
+	vm.h.setLease(vm.name, req.Op, req.Lease, args.Dest)
 	return nil
 }

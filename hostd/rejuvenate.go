@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -40,24 +42,32 @@ type RejuvenateResult struct {
 	Error    string `json:"error,omitempty"`
 }
 
+// StepReplace is rejuvenate's step (coord/machine's Replace): a new QEMU
+// on the same shared memory takes over the stopped VM's device state.
+const StepReplace = "replace"
+
+// ReplaceArgs: the QEMU that takes the VM over.
+type ReplaceArgs struct {
+	// QEMU is the new binary (the upgrade case); empty keeps the VM's.
+	QEMU string `json:"qemu,omitempty"`
+	// Transferred, when set (hostd's own direct operations), is told how
+	// many bytes of device state moved.
+	Transferred func(int64) `json:"-"`
+}
+
 // Rejuvenate restarts the VM's QEMU while its RAM stays in the shared
-// memory file (warm-VM reboot). The new QEMU starts first, on the same
-// memory, while the old one still runs; then: cooperation round, detach,
-// stop, stream only the device state (x-ignore-shared) from the old QEMU to
-// the new one through a pipe, switch, re-attach, resume, tell the guest.
-// The old QEMU quits only once the new one holds the state, so any failure
-// resumes the old one: nothing is lost. A new binary that cannot start
-// falls back to the current one.
+// memory file (warm-VM reboot), a one-VM operation of the coordinator's
+// machine: cooperation round, detach, stop, replace (a new QEMU starts on
+// the same memory and takes only the device state, x-ignore-shared, from
+// the old one through a pipe), re-attach, resume, tell the guest. The old
+// QEMU quits only once the new one holds the state, so a failure resumes
+// the old one: nothing is lost. A new binary that cannot start falls back
+// to the current one.
 func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res RejuvenateResult, err error) {
 	res.VM = vm.name
-	if err := vm.lock("rejuvenate"); err != nil {
-		return res, err
-	}
-	defer vm.unlock()
 	start := timeNow()
 	defer func() { vm.h.metrics.observe("rejuvenate", resultLabel(err), start) }()
-	spec := vm.Spec()
-	if !spec.sharedMemory() {
+	if spec := vm.Spec(); !spec.sharedMemory() {
 		return res, fmt.Errorf("vm %q does not run on shared memory (shared_memory: false): use checkpoint and restore: %w", vm.name, ErrInvalidState)
 	}
 	// Before the guest is asked or anything stops: the new QEMU would
@@ -70,115 +80,86 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 			return res, fmt.Errorf("vm %q: %w", vm.name, err)
 		}
 	}
-	mon, err := vm.monitor()
+	vm.mu.Lock()
+	res.OldPID = vm.rt.PID
+	vm.mu.Unlock()
+	d, acts, err := vm.h.newDirect(machine.KindRejuvenate, machine.VM{Name: vm.name}, vm.h.opOptions(""))
 	if err != nil {
 		return res, err
 	}
-	st, err := mon.Status(ctx)
-	if err != nil {
-		return res, err
-	}
-	wasRunning := st.Running
-	coop, err := vm.prepareGuest(ctx, "rejuvenate", opts.NoGuest)
-	if err != nil {
-		return res, err
-	}
-	outcome := "aborted"
-	defer func() { coop.finish(context.WithoutCancel(ctx), outcome) }()
-	if err := vm.detachAll(ctx); err != nil {
+	d.QEMU, d.NoGuest = opts.QEMU, opts.NoGuest
+	if _, err := vm.h.runDirect(d, acts); err != nil {
 		return res, err
 	}
 	vm.mu.Lock()
-	res.OldPID = vm.rt.PID
-	oldQEMU, gen := vm.qemuBinary(), vm.rt.Gen+1
-	oldExited := vm.exited
-	absent := map[string]bool{}
-	for _, id := range vm.rt.Detached {
-		absent[id] = true
-	}
+	res.NewPID, res.QEMU = vm.rt.PID, vm.qemuBinary()
 	vm.mu.Unlock()
-	rollback := func(why error) {
-		vm.log.Warn("rejuvenate failed; the old qemu goes on", "err", why)
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		// The old QEMU must save RAM again in any later checkpoint.
-		mon.MigrateSetCapabilities(rctx, map[string]bool{"x-ignore-shared": false})
-		vm.attachAll(rctx)
-		if wasRunning {
-			mon.Cont(rctx)
-		}
-	}
-
-	newQEMU := oldQEMU
-	if opts.QEMU != "" {
-		newQEMU = opts.QEMU
-	}
-	l := launch{incoming: true, absent: absent, warm: true}
-	p, err := vm.start(ctx, l, newQEMU, gen)
-	if err != nil && newQEMU != oldQEMU && !errors.Is(err, ErrRAMFile) {
-		vm.log.Error("new qemu failed to start; using the current binary", "qemu", newQEMU, "err", err)
-		res.Fallback = true
-		p, err = vm.start(ctx, l, oldQEMU, gen)
-	}
-	if err != nil {
-		rollback(err)
-		return res, err
-	}
-	if err := p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-		p.kill()
-		rollback(err)
-		return res, err
-	}
-
-	stopped := timeNow()
-	n, err := warmTransfer(ctx, mon, p)
-	if err != nil {
-		p.kill()
-		rollback(err)
-		return res, fmt.Errorf("vm %q: device state to the new qemu: %w", vm.name, err)
-	}
-	res.StateBytes = n
-	// Later checkpoints and migrations must carry RAM again.
-	p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false})
-
-	// Switch: the new QEMU is the VM's; the old one quits in the
-	// background (it is stopped and holds nothing the guest needs).
-	coop.keep()
-	vm.install(p, launch{absent: absent})
-	go func() {
-		qctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		mon.Quit(qctx)
-		select {
-		case <-oldExited:
-		case <-time.After(15 * time.Second):
-			syscall.Kill(res.OldPID, syscall.SIGKILL)
-		}
-	}()
-	if err := vm.attachAll(ctx); err != nil {
-		vm.log.Error("re-attach after rejuvenate", "err", err)
-	}
-	if wasRunning {
-		if err := p.mon.Cont(ctx); err != nil {
-			return res, err
-		}
-	}
-	res.Downtime = timeNow().Sub(stopped)
-	outcome = "rejuvenated"
-	if !opts.NoGuest {
-		vm.finishRound(ctx, outcome)
-	}
-	res.NewPID, res.QEMU = p.pid, p.bin
+	res.Downtime, res.StateBytes, res.Fallback = d.resumed.Sub(d.stopped), d.bytes, d.note != ""
 	res.Duration = timeNow().Sub(start)
 	vm.log.Info("rejuvenated", "old_pid", res.OldPID, "new_pid", res.NewPID, "qemu", res.QEMU,
 		"downtime", res.Downtime, "state_bytes", res.StateBytes, "fallback", res.Fallback)
 	return res, nil
 }
 
-// warmTransfer stops the old QEMU and streams its device state (RAM is
-// skipped: x-ignore-shared) into the new one through a pipe.
+// replaceStep moves a stopped VM into a new QEMU on the same memory. On
+// success the new QEMU holds it, paused, and the old one quits; on failure
+// the old one still holds it, paused.
+func (vm *VM) replaceStep(ctx context.Context, req StepRequest) (string, error) {
+	mon, err := vm.monitor()
+	if err != nil {
+		return "", err
+	}
+	if err := vm.warmRAMUsable(); err != nil {
+		return "", err
+	}
+	vm.mu.Lock()
+	oldPID, oldQEMU, gen, oldExited := vm.rt.PID, vm.qemuBinary(), vm.rt.Gen+1, vm.exited
+	absent := map[string]bool{}
+	for _, id := range vm.rt.Detached {
+		absent[id] = true
+	}
+	vm.mu.Unlock()
+	newQEMU, note := cmp.Or(req.Replace.QEMU, oldQEMU), ""
+	l := launch{incoming: true, absent: absent, warm: true}
+	p, err := vm.start(ctx, l, newQEMU, gen)
+	if err != nil && newQEMU != oldQEMU && !errors.Is(err, ErrRAMFile) {
+		vm.log.Error("new qemu failed to start; using the current binary", "qemu", newQEMU, "err", err)
+		note = fmt.Sprintf("new qemu %s failed to start (%v): the current binary took over", newQEMU, err)
+		p, err = vm.start(ctx, l, oldQEMU, gen)
+	}
+	if err != nil {
+		return "", err
+	}
+	n, err := warmTransfer(ctx, mon, p)
+	if err != nil {
+		p.kill()
+		// The old QEMU must save RAM again in any later checkpoint.
+		mon.MigrateSetCapabilities(context.WithoutCancel(ctx), map[string]bool{"x-ignore-shared": false})
+		return "", fmt.Errorf("vm %q: device state to the new qemu: %w", vm.name, err)
+	}
+	// Later checkpoints and migrations must carry RAM again.
+	p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false})
+	vm.install(p, launch{absent: absent})
+	go func() { // the old QEMU is stopped and holds nothing the guest needs
+		qctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		mon.Quit(qctx)
+		select {
+		case <-oldExited:
+		case <-time.After(15 * time.Second):
+			syscall.Kill(oldPID, syscall.SIGKILL)
+		}
+	}()
+	if req.Replace.Transferred != nil {
+		req.Replace.Transferred(n)
+	}
+	return note, nil
+}
+
+// warmTransfer streams a stopped QEMU's device state (RAM is skipped:
+// x-ignore-shared) into the new one through a pipe.
 func warmTransfer(ctx context.Context, old *qmp.Client, p *proc) (int64, error) {
-	if err := old.Stop(ctx); err != nil {
+	if err := p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
 		return 0, err
 	}
 	if err := old.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/symvirt/symvirt/qmp"
 )
 
 // Steps are the pieces of a job operation that the coordinator drives one
@@ -69,6 +71,7 @@ type StepRequest struct {
 	Save    *SaveArgs    `json:"save,omitempty"`    // save, arm, point, wait-save, restore, delete-artifacts
 	Migrate *MigrateArgs `json:"migrate,omitempty"` // migrate
 	Resume  *ResumeArgs  `json:"resume,omitempty"`  // resume
+	Replace *ReplaceArgs `json:"replace,omitempty"` // replace
 }
 
 // PrepareArgs: what the guest is told is coming.
@@ -91,6 +94,15 @@ type MigrateArgs struct {
 	// Grant is the coordinator's signed permission for this host to hand
 	// the VM to Dest; the source forwards it.
 	Grant *Grant `json:"grant,omitempty"`
+	// MaxBandwidth caps the stream in bytes/s (0: no practical cap).
+	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
+	// DowntimeLimit is QEMU's target for the final stop-and-copy.
+	DowntimeLimit time.Duration `json:"downtime_limit_ns,omitempty"`
+	// Capabilities are extra QEMU migration capabilities (auto-converge...).
+	Capabilities map[string]bool `json:"capabilities,omitempty"`
+	// Progress, when set (hostd's own direct operations), observes QEMU's
+	// figures while the stream runs and once more when it completed.
+	Progress func(qmp.MigrationInfo) `json:"-"`
 }
 
 // ResumeArgs: what the guest is told happened.
@@ -118,7 +130,7 @@ type StepResult struct {
 
 func forwardStep(kind string) bool {
 	switch kind {
-	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint:
+	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint, StepReplace:
 		return true
 	}
 	return false
@@ -301,12 +313,14 @@ func (r StepRequest) Validate() error {
 		want = "migrate"
 	case StepResume:
 		want = "resume"
+	case StepReplace:
+		want = "replace"
 	case StepDetach, StepStop, StepFence, StepAttach, StepAbort, StepKill, StepCancelMigrate:
 	default:
 		return fmt.Errorf("step kind %q: %w", r.Kind, ErrInvalidSpec)
 	}
 	have := map[string]bool{"prepare": r.Prepare != nil, "save": r.Save != nil, "migrate": r.Migrate != nil,
-		"resume": r.Resume != nil}
+		"resume": r.Resume != nil, "replace": r.Replace != nil}
 	for k, ok := range have {
 		if ok != (k == want) {
 			return fmt.Errorf("step %s: arguments %q %s: %w", r.Kind, k, map[bool]string{true: "are not taken", false: "are missing"}[ok], ErrInvalidSpec)
@@ -369,6 +383,7 @@ var forwardSteps = map[string]func(*VM, context.Context, StepRequest) (string, e
 	StepFence:   (*VM).fenceStep,
 	StepSave:    (*VM).saveStep,
 	StepPoint:   (*VM).pointStep,
+	StepReplace: (*VM).replaceStep,
 	StepMigrate: func(vm *VM, ctx context.Context, req StepRequest) (string, error) {
 		return "", vm.migrateStep(ctx, req)
 	},
