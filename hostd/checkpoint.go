@@ -174,7 +174,7 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	}
 	if opts.Live {
 		progress(Progress{Phase: "snapshot"})
-		ls, err := vm.liveSaveNow(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth, false, progress)
+		ls, err := vm.liveSaveNow(ctx, mon, opts.Dir, coop.round(), opts.Bandwidth, progress)
 		switch {
 		case errors.Is(err, ErrLiveUnsupported):
 			res.Fallback = err.Error()
