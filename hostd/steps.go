@@ -2,11 +2,8 @@ package hostd
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -440,6 +437,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 	if fn, ok := forwardSteps[req.Kind]; ok {
 		return fn(vm, ctx, req)
 	}
+	vm.dropArm() // an arm the closing operation did not use
 	return "", closingSteps[req.Kind](vm, ctx, req)
 }
 
@@ -618,7 +616,6 @@ func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
 }
 
 func (vm *VM) attachStep(ctx context.Context, req StepRequest) error {
-	vm.dropArm() // the operation did not use it
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
@@ -631,7 +628,6 @@ func (vm *VM) attachStep(ctx context.Context, req StepRequest) error {
 }
 
 func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
-	vm.dropArm() // the operation did not use it
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
@@ -654,7 +650,6 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 }
 
 func (vm *VM) abortStep(ctx context.Context, req StepRequest) error {
-	vm.dropArm() // the operation did not use it
 	vm.finishRound(ctx, "aborted")
 	if vm.running(ctx) {
 		vm.h.dropLease(req.VM)
@@ -663,7 +658,6 @@ func (vm *VM) abortStep(ctx context.Context, req StepRequest) error {
 }
 
 func (vm *VM) killStep(ctx context.Context, req StepRequest) error {
-	vm.dropArm() // the operation did not use it
 	vm.h.dropLease(req.VM)
 	vm.kill()
 	vm.h.forget(vm)
@@ -689,13 +683,8 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	if err != nil {
 		return err
 	}
-	vm.dropArm()
-	if err := freshDir(dir); err != nil {
-		return err
-	}
-	a, err := vm.armLive(ctx, mon, dir, bandwidth)
+	a, err := vm.takeArm(ctx, mon, dir, bandwidth)
 	if err != nil {
-		os.RemoveAll(dir)
 		return err
 	}
 	vm.mu.Lock()
@@ -855,16 +844,8 @@ func (h *Host) leaseLoop(ctx context.Context) {
 }
 
 func fileDigest(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	hs := sha256.New()
-	if _, err := io.Copy(hs, f); err != nil {
-		return "", err
-	}
-	return "sha256:" + hex.EncodeToString(hs.Sum(nil)), nil
+	fd, err := hashFile(path)
+	return "sha256:" + fd.SHA256, err
 }
 
 // waitSaveStep waits for a VM's live save into its directory to be
