@@ -150,3 +150,55 @@ func TestStepsSurviveHostdRestart(t *testing.T) {
 	n := counters(log)
 	waitCounter(t, log, n[len(n)-1]+2, 30*time.Second)
 }
+
+// TestStepsPrecopyPointLostWithHostd: a precopy's point step is in flight
+// for the whole copy, which goes through a pipe hostd holds. hostd killed
+// during it: the copy fails, the VM runs on, and the point re-sent to the
+// restarted hostd (same action id: it was never answered) is refused as
+// lost instead of copying again at a later cut; the partial files are
+// gone.
+func TestStepsPrecopyPointLostWithHostd(t *testing.T) {
+	h := testenv.StartHostd(t, "a", nil, "", "live_mode: precopy\n")
+	ctx := ctxT(t, 5*time.Minute)
+	info, err := h.Client().Create(ctx, guestSpec(t, "pl1", ""), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := serialLog(h, "pl1")
+	waitCounter(t, log, 2, 90*time.Second)
+	l := stepper{t, h, "op-pre", "pl1"}
+	dir := filepath.Join(t.TempDir(), "live")
+	withDir := func(kind string, attempt int) hostd.StepRequest {
+		r := l.req(kind, attempt)
+		r.Save = &hostd.SaveArgs{Dir: dir, Bandwidth: 1 << 20}
+		return r
+	}
+	l.ok(withDir(hostd.StepArm, 1))
+	l.ok(l.req(hostd.StepFence, 1))
+	point := withDir(hostd.StepPoint, 1)
+	go h.Client().Step(ctx, point) // answered by nobody: hostd dies first
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(h.Logs(), `"msg":"live checkpoint copy started","vm":"pl1"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the copy never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	restartHostd(h)
+	if res := l.send(point); res.OK || !strings.Contains(res.Reason, hostd.ErrStreamLost.Error()) {
+		t.Fatalf("the point re-sent after hostd died during it: %+v", res)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the lost copy's files are left: %v", err)
+	}
+	l.ok(l.req(hostd.StepAttach, 1))
+	resume := l.req(hostd.StepResume, 1)
+	resume.Resume = &hostd.ResumeArgs{Outcome: "aborted"}
+	l.ok(resume)
+	st := mustStatus(t, h.Client(), "pl1")
+	if st.State != "running" || st.PID != info.PID || len(st.Detached) != 0 || !slices.Contains(st.Present, "pt0") {
+		t.Fatalf("after the lost copy: %+v", st)
+	}
+	n := counters(log)
+	waitCounter(t, log, n[len(n)-1]+2, 30*time.Second)
+}
