@@ -119,12 +119,10 @@ type StepResult struct {
 	Note string `json:"note,omitempty"`
 }
 
+// forwardStep: the kinds an operation's closing refuses.
 func forwardStep(kind string) bool {
-	switch kind {
-	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint:
-		return true
-	}
-	return false
+	_, ok := forwardSteps[kind]
+	return ok || kind == StepRestore
 }
 
 // stepState is hostd's memory of coordinator steps. Each VM's part of it
