@@ -136,17 +136,7 @@ func TestStepsSurviveHostdRestart(t *testing.T) {
 	l.ok(resume)
 	// Running, with its device back (once QEMU's orphaned stream ended),
 	// in the same QEMU.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		st := mustStatus(t, h.Client(), "sr1")
-		if st.State == "running" && st.PID == info.PID && len(st.Detached) == 0 && slices.Contains(st.Present, "pt0") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the lost stream: %+v", st)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	waitRunsWithDevice(t, h, "sr1", info.PID)
 	n := counters(log)
 	waitCounter(t, log, n[len(n)-1]+2, 30*time.Second)
 }
@@ -195,10 +185,24 @@ func TestStepsPrecopyPointLostWithHostd(t *testing.T) {
 	resume := l.req(hostd.StepResume, 1)
 	resume.Resume = &hostd.ResumeArgs{Outcome: "aborted"}
 	l.ok(resume)
-	st := mustStatus(t, h.Client(), "pl1")
-	if st.State != "running" || st.PID != info.PID || len(st.Detached) != 0 || !slices.Contains(st.Present, "pt0") {
-		t.Fatalf("after the lost copy: %+v", st)
-	}
+	waitRunsWithDevice(t, h, "pl1", info.PID)
 	n := counters(log)
 	waitCounter(t, log, n[len(n)-1]+2, 30*time.Second)
+}
+
+// waitRunsWithDevice waits until vm runs in QEMU pid with its passthrough
+// device back (which waits for a stream QEMU still writes to end).
+func waitRunsWithDevice(t *testing.T, h *testenv.Hostd, vm string, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		st := mustStatus(t, h.Client(), vm)
+		if st.State == "running" && st.PID == pid && len(st.Detached) == 0 && slices.Contains(st.Present, "pt0") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not run with its device: %+v", vm, st)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
