@@ -400,8 +400,8 @@ func (r StepRequest) Validate() error {
 	return nil
 }
 
-// step runs one step under the closed-operation rule; it returns how a successful
-// step departed from its request.
+// step runs one step under the closed-operation rule; it returns how a
+// successful step departed from its request.
 func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 	if forwardStep(req.Kind) {
 		if h.isClosed(req.VM, req.Op) {
