@@ -204,7 +204,9 @@ func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
 	h.metrics.observe("step_"+req.Kind, resultLabel(err), start)
 	h.log.Info("step", "id", req.ID, "kind", req.Kind, "vm", req.VM, "ok", res.OK, "reason", res.Reason,
 		"note", res.Note, "took", timeNow().Sub(start))
-	h.persistAnswer(req.VM, stepAnswer{ID: req.ID, Result: res})
+	h.updateRuntime(req.VM, func(rt *runtimeState) {
+		rt.Answers = appendBounded(rt.Answers, stepAnswer{ID: req.ID, Result: res}, maxAnswers)
+	})
 	st.mu.Lock()
 	st.remember(req.ID, res)
 	close(st.inflight[req.ID])
@@ -225,15 +227,15 @@ func (st *stepState) remember(id string, res StepResult) {
 	}
 }
 
-// persistAnswer records a step's result in its VM's runtime state (a VM
-// that is not, or no longer, here keeps it in memory only).
-func (h *Host) persistAnswer(name string, a stepAnswer) {
+// updateRuntime changes a VM's runtime state and persists it (a VM that
+// is not, or no longer, here has none: hostd's memory is all there is).
+func (h *Host) updateRuntime(name string, change func(*runtimeState)) {
 	vm, err := h.Get(name)
 	if err != nil {
 		return
 	}
 	vm.mu.Lock()
-	vm.rt.Answers = appendBounded(vm.rt.Answers, a, maxAnswers)
+	change(&vm.rt)
 	vm.saveRuntime()
 	vm.mu.Unlock()
 }
@@ -244,16 +246,11 @@ func (h *Host) closeOp(name, op string) {
 	h.steps.mu.Lock()
 	h.steps.closed[name+"\x00"+op] = true
 	h.steps.mu.Unlock()
-	vm, err := h.Get(name)
-	if err != nil {
-		return
-	}
-	vm.mu.Lock()
-	if !slices.Contains(vm.rt.ClosedOps, op) {
-		vm.rt.ClosedOps = appendBounded(vm.rt.ClosedOps, op, maxClosedOps)
-		vm.saveRuntime()
-	}
-	vm.mu.Unlock()
+	h.updateRuntime(name, func(rt *runtimeState) {
+		if !slices.Contains(rt.ClosedOps, op) {
+			rt.ClosedOps = appendBounded(rt.ClosedOps, op, maxClosedOps)
+		}
+	})
 }
 
 func (h *Host) isClosed(vm, op string) bool {
@@ -307,26 +304,14 @@ func (h *Host) setLease(vm, op string, d time.Duration, dest string) {
 	}
 	cp := *l
 	h.steps.mu.Unlock()
-	h.persistLease(vm, &cp)
+	h.updateRuntime(vm, func(rt *runtimeState) { rt.Lease = &cp })
 }
 
 func (h *Host) dropLease(vm string) {
 	h.steps.mu.Lock()
 	delete(h.steps.leases, vm)
 	h.steps.mu.Unlock()
-	h.persistLease(vm, nil)
-}
-
-// persistLease records the lease (or its end) in the VM's runtime state.
-func (h *Host) persistLease(name string, l *lease) {
-	vm, err := h.Get(name)
-	if err != nil {
-		return
-	}
-	vm.mu.Lock()
-	vm.rt.Lease = l
-	vm.saveRuntime()
-	vm.mu.Unlock()
+	h.updateRuntime(vm, func(rt *runtimeState) { rt.Lease = nil })
 }
 
 // RenewLeases extends every lease an operation holds on this host.
@@ -767,7 +752,7 @@ func (h *Host) expireLeases() {
 		if l == nil {
 			continue
 		}
-		h.persistLease(name, nil)
+		h.updateRuntime(name, func(rt *runtimeState) { rt.Lease = nil })
 		h.closeOp(name, l.Op)
 		vm, err := h.Get(name)
 		if err != nil {

@@ -49,22 +49,29 @@ func TestStepMemoryOutlivesTheHost(t *testing.T) {
 		}
 		h1.vms[name] = vm
 	}
-	first := StepResult{OK: true, Digest: "sha256:first"}
-	h1.persistAnswer("v1", stepAnswer{ID: "op1/v1/save/1", Result: first})
+	// A closing step answered and closing its operation; more answers
+	// than a VM keeps.
+	ctx := context.Background()
+	gone := filepath.Join(ckDir, "gone")
+	del := StepRequest{ID: "op1/v1/delete-artifacts/1", Op: "op1", Kind: StepDeleteArtifacts, VM: "v1",
+		Save: &SaveArgs{Dir: gone}}
+	first := h1.Step(ctx, del)
 	for i := range maxAnswers + 5 {
-		h1.persistAnswer("v2", stepAnswer{ID: "op9/v2/x/" + strconv.Itoa(i), Result: first})
+		h1.Step(ctx, StepRequest{ID: "op9/v2/delete-artifacts/" + strconv.Itoa(i), Op: "op9",
+			Kind: StepDeleteArtifacts, VM: "v2", Save: &SaveArgs{Dir: gone}})
 	}
-	h1.closeOp("v1", "op1")
 	h1.setLease("v1", "op2", time.Hour, "")
 	h1.vms["v1"].streamStarts("op2", lost)
 	h1.vms["v2"].streamStarts("op3", done)
 	h1.Close()
 
 	h2 := newHostAt(t, stateDir)
-	ctx := context.Background()
-	if got := h2.Step(ctx, StepRequest{ID: "op1/v1/save/1", Op: "op1", Kind: StepSave, VM: "v1",
-		Save: &SaveArgs{Dir: "/nowhere"}}); got != first {
+	os.MkdirAll(gone, 0o700)
+	if got := h2.Step(ctx, del); got != first {
 		t.Errorf("a step re-sent to the next host: %+v, want the first answer %+v", got, first)
+	}
+	if _, err := os.Stat(gone); err != nil {
+		t.Errorf("the re-sent step ran again: %v", err)
 	}
 	if got := h2.Step(ctx, StepRequest{ID: "op1/v1/stop/2", Op: "op1", Kind: StepStop, VM: "v1"}); got.OK ||
 		got.Code != "invalid_state" {
