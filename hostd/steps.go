@@ -121,8 +121,11 @@ type StepResult struct {
 
 // forwardStep: the kinds an operation's closing refuses.
 func forwardStep(kind string) bool {
-	_, ok := forwardSteps[kind]
-	return ok || kind == StepRestore
+	switch kind {
+	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint:
+		return true
+	}
+	return false
 }
 
 // stepState is hostd's memory of coordinator steps. Each VM's part of it
