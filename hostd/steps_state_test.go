@@ -19,8 +19,8 @@ func newHostAt(t *testing.T, stateDir string) *Host {
 	}
 	t.Cleanup(func() {
 		h.Close()
-		for _, d := range RAMDirs(stateDir) {
-			os.RemoveAll(d)
+		for _, hp := range []bool{false, true} {
+			os.Remove(filepath.Dir(h.ramPath(Spec{Name: "x", HugePages: hp})))
 		}
 	})
 	return h
