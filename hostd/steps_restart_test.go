@@ -102,41 +102,7 @@ func TestStepsSurviveHostdRestart(t *testing.T) {
 	}
 
 	// A live stream in flight when hostd dies is lost.
-	l := stepper{t, h, "op-live", "sr1"}
-	dir := filepath.Join(root, "live")
-	withDir := func(kind string, attempt int) hostd.StepRequest {
-		r := l.req(kind, attempt)
-		// A slow stream: hostd dies while it is written.
-		r.Save = &hostd.SaveArgs{Dir: dir, Bandwidth: 8 << 20}
-		return r
-	}
-	l.ok(withDir(hostd.StepArm, 1))
-	l.ok(l.req(hostd.StepFence, 1))
-	l.ok(withDir(hostd.StepPoint, 1))
-	if _, err := os.Stat(filepath.Join(dir, "state.bin")); err != nil {
-		t.Fatalf("no stream after the point: %v", err)
-	}
-	restartHostd(h)
-	res := l.send(withDir(hostd.StepWaitSave, 1))
-	if res.OK || !strings.Contains(res.Reason, hostd.ErrStreamLost.Error()) {
-		t.Fatalf("wait-save of a stream lost with hostd: %+v", res)
-	}
-	if _, err := os.Stat(dir); !os.IsNotExist(err) {
-		t.Fatalf("the lost stream's files are left: %v", err)
-	}
-	if res := l.send(withDir(hostd.StepPoint, 2)); res.OK {
-		t.Fatalf("a point re-taken for a lost stream: %+v", res)
-	}
-	if _, err := os.Stat(dir); !os.IsNotExist(err) {
-		t.Fatalf("the refused point wrote a stream: %v", err)
-	}
-	l.ok(l.req(hostd.StepAttach, 1))
-	resume = l.req(hostd.StepResume, 1)
-	resume.Resume = &hostd.ResumeArgs{Outcome: "aborted"}
-	l.ok(resume)
-	// Running, with its device back (once QEMU's orphaned stream ended),
-	// in the same QEMU.
-	waitRunsWithDevice(t, h, "sr1", info.PID)
+	checkLostStream(t, h, filepath.Join(root, "live"), info.PID)
 	n := counters(log)
 	waitCounter(t, log, n[len(n)-1]+2, 30*time.Second)
 }
@@ -205,4 +171,45 @@ func waitRunsWithDevice(t *testing.T, h *testenv.Hostd, vm string, pid int) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// checkLostStream: sr1's live stream into dir, in flight when hostd is
+// killed, is lost: its wait-save fails, its files go, its point is not
+// taken again, and the VM runs on in QEMU pid with its device.
+func checkLostStream(t *testing.T, h *testenv.Hostd, dir string, pid int) {
+	t.Helper()
+	l := stepper{t, h, "op-live", "sr1"}
+	withDir := func(kind string, attempt int) hostd.StepRequest {
+		r := l.req(kind, attempt)
+		// A slow stream: hostd dies while it is written.
+		r.Save = &hostd.SaveArgs{Dir: dir, Bandwidth: 8 << 20}
+		return r
+	}
+	l.ok(withDir(hostd.StepArm, 1))
+	l.ok(l.req(hostd.StepFence, 1))
+	l.ok(withDir(hostd.StepPoint, 1))
+	if _, err := os.Stat(filepath.Join(dir, "state.bin")); err != nil {
+		t.Fatalf("no stream after the point: %v", err)
+	}
+	restartHostd(h)
+	res := l.send(withDir(hostd.StepWaitSave, 1))
+	if res.OK || !strings.Contains(res.Reason, hostd.ErrStreamLost.Error()) {
+		t.Fatalf("wait-save of a stream lost with hostd: %+v", res)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the lost stream's files are left: %v", err)
+	}
+	if res := l.send(withDir(hostd.StepPoint, 2)); res.OK {
+		t.Fatalf("a point re-taken for a lost stream: %+v", res)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the refused point wrote a stream: %v", err)
+	}
+	l.ok(l.req(hostd.StepAttach, 1))
+	resume := l.req(hostd.StepResume, 1)
+	resume.Resume = &hostd.ResumeArgs{Outcome: "aborted"}
+	l.ok(resume)
+	// Running, with its device back (once QEMU's orphaned stream ended),
+	// in the same QEMU.
+	waitRunsWithDevice(t, h, "sr1", pid)
 }
