@@ -102,6 +102,15 @@ type runtimeState struct {
 	// Lease is a coordinator's hold on the VM; persisted so that a
 	// restarted hostd still undoes an abandoned operation.
 	Lease *lease `json:"lease,omitempty"`
+	// ClosedOps are the operations whose closing steps ran for the VM
+	// (the latest maxClosedOps): their forward steps are refused.
+	ClosedOps []string `json:"closed_ops,omitempty"`
+	// Answers are the results of the VM's latest steps (maxAnswers), so a
+	// step re-sent after a restart gets its first answer.
+	Answers []stepAnswer `json:"answers,omitempty"`
+	// Stream is the job's live checkpoint stream being written (from its
+	// point step to the stream's end), or one lost with a hostd.
+	Stream *liveStream `json:"stream,omitempty"`
 	// RAM is the shared RAM file hostd created for this VM: the only one
 	// it hands to a QEMU of the VM again (ramfile.go).
 	RAM *ramIdentity `json:"ram,omitempty"`
@@ -182,10 +191,7 @@ func New(cfg Config) (*Host, error) {
 		if err := vm.adopt(); err != nil {
 			vm.log.Warn("could not re-adopt", "err", err)
 		}
-		if l := vm.rt.Lease; l != nil {
-			// The coordinator gets one more lease period to renew it.
-			h.steps.leases[vm.name] = &lease{Op: l.Op, Dest: l.Dest, Until: time.Now().Add(l.Period), Period: l.Period}
-		}
+		h.loadSteps(vm)
 	}
 	h.metrics.vmsFunc(h.stateCounts)
 	for _, f := range h.StaleSharedMemory() {
@@ -460,6 +466,7 @@ func (vm *VM) saveRuntime() {
 
 // adopt reconnects to a QEMU left running by an earlier hostd.
 func (vm *VM) adopt() error {
+	vm.loseStream()
 	vm.mu.Lock()
 	pid := vm.rt.PID
 	vm.mu.Unlock()
@@ -512,7 +519,7 @@ func (vm *VM) settleLive(mon *qmp.Client) {
 		vm.log.Warn("a stream from before hostd restarted is still running; letting it finish", "status", mi.Status)
 		// Stands for the stream in attachAll (QEMU refuses device_add
 		// meanwhile) and fails a save-wait: it has no manifest.
-		orphan = &liveSave{done: make(chan struct{}), err: errors.New("the stream was started by a hostd that died")}
+		orphan = &liveSave{done: make(chan struct{}), err: ErrStreamLost}
 		vm.mu.Lock()
 		vm.live = orphan
 		vm.mu.Unlock()

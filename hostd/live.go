@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	goqmp "github.com/digitalocean/go-qemu/qmp"
+
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -77,6 +79,10 @@ type liveArm struct {
 	dir  string
 	f    *os.File
 	used bool
+	// cut runs while a running VM stands still at its precopy snapshot
+	// point, before it runs again: a job's network fence (fence.go). A
+	// lone VM's checkpoint has none.
+	cut func(context.Context, *qmp.Client) error
 }
 
 // armLive prepares a live checkpoint into dir, which must exist and be
@@ -153,7 +159,7 @@ type liveSave struct {
 // VM with disks, copied at the cut, or one that could not be fenced) is
 // run again by QEMU at its snapshot point while its memory, as it was
 // then, streams on (startBackground): wait on ls.done for the stream.
-func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, round *Round, fence bool, progress func(Progress)) (*liveSave, error) {
+func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, round *Round, progress func(Progress)) (*liveSave, error) {
 	st, err := mon.Status(ctx)
 	if err != nil {
 		a.disarm(mon)
@@ -169,7 +175,7 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 		return nil, fmt.Errorf("vm %q: a live checkpoint copies disks at its cut, so the vm must be stopped first: %w", vm.name, ErrInvalidState)
 	}
 	if st.Running && vm.h.cfg.LiveMode == "precopy" {
-		return vm.startPrecopy(ctx, mon, a, ls, m, fence, progress)
+		return vm.startPrecopy(ctx, mon, a, ls, m, progress)
 	}
 	for i, d := range m.Spec.Disks {
 		name := "disk-" + d.ID + "." + d.Format
@@ -192,66 +198,87 @@ func (vm *VM) startBackground(ctx context.Context, mon *qmp.Client, a *liveArm, 
 		a.disarm(mon)
 		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrLiveUnsupported, err)
 	}
-	// One snapshot point at a time on this machine, each with its catch-up
-	// (see catchUp): the point is a burst of CPU (device state,
-	// write-protecting all RAM) during which its VM stands still, and
-	// right after it the guest's first writes fault into the stream's
-	// thread; several at once stretch every one of them. The job's
-	// network fence keeps the cut consistent whatever the order.
-	release, err := lockMachine(ctx, snapshotLock)
-	switch {
-	case ctx.Err() != nil:
+	release, err := vm.serializePoints(ctx)
+	if err != nil {
 		a.disarm(mon)
-		return nil, ctx.Err()
-	case err != nil:
-		// An optimization, not a condition: go on unserialized.
-		vm.log.Warn("snapshot points not serialized on this machine", "err", err)
-		release = func() {}
+		return nil, err
 	}
-	defer func() {
-		if release != nil {
-			release()
-		}
-	}()
 	events, unsubscribe := mon.Subscribe("STOP", "RESUME")
 	defer unsubscribe()
-	pid := vm.pid()
 	// From migrate to a little after the snapshot point the VM goes first
 	// on a busy host: the stream's set-up holds QEMU's big lock (which
 	// stalls the guest's I/O), the snapshot point needs the main loop and
 	// the vCPUs to answer, and a guest that waits for a CPU after it is as
 	// stalled as a paused one. The stream's thread, born of the boosted
 	// main loop, shares the boost until then.
-	unboost := boostVM(pid, snapshotNice)
-	defer func() {
-		if unboost != nil {
-			unboost()
-		}
-	}()
+	unboost := boostVM(vm.pid(), snapshotNice)
+	endBoost := func() { unboost(); release() }
 	if err := mon.Migrate(ctx, "fd:"+liveFD); err != nil {
+		endBoost()
 		a.disarm(mon)
 		return nil, err
 	}
 	a.used = true
-	f := a.f
 	// The stream outlives the request that started it.
 	sctx, stop := context.WithCancelCause(context.Background())
-	go func() {
-		defer close(ls.done)
-		defer a.disarm(mon)
-		defer f.Close()
-		defer stop(nil)
-		info, err := mon.WaitMigration(sctx, 50*time.Millisecond, nil)
-		ls.downtime = time.Duration(info.Downtime) * time.Millisecond
+	go vm.followBackground(sctx, stop, mon, a, ls, m)
+	pointed, err := vm.awaitBackgroundPoint(ctx, stop, events, ls)
+	if !pointed {
+		endBoost()
 		if err != nil {
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			mon.MigrateCancel(cctx)
-			cancel()
+			return nil, err
 		}
-		vm.endStream(ls, f, m, err)
-	}()
-	// The snapshot point: QEMU has stopped the vCPUs (if they ran), saved
-	// the devices and armed the write protection when it runs them again.
+		return ls, nil // a tiny VM: already complete
+	}
+	time.AfterFunc(catchUp, endBoost)
+	return ls, nil
+}
+
+// serializePoints takes this machine's snapshot lock: one snapshot point
+// at a time, each with its catch-up (see catchUp). The point is a burst of
+// CPU (device state, write-protecting all RAM) during which its VM stands
+// still, and right after it the guest's first writes fault into the
+// stream's thread; several at once stretch every one of them. The job's
+// network fence keeps the cut consistent whatever the order.
+func (vm *VM) serializePoints(ctx context.Context) (release func(), err error) {
+	release, err = lockMachine(ctx, snapshotLock)
+	switch {
+	case ctx.Err() != nil:
+		if err == nil {
+			release()
+		}
+		return nil, ctx.Err()
+	case err != nil:
+		// An optimization, not a condition: go on unserialized.
+		vm.log.Warn("snapshot points not serialized on this machine", "err", err)
+		return func() {}, nil
+	}
+	return release, nil
+}
+
+// followBackground waits for a background snapshot's stream to end and
+// finishes it (endStream).
+func (vm *VM) followBackground(sctx context.Context, stop context.CancelCauseFunc, mon *qmp.Client, a *liveArm, ls *liveSave, m Manifest) {
+	f := a.f
+	defer close(ls.done)
+	defer a.disarm(mon)
+	defer f.Close()
+	defer stop(nil)
+	info, err := mon.WaitMigration(sctx, 50*time.Millisecond, nil)
+	ls.downtime = time.Duration(info.Downtime) * time.Millisecond
+	if err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		mon.MigrateCancel(cctx)
+		cancel()
+	}
+	vm.endStream(ls, f, m, err)
+}
+
+// awaitBackgroundPoint waits for the snapshot point: QEMU has stopped the
+// vCPUs (if they ran), saved the devices and armed the write protection
+// when it runs them again. It reports whether the point was taken; if not,
+// the stream has ended (err nil: complete already) or ctx has.
+func (vm *VM) awaitBackgroundPoint(ctx context.Context, stop context.CancelCauseFunc, events <-chan goqmp.Event, ls *liveSave) (pointed bool, err error) {
 	var stopped time.Time
 	for {
 		select {
@@ -266,19 +293,13 @@ func (vm *VM) startBackground(ctx context.Context, mon *qmp.Client, a *liveArm, 
 				continue
 			}
 			vm.pointTaken(ls, stopped, at)
-			end, rel := unboost, release
-			time.AfterFunc(catchUp, func() { end(); rel() })
-			unboost, release = nil, nil
-			return ls, nil
+			return true, nil
 		case <-ls.done:
-			if ls.err == nil {
-				return ls, nil // a tiny VM: already complete
-			}
-			return nil, ls.err
+			return false, ls.err
 		case <-ctx.Done():
 			stop(ctx.Err())
 			<-ls.done
-			return nil, ctx.Err()
+			return false, ctx.Err()
 		}
 	}
 }
@@ -312,154 +333,167 @@ const precopyPasses = 8
 // (a disk full past the reserved room) fails it the same way, safely:
 // unlike a background snapshot, a migration that fails runs its VM on.
 //
-// With fence, the VM's network is fenced at that stop, before it runs
-// again: the job's cut (fence.go).
-func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls *liveSave, m Manifest, fence bool, progress func(Progress)) (*liveSave, error) {
+// The arm's cut (a job's network fence, fence.go) runs at that stop,
+// before the VM runs again.
+func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls *liveSave, m Manifest, progress func(Progress)) (*liveSave, error) {
 	if progress == nil {
 		progress = func(Progress) {}
+	}
+	p := &precopy{vm: vm, mon: mon, a: a, ls: ls, drained: make(chan error, 1),
+		copyEnded: make(chan error, 1), pointDone: make(chan struct{})}
+	p.endPoint = sync.OnceFunc(func() { close(p.pointDone) })
+	defer p.endPoint()
+	events, unsubscribe := mon.Subscribe("STOP", "RESUME", "MIGRATION")
+	defer unsubscribe()
+	if err := p.start(ctx); err != nil {
+		return nil, fmt.Errorf("vm %q: live checkpoint: %w", vm.name, err)
+	}
+	sctx, stop := context.WithCancelCause(context.Background())
+	go p.follow(sctx, stop, m, progress)
+	return p.awaitPoint(ctx, stop, events)
+}
+
+// precopy is one running VM's live checkpoint copy (startPrecopy).
+type precopy struct {
+	vm  *VM
+	mon *qmp.Client
+	a   *liveArm
+	ls  *liveSave
+	r   *os.File // the pipe's read end, drained into a.f
+	// downtime is QEMU's downtime-limit before the copy (ms), restored
+	// after it.
+	downtime int64
+	drained  chan error
+	// copyEnded gets the copy's end (nil: completed) from follow, which
+	// waits for pointDone before it makes sure the VM runs: the cut goes
+	// up between the two.
+	copyEnded chan error
+	pointDone chan struct{}
+	endPoint  func()
+	// The snapshot point as awaitPoint sees it.
+	stopped                   time.Time
+	unboost                   func()
+	cutErr                    error
+	cutDone, pointed, resumed bool
+}
+
+// start hands QEMU the pipe's write end, sets the copy's downtime-limit
+// and starts the copy, drained into the reserved file. On failure
+// nothing of it is left.
+func (p *precopy) start(ctx context.Context) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		p.a.disarm(p.mon)
+		return err
+	}
+	// QEMU has its own: its close at the stream's end is our EOF.
+	defer w.Close()
+	p.r = r
+	// Big enough for QEMU's writes not to wait on hostd's reads.
+	if rc, err := r.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
 	}
 	var params struct {
 		Downtime int64 `json:"downtime-limit"`
 	}
-	r, w, err := os.Pipe()
+	err = p.mon.GetFD(ctx, livePipeFD, w)
 	if err == nil {
-		defer w.Close()
-		// Big enough for QEMU's writes not to wait on hostd's reads.
-		if rc, err := r.SyscallConn(); err == nil {
-			rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
-		}
-		err = mon.GetFD(ctx, livePipeFD, w)
+		err = p.mon.Execute(ctx, "query-migrate-parameters", nil, &params)
+	}
+	p.downtime = params.Downtime
+	if err == nil {
+		err = p.mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": precopyDowntime.Milliseconds()})
 	}
 	if err == nil {
-		err = mon.Execute(ctx, "query-migrate-parameters", nil, &params)
-	}
-	if err == nil {
-		err = mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": precopyDowntime.Milliseconds()})
-	}
-	restoreParams := func() {
-		if params.Downtime > 0 {
-			pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			mon.MigrateSetParameters(pctx, map[string]any{"downtime-limit": params.Downtime})
+		go func() {
+			p.drained <- drain(r, p.a.f)
+			// A reader gone makes QEMU's next write fail: the migration fails.
+			r.Close()
+		}()
+		if err = p.mon.Migrate(ctx, "fd:"+livePipeFD); err != nil {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			p.mon.CloseFD(cctx, livePipeFD)
 			cancel()
 		}
 	}
 	if err != nil {
-		if r != nil {
-			r.Close()
-		}
-		restoreParams()
-		a.disarm(mon)
-		return nil, fmt.Errorf("vm %q: live checkpoint: %w", vm.name, err)
-	}
-	events, unsubscribe := mon.Subscribe("STOP", "RESUME", "MIGRATION")
-	defer unsubscribe()
-	f := a.f
-	drained := make(chan error, 1)
-	go func() {
-		drained <- drain(r, f)
-		// A reader gone makes QEMU's next write fail: the migration fails.
 		r.Close()
-	}()
-	if err := mon.Migrate(ctx, "fd:"+livePipeFD); err != nil {
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		mon.CloseFD(cctx, livePipeFD)
-		cancel()
-		r.Close()
-		restoreParams()
-		a.disarm(mon)
-		return nil, fmt.Errorf("vm %q: live checkpoint: %w", vm.name, err)
+		p.restoreParams()
+		p.a.disarm(p.mon)
+		return err
 	}
-	w.Close() // QEMU has its own: its close at the stream's end is our EOF
-	a.used = true
-	vm.log.Info("live checkpoint copy started", "downtime_limit", precopyDowntime)
-	pid := vm.pid()
+	p.a.used = true
+	p.vm.log.Info("live checkpoint copy started", "downtime_limit", precopyDowntime)
 	// The copy yields to every vCPU on the host: a guest waiting for a
 	// CPU is stalled, a copy that waits only takes longer.
+	pid := p.vm.pid()
 	for _, tid := range qemuThreads(pid) {
 		if threadName(pid, tid) == "live_migration" {
 			unix.Setpriority(unix.PRIO_PROCESS, tid, streamNice)
 		}
 	}
-	// The copy's end (nil: completed) from the goroutine that follows it,
-	// which waits for pointDone before it makes sure the VM runs: the
-	// fence goes up between the two.
-	copyEnded := make(chan error, 1)
-	pointDone := make(chan struct{})
-	endPoint := sync.OnceFunc(func() { close(pointDone) })
-	defer endPoint()
-	sctx, stop := context.WithCancelCause(context.Background())
-	go func() {
-		defer close(ls.done)
-		defer a.disarm(mon)
-		defer f.Close()
-		defer restoreParams()
-		defer stop(nil)
-		dl := precopyDowntime
-		info, err := mon.WaitMigration(sctx, 50*time.Millisecond, func(mi qmp.MigrationInfo) {
-			progress(Progress{Phase: "copy", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total,
-				Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
-			// A guest that dirties memory faster than the disk takes it
-			// never fits in precopyDowntime: give it a longer pause
-			// rather than no checkpoint.
-			if want := converge(mi.RAM.DirtySyncCount); want > dl {
-				dl = want
-				vm.log.Info("live checkpoint: the guest dirties memory fast; longer pause allowed", "downtime_limit", dl, "passes", mi.RAM.DirtySyncCount)
-				mon.MigrateSetParameters(sctx, map[string]any{"downtime-limit": dl.Milliseconds()})
-			}
-		})
-		ls.downtime = time.Duration(info.Downtime) * time.Millisecond
-		if err != nil {
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			mon.MigrateCancel(cctx)
-			cancel()
-			r.Close()
+	return nil
+}
+
+func (p *precopy) restoreParams() {
+	if p.downtime > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		p.mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": p.downtime})
+		cancel()
+	}
+}
+
+// follow waits for the copy's end; once the point is behind (or will not
+// come), it makes sure the VM runs (a copy that completed just as the
+// request ended left it stopped, postmigrate) and finishes the stream.
+func (p *precopy) follow(sctx context.Context, stop context.CancelCauseFunc, m Manifest, progress func(Progress)) {
+	f := p.a.f
+	defer close(p.ls.done)
+	defer p.a.disarm(p.mon)
+	defer f.Close()
+	defer p.restoreParams()
+	defer stop(nil)
+	info, err := p.mon.WaitMigration(sctx, 50*time.Millisecond, p.converger(sctx, progress))
+	p.ls.downtime = time.Duration(info.Downtime) * time.Millisecond
+	if err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		p.mon.MigrateCancel(cctx)
+		cancel()
+		p.r.Close()
+	}
+	p.copyEnded <- err
+	<-p.pointDone
+	p.vm.runAfterCopy(p.mon)
+	if derr := <-p.drained; err == nil && derr != nil {
+		err = fmt.Errorf("write stream: %w", derr)
+	}
+	p.vm.endStream(p.ls, f, m, err)
+}
+
+// converger reports the copy's progress and gives a guest that dirties
+// memory faster than the disk takes it (it never fits in
+// precopyDowntime) a longer pause rather than no checkpoint.
+func (p *precopy) converger(ctx context.Context, progress func(Progress)) func(qmp.MigrationInfo) {
+	dl := precopyDowntime
+	return func(mi qmp.MigrationInfo) {
+		progress(Progress{Phase: "copy", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total,
+			Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
+		if want := converge(mi.RAM.DirtySyncCount); want > dl {
+			dl = want
+			p.vm.log.Info("live checkpoint: the guest dirties memory fast; longer pause allowed", "downtime_limit", dl, "passes", mi.RAM.DirtySyncCount)
+			p.mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": dl.Milliseconds()})
 		}
-		copyEnded <- err
-		<-pointDone
-		// Whatever happened, the VM runs on: a copy that completed just as
-		// the request ended left it stopped (postmigrate).
-		vm.runAfterCopy(mon)
-		if derr := <-drained; err == nil && derr != nil {
-			err = fmt.Errorf("write stream: %w", derr)
-		}
-		vm.endStream(ls, f, m, err)
-	}()
-	var stopped time.Time
-	var unboost func()
+	}
+}
+
+// awaitPoint follows QEMU's events to the snapshot point: the copy
+// complete, the VM held stopped by QEMU, its cut up, and the VM run again.
+func (p *precopy) awaitPoint(ctx context.Context, stop context.CancelCauseFunc, events <-chan goqmp.Event) (*liveSave, error) {
 	defer func() {
-		if unboost != nil {
-			unboost()
+		if p.unboost != nil {
+			p.unboost()
 		}
 	}()
-	var fenceErr error
-	fenced, pointed, resumed := false, false, false
-	fenceNow := func() {
-		if fence && !fenced {
-			fenced = true
-			fenceErr = vm.fence(context.WithoutCancel(ctx), mon)
-		}
-	}
-	// point: the copy is complete and QEMU holds the VM stopped; fence it
-	// if asked (and not yet done), then run it.
-	point := func() {
-		if pointed {
-			return
-		}
-		pointed = true
-		fenceNow()
-		resumed = vm.runAfterCopy(mon)
-		endPoint()
-	}
-	// done: the point is behind; the stream's end is the caller's.
-	done := func(at time.Time) (*liveSave, error) {
-		vm.pointTaken(ls, stopped, at)
-		if fenceErr != nil {
-			<-ls.done
-			os.RemoveAll(ls.dir)
-			return nil, fenceErr
-		}
-		return ls, nil
-	}
 	for {
 		select {
 		case ev, ok := <-events:
@@ -471,43 +505,73 @@ func (vm *VM) startPrecopy(ctx context.Context, mon *qmp.Client, a *liveArm, ls 
 			switch ev.Event {
 			case "STOP":
 				// The last pages and the devices: the VM stands still
-				// until they are out, so it goes first now.
-				stopped = at
-				unboost = boostVM(pid, snapshotNice)
-				// The vCPUs are stopped for good until hostd runs them:
-				// the fence goes up while QEMU sends the last pages
-				// (QEMU takes it once it has).
-				fenceNow()
+				// until they are out, so it goes first now, and its cut
+				// goes up (QEMU holds it stopped until hostd runs it).
+				p.stopped = at
+				p.unboost = boostVM(p.vm.pid(), snapshotNice)
+				p.cut(ctx)
 			case "MIGRATION":
 				if ev.Data["status"] == "completed" {
-					point()
-					if !resumed {
-						return done(timeNow())
+					p.point(ctx)
+					if !p.resumed {
+						return p.taken(timeNow())
 					}
 				}
 			case "RESUME":
-				if pointed {
-					return done(at)
+				if p.pointed {
+					return p.taken(at)
 				}
 			}
-		case err := <-copyEnded:
+		case err := <-p.copyEnded:
 			if err != nil {
-				endPoint()
-				<-ls.done
-				return nil, ls.err
+				p.endPoint()
+				<-p.ls.done
+				return nil, p.ls.err
 			}
 			// Completed: in case its event was missed.
-			point()
-			if !resumed {
-				return done(timeNow())
+			p.point(ctx)
+			if !p.resumed {
+				return p.taken(timeNow())
 			}
 		case <-ctx.Done():
 			stop(ctx.Err())
-			endPoint()
-			<-ls.done
+			p.endPoint()
+			<-p.ls.done
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// cut runs the arm's cut once, while the vCPUs stand still.
+func (p *precopy) cut(ctx context.Context) {
+	if p.a.cut != nil && !p.cutDone {
+		p.cutDone = true
+		p.cutErr = p.a.cut(context.WithoutCancel(ctx), p.mon)
+	}
+}
+
+// point: the copy is complete and QEMU holds the VM stopped; its cut goes
+// up (if not yet), then it runs.
+func (p *precopy) point(ctx context.Context) {
+	if p.pointed {
+		return
+	}
+	p.pointed = true
+	p.cut(ctx)
+	p.resumed = p.vm.runAfterCopy(p.mon)
+	p.endPoint()
+}
+
+// taken: the point is behind; the stream's end is the caller's. A cut
+// that failed fails the checkpoint.
+func (p *precopy) taken(at time.Time) (*liveSave, error) {
+	p.vm.pointTaken(p.ls, p.stopped, at)
+	if p.cutErr != nil {
+		<-p.ls.done
+		os.RemoveAll(p.ls.dir)
+		return nil, p.cutErr
+	}
+	return p.ls, nil
 }
 
 // converge is the downtime-limit a live checkpoint's copy allows after
@@ -757,27 +821,38 @@ func reserve(f *os.File, n int64) error {
 	return nil
 }
 
-// liveSaveNow arms (unless the coordinator's detach step already did)
-// and takes the snapshot point.
-//
-// fence (a job's checkpoint) fences a running VM's network at its
-// snapshot point, before it runs again (see fence.go).
-func (vm *VM) liveSaveNow(ctx context.Context, mon *qmp.Client, dir string, round *Round, bandwidth int64, fence bool, progress func(Progress)) (*liveSave, error) {
+// liveSaveNow takes a lone VM's live checkpoint into dir (which exists,
+// empty): armed now, its snapshot point taken now.
+func (vm *VM) liveSaveNow(ctx context.Context, mon *qmp.Client, dir string, round *Round, bandwidth int64, progress func(Progress)) (*liveSave, error) {
+	vm.dropArm()
+	a, err := vm.armLive(ctx, mon, dir, bandwidth)
+	if err != nil {
+		return nil, err
+	}
+	return vm.startLiveSave(ctx, mon, a, round, progress)
+}
+
+// takeArm returns the live checkpoint the arm step made ready in dir, or
+// arms one there now (the arm step failed, or hostd restarted since).
+func (vm *VM) takeArm(ctx context.Context, mon *qmp.Client, dir string, bandwidth int64) (*liveArm, error) {
 	vm.mu.Lock()
 	a := vm.armed
 	vm.armed = nil
 	vm.mu.Unlock()
-	if a != nil && a.dir != dir {
+	if a != nil && a.dir == dir {
+		return a, nil
+	}
+	if a != nil {
 		a.disarm(mon)
-		a = nil
 	}
-	if a == nil {
-		var err error
-		if a, err = vm.armLive(ctx, mon, dir, bandwidth); err != nil {
-			return nil, err
-		}
+	if err := freshDir(dir); err != nil {
+		return nil, err
 	}
-	return vm.startLiveSave(ctx, mon, a, round, fence, progress)
+	a, err := vm.armLive(ctx, mon, dir, bandwidth)
+	if err != nil {
+		os.RemoveAll(dir)
+	}
+	return a, err
 }
 
 // dropArm disarms a live checkpoint that was armed and never started (the
@@ -837,4 +912,73 @@ func (ls *liveSave) wait(ctx context.Context) (Manifest, error) {
 	case <-ctx.Done():
 		return Manifest{}, ctx.Err()
 	}
+}
+
+// ErrStreamLost: a job's live checkpoint stream was being written when
+// hostd died. It cannot be vouched for: a precopy's pipe went with hostd
+// (QEMU failed the copy), and a background snapshot's file gets no
+// manifest from a hostd that did not follow it. The checkpoint fails; its
+// partial files are removed when hostd starts again.
+var ErrStreamLost = errors.New("stream lost: hostd restarted")
+
+// liveStream is a VM's persisted record of its job's live stream, from the
+// point step until the stream ends (or, once Lost, until the next point).
+type liveStream struct {
+	Op   string `json:"op"`
+	Dir  string `json:"dir"`
+	Lost bool   `json:"lost,omitempty"`
+}
+
+// streamStarts records, before the point step starts it, that a stream
+// into dir is in flight.
+func (vm *VM) streamStarts(op, dir string) {
+	vm.mu.Lock()
+	vm.rt.Stream = &liveStream{Op: op, Dir: dir}
+	vm.saveRuntime()
+	vm.mu.Unlock()
+}
+
+// streamEnded drops the record of the stream into dir: it completed (its
+// manifest is written) or failed (its files are gone, the failure is the
+// wait-save's answer).
+func (vm *VM) streamEnded(dir string) {
+	vm.mu.Lock()
+	if s := vm.rt.Stream; s != nil && s.Dir == dir && !s.Lost {
+		vm.rt.Stream = nil
+		vm.saveRuntime()
+	}
+	vm.mu.Unlock()
+}
+
+// lostStream is ErrStreamLost if dir's stream was lost with a hostd.
+func (vm *VM) lostStream(dir string) error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if s := vm.rt.Stream; s != nil && s.Dir == dir && s.Lost {
+		return fmt.Errorf("vm %q: live checkpoint %s of operation %s: %w", vm.name, dir, s.Op, ErrStreamLost)
+	}
+	return nil
+}
+
+// loseStream, when hostd starts, settles the stream the hostd before it
+// left in flight: one that wrote its manifest completed; any other is
+// lost, and its partial files go (a background snapshot QEMU still writes
+// goes on into a file no longer there).
+func (vm *VM) loseStream() {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	s := vm.rt.Stream
+	if s == nil || s.Lost {
+		return
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir, manifestName)); err == nil {
+		vm.rt.Stream = nil
+	} else {
+		if err := os.RemoveAll(s.Dir); err != nil {
+			vm.log.Error("remove a lost live checkpoint's files", "dir", s.Dir, "err", err)
+		}
+		s.Lost = true
+		vm.log.Warn("the live checkpoint stream in flight when hostd stopped is lost", "op", s.Op, "dir", s.Dir)
+	}
+	vm.saveRuntime()
 }

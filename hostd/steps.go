@@ -2,13 +2,11 @@ package hostd
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,9 +20,14 @@ import (
 // Contract with the coordinator:
 //   - De-duplication: a step carries its action id; a repeated id returns
 //     the first execution's result without running it again.
-//   - Fencing: once a closing step (abort, attach, resume, kill,
-//     cancel-migrate, delete-artifacts) of an operation ran for a VM, that
-//     operation's forward steps for the VM are refused.
+//   - Closed operations: once a closing step (abort, attach, resume, kill,
+//     cancel-migrate, delete-artifacts) of an operation ran for a VM, the
+//     operation is closed for that VM: its forward steps are refused.
+//   - Restarts: a VM's closed operations, its recent steps' answers, its
+//     lease and its live stream in flight are persisted with its runtime
+//     state, so a restarted hostd refuses, answers and undoes as the one
+//     before it would have. A live stream cannot outlive the hostd that
+//     wrote it: its wait-save answers failed (ErrStreamLost).
 //   - Leases: a step that leaves a VM paused, detached or in a guest round
 //     holds a lease; the coordinator renews it. If the lease runs out (the
 //     coordinator is gone), hostd undoes the operation for that VM by
@@ -59,7 +62,7 @@ const (
 // stay nil). Validate says which kinds take which arguments.
 type StepRequest struct {
 	ID   string `json:"id"` // the action id, for de-duplication
-	Op   string `json:"op"` // the operation id, for fencing and leases
+	Op   string `json:"op"` // the operation id, for closing and leases
 	Kind string `json:"kind"`
 	VM   string `json:"vm"`
 	// Lease bounds how long the VM may stay paused, detached or in a
@@ -128,6 +131,7 @@ type StepResult struct {
 	Note string `json:"note,omitempty"`
 }
 
+// forwardStep: the kinds an operation's closing refuses.
 func forwardStep(kind string) bool {
 	switch kind {
 	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint, StepReplace:
@@ -136,14 +140,22 @@ func forwardStep(kind string) bool {
 	return false
 }
 
-// stepState is hostd's memory of coordinator steps.
+// stepState is hostd's memory of coordinator steps. Each VM's part of it
+// is also persisted in its runtime state (ClosedOps, Answers, Lease), from
+// which New loads it.
 type stepState struct {
 	mu       sync.Mutex
 	results  map[string]StepResult
 	order    []string
 	inflight map[string]chan struct{}
-	fenced   map[string]bool // vm + "\x00" + op
+	closed   map[string]bool // vm + "\x00" + op
 	leases   map[string]*lease
+}
+
+// stepAnswer is a step's persisted result, by action id.
+type stepAnswer struct {
+	ID     string     `json:"id"`
+	Result StepResult `json:"result"`
 }
 
 // lease is a coordinator's hold on a VM.
@@ -158,9 +170,17 @@ type lease struct {
 
 const maxRemembered = 4096
 
+// Per VM, the persisted answers and closed operations are bounded: a
+// coordinator re-sends an action within its operation, and a VM is in one
+// operation at a time.
+const (
+	maxAnswers   = 64
+	maxClosedOps = 16
+)
+
 func newStepState() *stepState {
 	return &stepState{results: map[string]StepResult{}, inflight: map[string]chan struct{}{},
-		fenced: map[string]bool{}, leases: map[string]*lease{}}
+		closed: map[string]bool{}, leases: map[string]*lease{}}
 }
 
 // Step runs one coordinator step, de-duplicated by its id.
@@ -199,29 +219,88 @@ func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
 	h.metrics.observe("step_"+req.Kind, resultLabel(err), start)
 	h.log.Info("step", "id", req.ID, "kind", req.Kind, "vm", req.VM, "ok", res.OK, "reason", res.Reason,
 		"note", res.Note, "took", timeNow().Sub(start))
+	h.updateRuntime(req.VM, func(rt *runtimeState) {
+		rt.Answers = appendBounded(rt.Answers, stepAnswer{ID: req.ID, Result: res}, maxAnswers)
+	})
 	st.mu.Lock()
-	st.results[req.ID] = res
-	st.order = append(st.order, req.ID)
-	if len(st.order) > maxRemembered {
-		delete(st.results, st.order[0])
-		st.order = st.order[1:]
-	}
+	st.remember(req.ID, res)
 	close(st.inflight[req.ID])
 	delete(st.inflight, req.ID)
 	st.mu.Unlock()
 	return res
 }
 
-func (h *Host) fence(vm, op string) {
-	h.steps.mu.Lock()
-	h.steps.fenced[vm+"\x00"+op] = true
-	h.steps.mu.Unlock()
+// remember keeps a step's result for de-duplication; callers hold st.mu.
+func (st *stepState) remember(id string, res StepResult) {
+	if _, ok := st.results[id]; !ok {
+		st.order = append(st.order, id)
+	}
+	st.results[id] = res
+	if len(st.order) > maxRemembered {
+		delete(st.results, st.order[0])
+		st.order = st.order[1:]
+	}
 }
 
-func (h *Host) isFenced(vm, op string) bool {
+// updateRuntime changes a VM's runtime state and persists it (a VM that
+// is not, or no longer, here has none: hostd's memory is all there is).
+func (h *Host) updateRuntime(name string, change func(*runtimeState)) {
+	vm, err := h.Get(name)
+	if err != nil {
+		return
+	}
+	vm.mu.Lock()
+	change(&vm.rt)
+	vm.saveRuntime()
+	vm.mu.Unlock()
+}
+
+// closeOp closes op for vm: its forward steps are refused from now on,
+// across restarts. It is persisted before the closing step acts.
+func (h *Host) closeOp(name, op string) {
+	h.steps.mu.Lock()
+	h.steps.closed[name+"\x00"+op] = true
+	h.steps.mu.Unlock()
+	h.updateRuntime(name, func(rt *runtimeState) {
+		if !slices.Contains(rt.ClosedOps, op) {
+			rt.ClosedOps = appendBounded(rt.ClosedOps, op, maxClosedOps)
+		}
+	})
+}
+
+func (h *Host) isClosed(vm, op string) bool {
 	h.steps.mu.Lock()
 	defer h.steps.mu.Unlock()
-	return h.steps.fenced[vm+"\x00"+op]
+	return h.steps.closed[vm+"\x00"+op]
+}
+
+// loadSteps takes back what a VM's runtime state kept of the steps: its
+// closed operations, its steps' answers and its lease, which gets one more
+// period for the coordinator to renew it.
+func (h *Host) loadSteps(vm *VM) {
+	st := h.steps
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, op := range vm.rt.ClosedOps {
+		st.closed[vm.name+"\x00"+op] = true
+	}
+	for _, a := range vm.rt.Answers {
+		st.remember(a.ID, a.Result)
+	}
+	if l := vm.rt.Lease; l != nil {
+		st.leases[vm.name] = &lease{Op: l.Op, Dest: l.Dest, Until: timeNow().Add(l.Period), Period: l.Period}
+	}
+}
+
+// appendBounded appends v to s and keeps the last n.
+func appendBounded[T any](s []T, v T, n int) []T {
+	s = append(s, v)
+	if len(s) > n {
+		s = slices.Clone(s[len(s)-n:])
+	}
+	return s
 }
 
 func (h *Host) setLease(vm, op string, d time.Duration, dest string) {
@@ -240,26 +319,14 @@ func (h *Host) setLease(vm, op string, d time.Duration, dest string) {
 	}
 	cp := *l
 	h.steps.mu.Unlock()
-	h.persistLease(vm, &cp)
+	h.updateRuntime(vm, func(rt *runtimeState) { rt.Lease = &cp })
 }
 
 func (h *Host) dropLease(vm string) {
 	h.steps.mu.Lock()
 	delete(h.steps.leases, vm)
 	h.steps.mu.Unlock()
-	h.persistLease(vm, nil)
-}
-
-// persistLease records the lease (or its end) in the VM's runtime state.
-func (h *Host) persistLease(name string, l *lease) {
-	vm, err := h.Get(name)
-	if err != nil {
-		return
-	}
-	vm.mu.Lock()
-	vm.rt.Lease = l
-	vm.saveRuntime()
-	vm.mu.Unlock()
+	h.updateRuntime(vm, func(rt *runtimeState) { rt.Lease = nil })
 }
 
 // RenewLeases extends every lease an operation holds on this host.
@@ -335,15 +402,15 @@ func (r StepRequest) Validate() error {
 	return nil
 }
 
-// step runs one step under the fencing rule; it returns how a successful
-// step departed from its request.
+// step runs one step under the closed-operation rule; it returns how a
+// successful step departed from its request.
 func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 	if forwardStep(req.Kind) {
-		if h.isFenced(req.VM, req.Op) {
-			return "", fmt.Errorf("vm %q: operation %s was already rolled back here: %w", req.VM, req.Op, ErrInvalidState)
+		if h.isClosed(req.VM, req.Op) {
+			return "", fmt.Errorf("vm %q: operation %s is closed here (its closing steps ran): %w", req.VM, req.Op, ErrInvalidState)
 		}
 	} else {
-		h.fence(req.VM, req.Op)
+		h.closeOp(req.VM, req.Op)
 	}
 	switch req.Kind {
 	case StepRestore:
@@ -370,6 +437,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 	if fn, ok := forwardSteps[req.Kind]; ok {
 		return fn(vm, ctx, req)
 	}
+	vm.dropArm() // an arm the closing operation did not use
 	return "", closingSteps[req.Kind](vm, ctx, req)
 }
 
@@ -505,27 +573,34 @@ func (vm *VM) saveStep(ctx context.Context, req StepRequest) (string, error) {
 // again while its memory streams; wait-save reports the stream's end.
 // Where a live save is impossible it saves stop-and-save (and says so).
 func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
+	dir := req.Save.Dir
+	if err := vm.lostStream(dir); err != nil {
+		return "", err // a re-sent point: the stream went with a hostd
+	}
 	mon, err := vm.monitor()
 	if err != nil {
 		return "", err
 	}
-	dir := req.Save.Dir
-	vm.mu.Lock()
-	round, armed := vm.rt.Round, vm.armed != nil && vm.armed.dir == dir
-	vm.mu.Unlock()
-	if !armed {
-		vm.dropArm()
-		if err := freshDir(dir); err != nil {
-			return "", err
-		}
-	}
-	ls, err := vm.liveSaveNow(ctx, mon, dir, round, req.Save.Bandwidth, true, nil)
+	a, err := vm.takeArm(ctx, mon, dir, req.Save.Bandwidth)
 	if err == nil {
+		a.cut = vm.fence
 		vm.mu.Lock()
-		vm.live = ls
+		round := vm.rt.Round
 		vm.mu.Unlock()
-		vm.h.setLease(req.VM, req.Op, req.Lease, "")
-		return "", nil
+		vm.streamStarts(req.Op, dir)
+		var ls *liveSave
+		if ls, err = vm.startLiveSave(ctx, mon, a, round, nil); err == nil {
+			vm.mu.Lock()
+			vm.live = ls
+			vm.mu.Unlock()
+			go func() {
+				<-ls.done
+				vm.streamEnded(dir)
+			}()
+			vm.h.setLease(req.VM, req.Op, req.Lease, "")
+			return "", nil
+		}
+		vm.streamEnded(dir)
 	}
 	if !errors.Is(err, ErrLiveUnsupported) {
 		os.RemoveAll(dir)
@@ -542,7 +617,6 @@ func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
 }
 
 func (vm *VM) attachStep(ctx context.Context, req StepRequest) error {
-	vm.dropArm() // the operation did not use it
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
@@ -555,7 +629,6 @@ func (vm *VM) attachStep(ctx context.Context, req StepRequest) error {
 }
 
 func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
-	vm.dropArm() // the operation did not use it
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
@@ -578,7 +651,6 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 }
 
 func (vm *VM) abortStep(ctx context.Context, req StepRequest) error {
-	vm.dropArm() // the operation did not use it
 	vm.finishRound(ctx, "aborted")
 	if vm.running(ctx) {
 		vm.h.dropLease(req.VM)
@@ -587,7 +659,6 @@ func (vm *VM) abortStep(ctx context.Context, req StepRequest) error {
 }
 
 func (vm *VM) killStep(ctx context.Context, req StepRequest) error {
-	vm.dropArm() // the operation did not use it
 	vm.h.dropLease(req.VM)
 	vm.kill()
 	vm.h.forget(vm)
@@ -613,13 +684,8 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	if err != nil {
 		return err
 	}
-	vm.dropArm()
-	if err := freshDir(dir); err != nil {
-		return err
-	}
-	a, err := vm.armLive(ctx, mon, dir, bandwidth)
+	a, err := vm.takeArm(ctx, mon, dir, bandwidth)
 	if err != nil {
-		os.RemoveAll(dir)
 		return err
 	}
 	vm.mu.Lock()
@@ -704,8 +770,8 @@ func (h *Host) expireLeases() {
 		if l == nil {
 			continue
 		}
-		h.persistLease(name, nil)
-		h.fence(name, l.Op)
+		h.updateRuntime(name, func(rt *runtimeState) { rt.Lease = nil })
+		h.closeOp(name, l.Op)
 		vm, err := h.Get(name)
 		if err != nil {
 			continue
@@ -779,16 +845,8 @@ func (h *Host) leaseLoop(ctx context.Context) {
 }
 
 func fileDigest(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	hs := sha256.New()
-	if _, err := io.Copy(hs, f); err != nil {
-		return "", err
-	}
-	return "sha256:" + hex.EncodeToString(hs.Sum(nil)), nil
+	fd, err := hashFile(path)
+	return "sha256:" + fd.SHA256, err
 }
 
 // waitSaveStep waits for a VM's live save into its directory to be
@@ -801,6 +859,9 @@ func (h *Host) waitSaveStep(ctx context.Context, req StepRequest) StepResult {
 		return fail(err)
 	}
 	dir := req.Save.Dir
+	if err := vm.lostStream(dir); err != nil {
+		return fail(err)
+	}
 	vm.mu.Lock()
 	ls := vm.live
 	vm.mu.Unlock()
