@@ -72,14 +72,6 @@ func (vm *VM) allocateSlots(only []string) error {
 	return nil
 }
 
-// releaseSlots frees the VM's pool entries (it left this host).
-func (vm *VM) releaseSlots() {
-	vm.mu.Lock()
-	vm.rt.Slots = nil
-	vm.saveRuntime()
-	vm.mu.Unlock()
-}
-
 // Detach hot-unplugs one passthrough device and waits until QEMU reports it
 // gone (the guest must acknowledge the unplug), bounded by DetachTimeout.
 func (vm *VM) Detach(ctx context.Context, id string) error {

@@ -102,18 +102,13 @@ func newRoundID() string {
 
 // prepareGuest runs PREPARE and waits for READY, bounded by GuestTimeout.
 // A guest that refuses, never answers or misbehaves fails the operation
-// before anything was done to the VM.
-func (vm *VM) prepareGuest(ctx context.Context, op string, skip bool) (*coop, error) {
-	return vm.prepareGuestFreeze(ctx, op, skip, false)
-}
-
-// prepareGuestFreeze is prepareGuest that, with freeze (a dependency-aware
-// migration), also has the guest freeze every process that does not
-// depend on the world outside the VM until the round ends.
-func (vm *VM) prepareGuestFreeze(ctx context.Context, op string, skip, freeze bool) (*coop, error) {
+// before anything was done to the VM. With freeze (a dependency-aware
+// migration) the guest also freezes every process that does not depend on
+// the world outside the VM until the round ends.
+func (vm *VM) prepareGuest(ctx context.Context, op string, freeze bool) (*coop, error) {
 	c := &coop{vm: vm}
 	spec := vm.Spec()
-	if skip || spec.Guest.Type == "none" {
+	if spec.Guest.Type == "none" {
 		return c, nil
 	}
 	timeout := vm.h.cfg.GuestTimeout
@@ -184,13 +179,6 @@ func (vm *VM) guestDevices() []guestproto.Device {
 		}
 	}
 	return out
-}
-
-func (c *coop) round() *Round {
-	if c == nil {
-		return nil
-	}
-	return c.r
 }
 
 // finish ends the round on the open channel: RESUME with the outcome, or

@@ -821,17 +821,6 @@ func reserve(f *os.File, n int64) error {
 	return nil
 }
 
-// liveSaveNow takes a lone VM's live checkpoint into dir (which exists,
-// empty): armed now, its snapshot point taken now.
-func (vm *VM) liveSaveNow(ctx context.Context, mon *qmp.Client, dir string, round *Round, bandwidth int64, progress func(Progress)) (*liveSave, error) {
-	vm.dropArm()
-	a, err := vm.armLive(ctx, mon, dir, bandwidth)
-	if err != nil {
-		return nil, err
-	}
-	return vm.startLiveSave(ctx, mon, a, round, progress)
-}
-
 // takeArm returns the live checkpoint the arm step made ready in dir, or
 // arms one there now (the arm step failed, or hostd restarted since).
 func (vm *VM) takeArm(ctx context.Context, mon *qmp.Client, dir string, bandwidth int64) (*liveArm, error) {

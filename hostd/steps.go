@@ -469,7 +469,7 @@ var closingSteps = map[string]func(*VM, context.Context, StepRequest) error{
 
 func (vm *VM) prepareStep(ctx context.Context, req StepRequest) (string, error) {
 	op := req.Prepare.Operation
-	c, err := vm.prepareGuestFreeze(ctx, guestOp(op), false, req.Prepare.Freeze && guestOp(op) == "migrate")
+	c, err := vm.prepareGuest(ctx, guestOp(op), req.Prepare.Freeze && guestOp(op) == "migrate")
 	if err != nil {
 		return "", err
 	}
