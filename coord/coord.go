@@ -75,14 +75,8 @@ type OpRecord struct {
 	// VM's stream is written, synced and checksummed.
 	Live       bool   `json:"live,omitempty"`
 	LiveFailed string `json:"live_failed,omitempty"`
-	// notes: per VM, how a successful step departed from its request
-	// (reported, not journaled).
-	notes *vmNotes
-	// journalErr: the journal could not be written; the driver stopped.
-	journalErr error
-	sent       bool  // some action went out to a hostd
-	Bandwidth  int64 `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
-	Freeze     bool  `json:"freeze,omitempty"`    // dependency-aware migration
+	Bandwidth  int64  `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
+	Freeze     bool   `json:"freeze,omitempty"`    // dependency-aware migration
 }
 
 // Config configures a coordinator.
@@ -141,21 +135,25 @@ func New(cfg Config) (*Coord, error) {
 		return nil, err
 	}
 	for _, rec := range recs {
-		if rec.Result != nil || rec.Op == nil {
-			continue
+		if rec.Result == nil && rec.Op != nil {
+			c.recover(&rec)
 		}
-		rec := rec
-		c.log.Warn("resuming an operation left by a previous coordinator", "op", rec.Op.ID, "kind", rec.Op.Kind,
-			"job", rec.Op.Job, "phase", rec.Op.Phase)
-		c.busy[rec.Op.Job] = rec.Op.ID
-		acts := rec.Op.Recover(time.Now())
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			c.drive(context.Background(), &rec, acts, nil)
-		}()
 	}
 	return c, nil
+}
+
+// recover drives an operation a previous coordinator left unfinished to
+// its end (it finishes or rolls back); its job is busy until then.
+func (c *Coord) recover(rec *OpRecord) {
+	c.log.Warn("resuming an operation left by a previous coordinator", "op", rec.Op.ID, "kind", rec.Op.Kind,
+		"job", rec.Op.Job, "phase", rec.Op.Phase)
+	c.busy[rec.Op.Job] = rec.Op.ID
+	acts := rec.Op.Recover(time.Now())
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.drive(context.Background(), rec, acts, nil)
+	}()
 }
 
 // Wait waits for background operations (recovered ones) to end.
@@ -374,60 +372,23 @@ type runExtra struct {
 }
 
 func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, extra runExtra, progress ProgressFunc) (machine.Result, error) {
-	live := extra.live
 	id := newID("op")
 	if err := c.claim(job.Name, id); err != nil {
 		return machine.Result{}, err
 	}
-	holdJob := false
-	defer func() {
-		if !holdJob {
-			c.release(job.Name)
-		}
-	}()
-	hosts, err := c.hostMap()
+	rec, acts, err := c.begin(id, kind, job.Name, vms, opts, extra)
 	if err != nil {
+		c.release(job.Name)
 		return machine.Result{}, err
 	}
-	op, acts, err := machine.New(id, kind, job.Name, vms, opts, time.Now())
-	if err != nil {
-		return machine.Result{}, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	rec := &OpRecord{Op: op, Hosts: hosts, Freeze: extra.freeze, notes: &vmNotes{}}
-	if live != nil {
-		rec.Live, rec.Bandwidth = live.Live, live.Bandwidth
-	}
-	if kind == machine.KindCheckpoint {
-		ck := Checkpoint{ID: opts.CheckpointID, Job: job.Name, Op: id, Status: "in-progress", CreatedAt: time.Now().UTC()}
-		for _, v := range vms {
-			dir, err := c.ckDir(opts.CheckpointID, v.Name)
-			if err != nil {
-				return machine.Result{}, err
-			}
-			ck.VMs = append(ck.VMs, CheckpointVM{Name: v.Name, Host: v.Host, Dir: dir})
-		}
-		if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
-			c.log.Error("journal write failed: operation refused", "op", id, "job", job.Name, "err", err)
-			return machine.Result{}, fmt.Errorf("%s of job %q: %w: journal write failed: %v", kind, job.Name, ErrFailed, err)
-		}
-	}
 	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
-	res := c.drive(ctx, rec, acts, progress)
-	for i := range res.VMs {
-		res.VMs[i].Note = rec.notes.get(res.VMs[i].Name)
+	res, err := c.drive(ctx, rec, acts, progress)
+	if err != nil && res.Done {
+		return res, fmt.Errorf("%s of job %q: %w: it ended %s, but %w (a restarted coordinator repeats its closing steps)",
+			kind, job.Name, ErrFailed, res.Outcome, err)
 	}
-	if rec.journalErr != nil && res.Done {
-		return res, fmt.Errorf("%s of job %q: %w: it ended %s, but %v (a restarted coordinator repeats its closing steps)",
-			kind, job.Name, ErrFailed, res.Outcome, rec.journalErr)
-	}
-	if rec.journalErr != nil {
-		if rec.sent {
-			// The job stays busy until the hostds' leases have undone
-			// what this operation paused.
-			holdJob = true
-			time.AfterFunc(2*c.cfg.Lease, func() { c.release(job.Name) })
-		}
-		return res, fmt.Errorf("%s of job %q: %w: %v", kind, job.Name, ErrFailed, rec.journalErr)
+	if err != nil {
+		return res, fmt.Errorf("%s of job %q: %w: %w", kind, job.Name, ErrFailed, err)
 	}
 	if rec.LiveFailed != "" {
 		res.Checkpoint, res.Reason = machine.CheckpointFailed, rec.LiveFailed
@@ -439,31 +400,37 @@ func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []m
 	return res, nil
 }
 
-// vmNotes collect what steps report besides success, per VM.
-type vmNotes struct {
-	mu sync.Mutex
-	m  map[string]string
-}
-
-func (n *vmNotes) add(vm, note string) {
-	if n == nil {
-		return // a recovered operation: its notes are gone
+// begin makes an operation and its journal record; a checkpoint's
+// catalog entry is written first, in progress.
+func (c *Coord) begin(id string, kind machine.Kind, job string, vms []machine.VM, opts machine.Options, extra runExtra) (*OpRecord, []machine.Action, error) {
+	hosts, err := c.hostMap()
+	if err != nil {
+		return nil, nil, err
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.m == nil {
-		n.m = map[string]string{}
+	op, acts, err := machine.New(id, kind, job, vms, opts, time.Now())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	n.m[vm] = note
-}
-
-func (n *vmNotes) get(vm string) string {
-	if n == nil {
-		return ""
+	rec := &OpRecord{Op: op, Hosts: hosts, Freeze: extra.freeze}
+	if extra.live != nil {
+		rec.Live, rec.Bandwidth = extra.live.Live, extra.live.Bandwidth
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.m[vm]
+	if kind != machine.KindCheckpoint {
+		return rec, acts, nil
+	}
+	ck := Checkpoint{ID: opts.CheckpointID, Job: job, Op: id, Status: "in-progress", CreatedAt: time.Now().UTC()}
+	for _, v := range vms {
+		dir, err := c.ckDir(opts.CheckpointID, v.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		ck.VMs = append(ck.VMs, CheckpointVM{Name: v.Name, Host: v.Host, Dir: dir})
+	}
+	if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
+		c.log.Error("journal write failed: operation refused", "op", id, "job", job, "err", err)
+		return nil, nil, fmt.Errorf("%s of job %q: %w: journal write failed: %v", kind, job, ErrFailed, err)
+	}
+	return rec, acts, nil
 }
 
 // ckDir is where a VM's part of a checkpoint goes; built from names, it is

@@ -158,7 +158,8 @@ func TestCheckpointOnFullDisk(t *testing.T) {
 }
 
 // The coordinator dies (at a known instant: every VM stopped and detached,
-// about to save) and comes back: it finishes the checkpoint.
+// about to save) and comes back: it finishes the checkpoint, and then
+// frees the job for the next operation.
 func TestCoordCrashThenRecovers(t *testing.T) {
 	c := newClusterWith(t, clusterOpts{coordEnv: []string{"SYMVIRT_COORD_CRASH_AT=save"}})
 	since := startJob(t, c, "")
@@ -174,6 +175,20 @@ func TestCoordCrashThenRecovers(t *testing.T) {
 	for vm, host := range c.where("jf") {
 		waitFile(t, c.serial(host, vm), `hook: outcome checkpointed`)
 	}
+	// The recovered operation ends right after its resumes: the job is
+	// busy until then, not for ever.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res, out, err := c.op("checkpoint", "jf")
+		if err == nil && res.Checkpoint == machine.CheckpointComplete {
+			break
+		}
+		if !strings.Contains(out, "in progress") || time.Now().After(deadline) {
+			t.Fatalf("a checkpoint after the recovered one: %v\n%s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	assertUntouched(t, c, c.traffic("a"))
 }
 
 // The coordinator dies with the job paused and stays away: every hostd
