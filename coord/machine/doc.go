@@ -1,8 +1,8 @@
 // Package machine is the coordinator's operation protocol as a pure state
 // machine, in the style of etcd's raft: it consumes events and emits
-// actions, and does nothing else. An operation (Op) checkpoints, restarts or
-// migrates one job — N QEMU VMs on several hosts — with the guests'
-// cooperation (SymVirt): every VM of the job goes through the same phases,
+// actions, and does nothing else. An operation (Op) checkpoints, restarts,
+// migrates or rejuvenates one job — N QEMU VMs on several hosts, or a
+// single VM — with the guests' cooperation (SymVirt): every VM of the job goes through the same phases,
 // and the job's consistent cut is taken only when all of them got there.
 //
 // # Contract
@@ -38,7 +38,9 @@
 //     Fencing: once hostd has executed a closing action (Abort, Attach,
 //     Resume, Kill, CancelMigrate, DeleteArtifacts) of an op for a VM, it
 //     refuses that op's forward actions (Prepare, Detach, Stop, Save,
-//     Migrate, Restore) for that VM, and cancels one in progress if it can.
+//     Migrate, Restore, Arm, Fence, Point, Replace) for that VM, and
+//     cancels one in progress if it can. WaitSave is not fenced: it follows
+//     the VM's Resume.
 //     The machine stops waiting for an action at its deadline, and
 //     supersedes an outstanding Prepare with an Abort (and a Migrate with a
 //     CancelMigrate at the destination, which refuses the incoming copy), so
@@ -57,21 +59,48 @@
 //
 //	checkpoint:        PREPARE -> DETACH -> STOP -> SAVE =commit=> resume: ATTACH, RESUME(checkpointed)
 //	                   (+ RecordCheckpoint complete at the commit, with every VM's digest)
+//	live checkpoint:   PREPARE -> ARM -> FENCE -> POINT =commit (the cut)=> resume:
+//	                   ATTACH, RESUME(checkpointed), WAIT-SAVE; then, job-level:
+//	                   every WaitSave OK: RecordCheckpoint complete (Digests, Points)
+//	                   else:              discard: DELETE-ARTIFACTS (every VM), then RecordCheckpoint failed
 //	migrate/evacuate:  PREPARE -> DETACH -> STOP -> MIGRATE =commit=> switch
 //	live migrate:      PREPARE -> DETACH ---------> MIGRATE(live) =commit=> switch
 //	                   switch, per moving VM: ATTACH@dest, RESUME(migrated)@dest, KILL@source
 //	                   switch, per staying VM (no Dest): ATTACH, RESUME(migrated)
 //	restart:           RESTORE (paused, on Dest or Host) =commit=> resume: ATTACH, RESUME(restored)
+//	rejuvenate:        PREPARE -> DETACH -> STOP -> REPLACE =commit=> resume: ATTACH, RESUME(rejuvenated)
 //	any failure before the commit point                      => rollback (below)
 //
 // The commit point is the end of the last forward phase: every VM saved
-// (checkpoint; the checkpoint is COMPLETE only then), every moving VM's
-// destination holds a complete paused copy (migrate), every VM restored
-// paused (restart). Stop-and-copy takes the job's cut when the STOP barrier
-// is passed; a live migration's cut is each VM's own switch-over, after
-// which that VM stays paused at both ends until the commit (the price of
-// being able to roll every VM back). Evacuate is a migrate (one Op per job,
-// listing all the job's VMs, with Dest set on those of the evacuated host).
+// (checkpoint; the checkpoint is COMPLETE only then), every VM's snapshot
+// point taken (live checkpoint), every moving VM's destination holds a
+// complete paused copy (migrate), every VM restored paused (restart), every
+// VM held paused by its new QEMU (rejuvenate). Stop-and-copy takes the
+// job's cut when the STOP barrier is passed; a live migration's cut is each
+// VM's own switch-over, after which that VM stays paused at both ends until
+// the commit (the price of being able to roll every VM back). Evacuate is a
+// migrate (one Op per job, listing all the job's VMs, with Dest set on
+// those of the evacuated host).
+//
+// Live checkpoint. The VMs never stop for the copy: ARM detaches their
+// devices and reserves the save (stream file, QEMU set up, Bandwidth);
+// FENCE cuts each VM off the network while it runs on, and the job's cut
+// is the FENCE barrier (no VM can hear from another one after it); POINT
+// takes each VM's snapshot point, after which QEMU runs it again, still
+// fenced, while its memory streams. Passing the POINT barrier is the
+// commit point: the VMs never roll back after it. Each VM then gets its
+// devices back and is resumed ("checkpointed"; hostd unfences it), and only
+// then WAIT-SAVE waits for its stream (TransferTimeout, one attempt, never
+// retried). The checkpoint is COMPLETE when every VM's WaitSave succeeded
+// (its digest, pause and snapshot time go into RecordCheckpoint). If one
+// failed (an error, its deadline, its host down, or a VM lost after the
+// cut before its stream was saved), the checkpoint FAILED: once every VM's
+// chain is over, DELETE-ARTIFACTS goes to every VM still reachable, then
+// RecordCheckpoint "failed"; Result.Checkpoint is "failed" and
+// Result.Reason names the VM and why ("vm b: wait-save: deadline"), while
+// Result.Outcome and the VMs' outcomes stay "checkpointed" — what the
+// guests were told, and the VMs do run on where they were. Point results
+// carry no digest; Save (stop-and-save) results must carry one.
 //
 // # Failure semantics
 //
@@ -84,20 +113,29 @@
 //
 //	CANCEL-MIGRATE@dest   if Migrate was issued (runs concurrently with the rest,
 //	                      even while the Migrate is still outstanding)
-//	ATTACH                if Detach was issued
-//	RESUME(aborted)       if Stop or Migrate was issued (the VM may be paused), else
+//	ATTACH                if Detach or Arm was issued (hostd also drops the arm)
+//	RESUME(aborted)       if Stop, Migrate, Replace, Fence or Point was issued (the VM
+//	                      may be paused or fenced; hostd unfences it), else
 //	ABORT                 if Prepare was issued (an outstanding Prepare is superseded at once)
-//	DELETE-ARTIFACTS      if Save was issued (checkpoint: the partial checkpoint goes)
+//	DELETE-ARTIFACTS      if Save, Arm or Point was issued (the partial checkpoint goes)
 //	restart: KILL@target  if Restore was issued (nothing is left half-running)
 //
 // A VM waits for its own outstanding forward action (Detach, Stop, Save,
-// Migrate, Restore) to be answered or to time out before undoing it; a
-// checkpoint that rolls back records RecordCheckpoint "failed".
+// Migrate, Restore, Arm, Fence, Point, Replace) to be answered or to time
+// out before undoing it; a checkpoint that rolls back records
+// RecordCheckpoint "failed". A failed Replace leaves the old QEMU holding
+// the VM paused, a successful one the new QEMU: either way Resume(aborted)
+// on Host runs it.
 //
 // Migration, exactly: the destination runs a VM only after Resume@dest was
 // issued (VMState.Switched), and that happens only after the commit point
 // or in a salvage (below). So before the commit every VM can still roll
-// back; after it no VM rolls back, except one whose destination host dies
+// back, and the destination's copy is always killed first: a moving VM's
+// source is resumed only after CancelMigrate at its destination succeeded,
+// or once its destination host is reported down (a dead host runs no
+// copy). If that CancelMigrate is given up on a live destination, the
+// source stays paused and the VM is stranded with the error: never two
+// copies. After the commit no VM rolls back, except one whose destination host dies
 // before its Resume@dest was issued: its source still holds the complete
 // paused state and is resumed there ("aborted", reported in its Error),
 // while the rest of the job goes on to its destinations. A VM whose
@@ -115,14 +153,17 @@
 // drop its incoming copy at a live destination; actions outstanding on host
 // fail without retry; no action is ever sent to a host known down. Before
 // the commit point a loss rolls the other VMs back and fails a checkpoint;
-// after it the other VMs carry on and a complete checkpoint stays complete.
+// after it the other VMs carry on and a complete checkpoint stays complete
+// (a live checkpoint is complete only once every WaitSave succeeded: a VM
+// lost before its stream was saved fails it).
 //
 // Closing actions (Attach, Resume, Abort, Kill, CancelMigrate,
 // DeleteArtifacts, RecordCheckpoint) are retried at once with a new attempt
 // ID, up to MaxAttempts. An Attach that is given up does not block the
 // Resume (a VM running without its device beats a paused one; the error is
-// reported); a Resume or Abort (or a restart's Kill) that is given up leaves
-// the VM "stranded" with its Error. So when Done, every VM is either lost,
+// reported); a Resume or Abort (or a restart's Kill, or a rolled-back
+// moving VM's CancelMigrate) that is given up leaves the VM "stranded" with
+// its Error. WaitSave is the exception: never retried. So when Done, every VM is either lost,
 // stranded with an error, or running where its outcome says (aborted
 // restart: not running), with its devices attached or the attach failure in
 // its Error.

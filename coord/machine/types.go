@@ -13,6 +13,10 @@ const (
 	KindRestart    Kind = "restart"    // restore every VM from a checkpoint and run it
 	KindMigrate    Kind = "migrate"    // move the VMs that have a Dest; the others stay
 	KindEvacuate   Kind = "evacuate"   // a migrate whose moving VMs leave one host; same machine
+	// KindRejuvenate restarts each VM's QEMU warm, on its own Host: the
+	// VM's memory stays in shared memory and a new QEMU takes over its
+	// device state (Replace). Dest is ignored.
+	KindRejuvenate Kind = "rejuvenate"
 )
 
 // VM is one VM of the job, as given to New.
@@ -22,7 +26,7 @@ type VM struct {
 	// Dest is the destination host: migrate/evacuate move the VM there
 	// (empty, or equal to Host: the VM stays but is stopped and resumed
 	// with the job); restart restores it there instead of Host.
-	// Checkpoint ignores it.
+	// Checkpoint and rejuvenate ignore it.
 	Dest string `json:"dest,omitempty"`
 }
 
@@ -30,16 +34,26 @@ type VM struct {
 // New stores the normalised options in the Op, so a reloaded Op behaves
 // the same.
 type Options struct {
-	// Live (migrate/evacuate only): pre-copy while the VMs run, no STOP
-	// phase; each VM's cut is its migration's own switch-over.
+	// Live: the VMs run on through the copy of their memory (checkpoint,
+	// migrate, evacuate only). Migrate/evacuate: pre-copy, no STOP phase;
+	// each VM's cut is its migration's own switch-over. Checkpoint: the
+	// ARM, FENCE, POINT phases instead of DETACH, STOP, SAVE; the job's cut
+	// is every VM fenced, and the memory streams after the VMs resumed.
 	Live bool `json:"live,omitempty"`
+	// Bandwidth caps a live checkpoint's stream per VM, in bytes/s (0:
+	// no cap). Only with Live on a checkpoint; carried by Arm.
+	Bandwidth int64 `json:"bandwidth,omitempty"`
+	// Freeze (migrate/evacuate only): dependency-aware migration: the
+	// guest freezes its untainted processes during Prepare. Carried by
+	// Prepare.
+	Freeze bool `json:"freeze,omitempty"`
 	// PrepareTimeout bounds a Prepare (the guest cooperation round).
 	PrepareTimeout time.Duration `json:"prepare_timeout"`
 	// StepTimeout bounds every other action (Detach, Stop, Attach,
 	// Resume, Abort, Kill, CancelMigrate, DeleteArtifacts, RecordCheckpoint).
 	StepTimeout time.Duration `json:"step_timeout"`
-	// TransferTimeout bounds Save, Migrate and Restore, which move the
-	// VM's memory; zero means StepTimeout.
+	// TransferTimeout bounds Save, Migrate, Restore, WaitSave and
+	// Replace, which move the VM's state; zero means StepTimeout.
 	TransferTimeout time.Duration `json:"transfer_timeout"`
 	// MaxAttempts bounds the attempts of a compensating or closing action
 	// (Abort, Attach, Resume, Kill, CancelMigrate, DeleteArtifacts,
@@ -70,14 +84,26 @@ const (
 	Save    ActionType = "save"    // write the VM's state into checkpoint CheckpointID; result carries the digest
 	Migrate ActionType = "migrate" // send the VM from Host to Dest; on success Dest holds a complete PAUSED copy
 	Restore ActionType = "restore" // create the VM on Host from checkpoint CheckpointID, PAUSED
+	// Replace (rejuvenate): move the VM's device state into a new QEMU on
+	// Host, on the same shared memory. On success the NEW QEMU holds the
+	// VM, paused, and the old one is gone; on failure the old QEMU still
+	// holds it, paused.
+	Replace ActionType = "replace"
 
 	// Live checkpoint (Options.Live on a checkpoint): the VMs run on
 	// through the copy and stand still only for their snapshot point.
-	Arm   ActionType = "arm"   // detach passthrough devices and reserve the VM's live save (its stream file, QEMU set up)
+	// Arm, Fence and Point are forward actions; Point's result carries no
+	// digest (WaitSave's does).
+	Arm   ActionType = "arm"   // detach passthrough devices and reserve the VM's live save (its stream file, QEMU set up, Bandwidth)
 	Fence ActionType = "fence" // cut the VM off the network (it runs on); the job's cut is when every VM is fenced
 	Point ActionType = "point" // take the VM's snapshot point; QEMU runs it again (still fenced) while its memory streams
-	// WaitSave waits (TransferTimeout) for the VM's stream to be written,
-	// synced and checksummed; its result carries the digest.
+
+	// WaitSave (live checkpoint, after the cut and the VM's Resume, on
+	// Host) waits for the VM's stream to be written, synced and
+	// checksummed; its OK result carries Digest, Pause and SnapshotAt.
+	// Bounded by TransferTimeout and NEVER retried: its failure, deadline
+	// or host loss fails the checkpoint (not the VMs, which run on).
+	// hostd must not fence it: it comes after the VM's Resume.
 	WaitSave ActionType = "wait-save"
 
 	// Closing and compensating actions; retried up to MaxAttempts.
@@ -85,11 +111,12 @@ const (
 	Resume          ActionType = "resume"           // continue the vCPUs (no-op if running) and tell the guest Outcome
 	Abort           ActionType = "abort"            // end the guest round as "aborted" (VM never stopped); supersedes a Prepare in flight
 	DeleteArtifacts ActionType = "delete-artifacts" // remove the VM's (partial) artifacts of checkpoint CheckpointID
-	CancelMigrate   ActionType = "cancel-migrate"   // on Host (the destination): abort the incoming VM and drop its copy
+	CancelMigrate   ActionType = "cancel-migrate"   // on Host (the destination): abort the incoming VM and drop its copy (kill its QEMU)
 	Kill            ActionType = "kill"             // destroy the VM's QEMU on Host (restart rollback; obsolete migration source)
 
 	// RecordCheckpoint is job-level (VM and Host empty): the driver records
-	// checkpoint CheckpointID as Outcome "complete" (with Digests) or "failed".
+	// checkpoint CheckpointID as Outcome "complete" (with Digests, and for
+	// a live checkpoint Points) or "failed".
 	RecordCheckpoint ActionType = "record-checkpoint"
 )
 
@@ -97,7 +124,7 @@ const (
 // before the commit point rolls the operation back).
 func (t ActionType) forward() bool {
 	switch t {
-	case Prepare, Detach, Stop, Save, Migrate, Restore:
+	case Prepare, Detach, Stop, Save, Migrate, Restore, Arm, Fence, Point, Replace:
 		return true
 	}
 	return false
@@ -133,13 +160,20 @@ type Action struct {
 	Dest string `json:"dest,omitempty"`
 	// Live: Migrate pre-copies while the VM runs.
 	Live bool `json:"live,omitempty"`
+	// Bandwidth: Arm's stream cap in bytes/s (0: none).
+	Bandwidth int64 `json:"bandwidth,omitempty"`
+	// Freeze: Prepare of a dependency-aware migration.
+	Freeze bool `json:"freeze,omitempty"`
 	// Outcome: for Resume, what the guest is told ("checkpointed",
-	// "migrated", "restored", "aborted"); for RecordCheckpoint,
-	// "complete" or "failed".
+	// "migrated", "restored", "rejuvenated", "aborted"); for
+	// RecordCheckpoint, "complete" or "failed".
 	Outcome      string `json:"outcome,omitempty"`
 	CheckpointID string `json:"checkpoint_id,omitempty"`
 	// Digests: RecordCheckpoint "complete" only, VM name -> artifact digest.
 	Digests map[string]string `json:"digests,omitempty"`
+	// Points: RecordCheckpoint "complete" of a live checkpoint only, VM
+	// name -> its snapshot point (from its WaitSave result).
+	Points map[string]PointInfo `json:"points,omitempty"`
 	// Deadline, on the driver's clock: past it, a Tick fails the action
 	// with reason "deadline". hostd may use it to bound the work.
 	Deadline time.Time `json:"deadline"`
@@ -150,6 +184,7 @@ const (
 	OutcomeCheckpointed = "checkpointed"
 	OutcomeMigrated     = "migrated"
 	OutcomeRestored     = "restored"
+	OutcomeRejuvenated  = "rejuvenated"
 	OutcomeAborted      = "aborted"  // rolled back: as before the operation (restart: not running)
 	OutcomeLost         = "lost"     // its host went down
 	OutcomeStranded     = "stranded" // a closing action kept failing: needs an operator (see Error)
@@ -166,11 +201,22 @@ type ActionResult struct {
 	ID     ActionID `json:"id"`
 	OK     bool     `json:"ok"`
 	Reason string   `json:"reason,omitempty"` // why it failed (guest refusal, error text)
-	Digest string   `json:"digest,omitempty"` // Save: the artifact digest (required when OK)
+	Digest string   `json:"digest,omitempty"` // Save, WaitSave: the artifact digest (required when OK)
+	// Pause (WaitSave): how long the VM's vCPUs stood still for its
+	// snapshot point.
+	Pause time.Duration `json:"pause_ns,omitempty"`
+	// SnapshotAt (WaitSave): when the vCPUs ran again after the point.
+	SnapshotAt time.Time `json:"snapshot_at,omitzero"`
 	// Now is the driver's clock when the result arrived; it dates the
 	// deadlines of the actions this result triggers. Zero: the latest
 	// time the machine has seen.
 	Now time.Time `json:"now,omitzero"`
+}
+
+// PointInfo is one VM's snapshot point in a live checkpoint.
+type PointInfo struct {
+	Pause      time.Duration `json:"pause_ns"`
+	SnapshotAt time.Time     `json:"snapshot_at"`
 }
 
 // Tick advances the machine's clock; outstanding actions whose deadline is
@@ -207,8 +253,13 @@ const (
 	PhaseSave    Phase = "save"
 	PhaseMigrate Phase = "migrate"
 	PhaseRestore Phase = "restore"
+	PhaseArm     Phase = "arm"     // live checkpoint
+	PhaseFence   Phase = "fence"   // live checkpoint
+	PhasePoint   Phase = "point"   // live checkpoint
+	PhaseReplace Phase = "replace" // rejuvenate
 	// Closing phases: each VM runs its own chain, no barrier.
-	PhaseResume   Phase = "resume"   // committed checkpoint or restart: Attach, Resume
+	PhaseResume   Phase = "resume"   // committed checkpoint, restart or rejuvenate: Attach, Resume (live checkpoint: then WaitSave)
+	PhaseDiscard  Phase = "discard"  // live checkpoint whose stream failed after the cut: DeleteArtifacts, then RecordCheckpoint failed
 	PhaseSwitch   Phase = "switch"   // committed migration: Attach/Resume at Dest, Kill the source
 	PhaseRollback Phase = "rollback" // failed before the commit point: undo what was issued
 	PhaseDone     Phase = "done"
@@ -247,7 +298,10 @@ type VMState struct {
 	Error    string     `json:"error,omitempty"`    // failures seen, "; "-separated
 	Lost     bool       `json:"lost,omitempty"`
 	Finished bool       `json:"finished,omitempty"` // nothing more to do for this VM
-	Digest   string     `json:"digest,omitempty"`   // Save result
+	Digest   string     `json:"digest,omitempty"`   // Save or WaitSave result
+	// Pause, SnapshotAt: the WaitSave result of a live checkpoint.
+	Pause      time.Duration `json:"pause_ns,omitempty"`
+	SnapshotAt time.Time     `json:"snapshot_at,omitzero"`
 
 	Prepare Status `json:"prepare,omitempty"`
 	Detach  Status `json:"detach,omitempty"`
@@ -255,11 +309,17 @@ type VMState struct {
 	Save    Status `json:"save,omitempty"`
 	Migrate Status `json:"migrate,omitempty"`
 	Restore Status `json:"restore,omitempty"`
+	Arm     Status `json:"arm,omitempty"`
+	Fence   Status `json:"fence,omitempty"`
+	Point   Status `json:"point,omitempty"`
+	Replace Status `json:"replace,omitempty"`
 	Attach  Status `json:"attach,omitempty"`
 	Finish  Status `json:"finish,omitempty"` // the closing Resume or Abort (guest told the outcome)
 	Delete  Status `json:"delete,omitempty"`
 	Cancel  Status `json:"cancel,omitempty"`
 	Kill    Status `json:"kill,omitempty"`
+	// WaitSave: the live checkpoint's stream (never retried).
+	WaitSave Status `json:"wait_save,omitempty"`
 
 	Tries map[ActionType]int `json:"tries,omitempty"` // attempts issued per action type
 	// Pending is the VM's outstanding main action; Side its outstanding
@@ -275,20 +335,29 @@ type Result struct {
 	Job       string `json:"job"`
 	Done      bool   `json:"done"`
 	Committed bool   `json:"committed"`
-	// Outcome: the kind's outcome ("checkpointed", "migrated", "restored")
-	// if the commit point was passed, else "aborted"; empty while running.
+	// Outcome: the kind's outcome ("checkpointed", "migrated", "restored",
+	// "rejuvenated") if the commit point was passed, else "aborted"; empty
+	// while running. It says what happened to the VMs; for a checkpoint,
+	// Checkpoint says whether the checkpoint exists (a live checkpoint can
+	// be "checkpointed" and "failed": its VMs went on, a stream did not
+	// make it).
 	Outcome string `json:"outcome,omitempty"`
-	Reason  string `json:"reason,omitempty"` // the failure that rolled the operation back
-	Error   string `json:"error,omitempty"`  // job-level problems (RecordCheckpoint given up)
-	// Checkpoint (checkpoint kind): "complete" iff every VM's Save succeeded,
-	// "failed" if the operation rolled back, empty while undecided.
+	// Reason: the failure that rolled the operation back, or that failed
+	// a live checkpoint after its cut ("vm b: wait-save: ...").
+	Reason string `json:"reason,omitempty"`
+	Error  string `json:"error,omitempty"` // job-level problems (RecordCheckpoint given up)
+	// Checkpoint (checkpoint kind): "complete" iff every VM's Save (live:
+	// WaitSave) succeeded, "failed" if the operation rolled back or (live)
+	// a stream failed; empty while undecided.
 	Checkpoint   string            `json:"checkpoint,omitempty"`
 	CheckpointID string            `json:"checkpoint_id,omitempty"`
-	Digests      map[string]string `json:"digests,omitempty"`
-	VMs          []VMResult        `json:"vms"`
-	Lost         []string          `json:"lost,omitempty"`
-	Stranded     []string          `json:"stranded,omitempty"`
-	Ignored      int               `json:"ignored,omitempty"` // stale, duplicate or unknown results
+	Digests      map[string]string `json:"digests,omitempty"` // complete only
+	// Points: a complete live checkpoint's snapshot points per VM.
+	Points   map[string]PointInfo `json:"points,omitempty"`
+	VMs      []VMResult           `json:"vms"`
+	Lost     []string             `json:"lost,omitempty"`
+	Stranded []string             `json:"stranded,omitempty"`
+	Ignored  int                  `json:"ignored,omitempty"` // stale, duplicate or unknown results
 }
 
 // VMResult is one VM's line of a Result.
