@@ -70,13 +70,6 @@ type OpRecord struct {
 	Op     *machine.Op       `json:"op"`
 	Result *machine.Result   `json:"result,omitempty"`
 	Hosts  map[string]string `json:"hosts"` // name -> address, frozen at start
-	// Live: a live checkpoint. Its Save returns at the snapshot point (a
-	// running VM's after its copy, fenced); the checkpoint is recorded complete only once every
-	// VM's stream is written, synced and checksummed.
-	Live       bool   `json:"live,omitempty"`
-	LiveFailed string `json:"live_failed,omitempty"`
-	Bandwidth  int64  `json:"bandwidth,omitempty"` // live streams' cap, bytes/s
-	Freeze     bool   `json:"freeze,omitempty"`    // dependency-aware migration
 }
 
 // Config configures a coordinator.
@@ -343,9 +336,10 @@ func (c *Coord) release(job string) {
 	c.mu.Unlock()
 }
 
-func (c *Coord) options(ck string, live bool) machine.Options {
-	return machine.Options{CheckpointID: ck, Live: live, PrepareTimeout: c.cfg.PrepareTimeout,
-		StepTimeout: c.cfg.StepTimeout, TransferTimeout: c.cfg.TransferTimeout}
+// options are an operation's options with the coordinator's timeouts.
+func (c *Coord) options(o machine.Options) machine.Options {
+	o.PrepareTimeout, o.StepTimeout, o.TransferTimeout = c.cfg.PrepareTimeout, c.cfg.StepTimeout, c.cfg.TransferTimeout
+	return o
 }
 
 func (c *Coord) hostMap() (map[string]string, error) {
@@ -362,47 +356,34 @@ func (c *Coord) hostMap() (map[string]string, error) {
 
 // run starts an operation and drives it to the end.
 func (c *Coord) run(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, progress ProgressFunc) (machine.Result, error) {
-	return c.runWith(ctx, kind, job, vms, opts, runExtra{}, progress)
-}
-
-// runExtra is what an operation carries besides the machine's options.
-type runExtra struct {
-	live   *CheckpointOptions
-	freeze bool
-}
-
-func (c *Coord) runWith(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, extra runExtra, progress ProgressFunc) (machine.Result, error) {
 	id := newID("op")
 	if err := c.claim(job.Name, id); err != nil {
 		return machine.Result{}, err
 	}
-	rec, acts, err := c.begin(id, kind, job.Name, vms, opts, extra)
+	rec, acts, err := c.begin(id, kind, job.Name, vms, c.options(opts))
 	if err != nil {
 		c.release(job.Name)
 		return machine.Result{}, err
 	}
 	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
 	res, err := c.drive(ctx, rec, acts, progress)
-	if err != nil && res.Done {
+	switch {
+	case err != nil && res.Done:
 		return res, fmt.Errorf("%s of job %q: %w: it ended %s, but %w (a restarted coordinator repeats its closing steps)",
 			kind, job.Name, ErrFailed, res.Outcome, err)
-	}
-	if err != nil {
+	case err != nil:
 		return res, fmt.Errorf("%s of job %q: %w: %w", kind, job.Name, ErrFailed, err)
-	}
-	if rec.LiveFailed != "" {
-		res.Checkpoint, res.Reason = machine.CheckpointFailed, rec.LiveFailed
-		return res, fmt.Errorf("%s of job %q: %w: %s (the job runs on)", kind, job.Name, ErrFailed, rec.LiveFailed)
-	}
-	if res.Outcome == machine.OutcomeAborted || res.Outcome == "" {
+	case res.Outcome == machine.OutcomeAborted || res.Outcome == "":
 		return res, fmt.Errorf("%s of job %q: %w: %s", kind, job.Name, ErrFailed, res.Reason)
+	case kind == machine.KindCheckpoint && res.Checkpoint != machine.CheckpointComplete:
+		return res, fmt.Errorf("%s of job %q: %w: checkpoint %s: %s (the job runs on)", kind, job.Name, ErrFailed, res.Checkpoint, res.Reason)
 	}
 	return res, nil
 }
 
 // begin makes an operation and its journal record; a checkpoint's
 // catalog entry is written first, in progress.
-func (c *Coord) begin(id string, kind machine.Kind, job string, vms []machine.VM, opts machine.Options, extra runExtra) (*OpRecord, []machine.Action, error) {
+func (c *Coord) begin(id string, kind machine.Kind, job string, vms []machine.VM, opts machine.Options) (*OpRecord, []machine.Action, error) {
 	hosts, err := c.hostMap()
 	if err != nil {
 		return nil, nil, err
@@ -411,10 +392,7 @@ func (c *Coord) begin(id string, kind machine.Kind, job string, vms []machine.VM
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	rec := &OpRecord{Op: op, Hosts: hosts, Freeze: extra.freeze}
-	if extra.live != nil {
-		rec.Live, rec.Bandwidth = extra.live.Live, extra.live.Bandwidth
-	}
+	rec := &OpRecord{Op: op, Hosts: hosts}
 	if kind != machine.KindCheckpoint {
 		return rec, acts, nil
 	}
@@ -488,7 +466,7 @@ func (c *Coord) Checkpoint(ctx context.Context, job string, o CheckpointOptions,
 	for _, v := range j.VMs {
 		vms = append(vms, machine.VM{Name: v.Name, Host: v.Host})
 	}
-	return c.runWith(ctx, machine.KindCheckpoint, j, vms, c.options(newID(job), false), runExtra{live: &o}, progress)
+	return c.run(ctx, machine.KindCheckpoint, j, vms, machine.Options{CheckpointID: newID(job), Live: o.Live, Bandwidth: o.Bandwidth}, progress)
 }
 
 // RestartOptions control Restart.
@@ -556,7 +534,7 @@ func (c *Coord) Restart(ctx context.Context, job string, opts RestartOptions, pr
 		}
 		vms = append(vms, m)
 	}
-	return c.run(ctx, machine.KindRestart, j, vms, c.options(ck.ID, false), progress)
+	return c.run(ctx, machine.KindRestart, j, vms, machine.Options{CheckpointID: ck.ID}, progress)
 }
 
 // hostLoad is a candidate host and how many VMs it runs.
@@ -652,8 +630,8 @@ func (c *Coord) Migrate(ctx context.Context, target string, opts MigrateOptions,
 		}
 		vms = append(vms, machine.VM{Name: v.Name, Host: v.Host, Dest: dest})
 	}
-	live := opts.Live || opts.DependencyAware
-	return c.runWith(ctx, machine.KindMigrate, j, vms, c.options("", live), runExtra{freeze: opts.DependencyAware}, progress)
+	return c.run(ctx, machine.KindMigrate, j, vms, machine.Options{Live: opts.Live || opts.DependencyAware,
+		Freeze: opts.DependencyAware}, progress)
 }
 
 // Evacuate moves every VM off a host; a job spanning the host is moved as
@@ -689,7 +667,7 @@ func (c *Coord) Evacuate(ctx context.Context, host string, live bool, progress P
 		if !moving {
 			continue
 		}
-		res, err := c.run(ctx, machine.KindEvacuate, j, vms, c.options("", live), progress)
+		res, err := c.run(ctx, machine.KindEvacuate, j, vms, machine.Options{Live: live}, progress)
 		results = append(results, res)
 		if err != nil && firstErr == nil {
 			firstErr = err
