@@ -44,6 +44,7 @@ type fakeHostd struct {
 	renewFull int
 	full      bool
 	fill      func()
+	slow      map[string]time.Duration // kind -> how long such a step takes
 }
 
 func (f *fakeHostd) handler() http.Handler {
@@ -60,7 +61,9 @@ func (f *fakeHostd) handler() http.Handler {
 			f.fill()
 			f.full = true
 		}
+		took := f.slow[req.Kind]
 		f.mu.Unlock()
+		time.Sleep(took)
 		json.NewEncoder(w).Encode(hostd.StepResult{OK: true, Digest: "sha256:00"})
 	})
 	mux.HandleFunc("POST /v1/leases/renew", func(w http.ResponseWriter, r *http.Request) {
