@@ -27,8 +27,11 @@ type Op struct {
 	// none): the driver needs no Tick before it.
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Record is the outstanding job-level RecordCheckpoint action.
-	Record      *Action  `json:"record,omitempty"`
-	Recorded    Status   `json:"recorded,omitempty"`
+	Record   *Action `json:"record,omitempty"`
+	Recorded Status  `json:"recorded,omitempty"`
+	// Checkpoint is the checkpoint's verdict once known: "complete" or
+	// "failed" (checkpoint kind only).
+	Checkpoint  string   `json:"checkpoint,omitempty"`
 	RecordTries int      `json:"record_tries,omitempty"`
 	Down        []string `json:"down_hosts,omitempty"` // hosts reported by HostDown
 	Ignored     int      `json:"ignored,omitempty"`    // stale, duplicate or unknown results
@@ -55,7 +58,7 @@ func New(id string, kind Kind, job string, vms []VM, opts Options, now time.Time
 			vm.Dest = ""
 		}
 		v := VMState{VM: vm, At: vm.Host}
-		if kind == KindCheckpoint {
+		if kind == KindCheckpoint || kind == KindRejuvenate {
 			v.Dest = ""
 		}
 		if kind == KindRestart && vm.Dest != "" {
@@ -106,20 +109,29 @@ func validate(id string, kind Kind, vms []VM, opts Options) error {
 			moving++
 		}
 	}
+	return validateKind(kind, moving, opts)
+}
+
+func validateKind(kind Kind, moving int, opts Options) error {
 	switch kind {
-	case KindCheckpoint, KindRestart:
-		if opts.CheckpointID == "" {
-			return fmt.Errorf("machine: %s needs a CheckpointID", kind)
-		}
-		if opts.Live {
-			return fmt.Errorf("machine: Live applies to migrate and evacuate, not %s", kind)
-		}
-	case KindMigrate, KindEvacuate:
-		if moving == 0 {
-			return fmt.Errorf("machine: %s: no VM has a Dest other than its Host", kind)
-		}
+	case KindCheckpoint, KindRestart, KindMigrate, KindEvacuate, KindRejuvenate:
 	default:
 		return fmt.Errorf("machine: unknown kind %q", kind)
+	}
+	migration := kind == KindMigrate || kind == KindEvacuate
+	switch {
+	case (kind == KindCheckpoint || kind == KindRestart) && opts.CheckpointID == "":
+		return fmt.Errorf("machine: %s needs a CheckpointID", kind)
+	case migration && moving == 0:
+		return fmt.Errorf("machine: %s: no VM has a Dest other than its Host", kind)
+	case opts.Live && kind != KindCheckpoint && !migration:
+		return fmt.Errorf("machine: Live applies to checkpoint, migrate and evacuate, not %s", kind)
+	case opts.Bandwidth < 0:
+		return fmt.Errorf("machine: negative Bandwidth %d", opts.Bandwidth)
+	case opts.Bandwidth > 0 && !(opts.Live && kind == KindCheckpoint):
+		return fmt.Errorf("machine: Bandwidth applies to a live checkpoint, not a %s (live %v)", kind, opts.Live)
+	case opts.Freeze && !migration:
+		return fmt.Errorf("machine: Freeze applies to migrate and evacuate, not %s", kind)
 	}
 	return nil
 }
@@ -214,12 +226,12 @@ func (o *Op) Result() Result {
 		VMs: make([]VMResult, len(o.VMs))}
 	if o.Kind == KindCheckpoint {
 		r.CheckpointID = o.Opts.CheckpointID
-		switch {
-		case o.Committed:
-			r.Checkpoint = CheckpointComplete
+		r.Checkpoint = o.Checkpoint
+		if r.Checkpoint == CheckpointComplete {
 			r.Digests = o.digests()
-		case o.Phase == PhaseRollback || o.Phase == PhaseDone:
-			r.Checkpoint = CheckpointFailed
+			if o.Opts.Live {
+				r.Points = o.points()
+			}
 		}
 	}
 	if o.Kind == KindRestart {
@@ -320,7 +332,7 @@ func (o *Op) timeout(t ActionType) time.Duration {
 	switch t {
 	case Prepare:
 		return o.Opts.PrepareTimeout
-	case Save, Migrate, Restore:
+	case Save, Migrate, Restore, WaitSave, Replace:
 		return o.Opts.TransferTimeout
 	}
 	return o.Opts.StepTimeout
@@ -340,23 +352,32 @@ func (o *Op) moving(v *VMState) bool {
 	return (o.Kind == KindMigrate || o.Kind == KindEvacuate) && v.Dest != ""
 }
 
+// liveCheckpoint: a checkpoint whose VMs run on through the copy.
+func (o *Op) liveCheckpoint() bool { return o.Kind == KindCheckpoint && o.Opts.Live }
+
 func (o *Op) kindOutcome() string {
 	switch o.Kind {
 	case KindCheckpoint:
 		return OutcomeCheckpointed
 	case KindRestart:
 		return OutcomeRestored
+	case KindRejuvenate:
+		return OutcomeRejuvenated
 	}
 	return OutcomeMigrated
 }
 
 // phases lists the forward (barrier) phases of the operation's kind.
 func (o *Op) phases() []Phase {
-	switch o.Kind {
-	case KindCheckpoint:
+	switch {
+	case o.liveCheckpoint():
+		return []Phase{PhasePrepare, PhaseArm, PhaseFence, PhasePoint}
+	case o.Kind == KindCheckpoint:
 		return []Phase{PhasePrepare, PhaseDetach, PhaseStop, PhaseSave}
-	case KindRestart:
+	case o.Kind == KindRestart:
 		return []Phase{PhaseRestore}
+	case o.Kind == KindRejuvenate:
+		return []Phase{PhasePrepare, PhaseDetach, PhaseStop, PhaseReplace}
 	}
 	if o.Opts.Live {
 		return []Phase{PhasePrepare, PhaseDetach, PhaseMigrate}
@@ -370,6 +391,15 @@ func (o *Op) digests() map[string]string {
 		d[o.VMs[i].Name] = o.VMs[i].Digest
 	}
 	return d
+}
+
+func (o *Op) points() map[string]PointInfo {
+	p := make(map[string]PointInfo, len(o.VMs))
+	for i := range o.VMs {
+		v := &o.VMs[i]
+		p[v.Name] = PointInfo{Pause: v.Pause, SnapshotAt: v.SnapshotAt}
+	}
+	return p
 }
 
 func (v *VMState) status(t ActionType) *Status {
@@ -386,6 +416,16 @@ func (v *VMState) status(t ActionType) *Status {
 		return &v.Migrate
 	case Restore:
 		return &v.Restore
+	case Arm:
+		return &v.Arm
+	case Fence:
+		return &v.Fence
+	case Point:
+		return &v.Point
+	case Replace:
+		return &v.Replace
+	case WaitSave:
+		return &v.WaitSave
 	case Attach:
 		return &v.Attach
 	case Resume, Abort:
@@ -422,7 +462,10 @@ func (o *Op) settle() {
 			return
 		}
 		switch o.Phase {
-		case PhaseResume, PhaseSwitch, PhaseRollback:
+		case PhaseResume, PhaseSwitch, PhaseRollback, PhaseDiscard:
+			if o.closeJob() {
+				continue
+			}
 			o.Phase = PhaseDone
 			o.Outcome = OutcomeAborted
 			if o.Committed {
@@ -451,6 +494,48 @@ func (o *Op) enter(p Phase) {
 	o.dirtyAll = true
 }
 
+// closeJob runs the job-level end of a live checkpoint once every VM's
+// chain is over: record it complete if every stream was saved, else
+// discard every VM's artifacts first and record it failed. It reports
+// whether it started something.
+func (o *Op) closeJob() bool {
+	if !o.liveCheckpoint() || !o.Committed || o.Recorded != "" {
+		return false
+	}
+	if o.Phase == PhaseDiscard {
+		o.issueRecord(CheckpointFailed)
+		return true
+	}
+	for i := range o.VMs {
+		if v := &o.VMs[i]; v.WaitSave != StatusOK {
+			o.streamFailed(v, "its stream was not saved: "+v.Error)
+		}
+	}
+	if o.Checkpoint != CheckpointFailed {
+		o.issueRecord(CheckpointComplete)
+		return true
+	}
+	o.enter(PhaseDiscard)
+	for i := range o.VMs {
+		if v := &o.VMs[i]; !v.Lost {
+			v.Finished = false
+		}
+	}
+	return true
+}
+
+// streamFailed: v's live checkpoint stream will never be complete, so the
+// checkpoint failed (the VMs run on).
+func (o *Op) streamFailed(v *VMState, why string) {
+	if o.Checkpoint == CheckpointFailed {
+		return
+	}
+	o.Checkpoint = CheckpointFailed
+	if o.Reason == "" {
+		o.Reason = "vm " + v.Name + ": " + why
+	}
+}
+
 // commit passes the commit point: from here on nothing rolls back.
 func (o *Op) commit() {
 	o.Committed = true
@@ -463,7 +548,7 @@ func (o *Op) commit() {
 			v.Dir = DirForward
 		}
 	}
-	if o.Kind == KindCheckpoint {
+	if o.Kind == KindCheckpoint && !o.Opts.Live {
 		o.issueRecord(CheckpointComplete)
 	}
 	o.dirtyAll = true
@@ -510,6 +595,9 @@ func (o *Op) advance(v *VMState) {
 			if t.forward() {
 				o.fail(fmt.Sprintf("vm %s: %s: host %s down", v.Name, t, host))
 			}
+			if t == WaitSave {
+				o.streamFailed(v, fmt.Sprintf("%s: host %s down", t, host))
+			}
 			continue
 		}
 		o.issue(v, &v.Pending, t, host, outcome)
@@ -551,6 +639,10 @@ func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
 		return Attach, at, ""
 	case v.Finish == "":
 		return Resume, at, out
+	case o.liveCheckpoint() && v.WaitSave == "":
+		return WaitSave, v.Host, ""
+	case o.Phase == PhaseDiscard && v.Delete == "":
+		return DeleteArtifacts, v.Host, ""
 	case o.moving(v) && v.Finish == StatusOK && v.Kill == "" && !o.isDown(v.Host):
 		return Kill, v.Host, ""
 	}
@@ -568,17 +660,39 @@ func (o *Op) backNext(v *VMState) (ActionType, string, string) {
 		return "", "", ""
 	}
 	switch {
-	case v.Detach != "" && v.Attach == "":
+	case (v.Detach != "" || v.Arm != "") && v.Attach == "":
 		return Attach, v.Host, ""
-	case v.Finish == "" && (v.Stop != "" || v.Migrate != ""):
-		return Resume, v.Host, OutcomeAborted
+	case v.Finish == "" && o.copyHeld(v):
+		return o.resumeBack(v)
 	case v.Finish == "" && v.Prepare != "":
 		return Abort, v.Host, ""
-	case v.Save != "" && v.Delete == "":
+	case (v.Save != "" || v.Arm != "" || v.Point != "") && v.Delete == "":
 		return DeleteArtifacts, v.Host, ""
 	}
 	o.finishVM(v, OutcomeAborted)
 	return "", "", ""
+}
+
+// copyHeld: a step was issued that may have paused or fenced the VM at
+// its Host, or handed it to another QEMU; only Resume gives it back.
+func (o *Op) copyHeld(v *VMState) bool {
+	return v.Stop != "" || v.Migrate != "" || v.Replace != "" || v.Fence != "" || v.Point != ""
+}
+
+// resumeBack resumes a rolled-back VM at its source, but a moving VM's
+// only once its destination's copy is gone: CancelMigrate succeeded, or
+// the destination host is down. A CancelMigrate given up on a live
+// destination strands the VM paused at its source (never two copies).
+func (o *Op) resumeBack(v *VMState) (ActionType, string, string) {
+	if o.moving(v) && v.Migrate != "" && v.Cancel != StatusOK && !o.isDown(v.Dest) {
+		if v.Cancel != StatusFailed {
+			return "", "", "" // its CancelMigrate is outstanding
+		}
+		v.addErr(fmt.Sprintf("left paused at %s: its copy at %s was not cancelled", v.Host, v.Dest))
+		v.Finished, v.Outcome = true, OutcomeStranded
+		return "", "", ""
+	}
+	return Resume, v.Host, OutcomeAborted
 }
 
 func (o *Op) finishVM(v *VMState, outcome string) {
@@ -600,8 +714,12 @@ func (o *Op) issue(v *VMState, slot **Action, t ActionType, host, outcome string
 	a := &Action{ID: ActionID{Op: o.ID, VM: v.Name, Step: t, Attempt: v.Tries[t]},
 		Type: t, VM: v.Name, Host: host, Outcome: outcome, Deadline: o.Now.Add(o.timeout(t))}
 	switch t {
-	case Save, Restore, DeleteArtifacts:
+	case Save, Restore, DeleteArtifacts, Point, WaitSave:
 		a.CheckpointID = o.Opts.CheckpointID
+	case Arm:
+		a.CheckpointID, a.Bandwidth = o.Opts.CheckpointID, o.Opts.Bandwidth
+	case Prepare:
+		a.Freeze = o.Opts.Freeze
 	case Migrate:
 		a.Dest, a.Live = v.Dest, o.Opts.Live
 	case CancelMigrate:
@@ -627,7 +745,11 @@ func (o *Op) issueRecord(outcome string) {
 		Deadline: o.Now.Add(o.timeout(RecordCheckpoint))}
 	if outcome == CheckpointComplete {
 		a.Digests = o.digests()
+		if o.Opts.Live {
+			a.Points = o.points()
+		}
 	}
+	o.Checkpoint = outcome
 	if o.Record != nil { // defensive: commit and fail exclude each other
 		o.drop(&o.Record)
 	}
@@ -668,31 +790,46 @@ func (o *Op) onResult(r ActionResult) {
 		o.Ignored++
 		return
 	}
-	o.resolve(v, slot, r.OK, r.Reason, r.Digest)
+	o.resolve(v, slot, r)
 	o.advance(v)
 }
 
+// failAction fails the action in *slot for reason (deadline, host down).
+func (o *Op) failAction(v *VMState, slot **Action, reason string) {
+	o.resolve(v, slot, ActionResult{Reason: reason})
+}
+
 // resolve applies the answer (or the failure) of the action in *slot.
-func (o *Op) resolve(v *VMState, slot **Action, ok bool, reason, digest string) {
+func (o *Op) resolve(v *VMState, slot **Action, r ActionResult) {
 	a := o.drop(slot)
-	if ok && a.Type == Save && digest == "" {
-		ok, reason = false, "no digest reported"
+	if r.OK && (a.Type == Save || a.Type == WaitSave) && r.Digest == "" {
+		r.OK, r.Reason = false, "no digest reported"
 	}
 	st := v.status(a.Type)
-	if ok {
+	if r.OK {
 		*st = StatusOK
-		if a.Type == Save {
-			v.Digest = digest
+		switch a.Type {
+		case Save:
+			v.Digest = r.Digest
+		case WaitSave:
+			v.Digest, v.Pause, v.SnapshotAt = r.Digest, r.Pause, r.SnapshotAt
 		}
 		return
 	}
+	reason := r.Reason
 	if reason == "" {
 		reason = "failed"
 	}
-	if a.Type.forward() {
+	switch {
+	case a.Type.forward():
 		*st = StatusFailed
 		v.addErr(fmt.Sprintf("%s: %s", a.Type, reason))
 		o.fail(fmt.Sprintf("vm %s: %s: %s", v.Name, a.Type, reason))
+		return
+	case a.Type == WaitSave: // one attempt: the stream cannot be re-run
+		*st = StatusFailed
+		v.addErr(fmt.Sprintf("%s: %s", a.Type, reason))
+		o.streamFailed(v, fmt.Sprintf("%s: %s", a.Type, reason))
 		return
 	}
 	if !o.isDown(a.Host) && v.Tries[a.Type] < o.Opts.MaxAttempts {
@@ -729,10 +866,10 @@ func (o *Op) onTick() {
 	for i := range o.VMs {
 		v := &o.VMs[i]
 		if expired(v.Pending) {
-			o.resolve(v, &v.Pending, false, "deadline", "")
+			o.failAction(v, &v.Pending, "deadline")
 		}
 		if expired(v.Side) {
-			o.resolve(v, &v.Side, false, "deadline", "")
+			o.failAction(v, &v.Side, "deadline")
 		}
 	}
 	if expired(o.Record) {
@@ -773,7 +910,7 @@ func (o *Op) onHostDown(host string) {
 			lost = lost || !o.Committed
 		case moving && !v.Switched && v.Dest == host:
 			if v.Pending != nil && v.Pending.Type == Migrate {
-				o.resolve(v, &v.Pending, false, "destination host "+host+" down", "")
+				o.failAction(v, &v.Pending, "destination host "+host+" down")
 			}
 			o.failOn(v, host)
 			switch {
@@ -803,10 +940,10 @@ func (o *Op) onHostDown(host string) {
 // failOn fails v's outstanding actions addressed to host (not retried).
 func (o *Op) failOn(v *VMState, host string) {
 	if v.Pending != nil && v.Pending.Host == host {
-		o.resolve(v, &v.Pending, false, "host "+host+" down", "")
+		o.failAction(v, &v.Pending, "host "+host+" down")
 	}
 	if v.Side != nil && v.Side.Host == host {
-		o.resolve(v, &v.Side, false, "host "+host+" down", "")
+		o.failAction(v, &v.Side, "host "+host+" down")
 	}
 }
 
@@ -821,4 +958,10 @@ func (o *Op) lose(v *VMState, host string) {
 	}
 	v.Lost, v.Finished, v.Outcome = true, true, OutcomeLost
 	v.addErr("host " + host + " down")
+	if o.liveCheckpoint() && o.Committed && v.WaitSave != StatusOK {
+		if v.WaitSave == StatusIssued {
+			v.WaitSave = StatusFailed
+		}
+		o.streamFailed(v, "host "+host+" down before its stream was saved")
+	}
 }

@@ -563,11 +563,34 @@ func TestNewValidation(t *testing.T) {
 		{"no host", "op", KindCheckpoint, []VM{{Name: "a"}}, ok},
 		{"dup", "op", KindCheckpoint, []VM{{Name: "a", Host: "h"}, {Name: "a", Host: "h"}}, ok},
 		{"no checkpoint id", "op", KindRestart, vms3, Options{}},
-		{"live checkpoint", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Live: true}},
+		{"live restart", "op", KindRestart, vms3, Options{CheckpointID: "ck", Live: true}},
+		{"live rejuvenate", "op", KindRejuvenate, vms3, Options{Live: true}},
+		{"bandwidth without live", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Bandwidth: 1 << 20}},
+		{"bandwidth on a migration", "op", KindMigrate, mgVMs, Options{Live: true, Bandwidth: 1 << 20}},
+		{"negative bandwidth", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Live: true, Bandwidth: -1}},
+		{"freeze on a checkpoint", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Freeze: true}},
+		{"freeze on a rejuvenate", "op", KindRejuvenate, vms3, Options{Freeze: true}},
 		{"nothing moves", "op", KindMigrate, []VM{{Name: "a", Host: "h", Dest: "h"}}, ok},
 	} {
 		if _, acts, err := New(c.id, c.kind, "j", c.vms, c.opts, t0); err == nil || acts != nil {
 			t.Errorf("%s: err %v, actions %v", c.name, err, acts)
+		}
+	}
+	for _, c := range []struct {
+		kind Kind
+		opts Options
+	}{
+		{KindCheckpoint, Options{CheckpointID: "ck", Live: true, Bandwidth: 1 << 20}},
+		{KindMigrate, Options{Live: true, Freeze: true}},
+		{KindEvacuate, Options{Freeze: true}},
+		{KindRejuvenate, Options{}},
+	} {
+		vms := vms3
+		if c.kind != KindCheckpoint && c.kind != KindRejuvenate {
+			vms = mgVMs
+		}
+		if _, _, err := New("op", c.kind, "j", vms, c.opts, t0); err != nil {
+			t.Errorf("%s %+v: %v", c.kind, c.opts, err)
 		}
 	}
 	o, _, err := New("op", KindMigrate, "j", mgVMs, Options{}, t0)
