@@ -248,3 +248,29 @@ func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
 	}
 	c.waitTraffic("jp", "a", peers, last)
 }
+
+// A live checkpoint whose streams (capped at 3 MB/s: half a minute) take
+// several times the coordinator's step timeout (8 s): each VM's stream is
+// waited for by one wait-save under the transfer timeout, not retried
+// while it runs, and the checkpoint is complete with nothing given up.
+func TestLiveCheckpointSlowStreamWaitedOnce(t *testing.T) {
+	c := newClusterWith(t, clusterOpts{coordArgs: []string{"--step-timeout", "8s"}})
+	since := startJob(t, c, "")
+	marks := map[string]int{"a": len(c.hosts["a"].Logs()), "b": len(c.hosts["b"].Logs())}
+	start := time.Now()
+	res, out, err := c.op("checkpoint", "jf", "--live", "--bandwidth", "3M")
+	t.Logf("live checkpoint took %s", time.Since(start).Round(time.Second))
+	if err != nil || res.Checkpoint != machine.CheckpointComplete || res.Error != "" {
+		t.Fatalf("live checkpoint with slow streams: %v\n%s", err, out)
+	}
+	if s := checkpointStatus(t, c, res.CheckpointID); s != "complete" {
+		t.Fatalf("checkpoint recorded %s", s)
+	}
+	for vm, host := range map[string]string{"vm1": "a", "vm2": "b"} {
+		logs := c.hosts[host].Logs()[marks[host]:]
+		if n := strings.Count(logs, `"kind":"wait-save","vm":"`+vm+`"`); n != 1 {
+			t.Fatalf("%s: %d wait-save steps ran on %s, want 1", vm, n, host)
+		}
+	}
+	assertUntouched(t, c, since)
+}
