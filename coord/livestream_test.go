@@ -34,7 +34,7 @@ func liveFake(t *testing.T, fake *fakeHostd, cfg Config) *Coord {
 // A live checkpoint whose streams take longer than a step may (StepTimeout
 // 500 ms, each wait-save 3 s, TransferTimeout 30 s): each VM's stream is
 // waited for once, by one request, and the checkpoint is complete.
-func TestLiveCheckpointSlowStreamWaitedOnce(t *testing.T) {
+func TestDriverWaitsSlowStreamOnce(t *testing.T) {
 	fake := &fakeHostd{slow: map[string]time.Duration{hostd.StepWaitSave: 3 * time.Second}}
 	c := liveFake(t, fake, Config{StepTimeout: 500 * time.Millisecond, TransferTimeout: 30 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -71,7 +71,7 @@ func TestLiveCheckpointSlowStreamWaitedOnce(t *testing.T) {
 // runs the live path's concurrency: wait-saves and the discard answered
 // from action goroutines while the driver journals on their answers and
 // on deadlines.
-func TestLiveCheckpointStreamFails(t *testing.T) {
+func TestDriverLiveStreamFails(t *testing.T) {
 	fake := &fakeHostd{slow: map[string]time.Duration{hostd.StepWaitSave: 100 * time.Millisecond,
 		hostd.StepDeleteArtifacts: 600 * time.Millisecond}, fail: map[string]string{hostd.StepWaitSave: "stream broken"}}
 	c := liveFake(t, fake, Config{StepTimeout: time.Second})
