@@ -133,23 +133,6 @@ func (c *Coord) unreachable(ctx context.Context, addr string) bool {
 	return true
 }
 
-// record is RecordCheckpoint: the catalog says the checkpoint is complete
-// (with every VM's digest and, live, its snapshot point) or failed. It is
-// idempotent: a retry or a recovery writes the same.
-func (c *Coord) record(a machine.Action) error {
-	var ck Checkpoint
-	if err := c.store.Get(bucketCheckpoints, a.CheckpointID, &ck); err != nil {
-		return err
-	}
-	ck.Status, ck.Done = a.Outcome, time.Now().UTC()
-	for i := range ck.VMs {
-		v := &ck.VMs[i]
-		p := a.Points[v.Name]
-		v.Digest, v.Pause, v.SnapshotAt = a.Digests[v.Name], p.Pause, p.SnapshotAt
-	}
-	return c.store.Put(bucketCheckpoints, ck.ID, ck)
-}
-
 func (c *Coord) transferTimeout() time.Duration {
 	if c.cfg.TransferTimeout > 0 {
 		return c.cfg.TransferTimeout
