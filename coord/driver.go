@@ -45,6 +45,7 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 	if err == nil {
 		rec.Result = &res
 		if perr := c.store.Put(bucketOps, op.ID, rec); perr != nil {
+			log.Error("journal write failed: the operation's result is not recorded", "err", perr)
 			err = fmt.Errorf("operation %s: %w: %w", op.ID, run.ErrJournal, perr)
 		}
 	}
