@@ -201,7 +201,7 @@ func testCrashThenRecovers(t *testing.T, phase, live string) {
 // The coordinator dies in a live checkpoint with the job detached and
 // fenced, and stays away: every hostd gives its VMs back (devices, network)
 // when the lease runs out, and the coordinator, back later, rolls the
-// operation back (the hostds fenced it).
+// operation back (the hostds refuse its forward steps from then on).
 func TestCoordGoneLeaseResumesVMs(t *testing.T) {
 	c := newClusterWith(t, clusterOpts{coordEnv: []string{"SYMVIRT_COORD_CRASH_AT=point"}})
 	since := startJob(t, c, "")
