@@ -2,8 +2,9 @@
 // machine, in the style of etcd's raft: it consumes events and emits
 // actions, and does nothing else. An operation (Op) checkpoints, restarts,
 // migrates or rejuvenates one job — N QEMU VMs on several hosts, or a
-// single VM — with the guests' cooperation (SymVirt): every VM of the job goes through the same phases,
-// and the job's consistent cut is taken only when all of them got there.
+// single VM — with the guests' cooperation (SymVirt): every VM of the job
+// goes through the same phases, and the job's consistent cut is taken only
+// when all of them got there.
 //
 // # Contract
 //
@@ -35,13 +36,16 @@
 //     harmless when there is nothing to undo (Attach of attached devices,
 //     Resume of a running VM, Abort of a round the guest is not in, Kill or
 //     CancelMigrate of a VM that is not there, DeleteArtifacts of nothing).
+//     Live checkpoint: Attach also drops an Arm (the reserved save);
+//     Resume also lifts a Fence; DeleteArtifacts also stops a stream still
+//     being written. A WaitSave re-issued by Recover (same ID) waits for
+//     the same stream, it never starts one again.
 //     Fencing: once hostd has executed a closing action (Abort, Attach,
 //     Resume, Kill, CancelMigrate, DeleteArtifacts) of an op for a VM, it
 //     refuses that op's forward actions (Prepare, Detach, Stop, Save,
 //     Migrate, Restore, Arm, Fence, Point, Replace) for that VM, and
 //     cancels one in progress if it can. WaitSave is not fenced: it follows
-//     the VM's Resume.
-//     The machine stops waiting for an action at its deadline, and
+//     the VM's Resume. The machine stops waiting for an action at its deadline, and
 //     supersedes an outstanding Prepare with an Abort (and a Migrate with a
 //     CancelMigrate at the destination, which refuses the incoming copy), so
 //     a forward action may reach hostd after its compensation: the fence
@@ -135,10 +139,10 @@
 // or once its destination host is reported down (a dead host runs no
 // copy). If that CancelMigrate is given up on a live destination, the
 // source stays paused and the VM is stranded with the error: never two
-// copies. After the commit no VM rolls back, except one whose destination host dies
-// before its Resume@dest was issued: its source still holds the complete
-// paused state and is resumed there ("aborted", reported in its Error),
-// while the rest of the job goes on to its destinations. A VM whose
+// copies. After the commit no VM rolls back, except one whose destination
+// host dies before its Resume@dest was issued: its source still holds the
+// complete paused state and is resumed there ("aborted", reported in its
+// Error), while the rest of the job goes on to its destinations. A VM whose
 // Resume@dest was issued is never resumed at its source again (two copies
 // must never run): if its destination dies it is lost; if its Resume@dest
 // keeps failing it is stranded and its source copy is left paused for an
@@ -163,8 +167,10 @@
 // Resume (a VM running without its device beats a paused one; the error is
 // reported); a Resume or Abort (or a restart's Kill, or a rolled-back
 // moving VM's CancelMigrate) that is given up leaves the VM "stranded" with
-// its Error. WaitSave is the exception: never retried. So when Done, every VM is either lost,
-// stranded with an error, or running where its outcome says (aborted
-// restart: not running), with its devices attached or the attach failure in
-// its Error.
+// its Error. WaitSave is not retried (a stream cannot be written twice).
+// So when Done, every VM is either lost, stranded with an error, or running
+// where its outcome says (aborted restart: not running), with its devices
+// attached or the attach failure in its Error; a live checkpoint's
+// artifacts are complete and recorded, or deleted (on reachable hosts) and
+// recorded failed.
 package machine

@@ -68,8 +68,11 @@ func (h *harness) hostDown(host string) []Action {
 
 func resultFor(a Action, ok bool, reason string, now time.Time) ActionResult {
 	r := ActionResult{ID: a.ID, OK: ok, Reason: reason, Now: now}
-	if ok && a.Type == Save {
+	if ok && (a.Type == Save || a.Type == WaitSave) {
 		r.Digest = "sha256:" + a.VM
+	}
+	if ok && a.Type == WaitSave {
+		r.Pause, r.SnapshotAt = 20*time.Millisecond, now
 	}
 	return r
 }

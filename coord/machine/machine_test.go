@@ -618,6 +618,13 @@ func TestRecoverAfterEveryStep(t *testing.T) {
 		{"migrate fails", KindMigrate, mgVMs, Options{}, failOn(Migrate, "b")},
 		{"live", KindMigrate, mgVMs, Options{Live: true}, allOK},
 		{"refused", KindEvacuate, mgVMs, Options{}, failOn(Prepare, "c")},
+		{"live checkpoint", KindCheckpoint, vms3, liveOpts, allOK},
+		{"live checkpoint fence fails", KindCheckpoint, vms3, liveOpts, failOn(Fence, "b")},
+		{"live checkpoint stream fails", KindCheckpoint, vms3, liveOpts, failOn(WaitSave, "c")},
+		{"rejuvenate", KindRejuvenate, vms3, Options{}, allOK},
+		{"rejuvenate replace fails", KindRejuvenate, vms3, Options{}, failOn(Replace, "a")},
+		{"migrate cancel given up", KindMigrate, mgVMs, Options{}, failOnAny(
+			failOn(Migrate, "b"), failOn(CancelMigrate, "a"))},
 	}
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
@@ -652,6 +659,20 @@ func TestRecoverAfterEveryStep(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+var liveOpts = Options{CheckpointID: "ck", Live: true, Bandwidth: 1 << 20}
+
+// failOnAny fails what any of the policies fails.
+func failOnAny(policies ...func(a Action) (verdict, string)) func(a Action) (verdict, string) {
+	return func(a Action) (verdict, string) {
+		for _, p := range policies {
+			if v, reason := p(a); v != vOK {
+				return v, reason
+			}
+		}
+		return vOK, ""
 	}
 }
 

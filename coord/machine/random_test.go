@@ -16,6 +16,8 @@ type simVM struct {
 	attached map[string]bool   // host -> passthrough devices plugged into that copy
 	inRound  bool              // the guest is in a cooperation round
 	artifact bool              // checkpoint artifacts exist
+	fenced   bool              // cut off the network (live checkpoint)
+	stream   string            // live save: "", "armed", "streaming", "saved"
 }
 
 // world simulates the hosts behind the driver, with hostd's side of the
@@ -82,7 +84,7 @@ func (w *world) run(a Action) ActionResult {
 	if a.Type.forward() && (w.fence[key] || (a.Type == Migrate && w.fence[a.Dest+"/"+a.VM])) {
 		return fail("fenced: the op was rolled back here")
 	}
-	if !a.Type.forward() {
+	if !a.Type.forward() && a.Type != WaitSave {
 		w.fence[key] = true
 	}
 	// Failure injection: before the effect, or after it (partial).
@@ -90,25 +92,38 @@ func (w *world) run(a Action) ActionResult {
 	if roll < w.pFail/2 {
 		return fail("injected failure")
 	}
+	if why := w.effect(a, s); why != "" {
+		return fail(why)
+	}
+	if roll < w.pFail {
+		return fail("injected failure after the effect")
+	}
+	r := ActionResult{OK: true}
+	switch a.Type {
+	case Save, WaitSave:
+		r.Digest = "sha256:" + a.VM
+	}
+	return r
+}
+
+// effect applies a to the simulated hosts; it returns why a failed, if
+// it did.
+func (w *world) effect(a Action, s *simVM) string {
 	_, exists := s.copies[a.Host]
-	need := func() bool { return exists }
+	if !exists {
+		switch a.Type {
+		case Prepare, Detach, Stop, Migrate, Attach, Resume, Arm, Fence, Point, Replace:
+			return "no such vm"
+		}
+	}
 	switch a.Type {
 	case Prepare:
-		if !need() {
-			return fail("no such vm")
-		}
 		s.inRound = true
 	case Abort:
 		s.inRound = false
 	case Detach:
-		if !need() {
-			return fail("no such vm")
-		}
 		s.attached[a.Host] = false
 	case Stop:
-		if !need() {
-			return fail("no such vm")
-		}
 		s.copies[a.Host] = "paused"
 	case Save:
 		if s.copies[a.Host] != "paused" {
@@ -116,13 +131,10 @@ func (w *world) run(a Action) ActionResult {
 		}
 		s.artifact = true
 	case DeleteArtifacts:
-		s.artifact = false
+		s.artifact, s.stream = false, ""
 	case Migrate:
-		if !need() {
-			return fail("no such vm")
-		}
 		if w.dead[a.Dest] {
-			return fail("destination unreachable")
+			return "destination unreachable"
 		}
 		s.copies[a.Dest] = "paused"
 		s.attached[a.Dest] = false
@@ -140,34 +152,54 @@ func (w *world) run(a Action) ActionResult {
 		delete(s.copies, a.Host)
 		delete(s.attached, a.Host)
 	case Attach:
-		if !need() {
-			return fail("no such vm")
-		}
 		s.attached[a.Host] = true
 	case Resume:
-		if !need() {
-			return fail("no such vm")
+		s.fenced = false
+		w.resume(a, s)
+	default:
+		return w.liveEffect(a, s)
+	}
+	return ""
+}
+
+// liveEffect: the live checkpoint's and rejuvenation's steps.
+func (w *world) liveEffect(a Action, s *simVM) string {
+	switch a.Type {
+	case Arm:
+		s.attached[a.Host] = false
+		s.artifact, s.stream = true, "armed"
+	case Fence:
+		s.fenced = true
+	case Point:
+		if !s.fenced || s.stream != "armed" {
+			w.t.Fatalf("point of %s: fenced %v, stream %q", a.VM, s.fenced, s.stream)
 		}
-		s.copies[a.Host] = "running"
-		s.inRound = false
-		var running []string
-		for h, st := range s.copies {
-			if st == "running" && !w.dead[h] {
-				running = append(running, h)
-			}
+		s.stream = "streaming"
+	case WaitSave:
+		if s.stream != "streaming" || w.dead[a.Host] {
+			return "no stream"
 		}
-		if len(running) > 1 {
-			w.t.Fatalf("vm %s runs on %v", a.VM, running)
+		s.stream = "saved"
+	case Replace:
+		if s.copies[a.Host] != "paused" {
+			w.t.Fatalf("replace of %s at %s: copy is %q", a.VM, a.Host, s.copies[a.Host])
 		}
 	}
-	if roll < w.pFail {
-		return fail("injected failure after the effect")
+	return ""
+}
+
+func (w *world) resume(a Action, s *simVM) {
+	s.copies[a.Host] = "running"
+	s.inRound = false
+	var running []string
+	for h, st := range s.copies {
+		if st == "running" && !w.dead[h] {
+			running = append(running, h)
+		}
 	}
-	r := ActionResult{OK: true}
-	if a.Type == Save {
-		r.Digest = "sha256:" + a.VM
+	if len(running) > 1 {
+		w.t.Fatalf("vm %s runs on %v", a.VM, running)
 	}
-	return r
 }
 
 // check compares the world with the operation's report.
@@ -211,19 +243,25 @@ func (w *world) check(o *Op) {
 		if s.inRound {
 			t.Fatalf("vm %s: guest left in its round", v.Name)
 		}
+		if s.fenced {
+			t.Fatalf("vm %s: left fenced", v.Name)
+		}
 		if o.Kind == KindCheckpoint {
-			if o.Committed && !s.artifact {
+			if o.Checkpoint == CheckpointComplete && !s.artifact {
 				t.Fatalf("vm %s: complete checkpoint without artifacts", v.Name)
 			}
-			if !o.Committed && s.artifact && !strings.Contains(v.Error, "delete") {
+			if o.Checkpoint == CheckpointFailed && s.artifact && !strings.Contains(v.Error, "delete") {
 				t.Fatalf("vm %s: failed checkpoint left artifacts", v.Name)
+			}
+			if o.Opts.Live && o.Checkpoint == CheckpointComplete && s.stream != "saved" {
+				t.Fatalf("vm %s: complete live checkpoint, stream %q", v.Name, s.stream)
 			}
 		}
 	}
 }
 
 func randomOp(rng *rand.Rand) (Kind, []VM, Options) {
-	kinds := []Kind{KindCheckpoint, KindRestart, KindMigrate, KindEvacuate}
+	kinds := []Kind{KindCheckpoint, KindRestart, KindMigrate, KindEvacuate, KindRejuvenate}
 	kind := kinds[rng.IntN(len(kinds))]
 	nh := 1 + rng.IntN(4)
 	host := func() string { return fmt.Sprintf("h%d", 1+rng.IntN(nh+2)) }
@@ -246,8 +284,13 @@ func randomOp(rng *rand.Rand) (Kind, []VM, Options) {
 	}
 	opts := Options{CheckpointID: "ck", PrepareTimeout: 10 * time.Second, StepTimeout: 5 * time.Second,
 		TransferTimeout: 20 * time.Second, MaxAttempts: 1 + rng.IntN(3)}
-	if (kind == KindMigrate || kind == KindEvacuate) && rng.IntN(2) == 0 {
-		opts.Live = true
+	switch kind {
+	case KindMigrate, KindEvacuate:
+		opts.Live, opts.Freeze = rng.IntN(2) == 0, rng.IntN(3) == 0
+	case KindCheckpoint:
+		if opts.Live = rng.IntN(2) == 0; opts.Live {
+			opts.Bandwidth = int64(rng.IntN(2)) << 20
+		}
 	}
 	return kind, vms, opts
 }
@@ -264,121 +307,161 @@ func TestRandomized(t *testing.T) {
 	}
 	stats := map[string]int{}
 	for round := 0; round < rounds; round++ {
-		seed := uint64(round)
-		rng := rand.New(rand.NewPCG(seed, 0x5eed))
-		kind, vms, opts := randomOp(rng)
-		pFail := []float64{0, 0.02, 0.1, 0.3}[rng.IntN(4)]
-		pLose := []float64{0, 0.02, 0.1}[rng.IntN(3)]
-		pCrash := []float64{0, 0.01, 0.05}[rng.IntN(3)]
-		w := newWorld(t, rng, kind, vms, pFail)
-		h := start(t, kind, vms, opts)
-		var answers []ActionResult
-		type report struct {
-			host string
-			at   int
-		}
-		var reports []report
-		var hosts []string
-		for _, vm := range vms {
-			for _, x := range []string{vm.Host, vm.Dest} {
-				if x != "" && !slices.Contains(hosts, x) {
-					hosts = append(hosts, x)
-				}
-			}
-		}
-		desc := func() string {
-			return fmt.Sprintf("round %d: %s %+v %+v pFail %v pLose %v pCrash %v", round, kind, vms, opts, pFail, pLose, pCrash)
-		}
-		for n := 0; !h.op.Done(); n++ {
-			if n > 20000 {
-				t.Fatalf("%s: no end in sight\n%s", desc(), dump(h.op))
-			}
-			if len(reports) > 0 && reports[0].at <= n {
-				h.hostDown(reports[0].host)
-				reports = reports[1:]
-				continue
-			}
-			r := rng.Float64()
-			switch {
-			case r < pCrash:
-				x := hosts[rng.IntN(len(hosts))]
-				if !w.dead[x] {
-					w.crash(x)
-					reports = append(reports, report{x, n + rng.IntN(8)})
-				}
-			case r < pCrash+0.03 && len(answers) > 0:
-				h.step(answers[rng.IntN(len(answers))]) // duplicate
-			case r < pCrash+0.04:
-				stats["reloads"]++
-				b, err := json.Marshal(h.op)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var o Op
-				if err := json.Unmarshal(b, &o); err != nil {
-					t.Fatal(err)
-				}
-				h.op = &o
-				h.after(o.Recover(h.now))
-			case r < pCrash+0.045:
-				h.step(Cancel{Reason: "random", Now: h.now})
-			case len(h.inflight) > 0 && r < 0.93:
-				i := rng.IntN(len(h.inflight))
-				a := h.inflight[i]
-				h.inflight = slices.Delete(h.inflight, i, i+1)
-				if a.Host != "" && w.dead[a.Host] {
-					if rng.IntN(2) == 0 {
-						h.step(ActionResult{ID: a.ID, Reason: "unreachable", Now: h.now})
-					}
-					continue
-				}
-				res := w.exec(a, h.now)
-				if rng.Float64() < pLose {
-					continue // executed, answer lost: the deadline will fail it
-				}
-				answers = append(answers, res)
-				h.step(res)
-			default:
-				if len(h.inflight) == 0 || rng.IntN(4) == 0 {
-					if h.op.Deadline.IsZero() {
-						t.Fatalf("%s: stuck\n%s", desc(), dump(h.op))
-					}
-					if h.op.Deadline.After(h.now) {
-						h.now = h.op.Deadline
-					}
-					h.step(Tick{Now: h.now})
-				} else {
-					h.tick(time.Duration(rng.Int64N(int64(3 * time.Second))))
-				}
-			}
-		}
-		w.check(h.op)
-		// Stale actions executed after the end must change nothing.
-		rng.Shuffle(len(h.inflight), func(i, j int) { h.inflight[i], h.inflight[j] = h.inflight[j], h.inflight[i] })
-		for _, a := range h.inflight {
-			if a.Host == "" || !w.dead[a.Host] {
-				h.step(w.exec(a, h.now))
-			}
-		}
-		w.check(h.op)
-		r := h.op.Result()
-		stats[string(kind)+" "+r.Outcome]++
-		for _, v := range r.VMs {
-			switch {
-			case v.Outcome == OutcomeLost, v.Outcome == OutcomeStranded:
-				stats["vm "+v.Outcome]++
-			case strings.Contains(v.Error, "continued at the destination"):
-				stats["vm salvaged"]++
-			case strings.Contains(v.Error, "resumed at the source"):
-				stats["vm reverted after commit"]++
-			}
-		}
-		if r.Ignored > 0 {
-			stats["rounds with ignored results"]++
-		}
-		if t.Failed() {
-			t.Fatalf("%s", desc())
-		}
+		randomRound(t, round, stats)
 	}
 	t.Logf("%d rounds: %v", rounds, stats)
+}
+
+// randomRun is one round of TestRandomized.
+type randomRun struct {
+	t             *testing.T
+	rng           *rand.Rand
+	w             *world
+	h             *harness
+	pLose, pCrash float64
+	hosts         []string
+	answers       []ActionResult
+	reports       []hostReport
+	stats         map[string]int
+	desc          func() string
+}
+
+// hostReport: a crashed host, reported to the machine at event number at.
+type hostReport struct {
+	host string
+	at   int
+}
+
+func randomRound(t *testing.T, round int, stats map[string]int) {
+	rng := rand.New(rand.NewPCG(uint64(round), 0x5eed))
+	kind, vms, opts := randomOp(rng)
+	pFail := []float64{0, 0.02, 0.1, 0.3}[rng.IntN(4)]
+	rr := &randomRun{t: t, rng: rng, stats: stats,
+		pLose:  []float64{0, 0.02, 0.1}[rng.IntN(3)],
+		pCrash: []float64{0, 0.01, 0.05}[rng.IntN(3)],
+		w:      newWorld(t, rng, kind, vms, pFail), h: start(t, kind, vms, opts)}
+	for _, vm := range vms {
+		for _, x := range []string{vm.Host, vm.Dest} {
+			if x != "" && !slices.Contains(rr.hosts, x) {
+				rr.hosts = append(rr.hosts, x)
+			}
+		}
+	}
+	rr.desc = func() string {
+		return fmt.Sprintf("round %d: %s %+v %+v pFail %v pLose %v pCrash %v", round, kind, vms, opts, pFail, rr.pLose, rr.pCrash)
+	}
+	for n := 0; !rr.h.op.Done(); n++ {
+		if n > 20000 {
+			t.Fatalf("%s: no end in sight\n%s", rr.desc(), dump(rr.h.op))
+		}
+		rr.event(n)
+	}
+	h, w := rr.h, rr.w
+	w.check(h.op)
+	// Stale actions executed after the end must change nothing.
+	rng.Shuffle(len(h.inflight), func(i, j int) { h.inflight[i], h.inflight[j] = h.inflight[j], h.inflight[i] })
+	for _, a := range h.inflight {
+		if a.Host == "" || !w.dead[a.Host] {
+			h.step(w.exec(a, h.now))
+		}
+	}
+	w.check(h.op)
+	rr.count(h.op.Result())
+	if t.Failed() {
+		t.Fatalf("%s", rr.desc())
+	}
+}
+
+// event plays the n-th random event of the round.
+func (rr *randomRun) event(n int) {
+	h, w, rng := rr.h, rr.w, rr.rng
+	if len(rr.reports) > 0 && rr.reports[0].at <= n {
+		h.hostDown(rr.reports[0].host)
+		rr.reports = rr.reports[1:]
+		return
+	}
+	r := rng.Float64()
+	switch {
+	case r < rr.pCrash:
+		x := rr.hosts[rng.IntN(len(rr.hosts))]
+		if !w.dead[x] {
+			w.crash(x)
+			rr.reports = append(rr.reports, hostReport{x, n + rng.IntN(8)})
+		}
+	case r < rr.pCrash+0.03 && len(rr.answers) > 0:
+		h.step(rr.answers[rng.IntN(len(rr.answers))]) // duplicate
+	case r < rr.pCrash+0.04:
+		rr.stats["reloads"]++
+		b, err := json.Marshal(h.op)
+		if err != nil {
+			rr.t.Fatal(err)
+		}
+		var o Op
+		if err := json.Unmarshal(b, &o); err != nil {
+			rr.t.Fatal(err)
+		}
+		h.op = &o
+		h.after(o.Recover(h.now))
+	case r < rr.pCrash+0.045:
+		h.step(Cancel{Reason: "random", Now: h.now})
+	case len(h.inflight) > 0 && r < 0.93:
+		rr.execute()
+	default:
+		rr.advanceClock()
+	}
+}
+
+// execute runs a random in-flight action on the simulated hosts.
+func (rr *randomRun) execute() {
+	h := rr.h
+	i := rr.rng.IntN(len(h.inflight))
+	a := h.inflight[i]
+	h.inflight = slices.Delete(h.inflight, i, i+1)
+	if a.Host != "" && rr.w.dead[a.Host] {
+		if rr.rng.IntN(2) == 0 {
+			h.step(ActionResult{ID: a.ID, Reason: "unreachable", Now: h.now})
+		}
+		return
+	}
+	res := rr.w.exec(a, h.now)
+	if rr.rng.Float64() < rr.pLose {
+		return // executed, answer lost: the deadline will fail it
+	}
+	rr.answers = append(rr.answers, res)
+	h.step(res)
+}
+
+func (rr *randomRun) advanceClock() {
+	h := rr.h
+	if len(h.inflight) > 0 && rr.rng.IntN(4) != 0 {
+		h.tick(time.Duration(rr.rng.Int64N(int64(3 * time.Second))))
+		return
+	}
+	if h.op.Deadline.IsZero() {
+		rr.t.Fatalf("%s: stuck\n%s", rr.desc(), dump(h.op))
+	}
+	if h.op.Deadline.After(h.now) {
+		h.now = h.op.Deadline
+	}
+	h.step(Tick{Now: h.now})
+}
+
+func (rr *randomRun) count(r Result) {
+	rr.stats[string(r.Kind)+" "+r.Outcome]++
+	if r.Checkpoint != "" {
+		rr.stats[fmt.Sprintf("checkpoint live=%v %s", rr.h.op.Opts.Live, r.Checkpoint)]++
+	}
+	for _, v := range r.VMs {
+		switch {
+		case v.Outcome == OutcomeLost, v.Outcome == OutcomeStranded:
+			rr.stats["vm "+v.Outcome]++
+		case strings.Contains(v.Error, "continued at the destination"):
+			rr.stats["vm salvaged"]++
+		case strings.Contains(v.Error, "resumed at the source"):
+			rr.stats["vm reverted after commit"]++
+		}
+	}
+	if r.Ignored > 0 {
+		rr.stats["rounds with ignored results"]++
+	}
 }
