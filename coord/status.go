@@ -2,6 +2,7 @@ package coord
 
 import (
 	"context"
+	"maps"
 	"time"
 )
 
@@ -57,7 +58,7 @@ func (c *Coord) Status(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	c.mu.Lock()
-	busy := maps(c.busy)
+	busy := maps.Clone(c.busy)
 	c.mu.Unlock()
 	for _, j := range jobs {
 		js := JobStatus{Name: j.Name, Operation: busy[j.Name], VMs: map[string]string{}}
@@ -71,12 +72,4 @@ func (c *Coord) Status(ctx context.Context) (Status, error) {
 		st.Jobs = append(st.Jobs, js)
 	}
 	return st, nil
-}
-
-func maps(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
