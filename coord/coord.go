@@ -82,7 +82,9 @@ func New(cfg Config) (*Coord, error) {
 func (c *Coord) recover(rec *OpRecord) {
 	c.log.Warn("resuming an operation left by a previous coordinator", "op", rec.Op.ID, "kind", rec.Op.Kind,
 		"job", rec.Op.Job, "phase", rec.Op.Phase)
+	c.mu.Lock() // an operation recovered before may be ending already
 	c.busy[rec.Op.Job] = rec.Op.ID
+	c.mu.Unlock()
 	acts := rec.Op.Recover(time.Now())
 	c.wg.Add(1)
 	go func() {
