@@ -11,27 +11,31 @@ import (
 	"github.com/symvirt/symvirt/coord/machine"
 )
 
-// A coordinator that died in the middle of a checkpoint left it in its
-// journal; the next one finishes it at start and then frees the job: a
-// second operation on it runs.
+// A coordinator that died in the middle of two jobs' checkpoints left them
+// in its journal; the next one finishes them at start and then frees the
+// jobs: a second operation on each runs.
 func TestRecoveredOperationReleasesItsJob(t *testing.T) {
 	fake := &fakeHostd{}
 	srv := httptest.NewServer(fake.handler())
 	t.Cleanup(srv.Close)
+	addr := strings.TrimPrefix(srv.URL, "http://")
 	dir := t.TempDir()
 	st, err := OpenBolt(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Put(bucketHosts, "h1", Host{Name: "h1", Addr: strings.TrimPrefix(srv.URL, "http://")})
-	st.Put(bucketJobs, "j1", Job{Name: "j1", VMs: []JobVM{{Name: "vm1", Host: "h1"}}})
-	op, _, err := machine.New("op-left", machine.KindCheckpoint, "j1", []machine.VM{{Name: "vm1", Host: "h1"}},
-		machine.Options{CheckpointID: "ck-left"}, time.Now())
-	if err != nil {
-		t.Fatal(err)
+	st.Put(bucketHosts, "h1", Host{Name: "h1", Addr: addr})
+	jobs := []string{"j1", "j2"}
+	for _, j := range jobs {
+		vms := []machine.VM{{Name: j + "vm", Host: "h1"}}
+		st.Put(bucketJobs, j, Job{Name: j, VMs: []JobVM{{Name: vms[0].Name, Host: "h1"}}})
+		op, _, err := machine.New("op-"+j, machine.KindCheckpoint, j, vms, machine.Options{CheckpointID: "ck-" + j}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Put(bucketCheckpoints, "ck-"+j, Checkpoint{ID: "ck-" + j, Job: j, Op: op.ID, Status: "in-progress"})
+		st.Put(bucketOps, op.ID, OpRecord{Op: op, Hosts: map[string]string{"h1": addr}})
 	}
-	st.Put(bucketCheckpoints, "ck-left", Checkpoint{ID: "ck-left", Job: "j1", Op: op.ID, Status: "in-progress"})
-	st.Put(bucketOps, op.ID, OpRecord{Op: op, Hosts: map[string]string{"h1": strings.TrimPrefix(srv.URL, "http://")}})
 	st.Close()
 
 	c, err := New(Config{StateDir: dir, CheckpointDir: "/ck", Lease: time.Second, Logger: slog.New(slog.DiscardHandler)})
@@ -40,12 +44,14 @@ func TestRecoveredOperationReleasesItsJob(t *testing.T) {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.Wait()
-	if ck, err := c.CheckpointByID("ck-left"); err != nil || ck.Status != machine.CheckpointComplete {
-		t.Fatalf("the recovered checkpoint: %+v %v", ck, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if res, err := c.Checkpoint(ctx, "j1", CheckpointOptions{}, nil); err != nil || res.Checkpoint != machine.CheckpointComplete {
-		t.Fatalf("a checkpoint of the job after its recovered operation: %v %+v", err, res)
+	for _, j := range jobs {
+		if ck, err := c.CheckpointByID("ck-" + j); err != nil || ck.Status != machine.CheckpointComplete {
+			t.Fatalf("the recovered checkpoint of %s: %+v %v", j, ck, err)
+		}
+		if res, err := c.Checkpoint(ctx, j, CheckpointOptions{}, nil); err != nil || res.Checkpoint != machine.CheckpointComplete {
+			t.Fatalf("a checkpoint of %s after its recovered operation: %v %+v", j, err, res)
+		}
 	}
 }
