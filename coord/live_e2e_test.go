@@ -256,17 +256,16 @@ func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
 	c.waitTraffic("jp", "a", peers, last)
 }
 
-// A live checkpoint whose streams (capped at 3 MB/s: half a minute) take
-// several times the coordinator's step timeout (8 s): each VM's stream is
-// waited for by one wait-save under the transfer timeout, not retried
-// while it runs, and the checkpoint is complete with nothing given up.
+// A live checkpoint whose streams (capped at 256 kB/s) take several times
+// the coordinator's step timeout (4 s): each VM's stream is waited for by
+// one wait-save under the transfer timeout, not retried while it runs, and
+// the checkpoint is complete with nothing given up.
 func TestLiveCheckpointSlowStreamWaitedOnce(t *testing.T) {
-	c := newClusterWith(t, clusterOpts{coordArgs: []string{"--step-timeout", "8s"}})
+	const stepTimeout = 4 * time.Second
+	c := newClusterWith(t, clusterOpts{coordArgs: []string{"--step-timeout", stepTimeout.String()}})
 	since := startJob(t, c, "")
 	marks := map[string]int{"a": len(c.hosts["a"].Logs()), "b": len(c.hosts["b"].Logs())}
-	start := time.Now()
-	res, out, err := c.op("checkpoint", "jf", "--live", "--bandwidth", "3M")
-	t.Logf("live checkpoint took %s", time.Since(start).Round(time.Second))
+	res, out, err := c.op("checkpoint", "jf", "--live", "--bandwidth", "256K")
 	if err != nil || res.Checkpoint != machine.CheckpointComplete || res.Error != "" {
 		t.Fatalf("live checkpoint with slow streams: %v\n%s", err, out)
 	}
@@ -275,9 +274,22 @@ func TestLiveCheckpointSlowStreamWaitedOnce(t *testing.T) {
 	}
 	for vm, host := range map[string]string{"vm1": "a", "vm2": "b"} {
 		logs := c.hosts[host].Logs()[marks[host]:]
-		if n := strings.Count(logs, `"kind":"wait-save","vm":"`+vm+`"`); n != 1 {
-			t.Fatalf("%s: %d wait-save steps ran on %s, want 1", vm, n, host)
+		m := waitSaveRE(vm).FindAllStringSubmatch(logs, -1)
+		if len(m) != 1 {
+			t.Fatalf("%s: %d wait-save steps ran on %s, want 1", vm, len(m), host)
+		}
+		took, _ := strconv.ParseInt(m[0][1], 10, 64)
+		t.Logf("%s: its wait-save took %s", vm, time.Duration(took))
+		// Else the stream was too short to show anything: lower --bandwidth.
+		if time.Duration(took) < 3*stepTimeout {
+			t.Fatalf("%s: the stream took %s, not three step timeouts", vm, time.Duration(took))
 		}
 	}
 	assertUntouched(t, c, since)
+}
+
+// waitSaveRE matches hostd's log line of vm's wait-save step; its group is
+// how long it took (ns).
+func waitSaveRE(vm string) *regexp.Regexp {
+	return regexp.MustCompile(`"kind":"wait-save","vm":"` + vm + `"[^\n]*?"took":(\d+)`)
 }
