@@ -256,16 +256,20 @@ func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
 	c.waitTraffic("jp", "a", peers, last)
 }
 
-// A live checkpoint whose streams (capped at 256 kB/s) take several times
-// the coordinator's step timeout (4 s): each VM's stream is waited for by
-// one wait-save under the transfer timeout, not retried while it runs, and
-// the checkpoint is complete with nothing given up.
+// A live checkpoint whose streams (32 MiB of random data in each guest's
+// RAM, capped at 1 MiB/s) take several times the coordinator's step
+// timeout (8 s): each VM's stream is waited for by one wait-save under the
+// transfer timeout, not retried while it runs, and the checkpoint is
+// complete with nothing given up.
 func TestLiveCheckpointSlowStreamWaitedOnce(t *testing.T) {
-	const stepTimeout = 4 * time.Second
+	const stepTimeout = 8 * time.Second
 	c := newClusterWith(t, clusterOpts{coordArgs: []string{"--step-timeout", stepTimeout.String()}})
-	since := startJob(t, c, "")
+	since := startJob(t, c, " symvirt.fill=32")
+	for vm, host := range c.where("jf") {
+		waitFile(t, c.serial(host, vm), `fill done`)
+	}
 	marks := map[string]int{"a": len(c.hosts["a"].Logs()), "b": len(c.hosts["b"].Logs())}
-	res, out, err := c.op("checkpoint", "jf", "--live", "--bandwidth", "256K")
+	res, out, err := c.op("checkpoint", "jf", "--live", "--bandwidth", "1M")
 	if err != nil || res.Checkpoint != machine.CheckpointComplete || res.Error != "" {
 		t.Fatalf("live checkpoint with slow streams: %v\n%s", err, out)
 	}
