@@ -157,9 +157,6 @@ const faultsRC = `#!/bin/sh
 if [ "$SYMVIRT_STUCK" = 1 ]; then
   ( sleep 4; kill -STOP $(pidof hook); echo "hook frozen" ) </dev/null >/dev/console 2>&1 &
 fi
-if [ -n "$SYMVIRT_FILL" ]; then
-  ( dd if=/dev/urandom of=/run/fill bs=1048576 count="$SYMVIRT_FILL" 2>/dev/null; echo "fill done" ) </dev/null >/dev/console 2>&1 &
-fi
 exit 0
 `
 
