@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 include mk/guest.mk
 
-.PHONY: all build test test-short vet demo bench generate libsymvirt clean
+.PHONY: all build test test-short test-race vet demo bench generate libsymvirt clean
 
 all: build
 
@@ -30,6 +30,15 @@ test: guest libsymvirt vet
 # Unit tests only (no QEMU, no root).
 test-short:
 	$(GO) test -short -count=1 ./...
+
+# The coordinator under the race detector: its unit tests, then its live
+# checkpoint and crash end-to-end tests with the binaries built -race
+# (GOFLAGS reaches testenv's go build); a race the coordinator reports on
+# its stderr fails the e2e test that saw it.
+test-race: guest libsymvirt
+	$(GO) test -race -count=1 ./coord/machine/ ./coord/run/
+	$(GO) test -race -count=1 -run '^Test(Driver|Recovered|Journal)' ./coord/
+	GOFLAGS=-race SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 40m -run '^(TestLive|TestCoordCrash)' ./coord/
 
 demo: guest build
 	@scripts/demo

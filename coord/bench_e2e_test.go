@@ -28,8 +28,42 @@ func TestBenchJobCheckpoint(t *testing.T) {
 	}
 	// e.g. SYMVIRT_BENCH_JOB_VMS=4: one size only.
 	sizes := testguest.BenchSizes(t, "SYMVIRT_BENCH_JOB_VMS", []int{1, 2, 4}, 1, 4)
-	// e.g. SYMVIRT_BENCH_LIVE_MODE=precopy: the hostds' live_mode (default:
-	// theirs, snapshot on this TCG host).
+	o, mode := benchLiveMode(t)
+	c := newClusterWith(t, o)
+	for _, n := range sizes {
+		b := &jobBench{t: t, c: c, job: fmt.Sprintf("bench%d", n), placement: []string{"a", "b", "c", "a"}[:n]}
+		b.start()
+		quiet := b.quiet()
+		pauses := b.pauses()
+		start := time.Now()
+		res, out, err := c.op("checkpoint", b.job)
+		if err != nil || res.Checkpoint != machine.CheckpointComplete {
+			t.Fatalf("checkpoint: %v\n%s", err, out)
+		}
+		jobCk := time.Since(start)
+		seqCk, jobRestart, seqRestart := b.baseline(res.CheckpointID)
+		line, _ := json.Marshal(map[string]any{"bench": "job_checkpoint_restart", "vms": n, "memory_mib": 256,
+			"job_checkpoint_seconds": jobCk.Seconds(), "sequential_checkpoint_seconds": seqCk.Seconds(),
+			"checkpoint_ratio_sequential_over_job": seqCk.Seconds() / jobCk.Seconds(),
+			"job_restart_seconds":                  jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
+			"restart_ratio_sequential_over_job":     seqRestart.Seconds() / jobRestart.Seconds(),
+			"stop_and_save_guest_pause_max_seconds": pauses.pause["--live=false"].Seconds(),
+			"live_guest_pause_at_cut_max_seconds":   pauses.atCut.Seconds(), "live_guest_pause_at_cut_seconds": pauses.atCutPerVM,
+			"live_longest_stall_max_seconds":  pauses.pause["--live=true"].Seconds(),
+			"live_snapshot_pause_max_seconds": pauses.snapshot.Seconds(), "quiet_longest_gap_max_seconds": quiet.Seconds(), "tick_period_seconds": 0.002,
+			"live_network_fence_max_seconds": pauses.fenceHeld.Seconds(), "live_mode": mode,
+			"stop_and_save_checkpoint_seconds": pauses.whole["--live=false"].Seconds(),
+			"live_checkpoint_seconds":          pauses.whole["--live=true"].Seconds(),
+			"pause_ratio_stop_over_live":       pauses.pause["--live=false"].Seconds() / pauses.atCut.Seconds()})
+		fmt.Println(string(line))
+		c.killAll(b.job)
+	}
+}
+
+// benchLiveMode is the hostds' live_mode the bench runs with, from
+// SYMVIRT_BENCH_LIVE_MODE=precopy|snapshot|auto (default: theirs,
+// snapshot on this TCG host).
+func benchLiveMode(t *testing.T) (clusterOpts, string) {
 	o := clusterOpts{}
 	mode := os.Getenv("SYMVIRT_BENCH_LIVE_MODE")
 	switch mode {
@@ -43,136 +77,143 @@ func TestBenchJobCheckpoint(t *testing.T) {
 	default:
 		t.Fatalf("SYMVIRT_BENCH_LIVE_MODE=%q: want precopy, snapshot or auto", mode)
 	}
-	c := newClusterWith(t, o)
-	placement := []string{"a", "b", "c", "a"}
-	for _, n := range sizes {
-		job := fmt.Sprintf("bench%d", n)
-		f := filepath.Join(t.TempDir(), "job.yaml")
-		// Ticks every 2 ms: at 1 ms four TCG guests' ticking alone kept
-		// both cores busy (each vCPU ran 30% and waited 50% of the time
-		// on the run queue with no checkpoint at all).
-		yaml := c.jobYAML(job, " symvirt.tick=1 symvirt.tickperiod=2000", placement[:n]...)
-		// Each job gets its own VM names and taps.
-		yaml = strings.ReplaceAll(yaml, "name: vm", "name: "+job+"vm")
-		os.WriteFile(f, []byte(yaml), 0o600)
-		c.cli("jobs", "create", "-f", f)
-		for i := 1; i <= n; i++ {
-			// Booted through: the app registered and guestd (which loads
-			// its eBPF programs first, slow under TCG) listens.
-			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `hook: registered`)
-			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `virtio-serial port open`)
-			waitFile(t, c.serial(placement[i-1], fmt.Sprintf("%svm%d", job, i)), `virtio-serial port open`)
-		}
-		// The guest-visible pause of each VM (the gap in its 1 ms tick
-		// loop around its snapshot point; stop-and-save: the longest),
-		// the longest stall, stop-and-save then live, and the whole time.
-		pause, whole := map[string]time.Duration{}, map[string]time.Duration{}
-		// The noise floor: the longest gap with no operation running.
-		var quiet time.Duration
-		{
-			mons := map[string]*pausewatch.GapMonitor{}
-			for i := 1; i <= n; i++ {
-				vm := fmt.Sprintf("%svm%d", job, i)
-				mons[vm] = pausewatch.WatchGaps(c.serial(placement[i-1], vm))
-			}
-			time.Sleep(3 * time.Second)
-			for _, m := range mons {
-				quiet = max(quiet, m.End())
-			}
-		}
-		var snapshotPause, atCut, fenceHeld time.Duration
-		atCutPerVM := map[string]float64{}
-		for _, live := range []string{"--live=false", "--live=true"} {
-			mons := map[string]*pausewatch.GapMonitor{}
-			for i := 1; i <= n; i++ {
-				vm := fmt.Sprintf("%svm%d", job, i)
-				mons[vm] = pausewatch.WatchGaps(c.serial(placement[i-1], vm))
-			}
-			logMark := map[string]int{}
-			for h, d := range c.hosts {
-				logMark[h] = len(d.Logs())
-			}
-			start := time.Now()
-			res, out, err := c.op("checkpoint", job, live)
-			if err != nil || res.Checkpoint != machine.CheckpointComplete {
-				t.Fatalf("checkpoint %s: %v\n%s", live, err, out)
-			}
-			whole[live] = time.Since(start)
-			time.Sleep(300 * time.Millisecond)
-			for _, m := range mons {
-				pause[live] = max(pause[live], m.End())
-			}
-			if live == "--live=true" {
-				var ck coord.Checkpoint
-				out, err := c.coord.CLI(t, "checkpoints", "show", res.CheckpointID, "--output", "json")
-				if err != nil || json.Unmarshal([]byte(out), &ck) != nil {
-					t.Fatalf("checkpoints show: %v\n%s", err, out)
-				}
-				for _, v := range ck.VMs {
-					snapshotPause = max(snapshotPause, v.Pause)
-					atCut = max(atCut, mons[v.Name].At(v.SnapshotAt))
-					atCutPerVM[v.Name] = mons[v.Name].At(v.SnapshotAt).Seconds()
-					for _, g := range mons[v.Name].Longest(3) {
-						t.Logf("%s: gap %.1f ms from %+.1f ms after its snapshot point", v.Name,
-							float64(g.Len().Microseconds())/1000, float64(g.From.Sub(v.SnapshotAt).Microseconds())/1000)
-					}
-				}
-				for h, d := range c.hosts {
-					fenceHeld = max(fenceHeld, maxFenceHeld(d.Logs()[logMark[h]:]))
-				}
-			}
+	return o, mode
+}
+
+// jobBench measures one job of len(placement) VMs, vm i on placement[i-1].
+type jobBench struct {
+	t         *testing.T
+	c         *cluster
+	job       string
+	placement []string
+}
+
+func (b *jobBench) vm(i int) string { return fmt.Sprintf("%svm%d", b.job, i) }
+
+// start creates the job and waits until its guests booted through: the
+// app registered and guestd (which loads its eBPF programs first, slow
+// under TCG) listens.
+func (b *jobBench) start() {
+	f := filepath.Join(b.t.TempDir(), "job.yaml")
+	// Ticks every 2 ms: at 1 ms four TCG guests' ticking alone kept both
+	// cores busy (each vCPU ran 30% and waited 50% of the time on the run
+	// queue with no checkpoint at all).
+	yaml := b.c.jobYAML(b.job, " symvirt.tick=1 symvirt.tickperiod=2000", b.placement...)
+	// Each job gets its own VM names and taps.
+	yaml = strings.ReplaceAll(yaml, "name: vm", "name: "+b.job+"vm")
+	os.WriteFile(f, []byte(yaml), 0o600)
+	b.c.cli("jobs", "create", "-f", f)
+	for i := 1; i <= len(b.placement); i++ {
+		waitFile(b.t, b.c.serial(b.placement[i-1], b.vm(i)), `hook: registered`)
+		waitFile(b.t, b.c.serial(b.placement[i-1], b.vm(i)), `virtio-serial port open`)
+	}
+}
+
+// watch starts a tick gap monitor on every VM.
+func (b *jobBench) watch() map[string]*pausewatch.GapMonitor {
+	mons := map[string]*pausewatch.GapMonitor{}
+	for i := 1; i <= len(b.placement); i++ {
+		mons[b.vm(i)] = pausewatch.WatchGaps(b.c.serial(b.placement[i-1], b.vm(i)))
+	}
+	return mons
+}
+
+// quiet is the noise floor: the longest gap with no operation running.
+func (b *jobBench) quiet() time.Duration {
+	mons := b.watch()
+	time.Sleep(3 * time.Second)
+	var quiet time.Duration
+	for _, m := range mons {
+		quiet = max(quiet, m.End())
+	}
+	return quiet
+}
+
+// benchPauses: the guest-visible pause of each VM (the gap in its tick
+// loop around its snapshot point; stop-and-save: the longest), the
+// longest stall, stop-and-save then live, and the whole time.
+type benchPauses struct {
+	pause, whole               map[string]time.Duration
+	snapshot, atCut, fenceHeld time.Duration
+	atCutPerVM                 map[string]float64
+}
+
+// pauses checkpoints the job stop-and-save, then live, and measures both.
+func (b *jobBench) pauses() benchPauses {
+	p := benchPauses{pause: map[string]time.Duration{}, whole: map[string]time.Duration{}, atCutPerVM: map[string]float64{}}
+	for _, live := range []string{"--live=false", "--live=true"} {
+		mons := b.watch()
+		logMark := map[string]int{}
+		for h, d := range b.c.hosts {
+			logMark[h] = len(d.Logs())
 		}
 		start := time.Now()
-		res, out, err := c.op("checkpoint", job)
+		res, out, err := b.c.op("checkpoint", b.job, live)
 		if err != nil || res.Checkpoint != machine.CheckpointComplete {
-			t.Fatalf("checkpoint: %v\n%s", err, out)
+			b.t.Fatalf("checkpoint %s: %v\n%s", live, err, out)
 		}
-		jobCk := time.Since(start)
-
-		// Baseline: the same VMs, one after another, each with its own
-		// cooperation round, detach, save, re-attach.
-		dirs := map[string]string{}
-		start = time.Now()
-		for i := 1; i <= n; i++ {
-			vm, h := fmt.Sprintf("%svm%d", job, i), placement[i-1]
-			dirs[vm] = filepath.Join(c.ckDir, "seq-"+vm)
-			if _, err := c.hosts[h].Client().Checkpoint(ctxT(t, 5*time.Minute), vm, hostd.CheckpointOptions{Dir: dirs[vm]}, nil); err != nil {
-				t.Fatal(err)
+		p.whole[live] = time.Since(start)
+		time.Sleep(300 * time.Millisecond)
+		for _, m := range mons {
+			p.pause[live] = max(p.pause[live], m.End())
+		}
+		if live == "--live=true" {
+			b.points(&p, res.CheckpointID, mons)
+			for h, d := range b.c.hosts {
+				p.fenceHeld = max(p.fenceHeld, maxFenceHeld(d.Logs()[logMark[h]:]))
 			}
 		}
-		seqCk := time.Since(start)
-
-		c.killAll(job)
-		start = time.Now()
-		if _, out, err := c.op("restart", job, "--checkpoint", res.CheckpointID); err != nil {
-			t.Fatalf("restart: %v\n%s", err, out)
-		}
-		jobRestart := time.Since(start)
-		c.killAll(job)
-		start = time.Now()
-		for i := 1; i <= n; i++ {
-			vm, h := fmt.Sprintf("%svm%d", job, i), placement[i-1]
-			if _, err := c.hosts[h].Client().Restore(ctxT(t, 5*time.Minute), hostd.RestoreOptions{Dir: dirs[vm]}, nil); err != nil {
-				t.Fatal(err)
-			}
-		}
-		seqRestart := time.Since(start)
-		line, _ := json.Marshal(map[string]any{"bench": "job_checkpoint_restart", "vms": n, "memory_mib": 256,
-			"job_checkpoint_seconds": jobCk.Seconds(), "sequential_checkpoint_seconds": seqCk.Seconds(),
-			"checkpoint_ratio_sequential_over_job": seqCk.Seconds() / jobCk.Seconds(),
-			"job_restart_seconds":                  jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
-			"restart_ratio_sequential_over_job":     seqRestart.Seconds() / jobRestart.Seconds(),
-			"stop_and_save_guest_pause_max_seconds": pause["--live=false"].Seconds(),
-			"live_guest_pause_at_cut_max_seconds":   atCut.Seconds(), "live_guest_pause_at_cut_seconds": atCutPerVM,
-			"live_longest_stall_max_seconds":  pause["--live=true"].Seconds(),
-			"live_snapshot_pause_max_seconds": snapshotPause.Seconds(), "quiet_longest_gap_max_seconds": quiet.Seconds(), "tick_period_seconds": 0.002,
-			"live_network_fence_max_seconds": fenceHeld.Seconds(), "live_mode": mode,
-			"stop_and_save_checkpoint_seconds": whole["--live=false"].Seconds(),
-			"live_checkpoint_seconds":          whole["--live=true"].Seconds(),
-			"pause_ratio_stop_over_live":       pause["--live=false"].Seconds() / atCut.Seconds()})
-		fmt.Println(string(line))
-		c.killAll(job)
 	}
+	return p
+}
+
+// points reads a live checkpoint's snapshot points and the guests' pause
+// around each.
+func (b *jobBench) points(p *benchPauses, id string, mons map[string]*pausewatch.GapMonitor) {
+	var ck coord.Checkpoint
+	out, err := b.c.coord.CLI(b.t, "checkpoints", "show", id, "--output", "json")
+	if err != nil || json.Unmarshal([]byte(out), &ck) != nil {
+		b.t.Fatalf("checkpoints show: %v\n%s", err, out)
+	}
+	for _, v := range ck.VMs {
+		p.snapshot = max(p.snapshot, v.Pause)
+		p.atCut = max(p.atCut, mons[v.Name].At(v.SnapshotAt))
+		p.atCutPerVM[v.Name] = mons[v.Name].At(v.SnapshotAt).Seconds()
+		for _, g := range mons[v.Name].Longest(3) {
+			b.t.Logf("%s: gap %.1f ms from %+.1f ms after its snapshot point", v.Name,
+				float64(g.Len().Microseconds())/1000, float64(g.From.Sub(v.SnapshotAt).Microseconds())/1000)
+		}
+	}
+}
+
+// baseline checkpoints the same VMs one after another, each with its own
+// cooperation round, detach, save, re-attach, and restores them one after
+// another, against the job restart from checkpoint ck.
+func (b *jobBench) baseline(ck string) (seqCk, jobRestart, seqRestart time.Duration) {
+	dirs := map[string]string{}
+	start := time.Now()
+	for i := 1; i <= len(b.placement); i++ {
+		vm, h := b.vm(i), b.placement[i-1]
+		dirs[vm] = filepath.Join(b.c.ckDir, "seq-"+vm)
+		if _, err := b.c.hosts[h].Client().Checkpoint(ctxT(b.t, 5*time.Minute), vm, hostd.CheckpointOptions{Dir: dirs[vm]}, nil); err != nil {
+			b.t.Fatal(err)
+		}
+	}
+	seqCk = time.Since(start)
+	b.c.killAll(b.job)
+	start = time.Now()
+	if _, out, err := b.c.op("restart", b.job, "--checkpoint", ck); err != nil {
+		b.t.Fatalf("restart: %v\n%s", err, out)
+	}
+	jobRestart = time.Since(start)
+	b.c.killAll(b.job)
+	start = time.Now()
+	for i := 1; i <= len(b.placement); i++ {
+		if _, err := b.c.hosts[b.placement[i-1]].Client().Restore(ctxT(b.t, 5*time.Minute), hostd.RestoreOptions{Dir: dirs[b.vm(i)]}, nil); err != nil {
+			b.t.Fatal(err)
+		}
+	}
+	return seqCk, jobRestart, time.Since(start)
 }
 
 var fenceHeldRE = regexp.MustCompile(`"msg":"network fence lifted".*"held_ns":(\d+)`)

@@ -5,58 +5,90 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
-	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/coord/run"
 )
 
-// drive is the thin driver around the pure state machine: it journals the
-// operation, executes actions (RPCs to hostds, in parallel), feeds results,
-// deadlines and lost hosts back as events, and renews the hostds' leases
-// while the operation holds VMs. It returns when the operation is done.
-func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action, progress ProgressFunc) machine.Result {
+// drive runs rec's operation to its end through run.Drive (actions are
+// RPCs to hostds), renews the hostds' leases meanwhile, records the result
+// and releases the job. Its error wraps run.ErrJournal when the journal
+// could not be written.
+func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action, progress ProgressFunc) (machine.Result, error) {
 	op := rec.Op
 	log := c.log.With("op", op.ID, "job", op.Job, "kind", op.Kind)
-	events := make(chan machine.Event, 64)
-	down := map[string]bool{}
 	renewCtx, stopRenew := context.WithCancel(ctx)
 	defer stopRenew()
-	// journal writes the operation before its next actions go out. When
-	// it cannot, no further action is sent and the leases are no longer
-	// renewed: a crash now could not be recovered, so the hostds' leases
-	// undo what the operation paused (their designed last line of defence).
-	journal := func() bool {
-		err := c.store.Put(bucketOps, op.ID, rec)
-		if err == nil {
-			return true
-		}
-		stopRenew()
-		rec.journalErr = fmt.Errorf("journal write failed: %w", err)
-		log.Error("journal write failed: the operation stops here; the hostds' leases undo what it paused",
-			"phase", op.Phase, "err", err)
-		return false
+	go c.renewLeases(renewCtx, rec)
+	journaled := 0 // successful writes: each sends the actions of a step
+	ex := &executor{c: c, rec: rec, notes: &vmNotes{}}
+	res, err := run.Drive(ctx, op, acts, ex, run.Hooks{
+		Journal: func(*machine.Op) error {
+			err := c.store.Put(bucketOps, op.ID, rec)
+			if err != nil {
+				// No lease renewed from now on: a crash now could not be
+				// recovered, so the hostds' leases undo what the
+				// operation paused (their designed last line of defence).
+				stopRenew()
+			}
+			return err
+		},
+		Journaled: func(op *machine.Op) { journaled++; c.crashPoint(op) },
+		Progress:  progressHook(progress),
+		Log:       log,
+	})
+	for i := range res.VMs {
+		res.VMs[i].Note = ex.notes.get(res.VMs[i].Name)
 	}
-	finished := make(chan struct{})
-	defer close(finished)
-	exec := func(as []machine.Action) {
-		if len(as) > 0 {
-			rec.sent = true
-		}
-		for _, a := range as {
-			go func() {
-				ev := c.execute(ctx, rec, a)
-				select {
-				case events <- ev:
-				case <-finished: // a late answer the machine no longer waits for
-				}
-			}()
+	if err == nil {
+		rec.Result = &res
+		if perr := c.store.Put(bucketOps, op.ID, rec); perr != nil {
+			log.Error("journal write failed: the operation's result is not recorded", "err", perr)
+			err = fmt.Errorf("operation %s: %w: %w", op.ID, run.ErrJournal, perr)
 		}
 	}
-	report := func() {
-		if progress == nil {
-			return
-		}
+	if err != nil {
+		res.Reason, res.Error = journalFailed(res, err)
+	}
+	if res.Done {
+		c.afterOp(rec, res)
+		log.Info("operation done", "outcome", res.Outcome, "reason", res.Reason, "lost", res.Lost)
+	}
+	c.releaseAfter(op.Job, !res.Done && journaled > 0 && errors.Is(err, run.ErrJournal))
+	return res, err
+}
+
+// journalFailed says why an operation whose journal could not be written
+// ended where it did.
+func journalFailed(res machine.Result, err error) (reason, problem string) {
+	if res.Done {
+		// Every action is done; only the record of it is missing (a
+		// restarted coordinator runs the closing steps again: idempotent).
+		return res.Reason, err.Error()
+	}
+	return err.Error(), "stopped: no further actions sent; each hostd resumes what it holds paused when its lease runs out"
+}
+
+// releaseAfter frees the job once its operation ended. An operation stopped
+// for its journal while it held VMs keeps the job busy until the hostds'
+// leases have undone what it paused.
+func (c *Coord) releaseAfter(job string, held bool) {
+	if !held {
+		c.release(job)
+		return
+	}
+	time.AfterFunc(2*c.cfg.Lease, func() { c.release(job) })
+}
+
+// progressHook reports an operation's phase and how many VMs are through
+// it; it runs on the driver's goroutine.
+func progressHook(progress ProgressFunc) func(*machine.Op) {
+	if progress == nil {
+		return nil
+	}
+	return func(op *machine.Op) {
 		p := Progress{Op: op.ID, Phase: string(op.Phase), Total: len(op.VMs)}
 		for _, v := range op.VMs {
 			if v.Pending == nil {
@@ -65,64 +97,6 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 		}
 		progress(p)
 	}
-	go c.renewLeases(renewCtx, rec)
-
-	if !journal() {
-		return c.journalFailed(rec)
-	}
-	c.crashPoint(op)
-	exec(acts)
-	report()
-	for !op.Done() {
-		var timer <-chan time.Time
-		var t *time.Timer
-		if !op.Deadline.IsZero() {
-			t = time.NewTimer(time.Until(op.Deadline) + 10*time.Millisecond)
-			timer = t.C
-		}
-		var ev machine.Event
-		select {
-		case ev = <-events:
-		case <-timer:
-			ev = machine.Tick{Now: time.Now()}
-		}
-		if t != nil {
-			t.Stop()
-		}
-		if hd, ok := ev.(machine.HostDown); ok {
-			if down[hd.Host] {
-				continue
-			}
-			down[hd.Host] = true
-			log.Warn("host down", "host", hd.Host)
-		}
-		next := op.Step(ev)
-		if !journal() {
-			return c.journalFailed(rec)
-		}
-		c.crashPoint(op)
-		exec(next)
-		report()
-	}
-	res := op.Result()
-	rec.Result = &res
-	if !journal() {
-		// Every action is done; only the record of it is missing (a
-		// restarted coordinator runs the closing steps again: idempotent).
-		res.Error = rec.journalErr.Error()
-	}
-	c.afterOp(rec, res)
-	log.Info("operation done", "outcome", res.Outcome, "reason", res.Reason, "lost", res.Lost)
-	return res
-}
-
-// journalFailed is the result of an operation stopped because its journal
-// could not be written: undecided (no outcome), saying why.
-func (c *Coord) journalFailed(rec *OpRecord) machine.Result {
-	res := rec.Op.Result()
-	res.Reason = rec.journalErr.Error()
-	res.Error = "stopped: no further actions sent; each hostd resumes what it holds paused when its lease runs out"
-	return res
 }
 
 // crashPoint exits the process right after the journal write when the
@@ -136,146 +110,6 @@ func (c *Coord) crashPoint(op *machine.Op) {
 		}
 		exit(99)
 	}
-}
-
-// execute runs one action and answers it. A hostd that cannot be reached
-// (and does not answer a probe) is reported down as well.
-func (c *Coord) execute(ctx context.Context, rec *OpRecord, a machine.Action) machine.Event {
-	fail := func(reason string) machine.Event {
-		return machine.ActionResult{ID: a.ID, OK: false, Reason: reason, Now: time.Now()}
-	}
-	if a.Type == machine.RecordCheckpoint {
-		return c.record(ctx, rec, a)
-	}
-	addr, ok := rec.Hosts[a.Host]
-	if !ok {
-		return fail(fmt.Sprintf("unknown host %q", a.Host))
-	}
-	req, err := c.stepRequest(rec, a)
-	if err != nil {
-		return fail(err.Error())
-	}
-	cctx, cancel := context.WithDeadline(ctx, a.Deadline.Add(5*time.Second))
-	defer cancel()
-	res, err := c.client(addr).Step(cctx, req)
-	if err != nil {
-		if c.unreachable(ctx, addr) {
-			return machine.HostDown{Host: a.Host, Now: time.Now()}
-		}
-		return fail(err.Error())
-	}
-	if res.Note != "" {
-		c.log.Warn("step departed from its request", "op", a.ID.Op, "vm", a.VM, "step", a.Type, "note", res.Note)
-		rec.notes.add(a.VM, res.Note)
-	}
-	if req.Kind == hostd.StepPoint && res.OK && res.Digest == "" {
-		res.Digest = "streaming" // the digest comes with wait-save, in record
-	}
-	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest, Now: time.Now()}
-}
-
-// stepRequest is the hostd step that executes a.
-func (c *Coord) stepRequest(rec *OpRecord, a machine.Action) (hostd.StepRequest, error) {
-	req := hostd.StepRequest{ID: a.ID.String(), Op: a.ID.Op, Kind: string(a.Type), VM: a.VM,
-		Lease: c.cfg.Lease, Deadline: a.Deadline}
-	live := rec.Op.Kind == machine.KindCheckpoint && rec.Live
-	switch a.Type {
-	case machine.Prepare:
-		req.Prepare = &hostd.PrepareArgs{Operation: string(rec.Op.Kind), Freeze: rec.Freeze}
-	case machine.Resume:
-		req.Resume = &hostd.ResumeArgs{Outcome: a.Outcome}
-	case machine.Detach, machine.Stop, machine.Save, machine.Restore, machine.DeleteArtifacts:
-		if a.Type == machine.Detach && !live || a.Type == machine.Stop {
-			break
-		}
-		dir, err := c.ckDir(rec.Op.Opts.CheckpointID, a.VM)
-		if err != nil {
-			return req, err
-		}
-		req.Save = &hostd.SaveArgs{Dir: dir, Bandwidth: rec.Bandwidth}
-	case machine.Migrate:
-		dest, ok := rec.Hosts[a.Dest]
-		if !ok {
-			return req, fmt.Errorf("unknown destination %q", a.Dest)
-		}
-		grant, err := c.grant(a)
-		if err != nil {
-			return req, err
-		}
-		req.Migrate = &hostd.MigrateArgs{Dest: dest, Grant: grant}
-	}
-	if live {
-		// A live checkpoint's detach arms, its stop fences, its save
-		// takes the snapshot point.
-		switch a.Type {
-		case machine.Detach:
-			req.Kind = hostd.StepArm
-		case machine.Stop:
-			req.Kind = hostd.StepFence
-		case machine.Save:
-			req.Kind = hostd.StepPoint
-		}
-	}
-	return req, nil
-}
-
-// grant signs the coordinator's permission for a migration's source to
-// hand the VM to its destination; hosts are named as registered, which
-// must be their certificates' names.
-func (c *Coord) grant(a machine.Action) (*hostd.Grant, error) {
-	if c.cfg.Signer == nil {
-		return nil, nil // no TLS: hostds do not authenticate each other
-	}
-	expires := a.Deadline
-	if expires.IsZero() {
-		expires = time.Now().Add(c.transferTimeout())
-	}
-	return hostd.SignGrant(c.cfg.Signer, hostd.MigrationGrant{Op: a.ID.Op, VM: a.VM,
-		Source: a.Host, Dest: a.Dest, Expires: expires})
-}
-
-// unreachable probes a hostd a few times.
-func (c *Coord) unreachable(ctx context.Context, addr string) bool {
-	for range 3 {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := c.client(addr).Host(pctx)
-		cancel()
-		if err == nil {
-			return false
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
-	return true
-}
-
-// record is RecordCheckpoint: the checkpoint becomes complete (with every
-// VM's digest) or failed in the catalog.
-func (c *Coord) record(ctx context.Context, rec *OpRecord, a machine.Action) machine.Event {
-	var ck Checkpoint
-	if err := c.store.Get(bucketCheckpoints, a.CheckpointID, &ck); err != nil {
-		return machine.ActionResult{ID: a.ID, Reason: err.Error(), Now: time.Now()}
-	}
-	ck.Status, ck.Done = a.Outcome, time.Now().UTC()
-	digests := a.Digests
-	var snaps map[string]hostd.StepResult
-	if rec.Live && a.Outcome == machine.CheckpointComplete {
-		// The job runs again (its resume goes on beside this); complete
-		// means every stream written, synced and checksummed.
-		var err error
-		if digests, snaps, err = c.waitStreams(ctx, rec, ck); err != nil {
-			rec.LiveFailed = err.Error()
-			ck.Status = machine.CheckpointFailed
-			c.deleteArtifacts(ctx, rec, ck)
-		}
-	}
-	for i := range ck.VMs {
-		ck.VMs[i].Digest = digests[ck.VMs[i].Name]
-		ck.VMs[i].Pause, ck.VMs[i].SnapshotAt = snaps[ck.VMs[i].Name].Pause, snaps[ck.VMs[i].Name].SnapshotAt
-	}
-	if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
-		return machine.ActionResult{ID: a.ID, Reason: err.Error(), Now: time.Now()}
-	}
-	return machine.ActionResult{ID: a.ID, OK: true, Now: time.Now()}
 }
 
 // renewLeases keeps the hostds from undoing the operation on their own.
@@ -298,81 +132,24 @@ func (c *Coord) renewLeases(ctx context.Context, rec *OpRecord) {
 	}
 }
 
-// waitStreams waits for every VM's live stream; the first failure fails
-// the checkpoint.
-func (c *Coord) waitStreams(ctx context.Context, rec *OpRecord, ck Checkpoint) (map[string]string, map[string]hostd.StepResult, error) {
-	type res struct {
-		vm  string
-		r   hostd.StepResult
-		err error
-	}
-	ch := make(chan res, len(ck.VMs))
-	for _, v := range ck.VMs {
-		go func() {
-			wctx, cancel := context.WithTimeout(ctx, c.transferTimeout())
-			defer cancel()
-			var r hostd.StepResult
-			var err error
-			for {
-				// A hostd that is away (restarting) is asked again: a
-				// hostd that died mid-stream answers that it has no
-				// complete checkpoint.
-				r, err = c.client(rec.Hosts[v.Host]).Step(wctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/save-wait",
-					Op: rec.Op.ID, Kind: hostd.StepWaitSave, VM: v.Name, Save: &hostd.SaveArgs{Dir: v.Dir}})
-				if err == nil || !sleepCtx(wctx, time.Second) {
-					break
-				}
-			}
-			if err == nil && !r.OK {
-				err = errors.New(r.Reason)
-			}
-			ch <- res{v.Name, r, err}
-		}()
-	}
-	digests, results := map[string]string{}, map[string]hostd.StepResult{}
-	var first error
-	for range ck.VMs {
-		r := <-ch
-		if r.err != nil && first == nil {
-			first = fmt.Errorf("vm %s: %w", r.vm, r.err)
-		}
-		digests[r.vm], results[r.vm] = r.r.Digest, r.r
-	}
-	return digests, results, first
+// vmNotes collect, per VM, how a successful step departed from its request
+// (written by the action goroutines, reported, not journaled).
+type vmNotes struct {
+	mu sync.Mutex
+	m  map[string]string
 }
 
-// deleteArtifacts removes what a failed live checkpoint left.
-func (c *Coord) deleteArtifacts(ctx context.Context, rec *OpRecord, ck Checkpoint) {
-	for _, v := range ck.VMs {
-		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		for {
-			r, err := c.client(rec.Hosts[v.Host]).Step(dctx, hostd.StepRequest{ID: rec.Op.ID + "/" + v.Name + "/delete-live",
-				Op: rec.Op.ID, Kind: hostd.StepDeleteArtifacts, VM: v.Name, Save: &hostd.SaveArgs{Dir: v.Dir}})
-			if err == nil && r.OK {
-				break
-			}
-			if !sleepCtx(dctx, time.Second) {
-				c.log.Error("partial live checkpoint left behind", "vm", v.Name, "host", v.Host, "dir", v.Dir, "err", err, "reason", r.Reason)
-				break
-			}
-		}
-		cancel()
+func (n *vmNotes) add(vm, note string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.m == nil {
+		n.m = map[string]string{}
 	}
+	n.m[vm] = note
 }
 
-// sleepCtx sleeps d unless ctx ends first; it reports whether it slept.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	select {
-	case <-ctx.Done():
-		return false
-	case <-time.After(d):
-		return true
-	}
-}
-
-func (c *Coord) transferTimeout() time.Duration {
-	if c.cfg.TransferTimeout > 0 {
-		return c.cfg.TransferTimeout
-	}
-	return 10 * time.Minute
+func (n *vmNotes) get(vm string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.m[vm]
 }

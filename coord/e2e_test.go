@@ -103,6 +103,13 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 		o.coordDir = t.TempDir()
 	}
 	c.coord = testenv.StartCoordIn(t, mgmt, o.coordDir, c.ckDir, o.coordEnv, args...)
+	// Under GOFLAGS=-race the coordinator is built with the race detector,
+	// which reports on its stderr (part of its logs).
+	t.Cleanup(func() {
+		if strings.Contains(c.coord.Logs(), "WARNING: DATA RACE") {
+			t.Errorf("the coordinator has a data race:\n%s", c.coord.Logs())
+		}
+	})
 	for _, name := range c.names {
 		c.cli("hosts", "add", name, hostIP[name]+":7070")
 	}

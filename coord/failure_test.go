@@ -157,12 +157,20 @@ func TestCheckpointOnFullDisk(t *testing.T) {
 	}
 }
 
-// The coordinator dies (at a known instant: every VM stopped and detached,
-// about to save) and comes back: it finishes the checkpoint.
+// The coordinator dies at a known instant and comes back: it finishes the
+// checkpoint, and then frees the job for the next operation. Live: every
+// VM detached and fenced, about to take its snapshot point; stop-and-save:
+// every VM detached and stopped, about to save.
 func TestCoordCrashThenRecovers(t *testing.T) {
-	c := newClusterWith(t, clusterOpts{coordEnv: []string{"SYMVIRT_COORD_CRASH_AT=save"}})
+	for _, tc := range []struct{ name, phase, live string }{{"live", "point", "--live=true"}, {"stop-and-save", "save", "--live=false"}} {
+		t.Run(tc.name, func(t *testing.T) { testCrashThenRecovers(t, tc.phase, tc.live) })
+	}
+}
+
+func testCrashThenRecovers(t *testing.T, phase, live string) {
+	c := newClusterWith(t, clusterOpts{coordEnv: []string{"SYMVIRT_COORD_CRASH_AT=" + phase}})
 	since := startJob(t, c, "")
-	if _, out, err := c.op("checkpoint", "jf"); err == nil {
+	if _, out, err := c.op("checkpoint", "jf", live); err == nil {
 		t.Fatalf("the coordinator should have died mid-operation:\n%s", out)
 	}
 	waitExited(t, c)
@@ -174,13 +182,28 @@ func TestCoordCrashThenRecovers(t *testing.T) {
 	for vm, host := range c.where("jf") {
 		waitFile(t, c.serial(host, vm), `hook: outcome checkpointed`)
 	}
+	// The recovered operation ends right after its last step: the job is
+	// busy until then, not for ever.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res, out, err := c.op("checkpoint", "jf", live)
+		if err == nil && res.Checkpoint == machine.CheckpointComplete {
+			break
+		}
+		if !strings.Contains(out, "in progress") || time.Now().After(deadline) {
+			t.Fatalf("a checkpoint after the recovered one: %v\n%s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	assertUntouched(t, c, c.traffic("a"))
 }
 
-// The coordinator dies with the job paused and stays away: every hostd
-// resumes its VMs when the lease runs out, and the coordinator, back
-// later, rolls the operation back (the hostds fenced it).
+// The coordinator dies in a live checkpoint with the job detached and
+// fenced, and stays away: every hostd gives its VMs back (devices, network)
+// when the lease runs out, and the coordinator, back later, rolls the
+// operation back (the hostds refuse its forward steps from then on).
 func TestCoordGoneLeaseResumesVMs(t *testing.T) {
-	c := newClusterWith(t, clusterOpts{coordEnv: []string{"SYMVIRT_COORD_CRASH_AT=save"}})
+	c := newClusterWith(t, clusterOpts{coordEnv: []string{"SYMVIRT_COORD_CRASH_AT=point"}})
 	since := startJob(t, c, "")
 	c.op("checkpoint", "jf")
 	waitExited(t, c)

@@ -44,6 +44,8 @@ type fakeHostd struct {
 	renewFull int
 	full      bool
 	fill      func()
+	slow      map[string]time.Duration // kind -> how long such a step takes
+	fail      map[string]string        // kind -> why such a step fails
 }
 
 func (f *fakeHostd) handler() http.Handler {
@@ -60,8 +62,10 @@ func (f *fakeHostd) handler() http.Handler {
 			f.fill()
 			f.full = true
 		}
+		took, reason := f.slow[req.Kind], f.fail[req.Kind]
 		f.mu.Unlock()
-		json.NewEncoder(w).Encode(hostd.StepResult{OK: true, Digest: "sha256:00"})
+		time.Sleep(took)
+		json.NewEncoder(w).Encode(hostd.StepResult{OK: reason == "", Reason: reason, Digest: "sha256:00"})
 	})
 	mux.HandleFunc("POST /v1/leases/renew", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()

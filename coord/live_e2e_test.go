@@ -95,8 +95,15 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 		}
 	}
 
-	// Both run on past the cut; then they die and the job restarts from
-	// the live checkpoint.
+	restartsAtCut(t, c, "jl", serials, window, ckID)
+}
+
+// restartsAtCut checks that the job's VMs (their serial logs) run on past
+// the cut (window: per VM, its counter before and after the checkpoint),
+// then kills them and restarts the job from checkpoint ckID: each goes on
+// from its counter at the cut.
+func restartsAtCut(t *testing.T, c *cluster, job string, serials map[string]string, window map[string][2]int, ckID string) {
+	vms, peers := []string{"vm1", "vm2"}, []string{"10.79.0.12"}
 	ran := map[string]int{}
 	for _, vm := range vms {
 		deadline := time.Now().Add(60 * time.Second)
@@ -112,13 +119,13 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
-	c.killAll("jl")
+	c.killAll(job)
 	printed := map[string]int{}
 	for _, vm := range vms {
 		printed[vm] = len(counterLog(serials[vm]))
 	}
 	since := c.traffic("a")
-	if res, out, err := c.op("restart", "jl", "--checkpoint", ckID); err != nil || res.Outcome != machine.OutcomeRestored {
+	if res, out, err := c.op("restart", job, "--checkpoint", ckID); err != nil || res.Outcome != machine.OutcomeRestored {
 		t.Fatalf("restart: %v\n%s", err, out)
 	}
 	for _, vm := range vms {
@@ -143,7 +150,7 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 			t.Fatalf("%s: booted afresh instead of restoring", vm)
 		}
 	}
-	c.waitTraffic("jl", "a", peers, since)
+	c.waitTraffic(job, "a", peers, since)
 }
 
 // Where QEMU refuses a background snapshot, that VM's part of a live job

@@ -114,34 +114,8 @@ func TestPeerHostdCannotHijackMigrations(t *testing.T) {
 		}
 	}
 
-	// c touches a VM b received from a (vm1) and one b runs (vm2).
-	for _, vm := range []string{"vm1", "vm2"} {
-		for _, call := range [][2]string{{"POST", "/incoming/abort"}, {"POST", "/incoming/finish"},
-			{"DELETE", ""}, {"GET", ""}, {"POST", "/stop"}} {
-			code, body := fromC.call(call[0], "/v1/vms/"+vm+call[1], struct{}{})
-			if code != 403 || !strings.HasPrefix(body, "unauthorized: ") || !strings.Contains(body, "hostd/c may not") {
-				t.Errorf("hostd/c %s /v1/vms/%s%s: %d %s; want 403 unauthorized", call[0], vm, call[1], code, body)
-			}
-		}
-	}
-	// a, vm1's real source, may read it but not abort it: it runs.
 	fromA := c.peerAPI("a", "b")
-	if code, body := fromA.call("GET", "/v1/vms/vm1", nil); code != 200 {
-		t.Errorf("hostd/a reading the vm it handed over: %d %s", code, body)
-	}
-	if code, body := fromA.call("POST", "/v1/vms/vm1/incoming/abort", struct{}{}); code != 409 {
-		t.Errorf("hostd/a aborting the vm it handed over, now running: %d %s; want 409 invalid_state", code, body)
-	}
-	if code, body := fromA.call("GET", "/v1/vms/vm2", nil); code != 403 {
-		t.Errorf("hostd/a reading b's own vm2: %d %s; want 403", code, body)
-	}
-	for _, vm := range []string{"vm1", "vm2"} {
-		st, err := c.hosts["b"].Client().Status(ctxT(t, 10*time.Second), vm)
-		if err != nil || st.State != "running" {
-			t.Fatalf("%s on b after the attacks: %+v %v", vm, st, err)
-		}
-	}
-	c.waitTraffic("jp", "b", []string{"10.79.0.12"}, c.traffic("b"))
+	peersCannotTouch(t, c, fromC, fromA)
 
 	// Control: the same call with the coordinator's grant for exactly this
 	// hand-over is accepted, and then c (its source) may abort it.
@@ -161,4 +135,34 @@ func TestPeerHostdCannotHijackMigrations(t *testing.T) {
 	if _, err := c.hosts["b"].Client().Status(ctxT(t, 10*time.Second), "evil"); !errors.Is(err, hostd.ErrNotFound) {
 		t.Fatalf("vm evil after its source aborted it: %v", err)
 	}
+}
+
+// peersCannotTouch: c touches a VM b received from a (vm1) and one b runs
+// (vm2); a, vm1's real source, may read it but not abort it. Both run on.
+func peersCannotTouch(t *testing.T, c *cluster, fromC, fromA peerAPI) {
+	for _, vm := range []string{"vm1", "vm2"} {
+		for _, call := range [][2]string{{"POST", "/incoming/abort"}, {"POST", "/incoming/finish"},
+			{"DELETE", ""}, {"GET", ""}, {"POST", "/stop"}} {
+			code, body := fromC.call(call[0], "/v1/vms/"+vm+call[1], struct{}{})
+			if code != 403 || !strings.HasPrefix(body, "unauthorized: ") || !strings.Contains(body, "hostd/c may not") {
+				t.Errorf("hostd/c %s /v1/vms/%s%s: %d %s; want 403 unauthorized", call[0], vm, call[1], code, body)
+			}
+		}
+	}
+	if code, body := fromA.call("GET", "/v1/vms/vm1", nil); code != 200 {
+		t.Errorf("hostd/a reading the vm it handed over: %d %s", code, body)
+	}
+	if code, body := fromA.call("POST", "/v1/vms/vm1/incoming/abort", struct{}{}); code != 409 {
+		t.Errorf("hostd/a aborting the vm it handed over, now running: %d %s; want 409 invalid_state", code, body)
+	}
+	if code, body := fromA.call("GET", "/v1/vms/vm2", nil); code != 403 {
+		t.Errorf("hostd/a reading b's own vm2: %d %s; want 403", code, body)
+	}
+	for _, vm := range []string{"vm1", "vm2"} {
+		st, err := c.hosts["b"].Client().Status(ctxT(t, 10*time.Second), vm)
+		if err != nil || st.State != "running" {
+			t.Fatalf("%s on b after the attacks: %+v %v", vm, st, err)
+		}
+	}
+	c.waitTraffic("jp", "b", []string{"10.79.0.12"}, c.traffic("b"))
 }

@@ -1,0 +1,296 @@
+package coord
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/symvirt/symvirt/coord/machine"
+)
+
+// OpRecord is a journaled operation.
+type OpRecord struct {
+	Op     *machine.Op       `json:"op"`
+	Result *machine.Result   `json:"result,omitempty"`
+	Hosts  map[string]string `json:"hosts"` // name -> address, frozen at start
+}
+
+// Ops lists journaled operations.
+func (c *Coord) Ops() ([]OpRecord, error) { return listAll[OpRecord](c.store, bucketOps) }
+
+// ProgressFunc receives an operation's progress; it must not block.
+type ProgressFunc func(Progress)
+
+// Progress is one update of a running operation.
+type Progress struct {
+	Op    string `json:"op"`
+	Phase string `json:"phase"`
+	Done  int    `json:"done"`  // VMs finished with the phase's action
+	Total int    `json:"total"` // VMs of the operation
+}
+
+// run starts an operation and drives it to the end.
+func (c *Coord) run(ctx context.Context, kind machine.Kind, job Job, vms []machine.VM, opts machine.Options, progress ProgressFunc) (machine.Result, error) {
+	id := newID("op")
+	if err := c.claim(job.Name, id); err != nil {
+		return machine.Result{}, err
+	}
+	rec, acts, err := c.begin(id, kind, job.Name, vms, c.options(opts))
+	if err != nil {
+		c.release(job.Name)
+		return machine.Result{}, err
+	}
+	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
+	res, err := c.drive(ctx, rec, acts, progress)
+	switch {
+	case err != nil && res.Done:
+		return res, fmt.Errorf("%s of job %q: %w: it ended %s, but %w (a restarted coordinator repeats its closing steps)",
+			kind, job.Name, ErrFailed, res.Outcome, err)
+	case err != nil:
+		return res, fmt.Errorf("%s of job %q: %w: %w", kind, job.Name, ErrFailed, err)
+	case res.Outcome == machine.OutcomeAborted || res.Outcome == "":
+		return res, fmt.Errorf("%s of job %q: %w: %s", kind, job.Name, ErrFailed, res.Reason)
+	case kind == machine.KindCheckpoint && res.Checkpoint != machine.CheckpointComplete:
+		return res, fmt.Errorf("%s of job %q: %w: checkpoint %s: %s (the job runs on)", kind, job.Name, ErrFailed, res.Checkpoint, res.Reason)
+	}
+	return res, nil
+}
+
+// begin makes an operation and its journal record; a checkpoint's
+// catalog entry is written first, in progress.
+func (c *Coord) begin(id string, kind machine.Kind, job string, vms []machine.VM, opts machine.Options) (*OpRecord, []machine.Action, error) {
+	hosts, err := c.hostMap()
+	if err != nil {
+		return nil, nil, err
+	}
+	op, acts, err := machine.New(id, kind, job, vms, opts, time.Now())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	rec := &OpRecord{Op: op, Hosts: hosts}
+	if kind != machine.KindCheckpoint {
+		return rec, acts, nil
+	}
+	ck := Checkpoint{ID: opts.CheckpointID, Job: job, Op: id, Status: "in-progress", CreatedAt: time.Now().UTC()}
+	for _, v := range vms {
+		dir, err := c.ckDir(opts.CheckpointID, v.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		ck.VMs = append(ck.VMs, CheckpointVM{Name: v.Name, Host: v.Host, Dir: dir})
+	}
+	if err := c.store.Put(bucketCheckpoints, ck.ID, ck); err != nil {
+		c.log.Error("journal write failed: operation refused", "op", id, "job", job, "err", err)
+		return nil, nil, fmt.Errorf("%s of job %q: %w: journal write failed: %v", kind, job, ErrFailed, err)
+	}
+	return rec, acts, nil
+}
+
+// options are an operation's options with the coordinator's timeouts.
+func (c *Coord) options(o machine.Options) machine.Options {
+	o.PrepareTimeout, o.StepTimeout, o.TransferTimeout = c.cfg.PrepareTimeout, c.cfg.StepTimeout, c.cfg.TransferTimeout
+	return o
+}
+
+// afterOp records where the job's VMs are now.
+func (c *Coord) afterOp(rec *OpRecord, res machine.Result) {
+	j, err := c.Job(res.Job)
+	if err != nil {
+		return
+	}
+	changed := false
+	for _, r := range res.VMs {
+		if r.Host == "" || r.Outcome == machine.OutcomeLost {
+			continue
+		}
+		for i := range j.VMs {
+			if j.VMs[i].Name == r.Name && j.VMs[i].Host != r.Host {
+				j.VMs[i].Host = r.Host
+				changed = true
+			}
+		}
+	}
+	if changed {
+		if err := c.store.Put(bucketJobs, j.Name, j); err != nil {
+			c.log.Error("journal write failed: the job's placement is not recorded", "job", j.Name, "err", err)
+		}
+	}
+}
+
+// CheckpointOptions control a job checkpoint.
+type CheckpointOptions struct {
+	// Live copies each VM while it runs and pauses it only for its
+	// snapshot point (hostd's live.go); the checkpoint is complete once
+	// every stream is written.
+	Live bool `json:"live"`
+	// Bandwidth caps each live stream (bytes/s; 0: none).
+	Bandwidth int64 `json:"bandwidth,omitempty"`
+}
+
+// Checkpoint checkpoints every VM of a job together (a consistent cut).
+func (c *Coord) Checkpoint(ctx context.Context, job string, o CheckpointOptions, progress ProgressFunc) (machine.Result, error) {
+	j, err := c.Job(job)
+	if err != nil {
+		return machine.Result{}, err
+	}
+	var vms []machine.VM
+	for _, v := range j.VMs {
+		vms = append(vms, machine.VM{Name: v.Name, Host: v.Host})
+	}
+	return c.run(ctx, machine.KindCheckpoint, j, vms, machine.Options{CheckpointID: newID(job), Live: o.Live, Bandwidth: o.Bandwidth}, progress)
+}
+
+// RestartOptions control Restart.
+type RestartOptions struct {
+	Checkpoint   string   `json:"checkpoint,omitempty"` // default: the job's newest complete one
+	ExcludeHosts []string `json:"exclude_hosts,omitempty"`
+}
+
+// Restart restores every VM of a job from a checkpoint, on its host or,
+// when that host is excluded, on another host with room.
+func (c *Coord) Restart(ctx context.Context, job string, opts RestartOptions, progress ProgressFunc) (machine.Result, error) {
+	j, err := c.Job(job)
+	if err != nil {
+		return machine.Result{}, err
+	}
+	var ck Checkpoint
+	if opts.Checkpoint != "" {
+		if ck, err = c.CheckpointByID(opts.Checkpoint); err != nil {
+			return machine.Result{}, err
+		}
+		if ck.Job != job {
+			return machine.Result{}, fmt.Errorf("checkpoint %s belongs to job %q, not %q: %w", ck.ID, ck.Job, job, ErrInvalid)
+		}
+	} else {
+		cks, _ := c.Checkpoints()
+		for _, x := range cks {
+			if x.Job == job && x.Status == "complete" {
+				ck = x
+				break
+			}
+		}
+		if ck.ID == "" {
+			return machine.Result{}, fmt.Errorf("job %q has no complete checkpoint: %w", job, ErrNotFound)
+		}
+	}
+	if ck.Status != "complete" {
+		return machine.Result{}, fmt.Errorf("checkpoint %s is %s, not complete: %w", ck.ID, ck.Status, ErrInvalid)
+	}
+	// Nothing of the job may still run: two copies must never run.
+	for _, v := range j.VMs {
+		h, err := c.host(v.Host)
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := c.client(h.Addr).Status(sctx, v.Name)
+		cancel()
+		if err == nil && st.State != "stopped" {
+			return machine.Result{}, fmt.Errorf("vm %q still runs on %s (%s): stop the job first: %w", v.Name, v.Host, st.State, ErrBusy)
+		}
+	}
+	load, err := c.placement(ctx, opts.ExcludeHosts)
+	if err != nil {
+		return machine.Result{}, err
+	}
+	var vms []machine.VM
+	for _, v := range ck.VMs {
+		m := machine.VM{Name: v.Name, Host: v.Host}
+		if slices.Contains(opts.ExcludeHosts, v.Host) || load[v.Host] == nil {
+			dest, err := pick(load, v.Host)
+			if err != nil {
+				return machine.Result{}, fmt.Errorf("vm %q: %w", v.Name, err)
+			}
+			m.Dest = dest
+		}
+		vms = append(vms, m)
+	}
+	return c.run(ctx, machine.KindRestart, j, vms, machine.Options{CheckpointID: ck.ID}, progress)
+}
+
+// MigrateOptions control Migrate.
+type MigrateOptions struct {
+	To   []string `json:"to"`
+	Live bool     `json:"live,omitempty"`
+	// DependencyAware freezes each guest's untainted processes while it
+	// migrates (implies Live).
+	DependencyAware bool `json:"dependency_aware,omitempty"`
+}
+
+// Migrate moves a job (or one VM of it) to the given hosts, round-robin.
+func (c *Coord) Migrate(ctx context.Context, target string, opts MigrateOptions, progress ProgressFunc) (machine.Result, error) {
+	if len(opts.To) == 0 {
+		return machine.Result{}, fmt.Errorf("migrate: --to is missing: %w", ErrInvalid)
+	}
+	for _, h := range opts.To {
+		if _, err := c.host(h); err != nil {
+			return machine.Result{}, fmt.Errorf("migrate to %s: %w", h, err)
+		}
+	}
+	j, err := c.Job(target)
+	only := ""
+	if err != nil {
+		if j, err = c.jobOf(target); err != nil {
+			return machine.Result{}, fmt.Errorf("%q is neither a job nor a vm of one: %w", target, ErrNotFound)
+		}
+		only = target
+	}
+	var vms []machine.VM
+	i := 0
+	for _, v := range j.VMs {
+		if only != "" && v.Name != only {
+			continue
+		}
+		dest := opts.To[i%len(opts.To)]
+		i++
+		if dest == v.Host {
+			dest = ""
+		}
+		vms = append(vms, machine.VM{Name: v.Name, Host: v.Host, Dest: dest})
+	}
+	return c.run(ctx, machine.KindMigrate, j, vms, machine.Options{Live: opts.Live || opts.DependencyAware,
+		Freeze: opts.DependencyAware}, progress)
+}
+
+// Evacuate moves every VM off a host; a job spanning the host is moved as
+// a job (its other VMs pause with it for a consistent cut).
+func (c *Coord) Evacuate(ctx context.Context, host string, live bool, progress ProgressFunc) ([]machine.Result, error) {
+	if _, err := c.host(host); err != nil {
+		return nil, err
+	}
+	jobs, err := c.Jobs()
+	if err != nil {
+		return nil, err
+	}
+	load, err := c.placement(ctx, []string{host})
+	if err != nil {
+		return nil, err
+	}
+	var results []machine.Result
+	var firstErr error
+	for _, j := range jobs {
+		var vms []machine.VM
+		moving := false
+		for _, v := range j.VMs {
+			m := machine.VM{Name: v.Name, Host: v.Host}
+			if v.Host == host {
+				dest, err := pick(load, host)
+				if err != nil {
+					return results, fmt.Errorf("evacuate %s: vm %q: %w", host, v.Name, err)
+				}
+				m.Dest, moving = dest, true
+			}
+			vms = append(vms, m)
+		}
+		if !moving {
+			continue
+		}
+		res, err := c.run(ctx, machine.KindEvacuate, j, vms, machine.Options{Live: live}, progress)
+		results = append(results, res)
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return results, firstErr
+}
