@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
-	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/jsonapi"
@@ -118,19 +117,4 @@ func (c *Client) Evacuate(ctx context.Context, host string, live bool, p Progres
 	var res []machine.Result
 	err := c.Stream(ctx, "/v1/hosts/"+url.PathEscape(host)+"/evacuate", map[string]bool{"live": live}, &res, p)
 	return res, err
-}
-
-// WaitUp waits until the coordinator answers.
-func (c *Client) WaitUp(ctx context.Context) error {
-	for {
-		var hs []Host
-		if err := c.Do(ctx, "GET", "/v1/hosts", nil, &hs); err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
