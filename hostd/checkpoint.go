@@ -474,7 +474,7 @@ func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir str
 		return err
 	}
 	absent := map[string]bool{}
-	for _, id := range spec.passthrough() {
+	for _, id := range spec.PassthroughIDs() {
 		absent[id] = true
 	}
 	return vm.launch(ctx, launch{incoming: true, absent: absent})

@@ -447,7 +447,7 @@ func (vm *VM) Info(ctx context.Context) VMInfo {
 			info.State = st.Status
 		}
 		if err == nil && !incoming {
-			for _, id := range info.Spec.passthrough() {
+			for _, id := range info.Spec.PassthroughIDs() {
 				if ok, perr := pciPresent(ctx, mon, id); perr == nil && ok {
 					info.Present = append(info.Present, id)
 				}

@@ -130,7 +130,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	}()
 	absent := map[string]bool{}
 	for _, id := range req.Absent {
-		if _, pt := spec.findDevice(id, nil); !pt {
+		if _, pt := findDevice(&spec, id, nil); !pt {
 			return IncomingResponse{}, fmt.Errorf("incoming %q: absent device %q is not a passthrough device: %w", spec.Name, id, ErrInvalidSpec)
 		}
 		absent[id] = true
@@ -237,7 +237,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	round := vm.rt.Round
 	vm.mu.Unlock()
 	dest := vm.h.peer(args.Dest)
-	ireq := IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round, Lease: req.Lease, Grant: args.Grant}
+	ireq := IncomingRequest{Spec: spec, Absent: spec.PassthroughIDs(), Round: round, Lease: req.Lease, Grant: args.Grant}
 	if req.Lease > 0 {
 		// Held under the operation's lease there (a direct operation
 		// holds none: its driver, this host, cancels the copy itself).

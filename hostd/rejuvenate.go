@@ -67,7 +67,7 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	res.VM = vm.name
 	start := timeNow()
 	defer func() { vm.h.metrics.observe("rejuvenate", resultLabel(err), start) }()
-	if spec := vm.Spec(); !spec.sharedMemory() {
+	if spec := vm.Spec(); !spec.UsesSharedMemory() {
 		return res, fmt.Errorf("vm %q does not run on shared memory (shared_memory: false): use checkpoint and restore: %w", vm.name, ErrInvalidState)
 	}
 	// Before the guest is asked or anything stops: the new QEMU would
@@ -222,7 +222,7 @@ func (h *Host) Rejuvenate(ctx context.Context, opts RejuvenateOptions) []Rejuven
 		switch {
 		case info.State != "running" && info.State != "paused":
 			out = append(out, RejuvenateResult{VM: info.Name, Skipped: "not running (" + info.State + ")"})
-		case !info.Spec.sharedMemory():
+		case !info.Spec.UsesSharedMemory():
 			out = append(out, RejuvenateResult{VM: info.Name, Skipped: "not on shared memory"})
 		default:
 			vms = append(vms, vm)
