@@ -311,7 +311,9 @@ func (s *Spec) PassthroughIDs() []string {
 }
 
 // UsesSharedMemory reports whether guest RAM lives in a shared file.
-func (s *Spec) UsesSharedMemory() bool { return s.HugePages || (s.SharedMemory != nil && *s.SharedMemory) }
+func (s *Spec) UsesSharedMemory() bool {
+	return s.HugePages || (s.SharedMemory != nil && *s.SharedMemory)
+}
 
 // PoolOf returns the pool a device is drawn from on a destination ("" for
 // none).
