@@ -42,19 +42,6 @@ type RejuvenateResult struct {
 	Error    string `json:"error,omitempty"`
 }
 
-// StepReplace is rejuvenate's step (coord/machine's Replace): a new QEMU
-// on the same shared memory takes over the stopped VM's device state.
-const StepReplace = "replace"
-
-// ReplaceArgs: the QEMU that takes the VM over.
-type ReplaceArgs struct {
-	// QEMU is the new binary (the upgrade case); empty keeps the VM's.
-	QEMU string `json:"qemu,omitempty"`
-	// Transferred, when set (hostd's own direct operations), is told how
-	// many bytes of device state moved.
-	Transferred func(int64) `json:"-"`
-}
-
 // Rejuvenate restarts the VM's QEMU while its RAM stays in the shared
 // memory file (warm-VM reboot), a one-VM operation of the coordinator's
 // machine: cooperation round, detach, stop, replace (a new QEMU starts on
