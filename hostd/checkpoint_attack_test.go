@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -109,7 +110,7 @@ func TestRestoreRefusesTamperedCheckpoint(t *testing.T) {
 		evil := filepath.Join(t.TempDir(), "initrd")
 		run(t, "cp", initrd, evil)
 		os.WriteFile(filepath.Join(dir, stateName), otherState, 0o600)
-		fd, err := hashFile(filepath.Join(dir, stateName))
+		fd, err := manifest.HashFile(filepath.Join(dir, stateName))
 		if err != nil {
 			t.Fatal(err)
 		}

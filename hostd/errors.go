@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 
+	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
@@ -19,7 +20,7 @@ var (
 	ErrBusy         = jsonapi.ErrBusy
 	ErrInvalidState = errors.New("invalid state")
 	ErrQEMUStart    = errors.New("qemu failed to start")
-	ErrChecksum     = errors.New("checksum mismatch")
+	ErrChecksum     = manifest.ErrChecksum
 	ErrNoDevice     = errors.New("no free device in pool")
 	ErrGuest        = errors.New("guest did not cooperate")
 	ErrMigration    = errors.New("migration failed")

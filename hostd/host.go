@@ -121,13 +121,6 @@ type poolSlot struct {
 	Index int    `json:"index"`
 }
 
-// Round identifies a guest cooperation round that outlives one QEMU (a
-// migration's destination or a restore tells the guest its outcome).
-type Round struct {
-	ID string `json:"id"`
-	Op string `json:"op"`
-}
-
 // VMInfo is a VM's status as the API reports it.
 type VMInfo struct {
 	Name      string    `json:"name"`

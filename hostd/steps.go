@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/hostd/step"
 )
 
@@ -702,7 +703,7 @@ func (h *Host) leaseLoop(ctx context.Context) {
 }
 
 func fileDigest(path string) (string, error) {
-	fd, err := hashFile(path)
+	fd, err := manifest.HashFile(path)
 	return "sha256:" + fd.SHA256, err
 }
 

@@ -16,6 +16,7 @@ type (
 	ReplaceArgs    = step.ReplaceArgs
 	MigrationGrant = step.MigrationGrant
 	Grant          = step.Grant
+	Round          = step.Round
 )
 
 // Step kinds (step.Prepare...).

@@ -165,3 +165,10 @@ type ReplaceArgs struct {
 	// many bytes of device state moved.
 	Transferred func(int64) `json:"-"`
 }
+
+// Round identifies a guest cooperation round that outlives one QEMU (a
+// migration's destination or a restore tells the guest its outcome).
+type Round struct {
+	ID string `json:"id"`
+	Op string `json:"op"`
+}
