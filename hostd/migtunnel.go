@@ -7,15 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/migstream"
 	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/symvirt/symvirt/qmp"
 )
@@ -33,8 +31,6 @@ const (
 	tunnelInFD  = "symvirt-migin"
 	// tunnelChunk is how much one read from QEMU may carry into TLS.
 	tunnelChunk = 1 << 20
-	// tunnelSocketBuf is the send buffer of both ends of QEMU's socket.
-	tunnelSocketBuf = 4 << 20
 	// tunnelHandshake bounds a connection's TLS handshake at either end.
 	tunnelHandshake = 15 * time.Second
 	// tunnelConnectWait is how long a destination waits for its source to
@@ -44,46 +40,6 @@ const (
 	// the stream to reach the destination.
 	tunnelDrain = 60 * time.Second
 )
-
-// socketPair returns two connected unix stream sockets: one for QEMU
-// (passed with getfd, then closed here), one for hostd.
-func socketPair() (qemuEnd *os.File, ours *net.UnixConn, err error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("migration socketpair: %w", err)
-	}
-	for _, fd := range fds {
-		// Room for several of QEMU's 256 KiB writes, so that QEMU and the
-		// copy rarely wait on each other (FORCE: hostd is root; best effort).
-		if syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUFFORCE, tunnelSocketBuf) != nil {
-			syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, tunnelSocketBuf)
-		}
-	}
-	qemuEnd = os.NewFile(uintptr(fds[0]), "migration-qemu")
-	f := os.NewFile(uintptr(fds[1]), "migration-hostd")
-	defer f.Close() // FileConn holds its own copy
-	c, err := net.FileConn(f)
-	if err != nil {
-		qemuEnd.Close()
-		return nil, nil, fmt.Errorf("migration socketpair: %w", err)
-	}
-	return qemuEnd, c.(*net.UnixConn), nil
-}
-
-// passToQEMU hands QEMU its end of a new socketpair under name.
-func passToQEMU(ctx context.Context, mon *qmp.Client, name string) (*net.UnixConn, error) {
-	qemuEnd, ours, err := socketPair()
-	if err != nil {
-		return nil, err
-	}
-	err = mon.GetFD(ctx, name, qemuEnd)
-	qemuEnd.Close()
-	if err != nil {
-		ours.Close()
-		return nil, fmt.Errorf("migration stream: getfd: %w", err)
-	}
-	return ours, nil
-}
 
 // migrationTLSConfig is this hostd's mutual-TLS configuration for
 // migration streams, read afresh so renewed files take effect.
@@ -107,23 +63,6 @@ func (h *Host) migrationTLSConfig(server bool) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// listenMigration listens on a port in ports at addr, starting at a
-// random one so concurrent incoming migrations rarely collide.
-func listenMigration(addr string, ports portRange) (net.Listener, int, error) {
-	n := ports.hi - ports.lo + 1
-	first := rand.IntN(n)
-	var lastErr error
-	for i := range n {
-		port := ports.lo + (first+i)%n
-		l, err := net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
-		if err == nil {
-			return l, port, nil
-		}
-		lastErr = err
-	}
-	return nil, 0, fmt.Errorf("migration address %s: no free port in %s: %w", addr, ports, lastErr)
-}
-
 // incomingStream makes mon wait for a migration stream and returns the
 // address the source is to send it to. Without migration TLS, QEMU
 // listens there itself; with it, hostd does (tunnel), and only a hostd
@@ -131,7 +70,7 @@ func listenMigration(addr string, ports portRange) (net.Listener, int, error) {
 func (vm *VM) incomingStream(ctx context.Context, mon *qmp.Client, from string, wait time.Duration) (string, error) {
 	h := vm.h
 	if !h.cfg.migrationTLS() {
-		port, err := freePort(h.cfg.MigrationAddress, h.cfg.migrationPorts())
+		port, err := migstream.FreePort(h.cfg.MigrationAddress, h.cfg.migrationPorts())
 		if err != nil {
 			return "", err
 		}
@@ -142,11 +81,11 @@ func (vm *VM) incomingStream(ctx context.Context, mon *qmp.Client, from string, 
 	if err != nil {
 		return "", err
 	}
-	l, port, err := listenMigration(h.cfg.MigrationAddress, h.cfg.migrationPorts())
+	l, port, err := migstream.Listen(h.cfg.MigrationAddress, h.cfg.migrationPorts())
 	if err != nil {
 		return "", err
 	}
-	local, err := passToQEMU(ctx, mon, tunnelInFD)
+	local, err := migstream.PassToQEMU(ctx, mon, tunnelInFD)
 	if err != nil {
 		l.Close()
 		return "", err
@@ -287,7 +226,7 @@ func (vm *VM) streamTo(ctx context.Context, mon *qmp.Client, uri, host string) (
 	if err != nil {
 		return nil, "", err
 	}
-	local, err := passToQEMU(ctx, mon, tunnelOutFD)
+	local, err := migstream.PassToQEMU(ctx, mon, tunnelOutFD)
 	if err != nil {
 		raw.Close()
 		return nil, "", err

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/migstream"
 	"github.com/symvirt/symvirt/internal/pki"
 )
 
@@ -60,7 +61,7 @@ func (p tunnelPKI) client(t *testing.T, dir string, role pki.Role, name string) 
 // qemuSide stands for QEMU: the other end of a socketpair, pollable.
 func qemuSide(t *testing.T) (qemu net.Conn, ours *net.UnixConn) {
 	t.Helper()
-	f, ours, err := socketPair()
+	f, ours, err := migstream.SocketPair()
 	if err != nil {
 		t.Fatal(err)
 	}
