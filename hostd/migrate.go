@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/hostd/migstream"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -145,7 +146,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err != nil {
 		return IncomingResponse{}, err
 	}
-	wait := tunnelConnectWait
+	wait := migstream.ConnectWait
 	if req.Lease > 0 {
 		wait = 2 * req.Lease
 	}
@@ -254,7 +255,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if args.DowntimeLimit > 0 {
 		params["downtime-limit"] = args.DowntimeLimit.Milliseconds()
 	}
-	var tun *outTunnel
+	var tun *migstream.Out
 	qemuURI := ""
 	host, err := checkMigrationURI(inc.URI, args.Dest, vm.h.cfg.migrationPorts())
 	if err == nil {
@@ -274,11 +275,11 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 		info, err = mon.WaitMigration(ctx, 50*time.Millisecond, args.Progress)
 	}
 	if err == nil {
-		err = tun.finish()
+		err = tun.Finish()
 	}
 	if err != nil {
 		mon.MigrateCancel(context.WithoutCancel(ctx))
-		err = withTunnelErr(err, tun.abort(context.WithoutCancel(ctx), mon))
+		err = migstream.WithStreamErr(err, tun.Abort(context.WithoutCancel(ctx), mon))
 		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
 	}
 	if args.Progress != nil {
