@@ -29,6 +29,9 @@ const (
 	Fence    = "fence"
 	Point    = "point"
 	WaitSave = "wait-save"
+	// Replace is rejuvenate's step (coord/machine's Replace): a new QEMU
+	// on the same shared memory takes over the stopped VM's device state.
+	Replace = "replace"
 )
 
 // Request is one step of an operation: the header every step carries
@@ -85,6 +88,15 @@ type MigrateArgs struct {
 // ResumeArgs: what the guest is told happened.
 type ResumeArgs struct {
 	Outcome string `json:"outcome"`
+}
+
+// ReplaceArgs: the QEMU that takes the VM over.
+type ReplaceArgs struct {
+	// QEMU is the new binary (the upgrade case); empty keeps the VM's.
+	QEMU string `json:"qemu,omitempty"`
+	// Transferred, when set (hostd's own direct operations), is told how
+	// many bytes of device state moved.
+	Transferred func(int64) `json:"-"`
 }
 
 // Result answers a step.
@@ -151,19 +163,6 @@ func (r Request) Validate() error {
 		return fmt.Errorf("step migrate: dest is missing: %w", jsonapi.ErrInvalid)
 	}
 	return nil
-}
-
-// Replace is rejuvenate's step (coord/machine's Replace): a new QEMU
-// on the same shared memory takes over the stopped VM's device state.
-const Replace = "replace"
-
-// ReplaceArgs: the QEMU that takes the VM over.
-type ReplaceArgs struct {
-	// QEMU is the new binary (the upgrade case); empty keeps the VM's.
-	QEMU string `json:"qemu,omitempty"`
-	// Transferred, when set (hostd's own direct operations), is told how
-	// many bytes of device state moved.
-	Transferred func(int64) `json:"-"`
 }
 
 // Round identifies a guest cooperation round that outlives one QEMU (a
