@@ -11,14 +11,14 @@ import (
 	"os"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/sentinel"
 	"github.com/symvirt/symvirt/hostd/spec"
 	"github.com/symvirt/symvirt/hostd/step"
 	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
-// ErrChecksum: a checkpoint's file or manifest is not what it should be
-// (digest, form, or a file outside its directory). hostd's ErrChecksum.
-var ErrChecksum = errors.New("checksum mismatch")
+// ErrChecksum is what every refusal wraps (hostd's ErrChecksum).
+var ErrChecksum = sentinel.ErrChecksum
 
 // Manifest describes a checkpoint directory. It is written last, so a
 // directory without one is incomplete by construction.
