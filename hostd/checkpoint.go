@@ -301,7 +301,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
-	if err := h.cfg.Policy.checkRestore(spec, opts.Dir, h.cfg.Pools); err != nil {
+	if err := h.cfg.Policy.CheckRestore(spec, opts.Dir, h.cfg.Pools); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
 	// A stopped VM of the same name is replaced; a running one is not.

@@ -5,9 +5,14 @@
 //
 // The parts that need no VM are subpackages, each with its contract in its
 // doc.go; hostd re-exports their types under its own names (spec.go,
-// steptypes.go, manifest.go) so that its API is unchanged:
+// steptypes.go, manifest.go, policy.go, errors.go) so that its API is
+// unchanged:
 //
+//   - hostd/sentinel: hostd's sentinel errors (errors.go gives them their
+//     wire codes).
 //   - hostd/spec: the VM spec, parsed strictly and validated field by field.
+//   - hostd/policy: what a spec may make QEMU open on this host (files,
+//     qcow2 backing chains, host hardware, taps, QEMU binaries).
 //   - hostd/step: the wire of the coordinator's steps (requests, one args
 //     struct per kind, results) and the signed migration grant.
 //   - hostd/manifest: a checkpoint's manifest and the confined reading and
@@ -17,11 +22,10 @@
 //
 // The parts that hang off Host and VM, here:
 //
-//   - QEMU process supervision (host.go, qemuargs.go, policy.go,
-//     policy_devices.go, qcow2.go, ramfile.go, rejuvenate.go): a spec is
-//     confined by the host's policy, QEMU is started sandboxed in its own
-//     session with its RAM in a file hostd created, and re-adopted, not
-//     restarted, when hostd itself restarts.
+//   - QEMU process supervision (host.go, qemuargs.go, ramfile.go,
+//     rejuvenate.go): a spec is confined by the host's policy, QEMU is
+//     started sandboxed in its own session with its RAM in a file hostd
+//     created, and re-adopted, not restarted, when hostd itself restarts.
 //   - Persisted state (layout.go, host.go's writeJSON): every VM's spec and
 //     runtime state (leases included) live under Layout's state directory,
 //     written through internal/atomicfile, so a crash leaves the old or the

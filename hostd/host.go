@@ -280,7 +280,7 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 	if _, err := names.Join(h.vmsDir(), spec.Name); err != nil {
 		return nil, fmt.Errorf("field name: %w: %v", ErrInvalidSpec, err)
 	}
-	if err := h.cfg.Policy.check(spec, h.cfg.Pools); err != nil {
+	if err := h.cfg.Policy.Check(spec, h.cfg.Pools); err != nil {
 		return nil, err
 	}
 	return h.create(spec)

@@ -105,7 +105,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err := spec.Validate(); err != nil {
 		return IncomingResponse{}, err
 	}
-	if err := h.cfg.Policy.check(spec, h.cfg.Pools); err != nil {
+	if err := h.cfg.Policy.Check(spec, h.cfg.Pools); err != nil {
 		return IncomingResponse{}, err
 	}
 	if old, err := h.Get(spec.Name); err == nil {

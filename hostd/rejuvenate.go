@@ -63,7 +63,7 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 		return res, err
 	}
 	if opts.QEMU != "" {
-		if err := vm.h.cfg.Policy.checkBinary(opts.QEMU, vm.h.cfg.QEMU); err != nil {
+		if err := vm.h.cfg.Policy.CheckBinary(opts.QEMU, vm.h.cfg.QEMU); err != nil {
 			return res, fmt.Errorf("vm %q: %w", vm.name, err)
 		}
 	}
