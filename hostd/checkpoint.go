@@ -13,35 +13,8 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/qmp"
-)
-
-// Manifest describes a checkpoint directory. It is written last, so a
-// directory without one is incomplete by construction.
-type Manifest struct {
-	Version   int          `json:"version"`
-	VM        string       `json:"vm"`
-	Spec      Spec         `json:"spec"`
-	CreatedAt time.Time    `json:"created_at"`
-	QEMU      string       `json:"qemu_version"`
-	Files     []FileDigest `json:"files"`
-	// Round is the guest cooperation round the guest was in at the cut; a
-	// restore finishes it with the outcome "restored".
-	Round *Round `json:"round,omitempty"`
-}
-
-// FileDigest is one artifact of a checkpoint.
-type FileDigest struct {
-	Name   string `json:"name"`
-	Role   string `json:"role"` // state | disk
-	ID     string `json:"id,omitempty"`
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
-}
-
-const (
-	manifestName = "manifest.json"
-	stateName    = "state.bin"
 )
 
 // Progress is reported during long operations.
@@ -155,7 +128,7 @@ func (vm *VM) writeCheckpoint(ctx context.Context, mon *qmp.Client, dir string, 
 	for i, d := range m.Spec.Disks {
 		progress(Progress{Phase: "disk " + d.ID})
 		name := "disk-" + d.ID + "." + d.Format
-		fd, err := copyFileDigest(d.Path, filepath.Join(dir, name))
+		fd, err := manifest.CopyFile(d.Path, filepath.Join(dir, name))
 		if err != nil {
 			return m, fmt.Errorf("vm %q: copy disk %q: %w", vm.name, d.ID, err)
 		}
@@ -251,80 +224,6 @@ func saveState(ctx context.Context, mon *qmp.Client, path string, progress Progr
 	return fd, syncDir(filepath.Dir(path))
 }
 
-// copyFileDigest copies src to dst, syncing and hashing it.
-func copyFileDigest(src, dst string) (FileDigest, error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return FileDigest{Name: filepath.Base(dst)}, err
-	}
-	defer in.Close()
-	return copyDigest(in, dst)
-}
-
-// copyDigest copies in to dst (new), syncing and hashing it.
-func copyDigest(in *os.File, dst string) (FileDigest, error) {
-	fd := FileDigest{Name: filepath.Base(dst)}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fd, err
-	}
-	defer out.Close()
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, h), in)
-	if err != nil {
-		return fd, err
-	}
-	if err := out.Sync(); err != nil {
-		return fd, err
-	}
-	if err := out.Close(); err != nil {
-		return fd, err
-	}
-	fd.Size, fd.SHA256 = n, hex.EncodeToString(h.Sum(nil))
-	return fd, syncDir(filepath.Dir(dst))
-}
-
-// ReadManifest loads a checkpoint's manifest and checks its form and that
-// it names only files of dir, but not its signature: it tells whether a
-// checkpoint is complete. A restore reads it with Host.verifiedManifest.
-func ReadManifest(dir string) (Manifest, error) {
-	data, err := readInDir(dir, manifestName)
-	if errors.Is(err, os.ErrNotExist) {
-		return Manifest{}, fmt.Errorf("checkpoint %s: no manifest (incomplete or not a checkpoint): %w", dir, ErrNotFound)
-	}
-	if err != nil {
-		return Manifest{}, fmt.Errorf("checkpoint %s: %w", dir, err)
-	}
-	return parseManifest(dir, data)
-}
-
-// VerifyCheckpoint checks every file's size and sha256 against the
-// manifest (integrity, for tools and tests; not the signature, which a
-// restore checks, and which a restore needs no pre-pass for: it hashes
-// the state as QEMU reads it and each disk as it copies it).
-func VerifyCheckpoint(dir string) (Manifest, error) {
-	m, err := ReadManifest(dir)
-	if err != nil {
-		return m, err
-	}
-	for _, fd := range m.Files {
-		f, err := openInDir(dir, fd.Name)
-		if err != nil {
-			return m, fmt.Errorf("checkpoint %s: %w", dir, err)
-		}
-		h := sha256.New()
-		n, err := io.Copy(h, f)
-		f.Close()
-		if err != nil {
-			return m, err
-		}
-		if n != fd.Size || hex.EncodeToString(h.Sum(nil)) != fd.SHA256 {
-			return m, fmt.Errorf("checkpoint %s: file %s (%d bytes) does not match its manifest: %w", dir, fd.Name, n, ErrChecksum)
-		}
-	}
-	return m, nil
-}
-
 // RestoreOptions control Restore.
 type RestoreOptions struct {
 	Dir string `json:"dir"`
@@ -387,10 +286,10 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	if err != nil {
 		return nil, err
 	}
-	stateFile, _ := m.file("state", "")
+	stateFile, _ := m.File("state", "")
 	// Opened once: what QEMU reads is what this descriptor reads, and it
 	// is hashed on the way (loadState).
-	state, err := openInDir(opts.Dir, stateFile.Name)
+	state, err := manifest.OpenInDir(opts.Dir, stateFile.Name)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
@@ -402,7 +301,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
-	if err := h.cfg.Policy.checkRestore(spec, opts.Dir, h.cfg.Pools); err != nil {
+	if err := h.cfg.Policy.CheckRestore(spec, opts.Dir, h.cfg.Pools); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
 	// A stopped VM of the same name is replaced; a running one is not.
@@ -456,9 +355,9 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir string, progress ProgressFunc) error {
 	for i, d := range spec.Disks {
 		progress(Progress{Phase: "disk " + d.ID})
-		f, _ := m.file("disk", d.ID) // checkManifest: it is there, and d.Path names it
+		f, _ := m.File("disk", d.ID) // manifest.Check: it is there, and d.Path names it
 		dst := filepath.Join(vm.dir, f.Name)
-		if err := copyVerified(dir, f, dst); err != nil {
+		if err := manifest.CopyVerified(dir, f, dst); err != nil {
 			return err
 		}
 		spec.Disks[i].Path = dst
@@ -474,7 +373,7 @@ func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir str
 		return err
 	}
 	absent := map[string]bool{}
-	for _, id := range spec.passthrough() {
+	for _, id := range spec.PassthroughIDs() {
 		absent[id] = true
 	}
 	return vm.launch(ctx, launch{incoming: true, absent: absent})

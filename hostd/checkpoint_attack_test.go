@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -25,101 +26,25 @@ import (
 // disk copy changed. Each restore is refused with a clear error, with no
 // QEMU left and the checkpoint untouched; the checkpoint itself restores.
 func TestRestoreRefusesTamperedCheckpoint(t *testing.T) {
-	kernel, _ := testguest.Paths(t)
-	initrd := testguest.Initrd(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	h, _ := benchHost(t, "7")
-	disk := filepath.Join(t.TempDir(), "d0.raw")
-	diskData := bytes.Repeat([]byte("symvirt-disk "), 80000) // ~1 MiB
-	if err := os.WriteFile(disk, diskData, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	spec := Spec{Name: "ta1", Memory: 256, Kernel: kernel, Initrd: initrd,
-		Append: "console=ttyS0 quiet panic=-1 symvirt.counter=1",
-		Disks:  []Disk{{ID: "d0", Path: disk, Format: "raw"}}}
-	vm, err := h.Create(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := vm.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	serial := filepath.Join(vm.dir, fileSerial)
-	counter := regexp.MustCompile(`symvirt-counter (\d+)`)
-	waitSerial(t, serial, regexp.MustCompile(`symvirt-counter 3`))
-	ck1 := filepath.Join(t.TempDir(), "ck1")
-	if _, err := vm.Checkpoint(ctx, CheckpointOptions{Dir: ck1, Stop: true, NoGuest: true}, nil); err != nil {
-		t.Fatal(err)
-	}
-	// A second checkpoint of the same VM, later: its state.bin is a valid
-	// stream for this spec, which an attacker would swap in.
-	vm2, err := h.Restore(ctx, RestoreOptions{Dir: ck1, NoGuest: true}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitSerial(t, filepath.Join(vm2.dir, fileSerial), regexp.MustCompile(`symvirt-counter 8`))
-	ck2 := filepath.Join(t.TempDir(), "ck2")
-	if _, err := vm2.Checkpoint(ctx, CheckpointOptions{Dir: ck2, Stop: true, NoGuest: true}, nil); err != nil {
-		t.Fatal(err)
-	}
-	otherState, err := os.ReadFile(filepath.Join(ck2, stateName))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	attack := func(name string, want error, tamper func(dir string)) {
-		t.Helper()
-		dir := filepath.Join(t.TempDir(), "ck")
-		run(t, "cp", "-a", ck1, dir)
-		tamper(dir)
-		_, err := h.Restore(ctx, RestoreOptions{Dir: dir, NoGuest: true}, nil)
-		if !errors.Is(err, want) {
-			t.Fatalf("%s: restore: %v, want %v", name, err, want)
-		}
-		t.Logf("%s: refused: %v", name, err)
-		if pids := pidsUnder(h.cfg.StateDir); len(pids) != 0 {
-			t.Fatalf("%s: QEMU left running: pids %v", name, pids)
-		}
-		if v, err := h.Get("ta1"); err == nil && v.alive() {
-			t.Fatalf("%s: vm ta1 is alive", name)
-		}
-		if _, err := os.Stat(filepath.Join(dir, manifestName)); err != nil {
-			t.Fatalf("%s: the checkpoint was touched: %v", name, err)
-		}
-	}
-	editManifest := func(dir string, edit func(m *Manifest)) {
-		var m Manifest
-		path := filepath.Join(dir, manifestName)
-		data, _ := os.ReadFile(path)
-		if err := json.Unmarshal(data, &m); err != nil {
-			t.Fatal(err)
-		}
-		edit(&m)
-		data, _ = json.MarshalIndent(m, "", "  ")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	attack("disk path ../../etc/shadow", ErrUnauthorized, func(dir string) {
-		editManifest(dir, func(m *Manifest) { m.Spec.Disks[0].Path = "../../etc/shadow" })
+	f := newTamperFixture(t)
+	f.attack("disk path ../../etc/shadow", ErrUnauthorized, func(dir string) {
+		f.editManifest(dir, func(m *Manifest) { m.Spec.Disks[0].Path = "../../etc/shadow" })
 	})
-	attack("other initrd and state.bin, digests recomputed", ErrUnauthorized, func(dir string) {
+	f.attack("other initrd and state.bin, digests recomputed", ErrUnauthorized, func(dir string) {
 		evil := filepath.Join(t.TempDir(), "initrd")
-		run(t, "cp", initrd, evil)
-		os.WriteFile(filepath.Join(dir, stateName), otherState, 0o600)
-		fd, err := hashFile(filepath.Join(dir, stateName))
+		run(t, "cp", f.initrd, evil)
+		os.WriteFile(filepath.Join(dir, stateName), f.otherState, 0o600)
+		fd, err := manifest.HashFile(filepath.Join(dir, stateName))
 		if err != nil {
 			t.Fatal(err)
 		}
-		editManifest(dir, func(m *Manifest) {
+		f.editManifest(dir, func(m *Manifest) {
 			m.Spec.Initrd = evil
 			fd.Role = "state"
 			m.Files[0] = fd
 		})
 	})
-	attack("signed by another CA's hostd", ErrUnauthorized, func(dir string) {
+	f.attack("signed by another CA's hostd", ErrUnauthorized, func(dir string) {
 		other := t.TempDir()
 		if err := pki.Init(other, pki.InitOptions{}); err != nil {
 			t.Fatal(err)
@@ -129,22 +54,22 @@ func TestRestoreRefusesTamperedCheckpoint(t *testing.T) {
 		}
 		resign(t, dir, other, pki.RoleHostd, "local")
 	})
-	attack("unsigned", ErrUnauthorized, func(dir string) { os.Remove(filepath.Join(dir, manifestSigName)) })
+	f.attack("unsigned", ErrUnauthorized, func(dir string) { os.Remove(filepath.Join(dir, manifestSigName)) })
 	// Were the signer's key stolen, the paths would still be confined.
-	attack("disk path ../../etc/shadow, signed by this host", ErrChecksum, func(dir string) {
+	f.attack("disk path ../../etc/shadow, signed by this host", ErrChecksum, func(dir string) {
 		m, err := ReadManifest(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
 		m.Spec.Disks[0].Path = "../../etc/shadow"
-		if err := h.writeManifest(dir, m); err != nil {
+		if err := f.h.writeManifest(dir, m); err != nil {
 			t.Fatal(err)
 		}
 	})
-	attack("disk copy changed", ErrChecksum, func(dir string) {
-		os.WriteFile(filepath.Join(dir, "disk-d0.raw"), bytes.ToUpper(diskData), 0o600)
+	f.attack("disk copy changed", ErrChecksum, func(dir string) {
+		os.WriteFile(filepath.Join(dir, "disk-d0.raw"), bytes.ToUpper(f.diskData), 0o600)
 	})
-	attack("state.bin truncated", ErrChecksum, func(dir string) {
+	f.attack("state.bin truncated", ErrChecksum, func(dir string) {
 		st, err := os.Stat(filepath.Join(dir, stateName))
 		if err != nil {
 			t.Fatal(err)
@@ -153,23 +78,120 @@ func TestRestoreRefusesTamperedCheckpoint(t *testing.T) {
 	})
 	// Overwritten in place once QEMU has started reading it (a rename
 	// would not reach the descriptor the restore reads through).
-	attack("state.bin overwritten by another checkpoint's while QEMU reads it", ErrChecksum, func(dir string) {
+	f.attack("state.bin overwritten by another checkpoint's while QEMU reads it", ErrChecksum, func(dir string) {
 		testHookStateSent = func() {
 			testHookStateSent = nil
-			if err := os.WriteFile(filepath.Join(dir, stateName), otherState, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, stateName), f.otherState, 0o600); err != nil {
 				t.Error(err)
 			}
 		}
 	})
 	testHookStateSent = nil
+	f.genuineRestores()
+}
 
-	// The genuine checkpoint restores: the guest counts on from its cut,
-	// on the disk copy.
-	vm3, err := h.Restore(ctx, RestoreOptions{Dir: ck1, NoGuest: true}, nil)
+// tamperFixture: a VM with a disk, its checkpoint ck1 (what the attacks
+// tamper with) and the state of a later checkpoint of it (otherState).
+type tamperFixture struct {
+	t                    *testing.T
+	ctx                  context.Context
+	h                    *Host
+	ck1, initrd          string
+	diskData, otherState []byte
+}
+
+func newTamperFixture(t *testing.T) *tamperFixture {
+	kernel, _ := testguest.Paths(t)
+	f := &tamperFixture{t: t, initrd: testguest.Initrd(t, nil)}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	t.Cleanup(cancel)
+	f.ctx = ctx
+	f.h, _ = benchHost(t, "7")
+	disk := filepath.Join(t.TempDir(), "d0.raw")
+	f.diskData = bytes.Repeat([]byte("symvirt-disk "), 80000) // ~1 MiB
+	if err := os.WriteFile(disk, f.diskData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := Spec{Name: "ta1", Memory: 256, Kernel: kernel, Initrd: f.initrd,
+		Append: "console=ttyS0 quiet panic=-1 symvirt.counter=1",
+		Disks:  []Disk{{ID: "d0", Path: disk, Format: "raw"}}}
+	vm, err := f.h.Create(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial = filepath.Join(vm3.dir, fileSerial)
+	if err := vm.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-counter 3`))
+	f.ck1 = filepath.Join(t.TempDir(), "ck1")
+	if _, err := vm.Checkpoint(ctx, CheckpointOptions{Dir: f.ck1, Stop: true, NoGuest: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A second checkpoint of the same VM, later: its state.bin is a valid
+	// stream for this spec, which an attacker would swap in.
+	vm2, err := f.h.Restore(ctx, RestoreOptions{Dir: f.ck1, NoGuest: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSerial(t, filepath.Join(vm2.dir, fileSerial), regexp.MustCompile(`symvirt-counter 8`))
+	ck2 := filepath.Join(t.TempDir(), "ck2")
+	if _, err := vm2.Checkpoint(ctx, CheckpointOptions{Dir: ck2, Stop: true, NoGuest: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if f.otherState, err = os.ReadFile(filepath.Join(ck2, stateName)); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// attack restores a tampered copy of ck1 and wants it refused with want,
+// no QEMU left and the copy untouched.
+func (f *tamperFixture) attack(name string, want error, tamper func(dir string)) {
+	t, h := f.t, f.h
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "ck")
+	run(t, "cp", "-a", f.ck1, dir)
+	tamper(dir)
+	_, err := h.Restore(f.ctx, RestoreOptions{Dir: dir, NoGuest: true}, nil)
+	if !errors.Is(err, want) {
+		t.Fatalf("%s: restore: %v, want %v", name, err, want)
+	}
+	t.Logf("%s: refused: %v", name, err)
+	if pids := pidsUnder(h.cfg.StateDir); len(pids) != 0 {
+		t.Fatalf("%s: QEMU left running: pids %v", name, pids)
+	}
+	if v, err := h.Get("ta1"); err == nil && v.alive() {
+		t.Fatalf("%s: vm ta1 is alive", name)
+	}
+	if _, err := os.Stat(filepath.Join(dir, manifestName)); err != nil {
+		t.Fatalf("%s: the checkpoint was touched: %v", name, err)
+	}
+}
+
+func (f *tamperFixture) editManifest(dir string, edit func(m *Manifest)) {
+	var m Manifest
+	path := filepath.Join(dir, manifestName)
+	data, _ := os.ReadFile(path)
+	if err := json.Unmarshal(data, &m); err != nil {
+		f.t.Fatal(err)
+	}
+	edit(&m)
+	data, _ = json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// genuineRestores: the untouched checkpoint restores, and the guest counts
+// on from its cut, on the disk copy.
+func (f *tamperFixture) genuineRestores() {
+	t := f.t
+	vm3, err := f.h.Restore(f.ctx, RestoreOptions{Dir: f.ck1, NoGuest: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter := regexp.MustCompile(`symvirt-counter (\d+)`)
+	serial := filepath.Join(vm3.dir, fileSerial)
 	before := len(counter.FindAllSubmatch(readOr(serial), -1))
 	deadline := time.Now().Add(time.Minute)
 	for len(counter.FindAllSubmatch(readOr(serial), -1)) <= before+1 {
@@ -182,7 +204,7 @@ func TestRestoreRefusesTamperedCheckpoint(t *testing.T) {
 	if first < 3 || first > 8 {
 		t.Fatalf("restored guest counts from %d: not from the first checkpoint's cut", first)
 	}
-	if got, _ := os.ReadFile(vm3.Spec().Disks[0].Path); !bytes.Equal(got, diskData) {
+	if got, _ := os.ReadFile(vm3.Spec().Disks[0].Path); !bytes.Equal(got, f.diskData) {
 		t.Fatalf("restored disk %s differs from the checkpoint's", vm3.Spec().Disks[0].Path)
 	}
 }

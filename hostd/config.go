@@ -122,7 +122,7 @@ func (c *Config) setDefaults() error {
 	c.StopTimeout = cmp.Or(c.StopTimeout, 30*time.Second)
 	c.GuestTimeout = cmp.Or(c.GuestTimeout, 30*time.Second)
 	c.DetachTimeout = cmp.Or(c.DetachTimeout, 10*time.Second)
-	if err := c.Policy.setDefaults(c.StateDir); err != nil {
+	if err := c.Policy.SetDefaults(c.StateDir); err != nil {
 		return err
 	}
 	if c.QEMUUser != "" {

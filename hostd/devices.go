@@ -45,8 +45,8 @@ func (vm *VM) allocateSlots(only []string) error {
 	if vm.rt.Slots == nil {
 		vm.rt.Slots = map[string]poolSlot{}
 	}
-	for _, id := range vm.spec.passthrough() {
-		pool := vm.spec.poolOf(id)
+	for _, id := range vm.spec.PassthroughIDs() {
+		pool := vm.spec.PoolOf(id)
 		if pool == "" || (only != nil && !slices.Contains(only, id)) {
 			continue
 		}
@@ -97,7 +97,7 @@ func (vm *VM) detach(ctx context.Context, id string) error {
 		return err
 	}
 	vm.mu.Lock()
-	_, pt := vm.spec.findDevice(id, nil)
+	_, pt := findDevice(&vm.spec, id, nil)
 	already := slices.Contains(vm.rt.Detached, id)
 	vm.mu.Unlock()
 	if !pt {
@@ -130,7 +130,7 @@ func (vm *VM) attach(ctx context.Context, id string) error {
 	vm.attachMu.Lock()
 	defer vm.attachMu.Unlock()
 	vm.mu.Lock()
-	dev, pt := vm.spec.findDevice(id, vm.overrides()[id])
+	dev, pt := findDevice(&vm.spec, id, vm.overrides()[id])
 	detached := slices.Contains(vm.rt.Detached, id)
 	vm.mu.Unlock()
 	if !pt {
@@ -160,7 +160,7 @@ func (vm *VM) attach(ctx context.Context, id string) error {
 // what it unplugged, so the VM is left as it was.
 func (vm *VM) detachAll(ctx context.Context) error {
 	var done []string
-	for _, id := range vm.spec.passthrough() {
+	for _, id := range vm.spec.PassthroughIDs() {
 		if err := vm.detach(ctx, id); err != nil {
 			for _, d := range done {
 				if aerr := vm.attach(context.WithoutCancel(ctx), d); aerr != nil {

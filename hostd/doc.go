@@ -1,24 +1,42 @@
 // Package hostd runs the VMs of one host: one QEMU per VM, driven over QMP,
 // and executes the coordinator's steps on them. It decides nothing about
 // jobs and rolls nothing back on its own: what happens next in an operation
-// is coord/machine's to say. Its parts:
+// is coord/machine's to say.
 //
-//   - QEMU process supervision (host.go, qemuargs.go, spec.go, policy.go,
-//     policy_devices.go, qcow2.go, ramfile.go, rejuvenate.go): a spec is
-//     validated and confined by the host's policy, QEMU is started
-//     sandboxed in its own session with its RAM in a file hostd created,
-//     and re-adopted, not restarted, when hostd itself restarts.
+// The parts that need no VM are subpackages, each with its contract in its
+// doc.go; hostd re-exports their types under its own names (spec.go,
+// steptypes.go, manifest.go, policy.go, errors.go) so that its API is
+// unchanged:
+//
+//   - hostd/sentinel: hostd's sentinel errors (errors.go gives them their
+//     wire codes).
+//   - hostd/spec: the VM spec, parsed strictly and validated field by field.
+//   - hostd/policy: what a spec may make QEMU open on this host (files,
+//     qcow2 backing chains, host hardware, taps, QEMU binaries).
+//   - hostd/step: the wire of the coordinator's steps (requests, one args
+//     struct per kind, results) and the signed migration grant.
+//   - hostd/manifest: a checkpoint's manifest and the confined reading and
+//     hashed copying of the files it names.
+//   - hostd/migstream: the migration stream's port range, the check of a
+//     destination's stream address, and the TLS tunnel between hostds.
+//
+// The parts that hang off Host and VM, here:
+//
+//   - QEMU process supervision (host.go, qemuargs.go, ramfile.go,
+//     rejuvenate.go): a spec is confined by the host's policy, QEMU is
+//     started sandboxed in its own session with its RAM in a file hostd
+//     created, and re-adopted, not restarted, when hostd itself restarts.
 //   - Persisted state (layout.go, host.go's writeJSON): every VM's spec and
 //     runtime state (leases included) live under Layout's state directory,
 //     written through internal/atomicfile, so a crash leaves the old or the
 //     new file; Layout is also what tools and tests read.
-//   - Steps and leases (steps.go, fence.go): typed, idempotent steps, each
-//     under an operation's lease; a lease that expires undoes what its
-//     steps did to the VM.
-//   - Snapshot and stream (checkpoint.go, live.go, manifest.go, sign.go,
-//     migrate.go, migtunnel.go, migtls.go, miguri.go): a checkpoint is a
-//     directory of hashed files under a signed manifest; a migration is
-//     QEMU's stream, carried by hostd under TLS when configured.
+//   - Steps and leases (steps.go, fence.go, localop.go): typed, idempotent
+//     steps, each under an operation's lease; a lease that expires undoes
+//     what its steps did to the VM.
+//   - Snapshot and stream (checkpoint.go, live.go, sign.go, migrate.go,
+//     migtunnel.go, migtls.go, miguri.go): a checkpoint is a directory of
+//     hashed files under a manifest this hostd signs; a migration is QEMU's
+//     stream, carried by hostd under TLS when configured.
 //   - Devices and the guest (devices.go, guest.go, guest_vsock.go):
 //     passthrough devices are hot-unplugged and plugged again; guestd is
 //     asked to cooperate and never trusted.

@@ -1,32 +1,30 @@
 package hostd
 
 import (
-	"errors"
 	"net/http"
 	"slices"
 
+	"github.com/symvirt/symvirt/hostd/sentinel"
 	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
-// Sentinel errors. Callers wrap them with the VM or field they concern and
-// check them with errors.Is; the API maps them to stable codes so a remote
-// client gets the same sentinel back. The first four are the ones coord
-// shares (jsonapi).
+// Sentinel errors (defined in hostd/sentinel, which the subpackages
+// share). Callers wrap them with the VM or field they concern and check
+// them with errors.Is; the API maps them to stable codes so a remote
+// client gets the same sentinel back.
 var (
-	ErrNotFound     = jsonapi.ErrNotFound
-	ErrExists       = jsonapi.ErrExists
-	ErrInvalidSpec  = jsonapi.ErrInvalid
-	ErrBusy         = jsonapi.ErrBusy
-	ErrInvalidState = errors.New("invalid state")
-	ErrQEMUStart    = errors.New("qemu failed to start")
-	ErrChecksum     = errors.New("checksum mismatch")
-	ErrNoDevice     = errors.New("no free device in pool")
-	ErrGuest        = errors.New("guest did not cooperate")
-	ErrMigration    = errors.New("migration failed")
-	ErrUnauthorized = errors.New("unauthorized")
-	// ErrRAMFile: a guest RAM file or its directory is not the one hostd
-	// created (pre-created, a symlink, replaced): it is never used.
-	ErrRAMFile = errors.New("guest RAM file refused")
+	ErrNotFound     = sentinel.ErrNotFound
+	ErrExists       = sentinel.ErrExists
+	ErrInvalidSpec  = sentinel.ErrInvalidSpec
+	ErrBusy         = sentinel.ErrBusy
+	ErrInvalidState = sentinel.ErrInvalidState
+	ErrQEMUStart    = sentinel.ErrQEMUStart
+	ErrChecksum     = sentinel.ErrChecksum
+	ErrNoDevice     = sentinel.ErrNoDevice
+	ErrGuest        = sentinel.ErrGuest
+	ErrMigration    = sentinel.ErrMigration
+	ErrUnauthorized = sentinel.ErrUnauthorized
+	ErrRAMFile      = sentinel.ErrRAMFile
 )
 
 // errorCodes gives every sentinel a stable wire name and HTTP status. A

@@ -121,13 +121,6 @@ type poolSlot struct {
 	Index int    `json:"index"`
 }
 
-// Round identifies a guest cooperation round that outlives one QEMU (a
-// migration's destination or a restore tells the guest its outcome).
-type Round struct {
-	ID string `json:"id"`
-	Op string `json:"op"`
-}
-
 // VMInfo is a VM's status as the API reports it.
 type VMInfo struct {
 	Name      string    `json:"name"`
@@ -287,7 +280,7 @@ func (h *Host) Create(spec Spec) (*VM, error) {
 	if _, err := names.Join(h.vmsDir(), spec.Name); err != nil {
 		return nil, fmt.Errorf("field name: %w: %v", ErrInvalidSpec, err)
 	}
-	if err := h.cfg.Policy.check(spec, h.cfg.Pools); err != nil {
+	if err := h.cfg.Policy.Check(spec, h.cfg.Pools); err != nil {
 		return nil, err
 	}
 	return h.create(spec)
@@ -447,7 +440,7 @@ func (vm *VM) Info(ctx context.Context) VMInfo {
 			info.State = st.Status
 		}
 		if err == nil && !incoming {
-			for _, id := range info.Spec.passthrough() {
+			for _, id := range info.Spec.PassthroughIDs() {
 				if ok, perr := pciPresent(ctx, mon, id); perr == nil && ok {
 					info.Present = append(info.Present, id)
 				}

@@ -2,8 +2,6 @@ package hostd
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +18,7 @@ import (
 
 	goqmp "github.com/digitalocean/go-qemu/qmp"
 
+	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -179,7 +178,7 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, a *liveArm, ro
 	}
 	for i, d := range m.Spec.Disks {
 		name := "disk-" + d.ID + "." + d.Format
-		fd, err := copyFileDigest(d.Path, filepath.Join(dir, name))
+		fd, err := manifest.CopyFile(d.Path, filepath.Join(dir, name))
 		if err != nil {
 			a.disarm(mon)
 			return nil, fmt.Errorf("vm %q: copy disk %q: %w", vm.name, d.ID, err)
@@ -672,7 +671,7 @@ func (vm *VM) endStream(ls *liveSave, f *os.File, m Manifest, err error) {
 				err = f.Sync()
 			}
 			if err == nil {
-				fd, err = hashFile(f.Name())
+				fd, err = manifest.HashFile(f.Name())
 			}
 			return err
 		})
@@ -875,22 +874,6 @@ func atLowestPriority(fn func() error) error {
 		ch <- fn()
 	}()
 	return <-ch
-}
-
-func hashFile(path string) (FileDigest, error) {
-	fd := FileDigest{Name: filepath.Base(path)}
-	f, err := os.Open(path)
-	if err != nil {
-		return fd, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return fd, fmt.Errorf("read back %s: %w", path, err)
-	}
-	fd.Size, fd.SHA256 = n, hex.EncodeToString(h.Sum(nil))
-	return fd, nil
 }
 
 // wait waits for the stream and returns the manifest.

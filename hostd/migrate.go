@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/hostd/migstream"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -104,7 +105,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err := spec.Validate(); err != nil {
 		return IncomingResponse{}, err
 	}
-	if err := h.cfg.Policy.check(spec, h.cfg.Pools); err != nil {
+	if err := h.cfg.Policy.Check(spec, h.cfg.Pools); err != nil {
 		return IncomingResponse{}, err
 	}
 	if old, err := h.Get(spec.Name); err == nil {
@@ -130,7 +131,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	}()
 	absent := map[string]bool{}
 	for _, id := range req.Absent {
-		if _, pt := spec.findDevice(id, nil); !pt {
+		if _, pt := findDevice(&spec, id, nil); !pt {
 			return IncomingResponse{}, fmt.Errorf("incoming %q: absent device %q is not a passthrough device: %w", spec.Name, id, ErrInvalidSpec)
 		}
 		absent[id] = true
@@ -145,7 +146,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err != nil {
 		return IncomingResponse{}, err
 	}
-	wait := tunnelConnectWait
+	wait := migstream.ConnectWait
 	if req.Lease > 0 {
 		wait = 2 * req.Lease
 	}
@@ -237,7 +238,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	round := vm.rt.Round
 	vm.mu.Unlock()
 	dest := vm.h.peer(args.Dest)
-	ireq := IncomingRequest{Spec: spec, Absent: spec.passthrough(), Round: round, Lease: req.Lease, Grant: args.Grant}
+	ireq := IncomingRequest{Spec: spec, Absent: spec.PassthroughIDs(), Round: round, Lease: req.Lease, Grant: args.Grant}
 	if req.Lease > 0 {
 		// Held under the operation's lease there (a direct operation
 		// holds none: its driver, this host, cancels the copy itself).
@@ -254,7 +255,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if args.DowntimeLimit > 0 {
 		params["downtime-limit"] = args.DowntimeLimit.Milliseconds()
 	}
-	var tun *outTunnel
+	var tun *migstream.Out
 	qemuURI := ""
 	host, err := checkMigrationURI(inc.URI, args.Dest, vm.h.cfg.migrationPorts())
 	if err == nil {
@@ -274,11 +275,11 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 		info, err = mon.WaitMigration(ctx, 50*time.Millisecond, args.Progress)
 	}
 	if err == nil {
-		err = tun.finish()
+		err = tun.Finish()
 	}
 	if err != nil {
 		mon.MigrateCancel(context.WithoutCancel(ctx))
-		err = withTunnelErr(err, tun.abort(context.WithoutCancel(ctx), mon))
+		err = migstream.WithStreamErr(err, tun.Abort(context.WithoutCancel(ctx), mon))
 		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
 	}
 	if args.Progress != nil {

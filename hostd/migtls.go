@@ -1,14 +1,18 @@
 package hostd
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/symvirt/symvirt/hostd/migstream"
+)
 
 // migrationDefaults fills and checks the migration stream settings.
 func (c *Config) migrationDefaults() error {
 	if c.MigrationPorts == "" {
-		c.MigrationPorts = defaultMigrationPorts
+		c.MigrationPorts = migstream.DefaultPorts
 	}
-	if _, err := parsePortRange(c.MigrationPorts); err != nil {
-		return err
+	if _, err := migstream.ParsePortRange(c.MigrationPorts); err != nil {
+		return fmt.Errorf("config: migration_ports %w", err)
 	}
 	if set, all := c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "", c.TLSCert != "" && c.TLSKey != "" && c.TLSCA != ""; set && !all {
 		return fmt.Errorf("config: tls_cert, tls_key and tls_ca go together (have %q, %q, %q)", c.TLSCert, c.TLSKey, c.TLSCA)
@@ -23,8 +27,8 @@ func (c *Config) migrationDefaults() error {
 	return nil
 }
 
-func (c *Config) migrationPorts() portRange {
-	r, _ := parsePortRange(c.MigrationPorts)
+func (c *Config) migrationPorts() migstream.PortRange {
+	r, _ := migstream.ParsePortRange(c.MigrationPorts)
 	return r
 }
 

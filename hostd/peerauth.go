@@ -1,13 +1,12 @@
 package hostd
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/step"
 	"github.com/symvirt/symvirt/internal/pki"
 )
 
@@ -23,40 +22,6 @@ import (
 // A direct `symvirt vm migrate` between TLS hostds has no coordinator to
 // grant it and is refused at the source (migrate through the coordinator),
 // unless its caller brings a grant the coordinator's key signed.
-
-// grantDomain separates migration grants from every other signed payload.
-const grantDomain = "symvirt migration grant v1"
-
-// MigrationGrant is the coordinator's permission for one hostd to hand one
-// VM over to another. Hosts are named by their certificates' names (a
-// coordinator registers each host under its certificate's name).
-type MigrationGrant struct {
-	Op      string    `json:"op"`
-	VM      string    `json:"vm"`
-	Source  string    `json:"source"`
-	Dest    string    `json:"dest"`
-	Expires time.Time `json:"expires"`
-}
-
-// Grant is a signed MigrationGrant: the payload is verified as sent, then
-// decoded.
-type Grant struct {
-	Payload []byte        `json:"payload"`
-	Sig     pki.Signature `json:"sig"`
-}
-
-// SignGrant signs g with the coordinator's key.
-func SignGrant(s *pki.Signer, g MigrationGrant) (*Grant, error) {
-	payload, err := json.Marshal(g)
-	if err != nil {
-		return nil, fmt.Errorf("migration grant: %w", err)
-	}
-	sig, err := s.Sign(grantDomain, payload)
-	if err != nil {
-		return nil, fmt.Errorf("migration grant: %w", err)
-	}
-	return &Grant{Payload: payload, Sig: sig}, nil
-}
 
 // PeerAuth is what a TLS hostd needs to judge its peers: its own
 // certificate name and the CA that signs coordinator grants.
@@ -182,13 +147,8 @@ func (h *Host) admitIncoming(ctx context.Context, req IncomingRequest) (string, 
 	if h.PeerAuth == nil {
 		return deny("this hostd has no CA to check a grant with")
 	}
-	if _, _, err := h.PeerAuth.CA.Verify(grantDomain, req.Grant.Payload, req.Grant.Sig, pki.RoleCoord); err != nil {
-		return deny("grant: %v", err)
-	}
-	var g MigrationGrant
-	dec := json.NewDecoder(bytes.NewReader(req.Grant.Payload))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&g); err != nil {
+	g, err := step.OpenGrant(h.PeerAuth.CA, req.Grant)
+	if err != nil {
 		return deny("grant: %v", err)
 	}
 	switch {

@@ -54,7 +54,7 @@ func qemuArgs(l launch) ([]string, error) {
 	if s.CPU != "" {
 		a = append(a, "-cpu", s.CPU)
 	}
-	if s.sharedMemory() {
+	if s.UsesSharedMemory() {
 		if l.shm == "" {
 			return nil, fmt.Errorf("vm %q: shared memory without a file", s.Name)
 		}
@@ -262,7 +262,7 @@ func (h *Host) hugePagesFor(mem Size) error {
 }
 
 // findDevice returns the spec's definition of passthrough device id.
-func (s *Spec) findDevice(id string, override map[string]string) (device, bool) {
+func findDevice(s *Spec, id string, override map[string]string) (device, bool) {
 	for _, n := range s.NICs {
 		if n.ID == id {
 			return nicDevice(n, "rp-"+n.ID, override), n.Passthrough
@@ -274,20 +274,4 @@ func (s *Spec) findDevice(id string, override map[string]string) (device, bool) 
 		}
 	}
 	return device{}, false
-}
-
-// poolOf returns the pool a device is drawn from on a destination ("" for
-// none).
-func (s *Spec) poolOf(id string) string {
-	for _, n := range s.NICs {
-		if n.ID == id {
-			return n.Pool
-		}
-	}
-	for _, d := range s.Devs {
-		if d.ID == id {
-			return d.Pool
-		}
-	}
-	return ""
 }

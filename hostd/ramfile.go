@@ -112,7 +112,7 @@ type qemuRAM struct {
 // qemuRAM opens the RAM file for a new QEMU of the VM, when its spec asks
 // for shared memory, and points l's mem-path at it (nil, nil otherwise).
 func (vm *VM) qemuRAM(l *launch) (*qemuRAM, error) {
-	if !l.spec.sharedMemory() {
+	if !l.spec.UsesSharedMemory() {
 		return nil, nil
 	}
 	f, created, err := vm.ramFile(l.spec, l.warm)
@@ -311,7 +311,7 @@ func (vm *VM) warmRAMUsable() error {
 // refused later (warm restart, a start after a crash) and reported now.
 func (vm *VM) verifyAdoptRAM(pid int) error {
 	vm.mu.Lock()
-	want, shared := vm.rt.RAM, vm.spec.sharedMemory()
+	want, shared := vm.rt.RAM, vm.spec.UsesSharedMemory()
 	vm.mu.Unlock()
 	if !shared {
 		return nil

@@ -42,19 +42,6 @@ type RejuvenateResult struct {
 	Error    string `json:"error,omitempty"`
 }
 
-// StepReplace is rejuvenate's step (coord/machine's Replace): a new QEMU
-// on the same shared memory takes over the stopped VM's device state.
-const StepReplace = "replace"
-
-// ReplaceArgs: the QEMU that takes the VM over.
-type ReplaceArgs struct {
-	// QEMU is the new binary (the upgrade case); empty keeps the VM's.
-	QEMU string `json:"qemu,omitempty"`
-	// Transferred, when set (hostd's own direct operations), is told how
-	// many bytes of device state moved.
-	Transferred func(int64) `json:"-"`
-}
-
 // Rejuvenate restarts the VM's QEMU while its RAM stays in the shared
 // memory file (warm-VM reboot), a one-VM operation of the coordinator's
 // machine: cooperation round, detach, stop, replace (a new QEMU starts on
@@ -67,7 +54,7 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	res.VM = vm.name
 	start := timeNow()
 	defer func() { vm.h.metrics.observe("rejuvenate", resultLabel(err), start) }()
-	if spec := vm.Spec(); !spec.sharedMemory() {
+	if spec := vm.Spec(); !spec.UsesSharedMemory() {
 		return res, fmt.Errorf("vm %q does not run on shared memory (shared_memory: false): use checkpoint and restore: %w", vm.name, ErrInvalidState)
 	}
 	// Before the guest is asked or anything stops: the new QEMU would
@@ -76,7 +63,7 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 		return res, err
 	}
 	if opts.QEMU != "" {
-		if err := vm.h.cfg.Policy.checkBinary(opts.QEMU, vm.h.cfg.QEMU); err != nil {
+		if err := vm.h.cfg.Policy.CheckBinary(opts.QEMU, vm.h.cfg.QEMU); err != nil {
 			return res, fmt.Errorf("vm %q: %w", vm.name, err)
 		}
 	}
@@ -222,7 +209,7 @@ func (h *Host) Rejuvenate(ctx context.Context, opts RejuvenateOptions) []Rejuven
 		switch {
 		case info.State != "running" && info.State != "paused":
 			out = append(out, RejuvenateResult{VM: info.Name, Skipped: "not running (" + info.State + ")"})
-		case !info.Spec.sharedMemory():
+		case !info.Spec.UsesSharedMemory():
 			out = append(out, RejuvenateResult{VM: info.Name, Skipped: "not on shared memory"})
 		default:
 			vms = append(vms, vm)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/internal/atomicfile"
 	"github.com/symvirt/symvirt/internal/pki"
 )
@@ -20,9 +21,6 @@ import (
 const (
 	manifestSigName = "manifest.sig"
 	manifestDomain  = "symvirt-manifest-v1"
-	// maxManifestSize bounds what a restore reads of a manifest or its
-	// signature before checking it.
-	maxManifestSize = 4 << 20
 )
 
 // localPKIValidity is how long the certificate of a hostd's own CA (made
@@ -115,7 +113,7 @@ func (h *Host) writeManifest(dir string, m Manifest) error {
 // its signature verifies against the CA (by a hostd or the coordinator)
 // and every file it names is a plain name in dir.
 func (h *Host) verifiedManifest(dir string) (Manifest, error) {
-	data, err := readInDir(dir, manifestName)
+	data, err := manifest.ReadInDir(dir, manifestName)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Manifest{}, fmt.Errorf("checkpoint %s: no manifest (incomplete or not a checkpoint): %w", dir, ErrNotFound)
 	}
@@ -123,7 +121,7 @@ func (h *Host) verifiedManifest(dir string) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("checkpoint %s: %w", dir, err)
 	}
 	var sig pki.Signature
-	sigData, err := readInDir(dir, manifestSigName)
+	sigData, err := manifest.ReadInDir(dir, manifestSigName)
 	if err == nil {
 		err = json.Unmarshal(sigData, &sig)
 	}
@@ -134,7 +132,7 @@ func (h *Host) verifiedManifest(dir string) (Manifest, error) {
 	if err != nil {
 		return Manifest{}, fmt.Errorf("checkpoint %s: manifest refused: %w: %w", dir, ErrUnauthorized, err)
 	}
-	m, err := parseManifest(dir, data)
+	m, err := manifest.Parse(dir, data)
 	if err != nil {
 		return m, err
 	}

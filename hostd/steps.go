@@ -10,7 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/symvirt/symvirt/qmp"
+	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/hostd/step"
 )
 
 // Steps are the pieces of a job operation that the coordinator drives one
@@ -34,111 +35,6 @@ import (
 //     itself: re-attach, resume, abort the guest round. A migration source
 //     is resumed only once its destination's copy was cancelled; if the
 //     destination already runs the VM, the source copy is killed instead.
-
-// Step kinds.
-const (
-	StepPrepare         = "prepare"
-	StepDetach          = "detach"
-	StepStop            = "stop"
-	StepSave            = "save"
-	StepMigrate         = "migrate"
-	StepRestore         = "restore"
-	StepAttach          = "attach"
-	StepResume          = "resume"
-	StepAbort           = "abort"
-	StepKill            = "kill"
-	StepCancelMigrate   = "cancel-migrate"
-	StepDeleteArtifacts = "delete-artifacts"
-	// A live checkpoint's steps (coord/machine's Arm, Fence, Point,
-	// WaitSave): the VM runs on through its copy.
-	StepArm      = "arm"
-	StepFence    = "fence"
-	StepPoint    = "point"
-	StepWaitSave = "wait-save"
-)
-
-// StepRequest is one step of an operation: the header every step carries
-// and the arguments of its kind, in the field named after it (the others
-// stay nil). Validate says which kinds take which arguments.
-type StepRequest struct {
-	ID   string `json:"id"` // the action id, for de-duplication
-	Op   string `json:"op"` // the operation id, for closing and leases
-	Kind string `json:"kind"`
-	VM   string `json:"vm"`
-	// Lease bounds how long the VM may stay paused, detached or in a
-	// guest round without the operation's driver renewing it.
-	Lease    time.Duration `json:"lease_ns,omitempty"`
-	Deadline time.Time     `json:"deadline,omitzero"`
-
-	Prepare *PrepareArgs `json:"prepare,omitempty"` // prepare
-	Save    *SaveArgs    `json:"save,omitempty"`    // save, arm, point, wait-save, restore, delete-artifacts
-	Migrate *MigrateArgs `json:"migrate,omitempty"` // migrate
-	Resume  *ResumeArgs  `json:"resume,omitempty"`  // resume
-	Replace *ReplaceArgs `json:"replace,omitempty"` // replace
-}
-
-// PrepareArgs: what the guest is told is coming.
-type PrepareArgs struct {
-	Operation string `json:"operation"` // checkpoint | migrate | restore | rejuvenate
-	// Freeze (migrate): dependency-aware, see MigrateOptions.
-	Freeze bool `json:"freeze,omitempty"`
-}
-
-// SaveArgs name the VM's checkpoint directory.
-type SaveArgs struct {
-	Dir string `json:"dir"`
-	// Bandwidth caps a live save's stream (arm; bytes/s, 0: none).
-	Bandwidth int64 `json:"bandwidth,omitempty"`
-}
-
-// MigrateArgs: where the VM goes.
-type MigrateArgs struct {
-	Dest string `json:"dest"` // the destination hostd's API address
-	// Grant is the coordinator's signed permission for this host to hand
-	// the VM to Dest; the source forwards it.
-	Grant *Grant `json:"grant,omitempty"`
-	// MaxBandwidth caps the stream in bytes/s (0: no practical cap).
-	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
-	// DowntimeLimit is QEMU's target for the final stop-and-copy.
-	DowntimeLimit time.Duration `json:"downtime_limit_ns,omitempty"`
-	// Capabilities are extra QEMU migration capabilities (auto-converge...).
-	Capabilities map[string]bool `json:"capabilities,omitempty"`
-	// Progress, when set (hostd's own direct operations), observes QEMU's
-	// figures while the stream runs and once more when it completed.
-	Progress func(qmp.MigrationInfo) `json:"-"`
-}
-
-// ResumeArgs: what the guest is told happened.
-type ResumeArgs struct {
-	Outcome string `json:"outcome"`
-}
-
-// StepResult answers a step.
-type StepResult struct {
-	OK     bool   `json:"ok"`
-	Reason string `json:"reason,omitempty"`
-	Code   string `json:"code,omitempty"`
-	// Digest identifies a saved checkpoint (sha256 of its manifest):
-	// save, wait-save.
-	Digest string `json:"digest,omitempty"`
-	// Pause (wait-save): how long the vCPUs stood still for the snapshot
-	// point.
-	Pause time.Duration `json:"pause_ns,omitempty"`
-	// SnapshotAt: when the vCPUs ran again after it (QEMU's clock).
-	SnapshotAt time.Time `json:"snapshot_at,omitzero"`
-	// Note says how a successful step departed from its request, e.g. a
-	// live save taken stop-and-save, and why.
-	Note string `json:"note,omitempty"`
-}
-
-// forwardStep: the kinds an operation's closing refuses.
-func forwardStep(kind string) bool {
-	switch kind {
-	case StepPrepare, StepDetach, StepStop, StepSave, StepMigrate, StepRestore, StepArm, StepFence, StepPoint, StepReplace:
-		return true
-	}
-	return false
-}
 
 // stepState is hostd's memory of coordinator steps. Each VM's part of it
 // is also persisted in its runtime state (ClosedOps, Answers, Lease), from
@@ -364,48 +260,10 @@ func (h *Host) runStep(ctx context.Context, req StepRequest) StepResult {
 	return res
 }
 
-// Validate checks the header and that the kind's arguments, and only
-// those, are present.
-func (r StepRequest) Validate() error {
-	if r.VM == "" || r.Op == "" || r.ID == "" {
-		return fmt.Errorf("step: id, op and vm are required: %w", ErrInvalidSpec)
-	}
-	want := ""
-	switch r.Kind {
-	case StepPrepare:
-		want = "prepare"
-	case StepSave, StepArm, StepPoint, StepWaitSave, StepRestore, StepDeleteArtifacts:
-		want = "save"
-	case StepMigrate:
-		want = "migrate"
-	case StepResume:
-		want = "resume"
-	case StepReplace:
-		want = "replace"
-	case StepDetach, StepStop, StepFence, StepAttach, StepAbort, StepKill, StepCancelMigrate:
-	default:
-		return fmt.Errorf("step kind %q: %w", r.Kind, ErrInvalidSpec)
-	}
-	have := map[string]bool{"prepare": r.Prepare != nil, "save": r.Save != nil, "migrate": r.Migrate != nil,
-		"resume": r.Resume != nil, "replace": r.Replace != nil}
-	for k, ok := range have {
-		if ok != (k == want) {
-			return fmt.Errorf("step %s: arguments %q %s: %w", r.Kind, k, map[bool]string{true: "are not taken", false: "are missing"}[ok], ErrInvalidSpec)
-		}
-	}
-	if r.Save != nil && !filepath.IsAbs(r.Save.Dir) {
-		return fmt.Errorf("step %s: dir %q is not an absolute path: %w", r.Kind, r.Save.Dir, ErrInvalidSpec)
-	}
-	if r.Migrate != nil && r.Migrate.Dest == "" {
-		return fmt.Errorf("step migrate: dest is missing: %w", ErrInvalidSpec)
-	}
-	return nil
-}
-
 // step runs one step under the closed-operation rule; it returns how a
 // successful step departed from its request.
 func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
-	if forwardStep(req.Kind) {
+	if step.Forward(req.Kind) {
 		if h.isClosed(req.VM, req.Op) {
 			return "", fmt.Errorf("vm %q: operation %s is closed here (its closing steps ran): %w", req.VM, req.Op, ErrInvalidState)
 		}
@@ -845,7 +703,7 @@ func (h *Host) leaseLoop(ctx context.Context) {
 }
 
 func fileDigest(path string) (string, error) {
-	fd, err := hashFile(path)
+	fd, err := manifest.HashFile(path)
 	return "sha256:" + fd.SHA256, err
 }
 

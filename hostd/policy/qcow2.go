@@ -1,4 +1,4 @@
-package hostd
+package policy
 
 import (
 	"encoding/binary"
@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/symvirt/symvirt/hostd/spec"
 )
 
 // A qcow2 image names other files in its header: a backing file (opened
@@ -114,7 +116,7 @@ func (p *Policy) checkBacking(field, img, format string, relOK bool) error {
 		}
 		r, err := readQcow2Refs(img)
 		if err != nil {
-			return fieldErr(field, "%s: qcow2 header: %v", img, err)
+			return spec.FieldErr(field, "%s: qcow2 header: %v", img, err)
 		}
 		if r.dataFile != "" {
 			return policyErr(field, "%s names an external data file %q; not allowed", img, r.dataFile)

@@ -1,4 +1,4 @@
-package hostd
+package migstream
 
 import (
 	"bytes"
@@ -60,7 +60,7 @@ func (p tunnelPKI) client(t *testing.T, dir string, role pki.Role, name string) 
 // qemuSide stands for QEMU: the other end of a socketpair, pollable.
 func qemuSide(t *testing.T) (qemu net.Conn, ours *net.UnixConn) {
 	t.Helper()
-	f, ours, err := socketPair()
+	f, ours, err := SocketPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func startTestAcceptor(t *testing.T, p tunnelPKI, wait time.Duration) (addr stri
 	}
 	t.Cleanup(func() { l.Close() })
 	qemu, local := qemuSide(t)
-	startAcceptor(l, cfg, "src", local, slog.Default(), make(chan struct{}), wait)
+	StartAcceptor(l, cfg, "src", local, slog.Default(), make(chan struct{}), wait)
 	return l.Addr().String(), qemu
 }
 
@@ -142,12 +142,12 @@ func TestTunnelFeedsOnlyTheGrantedSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	src.ServerName = "127.0.0.1"
-	conn, raw, err := dialTunnel(ctx, src, addr)
+	conn, raw, err := Dial(ctx, src, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srcQEMU, srcLocal := qemuSide(t)
-	tun := newOutTunnel(conn, raw, srcLocal)
+	tun := NewOut(conn, raw, srcLocal)
 	stream := make([]byte, 8<<20+123)
 	rand.Read(stream)
 	go func() { srcQEMU.Write(stream); srcQEMU.Close() }()
@@ -156,7 +156,7 @@ func TestTunnelFeedsOnlyTheGrantedSource(t *testing.T) {
 	if err != nil || !bytes.Equal(got, stream) {
 		t.Fatalf("the source's stream: %d of %d bytes, equal %v, err %v", len(got), len(stream), bytes.Equal(got, stream), err)
 	}
-	if err := tun.finish(); err != nil {
+	if err := tun.Finish(); err != nil {
 		t.Fatalf("finish: %v", err)
 	}
 	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
@@ -203,12 +203,12 @@ func TestTunnelSourceBreaks(t *testing.T) {
 		}
 	}()
 	src := p.client(t, p.dir, pki.RoleHostd, "src")
-	conn, raw, err := dialTunnel(context.Background(), src, l.Addr().String())
+	conn, raw, err := Dial(context.Background(), src, l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	srcQEMU, srcLocal := qemuSide(t)
-	tun := newOutTunnel(conn, raw, srcLocal)
+	tun := NewOut(conn, raw, srcLocal)
 	buf := make([]byte, 1<<20)
 	var werr error
 	for i := 0; i < 200 && werr == nil; i++ {
@@ -218,7 +218,7 @@ func TestTunnelSourceBreaks(t *testing.T) {
 	if werr == nil || errors.Is(werr, os.ErrDeadlineExceeded) {
 		t.Fatalf("QEMU's writes: %v; want its socket closed", werr)
 	}
-	if err := tun.finish(); err == nil {
+	if err := tun.Finish(); err == nil {
 		t.Fatalf("finish: nil error after the destination went away")
 	}
 }

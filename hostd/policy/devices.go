@@ -1,4 +1,4 @@
-package hostd
+package policy
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/symvirt/symvirt/hostd/spec"
 )
 
 // What a spec's NICs and devices may name on the host: host hardware only
@@ -28,7 +30,7 @@ var (
 
 // checkDevices checks NICs (tap names, hostfwd ports, models) and devices
 // (drivers, properties) against the pools and the policy.
-func (p *Policy) checkDevices(s Spec, pools map[string][]map[string]string) error {
+func (p *Policy) checkDevices(s spec.Spec, pools map[string][]map[string]string) error {
 	for i, n := range s.NICs {
 		f := fmt.Sprintf("nics[%d]", i)
 		if err := checkHostDriver(f+".model", n.Model, n.Passthrough, n.Pool, pools); err != nil {
@@ -73,7 +75,7 @@ func checkHostDriver(field, driver string, passthrough bool, pool string, pools 
 // overrides the spec's properties at launch; the check still refuses a
 // value outside the pool, so a spec never names hardware the host did not
 // give out.
-func checkProps(field string, d Dev, pools map[string][]map[string]string) error {
+func checkProps(field string, d spec.Dev, pools map[string][]map[string]string) error {
 	keys := make([]string, 0, len(d.Props))
 	for k := range d.Props {
 		keys = append(keys, k)
@@ -106,7 +108,7 @@ func (p *Policy) checkTap(field, tap string) error {
 		return nil
 	}
 	if !tapRE.MatchString(tap) {
-		return fieldErr(field, "%q is not an interface name (letters, digits, '_', '.', '-'; at most 15)", tap)
+		return spec.FieldErr(field, "%q is not an interface name (letters, digits, '_', '.', '-'; at most 15)", tap)
 	}
 	if len(p.TapNames) == 0 || slices.ContainsFunc(p.TapNames, func(pat string) bool {
 		ok, _ := path.Match(pat, tap)
@@ -124,11 +126,11 @@ func checkHostFwd(field, fwd string) error {
 	host, _, ok := strings.Cut(fwd, "-")
 	parts := strings.Split(host, ":")
 	if !ok || len(parts) != 3 || (parts[0] != "" && parts[0] != "tcp" && parts[0] != "udp") {
-		return fieldErr(field, "%q: want [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport", fwd)
+		return spec.FieldErr(field, "%q: want [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport", fwd)
 	}
 	port, err := strconv.Atoi(parts[2])
 	if err != nil || port < 1 || port > 65535 {
-		return fieldErr(field, "%q: host port %q is not a port number", fwd, parts[2])
+		return spec.FieldErr(field, "%q: host port %q is not a port number", fwd, parts[2])
 	}
 	if port < 1024 {
 		return policyErr(field, "%q: host port %d is privileged (below 1024)", fwd, port)
