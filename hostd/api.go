@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
@@ -18,7 +17,7 @@ func (h *Host) Handler() http.Handler {
 	h.vmRoutes(mux)
 	h.operationRoutes(mux)
 	h.migrationRoutes(mux)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", h.metricsHandler())
 	return h.authorize(mux)
 }
 

@@ -68,6 +68,9 @@ type Config struct {
 	// opened what it needs as root (-runas). Hot-plugging host devices
 	// then needs them opened to that user (e.g. /dev/vfio/N).
 	QEMUUser string `yaml:"qemu_user"`
+	// MetricsAddress serves /metrics alone (metrics.go): plain HTTP on a
+	// loopback address, or TLS for monitor certificates with TLSCert.
+	MetricsAddress string `yaml:"metrics_address"`
 
 	Logger *slog.Logger `yaml:"-"`
 }
@@ -129,6 +132,9 @@ func (c *Config) setDefaults() error {
 		if _, err := user.Lookup(c.QEMUUser); err != nil {
 			return fmt.Errorf("config: qemu_user %q: %w", c.QEMUUser, err)
 		}
+	}
+	if err := c.metricsConfig().Check(); err != nil {
+		return fmt.Errorf("config: metrics_address: %w", err)
 	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return nil

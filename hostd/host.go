@@ -192,6 +192,10 @@ func New(cfg Config) (*Host, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.stop = cancel
+	if err := h.serveMetrics(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
 	go h.leaseLoop(ctx)
 	h.recoverDirect()
 	return h, nil

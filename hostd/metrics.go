@@ -1,9 +1,14 @@
 package hostd
 
 import (
+	"context"
+	"net"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/symvirt/symvirt/internal/metricsrv"
 )
 
 var timeNow = time.Now
@@ -18,6 +23,8 @@ type metrics struct {
 	pause prometheus.Histogram
 	// fence is how long a job's network fence held a VM's traffic.
 	fence prometheus.Histogram
+	// addr is where the metrics address listens, if there is one.
+	addr net.Addr
 }
 
 func newMetrics() *metrics {
@@ -70,3 +77,22 @@ func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
 	}
 }
+
+func (c Config) metricsConfig() metricsrv.Config {
+	return metricsrv.Config{Address: c.MetricsAddress, TLSCert: c.TLSCert, TLSKey: c.TLSKey, TLSCA: c.TLSCA}
+}
+
+// serveMetrics serves /metrics on the config's metrics address, if any,
+// until ctx is done: a scraper needs no coordinator certificate there.
+func (h *Host) serveMetrics(ctx context.Context) error {
+	addr, err := metricsrv.Serve(ctx, h.log, h.cfg.metricsConfig(), h.metricsHandler())
+	h.metrics.addr = addr
+	return err
+}
+
+func (h *Host) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(h.metrics.reg, promhttp.HandlerOpts{})
+}
+
+// MetricsAddr is where the metrics address listens (nil without one).
+func (h *Host) MetricsAddr() net.Addr { return h.metrics.addr }

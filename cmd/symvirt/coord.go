@@ -37,6 +37,7 @@ func coordDaemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "checkpoint-dir", Required: true, Usage: "checkpoint root, the same path on every host (shared storage)"},
 			&cli.StringFlag{Name: "socket", Usage: "API unix socket (default STATE_DIR/coord.sock)"},
 			&cli.StringFlag{Name: "listen", Usage: "API TCP address (mutual TLS with client certificates)"},
+			metricsAddressFlag,
 			&cli.DurationFlag{Name: "lease", Value: 30 * time.Second, Usage: "how long a hostd keeps a VM paused without the coordinator"},
 			&cli.DurationFlag{Name: "prepare-timeout", Value: 60 * time.Second},
 			&cli.DurationFlag{Name: "step-timeout", Value: 60 * time.Second},
@@ -86,6 +87,9 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 	listen := cmd.String("listen")
 	if listen != "" && serverTLS == nil {
 		return fmt.Errorf("--listen needs --tls-cert, --tls-key and --tls-ca: the coordinator's TCP API is mutual TLS only")
+	}
+	if err := serveCoordMetrics(ctx, log, cmd, c); err != nil {
+		return err
 	}
 	return serve(log, "coord", c.Handler(), sock, listen, serverTLS, "state_dir", cfg.StateDir)
 }

@@ -15,6 +15,8 @@
 //     for live migration, by other hostds) and a TLS client (towards the
 //     destination hostd of a migration).
 //   - RoleClient ("client"): the operator CLI; a TLS client only.
+//   - RoleMonitor ("monitor"): a metrics scraper; a TLS client only, accepted
+//     on the daemons' metrics addresses and nowhere else.
 //
 // The role is recorded twice, and both must agree for the certificate to be
 // accepted: as the subject's OrganizationalUnit "symvirt-<role>" and as a URI

@@ -123,7 +123,7 @@ func Issue(dir string, role Role, name string, hosts []string, validity time.Dur
 // certificates that have already expired.
 func issue(dir string, role Role, name string, hosts []string, notBefore, notAfter time.Time) (certPath, keyPath string, err error) {
 	if !role.Valid() {
-		return "", "", fmt.Errorf("pki: issue: unknown role %q: want coord, hostd or client", role)
+		return "", "", fmt.Errorf("pki: issue: unknown role %q: want coord, hostd, client or monitor", role)
 	}
 	if err := checkName(name); err != nil {
 		return "", "", fmt.Errorf("pki: issue %s: %w", role, err)

@@ -16,10 +16,13 @@ const (
 	RoleCoord  Role = "coord"
 	RoleHostd  Role = "hostd"
 	RoleClient Role = "client"
+	// RoleMonitor may only read the daemons' metrics, on their metrics
+	// address; every API refuses it.
+	RoleMonitor Role = "monitor"
 )
 
 // Roles lists every role, servers first.
-var Roles = []Role{RoleCoord, RoleHostd, RoleClient}
+var Roles = []Role{RoleCoord, RoleHostd, RoleClient, RoleMonitor}
 
 var (
 	// ErrNoCA: the CA certificate or key is missing.
@@ -36,18 +39,18 @@ const (
 	uriScheme = "symvirt"
 )
 
-// ParseRole parses "coord", "hostd" or "client".
+// ParseRole parses "coord", "hostd", "client" or "monitor".
 func ParseRole(s string) (Role, error) {
 	r := Role(s)
 	if !r.Valid() {
-		return "", fmt.Errorf("unknown role %q: want coord, hostd or client", s)
+		return "", fmt.Errorf("unknown role %q: want coord, hostd, client or monitor", s)
 	}
 	return r, nil
 }
 
 // Valid reports whether r is one of the known roles.
 func (r Role) Valid() bool {
-	return r == RoleCoord || r == RoleHostd || r == RoleClient
+	return r == RoleCoord || r == RoleHostd || r == RoleClient || r == RoleMonitor
 }
 
 // IsServer reports whether certificates of this role may serve TLS.

@@ -91,11 +91,11 @@ func checkPeer(side string, cs tls.ConnectionState, allowed []Role) error {
 
 func checkRoles(what string, roles []Role, serversOnly bool) error {
 	if len(roles) == 0 {
-		return fmt.Errorf("pki: no %s roles given: want at least one of coord, hostd, client", what)
+		return fmt.Errorf("pki: no %s roles given: want at least one of coord, hostd, client, monitor", what)
 	}
 	for _, r := range roles {
 		if !r.Valid() {
-			return fmt.Errorf("pki: %s role %q: want coord, hostd or client", what, r)
+			return fmt.Errorf("pki: %s role %q: want coord, hostd, client or monitor", what, r)
 		}
 		if serversOnly && !r.IsServer() {
 			return fmt.Errorf("pki: %s role %s: a %s certificate cannot serve TLS", what, r, r)
