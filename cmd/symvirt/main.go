@@ -20,5 +20,6 @@ func rootCommand() *cli.Command {
 		Name:     "symvirt",
 		Usage:    "guest-cooperative checkpoint, restart and migration of QEMU VMs",
 		Commands: commands(),
+		EnableShellCompletion: true, ConfigureShellCompletionCommand: configureCompletion,
 	}
 }
