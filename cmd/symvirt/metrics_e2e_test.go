@@ -193,4 +193,3 @@ func TestMetricsAddressPlainNotLoopbackRefused(t *testing.T) {
 		}
 	}
 }
-
