@@ -17,9 +17,10 @@ func main() {
 
 func rootCommand() *cli.Command {
 	return &cli.Command{
-		Name:                  "symvirt",
-		Usage:                 "guest-cooperative checkpoint, restart and migration of QEMU VMs",
-		Commands:              commands(),
+		Name:     "symvirt",
+		Usage:    "guest-cooperative checkpoint, restart and migration of QEMU VMs",
+		Commands: commands(),
+
 		EnableShellCompletion: true, ConfigureShellCompletionCommand: configureCompletion,
 	}
 }
