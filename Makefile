@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 include mk/guest.mk
 
-.PHONY: all build test test-short test-race vet demo bench generate libsymvirt clean
+.PHONY: all build test test-short test-race vet demo bench generate libsymvirt package clean
 
 all: build
 
@@ -48,6 +48,12 @@ bench: guest build
 
 generate:
 	$(GO) generate ./...
+
+# .deb packages in build/packages: symvirt-host (hostd and coord units) and
+# symvirt-guest (guestd, libsymvirt); packaging/build-debs says what is in
+# each. Needs only dpkg-deb.
+package: bin/symvirt build/symvirt-static libsymvirt
+	@packaging/build-debs build/packages
 
 clean:
 	rm -rf bin build

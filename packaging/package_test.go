@@ -1,0 +1,154 @@
+// The packages that `make package` builds, installed with dpkg -i on a fresh
+// Debian 12 (a debootstrap root, cached under build/debian12 and copied for
+// each run) as a site would install them.
+package packaging_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/symvirt/symvirt/internal/testenv"
+)
+
+// need skips (or, under make test, fails) without a tool the test runs.
+func need(t *testing.T, tools ...string) {
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("SYMVIRT_REQUIRE_QEMU") != "" {
+				t.Fatalf("%s not found (apt-get install debootstrap dpkg-dev systemd gcc make)", tool)
+			}
+			t.Skipf("skipping: %s not found", tool)
+		}
+	}
+}
+
+// run runs a command and returns its output; it fails the test on an error.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// debs runs make package and returns the two packages by name.
+func debs(t *testing.T, root string) map[string]string {
+	run(t, "make", "-s", "-C", root, "package")
+	got := map[string]string{}
+	for _, name := range []string{"symvirt-host", "symvirt-guest"} {
+		m, _ := filepath.Glob(filepath.Join(root, "build/packages", name+"_*.deb"))
+		if len(m) != 1 {
+			t.Fatalf("build/packages: %d %s packages, want 1: %v", len(m), name, m)
+		}
+		got[name] = m[0]
+	}
+	return got
+}
+
+// freshRoot is a copy of the cached Debian 12 root.
+func freshRoot(t *testing.T, root string) string {
+	cache := filepath.Join(root, "build/debian12")
+	run(t, filepath.Join(root, "packaging/debian12-root"), cache)
+	dir := filepath.Join(t.TempDir(), "root")
+	run(t, "cp", "-a", cache, dir)
+	return dir
+}
+
+// install copies a .deb into the root and installs it with dpkg -i.
+func install(t *testing.T, chroot, deb string) {
+	t.Helper()
+	run(t, "cp", deb, filepath.Join(chroot, "tmp"))
+	t.Log(run(t, "chroot", chroot, "dpkg", "-i", "/tmp/"+filepath.Base(deb)))
+}
+
+func mustExist(t *testing.T, chroot string, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if _, err := os.Stat(filepath.Join(chroot, p)); err != nil {
+			t.Errorf("after dpkg -i: %v", err)
+		}
+	}
+}
+
+// verify runs systemd-analyze verify on installed units, against the root's
+// own systemd: clean means no output at all.
+func verify(t *testing.T, chroot string, units ...string) {
+	t.Helper()
+	out, err := exec.Command("systemd-analyze", append([]string{"verify", "--root=" + chroot}, units...)...).CombinedOutput()
+	t.Logf("systemd-analyze verify %s: %v %q", strings.Join(units, " "), err, out)
+	if err != nil || len(out) != 0 {
+		t.Errorf("systemd-analyze verify %s: %v\n%s", strings.Join(units, " "), err, out)
+	}
+}
+
+func TestPackagesInstallOnDebian12(t *testing.T) {
+	testenv.RequireRoot(t)
+	need(t, "dpkg-deb", "debootstrap", "systemd-analyze", "make", "gcc", "chroot")
+	root := testenv.RepoRoot(t)
+	pkgs := debs(t, root)
+	chroot := freshRoot(t, root)
+	t.Run("host", func(t *testing.T) { checkHost(t, chroot, pkgs["symvirt-host"]) })
+	t.Run("guest", func(t *testing.T) { checkGuest(t, root, chroot, pkgs["symvirt-guest"]) })
+}
+
+// checkHost installs symvirt-host, checks what it put where, runs the CLI
+// and its bash completion in the root, then purges it.
+func checkHost(t *testing.T, chroot, deb string) {
+	install(t, chroot, deb)
+	mustExist(t, chroot, "/usr/bin/symvirt", "/lib/systemd/system/symvirt-hostd.service",
+		"/lib/systemd/system/symvirt-coord.service", "/etc/symvirt/hostd.yaml", "/etc/default/symvirt-hostd",
+		"/etc/default/symvirt-coord", "/usr/share/bash-completion/completions/symvirt",
+		"/usr/share/zsh/vendor-completions/_symvirt", "/usr/share/doc/symvirt-host/README.md")
+	verify(t, chroot, "symvirt-hostd.service", "symvirt-coord.service")
+	help := run(t, "chroot", chroot, "symvirt", "--help")
+	for _, want := range []string{"hostd", "coord", "completion"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("symvirt --help in the root has no %q:\n%s", want, help)
+		}
+	}
+	run(t, "chroot", chroot, "symvirt", "hostd", "--help")
+	// Bash completes a subcommand through the installed script, loaded the
+	// way bash-completion loads it on the first TAB.
+	out := run(t, "chroot", chroot, "bash", "-c", `source /usr/share/bash-completion/bash_completion
+_completion_loader symvirt
+COMP_WORDS=(symvirt vm chec); COMP_CWORD=2; COMP_LINE="symvirt vm chec"; COMP_POINT=${#COMP_LINE}
+"$(complete -p symvirt | sed 's/.*-F \([^ ]*\) .*/\1/')"
+printf '%s\n' "${COMPREPLY[@]}"`)
+	if strings.TrimSpace(out) != "checkpoint" {
+		t.Errorf("bash completion of 'symvirt vm chec' = %q, want checkpoint", out)
+	}
+	run(t, "chroot", chroot, "dpkg", "--purge", "symvirt-host")
+	for _, p := range []string{"/usr/bin/symvirt", "/lib/systemd/system/symvirt-hostd.service", "/etc/symvirt/hostd.yaml"} {
+		if _, err := os.Stat(filepath.Join(chroot, p)); err == nil {
+			t.Errorf("%s is still there after dpkg --purge symvirt-host", p)
+		}
+	}
+}
+
+// checkGuest installs symvirt-guest and builds examples/hook in the root
+// with pkg-config, shared and static, and runs both.
+func checkGuest(t *testing.T, root, chroot, deb string) {
+	install(t, chroot, deb)
+	mustExist(t, chroot, "/usr/bin/symvirt", "/lib/systemd/system/symvirt-guestd.service",
+		"/usr/include/symvirt.h", "/etc/symvirt/hooks.d")
+	verify(t, chroot, "symvirt-guestd.service")
+	run(t, "chroot", chroot, "symvirt", "guestd", "--help")
+	run(t, "cp", filepath.Join(root, "examples/hook/hook.c"), filepath.Join(chroot, "tmp/hook.c"))
+	out := run(t, "chroot", chroot, "sh", "-ec", `cd /tmp
+echo "pkg-config: $(pkg-config --cflags --libs symvirt)"
+cc -Wall -Werror -o hook hook.c $(pkg-config --cflags --libs symvirt)
+cc -Wall -Werror -static -o hook-static hook.c $(pkg-config --cflags --libs --static symvirt)
+ldd ./hook | grep libsymvirt
+./hook t 2
+./hook-static t 2`)
+	t.Log(out)
+	for _, want := range []string{"x86_64-linux-gnu/libsymvirt.so.1 (", "hook: done after 2 iterations"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("building and running examples/hook in the root: no %q", want)
+		}
+	}
+}
