@@ -121,6 +121,7 @@ printf '%s\n' "${COMPREPLY[@]}"`)
 	if strings.TrimSpace(out) != "checkpoint" {
 		t.Errorf("bash completion of 'symvirt vm chec' = %q, want checkpoint", out)
 	}
+	checkDaemons(t, chroot)
 	run(t, "chroot", chroot, "dpkg", "--purge", "symvirt-host")
 	for _, p := range []string{"/usr/bin/symvirt", "/lib/systemd/system/symvirt-hostd.service", "/etc/symvirt/hostd.yaml"} {
 		if _, err := os.Stat(filepath.Join(chroot, p)); err == nil {
@@ -149,6 +150,60 @@ ldd ./hook | grep libsymvirt
 	for _, want := range []string{"x86_64-linux-gnu/libsymvirt.so.1 (", "hook: done after 2 iterations"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("building and running examples/hook in the root: no %q", want)
+		}
+	}
+}
+
+// daemonsScript runs, in the root, hostd and the coordinator from their
+// units' ExecStart lines with the installed /etc/default files and the
+// example configuration as they are; registers the hostd with the
+// coordinator and scrapes both metrics addresses (bash's /dev/tcp: the
+// root has no HTTP client).
+const daemonsScript = `
+mount -t proc proc "$R/proc"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs tmpfs "$R/dev/shm"
+mount -t tmpfs tmpfs "$R/run"
+ip link set lo up
+exec chroot "$R" /bin/bash -ec '
+. /etc/default/symvirt-hostd
+. /etc/default/symvirt-coord
+start() { eval "$(sed -n "s/^ExecStart=//p" /lib/systemd/system/$1.service)" >/tmp/$1.log 2>&1 & }
+start symvirt-hostd
+start symvirt-coord
+trap "kill %1 %2; wait" EXIT
+for i in $(seq 100); do
+	[ -S /var/lib/symvirt/hostd.sock ] && [ -S /var/lib/symvirt-coord/coord.sock ] && break
+	sleep 0.2
+done
+cat /tmp/symvirt-hostd.log /tmp/symvirt-coord.log
+symvirt hosts add local /var/lib/symvirt/hostd.sock
+symvirt hosts
+scrape() {
+	exec 3<>/dev/tcp/127.0.0.1/$1
+	printf "GET /metrics HTTP/1.0\r\n\r\n" >&3
+	grep -E "^HTTP/|^symvirt_[a-z_]*(_count|_hosts) " <&3
+	exec 3<&-
+}
+scrape 9464
+scrape 9465
+'`
+
+// checkDaemons starts the installed daemons as their units would, in a
+// mount and network namespace of their own.
+func checkDaemons(t *testing.T, chroot string) {
+	need(t, "unshare", "ip")
+	cmd := exec.Command("unshare", "--mount", "--net", "--propagation", "private", "bash", "-ec", daemonsScript)
+	cmd.Env = append(os.Environ(), "R="+chroot)
+	out, err := cmd.CombinedOutput()
+	t.Logf("the installed daemons:\n%s", out)
+	if err != nil {
+		t.Fatalf("running the installed daemons: %v", err)
+	}
+	for _, want := range []string{"hostd serving", "coord serving", "HTTP/1.0 200 OK",
+		"symvirt_hostd_live_snapshot_pause_seconds_count 0", "symvirt_coord_hosts 1"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the installed daemons: no %q", want)
 		}
 	}
 }
