@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 include mk/guest.mk
 
-.PHONY: all build test test-short test-race vet demo bench generate libsymvirt package clean
+.PHONY: all build test test-short test-race vet demo bench generate libsymvirt clean
 
 all: build
 
@@ -52,6 +52,7 @@ generate:
 # .deb packages in build/packages: symvirt-host (hostd and coord units) and
 # symvirt-guest (guestd, libsymvirt); packaging/build-debs says what is in
 # each. Needs only dpkg-deb.
+.PHONY: package
 package: bin/symvirt build/symvirt-static libsymvirt
 	@packaging/build-debs build/packages
 
