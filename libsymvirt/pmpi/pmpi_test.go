@@ -1,0 +1,173 @@
+// Tests of libsymvirt-pmpi.so with real Open MPI on this host and real guest
+// agent hook servers: an MPI program that knows nothing of symvirt gets safe
+// points at its collectives, every rank syncs exactly once, at the same
+// collective, and the program's output is that of an undisturbed run.
+package pmpi_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/symvirt/symvirt/libsymvirt/pmpi/mpitest"
+)
+
+const ranks = 4
+
+// buildLoop compiles testdata/allreduce_loop.c, a program without any
+// symvirt call.
+func buildLoop(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "allreduce_loop")
+	out, err := exec.Command("mpicc", "-O2", "-Wall", "-Werror", "-o", bin, "testdata/allreduce_loop.c").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mpicc: %v\n%s", err, out)
+	}
+	return bin
+}
+
+var syncLine = regexp.MustCompile(`^symvirt-pmpi: rank (\d+): collective (\d+): (sync|outcome \S+)`)
+
+// checkSyncedOnce checks the library's log (SYMVIRT_PMPI_LOG=1): every rank
+// synced exactly once, all at the same collective, with outcome want.
+func checkSyncedOnce(t *testing.T, stderr, want string) {
+	t.Helper()
+	syncs := map[int]string{}
+	outcomes := map[int]int{}
+	for _, l := range strings.Split(stderr, "\n") {
+		m := syncLine.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		r, _ := strconv.Atoi(m[1])
+		switch {
+		case m[3] == "sync":
+			if prev, ok := syncs[r]; ok {
+				t.Errorf("rank %d synced twice: at collectives %s and %s", r, prev, m[2])
+			}
+			syncs[r] = m[2]
+		case m[3] == "outcome "+want:
+			outcomes[r]++
+		default:
+			t.Errorf("rank %d: %s, want outcome %s", r, m[3], want)
+		}
+	}
+	var at []string
+	for r := 0; r < ranks; r++ {
+		c, ok := syncs[r]
+		if !ok {
+			t.Errorf("rank %d never synced", r)
+		}
+		if outcomes[r] != 1 {
+			t.Errorf("rank %d got outcome %s %d times, want once", r, want, outcomes[r])
+		}
+		at = append(at, c)
+	}
+	if len(slices.Compact(slices.Clone(at))) != 1 {
+		t.Errorf("ranks synced at different collectives: %v", syncs)
+	}
+	if t.Failed() {
+		t.Logf("stderr:\n%s", stderr)
+	} else {
+		t.Logf("every rank synced once, at collective %s: %s", at[0], want)
+	}
+}
+
+// TestPMPIUnmodifiedProgram: without a hook socket the preloaded library
+// changes nothing; with one per "VM" (two VMs of two ranks), an operation
+// started mid-run makes every rank sync once at the same collective, and
+// the output equals the undisturbed run's.
+func TestPMPIUnmodifiedProgram(t *testing.T) {
+	mpitest.Require(t)
+	lib := mpitest.PMPILibrary(t)
+	bin := buildLoop(t)
+	// 1000 iterations of 5 ms at least: seconds for the operation to land
+	// mid-run after iteration 20 is seen.
+	argv := []string{bin, "1000", "5"}
+
+	ref := mpitest.Run(t, mpitest.Spec{Ranks: ranks, Argv: argv})
+	if len(ref) == 0 || !strings.HasPrefix(ref[len(ref)-1], "final ") {
+		t.Fatalf("undisturbed run printed no final value: %q", ref)
+	}
+	noAgent := mpitest.Run(t, mpitest.Spec{Ranks: ranks, Argv: argv,
+		Env: []string{"LD_PRELOAD=" + lib}})
+	if !slices.Equal(noAgent, ref) {
+		t.Fatalf("preloaded without an agent: output differs\ngot  %q\nwant %q", noAgent, ref)
+	}
+
+	vms := mpitest.StartVMs(t, 2, 2)
+	job := mpitest.Start(t, mpitest.Spec{Ranks: ranks, VMs: vms, Argv: argv,
+		Env: []string{"LD_PRELOAD=" + lib, "SYMVIRT_PMPI_LOG=1"}})
+	job.WaitLine(t, `^iteration 20 `)
+	if n := vms.Registered(); n != ranks {
+		t.Fatalf("%d ranks registered with the agents, want %d", n, ranks)
+	}
+	vms.Operation(t, "checkpoint", "c1", "checkpointed")
+	got := job.Wait(t)
+	if !slices.Equal(got, ref) {
+		t.Errorf("output with a checkpoint mid-run differs from the undisturbed run's\ngot  %q\nwant %q", got, ref)
+	}
+	checkSyncedOnce(t, job.Stderr(), "checkpointed")
+}
+
+// TestPMPILAMMPS: Debian's LAMMPS, the Lennard-Jones melt example run
+// longer, preloaded; a checkpoint mid-run; the thermo output must equal the
+// undisturbed run's.
+func TestPMPILAMMPS(t *testing.T) {
+	mpitest.Require(t, "lmp")
+	in, err := os.ReadFile("/usr/share/lammps/examples/melt/in.melt")
+	if err != nil {
+		t.Skipf("skipping: LAMMPS examples not installed (scripts/deps installs lammps-examples): %v", err)
+	}
+	lib := mpitest.PMPILibrary(t)
+	dir := t.TempDir()
+	// Long enough for an operation to land mid-run.
+	input := strings.Replace(string(in), "run\t\t250", "run\t\t1500", 1)
+	if input == string(in) {
+		t.Fatal("in.melt has no 'run 250' line to lengthen")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "in.melt"), []byte(input), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	argv := []string{"lmp", "-in", "in.melt", "-log", "none"}
+	ref := thermo(t, mpitest.Run(t, mpitest.Spec{Ranks: ranks, Dir: dir, Argv: argv}))
+
+	vms := mpitest.StartVMs(t, 2, 2)
+	job := mpitest.Start(t, mpitest.Spec{Ranks: ranks, VMs: vms, Dir: dir, Argv: argv,
+		Env: []string{"LD_PRELOAD=" + lib, "SYMVIRT_PMPI_LOG=1"}})
+	job.WaitLine(t, `^\s+100\s`)
+	vms.Operation(t, "checkpoint", "c1", "checkpointed")
+	got := thermo(t, job.Wait(t))
+	if !slices.Equal(got, ref) {
+		t.Errorf("thermo output with a checkpoint mid-run differs\ngot  %q\nwant %q", got, ref)
+	}
+	t.Logf("final thermo line (both runs): %s", got[len(got)-1])
+	checkSyncedOnce(t, job.Stderr(), "checkpointed")
+}
+
+// thermo is LAMMPS's thermo table: the lines after the "Step ..." header up
+// to "Loop time".
+func thermo(t *testing.T, out []string) []string {
+	t.Helper()
+	var rows []string
+	in := false
+	for _, l := range out {
+		switch {
+		case strings.HasPrefix(strings.TrimSpace(l), "Step "):
+			in = true
+		case strings.HasPrefix(l, "Loop time"):
+			in = false
+		case in:
+			rows = append(rows, l)
+		}
+	}
+	if len(rows) < 2 {
+		t.Fatalf("no thermo output in:\n%s", strings.Join(out, "\n"))
+	}
+	return rows
+}

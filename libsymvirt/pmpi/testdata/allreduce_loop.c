@@ -1,0 +1,36 @@
+/* allreduce_loop: an MPI program that knows nothing of symvirt, for the
+ * symvirt-pmpi tests: ITER iterations of a deterministic MPI_Allreduce,
+ * sleeping SLEEP_MS per iteration; rank 0 prints a line every 10
+ * iterations and the final value.
+ *   allreduce_loop ITER [SLEEP_MS]
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+int main(int argc, char **argv)
+{
+	long iters = argc > 1 ? atol(argv[1]) : 100;
+	long sleep_ms = argc > 2 ? atol(argv[2]) : 0;
+	int rank;
+	unsigned long x, sum = 0;
+
+	MPI_Init(&argc, &argv);
+	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (long i = 0; i < iters; i++) {
+		x = (sum * 6364136223846793005UL + (unsigned long)rank * 1442695040888963407UL + (unsigned long)i) >> 7;
+		MPI_Allreduce(&x, &sum, 1, MPI_UNSIGNED_LONG, MPI_BXOR, MPI_COMM_WORLD);
+		if (rank == 0 && i % 10 == 0)
+			printf("iteration %ld value %lu\n", i, sum);
+		if (sleep_ms > 0) {
+			struct timespec t = {sleep_ms / 1000, (sleep_ms % 1000) * 1000000L};
+			nanosleep(&t, NULL);
+		}
+	}
+	if (rank == 0)
+		printf("final %lu\n", sum);
+	MPI_Finalize();
+	return 0;
+}
