@@ -14,7 +14,8 @@
  * taken there is taken at the same point by all ranks. At a check:
  *   1. each rank asks its guest agent whether an operation is pending
  *      (symvirt_poll: a local socket round trip);
- *   2. the ranks agree with an MPI_Allreduce(MAX) of that flag on a private
+ *   2. the ranks agree with an MPI_Allreduce(MAX) of that flag (and rank
+ *      0's proposal for the next check) on a private
  *      duplicate of MPI_COMM_WORLD (never mixing with the program's
  *      traffic);
  *   3. if any rank has one pending, a rank that does not yet waits a little
@@ -31,7 +32,8 @@
  *
  * Environment:
  *   SYMVIRT_HOOK_SOCKET        the agent's socket (libsymvirt's default)
- *   SYMVIRT_PMPI_EVERY=N       check at every Nth collective (default 1)
+ *   SYMVIRT_PMPI_INTERVAL_MS=MS  aim for a check every MS of wall time
+ *                              (default 100; 0: at every collective)
  *   SYMVIRT_PMPI_GRACE_MS=MS   how long a rank without a pending operation
  *                              waits for one when another rank has one
  *                              (default 5000)
@@ -59,7 +61,10 @@ static enum state state = UNINIT;
 static MPI_Comm priv = MPI_COMM_NULL; /* private duplicate of MPI_COMM_WORLD */
 static symvirt_t *hook;               /* NULL: this rank has no agent */
 static int rank;
-static long every = 1, grace_ms = 5000;
+static long interval_ms = 100, grace_ms = 5000;
+static long gap = 1;             /* collectives between two checks */
+static unsigned long next_check; /* index of the collective to check at */
+static double last_check;        /* rank 0: MPI_Wtime of the last check */
 static int logging;
 static unsigned long ncoll;   /* intercepted collectives on world */
 static unsigned long nsync;   /* syncs made */
@@ -116,7 +121,7 @@ static void setup(void)
 	state = OFF;
 	if (env_long("SYMVIRT_PMPI_DISABLE", 0, 0) != 0)
 		return;
-	every = env_long("SYMVIRT_PMPI_EVERY", 1, 1);
+	interval_ms = env_long("SYMVIRT_PMPI_INTERVAL_MS", 100, 0);
 	grace_ms = env_long("SYMVIRT_PMPI_GRACE_MS", 5000, 0);
 	logging = env_long("SYMVIRT_PMPI_LOG", 0, 0) != 0;
 	PMPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -138,8 +143,8 @@ static void setup(void)
 	PMPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, MPI_COMM_NULL_DELETE_FN, &congruent_key, NULL);
 	state = ON;
 	if (logging)
-		fprintf(stderr, "symvirt-pmpi: rank %d: safe points on (hook %s, every %ld)\n", rank,
-			hook ? "registered" : "absent", every);
+		fprintf(stderr, "symvirt-pmpi: rank %d: safe points on (hook %s, every ~%ld ms)\n", rank,
+			hook ? "registered" : "absent", interval_ms);
 }
 
 /* Whether comm holds every rank of MPI_COMM_WORLD in the same order; cached
@@ -204,13 +209,35 @@ static int await_pending(void)
 	return 0;
 }
 
+/* Rank 0's proposal for the gap to the next check: doubled while checks
+ * come faster than half the interval, halved when slower than twice it. */
+static long propose_gap(void)
+{
+	double now = PMPI_Wtime(), ms = (now - last_check) * 1000;
+	long g = gap;
+
+	last_check = now;
+	if (ms < interval_ms / 2.0 && g < (1L << 24))
+		g *= 2;
+	else if (ms > interval_ms * 2.0 && g > 1)
+		g /= 2;
+	return g;
+}
+
 static void check(void)
 {
-	int mine, any = 0;
+	long in[2], out[2] = {0, 1};
+	int mine;
 	char outcome[64];
 
 	mine = local_pending();
-	if (PMPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, priv) != MPI_SUCCESS || !any)
+	in[0] = mine;
+	in[1] = rank == 0 ? propose_gap() : 0;
+	if (PMPI_Allreduce(in, out, 2, MPI_LONG, MPI_MAX, priv) != MPI_SUCCESS)
+		out[0] = 0, out[1] = 1;
+	gap = out[1] > 0 ? out[1] : 1;
+	next_check = ncoll + (unsigned long)gap - 1; /* ncoll already counts this one */
+	if (out[0] == 0)
 		return;
 	if (!mine)
 		mine = await_pending();
@@ -235,7 +262,7 @@ void symvirt_pmpi_safepoint(MPI_Comm comm)
 	 * (MPI_Comm_compare is local). */
 	if (state == UNINIT && world_like(comm))
 		setup();
-	if (state == ON && world_like(comm) && ncoll++ % (unsigned long)every == 0)
+	if (state == ON && world_like(comm) && ncoll++ == next_check)
 		check();
 	busy = 0;
 }
