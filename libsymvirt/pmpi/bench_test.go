@@ -25,7 +25,7 @@ func TestBenchPMPIOverhead(t *testing.T) {
 	}
 	mpitest.Require(t)
 	lib := mpitest.PMPILibrary(t)
-	bin := buildLoop(t)
+	bin := build(t, "mpicc", "testdata/allreduce_loop.c")
 	const iters, rounds = 200000, 5
 	vms := mpitest.StartVMs(t, 1, 2)
 	cases := []struct {

@@ -19,18 +19,6 @@ import (
 
 const ranks = 4
 
-// buildLoop compiles testdata/allreduce_loop.c, a program without any
-// symvirt call.
-func buildLoop(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "allreduce_loop")
-	out, err := exec.Command("mpicc", "-O2", "-Wall", "-Werror", "-o", bin, "testdata/allreduce_loop.c").CombinedOutput()
-	if err != nil {
-		t.Fatalf("mpicc: %v\n%s", err, out)
-	}
-	return bin
-}
-
 var syncLine = regexp.MustCompile(`^symvirt-pmpi: rank (\d+): collective (\d+): (sync|outcome \S+)`)
 
 // checkSyncedOnce checks the library's log (SYMVIRT_PMPI_LOG=1): every rank
@@ -81,11 +69,38 @@ func checkSyncedOnce(t *testing.T, stderr, want string) {
 // TestPMPIUnmodifiedProgram: without a hook socket the preloaded library
 // changes nothing; with one per "VM" (two VMs of two ranks), an operation
 // started mid-run makes every rank sync once at the same collective, and
-// the output equals the undisturbed run's.
+// the output equals the undisturbed run's. The C entry points.
 func TestPMPIUnmodifiedProgram(t *testing.T) {
 	mpitest.Require(t)
 	lib := mpitest.PMPILibrary(t)
-	bin := buildLoop(t)
+	checkUnmodified(t, lib, build(t, "mpicc", "testdata/allreduce_loop.c"))
+}
+
+// TestPMPIFortran: the same through the Fortran entry points, which Open
+// MPI does not route through MPI_Allreduce: "use mpi" (mpi_allreduce_) and
+// "use mpi_f08" (mpi_allreduce_f08_, then ompi_allreduce_f).
+func TestPMPIFortran(t *testing.T) {
+	mpitest.Require(t, "mpif90")
+	lib := mpitest.PMPILibrary(t)
+	for _, src := range []string{"testdata/allreduce_loop.f90", "testdata/allreduce_loop_f08.f90"} {
+		t.Run(filepath.Base(src), func(t *testing.T) {
+			checkUnmodified(t, lib, build(t, "mpif90", src))
+		})
+	}
+}
+
+// build compiles an MPI program without any symvirt call.
+func build(t *testing.T, compiler, src string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "allreduce_loop")
+	out, err := exec.Command(compiler, "-O2", "-Wall", "-Werror", "-o", bin, src).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", compiler, src, err, out)
+	}
+	return bin
+}
+
+func checkUnmodified(t *testing.T, lib, bin string) {
 	// 1000 iterations of 5 ms at least: seconds for the operation to land
 	// mid-run after iteration 20 is seen.
 	argv := []string{bin, "1000", "5"}
