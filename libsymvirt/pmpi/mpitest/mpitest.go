@@ -61,6 +61,9 @@ type VMs struct {
 	Dir        string
 	RanksPerVM int
 	Servers    []*guestd.HookServer
+	// Stagger is slept between making an operation pending on one VM and
+	// the next, as a coordinator's prepares reach guests one by one.
+	Stagger time.Duration
 }
 
 // StartVMs starts n hook servers in a short temporary directory (sun_path
@@ -104,18 +107,31 @@ func (v *VMs) Registered() int {
 // application on each has synced, then finishes it with outcome.
 func (v *VMs) Operation(t *testing.T, op, id, outcome string) {
 	t.Helper()
-	for _, s := range v.Servers {
-		s.Begin(op, id)
+	all := make([]int, len(v.Servers))
+	for i := range all {
+		all[i] = i
+	}
+	v.OperationOn(t, all, op, id, outcome)
+}
+
+// OperationOn is Operation on some VMs only (e.g. one VM migrating).
+func (v *VMs) OperationOn(t *testing.T, vms []int, op, id, outcome string) {
+	t.Helper()
+	for n, i := range vms {
+		if n > 0 {
+			time.Sleep(v.Stagger)
+		}
+		v.Servers[i].Begin(op, id)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
-	for i, s := range v.Servers {
-		if err := s.WaitSynced(ctx); err != nil {
+	for _, i := range vms {
+		if err := v.Servers[i].WaitSynced(ctx); err != nil {
 			t.Fatalf("%s %s: vm %d: WaitSynced: %v", op, id, i, err)
 		}
 	}
-	for _, s := range v.Servers {
-		s.Finish(id, outcome)
+	for _, i := range vms {
+		v.Servers[i].Finish(id, outcome)
 	}
 }
 
