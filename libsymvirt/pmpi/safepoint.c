@@ -38,7 +38,8 @@
  *                              waits for one when another rank has one
  *                              (default 5000)
  *   SYMVIRT_PMPI_LOG=1         one line on stderr per sync (and setup)
- *   SYMVIRT_PMPI_DISABLE=1     never check (must be set on every rank)
+ *   SYMVIRT_PMPI_DISABLE=1     this rank does not register (set on every
+ *                              rank: no checks at all)
  *
  * Threads: checks are made only if MPI runs below MPI_THREAD_MULTIPLE, where
  * one thread at a time makes MPI calls; with MPI_THREAD_MULTIPLE two threads'
@@ -54,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 enum state { UNINIT, ON, OFF };
 
@@ -86,10 +88,20 @@ static long env_long(const char *name, long def, long min)
 	return v;
 }
 
-static void logf_(const char *fmt, const char *a, const char *b)
+/* note: one line on stderr, with SYMVIRT_PMPI_LOG=1, naming the rank and
+ * the collective (the same index on every rank); one write, so that the
+ * ranks' lines (all on one stderr under mpirun) do not interleave. */
+static void note(const char *fmt, const char *arg)
 {
-	if (logging)
-		fprintf(stderr, fmt, rank, ncoll, a, b);
+	char line[256], msg[128];
+	int n;
+
+	if (!logging)
+		return;
+	snprintf(msg, sizeof msg, fmt, arg);
+	n = snprintf(line, sizeof line, "symvirt-pmpi: rank %d: collective %lu: %s\n", rank, ncoll, msg);
+	if (n > 0 && write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1) < 0)
+		logging = 0;
 }
 
 /* Drop the hook rather than the program: the computation matters more than
@@ -119,8 +131,6 @@ static void setup(void)
 	int level = MPI_THREAD_SINGLE, have = 0, any = 0;
 
 	state = OFF;
-	if (env_long("SYMVIRT_PMPI_DISABLE", 0, 0) != 0)
-		return;
 	interval_ms = env_long("SYMVIRT_PMPI_INTERVAL_MS", 100, 0);
 	grace_ms = env_long("SYMVIRT_PMPI_GRACE_MS", 5000, 0);
 	logging = env_long("SYMVIRT_PMPI_LOG", 0, 0) != 0;
@@ -131,7 +141,10 @@ static void setup(void)
 			fprintf(stderr, "symvirt-pmpi: MPI_THREAD_MULTIPLE: no safe points\n");
 		return; /* same decision on every rank: the level is global */
 	}
-	open_hook();
+	/* A disabled rank still takes part in the agreement below, which
+	 * every rank must make. */
+	if (env_long("SYMVIRT_PMPI_DISABLE", 0, 0) == 0)
+		open_hook();
 	have = hook != NULL;
 	if (PMPI_Comm_dup(MPI_COMM_WORLD, &priv) != MPI_SUCCESS ||
 	    PMPI_Allreduce(&have, &any, 1, MPI_INT, MPI_MAX, priv) != MPI_SUCCESS)
@@ -183,7 +196,7 @@ static int local_pending(void)
 		return 0;
 	}
 	if (r == 1)
-		logf_("symvirt-pmpi: rank %d: collective %lu: %s pending%s\n", op, "");
+		note("%s pending", op);
 	return r;
 }
 
@@ -244,13 +257,13 @@ static void check(void)
 	PMPI_Barrier(priv);
 	if (!mine)
 		return;
-	logf_("symvirt-pmpi: rank %d: collective %lu: sync%s%s\n", "", "");
+	note("sync%s", "");
 	if (symvirt_sync(hook, outcome, sizeof outcome) < 0) {
 		drop("symvirt_sync");
 		return;
 	}
 	nsync++;
-	logf_("symvirt-pmpi: rank %d: collective %lu: outcome %s%s\n", outcome, "");
+	note("outcome %s", outcome);
 }
 
 void symvirt_pmpi_safepoint(MPI_Comm comm)
