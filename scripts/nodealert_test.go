@@ -21,6 +21,7 @@ import (
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/testenv"
+	"github.com/symvirt/symvirt/internal/testguest"
 )
 
 type alertEnv struct {
@@ -233,5 +234,54 @@ func TestNodeAlertOutcomePerVM(t *testing.T) {
 		if !contains(lines, want) {
 			t.Errorf("log lacks %q", want)
 		}
+	}
+}
+
+// TestNodeAlertEvacuatesVM: a real evacuation through the script: a job of
+// one VM (the busybox test guest under QEMU) on node1, a node alert for
+// "node[1]"; the VM must end up on node2 and the log must say so per VM.
+func TestNodeAlertEvacuatesVM(t *testing.T) {
+	testenv.RequireRoot(t)
+	kernel, initrd := testguest.Paths(t)
+	coord := testenv.StartCoord(t, nil, t.TempDir(), nil)
+	for _, name := range []string{"node1", "node2"} {
+		h := testenv.StartHostd(t, name, nil, "", "", "--guest-timeout", "20s")
+		if out, err := coord.CLI(t, "hosts", "add", name, h.Socket()); err != nil {
+			t.Fatalf("hosts add %s: %v\n%s", name, err, out)
+		}
+	}
+	job := filepath.Join(t.TempDir(), "job.yaml")
+	yaml := "name: j1\nvms:\n  - name: vm1\n    host: node1\n    spec:\n      memory: 256M\n" +
+		"      kernel: " + kernel + "\n      initrd: " + initrd + "\n" +
+		"      append: \"console=ttyS0 quiet panic=-1 symvirt.agent=1\"\n" +
+		"      guest_channel: {type: virtio-serial}\n"
+	if err := os.WriteFile(job, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := coord.CLI(t, "jobs", "create", "-f", job); err != nil {
+		t.Fatalf("jobs create: %v\n%s", err, out)
+	}
+	a := newAlertEnv(t, coord.Socket())
+	code, lines := a.run(t, "node[1]")
+	if code != 0 {
+		t.Errorf("exit %d, want 0", code)
+	}
+	for _, want := range []string{"node node1: job=j1 vm=vm1 host=node2 outcome=migrated", "node node1: evacuated"} {
+		if !contains(lines, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	out, err := coord.CLI(t, "jobs", "--output", "json")
+	if err != nil {
+		t.Fatalf("jobs: %v\n%s", err, out)
+	}
+	var jobs []struct {
+		VMs []struct{ Name, Host string } `json:"vms"`
+	}
+	if err := json.Unmarshal([]byte(out), &jobs); err != nil {
+		t.Fatalf("jobs: %v\n%s", err, out)
+	}
+	if len(jobs) != 1 || len(jobs[0].VMs) != 1 || jobs[0].VMs[0].Host != "node2" {
+		t.Errorf("after the alert the coordinator has %s", out)
 	}
 }
