@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -177,6 +178,7 @@ func Start(t *testing.T, spec Spec) *Job {
 	args = append(args, spec.Argv...)
 	j := &Job{cmd: exec.Command("mpirun", args...), lines: make(chan string, 1000), done: make(chan struct{})}
 	j.cmd.Dir = spec.Dir
+	j.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	j.cmd.Env = append(os.Environ(), spec.Env...)
 	j.cmd.Stderr = &j.stderr
 	out, err := j.cmd.StdoutPipe()
@@ -189,8 +191,20 @@ func Start(t *testing.T, spec Spec) *Job {
 	}
 	go j.read(out)
 	t.Cleanup(func() {
-		_ = j.cmd.Process.Kill()
-		<-j.done
+		select {
+		case <-j.done:
+			return
+		default:
+		}
+		// mpirun forwards SIGTERM to its ranks; if it does not end, the
+		// whole process group (mpirun and the ranks it started) is killed.
+		_ = j.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-j.done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-j.cmd.Process.Pid, syscall.SIGKILL)
+			<-j.done
+		}
 	})
 	return j
 }
