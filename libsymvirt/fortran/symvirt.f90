@@ -86,8 +86,8 @@ contains
     h = c_open(trim(name) // c_null_char)
   end function
 
-  ! 1 if an operation is pending (its name in op, if given), 0 if none, -1
-  ! on error.
+  ! 1 if an operation is pending (its name in op, if given, cut to len(op):
+  ! unlike in C a short op is no error), 0 if none, -1 on error.
   integer function symvirt_poll(h, op) result(r)
     type(c_ptr), intent(in) :: h
     character(len=*), intent(out), optional :: op
