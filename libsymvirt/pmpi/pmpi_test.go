@@ -113,6 +113,16 @@ func TestPMPIUnmodifiedProgram(t *testing.T) {
 	checkUnmodified(t, lib, build(t, "mpicc", "testdata/allreduce_loop.c"))
 }
 
+// TestPMPICongruentComm: a program that does its collectives on a
+// duplicate of MPI_COMM_WORLD gets safe points there too, while its
+// collectives on half of the ranks (where a check would deadlock) are left
+// alone.
+func TestPMPICongruentComm(t *testing.T) {
+	mpitest.Require(t)
+	lib := mpitest.PMPILibrary(t)
+	checkUnmodified(t, lib, build(t, "mpicc", "testdata/allreduce_loop.c"), "dup")
+}
+
 // TestPMPIFortran: the same through the Fortran entry points, which Open
 // MPI does not route through MPI_Allreduce: "use mpi" (mpi_allreduce_) and
 // "use mpi_f08" (mpi_allreduce_f08_, then ompi_allreduce_f).
@@ -137,10 +147,10 @@ func build(t *testing.T, compiler, src string) string {
 	return bin
 }
 
-func checkUnmodified(t *testing.T, lib, bin string) {
+func checkUnmodified(t *testing.T, lib, bin string, mode ...string) {
 	// 1000 iterations of 5 ms at least: seconds for the operation to land
 	// mid-run after iteration 20 is seen.
-	argv := []string{bin, "1000", "5"}
+	argv := append([]string{bin, "1000", "5"}, mode...)
 
 	ref := mpitest.Run(t, mpitest.Spec{Ranks: ranks, Argv: argv})
 	if len(ref) == 0 || !strings.HasPrefix(ref[len(ref)-1], "final ") {
