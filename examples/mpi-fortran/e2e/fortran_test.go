@@ -115,3 +115,23 @@ func TestFortranJacobi(t *testing.T) {
 		t.Logf("every rank synced once at iteration %d; checksum %s equals the undisturbed run's", iter, sum)
 	}
 }
+
+// TestFortranMatchesC: the Fortran example is the twin of examples/mpi's C
+// one: same options, same grid bit for bit, so the same checksum.
+func TestFortranMatchesC(t *testing.T) {
+	mpitest.Require(t, "mpif90")
+	root := testenv.RepoRoot(t)
+	if _, err := os.Stat(filepath.Join(root, "examples/mpi/jacobi.c")); err != nil {
+		t.Skipf("skipping: no C example to compare with: %v", err)
+	}
+	mpitest.Make(t, "examples/mpi-fortran")
+	mpitest.Make(t, "examples/mpi", "jacobi")
+	args := []string{"-n", "4096", "-i", "300"}
+	f, _ := parse(t, mpitest.Run(t, mpitest.Spec{Ranks: ranks,
+		Argv: append([]string{filepath.Join(root, "examples/mpi-fortran/jacobi-f")}, args...)}))
+	c, _ := parse(t, mpitest.Run(t, mpitest.Spec{Ranks: ranks,
+		Argv: append([]string{filepath.Join(root, "examples/mpi/jacobi")}, args...)}))
+	if f != c {
+		t.Errorf("Fortran checksum %s, C checksum %s", f, c)
+	}
+}
