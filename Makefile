@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 include mk/guest.mk
 
-.PHONY: all build test test-short test-race vet demo bench generate libsymvirt clean
+.PHONY: all build test test-short test-race vet demo bench generate libsymvirt libsymvirt-mpi clean
 
 all: build
 
@@ -17,6 +17,15 @@ bin/symvirt: $(GUEST_GO_SOURCES)
 libsymvirt:
 	@$(MAKE) -s -C libsymvirt all
 	@$(MAKE) -s -C examples/hook
+	@$(MAKE) -s libsymvirt-mpi
+
+# The MPI parts (libsymvirt-pmpi.so, the Fortran example) need Open MPI's
+# compilers (scripts/deps installs them); without them their tests skip.
+libsymvirt-mpi:
+	@if command -v mpicc >/dev/null; then $(MAKE) -s -C libsymvirt/pmpi; \
+	else echo "libsymvirt-mpi: no mpicc (scripts/deps): libsymvirt-pmpi.so not built" >&2; fi
+	@if command -v mpif90 >/dev/null; then $(MAKE) -s -C examples/mpi-fortran; \
+	else echo "libsymvirt-mpi: no mpif90 (scripts/deps): examples/mpi-fortran not built" >&2; fi
 
 vet:
 	$(GO) vet ./...
@@ -59,3 +68,5 @@ package: bin/symvirt build/symvirt-static libsymvirt
 clean:
 	rm -rf bin build
 	@$(MAKE) -s -C libsymvirt clean || true
+	@$(MAKE) -s -C libsymvirt/pmpi clean || true
+	@$(MAKE) -s -C examples/mpi-fortran clean || true

@@ -267,7 +267,9 @@ func (c *Coord) Evacuate(ctx context.Context, host string, live bool, progress P
 	if err != nil {
 		return nil, err
 	}
-	var results []machine.Result
+	// Empty, not nil: a host without VMs answers [] (a nil result would
+	// reach the client as {}, which is no list).
+	results := []machine.Result{}
 	var firstErr error
 	for _, j := range jobs {
 		var vms []machine.VM
