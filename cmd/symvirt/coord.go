@@ -105,4 +105,3 @@ func coordClient(cmd *cli.Command) (*coord.Client, error) {
 	}
 	return coord.NewClient(cmd.String("coord"), cfg), nil
 }
-

@@ -323,8 +323,8 @@ func printRejuvenate(w io.Writer, r hostd.RejuvenateResult) {
 
 func rejuvenateCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "rejuvenate",
-		Usage:     "restart every QEMU of a host with guest RAM in place (or, with --hostd, hostd itself)",
+		Name:        "rejuvenate",
+		Usage:       "restart every QEMU of a host with guest RAM in place (or, with --hostd, hostd itself)",
 		Description: "Talks to one hostd (--host, SYMVIRT_HOST; a hostd API address, as for `symvirt vm`).",
 		Flags: []cli.Flag{
 			hostFlag,
