@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/jsonapi"
 )
 
@@ -59,12 +60,19 @@ func refine(res any, err error) error {
 		}
 	}
 	for _, r := range rs {
-		if err != nil && r.Outcome == machine.OutcomeAborted &&
-			strings.Contains(r.Reason, ": "+string(machine.Prepare)+": ") {
+		if err != nil && r.Outcome == machine.OutcomeAborted && guestRefused(r.Reason) {
 			return fmt.Errorf("%w: %w", ErrGuestRefused, err)
 		}
 	}
 	return err
+}
+
+// guestRefused: the machine's reason ("vm NAME: prepare: WHY") says a
+// guest refused its round or let its deadline pass, not that its VM or
+// host was missing.
+func guestRefused(reason string) bool {
+	_, why, ok := strings.Cut(reason, ": "+string(machine.Prepare)+": ")
+	return ok && (strings.Contains(why, hostd.ErrGuest.Error()) || why == "deadline")
 }
 
 func because(err error) string {
