@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord"
-	"github.com/symvirt/symvirt/internal/cliutil"
 	"github.com/urfave/cli/v3"
 	"go.yaml.in/yaml/v3"
 )
@@ -244,9 +243,9 @@ func query(ctx context.Context, cmd *cli.Command, path string, v any, text func(
 
 // change sends a request and prints its reply as JSON, or text's line.
 func change(ctx context.Context, cmd *cli.Command, method, path string, body, reply any, text func(io.Writer)) error {
-	out, err := cliutil.New(cmd.String("output"))
+	out, err := output(cmd)
 	if err != nil {
-		return usageErr("%v", err)
+		return err
 	}
 	c, err := coordClient(cmd)
 	if err != nil {

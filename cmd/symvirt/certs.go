@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/symvirt/symvirt/internal/cliutil"
 	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/urfave/cli/v3"
 )
@@ -95,7 +94,7 @@ func certsCommand() *cli.Command {
 					if cmd.Args().Len() != 1 {
 						return fmt.Errorf("certs show: want exactly one FILE argument, got %d", cmd.Args().Len())
 					}
-					out, err := cliutil.New(cmd.String("output"))
+					out, err := output(cmd)
 					if err != nil {
 						return err
 					}

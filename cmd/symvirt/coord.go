@@ -14,10 +14,14 @@ import (
 	"github.com/urfave/cli/v3"
 )
 
-var tlsFlags = []cli.Flag{
-	&cli.StringFlag{Name: "tls-cert", Sources: cli.EnvVars("SYMVIRT_TLS_CERT"), Usage: "this party's certificate (symvirt certs issue)"},
-	&cli.StringFlag{Name: "tls-key", Sources: cli.EnvVars("SYMVIRT_TLS_KEY"), Usage: "its private key"},
-	&cli.StringFlag{Name: "tls-ca", Sources: cli.EnvVars("SYMVIRT_TLS_CA"), Usage: "the cluster CA"},
+// tlsFlags are a party's certificate flags (new flags each time: a flag
+// holds its parsed value).
+func tlsFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "tls-cert", Sources: cli.EnvVars("SYMVIRT_TLS_CERT"), Usage: "this party's certificate (symvirt certs issue)"},
+		&cli.StringFlag{Name: "tls-key", Sources: cli.EnvVars("SYMVIRT_TLS_KEY"), Usage: "its private key"},
+		&cli.StringFlag{Name: "tls-ca", Sources: cli.EnvVars("SYMVIRT_TLS_CA"), Usage: "the cluster CA"},
+	}
 }
 
 func coordDaemonCommand() *cli.Command {
@@ -36,7 +40,7 @@ func coordDaemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "step-timeout", Value: 60 * time.Second, Usage: "deadline of each step sent to a hostd (detach, stop, attach, resume...)"},
 			&cli.DurationFlag{Name: "transfer-timeout", Value: 10 * time.Minute, Usage: "deadline of a step that moves a VM's state (save, migrate, restore)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-		}, tlsFlags...),
+		}, tlsFlags()...),
 		Action: runCoord,
 	}
 }
@@ -86,12 +90,14 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 	return serve(log, "coord", c.Handler(), sock, listen, serverTLS, "state_dir", cfg.StateDir)
 }
 
-var coordFlag = &cli.StringFlag{Name: "coord", Sources: cli.EnvVars("SYMVIRT_COORD"),
-	Value: "/var/lib/symvirt-coord/coord.sock", Usage: "coordinator API: unix socket path or host:port (mutual TLS)"}
+func coordFlag() cli.Flag {
+	return &cli.StringFlag{Name: "coord", Sources: cli.EnvVars("SYMVIRT_COORD"),
+		Value: "/var/lib/symvirt-coord/coord.sock", Usage: "coordinator API: unix socket path or host:port (mutual TLS)"}
+}
 
 // coordFlags are the flags of every command that talks to the coordinator.
 func coordFlags(more ...cli.Flag) []cli.Flag {
-	return append(append([]cli.Flag{coordFlag, outputFlag}, tlsFlags...), more...)
+	return append(append([]cli.Flag{coordFlag(), outputFlag()}, tlsFlags()...), more...)
 }
 
 func coordClient(cmd *cli.Command) (*coord.Client, error) {

@@ -127,7 +127,7 @@ func hookCommand() *cli.Command {
 	// context bounded by --timeout and interrupted by SIGINT/SIGTERM.
 	run := func(name string, f func(context.Context, *hookclient.Client, cliutil.Output) error) cli.ActionFunc {
 		return func(ctx context.Context, cmd *cli.Command) error {
-			out, err := cliutil.New(cmd.String("output"))
+			out, err := output(cmd)
 			if err != nil {
 				return err
 			}

@@ -24,9 +24,9 @@ func opCommand(name, usage, arg, desc string, flags []cli.Flag, run opRunner) *c
 		Name: name, Usage: usage, ArgsUsage: arg, Description: desc,
 		Flags: coordFlags(flags...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			out, err := cliutil.New(cmd.String("output"))
+			out, err := output(cmd)
 			if err != nil {
-				return usageErr("%v", err)
+				return err
 			}
 			what, err := oneArg(cmd, arg)
 			if err != nil {

@@ -14,14 +14,28 @@ import (
 	"github.com/urfave/cli/v3"
 )
 
-var hostFlag = &cli.StringFlag{
-	Name:    "host",
-	Usage:   "hostd API: a unix socket path or host:port",
-	Value:   "/var/lib/symvirt/hostd.sock",
-	Sources: cli.EnvVars("SYMVIRT_HOST"),
+func hostFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "host",
+		Usage:   "hostd API: a unix socket path or host:port",
+		Value:   "/var/lib/symvirt/hostd.sock",
+		Sources: cli.EnvVars("SYMVIRT_HOST"),
+	}
 }
 
-var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"}
+func outputFlag() cli.Flag {
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"}
+}
+
+// output is the command's --output, writing to the CLI's stdout.
+func output(cmd *cli.Command) (cliutil.Output, error) {
+	out, err := cliutil.New(cmd.String("output"))
+	if err != nil {
+		return out, usageErr("%v", err)
+	}
+	out.W = cmd.Root().Writer
+	return out, nil
+}
 
 func vmCommand() *cli.Command {
 	named := func(name, usage string, fn func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error), flags ...cli.Flag) *cli.Command {
@@ -33,9 +47,9 @@ func vmCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				out, err := cliutil.New(cmd.String("output"))
+				out, err := output(cmd)
 				if err != nil {
-					return usageErr("%v", err)
+					return err
 				}
 				res, err := fn(ctx, hostdClient(cmd.String("host")), vm, cmd)
 				if err != nil {
@@ -53,7 +67,7 @@ func vmCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "vm",
 		Usage: "manage the VMs of one host (talks to its hostd)",
-		Flags: []cli.Flag{hostFlag, outputFlag},
+		Flags: []cli.Flag{hostFlag(), outputFlag()},
 		Commands: []*cli.Command{
 			{
 				Name: "create", Usage: "create a VM from a spec file",
@@ -62,9 +76,9 @@ func vmCommand() *cli.Command {
 					&cli.BoolFlag{Name: "start", Usage: "start it too"},
 				},
 				Action: func(ctx context.Context, cmd *cli.Command) error {
-					out, err := cliutil.New(cmd.String("output"))
+					out, err := output(cmd)
 					if err != nil {
-						return usageErr("%v", err)
+						return err
 					}
 					spec, err := hostd.LoadSpec(cmd.String("file"))
 					if err != nil {
@@ -80,9 +94,9 @@ func vmCommand() *cli.Command {
 			{
 				Name: "list", Usage: "list VMs",
 				Action: func(ctx context.Context, cmd *cli.Command) error {
-					out, err := cliutil.New(cmd.String("output"))
+					out, err := output(cmd)
 					if err != nil {
-						return usageErr("%v", err)
+						return err
 					}
 					vms, err := hostdClient(cmd.String("host")).List(ctx)
 					if err != nil {
@@ -149,9 +163,9 @@ func vmCommand() *cli.Command {
 					&cli.BoolFlag{Name: "no-guest", Usage: "do not tell the guest"},
 				},
 				Action: func(ctx context.Context, cmd *cli.Command) error {
-					out, err := cliutil.New(cmd.String("output"))
+					out, err := output(cmd)
 					if err != nil {
-						return usageErr("%v", err)
+						return err
 					}
 					p := cliutil.NewProgress("restore", true)
 					info, err := hostdClient(cmd.String("host")).Restore(ctx, hostd.RestoreOptions{
@@ -204,9 +218,9 @@ func deviceAction(ctx context.Context, cmd *cli.Command, action string) error {
 	if cmd.Args().Len() != 2 {
 		return usageErr("vm %s: want VM DEVICE, got %d arguments", action, cmd.Args().Len())
 	}
-	out, err := cliutil.New(cmd.String("output"))
+	out, err := output(cmd)
 	if err != nil {
-		return usageErr("%v", err)
+		return err
 	}
 	info, err := hostdClient(cmd.String("host")).Device(ctx, cmd.Args().Get(0), cmd.Args().Get(1), action)
 	if err != nil {
@@ -327,8 +341,8 @@ func rejuvenateCommand() *cli.Command {
 		Usage:       "restart every QEMU of a host with guest RAM in place (or, with --hostd, hostd itself)",
 		Description: "Talks to one hostd (--host, SYMVIRT_HOST; a hostd API address, as for `symvirt vm`).",
 		Flags: []cli.Flag{
-			hostFlag,
-			outputFlag,
+			hostFlag(),
+			outputFlag(),
 			&cli.StringFlag{Name: "qemu-binary", Usage: "start the new QEMUs from this binary (upgrade)"},
 			&cli.IntFlag{Name: "parallel", Value: 1, Usage: "VMs restarted at once"},
 			&cli.BoolFlag{Name: "hostd", Usage: "restart hostd itself instead (VMs untouched)"},
@@ -343,9 +357,9 @@ func rejuvenateCommand() *cli.Command {
 			default:
 				return usageErr("rejuvenate: want no argument (the hostd is --host), got %d", cmd.Args().Len())
 			}
-			out, err := cliutil.New(cmd.String("output"))
+			out, err := output(cmd)
 			if err != nil {
-				return usageErr("%v", err)
+				return err
 			}
 			c := hostdClient(host)
 			if cmd.Bool("hostd") {
