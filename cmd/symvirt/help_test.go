@@ -20,6 +20,8 @@ func TestEveryCommandAndFlagHasUsage(t *testing.T) {
 			for _, f := range c.Flags {
 				if d, ok := f.(cli.DocGenerationFlag); ok && d.GetUsage() == "" {
 					t.Errorf("symvirt %s --%s: no usage text", name, f.Names()[0])
+				} else if ok && strings.Contains(d.GetUsage(), "`") {
+					t.Errorf("symvirt %s --%s: a backquote in its usage becomes the value's placeholder", name, f.Names()[0])
 				}
 			}
 			walk(name, c.Commands)

@@ -149,7 +149,7 @@ func operationCommands() []*cli.Command {
 			"Live (pre-copy) by default: each VM runs while its memory is copied and stops only for the last pages;\n"+
 				"--live=false stops the VMs for the copy (a consistent cut across the job). The guests are prepared first and\n"+
 				"passthrough devices re-attached from the destination's pools.",
-			[]cli.Flag{&cli.StringSliceFlag{Name: "to", Required: true, Usage: "destination host name, as in `symvirt hosts` (repeat for several: round-robin)"},
+			[]cli.Flag{&cli.StringSliceFlag{Name: "to", Required: true, Usage: "destination host name, as in symvirt hosts (repeat for several: round-robin)"},
 				liveFlag("pre-copy while the VMs run"),
 				&cli.BoolFlag{Name: "dependency-aware", Usage: "freeze each guest's processes without an outside dependency while it migrates (needs --live)"}},
 			func(ctx context.Context, c *coord.Client, cmd *cli.Command, target string, p coord.ProgressFunc) (any, error) {

@@ -203,7 +203,7 @@ func vmCommand() *cli.Command {
 						DowntimeLimit: cmd.Duration("downtime-limit"), NoGuest: cmd.Bool("no-guest"),
 						DependencyAware: cmd.Bool("dependency-aware")}, progressTo(p))
 				},
-				&cli.StringFlag{Name: "to-addr", Usage: "destination hostd's API address (host:port or unix socket path); between hosts with certificates use `symvirt migrate VM --to HOST`"},
+				&cli.StringFlag{Name: "to-addr", Usage: "destination hostd's API address (host:port or unix socket path); between hosts with certificates use symvirt migrate VM --to HOST"},
 				&cli.StringFlag{Name: "to", Hidden: true, Usage: "old name of --to-addr"},
 				bandwidthFlag(),
 				&cli.StringFlag{Name: "max-bandwidth", Hidden: true, Usage: "old name of --bandwidth"},
