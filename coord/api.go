@@ -71,7 +71,13 @@ func (c *Coord) operationRoutes(mux *http.ServeMux) {
 	jsonapi.HandleStream(mux, codes, "POST /v1/hosts/{name}/evacuate", func(r *http.Request, o struct {
 		Live bool `json:"live"`
 	}) (jsonapi.Op, error) {
-		return op(func(p ProgressFunc) (any, error) { return c.Evacuate(r.Context(), r.PathValue("name"), o.Live, p) })
+		return op(func(p ProgressFunc) (any, error) {
+			res, err := c.Evacuate(r.Context(), r.PathValue("name"), o.Live, p)
+			if res == nil {
+				res = []machine.Result{} // a list, also when empty: the client decodes one
+			}
+			return res, err
+		})
 	})
 }
 

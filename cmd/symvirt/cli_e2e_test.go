@@ -290,10 +290,31 @@ func TestCLIAgainstDaemons(t *testing.T) {
 
 	ok("job j1 removed; its VMs keep running: vm1@a", "jobs", "rm", "j1")
 	fails(exitNotFound, "not_found", "", "jobs", "rm", "j1")
+	ok("nothing to move", "evacuate", "a")
+	if r := symvirt(t, env, "evacuate", "a", "-o", "json"); r.exit != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("evacuate of an empty host -o json: want [] (never null):\n%s", r)
+	}
 	ok("host a removed", "hosts", "rm", "a")
 	fails(exitNotFound, "not_found", "", "hosts", "rm", "a")
 	if r := ok("", "hosts"); r.stdout != "" {
 		t.Errorf("hosts after rm:\n%s", r)
 	}
 	ok("no hosts", "status")
+}
+
+// A hostd told to listen on every address (and given no migration
+// address) cannot tell other hosts where to send a migration: it refuses
+// to start and says which flag fixes it, rather than listening for
+// migrations on loopback, which no other host reaches. With the address
+// given, it starts (the control).
+func TestHostdWildcardListenNeedsMigrationAddress(t *testing.T) {
+	state := t.TempDir()
+	r := symvirt(t, nil, "hostd", "--state-dir", state, "--listen", "0.0.0.0:0", "--insecure")
+	if r.exit != exitUsage || !strings.Contains(r.stderr, "--migration-address") {
+		t.Fatalf("hostd --listen 0.0.0.0:0 without a migration address: want exit 2 naming --migration-address:\n%s", r)
+	}
+	h := testenv.StartHostd(t, "a", nil, "", "", "--listen", "0.0.0.0:0", "--insecure", "--migration-address", "127.0.0.1")
+	if r := symvirt(t, []string{"SYMVIRT_HOST=" + h.Socket()}, "vm", "list"); r.exit != 0 {
+		t.Fatalf("control: %s", r)
+	}
 }

@@ -161,7 +161,7 @@ func migrationDefault(listen string) (string, error) {
 		return "", fmt.Errorf("--listen %q: %w", listen, err)
 	}
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-		return "", fmt.Errorf("--listen %s names no address other hosts can send migrations to: "+
+		return "", usageErr("--listen %s names no address other hosts can send migrations to: "+
 			"set --migration-address (or migration_address in --config) to this host's address on the cluster network", listen)
 	}
 	return host, nil

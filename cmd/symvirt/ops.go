@@ -41,7 +41,7 @@ func opCommand(name, usage, arg, desc string, flags []cli.Flag, run opRunner) *c
 				bar.Update(fmt.Sprintf("%s %d/%d", p.Phase, p.Done, p.Total), 0, 0, 0)
 			})
 			bar.Done()
-			if ran(res) {
+			if err == nil || ran(res) {
 				out.Print(res, func(w io.Writer) { printOpResult(w, res) })
 			}
 			return err
@@ -164,7 +164,11 @@ func operationCommands() []*cli.Command {
 				"hosts with room; VMs whose host is down are reported lost (restart their job from a checkpoint).",
 			[]cli.Flag{liveFlag("pre-copy while the VMs run")},
 			func(ctx context.Context, c *coord.Client, cmd *cli.Command, host string, p coord.ProgressFunc) (any, error) {
-				return c.Evacuate(ctx, host, cmd.Bool("live"), p)
+				res, err := c.Evacuate(ctx, host, cmd.Bool("live"), p)
+				if res == nil && err == nil {
+					res = []machine.Result{} // nothing to move: [] in JSON, never null
+				}
+				return res, err
 			}),
 	}
 }
