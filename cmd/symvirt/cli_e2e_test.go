@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/symvirt/symvirt/internal/testenv"
 )
@@ -308,10 +310,13 @@ func TestCLIAgainstDaemons(t *testing.T) {
 // migrations on loopback, which no other host reaches. With the address
 // given, it starts (the control).
 func TestHostdWildcardListenNeedsMigrationAddress(t *testing.T) {
-	state := t.TempDir()
-	r := symvirt(t, nil, "hostd", "--state-dir", state, "--listen", "0.0.0.0:0", "--insecure")
-	if r.exit != exitUsage || !strings.Contains(r.stderr, "--migration-address") {
-		t.Fatalf("hostd --listen 0.0.0.0:0 without a migration address: want exit 2 naming --migration-address:\n%s", r)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testenv.Binary(t), "hostd", "--state-dir", t.TempDir(), "--listen", "0.0.0.0:0", "--insecure")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitUsage || !strings.Contains(string(out), "--migration-address") {
+		t.Fatalf("hostd --listen 0.0.0.0:0 without a migration address: want exit 2 naming --migration-address, got %v:\n%s", err, out)
 	}
 	h := testenv.StartHostd(t, "a", nil, "", "", "--listen", "0.0.0.0:0", "--insecure", "--migration-address", "127.0.0.1")
 	if r := symvirt(t, []string{"SYMVIRT_HOST=" + h.Socket()}, "vm", "list"); r.exit != 0 {
