@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -57,7 +56,7 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 	log.Info("timeouts", "prepare", cfg.PrepareTimeout, "step", cfg.StepTimeout, "transfer", cfg.TransferTimeout,
 		"note", "a hostd's guest_timeout caps the prepare timeout of its guests")
 	if !filepath.IsAbs(cfg.CheckpointDir) {
-		return fmt.Errorf("--checkpoint-dir %q: want an absolute path", cfg.CheckpointDir)
+		return usageErr("--checkpoint-dir %q: want an absolute path", cfg.CheckpointDir)
 	}
 	var serverTLS *tls.Config
 	if cert := cmd.String("tls-cert"); cert != "" {
@@ -85,7 +84,7 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 	}
 	listen := cmd.String("listen")
 	if listen != "" && serverTLS == nil {
-		return fmt.Errorf("--listen needs --tls-cert, --tls-key and --tls-ca: the coordinator's TCP API is mutual TLS only")
+		return usageErr("--listen needs --tls-cert, --tls-key and --tls-ca: the coordinator's TCP API is mutual TLS only")
 	}
 	return serve(log, "coord", c.Handler(), sock, listen, serverTLS, "state_dir", cfg.StateDir)
 }
