@@ -60,7 +60,9 @@ func TestWireCodesMapToExitCodes(t *testing.T) {
 		code = tc.code
 		var out, errb bytes.Buffer
 		exit := run(append([]string{"symvirt"}, append(tc.args, "-o", "json")...), &out, &errb)
-		var e struct{ Error struct{ Code, Message string } }
+		var e struct {
+			Error struct{ Code, Message string }
+		}
 		json.Unmarshal(errb.Bytes(), &e)
 		want := tc.code
 		if want == "something_new" {
