@@ -147,8 +147,19 @@ func files(t *testing.T, cmds [][]string) [][]string {
 func TestCLIWithoutDaemons(t *testing.T) {
 	stopped := testenv.StartCoord(t, nil, t.TempDir(), nil)
 	stopped.Kill()
+	pki := t.TempDir()
+	for _, args := range [][]string{{"certs", "init", "--dir", pki}, {"certs", "issue", "--dir", pki, "--role", "client", "--name", "admin"}} {
+		if r := symvirt(t, nil, args...); r.exit != 0 {
+			t.Fatalf("%s", r)
+		}
+	}
+	client := []string{"SYMVIRT_TLS_CERT=" + filepath.Join(pki, "client-admin.crt"),
+		"SYMVIRT_TLS_KEY=" + filepath.Join(pki, "client-admin.key"), "SYMVIRT_TLS_CA=" + filepath.Join(pki, "ca.crt")}
 	for _, coordAddr := range []string{stopped.Socket(), filepath.Join(t.TempDir(), "never.sock"), "127.0.0.1:1"} {
 		env := []string{"SYMVIRT_COORD=" + coordAddr}
+		if !strings.HasPrefix(coordAddr, "/") {
+			env = append(env, client...) // a TCP coordinator is mutual TLS only
+		}
 		for _, args := range files(t, clusterCmds) {
 			for _, o := range [][]string{nil, {"-o", "json"}} {
 				r := symvirt(t, env, append(args, o...)...)
@@ -200,6 +211,12 @@ func TestCLIUsageErrors(t *testing.T) {
 				t.Errorf("the error is not the last line:\n%s", r)
 			}
 		}
+	}
+	// A TCP coordinator without a client certificate: said before any
+	// connection (its API is mutual TLS only).
+	for _, o := range [][]string{nil, {"-o", "json"}} {
+		r := symvirt(t, []string{"SYMVIRT_COORD=10.0.0.100:7443"}, append([]string{"status"}, o...)...)
+		expect(t, r, exitUsage, "usage", "--coord 10.0.0.100:7443 is a TCP address", "--tls-cert")
 	}
 	if r := symvirt(t, nil, "--version"); r.exit != 0 || !strings.HasPrefix(r.stdout, "symvirt version ") || r.stderr != "" {
 		t.Errorf("--version:\n%s", r)

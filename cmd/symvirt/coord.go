@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/symvirt/symvirt/coord"
@@ -100,13 +101,17 @@ func coordFlags(more ...cli.Flag) []cli.Flag {
 }
 
 func coordClient(cmd *cli.Command) (*coord.Client, error) {
-	target = coordTarget(cmd.String("coord"))
+	addr := cmd.String("coord")
+	target = coordTarget(addr)
 	var cfg *tls.Config
 	if cert := cmd.String("tls-cert"); cert != "" {
 		var err error
 		if cfg, err = pki.ClientConfig(cert, cmd.String("tls-key"), cmd.String("tls-ca"), pki.RoleCoord); err != nil {
 			return nil, err
 		}
+	} else if !strings.HasPrefix(addr, "unix:") && !strings.HasPrefix(addr, "/") && !strings.HasPrefix(addr, ".") {
+		return nil, usageErr("--coord %s is a TCP address: the coordinator's TCP API is mutual TLS only; give --tls-cert, "+
+			"--tls-key and --tls-ca (a client certificate: symvirt certs issue --role client), or its unix socket path", addr)
 	}
 	return coord.NewClient(cmd.String("coord"), cfg), nil
 }
