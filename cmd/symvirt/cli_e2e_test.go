@@ -340,3 +340,34 @@ func TestHostdWildcardListenNeedsMigrationAddress(t *testing.T) {
 		t.Fatalf("control: %s", r)
 	}
 }
+
+// A host that is down when an operation needs it loses its VMs: the
+// operation cannot finish as asked and an operator must look (restart
+// the job from a checkpoint), so the CLI exits 6 with code
+// "needs_operator", the result naming the lost VM on stdout.
+func TestCLIHostDownExits6(t *testing.T) {
+	a := testenv.StartHostd(t, "a", nil, "", "")
+	b := testenv.StartHostd(t, "b", nil, "", "")
+	c := testenv.StartCoord(t, nil, t.TempDir(), nil)
+	env := []string{"SYMVIRT_COORD=" + c.Socket()}
+	job := filepath.Join(t.TempDir(), "job.yaml")
+	os.WriteFile(job, []byte("name: j2\nvms:\n  - {name: vm1, host: a}\n  - {name: vm2, host: b}\n"), 0o600)
+	for _, args := range [][]string{{"hosts", "add", "a", a.Socket()}, {"hosts", "add", "b", b.Socket()}, {"jobs", "create", "-f", job}} {
+		if r := symvirt(t, env, args...); r.exit != 0 {
+			t.Fatalf("%s", r)
+		}
+	}
+	a.Kill()
+	r := symvirt(t, env, "checkpoint", "j2", "-o", "json")
+	t.Logf("%s", r)
+	var res struct{ Lost []string }
+	json.Unmarshal([]byte(r.stdout), &res)
+	if code, msg := jsonError(t, r); code != "needs_operator" || r.exit != exitPartial || len(res.Lost) != 1 || res.Lost[0] != "vm1" ||
+		!strings.Contains(msg, "lost [vm1]") {
+		t.Errorf("checkpoint with host a down: code %q exit %d lost %v, want needs_operator, 6, [vm1]:\n%s", code, r.exit, res.Lost, r)
+	}
+	r = symvirt(t, env, "checkpoint", "j2")
+	if r.exit != exitPartial || !strings.Contains(r.stdout, "lost (their host went down; symvirt restart j2): vm1") {
+		t.Errorf("text: want exit 6 and the lost VM with what to do:\n%s", r)
+	}
+}
