@@ -95,11 +95,11 @@ type daemon struct{ what, addr, hint string }
 var target daemon
 
 func coordTarget(addr string) daemon {
-	return daemon{"the coordinator", addr, "is `symvirt coord` running there? point the CLI at it with --coord ADDR or SYMVIRT_COORD"}
+	return daemon{"the coordinator", addr, "is symvirt coord running there? point the CLI at it with --coord ADDR or SYMVIRT_COORD"}
 }
 
 func hostdTarget(addr string) daemon {
-	return daemon{"hostd", addr, "is `symvirt hostd` running there? point the CLI at it with --host ADDR or SYMVIRT_HOST"}
+	return daemon{"hostd", addr, "is symvirt hostd running there? point the CLI at it with --host ADDR or SYMVIRT_HOST"}
 }
 
 // explain rewrites a transport error for a person: the daemon and the
