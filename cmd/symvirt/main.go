@@ -24,11 +24,12 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	root := rootCommand()
 	root.Writer, root.ErrWriter = stdout, stderr
+	jsonErrors = wantsJSON(args)
 	err := root.Run(context.Background(), args)
 	if err == nil {
 		return exitOK
 	}
-	return report(stderr, err, wantsJSON(args))
+	return report(stderr, err, jsonErrors)
 }
 
 func rootCommand() *cli.Command {
@@ -47,7 +48,7 @@ func rootCommand() *cli.Command {
 // reports once: the command's help (text mode), then the error.
 func onUsageErrors(cmd *cli.Command) {
 	cmd.OnUsageError = func(_ context.Context, c *cli.Command, err error, _ bool) error {
-		if !wantsJSON(os.Args) {
+		if !jsonErrors {
 			root := c.Root()
 			defer func(w io.Writer) { root.Writer = w }(root.Writer)
 			root.Writer = root.ErrWriter
@@ -66,6 +67,9 @@ func onUsageErrors(cmd *cli.Command) {
 		onUsageErrors(sub)
 	}
 }
+
+// jsonErrors: this run reports errors as JSON (its command line has -o json).
+var jsonErrors bool
 
 // wantsJSON reports whether the command line asks for JSON output: errors
 // are reported the same way, also those found before flags are parsed.
