@@ -20,6 +20,7 @@ func (c *Coord) Handler() http.Handler {
 	mux := http.NewServeMux()
 	c.stateRoutes(mux)
 	c.operationRoutes(mux)
+	c.adminRoutes(mux)
 	return mux
 }
 
@@ -53,7 +54,10 @@ func (c *Coord) stateRoutes(mux *http.ServeMux) {
 // result still goes with its error (it says what happened to each VM).
 func (c *Coord) operationRoutes(mux *http.ServeMux) {
 	op := func(fn func(p ProgressFunc) (any, error)) (jsonapi.Op, error) {
-		return func(send func(any)) (any, error) { return fn(func(p Progress) { send(p) }) }, nil
+		return func(send func(any)) (any, error) {
+			res, err := fn(func(p Progress) { send(p) })
+			return res, refine(res, err)
+		}, nil
 	}
 	jsonapi.HandleStream(mux, codes, "POST /v1/jobs/{name}/checkpoint", func(r *http.Request, o CheckpointOptions) (jsonapi.Op, error) {
 		return op(func(p ProgressFunc) (any, error) { return c.Checkpoint(r.Context(), r.PathValue("name"), o, p) })
@@ -67,7 +71,13 @@ func (c *Coord) operationRoutes(mux *http.ServeMux) {
 	jsonapi.HandleStream(mux, codes, "POST /v1/hosts/{name}/evacuate", func(r *http.Request, o struct {
 		Live bool `json:"live"`
 	}) (jsonapi.Op, error) {
-		return op(func(p ProgressFunc) (any, error) { return c.Evacuate(r.Context(), r.PathValue("name"), o.Live, p) })
+		return op(func(p ProgressFunc) (any, error) {
+			res, err := c.Evacuate(r.Context(), r.PathValue("name"), o.Live, p)
+			if res == nil {
+				res = []machine.Result{} // a list, also when empty: the client decodes one
+			}
+			return res, err
+		})
 	})
 }
 

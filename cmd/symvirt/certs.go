@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/symvirt/symvirt/internal/cliutil"
 	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/urfave/cli/v3"
 )
@@ -58,7 +57,7 @@ func certsCommand() *cli.Command {
 				Usage: "issue a key and certificate for coord, a hostd or the operator CLI",
 				Flags: []cli.Flag{
 					dirFlag(),
-					&cli.StringFlag{Name: "role", Required: true, Usage: "coord, hostd or client (the operator CLI)"},
+					&cli.StringFlag{Name: "role", Required: true, Usage: "coord, hostd, client (the operator CLI) or monitor (reads /metrics only)"},
 					&cli.StringFlag{Name: "name", Required: true, Usage: "name of the holder (CommonName), e.g. the host name"},
 					&cli.StringSliceFlag{Name: "host", Usage: "DNS name or IP address the server is reached at (repeatable; coord and hostd only; localhost, 127.0.0.1 and ::1 are always included)"},
 					&cli.IntFlag{Name: "days", Value: 365, Usage: "validity in days"},
@@ -95,7 +94,7 @@ func certsCommand() *cli.Command {
 					if cmd.Args().Len() != 1 {
 						return fmt.Errorf("certs show: want exactly one FILE argument, got %d", cmd.Args().Len())
 					}
-					out, err := cliutil.New(cmd.String("output"))
+					out, err := output(cmd)
 					if err != nil {
 						return err
 					}

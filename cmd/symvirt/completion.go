@@ -8,5 +8,6 @@ import "github.com/urfave/cli/v3"
 // install its output for bash and zsh.
 func configureCompletion(c *cli.Command) {
 	c.Hidden = false
+	c.Category = catAdmin
 	c.Usage = "print a shell completion script: source <(symvirt completion bash)"
 }

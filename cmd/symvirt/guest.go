@@ -42,7 +42,7 @@ func guestdCommand() *cli.Command {
 				Usage: "processes (comm) never frozen by dependency-aware migration; the default are the local hubs tainted " +
 					"processes use (journal, D-Bus); giving the flag replaces the list, --freeze-allow '' empties it"},
 			&cli.DurationFlag{Name: "freeze-max", Value: guestd.DefaultFreezeMax, Usage: "thaw frozen processes after this long even without RESUME (0: never)"},
-			&cli.StringFlag{Name: "log-level", Value: "info"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			log, err := newLogger(cmd.String("log-level"))
@@ -127,7 +127,7 @@ func hookCommand() *cli.Command {
 	// context bounded by --timeout and interrupted by SIGINT/SIGTERM.
 	run := func(name string, f func(context.Context, *hookclient.Client, cliutil.Output) error) cli.ActionFunc {
 		return func(ctx context.Context, cmd *cli.Command) error {
-			out, err := cliutil.New(cmd.String("output"))
+			out, err := output(cmd)
 			if err != nil {
 				return err
 			}

@@ -36,13 +36,13 @@ func hostdCommand() *cli.Command {
 			&cli.BoolFlag{Name: "insecure", Usage: "allow --listen on a non-loopback address without TLS: anyone who reaches it is root here (tests only)"},
 			&cli.StringFlag{Name: "accel", Usage: "kvm, tcg or auto (default tcg)"},
 			&cli.StringFlag{Name: "qemu", Usage: "QEMU binary"},
-			&cli.StringFlag{Name: "migration-address", Usage: "address incoming migrations listen on (default: the host of --listen; sources accept only that host)"},
+			&cli.StringFlag{Name: "migration-address", Usage: "address incoming migrations listen on (default: the host of --listen, required when --listen is a wildcard; without --listen 127.0.0.1); sources accept only that host"},
 			&cli.StringFlag{Name: "migration-ports", Usage: "port range incoming migrations listen in (default 49152-49407)"},
 			&cli.BoolFlag{Name: "no-migration-tls", Usage: "send migration streams in the clear even with --tls-cert (a bench)"},
-			&cli.DurationFlag{Name: "guest-timeout", Usage: "deadline of a guest cooperation round"},
-			&cli.StringFlag{Name: "log-level", Value: "info"},
+			&cli.DurationFlag{Name: "guest-timeout", Usage: "deadline of a guest cooperation round (default 30s; it also caps the coordinator's --prepare-timeout for this host's guests)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "this hostd's certificate (symvirt certs issue --role hostd); with it the TCP API is mutual TLS"},
-			&cli.StringFlag{Name: "tls-key"},
+			&cli.StringFlag{Name: "tls-key", Usage: "its private key"},
 			&cli.StringFlag{Name: "tls-ca", Usage: "the cluster CA"},
 		},
 		Action: runHostd,
@@ -78,7 +78,9 @@ func runHostd(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	if cfg.MigrationAddress == "" {
-		cfg.MigrationAddress = listenHost(cmd.String("listen"))
+		if cfg.MigrationAddress, err = migrationDefault(cmd.String("listen")); err != nil {
+			return err
+		}
 	}
 	if d := cmd.Duration("guest-timeout"); d > 0 {
 		cfg.GuestTimeout = d
@@ -144,17 +146,25 @@ func checkListen(log *slog.Logger, addr string, hasTLS, insecure bool) (bool, er
 	return true, nil
 }
 
-// listenHost is the host of a --listen address when it names one address
-// (not a wildcard): the address migration sources are sent to.
-func listenHost(addr string) string {
-	host, _, err := net.SplitHostPort(addr)
+// migrationDefault is where incoming migrations listen when neither
+// --migration-address nor migration_address says: the host of --listen,
+// the address other hosts already reach this hostd on. Without --listen
+// (this host only) it is loopback (the config's default); a wildcard
+// --listen names no address, so it is refused rather than silently
+// loopback, which no other host could reach.
+func migrationDefault(listen string) (string, error) {
+	if listen == "" {
+		return "", nil
+	}
+	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
-		return ""
+		return "", fmt.Errorf("--listen %q: %w", listen, err)
 	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		return ""
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return "", usageErr("--listen %s names no address other hosts can send migrations to: "+
+			"set --migration-address (or migration_address in --config) to this host's address on the cluster network", listen)
 	}
-	return host
+	return host, nil
 }
 
 // reexec checks that bin can replace this hostd and returns what does it.

@@ -98,7 +98,7 @@ func taintCommand() *cli.Command {
 }
 
 func taintWatch(ctx context.Context, cmd *cli.Command) error {
-	out, err := cliutil.New(cmd.String("output"))
+	out, err := output(cmd)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -13,14 +14,28 @@ import (
 	"github.com/urfave/cli/v3"
 )
 
-var hostFlag = &cli.StringFlag{
-	Name:    "host",
-	Usage:   "hostd API: a unix socket path or host:port",
-	Value:   "/var/lib/symvirt/hostd.sock",
-	Sources: cli.EnvVars("SYMVIRT_HOST"),
+func hostFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "host",
+		Usage:   "hostd API: a unix socket path or host:port",
+		Value:   "/var/lib/symvirt/hostd.sock",
+		Sources: cli.EnvVars("SYMVIRT_HOST"),
+	}
 }
 
-var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"}
+func outputFlag() cli.Flag {
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"}
+}
+
+// output is the command's --output, writing to the CLI's stdout.
+func output(cmd *cli.Command) (cliutil.Output, error) {
+	out, err := cliutil.New(cmd.String("output"))
+	if err != nil {
+		return out, usageErr("%v", err)
+	}
+	out.W = cmd.Root().Writer
+	return out, nil
+}
 
 func vmCommand() *cli.Command {
 	named := func(name, usage string, fn func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error), flags ...cli.Flag) *cli.Command {
@@ -32,11 +47,11 @@ func vmCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				out, err := cliutil.New(cmd.String("output"))
+				out, err := output(cmd)
 				if err != nil {
 					return err
 				}
-				res, err := fn(ctx, hostd.NewClient(cmd.String("host")), vm, cmd)
+				res, err := fn(ctx, hostdClient(cmd.String("host")), vm, cmd)
 				if err != nil {
 					return err
 				}
@@ -52,7 +67,7 @@ func vmCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "vm",
 		Usage: "manage the VMs of one host (talks to its hostd)",
-		Flags: []cli.Flag{hostFlag, outputFlag},
+		Flags: []cli.Flag{hostFlag(), outputFlag()},
 		Commands: []*cli.Command{
 			{
 				Name: "create", Usage: "create a VM from a spec file",
@@ -61,7 +76,7 @@ func vmCommand() *cli.Command {
 					&cli.BoolFlag{Name: "start", Usage: "start it too"},
 				},
 				Action: func(ctx context.Context, cmd *cli.Command) error {
-					out, err := cliutil.New(cmd.String("output"))
+					out, err := output(cmd)
 					if err != nil {
 						return err
 					}
@@ -69,7 +84,7 @@ func vmCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					info, err := hostd.NewClient(cmd.String("host")).Create(ctx, spec, cmd.Bool("start"))
+					info, err := hostdClient(cmd.String("host")).Create(ctx, spec, cmd.Bool("start"))
 					if err != nil {
 						return err
 					}
@@ -79,11 +94,11 @@ func vmCommand() *cli.Command {
 			{
 				Name: "list", Usage: "list VMs",
 				Action: func(ctx context.Context, cmd *cli.Command) error {
-					out, err := cliutil.New(cmd.String("output"))
+					out, err := output(cmd)
 					if err != nil {
 						return err
 					}
-					vms, err := hostd.NewClient(cmd.String("host")).List(ctx)
+					vms, err := hostdClient(cmd.String("host")).List(ctx)
 					if err != nil {
 						return err
 					}
@@ -107,7 +122,7 @@ func vmCommand() *cli.Command {
 				return c.Stop(ctx, vm, cmd.Duration("timeout"))
 			}, &cli.DurationFlag{Name: "timeout", Usage: "grace period before QEMU is quit"}),
 			named("delete", "delete a stopped VM and its state", func(ctx context.Context, c *hostd.Client, vm string, _ *cli.Command) (any, error) {
-				return map[string]string{"deleted": vm}, c.Delete(ctx, vm)
+				return deleted{vm}, c.Delete(ctx, vm)
 			}),
 			{
 				Name: "detach", Usage: "hot-unplug a passthrough device", ArgsUsage: "VM DEVICE",
@@ -119,29 +134,41 @@ func vmCommand() *cli.Command {
 			},
 			named("checkpoint", "save a VM's memory, devices and disks to a directory on its host",
 				func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
+					live := cmd.Bool("live")
+					if cmd.Bool("stop") {
+						if cmd.IsSet("live") && live {
+							return nil, usageErr("vm checkpoint: --stop and --live: a VM that stops after its checkpoint is saved stopped")
+						}
+						live = false
+					}
+					bw, err := parseRate(cmd.String("bandwidth"))
+					if err != nil {
+						return nil, err
+					}
 					p := cliutil.NewProgress("checkpoint "+vm, true)
 					defer p.Done()
 					return c.Checkpoint(ctx, vm, hostd.CheckpointOptions{Dir: cmd.String("dir"), Stop: cmd.Bool("stop"),
-						NoGuest: cmd.Bool("no-guest"), Live: cmd.Bool("live")}, progressTo(p))
+						NoGuest: cmd.Bool("no-guest"), Live: live, Bandwidth: bw}, progressTo(p))
 				},
-				&cli.BoolFlag{Name: "live", Usage: "copy the VM while it runs; pause only for the snapshot point"},
+				liveFlag("copy the VM while it runs; pause it only for its snapshot point (not with --stop)"),
+				bandwidthFlag(),
 				&cli.StringFlag{Name: "dir", Required: true, Usage: "checkpoint directory (must not exist)"},
 				&cli.BoolFlag{Name: "stop", Usage: "stop the VM after the checkpoint"},
 				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
 			{
 				Name: "restore", Usage: "start a VM from a checkpoint directory",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "dir", Required: true},
+					&cli.StringFlag{Name: "dir", Required: true, Usage: "checkpoint directory (from vm checkpoint, or a VM's directory of a job checkpoint)"},
 					&cli.StringFlag{Name: "name", Usage: "restore under another name"},
 					&cli.BoolFlag{Name: "no-guest", Usage: "do not tell the guest"},
 				},
 				Action: func(ctx context.Context, cmd *cli.Command) error {
-					out, err := cliutil.New(cmd.String("output"))
+					out, err := output(cmd)
 					if err != nil {
 						return err
 					}
 					p := cliutil.NewProgress("restore", true)
-					info, err := hostd.NewClient(cmd.String("host")).Restore(ctx, hostd.RestoreOptions{
+					info, err := hostdClient(cmd.String("host")).Restore(ctx, hostd.RestoreOptions{
 						Dir: cmd.String("dir"), Name: cmd.String("name"), NoGuest: cmd.Bool("no-guest")}, progressTo(p))
 					p.Done()
 					if err != nil {
@@ -160,20 +187,26 @@ func vmCommand() *cli.Command {
 				},
 				&cli.StringFlag{Name: "qemu-binary", Usage: "start the new QEMU from this binary (upgrade)"},
 				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
-			named("migrate", "live-migrate a VM to another hostd",
+			named("migrate", "live-migrate (pre-copy) a VM straight to another hostd, without a coordinator",
 				func(ctx context.Context, c *hostd.Client, vm string, cmd *cli.Command) (any, error) {
-					bw, err := parseRate(cmd.String("max-bandwidth"))
+					to := cmp.Or(cmd.String("to-addr"), cmd.String("to"))
+					if to == "" {
+						return nil, usageErr("vm migrate: --to-addr ADDR is missing (the destination hostd's API address)")
+					}
+					bw, err := parseRate(cmp.Or(cmd.String("bandwidth"), cmd.String("max-bandwidth")))
 					if err != nil {
 						return nil, err
 					}
 					p := cliutil.NewProgress("migrate "+vm, true)
 					defer p.Done()
-					return c.Migrate(ctx, vm, hostd.MigrateOptions{To: cmd.String("to"), MaxBandwidth: bw,
+					return c.Migrate(ctx, vm, hostd.MigrateOptions{To: to, MaxBandwidth: bw,
 						DowntimeLimit: cmd.Duration("downtime-limit"), NoGuest: cmd.Bool("no-guest"),
 						DependencyAware: cmd.Bool("dependency-aware")}, progressTo(p))
 				},
-				&cli.StringFlag{Name: "to", Required: true, Usage: "destination hostd API address (host:port)"},
-				&cli.StringFlag{Name: "max-bandwidth", Usage: "cap, e.g. 100M (bytes/s)"},
+				&cli.StringFlag{Name: "to-addr", Usage: "destination hostd's API address (host:port or unix socket path); between hosts with certificates use symvirt migrate VM --to HOST"},
+				&cli.StringFlag{Name: "to", Hidden: true, Usage: "old name of --to-addr"},
+				bandwidthFlag(),
+				&cli.StringFlag{Name: "max-bandwidth", Hidden: true, Usage: "old name of --bandwidth"},
 				&cli.DurationFlag{Name: "downtime-limit", Usage: "QEMU's downtime target"},
 				&cli.BoolFlag{Name: "dependency-aware", Usage: "freeze the guest's processes that do not depend on the outside while it migrates"},
 				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
@@ -183,13 +216,13 @@ func vmCommand() *cli.Command {
 
 func deviceAction(ctx context.Context, cmd *cli.Command, action string) error {
 	if cmd.Args().Len() != 2 {
-		return fmt.Errorf("%s: want VM DEVICE", action)
+		return usageErr("vm %s: want VM DEVICE, got %d arguments", action, cmd.Args().Len())
 	}
-	out, err := cliutil.New(cmd.String("output"))
+	out, err := output(cmd)
 	if err != nil {
 		return err
 	}
-	info, err := hostd.NewClient(cmd.String("host")).Device(ctx, cmd.Args().Get(0), cmd.Args().Get(1), action)
+	info, err := hostdClient(cmd.String("host")).Device(ctx, cmd.Args().Get(0), cmd.Args().Get(1), action)
 	if err != nil {
 		return err
 	}
@@ -198,7 +231,8 @@ func deviceAction(ctx context.Context, cmd *cli.Command, action string) error {
 
 func oneArg(cmd *cli.Command, what string) (string, error) {
 	if cmd.Args().Len() != 1 {
-		return "", fmt.Errorf("%s: want exactly one %s argument, got %d", cmd.Name, what, cmd.Args().Len())
+		name := strings.TrimPrefix(cmd.FullName(), "symvirt ")
+		return "", usageErr("%s: want exactly one %s argument, got %d (symvirt %s --help)", name, what, cmd.Args().Len(), name)
 	}
 	return cmd.Args().First(), nil
 }
@@ -214,7 +248,7 @@ func parseRate(s string) (int64, error) {
 	}
 	mib, err := hostd.ParseSize(s)
 	if err != nil {
-		return 0, fmt.Errorf("--max-bandwidth: %w", err)
+		return 0, usageErr("--bandwidth %q: %v", s, err)
 	}
 	return int64(mib) << 20, nil
 }
@@ -266,10 +300,23 @@ func printResult(out cliutil.Output, v any) error {
 		case hostd.MigrateResult:
 			fmt.Fprintf(w, "migrated %s to %s: %s in %s (QEMU: total %s, downtime %s)\n", r.VM.Name, r.Destination,
 				cliutil.Bytes(r.Transferred), r.Duration.Round(time.Millisecond), r.TotalTime, r.Downtime)
+		case deleted:
+			fmt.Fprintf(w, "%s: deleted\n", r.Deleted)
 		default:
 			fmt.Fprintf(w, "%v\n", v)
 		}
 	})
+}
+
+// deleted is the result of vm delete.
+type deleted struct {
+	Deleted string `json:"deleted"`
+}
+
+// hostdClient is a client of the hostd at addr, the daemon errors name.
+func hostdClient(addr string) *hostd.Client {
+	target = hostdTarget(addr)
+	return hostd.NewClient(addr)
 }
 
 func printRejuvenate(w io.Writer, r hostd.RejuvenateResult) {
@@ -290,26 +337,31 @@ func printRejuvenate(w io.Writer, r hostd.RejuvenateResult) {
 
 func rejuvenateCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "rejuvenate",
-		Usage:     "restart every QEMU of a host with guest RAM in place (or, with --hostd, hostd itself)",
-		ArgsUsage: "HOST (a hostd API address: unix socket path or host:port)",
+		Name:        "rejuvenate",
+		Usage:       "restart every QEMU of a host with guest RAM in place (or, with --hostd, hostd itself)",
+		Description: "Talks to one hostd (--host, SYMVIRT_HOST; a hostd API address, as for `symvirt vm`).",
 		Flags: []cli.Flag{
-			outputFlag,
+			hostFlag(),
+			outputFlag(),
 			&cli.StringFlag{Name: "qemu-binary", Usage: "start the new QEMUs from this binary (upgrade)"},
 			&cli.IntFlag{Name: "parallel", Value: 1, Usage: "VMs restarted at once"},
 			&cli.BoolFlag{Name: "hostd", Usage: "restart hostd itself instead (VMs untouched)"},
 			&cli.StringFlag{Name: "hostd-binary", Usage: "with --hostd: the new hostd binary (upgrade)"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			host, err := oneArg(cmd, "HOST")
+			host := cmd.String("host")
+			switch cmd.Args().Len() {
+			case 0:
+			case 1: // the hostd address, as before --host
+				host = cmd.Args().First()
+			default:
+				return usageErr("rejuvenate: want no argument (the hostd is --host), got %d", cmd.Args().Len())
+			}
+			out, err := output(cmd)
 			if err != nil {
 				return err
 			}
-			out, err := cliutil.New(cmd.String("output"))
-			if err != nil {
-				return err
-			}
-			c := hostd.NewClient(host)
+			c := hostdClient(host)
 			if cmd.Bool("hostd") {
 				before, err := c.Host(ctx)
 				if err != nil {
@@ -336,7 +388,7 @@ func rejuvenateCommand() *cli.Command {
 				}
 			}
 			if cmd.Int("parallel") < 1 {
-				return fmt.Errorf("--parallel %d: want at least 1", cmd.Int("parallel"))
+				return usageErr("--parallel %d: want at least 1", cmd.Int("parallel"))
 			}
 			res, err := c.RejuvenateHost(ctx, hostd.RejuvenateOptions{QEMU: cmd.String("qemu-binary"), Parallel: int(cmd.Int("parallel"))})
 			if err != nil {

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/symvirt/symvirt/coord/machine"
+)
+
+// Each operation's first line says what it did: a restart names the
+// checkpoint it restored from (never "(checkpoint ID: )"), a checkpoint
+// its ID and whether it is complete; lost and stranded VMs say what to do.
+func TestOperationResultLines(t *testing.T) {
+	for _, tc := range []struct {
+		res  machine.Result
+		want []string
+		not  []string
+	}{
+		{machine.Result{Op: "o", Kind: machine.KindRestart, Job: "j1", Outcome: "restored", CheckpointID: "j1-20260101",
+			VMs: []machine.VMResult{{Name: "vm1", Host: "a", Outcome: "restored"}}},
+			[]string{"restart of job j1 from checkpoint j1-20260101: restored\n", "vm1  a     restored"}, []string{"(checkpoint", ": )"}},
+		{machine.Result{Op: "o", Kind: machine.KindCheckpoint, Job: "j1", Outcome: "checkpointed", CheckpointID: "j1-2", Checkpoint: "complete"},
+			[]string{"checkpoint of job j1: checkpointed, checkpoint j1-2 complete\n"}, nil},
+		{machine.Result{Op: "o", Kind: machine.KindMigrate, Job: "j1", Outcome: "migrated", Lost: []string{"vm2"}, Stranded: []string{"vm3"}},
+			[]string{"migrate of job j1: migrated\n", "lost (their host went down; symvirt restart j1): vm2", "stranded (a closing step kept failing; see ERROR): vm3"}, nil},
+	} {
+		var b strings.Builder
+		printOpResult(&b, tc.res)
+		for _, w := range tc.want {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("want %q in:\n%s", w, b.String())
+			}
+		}
+		for _, n := range tc.not {
+			if strings.Contains(b.String(), n) {
+				t.Errorf("%q in:\n%s", n, b.String())
+			}
+		}
+	}
+}
