@@ -1,0 +1,123 @@
+package hostd_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/testenv"
+)
+
+// A coordinator migrates a VM (stop, migrate, resume at the destination)
+// and vanishes before it kills the source copy: when the source's lease
+// runs out, its release asks the destination to drop its copy, hears that
+// the destination runs the VM, and kills the source's QEMU. The VM runs
+// once, at the destination.
+func TestReleaseKillsSourceTheDestinationRuns(t *testing.T) {
+	src, dst := twoHosts(t, "")
+	ctx := ctxT(t, 4*time.Minute)
+	sc := src.Client()
+	if _, err := sc.Create(ctx, guestSpec(t, "rl1", ""), true); err != nil {
+		t.Fatal(err)
+	}
+	waitCounter(t, serialLog(src, "rl1"), 3, 90*time.Second)
+	pid := mustStatus(t, sc, "rl1").PID
+
+	const op, lease = "op-gone", 3 * time.Second
+	vanish := renewLeases(ctx, op, lease, src, dst)
+	s, d := stepper{t, src, op, "rl1"}, stepper{t, dst, op, "rl1"}
+	stop := s.req(hostd.StepStop, 1)
+	stop.Lease = lease
+	s.ok(stop)
+	mig := s.req(hostd.StepMigrate, 1)
+	mig.Lease, mig.Migrate = lease, &hostd.MigrateArgs{Dest: dst.Addr()}
+	s.ok(mig)
+	resume := d.req(hostd.StepResume, 1)
+	resume.Lease, resume.Resume = lease, &hostd.ResumeArgs{Outcome: "migrated"}
+	d.ok(resume)
+	vanish()
+
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := sc.Status(ctx, "rl1")
+		if errors.Is(err, hostd.ErrNotFound) && syscall.Kill(pid, 0) != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the source copy is still there after its lease ran out: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st := mustStatus(t, dst.Client(), "rl1"); st.State != "running" {
+		t.Fatalf("destination after the release: %+v", st)
+	}
+	n := counters(serialLog(dst, "rl1"))
+	waitCounter(t, serialLog(dst, "rl1"), n[len(n)-1]+2, 30*time.Second)
+	noJournals(t, src)
+}
+
+// A destination's incoming copy that nobody resumes (its coordinator
+// vanished before the migration was sent) is killed when its lease runs
+// out: it must never run.
+func TestReleaseKillsUnresumedIncoming(t *testing.T) {
+	h := testenv.StartHostd(t, "a", nil, "", "")
+	c := h.Client()
+	ctx := ctxT(t, 2*time.Minute)
+	req := hostd.IncomingRequest{Spec: guestSpec(t, "ri1", ""), Op: "op-gone", Lease: time.Second}
+	if _, err := c.Incoming(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	pid := mustStatus(t, c, "ri1").PID
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := c.Status(ctx, "ri1")
+		if errors.Is(err, hostd.ErrNotFound) && syscall.Kill(pid, 0) != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the incoming copy is still there after its lease ran out: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	noJournals(t, h)
+}
+
+// renewLeases renews op's leases on hosts, as its coordinator would, until
+// the returned function is called (the coordinator vanishes).
+func renewLeases(ctx context.Context, op string, lease time.Duration, hosts ...*testenv.Hostd) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			for _, h := range hosts {
+				h.Client().RenewLeases(ctx, op, lease)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(lease / 4):
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// noJournals: every direct operation of h is over (its journal removed).
+func noJournals(t *testing.T, h *testenv.Hostd) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ops, _ := filepath.Glob(filepath.Join(h.StateDir, "ops", "*"))
+		if len(ops) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("operation journals left: %v", ops)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
