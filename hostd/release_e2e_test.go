@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"regexp"
 	"syscall"
 	"testing"
 	"time"
@@ -12,16 +13,16 @@ import (
 	"github.com/symvirt/symvirt/internal/testenv"
 )
 
-// A coordinator migrates a VM (stop, migrate, resume at the destination)
-// and vanishes before it kills the source copy: when the source's lease
-// runs out, its release asks the destination to drop its copy, hears that
-// the destination runs the VM, and kills the source's QEMU. The VM runs
-// once, at the destination.
+// A coordinator migrates a VM (detach, stop, migrate, resume at the
+// destination) and vanishes before it kills the source copy: when the
+// source's lease runs out, its release asks the destination to drop its
+// copy, hears that the destination runs the VM, and kills the source's
+// QEMU. The VM runs once, at the destination.
 func TestReleaseKillsSourceTheDestinationRuns(t *testing.T) {
-	src, dst := twoHosts(t, "")
+	src, dst := twoHosts(t, "52:54:00:bb:00:01")
 	ctx := ctxT(t, 4*time.Minute)
 	sc := src.Client()
-	if _, err := sc.Create(ctx, guestSpec(t, "rl1", ""), true); err != nil {
+	if _, err := sc.Create(ctx, guestSpec(t, "rl1", "nic"), true); err != nil {
 		t.Fatal(err)
 	}
 	waitCounter(t, serialLog(src, "rl1"), 3, 90*time.Second)
@@ -30,9 +31,11 @@ func TestReleaseKillsSourceTheDestinationRuns(t *testing.T) {
 	const op, lease = "op-gone", 3 * time.Second
 	vanish := renewLeases(ctx, op, lease, src, dst)
 	s, d := stepper{t, src, op, "rl1"}, stepper{t, dst, op, "rl1"}
-	stop := s.req(hostd.StepStop, 1)
-	stop.Lease = lease
-	s.ok(stop)
+	for _, kind := range []string{hostd.StepDetach, hostd.StepStop} {
+		req := s.req(kind, 1)
+		req.Lease = lease
+		s.ok(req)
+	}
 	mig := s.req(hostd.StepMigrate, 1)
 	mig.Lease, mig.Migrate = lease, &hostd.MigrateArgs{Dest: dst.Addr()}
 	s.ok(mig)
@@ -58,6 +61,10 @@ func TestReleaseKillsSourceTheDestinationRuns(t *testing.T) {
 	n := counters(serialLog(dst, "rl1"))
 	waitCounter(t, serialLog(dst, "rl1"), n[len(n)-1]+2, 30*time.Second)
 	noJournals(t, src)
+	// The release's own verdict: the VM moved (not stranded, not aborted).
+	if !regexp.MustCompile(`"msg":"vm released".*"outcome":"migrated"`).MatchString(src.Logs()) {
+		t.Fatalf("no release of rl1 with outcome migrated in the source's log")
+	}
 }
 
 // A destination's incoming copy that nobody resumes (its coordinator
@@ -84,6 +91,9 @@ func TestReleaseKillsUnresumedIncoming(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	noJournals(t, h)
+	if !regexp.MustCompile(`"msg":"vm released".*"outcome":"aborted"`).MatchString(h.Logs()) {
+		t.Fatalf("no release of ri1 with outcome aborted in hostd's log")
+	}
 }
 
 // renewLeases renews op's leases on hosts, as its coordinator would, until
