@@ -75,8 +75,9 @@ func (o *Op) resolve(v *VMState, slot **Action, r ActionResult) {
 		o.streamFailed(v, fmt.Sprintf("%s: %s", a.Type, reason))
 		return
 	}
-	if a.Type == CancelMigrate && r.Running && !v.Lost && !v.Switched {
-		// The destination runs the VM: the move happened, and its source
+	if a.Type == CancelMigrate && r.Running && v.Migrate == StatusOK && !v.Lost && !v.Switched {
+		// The destination runs the VM (its transfer completed, so the
+		// copy there is this VM's): the move happened, and its source
 		// copy must never run again.
 		*st = StatusFailed
 		v.addErr(fmt.Sprintf("%s on %s: the vm runs there", a.Type, a.Host))
