@@ -131,3 +131,50 @@ func noJournals(t *testing.T, h *testenv.Hostd) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A hostd killed in the middle of a release (right after its attach) is
+// replaced by one that finishes it from its journal: the VM a vanished
+// coordinator left detached and paused runs again with its devices.
+func TestReleaseFinishedAfterHostdKill(t *testing.T) {
+	h := testenv.StartHostd(t, "a", nil, "", onePT)
+	c := h.Client()
+	ctx := ctxT(t, 4*time.Minute)
+	if _, err := c.Create(ctx, guestSpec(t, "rk1", "nic"), true); err != nil {
+		t.Fatal(err)
+	}
+	log := serialLog(h, "rk1")
+	waitPresent(t, c, "rk1", "pt0")
+	waitCounter(t, log, 3, 90*time.Second)
+	h.Kill()
+	h.Env = []string{"SYMVIRT_HOSTD_CRASH_AT=release:attach"}
+	h.Start()
+
+	s := stepper{t, h, "op-gone", "rk1"}
+	for _, kind := range []string{hostd.StepDetach, hostd.StepStop} {
+		req := s.req(kind, 1)
+		req.Lease = time.Second
+		s.ok(req)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for !h.Exited() {
+		if time.Now().After(deadline) {
+			t.Fatal("hostd did not reach its crash point in the release")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.Env = nil
+	h.Start()
+	deadline = time.Now().Add(time.Minute)
+	for {
+		st := mustStatus(t, c, "rk1")
+		if st.State == "running" && len(st.Detached) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the restart: state %s detached %v", st.State, st.Detached)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	assertRunningWith(t, c, "rk1", "pt0", log)
+	noJournals(t, h)
+}
