@@ -2,6 +2,7 @@ package hostd
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
@@ -52,14 +53,14 @@ func (h *Host) release(vm *VM, l *lease) {
 	})
 	log.Warn("coordinator lease expired: releasing the vm", "release", d.Op.ID, "incoming", found.Incoming)
 	res, err := h.runDirect(d, acts)
-	switch vr := res.VMs[0]; {
-	case !res.Done:
-		log.Error("release stopped", "release", d.Op.ID, "err", err)
-	case vr.Outcome == machine.OutcomeStranded:
-		log.Error("release stranded the vm: it needs an operator", "release", d.Op.ID, "error", vr.Error)
-	default:
-		log.Info("vm released", "release", d.Op.ID, "outcome", vr.Outcome, "error", vr.Error)
+	vr, lvl := res.VMs[0], slog.LevelInfo
+	if !res.Done || vr.Outcome == machine.OutcomeStranded {
+		lvl = slog.LevelError // stopped, or left for an operator
 	}
+	if res.Done {
+		err = nil // a direct operation's verdict; the outcome says it here
+	}
+	log.Log(ctx, lvl, "vm released", "release", d.Op.ID, "done", res.Done, "outcome", vr.Outcome, "error", vr.Error, "err", err)
 }
 
 // busy reports whether an operation or a step holds the VM.
