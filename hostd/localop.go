@@ -192,8 +192,10 @@ func (h *Host) execDirect(ctx context.Context, d *directOp, a machine.Action) ma
 		}
 		d.mu.Unlock()
 	}
+	// A CancelMigrate refused as the VM runs there: the move happened.
+	running := a.Type == machine.CancelMigrate && res.Code == codeOf(ErrInvalidState)
 	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest,
-		Pause: res.Pause, SnapshotAt: res.SnapshotAt, Now: time.Now()}
+		Pause: res.Pause, SnapshotAt: res.SnapshotAt, Running: running, Now: time.Now()}
 }
 
 func forwardAction(t machine.ActionType) bool {

@@ -31,10 +31,9 @@ import (
 //     wrote it: its wait-save answers failed (ErrStreamLost).
 //   - Leases: a step that leaves a VM paused, detached or in a guest round
 //     holds a lease; the coordinator renews it. If the lease runs out (the
-//     coordinator is gone), hostd undoes the operation for that VM by
-//     itself: re-attach, resume, abort the guest round. A migration source
-//     is resumed only once its destination's copy was cancelled; if the
-//     destination already runs the VM, the source copy is killed instead.
+//     coordinator is gone), hostd closes the operation for that VM and
+//     releases the VM: a one-VM operation of coord/machine (release.go)
+//     undoes what the operation may have left.
 
 // stepState is hostd's memory of coordinator steps. Each VM's part of it
 // is also persisted in its runtime state (ClosedOps, Answers, Lease), from
@@ -608,84 +607,25 @@ func (vm *VM) completeIncoming(ctx context.Context) error {
 	return nil
 }
 
-// expireLeases undoes, for every VM whose lease ran out, what the absent
-// coordinator left: the VM runs again as it was.
+// expireLeases releases every VM whose lease ran out (release.go): the
+// absent coordinator's operation is closed there, and undone.
 func (h *Host) expireLeases() {
 	now := timeNow()
 	h.steps.mu.Lock()
-	var due []string
+	due := map[string]*lease{}
 	for vm, l := range h.steps.leases {
 		if now.After(l.Until) {
-			due = append(due, vm)
+			due[vm] = l
+			delete(h.steps.leases, vm)
 		}
 	}
 	h.steps.mu.Unlock()
-	for _, name := range due {
-		h.steps.mu.Lock()
-		l := h.steps.leases[name]
-		delete(h.steps.leases, name)
-		h.steps.mu.Unlock()
-		if l == nil {
-			continue
-		}
-		h.updateRuntime(name, func(rt *runtimeState) { rt.Lease = nil })
+	for name, l := range due {
 		h.closeOp(name, l.Op)
-		vm, err := h.Get(name)
-		if err != nil {
-			continue
-		}
-		go vm.expire(l)
-	}
-}
-
-func (vm *VM) expire(l *lease) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for vm.lock("lease expiry") != nil {
-		select {
-		case <-ctx.Done():
-			vm.log.Error("lease expired but the vm stayed busy")
-			return
-		case <-time.After(200 * time.Millisecond):
+		if vm, err := h.Get(name); err == nil {
+			go h.release(vm, l)
 		}
 	}
-	defer vm.unlock()
-	vm.log.Warn("coordinator lease expired: undoing its operation here", "op", l.Op, "dest", l.Dest)
-	vm.mu.Lock()
-	incoming := vm.rt.Incoming
-	vm.mu.Unlock()
-	if incoming {
-		// A destination copy nobody resumed: it must never run.
-		vm.kill()
-		vm.h.forget(vm)
-		return
-	}
-	if l.Dest != "" {
-		// A migration source: resume only if the destination's copy is
-		// gone for sure.
-		dest := vm.h.peer(l.Dest)
-		err := dest.AbortIncoming(ctx, vm.name)
-		switch {
-		case err == nil, errors.Is(err, ErrNotFound):
-		case errors.Is(err, ErrInvalidState):
-			vm.log.Warn("destination runs the vm: killing the source copy", "dest", l.Dest)
-			vm.kill()
-			vm.h.forget(vm)
-			return
-		default:
-			vm.log.Error("destination unreachable: the source copy stays paused for an operator", "dest", l.Dest, "err", err)
-			return
-		}
-	}
-	vm.attachAll(ctx)
-	if mon, err := vm.monitor(); err == nil {
-		if st, err := mon.Status(ctx); err == nil && !st.Running {
-			mon.Cont(ctx)
-		}
-	}
-	vm.unfence(ctx)
-	vm.dropArm()
-	vm.finishRound(ctx, "aborted")
 }
 
 // leaseLoop checks leases until ctx ends.

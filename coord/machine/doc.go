@@ -73,6 +73,7 @@
 //	                   switch, per staying VM (no Dest): ATTACH, RESUME(migrated)
 //	restart:           RESTORE (paused, on Dest or Host) =commit=> resume: ATTACH, RESUME(restored)
 //	rejuvenate:        PREPARE -> DETACH -> STOP -> REPLACE =commit=> resume: ATTACH, RESUME(rejuvenated)
+//	release:           no forward phase: starts in its rollback (below)
 //	any failure before the commit point                      => rollback (below)
 //
 // The commit point is the end of the last forward phase: every VM saved
@@ -151,6 +152,20 @@
 // and before anything was resumed or cancelled, the VM continues at its
 // destination (outcome "migrated") instead of being lost, whatever the rest
 // of the job does.
+//
+// Release. A hostd whose coordinator's lease on a VM ran out (the
+// coordinator is gone, its operation's steps unknown) runs a release of
+// that VM, which presumes issued every step the operation could have
+// taken there and rolls them back as above: a held VM gets ATTACH,
+// RESUME(aborted); an incoming copy that never ran (VM.Incoming) gets
+// KILL; a migration source whose transfer completed (Dest holds a paused
+// copy) gets CANCEL-MIGRATE@dest and ATTACH, then RESUME(aborted) once
+// the cancel succeeded. As the absent coordinator may have resumed the
+// VM at its destination, a destination reported down does not let the
+// source run (stranded), and a destination that refuses the cancel
+// because it runs the VM (ActionResult.Running) makes the move final:
+// the source copy is killed (outcome "migrated"). A Running answer does
+// the same in any rollback.
 //
 // HostDown(host): every VM whose current copy is on host (VMState.At) is
 // lost (salvage aside) and gets no more actions, except a CancelMigrate to

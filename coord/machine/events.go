@@ -75,6 +75,15 @@ func (o *Op) resolve(v *VMState, slot **Action, r ActionResult) {
 		o.streamFailed(v, fmt.Sprintf("%s: %s", a.Type, reason))
 		return
 	}
+	if a.Type == CancelMigrate && r.Running && v.Migrate == StatusOK && !v.Lost && !v.Switched {
+		// The destination runs the VM (its transfer completed, so the
+		// copy there is this VM's): the move happened, and its source
+		// copy must never run again.
+		*st = StatusFailed
+		v.addErr(fmt.Sprintf("%s on %s: the vm runs there", a.Type, a.Host))
+		v.Switched, v.At, v.Dir, v.Finish = true, v.Dest, DirForward, StatusOK
+		return
+	}
 	if !o.isDown(a.Host) && v.Tries[a.Type] < o.Opts.MaxAttempts {
 		o.issue(v, slot, a.Type, a.Host, a.Outcome) // same step, next attempt
 		return

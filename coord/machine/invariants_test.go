@@ -196,7 +196,7 @@ func checkClosing(o *Op, a Action, v *VMState, fail func(string, ...any)) {
 		if o.Kind == KindRestart && o.Committed && v.Dir != DirBack {
 			fail("restart kill after the commit")
 		}
-		if o.Kind != KindRestart && (!o.moving(v) || a.Host != v.Host || !v.Switched || v.Finish != StatusOK) {
+		if !o.discards(v) && (!o.moving(v) || a.Host != v.Host || !v.Switched || v.Finish != StatusOK) {
 			fail("kill of %s at %s before its destination runs", a.VM, a.Host)
 		}
 	}
@@ -215,7 +215,7 @@ func checkResume(o *Op, a Action, v *VMState, fail func(string, ...any)) {
 	if o.Committed && v.Dir != DirBack {
 		fail("resume(aborted) of %s after the commit", a.VM)
 	}
-	if o.moving(v) && v.Migrate != "" && v.Cancel != StatusOK && !o.isDown(v.Dest) {
+	if o.moving(v) && v.Migrate != "" && v.Cancel != StatusOK && (o.Kind == KindRelease || !o.isDown(v.Dest)) {
 		fail("source of %s resumed before its copy at %s was cancelled (cancel %q)", a.VM, v.Dest, v.Cancel)
 	}
 }
@@ -308,11 +308,11 @@ func checkFinalVM(o *Op, v *VMState, lastFinish ActionType, fail func(string, ..
 	default:
 		fail("vm %s outcome %q", v.Name, v.Outcome)
 	}
-	if o.Kind == KindRestart {
+	if o.discards(v) {
 		if v.Outcome == OutcomeRestored && (v.Finish != StatusOK || v.At != restoreTarget(v)) {
 			fail("restored vm %s not running at its target", v.Name)
 		}
-		if v.Outcome == OutcomeAborted && (v.At != "" || (v.Restore != "" && v.Kill != StatusOK)) {
+		if v.Outcome == OutcomeAborted && (v.At != "" || ((v.Restore != "" || v.Incoming) && v.Kill != StatusOK)) {
 			fail("aborted restart left vm %s behind", v.Name)
 		}
 		return
@@ -321,7 +321,9 @@ func checkFinalVM(o *Op, v *VMState, lastFinish ActionType, fail func(string, ..
 	if v.Prepare != "" && v.Finish != StatusOK {
 		fail("vm %s prepared but its round was not ended", v.Name)
 	}
-	if o.copyHeld(v) && lastFinish != Resume {
+	// A release that found its VM running at the destination resumed
+	// nothing: the destination had.
+	if o.copyHeld(v) && lastFinish != Resume && !(o.Kind == KindRelease && v.Switched) {
 		fail("vm %s may be paused or fenced: ended with %s", v.Name, lastFinish)
 	}
 	if (v.Detach != "" || v.Arm != "") && v.Attach != StatusOK && !strings.Contains(v.Error, "attach") {

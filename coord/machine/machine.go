@@ -67,7 +67,11 @@ func New(id string, kind Kind, job string, vms []VM, opts Options, now time.Time
 		o.VMs[i] = v
 	}
 	o.ensure()
-	o.enter(o.phases()[0])
+	if kind == KindRelease {
+		o.release()
+	} else {
+		o.enter(o.phases()[0])
+	}
 	o.settle()
 	return o, o.flush(), nil
 }
@@ -108,13 +112,16 @@ func validate(id string, kind Kind, vms []VM, opts Options) error {
 		if vm.Dest != "" && vm.Dest != vm.Host {
 			moving++
 		}
+		if vm.Incoming && (kind != KindRelease || vm.Dest != "") {
+			return fmt.Errorf("machine: VM %q: Incoming applies to a release of a VM without Dest", vm.Name)
+		}
 	}
 	return validateKind(kind, moving, opts)
 }
 
 func validateKind(kind Kind, moving int, opts Options) error {
 	switch kind {
-	case KindCheckpoint, KindRestart, KindMigrate, KindEvacuate, KindRejuvenate:
+	case KindCheckpoint, KindRestart, KindMigrate, KindEvacuate, KindRejuvenate, KindRelease:
 	default:
 		return fmt.Errorf("machine: unknown kind %q", kind)
 	}
@@ -349,8 +356,12 @@ func (o *Op) isDown(host string) bool {
 
 // moving reports whether v leaves its host (migrate/evacuate with a Dest).
 func (o *Op) moving(v *VMState) bool {
-	return (o.Kind == KindMigrate || o.Kind == KindEvacuate) && v.Dest != ""
+	return (o.Kind == KindMigrate || o.Kind == KindEvacuate || o.Kind == KindRelease) && v.Dest != ""
 }
+
+// discards: v's copy at At is one nobody must run (a restart's restore,
+// an incoming migration's copy): rolling back kills it.
+func (o *Op) discards(v *VMState) bool { return o.Kind == KindRestart || v.Incoming }
 
 // liveCheckpoint: a checkpoint whose VMs run on through the copy.
 func (o *Op) liveCheckpoint() bool { return o.Kind == KindCheckpoint && o.Opts.Live }
@@ -554,6 +565,24 @@ func (o *Op) commit() {
 	o.dirtyAll = true
 }
 
+// release starts a release in its rollback. A step that may have been
+// issued is undone (machine's rule), and the absent coordinator may have
+// issued any: a migration source is presumed prepared, detached, stopped
+// and its transfer complete; any other VM prepared, detached and stopped
+// (Attach and Resume(aborted) undo a fence and an arm too); an incoming
+// copy only exists.
+func (o *Op) release() {
+	for i := range o.VMs {
+		if v := &o.VMs[i]; !v.Incoming {
+			v.Prepare, v.Detach, v.Stop = StatusIssued, StatusIssued, StatusIssued
+			if v.Dest != "" {
+				v.Migrate = StatusOK
+			}
+		}
+	}
+	o.fail("released: its coordinator's lease ran out")
+}
+
 // fail rolls the operation back, unless it is past the commit point or
 // already rolling back.
 func (o *Op) fail(reason string) {
@@ -652,8 +681,8 @@ func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
 
 // backNext undoes, in reverse order, every step that was issued.
 func (o *Op) backNext(v *VMState) (ActionType, string, string) {
-	if o.Kind == KindRestart {
-		if v.Restore != "" && v.Kill == "" {
+	if o.discards(v) {
+		if (v.Restore != "" || v.Incoming) && v.Kill == "" {
 			return Kill, v.At, ""
 		}
 		o.finishVM(v, OutcomeAborted)
@@ -681,10 +710,12 @@ func (o *Op) copyHeld(v *VMState) bool {
 
 // resumeBack resumes a rolled-back VM at its source, but a moving VM's
 // only once its destination's copy is gone: CancelMigrate succeeded, or
-// the destination host is down. A CancelMigrate given up on a live
-// destination strands the VM paused at its source (never two copies).
+// the destination host is down (not for a release: its absent
+// coordinator may have resumed the VM there). A CancelMigrate given up
+// on a live destination strands the VM paused at its source (never two
+// copies).
 func (o *Op) resumeBack(v *VMState) (ActionType, string, string) {
-	if o.moving(v) && v.Migrate != "" && v.Cancel != StatusOK && !o.isDown(v.Dest) {
+	if o.moving(v) && v.Migrate != "" && v.Cancel != StatusOK && (o.Kind == KindRelease || !o.isDown(v.Dest)) {
 		if v.Cancel != StatusFailed {
 			return "", "", "" // its CancelMigrate is outstanding
 		}
@@ -698,10 +729,10 @@ func (o *Op) resumeBack(v *VMState) (ActionType, string, string) {
 func (o *Op) finishVM(v *VMState, outcome string) {
 	v.Finished = true
 	v.Outcome = outcome
-	if v.Finish == StatusFailed || (o.Kind == KindRestart && v.Kill == StatusFailed) {
+	if v.Finish == StatusFailed || (o.discards(v) && v.Kill == StatusFailed) {
 		v.Outcome = OutcomeStranded
 	}
-	if o.Kind == KindRestart && v.Dir == DirBack && v.Outcome != OutcomeStranded {
+	if o.discards(v) && v.Dir == DirBack && v.Outcome != OutcomeStranded {
 		v.At = "" // killed, or never created
 	}
 }

@@ -571,6 +571,9 @@ func TestNewValidation(t *testing.T) {
 		{"freeze on a checkpoint", "op", KindCheckpoint, vms3, Options{CheckpointID: "ck", Freeze: true}},
 		{"freeze on a rejuvenate", "op", KindRejuvenate, vms3, Options{Freeze: true}},
 		{"nothing moves", "op", KindMigrate, []VM{{Name: "a", Host: "h", Dest: "h"}}, ok},
+		{"incoming on a migrate", "op", KindMigrate, []VM{{Name: "a", Host: "h", Dest: "g", Incoming: true}}, ok},
+		{"incoming source", "op", KindRelease, []VM{{Name: "a", Host: "h", Dest: "g", Incoming: true}}, ok},
+		{"live release", "op", KindRelease, vms3, Options{Live: true}},
 	} {
 		if _, acts, err := New(c.id, c.kind, "j", c.vms, c.opts, t0); err == nil || acts != nil {
 			t.Errorf("%s: err %v, actions %v", c.name, err, acts)
@@ -584,6 +587,7 @@ func TestNewValidation(t *testing.T) {
 		{KindMigrate, Options{Live: true, Freeze: true}},
 		{KindEvacuate, Options{Freeze: true}},
 		{KindRejuvenate, Options{}},
+		{KindRelease, Options{}},
 	} {
 		vms := vms3
 		if c.kind != KindCheckpoint && c.kind != KindRejuvenate {

@@ -32,22 +32,50 @@ type world struct {
 	dead  map[string]bool
 	done  map[ActionID]ActionResult
 	fence map[string]bool
+	// release: the op releases VMs a vanished coordinator left, whose
+	// destination may run them already.
+	release bool
 }
+
+// runsThere is a CancelMigrate's refusal at a destination that runs the VM.
+const runsThere = "the vm runs here"
 
 func newWorld(t testing.TB, rng *rand.Rand, kind Kind, vms []VM, pFail float64) *world {
 	w := &world{t: t, rng: rng, pFail: pFail, vms: map[string]*simVM{}, dead: map[string]bool{},
 		done: map[ActionID]ActionResult{}, fence: map[string]bool{}}
 	for _, vm := range vms {
 		s := &simVM{copies: map[string]string{}, attached: map[string]bool{}}
-		if kind == KindRestart {
+		switch kind {
+		case KindRestart:
 			s.artifact = true
-		} else {
+		case KindRelease:
+			w.release = true
+			w.left(vm, s)
+		default:
 			s.copies[vm.Host] = "running"
 			s.attached[vm.Host] = true
 		}
 		w.vms[vm.Name] = s
 	}
 	return w
+}
+
+// left: what a vanished coordinator may have left of vm for a release
+// (held at Host, an incoming copy there, or a migration whose destination
+// holds a paused or running copy).
+func (w *world) left(vm VM, s *simVM) {
+	s.copies[vm.Host] = []string{"running", "paused"}[w.rng.IntN(2)]
+	if vm.Incoming {
+		s.copies[vm.Host] = "paused"
+		return
+	}
+	s.inRound, s.fenced = true, w.rng.IntN(2) == 0
+	if vm.Dest != "" {
+		s.copies[vm.Host], s.copies[vm.Dest], s.fenced = "paused", "paused", false
+		if w.rng.IntN(2) == 0 {
+			s.copies[vm.Dest], s.attached[vm.Dest], s.inRound = "running", true, false
+		}
+	}
 }
 
 func (w *world) crash(host string) {
@@ -93,7 +121,9 @@ func (w *world) run(a Action) ActionResult {
 		return fail("injected failure")
 	}
 	if why := w.effect(a, s); why != "" {
-		return fail(why)
+		r := fail(why)
+		r.Running = why == runsThere
+		return r
 	}
 	if roll < w.pFail {
 		return fail("injected failure after the effect")
@@ -141,7 +171,10 @@ func (w *world) effect(a Action, s *simVM) string {
 		s.copies[a.Host] = "paused"
 	case CancelMigrate:
 		if s.copies[a.Host] == "running" {
-			w.t.Fatalf("cancel-migrate of %s at %s: it runs there", a.VM, a.Host)
+			if !w.release {
+				w.t.Fatalf("cancel-migrate of %s at %s: it runs there", a.VM, a.Host)
+			}
+			return runsThere
 		}
 		delete(s.copies, a.Host)
 		delete(s.attached, a.Host)
@@ -225,7 +258,7 @@ func (w *world) check(o *Op) {
 		}
 		slices.Sort(running)
 		slices.Sort(paused)
-		if o.Kind == KindRestart && v.Outcome == OutcomeAborted {
+		if o.discards(v) && v.Outcome == OutcomeAborted {
 			if len(running)+len(paused) != 0 {
 				t.Fatalf("aborted restart left %s running %v paused %v", v.Name, running, paused)
 			}
@@ -261,7 +294,7 @@ func (w *world) check(o *Op) {
 }
 
 func randomOp(rng *rand.Rand) (Kind, []VM, Options) {
-	kinds := []Kind{KindCheckpoint, KindRestart, KindMigrate, KindEvacuate, KindRejuvenate}
+	kinds := []Kind{KindCheckpoint, KindRestart, KindMigrate, KindEvacuate, KindRejuvenate, KindRelease}
 	kind := kinds[rng.IntN(len(kinds))]
 	nh := 1 + rng.IntN(4)
 	host := func() string { return fmt.Sprintf("h%d", 1+rng.IntN(nh+2)) }
@@ -273,6 +306,15 @@ func randomOp(rng *rand.Rand) (Kind, []VM, Options) {
 		case KindRestart:
 			if rng.IntN(3) == 0 {
 				vms[i].Dest = host()
+			}
+		case KindRelease:
+			switch rng.IntN(3) {
+			case 0:
+				vms[i].Incoming = true
+			case 1:
+				for vms[i].Dest == "" || vms[i].Dest == vms[i].Host {
+					vms[i].Dest = host()
+				}
 			}
 		case KindMigrate, KindEvacuate:
 			if rng.IntN(3) > 0 || i == 0 {
@@ -459,6 +501,8 @@ func (rr *randomRun) count(r Result) {
 			rr.stats["vm salvaged"]++
 		case strings.Contains(v.Error, "resumed at the source"):
 			rr.stats["vm reverted after commit"]++
+		case strings.Contains(v.Error, "the vm runs there"):
+			rr.stats["vm found running at its destination"]++
 		}
 	}
 	if r.Ignored > 0 {

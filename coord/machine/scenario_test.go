@@ -20,8 +20,8 @@ import (
 //
 // Commands:
 //
-//	new kind=K [live] [freeze] vms=(a@h1,b@h2>h3) [ck=ID] [max=N] [bandwidth=B] [transfer=D]
-//	ok|fail VM STEP [reason=R] [digest=D] [pause=D] [try=N]   answer VM's outstanding STEP
+//	new kind=K [live] [freeze] vms=(a@h1,b@h2>h3) [incoming=(a,b)] [ck=ID] [max=N] [bandwidth=B] [transfer=D]
+//	ok|fail VM STEP [reason=R] [digest=D] [pause=D] [try=N] [running]   answer VM's outstanding STEP
 //	ok|fail all STEP                                         answer every outstanding STEP, in VM order
 //	ok|fail job record-checkpoint                            answer the job-level record
 //	tick +D | tick deadline                                  advance the clock
@@ -87,17 +87,21 @@ func (s *scenario) do(t *testing.T, d *datadriven.TestData) string {
 
 func newScenario(t *testing.T, d *datadriven.TestData) *harness {
 	var kind, vmsArg string
+	var incoming []string
 	d.ScanArgs(t, "kind", &kind)
 	for _, a := range d.CmdArgs {
-		if a.Key == "vms" {
+		switch a.Key {
+		case "vms":
 			vmsArg = strings.Join(a.Vals, ",")
+		case "incoming":
+			incoming = a.Vals
 		}
 	}
 	var vms []VM
 	for _, spec := range strings.Split(vmsArg, ",") {
 		name, where, _ := strings.Cut(spec, "@")
 		host, dest, _ := strings.Cut(where, ">")
-		vms = append(vms, VM{Name: name, Host: host, Dest: dest})
+		vms = append(vms, VM{Name: name, Host: host, Dest: dest, Incoming: slices.Contains(incoming, name)})
 	}
 	opts := Options{CheckpointID: "ck1", TransferTimeout: 300 * time.Second, Live: d.HasArg("live"),
 		Freeze: d.HasArg("freeze")}
@@ -149,6 +153,7 @@ func (s *scenario) answer(t *testing.T, d *datadriven.TestData) []Action {
 	for _, a := range targets {
 		r := resultFor(a, d.Cmd == "ok", "", s.h.now)
 		d.MaybeScanArgs(t, "reason", &r.Reason)
+		r.Running = d.HasArg("running")
 		if r.OK && a.Type == WaitSave {
 			r.Digest, r.Pause, r.SnapshotAt = "sha256:"+a.VM, 20*time.Millisecond, s.h.now
 		}
@@ -306,6 +311,9 @@ func fmtVM(v *VMState) string {
 	}
 	if v.Switched {
 		s += " switched"
+	}
+	if v.Incoming {
+		s += " incoming"
 	}
 	for _, st := range []ActionType{Prepare, Detach, Arm, Fence, Stop, Point, Save, Migrate, Replace, Restore,
 		CancelMigrate, Attach, Resume, WaitSave, Kill, DeleteArtifacts} {

@@ -17,6 +17,11 @@ const (
 	// VM's memory stays in shared memory and a new QEMU takes over its
 	// device state (Replace). Dest is ignored.
 	KindRejuvenate Kind = "rejuvenate"
+	// KindRelease undoes, on a VM whose coordinator's lease ran out, what
+	// that absent coordinator's operation may have left (its steps are
+	// unknown: each one it could have taken is presumed issued). It starts
+	// in its rollback; Dest and Incoming say what hostd found.
+	KindRelease Kind = "release"
 )
 
 // VM is one VM of the job, as given to New.
@@ -26,8 +31,12 @@ type VM struct {
 	// Dest is the destination host: migrate/evacuate move the VM there
 	// (empty, or equal to Host: the VM stays but is stopped and resumed
 	// with the job); restart restores it there instead of Host.
-	// Checkpoint and rejuvenate ignore it.
+	// Checkpoint and rejuvenate ignore it. Release: the VM is a
+	// migration source whose stream completed, Dest holds a paused copy.
 	Dest string `json:"dest,omitempty"`
+	// Incoming (release only): Host holds an incoming migration's copy
+	// that never ran; it must never run.
+	Incoming bool `json:"incoming,omitempty"`
 }
 
 // Options tune one operation. Zero durations take the defaults below;
@@ -207,6 +216,9 @@ type ActionResult struct {
 	Pause time.Duration `json:"pause_ns,omitempty"`
 	// SnapshotAt (WaitSave): when the vCPUs ran again after the point.
 	SnapshotAt time.Time `json:"snapshot_at,omitzero"`
+	// Running (a failed CancelMigrate): the destination refused because
+	// it runs the VM (a Resume there succeeded, whoever sent it).
+	Running bool `json:"running,omitempty"`
 	// Now is the driver's clock when the result arrived; it dates the
 	// deadlines of the actions this result triggers. Zero: the latest
 	// time the machine has seen.
