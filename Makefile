@@ -3,6 +3,7 @@ GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 
 include mk/guest.mk
+include mk/guest-mpi.mk
 
 .PHONY: all build test test-short test-race vet demo bench generate libsymvirt clean
 
