@@ -25,7 +25,7 @@ vet:
 # The whole suite: unit tests, real QEMU under TCG, real namespaces, real
 # eBPF. SYMVIRT_REQUIRE_QEMU=1 turns "skip: no guest" into a failure. One
 # package at a time (-p 1): the VM packages each load both cores.
-test: guest libsymvirt vet
+test: guest guest-mpi libsymvirt vet
 	SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 40m ./...
 
 # Unit tests only (no QEMU, no root).

@@ -39,6 +39,8 @@
  * HOLD_ITER/HOLD_FILE: at iteration HOLD_ITER the ranks keep meeting at the
  * boundary (so operations still go ahead) without computing until rank 0
  * sees HOLD_FILE: a test lets the run finish only after its scenario.
+ * Rank 0 prints "jacobi-iter N residual R" every 50 iterations and
+ * "jacobi-hold N" every 2 s or so while it holds.
  */
 #include "symvirt.h"
 
@@ -249,6 +251,7 @@ int main(int argc, char **argv)
 	/* A gap is the time from one boundary to the next, less the sleeps the
 	 * program chose (DELAY_MS, holding). */
 	double prev = now(), slept = 0, res = 0;
+	long held_rounds = 0;
 	for (long it = 0; it < o.iters;) {
 		int want_hold = rank == 0 && o.hold_iter >= 0 && it >= o.hold_iter && access(o.hold_file, F_OK) != 0;
 		int held = boundary(&h, &o, want_hold);
@@ -266,6 +269,10 @@ int main(int argc, char **argv)
 		prev = t;
 		slept = held ? 0.05 : o.delay_s;
 		if (held) {
+			/* A sign of life while holding (every rank takes part in
+			 * each round): a watcher tells a held run from a stuck one. */
+			if (rank == 0 && held_rounds++ % 40 == 0)
+				printf("jacobi-hold %ld\n", it);
 			sleep_s(slept);
 			continue;
 		}
