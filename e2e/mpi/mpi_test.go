@@ -47,6 +47,10 @@ func TestMPIJobThroughOperations(t *testing.T) {
 		c.waitSerial(h, vm, "symvirt-guest-ready", 4*time.Minute)
 	}
 	g := &guestJob{c: c, ip: vmIP(1)}
+	// The ranks are not root; guestd lets group mpi use its hook socket.
+	if out := g.run("id -un; stat -c '%U:%G %a' /run/symvirt/hook.sock"); out != "mpi\nroot:mpi 660\n" {
+		t.Fatalf("guest user and hook socket: %q, want mpi and root:mpi 660", out)
+	}
 	g.start(fmt.Sprintf("%s:2,%s:2", vmIP(1), vmIP(2)))
 	g.waitIter(50)
 
@@ -58,7 +62,8 @@ func TestMPIJobThroughOperations(t *testing.T) {
 
 	c.killAll("mpi")
 	// Away for a while: a restored guest must not have lost this time.
-	time.Sleep(5 * time.Second)
+	const away = 5 * time.Second
+	time.Sleep(away)
 	if res := c.op("restart", "mpi", "--checkpoint", res.CheckpointID); res.Outcome != machine.OutcomeRestored {
 		t.Fatalf("restart: %+v", res)
 	}
@@ -81,7 +86,7 @@ func TestMPIJobThroughOperations(t *testing.T) {
 
 	out := g.finish()
 	got := checksum(t, out)
-	reportPauses(t, out)
+	checkRestoredPauses(t, reportPauses(t, out), away)
 	if got != want {
 		t.Fatalf("final checksum %s, undisturbed run %s", got, want)
 	}
@@ -257,9 +262,29 @@ type rankReport struct {
 	} `json:"pauses"`
 }
 
+// checkRestoredPauses: every rank synced at the checkpoint (as user mpi)
+// and, restored from it, measured at least the time its VM was away (the
+// guest clock was stepped to the host's).
+func checkRestoredPauses(t *testing.T, reports []rankReport, away time.Duration) {
+	for _, r := range reports {
+		restored := false
+		for _, p := range r.Pauses {
+			if p.Op == "checkpoint" && p.Outcome == "restored" {
+				restored = true
+				if p.Seconds < away.Seconds() {
+					t.Errorf("rank %d: restored after %.2fs away by its clock, the VMs were gone %v", r.Rank, p.Seconds, away)
+				}
+			}
+		}
+		if !restored {
+			t.Errorf("rank %d never returned from its checkpoint sync as restored: %+v", r.Rank, r.Pauses)
+		}
+	}
+}
+
 // reportPauses logs the pauses every rank saw and writes them to
 // build/mpi-e2e/pauses.json.
-func reportPauses(t *testing.T, out string) {
+func reportPauses(t *testing.T, out string) []rankReport {
 	var reports []rankReport
 	for _, l := range strings.Split(out, "\n") {
 		js, ok := strings.CutPrefix(strings.TrimSpace(l), "jacobi-pauses ")
@@ -287,6 +312,7 @@ func reportPauses(t *testing.T, out string) {
 		t.Fatal(err)
 	}
 	t.Logf("pauses: %s", f)
+	return reports
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
