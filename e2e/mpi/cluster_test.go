@@ -77,7 +77,8 @@ func newCluster(t *testing.T) *cluster {
 	for _, d := range append(testenv.PolicyDirs(t), c.image) {
 		dirs = append(dirs, strconv.Quote(d))
 	}
-	policy := fmt.Sprintf("policy: {image_dirs: [%s]}\n", strings.Join(dirs, ", "))
+	list := strings.Join(dirs, ", ")
+	policy := fmt.Sprintf("policy: {image_dirs: [%s], disk_dirs: [%s]}\n", list, list)
 	var prev *testenv.NetNS
 	for _, name := range []string{"a", "b", "c"} {
 		ns := testenv.NewNetNS(t, name)
@@ -110,9 +111,11 @@ func newCluster(t *testing.T) *cluster {
 	return c
 }
 
-// jobYAML is job name with vmI on hosts[I-1]: the MPI guest from RAM,
-// one virtio-net NIC on the job's L2, the agent on virtio-serial.
-func (c *cluster) jobYAML(name string, hosts ...string) string {
+// jobYAML is job name with vmI on hosts[I-1]: the MPI guest, one
+// virtio-net NIC on the job's L2, the agent on virtio-serial. fromDisk:
+// each VM boots from its own qcow2 overlay on rootfs.qcow2 (as users run
+// it); else from RAM (initrd.img).
+func (c *cluster) jobYAML(name string, fromDisk bool, hosts ...string) string {
 	var b strings.Builder
 	var names []string
 	for i := range hosts {
@@ -121,19 +124,26 @@ func (c *cluster) jobYAML(name string, hosts ...string) string {
 	fmt.Fprintf(&b, "name: %s\nvms:\n", name)
 	for i, h := range hosts {
 		n := i + 1
+		boot := fmt.Sprintf("initrd: %s\n      append: \"console=ttyS0 quiet panic=-1 rdinit=/sbin/init",
+			filepath.Join(c.image, "initrd.img"))
+		if fromDisk {
+			disk := filepath.Join(c.t.TempDir(), fmt.Sprintf("vm%d.qcow2", n))
+			testenv.Run(c.t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+				filepath.Join(c.image, "rootfs.qcow2"), disk)
+			boot = fmt.Sprintf("initrd: %s\n      disks: [{id: root, path: %s}]\n      append: \"console=ttyS0 quiet panic=-1 root=/dev/vda",
+				filepath.Join(c.image, "boot-initrd.img"), disk)
+		}
 		fmt.Fprintf(&b, `  - name: vm%d
     host: %s
     spec:
       memory: 768M
       vcpus: 1
       kernel: %s
-      initrd: %s
-      append: "console=ttyS0 quiet panic=-1 rdinit=/sbin/init symvirt.name=vm%d symvirt.ip=%s/24 symvirt.hosts=%s"
+      %s symvirt.name=vm%d symvirt.ip=%s/24 symvirt.hosts=%s"
       guest_channel: {type: virtio-serial}
       nics:
         - {id: net0, model: virtio-net-pci, backend: tap, tap: tvm%d, mac: "52:54:00:79:00:0%d"}
-`, n, h, filepath.Join(c.image, "vmlinuz"), filepath.Join(c.image, "initrd.img"), n, vmIP(n),
-			strings.Join(names, ","), n, n)
+`, n, h, filepath.Join(c.image, "vmlinuz"), boot, n, vmIP(n), strings.Join(names, ","), n, n)
 	}
 	return b.String()
 }
