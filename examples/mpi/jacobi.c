@@ -7,7 +7,7 @@
  * restore and migrate its VMs at iteration boundaries.
  *
  *   mpirun -np 4 jacobi [-n POINTS] [-i ITERATIONS] [-d DELAY_MS]
- *                       [-H HOLD_ITER -f HOLD_FILE] [-p PAUSE_S] [-w WAIT_S]
+ *                       [-H HOLD_ITER -f HOLD_FILE] [-p PAUSE_S]
  *
  * The grid (POINTS interior points, u = 1 left of it, 0 right of it, 0
  * inside at the start) is split in blocks between the ranks; each iteration
@@ -22,12 +22,13 @@
  * an agent the hook is off and the program runs the same). At each
  * iteration boundary each rank polls; the ranks agree (MPI_Allreduce MAX)
  * whether any of them has an operation pending; if one has, they all
- * MPI_Barrier (no message of theirs is in flight any more), a rank that saw
- * nothing yet waits up to WAIT_S seconds for its own agent to see the
- * operation (the job's VMs are prepared together, but not at the same
- * instant; a one-VM operation never reaches the others), and each rank with
- * an operation calls symvirt_sync, where its VM may be stopped, saved,
- * moved or restored.
+ * MPI_Barrier (no message of theirs is in flight any more) and each rank
+ * with an operation calls symvirt_sync, where its VM may be stopped, saved,
+ * moved or restored; then they meet in an MPI_Ibarrier, while a rank that
+ * saw nothing keeps polling and syncs if its agent sees the operation after
+ * all (the job's VMs are prepared together, but not at the same instant; a
+ * one-VM operation never reaches the others, whose wait then ends with
+ * it).
  *
  * Timestamps: every iteration boundary is timed (CLOCK_REALTIME, so that a
  * restored rank's gap covers the time its VM was away once the agent has
@@ -63,7 +64,7 @@ struct pause {
 
 struct opts {
 	long n, iters, hold_iter;
-	double delay_s, pause_s, wait_s;
+	double delay_s, pause_s;
 	const char *hold_file;
 };
 
@@ -84,15 +85,15 @@ static void sleep_s(double s)
 static void usage(void)
 {
 	fprintf(stderr, "usage: jacobi [-n POINTS] [-i ITERATIONS] [-d DELAY_MS] "
-			"[-H HOLD_ITER -f HOLD_FILE] [-p PAUSE_S] [-w WAIT_S]\n");
+			"[-H HOLD_ITER -f HOLD_FILE] [-p PAUSE_S]\n");
 	MPI_Abort(MPI_COMM_WORLD, 2);
 }
 
 static struct opts parse(int argc, char **argv)
 {
-	struct opts o = {.n = 4096, .iters = 1000, .hold_iter = -1, .pause_s = 0.5, .wait_s = 5};
+	struct opts o = {.n = 4096, .iters = 1000, .hold_iter = -1, .pause_s = 0.5};
 	int c;
-	while ((c = getopt(argc, argv, "n:i:d:H:f:p:w:")) != -1) {
+	while ((c = getopt(argc, argv, "n:i:d:H:f:p:")) != -1) {
 		switch (c) {
 		case 'n': o.n = atol(optarg); break;
 		case 'i': o.iters = atol(optarg); break;
@@ -100,7 +101,6 @@ static struct opts parse(int argc, char **argv)
 		case 'H': o.hold_iter = atol(optarg); break;
 		case 'f': o.hold_file = optarg; break;
 		case 'p': o.pause_s = atof(optarg); break;
-		case 'w': o.wait_s = atof(optarg); break;
 		default: usage();
 		}
 	}
@@ -125,36 +125,57 @@ struct hook {
 	int synced;
 };
 
-/* boundary is the safe point: it returns whether rank 0 holds the run. */
-static int boundary(struct hook *h, const struct opts *o, int hold)
+static int poll_hook(struct hook *h)
 {
-	int mine[2] = {0, hold}, any[2];
-	h->synced = 0;
-	if (h->s) {
-		int r = symvirt_poll(h->s, h->op, sizeof h->op);
-		if (r < 0)
-			h->s = drop(h->s, h->rank, "symvirt_poll");
-		mine[0] = r == 1;
+	if (!h->s)
+		return 0;
+	int r = symvirt_poll(h->s, h->op, sizeof h->op);
+	if (r < 0)
+		h->s = drop(h->s, h->rank, "symvirt_poll");
+	return r == 1;
+}
+
+static void sync_hook(struct hook *h)
+{
+	int r = symvirt_sync(h->s, NULL, 0);
+	if (r < 0) {
+		h->s = drop(h->s, h->rank, "symvirt_sync");
+		return;
 	}
+	snprintf(h->outcome, sizeof h->outcome, "%s", symvirt_outcome_name(r));
+	h->synced = 1;
+}
+
+/* boundary is the safe point: it returns whether rank 0 holds the run. */
+static int boundary(struct hook *h, int hold)
+{
+	h->synced = 0;
+	int mine[2] = {poll_hook(h), hold}, any[2];
 	MPI_Allreduce(mine, any, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 	if (!any[0])
 		return any[1];
 	MPI_Barrier(MPI_COMM_WORLD);
-	for (double end = now() + o->wait_s; h->s && !mine[0] && now() < end; sleep_s(0.01)) {
-		int r = symvirt_poll(h->s, h->op, sizeof h->op);
-		if (r < 0)
-			h->s = drop(h->s, h->rank, "symvirt_poll");
-		mine[0] = r == 1;
+	if (mine[0])
+		sync_hook(h);
+	/* All meet again once the ranks with an operation are back from it.
+	 * Meanwhile a rank whose agent showed nothing keeps asking: the job's
+	 * VMs are prepared together but not at the same instant (and the
+	 * operation waits for every one of them), while a one-VM operation
+	 * never reaches the others, whose barrier then ends with it. */
+	MPI_Request back;
+	int flag = 0;
+	MPI_Ibarrier(MPI_COMM_WORLD, &back);
+	while (!mine[0] && h->s) {
+		MPI_Test(&back, &flag, MPI_STATUS_IGNORE);
+		if (flag)
+			break;
+		if ((mine[0] = poll_hook(h)))
+			sync_hook(h);
+		else
+			sleep_s(0.01);
 	}
-	if (!mine[0] || !h->s)
-		return any[1];
-	int r = symvirt_sync(h->s, NULL, 0);
-	if (r < 0) {
-		h->s = drop(h->s, h->rank, "symvirt_sync");
-		return any[1];
-	}
-	snprintf(h->outcome, sizeof h->outcome, "%s", symvirt_outcome_name(r));
-	h->synced = 1;
+	if (!flag)
+		MPI_Wait(&back, MPI_STATUS_IGNORE);
 	return any[1];
 }
 
@@ -254,7 +275,7 @@ int main(int argc, char **argv)
 	long held_rounds = 0;
 	for (long it = 0; it < o.iters;) {
 		int want_hold = rank == 0 && o.hold_iter >= 0 && it >= o.hold_iter && access(o.hold_file, F_OK) != 0;
-		int held = boundary(&h, &o, want_hold);
+		int held = boundary(&h, want_hold);
 		double t = now();
 		if (t - prev - slept >= o.pause_s || h.synced) {
 			if (np == cap)
