@@ -27,7 +27,7 @@
 // A refused round is undone at once by the guest itself (frozen processes,
 // NICs, "resume OP aborted" to the scripts that prepared, applications get
 // "aborted"); the host needs no ABORT. On RESUME(id, outcome), or ABORT:
-// the guest's wall clock is first stepped to the host's (RESUME's
+// (RESUME only) the guest's wall clock is first stepped to the host's (its
 // host_time_ns, when 250 ms or more apart: a restored, migrated or
 // stopped-and-saved VM comes back with its clock where it stopped; the
 // monotonic clock is left alone), frozen processes are thawed, bonds get a NIC back (the old one if it
