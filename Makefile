@@ -3,6 +3,7 @@ GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 
 include mk/guest.mk
+include mk/guest-mpi.mk
 
 .PHONY: all build test test-short test-race vet demo bench generate libsymvirt libsymvirt-mpi clean
 
@@ -33,7 +34,7 @@ vet:
 # The whole suite: unit tests, real QEMU under TCG, real namespaces, real
 # eBPF. SYMVIRT_REQUIRE_QEMU=1 turns "skip: no guest" into a failure. One
 # package at a time (-p 1): the VM packages each load both cores.
-test: guest libsymvirt vet
+test: guest guest-mpi libsymvirt vet
 	SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 40m ./...
 
 # Unit tests only (no QEMU, no root).

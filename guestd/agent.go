@@ -83,6 +83,8 @@ type Config struct {
 	hostSilence time.Duration
 	// freezeTest holds the freezer's test hooks.
 	freezeTest *freezeHooks
+	// setClock replaces clock_settime(CLOCK_REALTIME) (tests).
+	setClock func(time.Time) error
 }
 
 // Defaults.
@@ -435,6 +437,9 @@ func (a *agent) onFinish(sess *session, m guestproto.Message) {
 	sess.log.Info(m.Type, "id", m.ID, "outcome", outcome, "reason", m.Reason, "phase", a.round.phase, "action", act)
 	switch act {
 	case actStart:
+		// Before anything resumes: the applications' first reading of the
+		// clock after their SYNC must be the host's time.
+		a.stepClock(sess.log, m.HostTime())
 		w := a.work
 		w.doneTo = append(w.doneTo, sess)
 		a.notifyLocked()

@@ -52,6 +52,8 @@ func startGuestd(t *testing.T, mutate func(*Config)) *testEnv {
 		// Never the machine's own: tests run next to each other.
 		FreezeState: filepath.Join(e.dir, "freeze.json"),
 		TaintSocket: filepath.Join(e.dir, "taint.sock"),
+		// Nor the machine's clock.
+		setClock: func(time.Time) error { return errors.New("tests do not step the clock") },
 	}
 	if mutate != nil {
 		mutate(&cfg)

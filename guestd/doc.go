@@ -27,10 +27,14 @@
 // A refused round is undone at once by the guest itself (frozen processes,
 // NICs, "resume OP aborted" to the scripts that prepared, applications get
 // "aborted"); the host needs no ABORT. On RESUME(id, outcome), or ABORT:
-// frozen processes are thawed, bonds get a NIC back (the old one if it
-// never left; else, within NICWait, every new ethernet NIC not in another
-// bond is enslaved and the first becomes primary and active), scripts run
-// with "resume OP OUTCOME", applications' SYNCs return OUTCOME, and DONE
+// (RESUME only) the guest's wall clock is first stepped to the host's
+// (host_time_ns, when they are 250 ms or more apart: a restored, migrated
+// or stopped-and-saved VM comes back with its clock where it stopped; the
+// monotonic clock is left alone); frozen processes are thawed, bonds get a
+// NIC back (the old one if it never left; else, within NICWait, every new
+// ethernet NIC not in another bond is enslaved and the first becomes
+// primary and active), scripts run with "resume OP OUTCOME", applications'
+// SYNCs return OUTCOME, and DONE
 // goes to the host. The state machine is the
 // round type (round.go); the agent does its I/O.
 //

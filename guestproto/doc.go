@@ -27,7 +27,8 @@
 //	                        processes that do not depend on the outside world
 //	READY      guest->host  id: safe point reached, devices may go
 //	REFUSED    guest->host  id, reason: the round is over, nothing changed
-//	RESUME     host->guest  id, outcome: the operation is over, undo the hand-off
+//	RESUME     host->guest  id, outcome: the operation is over, undo the hand-off;
+//	                        host_time_ns: the host's clock, which the guest steps to
 //	ABORT      host->guest  id, reason: cancel a PREPARE or a READY round
 //	DONE       guest->host  id: RESUME/ABORT handled (also for unknown ids)
 //

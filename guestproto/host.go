@@ -31,6 +31,7 @@ type hostConfig struct {
 	writeTimeout time.Duration
 	rate         float64
 	burst        int
+	now          func() time.Time
 }
 
 // WithPingInterval sets how often the host sends PING once the handshake is
@@ -49,6 +50,12 @@ func WithWriteTimeout(d time.Duration) HostOption {
 // sustained, burst at once. Exceeding it kills the channel with ErrFlood.
 func WithInboundLimit(perSecond float64, burst int) HostOption {
 	return func(c *hostConfig) { c.rate, c.burst = perSecond, burst }
+}
+
+// WithClock sets the wall clock a RESUME carries (default time.Now; tests
+// give a skewed one).
+func WithClock(now func() time.Time) HostOption {
+	return func(c *hostConfig) { c.now = now }
 }
 
 // HelloAck is the guest's answer to the handshake.
@@ -131,6 +138,7 @@ func NewHost(rwc io.ReadWriteCloser, logger *slog.Logger, opts ...HostOption) *H
 		writeTimeout: DefaultWriteTimeout,
 		rate:         DefaultInboundRate,
 		burst:        DefaultInboundBurst,
+		now:          time.Now,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -429,9 +437,11 @@ func (h *Host) Prepare(ctx context.Context, p Prepare) error {
 	return nil
 }
 
-// Resume sends RESUME(id, outcome) and waits for DONE(id).
+// Resume sends RESUME(id, outcome) with the host's wall clock (the guest
+// steps its own to it) and waits for DONE(id).
 func (h *Host) Resume(ctx context.Context, id, outcome string) error {
-	return h.finish(ctx, Message{V: Version, Type: TypeResume, ID: id, Outcome: outcome})
+	return h.finish(ctx, Message{V: Version, Type: TypeResume, ID: id, Outcome: outcome,
+		HostTimeNS: h.cfg.now().UnixNano()})
 }
 
 // Abort sends ABORT(id, reason) and waits for DONE(id). It is valid while the

@@ -23,6 +23,13 @@ const (
 	MaxDeadline = time.Hour // PREPARE deadline
 )
 
+// The range a RESUME's host_time_ns must lie in (2020-01-01 to 2200-01-01,
+// UTC): a guest never steps its clock to a time outside it.
+const (
+	MinHostTimeNS int64 = 1577836800 * 1e9
+	MaxHostTimeNS int64 = 7258118400 * 1e9
+)
+
 // Message types.
 const (
 	TypeHello    = "HELLO"
@@ -90,6 +97,20 @@ type Message struct {
 	// host that does not know it asks for a plain migration, and a guest
 	// that does not know it ignores it (and does not freeze).
 	Freeze bool `json:"freeze,omitempty"`
+	// HostTimeNS (RESUME only) is the host's wall clock when it sent the
+	// RESUME, in ns since the Unix epoch: a guest that was away (restored,
+	// migrated, stopped to be saved) steps its clock to it, as libvirt's
+	// set-time through qemu-guest-agent does. Absent from an older host;
+	// ignored by an older guest.
+	HostTimeNS int64 `json:"host_time_ns,omitempty"`
+}
+
+// HostTime is HostTimeNS as a time (the zero time when absent).
+func (m Message) HostTime() time.Time {
+	if m.HostTimeNS == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, m.HostTimeNS)
 }
 
 // Deadline is DeadlineMS as a duration.
@@ -187,7 +208,7 @@ func (m Message) Validate() error {
 	// so that a confused peer is noticed rather than half-understood.
 	var (
 		wantID, wantOp, wantDeadline, wantDevices, wantOutcome bool
-		wantReason, wantState, wantFreeze                      bool
+		wantReason, wantState, wantFreeze, wantHostTime        bool
 	)
 	switch m.Type {
 	case TypeHello, TypePing, TypePong:
@@ -235,9 +256,12 @@ func (m Message) Validate() error {
 			return bad("empty reason")
 		}
 	case TypeResume:
-		wantID, wantOutcome = true, true
+		wantID, wantOutcome, wantHostTime = true, true, true
 		if !ValidOutcome(m.Outcome) {
 			return bad("invalid outcome %.32q", m.Outcome)
+		}
+		if m.HostTimeNS != 0 && (m.HostTimeNS < MinHostTimeNS || m.HostTimeNS > MaxHostTimeNS) {
+			return bad("host_time_ns %d out of range", m.HostTimeNS)
 		}
 	case TypeAbort:
 		wantID, wantReason = true, true
@@ -268,6 +292,8 @@ func (m Message) Validate() error {
 		return bad("unexpected state")
 	case !wantFreeze && m.Freeze:
 		return bad("unexpected freeze")
+	case !wantHostTime && m.HostTimeNS != 0:
+		return bad("unexpected host_time_ns")
 	}
 	return nil
 }
@@ -306,6 +332,7 @@ type wireMessage struct {
 	Seq        uint64                     `json:"seq"`
 	State      string                     `json:"state"`
 	Freeze     bool                       `json:"freeze"`
+	HostTimeNS int64                      `json:"host_time_ns"`
 }
 
 // maxNesting bounds how deeply a frame's JSON may nest. The schema needs 3
@@ -360,7 +387,7 @@ func decode(body []byte) (Message, error) {
 	m := Message{
 		V: w.V, Type: w.Type, ID: w.ID, Op: w.Op, DeadlineMS: w.DeadlineMS,
 		Outcome: w.Outcome, Reason: w.Reason, Seq: w.Seq, State: w.State,
-		Freeze: w.Freeze,
+		Freeze: w.Freeze, HostTimeNS: w.HostTimeNS,
 	}
 	n := 0
 	for n < len(w.Devices) && w.Devices[n].present {
