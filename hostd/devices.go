@@ -1,35 +1,23 @@
 package hostd
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
 	"time"
 
-	"github.com/symvirt/symvirt/qmp"
+	"github.com/symvirt/symvirt/hostd/devices"
 )
 
-// overrides returns the pool properties of every device with a slot;
-// callers hold vm.mu.
-func (vm *VM) overrides() map[string]map[string]string {
-	out := map[string]map[string]string{}
-	for id, s := range vm.rt.Slots {
-		if entries := vm.h.cfg.Pools[s.Pool]; s.Index < len(entries) {
-			out[id] = entries[s.Index]
-		}
-	}
-	return out
-}
-
-// allocateSlots gives every pooled passthrough device of the VM a free entry
-// of this host's pool (keeping one it already has). keep, when set, limits
-// allocation to those ids.
+// allocateSlots gives every pooled passthrough device of the VM (of only,
+// when not nil) a free entry of this host's pool, keeping one it has.
 func (vm *VM) allocateSlots(only []string) error {
 	h := vm.h
 	// Pool use is host-wide: hold the host lock while choosing.
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	used := map[poolSlot]string{}
+	used := map[devices.Slot]string{}
 	for _, other := range h.vms {
 		if other == vm {
 			continue
@@ -43,30 +31,10 @@ func (vm *VM) allocateSlots(only []string) error {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	if vm.rt.Slots == nil {
-		vm.rt.Slots = map[string]poolSlot{}
+		vm.rt.Slots = map[string]devices.Slot{}
 	}
-	for _, id := range vm.spec.PassthroughIDs() {
-		pool := vm.spec.PoolOf(id)
-		if pool == "" || (only != nil && !slices.Contains(only, id)) {
-			continue
-		}
-		if s, ok := vm.rt.Slots[id]; ok && s.Pool == pool && s.Index < len(h.cfg.Pools[pool]) {
-			continue
-		}
-		found := false
-		for i := range h.cfg.Pools[pool] {
-			s := poolSlot{Pool: pool, Index: i}
-			if _, taken := used[s]; !taken {
-				vm.rt.Slots[id] = s
-				used[s] = vm.name + "/" + id
-				found = true
-				break
-			}
-		}
-		if !found {
-			return fmt.Errorf("vm %q device %q: pool %q has %d entries, all in use: %w",
-				vm.name, id, pool, len(h.cfg.Pools[pool]), ErrNoDevice)
-		}
+	if err := devices.Pools(h.cfg.Pools).Allocate(&vm.spec, vm.rt.Slots, used, vm.name, only); err != nil {
+		return fmt.Errorf("vm %q: %w", vm.name, err)
 	}
 	vm.saveRuntime()
 	return nil
@@ -91,20 +59,36 @@ func (vm *VM) Attach(ctx context.Context, id string) error {
 	return vm.attach(ctx, id)
 }
 
+// passthrough is the VM's passthrough device id and whether it is
+// detached now.
+func (vm *VM) passthrough(id string) (devices.Device, bool, error) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	dev, ok := devices.Passthrough(&vm.spec, id, vm.overrides()[id])
+	if !ok {
+		return dev, false, fmt.Errorf("vm %q: device %q is not a passthrough device of this vm: %w", vm.name, id, ErrNotFound)
+	}
+	return dev, slices.Contains(vm.rt.Detached, id), nil
+}
+
+// setDetached records whether device id is detached.
+func (vm *VM) setDetached(id string, detached bool) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	vm.rt.Detached = slices.DeleteFunc(vm.rt.Detached, func(s string) bool { return s == id })
+	if detached {
+		vm.rt.Detached = append(vm.rt.Detached, id)
+	}
+	vm.saveRuntime()
+}
+
 func (vm *VM) detach(ctx context.Context, id string) error {
 	mon, err := vm.monitor()
 	if err != nil {
 		return err
 	}
-	vm.mu.Lock()
-	_, pt := findDevice(&vm.spec, id, nil)
-	already := slices.Contains(vm.rt.Detached, id)
-	vm.mu.Unlock()
-	if !pt {
-		return fmt.Errorf("vm %q: device %q is not a passthrough device of this vm: %w", vm.name, id, ErrNotFound)
-	}
-	if already {
-		return nil
+	if _, detached, err := vm.passthrough(id); err != nil || detached {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, vm.h.cfg.DetachTimeout)
 	defer cancel()
@@ -113,10 +97,7 @@ func (vm *VM) detach(ctx context.Context, id string) error {
 		return fmt.Errorf("vm %q: detach %q: %w", vm.name, id, err)
 	}
 	vm.h.metrics.observe("detach", "ok", start)
-	vm.mu.Lock()
-	vm.rt.Detached = append(vm.rt.Detached, id)
-	vm.saveRuntime()
-	vm.mu.Unlock()
+	vm.setDetached(id, true)
 	vm.log.Info("device detached", "device", id, "took", timeNow().Sub(start))
 	return nil
 }
@@ -129,29 +110,16 @@ func (vm *VM) attach(ctx context.Context, id string) error {
 	// A re-attach deferred to a live stream's end may meet a step's.
 	vm.attachMu.Lock()
 	defer vm.attachMu.Unlock()
-	vm.mu.Lock()
-	dev, pt := findDevice(&vm.spec, id, vm.overrides()[id])
-	detached := slices.Contains(vm.rt.Detached, id)
-	vm.mu.Unlock()
-	if !pt {
-		return fmt.Errorf("vm %q: device %q is not a passthrough device of this vm: %w", vm.name, id, ErrNotFound)
-	}
-	if !detached {
-		return nil
-	}
-	props := map[string]any{}
-	for k, v := range dev.Props {
-		props[k] = v
+	dev, detached, err := vm.passthrough(id)
+	if err != nil || !detached {
+		return err
 	}
 	start := timeNow()
-	if err := mon.DeviceAdd(ctx, dev.Driver, dev.ID, props); err != nil {
+	if err := dev.Plug(ctx, mon); err != nil {
 		return fmt.Errorf("vm %q: attach %q: %w", vm.name, id, err)
 	}
 	vm.h.metrics.observe("attach", "ok", start)
-	vm.mu.Lock()
-	vm.rt.Detached = slices.DeleteFunc(vm.rt.Detached, func(s string) bool { return s == id })
-	vm.saveRuntime()
-	vm.mu.Unlock()
+	vm.setDetached(id, false)
 	vm.log.Info("device attached", "device", id, "props", dev.Props, "took", timeNow().Sub(start))
 	return nil
 }
@@ -213,21 +181,8 @@ func (vm *VM) attachAll(ctx context.Context) error {
 	for _, id := range ids {
 		if err := vm.attach(ctx, id); err != nil {
 			vm.log.Error("attach", "device", id, "err", err)
-			if first == nil {
-				first = err
-			}
+			first = cmp.Or(first, err)
 		}
 	}
 	return first
-}
-
-// pciPresent reports whether QEMU lists a device with this qdev id on its
-// PCI buses: the ground truth for tests and status.
-func pciPresent(ctx context.Context, mon *qmp.Client, id string) (bool, error) {
-	buses, err := mon.QueryPCI(ctx)
-	if err != nil {
-		return false, err
-	}
-	_, ok := qmp.FindPCIDevice(buses, id)
-	return ok, nil
 }

@@ -3,15 +3,14 @@ package hostd
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -92,49 +91,50 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 // success the new QEMU holds it, paused, and the old one quits; on failure
 // the old one still holds it, paused.
 func (vm *VM) replaceStep(ctx context.Context, req StepRequest) (string, error) {
-	mon, err := vm.monitor()
+	old, err := vm.process()
 	if err != nil {
-		return "", err
-	}
-	if err := vm.warmRAMUsable(); err != nil {
 		return "", err
 	}
 	vm.mu.Lock()
-	oldPID, oldQEMU, gen, oldExited := vm.rt.PID, vm.qemuBinary(), vm.rt.Gen+1, vm.exited
-	absent := map[string]bool{}
+	l := launch{absent: map[string]bool{}}
 	for _, id := range vm.rt.Detached {
-		absent[id] = true
+		l.absent[id] = true
 	}
+	a, oldQEMU, want := vm.args(launch{incoming: true, absent: l.absent}, vm.rt.Gen+1), vm.qemuBinary(), vm.rt.RAM
 	vm.mu.Unlock()
+	ram, err := qemu.OpenWarmRAM(vm.h.ramPath(a.Spec), want, old.PID)
+	if err != nil {
+		return "", fmt.Errorf("vm %q: %w", vm.name, err)
+	}
+	defer ram.Close()
 	newQEMU, note := cmp.Or(req.Replace.QEMU, oldQEMU), ""
-	l := launch{incoming: true, absent: absent, warm: true}
-	p, err := vm.start(ctx, l, newQEMU, gen)
-	if err != nil && newQEMU != oldQEMU && !errors.Is(err, ErrRAMFile) {
+	p, err := qemu.Start(ctx, newQEMU, a, ram)
+	if err != nil && newQEMU != oldQEMU {
 		vm.log.Error("new qemu failed to start; using the current binary", "qemu", newQEMU, "err", err)
 		note = fmt.Sprintf("new qemu %s failed to start (%v): the current binary took over", newQEMU, err)
-		p, err = vm.start(ctx, l, oldQEMU, gen)
+		p, err = qemu.Start(ctx, oldQEMU, a, ram)
 	}
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("vm %q: %w", vm.name, err)
 	}
-	n, err := warmTransfer(ctx, mon, p)
+	n, err := warmTransfer(ctx, old.Mon, p.Mon)
 	if err != nil {
-		p.kill()
+		p.Kill()
 		// The old QEMU must save RAM again in any later checkpoint.
-		mon.MigrateSetCapabilities(context.WithoutCancel(ctx), map[string]bool{"x-ignore-shared": false})
+		old.Mon.MigrateSetCapabilities(context.WithoutCancel(ctx), map[string]bool{"x-ignore-shared": false})
 		return "", fmt.Errorf("vm %q: device state to the new qemu: %w", vm.name, err)
 	}
 	// Later checkpoints and migrations must carry RAM again.
-	p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false})
-	vm.install(p, launch{absent: absent})
+	p.Mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false})
+	vm.install(p, l)
 	go func() { // the old QEMU is stopped and holds nothing the guest needs
 		qctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		mon.Quit(qctx)
+		old.Mon.Quit(qctx)
 		select {
-		case <-oldExited:
+		case <-old.Exited():
 		case <-time.After(15 * time.Second):
-			syscall.Kill(oldPID, syscall.SIGKILL)
+			old.Kill()
 		}
 	}()
 	if req.Replace.Transferred != nil {
@@ -145,12 +145,11 @@ func (vm *VM) replaceStep(ctx context.Context, req StepRequest) (string, error) 
 
 // warmTransfer streams a stopped QEMU's device state (RAM is skipped:
 // x-ignore-shared) into the new one through a pipe.
-func warmTransfer(ctx context.Context, old *qmp.Client, p *proc) (int64, error) {
-	if err := p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-		return 0, err
-	}
-	if err := old.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-		return 0, err
+func warmTransfer(ctx context.Context, old, next *qmp.Client) (int64, error) {
+	for _, mon := range []*qmp.Client{next, old} {
+		if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
+			return 0, err
+		}
 	}
 	if err := old.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
 		return 0, err
@@ -159,19 +158,19 @@ func warmTransfer(ctx context.Context, old *qmp.Client, p *proc) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
-	err = p.mon.GetFD(ctx, "symvirt-warm-in", r)
+	err = next.GetFD(ctx, "symvirt-warm-in", r)
 	r.Close()
 	if err == nil {
 		err = old.GetFD(ctx, "symvirt-warm-out", w)
 	}
 	w.Close()
+	if err == nil {
+		err = next.MigrateIncoming(ctx, "fd:symvirt-warm-in")
+	}
+	if err == nil {
+		err = old.Migrate(ctx, "fd:symvirt-warm-out")
+	}
 	if err != nil {
-		return 0, err
-	}
-	if err := p.mon.MigrateIncoming(ctx, "fd:symvirt-warm-in"); err != nil {
-		return 0, err
-	}
-	if err := old.Migrate(ctx, "fd:symvirt-warm-out"); err != nil {
 		return 0, err
 	}
 	info, err := old.WaitMigration(ctx, 5*time.Millisecond, nil)
@@ -179,18 +178,10 @@ func warmTransfer(ctx context.Context, old *qmp.Client, p *proc) (int64, error) 
 		old.MigrateCancel(context.WithoutCancel(ctx))
 		return 0, err
 	}
-	if _, err := p.mon.WaitMigration(ctx, 5*time.Millisecond, nil); err != nil {
+	if _, err := next.WaitMigration(ctx, 5*time.Millisecond, nil); err != nil {
 		return 0, err
 	}
 	return info.RAM.Transferred, nil
-}
-
-// qemuBinary is the QEMU this VM runs with; callers hold vm.mu.
-func (vm *VM) qemuBinary() string {
-	if vm.rt.QEMU != "" {
-		return vm.rt.QEMU
-	}
-	return vm.h.cfg.QEMU
 }
 
 // Rejuvenate warm-restarts every running VM of the host, at most

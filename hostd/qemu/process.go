@@ -1,0 +1,199 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd/sentinel"
+	"github.com/symvirt/symvirt/qmp"
+)
+
+// Process is one QEMU of a VM and its monitor.
+type Process struct {
+	PID int
+	Gen int
+	// Bin is the binary Start ran ("" for an adopted QEMU).
+	Bin string
+	Mon *qmp.Client
+
+	exited chan struct{}
+	err    error // how it exited, once exited is closed
+}
+
+// Exited is closed once the process is gone (its monitor closed too).
+func (p *Process) Exited() <-chan struct{} { return p.exited }
+
+// ExitErr is how a started QEMU exited (nil for an adopted one).
+func (p *Process) ExitErr() error {
+	<-p.exited
+	return p.err
+}
+
+// Start runs bin paused (-S, so a failed start never runs the guest) and
+// connects its monitor, within 30 s or ctx. ram is the guest RAM file
+// (OpenRAM) when the spec asks for shared memory; the caller keeps it.
+func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, error) {
+	cmd := exec.Command(bin, append(a.argv(), "-S")...)
+	if a.Spec.UsesSharedMemory() {
+		if ram == nil {
+			return nil, fmt.Errorf("%w: shared memory without a file", sentinel.ErrQEMUStart)
+		}
+		cmd.ExtraFiles = []*os.File{ram}
+	}
+	for _, f := range []string{QMPSocket(a.Dir, a.Gen), GuestSocket(a.Dir, a.Gen), filepath.Join(a.Dir, genName(pidFile, a.Gen))} {
+		os.Remove(f)
+	}
+	logPath := filepath.Join(a.Dir, Log)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	logStart, _ := logf.Seek(0, io.SeekEnd)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// A process group of its own: signals to hostd's (Ctrl-C, a service
+	// manager stopping hostd) must not reach the VMs. Not a session: on a
+	// host whose processes sit in the root cgroup, each session is a
+	// scheduling group of its own (autogroup), which would make every VM
+	// an equal share of the CPUs whatever the nice values hostd gives its
+	// threads (a stream's nice 19 then yielded only to its own vCPUs, not
+	// to the other VMs'; traced with four VMs on two cores).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%w: %v", sentinel.ErrQEMUStart, err)
+	}
+	p := &Process{PID: cmd.Process.Pid, Gen: a.Gen, Bin: bin, exited: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.exited) }()
+	if p.Mon, err = dial(ctx, p, QMPSocket(a.Dir, a.Gen)); err != nil {
+		cmd.Process.Kill() // safe after Wait, unlike a signal to the PID
+		<-p.exited
+		return nil, fmt.Errorf("%w: %v: %s", sentinel.ErrQEMUStart, err, tailFrom(logPath, logStart, 2048))
+	}
+	go func() { <-p.exited; p.Mon.Close() }()
+	return p, nil
+}
+
+// dial connects to a starting QEMU's monitor.
+func dial(ctx context.Context, p *Process, sock string) (*qmp.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		select {
+		case <-p.exited:
+			return nil, errors.New("qemu exited")
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no QMP monitor: %w", ctx.Err())
+		default:
+		}
+		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+		mon, err := qmp.Dial(dctx, "unix", sock)
+		dcancel()
+		if err == nil {
+			return mon, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Owns reports whether pid is alive and a QEMU of the VM in dir of
+// generation gen (its monitor socket is on its command line): a PID
+// recorded before hostd restarted may have been reused since.
+func Owns(dir string, pid, gen int) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && Alive(pid) && strings.Contains(string(cmdline), QMPSocket(dir, gen))
+}
+
+// Adopt connects to a QEMU an earlier hostd started (see Owns); it never
+// restarts one. Not being its parent, it notices the exit by polling.
+func Adopt(ctx context.Context, dir string, pid, gen int) (*Process, error) {
+	mon, err := qmp.Dial(ctx, "unix", QMPSocket(dir, gen))
+	if err != nil {
+		return nil, fmt.Errorf("qmp: %w", err)
+	}
+	p := &Process{PID: pid, Gen: gen, Mon: mon, exited: make(chan struct{})}
+	go func() {
+		<-mon.Done()
+		for Alive(pid) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// Kill ends the process at once and waits (10 s at most) for it to go.
+func (p *Process) Kill() error {
+	syscall.Kill(p.PID, syscall.SIGKILL)
+	select {
+	case <-p.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("qemu pid %d did not exit after SIGKILL", p.PID)
+	}
+}
+
+// Stop ends the process: an ACPI power-down the guest has timeout to
+// follow, then quit, then SIGKILL. how says which one did it.
+func (p *Process) Stop(ctx context.Context, timeout time.Duration) (how string, err error) {
+	if err := p.Mon.SystemPowerdown(ctx); err == nil {
+		select {
+		case <-p.exited:
+			return "powered off", nil
+		case <-time.After(timeout):
+		case <-ctx.Done():
+		}
+	}
+	qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	p.Mon.Quit(qctx)
+	cancel()
+	select {
+	case <-p.exited:
+		return "quit", nil
+	case <-time.After(5 * time.Second):
+	}
+	return "killed", p.Kill()
+}
+
+// Alive reports whether pid is a live process (not a zombie).
+func Alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) {
+		return stat[i+2] != 'Z' && stat[i+2] != 'X'
+	}
+	return true
+}
+
+// tailFrom returns at most n bytes of a log written since offset.
+func tailFrom(path string, offset int64, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	start := max(offset, st.Size()-n)
+	buf := make([]byte, st.Size()-start)
+	f.ReadAt(buf, start)
+	return strings.TrimSpace(string(buf))
+}
