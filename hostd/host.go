@@ -395,8 +395,10 @@ func (vm *VM) Info(ctx context.Context) VMInfo {
 			info.Devices[id] = fmt.Sprintf("%s[%d]", s.Pool, s.Index)
 		}
 	}
+	if vm.rt.RAM != nil {
+		info.RAMError = vm.rt.RAM.Replaced()
+	}
 	vm.mu.Unlock()
-	info.RAMError = vm.ramReplaced()
 	switch {
 	case !qemu.Alive(info.PID):
 		info.State, info.PID = "stopped", 0

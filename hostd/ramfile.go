@@ -6,23 +6,17 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/symvirt/symvirt/hostd/qemu"
 )
 
-// A VM's guest RAM file (hostd/qemu): the VM records the one hostd created
-// for it (runtimeState.RAM) and is the only one to use or remove it.
-
 // ramPath is the VM's shared RAM file, in the host's own directory: on
 // the hugetlbfs for hugepages, else on /dev/shm.
 func (h *Host) ramPath(s Spec) string {
 	base := qemu.ShmDir
-	if s.HugePages {
-		if dir := qemu.HugetlbfsDir(); dir != "" {
-			base = dir
-		}
+	if dir := qemu.HugetlbfsDir(); s.HugePages && dir != "" {
+		base = dir
 	}
 	return filepath.Join(h.layout().ramDir(base), s.Name+".ram")
 }
@@ -34,32 +28,28 @@ func (vm *VM) openRAM(s Spec) (f *os.File, created bool, err error) {
 		return nil, false, nil
 	}
 	vm.mu.Lock()
-	want := vm.rt.RAM
-	vm.mu.Unlock()
-	f, id, err := qemu.OpenRAM(vm.h.ramPath(s), want, s.Memory, s.HugePages)
+	defer vm.mu.Unlock()
+	f, id, err := qemu.OpenRAM(vm.h.ramPath(s), vm.rt.RAM, s.Memory, s.HugePages)
 	if err != nil {
 		return nil, false, fmt.Errorf("vm %q: %w", vm.name, err)
 	}
 	if id != nil {
-		vm.mu.Lock()
 		vm.rt.RAM = id
 		vm.saveRuntime()
-		vm.mu.Unlock()
-		vm.log.Debug("guest RAM file created", "file", id.Path, "inode", id.Ino)
 	}
 	return f, id != nil, nil
 }
 
-// ramReplaced says how the file at the VM's RAM path is not the one hostd
-// created ("" when it is, or when hostd created none).
-func (vm *VM) ramReplaced() string {
+// openWarmRAM opens the RAM file the VM's running QEMU maps, for the new
+// QEMU of a warm restart.
+func (vm *VM) openWarmRAM() (*os.File, error) {
 	vm.mu.Lock()
-	want := vm.rt.RAM
+	f, err := qemu.OpenWarmRAM(vm.h.ramPath(vm.spec), vm.rt.RAM, vm.rt.PID)
 	vm.mu.Unlock()
-	if want == nil {
-		return ""
+	if err != nil {
+		return nil, fmt.Errorf("vm %q: %w", vm.name, err)
 	}
-	return want.Replaced()
+	return f, nil
 }
 
 // removeRAM deletes the VM's RAM file, once no QEMU of the VM needs it.
@@ -67,41 +57,17 @@ func (vm *VM) ramReplaced() string {
 // it, so that it is never taken for the VM's.
 func (vm *VM) removeRAM() {
 	vm.mu.Lock()
-	want := vm.rt.RAM
-	vm.mu.Unlock()
-	if want == nil {
+	defer vm.mu.Unlock()
+	if vm.rt.RAM == nil {
 		return
 	}
-	if err := want.Remove(); err != nil {
+	if err := vm.rt.RAM.Remove(); err != nil {
 		vm.log.Error("guest RAM file not removed", "err", err)
 		return
 	}
-	vm.log.Info("guest RAM file removed", "file", want.Path)
-	vm.mu.Lock()
-	if vm.rt.RAM == want {
-		vm.rt.RAM = nil
-		vm.saveRuntime()
-	}
-	vm.mu.Unlock()
-}
-
-// warmRAMUsable says why a new QEMU could not take over the running one's
-// RAM file: none recorded (an older hostd's QEMU), replaced at the path,
-// or not what the running QEMU maps.
-func (vm *VM) warmRAMUsable() error {
-	vm.mu.Lock()
-	want, pid := vm.rt.RAM, vm.rt.PID
-	vm.mu.Unlock()
-	if want == nil {
-		return fmt.Errorf("vm %q: its qemu was started without a guest RAM file recorded by hostd (an older hostd): use checkpoint and restore: %w", vm.name, ErrRAMFile)
-	}
-	if d := want.Replaced(); d != "" {
-		return fmt.Errorf("vm %q: %s: refused for the new qemu; the VM runs on: %w", vm.name, d, ErrRAMFile)
-	}
-	if !want.MappedBy(pid) {
-		return fmt.Errorf("vm %q: the running qemu (pid %d) does not map guest RAM file %s (inode %d): refused: %w", vm.name, pid, want.Path, want.Ino, ErrRAMFile)
-	}
-	return nil
+	vm.log.Info("guest RAM file removed", "file", vm.rt.RAM.Path)
+	vm.rt.RAM = nil
+	vm.saveRuntime()
 }
 
 // verifyAdoptRAM checks, before hostd re-adopts a running QEMU, that it
@@ -117,52 +83,36 @@ func (vm *VM) verifyAdoptRAM(pid int) error {
 		vm.log.Warn("qemu was started without a recorded guest RAM file (an older hostd): warm restart is refused; checkpoint and restore it", "pid", pid)
 	case !want.MappedBy(pid):
 		return fmt.Errorf("vm %q: qemu pid %d does not map the guest RAM file hostd created (%s, inode %d): not adopted: %w", vm.name, pid, want.Path, want.Ino, ErrRAMFile)
-	default:
-		if d := want.Replaced(); d != "" {
-			vm.log.Error("guest RAM file replaced while the VM ran: the running qemu keeps its own RAM; warm restart and restart refuse the file", "err", d)
-		}
+	case want.Replaced() != "":
+		vm.log.Error("guest RAM file replaced while the VM ran: the running qemu keeps its own RAM; warm restart and restart refuse the file", "err", want.Replaced())
 	}
 	return nil
 }
 
-// ramFiles lists the RAM files in this host's directories, by VM name.
-func (h *Host) ramFiles() map[string]string {
-	files := map[string]string{}
+// StaleSharedMemory lists shared RAM files of this host that no running VM
+// owns: one hostd did not create, or could not remove.
+func (h *Host) StaleSharedMemory() (stale []string) {
 	for _, dir := range h.layout().RAMDirs() {
 		matches, _ := filepath.Glob(filepath.Join(dir, "*.ram"))
 		for _, m := range matches {
-			files[m] = strings.TrimSuffix(filepath.Base(m), ".ram")
+			if vm, err := h.Get(strings.TrimSuffix(filepath.Base(m), ".ram")); err != nil || !vm.alive() {
+				stale = append(stale, m)
+			}
 		}
 	}
-	return files
-}
-
-// StaleSharedMemory lists shared RAM files of this host that no running VM
-// owns: a file hostd did not create, or could not remove.
-func (h *Host) StaleSharedMemory() []string {
-	var stale []string
-	for path, name := range h.ramFiles() {
-		if vm, err := h.Get(name); err == nil && vm.alive() {
-			continue
-		}
-		stale = append(stale, path)
-	}
-	slices.Sort(stale)
 	return stale
 }
 
 // reclaimOrphanRAM removes, at start, the RAM files of VMs this host no
-// longer has (no state directory): only hostd writes in its RAM
-// directories, and a VM's record of its file went with the VM.
+// longer has (no state directory): the record of a file went with its VM.
 func (h *Host) reclaimOrphanRAM() {
-	for path, name := range h.ramFiles() {
-		if _, err := os.Lstat(h.layout().VM(name)); !errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err := os.Remove(path); err != nil {
-			h.log.Warn("stale guest RAM file not removed", "file", path, "err", err)
-		} else {
-			h.log.Info("guest RAM file of a vm that no longer exists removed", "file", path)
+	gone := func(name string) bool {
+		_, err := os.Lstat(h.layout().VM(name))
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	for _, dir := range h.layout().RAMDirs() {
+		if removed, err := qemu.RemoveRAMFiles(dir, gone); len(removed) > 0 || err != nil {
+			h.log.Info("guest RAM files of vms that no longer exist", "removed", removed, "err", err)
 		}
 	}
 }

@@ -58,9 +58,11 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	}
 	// Before the guest is asked or anything stops: the new QEMU would
 	// take whatever file is at the path for the guest's memory.
-	if err := vm.warmRAMUsable(); err != nil {
+	f, err := vm.openWarmRAM()
+	if err != nil {
 		return res, err
 	}
+	f.Close()
 	if opts.QEMU != "" {
 		if err := vm.h.cfg.Policy.CheckBinary(opts.QEMU, vm.h.cfg.QEMU); err != nil {
 			return res, fmt.Errorf("vm %q: %w", vm.name, err)
@@ -95,18 +97,18 @@ func (vm *VM) replaceStep(ctx context.Context, req StepRequest) (string, error) 
 	if err != nil {
 		return "", err
 	}
+	ram, err := vm.openWarmRAM()
+	if err != nil {
+		return "", err
+	}
+	defer ram.Close()
 	vm.mu.Lock()
 	l := launch{absent: map[string]bool{}}
 	for _, id := range vm.rt.Detached {
 		l.absent[id] = true
 	}
-	a, oldQEMU, want := vm.args(launch{incoming: true, absent: l.absent}, vm.rt.Gen+1), vm.qemuBinary(), vm.rt.RAM
+	a, oldQEMU := vm.args(launch{incoming: true, absent: l.absent}, vm.rt.Gen+1), vm.qemuBinary()
 	vm.mu.Unlock()
-	ram, err := qemu.OpenWarmRAM(vm.h.ramPath(a.Spec), want, old.PID)
-	if err != nil {
-		return "", fmt.Errorf("vm %q: %w", vm.name, err)
-	}
-	defer ram.Close()
 	newQEMU, note := cmp.Or(req.Replace.QEMU, oldQEMU), ""
 	p, err := qemu.Start(ctx, newQEMU, a, ram)
 	if err != nil && newQEMU != oldQEMU {

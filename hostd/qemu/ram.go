@@ -16,13 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Guest RAM on shared memory is a file every local user could otherwise
-// reach: /dev/shm is world-writable and the names are predictable. So the
-// files live in a directory of hostd's own (0700), hostd creates each one
-// itself (O_EXCL, O_NOFOLLOW, 0600) and hands QEMU the open file, and the
-// caller records which file was created: a file found at the path later
-// must be that one.
-
 const (
 	ramDirMode  = 0o700
 	ramFileMode = 0o600
@@ -35,7 +28,9 @@ const (
 // ShmDir is where shared guest RAM lives: a tmpfs that outlives QEMU.
 var ShmDir = "/dev/shm"
 
-// RAMFile is a guest RAM file as hostd created it.
+// RAMFile is a guest RAM file as hostd created it: /dev/shm is
+// world-writable and the names predictable, so a file found at the path
+// later is used only if it is this one.
 type RAMFile struct {
 	Path string `json:"path"`
 	UID  uint32 `json:"uid"`
@@ -80,9 +75,8 @@ func (id RAMFile) Replaced() string {
 	return ""
 }
 
-// Remove deletes the file if it is id (gone already is done); another file
-// at the path stays for the operator. The memory of a QEMU that still maps
-// it stays its own.
+// Remove deletes the file if it is id; another file at the path stays for
+// the operator. A QEMU that still maps it keeps its memory.
 func (id RAMFile) Remove() error {
 	var st unix.Stat_t
 	if err := unix.Lstat(id.Path, &st); errors.Is(err, unix.ENOENT) {
@@ -181,6 +175,9 @@ func OpenRAM(path string, want *RAMFile, mem spec.Size, huge bool) (f *os.File, 
 // OpenWarmRAM opens the RAM file a running QEMU (pid) maps, for a new QEMU
 // that takes its guest over (warm restart): it must be want, in place.
 func OpenWarmRAM(path string, want *RAMFile, pid int) (*os.File, error) {
+	if want == nil {
+		return nil, fmt.Errorf("its qemu was started without a guest RAM file recorded by hostd (an older hostd): use checkpoint and restore: %w", sentinel.ErrRAMFile)
+	}
 	dir, err := OpenRAMDir(filepath.Dir(path))
 	if err != nil {
 		return nil, err
@@ -220,7 +217,7 @@ func openAt(dir *os.File, path string, want *RAMFile) (*os.File, error) {
 	}
 	if d := want.differs(path, &st); d != "" {
 		f.Close()
-		return nil, fmt.Errorf("guest RAM file %s was replaced (%s): refused, the VM is not started on it: %w", path, d, sentinel.ErrRAMFile)
+		return nil, fmt.Errorf("guest RAM file %s was replaced (%s): refused: %w", path, d, sentinel.ErrRAMFile)
 	}
 	return f, nil
 }
@@ -249,11 +246,18 @@ func createAt(dir *os.File, path string) (*os.File, *RAMFile, error) {
 // ramRoom says why a new RAM file of this size would not fit: a tmpfs or
 // a hugetlbfs out of room kills QEMU with SIGBUS at the first touch.
 func ramRoom(mem spec.Size, huge bool) error {
-	if huge {
-		return hugePagesFor(mem)
-	}
-	if ShmFree() < int64(mem)<<20 {
+	if !huge && ShmFree() < int64(mem)<<20 {
 		return fmt.Errorf("%s has no room for %d MiB of shared guest RAM (see stale files in hostd's status)", ShmDir, mem)
+	} else if !huge {
+		return nil
+	}
+	data, err := os.ReadFile("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+	if err != nil {
+		return fmt.Errorf("hugepages: %w", err)
+	}
+	free, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if need := int(mem) / 2; free < need {
+		return fmt.Errorf("hugepages: %d MiB of guest RAM needs %d free 2 MiB pages, %d are free (sysctl vm.nr_hugepages)", mem, need, free)
 	}
 	return nil
 }
@@ -282,15 +286,25 @@ func HugetlbfsDir() string {
 	return ""
 }
 
-// hugePagesFor checks that the VM's RAM fits in the free huge pages.
-func hugePagesFor(mem spec.Size) error {
-	data, err := os.ReadFile("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+// RemoveRAMFiles removes the RAM files (NAME.ram) in dir, hostd's own RAM
+// directory (one OpenRAMDir refuses is not touched), whose NAME orphan
+// says nothing needs, and returns the ones it removed.
+func RemoveRAMFiles(dir string, orphan func(name string) bool) ([]string, error) {
+	d, err := OpenRAMDir(dir)
 	if err != nil {
-		return fmt.Errorf("hugepages: %w", err)
+		return nil, err
 	}
-	free, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	if need := int(mem) / 2; free < need {
-		return fmt.Errorf("hugepages: %d MiB of guest RAM needs %d free 2 MiB pages, %d are free (sysctl vm.nr_hugepages)", mem, need, free)
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	var removed []string
+	for _, n := range names {
+		if vm, ok := strings.CutSuffix(n, ".ram"); ok && orphan(vm) {
+			if uerr := unix.Unlinkat(int(d.Fd()), n, 0); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("remove %s: %w", filepath.Join(dir, n), uerr))
+				continue
+			}
+			removed = append(removed, filepath.Join(dir, n))
+		}
 	}
-	return nil
+	return removed, err
 }
