@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/devices"
+	"github.com/symvirt/symvirt/qmp"
 )
 
 // allocateSlots gives every pooled passthrough device of the VM (of only,
@@ -43,84 +44,66 @@ func (vm *VM) allocateSlots(only []string) error {
 // Detach hot-unplugs one passthrough device and waits until QEMU reports it
 // gone (the guest must acknowledge the unplug), bounded by DetachTimeout.
 func (vm *VM) Detach(ctx context.Context, id string) error {
-	if err := vm.lock("detach"); err != nil {
-		return err
-	}
-	defer vm.unlock()
-	return vm.detach(ctx, id)
+	return vm.locked("detach", func() error { return vm.detach(ctx, id) })
 }
 
 // Attach hot-plugs a detached passthrough device again.
 func (vm *VM) Attach(ctx context.Context, id string) error {
-	if err := vm.lock("attach"); err != nil {
-		return err
-	}
-	defer vm.unlock()
-	return vm.attach(ctx, id)
+	return vm.locked("attach", func() error { return vm.attach(ctx, id) })
 }
 
-// passthrough is the VM's passthrough device id and whether it is
-// detached now.
-func (vm *VM) passthrough(id string) (devices.Device, bool, error) {
+// passthrough is the VM's passthrough device id, whether it is detached
+// now, and the monitor to plug it with.
+func (vm *VM) passthrough(id string) (*qmp.Client, devices.Device, bool, error) {
+	mon, err := vm.monitor()
+	if err != nil {
+		return nil, devices.Device{}, false, err
+	}
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	dev, ok := devices.Passthrough(&vm.spec, id, vm.overrides()[id])
 	if !ok {
-		return dev, false, fmt.Errorf("vm %q: device %q is not a passthrough device of this vm: %w", vm.name, id, ErrNotFound)
+		return nil, dev, false, fmt.Errorf("vm %q: device %q is not a passthrough device of this vm: %w", vm.name, id, ErrNotFound)
 	}
-	return dev, slices.Contains(vm.rt.Detached, id), nil
-}
-
-// setDetached records whether device id is detached.
-func (vm *VM) setDetached(id string, detached bool) {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	vm.rt.Detached = slices.DeleteFunc(vm.rt.Detached, func(s string) bool { return s == id })
-	if detached {
-		vm.rt.Detached = append(vm.rt.Detached, id)
-	}
-	vm.saveRuntime()
+	return mon, dev, slices.Contains(vm.rt.Detached, id), nil
 }
 
 func (vm *VM) detach(ctx context.Context, id string) error {
-	mon, err := vm.monitor()
-	if err != nil {
-		return err
-	}
-	if _, detached, err := vm.passthrough(id); err != nil || detached {
+	mon, _, detached, err := vm.passthrough(id)
+	if err != nil || detached {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, vm.h.cfg.DetachTimeout)
 	defer cancel()
-	start := timeNow()
-	if err := mon.DeviceDel(ctx, id); err != nil {
-		return fmt.Errorf("vm %q: detach %q: %w", vm.name, id, err)
-	}
-	vm.h.metrics.observe("detach", "ok", start)
-	vm.setDetached(id, true)
-	vm.log.Info("device detached", "device", id, "took", timeNow().Sub(start))
-	return nil
+	return vm.hotplug("detach", id, func() error { return mon.DeviceDel(ctx, id) })
 }
 
 func (vm *VM) attach(ctx context.Context, id string) error {
-	mon, err := vm.monitor()
-	if err != nil {
-		return err
-	}
 	// A re-attach deferred to a live stream's end may meet a step's.
 	vm.attachMu.Lock()
 	defer vm.attachMu.Unlock()
-	dev, detached, err := vm.passthrough(id)
+	mon, dev, detached, err := vm.passthrough(id)
 	if err != nil || !detached {
 		return err
 	}
+	return vm.hotplug("attach", id, func() error { return dev.Plug(ctx, mon) })
+}
+
+// hotplug runs a detach or attach of device id and records it.
+func (vm *VM) hotplug(op, id string, do func() error) error {
 	start := timeNow()
-	if err := dev.Plug(ctx, mon); err != nil {
-		return fmt.Errorf("vm %q: attach %q: %w", vm.name, id, err)
+	if err := do(); err != nil {
+		return fmt.Errorf("vm %q: %s %q: %w", vm.name, op, id, err)
 	}
-	vm.h.metrics.observe("attach", "ok", start)
-	vm.setDetached(id, false)
-	vm.log.Info("device attached", "device", id, "props", dev.Props, "took", timeNow().Sub(start))
+	vm.h.metrics.observe(op, "ok", start)
+	vm.mu.Lock()
+	vm.rt.Detached = slices.DeleteFunc(vm.rt.Detached, func(s string) bool { return s == id })
+	if op == "detach" {
+		vm.rt.Detached = append(vm.rt.Detached, id)
+	}
+	vm.saveRuntime()
+	vm.mu.Unlock()
+	vm.log.Info("device "+op+"ed", "device", id, "took", timeNow().Sub(start))
 	return nil
 }
 

@@ -14,9 +14,6 @@ import (
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// The glue between a VM and its QEMU processes (hostd/qemu): which one is
-// the VM's current one, and what the VM records of it.
-
 // launch says how to start a VM's QEMU.
 type launch struct {
 	incoming bool
@@ -34,6 +31,11 @@ func (vm *VM) args(l launch, gen int) qemu.Args {
 
 // qemuBinary is the QEMU this VM runs with; callers hold vm.mu.
 func (vm *VM) qemuBinary() string { return cmp.Or(vm.rt.QEMU, vm.h.cfg.QEMU) }
+
+// overrides are the pool properties of the VM's devices; callers hold vm.mu.
+func (vm *VM) overrides() map[string]map[string]string {
+	return devices.Pools(vm.h.cfg.Pools).Overrides(vm.rt.Slots)
+}
 
 // launch starts QEMU and makes it the VM's current one.
 func (vm *VM) launch(ctx context.Context, l launch) error {
@@ -97,8 +99,7 @@ func (vm *VM) watch(p *qemu.Process) {
 	}
 }
 
-// adopt reconnects to a QEMU left running by an earlier hostd; the RAM
-// file of one that is gone is removed.
+// adopt reconnects to a QEMU left running by an earlier hostd.
 func (vm *VM) adopt() error {
 	vm.loseStream()
 	vm.mu.Lock()
@@ -106,13 +107,9 @@ func (vm *VM) adopt() error {
 	vm.mu.Unlock()
 	if !qemu.Owns(vm.dir, pid, gen) {
 		if pid != 0 {
-			vm.mu.Lock()
-			vm.rt.PID, vm.rt.Incoming = 0, false
-			vm.saveRuntime()
-			vm.mu.Unlock()
 			vm.log.Info("qemu is gone; vm is stopped", "pid", pid)
 		}
-		vm.removeRAM()
+		vm.cleanupAfterStop()
 		return nil
 	}
 	if err := vm.verifyAdoptRAM(pid); err != nil {
@@ -133,7 +130,7 @@ func (vm *VM) adopt() error {
 	return nil
 }
 
-// process is the VM's current QEMU, with a monitor that is still open.
+// process is the VM's current QEMU, its monitor still open.
 func (vm *VM) process() (*qemu.Process, error) {
 	vm.mu.Lock()
 	p := vm.proc
@@ -145,18 +142,8 @@ func (vm *VM) process() (*qemu.Process, error) {
 	case <-p.Mon.Done():
 		return nil, fmt.Errorf("vm %q: monitor closed: %w", vm.name, ErrInvalidState)
 	default:
+		return p, nil
 	}
-	return p, nil
-}
-
-// exited is closed when the VM's current QEMU is gone (nil: none).
-func (vm *VM) exited() <-chan struct{} {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	if vm.proc == nil {
-		return nil
-	}
-	return vm.proc.Exited()
 }
 
 func (vm *VM) monitor() (*qmp.Client, error) {
@@ -167,57 +154,63 @@ func (vm *VM) monitor() (*qmp.Client, error) {
 	return p.Mon, nil
 }
 
+// exited is closed when the VM's current QEMU is gone (nil: none).
+func (vm *VM) exited() <-chan struct{} {
+	if p, err := vm.process(); err == nil {
+		return p.Exited()
+	}
+	return nil
+}
+
 func (vm *VM) alive() bool {
 	vm.mu.Lock()
-	pid := vm.rt.PID
-	vm.mu.Unlock()
-	return qemu.Alive(pid)
+	defer vm.mu.Unlock()
+	return qemu.Alive(vm.rt.PID)
+}
+
+// locked runs do under the VM's operation lock, as op.
+func (vm *VM) locked(op string, do func() error) error {
+	if err := vm.lock(op); err != nil {
+		return err
+	}
+	defer vm.unlock()
+	return do()
 }
 
 // Start boots a stopped VM.
 func (vm *VM) Start(ctx context.Context) error {
-	if err := vm.lock("start"); err != nil {
-		return err
-	}
-	defer vm.unlock()
-	if vm.alive() {
-		return fmt.Errorf("vm %q is already running: %w", vm.name, ErrInvalidState)
-	}
-	if err := vm.allocateSlots(nil); err != nil {
-		return err
-	}
-	if err := vm.launch(ctx, launch{}); err != nil {
-		return err
-	}
-	mon, err := vm.monitor()
-	if err != nil {
-		return err
-	}
-	return mon.Cont(ctx)
+	return vm.locked("start", func() error {
+		if vm.alive() {
+			return fmt.Errorf("vm %q is already running: %w", vm.name, ErrInvalidState)
+		}
+		if err := vm.allocateSlots(nil); err != nil {
+			return err
+		}
+		if err := vm.launch(ctx, launch{}); err != nil {
+			return err
+		}
+		return vm.vcpus(ctx, (*qmp.Client).Cont)
+	})
 }
 
-// Stop shuts the VM down: ACPI power-down first (timeout 0: the host's
-// StopTimeout), then quit, then SIGKILL.
+// Stop shuts the VM down: ACPI power-down first, then quit, then SIGKILL.
+// A timeout of 0 is the host's StopTimeout.
 func (vm *VM) Stop(ctx context.Context, timeout time.Duration) error {
-	if err := vm.lock("stop"); err != nil {
-		return err
-	}
-	defer vm.unlock()
-	vm.mu.Lock()
-	p, pid := vm.proc, vm.rt.PID
-	vm.mu.Unlock()
-	if !qemu.Alive(pid) {
+	return vm.locked("stop", func() error {
+		vm.mu.Lock()
+		p, pid := vm.proc, vm.rt.PID
+		vm.mu.Unlock()
+		if !qemu.Alive(pid) {
+			return nil
+		}
+		if p == nil { // running, but not adopted
+			syscall.Kill(pid, syscall.SIGKILL)
+		} else if err := p.Stop(ctx, cmp.Or(timeout, vm.h.cfg.StopTimeout)); err != nil {
+			return fmt.Errorf("vm %q: %w", vm.name, err)
+		}
+		vm.cleanupAfterStop()
 		return nil
-	}
-	how, err := "killed", error(nil)
-	if p == nil { // running, but not adopted
-		syscall.Kill(pid, syscall.SIGKILL)
-	} else if how, err = p.Stop(ctx, cmp.Or(timeout, vm.h.cfg.StopTimeout)); err != nil {
-		return fmt.Errorf("vm %q: %w", vm.name, err)
-	}
-	vm.log.Info("qemu stopped", "pid", pid, "by", how)
-	vm.cleanupAfterStop()
-	return nil
+	})
 }
 
 // kill ends QEMU at once (a destination that must not run, a failed start).
@@ -243,25 +236,19 @@ func (vm *VM) cleanupAfterStop() {
 }
 
 // Pause stops the vCPUs.
-func (vm *VM) Pause(ctx context.Context) error { return vm.vcpus(ctx, "pause", (*qmp.Client).Stop) }
+func (vm *VM) Pause(ctx context.Context) error {
+	return vm.locked("pause", func() error { return vm.vcpus(ctx, (*qmp.Client).Stop) })
+}
 
 // Resume continues the vCPUs.
-func (vm *VM) Resume(ctx context.Context) error { return vm.vcpus(ctx, "resume", (*qmp.Client).Cont) }
+func (vm *VM) Resume(ctx context.Context) error {
+	return vm.locked("resume", func() error { return vm.vcpus(ctx, (*qmp.Client).Cont) })
+}
 
-func (vm *VM) vcpus(ctx context.Context, op string, do func(*qmp.Client, context.Context) error) error {
-	if err := vm.lock(op); err != nil {
-		return err
-	}
-	defer vm.unlock()
+func (vm *VM) vcpus(ctx context.Context, do func(*qmp.Client, context.Context) error) error {
 	mon, err := vm.monitor()
 	if err != nil {
 		return err
 	}
 	return do(mon, ctx)
-}
-
-// overrides are the pool properties of every device with a slot; callers
-// hold vm.mu.
-func (vm *VM) overrides() map[string]map[string]string {
-	return devices.Pools(vm.h.cfg.Pools).Overrides(vm.rt.Slots)
 }

@@ -4,14 +4,12 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd/qemu"
-	"github.com/symvirt/symvirt/qmp"
 )
 
 // RejuvenateOptions control a warm VMM restart.
@@ -119,71 +117,17 @@ func (vm *VM) replaceStep(ctx context.Context, req StepRequest) (string, error) 
 	if err != nil {
 		return "", fmt.Errorf("vm %q: %w", vm.name, err)
 	}
-	n, err := warmTransfer(ctx, old.Mon, p.Mon)
+	n, err := p.TakeOver(ctx, old)
 	if err != nil {
 		p.Kill()
-		// The old QEMU must save RAM again in any later checkpoint.
-		old.Mon.MigrateSetCapabilities(context.WithoutCancel(ctx), map[string]bool{"x-ignore-shared": false})
 		return "", fmt.Errorf("vm %q: device state to the new qemu: %w", vm.name, err)
 	}
-	// Later checkpoints and migrations must carry RAM again.
-	p.Mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false})
 	vm.install(p, l)
-	go func() { // the old QEMU is stopped and holds nothing the guest needs
-		qctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		old.Mon.Quit(qctx)
-		select {
-		case <-old.Exited():
-		case <-time.After(15 * time.Second):
-			old.Kill()
-		}
-	}()
+	go old.Quit() // stopped, it holds nothing the guest needs
 	if req.Replace.Transferred != nil {
 		req.Replace.Transferred(n)
 	}
 	return note, nil
-}
-
-// warmTransfer streams a stopped QEMU's device state (RAM is skipped:
-// x-ignore-shared) into the new one through a pipe.
-func warmTransfer(ctx context.Context, old, next *qmp.Client) (int64, error) {
-	for _, mon := range []*qmp.Client{next, old} {
-		if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-			return 0, err
-		}
-	}
-	if err := old.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
-		return 0, err
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return 0, err
-	}
-	err = next.GetFD(ctx, "symvirt-warm-in", r)
-	r.Close()
-	if err == nil {
-		err = old.GetFD(ctx, "symvirt-warm-out", w)
-	}
-	w.Close()
-	if err == nil {
-		err = next.MigrateIncoming(ctx, "fd:symvirt-warm-in")
-	}
-	if err == nil {
-		err = old.Migrate(ctx, "fd:symvirt-warm-out")
-	}
-	if err != nil {
-		return 0, err
-	}
-	info, err := old.WaitMigration(ctx, 5*time.Millisecond, nil)
-	if err != nil {
-		old.MigrateCancel(context.WithoutCancel(ctx))
-		return 0, err
-	}
-	if _, err := next.WaitMigration(ctx, 5*time.Millisecond, nil); err != nil {
-		return 0, err
-	}
-	return info.RAM.Transferred, nil
 }
 
 // Rejuvenate warm-restarts every running VM of the host, at most
@@ -208,25 +152,22 @@ func (h *Host) Rejuvenate(ctx context.Context, opts RejuvenateOptions) []Rejuven
 			vms = append(vms, vm)
 		}
 	}
-	var mu sync.Mutex
+	done := make([]RejuvenateResult, len(vms))
 	sem := make(chan struct{}, opts.Parallel)
 	var wg sync.WaitGroup
-	for _, vm := range vms {
-		wg.Add(1)
+	for i, vm := range vms {
 		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			defer func() { <-sem }()
 			res, err := vm.Rejuvenate(ctx, opts)
 			if err != nil {
 				res.Error = err.Error()
 			}
-			mu.Lock()
-			out = append(out, res)
-			mu.Unlock()
-		}()
+			done[i] = res
+		})
 	}
 	wg.Wait()
+	out = append(out, done...)
 	sort.Slice(out, func(i, j int) bool { return out[i].VM < out[j].VM })
 	return out
 }

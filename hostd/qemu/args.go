@@ -10,56 +10,48 @@ import (
 	"github.com/symvirt/symvirt/hostd/spec"
 )
 
-// Files a QEMU has in its VM's directory.
+// Files a QEMU writes in its VM's directory: the guest's console and what
+// QEMU printed.
 const (
-	SerialLog = "serial.log" // the guest's console
-	Log       = "qemu.log"   // what QEMU printed
-	qmpSocket = "qmp.sock"
-	guestSock = "guest.sock"
-	pidFile   = "qemu.pid"
+	SerialLog = "serial.log"
+	Log       = "qemu.log"
 )
 
 // Args say how to start one QEMU of a VM.
 type Args struct {
-	Spec spec.Spec
-	// Dir is the VM's directory: sockets, pid file and logs.
-	Dir   string
+	Spec  spec.Spec
+	Dir   string // the VM's directory: sockets, pid file, logs
 	Accel string
-	// Gen numbers the VM's QEMUs; it names their sockets, so a warm
+	// Gen numbers the VM's QEMUs and names their sockets, so a warm
 	// restart can run two side by side.
-	Gen int
-	// Incoming: QEMU waits for a migration stream (-incoming defer).
-	Incoming bool
-	// Absent lists passthrough devices left out (their root ports stay):
-	// they were unplugged at a migration's or checkpoint's source and are
-	// plugged after the state is loaded, so both sides agree on the
-	// device set when it is transferred.
-	Absent map[string]bool
-	// Override replaces properties of passthrough devices (from a pool).
-	Override map[string]map[string]string
-	// RunAs is the user QEMU drops to after opening its files ("": root).
-	RunAs string
+	Gen      int
+	Incoming bool // -incoming defer
+	// Absent passthrough devices are left out, their root ports kept: so
+	// both sides of a transfer agree on the device set while they are
+	// unplugged.
+	Absent   map[string]bool
+	Override map[string]map[string]string // pool properties, by device
+	RunAs    string                       // the user QEMU drops to ("": root)
 }
 
 // QMPSocket is the monitor socket of a VM's QEMU of generation gen.
-func QMPSocket(dir string, gen int) string { return filepath.Join(dir, genName(qmpSocket, gen)) }
+func QMPSocket(dir string, gen int) string { return filepath.Join(dir, genName("qmp", gen, "sock")) }
 
 // GuestSocket is the guest channel's socket (virtio-serial) likewise.
-func GuestSocket(dir string, gen int) string { return filepath.Join(dir, genName(guestSock, gen)) }
-
-// genName is a per-generation file name: qmp.sock, qmp.1.sock, ...
-func genName(base string, gen int) string {
-	if gen == 0 {
-		return base
-	}
-	ext := filepath.Ext(base)
-	return fmt.Sprintf("%s.%d%s", strings.TrimSuffix(base, ext), gen, ext)
+func GuestSocket(dir string, gen int) string {
+	return filepath.Join(dir, genName("guest", gen, "sock"))
 }
 
-// argv is QEMU's command line (without the binary). No shell is involved,
-// so nothing in a spec can inject arguments: values with commas are
-// escaped (QEMU reads ',,' as ','). Shared RAM is the file QEMU inherits
-// as descriptor ramFD.
+// genName is a per-generation file name: qmp.sock, qmp.1.sock, ...
+func genName(base string, gen int, ext string) string {
+	if gen == 0 {
+		return base + "." + ext
+	}
+	return fmt.Sprintf("%s.%d.%s", base, gen, ext)
+}
+
+// argv is QEMU's command line (without the binary); values with commas are
+// escaped (QEMU reads ',,' as ',').
 func (a Args) argv() []string {
 	s := a.Spec
 	v := []string{
@@ -70,7 +62,7 @@ func (a Args) argv() []string {
 		"-chardev", "file,id=serial0,append=on,path=" + esc(filepath.Join(a.Dir, SerialLog)),
 		"-serial", "chardev:serial0",
 		"-qmp", "unix:" + esc(QMPSocket(a.Dir, a.Gen)) + ",server=on,wait=off",
-		"-pidfile", filepath.Join(a.Dir, genName(pidFile, a.Gen)),
+		"-pidfile", filepath.Join(a.Dir, genName("qemu", a.Gen, "pid")),
 	}
 	if s.CPU != "" {
 		v = append(v, "-cpu", s.CPU)
@@ -102,7 +94,7 @@ func (a Args) argv() []string {
 }
 
 // deviceArgs: the NICs and other devices, each passthrough one on a
-// pcie-root-port of its own so it can be hot-unplugged.
+// root port of its own.
 func (a Args) deviceArgs() []string {
 	var v []string
 	chassis := 0
@@ -139,7 +131,6 @@ func netdevArg(n spec.NIC) string {
 	return v
 }
 
-// guestChannelArgs: the device guestd talks to hostd on.
 func (a Args) guestChannelArgs() []string {
 	switch a.Spec.Guest.Type {
 	case "virtio-serial":
@@ -184,5 +175,4 @@ func deviceArg(d devices.Device) string {
 	return b.String()
 }
 
-// esc escapes a value for QEMU's option syntax, where ',' separates keys.
 func esc(v string) string { return strings.ReplaceAll(v, ",", ",,") }

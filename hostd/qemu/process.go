@@ -21,39 +21,36 @@ import (
 type Process struct {
 	PID int
 	Gen int
-	// Bin is the binary Start ran ("" for an adopted QEMU).
-	Bin string
+	Bin string // "" when adopted
 	Mon *qmp.Client
 
 	exited chan struct{}
-	err    error // how it exited, once exited is closed
+	err    error // how a started QEMU exited, once exited is closed
 }
 
-// Exited is closed once the process is gone (its monitor closed too).
+// Exited is closed once the process is gone.
 func (p *Process) Exited() <-chan struct{} { return p.exited }
 
-// ExitErr is how a started QEMU exited (nil for an adopted one).
+// ExitErr waits for the process to go and says how a started one exited.
 func (p *Process) ExitErr() error {
 	<-p.exited
 	return p.err
 }
 
 // Start runs bin paused (-S, so a failed start never runs the guest) and
-// connects its monitor, within 30 s or ctx. ram is the guest RAM file
-// (OpenRAM) when the spec asks for shared memory; the caller keeps it.
+// connects its monitor, within 30 s. ram is the guest RAM file when the
+// spec asks for shared memory; the caller keeps it.
 func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, error) {
 	cmd := exec.Command(bin, append(a.argv(), "-S")...)
 	if a.Spec.UsesSharedMemory() {
 		if ram == nil {
 			return nil, fmt.Errorf("%w: shared memory without a file", sentinel.ErrQEMUStart)
 		}
-		cmd.ExtraFiles = []*os.File{ram}
+		cmd.ExtraFiles = []*os.File{ram} // descriptor ramFD
 	}
-	for _, f := range []string{QMPSocket(a.Dir, a.Gen), GuestSocket(a.Dir, a.Gen), filepath.Join(a.Dir, genName(pidFile, a.Gen))} {
-		os.Remove(f)
-	}
-	logPath := filepath.Join(a.Dir, Log)
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	os.Remove(QMPSocket(a.Dir, a.Gen))
+	os.Remove(GuestSocket(a.Dir, a.Gen))
+	logf, err := os.OpenFile(filepath.Join(a.Dir, Log), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -73,39 +70,37 @@ func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, err
 	}
 	p := &Process{PID: cmd.Process.Pid, Gen: a.Gen, Bin: bin, exited: make(chan struct{})}
 	go func() { p.err = cmd.Wait(); close(p.exited) }()
-	if p.Mon, err = dial(ctx, p, QMPSocket(a.Dir, a.Gen)); err != nil {
-		cmd.Process.Kill() // safe after Wait, unlike a signal to the PID
+	if p.Mon, err = p.dial(ctx, QMPSocket(a.Dir, a.Gen)); err != nil {
+		cmd.Process.Kill() // unlike a signal to the PID, safe once reaped
 		<-p.exited
-		return nil, fmt.Errorf("%w: %v: %s", sentinel.ErrQEMUStart, err, tailFrom(logPath, logStart, 2048))
+		return nil, fmt.Errorf("%w: %v: %s", sentinel.ErrQEMUStart, err, tail(logf.Name(), logStart))
 	}
 	go func() { <-p.exited; p.Mon.Close() }()
 	return p, nil
 }
 
-// dial connects to a starting QEMU's monitor.
-func dial(ctx context.Context, p *Process, sock string) (*qmp.Client, error) {
+func (p *Process) dial(ctx context.Context, sock string) (*qmp.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		select {
-		case <-p.exited:
-			return nil, errors.New("qemu exited")
-		case <-ctx.Done():
-			return nil, fmt.Errorf("no QMP monitor: %w", ctx.Err())
-		default:
-		}
 		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
 		mon, err := qmp.Dial(dctx, "unix", sock)
 		dcancel()
 		if err == nil {
 			return mon, nil
 		}
-		time.Sleep(10 * time.Millisecond)
+		select {
+		case <-p.exited:
+			return nil, errors.New("qemu exited")
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no QMP monitor: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 
 // Owns reports whether pid is alive and a QEMU of the VM in dir of
-// generation gen (its monitor socket is on its command line): a PID
+// generation gen (its monitor socket on its command line): a PID
 // recorded before hostd restarted may have been reused since.
 func Owns(dir string, pid, gen int) bool {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -113,7 +108,7 @@ func Owns(dir string, pid, gen int) bool {
 }
 
 // Adopt connects to a QEMU an earlier hostd started (see Owns); it never
-// restarts one. Not being its parent, it notices the exit by polling.
+// restarts one. Not being its parent, it polls for its exit.
 func Adopt(ctx context.Context, dir string, pid, gen int) (*Process, error) {
 	mon, err := qmp.Dial(ctx, "unix", QMPSocket(dir, gen))
 	if err != nil {
@@ -121,8 +116,7 @@ func Adopt(ctx context.Context, dir string, pid, gen int) (*Process, error) {
 	}
 	p := &Process{PID: pid, Gen: gen, Mon: mon, exited: make(chan struct{})}
 	go func() {
-		<-mon.Done()
-		for Alive(pid) {
+		for <-mon.Done(); Alive(pid); {
 			time.Sleep(100 * time.Millisecond)
 		}
 		close(p.exited)
@@ -132,6 +126,11 @@ func Adopt(ctx context.Context, dir string, pid, gen int) (*Process, error) {
 
 // Kill ends the process at once and waits (10 s at most) for it to go.
 func (p *Process) Kill() error {
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
 	syscall.Kill(p.PID, syscall.SIGKILL)
 	select {
 	case <-p.exited:
@@ -142,25 +141,30 @@ func (p *Process) Kill() error {
 }
 
 // Stop ends the process: an ACPI power-down the guest has timeout to
-// follow, then quit, then SIGKILL. how says which one did it.
-func (p *Process) Stop(ctx context.Context, timeout time.Duration) (how string, err error) {
+// follow, then Quit.
+func (p *Process) Stop(ctx context.Context, timeout time.Duration) error {
 	if err := p.Mon.SystemPowerdown(ctx); err == nil {
 		select {
 		case <-p.exited:
-			return "powered off", nil
+			return nil
 		case <-time.After(timeout):
 		case <-ctx.Done():
 		}
 	}
-	qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	p.Mon.Quit(qctx)
-	cancel()
+	return p.Quit()
+}
+
+// Quit has QEMU quit, or kills it after 5 s.
+func (p *Process) Quit() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p.Mon.Quit(ctx)
 	select {
 	case <-p.exited:
-		return "quit", nil
-	case <-time.After(5 * time.Second):
+		return nil
+	case <-ctx.Done():
+		return p.Kill()
 	}
-	return "killed", p.Kill()
 }
 
 // Alive reports whether pid is a live process (not a zombie).
@@ -175,25 +179,19 @@ func Alive(pid int) bool {
 	if err != nil {
 		return false
 	}
-	if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) {
-		return stat[i+2] != 'Z' && stat[i+2] != 'X'
-	}
-	return true
+	i := strings.LastIndexByte(string(stat), ')')
+	return i <= 0 || i+2 >= len(stat) || stat[i+2] != 'Z' && stat[i+2] != 'X'
 }
 
-// tailFrom returns at most n bytes of a log written since offset.
-func tailFrom(path string, offset int64, n int64) string {
+// tail is what QEMU wrote to its log since offset, at most 2 KiB of it.
+func tail(path string, offset int64) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return ""
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	start := max(offset, st.Size()-n)
-	buf := make([]byte, st.Size()-start)
-	f.ReadAt(buf, start)
-	return strings.TrimSpace(string(buf))
+	end, _ := f.Seek(0, io.SeekEnd)
+	buf := make([]byte, max(0, end-max(offset, end-2048)))
+	n, _ := f.ReadAt(buf, end-int64(len(buf)))
+	return strings.TrimSpace(string(buf[:n]))
 }

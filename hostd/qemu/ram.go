@@ -78,19 +78,13 @@ func (id RAMFile) Replaced() string {
 // Remove deletes the file if it is id; another file at the path stays for
 // the operator. A QEMU that still maps it keeps its memory.
 func (id RAMFile) Remove() error {
-	var st unix.Stat_t
-	if err := unix.Lstat(id.Path, &st); errors.Is(err, unix.ENOENT) {
+	if _, err := os.Lstat(id.Path); errors.Is(err, fs.ErrNotExist) {
 		return nil
-	} else if err != nil {
-		return err
 	}
-	if d := id.differs(id.Path, &st); d != "" {
-		return fmt.Errorf("guest RAM file %s was replaced (%s): left in place: %w", id.Path, d, sentinel.ErrRAMFile)
+	if d := id.Replaced(); d != "" {
+		return fmt.Errorf("%s: left in place: %w", d, sentinel.ErrRAMFile)
 	}
-	if err := os.Remove(id.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return nil
+	return os.Remove(id.Path)
 }
 
 // MappedBy reports whether process pid maps the file (its /proc/PID/maps
@@ -246,9 +240,10 @@ func createAt(dir *os.File, path string) (*os.File, *RAMFile, error) {
 // ramRoom says why a new RAM file of this size would not fit: a tmpfs or
 // a hugetlbfs out of room kills QEMU with SIGBUS at the first touch.
 func ramRoom(mem spec.Size, huge bool) error {
-	if !huge && ShmFree() < int64(mem)<<20 {
-		return fmt.Errorf("%s has no room for %d MiB of shared guest RAM (see stale files in hostd's status)", ShmDir, mem)
-	} else if !huge {
+	if !huge {
+		if ShmFree() < int64(mem)<<20 {
+			return fmt.Errorf("%s has no room for %d MiB of shared guest RAM (see stale files in hostd's status)", ShmDir, mem)
+		}
 		return nil
 	}
 	data, err := os.ReadFile("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
