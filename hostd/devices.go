@@ -18,23 +18,22 @@ func (vm *VM) allocateSlots(only []string) error {
 	// Pool use is host-wide: hold the host lock while choosing.
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	used := map[devices.Slot]string{}
+	used := map[devices.Slot]bool{}
 	for _, other := range h.vms {
-		if other == vm {
-			continue
+		if other != vm {
+			other.mu.Lock()
+			for _, s := range other.rt.Slots {
+				used[s] = true
+			}
+			other.mu.Unlock()
 		}
-		other.mu.Lock()
-		for id, s := range other.rt.Slots {
-			used[s] = other.name + "/" + id
-		}
-		other.mu.Unlock()
 	}
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	if vm.rt.Slots == nil {
 		vm.rt.Slots = map[string]devices.Slot{}
 	}
-	if err := devices.Pools(h.cfg.Pools).Allocate(&vm.spec, vm.rt.Slots, used, vm.name, only); err != nil {
+	if err := devices.Pools(h.cfg.Pools).Allocate(&vm.spec, vm.rt.Slots, used, only); err != nil {
 		return fmt.Errorf("vm %q: %w", vm.name, err)
 	}
 	vm.saveRuntime()

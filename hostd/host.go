@@ -395,9 +395,7 @@ func (vm *VM) Info(ctx context.Context) VMInfo {
 			info.Devices[id] = fmt.Sprintf("%s[%d]", s.Pool, s.Index)
 		}
 	}
-	if vm.rt.RAM != nil {
-		info.RAMError = vm.rt.RAM.Replaced()
-	}
+	info.RAMError = vm.rt.RAM.Replaced()
 	vm.mu.Unlock()
 	switch {
 	case !qemu.Alive(info.PID):

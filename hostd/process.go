@@ -103,7 +103,7 @@ func (vm *VM) watch(p *qemu.Process) {
 func (vm *VM) adopt() error {
 	vm.loseStream()
 	vm.mu.Lock()
-	pid, gen := vm.rt.PID, vm.rt.Gen
+	pid, gen, ram := vm.rt.PID, vm.rt.Gen, vm.rt.RAM
 	vm.mu.Unlock()
 	if !qemu.Owns(vm.dir, pid, gen) {
 		if pid != 0 {
@@ -112,14 +112,14 @@ func (vm *VM) adopt() error {
 		vm.cleanupAfterStop()
 		return nil
 	}
-	if err := vm.verifyAdoptRAM(pid); err != nil {
-		return err
+	if d := ram.Replaced(); d != "" {
+		vm.log.Error("guest RAM file replaced while the VM ran: the running qemu keeps its own RAM; warm restart and restart refuse the file", "err", d)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	p, err := qemu.Adopt(ctx, vm.dir, pid, gen)
+	p, err := qemu.Adopt(ctx, vm.dir, pid, gen, ram)
 	if err != nil {
-		return err
+		return fmt.Errorf("vm %q: %w", vm.name, err)
 	}
 	vm.mu.Lock()
 	vm.proc = p
@@ -197,15 +197,12 @@ func (vm *VM) Start(ctx context.Context) error {
 // A timeout of 0 is the host's StopTimeout.
 func (vm *VM) Stop(ctx context.Context, timeout time.Duration) error {
 	return vm.locked("stop", func() error {
-		vm.mu.Lock()
-		p, pid := vm.proc, vm.rt.PID
-		vm.mu.Unlock()
-		if !qemu.Alive(pid) {
+		p, err := vm.process()
+		if err != nil || !vm.alive() {
+			vm.kill() // not running, or not adopted
 			return nil
 		}
-		if p == nil { // running, but not adopted
-			syscall.Kill(pid, syscall.SIGKILL)
-		} else if err := p.Stop(ctx, cmp.Or(timeout, vm.h.cfg.StopTimeout)); err != nil {
+		if err := p.Stop(ctx, cmp.Or(timeout, vm.h.cfg.StopTimeout)); err != nil {
 			return fmt.Errorf("vm %q: %w", vm.name, err)
 		}
 		vm.cleanupAfterStop()
@@ -220,7 +217,7 @@ func (vm *VM) kill() {
 	vm.mu.Unlock()
 	if p != nil {
 		p.Kill()
-	} else if pid > 0 {
+	} else if qemu.Alive(pid) { // not adopted
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	vm.cleanupAfterStop()

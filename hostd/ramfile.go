@@ -70,25 +70,6 @@ func (vm *VM) removeRAM() {
 	vm.saveRuntime()
 }
 
-// verifyAdoptRAM checks, before hostd re-adopts a running QEMU, that it
-// maps the RAM file hostd created; a file replaced at the path since is
-// refused later (warm restart, a start after a crash) and reported now.
-func (vm *VM) verifyAdoptRAM(pid int) error {
-	vm.mu.Lock()
-	want, shared := vm.rt.RAM, vm.spec.UsesSharedMemory()
-	vm.mu.Unlock()
-	switch {
-	case !shared:
-	case want == nil:
-		vm.log.Warn("qemu was started without a recorded guest RAM file (an older hostd): warm restart is refused; checkpoint and restore it", "pid", pid)
-	case !want.MappedBy(pid):
-		return fmt.Errorf("vm %q: qemu pid %d does not map the guest RAM file hostd created (%s, inode %d): not adopted: %w", vm.name, pid, want.Path, want.Ino, ErrRAMFile)
-	case want.Replaced() != "":
-		vm.log.Error("guest RAM file replaced while the VM ran: the running qemu keeps its own RAM; warm restart and restart refuse the file", "err", want.Replaced())
-	}
-	return nil
-}
-
 // StaleSharedMemory lists shared RAM files of this host that no running VM
 // owns: one hostd did not create, or could not remove.
 func (h *Host) StaleSharedMemory() (stale []string) {

@@ -21,30 +21,22 @@ type Device struct {
 // RootPort is the bus of passthrough device id.
 func RootPort(id string) string { return "rp-" + id }
 
-// NIC is the device of a NIC on bus ("": QEMU picks), override winning
-// over the spec's properties.
-func NIC(n spec.NIC, bus string, override map[string]string) Device {
+// NIC is a NIC's device, override winning over the spec's properties.
+func NIC(n spec.NIC, override map[string]string) Device {
 	p := map[string]string{"netdev": "nd-" + n.ID}
 	if n.MAC != "" {
 		p["mac"] = n.MAC
 	}
-	return build(n.Model, n.ID, p, bus, override)
+	maps.Copy(p, override)
+	return Device{Driver: n.Model, ID: n.ID, Props: p}
 }
 
 // Generic is the device of a spec's other device, like NIC.
-func Generic(d spec.Dev, bus string, override map[string]string) Device {
-	return build(d.Driver, d.ID, maps.Clone(d.Props), bus, override)
-}
-
-func build(driver, id string, p map[string]string, bus string, override map[string]string) Device {
-	if p == nil {
-		p = map[string]string{}
-	}
-	if bus != "" {
-		p["bus"] = bus
-	}
+func Generic(d spec.Dev, override map[string]string) Device {
+	p := map[string]string{}
+	maps.Copy(p, d.Props)
 	maps.Copy(p, override)
-	return Device{Driver: driver, ID: id, Props: p}
+	return Device{Driver: d.Driver, ID: d.ID, Props: p}
 }
 
 // Passthrough returns the spec's passthrough device id on its root port;
@@ -52,15 +44,18 @@ func build(driver, id string, p map[string]string, bus string, override map[stri
 func Passthrough(s *spec.Spec, id string, override map[string]string) (d Device, ok bool) {
 	for _, n := range s.NICs {
 		if n.ID == id {
-			return NIC(n, RootPort(id), override), n.Passthrough
+			d, ok = NIC(n, override), n.Passthrough
 		}
 	}
 	for _, g := range s.Devs {
 		if g.ID == id {
-			return Generic(g, RootPort(id), override), g.Passthrough
+			d, ok = Generic(g, override), g.Passthrough
 		}
 	}
-	return Device{}, false
+	if ok {
+		d.Props["bus"] = RootPort(id)
+	}
+	return d, ok
 }
 
 // Plug hot-plugs d (on its root port, where it was unplugged from).
@@ -104,10 +99,9 @@ func (p Pools) Overrides(slots map[string]Slot) map[string]map[string]string {
 	return out
 }
 
-// Allocate gives every pooled passthrough device of s (only those of only,
-// when not nil) a slot in slots that used does not hold, keeping a valid
-// one it has; used gains the new ones, owned by owner.
-func (p Pools) Allocate(s *spec.Spec, slots map[string]Slot, used map[Slot]string, owner string, only []string) error {
+// Allocate gives every pooled passthrough device of s (of only, when not
+// nil) a slot in slots that is not used, keeping a valid one it has.
+func (p Pools) Allocate(s *spec.Spec, slots map[string]Slot, used map[Slot]bool, only []string) error {
 	for _, id := range s.PassthroughIDs() {
 		pool := s.PoolOf(id)
 		if pool == "" || (only != nil && !slices.Contains(only, id)) {
@@ -121,14 +115,14 @@ func (p Pools) Allocate(s *spec.Spec, slots map[string]Slot, used map[Slot]strin
 			return fmt.Errorf("device %q: pool %q has %d entries, all in use: %w", id, pool, len(p[pool]), sentinel.ErrNoDevice)
 		}
 		slots[id] = Slot{pool, i}
-		used[Slot{pool, i}] = owner + "/" + id
+		used[Slot{pool, i}] = true
 	}
 	return nil
 }
 
-func (p Pools) free(pool string, used map[Slot]string) int {
+func (p Pools) free(pool string, used map[Slot]bool) int {
 	for i := range p[pool] {
-		if _, taken := used[Slot{pool, i}]; !taken {
+		if !used[Slot{pool, i}] {
 			return i
 		}
 	}

@@ -98,24 +98,23 @@ func (a Args) argv() []string {
 func (a Args) deviceArgs() []string {
 	var v []string
 	chassis := 0
-	device := func(id string, passthrough bool, dev func(bus string) devices.Device) {
-		bus := ""
+	device := func(d devices.Device, passthrough bool) {
 		if passthrough {
 			chassis++
-			bus = devices.RootPort(id)
-			v = append(v, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d,bus=pcie.0", bus, chassis, chassis))
-			if a.Absent[id] {
+			d.Props["bus"] = devices.RootPort(d.ID)
+			v = append(v, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d,bus=pcie.0", d.Props["bus"], chassis, chassis))
+			if a.Absent[d.ID] {
 				return
 			}
 		}
-		v = append(v, "-device", deviceArg(dev(bus)))
+		v = append(v, "-device", deviceArg(d))
 	}
 	for _, n := range a.Spec.NICs {
 		v = append(v, "-netdev", netdevArg(n))
-		device(n.ID, n.Passthrough, func(bus string) devices.Device { return devices.NIC(n, bus, a.Override[n.ID]) })
+		device(devices.NIC(n, a.Override[n.ID]), n.Passthrough)
 	}
 	for _, d := range a.Spec.Devs {
-		device(d.ID, d.Passthrough, func(bus string) devices.Device { return devices.Generic(d, bus, a.Override[d.ID]) })
+		device(devices.Generic(d, a.Override[d.ID]), d.Passthrough)
 	}
 	return v
 }

@@ -12,8 +12,8 @@
 //     monitor answers; a QEMU that did not get there is killed and the
 //     error (wrapping sentinel.ErrQEMUStart) carries the tail of its log.
 //     No shell is involved and every spec value is escaped.
-//   - Adopt only connects to a running QEMU that Owns confirmed; it never
-//     restarts one. Exited is closed once the process is gone, whether
+//   - Adopt only connects to a running QEMU that Owns confirmed and that
+//     maps the RAM file recorded for it; it never restarts one. Exited is closed once the process is gone, whether
 //     Start or Adopt made the Process.
 //   - Guest RAM on shared memory is a file hostd creates itself (O_EXCL,
 //     O_NOFOLLOW, 0600) in a 0700 directory of its own and hands to QEMU

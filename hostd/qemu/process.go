@@ -107,9 +107,13 @@ func Owns(dir string, pid, gen int) bool {
 	return err == nil && Alive(pid) && strings.Contains(string(cmdline), QMPSocket(dir, gen))
 }
 
-// Adopt connects to a QEMU an earlier hostd started (see Owns); it never
-// restarts one. Not being its parent, it polls for its exit.
-func Adopt(ctx context.Context, dir string, pid, gen int) (*Process, error) {
+// Adopt connects to a QEMU an earlier hostd started (see Owns) that maps
+// ram, the RAM file recorded for it if any; it never restarts one. Not
+// being its parent, it polls for its exit.
+func Adopt(ctx context.Context, dir string, pid, gen int, ram *RAMFile) (*Process, error) {
+	if ram != nil && !ram.MappedBy(pid) {
+		return nil, fmt.Errorf("qemu pid %d does not map the guest RAM file hostd created (%s, inode %d): not adopted: %w", pid, ram.Path, ram.Ino, sentinel.ErrRAMFile)
+	}
 	mon, err := qmp.Dial(ctx, "unix", QMPSocket(dir, gen))
 	if err != nil {
 		return nil, fmt.Errorf("qmp: %w", err)

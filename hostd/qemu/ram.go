@@ -47,24 +47,25 @@ func identityOf(path string, st *unix.Stat_t) RAMFile {
 // ("" when it is).
 func (id RAMFile) differs(path string, st *unix.Stat_t) string {
 	var d []string
-	if path != id.Path {
-		d = append(d, fmt.Sprintf("path %s, hostd created %s", path, id.Path))
+	add := func(differ bool, format string, a ...any) {
+		if differ {
+			d = append(d, fmt.Sprintf(format, a...))
+		}
 	}
-	if st.Dev != id.Dev || st.Ino != id.Ino {
-		d = append(d, fmt.Sprintf("inode %d on device %d:%d, hostd created inode %d on %d:%d",
-			st.Ino, unix.Major(st.Dev), unix.Minor(st.Dev), id.Ino, unix.Major(id.Dev), unix.Minor(id.Dev)))
-	}
-	if st.Uid != id.UID {
-		d = append(d, fmt.Sprintf("owner uid %d, hostd created it as uid %d", st.Uid, id.UID))
-	}
-	if st.Mode != id.Mode {
-		d = append(d, fmt.Sprintf("mode %#o, hostd created it %#o", st.Mode, id.Mode))
-	}
+	add(path != id.Path, "path %s, hostd created %s", path, id.Path)
+	add(st.Dev != id.Dev || st.Ino != id.Ino, "inode %d on device %d:%d, hostd created inode %d on %d:%d",
+		st.Ino, unix.Major(st.Dev), unix.Minor(st.Dev), id.Ino, unix.Major(id.Dev), unix.Minor(id.Dev))
+	add(st.Uid != id.UID, "owner uid %d, hostd created it as uid %d", st.Uid, id.UID)
+	add(st.Mode != id.Mode, "mode %#o, hostd created it %#o", st.Mode, id.Mode)
 	return strings.Join(d, "; ")
 }
 
-// Replaced says how the file at id's path is not id ("" when it is).
-func (id RAMFile) Replaced() string {
+// Replaced says how the file at id's path is not id ("" when it is, or
+// when id is nil).
+func (id *RAMFile) Replaced() string {
+	if id == nil {
+		return ""
+	}
 	var st unix.Stat_t
 	if err := unix.Lstat(id.Path, &st); err != nil {
 		return fmt.Sprintf("guest RAM file %s: %v", id.Path, err)
