@@ -13,8 +13,11 @@
 //     error (wrapping sentinel.ErrQEMUStart) carries the tail of its log.
 //     No shell is involved and every spec value is escaped.
 //   - Adopt only connects to a running QEMU that Owns confirmed and that
-//     maps the RAM file recorded for it; it never restarts one. Exited is closed once the process is gone, whether
-//     Start or Adopt made the Process.
+//     maps the RAM file recorded for it; it never restarts one. Exited is
+//     closed once the process is gone, whether Start or Adopt made it.
+//   - TakeOver (warm restart) moves only device state from a stopped QEMU
+//     into a new one started on the same RAM file; until it succeeds the
+//     old QEMU holds the VM.
 //   - Guest RAM on shared memory is a file hostd creates itself (O_EXCL,
 //     O_NOFOLLOW, 0600) in a 0700 directory of its own and hands to QEMU
 //     as an open descriptor. OpenRAM reuses a file at the path only if it
