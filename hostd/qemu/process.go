@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -173,18 +174,9 @@ func (p *Process) Quit() error {
 
 // Alive reports whether pid is a live process (not a zombie).
 func Alive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
 	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(stat), ')')
-	return i <= 0 || i+2 >= len(stat) || stat[i+2] != 'Z' && stat[i+2] != 'X'
+	i := bytes.LastIndexByte(stat, ')')
+	return pid > 0 && err == nil && i > 0 && i+2 < len(stat) && stat[i+2] != 'Z' && stat[i+2] != 'X'
 }
 
 // tail is what QEMU wrote to its log since offset, at most 2 KiB of it.
