@@ -65,6 +65,7 @@ type VM struct {
 	spec      Spec
 	rt        runtimeState
 	proc      *qemu.Process // the current QEMU (nil: none, or not adopted)
+	ramOrphan bool          // the current QEMU went away (process.go's watch)
 	operation string        // what the VM is doing now, for status
 	live      *liveSave     // a live checkpoint still streaming
 	armed     *liveArm      // a live checkpoint made ready before the job's cut
@@ -366,6 +367,7 @@ func (vm *VM) unlock() {
 	vm.mu.Lock()
 	vm.operation = ""
 	vm.mu.Unlock()
+	vm.reclaimRAM()
 	vm.op.Unlock()
 }
 

@@ -76,26 +76,36 @@ func (vm *VM) install(p *qemu.Process, l launch) {
 
 // watch notices a QEMU of the VM going away. When it was the current one,
 // nothing runs the guest on its RAM file again (a warm restart's new QEMU
-// is current before the old one quits), so the file goes: once the
-// operation running on the VM, if any, is done and started no new QEMU.
+// is current before the old one quits), so the file goes: now, or when
+// the operation running on the VM ends (unlock), unless it started a new
+// QEMU.
 func (vm *VM) watch(p *qemu.Process) {
 	vm.log.Info("qemu exited", "pid", p.PID, "status", p.ExitErr())
 	vm.mu.Lock()
 	current := vm.rt.PID == p.PID
 	if current {
-		vm.rt.PID, vm.rt.Incoming = 0, false
+		vm.rt.PID, vm.rt.Incoming, vm.ramOrphan = 0, false, true
 		vm.saveRuntime()
 	}
 	if vm.proc == p {
 		vm.proc = nil
 	}
 	vm.mu.Unlock()
-	if current {
-		vm.op.Lock()
-		defer vm.op.Unlock()
-		if !vm.alive() {
-			vm.removeRAM()
-		}
+	if current && vm.op.TryLock() {
+		vm.reclaimRAM()
+		vm.op.Unlock()
+	}
+}
+
+// reclaimRAM removes the RAM file that watch found orphaned if no QEMU of
+// the VM runs; callers hold vm.op.
+func (vm *VM) reclaimRAM() {
+	vm.mu.Lock()
+	orphan := vm.ramOrphan && !qemu.Alive(vm.rt.PID)
+	vm.ramOrphan = false
+	vm.mu.Unlock()
+	if orphan {
+		vm.removeRAM()
 	}
 }
 
