@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/pausewatch"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -375,7 +376,7 @@ func reserveHugePages(t *testing.T, n int) bool {
 		return false
 	}
 	t.Cleanup(func() { os.WriteFile(knob, old, 0o644) })
-	if hugetlbfsDir() == "" {
+	if qemu.HugetlbfsDir() == "" {
 		dir := t.TempDir()
 		if out, err := exec.Command("mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", dir).CombinedOutput(); err != nil {
 			t.Logf("cannot mount hugetlbfs: %v %s", err, out)

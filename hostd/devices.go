@@ -1,72 +1,40 @@
 package hostd
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/devices"
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// overrides returns the pool properties of every device with a slot;
-// callers hold vm.mu.
-func (vm *VM) overrides() map[string]map[string]string {
-	out := map[string]map[string]string{}
-	for id, s := range vm.rt.Slots {
-		if entries := vm.h.cfg.Pools[s.Pool]; s.Index < len(entries) {
-			out[id] = entries[s.Index]
-		}
-	}
-	return out
-}
-
-// allocateSlots gives every pooled passthrough device of the VM a free entry
-// of this host's pool (keeping one it already has). keep, when set, limits
-// allocation to those ids.
+// allocateSlots gives every pooled passthrough device of the VM (of only,
+// when not nil) a free entry of this host's pool, keeping one it has.
 func (vm *VM) allocateSlots(only []string) error {
 	h := vm.h
 	// Pool use is host-wide: hold the host lock while choosing.
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	used := map[poolSlot]string{}
+	used := map[devices.Slot]bool{}
 	for _, other := range h.vms {
-		if other == vm {
-			continue
+		if other != vm {
+			other.mu.Lock()
+			for _, s := range other.rt.Slots {
+				used[s] = true
+			}
+			other.mu.Unlock()
 		}
-		other.mu.Lock()
-		for id, s := range other.rt.Slots {
-			used[s] = other.name + "/" + id
-		}
-		other.mu.Unlock()
 	}
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	if vm.rt.Slots == nil {
-		vm.rt.Slots = map[string]poolSlot{}
+		vm.rt.Slots = map[string]devices.Slot{}
 	}
-	for _, id := range vm.spec.PassthroughIDs() {
-		pool := vm.spec.PoolOf(id)
-		if pool == "" || (only != nil && !slices.Contains(only, id)) {
-			continue
-		}
-		if s, ok := vm.rt.Slots[id]; ok && s.Pool == pool && s.Index < len(h.cfg.Pools[pool]) {
-			continue
-		}
-		found := false
-		for i := range h.cfg.Pools[pool] {
-			s := poolSlot{Pool: pool, Index: i}
-			if _, taken := used[s]; !taken {
-				vm.rt.Slots[id] = s
-				used[s] = vm.name + "/" + id
-				found = true
-				break
-			}
-		}
-		if !found {
-			return fmt.Errorf("vm %q device %q: pool %q has %d entries, all in use: %w",
-				vm.name, id, pool, len(h.cfg.Pools[pool]), ErrNoDevice)
-		}
+	if err := devices.Pools(h.cfg.Pools).Allocate(&vm.spec, vm.rt.Slots, used, only); err != nil {
+		return fmt.Errorf("vm %q: %w", vm.name, err)
 	}
 	vm.saveRuntime()
 	return nil
@@ -75,84 +43,66 @@ func (vm *VM) allocateSlots(only []string) error {
 // Detach hot-unplugs one passthrough device and waits until QEMU reports it
 // gone (the guest must acknowledge the unplug), bounded by DetachTimeout.
 func (vm *VM) Detach(ctx context.Context, id string) error {
-	if err := vm.lock("detach"); err != nil {
-		return err
-	}
-	defer vm.unlock()
-	return vm.detach(ctx, id)
+	return vm.locked("detach", func() error { return vm.detach(ctx, id) })
 }
 
 // Attach hot-plugs a detached passthrough device again.
 func (vm *VM) Attach(ctx context.Context, id string) error {
-	if err := vm.lock("attach"); err != nil {
-		return err
+	return vm.locked("attach", func() error { return vm.attach(ctx, id) })
+}
+
+// passthrough is the VM's passthrough device id, whether it is detached
+// now, and the monitor to plug it with.
+func (vm *VM) passthrough(id string) (*qmp.Client, devices.Device, bool, error) {
+	mon, err := vm.monitor()
+	if err != nil {
+		return nil, devices.Device{}, false, err
 	}
-	defer vm.unlock()
-	return vm.attach(ctx, id)
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	dev, ok := devices.Passthrough(&vm.spec, id, vm.overrides()[id])
+	if !ok {
+		return nil, dev, false, fmt.Errorf("vm %q: device %q is not a passthrough device of this vm: %w", vm.name, id, ErrNotFound)
+	}
+	return mon, dev, slices.Contains(vm.rt.Detached, id), nil
 }
 
 func (vm *VM) detach(ctx context.Context, id string) error {
-	mon, err := vm.monitor()
-	if err != nil {
+	mon, _, detached, err := vm.passthrough(id)
+	if err != nil || detached {
 		return err
-	}
-	vm.mu.Lock()
-	_, pt := findDevice(&vm.spec, id, nil)
-	already := slices.Contains(vm.rt.Detached, id)
-	vm.mu.Unlock()
-	if !pt {
-		return fmt.Errorf("vm %q: device %q is not a passthrough device of this vm: %w", vm.name, id, ErrNotFound)
-	}
-	if already {
-		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, vm.h.cfg.DetachTimeout)
 	defer cancel()
-	start := timeNow()
-	if err := mon.DeviceDel(ctx, id); err != nil {
-		return fmt.Errorf("vm %q: detach %q: %w", vm.name, id, err)
-	}
-	vm.h.metrics.observe("detach", "ok", start)
-	vm.mu.Lock()
-	vm.rt.Detached = append(vm.rt.Detached, id)
-	vm.saveRuntime()
-	vm.mu.Unlock()
-	vm.log.Info("device detached", "device", id, "took", timeNow().Sub(start))
-	return nil
+	return vm.hotplug("detach", id, func() error { return mon.DeviceDel(ctx, id) })
 }
 
 func (vm *VM) attach(ctx context.Context, id string) error {
-	mon, err := vm.monitor()
-	if err != nil {
-		return err
-	}
 	// A re-attach deferred to a live stream's end may meet a step's.
 	vm.attachMu.Lock()
 	defer vm.attachMu.Unlock()
-	vm.mu.Lock()
-	dev, pt := findDevice(&vm.spec, id, vm.overrides()[id])
-	detached := slices.Contains(vm.rt.Detached, id)
-	vm.mu.Unlock()
-	if !pt {
-		return fmt.Errorf("vm %q: device %q is not a passthrough device of this vm: %w", vm.name, id, ErrNotFound)
+	mon, dev, detached, err := vm.passthrough(id)
+	if err != nil || !detached {
+		return err
 	}
-	if !detached {
-		return nil
-	}
-	props := map[string]any{}
-	for k, v := range dev.Props {
-		props[k] = v
-	}
+	return vm.hotplug("attach", id, func() error { return dev.Plug(ctx, mon) })
+}
+
+// hotplug runs a detach or attach of device id and records it.
+func (vm *VM) hotplug(op, id string, do func() error) error {
 	start := timeNow()
-	if err := mon.DeviceAdd(ctx, dev.Driver, dev.ID, props); err != nil {
-		return fmt.Errorf("vm %q: attach %q: %w", vm.name, id, err)
+	if err := do(); err != nil {
+		return fmt.Errorf("vm %q: %s %q: %w", vm.name, op, id, err)
 	}
-	vm.h.metrics.observe("attach", "ok", start)
+	vm.h.metrics.observe(op, "ok", start)
 	vm.mu.Lock()
 	vm.rt.Detached = slices.DeleteFunc(vm.rt.Detached, func(s string) bool { return s == id })
+	if op == "detach" {
+		vm.rt.Detached = append(vm.rt.Detached, id)
+	}
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	vm.log.Info("device attached", "device", id, "props", dev.Props, "took", timeNow().Sub(start))
+	vm.log.Info("device "+op+"ed", "device", id, "took", timeNow().Sub(start))
 	return nil
 }
 
@@ -213,21 +163,8 @@ func (vm *VM) attachAll(ctx context.Context) error {
 	for _, id := range ids {
 		if err := vm.attach(ctx, id); err != nil {
 			vm.log.Error("attach", "device", id, "err", err)
-			if first == nil {
-				first = err
-			}
+			first = cmp.Or(first, err)
 		}
 	}
 	return first
-}
-
-// pciPresent reports whether QEMU lists a device with this qdev id on its
-// PCI buses: the ground truth for tests and status.
-func pciPresent(ctx context.Context, mon *qmp.Client, id string) (bool, error) {
-	buses, err := mon.QueryPCI(ctx)
-	if err != nil {
-		return false, err
-	}
-	_, ok := qmp.FindPCIDevice(buses, id)
-	return ok, nil
 }

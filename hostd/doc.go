@@ -19,13 +19,19 @@
 //     hashed copying of the files it names.
 //   - hostd/migstream: the migration stream's port range, the check of a
 //     destination's stream address, and the TLS tunnel between hostds.
+//   - hostd/qemu: one QEMU process: its command line (sandboxed), its
+//     guest RAM file, start, adoption after a hostd restart, exit, stop,
+//     kill, and the warm handover to a new QEMU on the same RAM.
+//   - hostd/devices: passthrough devices: their QEMU definitions, the
+//     host's pools, hot-plug over QMP.
 //
 // The parts that hang off Host and VM, here:
 //
-//   - QEMU process supervision (host.go, qemuargs.go, ramfile.go,
-//     rejuvenate.go): a spec is confined by the host's policy, QEMU is
-//     started sandboxed in its own session with its RAM in a file hostd
-//     created, and re-adopted, not restarted, when hostd itself restarts.
+//   - QEMU process supervision (process.go, ramfile.go, rejuvenate.go,
+//     over hostd/qemu): which QEMU is a VM's current one, what the VM
+//     records of it (PID, generation, RAM file); re-adopted, not
+//     restarted, when hostd itself restarts; the RAM file is removed once
+//     no QEMU of the VM needs it (stopped, killed, crashed, deleted).
 //   - Persisted state (layout.go, host.go's writeJSON): every VM's spec and
 //     runtime state (leases included) live under Layout's state directory,
 //     written through internal/atomicfile, so a crash leaves the old or the
@@ -37,9 +43,10 @@
 //     migtunnel.go, migtls.go, miguri.go): a checkpoint is a directory of
 //     hashed files under a manifest this hostd signs; a migration is QEMU's
 //     stream, carried by hostd under TLS when configured.
-//   - Devices and the guest (devices.go, guest.go, guest_vsock.go):
-//     passthrough devices are hot-unplugged and plugged again; guestd is
-//     asked to cooperate and never trusted.
+//   - Devices and the guest (devices.go over hostd/devices, guest.go,
+//     guest_vsock.go): which passthrough devices a VM has unplugged and
+//     which pool entries it holds; guestd is asked to cooperate and never
+//     trusted.
 //   - API (api.go, client.go, errors.go, peerauth.go, metrics.go): JSON over
 //     HTTP (internal/jsonapi), on a root-only unix socket or mutual TLS;
 //     every error wraps a sentinel of errors.go, which the client gets back.

@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"time"
 
 	"github.com/symvirt/symvirt/guestproto"
+	"github.com/symvirt/symvirt/hostd/qemu"
 )
 
 // guestPort is the vsock port guestd listens on.
@@ -27,7 +27,7 @@ func (vm *VM) dialGuest(ctx context.Context) (net.Conn, error) {
 		vm.mu.Lock()
 		gen := vm.rt.Gen
 		vm.mu.Unlock()
-		return d.DialContext(ctx, "unix", filepath.Join(vm.dir, genName(fileGuest, gen)))
+		return d.DialContext(ctx, "unix", qemu.GuestSocket(vm.dir, gen))
 	case "vsock":
 		type res struct {
 			c   net.Conn

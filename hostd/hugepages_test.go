@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -40,8 +41,8 @@ func TestHugePagesVMLiveCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	ram := h.ramPath(vm.Spec())
-	if !strings.HasPrefix(ram, hugetlbfsDir()) {
-		t.Fatalf("RAM file %s is not on the hugetlbfs %s", ram, hugetlbfsDir())
+	if !strings.HasPrefix(ram, qemu.HugetlbfsDir()) {
+		t.Fatalf("RAM file %s is not on the hugetlbfs %s", ram, qemu.HugetlbfsDir())
 	}
 	if _, err := os.Stat(ram); err != nil {
 		t.Fatal(err)

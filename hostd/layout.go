@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"path/filepath"
+
+	"github.com/symvirt/symvirt/hostd/qemu"
 )
 
 // Layout is where the hostd of one state directory keeps its files: the
@@ -15,11 +17,8 @@ type Layout struct{ StateDir string }
 const (
 	fileSpec    = "spec.json"
 	fileRuntime = "runtime.json"
-	fileQMP     = "qmp.sock"
-	fileGuest   = "guest.sock"
-	fileSerial  = "serial.log"
-	fileQEMULog = "qemu.log"
-	filePID     = "qemu.pid"
+	fileSerial  = qemu.SerialLog
+	fileQEMULog = qemu.Log
 )
 
 func (h *Host) layout() Layout { return Layout{h.cfg.StateDir} }
@@ -42,8 +41,8 @@ func (l Layout) QEMULog(vm string) string { return filepath.Join(l.VM(vm), fileQ
 // RAMDirs lists the directories where this hostd keeps guest RAM files:
 // on /dev/shm and on the hugetlbfs, if one is mounted.
 func (l Layout) RAMDirs() []string {
-	dirs := []string{l.ramDir(shmDir)}
-	if hp := hugetlbfsDir(); hp != "" {
+	dirs := []string{l.ramDir(qemu.ShmDir)}
+	if hp := qemu.HugetlbfsDir(); hp != "" {
 		dirs = append(dirs, l.ramDir(hp))
 	}
 	return dirs

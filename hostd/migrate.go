@@ -3,6 +3,7 @@ package hostd
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
@@ -131,7 +132,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	}()
 	absent := map[string]bool{}
 	for _, id := range req.Absent {
-		if _, pt := findDevice(&spec, id, nil); !pt {
+		if !slices.Contains(spec.PassthroughIDs(), id) {
 			return IncomingResponse{}, fmt.Errorf("incoming %q: absent device %q is not a passthrough device: %w", spec.Name, id, ErrInvalidSpec)
 		}
 		absent[id] = true

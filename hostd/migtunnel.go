@@ -63,10 +63,7 @@ func (vm *VM) incomingStream(ctx context.Context, mon *qmp.Client, from string, 
 		l.Close()
 		return "", err
 	}
-	vm.mu.Lock()
-	exited := vm.exited
-	vm.mu.Unlock()
-	migstream.StartAcceptor(l, cfg, from, local, vm.log, exited, wait)
+	migstream.StartAcceptor(l, cfg, from, local, vm.log, vm.exited(), wait)
 	if err := mon.MigrateIncoming(ctx, "fd:"+migstream.InFD); err != nil {
 		return "", err // the caller kills QEMU, which ends the acceptor
 	}

@@ -36,14 +36,3 @@ func TestPolicyDefaultsAndConfigErrors(t *testing.T) {
 		t.Errorf("unknown qemu_user: %v", err)
 	}
 }
-
-func TestConfineArgs(t *testing.T) {
-	a := strings.Join(confineArgs(""), " ")
-	if a != "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" {
-		t.Errorf("sandbox: %s", a)
-	}
-	a = strings.Join(confineArgs("nobody"), " ")
-	if !strings.Contains(a, "spawn=deny") || strings.Contains(a, "elevateprivileges") || !strings.HasSuffix(a, "-runas nobody") {
-		t.Errorf("sandbox with a user: %s", a)
-	}
-}

@@ -320,3 +320,85 @@ func TestRAMFileSwapRefused(t *testing.T) {
 		t.Fatalf("ram_error after a clean start: %q", st.RAMError)
 	}
 }
+
+// waitGone waits until path does not exist (a generous bound, not a timing).
+func waitGone(t *testing.T, what, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%s: %s still there (%v)", what, path, err)
+		}
+	}
+}
+
+// A QEMU killed with SIGKILL leaves its guest RAM file (as big as the
+// guest) on /dev/shm: hostd removes it once it sees QEMU gone, at once or
+// when it starts again, and also the files of VMs it no longer has. The
+// control: a warm restart, where the old QEMU also goes away, keeps the
+// file the new QEMU runs on.
+func TestRAMFileReclaimedWhenQEMUKilled(t *testing.T) {
+	h := testenv.StartHostd(t, "a", nil, "", "")
+	c := h.Client()
+	ctx := ctxT(t, 5*time.Minute)
+	info, err := c.Create(ctx, ramSpec(t, "rk1"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := serialLog(h, "rk1")
+	waitCounter(t, log, 2, 2*time.Minute)
+	dir, ram := ramFileOf(h, "rk1")
+	statT(t, ram)
+	syscall.Kill(info.PID, syscall.SIGKILL)
+	waitGone(t, "qemu killed while hostd runs", ram)
+	if st := mustStatus(t, c, "rk1"); st.State != "stopped" {
+		t.Fatalf("after the kill: %s", st.State)
+	}
+
+	// Killed while hostd is down; and a file of a VM hostd no longer has.
+	if info, err = c.Action(ctx, "rk1", "start"); err != nil {
+		t.Fatal(err)
+	}
+	statT(t, ram)
+	h.Kill()
+	syscall.Kill(info.PID, syscall.SIGKILL)
+	for processAlive(info.PID) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	ghost := filepath.Join(dir, "gone-vm.ram")
+	if err := os.WriteFile(ghost, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.Start()
+	for _, f := range []string{ram, ghost} {
+		if _, err := os.Lstat(f); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("after hostd's start: %s still there (%v)", f, err)
+		}
+	}
+	if st := mustStatus(t, c, "rk1"); st.State != "stopped" {
+		t.Fatalf("after hostd's start: %s", st.State)
+	}
+
+	// The control: the old QEMU of a warm restart exits, the file stays.
+	if info, err = c.Action(ctx, "rk1", "start"); err != nil {
+		t.Fatal(err)
+	}
+	n := waitCounter(t, log, 2, 2*time.Minute)
+	ino := statT(t, ram).Ino
+	res, err := c.Rejuvenate(ctx, "rk1", hostd.RejuvenateOptions{NoGuest: true})
+	if err != nil || res.NewPID == info.PID {
+		t.Fatalf("rejuvenate: %v %+v", err, res)
+	}
+	for processAlive(info.PID) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitCounter(t, log, n+3, time.Minute)
+	if st := mustStatus(t, c, "rk1"); st.State != "running" || st.PID != res.NewPID || st.RAMError != "" || statT(t, ram).Ino != ino {
+		t.Fatalf("after the warm restart: %+v, ram inode %d (was %d)", st, statT(t, ram).Ino, ino)
+	}
+	if _, err := c.Stop(ctx, "rk1", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, "stopped", ram)
+}

@@ -3,16 +3,13 @@ package hostd
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
-	"github.com/symvirt/symvirt/qmp"
+	"github.com/symvirt/symvirt/hostd/qemu"
 )
 
 // RejuvenateOptions control a warm VMM restart.
@@ -59,9 +56,11 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 	}
 	// Before the guest is asked or anything stops: the new QEMU would
 	// take whatever file is at the path for the guest's memory.
-	if err := vm.warmRAMUsable(); err != nil {
+	f, err := vm.openWarmRAM()
+	if err != nil {
 		return res, err
 	}
+	f.Close()
 	if opts.QEMU != "" {
 		if err := vm.h.cfg.Policy.CheckBinary(opts.QEMU, vm.h.cfg.QEMU); err != nil {
 			return res, fmt.Errorf("vm %q: %w", vm.name, err)
@@ -92,105 +91,43 @@ func (vm *VM) Rejuvenate(ctx context.Context, opts RejuvenateOptions) (res Rejuv
 // success the new QEMU holds it, paused, and the old one quits; on failure
 // the old one still holds it, paused.
 func (vm *VM) replaceStep(ctx context.Context, req StepRequest) (string, error) {
-	mon, err := vm.monitor()
+	old, err := vm.process()
 	if err != nil {
 		return "", err
 	}
-	if err := vm.warmRAMUsable(); err != nil {
+	ram, err := vm.openWarmRAM()
+	if err != nil {
 		return "", err
 	}
+	defer ram.Close()
 	vm.mu.Lock()
-	oldPID, oldQEMU, gen, oldExited := vm.rt.PID, vm.qemuBinary(), vm.rt.Gen+1, vm.exited
-	absent := map[string]bool{}
+	l := launch{absent: map[string]bool{}}
 	for _, id := range vm.rt.Detached {
-		absent[id] = true
+		l.absent[id] = true
 	}
+	a, oldQEMU := vm.args(launch{incoming: true, absent: l.absent}, vm.rt.Gen+1), vm.qemuBinary()
 	vm.mu.Unlock()
 	newQEMU, note := cmp.Or(req.Replace.QEMU, oldQEMU), ""
-	l := launch{incoming: true, absent: absent, warm: true}
-	p, err := vm.start(ctx, l, newQEMU, gen)
-	if err != nil && newQEMU != oldQEMU && !errors.Is(err, ErrRAMFile) {
+	p, err := qemu.Start(ctx, newQEMU, a, ram)
+	if err != nil && newQEMU != oldQEMU {
 		vm.log.Error("new qemu failed to start; using the current binary", "qemu", newQEMU, "err", err)
 		note = fmt.Sprintf("new qemu %s failed to start (%v): the current binary took over", newQEMU, err)
-		p, err = vm.start(ctx, l, oldQEMU, gen)
+		p, err = qemu.Start(ctx, oldQEMU, a, ram)
 	}
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("vm %q: %w", vm.name, err)
 	}
-	n, err := warmTransfer(ctx, mon, p)
+	n, err := p.TakeOver(ctx, old)
 	if err != nil {
-		p.kill()
-		// The old QEMU must save RAM again in any later checkpoint.
-		mon.MigrateSetCapabilities(context.WithoutCancel(ctx), map[string]bool{"x-ignore-shared": false})
+		p.Kill()
 		return "", fmt.Errorf("vm %q: device state to the new qemu: %w", vm.name, err)
 	}
-	// Later checkpoints and migrations must carry RAM again.
-	p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false})
-	vm.install(p, launch{absent: absent})
-	go func() { // the old QEMU is stopped and holds nothing the guest needs
-		qctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		mon.Quit(qctx)
-		select {
-		case <-oldExited:
-		case <-time.After(15 * time.Second):
-			syscall.Kill(oldPID, syscall.SIGKILL)
-		}
-	}()
+	vm.install(p, l)
+	go old.Quit() // stopped, it holds nothing the guest needs
 	if req.Replace.Transferred != nil {
 		req.Replace.Transferred(n)
 	}
 	return note, nil
-}
-
-// warmTransfer streams a stopped QEMU's device state (RAM is skipped:
-// x-ignore-shared) into the new one through a pipe.
-func warmTransfer(ctx context.Context, old *qmp.Client, p *proc) (int64, error) {
-	if err := p.mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-		return 0, err
-	}
-	if err := old.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-		return 0, err
-	}
-	if err := old.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
-		return 0, err
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return 0, err
-	}
-	err = p.mon.GetFD(ctx, "symvirt-warm-in", r)
-	r.Close()
-	if err == nil {
-		err = old.GetFD(ctx, "symvirt-warm-out", w)
-	}
-	w.Close()
-	if err != nil {
-		return 0, err
-	}
-	if err := p.mon.MigrateIncoming(ctx, "fd:symvirt-warm-in"); err != nil {
-		return 0, err
-	}
-	if err := old.Migrate(ctx, "fd:symvirt-warm-out"); err != nil {
-		return 0, err
-	}
-	info, err := old.WaitMigration(ctx, 5*time.Millisecond, nil)
-	if err != nil {
-		old.MigrateCancel(context.WithoutCancel(ctx))
-		return 0, err
-	}
-	if _, err := p.mon.WaitMigration(ctx, 5*time.Millisecond, nil); err != nil {
-		return 0, err
-	}
-	return info.RAM.Transferred, nil
-}
-
-// qemuBinary is the QEMU this VM runs with; callers hold vm.mu.
-func (vm *VM) qemuBinary() string {
-	if vm.rt.QEMU != "" {
-		return vm.rt.QEMU
-	}
-	return vm.h.cfg.QEMU
 }
 
 // Rejuvenate warm-restarts every running VM of the host, at most
@@ -215,25 +152,22 @@ func (h *Host) Rejuvenate(ctx context.Context, opts RejuvenateOptions) []Rejuven
 			vms = append(vms, vm)
 		}
 	}
-	var mu sync.Mutex
+	done := make([]RejuvenateResult, len(vms))
 	sem := make(chan struct{}, opts.Parallel)
 	var wg sync.WaitGroup
-	for _, vm := range vms {
-		wg.Add(1)
+	for i, vm := range vms {
 		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			defer func() { <-sem }()
 			res, err := vm.Rejuvenate(ctx, opts)
 			if err != nil {
 				res.Error = err.Error()
 			}
-			mu.Lock()
-			out = append(out, res)
-			mu.Unlock()
-		}()
+			done[i] = res
+		})
 	}
 	wg.Wait()
+	out = append(out, done...)
 	sort.Slice(out, func(i, j int) bool { return out[i].VM < out[j].VM })
 	return out
 }

@@ -1,4 +1,4 @@
-package hostd
+package qemu
 
 import (
 	"errors"
@@ -7,15 +7,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/symvirt/symvirt/hostd/sentinel"
 	"golang.org/x/sys/unix"
 )
 
-// openRAMDir makes its directory 0700 and refuses one someone else made:
+// OpenRAMDir makes its directory 0700 and refuses one someone else made:
 // a symbolic link, another owner, a wider mode; it never repairs one.
 func TestOpenRAMDir(t *testing.T) {
 	base := t.TempDir()
 	own := filepath.Join(base, "own")
-	d, err := openRAMDir(own)
+	d, err := OpenRAMDir(own)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +24,7 @@ func TestOpenRAMDir(t *testing.T) {
 	if st, err := os.Stat(own); err != nil || st.Mode().Perm() != 0o700 {
 		t.Fatalf("made %v %v, want 0700", st.Mode(), err)
 	}
-	if d, err := openRAMDir(own); err != nil {
+	if d, err := OpenRAMDir(own); err != nil {
 		t.Fatalf("its own directory again: %v", err)
 	} else {
 		d.Close()
@@ -43,12 +44,12 @@ func TestOpenRAMDir(t *testing.T) {
 		cases[other] = "owner uid 65534"
 	}
 	for dir, want := range cases {
-		d, err := openRAMDir(dir)
+		d, err := OpenRAMDir(dir)
 		if err == nil {
 			d.Close()
 		}
-		if !errors.Is(err, ErrRAMFile) || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), want) {
-			t.Errorf("%s: %v, want %v saying %q", dir, err, ErrRAMFile, want)
+		if !errors.Is(err, sentinel.ErrRAMFile) || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %v saying %q", dir, err, sentinel.ErrRAMFile, want)
 		}
 	}
 	if st, _ := os.Stat(wide); st.Mode().Perm() != 0o755 {
@@ -56,7 +57,7 @@ func TestOpenRAMDir(t *testing.T) {
 	}
 }
 
-// differs names every way a file is not the one recorded; qemuMaps finds
+// differs names every way a file is not the one recorded; MappedBy finds
 // a mapped file by device and inode in /proc/PID/maps.
 func TestRAMIdentity(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vm.ram")
@@ -77,7 +78,7 @@ func TestRAMIdentity(t *testing.T) {
 			t.Errorf("differs %q does not say %q", d, want)
 		}
 	}
-	if qemuMaps(os.Getpid(), id) {
+	if id.MappedBy(os.Getpid()) {
 		t.Fatal("an unmapped file is reported mapped")
 	}
 	f, _ := os.OpenFile(path, os.O_RDWR, 0)
@@ -87,7 +88,7 @@ func TestRAMIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Munmap(mem)
-	if !qemuMaps(os.Getpid(), id) {
+	if !id.MappedBy(os.Getpid()) {
 		t.Fatal("a mapped file is not found in /proc/self/maps")
 	}
 }

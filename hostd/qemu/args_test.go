@@ -1,26 +1,21 @@
-package hostd
+package qemu
 
 import (
-	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/symvirt/symvirt/internal/jsonapi"
+	"github.com/symvirt/symvirt/hostd/spec"
 )
 
 func TestQEMUArgs(t *testing.T) {
-	s := Spec{Name: "v", Memory: 256, VCPUs: 2, Kernel: "/k", Append: "console=ttyS0 a,b",
-		NICs: []NIC{{ID: "pt0", Model: "vmxnet3", MAC: "52:54:00:00:00:01", Backend: "user", Passthrough: true},
+	s := spec.Spec{Name: "v", Memory: 256, VCPUs: 2, Kernel: "/k", Append: "console=ttyS0 a,b",
+		NICs: []spec.NIC{{ID: "pt0", Model: "vmxnet3", MAC: "52:54:00:00:00:01", Backend: "user", Passthrough: true},
 			{ID: "n1", Model: "virtio-net-pci", Backend: "tap", Tap: "tap0"}},
-		Devs:  []Dev{{ID: "hca0", Driver: "vfio-pci", Props: map[string]string{"host": "0000:3b:00.1"}, Passthrough: true}},
-		Guest: Channel{Type: "virtio-serial"}}
-	args, err := qemuArgs(launch{spec: s, dir: "/state/v", accel: "tcg",
-		override: map[string]map[string]string{"pt0": {"mac": "52:54:00:bb:00:01"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+		Devs:  []spec.Dev{{ID: "hca0", Driver: "vfio-pci", Props: map[string]string{"host": "0000:3b:00.1"}, Passthrough: true}},
+		Guest: spec.Channel{Type: "virtio-serial"}}
+	args := (Args{Spec: s, Dir: "/state/v", Accel: "tcg",
+		Override: map[string]map[string]string{"pt0": {"mac": "52:54:00:bb:00:01"}}}).argv()
 	joined := strings.Join(args, " ")
 	for _, want := range []string{
 		"-accel tcg", "-m 256M", "-smp 2",
@@ -41,8 +36,8 @@ func TestQEMUArgs(t *testing.T) {
 	}
 	// A migration destination starts without the detached devices but with
 	// their root ports, so they can be plugged after the state is loaded.
-	args, _ = qemuArgs(launch{spec: s, dir: "/state/v", accel: "tcg", incoming: true,
-		absent: map[string]bool{"pt0": true, "hca0": true}})
+	args = Args{Spec: s, Dir: "/state/v", Accel: "tcg", Incoming: true,
+		Absent: map[string]bool{"pt0": true, "hca0": true}}.argv()
 	joined = strings.Join(args, " ")
 	if strings.Contains(joined, "vmxnet3,") || strings.Contains(joined, "vfio-pci,") {
 		t.Errorf("absent devices on the command line: %s", joined)
@@ -52,18 +47,19 @@ func TestQEMUArgs(t *testing.T) {
 	}
 	// Commas in values cannot inject options.
 	s.NICs[1].Tap = "tap0,script=/evil"
-	args, _ = qemuArgs(launch{spec: s, dir: "/d", accel: "tcg"})
+	args = Args{Spec: s, Dir: "/d", Accel: "tcg"}.argv()
 	if !strings.Contains(strings.Join(args, " "), "ifname=tap0,,script=/evil") {
 		t.Errorf("comma not escaped: %v", args)
 	}
 }
 
-func TestErrorCodesRoundTrip(t *testing.T) {
-	for _, c := range errorCodes {
-		wrapped := fmt.Errorf("vm %q: %w", "x", c.Err)
-		err := errorCodes.Decode(&jsonapi.Error{Code: codeOf(wrapped), Message: wrapped.Error()})
-		if !errors.Is(err, c.Err) || err.Error() != wrapped.Error() {
-			t.Errorf("%s does not round-trip: %v", c.Code, err)
-		}
+func TestConfineArgs(t *testing.T) {
+	a := strings.Join(confineArgs(""), " ")
+	if a != "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" {
+		t.Errorf("sandbox: %s", a)
+	}
+	a = strings.Join(confineArgs("nobody"), " ")
+	if !strings.Contains(a, "spawn=deny") || strings.Contains(a, "elevateprivileges") || !strings.HasSuffix(a, "-runas nobody") {
+		t.Errorf("sandbox with a user: %s", a)
 	}
 }
