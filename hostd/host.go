@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/internal/atomicfile"
 	"github.com/symvirt/symvirt/internal/names"
 	"github.com/symvirt/symvirt/qmp"
@@ -68,10 +69,10 @@ type VM struct {
 	spec      Spec
 	rt        runtimeState
 	mon       *qmp.Client
-	exited    chan struct{} // closed when the QEMU process is gone
-	operation string        // what the VM is doing now, for status
-	live      *liveSave     // a live checkpoint still streaming
-	armed     *liveArm      // a live checkpoint made ready before the job's cut
+	exited    chan struct{}   // closed when the QEMU process is gone
+	operation string          // what the VM is doing now, for status
+	live      *liveSave       // a live checkpoint still streaming
+	armed     *snapshot.Armed // a live checkpoint made ready before the job's cut
 	attachMu  sync.Mutex
 	stoppedAt time.Time // when hostd stopped the vCPUs for a cut, for its pause
 	fencedAt  time.Time // when the network fence went up
@@ -529,7 +530,7 @@ func (vm *VM) settleLive(mon *qmp.Client) {
 			}
 			vm.mu.Unlock()
 		}
-		mon.CloseFD(ctx, liveFD)
+		mon.CloseFD(ctx, snapshot.FD)
 		if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": false}); err != nil {
 			vm.log.Debug("background-snapshot off", "err", err)
 		}
