@@ -12,9 +12,9 @@ import (
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// A live checkpoint's mechanics (arming, the snapshot point, the streams)
-// are hostd/snapshot's; here is which arm and which stream belong to which
-// VM, and the persisted record of a stream in flight.
+// A live checkpoint's mechanics are hostd/snapshot's; here is which arm and
+// which stream belong to which VM, and the persisted record of a stream in
+// flight.
 
 // liveSave is a VM's live checkpoint past its snapshot point, whose stream
 // may still be being written.
@@ -22,15 +22,13 @@ type liveSave struct {
 	dir  string
 	done chan struct{} // closed at the stream's end, err set
 	err  error
-	// pause is how long the vCPUs stood still for the point (QEMU's STOP,
-	// or hostd's stop for the job's cut, to its RESUME); 0 if unseen.
-	pause time.Duration
-	at    time.Time // when the vCPUs ran again after the point
-	// reattach is set once a hot-plug waits for the stream's end.
-	reattach bool
+	// pause: the vCPUs stood still for the point from QEMU's STOP (or
+	// hostd's stop for the job's cut) to at, QEMU's RESUME.
+	pause    time.Duration
+	at       time.Time
+	reattach bool // a hot-plug waits for the stream's end
 }
 
-// wait waits for the stream's end.
 func (ls *liveSave) wait(ctx context.Context) error {
 	select {
 	case <-ls.done:
@@ -40,8 +38,8 @@ func (ls *liveSave) wait(ctx context.Context) error {
 	}
 }
 
-// startLiveSave takes the snapshot point of the armed live checkpoint a of
-// operation op and returns once the VM runs again; the stream is vm.live,
+// startLiveSave takes the snapshot point of operation op's armed live
+// checkpoint and returns once the VM runs again; the stream is vm.live,
 // recorded in flight until it ends.
 func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *snapshot.Armed) error {
 	dir := a.Dir()
@@ -77,9 +75,8 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *
 }
 
 // pointLive starts the stream: a running VM is copied while it runs
-// (snapshot.Precopy, under LiveMode precopy) and fenced at its point; any
-// other is saved by a background snapshot, its disks copied first (it
-// stands still for them).
+// (LiveMode precopy) and fenced at its point; any other is saved by a
+// background snapshot, its disks copied first (it stands still for them).
 func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed) (*snapshot.Stream, error) {
 	st, err := mon.Status(ctx)
 	if err == nil && st.Running && len(vm.Spec().Disks) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,24 +25,23 @@ const precopyDowntime = 5 * time.Millisecond
 // precopyDowntime before converge starts doubling it.
 const precopyPasses = 8
 
-// Precopy copies a running VM's memory while it runs into the armed file
-// (see stream.go): QEMU sends all of RAM, then what the guest dirtied
-// meanwhile, again and again, until the rest fits in precopyDowntime; then
-// it stops the vCPUs, sends the rest and the devices' state, o.Cut runs,
-// and the VM is run again: that stop is the snapshot point. Precopy
-// returns once the VM runs again; the file is finished by then, or soon.
-//
-// The stream runs through a pipe that hostd drains into the file, so it
-// lives no longer than hostd: a hostd that dies breaks it (EPIPE), QEMU
-// fails the migration and the VM runs on, never left stopped at the end of
-// a copy nobody would resume. A write error (a disk full past the reserved
-// room) fails it the same way, safely. On error the arm is disarmed.
+// Precopy copies a running VM into the armed file until what is left fits
+// in precopyDowntime; QEMU then stops it for the rest, o.Cut runs, and the
+// VM runs again: Precopy returns. The stream goes through a pipe hostd
+// drains, so it lives no longer than hostd: a hostd that dies breaks it,
+// QEMU fails the migration and runs the VM on, never left stopped at the
+// end of a copy nobody would resume; a disk full past the reserved room
+// fails it the same way. On error the arm is disarmed.
 func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	s, sctx := newStream(a, o)
 	defer s.release()
 	events, unsubscribe := a.mon.Subscribe("STOP", "RESUME", "MIGRATION")
 	defer unsubscribe()
-	p := &precopy{Stream: s, drained: make(chan error, 1), unboost: func() {}}
+	cut := func() error { return nil }
+	if o.Cut != nil {
+		cut = func() error { return o.Cut(context.WithoutCancel(ctx), a.mon) }
+	}
+	p := &precopy{Stream: s, drained: make(chan error, 1), unboost: func() {}, cut: sync.OnceValue(cut)}
 	r, err := p.start(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("live checkpoint: %w", err)
@@ -59,31 +59,28 @@ func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 		return err
 	})
 	defer func() { p.unboost() }()
-	if err := s.await(ctx, events, p.on(ctx)); err != nil {
+	if err := s.await(ctx, events, p.on); err != nil {
 		return nil, err
 	}
-	if p.cutErr != nil {
+	if err := p.cut(); err != nil {
 		<-s.done
 		os.RemoveAll(a.dir)
-		return nil, p.cutErr
+		return nil, err
 	}
 	return s, nil
 }
 
-// precopy is one running VM's copy.
 type precopy struct {
 	*Stream
-	// downtime is QEMU's downtime-limit before the copy (ms), restored
-	// after it.
-	downtime                  int64
-	drained                   chan error
-	unboost                   func()
-	cutErr                    error
-	cutDone, pointed, resumed bool
+	downtime         int64 // QEMU's downtime-limit (ms) before the copy
+	drained          chan error
+	unboost          func()
+	cut              func() error // Options.Cut, once
+	pointed, resumed bool
 }
 
-// start hands QEMU the pipe's write end, sets the copy's downtime-limit
-// and starts the copy, drained into the file; it returns the read end.
+// start starts the copy through a pipe drained into the file; it returns
+// the pipe's read end.
 func (p *precopy) start(ctx context.Context) (*os.File, error) {
 	mon := p.a.mon
 	r, w, err := os.Pipe()
@@ -124,9 +121,7 @@ func (p *precopy) start(ctx context.Context) (*os.File, error) {
 		return nil, err
 	}
 	p.a.used = true
-	p.o.Log.Info("live checkpoint copy started", "downtime_limit", precopyDowntime)
-	// A guest waiting for a CPU is stalled, a copy that waits only takes
-	// longer.
+	// A guest waiting for a CPU is stalled, a copy that waits only longer.
 	renice(p.o.PID, "live_migration", streamNice)
 	return r, nil
 }
@@ -166,47 +161,29 @@ func converge(passes int64) time.Duration {
 
 // on follows QEMU's events to the point: the copy complete, the VM held
 // stopped by QEMU, its cut up, and the VM run again.
-func (p *precopy) on(ctx context.Context) func(string, time.Time) bool {
-	return func(ev string, at time.Time) bool {
-		switch ev {
-		case "STOP":
-			// The last pages and the devices: the VM stands still until
-			// they are out, so it goes first now, and its cut goes up.
-			p.Stopped = at
-			p.unboost()
-			p.unboost = boost(p.o.PID, snapshotNice)
-			p.cut(ctx)
-		case "completed":
-			p.point(ctx)
-			if !p.resumed {
-				p.At = at
-				return true
-			}
-		case "RESUME":
-			p.At = at
-			return p.pointed
+func (p *precopy) on(ev string, at time.Time) bool {
+	switch ev {
+	case "STOP":
+		// The last pages and the devices: the VM stands still until they
+		// are out, so it goes first now, and its cut goes up.
+		p.Stopped = at
+		p.unboost()
+		p.unboost = boost(p.o.PID, snapshotNice)
+		p.cut()
+	case "completed":
+		if !p.pointed {
+			p.pointed = true
+			p.cut()
+			p.resumed = p.runAfterCopy()
+			p.release()
 		}
-		return false
+		p.At = at
+		return !p.resumed // else QEMU's RESUME follows, with its time
+	case "RESUME":
+		p.At = at
+		return p.pointed
 	}
-}
-
-// cut runs Options.Cut once, while the vCPUs stand still.
-func (p *precopy) cut(ctx context.Context) {
-	if p.o.Cut != nil && !p.cutDone {
-		p.cutDone = true
-		p.cutErr = p.o.Cut(context.WithoutCancel(ctx), p.a.mon)
-	}
-}
-
-// point: the copy is complete and QEMU holds the VM stopped; its cut goes
-// up (if not yet), then it runs.
-func (p *precopy) point(ctx context.Context) {
-	if !p.pointed {
-		p.pointed = true
-		p.cut(ctx)
-		p.resumed = p.runAfterCopy()
-		p.release()
-	}
+	return false
 }
 
 // runAfterCopy runs a VM whose copy has completed. QEMU announces the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,51 +15,35 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// streamNice is a stream thread's nice value outside the point's boost.
-// On a host short of cores the streams compete with the vCPUs they
-// protect, and a guest waiting for a CPU is as stalled as a paused one, so
-// the stream yields to everything; a vCPU blocked on a write fault is not
-// runnable, which leaves the stream a core to serve it.
-const streamNice = 19
+const (
+	// streamNice is a stream thread's nice value outside a boost: on a
+	// host short of cores a guest waiting for a CPU is as stalled as a
+	// paused one, and a vCPU blocked on a write fault is not runnable,
+	// which leaves the stream a core to serve it.
+	streamNice = 19
+	// snapshotNice is a VM's QEMU threads' around its snapshot point.
+	snapshotNice = -10
+	// catchUp is how long a VM keeps its boost after a background point,
+	// and the machine's snapshot lock with it: right after the point each
+	// first write of the guest to a page waits for the stream's thread.
+	// Four VMs on two cores paused 16-24 ms at the cut with it, 77-125 ms
+	// without (the price: the network fence held 50 ms longer per VM).
+	catchUp = 50 * time.Millisecond
+	// lockPath serializes snapshot points across a machine's hostds.
+	lockPath = "/run/symvirt-snapshot.lock"
+)
 
-// snapshotNice is the nice value of a VM's QEMU threads, its stream's
-// included, from a background snapshot's migrate to catchUp after its
-// point, and during a precopy's final stop.
-const snapshotNice = -10
-
-// catchUp is how long a VM keeps its boost after its background snapshot
-// point, and the machine's snapshot lock with it. Right after the point
-// the guest writes to pages it had not yet written, and each first write
-// waits for the stream's thread to save that page: boosted, and with no
-// other VM taking its point meanwhile, the thread serves them at once.
-// Measured with four VMs on two cores: the guests' pause at the cut 16-24
-// ms with this (six runs), 77-125 ms with the stream at nice 19 from the
-// point on and the next VM's point right after; the price is the network
-// fence, held 50 ms longer per VM.
-const catchUp = 50 * time.Millisecond
-
-// lockPath serializes snapshot points across the hostds of a machine.
-const lockPath = "/run/symvirt-snapshot.lock"
-
-// serializePoints takes the machine's snapshot lock: one point at a time,
-// each with its catch-up. A point is a burst of CPU (device state,
-// write-protecting all RAM) during which its VM stands still, and right
-// after it the guest's first writes fault into the stream's thread;
-// several at once stretch every one of them.
+// serializePoints takes the machine's snapshot lock: a point is a burst of
+// CPU (device state, write-protecting all RAM) during which its VM stands
+// still, and several at once stretch every one of them.
 func serializePoints(ctx context.Context, log *slog.Logger) (unlock func(), err error) {
 	unlock, err = lockMachine(ctx, lockPath)
-	switch {
-	case ctx.Err() != nil:
-		if err == nil {
-			unlock()
-		}
-		return nil, ctx.Err()
-	case err != nil:
+	if err != nil && ctx.Err() == nil {
 		// An optimization, not a condition: go on unserialized.
 		log.Warn("snapshot points not serialized on this machine", "err", err)
 		return func() {}, nil
 	}
-	return unlock, nil
+	return unlock, err
 }
 
 // lockMachine takes an exclusive flock on path, polling so that ctx can
@@ -142,6 +127,21 @@ func threads(pid int) []int {
 func threadName(pid, tid int) string {
 	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", pid, tid))
 	return strings.TrimSpace(string(comm))
+}
+
+// atLowestPriority runs fn on a thread of the lowest priority: syncing
+// (the kernel writes the pages back on the caller's time) and hashing a
+// stream take tens of milliseconds of CPU per 256 MiB, which the vCPUs and
+// the other VMs' streams (serving their guests' write faults) need more.
+func atLowestPriority(fn func() error) error {
+	ch := make(chan error, 1)
+	go func() {
+		// The thread dies with this goroutine (locked, never unlocked).
+		runtime.LockOSThread()
+		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), streamNice)
+		ch <- fn()
+	}()
+	return <-ch
 }
 
 // cleanup runs an undoing QMP command with a context of its own: it must

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/hostd/sentinel"
@@ -26,6 +27,10 @@ const (
 // maxBandwidth lifts QEMU's default cap (32 MiB/s, for live migration):
 // a checkpoint uses the disk's full speed.
 const maxBandwidth = int64(64) << 30
+
+// poll is how often QEMU is asked how its migration goes (its MIGRATION
+// events wake the wait sooner).
+const poll = 50 * time.Millisecond
 
 // Save writes the migration stream of a stopped VM into path, a new file,
 // through a pipe: hostd hashes and syncs what QEMU wrote, and QEMU opens
@@ -58,31 +63,33 @@ func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDiges
 	defer stopWait(nil)
 	go func() {
 		var err error
-		if fd.Size, err = io.Copy(io.MultiWriter(f, h), r); err != nil {
+		fd.Size, err = io.Copy(io.MultiWriter(f, h), r)
+		if errors.Is(err, os.ErrClosed) {
+			err = nil // by fail: not a cause
+		} else if err != nil {
 			err = fmt.Errorf("write %s: %w", path, err)
 			stopWait(err)
-			r.Close()
 		}
 		copied <- err
 	}()
+	fail := func(err error) (manifest.FileDigest, error) {
+		r.Close()
+		cause := <-copied // first: no space left, say
+		return fd, cmp.Or(cause, err)
+	}
 	if err := mon.Migrate(ctx, "fd:"+saveFD); err != nil {
 		cleanup(func(ctx context.Context) error { return mon.CloseFD(ctx, saveFD) })
-		r.Close()
-		<-copied
-		return fd, err
+		return fail(err)
 	}
 	if _, err := mon.WaitMigration(wctx, poll, nil); err != nil {
 		cleanup(mon.MigrateCancel)
-		r.Close()
-		return fd, cmp.Or(<-copied, err) // the cause first: no space left
+		return fail(err)
 	}
 	// QEMU closes its end when the stream is complete, which ends the copy.
 	select {
 	case err = <-copied:
 	case <-ctx.Done():
-		r.Close()
-		<-copied
-		return fd, ctx.Err()
+		return fail(ctx.Err())
 	}
 	if err == nil {
 		err = errors.Join(f.Sync(), f.Close(), atomicfile.SyncDir(filepath.Dir(path)))
@@ -115,17 +122,10 @@ func Load(ctx context.Context, mon *qmp.Client, f *os.File, want manifest.FileDi
 	if err == nil {
 		_, err = mon.WaitMigration(ctx, poll, progress)
 	}
-	if err != nil {
-		w.Close() // the feeder stops writing and hashes the rest
-	}
-	var res fed
-	select {
-	case res = <-done:
-	case <-ctx.Done():
-		w.Close()
-		res = <-done
-	}
-	return res.verdict(f.Name(), want, err)
+	// QEMU reads no more: a feeder still writing (what follows the
+	// stream's end, or after an error) stops and hashes the rest.
+	w.Close()
+	return (<-done).verdict(f.Name(), want, err)
 }
 
 // fed is what feed read and what of it went into QEMU's pipe.
