@@ -19,6 +19,11 @@
 //     hashed copying of the files it names.
 //   - hostd/migstream: the migration stream's port range, the check of a
 //     destination's stream address, and the TLS tunnel between hostds.
+//   - hostd/snapshot: a VM's state to and from a checkpoint's state file
+//     through QEMU's migration stream: stop-and-save, the restore's
+//     checked load, and a live save (arm, snapshot point, precopy or
+//     background stream) whose file is synced and hashed before the
+//     caller's manifest is written.
 //
 // The parts that hang off Host and VM, here:
 //
@@ -35,8 +40,11 @@
 //     what its steps did to the VM.
 //   - Snapshot and stream (checkpoint.go, live.go, sign.go, migrate.go,
 //     migtunnel.go, migtls.go, miguri.go): a checkpoint is a directory of
-//     hashed files under a manifest this hostd signs; a migration is QEMU's
-//     stream, carried by hostd under TLS when configured.
+//     hashed files under a manifest this hostd signs, its state written by
+//     hostd/snapshot; live.go says which live save and stream is whose VM's
+//     and persists the stream in flight, lost if hostd restarts; a
+//     migration is QEMU's stream, carried by hostd under TLS when
+//     configured.
 //   - Devices and the guest (devices.go, guest.go, guest_vsock.go):
 //     passthrough devices are hot-unplugged and plugged again; guestd is
 //     asked to cooperate and never trusted.

@@ -902,8 +902,6 @@ func writeJSON(path string, v any) error {
 	return atomicfile.WriteFile(path, append(data, '\n'), 0o600)
 }
 
-func syncDir(dir string) error { return atomicfile.SyncDir(dir) }
-
 // mkdirAll and mkdir create directories durably (each created one's parent
 // fsynced); variables so a test sees checkpoint directories made this way.
 var (
