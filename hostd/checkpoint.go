@@ -121,7 +121,7 @@ func (vm *VM) writeCheckpoint(ctx context.Context, mon *qmp.Client, dir string) 
 	}
 	m.Files = append(m.Files, fd)
 	if err := copyDisks(dir, &m); err != nil {
-		return err
+		return fmt.Errorf("vm %q: %w", vm.name, err)
 	}
 	return vm.h.writeManifest(dir, m)
 }
@@ -144,7 +144,7 @@ func copyDisks(dir string, m *Manifest) error {
 		name := "disk-" + d.ID + "." + d.Format
 		fd, err := manifest.CopyFile(d.Path, filepath.Join(dir, name))
 		if err != nil {
-			return fmt.Errorf("vm %q: copy disk %q: %w", m.VM, d.ID, err)
+			return fmt.Errorf("copy disk %q: %w", d.ID, err)
 		}
 		fd.Role, fd.ID = "disk", d.ID
 		m.Files = append(m.Files, fd)
