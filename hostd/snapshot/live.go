@@ -48,7 +48,12 @@ func Arm(ctx context.Context, mon *qmp.Client, dir string, ram, bandwidth int64)
 		a.f, err = os.OpenFile(filepath.Join(dir, manifest.StateName), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	}
 	if err == nil {
-		err = reserve(a.f, bound(ram))
+		err = unix.Fallocate(int(a.f.Fd()), 0, 0, bound(ram))
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			err = fmt.Errorf("%w: no fallocate in %s to reserve the stream's room", ErrUnsupported, dir)
+		} else if err != nil {
+			err = fmt.Errorf("reserve %d MiB for the stream in %s: %w", bound(ram)>>20, dir, err)
+		}
 	}
 	if err == nil {
 		err = mon.GetFD(ctx, FD, a.f)
@@ -92,16 +97,6 @@ func (a *Armed) end() {
 // bound is the most a stream of ram bytes of RAM writes: every page with
 // its header, the device state, and slack.
 func bound(ram int64) int64 { return ram + ram/256 + 64<<20 }
-
-func reserve(f *os.File, n int64) error {
-	err := unix.Fallocate(int(f.Fd()), 0, 0, n)
-	if errors.Is(err, unix.EOPNOTSUPP) {
-		return fmt.Errorf("%w: no fallocate in %s to reserve the stream's room", ErrUnsupported, filepath.Dir(f.Name()))
-	} else if err != nil {
-		return fmt.Errorf("reserve %d MiB for the live stream in %s: %w", n>>20, f.Name(), err)
-	}
-	return nil
-}
 
 // Options of a live save's stream.
 type Options struct {
