@@ -121,6 +121,7 @@ func (p *precopy) start(ctx context.Context) (*os.File, error) {
 		return nil, err
 	}
 	p.a.used = true
+	p.o.Log.Info("live checkpoint copy started", "downtime_limit", precopyDowntime)
 	// A guest waiting for a CPU is stalled, a copy that waits only longer.
 	renice(p.o.PID, "live_migration", streamNice)
 	return r, nil
