@@ -129,10 +129,11 @@ type Stream struct {
 	release func()
 }
 
-// Done is closed at the stream's end; Err then says why it failed (nil:
-// the file is whole and Finish ran).
+// Done is closed at the stream's end.
 func (s *Stream) Done() <-chan struct{} { return s.done }
-func (s *Stream) Err() error            { return s.err }
+
+// Err, once Done, is why the stream failed (nil: Finish ran).
+func (s *Stream) Err() error { return s.err }
 
 func newStream(a *Armed, o Options) (*Stream, context.Context) {
 	s := &Stream{a: a, o: o, done: make(chan struct{}), copied: make(chan error, 1), hold: make(chan struct{})}
