@@ -123,8 +123,9 @@ type Stream struct {
 	err    error
 	copied chan error // QEMU's end of the copy, before the file's
 	stop   context.CancelCauseFunc
-	// hold keeps a finished precopy from running its VM before the point
-	// is behind (release).
+	// hold keeps a finished precopy's VM stopped and its file unfinished
+	// until its point, cut included, is behind (release): a file finished
+	// vouches for a point with its cut.
 	hold    chan struct{}
 	release func()
 }

@@ -1,7 +1,9 @@
 package snapshot
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -56,16 +58,18 @@ func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 		if derr := <-p.drained; err == nil && derr != nil {
 			err = fmt.Errorf("write stream: %w", derr)
 		}
-		return err
+		if err == nil && !p.pointed {
+			err = errors.New("no snapshot point: the save was cancelled")
+		}
+		return cmp.Or(err, p.cutErr)
 	})
 	defer func() { p.unboost() }()
 	if err := s.await(ctx, events, p.on); err != nil {
 		return nil, err
 	}
-	if err := p.cut(); err != nil {
+	if p.cutErr != nil {
 		<-s.done
-		os.RemoveAll(a.dir)
-		return nil, err
+		return nil, p.cutErr
 	}
 	return s, nil
 }
@@ -76,6 +80,7 @@ type precopy struct {
 	drained          chan error
 	unboost          func()
 	cut              func() error // Options.Cut, once
+	cutErr           error        // the cut's at the point
 	pointed, resumed bool
 }
 
@@ -173,8 +178,7 @@ func (p *precopy) on(ev string, at time.Time) bool {
 		p.cut()
 	case "completed":
 		if !p.pointed {
-			p.pointed = true
-			p.cut()
+			p.pointed, p.cutErr = true, p.cut()
 			p.resumed = p.runAfterCopy()
 			p.release()
 		}
