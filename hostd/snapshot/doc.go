@@ -28,7 +28,8 @@
 //     the VM is touched (QEMU 7.2 meeting a write error in a background
 //     snapshot leaves the guest write-protected for good). At the stream's
 //     end the file is truncated to what QEMU wrote, synced and hashed, then
-//     Options.Finish runs, then Done. Disarm, a Precopy or Background that
+//     Options.Finish runs (never for a precopy whose point was not taken
+//     with its Cut up), then Done. Disarm, a Precopy or Background that
 //     fails, and a stream that fails (or whose Finish does) remove the
 //     directory; the VM runs on either way.
 //   - Cancel: ctx bounds Save and Load (QEMU's migration is cancelled),
