@@ -253,10 +253,7 @@ func (s *Stream) finish(err error) {
 		err = atLowestPriority(func() error {
 			end, err := s.a.f.Seek(0, io.SeekCurrent)
 			if err == nil {
-				err = s.a.f.Truncate(end)
-			}
-			if err == nil {
-				err = s.a.f.Sync()
+				err = errors.Join(s.a.f.Truncate(end), s.a.f.Sync())
 			}
 			if err == nil {
 				fd, err = manifest.HashFile(s.a.f.Name())
