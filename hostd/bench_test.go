@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/qemu"
+	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/internal/pausewatch"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -118,7 +119,7 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	mon, _ := vm.monitor()
 	mon.Stop(ctx)
 	start = time.Now()
-	if _, err := saveState(ctx, mon, filepath.Join(t.TempDir(), "bare"), func(Progress) {}); err != nil {
+	if _, err := snapshot.Save(ctx, mon, filepath.Join(t.TempDir(), "bare")); err != nil {
 		t.Fatal(err)
 	}
 	bare := time.Since(start)

@@ -2,11 +2,8 @@ package hostd
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +11,7 @@ import (
 
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -115,113 +113,44 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 // writeCheckpoint saves a stopped VM into dir (which exists and is empty):
 // state, disks, then the manifest, last, so a directory without one is
 // incomplete by construction.
-func (vm *VM) writeCheckpoint(ctx context.Context, mon *qmp.Client, dir string, round *Round, progress ProgressFunc) (Manifest, error) {
-	m := Manifest{Version: 1, VM: vm.name, Spec: vm.Spec(), CreatedAt: time.Now().UTC(),
-		QEMU: mon.Version().String(), Round: round}
-	m.Spec.Disks = slices.Clone(m.Spec.Disks) // paths are rewritten below
-	progress(Progress{Phase: "save"})
-	fd, err := saveState(ctx, mon, filepath.Join(dir, stateName), progress)
+func (vm *VM) writeCheckpoint(ctx context.Context, mon *qmp.Client, dir string) error {
+	m := vm.newManifest(mon)
+	fd, err := snapshot.Save(ctx, mon, filepath.Join(dir, stateName))
 	if err != nil {
-		return m, fmt.Errorf("vm %q: save state: %w", vm.name, err)
+		return fmt.Errorf("vm %q: save state: %w", vm.name, err)
 	}
 	m.Files = append(m.Files, fd)
+	if err := copyDisks(dir, &m); err != nil {
+		return fmt.Errorf("vm %q: %w", vm.name, err)
+	}
+	return vm.h.writeManifest(dir, m)
+}
+
+// newManifest starts the manifest of a checkpoint of the VM as it is now,
+// in its guest cooperation round.
+func (vm *VM) newManifest(mon *qmp.Client) Manifest {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	m := Manifest{Version: 1, VM: vm.name, Spec: vm.spec, CreatedAt: time.Now().UTC(),
+		QEMU: mon.Version().String(), Round: vm.rt.Round}
+	m.Spec.Disks = slices.Clone(m.Spec.Disks) // copyDisks rewrites their paths
+	return m
+}
+
+// copyDisks copies the disks of m's spec into the checkpoint dir, each
+// named in m relative to it.
+func copyDisks(dir string, m *Manifest) error {
 	for i, d := range m.Spec.Disks {
-		progress(Progress{Phase: "disk " + d.ID})
 		name := "disk-" + d.ID + "." + d.Format
 		fd, err := manifest.CopyFile(d.Path, filepath.Join(dir, name))
 		if err != nil {
-			return m, fmt.Errorf("vm %q: copy disk %q: %w", vm.name, d.ID, err)
+			return fmt.Errorf("copy disk %q: %w", d.ID, err)
 		}
 		fd.Role, fd.ID = "disk", d.ID
 		m.Files = append(m.Files, fd)
-		m.Spec.Disks[i].Path = name // relative to the checkpoint dir
+		m.Spec.Disks[i].Path = name
 	}
-	if err := vm.h.writeManifest(dir, m); err != nil {
-		return m, err
-	}
-	return m, nil
-}
-
-// saveState streams QEMU's migration stream for a stopped VM into path
-// through a pipe, so hostd hashes and syncs what it writes and QEMU never
-// opens files itself.
-func saveState(ctx context.Context, mon *qmp.Client, path string, progress ProgressFunc) (FileDigest, error) {
-	fd := FileDigest{Name: filepath.Base(path), Role: "state"}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fd, err
-	}
-	defer f.Close()
-	r, w, err := os.Pipe()
-	if err != nil {
-		return fd, err
-	}
-	defer r.Close()
-	const fdName = "symvirt-save"
-	err = mon.GetFD(ctx, fdName, w)
-	w.Close()
-	if err != nil {
-		return fd, err
-	}
-	// A checkpoint of a stopped VM should use the disk's full speed; QEMU's
-	// default bandwidth cap (32 MiB/s) is for live migration.
-	if err := mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
-		return fd, err
-	}
-	h := sha256.New()
-	type copied struct {
-		n   int64
-		err error
-	}
-	done := make(chan copied, 1)
-	// A write error (a full disk) must end the migration at once: QEMU
-	// would otherwise block on the pipe until the deadline.
-	wctx, stopWait := context.WithCancelCause(ctx)
-	defer stopWait(nil)
-	go func() {
-		n, err := io.Copy(io.MultiWriter(f, h), r)
-		if err != nil {
-			err = fmt.Errorf("write %s: %w", path, err)
-			stopWait(err)
-			r.Close()
-		}
-		done <- copied{n, err}
-	}()
-	if err := mon.Migrate(ctx, "fd:"+fdName); err != nil {
-		mon.CloseFD(context.WithoutCancel(ctx), fdName)
-		r.Close()
-		<-done
-		return fd, err
-	}
-	_, err = mon.WaitMigration(wctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
-		progress(Progress{Phase: "save", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total,
-			Remaining: mi.RAM.Remaining, MbPS: mi.RAM.MbPS})
-	})
-	if err != nil {
-		mon.MigrateCancel(context.WithoutCancel(ctx))
-		r.Close()
-		if c := <-done; c.err != nil {
-			return fd, c.err // the cause: e.g. no space left on device
-		}
-		return fd, err
-	}
-	// QEMU closes its end when the stream is complete, which ends the copy.
-	var c copied
-	select {
-	case c = <-done:
-	case <-ctx.Done():
-		r.Close()
-		<-done
-		return fd, ctx.Err()
-	}
-	if c.err != nil {
-		return fd, c.err
-	}
-	if err := errors.Join(f.Sync(), f.Close()); err != nil {
-		return fd, err
-	}
-	fd.Size, fd.SHA256 = c.n, hex.EncodeToString(h.Sum(nil))
-	return fd, syncDir(filepath.Dir(path))
+	return nil
 }
 
 // RestoreOptions control Restore.
@@ -288,7 +217,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	}
 	stateFile, _ := m.File("state", "")
 	// Opened once: what QEMU reads is what this descriptor reads, and it
-	// is hashed on the way (loadState).
+	// is hashed on the way (snapshot.Load).
 	state, err := manifest.OpenInDir(opts.Dir, stateFile.Name)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
@@ -337,7 +266,9 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 		return nil, err
 	}
 	progress(Progress{Phase: "load"})
-	if err := loadState(ctx, mon, state, stateFile, progress); err != nil {
+	if err := snapshot.Load(ctx, mon, state, stateFile, func(mi qmp.MigrationInfo) {
+		progress(Progress{Phase: "load", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total})
+	}); err != nil {
 		return nil, fmt.Errorf("vm %q: load state: %w", spec.Name, err)
 	}
 	vm.mu.Lock()
@@ -377,116 +308,6 @@ func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir str
 		absent[id] = true
 	}
 	return vm.launch(ctx, launch{incoming: true, absent: absent})
-}
-
-// loadState feeds a checkpoint's state to a QEMU started with -incoming
-// defer (and -S: it stays paused) through a pipe, hashing exactly the bytes
-// QEMU takes; unless they are the manifest's, it fails with ErrChecksum and
-// the caller kills QEMU before the guest ever ran.
-func loadState(ctx context.Context, mon *qmp.Client, f *os.File, want FileDigest, progress ProgressFunc) error {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	const fdName = "symvirt-load"
-	err = mon.GetFD(ctx, fdName, r)
-	r.Close()
-	if err != nil {
-		return err
-	}
-	done := make(chan fed, 1)
-	go func() {
-		res := feedState(f, w)
-		w.Close() // QEMU sees the stream's end
-		done <- res
-	}()
-	err = mon.MigrateIncoming(ctx, "fd:"+fdName)
-	if err == nil {
-		_, err = mon.WaitMigration(ctx, 100*time.Millisecond, func(mi qmp.MigrationInfo) {
-			progress(Progress{Phase: "load", Transferred: mi.RAM.Transferred, Total: mi.RAM.Total})
-		})
-	}
-	if err != nil {
-		w.Close() // the feeder stops writing and hashes the rest
-	}
-	var res fed
-	select {
-	case res = <-done:
-	case <-ctx.Done():
-		w.Close()
-		res = <-done
-	}
-	return res.verdict(f.Name(), want, err)
-}
-
-// fed is what feedState read and what of it went into QEMU's pipe.
-type fed struct {
-	read, sent int64
-	sum        string // sha256 of all read
-	readErr    error
-	sendErr    error
-}
-
-// testHookStateSent, when set (tests only), runs once after the first
-// chunk of the state went to QEMU: a test changes the file there, as an
-// attacker would while a restore runs.
-var testHookStateSent func()
-
-// feedState copies f to w, hashing it. It reads f to its end even when w
-// fails (QEMU stopped reading), so that the verdict can tell a changed
-// file from a QEMU error.
-func feedState(f *os.File, w io.Writer) fed {
-	var res fed
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			h.Write(buf[:n])
-			res.read += int64(n)
-			if res.sendErr == nil {
-				m, werr := w.Write(buf[:n])
-				res.sent += int64(m)
-				res.sendErr = werr
-				if hook := testHookStateSent; hook != nil && res.sent == int64(m) {
-					hook()
-				}
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			res.readErr = err
-			break
-		}
-	}
-	res.sum = hex.EncodeToString(h.Sum(nil))
-	return res
-}
-
-// verdict: a state file that is not the manifest's is ErrChecksum, whatever
-// QEMU said of it; else QEMU's error; else QEMU must have taken it whole.
-func (res fed) verdict(path string, want FileDigest, qemuErr error) error {
-	if res.readErr != nil {
-		return fmt.Errorf("read %s: %w", path, res.readErr)
-	}
-	if res.read != want.Size || res.sum != want.SHA256 {
-		qemu := "QEMU had loaded it: the vm is killed before it ran"
-		if qemuErr != nil {
-			qemu = "QEMU: " + qemuErr.Error()
-		}
-		return fmt.Errorf("%s as read (%d bytes, sha256 %s) does not match its signed manifest (%d bytes, sha256 %s) (%s): %w",
-			path, res.read, res.sum, want.Size, want.SHA256, qemu, ErrChecksum)
-	}
-	if qemuErr != nil {
-		return qemuErr
-	}
-	if res.sent != res.read {
-		return fmt.Errorf("qemu took %d of the %d bytes of %s (%v): %w", res.sent, res.read, path, res.sendErr, ErrChecksum)
-	}
-	return nil
 }
 
 func resultLabel(err error) string {

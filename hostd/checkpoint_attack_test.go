@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -79,14 +80,14 @@ func TestRestoreRefusesTamperedCheckpoint(t *testing.T) {
 	// Overwritten in place once QEMU has started reading it (a rename
 	// would not reach the descriptor the restore reads through).
 	f.attack("state.bin overwritten by another checkpoint's while QEMU reads it", ErrChecksum, func(dir string) {
-		testHookStateSent = func() {
-			testHookStateSent = nil
+		snapshot.TestHookStateSent = func() {
+			snapshot.TestHookStateSent = nil
 			if err := os.WriteFile(filepath.Join(dir, stateName), f.otherState, 0o600); err != nil {
 				t.Error(err)
 			}
 		}
 	})
-	testHookStateSent = nil
+	snapshot.TestHookStateSent = nil
 	f.genuineRestores()
 }
 

@@ -24,6 +24,11 @@
 //     kill, and the warm handover to a new QEMU on the same RAM.
 //   - hostd/devices: passthrough devices: their QEMU definitions, the
 //     host's pools, hot-plug over QMP.
+//   - hostd/snapshot: a VM's state to and from a checkpoint's state file
+//     through QEMU's migration stream: stop-and-save, the restore's
+//     checked load, and a live save (arm, snapshot point, precopy or
+//     background stream) whose file is synced and hashed before the
+//     caller's manifest is written.
 //
 // The parts that hang off Host and VM, here:
 //
@@ -41,8 +46,11 @@
 //     what its steps did to the VM.
 //   - Snapshot and stream (checkpoint.go, live.go, sign.go, migrate.go,
 //     migtunnel.go, migtls.go, miguri.go): a checkpoint is a directory of
-//     hashed files under a manifest this hostd signs; a migration is QEMU's
-//     stream, carried by hostd under TLS when configured.
+//     hashed files under a manifest this hostd signs, its state written by
+//     hostd/snapshot; live.go says which live save and stream is whose VM's
+//     and persists the stream in flight, lost if hostd restarts; a
+//     migration is QEMU's stream, carried by hostd under TLS when
+//     configured.
 //   - Devices and the guest (devices.go over hostd/devices, guest.go,
 //     guest_vsock.go): which passthrough devices a VM has unplugged and
 //     which pool entries it holds; guestd is asked to cooperate and never

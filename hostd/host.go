@@ -16,6 +16,7 @@ import (
 
 	"github.com/symvirt/symvirt/hostd/devices"
 	"github.com/symvirt/symvirt/hostd/qemu"
+	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/internal/atomicfile"
 	"github.com/symvirt/symvirt/internal/names"
 	"github.com/symvirt/symvirt/qmp"
@@ -64,11 +65,11 @@ type VM struct {
 	mu        sync.Mutex
 	spec      Spec
 	rt        runtimeState
-	proc      *qemu.Process // the current QEMU (nil: none, or not adopted)
-	ramOrphan bool          // the current QEMU went away (process.go's watch)
-	operation string        // what the VM is doing now, for status
-	live      *liveSave     // a live checkpoint still streaming
-	armed     *liveArm      // a live checkpoint made ready before the job's cut
+	proc      *qemu.Process   // the current QEMU (nil: none, or not adopted)
+	ramOrphan bool            // the current QEMU went away (process.go's watch)
+	operation string          // what the VM is doing now, for status
+	live      *liveSave       // a live checkpoint still streaming
+	armed     *snapshot.Armed // a live checkpoint made ready before the job's cut
 	attachMu  sync.Mutex
 	stoppedAt time.Time // when hostd stopped the vCPUs for a cut, for its pause
 	fencedAt  time.Time // when the network fence went up
@@ -471,7 +472,7 @@ func (vm *VM) settleLive(mon *qmp.Client) {
 			}
 			vm.mu.Unlock()
 		}
-		mon.CloseFD(ctx, liveFD)
+		mon.CloseFD(ctx, snapshot.FD)
 		if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": false}); err != nil {
 			vm.log.Debug("background-snapshot off", "err", err)
 		}
@@ -495,8 +496,6 @@ func writeJSON(path string, v any) error {
 	}
 	return atomicfile.WriteFile(path, append(data, '\n'), 0o600)
 }
-
-func syncDir(dir string) error { return atomicfile.SyncDir(dir) }
 
 // mkdirAll and mkdir create directories durably (each created one's parent
 // fsynced); variables so a test sees checkpoint directories made this way.

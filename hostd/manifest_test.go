@@ -177,28 +177,3 @@ func TestManifestKeysConfig(t *testing.T) {
 		t.Fatalf("client cert: %v", err)
 	}
 }
-
-// The state's verdict: a file other than the manifest's is a checksum
-// error even when QEMU took it; QEMU's own error otherwise.
-func TestStateVerdict(t *testing.T) {
-	want := FileDigest{Size: 10, SHA256: "ab"}
-	ok := fed{read: 10, sent: 10, sum: "ab"}
-	if err := ok.verdict("s", want, nil); err != nil {
-		t.Fatal(err)
-	}
-	qemu := errors.New("qemu failed")
-	for name, c := range map[string]struct {
-		f    fed
-		qemu error
-		want error
-	}{
-		"other bytes, qemu took them": {fed{read: 10, sent: 10, sum: "cd"}, nil, ErrChecksum},
-		"truncated, qemu failed":      {fed{read: 5, sent: 5, sum: "cd"}, qemu, ErrChecksum},
-		"right bytes, qemu failed":    {fed{read: 10, sent: 4, sum: "ab"}, qemu, qemu},
-		"qemu stopped early":          {fed{read: 10, sent: 4, sum: "ab"}, nil, ErrChecksum},
-	} {
-		if err := c.f.verdict("s", want, c.qemu); !errors.Is(err, c.want) {
-			t.Errorf("%s: %v, want %v", name, err, c.want)
-		}
-	}
-}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/hostd/step"
 )
 
@@ -415,10 +416,7 @@ func (vm *VM) saveStep(ctx context.Context, req StepRequest) (string, error) {
 	if err := freshDir(dir); err != nil {
 		return "", err
 	}
-	vm.mu.Lock()
-	round := vm.rt.Round
-	vm.mu.Unlock()
-	if _, err := vm.writeCheckpoint(ctx, mon, dir, round, func(Progress) {}); err != nil {
+	if err := vm.writeCheckpoint(ctx, mon, dir); err != nil {
 		os.RemoveAll(dir)
 		return "", err
 	}
@@ -440,26 +438,12 @@ func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
 	}
 	a, err := vm.takeArm(ctx, mon, dir, req.Save.Bandwidth)
 	if err == nil {
-		a.cut = vm.fence
-		vm.mu.Lock()
-		round := vm.rt.Round
-		vm.mu.Unlock()
-		vm.streamStarts(req.Op, dir)
-		var ls *liveSave
-		if ls, err = vm.startLiveSave(ctx, mon, a, round, nil); err == nil {
-			vm.mu.Lock()
-			vm.live = ls
-			vm.mu.Unlock()
-			go func() {
-				<-ls.done
-				vm.streamEnded(dir)
-			}()
+		if err = vm.startLiveSave(ctx, mon, req.Op, a); err == nil {
 			vm.h.setLease(req.VM, req.Op, req.Lease, "")
 			return "", nil
 		}
-		vm.streamEnded(dir)
 	}
-	if !errors.Is(err, ErrLiveUnsupported) {
+	if !errors.Is(err, snapshot.ErrUnsupported) {
 		os.RemoveAll(dir)
 		return "", err
 	}
@@ -665,7 +649,7 @@ func (h *Host) waitSaveStep(ctx context.Context, req StepRequest) StepResult {
 	vm.mu.Unlock()
 	var res StepResult
 	if ls != nil && ls.dir == dir {
-		_, err = ls.wait(ctx)
+		err = ls.wait(ctx)
 		vm.mu.Lock()
 		if vm.live == ls {
 			vm.live = nil

@@ -1,15 +1,17 @@
-package hostd
+package snapshot
 
 import (
 	"context"
 	"errors"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/hostd/sentinel"
 )
 
 // Snapshot points are serialized through a lock file shared by every hostd
@@ -55,17 +57,17 @@ func TestLockMachineSerializes(t *testing.T) {
 
 // The reserved room covers what a stream of that much RAM can write.
 func TestStreamBound(t *testing.T) {
-	for _, mem := range []Size{256, 1024, 2048} {
-		ram := int64(mem) << 20
+	for _, mem := range []int64{256, 1024, 2048} {
+		ram := mem << 20
 		// Every 4 KiB page with its 8-byte header, plus device state.
-		if need := ram + ram/4096*8 + 16<<20; streamBound(mem) < need {
-			t.Errorf("%d MiB: bound %d < %d", mem, streamBound(mem), need)
+		if need := ram + ram/4096*8 + 16<<20; bound(ram) < need {
+			t.Errorf("%d MiB: bound %d < %d", mem, bound(ram), need)
 		}
 	}
 }
 
 // A boost renices every thread of the process and its end puts each back.
-func TestBoostVM(t *testing.T) {
+func TestBoost(t *testing.T) {
 	cmd := exec.Command("sleep", "30")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -82,7 +84,7 @@ func TestBoostVM(t *testing.T) {
 	if err := unix.Setpriority(unix.PRIO_PROCESS, pid, 3); err != nil {
 		t.Fatal(err)
 	}
-	unboost := boostVM(pid, -7)
+	unboost := boost(pid, -7)
 	if n := nice(); n != -7 {
 		t.Fatalf("boosted: nice %d, want -7", n)
 	}
@@ -95,7 +97,7 @@ func TestBoostVM(t *testing.T) {
 	if n := nice(); n != 5 {
 		t.Fatalf("a second unboost changed nice to %d", n)
 	}
-	boostVM(0, -7)() // no process: nothing to do
+	boost(0, -7)() // no process: nothing to do
 }
 
 func TestConverge(t *testing.T) {
@@ -110,17 +112,27 @@ func TestConverge(t *testing.T) {
 	}
 }
 
-func TestLiveModeDefaults(t *testing.T) {
-	for _, c := range []struct{ accel, mode, want string }{
-		{"kvm", "", "precopy"}, {"tcg", "", "snapshot"}, {"tcg", "auto", "snapshot"},
-		{"tcg", "precopy", "precopy"}, {"kvm", "snapshot", "snapshot"}} {
-		cfg := Config{StateDir: t.TempDir(), Accel: c.accel, LiveMode: c.mode}
-		if err := cfg.setDefaults(); err != nil || cfg.LiveMode != c.want {
-			t.Errorf("accel %s, live_mode %q: got %q (%v), want %q", c.accel, c.mode, cfg.LiveMode, err, c.want)
-		}
+// The state's verdict: a file other than the manifest's is a checksum
+// error even when QEMU took it; QEMU's own error otherwise.
+func TestStateVerdict(t *testing.T) {
+	want := manifest.FileDigest{Size: 10, SHA256: "ab"}
+	ok := fed{read: 10, sent: 10, sum: "ab"}
+	if err := ok.verdict("s", want, nil); err != nil {
+		t.Fatal(err)
 	}
-	cfg := Config{StateDir: t.TempDir(), LiveMode: "fast"}
-	if err := cfg.setDefaults(); err == nil || !strings.Contains(err.Error(), `live_mode "fast"`) {
-		t.Errorf("live_mode fast: %v", err)
+	qemu := errors.New("qemu failed")
+	for name, c := range map[string]struct {
+		f    fed
+		qemu error
+		want error
+	}{
+		"other bytes, qemu took them": {fed{read: 10, sent: 10, sum: "cd"}, nil, sentinel.ErrChecksum},
+		"truncated, qemu failed":      {fed{read: 5, sent: 5, sum: "cd"}, qemu, sentinel.ErrChecksum},
+		"right bytes, qemu failed":    {fed{read: 10, sent: 4, sum: "ab"}, qemu, qemu},
+		"qemu stopped early":          {fed{read: 10, sent: 4, sum: "ab"}, nil, sentinel.ErrChecksum},
+	} {
+		if err := c.f.verdict("s", want, c.qemu); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", name, err, c.want)
+		}
 	}
 }

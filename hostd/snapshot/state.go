@@ -1,0 +1,198 @@
+package snapshot
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/hostd/sentinel"
+	"github.com/symvirt/symvirt/internal/atomicfile"
+	"github.com/symvirt/symvirt/qmp"
+)
+
+// QEMU's names of the descriptors hostd hands it.
+const (
+	saveFD = "symvirt-save"
+	loadFD = "symvirt-load"
+)
+
+// maxBandwidth lifts QEMU's default cap (32 MiB/s, for live migration):
+// a checkpoint uses the disk's full speed.
+const maxBandwidth = int64(64) << 30
+
+// poll is how often QEMU is asked how its migration goes (its MIGRATION
+// events wake the wait sooner).
+const poll = 50 * time.Millisecond
+
+// Save writes the migration stream of a stopped VM into path, a new file,
+// through a pipe: hostd hashes and syncs what QEMU wrote, and QEMU opens
+// no file.
+func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDigest, error) {
+	fd := manifest.FileDigest{Name: filepath.Base(path), Role: "state"}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fd, err
+	}
+	defer f.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fd, err
+	}
+	defer r.Close()
+	err = mon.GetFD(ctx, saveFD, w)
+	w.Close()
+	if err == nil {
+		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": maxBandwidth})
+	}
+	if err != nil {
+		return fd, err
+	}
+	h := sha256.New()
+	copied := make(chan error, 1)
+	// A write error (a full disk) ends the wait for QEMU at once: it would
+	// block on the pipe until ctx ends.
+	wctx, stopWait := context.WithCancelCause(ctx)
+	defer stopWait(nil)
+	go func() {
+		var err error
+		fd.Size, err = io.Copy(io.MultiWriter(f, h), r)
+		if errors.Is(err, os.ErrClosed) {
+			err = nil // by fail: not a cause
+		} else if err != nil {
+			err = fmt.Errorf("write %s: %w", path, err)
+			stopWait(err)
+		}
+		copied <- err
+	}()
+	fail := func(err error) (manifest.FileDigest, error) {
+		r.Close()
+		cause := <-copied // first: no space left, say
+		return fd, cmp.Or(cause, err)
+	}
+	if err := mon.Migrate(ctx, "fd:"+saveFD); err != nil {
+		cleanup(func(ctx context.Context) error { return mon.CloseFD(ctx, saveFD) })
+		return fail(err)
+	}
+	if _, err := mon.WaitMigration(wctx, poll, nil); err != nil {
+		cleanup(mon.MigrateCancel)
+		return fail(err)
+	}
+	// QEMU closes its end when the stream is complete, which ends the copy.
+	select {
+	case err = <-copied:
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	}
+	if err == nil {
+		err = errors.Join(f.Sync(), f.Close(), atomicfile.SyncDir(filepath.Dir(path)))
+	}
+	fd.SHA256 = hex.EncodeToString(h.Sum(nil))
+	return fd, err
+}
+
+// Load feeds the state file f to a QEMU started with -incoming defer (and
+// -S: it stays paused) through a pipe, hashing exactly the bytes QEMU
+// takes; unless they are want's, it fails with ErrChecksum.
+func Load(ctx context.Context, mon *qmp.Client, f *os.File, want manifest.FileDigest, progress func(qmp.MigrationInfo)) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	err = mon.GetFD(ctx, loadFD, r)
+	r.Close()
+	if err != nil {
+		return err
+	}
+	done := make(chan fed, 1)
+	go func() {
+		res := feed(f, w)
+		w.Close() // QEMU sees the stream's end
+		done <- res
+	}()
+	err = mon.MigrateIncoming(ctx, "fd:"+loadFD)
+	if err == nil {
+		_, err = mon.WaitMigration(ctx, poll, progress)
+	}
+	// QEMU reads no more: a feeder still writing (what follows the
+	// stream's end, or after an error) stops and hashes the rest.
+	w.Close()
+	return (<-done).verdict(f.Name(), want, err)
+}
+
+// fed is what feed read and what of it went into QEMU's pipe.
+type fed struct {
+	read, sent int64
+	sum        string // sha256 of all read
+	readErr    error
+	sendErr    error
+}
+
+// TestHookStateSent, when set (tests only), runs once after the first
+// chunk of a state went to QEMU: a test changes the file there, as an
+// attacker would while a restore runs.
+var TestHookStateSent func()
+
+// feed copies f to w, hashing it. It reads f to its end even when w fails
+// (QEMU stopped reading), so that the verdict can tell a changed file from
+// a QEMU error.
+func feed(f *os.File, w io.Writer) fed {
+	var res fed
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			res.read += int64(n)
+			if res.sendErr == nil {
+				m, werr := w.Write(buf[:n])
+				res.sent += int64(m)
+				res.sendErr = werr
+				if hook := TestHookStateSent; hook != nil && res.sent == int64(m) {
+					hook()
+				}
+			}
+		}
+		if err != nil {
+			if err != io.EOF {
+				res.readErr = err
+			}
+			break
+		}
+	}
+	res.sum = hex.EncodeToString(h.Sum(nil))
+	return res
+}
+
+// verdict: a state file that is not the wanted one is ErrChecksum,
+// whatever QEMU said of it; else QEMU's error; else QEMU must have taken
+// it whole.
+func (res fed) verdict(path string, want manifest.FileDigest, qemuErr error) error {
+	if res.readErr != nil {
+		return fmt.Errorf("read %s: %w", path, res.readErr)
+	}
+	if res.read != want.Size || res.sum != want.SHA256 {
+		qemu := "QEMU had loaded it: the vm is killed before it ran"
+		if qemuErr != nil {
+			qemu = "QEMU: " + qemuErr.Error()
+		}
+		return fmt.Errorf("%s as read (%d bytes, sha256 %s) does not match its signed manifest (%d bytes, sha256 %s) (%s): %w",
+			path, res.read, res.sum, want.Size, want.SHA256, qemu, sentinel.ErrChecksum)
+	}
+	if qemuErr != nil {
+		return qemuErr
+	}
+	if res.sent != res.read {
+		return fmt.Errorf("qemu took %d of the %d bytes of %s (%v): %w", res.sent, res.read, path, res.sendErr, sentinel.ErrChecksum)
+	}
+	return nil
+}
