@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
@@ -60,6 +62,7 @@ type directOp struct {
 	QEMU          string          `json:"qemu,omitempty"` // rejuvenate: the new binary
 
 	progress   ProgressFunc
+	journal    *os.File   // open for appending after the first record
 	steps      sync.Mutex // this host runs one of the op's steps at a time
 	mu         sync.Mutex
 	failure    error // the first forward step's failure, with its sentinel
@@ -119,6 +122,15 @@ func (h *Host) runDirect(d *directOp, acts []machine.Action) (machine.Result, er
 	return h.drive(d, acts)
 }
 
+// drivenHere reports whether op is the direct operation this hostd is
+// driving on vm. Its journal is its memory of its steps: their answers and
+// its closing need no copy in the VM's runtime state (a restarted hostd
+// answers the steps it was running from the journal, not from there).
+func (h *Host) drivenHere(vm, op string) bool {
+	cur, ok := directBusy.Load(directKey{h, vm})
+	return ok && cur == op
+}
+
 func (h *Host) drive(d *directOp, acts []machine.Action) (machine.Result, error) {
 	if d.progress == nil {
 		d.progress = func(Progress) {}
@@ -127,6 +139,9 @@ func (h *Host) drive(d *directOp, acts []machine.Action) (machine.Result, error)
 	hooks := oprun.Hooks{Journal: func(*machine.Op) error { return h.journalDirect(d) }, Log: log}
 	ex := oprun.ExecutorFunc(func(ctx context.Context, a machine.Action) machine.Event { return h.execDirect(ctx, d, a) })
 	res, err := oprun.Drive(context.Background(), d.Op, acts, ex, hooks)
+	if d.journal != nil {
+		d.journal.Close()
+	}
 	if err != nil {
 		return res, err
 	}
@@ -156,17 +171,59 @@ func (d *directOp) verdict(res machine.Result) error {
 	return fmt.Errorf("vm %q: %s %s (%s%s): %w", vm.Name, res.Kind, vm.Outcome, res.Reason, vm.Error, sentinel)
 }
 
-func (h *Host) directPath(id string) string { return filepath.Join(h.cfg.StateDir, "ops", id+".json") }
+func (h *Host) opsDir() string { return filepath.Join(h.cfg.StateDir, "ops") }
 
+func (h *Host) directPath(id string) string { return filepath.Join(h.opsDir(), id+".json") }
+
+// journalDirect makes d's state durable before its next actions go out.
+// The journal is a file of JSON records, one a line, the last complete one
+// in force: its first record is written atomically (it replaces whatever
+// a previous hostd left), the next ones are appended, one fdatasync each.
 func (h *Host) journalDirect(d *directOp) error {
+	if d.Op.Done() {
+		// Its end is the journal's removal, next: a crash before it
+		// leaves the last state, whose closing steps a restarted hostd
+		// runs again (idempotent).
+		return nil
+	}
 	data, err := json.Marshal(d)
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.MkdirAll(filepath.Dir(h.directPath(d.Op.ID)), 0o700); err != nil {
+	data = append(data, '\n')
+	if d.journal != nil {
+		if _, err := d.journal.Write(data); err != nil {
+			return err
+		}
+		return syscall.Fdatasync(int(d.journal.Fd()))
+	}
+	path := h.directPath(d.Op.ID)
+	if err := atomicfile.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(h.directPath(d.Op.ID), data, 0o600)
+	if err := atomicfile.WriteFile(path, data, 0o600); err != nil {
+		return err
+	}
+	d.journal, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	return err
+}
+
+// readJournal returns a direct operation's journal's last complete record
+// (a record torn by a crash was written by a hostd that died before its
+// actions went out).
+func readJournal(path string) (*directOp, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	lines := bytes.Split(data, []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		d := &directOp{}
+		if err := json.Unmarshal(lines[i], d); err == nil && d.Op != nil {
+			return d, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: no complete record: %w", path, ErrInvalidState)
 }
 
 // execDirect executes one action of d and answers it.
@@ -364,14 +421,13 @@ func (h *Host) peerDown(addr string) bool {
 // cancelled, so it rolls back, or goes forward if it was past its commit
 // point.
 func (h *Host) recoverDirect() {
-	files, _ := filepath.Glob(filepath.Join(h.cfg.StateDir, "ops", "*.json"))
+	if err := atomicfile.MkdirAll(h.opsDir(), 0o700); err != nil {
+		h.log.Error("direct operations' journal directory", "err", err)
+	}
+	files, _ := filepath.Glob(filepath.Join(h.opsDir(), "*.json"))
 	for _, f := range files {
-		d := &directOp{}
-		data, err := os.ReadFile(f)
-		if err == nil {
-			err = json.Unmarshal(data, d)
-		}
-		if err != nil || d.Op == nil || !strings.HasSuffix(f, d.Op.ID+".json") {
+		d, err := readJournal(f)
+		if err != nil || !strings.HasSuffix(f, d.Op.ID+".json") {
 			h.log.Error("unreadable direct operation journal: left for an operator", "file", f, "err", err)
 			continue
 		}

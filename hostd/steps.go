@@ -1,7 +1,9 @@
 package hostd
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -115,9 +117,11 @@ func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
 	h.metrics.observe("step_"+req.Kind, resultLabel(err), start)
 	h.log.Info("step", "id", req.ID, "kind", req.Kind, "vm", req.VM, "ok", res.OK, "reason", res.Reason,
 		"note", res.Note, "took", timeNow().Sub(start))
-	h.updateRuntime(req.VM, func(rt *runtimeState) {
-		rt.Answers = appendBounded(rt.Answers, stepAnswer{ID: req.ID, Result: res}, maxAnswers)
-	})
+	if !h.drivenHere(req.VM, req.Op) {
+		h.updateRuntime(req.VM, func(rt *runtimeState) {
+			rt.Answers = appendBounded(rt.Answers, stepAnswer{ID: req.ID, Result: res}, maxAnswers)
+		})
+	}
 	st.mu.Lock()
 	st.remember(req.ID, res)
 	close(st.inflight[req.ID])
@@ -138,25 +142,34 @@ func (st *stepState) remember(id string, res StepResult) {
 	}
 }
 
-// updateRuntime changes a VM's runtime state and persists it (a VM that
-// is not, or no longer, here has none: hostd's memory is all there is).
+// updateRuntime changes a VM's runtime state and persists it if it
+// changed (a VM that is not, or no longer, here has none: hostd's memory
+// is all there is).
 func (h *Host) updateRuntime(name string, change func(*runtimeState)) {
 	vm, err := h.Get(name)
 	if err != nil {
 		return
 	}
 	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	before, berr := json.Marshal(vm.rt)
 	change(&vm.rt)
+	if after, aerr := json.Marshal(vm.rt); berr == nil && aerr == nil && bytes.Equal(before, after) {
+		return
+	}
 	vm.saveRuntime()
-	vm.mu.Unlock()
 }
 
 // closeOp closes op for vm: its forward steps are refused from now on,
-// across restarts. It is persisted before the closing step acts.
+// across restarts. It is persisted before the closing step acts (by the
+// operation's journal for one driven here).
 func (h *Host) closeOp(name, op string) {
 	h.steps.mu.Lock()
 	h.steps.closed[name+"\x00"+op] = true
 	h.steps.mu.Unlock()
+	if h.drivenHere(name, op) {
+		return
+	}
 	h.updateRuntime(name, func(rt *runtimeState) {
 		if !slices.Contains(rt.ClosedOps, op) {
 			rt.ClosedOps = appendBounded(rt.ClosedOps, op, maxClosedOps)

@@ -75,16 +75,21 @@ type driver struct {
 	events   chan machine.Event
 	finished chan struct{}
 	down     map[string]bool
+	// journaled is the phase of the last journal write ("" before the first).
+	journaled machine.Phase
 }
 
 // send journals the Op, then executes acts in parallel.
 func (d *driver) send(ctx context.Context, acts []machine.Action) error {
-	if err := d.h.Journal(d.op); err != nil {
-		d.log.Error("journal write failed: the operation stops here", "op", d.op.ID, "phase", d.op.Phase, "err", err)
-		return fmt.Errorf("operation %s: %w: %w", d.op.ID, ErrJournal, err)
-	}
-	if d.h.Journaled != nil {
-		d.h.Journaled(d.op)
+	if d.mustJournal(acts) {
+		if err := d.h.Journal(d.op); err != nil {
+			d.log.Error("journal write failed: the operation stops here", "op", d.op.ID, "phase", d.op.Phase, "err", err)
+			return fmt.Errorf("operation %s: %w: %w", d.op.ID, ErrJournal, err)
+		}
+		d.journaled = d.op.Phase
+		if d.h.Journaled != nil {
+			d.h.Journaled(d.op)
+		}
 	}
 	for _, a := range acts {
 		go func() {
@@ -99,6 +104,16 @@ func (d *driver) send(ctx context.Context, acts []machine.Action) error {
 		d.h.Progress(d.op)
 	}
 	return nil
+}
+
+// mustJournal reports whether the Op must be written before acts go out:
+// when there are actions, when it entered a phase, and at its end. A step
+// that only took in an answer and sends nothing needs no write: what the
+// world saw of the operation is unchanged, and an answer lost in a crash
+// comes again when the recovered operation re-sends its action
+// (idempotent, de-duplicated by its id).
+func (d *driver) mustJournal(acts []machine.Action) bool {
+	return len(acts) > 0 || d.op.Phase != d.journaled || d.op.Done()
 }
 
 // next waits for an event or the machine's next deadline. It reports false
