@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -65,6 +66,7 @@ type VM struct {
 	mu        sync.Mutex
 	spec      Spec
 	rt        runtimeState
+	savedRT   []byte          // rt as last written: saveRuntime skips an unchanged state
 	proc      *qemu.Process   // the current QEMU (nil: none, or not adopted)
 	ramOrphan bool            // the current QEMU went away (process.go's watch)
 	operation string          // what the VM is doing now, for status
@@ -434,9 +436,18 @@ func (vm *VM) Info(ctx context.Context) VMInfo {
 
 // saveRuntime persists rt; callers hold vm.mu.
 func (vm *VM) saveRuntime() {
-	if err := writeJSON(filepath.Join(vm.dir, fileRuntime), vm.rt); err != nil {
-		vm.log.Error("persist runtime state", "err", err)
+	data, err := json.MarshalIndent(vm.rt, "", "  ")
+	if err == nil && bytes.Equal(data, vm.savedRT) {
+		return // each write costs two fsyncs; many callers change nothing
 	}
+	if err == nil {
+		err = atomicfile.WriteFile(filepath.Join(vm.dir, fileRuntime), append(data, '\n'), 0o600)
+	}
+	if err != nil {
+		vm.log.Error("persist runtime state", "err", err)
+		return
+	}
+	vm.savedRT = data
 }
 
 // settleLive clears what a hostd that died during a live checkpoint left

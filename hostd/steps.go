@@ -1,9 +1,7 @@
 package hostd
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -152,11 +150,7 @@ func (h *Host) updateRuntime(name string, change func(*runtimeState)) {
 	}
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
-	before, berr := json.Marshal(vm.rt)
 	change(&vm.rt)
-	if after, aerr := json.Marshal(vm.rt); berr == nil && aerr == nil && bytes.Equal(before, after) {
-		return
-	}
 	vm.saveRuntime()
 }
 
