@@ -191,10 +191,13 @@ scrape 9465
 '`
 
 // checkDaemons starts the installed daemons as their units would, in a
-// mount and network namespace of their own.
+// mount, network and PID namespace of their own.
 func checkDaemons(t *testing.T, chroot string) {
 	need(t, "unshare", "ip")
-	cmd := exec.Command("unshare", "--mount", "--net", "--propagation", "private", "bash", "-ec", daemonsScript)
+	// A PID namespace of their own: whatever the script does, the daemons
+	// die with it (a leaked daemon would hold every fd the test inherited).
+	cmd := exec.Command("unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private",
+		"bash", "-ec", daemonsScript)
 	cmd.Env = append(os.Environ(), "R="+chroot)
 	out, err := cmd.CombinedOutput()
 	t.Logf("the installed daemons:\n%s", out)
