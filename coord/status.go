@@ -2,7 +2,10 @@ package coord
 
 import (
 	"context"
+	"errors"
 	"maps"
+	"net"
+	"net/url"
 	"time"
 )
 
@@ -41,7 +44,7 @@ func (c *Coord) Status(ctx context.Context) (Status, error) {
 		vms, err := c.client(h.Addr).List(lctx)
 		cancel()
 		if err != nil {
-			hs.Error = err.Error()
+			hs.Error = hostError(err)
 		} else {
 			hs.Up = true
 			for _, v := range vms {
@@ -72,4 +75,17 @@ func (c *Coord) Status(ctx context.Context) (Status, error) {
 		st.Jobs = append(st.Jobs, js)
 	}
 	return st, nil
+}
+
+// hostError is why a host did not answer, for an operator: the cause,
+// not the internal HTTP request that met it.
+func hostError(err error) string {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return "unreachable: " + op.Err.Error()
+	}
+	if uerr := (*url.Error)(nil); errors.As(err, &uerr) {
+		return uerr.Err.Error()
+	}
+	return err.Error()
 }
