@@ -103,7 +103,8 @@ func checkHost(t *testing.T, chroot, deb string) {
 	mustExist(t, chroot, "/usr/bin/symvirt", "/lib/systemd/system/symvirt-hostd.service",
 		"/lib/systemd/system/symvirt-coord.service", "/etc/symvirt/hostd.yaml", "/etc/default/symvirt-hostd",
 		"/etc/default/symvirt-coord", "/usr/share/bash-completion/completions/symvirt",
-		"/usr/share/zsh/vendor-completions/_symvirt", "/usr/share/doc/symvirt-host/README.md")
+		"/usr/share/zsh/vendor-completions/_symvirt", "/usr/share/doc/symvirt-host/README.md",
+		"/usr/sbin/symvirt-node-alert")
 	verify(t, chroot, "symvirt-hostd.service", "symvirt-coord.service")
 	help := run(t, "chroot", chroot, "symvirt", "--help")
 	for _, want := range []string{"hostd", "coord", "completion"} {
