@@ -41,9 +41,11 @@
 //     runtime state (leases included) live under Layout's state directory,
 //     written through internal/atomicfile, so a crash leaves the old or the
 //     new file; Layout is also what tools and tests read.
-//   - Steps and leases (steps.go, fence.go, localop.go): typed, idempotent
-//     steps, each under an operation's lease; a lease that expires undoes
-//     what its steps did to the VM.
+//   - Steps and leases (steps.go, fence.go, localop.go, release.go):
+//     typed, idempotent steps, each under an operation's lease; a lease
+//     that expires releases the VM: a one-VM release operation of
+//     coord/machine, driven here like a direct operation, undoes what the
+//     vanished operation's steps may have left.
 //   - Snapshot and stream (checkpoint.go, live.go, sign.go, migrate.go,
 //     migtunnel.go, migtls.go, miguri.go): a checkpoint is a directory of
 //     hashed files under a manifest this hostd signs, its state written by
