@@ -18,6 +18,7 @@ type probe struct {
 	mu      sync.Mutex
 	answers map[string][]time.Time // per VM IP, when each answer came
 	stop    chan struct{}
+	once    sync.Once
 	wg      sync.WaitGroup
 }
 
@@ -55,8 +56,9 @@ func (p *probe) loop(ns *testenv.NetNS, ip string) {
 	}
 }
 
+// close stops the probes; it may be called more than once.
 func (p *probe) close() {
-	close(p.stop)
+	p.once.Do(func() { close(p.stop) })
 	p.wg.Wait()
 }
 

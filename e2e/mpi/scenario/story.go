@@ -72,6 +72,7 @@ func Run(c *Cluster, o Options) *Story {
 	s.add("three hosts a, b, c (network namespaces, a hostd each, mutual TLS) and a coordinator are up")
 	s.start(o.FromDisk)
 	s.net = startProbe(c.NS["a"], VMIP(1), VMIP(2))
+	defer s.net.close() // when the test fails in run
 	s.run()
 	s.net.close()
 	for i := range s.Ops {
