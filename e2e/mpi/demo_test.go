@@ -72,7 +72,7 @@ func printPauses(out io.Writer, s *scenario.Story) {
 	fmt.Fprintf(out, "  %-4s %-4s %-5s %8s  %s\n", "rank", "vm", "iter", "paused", "operation -> outcome")
 	for _, r := range s.Reports {
 		for _, p := range r.Pauses {
-			what := "waiting for the other ranks"
+			what := "no sync here (waiting for other ranks, or a slow step)"
 			if p.Op != "" {
 				what = p.Op + " -> " + p.Outcome
 			}
