@@ -1,11 +1,11 @@
-# symvirt: make demo (set up and run the main job), make test (everything).
+# symvirt: make demo (an MPI job through every operation), make test (everything).
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 
 include mk/guest.mk
 include mk/guest-mpi.mk
 
-.PHONY: all build test test-short test-race vet demo bench generate libsymvirt libsymvirt-mpi clean
+.PHONY: all build test test-short test-race vet demo demo-vm bench generate libsymvirt libsymvirt-mpi clean
 
 all: build
 
@@ -50,8 +50,14 @@ test-race: guest libsymvirt
 	$(GO) test -race -count=1 -run '^Test(Driver|Recovered|Journal)' ./coord/
 	GOFLAGS=-race SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 40m -run '^(TestLive|TestCoordCrash)' ./coord/
 
-demo: guest build
+# The MPI job over two Debian VMs through checkpoint, crash, restart,
+# migration and a node alert (scripts/demo: e2e/mpi/scenario).
+demo: guest-mpi build
 	@scripts/demo
+
+# One VM on hostd alone: checkpoint, restore, live migration.
+demo-vm: guest build
+	@scripts/demo-vm
 
 bench: guest build
 	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 60m -run '^(TestBench|TestDependencyAware)' -v ./... | grep '^{' || (echo "bench failed" >&2; exit 1)
