@@ -21,6 +21,7 @@ func (c *Coord) Handler() http.Handler {
 	c.stateRoutes(mux)
 	c.operationRoutes(mux)
 	c.adminRoutes(mux)
+	c.scheduleRoutes(mux)
 	return mux
 }
 
@@ -35,7 +36,7 @@ func handle[In any](mux *http.ServeMux, pattern string, fn func(*http.Request, I
 func (c *Coord) stateRoutes(mux *http.ServeMux) {
 	handle(mux, "GET /v1/hosts", func(*http.Request, none) (any, error) { return c.Hosts() })
 	handle(mux, "POST /v1/hosts", func(_ *http.Request, h Host) (any, error) { return h, c.AddHost(h) })
-	handle(mux, "GET /v1/jobs", func(*http.Request, none) (any, error) { return c.Jobs() })
+	handle(mux, "GET /v1/jobs", func(*http.Request, none) (any, error) { return c.JobInfos() })
 	handle(mux, "GET /v1/jobs/{name}", func(r *http.Request, _ none) (any, error) { return c.Job(r.PathValue("name")) })
 	handle(mux, "POST /v1/jobs", func(r *http.Request, j Job) (any, error) { return c.CreateJob(r.Context(), j) })
 	handle(mux, "GET /v1/status", func(r *http.Request, _ none) (any, error) { return c.Status(r.Context()) })

@@ -104,9 +104,9 @@ func jobsCommand() *cli.Command {
 		Name: "jobs", Usage: "list, show, create or remove jobs (named sets of VMs operated on together)",
 		Flags: coordFlags(),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			return query(ctx, cmd, "/v1/jobs", &[]coord.Job{}, func(w io.Writer, v any) {
-				for _, j := range *v.(*[]coord.Job) {
-					fmt.Fprintf(w, "%s\t%s\n", j.Name, jobVMs(j))
+			return query(ctx, cmd, "/v1/jobs", &[]coord.JobInfo{}, func(w io.Writer, v any) {
+				for _, j := range *v.(*[]coord.JobInfo) {
+					fmt.Fprintf(w, "%s\t%s\t%s\n", j.Name, jobVMs(j.Job), checkpointAge(j.LastCheckpoint))
 				}
 			})
 		},
