@@ -3,7 +3,9 @@ package coord
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -107,4 +109,14 @@ func (c *Coord) HostInfos() ([]HostInfo, error) {
 		out = append(out, hi)
 	}
 	return out, nil
+}
+
+// cordonedNote names the cordoned hosts for a "no host with room" error.
+func (c *Coord) cordonedNote() string {
+	cds, err := c.cordons()
+	if err != nil || len(cds) == 0 {
+		return ""
+	}
+	names := slices.Sorted(maps.Keys(cds))
+	return fmt.Sprintf(" (cordoned, so taking none: %s; symvirt hosts uncordon HOST)", strings.Join(names, ", "))
 }

@@ -71,8 +71,9 @@ func deadAddr(t *testing.T) string {
 // cordons both; the job with a VM on the down host is restarted from its
 // newest complete checkpoint on a host that is neither evacuated nor
 // cordoned, after its VM still running elsewhere was stopped; the result
-// gives the outcome per VM. A cordoned host then refuses a job, a
-// migration and an in-place restart; once uncordoned it takes them.
+// gives the outcome per VM. A cordoned host then refuses a job and a
+// migration, and a restart puts its VM elsewhere; once uncordoned it takes
+// them.
 func TestEvacuateDownHostRestartsFromCheckpointAndCordons(t *testing.T) {
 	// h1 is the most loaded: only the cordon keeps the restart off h4.
 	up := map[string]*stubHost{"h1": {list: `[{"name":"x","state":"running"}]`}, "h3": {}, "h4": {}}
@@ -148,8 +149,13 @@ func TestEvacuateDownHostRestartsFromCheckpointAndCordons(t *testing.T) {
 	}
 	c.store.Put(bucketCheckpoints, "ck-h3", Checkpoint{ID: "ck-h3", Job: "j1", Status: "complete", CreatedAt: now,
 		VMs: []CheckpointVM{{Name: "vm1", Host: "h3", Dir: "/ck/ck-h3/vm1"}, {Name: "vm2", Host: "h1", Dir: "/ck/ck-h3/vm2"}}})
-	if _, err := c.Restart(ctx, "j1", RestartOptions{Checkpoint: "ck-h3"}, nil); !errors.Is(err, ErrCordoned) {
-		t.Errorf("a restart in place on a cordoned host: %v", err)
+	// A restart from a cut taken on h3 (cordoned) restores its VM elsewhere.
+	r, err = c.Restart(ctx, "j1", RestartOptions{Checkpoint: "ck-h3"}, nil)
+	if err != nil || r.Outcome != machine.OutcomeRestored {
+		t.Fatalf("restart from a cut on a cordoned host: %v %+v", err, r)
+	}
+	if j, _ := c.Job("j1"); j.VMs[0].Host != "h1" {
+		t.Errorf("vm1 of a cut on cordoned h3 restored on %s, want h1", j.VMs[0].Host)
 	}
 	if err := c.UncordonHost("h3"); err != nil {
 		t.Fatal(err)

@@ -148,7 +148,7 @@ type RestartOptions struct {
 }
 
 // Restart restores every VM of a job from a checkpoint, on its host or,
-// when that host is excluded, on another host with room.
+// when that host is excluded, cordoned or down, on another host with room.
 func (c *Coord) Restart(ctx context.Context, job string, opts RestartOptions, progress ProgressFunc) (machine.Result, error) {
 	j, err := c.Job(job)
 	if err != nil {
@@ -197,15 +197,10 @@ func (c *Coord) Restart(ctx context.Context, job string, opts RestartOptions, pr
 	var vms []machine.VM
 	for _, v := range ck.VMs {
 		m := machine.VM{Name: v.Name, Host: v.Host}
-		if !slices.Contains(opts.ExcludeHosts, v.Host) {
-			if err := c.placeable(fmt.Sprintf("restart vm %q", v.Name), v.Host); err != nil {
-				return machine.Result{}, err
-			}
-		}
 		if slices.Contains(opts.ExcludeHosts, v.Host) || load[v.Host] == nil {
 			dest, err := pick(load, v.Host)
 			if err != nil {
-				return machine.Result{}, fmt.Errorf("vm %q: %w", v.Name, err)
+				return machine.Result{}, fmt.Errorf("vm %q: %w%s", v.Name, err, c.cordonedNote())
 			}
 			m.Dest = dest
 		}
