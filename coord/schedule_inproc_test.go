@@ -136,3 +136,36 @@ func scrapeMetrics(t *testing.T, c *Coord) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// The schedule of a job that was removed is dropped at its next tick.
+func TestScheduleOfRemovedJobIsDropped(t *testing.T) {
+	dir := t.TempDir()
+	st, err := OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Put(bucketJobs, "j1", Job{Name: "j1", VMs: []JobVM{{Name: "vm1", Host: "h1"}}})
+	st.Close()
+	c, err := New(Config{StateDir: dir, CheckpointDir: "/ck", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.SetSchedule(Schedule{Job: "j1", Every: time.Second, Keep: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RemoveJob("j1"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		scheds, _ := c.Schedules()
+		if len(scheds) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the schedule of a removed job stays: %+v", scheds)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

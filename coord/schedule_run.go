@@ -85,6 +85,13 @@ func (c *Coord) runTick(s Schedule) {
 		log.Warn("scheduled checkpoint skipped: the job is busy", "err", err)
 		c.scheduleOutcome(s, log, func(x *Schedule) { x.Skipped++; x.LastOutcome = "skipped: " + err.Error() })
 		return
+	case errors.Is(err, ErrNotFound) && res.Op == "":
+		if _, jerr := c.Job(s.Job); errors.Is(jerr, ErrNotFound) {
+			log.Warn("schedule dropped: its job is gone")
+			c.dropSchedule(s, log)
+			return
+		}
+		fallthrough
 	case err != nil || res.Checkpoint != machine.CheckpointComplete:
 		why := res.Reason
 		if err != nil {
@@ -103,6 +110,19 @@ func (c *Coord) runTick(s Schedule) {
 		x.Runs, x.Pruned = x.Runs+1, x.Pruned+pruned
 		x.LastOutcome = "complete: " + res.CheckpointID
 	})
+}
+
+// dropSchedule removes a schedule unless it was replaced meanwhile.
+func (c *Coord) dropSchedule(s Schedule, log *slog.Logger) {
+	c.sched.mu.Lock()
+	defer c.sched.mu.Unlock()
+	var cur Schedule
+	if err := c.store.Get(bucketSchedules, s.Job, &cur); err != nil || !cur.Created.Equal(s.Created) {
+		return
+	}
+	if err := c.store.Delete(bucketSchedules, s.Job); err != nil {
+		log.Error("schedule not dropped", "err", err)
+	}
 }
 
 func (c *Coord) scheduleOutcome(s Schedule, log *slog.Logger, change func(*Schedule)) {
