@@ -21,6 +21,8 @@ func (c *Coord) Handler() http.Handler {
 	c.stateRoutes(mux)
 	c.operationRoutes(mux)
 	c.adminRoutes(mux)
+	c.scheduleRoutes(mux)
+	c.cordonRoutes(mux)
 	return mux
 }
 
@@ -33,9 +35,9 @@ func handle[In any](mux *http.ServeMux, pattern string, fn func(*http.Request, I
 
 // stateRoutes: hosts, jobs, checkpoints and operations as stored.
 func (c *Coord) stateRoutes(mux *http.ServeMux) {
-	handle(mux, "GET /v1/hosts", func(*http.Request, none) (any, error) { return c.Hosts() })
+	handle(mux, "GET /v1/hosts", func(*http.Request, none) (any, error) { return c.HostInfos() })
 	handle(mux, "POST /v1/hosts", func(_ *http.Request, h Host) (any, error) { return h, c.AddHost(h) })
-	handle(mux, "GET /v1/jobs", func(*http.Request, none) (any, error) { return c.Jobs() })
+	handle(mux, "GET /v1/jobs", func(*http.Request, none) (any, error) { return c.JobInfos() })
 	handle(mux, "GET /v1/jobs/{name}", func(r *http.Request, _ none) (any, error) { return c.Job(r.PathValue("name")) })
 	handle(mux, "POST /v1/jobs", func(r *http.Request, j Job) (any, error) { return c.CreateJob(r.Context(), j) })
 	handle(mux, "GET /v1/status", func(r *http.Request, _ none) (any, error) { return c.Status(r.Context()) })
@@ -72,7 +74,7 @@ func (c *Coord) operationRoutes(mux *http.ServeMux) {
 		Live bool `json:"live"`
 	}) (jsonapi.Op, error) {
 		return op(func(p ProgressFunc) (any, error) {
-			res, err := c.Evacuate(r.Context(), r.PathValue("name"), o.Live, p)
+			res, err := c.Evacuate(r.Context(), []string{r.PathValue("name")}, o.Live, p)
 			if res == nil {
 				res = []machine.Result{} // a list, also when empty: the client decodes one
 			}
@@ -122,9 +124,9 @@ func (c *Client) Migrate(ctx context.Context, target string, o MigrateOptions, p
 	return res, err
 }
 
-// Evacuate empties a host.
-func (c *Client) Evacuate(ctx context.Context, host string, live bool, p ProgressFunc) ([]machine.Result, error) {
+// Evacuate empties hosts and cordons them.
+func (c *Client) Evacuate(ctx context.Context, hosts []string, live bool, p ProgressFunc) ([]machine.Result, error) {
 	var res []machine.Result
-	err := c.Stream(ctx, "/v1/hosts/"+url.PathEscape(host)+"/evacuate", map[string]bool{"live": live}, &res, p)
+	err := c.Stream(ctx, "/v1/evacuate", EvacuateOptions{Hosts: hosts, Live: live}, &res, p)
 	return res, err
 }

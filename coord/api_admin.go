@@ -35,6 +35,9 @@ func (c *Coord) RemoveHost(name string) error {
 				name, j.VMs[i].Name, j.Name, ErrBusy)
 		}
 	}
+	if err := c.store.Delete(bucketCordons, name); err != nil {
+		return err
+	}
 	return c.store.Delete(bucketHosts, name)
 }
 

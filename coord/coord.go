@@ -46,6 +46,8 @@ type Coord struct {
 	mu   sync.Mutex
 	busy map[string]string // job -> op id
 	wg   sync.WaitGroup
+
+	sched scheduler
 }
 
 // New opens the store and resumes unfinished operations (they finish or
@@ -74,6 +76,7 @@ func New(cfg Config) (*Coord, error) {
 			c.recover(&rec)
 		}
 	}
+	c.startScheduler()
 	return c, nil
 }
 
@@ -96,8 +99,11 @@ func (c *Coord) recover(rec *OpRecord) {
 // Wait waits for background operations (recovered ones) to end.
 func (c *Coord) Wait() { c.wg.Wait() }
 
-// Close closes the store.
-func (c *Coord) Close() error { return c.store.Close() }
+// Close stops the scheduler and closes the store.
+func (c *Coord) Close() error {
+	c.stopScheduler()
+	return c.store.Close()
+}
 
 func newID(prefix string) string {
 	b := make([]byte, 4)

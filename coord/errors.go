@@ -20,6 +20,9 @@ var (
 	ErrBusy       = jsonapi.ErrBusy
 	ErrFailed     = errors.New("operation failed")
 	ErrNoCapacity = errors.New("no host with room")
+	// ErrCordoned: a placement on a cordoned host was refused (an
+	// ErrInvalid: on the wire and in exit codes it is a refused request).
+	ErrCordoned = fmt.Errorf("host is cordoned: %w", ErrInvalid)
 	// ErrGuestRefused: the operation rolled back because a guest did not
 	// reach its safe point (it refused, or its deadline passed). It is an
 	// ErrFailed.

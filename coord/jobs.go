@@ -80,6 +80,9 @@ func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
 		if _, err := c.host(vm.Host); err != nil {
 			return j, fmt.Errorf("job %q vm %q: host: %w", j.Name, vm.Name, err)
 		}
+		if err := c.placeable(fmt.Sprintf("job %q vm %q", j.Name, vm.Name), vm.Host); err != nil {
+			return j, err
+		}
 		if other, err := c.jobOf(vm.Name); err == nil {
 			return j, fmt.Errorf("vm %q is already in job %q: %w", vm.Name, other.Name, ErrExists)
 		}
@@ -163,10 +166,14 @@ type hostLoad struct {
 	limit int
 }
 
-// placement lists reachable hosts (not excluded) with their load.
+// placement lists reachable hosts (neither excluded nor cordoned) with
+// their load.
 func (c *Coord) placement(ctx context.Context, exclude []string) (map[string]*hostLoad, error) {
 	hosts, err := c.Hosts()
 	if err != nil {
+		return nil, err
+	}
+	if exclude, err = c.withCordoned(exclude); err != nil {
 		return nil, err
 	}
 	out := map[string]*hostLoad{}

@@ -14,7 +14,7 @@ import (
 // address only (symvirt coord --metrics-address), never on the API.
 func (c *Coord) MetricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(storeCollector{c}, collectors.NewGoCollector(),
+	reg.MustRegister(storeCollector{c}, scheduleCollector{c}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

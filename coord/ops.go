@@ -148,7 +148,7 @@ type RestartOptions struct {
 }
 
 // Restart restores every VM of a job from a checkpoint, on its host or,
-// when that host is excluded, on another host with room.
+// when that host is excluded, cordoned or down, on another host with room.
 func (c *Coord) Restart(ctx context.Context, job string, opts RestartOptions, progress ProgressFunc) (machine.Result, error) {
 	j, err := c.Job(job)
 	if err != nil {
@@ -200,7 +200,7 @@ func (c *Coord) Restart(ctx context.Context, job string, opts RestartOptions, pr
 		if slices.Contains(opts.ExcludeHosts, v.Host) || load[v.Host] == nil {
 			dest, err := pick(load, v.Host)
 			if err != nil {
-				return machine.Result{}, fmt.Errorf("vm %q: %w", v.Name, err)
+				return machine.Result{}, fmt.Errorf("vm %q: %w%s", v.Name, err, c.cordonedNote())
 			}
 			m.Dest = dest
 		}
@@ -227,6 +227,9 @@ func (c *Coord) Migrate(ctx context.Context, target string, opts MigrateOptions,
 		if _, err := c.host(h); err != nil {
 			return machine.Result{}, fmt.Errorf("migrate to %s: %w", h, err)
 		}
+		if err := c.placeable("migrate to "+h, h); err != nil {
+			return machine.Result{}, err
+		}
 	}
 	j, err := c.Job(target)
 	only := ""
@@ -251,48 +254,4 @@ func (c *Coord) Migrate(ctx context.Context, target string, opts MigrateOptions,
 	}
 	return c.run(ctx, machine.KindMigrate, j, vms, machine.Options{Live: opts.Live || opts.DependencyAware,
 		Freeze: opts.DependencyAware}, progress)
-}
-
-// Evacuate moves every VM off a host; a job spanning the host is moved as
-// a job (its other VMs pause with it for a consistent cut).
-func (c *Coord) Evacuate(ctx context.Context, host string, live bool, progress ProgressFunc) ([]machine.Result, error) {
-	if _, err := c.host(host); err != nil {
-		return nil, err
-	}
-	jobs, err := c.Jobs()
-	if err != nil {
-		return nil, err
-	}
-	load, err := c.placement(ctx, []string{host})
-	if err != nil {
-		return nil, err
-	}
-	// Empty, not nil: a host without VMs answers [] (a nil result would
-	// reach the client as {}, which is no list).
-	results := []machine.Result{}
-	var firstErr error
-	for _, j := range jobs {
-		var vms []machine.VM
-		moving := false
-		for _, v := range j.VMs {
-			m := machine.VM{Name: v.Name, Host: v.Host}
-			if v.Host == host {
-				dest, err := pick(load, host)
-				if err != nil {
-					return results, fmt.Errorf("evacuate %s: vm %q: %w", host, v.Name, err)
-				}
-				m.Dest, moving = dest, true
-			}
-			vms = append(vms, m)
-		}
-		if !moving {
-			continue
-		}
-		res, err := c.run(ctx, machine.KindEvacuate, j, vms, machine.Options{Live: live}, progress)
-		results = append(results, res)
-		if err != nil && firstErr == nil {
-			firstErr = err
-		}
-	}
-	return results, firstErr
 }

@@ -29,6 +29,8 @@ const (
 	bucketJobs        = "jobs"
 	bucketOps         = "ops"
 	bucketCheckpoints = "checkpoints"
+	bucketSchedules   = "schedules"
+	bucketCordons     = "cordons"
 )
 
 type boltStore struct{ db *bolt.DB }
@@ -43,7 +45,7 @@ func OpenBolt(dir string) (Store, error) {
 		return nil, fmt.Errorf("coord store: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range []string{bucketHosts, bucketJobs, bucketOps, bucketCheckpoints} {
+		for _, b := range []string{bucketHosts, bucketJobs, bucketOps, bucketCheckpoints, bucketSchedules, bucketCordons} {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}

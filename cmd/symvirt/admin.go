@@ -61,16 +61,16 @@ func statusCommand() *cli.Command {
 
 func hostsCommand() *cli.Command {
 	return &cli.Command{
-		Name: "hosts", Usage: "list, add or remove the hosts the coordinator drives",
+		Name: "hosts", Usage: "list, add, remove, cordon or uncordon the hosts the coordinator drives",
 		Flags: coordFlags(),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			return query(ctx, cmd, "/v1/hosts", &[]coord.Host{}, func(w io.Writer, v any) {
-				for _, h := range *v.(*[]coord.Host) {
-					fmt.Fprintf(w, "%s\t%s\n", h.Name, h.Addr)
+			return query(ctx, cmd, "/v1/hosts", &[]coord.HostInfo{}, func(w io.Writer, v any) {
+				for _, h := range *v.(*[]coord.HostInfo) {
+					fmt.Fprintf(w, "%s\t%s%s\n", h.Name, h.Addr, cordonedColumn(h.Cordoned))
 				}
 			})
 		},
-		Commands: []*cli.Command{{
+		Commands: append([]*cli.Command{{
 			Name: "add", Usage: "register a hostd (or change its address)", ArgsUsage: "NAME ADDR",
 			Description: "NAME is the host's name in jobs and commands (its hostd certificate's --name under TLS);\n" +
 				"ADDR its hostd API address: host:port (--listen) or a unix socket path.",
@@ -95,7 +95,7 @@ func hostsCommand() *cli.Command {
 					fmt.Fprintf(w, "host %s removed\n", name)
 				})
 			},
-		}},
+		}}, cordonCommands()...),
 	}
 }
 
@@ -104,9 +104,9 @@ func jobsCommand() *cli.Command {
 		Name: "jobs", Usage: "list, show, create or remove jobs (named sets of VMs operated on together)",
 		Flags: coordFlags(),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			return query(ctx, cmd, "/v1/jobs", &[]coord.Job{}, func(w io.Writer, v any) {
-				for _, j := range *v.(*[]coord.Job) {
-					fmt.Fprintf(w, "%s\t%s\n", j.Name, jobVMs(j))
+			return query(ctx, cmd, "/v1/jobs", &[]coord.JobInfo{}, func(w io.Writer, v any) {
+				for _, j := range *v.(*[]coord.JobInfo) {
+					fmt.Fprintf(w, "%s\t%s\t%s\n", j.Name, jobVMs(j.Job), checkpointAge(j.LastCheckpoint))
 				}
 			})
 		},

@@ -51,8 +51,8 @@ func TestLiveIsTheDefaultEverywhere(t *testing.T) {
 	}{
 		{[]string{"migrate", "vm1", "--to", "b"}, "/v1/migrate/vm1", `{"to":["b"],"live":true}`},
 		{[]string{"migrate", "vm1", "--to", "b", "--live=false"}, "/v1/migrate/vm1", `{"to":["b"]}`},
-		{[]string{"evacuate", "a"}, "/v1/hosts/a/evacuate", `{"live":true}`},
-		{[]string{"evacuate", "a", "--live=false"}, "/v1/hosts/a/evacuate", `{"live":false}`},
+		{[]string{"evacuate", "a"}, "/v1/evacuate", `{"hosts":["a"],"live":true}`},
+		{[]string{"evacuate", "a", "--live=false"}, "/v1/evacuate", `{"hosts":["a"],"live":false}`},
 		{[]string{"checkpoint", "j1"}, "/v1/jobs/j1/checkpoint", `{"live":true}`},
 		{[]string{"checkpoint", "j1", "--live=false", "--bandwidth", "200M"}, "/v1/jobs/j1/checkpoint", `{"live":false,"bandwidth":209715200}`},
 	} {

@@ -10,6 +10,7 @@ import (
 	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/cliutil"
+	"github.com/symvirt/symvirt/internal/hostlist"
 	"github.com/urfave/cli/v3"
 )
 
@@ -159,12 +160,19 @@ func operationCommands() []*cli.Command {
 				return c.Migrate(ctx, target, coord.MigrateOptions{To: cmd.StringSlice("to"), Live: cmd.Bool("live"),
 					DependencyAware: cmd.Bool("dependency-aware")}, p)
 			}),
-		opCommand("evacuate", "move every VM off a host (jobs move as jobs)", "HOST",
-			"HOST is a host name, as in `symvirt hosts`. Each job with VMs on it is migrated, live by default, to the\n"+
-				"hosts with room; VMs whose host is down are reported lost (restart their job from a checkpoint).",
+		opCommand("evacuate", "move every VM off hosts and cordon them (jobs move as jobs)", "HOSTLIST",
+			"HOSTLIST is a host name, as in `symvirt hosts`, or a Slurm hostlist such as 'node[1-3,7]'. Every host is\n"+
+				"cordoned (no new VM is placed there until symvirt hosts uncordon). Each job with VMs on them is migrated,\n"+
+				"live by default, to the other hosts with room. A job with a VM on a host that is down is restarted instead\n"+
+				"from its newest complete checkpoint on other hosts (its VMs still running elsewhere stop first); the result\n"+
+				"gives the outcome per VM of each job.",
 			[]cli.Flag{liveFlag("pre-copy while the VMs run")},
-			func(ctx context.Context, c *coord.Client, cmd *cli.Command, host string, p coord.ProgressFunc) (any, error) {
-				res, err := c.Evacuate(ctx, host, cmd.Bool("live"), p)
+			func(ctx context.Context, c *coord.Client, cmd *cli.Command, list string, p coord.ProgressFunc) (any, error) {
+				hosts, err := hostlist.Expand(list)
+				if err != nil {
+					return nil, usageErr("evacuate: %v", err)
+				}
+				res, err := c.Evacuate(ctx, hosts, cmd.Bool("live"), p)
 				if res == nil && err == nil {
 					res = []machine.Result{} // nothing to move: [] in JSON, never null
 				}
