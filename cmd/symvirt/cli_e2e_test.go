@@ -110,6 +110,8 @@ var clusterCmds = [][]string{
 	{"evacuate", "a"}, {"status"}, {"hosts"}, {"hosts", "add", "a", "/x.sock"}, {"hosts", "rm", "a"},
 	{"jobs"}, {"jobs", "show", "j1"}, {"jobs", "rm", "j1"}, {"jobs", "create", "-f", "JOBFILE"},
 	{"checkpoints"}, {"checkpoints", "list"}, {"checkpoints", "show", "c1"}, {"checkpoints", "rm", "c1"},
+	{"evacuate", "node[1-2]"}, {"hosts", "cordon", "a"}, {"hosts", "uncordon", "a"},
+	{"schedule", "j1", "--every", "1h", "--keep", "3"}, {"schedule", "list"}, {"schedule", "rm", "j1"},
 }
 
 // hostCmds are every command that talks to one hostd.
