@@ -21,6 +21,7 @@ func (c *Coord) Handler() http.Handler {
 	c.stateRoutes(mux)
 	c.operationRoutes(mux)
 	c.adminRoutes(mux)
+	c.opsRoutes(mux)
 	return mux
 }
 
