@@ -172,14 +172,14 @@ func TestOpsCancelBeforeCommitRollsBack(t *testing.T) {
 }
 
 // A cancel of a live checkpoint past its commit point (the VMs resumed,
-// their memory still streaming: WaitSave) does not undo it: the
+// their memory still streaming at 4 MB/s: WaitSave) does not undo it: the
 // checkpoint finishes complete, `ops cancel` says so, and a second cancel
 // finds nothing to cancel.
 func TestOpsCancelAfterCommitFinishes(t *testing.T) {
 	c := newCluster(t)
 	startJob(t, c, "")
 	ck := make(chan cliRun, 1)
-	go func() { ck <- c.run("checkpoint", "jf", "--live", "--bandwidth", "8M") }()
+	go func() { ck <- c.run("checkpoint", "jf", "--live", "--bandwidth", "4M") }()
 	waitStreaming(t, c, "b", "vm2")
 	id := c.runningOp("jf", machine.PhaseResume)
 	watch := c.watchAsync(id)
