@@ -264,5 +264,8 @@ func cancelReply(v OpView) CancelReply {
 		r.Effect = CancelRolledBack
 		r.Message = fmt.Sprintf("operation %s rolled back: %s", v.ID, res.Reason)
 	}
+	if res := v.Result; len(res.Stranded)+len(res.Lost) > 0 {
+		r.Message += fmt.Sprintf("; but lost %v, stranded %v: an operator must look", res.Lost, res.Stranded)
+	}
 	return r
 }
