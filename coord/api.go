@@ -23,6 +23,7 @@ func (c *Coord) Handler() http.Handler {
 	c.adminRoutes(mux)
 	c.scheduleRoutes(mux)
 	c.cordonRoutes(mux)
+	c.opsRoutes(mux)
 	return mux
 }
 

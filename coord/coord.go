@@ -44,7 +44,8 @@ type Coord struct {
 	log   *slog.Logger
 
 	mu   sync.Mutex
-	busy map[string]string // job -> op id
+	busy map[string]string  // job -> op id
+	live map[string]*liveOp // op id -> its running operation (opsview.go)
 	wg   sync.WaitGroup
 
 	sched scheduler

@@ -24,6 +24,7 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 	go c.renewLeases(renewCtx, rec)
 	journaled := 0 // successful writes: each sends the actions of a step
 	ex := &executor{c: c, rec: rec, notes: &vmNotes{}}
+	lv := c.track(rec)
 	res, err := run.Drive(ctx, op, acts, ex, run.Hooks{
 		Journal: func(*machine.Op) error {
 			err := c.store.Put(bucketOps, op.ID, rec)
@@ -36,7 +37,8 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 			return err
 		},
 		Journaled: func(op *machine.Op) { journaled++; c.crashPoint(op) },
-		Progress:  progressHook(progress),
+		Progress:  lv.progress(progressHook(progress)),
+		Inbox:     lv.inbox,
 		Log:       log,
 	})
 	for i := range res.VMs {
@@ -52,6 +54,7 @@ func (c *Coord) drive(ctx context.Context, rec *OpRecord, acts []machine.Action,
 	if err != nil {
 		res.Reason, res.Error = journalFailed(res, err)
 	}
+	c.untrack(lv, op, res, err)
 	if res.Done {
 		c.afterOp(rec, res)
 		log.Info("operation done", "outcome", res.Outcome, "reason", res.Reason, "lost", res.Lost)

@@ -43,18 +43,24 @@ func (c *Coord) run(ctx context.Context, kind machine.Kind, job Job, vms []machi
 	}
 	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
 	res, err := c.drive(ctx, rec, acts, progress)
+	return res, opError(kind, job.Name, res, err)
+}
+
+// opError is an operation's error from its result and its driver's error
+// (the journal's); `symvirt ops watch` reports the same.
+func opError(kind machine.Kind, job string, res machine.Result, err error) error {
 	switch {
 	case err != nil && res.Done:
-		return res, fmt.Errorf("%s of job %q: %w: it ended %s, but %w (a restarted coordinator repeats its closing steps)",
-			kind, job.Name, ErrFailed, res.Outcome, err)
+		return fmt.Errorf("%s of job %q: %w: it ended %s, but %w (a restarted coordinator repeats its closing steps)",
+			kind, job, ErrFailed, res.Outcome, err)
 	case err != nil:
-		return res, fmt.Errorf("%s of job %q: %w: %w", kind, job.Name, ErrFailed, err)
+		return fmt.Errorf("%s of job %q: %w: %w", kind, job, ErrFailed, err)
 	case res.Outcome == machine.OutcomeAborted || res.Outcome == "":
-		return res, fmt.Errorf("%s of job %q: %w: %s", kind, job.Name, ErrFailed, res.Reason)
+		return fmt.Errorf("%s of job %q: %w: %s", kind, job, ErrFailed, res.Reason)
 	case kind == machine.KindCheckpoint && res.Checkpoint != machine.CheckpointComplete:
-		return res, fmt.Errorf("%s of job %q: %w: checkpoint %s: %s (the job runs on)", kind, job.Name, ErrFailed, res.Checkpoint, res.Reason)
+		return fmt.Errorf("%s of job %q: %w: checkpoint %s: %s (the job runs on)", kind, job, ErrFailed, res.Checkpoint, res.Reason)
 	}
-	return res, nil
+	return nil
 }
 
 // begin makes an operation and its journal record; a checkpoint's

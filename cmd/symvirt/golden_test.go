@@ -21,7 +21,7 @@ func TestHelpGolden(t *testing.T) {
 		{}, {"checkpoint"}, {"restart"}, {"migrate"}, {"evacuate"}, {"status"}, {"hosts"}, {"hosts", "add"},
 		{"hosts", "rm"}, {"jobs"}, {"jobs", "create"}, {"jobs", "show"}, {"jobs", "rm"}, {"checkpoints"},
 		{"vm"}, {"vm", "checkpoint"}, {"vm", "migrate"}, {"rejuvenate"}, {"coord"}, {"hostd"},
-		{"schedule"}, {"hosts", "cordon"}, {"hosts", "uncordon"},
+		{"schedule"}, {"hosts", "cordon"}, {"hosts", "uncordon"}, {"ops"}, {"ops", "cancel"}, {"ops", "watch"},
 	} {
 		name := strings.Join(append([]string{"symvirt"}, args...), "-")
 		var out, errb bytes.Buffer

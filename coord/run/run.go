@@ -37,7 +37,11 @@ type Hooks struct {
 	Journaled func(*machine.Op)
 	// Progress runs after each step.
 	Progress func(*machine.Op)
-	Log      *slog.Logger
+	// Inbox carries events from outside the driver (an operator's
+	// machine.Cancel); the driver steps them like any other, so it stays
+	// the only one touching the Op. Nil: none.
+	Inbox <-chan machine.Event
+	Log   *slog.Logger
 }
 
 // Drive runs op to its end, starting with acts (the actions New or Recover
@@ -128,6 +132,7 @@ func (d *driver) next() (machine.Event, bool) {
 	var ev machine.Event
 	select {
 	case ev = <-d.events:
+	case ev = <-d.h.Inbox:
 	case <-timer:
 		ev = machine.Tick{Now: time.Now()}
 	}
