@@ -66,12 +66,14 @@ type VM struct {
 	mu        sync.Mutex
 	spec      Spec
 	rt        runtimeState
-	savedRT   []byte          // rt as last written: saveRuntime skips an unchanged state
-	proc      *qemu.Process   // the current QEMU (nil: none, or not adopted)
-	ramOrphan bool            // the current QEMU went away (process.go's watch)
-	operation string          // what the VM is doing now, for status
-	live      *liveSave       // a live checkpoint still streaming
-	armed     *snapshot.Armed // a live checkpoint made ready before the job's cut
+	savedRT   []byte             // rt as last written: saveRuntime skips an unchanged state
+	proc      *qemu.Process      // the current QEMU (nil: none, or not adopted)
+	ramOrphan bool               // the current QEMU went away (process.go's watch)
+	operation string             // what the VM is doing now, for status
+	live      *liveSave          // a live checkpoint still streaming
+	armed     *snapshot.Armed    // a live checkpoint made ready before the job's cut
+	fwdOp     string             // the operation whose forward step runs now
+	fwdCancel context.CancelFunc // cancels it (lockStep: its closing step is waiting)
 	attachMu  sync.Mutex
 	stoppedAt time.Time // when hostd stopped the vCPUs for a cut, for its pause
 	fencedAt  time.Time // when the network fence went up

@@ -295,11 +295,15 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 		}
 		return "", err
 	}
-	if err := vm.lock("step " + req.Kind); err != nil {
+	if err := vm.lockStep(ctx, req); err != nil {
 		return "", err
 	}
 	defer vm.unlock()
 	if fn, ok := forwardSteps[req.Kind]; ok {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		vm.setForward(req.Op, cancel)
+		defer vm.setForward("", nil)
 		return fn(vm, ctx, req)
 	}
 	vm.dropArm() // an arm the closing operation did not use
@@ -676,4 +680,44 @@ func (h *Host) waitSaveStep(ctx context.Context, req StepRequest) StepResult {
 	}
 	res.OK = true
 	return res
+}
+
+// lockStep takes vm's lock for a step. A closing step of the operation
+// whose forward step holds the lock cancels that step and waits for it:
+// the machine supersedes a forward step it stopped waiting for (a guest
+// stuck before its safe point, an operator's cancel) with its
+// compensation, which must not fail for being early.
+func (vm *VM) lockStep(ctx context.Context, req StepRequest) error {
+	err := vm.lock("step " + req.Kind)
+	if err == nil || step.Forward(req.Kind) {
+		return err
+	}
+	vm.mu.Lock()
+	cancel := vm.fwdCancel
+	same := cancel != nil && vm.fwdOp == req.Op
+	vm.mu.Unlock()
+	if !same {
+		return err
+	}
+	cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (its own forward step did not end when cancelled: %v)", err, ctx.Err())
+		case <-t.C:
+			if vm.lock("step "+req.Kind) == nil {
+				return nil
+			}
+		}
+	}
+}
+
+// setForward records the forward step vm runs now: its operation, and how
+// to cancel it.
+func (vm *VM) setForward(op string, cancel context.CancelFunc) {
+	vm.mu.Lock()
+	vm.fwdOp, vm.fwdCancel = op, cancel
+	vm.mu.Unlock()
 }
