@@ -24,4 +24,7 @@ func TestExamplesLoad(t *testing.T) {
 	if j.Name == "" || len(j.VMs) != 2 {
 		t.Errorf("examples/job.yaml: job %q with %d VMs, want mpi-job with 2", j.Name, len(j.VMs))
 	}
+	if _, err := loadJob(filepath.Join(dir, "mpi", "job.yaml")); err != nil {
+		t.Errorf("examples/mpi/job.yaml: %v", err)
+	}
 }
