@@ -152,7 +152,7 @@ var thermoRowRE = regexp.MustCompile(`(?m)^[ \t]+(\d+)[ \t]+\S+[ \t]+\S+[ \t]+\S
 // waitStep waits until LAMMPS printed the thermo row of step n.
 func (l *lammpsRun) waitStep(n int) {
 	l.g.c.t.Helper()
-	l.wait(fmt.Sprintf("step %d", n), func(string) bool { return l.step >= n })
+	l.wait(fmt.Sprintf("step %d", n), 4*time.Minute, func(string) bool { return l.step >= n })
 }
 
 // waitProgress waits until the run printed two more lines (thermo rows, or
@@ -160,20 +160,21 @@ func (l *lammpsRun) waitStep(n int) {
 func (l *lammpsRun) waitProgress() {
 	l.g.c.t.Helper()
 	since := l.lines
-	l.wait("progress", func(out string) bool { return strings.Count(out, "\n") >= since+2 })
+	l.wait("progress", 4*time.Minute, func(out string) bool { return strings.Count(out, "\n") >= since+2 })
 }
 
 // finish lets the run end and returns its output.
 func (l *lammpsRun) finish() string {
 	l.g.run("cd && printf 'variable go equal 1\\n' >hold.tmp && mv hold.tmp hold.in")
-	l.wait("the end", func(out string) bool { return strings.Contains(out, "Total wall time") })
+	// The second part of the run, undisturbed: minutes under TCG.
+	l.wait("the end", 20*time.Minute, func(out string) bool { return strings.Contains(out, "Total wall time") })
 	return l.g.run("cat lammps.out")
 }
 
-func (l *lammpsRun) wait(what string, done func(string) bool) {
+func (l *lammpsRun) wait(what string, timeout time.Duration, done func(string) bool) {
 	c := l.g.c
 	c.t.Helper()
-	deadline := time.Now().Add(4 * time.Minute)
+	deadline := time.Now().Add(timeout)
 	for {
 		out := l.g.run("cat lammps.out")
 		l.lines = strings.Count(out, "\n")
@@ -188,7 +189,7 @@ func (l *lammpsRun) wait(what string, done func(string) bool) {
 			c.dumpGuests()
 			c.t.Fatalf("waiting for %s of LAMMPS:\n%s", what, tail(out, 4000))
 		}
-		time.Sleep(time.Second)
+		time.Sleep(2 * time.Second)
 	}
 }
 
