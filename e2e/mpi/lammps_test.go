@@ -62,14 +62,14 @@ func TestPMPILAMMPSInVMs(t *testing.T) {
 	if res.Checkpoint != machine.CheckpointComplete {
 		t.Fatalf("checkpoint not complete: %+v", res)
 	}
-	l.waitProgress()
 	// Not asserted (it depends on TCG's speed): did it land in the dynamics,
 	// before the hold?
 	if held := strings.Contains(l.g.run("cat lammps.out"), "symvirt-held"); held {
 		t.Logf("the checkpoint landed in the hold loop (LAMMPS was at step %d), not mid-run", l.step)
 	} else {
-		t.Logf("the checkpoint landed mid-run (LAMMPS now at step %d of %d, the hold at %d)", l.step, meltSteps, meltHoldAt)
+		t.Logf("the checkpoint landed mid-run (LAMMPS was at step %d of %d, the hold at %d)", l.step, meltSteps, meltHoldAt)
 	}
+	l.waitProgress()
 
 	c.killAll("lmp")
 	time.Sleep(3 * time.Second)
