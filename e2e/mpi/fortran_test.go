@@ -34,7 +34,7 @@ func TestMPIFortranCheckpointRestart(t *testing.T) {
 	}
 	// Output in ~/jacobi.out, as jacobi-job does, so that guestJob follows it.
 	g := &guestJob{c: c, ip: vmIP(1)}
-	cmd := fmt.Sprintf("cd && rm -f jacobi.out && nohup setsid mpirun --host %s:2,%s:2 -np %d "+
+	cmd := fmt.Sprintf("cd && rm -f jacobi.out; nohup setsid mpirun --host %s:2,%s:2 -np %d "+
 		"/usr/local/bin/jacobi-f %s -d 20 -H 500 -f %s >jacobi.out 2>&1 </dev/null & echo started",
 		vmIP(1), vmIP(2), ranks, strings.Join(jacobiArgs, " "), holdFile)
 	t.Logf("ssh mpi@%s %s", g.ip, cmd)

@@ -145,7 +145,7 @@ type lammpsRun struct {
 
 func (l *lammpsRun) start(input string) {
 	l.g.run("cd && printf 'variable go equal 0\\n' >hold.in && cat >in.melt <<'EOF'\n" + input + "\nEOF\n")
-	cmd := fmt.Sprintf("cd && rm -f lammps.out && nohup setsid mpirun --host %s:2,%s:2 -np %d "+
+	cmd := fmt.Sprintf("cd && rm -f lammps.out; nohup setsid mpirun --host %s:2,%s:2 -np %d "+
 		"-x LD_PRELOAD=/usr/lib/libsymvirt-pmpi.so -x SYMVIRT_PMPI_LOG=1 -x OMP_NUM_THREADS=1 "+
 		"lmp -in in.melt -log none -var hold /home/mpi/hold.in >lammps.out 2>&1 </dev/null & echo started",
 		vmIP(1), vmIP(2), ranks)
