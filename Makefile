@@ -37,6 +37,14 @@ vet:
 test: guest guest-mpi libsymvirt vet
 	SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 40m ./...
 
+# The end-to-end tests too slow for make test under TCG: unmodified LAMMPS
+# with libsymvirt-pmpi.so preloaded, across two MPI guests, through
+# checkpoint, restart, migration and a node alert (TestPMPILAMMPSInVMs:
+# about 6.5 min under TCG here).
+.PHONY: test-slow
+test-slow: guest guest-mpi libsymvirt
+	SYMVIRT_TEST_SLOW=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 40m -run '^TestPMPILAMMPSInVMs$$' -v ./e2e/mpi/
+
 # Unit tests only (no QEMU, no root).
 test-short:
 	$(GO) test -short -count=1 ./...
