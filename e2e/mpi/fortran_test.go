@@ -1,20 +1,16 @@
 package mpi_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
-	"github.com/symvirt/symvirt/internal/testenv"
+	"github.com/symvirt/symvirt/e2e/mpi/scenario"
 )
 
 // TestMPIFortranCheckpointRestart runs examples/mpi-fortran (jacobi-f, the
@@ -67,24 +63,7 @@ func TestMPIFortranCheckpointRestart(t *testing.T) {
 // undisturbedFortranChecksum runs jacobi-f on the test host without an
 // agent (the hook is then a no-op).
 func undisturbedFortranChecksum(t *testing.T) string {
-	dir := filepath.Join(testenv.RepoRoot(t), "examples", "mpi-fortran")
-	if out, err := exec.Command("make", "-s", "-C", dir).CombinedOutput(); err != nil {
-		t.Fatalf("make -C examples/mpi-fortran: %v\n%s", err, out)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	args := append([]string{"--allow-run-as-root", "--oversubscribe", "-np", strconv.Itoa(ranks),
-		filepath.Join(dir, "jacobi-f")}, jacobiArgs...)
-	cmd := exec.CommandContext(ctx, "mpirun", args...)
-	cmd.Env = append(os.Environ(), "SYMVIRT_HOOK_SOCKET=/nonexistent/hook.sock")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("mpirun %v: %v\n%s", args, err, out)
-	}
-	sum := checksum(t, string(out))
-	t.Logf("undisturbed run (mpirun -np %d jacobi-f on the test host): checksum %s", ranks, sum)
-	return sum
+	return scenario.UndisturbedRun(t, "mpi-fortran", "jacobi-f")
 }
 
 // rankReports decodes and logs the "jacobi-pauses" lines, one per rank.

@@ -28,17 +28,21 @@ func Checksum(t testing.TB, out string) string {
 	return m[1]
 }
 
-// UndisturbedChecksum runs the same binary on the test host, without an
+// UndisturbedChecksum runs the C example on the test host, without an
 // agent (the hook is then a no-op).
-func UndisturbedChecksum(t testing.TB) string {
-	dir := filepath.Join(testenv.RepoRoot(t), "examples", "mpi")
+func UndisturbedChecksum(t testing.TB) string { return UndisturbedRun(t, "mpi", "jacobi") }
+
+// UndisturbedRun builds examples/EXAMPLE and runs its binary as the job's
+// ranks on the test host, without an agent, and returns its checksum.
+func UndisturbedRun(t testing.TB, example, binary string) string {
+	dir := filepath.Join(testenv.RepoRoot(t), "examples", example)
 	if out, err := exec.Command("make", "-s", "-C", dir).CombinedOutput(); err != nil {
-		t.Fatalf("make -C examples/mpi: %v\n%s", err, out)
+		t.Fatalf("make -C examples/%s: %v\n%s", example, err, out)
 	}
-	bin := filepath.Join(dir, "jacobi")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	args := append([]string{"--allow-run-as-root", "--oversubscribe", "-np", strconv.Itoa(Ranks), bin}, JacobiArgs...)
+	args := append([]string{"--allow-run-as-root", "--oversubscribe", "-np", strconv.Itoa(Ranks),
+		filepath.Join(dir, binary)}, JacobiArgs...)
 	cmd := exec.CommandContext(ctx, "mpirun", args...)
 	cmd.Env = append(os.Environ(), "SYMVIRT_HOOK_SOCKET=/nonexistent/hook.sock")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -47,7 +51,7 @@ func UndisturbedChecksum(t testing.TB) string {
 		t.Fatalf("mpirun %v: %v\n%s", args, err, out)
 	}
 	sum := Checksum(t, string(out))
-	t.Logf("undisturbed run (mpirun -np %d on the test host): checksum %s", Ranks, sum)
+	t.Logf("undisturbed run (mpirun -np %d %s on the test host): checksum %s", Ranks, binary, sum)
 	return sum
 }
 
