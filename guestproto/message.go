@@ -183,9 +183,6 @@ func TruncateReason(s string) string {
 // wrapping ErrMalformed, or ErrVersion for a non-handshake message of another
 // version.
 func (m Message) Validate() error {
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrMalformed, m.Type, fmt.Sprintf(format, a...))
-	}
 	if m.V < 1 {
 		return fmt.Errorf("%w: version %d", ErrMalformed, m.V)
 	}
@@ -203,97 +200,121 @@ func (m Message) Validate() error {
 	default:
 		return fmt.Errorf("%w: unknown type %.32q", ErrMalformed, m.Type)
 	}
+	f, err := m.typeFields()
+	if err != nil {
+		return err
+	}
+	return m.checkFields(f)
+}
 
-	// Which optional fields a type may carry; anything else set is an error,
-	// so that a confused peer is noticed rather than half-understood.
-	var (
-		wantID, wantOp, wantDeadline, wantDevices, wantOutcome bool
-		wantReason, wantState, wantFreeze, wantHostTime        bool
-	)
+// fields are the optional fields a type may carry; anything else set is an
+// error, so that a confused peer is noticed rather than half-understood.
+type fields struct {
+	id, op, deadline, devices, outcome, reason, state, freeze, hostTime bool
+}
+
+func (m Message) bad(format string, a ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrMalformed, m.Type, fmt.Sprintf(format, a...))
+}
+
+// typeFields checks what is particular to m's type and says which optional
+// fields it may carry.
+func (m Message) typeFields() (fields, error) {
+	var f fields
 	switch m.Type {
-	case TypeHello, TypePing, TypePong:
 	case TypeHelloAck:
-		wantState = true
+		f.state = true
 		if !validState(m.State) {
-			return bad("invalid state %.32q", m.State)
+			return f, m.bad("invalid state %.32q", m.State)
 		}
 		if (m.ID == "") != (m.Op == "") {
-			return bad("pending id and op must come together")
+			return f, m.bad("pending id and op must come together")
 		}
 		if m.ID != "" && m.State != StateReady {
-			return bad("pending round in state %s", m.State)
+			return f, m.bad("pending round in state %s", m.State)
 		}
-		wantID, wantOp = m.ID != "", m.Op != ""
+		f.id, f.op = m.ID != "", m.Op != ""
 	case TypePrepare:
-		wantID, wantOp, wantDeadline, wantDevices, wantFreeze = true, true, true, true, true
-		if m.Freeze && m.Op != OpMigrate {
-			// Freezing only pays off while memory is copied to another
-			// host; for any other op it would just stop the guest's work.
-			return bad("freeze with op %.32q, only with %s", m.Op, OpMigrate)
-		}
-		if m.DeadlineMS <= 0 || m.Deadline() > MaxDeadline {
-			return bad("deadline_ms %d out of range", m.DeadlineMS)
-		}
-		if len(m.Devices) > MaxDevices {
-			return bad("%d devices, at most %d", len(m.Devices), MaxDevices)
-		}
-		for i, d := range m.Devices {
-			if !ValidID(d.ID) {
-				return bad("device %d: invalid id", i)
-			}
-			if d.MAC != "" {
-				hw, err := net.ParseMAC(d.MAC)
-				if err != nil || len(hw) != 6 {
-					return bad("device %s: invalid mac", d.ID)
-				}
-			}
-		}
+		f.id, f.op, f.deadline, f.devices, f.freeze = true, true, true, true, true
+		return f, m.checkPrepare()
 	case TypeReady, TypeDone:
-		wantID = true
+		f.id = true
 	case TypeRefused:
-		wantID, wantReason = true, true
+		f.id, f.reason = true, true
 		if m.Reason == "" {
-			return bad("empty reason")
+			return f, m.bad("empty reason")
 		}
 	case TypeResume:
-		wantID, wantOutcome, wantHostTime = true, true, true
+		f.id, f.outcome, f.hostTime = true, true, true
 		if !ValidOutcome(m.Outcome) {
-			return bad("invalid outcome %.32q", m.Outcome)
+			return f, m.bad("invalid outcome %.32q", m.Outcome)
 		}
 		if m.HostTimeNS != 0 && (m.HostTimeNS < MinHostTimeNS || m.HostTimeNS > MaxHostTimeNS) {
-			return bad("host_time_ns %d out of range", m.HostTimeNS)
+			return f, m.bad("host_time_ns %d out of range", m.HostTimeNS)
 		}
 	case TypeAbort:
-		wantID, wantReason = true, true
+		f.id, f.reason = true, true
 	}
-	if wantID && !ValidID(m.ID) {
-		return bad("invalid id")
+	return f, nil
+}
+
+func (m Message) checkPrepare() error {
+	if m.Freeze && m.Op != OpMigrate {
+		// Freezing only pays off while memory is copied to another
+		// host; for any other op it would just stop the guest's work.
+		return m.bad("freeze with op %.32q, only with %s", m.Op, OpMigrate)
 	}
-	if wantOp && !ValidOp(m.Op) {
-		return bad("invalid op %.32q", m.Op)
+	if m.DeadlineMS <= 0 || m.Deadline() > MaxDeadline {
+		return m.bad("deadline_ms %d out of range", m.DeadlineMS)
 	}
-	if wantReason && !validReason(m.Reason) {
-		return bad("reason longer than %d bytes or not UTF-8", MaxReason)
+	if len(m.Devices) > MaxDevices {
+		return m.bad("%d devices, at most %d", len(m.Devices), MaxDevices)
+	}
+	for i, d := range m.Devices {
+		if !ValidID(d.ID) {
+			return m.bad("device %d: invalid id", i)
+		}
+		if d.MAC != "" {
+			hw, err := net.ParseMAC(d.MAC)
+			if err != nil || len(hw) != 6 {
+				return m.bad("device %s: invalid mac", d.ID)
+			}
+		}
+	}
+	return nil
+}
+
+// checkFields checks the optional fields m's type may carry and refuses
+// the ones it may not.
+func (m Message) checkFields(f fields) error {
+	if f.id && !ValidID(m.ID) {
+		return m.bad("invalid id")
+	}
+	if f.op && !ValidOp(m.Op) {
+		return m.bad("invalid op %.32q", m.Op)
+	}
+	if f.reason && !validReason(m.Reason) {
+		return m.bad("reason longer than %d bytes or not UTF-8", MaxReason)
 	}
 	switch {
-	case !wantID && m.ID != "":
-		return bad("unexpected id")
-	case !wantOp && m.Op != "":
-		return bad("unexpected op")
-	case !wantDeadline && m.DeadlineMS != 0:
-		return bad("unexpected deadline_ms")
-	case !wantDevices && len(m.Devices) != 0:
-		return bad("unexpected devices")
-	case !wantOutcome && m.Outcome != "":
-		return bad("unexpected outcome")
-	case !wantReason && m.Reason != "":
-		return bad("unexpected reason")
-	case !wantState && m.State != "":
-		return bad("unexpected state")
-	case !wantFreeze && m.Freeze:
-		return bad("unexpected freeze")
-	case !wantHostTime && m.HostTimeNS != 0:
-		return bad("unexpected host_time_ns")
+	case !f.id && m.ID != "":
+		return m.bad("unexpected id")
+	case !f.op && m.Op != "":
+		return m.bad("unexpected op")
+	case !f.deadline && m.DeadlineMS != 0:
+		return m.bad("unexpected deadline_ms")
+	case !f.devices && len(m.Devices) != 0:
+		return m.bad("unexpected devices")
+	case !f.outcome && m.Outcome != "":
+		return m.bad("unexpected outcome")
+	case !f.reason && m.Reason != "":
+		return m.bad("unexpected reason")
+	case !f.state && m.State != "":
+		return m.bad("unexpected state")
+	case !f.freeze && m.Freeze:
+		return m.bad("unexpected freeze")
+	case !f.hostTime && m.HostTimeNS != 0:
+		return m.bad("unexpected host_time_ns")
 	}
 	return nil
 }
