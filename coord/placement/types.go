@@ -52,7 +52,7 @@ type Plan struct {
 	Overloaded []string `json:"overloaded,omitempty"`
 }
 
-// The entry points (implemented in planner.go):
+// The entry points (consolidate.go, scaleout.go):
 //
 //	func Consolidate(hosts []Host, vms []VM, p Policy) (Plan, error)
 //	func ScaleOut(hosts []Host, vms []VM, p Policy) (Plan, error)
