@@ -34,6 +34,10 @@ type Policy struct {
 	Target float64 `json:"target"`
 	// High is the high-water mark above which ScaleOut relieves a host.
 	High float64 `json:"high"`
+	// Low is the low-water mark under which a caller's loop consolidates
+	// (its hysteresis: nothing happens between Low and High). The planner
+	// itself does not read it.
+	Low float64 `json:"low,omitempty"`
 }
 
 // Move is one migration of a plan.
