@@ -4,7 +4,7 @@ import "fmt"
 
 // ScaleOut relieves every host above Policy.High: it moves the fewest VMs
 // it can (the smallest that suffices, else the largest and again) until
-// the host is within the Target, each to the tightest host already in use
+// the host is within the Target, each to the roomiest host already in use
 // that takes it, else to an empty host that is not drained. Hosts it
 // cannot bring back under High are listed in Plan.Overloaded.
 func ScaleOut(hosts []Host, vms []VM, p Policy) (Plan, error) {
@@ -71,10 +71,11 @@ func (s *state) pickRelief(h int) (vm, dest int) {
 	return vm, dest
 }
 
-// reliefDest is where VM v goes when its host is overloaded: the tightest
-// host in use that takes it, else the tightest empty one, or -1.
+// reliefDest is where VM v goes when its host is overloaded: the roomiest
+// host in use that takes it (a tight one would be the next to cross High
+// as load keeps rising), else an empty one, or -1.
 func (s *state) reliefDest(v int) int {
-	if d := s.bestFit(v, func(d int) bool { return s.count[d] > 0 }); d >= 0 {
+	if d := s.worstFit(v, func(d int) bool { return s.count[d] > 0 }); d >= 0 {
 		return d
 	}
 	return s.bestFit(v, func(int) bool { return true })

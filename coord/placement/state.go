@@ -158,13 +158,21 @@ func (s *state) slack(h int, extra Resources) float64 {
 
 // bestFit is the host among those ok accepts that VM v can move to and
 // that it leaves tightest (best fit), or -1.
-func (s *state) bestFit(v int, ok func(h int) bool) int {
+func (s *state) bestFit(v int, ok func(h int) bool) int { return s.fit(v, ok, -1) }
+
+// worstFit is the one it leaves roomiest.
+func (s *state) worstFit(v int, ok func(h int) bool) int { return s.fit(v, ok, 1) }
+
+// fit picks among the hosts ok accepts that VM v can move to the one
+// with the least (sign -1) or most (sign 1) slack after the move; the
+// first by name on ties.
+func (s *state) fit(v int, ok func(h int) bool, sign float64) int {
 	best, bestSlack := -1, 0.0
 	for h := range s.hosts {
 		if !ok(h) || !s.canReceive(v, h) {
 			continue
 		}
-		if sl := s.slack(h, s.vms[v].Use); best < 0 || sl < bestSlack {
+		if sl := sign * s.slack(h, s.vms[v].Use); best < 0 || sl > bestSlack {
 			best, bestSlack = h, sl
 		}
 	}
