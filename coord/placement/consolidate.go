@@ -64,7 +64,7 @@ func (s *state) overloaded() []string {
 // at a time in two candidate orders, keeping the better outcome.
 func (s *state) consolidateGreedy() (result, error) {
 	var best result
-	for _, key := range []candidateKey{byFewest, byLightest} {
+	for _, key := range []candidateKey{byFewest, byLightest, bySmallest} {
 		w := s.clone()
 		moves, err := w.repairAntiAffinity()
 		if err != nil {
@@ -83,6 +83,7 @@ type candidateKey int
 const (
 	byFewest   candidateKey = iota // fewest VMs first: fewest moves per host freed
 	byLightest                     // lightest load first: packs tighter
+	bySmallest                     // smallest capacity first, then lightest: keeps the big hosts
 )
 
 // candidates lists the hosts that could be emptied (some VMs, none
@@ -112,37 +113,67 @@ func (s *state) candidates(key candidateKey) []int {
 				return c
 			}
 		}
+		if key == bySmallest {
+			ca, cb := s.hosts[a].Capacity, s.hosts[b].Capacity
+			if c := cmp.Compare(ca.CPU/s.maxCap.CPU+float64(ca.Mem)/float64(s.maxCap.Mem),
+				cb.CPU/s.maxCap.CPU+float64(cb.Mem)/float64(s.maxCap.Mem)); c != 0 {
+				return c
+			}
+		}
 		return cmp.Compare(weight[a], weight[b])
 	})
 	return hs
 }
 
-// emptyHosts tries each candidate in turn: all its VMs, largest first,
-// go to the tightest other host still in use, or none move.
+// emptyHosts tries each candidate in turn: all its VMs go to the
+// tightest other hosts still in use, or none move.
 func (s *state) emptyHosts(cands []int) []Move {
 	var moves []Move
 	for _, h := range cands {
-		vs := s.on(h)
-		s.bySizeDesc(vs)
-		mark := len(moves)
-		for _, v := range vs {
-			d := s.bestFit(v, func(d int) bool { return d != h && s.count[d] > 0 })
-			if d < 0 {
-				break
-			}
-			moves = append(moves, s.move(v, d))
+		if ms, ok := s.empty(h); ok {
+			moves = append(moves, ms...)
 		}
-		if s.count[h] == 0 {
-			continue
-		}
-		for i := len(moves) - 1; i >= mark; i-- {
-			v := s.vmIndex(moves[i].VM)
-			s.unplace(v)
-			s.place(v, s.hostIdx[moves[i].From])
-		}
-		moves = moves[:mark]
 	}
 	return moves
+}
+
+// empty moves every VM off host h, largest first; failing that, most
+// constrained first (fewest hosts that take it); failing that too, it
+// moves nothing.
+func (s *state) empty(h int) ([]Move, bool) {
+	into := func(d int) bool { return d != h && s.count[d] > 0 }
+	vs := s.on(h)
+	s.bySizeDesc(vs)
+	if ms, ok := s.moveAll(vs, into); ok {
+		return ms, true
+	}
+	options := make(map[int]int, len(vs))
+	for _, v := range vs {
+		for d := range s.hosts {
+			options[v] += btoi(into(d) && s.canReceive(v, d))
+		}
+	}
+	slices.SortStableFunc(vs, func(a, b int) int { return cmp.Compare(options[a], options[b]) })
+	return s.moveAll(vs, into)
+}
+
+// moveAll moves VMs vs, in order, each to the tightest host into accepts,
+// or, if one has none, undoes its moves and reports false.
+func (s *state) moveAll(vs []int, into func(int) bool) ([]Move, bool) {
+	var moves []Move
+	for _, v := range vs {
+		d := s.bestFit(v, into)
+		if d < 0 {
+			for i := len(moves) - 1; i >= 0; i-- {
+				v := s.vmIndex(moves[i].VM)
+				s.unplace(v)
+				s.place(v, s.hostIdx[moves[i].From])
+			}
+			return nil, false
+		}
+		moves = append(moves, s.move(v, d))
+	}
+	return moves, true
 }
 
 // vmIndex finds a VM by name (the VMs are sorted).

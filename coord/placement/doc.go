@@ -31,11 +31,13 @@
 //
 // # How
 //
-// Consolidate searches small inputs (up to exactVMs VMs) exactly, by branch
-// and bound under a node budget; larger ones (1,000 VMs on 100 hosts plan
-// in milliseconds) greedily: it tries to empty the hosts with the fewest,
-// then the lightest, VMs, each VM to the tightest host still in use that
-// takes it, and keeps the better outcome. The brute-force test
+// Consolidate first plans greedily: it repairs anti-affinity, then tries
+// to empty the hosts one at a time (drained first, then in three orders:
+// fewest VMs, lightest, smallest capacity; each VM to the tightest host
+// still in use that takes it, largest VM first, or most constrained first
+// when that fails) and keeps the best outcome; 1,000 VMs on 100 hosts plan
+// in milliseconds. Inputs up to exactVMs VMs are then searched by branch
+// and bound from that plan, under a deterministic work budget. The brute-force test
 // (TestConsolidateMatchesBruteForce) measures both against every
 // assignment of small instances. Policy.Low is not used here: it is the
 // caller's consolidation trigger (hysteresis between Low and High).
