@@ -44,8 +44,9 @@ func randomInstance(r *rand.Rand) ([]Host, []VM) {
 }
 
 // bruteForce enumerates every assignment of VMs to hosts and returns the
-// fewest hosts in use over the valid ones and, among those, the fewest
-// VMs moved; ok is false when none is valid.
+// fewest hosts in use over the valid ones that some order of direct moves
+// reaches (directOrder) and, among those, the fewest VMs moved; ok is
+// false when none is valid.
 func bruteForce(hosts []Host, vms []VM, p Policy) (minHosts, minMoves int, ok bool) {
 	a := assignment{}
 	var rec func(i int)
@@ -58,7 +59,7 @@ func bruteForce(hosts []Host, vms []VM, p Policy) (minHosts, minMoves int, ok bo
 			for _, v := range vms {
 				m += btoi(a[v.Name] != v.Host)
 			}
-			if !ok || n < minHosts || (n == minHosts && m < minMoves) {
+			if (!ok || n < minHosts || (n == minHosts && m < minMoves)) && directOrder(hosts, vms, a) {
 				minHosts, minMoves, ok = n, m, true
 			}
 			return
@@ -70,6 +71,53 @@ func bruteForce(hosts []Host, vms []VM, p Policy) (minHosts, minMoves int, ok bo
 	}
 	rec(0)
 	return minHosts, minMoves, ok
+}
+
+// directOrder reports whether the VMs can reach assignment a moving one
+// at a time, each once, with every destination within its capacity and
+// holding no other VM of the mover's anti-affinity group when it arrives.
+// It explores the sets of moves done, breadth first.
+func directOrder(hosts []Host, vms []VM, a assignment) bool {
+	var movers []VM
+	for _, v := range vms {
+		if a[v.Name] != v.Host {
+			movers = append(movers, v)
+		}
+	}
+	at := func(done int) assignment {
+		cur := initial(vms)
+		for i, v := range movers {
+			if done&(1<<i) != 0 {
+				cur[v.Name] = a[v.Name]
+			}
+		}
+		return cur
+	}
+	seen := map[int]bool{0: true}
+	for queue := []int{0}; len(queue) > 0; queue = queue[1:] {
+		done := queue[0]
+		if done == 1<<len(movers)-1 {
+			return true
+		}
+		for i, v := range movers {
+			next := done | 1<<i
+			if next == done || seen[next] {
+				continue
+			}
+			cur := at(done)
+			ok := true
+			for _, o := range vms {
+				ok = ok && !(v.AntiAffinity != "" && o.Name != v.Name && o.AntiAffinity == v.AntiAffinity && cur[o.Name] == a[v.Name])
+			}
+			cur[v.Name] = a[v.Name]
+			h, _ := hostByName(hosts, a[v.Name])
+			if ok && within(h, loads(vms, cur)[h.Name], 1) {
+				seen[next] = true
+				queue = append(queue, next)
+			}
+		}
+	}
+	return false
 }
 
 // TestConsolidateMatchesBruteForce runs the planner on thousands of

@@ -97,8 +97,8 @@ func usedHosts(a assignment) int {
 	return len(hs)
 }
 
-// replay applies a plan's moves in order, checking each one starts where
-// the VM is and leaves its destination (not drained) within the Target
+// replay applies a plan's moves in order, checking each VM moves at most
+// once and each move starts where the VM is and leaves its destination (not drained) within the Target
 // with no other VM of the mover's anti-affinity group; it returns the
 // final assignment and how many moves filled their destination past the
 // Target (within its capacity) for the while.
@@ -108,7 +108,12 @@ func replay(hosts []Host, vms []VM, moves []Move, p Policy) (a assignment, pastT
 	for _, v := range vms {
 		byName[v.Name] = v
 	}
+	movedAlready := map[string]bool{}
 	for i, m := range moves {
+		if movedAlready[m.VM] {
+			return nil, 0, fmt.Errorf("move %d %+v: the VM moves twice", i, m)
+		}
+		movedAlready[m.VM] = true
 		v, ok := byName[m.VM]
 		if !ok || a[m.VM] != m.From || m.From == m.To {
 			return nil, 0, fmt.Errorf("move %d %+v: VM is on %q", i, m, a[m.VM])

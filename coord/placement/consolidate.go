@@ -70,7 +70,7 @@ func (s *state) consolidateGreedy() (result, error) {
 		if err != nil {
 			return result{}, err
 		}
-		moves = append(moves, w.emptyHosts(w.candidates(key))...)
+		moves = append(moves, w.emptyHosts(w.candidates(key), moves)...)
 		if r := (result{end: w, moves: moves}); r.better(best) {
 			best = r
 		}
@@ -126,13 +126,26 @@ func (s *state) candidates(key candidateKey) []int {
 }
 
 // emptyHosts tries each candidate in turn: all its VMs go to the
-// tightest other hosts still in use, or none move.
-func (s *state) emptyHosts(cands []int) []Move {
+// tightest other hosts still in use, or none move. A host that received
+// a VM (in earlier moves or here) is kept, so no VM moves twice.
+func (s *state) emptyHosts(cands []int, earlier []Move) []Move {
+	received := map[string]bool{}
+	for _, m := range earlier {
+		received[m.To] = true
+	}
 	var moves []Move
 	for _, h := range cands {
-		if ms, ok := s.empty(h); ok {
-			moves = append(moves, ms...)
+		if received[s.hosts[h].Name] {
+			continue
 		}
+		ms, ok := s.empty(h)
+		if !ok {
+			continue
+		}
+		for _, m := range ms {
+			received[m.To] = true
+		}
+		moves = append(moves, ms...)
 	}
 	return moves
 }

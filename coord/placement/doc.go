@@ -19,11 +19,12 @@
 //   - A host that receives no VM keeps what it has: Consolidate does not
 //     relieve a host above its Target (ScaleOut does), and a drained host
 //     keeps its VMs unless moving them frees it.
-//   - Moves are ordered: after each one its destination is within the
-//     Target and holds no other VM of the mover's anti-affinity group. A
-//     move that must wait for another (a swap) goes through a third host
-//     with room (one more move) or, failing that, may fill its destination
-//     past the Target for the while, never past its capacity.
+//   - Each VM moves at most once, straight to where it ends. Moves are
+//     ordered: after each one its destination holds no other VM of the
+//     mover's anti-affinity group and is within the Target; when no order
+//     allows that (a swap between two full hosts), one move may fill its
+//     destination past the Target for the while, never past its capacity.
+//     A placement no such order reaches is not planned.
 //   - ScaleOut brings every host above High back within the Target by
 //     moving the fewest VMs it can, to hosts in use first, then to empty
 //     ones; Plan.Overloaded lists the hosts it could not relieve.
