@@ -124,13 +124,14 @@ func directOrder(hosts []Host, vms []VM, a assignment) bool {
 // seeded random instances (up to 8 VMs, 4 hosts) and compares it with
 // exhaustive enumeration: the host count must be optimal in every case
 // and the moves the fewest among optimal plans in at least 95% of them.
-// Every plan is replayed move by move (each intermediate state within the
-// Target) and its Freed list checked.
+// Every plan is replayed move by move (each VM moving once, every
+// intermediate state within capacity, counting those past the Target) and
+// wave by wave (checkWaves), and its Freed list checked.
 func TestConsolidateMatchesBruteForce(t *testing.T) {
 	const instances = 3000
 	p := Policy{Target: 0.8, High: 0.9}
 	r := rand.New(rand.NewPCG(21, 1))
-	fewest, greedyHosts, greedyMoves, feasible, pastTarget := 0, 0, 0, 0, 0
+	fewest, greedyHosts, greedyMoves, feasible, pastTarget, waves, moves := 0, 0, 0, 0, 0, 0, 0
 	for i := range instances {
 		hosts, vms := randomInstance(r)
 		minHosts, minMoves, ok := bruteForce(hosts, vms, p)
@@ -150,6 +151,11 @@ func TestConsolidateMatchesBruteForce(t *testing.T) {
 		if err == nil {
 			err = valid(hosts, vms, end, p)
 		}
+		if err == nil {
+			var n int
+			n, err = checkWaves(hosts, vms, plan.Moves)
+			waves += n
+		}
 		if err != nil {
 			t.Fatalf("instance %d: %v\nplan %+v\n%s", i, err, plan, dump(hosts, vms))
 		}
@@ -160,13 +166,14 @@ func TestConsolidateMatchesBruteForce(t *testing.T) {
 			t.Fatalf("instance %d: Freed %v, want %v", i, plan.Freed, want)
 		}
 		fewest += btoi(len(plan.Moves) == minMoves)
+		moves += len(plan.Moves)
 		h, m := greedyAgainst(hosts, vms, p, minHosts, minMoves)
 		greedyHosts += h
 		greedyMoves += m
 	}
 	pct := func(n int) float64 { return 100 * float64(n) / float64(feasible) }
 	t.Logf("%d instances, %d feasible: optimal hosts 100%%, fewest moves among optimal plans %.2f%%", instances, feasible, pct(fewest))
-	t.Logf("moves filling their destination past the target (within capacity) for the while: %d", pastTarget)
+	t.Logf("%d moves in %d waves; moves filling their destination past the target (within capacity) for the while: %d", moves, waves, pastTarget)
 	t.Logf("greedy alone (the planner for large inputs): optimal hosts %.2f%%, optimal hosts and fewest moves %.2f%%", pct(greedyHosts), pct(greedyMoves))
 	if pct(fewest) < 95 {
 		t.Errorf("fewest moves in %.2f%% of optimal plans, want at least 95%%", pct(fewest))

@@ -46,6 +46,7 @@ func (r result) better(o result) bool {
 }
 
 func (r result) plan(start *state) Plan {
+	start.setWaves(r.moves)
 	return Plan{Moves: r.moves, Freed: r.end.freed(start), Overloaded: r.end.overloaded()}
 }
 

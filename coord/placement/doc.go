@@ -25,6 +25,9 @@
 //     allows that (a swap between two full hosts), one move may fill its
 //     destination past the Target for the while, never past its capacity.
 //     A placement no such order reaches is not planned.
+//   - Move.Wave groups the moves that may run concurrently: a wave starts
+//     when the previous one has finished, and its moves fit together even
+//     while each migrating VM still holds its source host.
 //   - ScaleOut brings every host above High back within the Target by
 //     moving the fewest VMs it can, to hosts in use first, then to empty
 //     ones; Plan.Overloaded lists the hosts it could not relieve.

@@ -136,6 +136,9 @@ func TestScaleOutRandom(t *testing.T) {
 		if err == nil {
 			err = valid(hosts, vms, end, p)
 		}
+		if err == nil {
+			_, err = checkWaves(hosts, vms, plan.Moves)
+		}
 		if err != nil {
 			t.Fatalf("instance %d: %v\nplan %+v\n%s", i, err, plan, dump(hosts, vms))
 		}
@@ -191,13 +194,17 @@ func TestConsolidateLarge(t *testing.T) {
 	if err == nil {
 		err = valid(hosts, vms, end, p)
 	}
+	waves := 0
+	if err == nil {
+		waves, err = checkWaves(hosts, vms, plan.Moves)
+	}
 	if err != nil || past > 0 {
 		t.Fatalf("%v (%d moves past the target)", err, past)
 	}
 	if len(plan.Freed) == 0 {
 		t.Fatal("no host freed")
 	}
-	t.Logf("1000 VMs / 100 hosts: %d hosts in use, %d freed, %d moves, planned in %v", usedHosts(end), len(plan.Freed), len(plan.Moves), took)
+	t.Logf("1000 VMs / 100 hosts: %d hosts in use, %d freed, %d moves in %d waves, planned in %v", usedHosts(end), len(plan.Freed), len(plan.Moves), waves, took)
 }
 
 func BenchmarkConsolidate1000(b *testing.B) {

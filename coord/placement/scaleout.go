@@ -25,6 +25,7 @@ func ScaleOut(hosts []Host, vms []VM, p Policy) (Plan, error) {
 			moves = append(moves, s.relieve(h)...)
 		}
 	}
+	start.setWaves(moves)
 	return Plan{Moves: moves, Freed: s.freed(start), Overloaded: s.overloaded()}, nil
 }
 
