@@ -9,8 +9,9 @@
 //
 // # Contract
 //
-//   - A plan never places a VM on a host that is Drained or would exceed the
-//     headroom target (Policy.Target of CPU and memory capacity) on that host.
+//   - A plan never places a VM on a host that is Drained, or that ends the
+//     plan above the headroom target (Policy.Target of CPU and memory
+//     capacity); for the moments in between, see the ordering below.
 //   - VMs sharing an AntiAffinity group never share a host after the plan;
 //     a VM with Affinity labels only goes to hosts carrying all of them.
 //   - Consolidate frees as many hosts as possible and, among the plans that
@@ -29,8 +30,9 @@
 //     when the previous one has finished, and its moves fit together even
 //     while each migrating VM still holds its source host.
 //   - ScaleOut brings every host above High back within the Target by
-//     moving the fewest VMs it can, to hosts in use first, then to empty
-//     ones; Plan.Overloaded lists the hosts it could not relieve.
+//     moving few VMs (the smallest whose leaving suffices, else the largest,
+//     and again), each to the roomiest host in use that takes it, else to
+//     an empty one; Plan.Overloaded lists the hosts still above High.
 //   - Errors wrap ErrInvalid (malformed input) or ErrInfeasible.
 //
 // # How
@@ -41,8 +43,9 @@
 // still in use that takes it, largest VM first, or most constrained first
 // when that fails) and keeps the best outcome; 1,000 VMs on 100 hosts plan
 // in milliseconds. Inputs up to exactVMs VMs are then searched by branch
-// and bound from that plan, under a deterministic work budget. The brute-force test
-// (TestConsolidateMatchesBruteForce) measures both against every
+// and bound from that plan, under a deterministic work budget, and their
+// moves ordered by a search over the sets of moves done. The brute-force
+// test (TestConsolidateMatchesBruteForce) measures both against every
 // assignment of small instances. Policy.Low is not used here: it is the
 // caller's consolidation trigger (hysteresis between Low and High).
 package placement
