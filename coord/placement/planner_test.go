@@ -215,3 +215,31 @@ func BenchmarkConsolidate1000(b *testing.B) {
 		}
 	}
 }
+
+// TestScaleOutLarge: 1,000 VMs crowded on 30 of 100 hosts (most of them
+// above High) are relieved onto the others: every host ends within High,
+// the plan replays within the Target at every step and by waves.
+func TestScaleOutLarge(t *testing.T) {
+	hosts, vms := largeInstance(100, 1000, 2)
+	for i := range vms {
+		vms[i].Host = hosts[i%30].Name
+		vms[i].AntiAffinity = ""
+	}
+	p := Policy{Target: 0.8, High: 0.9}
+	over := 0
+	for _, h := range hosts {
+		over += btoi(!within(h, loads(vms, initial(vms))[h.Name], p.High))
+	}
+	plan, err := ScaleOut(hosts, vms, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, past, err := replay(hosts, vms, plan.Moves, p)
+	if err == nil {
+		_, err = checkWaves(hosts, vms, plan.Moves)
+	}
+	if err != nil || past > 0 || len(plan.Overloaded) > 0 || over == 0 {
+		t.Fatalf("%v; %d moves past the target; overloaded %v; %d hosts above high before", err, past, plan.Overloaded, over)
+	}
+	t.Logf("%d hosts above high relieved with %d moves; %d hosts in use", over, len(plan.Moves), usedHosts(end))
+}
