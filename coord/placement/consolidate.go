@@ -6,11 +6,10 @@ import (
 )
 
 // Consolidate plans moves that leave as many hosts empty as it can, and
-// among the plans freeing that many, as few moves as it finds. Inputs up
-// to exactVMs VMs are searched exactly (branch and bound, with a node
-// budget); larger ones are planned greedily, emptying the hosts with the
-// fewest and smallest VMs first. The moves are ordered so that every
-// intermediate placement keeps each destination within the Target.
+// among the plans freeing that many, as few moves as it finds. It plans
+// greedily first (consolidateGreedy); inputs up to exactVMs VMs are then
+// searched by branch and bound for a better plan (consolidateExact). The
+// moves come ordered and numbered in waves (see the package contract).
 func Consolidate(hosts []Host, vms []VM, p Policy) (Plan, error) {
 	s, err := newState(hosts, vms, p)
 	if err != nil {
@@ -62,7 +61,8 @@ func (s *state) overloaded() []string {
 }
 
 // consolidateGreedy repairs anti-affinity, then tries to empty hosts one
-// at a time in two candidate orders, keeping the better outcome.
+// at a time in three candidate orders, keeping the best outcome. Its moves
+// are in an order that keeps every destination within the Target.
 func (s *state) consolidateGreedy() (result, error) {
 	var best result
 	for _, key := range []candidateKey{byFewest, byLightest, bySmallest} {
