@@ -203,3 +203,59 @@ func dump(hosts []Host, vms []VM) string {
 	}
 	return s
 }
+
+// TestScaleOutAgainstBruteForce compares ScaleOut with every assignment on
+// the random small instances that have a host above High: how often it
+// leaves no more hosts above High than the best valid placement does.
+// ScaleOut only moves VMs off the hosts above High, so it misses the plans
+// that first make room on other hosts; it must match in at least 90%.
+func TestScaleOutAgainstBruteForce(t *testing.T) {
+	p := Policy{Target: 0.7, High: 0.85}
+	r := rand.New(rand.NewPCG(21, 3))
+	matched, total := 0, 0
+	for range 3000 {
+		hosts, vms := randomInstance(r)
+		before := 0
+		for _, h := range hosts {
+			before += btoi(!within(h, loads(vms, initial(vms))[h.Name], p.High))
+		}
+		plan, err := ScaleOut(hosts, vms, p)
+		if before == 0 || err != nil {
+			continue
+		}
+		total++
+		matched += btoi(len(plan.Overloaded) == fewestOverloaded(hosts, vms, p))
+	}
+	pct := 100 * float64(matched) / float64(total)
+	t.Logf("%d instances with a host above high: ScaleOut leaves the fewest hosts above high in %.2f%%", total, pct)
+	if pct < 90 {
+		t.Errorf("ScaleOut optimal in %.2f%% of the instances, want at least 90%%", pct)
+	}
+}
+
+// fewestOverloaded is the fewest hosts above High over the valid
+// assignments.
+func fewestOverloaded(hosts []Host, vms []VM, p Policy) int {
+	best := len(hosts)
+	a := assignment{}
+	var rec func(i int)
+	rec = func(i int) {
+		if i == len(vms) {
+			if valid(hosts, vms, a, p) != nil {
+				return
+			}
+			n, l := 0, loads(vms, a)
+			for _, h := range hosts {
+				n += btoi(!within(h, l[h.Name], p.High))
+			}
+			best = min(best, n)
+			return
+		}
+		for _, h := range hosts {
+			a[vms[i].Name] = h.Name
+			rec(i + 1)
+		}
+	}
+	rec(0)
+	return best
+}
