@@ -48,10 +48,16 @@ func runConsolidate(args []string, out io.Writer) error {
 	}
 	e := json.NewEncoder(out)
 	e.SetIndent("", "  ")
-	return e.Encode(struct {
-		Config  sim.Config   `json:"config"`
-		Results []sim.Result `json:"results"`
-	}{c, results})
+	return e.Encode(report{Config: c, Duration: c.Duration.String(), Step: c.Step.String(), Window: c.Window.String(), Results: results})
+}
+
+// report is the JSON output; the durations are repeated as text.
+type report struct {
+	Config   sim.Config   `json:"config"`
+	Duration string       `json:"duration"`
+	Step     string       `json:"step"`
+	Window   string       `json:"window"`
+	Results  []sim.Result `json:"results"`
 }
 
 func table(out io.Writer, c sim.Config, results []sim.Result) error {

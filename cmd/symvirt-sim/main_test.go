@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-
-	"github.com/symvirt/symvirt/coord/placement/sim"
 )
 
 // TestConsolidateCommand runs a small simulation in both output formats.
@@ -16,14 +14,11 @@ func TestConsolidateCommand(t *testing.T) {
 	if err := runConsolidate(append(args, "--output", "json"), &out); err != nil {
 		t.Fatal(err)
 	}
-	var got struct {
-		Config  sim.Config   `json:"config"`
-		Results []sim.Result `json:"results"`
-	}
+	var got report
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if got.Config.Hosts != 10 || len(got.Results) != 2 || got.Results[0].Rounds != 18 {
+	if got.Config.Hosts != 10 || got.Step != "10m0s" || len(got.Results) != 2 || got.Results[0].Rounds != 18 {
 		t.Fatalf("config %+v, %d results: %+v", got.Config, len(got.Results), got.Results)
 	}
 	out.Reset()
