@@ -29,10 +29,11 @@
 //   - Move.Wave groups the moves that may run concurrently: a wave starts
 //     when the previous one has finished, and its moves fit together even
 //     while each migrating VM still holds its source host.
-//   - ScaleOut brings every host above High back within the Target by
-//     moving few VMs (the smallest whose leaving suffices, else the largest,
-//     and again), each to the roomiest host in use that takes it, else to
-//     an empty one; Plan.Overloaded lists the hosts still above High.
+//   - ScaleOut acts when a host is above High: it brings that host and
+//     every other host above the Target back within the Target by moving
+//     few VMs (the smallest whose leaving suffices, else the largest, and
+//     again), each to the roomiest host in use that takes it, else to an
+//     empty one; Plan.Overloaded lists the hosts still above High.
 //   - Errors wrap ErrInvalid (malformed input) or ErrInfeasible.
 //
 // # How
