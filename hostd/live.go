@@ -76,16 +76,18 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *
 
 // pointLive starts the stream: a running VM is copied while it runs
 // (LiveMode precopy) and fenced at its point; any other is saved by a
-// background snapshot, its disks copied first (it stands still for them).
+// background snapshot, its disks cut first (in O(1), while it stands
+// still; their copies are part of the stream).
 func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed) (*snapshot.Stream, error) {
 	st, err := mon.Status(ctx)
 	if err == nil && st.Running && len(vm.Spec().Disks) > 0 {
-		err = fmt.Errorf("a live checkpoint copies disks at its cut, so the vm must be stopped first: %w", ErrInvalidState)
+		err = fmt.Errorf("a live checkpoint cuts disks with its RAM, so the vm must be stopped first: %w", ErrInvalidState)
 	}
 	precopy := st.Running && vm.h.cfg.LiveMode == "precopy"
 	m := vm.newManifest(mon)
+	var cut *diskCut
 	if err == nil && !precopy {
-		err = copyDisks(a.Dir(), &m)
+		cut, err = vm.cutDisks(ctx, mon, a.Dir())
 	}
 	if err != nil {
 		a.Disarm()
@@ -93,12 +95,23 @@ func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed)
 	}
 	o := snapshot.Options{PID: vm.pid(), Log: vm.log, Cut: vm.fence, Finish: func(state FileDigest) error {
 		m.Files = append(m.Files, state)
-		return vm.h.writeManifest(a.Dir(), m)
+		files, err := cut.wait(context.Background())
+		if err != nil {
+			return err
+		}
+		addDisks(&m, files)
+		return vm.h.writeCheckpointManifest(a.Dir(), m)
 	}}
+	var s *snapshot.Stream
 	if precopy {
-		return snapshot.Precopy(ctx, a, o)
+		s, err = snapshot.Precopy(ctx, a, o)
+	} else {
+		s, err = snapshot.Background(ctx, a, o)
 	}
-	return snapshot.Background(ctx, a, o)
+	if err != nil {
+		cut.abandon()
+	}
+	return s, err
 }
 
 func (vm *VM) pid() int {

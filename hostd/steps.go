@@ -285,7 +285,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 		h.setLease(req.VM, req.Op, req.Lease, "")
 		return "", nil
 	case StepDeleteArtifacts:
-		return "", os.RemoveAll(req.Save.Dir)
+		return "", h.removeCheckpoint(ctx, req.Save.Dir)
 	}
 	vm, err := h.Get(req.VM)
 	if err != nil {
