@@ -36,8 +36,9 @@ type CheckpointOptions struct {
 	// NoGuest skips the cooperation round even when the VM has a channel.
 	NoGuest bool `json:"no_guest,omitempty"`
 	// Live copies the VM's memory while it runs and pauses it only for
-	// the snapshot point at the end (a VM with disks: stopped for their
-	// copy, then a background snapshot; live.go). Where QEMU or the
+	// the snapshot point at the end (a VM with disks: stopped from the
+	// fence to its point, where its disks are cut in O(1) and copied in
+	// the background with its RAM; live.go, diskcut.go). Where QEMU or the
 	// kernel cannot, the stop-and-save path runs and
 	// CheckpointResult.Fallback says why.
 	Live bool `json:"live,omitempty"`

@@ -382,8 +382,9 @@ func (vm *VM) stopStep(ctx context.Context, req StepRequest) (string, error) {
 }
 
 // fenceStep is a live checkpoint's cut for this VM: cut off the network,
-// it runs on until its snapshot point. A VM with disks stands still (its
-// disks are copied at the point); one that cannot be fenced is stopped.
+// it runs on until its snapshot point. A VM with disks stands still until
+// the point (its disks are cut there, in O(1), with its RAM: diskcut.go);
+// one that cannot be fenced is stopped.
 func (vm *VM) fenceStep(ctx context.Context, req StepRequest) (string, error) {
 	mon, err := vm.monitor()
 	if err != nil {
