@@ -223,11 +223,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
-	// Its disks are checked once assembled, as QEMU opens them
-	// (launchRestored): a checkpoint's disk may be a delta over another's.
-	noDisks := spec
-	noDisks.Disks = nil
-	if err := h.cfg.Policy.CheckRestore(noDisks, opts.Dir, h.cfg.Pools); err != nil {
+	if err := h.cfg.Policy.CheckRestore(wholeDisks(spec, m), opts.Dir, h.cfg.Pools); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
 	// A stopped VM of the same name is replaced; a running one is not.

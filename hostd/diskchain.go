@@ -78,8 +78,13 @@ func (h *Host) restoreDisks(ctx context.Context, dir string, m Manifest, spec *S
 	var made []string
 	for i, d := range spec.Disks {
 		f, _ := m.File("disk", d.ID) // manifest.Check: it is there
-		dst, err := h.restoredDiskPath(spec.Name, d.ID)
-		if err == nil {
+		dst, err := h.restoredDiskPath(spec.Name, d.ID, d.Format)
+		switch {
+		case err != nil:
+		case f.Parent == nil && d.Format == "raw":
+			err = manifest.CopyVerified(dir, f, dst)
+		default:
+			d.Format = "qcow2"
 			err = h.assembleDisk(ctx, dir, f, dst)
 		}
 		if err != nil {
@@ -89,15 +94,26 @@ func (h *Host) restoreDisks(ctx context.Context, dir string, m Manifest, spec *S
 			return nil, fmt.Errorf("checkpoint %s: disk %q: %w", dir, d.ID, err)
 		}
 		made = append(made, dst)
-		spec.Disks[i].Path, spec.Disks[i].Format = dst, "qcow2"
+		spec.Disks[i].Path, spec.Disks[i].Format = dst, d.Format
 	}
 	return made, nil
+}
+
+// wholeDisks is spec with only the disks that are no delta: the policy
+// checks those files as they are; a delta's chain is checked link by link
+// as it is assembled, and the disk made of it as QEMU opens it.
+func wholeDisks(spec Spec, m Manifest) Spec {
+	spec.Disks = slices.DeleteFunc(slices.Clone(spec.Disks), func(d Disk) bool {
+		f, _ := m.File("disk", d.ID)
+		return f.Parent != nil
+	})
+	return spec
 }
 
 // restoredDiskPath is a new file name in the host's disk store:
 // STATE_DIR/disks when the policy allows disks there (its default), else
 // the last of the policy's disk directories.
-func (h *Host) restoredDiskPath(vm, id string) (string, error) {
+func (h *Host) restoredDiskPath(vm, id, format string) (string, error) {
 	dirs := h.cfg.Policy.DiskDirs
 	if len(dirs) == 0 {
 		return "", fmt.Errorf("no disk directory to restore into: %w", ErrInvalidSpec)
@@ -113,9 +129,9 @@ func (h *Host) restoredDiskPath(vm, id string) (string, error) {
 		return "", err
 	}
 	for n := 1; ; n++ {
-		name := vm + "-" + id + ".qcow2"
+		name := vm + "-" + id + "." + format
 		if n > 1 {
-			name = vm + "-" + id + "-" + strconv.Itoa(n) + ".qcow2"
+			name = vm + "-" + id + "-" + strconv.Itoa(n) + "." + format
 		}
 		p := filepath.Join(store, name)
 		if _, err := os.Lstat(p); os.IsNotExist(err) {
@@ -157,13 +173,10 @@ func (h *Host) assembleDisk(ctx context.Context, dir string, f FileDigest, dst s
 		}
 		cur, f = pdir, pf
 	}
-	// The private copies name each other: only what was verified is read.
-	for i, p := range files {
-		backing := ""
-		if i+1 < len(files) {
-			backing = filepath.Base(files[i+1])
-		}
-		if err := disk.Rebase(ctx, p, backing, true); err != nil {
+	// The private copies name each other: only what was verified is read
+	// (the last keeps its backing file, which CheckRestore allowed).
+	for i := 0; i+1 < len(files); i++ {
+		if err := disk.Rebase(ctx, files[i], filepath.Base(files[i+1]), true); err != nil {
 			return err
 		}
 	}

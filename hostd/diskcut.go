@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,6 +40,9 @@ type diskWork struct {
 type chainState struct {
 	// Roots maps a disk to the file its layers are committed into.
 	Roots map[string]string `json:"roots"`
+	// Formats are the roots' formats: a raw disk's checkpoints are raw
+	// copies, whole (the spec's disk is a qcow2 overlay after a cut).
+	Formats map[string]string `json:"formats"`
 	// Since is the checkpoint whose cut made the active layers: they hold
 	// what the guest wrote since that checkpoint's disk.
 	Since string `json:"since,omitempty"`
@@ -49,6 +53,7 @@ type diskCut struct {
 	dir    string
 	frozen []disk.Frozen
 	roots  map[string]string
+	format map[string]string // of each disk's checkpoint copy
 	since  string // the checkpoint whose cut made the frozen layers
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -92,37 +97,42 @@ func (vm *VM) cutDisks(ctx context.Context, mon *qmp.Client, dir string) (*diskC
 	vm.disks.jobs.Lock()
 	frozen, err := disk.Cut(ctx, mon, in)
 	vm.disks.jobs.Unlock()
-	roots, since := vm.recordCut(frozen, dir)
+	roots, formats, since := vm.recordCut(frozen, dir)
 	if err != nil {
 		return nil, fmt.Errorf("vm %q: %w", vm.name, err)
 	}
 	vm.log.Info("disks cut", "disks", len(frozen), "took", timeNow().Sub(start))
 	cctx, cancel := context.WithCancel(context.Background())
-	c := &diskCut{dir: dir, frozen: frozen, roots: roots, since: since, cancel: cancel, done: make(chan struct{})}
+	c := &diskCut{dir: dir, frozen: frozen, roots: roots, format: formats, since: since, cancel: cancel, done: make(chan struct{})}
 	go vm.storeAndFlatten(cctx, c)
 	return c, nil
 }
 
 // recordCut points the spec at the new overlays and notes that their
-// layers start at checkpoint dir; it returns the roots and the
-// checkpoint the frozen layers started at.
-func (vm *VM) recordCut(frozen []disk.Frozen, dir string) (map[string]string, string) {
+// layers start at checkpoint dir; it returns the roots, their formats and
+// the checkpoint the frozen layers started at.
+func (vm *VM) recordCut(frozen []disk.Frozen, dir string) (roots, formats map[string]string, since string) {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	if vm.rt.Chain == nil {
-		vm.rt.Chain = &chainState{Roots: map[string]string{}}
+		vm.rt.Chain = &chainState{}
 	}
 	ch := vm.rt.Chain
-	since := ch.Since
-	roots := map[string]string{}
+	if ch.Roots == nil || ch.Formats == nil {
+		ch.Roots, ch.Formats = map[string]string{}, map[string]string{}
+	}
+	since, roots, formats = ch.Since, map[string]string{}, map[string]string{}
 	for _, f := range frozen {
 		if ch.Roots[f.ID] == "" {
-			ch.Roots[f.ID] = f.Path
+			ch.Roots[f.ID], ch.Formats[f.ID] = f.Path, f.Format
 		}
-		roots[f.ID] = ch.Roots[f.ID]
+		roots[f.ID], formats[f.ID] = ch.Roots[f.ID], "qcow2"
+		if ch.Formats[f.ID] == "raw" {
+			formats[f.ID] = "raw"
+		}
 		for i := range vm.spec.Disks {
 			if vm.spec.Disks[i].ID == f.ID {
-				vm.spec.Disks[i].Path = f.Overlay
+				vm.spec.Disks[i].Path, vm.spec.Disks[i].Format = f.Overlay, "qcow2"
 			}
 		}
 	}
@@ -131,7 +141,7 @@ func (vm *VM) recordCut(frozen []disk.Frozen, dir string) (map[string]string, st
 		vm.log.Error("persist the spec's disk overlays", "err", err)
 	}
 	vm.saveRuntime()
-	return roots, since
+	return roots, formats, since
 }
 
 // storeAndFlatten copies the frozen images into the checkpoint (one
@@ -159,12 +169,16 @@ func (vm *VM) storeAndFlatten(ctx context.Context, c *diskCut) {
 func (vm *VM) storeDisks(ctx context.Context, c *diskCut) ([]FileDigest, error) {
 	var files []FileDigest
 	for _, f := range c.frozen {
-		link := vm.parentLink(c, f)
+		format := c.format[f.ID]
+		var link *manifest.Link
 		parent := ""
+		if format == "qcow2" {
+			link = vm.parentLink(c, f)
+		}
 		if link != nil {
 			parent = filepath.Join(link.Dir, link.Name)
 		}
-		fd, err := disk.Store(ctx, f, filepath.Join(c.dir, "disk-"+f.ID+".qcow2"), parent)
+		fd, err := disk.Store(ctx, f, filepath.Join(c.dir, "disk-"+f.ID+"."+format), parent, format)
 		if err != nil {
 			return nil, fmt.Errorf("vm %q: store disk %q: %w", vm.name, f.ID, err)
 		}
@@ -233,7 +247,7 @@ func addDisks(m *Manifest, files []FileDigest) {
 		m.Files = append(m.Files, fd)
 		for i := range m.Spec.Disks {
 			if m.Spec.Disks[i].ID == fd.ID {
-				m.Spec.Disks[i].Path, m.Spec.Disks[i].Format = fd.Name, "qcow2"
+				m.Spec.Disks[i].Path, m.Spec.Disks[i].Format = fd.Name, strings.TrimPrefix(filepath.Ext(fd.Name), ".")
 			}
 		}
 	}

@@ -63,7 +63,7 @@ func TestStoreChainAndMerge(t *testing.T) {
 		if i > 0 {
 			parent = "../../ck" + string(rune('0'+i)) + "/vm/disk-d0.qcow2"
 		}
-		fd, err := Store(ctx, Frozen{ID: "d0", Path: f, Format: "qcow2"}, filepath.Join(dir, "disk-d0.qcow2"), parent)
+		fd, err := Store(ctx, Frozen{ID: "d0", Path: f, Format: "qcow2"}, filepath.Join(dir, "disk-d0.qcow2"), parent, "qcow2")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,21 +13,25 @@ import (
 	"github.com/symvirt/symvirt/internal/atomicfile"
 )
 
-// Store writes the frozen image into dst (new), a qcow2, synced, and
-// returns its digest. With parent "" it is the whole disk, flattened;
-// otherwise f.Path is an overlay made at the cut of the checkpoint whose
-// disk is parent (a name relative to dst's directory), and dst is that
-// overlay, whose clusters are exactly those written since, over parent.
-func Store(ctx context.Context, f Frozen, dst, parent string) (manifest.FileDigest, error) {
+// Store writes the frozen image into dst (new) as format, synced, and
+// returns its digest. With parent "" it is the whole disk (a raw image
+// byte for byte, anything else flattened); otherwise f.Path is an overlay
+// made at the cut of the checkpoint whose disk is parent (a qcow2 named
+// relative to dst's directory), and dst is that overlay, whose clusters
+// are exactly those written since, over parent.
+func Store(ctx context.Context, f Frozen, dst, parent, format string) (manifest.FileDigest, error) {
 	var err error
-	if parent == "" {
-		// -U: QEMU holds the chain open; the frozen layers do not change.
-		err = run(ctx, "convert", "-U", "-f", f.Format, "-O", "qcow2", f.Path, dst)
-	} else {
+	switch {
+	case parent != "":
 		err = copyNew(f.Path, dst)
 		if err == nil {
 			err = Rebase(ctx, dst, parent, true)
 		}
+	case f.Format == format && format == "raw":
+		err = copyNew(f.Path, dst)
+	default:
+		// -U: QEMU holds the chain open; the frozen layers do not change.
+		err = run(ctx, "convert", "-U", "-f", f.Format, "-O", format, f.Path, dst)
 	}
 	if err == nil {
 		err = syncFile(dst)
