@@ -54,7 +54,7 @@ type diskCut struct {
 	frozen []disk.Frozen
 	roots  map[string]string
 	format map[string]string // of each disk's checkpoint copy
-	since  string // the checkpoint whose cut made the frozen layers
+	since  string            // the checkpoint whose cut made the frozen layers
 	cancel context.CancelFunc
 	done   chan struct{}
 	files  []FileDigest
