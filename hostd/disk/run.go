@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -16,8 +17,16 @@ var ErrQemuImg = errors.New("qemu-img failed")
 // QemuImg is the qemu-img binary.
 var QemuImg = "qemu-img"
 
+// command is qemu-img with args; it dies with hostd (a copy no hostd
+// follows writes for nobody).
+func command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, QemuImg, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
 func run(ctx context.Context, args ...string) error {
-	out, err := exec.CommandContext(ctx, QemuImg, args...).CombinedOutput()
+	out, err := command(ctx, args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("qemu-img %s: %v: %s: %w", args[0], err, strings.TrimSpace(string(out)), ErrQemuImg)
 	}
@@ -26,7 +35,7 @@ func run(ctx context.Context, args ...string) error {
 
 func output(ctx context.Context, args ...string) ([]byte, error) {
 	var stderr strings.Builder
-	cmd := exec.CommandContext(ctx, QemuImg, args...)
+	cmd := command(ctx, args...)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
