@@ -34,6 +34,41 @@ const flattenTimeout = 30 * time.Minute
 type diskWork struct {
 	work sync.Mutex
 	jobs sync.Mutex
+
+	mu    sync.Mutex
+	ready []disk.Frozen // overlays made at the arm for the next cut
+}
+
+// prepareDisks makes the overlays of the VM's next cut while it runs (a
+// live checkpoint's arm), so that it stands still only to switch to them.
+func (vm *VM) prepareDisks(ctx context.Context, mon *qmp.Client) {
+	ready, err := disk.Prepare(ctx, mon, vm.diskList())
+	if err != nil {
+		vm.log.Warn("disk overlays not made in advance (the cut makes them)", "err", err)
+	}
+	vm.disks.mu.Lock()
+	old := vm.disks.ready
+	vm.disks.ready = ready
+	vm.disks.mu.Unlock()
+	disk.Discard(old)
+}
+
+// takeReady hands the overlays made in advance to a cut (or, nil, drops
+// them).
+func (vm *VM) takeReady() []disk.Frozen {
+	vm.disks.mu.Lock()
+	defer vm.disks.mu.Unlock()
+	r := vm.disks.ready
+	vm.disks.ready = nil
+	return r
+}
+
+func (vm *VM) diskList() []disk.Disk {
+	var in []disk.Disk
+	for _, d := range vm.Spec().Disks {
+		in = append(in, disk.Disk{ID: d.ID, Path: d.Path, Format: d.Format})
+	}
+	return in
 }
 
 // chainState is persisted in the VM's runtime state.
@@ -85,17 +120,13 @@ func (c *diskCut) abandon() {
 // cutDisks cuts the disks of the stopped VM for the checkpoint into dir
 // and starts their copy (nil: the VM has no disks).
 func (vm *VM) cutDisks(ctx context.Context, mon *qmp.Client, dir string) (*diskCut, error) {
-	sp := vm.Spec()
-	if len(sp.Disks) == 0 {
+	in := vm.diskList()
+	if len(in) == 0 {
 		return nil, nil
-	}
-	var in []disk.Disk
-	for _, d := range sp.Disks {
-		in = append(in, disk.Disk{ID: d.ID, Path: d.Path, Format: d.Format})
 	}
 	start := timeNow()
 	vm.disks.jobs.Lock()
-	frozen, err := disk.Cut(ctx, mon, in)
+	frozen, err := disk.Cut(ctx, mon, in, vm.takeReady())
 	vm.disks.jobs.Unlock()
 	roots, formats, since := vm.recordCut(frozen, dir)
 	if err != nil {

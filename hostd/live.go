@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/disk"
 	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/qmp"
 )
@@ -146,6 +147,7 @@ func (vm *VM) takeArm(ctx context.Context, mon *qmp.Client, dir string, bandwidt
 // dropArm disarms a live checkpoint that was armed and never started (the
 // operation rolled back).
 func (vm *VM) dropArm() {
+	disk.Discard(vm.takeReady())
 	vm.mu.Lock()
 	a := vm.armed
 	vm.armed = nil

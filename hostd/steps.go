@@ -541,6 +541,7 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	if err != nil {
 		return err
 	}
+	vm.prepareDisks(ctx, mon)
 	vm.mu.Lock()
 	vm.armed = a
 	vm.mu.Unlock()

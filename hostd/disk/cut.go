@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,27 +30,70 @@ type Frozen struct {
 	Overlay          string
 }
 
-// Cut switches every disk to a new qcow2 overlay next to its image, in
-// O(1): it neither reads nor copies the disk. The VM must stand still
-// (all disks cut at one instant, the instant of its RAM's cut). It
-// returns the disks cut before any error: those run on their overlay.
-func Cut(ctx context.Context, mon *qmp.Client, disks []Disk) ([]Frozen, error) {
+// Prepare makes the overlays a cut of disks will switch to, while the VM
+// runs: the cut then only switches (no qemu-img while it stands still).
+// What it made before an error is returned too (Discard removes them).
+func Prepare(ctx context.Context, mon *qmp.Client, disks []Disk) ([]Frozen, error) {
 	blocks, err := mon.QueryBlock(ctx)
 	if err != nil {
 		return nil, err
 	}
+	var ready []Frozen
+	for _, d := range disks {
+		f, err := createOverlay(ctx, blocks, d)
+		if err != nil {
+			return ready, fmt.Errorf("disk %q: prepare its overlay: %w", d.ID, err)
+		}
+		ready = append(ready, f)
+	}
+	return ready, nil
+}
+
+// Discard removes prepared overlays no cut took.
+func Discard(ready []Frozen) {
+	for _, f := range ready {
+		removeQuiet(f.Overlay)
+	}
+}
+
+// Cut switches every disk to a new qcow2 overlay next to its image, in
+// O(1): it neither reads nor copies the disk. The VM must stand still
+// (all disks cut at one instant, the instant of its RAM's cut). An overlay
+// of ready made for the disk as it is now is taken, else one is made. It
+// returns the disks cut before any error (those run on their overlay) and
+// removes what it did not take of ready.
+func Cut(ctx context.Context, mon *qmp.Client, disks []Disk, ready []Frozen) ([]Frozen, error) {
+	ready = slices.Clone(ready)
+	blocks, err := mon.QueryBlock(ctx)
+	if err != nil {
+		Discard(ready)
+		return nil, err
+	}
 	var done []Frozen
 	for _, d := range disks {
-		f, err := cutOne(ctx, mon, blocks, d)
+		f, ok := Frozen{}, false
+		if i := slices.IndexFunc(ready, func(f Frozen) bool { return f.ID == d.ID && f.Path == d.Path }); i >= 0 {
+			f, ok = ready[i], true
+			ready = slices.Delete(ready, i, i+1)
+		}
+		if !ok {
+			f, err = createOverlay(ctx, blocks, d)
+		}
+		if err == nil {
+			err = switchTo(ctx, mon, blocks, f)
+		}
 		if err != nil {
+			Discard(ready)
 			return done, fmt.Errorf("disk %q: cut: %w", d.ID, err)
 		}
 		done = append(done, f)
 	}
+	Discard(ready)
 	return done, nil
 }
 
-func cutOne(ctx context.Context, mon *qmp.Client, blocks []qmp.BlockInfo, d Disk) (Frozen, error) {
+// createOverlay makes the file of d's next overlay.
+func createOverlay(ctx context.Context, blocks []qmp.BlockInfo, d Disk) (Frozen, error) {
 	b, ok := deviceOf(blocks, d.ID)
 	if !ok {
 		return Frozen{}, fmt.Errorf("%w (qdev dev-%s)", ErrNoDevice, d.ID)
@@ -58,20 +102,27 @@ func cutOne(ctx context.Context, mon *qmp.Client, blocks []qmp.BlockInfo, d Disk
 	f := Frozen{ID: d.ID, Path: d.Path, Format: d.Format, Overlay: overlayName(d.Path, d.ID, stamp)}
 	size := strconv.FormatInt(b.Inserted.Image.VirtualSize, 10)
 	// -u: the backing file is QEMU's (write-locked); the size is given.
-	if err := run(ctx, "create", "-q", "-f", "qcow2", "-u", "-b", d.Path, "-F", d.Format, f.Overlay, size); err != nil {
-		return f, err
+	return f, run(ctx, "create", "-q", "-f", "qcow2", "-u", "-b", d.Path, "-F", d.Format, f.Overlay, size)
+}
+
+// switchTo opens f's overlay and makes it the disk's active layer.
+func switchTo(ctx context.Context, mon *qmp.Client, blocks []qmp.BlockInfo, f Frozen) error {
+	b, ok := deviceOf(blocks, f.ID)
+	if !ok {
+		removeQuiet(f.Overlay)
+		return fmt.Errorf("%w (qdev dev-%s)", ErrNoDevice, f.ID)
 	}
-	node := "o" + stamp
+	node := "o" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if err := mon.BlockdevAddQcow2(ctx, node, f.Overlay); err != nil {
 		removeQuiet(f.Overlay)
-		return f, err
+		return err
 	}
 	if err := mon.BlockdevSnapshot(ctx, b.Inserted.NodeName, node); err != nil {
 		cleanupQMP(func(ctx context.Context) error { return mon.BlockdevDel(ctx, node) })
 		removeQuiet(f.Overlay)
-		return f, err
+		return err
 	}
-	return f, nil
+	return nil
 }
 
 // deviceOf finds the backend of the disk's virtio-blk device (qemu/args.go

@@ -51,12 +51,20 @@ func TestCutAndFlattenQEMU(t *testing.T) {
 	}
 	mon := startQEMU(t, root)
 	path := root
+	var err error
 	for i := 0; i < 3; i++ {
-		fr, err := Cut(ctx, mon, []Disk{{ID: "d0", Path: path, Format: "qcow2"}})
+		disks := []Disk{{ID: "d0", Path: path, Format: "qcow2"}}
+		var ready []Frozen
+		if i == 1 { // the second cut takes an overlay made in advance
+			if ready, err = Prepare(ctx, mon, disks); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fr, err := Cut(ctx, mon, disks, ready)
 		if err != nil {
 			t.Fatalf("cut %d: %v", i, err)
 		}
-		if fr[0].Path != path {
+		if fr[0].Path != path || (i == 1 && fr[0].Overlay != ready[0].Overlay) {
 			t.Fatalf("cut %d froze %s, want %s", i, fr[0].Path, path)
 		}
 		path = fr[0].Overlay
