@@ -35,6 +35,11 @@ type diskWork struct {
 	work sync.Mutex
 	jobs sync.Mutex
 
+	// flat is read-held while a checkpoint's disks are stored and
+	// flattened: the next live checkpoint's arm waits for them, so that
+	// its cut does not wait for a commit job with the VM stopped.
+	flat sync.RWMutex
+
 	mu    sync.Mutex
 	ready []disk.Frozen // overlays made at the arm for the next cut
 }
@@ -42,6 +47,14 @@ type diskWork struct {
 // prepareDisks makes the overlays of the VM's next cut while it runs (a
 // live checkpoint's arm), so that it stands still only to switch to them.
 func (vm *VM) prepareDisks(ctx context.Context, mon *qmp.Client) {
+	for !vm.disks.flat.TryLock() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	vm.disks.flat.Unlock()
 	ready, err := disk.Prepare(ctx, mon, vm.diskList())
 	if err != nil {
 		vm.log.Warn("disk overlays not made in advance (the cut makes them)", "err", err)
@@ -135,6 +148,7 @@ func (vm *VM) cutDisks(ctx context.Context, mon *qmp.Client, dir string) (*diskC
 	vm.log.Info("disks cut", "disks", len(frozen), "took", timeNow().Sub(start))
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &diskCut{dir: dir, frozen: frozen, roots: roots, format: formats, since: since, cancel: cancel, done: make(chan struct{})}
+	vm.disks.flat.RLock()
 	go vm.storeAndFlatten(cctx, c)
 	return c, nil
 }
@@ -179,6 +193,7 @@ func (vm *VM) recordCut(frozen []disk.Frozen, dir string) (roots, formats map[st
 // checkpoint's at a time: the next one's delta is over this one), then
 // commits them into their roots.
 func (vm *VM) storeAndFlatten(ctx context.Context, c *diskCut) {
+	defer vm.disks.flat.RUnlock()
 	vm.disks.work.Lock()
 	start := timeNow()
 	c.files, c.err = vm.storeDisks(ctx, c)
