@@ -2,6 +2,7 @@ package hostd_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -199,6 +200,21 @@ func TestDiskCheckpointChain(t *testing.T) {
 	t.Logf("after removing checkpoint 2: checkpoint 3's disk %d bytes, parent %+v", f3.Size, f3.Parent)
 	restoreAndCheck(t, h, dirs[2], "pr3b")
 	restoreAndCheck(t, h, dirs[0], "pr1b")
+
+	// A link changed under a signed chain: the restore says so, and
+	// nothing runs.
+	ck1 := filepath.Join(dirs[0], diskFile(t, dirs[0]).Name)
+	fh, err := os.OpenFile(ck1, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt([]byte("tampered"), 32<<20)
+	fh.Close()
+	if _, err := c.Restore(ctx, hostd.RestoreOptions{Dir: dirs[2], Name: "pr3c"}, nil); !errors.Is(err, hostd.ErrChecksum) {
+		t.Fatalf("restore over a tampered link: %v, want ErrChecksum", err)
+	} else {
+		t.Logf("restore over a tampered link refused: %v", err)
+	}
 }
 
 // diskFullFails: a live checkpoint into a file system too small for the
