@@ -82,7 +82,10 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *
 func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed) (*snapshot.Stream, error) {
 	st, err := mon.Status(ctx)
 	if err == nil && st.Running && len(vm.Spec().Disks) > 0 {
-		err = fmt.Errorf("a live checkpoint cuts disks with its RAM, so the vm must be stopped first: %w", ErrInvalidState)
+		// Its disks are cut with its RAM: it stands still from here to
+		// its background snapshot's point, which runs it again.
+		err = vm.stopForPoint(ctx, mon)
+		st.Running = false
 	}
 	precopy := st.Running && vm.h.cfg.LiveMode == "precopy"
 	m := vm.newManifest(mon)
@@ -113,6 +116,17 @@ func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed)
 		cut.abandon()
 	}
 	return s, err
+}
+
+// stopForPoint stops the VM at its snapshot point; its pause is from here.
+func (vm *VM) stopForPoint(ctx context.Context, mon *qmp.Client) error {
+	if err := mon.Stop(ctx); err != nil {
+		return err
+	}
+	vm.mu.Lock()
+	vm.stoppedAt = timeNow()
+	vm.mu.Unlock()
+	return nil
 }
 
 func (vm *VM) pid() int {
