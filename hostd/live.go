@@ -77,26 +77,19 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *
 
 // pointLive starts the stream: a running VM is copied while it runs
 // (LiveMode precopy) and fenced at its point; any other is saved by a
-// background snapshot, its disks cut first (in O(1), while it stands
-// still; their copies are part of the stream).
+// background snapshot. A VM with disks is stopped right before its point
+// and its disks are cut there (in O(1); their copies are part of the
+// stream).
 func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed) (*snapshot.Stream, error) {
 	st, err := mon.Status(ctx)
-	if err == nil && st.Running && len(vm.Spec().Disks) > 0 {
-		// Its disks are cut with its RAM: it stands still from here to
-		// its background snapshot's point, which runs it again.
-		err = vm.stopForPoint(ctx, mon)
-		st.Running = false
-	}
-	precopy := st.Running && vm.h.cfg.LiveMode == "precopy"
-	m := vm.newManifest(mon)
-	var cut *diskCut
-	if err == nil && !precopy {
-		cut, err = vm.cutDisks(ctx, mon, a.Dir())
-	}
 	if err != nil {
 		a.Disarm()
 		return nil, err
 	}
+	disks := len(vm.Spec().Disks) > 0
+	precopy := st.Running && !disks && vm.h.cfg.LiveMode == "precopy"
+	m := vm.newManifest(mon)
+	var cut *diskCut
 	o := snapshot.Options{PID: vm.pid(), Log: vm.log, Cut: vm.fence, Finish: func(state FileDigest) error {
 		m.Files = append(m.Files, state)
 		files, err := cut.wait(context.Background())
@@ -106,12 +99,19 @@ func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed)
 		addDisks(&m, files)
 		return vm.h.writeCheckpointManifest(a.Dir(), m)
 	}}
-	var s *snapshot.Stream
 	if precopy {
-		s, err = snapshot.Precopy(ctx, a, o)
-	} else {
-		s, err = snapshot.Background(ctx, a, o)
+		return snapshot.Precopy(ctx, a, o)
 	}
+	o.Point = func(ctx context.Context, mon *qmp.Client) (err error) {
+		if st.Running && disks {
+			if err := vm.stopForPoint(ctx, mon); err != nil {
+				return err
+			}
+		}
+		cut, err = vm.cutDisks(ctx, mon, a.Dir())
+		return err
+	}
+	s, err := snapshot.Background(ctx, a, o)
 	if err != nil {
 		cut.abandon()
 	}
