@@ -203,7 +203,11 @@ func (vm *VM) storeAndFlatten(ctx context.Context, c *diskCut) {
 	if c.err != nil {
 		vm.log.Error("checkpoint disks not stored", "dir", c.dir, "err", c.err)
 	} else {
-		vm.log.Info("checkpoint disks stored", "dir", c.dir, "took", timeNow().Sub(start))
+		var bytes int64
+		for _, f := range c.files {
+			bytes += f.Size
+		}
+		vm.log.Info("checkpoint disks stored", "dir", c.dir, "bytes", bytes, "delta", c.since != "", "took", timeNow().Sub(start))
 	}
 	for _, f := range c.frozen {
 		if err := vm.flatten(f.ID, c.roots[f.ID], f.Path); err != nil {
