@@ -204,10 +204,14 @@ func (vm *VM) storeAndFlatten(ctx context.Context, c *diskCut) {
 		vm.log.Error("checkpoint disks not stored", "dir", c.dir, "err", c.err)
 	} else {
 		var bytes int64
+		deltas := 0
 		for _, f := range c.files {
 			bytes += f.Size
+			if f.Parent != nil {
+				deltas++
+			}
 		}
-		vm.log.Info("checkpoint disks stored", "dir", c.dir, "bytes", bytes, "delta", c.since != "", "took", timeNow().Sub(start))
+		vm.log.Info("checkpoint disks stored", "dir", c.dir, "bytes", bytes, "deltas", deltas, "took", timeNow().Sub(start))
 	}
 	for _, f := range c.frozen {
 		if err := vm.flatten(f.ID, c.roots[f.ID], f.Path); err != nil {
