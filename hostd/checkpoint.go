@@ -48,10 +48,13 @@ type CheckpointOptions struct {
 
 // CheckpointResult reports a finished checkpoint.
 type CheckpointResult struct {
-	Dir      string        `json:"dir"`
-	Manifest Manifest      `json:"manifest"`
-	Bytes    int64         `json:"bytes"`
-	Duration time.Duration `json:"duration_ns"`
+	Dir      string   `json:"dir"`
+	Manifest Manifest `json:"manifest"`
+	Bytes    int64    `json:"bytes"`
+	// DiskBytes is what the disks stored (a delta over the previous
+	// checkpoint's disks where it could be: diskcut.go).
+	DiskBytes int64         `json:"disk_bytes,omitempty"`
+	Duration  time.Duration `json:"duration_ns"`
 	// Downtime is how long the vCPUs were stopped (a live checkpoint:
 	// QEMU's own figure for its snapshot point).
 	Downtime time.Duration `json:"downtime_ns"`
@@ -101,13 +104,16 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	}
 	for _, f := range res.Manifest.Files {
 		res.Bytes += f.Size
+		if f.Role == "disk" {
+			res.DiskBytes += f.Size
+		}
 	}
 	res.Dir, res.Downtime, res.Duration = opts.Dir, d.resumed.Sub(d.stopped), timeNow().Sub(start)
 	if o.Live {
 		res.Live, res.Fallback = d.note == "", d.note
 		res.Downtime, res.Pause, res.SnapshotAt = d.pause, d.pause, d.snapshotAt
 	}
-	vm.log.Info("checkpoint complete", "dir", opts.Dir, "live", res.Live, "bytes", res.Bytes, "downtime", res.Downtime)
+	vm.log.Info("checkpoint complete", "dir", opts.Dir, "live", res.Live, "bytes", res.Bytes, "disk_bytes", res.DiskBytes, "downtime", res.Downtime)
 	return res, nil
 }
 
