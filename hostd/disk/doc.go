@@ -13,6 +13,12 @@
 // and the chain is root <- active overlay again: at most three layers,
 // for as long as a copy runs.
 //
+// The frozen image is always copied into the checkpoint, never referenced
+// in place even on the same file system: the checkpoint must outlive the
+// VM's chain (whose layers are committed and removed), be signed over
+// bytes nobody else writes, and be hashed, which reads it whole anyway.
+// A delta is small, and the first copy is sparse (qemu-img convert).
+//
 // hostd decides which layer is which (hostd/disk*.go); this package runs
 // qemu-img and QMP.
 package disk
