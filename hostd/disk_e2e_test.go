@@ -142,10 +142,10 @@ func restoreAndCheck(t *testing.T, h *testenv.Hostd, dir, name string) {
 // writing a checked pattern to its 2 GiB qcow2 disk: its disks are cut in
 // O(1) (the pause is reported next to a diskless VM's), a checkpoint
 // whose disk copy hits a full file system fails, is deleted, and leaves
-// the VM running on its overlay; of three checkpoints in a row the 2nd and
-// 3rd store only what changed; each restores with the pattern intact;
-// removing the middle one keeps the others restorable; the running chain
-// stays short.
+// the VM running on its overlay; of four checkpoints in a row the 2nd to
+// 4th store only what changed; each restores with the pattern intact;
+// removing a middle one, then the first, keeps the others restorable; the
+// running chain stays short; a tampered link is refused.
 func TestDiskCheckpointChain(t *testing.T) {
 	h, disks := diskHostd(t)
 	c := h.Client()
@@ -160,12 +160,51 @@ func TestDiskCheckpointChain(t *testing.T) {
 	diskFullFails(t, h, "pd1", log, seen)
 	seen = waitPattern(t, log, seen, 1)
 
+	dirs := checkpointsInARow(t, h, "pd1", log, seen, 4)
+	chainShort(t, h, "pd1")
+	diskless(t, h)
+	for i, dir := range dirs {
+		restoreAndCheck(t, h, dir, fmt.Sprintf("pr%d", i+1))
+	}
+
+	// Removing the middle of a chain: checkpoint 3 takes 2's clusters and
+	// links to 1; 4's link follows 3's new digest.
+	removeCheckpoint(t, h, "pd1", dirs[1])
+	restoreAndCheck(t, h, dirs[3], "pr4b")
+	restoreAndCheck(t, h, dirs[2], "pr3b")
+	restoreAndCheck(t, h, dirs[0], "pr1b")
+	// Removing its root: 3 stands alone.
+	removeCheckpoint(t, h, "pd1", dirs[0])
+	if f := diskFile(t, dirs[2]); f.Parent != nil {
+		t.Fatalf("checkpoint 3 still links to %+v", f.Parent)
+	}
+	restoreAndCheck(t, h, dirs[3], "pr4c")
+
+	// A link changed under a signed chain: the restore says so, and
+	// nothing runs.
+	fh, err := os.OpenFile(filepath.Join(dirs[2], diskFile(t, dirs[2]).Name), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt([]byte("tampered"), 32<<20)
+	fh.Close()
+	if _, err := c.Restore(ctx, hostd.RestoreOptions{Dir: dirs[3], Name: "pr4d"}, nil); !errors.Is(err, hostd.ErrChecksum) {
+		t.Fatalf("restore over a tampered link: %v, want ErrChecksum", err)
+	} else {
+		t.Logf("restore over a tampered link refused: %v", err)
+	}
+}
+
+// checkpointsInARow takes n live checkpoints of the VM: the first stores
+// the whole disk, the others only what changed, over the one before.
+func checkpointsInARow(t *testing.T, h *testenv.Hostd, vm, log string, seen, n int) []string {
+	ctx := ctxT(t, 10*time.Minute)
 	root := t.TempDir()
 	var dirs []string
 	var sizes []int64
-	for i := 1; i <= 3; i++ {
-		dir := filepath.Join(root, fmt.Sprintf("ck%d", i), "pd1")
-		res, err := c.Checkpoint(ctx, "pd1", hostd.CheckpointOptions{Dir: dir, Live: true}, nil)
+	for i := 1; i <= n; i++ {
+		dir := filepath.Join(root, fmt.Sprintf("ck%d", i), vm)
+		res, err := h.Client().Checkpoint(ctx, vm, hostd.CheckpointOptions{Dir: dir, Live: true}, nil)
 		if err != nil {
 			t.Fatalf("checkpoint %d: %v", i, err)
 		}
@@ -178,43 +217,26 @@ func TestDiskCheckpointChain(t *testing.T) {
 		dirs, sizes = append(dirs, dir), append(sizes, f.Size)
 		seen = waitPattern(t, log, seen, 2)
 	}
-	for i := 1; i < 3; i++ {
+	for i := 1; i < n; i++ {
 		if sizes[i]*4 > sizes[0] {
 			t.Errorf("checkpoint %d stores %d bytes, not much less than the first's %d", i+1, sizes[i], sizes[0])
 		}
 	}
-	chainShort(t, h, "pd1")
-	diskless(t, h)
+	return dirs
+}
 
-	for i, dir := range dirs {
-		restoreAndCheck(t, h, dir, fmt.Sprintf("pr%d", i+1))
+// removeCheckpoint removes a checkpoint as `symvirt checkpoints rm` does.
+func removeCheckpoint(t *testing.T, h *testenv.Hostd, vm, dir string) {
+	id := "rm-" + filepath.Base(filepath.Dir(dir))
+	res, err := h.Client().Step(ctxT(t, 5*time.Minute), hostd.StepRequest{ID: id, Op: id, Kind: hostd.StepDeleteArtifacts, VM: vm,
+		Save: &hostd.SaveArgs{Dir: dir}})
+	if err != nil || !res.OK {
+		t.Fatalf("remove %s: %v %+v", dir, err, res)
 	}
-	if res, err := c.Step(ctx, hostd.StepRequest{ID: "rm-ck2", Op: "rm-ck2", Kind: hostd.StepDeleteArtifacts, VM: "pd1",
-		Save: &hostd.SaveArgs{Dir: dirs[1]}}); err != nil || !res.OK {
-		t.Fatalf("remove the middle checkpoint: %v %+v", err, res)
-	}
-	if _, err := os.Stat(dirs[1]); !os.IsNotExist(err) {
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("the removed checkpoint is still there: %v", err)
 	}
-	f3 := diskFile(t, dirs[2])
-	t.Logf("after removing checkpoint 2: checkpoint 3's disk %d bytes, parent %+v", f3.Size, f3.Parent)
-	restoreAndCheck(t, h, dirs[2], "pr3b")
-	restoreAndCheck(t, h, dirs[0], "pr1b")
-
-	// A link changed under a signed chain: the restore says so, and
-	// nothing runs.
-	ck1 := filepath.Join(dirs[0], diskFile(t, dirs[0]).Name)
-	fh, err := os.OpenFile(ck1, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fh.WriteAt([]byte("tampered"), 32<<20)
-	fh.Close()
-	if _, err := c.Restore(ctx, hostd.RestoreOptions{Dir: dirs[2], Name: "pr3c"}, nil); !errors.Is(err, hostd.ErrChecksum) {
-		t.Fatalf("restore over a tampered link: %v, want ErrChecksum", err)
-	} else {
-		t.Logf("restore over a tampered link refused: %v", err)
-	}
+	t.Logf("removed %s", filepath.Base(filepath.Dir(dir)))
 }
 
 // diskFullFails: a live checkpoint into a file system too small for the
