@@ -77,6 +77,7 @@ type VM struct {
 	attachMu  sync.Mutex
 	stoppedAt time.Time // when hostd stopped the vCPUs for a cut, for its pause
 	fencedAt  time.Time // when the network fence went up
+	disks     diskWork  // a checkpoint's disk copy and flatten (diskcut.go)
 }
 
 // runtimeState is persisted next to the spec so a restarted hostd knows
@@ -116,6 +117,8 @@ type runtimeState struct {
 	// RAM is the shared RAM file hostd created for this VM: the only one
 	// it hands to a QEMU of the VM again (ramfile.go).
 	RAM *qemu.RAMFile `json:"ram,omitempty"`
+	// Chain is the VM's disk chain since its first disk cut (diskcut.go).
+	Chain *chainState `json:"chain,omitempty"`
 }
 
 // VMInfo is a VM's status as the API reports it.
