@@ -3,6 +3,7 @@ package coord
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -36,6 +37,9 @@ type ConsolidateOptions struct {
 	// Target and High are the placement policy (0: the defaults).
 	Target float64 `json:"target,omitempty"`
 	High   float64 `json:"high,omitempty"`
+	// Low is the loop's trigger: a round consolidates only when a host
+	// is filled below it (0: whenever a host can be freed).
+	Low float64 `json:"low,omitempty"`
 }
 
 // ConsolidateReport is what consolidate saw, planned and did.
@@ -46,8 +50,12 @@ type ConsolidateReport struct {
 	Hosts  []placement.Host `json:"hosts"`
 	VMs    []placement.VM   `json:"vms"`
 	Plan   placement.Plan   `json:"plan"`
-	// Skipped names the hosts left out (unreachable), with why.
-	Skipped map[string]string `json:"skipped,omitempty"`
+	// Skipped names the hosts left out (unreachable), with why; their VMs
+	// (Unplanned) stay where they are.
+	Skipped   map[string]string `json:"skipped,omitempty"`
+	Unplanned []string          `json:"unplanned,omitempty"`
+	// Underused lists the hosts running VMs filled below Policy.Low.
+	Underused []string `json:"underused,omitempty"`
 	// Applied: the migrations, one per job moved; Empty: the hosts that
 	// run no VM afterwards; Drained: the ones cordoned for it;
 	// Uncordoned: consolidate's drained hosts a scale out took back.
@@ -62,10 +70,11 @@ type ConsolidateReport struct {
 // VMs onto the fewest hosts, or, when a host is above the high-water
 // mark, the moves that relieve it.
 func (c *Coord) Consolidate(ctx context.Context, o ConsolidateOptions, progress ProgressFunc) (ConsolidateReport, error) {
-	rep := ConsolidateReport{Policy: placement.Policy{Target: cmp.Or(o.Target, DefaultTarget), High: cmp.Or(o.High, DefaultHigh)}}
-	if rep.Policy.Target <= 0 || rep.Policy.Target > 1 || rep.Policy.High < rep.Policy.Target {
-		return rep, fmt.Errorf("consolidate: target %.2f and high %.2f: want 0 < target <= high: %w",
-			rep.Policy.Target, rep.Policy.High, ErrInvalid)
+	rep := ConsolidateReport{Policy: placement.Policy{Target: cmp.Or(o.Target, DefaultTarget), High: cmp.Or(o.High, DefaultHigh),
+		Low: o.Low}}
+	if p := rep.Policy; p.Target <= 0 || p.Target > 1 || p.High < p.Target || p.Low < 0 || p.Low > p.Target {
+		return rep, fmt.Errorf("consolidate: low %.2f, target %.2f and high %.2f: want 0 <= low <= target <= high, 0 < target <= 1: %w",
+			p.Low, p.Target, p.High, ErrInvalid)
 	}
 	if o.Parallel < 0 {
 		return rep, fmt.Errorf("consolidate: parallel %d: %w", o.Parallel, ErrInvalid)
@@ -74,6 +83,7 @@ func (c *Coord) Consolidate(ctx context.Context, o ConsolidateOptions, progress 
 		return rep, err
 	}
 	var err error
+	rep.Underused = filledBelow(rep.Hosts, rep.VMs, rep.Policy.Low)
 	if over := overloaded(rep.Hosts, rep.VMs, rep.Policy.High); len(over) > 0 {
 		rep.Mode = "scale-out"
 		rep.Plan, err = placement.ScaleOut(offerDrained(rep.Hosts), rep.VMs, rep.Policy)
@@ -81,7 +91,10 @@ func (c *Coord) Consolidate(ctx context.Context, o ConsolidateOptions, progress 
 		rep.Mode = "consolidate"
 		rep.Plan, err = placement.Consolidate(rep.Hosts, rep.VMs, rep.Policy)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, placement.ErrInfeasible):
+		return rep, fmt.Errorf("consolidate: %s: %w: %w", rep.Mode, ErrNoCapacity, err)
+	case err != nil:
 		return rep, fmt.Errorf("consolidate: %s: %w: %w", rep.Mode, ErrInvalid, err)
 	}
 	c.log.Info("consolidate: planned", "mode", rep.Mode, "moves", len(rep.Plan.Moves), "freed", rep.Plan.Freed)
@@ -124,6 +137,10 @@ func (c *Coord) gather(ctx context.Context, rep *ConsolidateReport) error {
 	}
 	for _, j := range jobs {
 		for _, jv := range j.VMs {
+			if v, ok := views[jv.Host]; !ok || v.err != nil {
+				rep.Unplanned = append(rep.Unplanned, jv.Name)
+				continue
+			}
 			rep.VMs = append(rep.VMs, placementVM(j, jv, views[jv.Host]))
 		}
 	}
@@ -133,14 +150,14 @@ func (c *Coord) gather(ctx context.Context, rep *ConsolidateReport) error {
 // drainedLabel marks, in a plan's input, a host consolidate drained.
 const drainedLabel = "symvirt.consolidate/drained"
 
-// placementVM is a job's VM as the planner sees it. A VM on a host left
-// out, or without usage figures (not running, just moved), stays where it
-// is: its usage is its configured memory and no CPU.
+// placementVM is a job's VM as the planner sees it. A VM that is not
+// running stays where it is; one without usage figures yet (just started
+// or moved) counts its configured memory and no CPU.
 func placementVM(j Job, jv JobVM, v hostView) placement.VM {
 	pv := placement.VM{Name: jv.Name, Job: j.Name, Host: jv.Host, AntiAffinity: cmp.Or(jv.AntiAffinity, j.AntiAffinity)}
 	info, ok := v.vms[jv.Name]
 	switch {
-	case v.err != nil || !ok || info.State != "running":
+	case !ok || info.State != "running":
 		pv.Pinned = true
 	case info.Usage != nil:
 		pv.Use = placement.Resources{CPU: info.Usage.CPU, Mem: info.Usage.Mem}
@@ -192,19 +209,39 @@ func (c *Coord) hostViews(ctx context.Context, hosts []Host) map[string]hostView
 	return out
 }
 
+// hostUse sums the usage of each host's VMs.
+func hostUse(vms []placement.VM) map[string]placement.Resources {
+	out := map[string]placement.Resources{}
+	for _, v := range vms {
+		u := out[v.Host]
+		u.CPU += v.Use.CPU
+		u.Mem += v.Use.Mem
+		out[v.Host] = u
+	}
+	return out
+}
+
+// filledBelow lists the hosts running VMs whose fill (the larger of CPU
+// and memory, as a fraction of capacity) is below low.
+func filledBelow(hosts []placement.Host, vms []placement.VM, low float64) []string {
+	use := hostUse(vms)
+	var out []string
+	for _, h := range hosts {
+		u, ok := use[h.Name]
+		if ok && !h.Drained && max(u.CPU/h.Capacity.CPU, float64(u.Mem)/float64(h.Capacity.Mem)) < low {
+			out = append(out, h.Name)
+		}
+	}
+	return out
+}
+
 // overloaded lists the hosts whose VMs use more than high of their
 // capacity (CPU or memory).
 func overloaded(hosts []placement.Host, vms []placement.VM, high float64) []string {
+	use := hostUse(vms)
 	var out []string
 	for _, h := range hosts {
-		var use placement.Resources
-		for _, v := range vms {
-			if v.Host == h.Name {
-				use.CPU += v.Use.CPU
-				use.Mem += v.Use.Mem
-			}
-		}
-		if use.CPU > high*h.Capacity.CPU || float64(use.Mem) > high*float64(h.Capacity.Mem) {
+		if u := use[h.Name]; u.CPU > high*h.Capacity.CPU || float64(u.Mem) > high*float64(h.Capacity.Mem) {
 			out = append(out, h.Name)
 		}
 	}

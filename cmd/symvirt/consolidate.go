@@ -22,8 +22,9 @@ file) never share a host. A VM that is not running, or on a host that does not a
 Without --apply it prints the plan (a dry run): the moves and the hosts they free. --apply runs the moves as live
 migrations through the coordinator (one operation per job, with the guests' cooperation round), --parallel at once,
 then reports the hosts that run no VM; --drain cordons them (no new placement) so they can be powered down.
---every repeats it (with --apply: a round applies a consolidation only when it frees a host, and none for
---cooldown after a scale out).`
+--every repeats it; with --apply a round scales out at once, but consolidates only when that frees a host, a host
+is filled below --low (if given), and no scale out happened within --cooldown: the band between --target and --high
+and the cooldown keep VMs from moving back and forth.`
 
 func consolidateCommand() *cli.Command {
 	return &cli.Command{
@@ -36,6 +37,7 @@ func consolidateCommand() *cli.Command {
 			&cli.BoolFlag{Name: "drain", Usage: "cordon the hosts left empty (with --apply)"},
 			&cli.FloatFlag{Name: "target", Value: coord.DefaultTarget, Usage: "fill a host up to this fraction of its capacity"},
 			&cli.FloatFlag{Name: "high", Value: coord.DefaultHigh, Usage: "scale out of a host above this fraction"},
+			&cli.FloatFlag{Name: "low", Usage: "with --every --apply: consolidate only while a host is filled below this fraction (0: whenever a host can be freed)"},
 			&cli.DurationFlag{Name: "every", Usage: "repeat every so often until interrupted (e.g. 5m)"},
 			&cli.DurationFlag{Name: "cooldown", Value: 15 * time.Minute, Usage: "with --every: no consolidation this long after a scale out"},
 		),
@@ -62,7 +64,7 @@ func runConsolidate(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	o := coord.ConsolidateOptions{Apply: cmd.Bool("apply"), Parallel: int(cmd.Int("parallel")), Drain: cmd.Bool("drain"),
-		Target: cmd.Float("target"), High: cmd.Float("high")}
+		Target: cmd.Float("target"), High: cmd.Float("high"), Low: cmd.Float("low")}
 	every := cmd.Duration("every")
 	if every <= 0 {
 		return consolidateOnce(ctx, c, o, out)
@@ -84,9 +86,8 @@ func consolidateOnce(ctx context.Context, c *coord.Client, o coord.ConsolidateOp
 }
 
 // consolidateLoop plans every interval and, with --apply, applies a
-// scale out at once and a consolidation only when it frees a host and no
-// scale out happened within cooldown: the band between --target and
-// --high and the cooldown keep VMs from moving back and forth.
+// scale out at once and a consolidation only when it frees a host, a host
+// is below --low (if set) and no scale out happened within cooldown.
 func consolidateLoop(ctx context.Context, c *coord.Client, o coord.ConsolidateOptions, out cliutil.Output,
 	every, cooldown time.Duration) error {
 	var lastOut time.Time
@@ -99,7 +100,8 @@ func consolidateLoop(ctx context.Context, c *coord.Client, o coord.ConsolidateOp
 			fmt.Fprintf(out.W, "consolidate: %v\n", err)
 		case !o.Apply || len(rep.Plan.Moves) == 0:
 			out.Print(rep, func(w io.Writer) { printConsolidate(w, rep) })
-		case rep.Mode == "scale-out" || len(rep.Plan.Freed) > 0 && time.Since(lastOut) >= cooldown:
+		case rep.Mode == "scale-out" ||
+			len(rep.Plan.Freed) > 0 && (o.Low == 0 || len(rep.Underused) > 0) && time.Since(lastOut) >= cooldown:
 			if err := consolidateOnce(ctx, c, o, out); err != nil {
 				fmt.Fprintf(out.W, "consolidate: %v\n", err)
 			}

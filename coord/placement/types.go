@@ -34,6 +34,10 @@ type Policy struct {
 	Target float64 `json:"target"`
 	// High is the high-water mark above which ScaleOut relieves a host.
 	High float64 `json:"high"`
+	// Low is the low-water mark under which a caller's loop consolidates
+	// (its hysteresis: nothing happens between Low and High). The planner
+	// itself does not read it.
+	Low float64 `json:"low,omitempty"`
 }
 
 // Move is one migration of a plan.
@@ -52,7 +56,7 @@ type Plan struct {
 	Overloaded []string `json:"overloaded,omitempty"`
 }
 
-// The entry points (implemented in planner.go):
+// The entry points (consolidate.go, scaleout.go):
 //
 //	func Consolidate(hosts []Host, vms []VM, p Policy) (Plan, error)
 //	func ScaleOut(hosts []Host, vms []VM, p Policy) (Plan, error)
