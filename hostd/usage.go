@@ -175,6 +175,7 @@ func (h *Host) sampleUsage(ctx context.Context, now time.Time) {
 		seen[vm.name] = true
 		vm.mu.Lock()
 		pid, idle := vm.rt.PID, vm.operation == "" && vm.rt.Lease == nil && !vm.rt.Incoming && vm.proc != nil
+		channel := vm.spec.Guest.Type
 		vm.mu.Unlock()
 		ticks, err := procTicks(pid)
 		u.mu.Lock()
@@ -186,8 +187,7 @@ func (h *Host) sampleUsage(ctx context.Context, now time.Time) {
 		}
 		s.cpu = append(trimCPU(s.cpu, pid, now.Add(-h.cfg.UsageWindow)), cpuSample{at: now, pid: pid, ticks: ticks})
 		s.mem = trimMem(s.mem, now.Add(-h.cfg.UsageWindow))
-		ask := idle && !s.inFlight && now.Sub(s.lastAsk) >= h.cfg.UsageGuestInterval && vm.Spec().Guest.Type != "none" &&
-			vm.Spec().Guest.Type != ""
+		ask := idle && channel != "" && channel != "none" && !s.inFlight && now.Sub(s.lastAsk) >= h.cfg.UsageGuestInterval
 		if ask {
 			s.inFlight, s.lastAsk = true, now
 		}
