@@ -100,8 +100,7 @@ func consolidateLoop(ctx context.Context, c *coord.Client, o coord.ConsolidateOp
 			fmt.Fprintf(out.W, "consolidate: %v\n", err)
 		case !o.Apply || len(rep.Plan.Moves) == 0:
 			out.Print(rep, func(w io.Writer) { printConsolidate(w, rep) })
-		case rep.Mode == "scale-out" ||
-			len(rep.Plan.Freed) > 0 && (o.Low == 0 || len(rep.Underused) > 0) && time.Since(lastOut) >= cooldown:
+		case worthApplying(rep, o.Low, time.Since(lastOut) >= cooldown):
 			if err := consolidateOnce(ctx, c, o, out); err != nil {
 				fmt.Fprintf(out.W, "consolidate: %v\n", err)
 			}
@@ -115,6 +114,16 @@ func consolidateLoop(ctx context.Context, c *coord.Client, o coord.ConsolidateOp
 		case <-time.After(every):
 		}
 	}
+}
+
+// worthApplying is the loop's hysteresis: a scale out at once; a
+// consolidation only when it frees a host, a host is below low (if set),
+// and the cooldown after the last scale out has passed.
+func worthApplying(rep coord.ConsolidateReport, low float64, cooled bool) bool {
+	if rep.Mode == "scale-out" {
+		return len(rep.Plan.Moves) > 0
+	}
+	return len(rep.Plan.Freed) > 0 && (low == 0 || len(rep.Underused) > 0) && cooled
 }
 
 func printConsolidate(w io.Writer, r coord.ConsolidateReport) {

@@ -52,3 +52,28 @@ func TestConsolidateUsageErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestConsolidateLoopHysteresis(t *testing.T) {
+	move := []placement.Move{{VM: "v", From: "a", To: "b"}}
+	out := coord.ConsolidateReport{Mode: "scale-out", Plan: placement.Plan{Moves: move}}
+	in := coord.ConsolidateReport{Mode: "consolidate", Plan: placement.Plan{Moves: move, Freed: []string{"a"}}}
+	for _, tc := range []struct {
+		rep    coord.ConsolidateReport
+		low    float64
+		under  []string
+		cooled bool
+		want   bool
+	}{
+		{out, 0, nil, false, true},           // a scale out never waits
+		{in, 0, nil, true, true},             // frees a host
+		{in, 0, nil, false, false},           // too soon after a scale out
+		{in, 0.3, nil, true, false},          // no host below --low
+		{in, 0.3, []string{"a"}, true, true}, // one is
+		{coord.ConsolidateReport{Mode: "consolidate", Plan: placement.Plan{Moves: move}}, 0, nil, true, false}, // frees none
+	} {
+		tc.rep.Underused = tc.under
+		if got := worthApplying(tc.rep, tc.low, tc.cooled); got != tc.want {
+			t.Errorf("%+v low %v cooled %v: %v, want %v", tc.rep, tc.low, tc.cooled, got, tc.want)
+		}
+	}
+}
