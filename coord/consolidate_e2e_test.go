@@ -321,6 +321,16 @@ func TestConsolidateServicesLive(t *testing.T) {
 		return n == nSvc
 	})
 	t.Logf("hosts before:\n%s", c.cli("hosts"))
+	var hinfos []coord.HostInfo
+	json.Unmarshal([]byte(c.cli("hosts", "-o", "json")), &hinfos)
+	for _, hi := range hinfos {
+		if u := hi.Usage; u == nil || u.CPUCapacity != 2 || u.MemCapacity != 1<<30 || u.VMs != 2 || u.Mem <= 0 {
+			t.Errorf("hosts -o json: %s usage %+v, want 2 VMs on 2 cores and 1 GiB", hi.Name, hi.Usage)
+		}
+	}
+	if text := c.cli("consolidate"); !strings.Contains(text, "would move 4 VMs, frees ") {
+		t.Errorf("consolidate (a dry run by default):\n%s", text)
+	}
 
 	plan, out, err := c.consolidate("--plan")
 	if err != nil || plan.Mode != "consolidate" || len(plan.Plan.Freed) != 2 || len(plan.Plan.Moves) != 4 {
