@@ -371,9 +371,18 @@ func TestConsolidateServicesLive(t *testing.T) {
 	// A lower high-water mark than the default: two spinning TCG guests
 	// on this shared machine may not get two full cores between them.
 	policy := []string{"--target", "0.5", "--high", "0.5"}
+	// Planned once the spin shows; applied once the hostds' window (10 s)
+	// holds nothing but the spin.
+	var since time.Time
 	for end := time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
 		plan, out, err = c.consolidate(append([]string{"--plan"}, policy...)...)
-		if err == nil && plan.Mode == "scale-out" {
+		switch {
+		case err != nil || plan.Mode != "scale-out":
+			since = time.Time{}
+		case since.IsZero():
+			since = time.Now()
+		}
+		if !since.IsZero() && time.Since(since) > 12*time.Second {
 			break
 		}
 		if time.Now().After(end) {
