@@ -27,6 +27,9 @@ func runConsolidate(args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *output != "table" && *output != "json" {
+		return fmt.Errorf("--output %q: want table or json", *output)
+	}
 	c.Duration = time.Duration(*hours * float64(time.Hour))
 	var results []sim.Result
 	for _, s := range []sim.Strategy{sim.Planner{Policy: c.Policy}, sim.FFD{Policy: c.Policy}} {
@@ -40,18 +43,21 @@ func runConsolidate(args []string, out io.Writer) error {
 			fmt.Fprintf(out, "# %s ran in %v\n", s.Name(), time.Since(start).Round(time.Millisecond))
 		}
 	}
-	switch *output {
-	case "json":
-		e := json.NewEncoder(out)
-		e.SetIndent("", "  ")
-		return e.Encode(struct {
-			Config  sim.Config   `json:"config"`
-			Results []sim.Result `json:"results"`
-		}{c, results})
-	case "table":
+	if *output == "table" {
 		return table(out, c, results)
 	}
-	return fmt.Errorf("--output %q: want table or json", *output)
+	e := json.NewEncoder(out)
+	e.SetIndent("", "  ")
+	return e.Encode(report{Config: c, Duration: c.Duration.String(), Step: c.Step.String(), Window: c.Window.String(), Results: results})
+}
+
+// report is the JSON output; the durations are repeated as text.
+type report struct {
+	Config   sim.Config   `json:"config"`
+	Duration string       `json:"duration"`
+	Step     string       `json:"step"`
+	Window   string       `json:"window"`
+	Results  []sim.Result `json:"results"`
 }
 
 func table(out io.Writer, c sim.Config, results []sim.Result) error {

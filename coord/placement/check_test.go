@@ -97,8 +97,8 @@ func usedHosts(a assignment) int {
 	return len(hs)
 }
 
-// replay applies a plan's moves in order, checking each one starts where
-// the VM is and leaves its destination (not drained) within the Target
+// replay applies a plan's moves in order, checking each VM moves at most
+// once and each move starts where the VM is and leaves its destination (not drained) within the Target
 // with no other VM of the mover's anti-affinity group; it returns the
 // final assignment and how many moves filled their destination past the
 // Target (within its capacity) for the while.
@@ -108,7 +108,12 @@ func replay(hosts []Host, vms []VM, moves []Move, p Policy) (a assignment, pastT
 	for _, v := range vms {
 		byName[v.Name] = v
 	}
+	movedAlready := map[string]bool{}
 	for i, m := range moves {
+		if movedAlready[m.VM] {
+			return nil, 0, fmt.Errorf("move %d %+v: the VM moves twice", i, m)
+		}
+		movedAlready[m.VM] = true
 		v, ok := byName[m.VM]
 		if !ok || a[m.VM] != m.From || m.From == m.To {
 			return nil, 0, fmt.Errorf("move %d %+v: VM is on %q", i, m, a[m.VM])
@@ -145,4 +150,53 @@ func emptied(vms []VM, after assignment) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// checkWaves checks that the moves of each wave can run at once: numbered
+// from 0 without gaps, in plan order; while a wave runs, each destination
+// holds its VMs, the wave's leaving VMs (still there until their move
+// ends) and all the wave's arrivals within its capacity, and no arrival
+// meets another VM of its anti-affinity group. It returns the waves.
+func checkWaves(hosts []Host, vms []VM, moves []Move) (int, error) {
+	a := initial(vms)
+	byName := map[string]VM{}
+	for _, v := range vms {
+		byName[v.Name] = v
+	}
+	waves := 0
+	for start := 0; start < len(moves); waves++ {
+		end := start
+		for end < len(moves) && moves[end].Wave == waves {
+			end++
+		}
+		if end == start {
+			return 0, fmt.Errorf("move %d: wave %d, want %d", start, moves[start].Wave, waves)
+		}
+		during := map[string][]VM{} // host -> VMs on it while the wave runs
+		for _, v := range vms {
+			during[a[v.Name]] = append(during[a[v.Name]], v)
+		}
+		for _, m := range moves[start:end] {
+			during[m.To] = append(during[m.To], byName[m.VM])
+		}
+		for _, m := range moves[start:end] {
+			h, _ := hostByName(hosts, m.To)
+			var load Resources
+			for _, o := range during[m.To] {
+				load.CPU += o.Use.CPU
+				load.Mem += o.Use.Mem
+				if g := byName[m.VM].AntiAffinity; g != "" && o.Name != m.VM && o.AntiAffinity == g {
+					return 0, fmt.Errorf("wave %d: %s arrives on %s with %s of group %s", waves, m.VM, m.To, o.Name, g)
+				}
+			}
+			if !within(h, load, 1) {
+				return 0, fmt.Errorf("wave %d: %s holds %+v, over capacity", waves, m.To, load)
+			}
+		}
+		for _, m := range moves[start:end] {
+			a[m.VM] = m.To
+		}
+		start = end
+	}
+	return waves, nil
 }

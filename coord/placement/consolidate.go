@@ -6,11 +6,10 @@ import (
 )
 
 // Consolidate plans moves that leave as many hosts empty as it can, and
-// among the plans freeing that many, as few moves as it finds. Inputs up
-// to exactVMs VMs are searched exactly (branch and bound, with a node
-// budget); larger ones are planned greedily, emptying the hosts with the
-// fewest and smallest VMs first. The moves are ordered so that every
-// intermediate placement keeps each destination within the Target.
+// among the plans freeing that many, as few moves as it finds. It plans
+// greedily first (consolidateGreedy); inputs up to exactVMs VMs are then
+// searched by branch and bound for a better plan (consolidateExact). The
+// moves come ordered and numbered in waves (see the package contract).
 func Consolidate(hosts []Host, vms []VM, p Policy) (Plan, error) {
 	s, err := newState(hosts, vms, p)
 	if err != nil {
@@ -46,6 +45,7 @@ func (r result) better(o result) bool {
 }
 
 func (r result) plan(start *state) Plan {
+	start.setWaves(r.moves)
 	return Plan{Moves: r.moves, Freed: r.end.freed(start), Overloaded: r.end.overloaded()}
 }
 
@@ -61,16 +61,17 @@ func (s *state) overloaded() []string {
 }
 
 // consolidateGreedy repairs anti-affinity, then tries to empty hosts one
-// at a time in two candidate orders, keeping the better outcome.
+// at a time in three candidate orders, keeping the best outcome. Its moves
+// are in an order that keeps every destination within the Target.
 func (s *state) consolidateGreedy() (result, error) {
 	var best result
-	for _, key := range []candidateKey{byFewest, byLightest} {
+	for _, key := range []candidateKey{byFewest, byLightest, bySmallest} {
 		w := s.clone()
 		moves, err := w.repairAntiAffinity()
 		if err != nil {
 			return result{}, err
 		}
-		moves = append(moves, w.emptyHosts(w.candidates(key))...)
+		moves = append(moves, w.emptyHosts(w.candidates(key), moves)...)
 		if r := (result{end: w, moves: moves}); r.better(best) {
 			best = r
 		}
@@ -83,6 +84,7 @@ type candidateKey int
 const (
 	byFewest   candidateKey = iota // fewest VMs first: fewest moves per host freed
 	byLightest                     // lightest load first: packs tighter
+	bySmallest                     // smallest capacity first, then lightest: keeps the big hosts
 )
 
 // candidates lists the hosts that could be emptied (some VMs, none
@@ -112,37 +114,80 @@ func (s *state) candidates(key candidateKey) []int {
 				return c
 			}
 		}
+		if key == bySmallest {
+			ca, cb := s.hosts[a].Capacity, s.hosts[b].Capacity
+			if c := cmp.Compare(ca.CPU/s.maxCap.CPU+float64(ca.Mem)/float64(s.maxCap.Mem),
+				cb.CPU/s.maxCap.CPU+float64(cb.Mem)/float64(s.maxCap.Mem)); c != 0 {
+				return c
+			}
+		}
 		return cmp.Compare(weight[a], weight[b])
 	})
 	return hs
 }
 
-// emptyHosts tries each candidate in turn: all its VMs, largest first,
-// go to the tightest other host still in use, or none move.
-func (s *state) emptyHosts(cands []int) []Move {
+// emptyHosts tries each candidate in turn: all its VMs go to the
+// tightest other hosts still in use, or none move. A host that received
+// a VM (in earlier moves or here) is kept, so no VM moves twice.
+func (s *state) emptyHosts(cands []int, earlier []Move) []Move {
+	received := map[string]bool{}
+	for _, m := range earlier {
+		received[m.To] = true
+	}
 	var moves []Move
 	for _, h := range cands {
-		vs := s.on(h)
-		s.bySizeDesc(vs)
-		mark := len(moves)
-		for _, v := range vs {
-			d := s.bestFit(v, func(d int) bool { return d != h && s.count[d] > 0 })
-			if d < 0 {
-				break
-			}
-			moves = append(moves, s.move(v, d))
-		}
-		if s.count[h] == 0 {
+		if received[s.hosts[h].Name] {
 			continue
 		}
-		for i := len(moves) - 1; i >= mark; i-- {
-			v := s.vmIndex(moves[i].VM)
-			s.unplace(v)
-			s.place(v, s.hostIdx[moves[i].From])
+		ms, ok := s.empty(h)
+		if !ok {
+			continue
 		}
-		moves = moves[:mark]
+		for _, m := range ms {
+			received[m.To] = true
+		}
+		moves = append(moves, ms...)
 	}
 	return moves
+}
+
+// empty moves every VM off host h, largest first; failing that, most
+// constrained first (fewest hosts that take it); failing that too, it
+// moves nothing.
+func (s *state) empty(h int) ([]Move, bool) {
+	into := func(d int) bool { return d != h && s.count[d] > 0 }
+	vs := s.on(h)
+	s.bySizeDesc(vs)
+	if ms, ok := s.moveAll(vs, into); ok {
+		return ms, true
+	}
+	options := make(map[int]int, len(vs))
+	for _, v := range vs {
+		for d := range s.hosts {
+			options[v] += btoi(into(d) && s.canReceive(v, d))
+		}
+	}
+	slices.SortStableFunc(vs, func(a, b int) int { return cmp.Compare(options[a], options[b]) })
+	return s.moveAll(vs, into)
+}
+
+// moveAll moves VMs vs, in order, each to the tightest host into accepts,
+// or, if one has none, undoes its moves and reports false.
+func (s *state) moveAll(vs []int, into func(int) bool) ([]Move, bool) {
+	var moves []Move
+	for _, v := range vs {
+		d := s.bestFit(v, into)
+		if d < 0 {
+			for i := len(moves) - 1; i >= 0; i-- {
+				v := s.vmIndex(moves[i].VM)
+				s.unplace(v)
+				s.place(v, s.hostIdx[moves[i].From])
+			}
+			return nil, false
+		}
+		moves = append(moves, s.move(v, d))
+	}
+	return moves, true
 }
 
 // vmIndex finds a VM by name (the VMs are sorted).

@@ -1,67 +1,94 @@
 package placement
 
-// orderMoves turns a target assignment into moves from the placement s
-// such that after each move its destination is within the Target and
-// holds no other VM of the mover's anti-affinity group: a move waits for
-// the moves that make room for it. When every remaining move waits on
-// another (a cycle), one VM goes through a third host that has room,
-// which costs one more move; failing that, a move may fill its
-// destination past the Target up to its full capacity for the while (the
-// headroom is there for such moments); ok is false if none can go.
+// orderMoves turns a target assignment into moves from the placement s,
+// each VM moving once, straight to its target. After each move its
+// destination holds no other VM of the mover's anti-affinity group and is
+// within its capacity, and within the Target whenever some order allows:
+// a move waits for the moves that make room for it. It searches for an
+// order within the Target, then for one where a move may fill its
+// destination past the Target (never past its capacity) while the others
+// complete. ok is false when there is none (a swap between hosts that
+// cannot hold both VMs at once), or more than 64 moves.
 func (s *state) orderMoves(target []int) (moves []Move, ok bool) {
-	w := s.clone()
 	var pend []int
 	for v, h := range target {
-		if h != w.loc[v] {
+		if h != s.loc[v] {
 			pend = append(pend, v)
 		}
 	}
-	detours := 0
-	for len(pend) > 0 {
-		i := w.firstReady(pend, target, w.p.Target)
-		if i >= 0 {
-			moves = append(moves, w.move(pend[i], target[pend[i]]))
-			pend = append(pend[:i], pend[i+1:]...)
-			continue
-		}
-		if detours++; detours > len(target) {
-			return nil, false
-		}
-		if m, ok := w.detour(pend, target); ok {
-			moves = append(moves, m)
-			continue
-		}
-		i = w.firstReady(pend, target, 1)
-		if i < 0 {
-			return nil, false
-		}
-		moves = append(moves, w.move(pend[i], target[pend[i]]))
-		pend = append(pend[:i], pend[i+1:]...)
+	if len(pend) > 64 {
+		return nil, false
 	}
-	return moves, true
+	for _, frac := range []float64{s.p.Target, 1} {
+		if moves, ok := s.orderDirect(pend, target, frac); ok {
+			return moves, true
+		}
+	}
+	return nil, false
 }
 
-// firstReady is the first pending VM whose target host takes it now
-// within frac of its capacity, or -1.
-func (s *state) firstReady(pend, target []int, frac float64) int {
-	for i, v := range pend {
-		h := target[v]
-		if g := s.vms[v].AntiAffinity; g != "" && s.groups[h][g] > 0 {
-			continue
-		}
-		if s.fits(h, s.vms[v].Use, frac) {
-			return i
-		}
-	}
-	return -1
+// orderBudget bounds the direct-order search (nodes), deterministically.
+const orderBudget = 20_000
+
+// orderer is a depth-first search over the sets of moves done: the
+// placement depends only on that set, so a set found to lead nowhere is
+// not tried again.
+type orderer struct {
+	w      *state
+	pend   []int
+	target []int
+	frac   float64
+	dead   map[uint64]bool
+	nodes  int
+	moves  []Move
 }
 
-// detour moves the first pending VM that some third host can take there.
-func (s *state) detour(pend, target []int) (Move, bool) {
-	for _, v := range pend {
-		if d := s.bestFit(v, func(d int) bool { return d != target[v] }); d >= 0 {
-			return s.move(v, d), true
+func (s *state) orderDirect(pend, target []int, frac float64) ([]Move, bool) {
+	o := &orderer{w: s.clone(), pend: pend, target: target, frac: frac, dead: map[uint64]bool{}}
+	if !o.dfs(0) {
+		return nil, false
+	}
+	return o.moves, true
+}
+
+// dfs tries the moves that keep their destination within the Target
+// first, then (when frac allows more) those within frac.
+func (o *orderer) dfs(done uint64) bool {
+	if len(o.moves) == len(o.pend) {
+		return true
+	}
+	if o.dead[done] || o.nodes >= orderBudget {
+		return false
+	}
+	o.nodes++
+	for pass, frac := range []float64{o.w.p.Target, o.frac} {
+		if pass == 1 && frac <= o.w.p.Target {
+			break
+		}
+		for i, v := range o.pend {
+			to := o.target[v]
+			if done&(1<<i) != 0 || !o.w.ready(v, to, frac) || (pass == 1 && o.w.ready(v, to, o.w.p.Target)) {
+				continue
+			}
+			from := o.w.loc[v]
+			o.moves = append(o.moves, o.w.move(v, to))
+			if o.dfs(done | 1<<i) {
+				return true
+			}
+			o.moves = o.moves[:len(o.moves)-1]
+			o.w.unplace(v)
+			o.w.place(v, from)
 		}
 	}
-	return Move{}, false
+	o.dead[done] = true
+	return false
+}
+
+// ready reports whether VM v can move to h now: no VM of its group there
+// and h within frac of its capacity after the move.
+func (s *state) ready(v, h int, frac float64) bool {
+	if g := s.vms[v].AntiAffinity; g != "" && s.groups[h][g] > 0 {
+		return false
+	}
+	return s.fits(h, s.vms[v].Use, frac)
 }

@@ -32,28 +32,30 @@ func TestOrderMovesWaitsForRoom(t *testing.T) {
 	}
 }
 
-// TestOrderMovesBreaksCycle: two VMs swapping full hosts go through a third
-// host with room (one more move); with no third host, one move fills its
-// destination past the target, never past capacity.
+// TestOrderMovesBreaksCycle: two VMs swapping hosts that cannot take
+// both at once within the Target: one move fills its destination past
+// the Target (within capacity) for the while; if even capacity does not
+// allow it there is no order (a VM never goes through a third host).
 func TestOrderMovesBreaksCycle(t *testing.T) {
-	vms := []VM{cpuVM("a", "h1", 1), cpuVM("b", "h2", 2.5)}
-	s, err := newState([]Host{cpuHost("h1", 4), cpuHost("h2", 4), cpuHost("h3", 4)}, vms, Policy{Target: 0.8})
-	if err != nil {
-		t.Fatal(err)
+	three := []Host{cpuHost("h1", 4), cpuHost("h2", 4), cpuHost("h3", 4)}
+	cases := []struct {
+		hosts []Host
+		a, b  float64
+		want  []string
+	}{
+		{three, 1, 2.5, []string{"a h1>h2", "b h2>h1"}},
+		{three, 2.5, 2.5, nil},
+		{three[:2], 2.5, 2.5, nil},
 	}
-	moves, ok := s.orderMoves([]int{1, 0})
-	if want := []string{"a h1>h3", "b h2>h1", "a h3>h2"}; !ok || !slices.Equal(brief(moves), want) {
-		t.Fatalf("moves %v ok %v, want %v", brief(moves), ok, want)
-	}
-	s, _ = newState([]Host{cpuHost("h1", 4), cpuHost("h2", 4)}, vms, Policy{Target: 0.8})
-	moves, ok = s.orderMoves([]int{1, 0})
-	if want := []string{"a h1>h2", "b h2>h1"}; !ok || !slices.Equal(brief(moves), want) {
-		t.Fatalf("moves %v ok %v, want %v", brief(moves), ok, want)
-	}
-	vms[0].Use.CPU = 2.5 // 5 on h2 or h1 would exceed its capacity: no order
-	s, _ = newState([]Host{cpuHost("h1", 4), cpuHost("h2", 4)}, vms, Policy{Target: 0.8})
-	if moves, ok = s.orderMoves([]int{1, 0}); ok {
-		t.Fatalf("moves %v, want none", brief(moves))
+	for _, c := range cases {
+		s, err := newState(c.hosts, []VM{cpuVM("a", "h1", c.a), cpuVM("b", "h2", c.b)}, Policy{Target: 0.8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		moves, ok := s.orderMoves([]int{1, 0})
+		if ok != (c.want != nil) || !slices.Equal(brief(moves), c.want) {
+			t.Errorf("%d hosts, a %v, b %v: moves %v ok %v, want %v", len(c.hosts), c.a, c.b, brief(moves), ok, c.want)
+		}
 	}
 }
 
@@ -134,6 +136,9 @@ func TestScaleOutRandom(t *testing.T) {
 		if err == nil {
 			err = valid(hosts, vms, end, p)
 		}
+		if err == nil {
+			_, err = checkWaves(hosts, vms, plan.Moves)
+		}
 		if err != nil {
 			t.Fatalf("instance %d: %v\nplan %+v\n%s", i, err, plan, dump(hosts, vms))
 		}
@@ -189,13 +194,17 @@ func TestConsolidateLarge(t *testing.T) {
 	if err == nil {
 		err = valid(hosts, vms, end, p)
 	}
+	waves := 0
+	if err == nil {
+		waves, err = checkWaves(hosts, vms, plan.Moves)
+	}
 	if err != nil || past > 0 {
 		t.Fatalf("%v (%d moves past the target)", err, past)
 	}
 	if len(plan.Freed) == 0 {
 		t.Fatal("no host freed")
 	}
-	t.Logf("1000 VMs / 100 hosts: %d hosts in use, %d freed, %d moves, planned in %v", usedHosts(end), len(plan.Freed), len(plan.Moves), took)
+	t.Logf("1000 VMs / 100 hosts: %d hosts in use, %d freed, %d moves in %d waves, planned in %v", usedHosts(end), len(plan.Freed), len(plan.Moves), waves, took)
 }
 
 func BenchmarkConsolidate1000(b *testing.B) {
@@ -205,4 +214,32 @@ func BenchmarkConsolidate1000(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestScaleOutLarge: 1,000 VMs crowded on 30 of 100 hosts (most of them
+// above High) are relieved onto the others: every host ends within High,
+// the plan replays within the Target at every step and by waves.
+func TestScaleOutLarge(t *testing.T) {
+	hosts, vms := largeInstance(100, 1000, 2)
+	for i := range vms {
+		vms[i].Host = hosts[i%30].Name
+		vms[i].AntiAffinity = ""
+	}
+	p := Policy{Target: 0.8, High: 0.9}
+	over := 0
+	for _, h := range hosts {
+		over += btoi(!within(h, loads(vms, initial(vms))[h.Name], p.High))
+	}
+	plan, err := ScaleOut(hosts, vms, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, past, err := replay(hosts, vms, plan.Moves, p)
+	if err == nil {
+		_, err = checkWaves(hosts, vms, plan.Moves)
+	}
+	if err != nil || past > 0 || len(plan.Overloaded) > 0 || over == 0 {
+		t.Fatalf("%v; %d moves past the target; overloaded %v; %d hosts above high before", err, past, plan.Overloaded, over)
+	}
+	t.Logf("%d hosts above high relieved with %d moves; %d hosts in use", over, len(plan.Moves), usedHosts(end))
 }

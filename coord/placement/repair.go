@@ -6,8 +6,7 @@ import (
 )
 
 // repairAntiAffinity moves VMs off hosts where their anti-affinity group
-// has more than one member, keeping the pinned one (or the first by name)
-// and sending the others to the tightest host that takes them, hosts in
+// has more than one member, keeping one and sending the others to the tightest host that takes them, hosts in
 // use first.
 func (s *state) repairAntiAffinity() ([]Move, error) {
 	var moves []Move
@@ -38,8 +37,19 @@ func (s *state) spreadGroup(h int, g string) ([]Move, error) {
 			members = append(members, v)
 		}
 	}
-	// The pinned member stays; two pinned members cannot be separated.
-	slices.SortStableFunc(members, func(a, b int) int { return btoi(s.vms[b].Pinned) - btoi(s.vms[a].Pinned) })
+	// The member that stays is the pinned one, else one no host takes,
+	// else the largest: the small ones are the easiest to place.
+	s.bySizeDesc(members)
+	stuck := make(map[int]bool, len(members))
+	for _, v := range members {
+		stuck[v] = s.bestFit(v, func(int) bool { return true }) < 0
+	}
+	slices.SortStableFunc(members, func(a, b int) int {
+		if c := btoi(s.vms[b].Pinned) - btoi(s.vms[a].Pinned); c != 0 {
+			return c
+		}
+		return btoi(stuck[b]) - btoi(stuck[a])
+	})
 	if len(members) > 1 && s.vms[members[1]].Pinned {
 		return nil, fmt.Errorf("%w: pinned VMs %q and %q of anti-affinity group %q share host %q",
 			ErrInfeasible, s.vms[members[0]].Name, s.vms[members[1]].Name, g, s.hosts[h].Name)

@@ -2,11 +2,13 @@ package placement
 
 import "fmt"
 
-// ScaleOut relieves every host above Policy.High: it moves the fewest VMs
-// it can (the smallest that suffices, else the largest and again) until
-// the host is within the Target, each to the roomiest host already in use
-// that takes it, else to an empty host that is not drained. Hosts it
-// cannot bring back under High are listed in Plan.Overloaded.
+// ScaleOut acts when some host is above Policy.High: it brings that host,
+// and every other host above the Target (the next to cross High as load
+// rises), back within the Target, the hosts above High first. From each
+// it moves few VMs (the smallest whose leaving suffices, else the largest,
+// and again), each to the roomiest host already in use that takes it,
+// else to an empty host that is not drained. Hosts still above High are
+// listed in Plan.Overloaded. With no host above High it plans nothing.
 func ScaleOut(hosts []Host, vms []VM, p Policy) (Plan, error) {
 	s, err := newState(hosts, vms, p)
 	if err != nil {
@@ -20,11 +22,16 @@ func ScaleOut(hosts []Host, vms []VM, p Policy) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
-	for h := range s.hosts {
-		if s.over(h, p.High) {
-			moves = append(moves, s.relieve(h)...)
+	if len(s.overloaded()) > 0 {
+		for _, frac := range []float64{p.High, p.Target} {
+			for h := range s.hosts {
+				if s.over(h, frac) {
+					moves = append(moves, s.relieve(h)...)
+				}
+			}
 		}
 	}
+	start.setWaves(moves)
 	return Plan{Moves: moves, Freed: s.freed(start), Overloaded: s.overloaded()}, nil
 }
 

@@ -69,12 +69,15 @@ func runPlan(t *testing.T, d *datadriven.TestData, hosts []Host, vms []VM) strin
 	if err == nil {
 		err = valid(hosts, vms, end, p)
 	}
+	if err == nil {
+		_, err = checkWaves(hosts, vms, plan.Moves)
+	}
 	if err != nil {
 		t.Fatalf("plan %+v: %v", plan, err)
 	}
 	var b strings.Builder
 	for _, m := range plan.Moves {
-		fmt.Fprintf(&b, "move %s %s -> %s\n", m.VM, m.From, m.To)
+		fmt.Fprintf(&b, "wave %d: move %s %s -> %s\n", m.Wave, m.VM, m.From, m.To)
 	}
 	fmt.Fprintf(&b, "freed %v\noverloaded %v\nhosts in use %d\n", plan.Freed, plan.Overloaded, usedHosts(end))
 	return b.String()

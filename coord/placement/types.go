@@ -46,6 +46,10 @@ type Move struct {
 	Job  string `json:"job"`
 	From string `json:"from"`
 	To   string `json:"to"`
+	// Wave groups moves that may run at the same time: every move of wave
+	// k must finish before wave k+1 starts; within a wave the order does
+	// not matter. Waves number from 0, in plan order.
+	Wave int `json:"wave"`
 }
 
 // Plan is the moves to make, in order, and the hosts they leave empty.
