@@ -11,9 +11,11 @@ import (
 )
 
 // applyPlan runs a plan's moves as live migrations through the machine
-// (one operation per job, its moving VMs together, with the guests'
-// cooperation round), at most o.Parallel at once; then reports the hosts
-// left empty and, with o.Drain, cordons them.
+// (one operation per job and wave, its moving VMs together, with the
+// guests' cooperation round), wave after wave (a wave's moves need the
+// room the previous ones made), at most o.Parallel at once; a wave with a
+// failed migration is the last. Then it reports the hosts left empty and,
+// with o.Drain, cordons them.
 func (c *Coord) applyPlan(ctx context.Context, rep *ConsolidateReport, o ConsolidateOptions, progress ProgressFunc) error {
 	rep.Applied = true
 	if err := c.takeBack(rep); err != nil {
@@ -27,33 +29,61 @@ func (c *Coord) applyPlan(ctx context.Context, rep *ConsolidateReport, o Consoli
 			mu.Unlock()
 		}
 	}
-	groups := byJob(rep.Plan.Moves)
-	results := make([]machine.Result, len(groups))
-	errs := make([]error, len(groups))
-	sem := make(chan struct{}, max(o.Parallel, 1))
-	var wg sync.WaitGroup
-	for i, g := range groups {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			results[i], errs[i] = c.moveJob(ctx, g, safe)
-		}()
-	}
-	wg.Wait()
 	var firstErr error
-	for i, r := range results {
-		if r.Op != "" || errs[i] != nil {
-			rep.Results = append(rep.Results, r)
-		}
-		if errs[i] != nil && firstErr == nil {
-			firstErr = errs[i]
+	for _, wave := range byWave(rep.Plan.Moves) {
+		results, err := c.runWave(ctx, byJob(wave), max(o.Parallel, 1), safe)
+		rep.Results = append(rep.Results, results...)
+		if err != nil {
+			firstErr = err
+			c.log.Warn("consolidate: a migration failed: the later waves are not run", "err", err)
+			break
 		}
 	}
 	if err := c.reportEmpty(ctx, rep, o.Drain && rep.Mode == "consolidate"); err != nil && firstErr == nil {
 		firstErr = err
 	}
 	return firstErr
+}
+
+// runWave migrates the groups (one per job), parallel at once; it returns
+// the operations' results and the first error.
+func (c *Coord) runWave(ctx context.Context, groups [][]placement.Move, parallel int, progress ProgressFunc) ([]machine.Result, error) {
+	results := make([]machine.Result, len(groups))
+	errs := make([]error, len(groups))
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i], errs[i] = c.moveJob(ctx, g, progress)
+		}()
+	}
+	wg.Wait()
+	var out []machine.Result
+	var firstErr error
+	for i, r := range results {
+		if r.Op != "" {
+			out = append(out, r)
+		}
+		if errs[i] != nil && firstErr == nil {
+			firstErr = errs[i]
+		}
+	}
+	return out, firstErr
+}
+
+// byWave splits moves by wave, in wave order.
+func byWave(moves []placement.Move) [][]placement.Move {
+	var out [][]placement.Move
+	for _, m := range moves {
+		for len(out) <= m.Wave {
+			out = append(out, nil)
+		}
+		out[m.Wave] = append(out[m.Wave], m)
+	}
+	return slices.DeleteFunc(out, func(w []placement.Move) bool { return len(w) == 0 })
 }
 
 // takeBack uncordons the hosts consolidate drained that a scale out

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/coord/placement"
 )
 
 // usageStub is a stubHost that also reports its capacity (2 cores, 1 GiB).
@@ -134,5 +135,17 @@ func TestConsolidateGathersPlansAndApplies(t *testing.T) {
 	}
 	if _, err := c.Consolidate(ctx, ConsolidateOptions{Target: 0.9, High: 0.5}, nil); !errors.Is(err, ErrInvalid) {
 		t.Errorf("high below target: %v", err)
+	}
+}
+
+func TestByWaveAndJob(t *testing.T) {
+	moves := []placement.Move{{VM: "a", Job: "j1", Wave: 1}, {VM: "b", Job: "j2", Wave: 0}, {VM: "c", Job: "j1", Wave: 1},
+		{VM: "d", Job: "j3", Wave: 3}}
+	waves := byWave(moves)
+	if len(waves) != 3 || waves[0][0].VM != "b" || len(waves[1]) != 2 || waves[2][0].VM != "d" {
+		t.Fatalf("waves %+v", waves)
+	}
+	if g := byJob(waves[1]); len(g) != 1 || len(g[0]) != 2 {
+		t.Fatalf("one job's moves of a wave are one operation: %+v", g)
 	}
 }

@@ -20,8 +20,8 @@ Cordoned hosts take no VM. VMs of one anti-affinity group (anti_affinity: GROUP 
 file) never share a host. A VM that is not running, or on a host that does not answer, stays where it is.
 
 Without --apply it prints the plan (a dry run): the moves and the hosts they free. --apply runs the moves as live
-migrations through the coordinator (one operation per job, with the guests' cooperation round), --parallel at once,
-then reports the hosts that run no VM; --drain cordons them (no new placement) so they can be powered down.
+migrations through the coordinator (one operation per job, with the guests' cooperation round), wave after wave
+(a wave's moves need the room the previous ones made; a failed migration ends the run), --parallel at once, then reports the hosts that run no VM; --drain cordons them (no new placement) so they can be powered down.
 --every repeats it; with --apply a round scales out at once, but consolidates only when that frees a host, a host
 is filled below --low (if given), and no scale out happened within --cooldown: the band between --target and --high
 and the cooldown keep VMs from moving back and forth.`
@@ -141,7 +141,7 @@ func printConsolidate(w io.Writer, r coord.ConsolidateReport) {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, m := range r.Plan.Moves {
-		fmt.Fprintf(tw, "  %s\t(job %s)\t%s -> %s\n", m.VM, m.Job, m.From, m.To)
+		fmt.Fprintf(tw, "  wave %d\t%s\t(job %s)\t%s -> %s\n", m.Wave, m.VM, m.Job, m.From, m.To)
 	}
 	tw.Flush()
 	for h, why := range r.Skipped {

@@ -18,7 +18,7 @@ func TestConsolidateText(t *testing.T) {
 		Plan: placement.Plan{Moves: []placement.Move{{VM: "s1", Job: "j1", From: "c", To: "a"}}, Freed: []string{"c"}}}
 	var b strings.Builder
 	printConsolidate(&b, plan)
-	for _, w := range []string{"consolidate (target 80%, high 90%): would move 1 VMs, frees c\n", "s1  (job j1)  c -> a"} {
+	for _, w := range []string{"consolidate (target 80%, high 90%): would move 1 VMs, frees c\n", "wave 0  s1  (job j1)  c -> a"} {
 		if !strings.Contains(b.String(), w) {
 			t.Errorf("want %q in:\n%s", w, b.String())
 		}
