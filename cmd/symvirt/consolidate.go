@@ -21,7 +21,8 @@ file) never share a host. A VM that is not running, or on a host that does not a
 
 Without --apply it prints the plan (a dry run): the moves and the hosts they free. --apply runs the moves as live
 migrations through the coordinator (one operation per job, with the guests' cooperation round), wave after wave
-(a wave's moves need the room the previous ones made; a failed migration ends the run), --parallel at once, then reports the hosts that run no VM; --drain cordons them (no new placement) so they can be powered down.
+(a wave's moves need the room the previous ones made; a failed migration ends the run), --parallel at once, then
+reports the hosts that run no VM; --drain cordons them (no new placement) so they can be powered down.
 --every repeats it; with --apply a round scales out at once, but consolidates only when that frees a host, a host
 is filled below --low (if given), and no scale out happened within --cooldown: the band between --target and --high
 and the cooldown keep VMs from moving back and forth.`
