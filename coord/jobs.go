@@ -30,12 +30,12 @@ type JobVM struct {
 
 // Job is a named set of VMs operated on together.
 type Job struct {
-	Name string  `json:"name" yaml:"name"`
-	VMs  []JobVM `json:"vms" yaml:"vms"`
+	Name    string    `json:"name" yaml:"name"`
+	VMs     []JobVM   `json:"vms" yaml:"vms"`
+	Created time.Time `json:"created" yaml:"-"`
 	// AntiAffinity is the group of every VM of the job that names none
 	// (consolidate: the group's VMs stay on distinct hosts).
-	AntiAffinity string    `json:"anti_affinity,omitempty" yaml:"anti_affinity,omitempty"`
-	Created      time.Time `json:"created" yaml:"-"`
+	AntiAffinity string `json:"anti_affinity,omitempty" yaml:"anti_affinity,omitempty"`
 }
 
 // AddHost registers (or updates) a hostd.
