@@ -47,6 +47,7 @@ type Host struct {
 	InsecureAPI bool
 
 	steps *stepState
+	usage *usageState
 	stop  context.CancelFunc
 	// keys sign the checkpoint manifests this host writes and verify
 	// the ones it restores (sign.go).
@@ -138,6 +139,8 @@ type VMInfo struct {
 	// RAMError says how the file at the VM's RAM path is not the one
 	// hostd created for it (replaced): it is never used again.
 	RAMError string `json:"ram_error,omitempty"`
+	// Usage is what the VM used over the host's usage window (usage.go).
+	Usage *VMUsage `json:"usage,omitempty"`
 }
 
 // New opens (creating if needed) the state dir and re-adopts every VM whose
@@ -147,7 +150,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
-		started: time.Now().UTC(), steps: newStepState()}
+		started: time.Now().UTC(), steps: newStepState(), usage: &usageState{vms: map[string]*vmSamples{}}}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
 	}
@@ -198,6 +201,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	go h.leaseLoop(ctx)
+	go h.usageLoop(ctx)
 	h.recoverDirect()
 	return h, nil
 }
@@ -411,6 +415,7 @@ func (vm *VM) Info(ctx context.Context) VMInfo {
 	}
 	info.RAMError = vm.rt.RAM.Replaced()
 	vm.mu.Unlock()
+	info.Usage = vm.h.vmUsage(vm.name, info.Spec.Memory)
 	switch {
 	case !qemu.Alive(info.PID):
 		info.State, info.PID = "stopped", 0
