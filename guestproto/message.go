@@ -103,6 +103,8 @@ type Message struct {
 	// set-time through qemu-guest-agent does. Absent from an older host;
 	// ignored by an older guest.
 	HostTimeNS int64 `json:"host_time_ns,omitempty"`
+	// Clone (CLONE only): the clone's new identity.
+	Clone *Clone `json:"clone,omitempty"`
 }
 
 // HostTime is HostTimeNS as a time (the zero time when absent).
@@ -193,7 +195,7 @@ func (m Message) Validate() error {
 			// handshake turns this into ErrVersion.
 			return nil
 		}
-	case TypePing, TypePong, TypePrepare, TypeReady, TypeRefused, TypeResume, TypeAbort, TypeDone:
+	case TypePing, TypePong, TypePrepare, TypeReady, TypeRefused, TypeResume, TypeAbort, TypeDone, TypeClone:
 		if m.V != Version {
 			return fmt.Errorf("%w: %s of version %d, want %d", ErrVersion, m.Type, m.V, Version)
 		}
@@ -210,7 +212,7 @@ func (m Message) Validate() error {
 // fields are the optional fields a type may carry; anything else set is an
 // error, so that a confused peer is noticed rather than half-understood.
 type fields struct {
-	id, op, deadline, devices, outcome, reason, state, freeze, hostTime bool
+	id, op, deadline, devices, outcome, reason, state, freeze, hostTime, clone bool
 }
 
 func (m Message) bad(format string, a ...any) error {
@@ -254,6 +256,9 @@ func (m Message) typeFields() (fields, error) {
 		}
 	case TypeAbort:
 		f.id, f.reason = true, true
+	case TypeClone:
+		f.id, f.hostTime, f.clone = true, true, true
+		return f, m.checkClone()
 	}
 	return f, nil
 }
@@ -315,6 +320,8 @@ func (m Message) checkFields(f fields) error {
 		return m.bad("unexpected freeze")
 	case !f.hostTime && m.HostTimeNS != 0:
 		return m.bad("unexpected host_time_ns")
+	case !f.clone && m.Clone != nil:
+		return m.bad("unexpected clone")
 	}
 	return nil
 }
@@ -354,6 +361,7 @@ type wireMessage struct {
 	State      string                     `json:"state"`
 	Freeze     bool                       `json:"freeze"`
 	HostTimeNS int64                      `json:"host_time_ns"`
+	Clone      *wireClone                 `json:"clone"`
 }
 
 // maxNesting bounds how deeply a frame's JSON may nest. The schema needs 3
@@ -409,6 +417,10 @@ func decode(body []byte) (Message, error) {
 		V: w.V, Type: w.Type, ID: w.ID, Op: w.Op, DeadlineMS: w.DeadlineMS,
 		Outcome: w.Outcome, Reason: w.Reason, Seq: w.Seq, State: w.State,
 		Freeze: w.Freeze, HostTimeNS: w.HostTimeNS,
+	}
+	var err error
+	if m.Clone, err = w.Clone.clone(); err != nil {
+		return Message{}, err
 	}
 	n := 0
 	for n < len(w.Devices) && w.Devices[n].present {
