@@ -24,6 +24,7 @@ func (c *Coord) Handler() http.Handler {
 	c.scheduleRoutes(mux)
 	c.cordonRoutes(mux)
 	c.opsRoutes(mux)
+	c.bootRoutes(mux)
 	return mux
 }
 
