@@ -32,7 +32,7 @@ kernel: %s
 initrd: %s
 append: "console=ttyS0 quiet panic=-1 symvirt.agent=1"
 nics: [{id: net0, model: virtio-net-pci}]
-guest: {type: virtio-serial}
+guest_channel: {type: virtio-serial}
 `, kernel, initrd)), 0o600)
 	cli := func(args ...string) string {
 		t.Helper()

@@ -62,7 +62,7 @@ func templateSpec(name string, spec Spec) (Spec, error) {
 	case spec.SharedMemory != nil && !*spec.SharedMemory:
 		return bad("shared_memory", "false, but a template's RAM is its shared file")
 	case spec.Guest.Type != "virtio-serial":
-		return bad("guest.type", "a template needs guestd on virtio-serial (vsock clones would share a CID)")
+		return bad("guest_channel.type", "a template needs guestd on virtio-serial (vsock clones would share a CID)")
 	case len(spec.Disks) > 0:
 		return bad("disks", "clones would share the template's disks: not yet supported")
 	}

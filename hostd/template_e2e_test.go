@@ -42,24 +42,38 @@ func templateGuest(t *testing.T, name string) hostd.Spec {
 	}
 }
 
-// pss is a process's proportional set size (shared pages divided among
-// the processes that map them), in bytes.
-func pss(t *testing.T, pid int) int64 {
+// smaps is a process's proportional set size (shared pages divided among
+// the processes that map them) from /proc/PID/smaps_rollup, in bytes: in
+// all, of anonymous pages (a clone's own writes, QEMU's heap and TCG
+// code) and of shmem pages (the template file's, shared).
+type smaps struct{ pss, anon, shmem int64 }
+
+func (s *smaps) add(o smaps) { s.pss, s.anon, s.shmem = s.pss+o.pss, s.anon+o.anon, s.shmem+o.shmem }
+
+func (s smaps) String() string {
+	return fmt.Sprintf("%s (anonymous %s, shmem %s)", mib(s.pss), mib(s.anon), mib(s.shmem))
+}
+
+func readSmaps(t *testing.T, pid int) smaps {
 	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	var s smaps
+	fields := map[string]*int64{"Pss:": &s.pss, "Pss_Anon:": &s.anon, "Pss_Shmem:": &s.shmem}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "Pss:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10
+		if fl := strings.Fields(sc.Text()); len(fl) == 3 && fields[fl[0]] != nil {
+			kb, _ := strconv.ParseInt(fl[1], 10, 64)
+			*fields[fl[0]] = kb << 10
 		}
 	}
-	t.Fatalf("pid %d: no Pss in smaps_rollup", pid)
-	return 0
+	if s.pss == 0 {
+		t.Fatalf("pid %d: no Pss in smaps_rollup", pid)
+	}
+	return s
 }
 
 func cloneCount() int {
@@ -130,15 +144,16 @@ func TestTemplateClones(t *testing.T) {
 	}
 
 	time.Sleep(2 * time.Second) // the clones' 8 MiB writes
-	var sum int64
+	var all smaps
 	for _, pid := range pids {
-		sum += pss(t, pid)
+		all.add(readSmaps(t, pid))
 	}
+	sum := all.pss
 	st, _ := os.Stat(tmpl.RAM.Path)
 	// The template file's pages in /dev/shm: those the clones map are in
 	// their PSS already, so sum+file is an upper bound of the host's.
 	tmplBytes := st.Sys().(*syscall.Stat_t).Blocks * 512
-	t.Logf("%d clones: sum of QEMU PSS %s (%s each); template RAM file holds %s", n, mib(sum), mib(sum/int64(n)), mib(tmplBytes))
+	t.Logf("%d clones: sum of QEMU PSS %s, %s each; template RAM file holds %s", n, all, mib(sum/int64(n)), mib(tmplBytes))
 
 	// A cold boot of the same guest, side by side.
 	cold := templateGuest(t, "cold")
@@ -152,7 +167,9 @@ func TestTemplateClones(t *testing.T) {
 	waitLog(t, serialLog(h, "cold"), regexp.MustCompile(`symvirt-guest-ready`), 2*time.Minute)
 	coldBoot := time.Since(start)
 	time.Sleep(time.Second)
-	coldPSS := pss(t, info.PID)
+	coldSmaps := readSmaps(t, info.PID)
+	coldPSS := coldSmaps.pss
+	t.Logf("cold-booted VM: QEMU PSS %s", coldSmaps)
 	t.Logf("cold boot: %s to symvirt-guest-ready, QEMU PSS %s; %d clones: p50 %s, PSS sum %s = %.2fx one booted VM (%.2fx with the whole template file)",
 		coldBoot.Round(time.Millisecond), mib(coldPSS), n, ready[n/2], mib(sum), float64(sum)/float64(coldPSS), float64(sum+tmplBytes)/float64(coldPSS))
 
