@@ -2,8 +2,11 @@ package hostd_test
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -126,7 +129,6 @@ func TestTemplateClones(t *testing.T) {
 	}
 	n := cloneCount()
 	var ready []time.Duration
-	var pids []int
 	clones := make([]hostd.CloneResult, n)
 	for i := range n {
 		res, err := c.Clone(ctx, hostd.CloneRequest{Template: "small", Name: fmt.Sprintf("c%d", i)})
@@ -135,27 +137,44 @@ func TestTemplateClones(t *testing.T) {
 		}
 		clones[i] = res
 		ready = append(ready, res.Ready)
-		pids = append(pids, res.PID)
 		t.Logf("clone %s: ready in %s (qemu up %s, state loaded and running %s, guestd %s)", res.VM, res.Ready, res.Start, res.Load, res.Guest)
 	}
 	sort.Slice(ready, func(i, j int) bool { return ready[i] < ready[j] })
 	t.Logf("%d clones: request to guestd ready p50 %s, max %s (target 150 ms, not asserted)", n, ready[n/2], ready[n-1])
+	checkCloneIdentities(t, h, clones)
 
-	states := make([][]string, n)
-	for i := range n {
-		m := cloneStateRE.FindStringSubmatch(waitLog(t, serialLog(h, clones[i].VM), cloneStateRE, time.Minute))
+	time.Sleep(2 * time.Second) // the clones' 8 MiB writes
+	sum, tmplBytes := cloneMemory(t, tmpl, clones)
+	coldBoot, coldPSS := coldBoot(t, h)
+	t.Logf("cold boot: %s to symvirt-guest-ready, QEMU PSS %s; %d clones: p50 %s, PSS sum %s = %.2fx one booted VM (%.2fx with the whole template file)",
+		coldBoot.Round(time.Millisecond), mib(coldPSS), n, ready[n/2], mib(sum), float64(sum)/float64(coldPSS), float64(sum+tmplBytes)/float64(coldPSS))
+
+	// The clones wrote their memory; the template's file is as it was.
+	if sum, err := hostd.FileSHA256(tmpl.RAM.Path); err != nil || sum != tmpl.RAMSHA256 {
+		t.Fatalf("template RAM file changed by its clones: sha256 %s, was %s (%v)", sum, tmpl.RAMSHA256, err)
+	}
+	templateRefusesSwaps(t, h, tmpl)
+}
+
+// checkCloneIdentities: each clone has the hostname and MAC hostd gave
+// it, and no two share a hostname, machine-id, MAC, boot_id or the first
+// 64 bytes of /dev/urandom.
+func checkCloneIdentities(t *testing.T, h *testenv.Hostd, clones []hostd.CloneResult) {
+	states := make([][]string, len(clones))
+	for i, cl := range clones {
+		m := cloneStateRE.FindStringSubmatch(waitLog(t, serialLog(h, cl.VM), cloneStateRE, time.Minute))
 		states[i] = m[1:]
-		if m[1] != clones[i].VM || m[3] != clones[i].MACs["net0"] {
-			t.Errorf("clone %s: hostname %s, MAC %s in the guest; want %s, %s", clones[i].VM, m[1], m[3], clones[i].VM, clones[i].MACs["net0"])
+		if m[1] != cl.VM || m[3] != cl.MACs["net0"] {
+			t.Errorf("clone %s: hostname %s, MAC %s in the guest; want %s, %s", cl.VM, m[1], m[3], cl.VM, cl.MACs["net0"])
 		}
 	}
 	for k, what := range []string{"hostname", "machine-id", "MAC", "boot_id", "/dev/urandom"} {
 		seen := map[string]string{}
-		for i := range n {
+		for i, cl := range clones {
 			if other, dup := seen[states[i][k]]; dup {
-				t.Errorf("clones %s and %s have the same %s %s", other, clones[i].VM, what, states[i][k])
+				t.Errorf("clones %s and %s have the same %s %s", other, cl.VM, what, states[i][k])
 			}
-			seen[states[i][k]] = clones[i].VM
+			seen[states[i][k]] = cl.VM
 		}
 	}
 	t.Logf("clone c0: %v; c1: %v", states[0], states[1])
@@ -166,43 +185,88 @@ func TestTemplateClones(t *testing.T) {
 			}
 		}
 	}
+}
 
-	time.Sleep(2 * time.Second) // the clones' 8 MiB writes
+// cloneMemory logs the clones' memory and returns the sum of their PSS
+// and what the template file holds in /dev/shm (the pages clones map are
+// in their PSS already: sum plus file is an upper bound of the host's).
+func cloneMemory(t *testing.T, tmpl hostd.Template, clones []hostd.CloneResult) (sum, tmplBytes int64) {
 	var all smaps
 	var wrote int64
-	for _, pid := range pids {
-		all.add(readSmaps(t, pid))
-		wrote += guestWrites(t, pid, tmpl.RAM.Path)
+	for _, cl := range clones {
+		all.add(readSmaps(t, cl.PID))
+		wrote += guestWrites(t, cl.PID, tmpl.RAM.Path)
 	}
-	sum := all.pss
+	n := int64(len(clones))
 	t.Logf("%d clones: their guests wrote %s (copied on write), %s each; QEMU's own anonymous memory %s each",
-		n, mib(wrote), mib(wrote/int64(n)), mib((all.anon-wrote)/int64(n)))
+		n, mib(wrote), mib(wrote/n), mib((all.anon-wrote)/n))
 	st, _ := os.Stat(tmpl.RAM.Path)
-	// The template file's pages in /dev/shm: those the clones map are in
-	// their PSS already, so sum+file is an upper bound of the host's.
-	tmplBytes := st.Sys().(*syscall.Stat_t).Blocks * 512
-	t.Logf("%d clones: sum of QEMU PSS %s, %s each; template RAM file holds %s", n, all, mib(sum/int64(n)), mib(tmplBytes))
+	tmplBytes = st.Sys().(*syscall.Stat_t).Blocks * 512
+	t.Logf("%d clones: sum of QEMU PSS %s, %s each; template RAM file holds %s", n, all, mib(all.pss/n), mib(tmplBytes))
+	return all.pss, tmplBytes
+}
 
-	// A cold boot of the same guest, side by side.
+// coldBoot boots the same guest without a template, side by side: its
+// time to the guest's ready marker and its QEMU's PSS.
+func coldBoot(t *testing.T, h *testenv.Hostd) (time.Duration, int64) {
 	cold := templateGuest(t, "cold")
 	off := false
 	cold.SharedMemory = &off
 	start := time.Now()
-	info, err := c.Create(ctx, cold, true)
+	info, err := h.Client().Create(ctxT(t, 3*time.Minute), cold, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitLog(t, serialLog(h, "cold"), regexp.MustCompile(`symvirt-guest-ready`), 2*time.Minute)
-	coldBoot := time.Since(start)
+	took := time.Since(start)
 	time.Sleep(time.Second)
-	coldSmaps := readSmaps(t, info.PID)
-	coldPSS := coldSmaps.pss
-	t.Logf("cold-booted VM: QEMU PSS %s", coldSmaps)
-	t.Logf("cold boot: %s to symvirt-guest-ready, QEMU PSS %s; %d clones: p50 %s, PSS sum %s = %.2fx one booted VM (%.2fx with the whole template file)",
-		coldBoot.Round(time.Millisecond), mib(coldPSS), n, ready[n/2], mib(sum), float64(sum)/float64(coldPSS), float64(sum+tmplBytes)/float64(coldPSS))
+	s := readSmaps(t, info.PID)
+	t.Logf("cold-booted VM: QEMU PSS %s", s)
+	return took, s.pss
+}
 
-	// The clones wrote their memory; the template's file is as it was.
-	if sum, err := hostd.FileSHA256(tmpl.RAM.Path); err != nil || sum != tmpl.RAMSHA256 {
-		t.Fatalf("template RAM file changed by its clones: sha256 %s, was %s (%v)", sum, tmpl.RAMSHA256, err)
+// templateRefusesSwaps: a RAM file put in the template's place, or a
+// device state changed, is refused, and the clone is gone; a removed
+// template leaves nothing behind.
+func templateRefusesSwaps(t *testing.T, h *testenv.Hostd, tmpl hostd.Template) {
+	c := h.Client()
+	ctx := ctxT(t, 2*time.Minute)
+	ram := tmpl.RAM.Path
+	if err := os.Rename(ram, ram+".orig"); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(ram, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(int64(tmpl.Spec.Memory) << 20)
+	f.Close()
+	if _, err := c.Clone(ctx, hostd.CloneRequest{Template: tmpl.Name, Name: "swapped"}); !errors.Is(err, hostd.ErrRAMFile) {
+		t.Fatalf("clone of a template whose RAM file was replaced: %v", err)
+	}
+	os.Remove(ram)
+	os.Rename(ram+".orig", ram)
+
+	state := filepath.Join(h.StateDir, "templates", tmpl.Name, "state")
+	data, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0xff
+	os.WriteFile(state, data, 0o600)
+	if _, err := c.Clone(ctx, hostd.CloneRequest{Template: tmpl.Name, Name: "tampered"}); !errors.Is(err, hostd.ErrChecksum) {
+		t.Fatalf("clone of a template whose device state was changed: %v", err)
+	}
+	if _, err := c.Status(ctx, "tampered"); !errors.Is(err, hostd.ErrNotFound) {
+		t.Fatalf("the failed clone is still there: %v", err)
+	}
+	if err := c.DeleteTemplate(ctx, tmpl.Name); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := c.Templates(ctx); err != nil || len(ts) != 0 {
+		t.Fatalf("templates after rm: %v %v", ts, err)
+	}
+	if _, err := os.Stat(ram); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("template RAM file after rm: %v", err)
 	}
 }
