@@ -7,12 +7,19 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/symvirt/symvirt/hostd/manifest"
 	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/internal/atomicfile"
 )
+
+// templateSettle is how long a template VM runs on after guestd
+// answered, before it is saved: what the guest was still doing (its log
+// of the connection on the way to the console, say) is done then, rather
+// than in every clone while it becomes ready.
+const templateSettle = time.Second
 
 // templateVMPrefix names the VM a template is booted as while it is made.
 const templateVMPrefix = "template-"
@@ -111,6 +118,11 @@ func (h *Host) bootTemplate(ctx context.Context, dir, name string, spec Spec) (T
 	}
 	host.Close()
 	t := Template{Name: name, Spec: spec, CreatedAt: timeNow().UTC(), Boot: timeNow().Sub(start)}
+	select {
+	case <-time.After(templateSettle):
+	case <-ctx.Done():
+		return Template{}, ctx.Err()
+	}
 	err = vm.locked("template", func() error {
 		t.State, t.RAM, err = vm.saveTemplate(ctx, dir, h.templateRAMPath(name))
 		return err
