@@ -44,10 +44,11 @@ type CloneResult struct {
 	MACs     map[string]string `json:"macs"`
 	Ready    time.Duration     `json:"ready_ns"`
 	// Start: QEMU up; Load: device state in and vCPUs running; Guest:
-	// guestd reached and its CLONE done.
-	Start time.Duration `json:"start_ns"`
-	Load  time.Duration `json:"load_ns"`
-	Guest time.Duration `json:"guest_ns"`
+	// guestd reached (Handshake of it) and its CLONE done.
+	Start     time.Duration `json:"start_ns"`
+	Load      time.Duration `json:"load_ns"`
+	Guest     time.Duration `json:"guest_ns"`
+	Handshake time.Duration `json:"handshake_ns"`
 }
 
 // Clone starts a VM from a template: the template's RAM file mapped
@@ -89,7 +90,7 @@ func (h *Host) Clone(ctx context.Context, req CloneRequest) (res CloneResult, er
 		return res, err
 	}
 	if err = vm.locked("clone", func() error { return vm.startClone(ctx, ram, state, t.State, start, &res) }); err == nil {
-		err = vm.tellClone(ctx, req, nics)
+		res.Handshake, err = vm.tellClone(ctx, req, nics)
 	}
 	if err != nil {
 		vm.kill()
@@ -179,7 +180,7 @@ func (vm *VM) startClone(ctx context.Context, ram, state *os.File, digest manife
 }
 
 // tellClone sends guestd its new identity and waits until it took it.
-func (vm *VM) tellClone(ctx context.Context, req CloneRequest, nics []guestproto.CloneNIC) error {
+func (vm *VM) tellClone(ctx context.Context, req CloneRequest, nics []guestproto.CloneNIC) (time.Duration, error) {
 	seed, mid := make([]byte, 64), make([]byte, 16)
 	rand.Read(seed)
 	rand.Read(mid)
@@ -187,13 +188,15 @@ func (vm *VM) tellClone(ctx context.Context, req CloneRequest, nics []guestproto
 		Hostname: req.Hostname, NICs: nics}
 	gctx, cancel := context.WithTimeout(ctx, vm.h.cfg.GuestTimeout)
 	defer cancel()
+	start := timeNow()
 	host, _, err := vm.connectGuest(gctx)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrGuest, err)
+		return 0, fmt.Errorf("%w: %w", ErrGuest, err)
 	}
 	defer host.Close()
+	took := timeNow().Sub(start)
 	if err := host.Clone(gctx, newRoundID(), c); err != nil {
-		return fmt.Errorf("%w: %w", ErrGuest, err)
+		return took, fmt.Errorf("%w: %w", ErrGuest, err)
 	}
-	return nil
+	return took, nil
 }

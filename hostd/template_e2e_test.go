@@ -137,7 +137,7 @@ func TestTemplateClones(t *testing.T) {
 		}
 		clones[i] = res
 		ready = append(ready, res.Ready)
-		t.Logf("clone %s: ready in %s (qemu up %s, state loaded and running %s, guestd %s)", res.VM, res.Ready, res.Start, res.Load, res.Guest)
+		t.Logf("clone %s: ready in %s (qemu up %s, state loaded and running %s, guestd %s of which handshake %s)", res.VM, res.Ready, res.Start, res.Load, res.Guest, res.Handshake)
 	}
 	sort.Slice(ready, func(i, j int) bool { return ready[i] < ready[j] })
 	t.Logf("%d clones: request to guestd ready p50 %s, max %s (target 150 ms, not asserted)", n, ready[n/2], ready[n-1])
