@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,8 +90,9 @@ func (h *Host) Clone(ctx context.Context, req CloneRequest) (res CloneResult, er
 	if err != nil {
 		return res, err
 	}
-	if err = vm.locked("clone", func() error { return vm.startClone(ctx, ram, state, t.State, start, &res) }); err == nil {
-		res.Handshake, err = vm.tellClone(ctx, req, nics)
+	var conn net.Conn
+	if err = vm.locked("clone", func() error { conn, err = vm.startClone(ctx, ram, state, t.State, start, &res); return err }); err == nil {
+		res.Handshake, err = vm.tellClone(ctx, conn, req, nics)
 	}
 	if err != nil {
 		vm.kill()
@@ -143,9 +145,9 @@ func cloneSpec(t Template, req CloneRequest) (Spec, []guestproto.CloneNIC, error
 
 // startClone runs the clone's QEMU on the template's RAM (private) and
 // device state, and its vCPUs; callers hold vm.op.
-func (vm *VM) startClone(ctx context.Context, ram, state *os.File, digest manifest.FileDigest, start time.Time, res *CloneResult) error {
+func (vm *VM) startClone(ctx context.Context, ram, state *os.File, digest manifest.FileDigest, start time.Time, res *CloneResult) (net.Conn, error) {
 	if err := vm.allocateSlots(nil); err != nil {
-		return err
+		return nil, err
 	}
 	l := launch{incoming: true}
 	vm.mu.Lock()
@@ -154,10 +156,27 @@ func (vm *VM) startClone(ctx context.Context, ram, state *os.File, digest manife
 	a.PrivateRAM = true
 	p, err := qemu.Start(ctx, bin, a, ram)
 	if err != nil {
-		return fmt.Errorf("vm %q: %w", vm.name, err)
+		return nil, fmt.Errorf("vm %q: %w", vm.name, err)
 	}
 	vm.install(p, l)
 	res.PID, res.Start = p.PID, timeNow().Sub(start)
+	// Connected before the state loads, as the template's was when it was
+	// saved: the guest sees no hang-up, and guestd reads the HELLO at once.
+	conn, err := vm.dialGuest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := vm.loadClone(ctx, p, state, digest); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	res.Load = timeNow().Sub(start)
+	return conn, nil
+}
+
+// loadClone loads the template's device state into the clone's QEMU and
+// runs it.
+func (vm *VM) loadClone(ctx context.Context, p *qemu.Process, state *os.File, digest manifest.FileDigest) error {
 	if err := p.Mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
 		return err
 	}
@@ -172,15 +191,12 @@ func (vm *VM) startClone(ctx context.Context, ram, state *os.File, digest manife
 	vm.rt.Incoming = false
 	vm.saveRuntime()
 	vm.mu.Unlock()
-	if err := p.Mon.Cont(ctx); err != nil {
-		return err
-	}
-	res.Load = timeNow().Sub(start)
-	return nil
+	return p.Mon.Cont(ctx)
 }
 
 // tellClone sends guestd its new identity and waits until it took it.
-func (vm *VM) tellClone(ctx context.Context, req CloneRequest, nics []guestproto.CloneNIC) (time.Duration, error) {
+// conn is the guest channel, connected before the clone ran.
+func (vm *VM) tellClone(ctx context.Context, conn net.Conn, req CloneRequest, nics []guestproto.CloneNIC) (time.Duration, error) {
 	seed, mid := make([]byte, 64), make([]byte, 16)
 	rand.Read(seed)
 	rand.Read(mid)
@@ -189,9 +205,16 @@ func (vm *VM) tellClone(ctx context.Context, req CloneRequest, nics []guestproto
 	gctx, cancel := context.WithTimeout(ctx, vm.h.cfg.GuestTimeout)
 	defer cancel()
 	start := timeNow()
-	host, _, err := vm.connectGuest(gctx)
-	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrGuest, err)
+	host := guestproto.NewHost(conn, vm.log.With("channel", "virtio-serial"))
+	hctx, hcancel := context.WithTimeout(gctx, time.Second)
+	_, err := host.Handshake(hctx)
+	hcancel()
+	if err != nil { // a guest that missed it: the usual retries
+		host.Close()
+		vm.log.Warn("clone: first handshake failed; retrying", "err", err)
+		if host, _, err = vm.connectGuest(gctx); err != nil {
+			return 0, fmt.Errorf("%w: %w", ErrGuest, err)
+		}
 	}
 	defer host.Close()
 	took := timeNow().Sub(start)

@@ -116,7 +116,10 @@ func (h *Host) bootTemplate(ctx context.Context, dir, name string, spec Spec) (T
 	if err != nil {
 		return Template{}, fmt.Errorf("guestd never answered: %w: %w", ErrGuest, err)
 	}
-	host.Close()
+	// Open until the template is saved: guestd is saved blocked in its
+	// read of the port, not polling a port with no host behind it (which
+	// would delay each clone's handshake by up to its poll interval).
+	defer host.Close()
 	t := Template{Name: name, Spec: spec, CreatedAt: timeNow().UTC(), Boot: timeNow().Sub(start)}
 	select {
 	case <-time.After(templateSettle):
