@@ -25,6 +25,7 @@ func (c *Coord) Handler() http.Handler {
 	c.cordonRoutes(mux)
 	c.opsRoutes(mux)
 	c.consolidateRoutes(mux)
+	c.bootRoutes(mux)
 	return mux
 }
 

@@ -372,6 +372,8 @@ func (a *agent) handle(sess *session, m guestproto.Message) error {
 		a.onPrepare(sess, m)
 	case guestproto.TypeResume, guestproto.TypeAbort:
 		a.onFinish(sess, m)
+	case guestproto.TypeClone:
+		a.onClone(sess, m)
 	default:
 		return fmt.Errorf("%w: host sent %s", guestproto.ErrUnexpected, m.Type)
 	}

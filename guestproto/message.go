@@ -105,6 +105,8 @@ type Message struct {
 	HostTimeNS int64 `json:"host_time_ns,omitempty"`
 	// Usage (HELLO_ACK only, optional): the guest's memory in use (usage.go).
 	Usage
+	// Clone (CLONE only): the clone's new identity.
+	Clone *Clone `json:"clone,omitempty"`
 }
 
 // HostTime is HostTimeNS as a time (the zero time when absent).
@@ -195,7 +197,7 @@ func (m Message) Validate() error {
 			// handshake turns this into ErrVersion.
 			return nil
 		}
-	case TypePing, TypePong, TypePrepare, TypeReady, TypeRefused, TypeResume, TypeAbort, TypeDone:
+	case TypePing, TypePong, TypePrepare, TypeReady, TypeRefused, TypeResume, TypeAbort, TypeDone, TypeClone:
 		if m.V != Version {
 			return fmt.Errorf("%w: %s of version %d, want %d", ErrVersion, m.Type, m.V, Version)
 		}
@@ -212,7 +214,7 @@ func (m Message) Validate() error {
 // fields are the optional fields a type may carry; anything else set is an
 // error, so that a confused peer is noticed rather than half-understood.
 type fields struct {
-	id, op, deadline, devices, outcome, reason, state, freeze, hostTime, usage bool
+	id, op, deadline, devices, outcome, reason, state, freeze, hostTime, usage, clone bool
 }
 
 func (m Message) bad(format string, a ...any) error {
@@ -259,6 +261,9 @@ func (m Message) typeFields() (fields, error) {
 		}
 	case TypeAbort:
 		f.id, f.reason = true, true
+	case TypeClone:
+		f.id, f.hostTime, f.clone = true, true, true
+		return f, m.checkClone()
 	}
 	return f, nil
 }
@@ -322,6 +327,8 @@ func (m Message) checkFields(f fields) error {
 		return m.bad("unexpected host_time_ns")
 	case !f.usage && m.Usage != Usage{}:
 		return m.bad("unexpected mem_used/mem_total")
+	case !f.clone && m.Clone != nil:
+		return m.bad("unexpected clone")
 	}
 	return nil
 }
@@ -362,6 +369,7 @@ type wireMessage struct {
 	Freeze     bool                       `json:"freeze"`
 	HostTimeNS int64                      `json:"host_time_ns"`
 	Usage
+	Clone *wireClone `json:"clone"`
 }
 
 // maxNesting bounds how deeply a frame's JSON may nest. The schema needs 3
@@ -417,6 +425,10 @@ func decode(body []byte) (Message, error) {
 		V: w.V, Type: w.Type, ID: w.ID, Op: w.Op, DeadlineMS: w.DeadlineMS,
 		Outcome: w.Outcome, Reason: w.Reason, Seq: w.Seq, State: w.State,
 		Freeze: w.Freeze, HostTimeNS: w.HostTimeNS, Usage: w.Usage,
+	}
+	var err error
+	if m.Clone, err = w.Clone.clone(); err != nil {
+		return Message{}, err
 	}
 	n := 0
 	for n < len(w.Devices) && w.Devices[n].present {

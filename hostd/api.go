@@ -17,6 +17,7 @@ func (h *Host) Handler() http.Handler {
 	h.vmRoutes(mux)
 	h.operationRoutes(mux)
 	h.migrationRoutes(mux)
+	h.templateRoutes(mux)
 	mux.Handle("GET /metrics", h.metricsHandler())
 	return h.authorize(mux)
 }

@@ -24,8 +24,8 @@ func commands() []*cli.Command {
 	var all []*cli.Command
 	all = append(all, in(catCluster, clusterCommands()...)...)
 	all = append(all, in(catCluster, scheduleCommand())...)
-	all = append(all, in(catCluster, opsCommand())...)
-	all = append(all, in(catHost, vmCommand(), rejuvenateCommand())...)
+	all = append(all, in(catCluster, opsCommand(), bootCommand())...)
+	all = append(all, in(catHost, vmCommand(), rejuvenateCommand(), templateCommand())...)
 	all = append(all, in(catDaemons, coordDaemonCommand(), hostdCommand(), guestdCommand())...)
 	all = append(all, in(catGuest, hookCommand(), taintCommand())...)
 	all = append(all, in(catAdmin, certsCommand())...)

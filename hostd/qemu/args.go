@@ -32,6 +32,9 @@ type Args struct {
 	Absent   map[string]bool
 	Override map[string]map[string]string // pool properties, by device
 	RunAs    string                       // the user QEMU drops to ("": root)
+	// PrivateRAM maps the RAM file (a template's) private copy-on-write
+	// (share=off): the guest's writes never reach the file.
+	PrivateRAM bool
 }
 
 // QMPSocket is the monitor socket of a VM's QEMU of generation gen.
@@ -67,8 +70,9 @@ func (a Args) argv() []string {
 	if s.CPU != "" {
 		v = append(v, "-cpu", s.CPU)
 	}
-	if s.UsesSharedMemory() {
-		v = append(v, "-object", fmt.Sprintf("memory-backend-file,id=ram0,share=on,size=%dM,mem-path=/proc/self/fd/%d", s.Memory, ramFD),
+	if a.ramFile() {
+		share := map[bool]string{false: "on", true: "off"}[a.PrivateRAM]
+		v = append(v, "-object", fmt.Sprintf("memory-backend-file,id=ram0,share=%s,size=%dM,mem-path=/proc/self/fd/%d", share, s.Memory, ramFD),
 			"-machine", "memory-backend=ram0")
 	}
 	if s.Kernel != "" {
@@ -92,6 +96,9 @@ func (a Args) argv() []string {
 	}
 	return append(v, confineArgs(a.RunAs)...)
 }
+
+// ramFile: guest RAM is a file hostd hands QEMU.
+func (a Args) ramFile() bool { return a.Spec.UsesSharedMemory() || a.PrivateRAM }
 
 // deviceArgs: the NICs and other devices, each passthrough one on a
 // root port of its own.

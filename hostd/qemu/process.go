@@ -43,7 +43,7 @@ func (p *Process) ExitErr() error {
 // spec asks for shared memory; the caller keeps it.
 func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, error) {
 	cmd := exec.Command(bin, append(a.argv(), "-S")...)
-	if a.Spec.UsesSharedMemory() {
+	if a.ramFile() {
 		if ram == nil {
 			return nil, fmt.Errorf("%w: shared memory without a file", sentinel.ErrQEMUStart)
 		}

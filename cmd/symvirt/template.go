@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/symvirt/symvirt/coord"
+	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/cliutil"
+	"github.com/urfave/cli/v3"
+)
+
+func templateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "template",
+		Usage: "booted VMs kept on a host to start clones from in milliseconds (talks to its hostd)",
+		Flags: []cli.Flag{hostFlag(), outputFlag()},
+		Commands: []*cli.Command{
+			{
+				Name: "create", Usage: "boot a VM until guestd is up and keep its memory and device state as a template",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{&cli.StringFlag{Name: "from", Required: true, Usage: "VM spec (YAML) to boot; its name is ignored"}},
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					name, err := oneArg(cmd, "NAME")
+					if err != nil {
+						return err
+					}
+					spec, err := hostd.LoadSpec(cmd.String("from"))
+					if err != nil {
+						return err
+					}
+					return templateAction(cmd, func(c *hostd.Client) (any, error) { return c.CreateTemplate(ctx, name, spec) })
+				},
+			},
+			{
+				Name: "list", Usage: "list the host's templates",
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					return templateAction(cmd, func(c *hostd.Client) (any, error) { return c.Templates(ctx) })
+				},
+			},
+			{
+				Name: "rm", Usage: "remove a template (running clones keep their memory)", ArgsUsage: "NAME",
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					name, err := oneArg(cmd, "NAME")
+					if err != nil {
+						return err
+					}
+					return templateAction(cmd, func(c *hostd.Client) (any, error) { return deleted{name}, c.DeleteTemplate(ctx, name) })
+				},
+			},
+			{
+				Name: "clone", Usage: "start one VM from a template on this host", ArgsUsage: "TEMPLATE VM",
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					if cmd.Args().Len() != 2 {
+						return usageErr("template clone: want TEMPLATE and VM, got %d arguments (symvirt template clone --help)", cmd.Args().Len())
+					}
+					req := hostd.CloneRequest{Template: cmd.Args().Get(0), Name: cmd.Args().Get(1)}
+					return templateAction(cmd, func(c *hostd.Client) (any, error) { return c.Clone(ctx, req) })
+				},
+			},
+		},
+	}
+}
+
+// templateAction runs fn against the host's hostd and prints its result.
+func templateAction(cmd *cli.Command, fn func(*hostd.Client) (any, error)) error {
+	out, err := output(cmd)
+	if err != nil {
+		return err
+	}
+	res, err := fn(hostdClient(cmd.String("host")))
+	if err != nil {
+		return err
+	}
+	return out.Print(res, func(w io.Writer) { printTemplateResult(w, res) })
+}
+
+func printTemplateResult(w io.Writer, res any) {
+	switch r := res.(type) {
+	case hostd.Template:
+		fmt.Fprintf(w, "template %s: booted to guestd ready in %s; device state %s, RAM file %s\n",
+			r.Name, r.Boot.Round(time.Millisecond), cliutil.Bytes(r.State.Size), r.RAM.Path)
+	case []hostd.Template:
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tMEMORY\tBOOT\tCREATED")
+		for _, t := range r {
+			fmt.Fprintf(tw, "%s\t%dM\t%s\t%s\n", t.Name, t.Spec.Memory, t.Boot.Round(time.Millisecond), t.CreatedAt.Format(time.RFC3339))
+		}
+		tw.Flush()
+	case hostd.CloneResult:
+		fmt.Fprintf(w, "%s: ready in %s (pid %d)\n", r.VM, r.Ready.Round(time.Millisecond), r.PID)
+	case deleted:
+		fmt.Fprintf(w, "%s: deleted\n", r.Deleted)
+	}
+}
+
+func bootCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "boot",
+		Usage: "start N clones of a template as a new job; the coordinator places them on hosts that have the template",
+		Flags: coordFlags(
+			&cli.StringFlag{Name: "template", Required: true, Usage: "template name (on each host used: symvirt template create)"},
+			&cli.IntFlag{Name: "count", Aliases: []string{"n"}, Required: true, Usage: "how many VMs"},
+			&cli.StringFlag{Name: "hosts", Usage: "comma-separated hosts to use (default: every host that has the template)"},
+			&cli.StringFlag{Name: "job", Usage: "job name; its VMs are JOB-0 .. JOB-(N-1) (default: the template's name)"},
+			&cli.IntFlag{Name: "parallel", Value: 2, Usage: "clones each host starts at once"},
+		),
+		Action: runBoot,
+	}
+}
+
+func runBoot(ctx context.Context, cmd *cli.Command) error {
+	out, err := output(cmd)
+	if err != nil {
+		return err
+	}
+	c, err := coordClient(cmd)
+	if err != nil {
+		return err
+	}
+	req := coord.BootRequest{Template: cmd.String("template"), Count: int(cmd.Int("count")),
+		Job: cmd.String("job"), Parallel: int(cmd.Int("parallel"))}
+	if req.Job == "" {
+		req.Job = req.Template
+	}
+	for _, h := range strings.Split(cmd.String("hosts"), ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			req.Hosts = append(req.Hosts, h)
+		}
+	}
+	p := cliutil.NewProgress("boot "+req.Job, true)
+	res, err := c.Boot(ctx, req, func(b coord.BootProgress) {
+		p.Update(fmt.Sprintf("ready %d/%d failed %d", b.Ready, b.Count, b.Failed), 0, 0, 0)
+	})
+	p.Done()
+	if perr := out.Print(res, func(w io.Writer) { printBoot(w, res) }); err == nil {
+		err = perr
+	}
+	return err
+}
+
+func printBoot(w io.Writer, res coord.BootResult) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tHOST\tREADY\tSINCE START\tERROR")
+	for _, vm := range res.VMs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", vm.Name, vm.Host, vm.Ready.Round(time.Millisecond), vm.Since.Round(time.Millisecond), vm.Error)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "job %s: %d/%d VMs of template %s ready in %s\n", res.Job, res.Ready, res.Count, res.Template, res.Took.Round(time.Millisecond))
+}

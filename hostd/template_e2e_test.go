@@ -1,0 +1,272 @@
+package hostd_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/testenv"
+	"github.com/symvirt/symvirt/internal/testguest"
+)
+
+// cloneHook runs in each clone once guestd took its new identity (the
+// "clone" hook phase): it prints what must differ between clones, and
+// writes 8 MiB of the clone's own memory in the background.
+const cloneHook = `#!/bin/sh
+[ "$1" = clone ] || exit 0
+( dd if=/dev/urandom of=/tmp/clone-fill bs=1M count=8 ) </dev/null >/dev/null 2>&1 &
+echo "symvirt-clone-state host=$(hostname) mid=$(cat /etc/machine-id) mac=$(cat /sys/class/net/eth0/address) boot=$(cat /proc/sys/kernel/random/boot_id) rnd=$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')" >/dev/console
+`
+
+var cloneStateRE = regexp.MustCompile(`symvirt-clone-state host=(\S+) mid=(\S+) mac=(\S+) boot=(\S+) rnd=([0-9a-f]+)`)
+
+// templateGuest is the small test guest with guestd on virtio-serial, one
+// virtio NIC (user networking) and the clone hook.
+func templateGuest(t *testing.T, name string) hostd.Spec {
+	kernel, _ := testguest.Paths(t)
+	return hostd.Spec{
+		Name: name, Memory: 256, VCPUs: 1, Kernel: kernel,
+		Initrd: testguest.Initrd(t, map[string]testguest.File{
+			"/etc/symvirt/hooks.d/50-clone-state": {Mode: 0o755, Data: []byte(cloneHook)}}),
+		Append: "console=ttyS0 quiet panic=-1 symvirt.agent=1 symvirt.name=" + name,
+		NICs:   []hostd.NIC{{ID: "net0", Model: "virtio-net-pci"}},
+		Guest:  hostd.Channel{Type: "virtio-serial"},
+	}
+}
+
+// smaps is a process's proportional set size (shared pages divided among
+// the processes that map them) from /proc/PID/smaps_rollup, in bytes: in
+// all, of anonymous pages (a clone's own writes, QEMU's heap and TCG
+// code) and of shmem pages (the template file's, shared).
+type smaps struct{ pss, anon, shmem int64 }
+
+func (s *smaps) add(o smaps) { s.pss, s.anon, s.shmem = s.pss+o.pss, s.anon+o.anon, s.shmem+o.shmem }
+
+func (s smaps) String() string {
+	return fmt.Sprintf("%s (anonymous %s, shmem %s)", mib(s.pss), mib(s.anon), mib(s.shmem))
+}
+
+// guestWrites sums the anonymous pages of a clone's guest RAM mapping
+// (the template file, private): the pages its guest wrote, copied on
+// write. The rest of its anonymous memory is QEMU's own.
+func guestWrites(t *testing.T, pid int, file string) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in bool
+	var sum int64
+	for _, l := range strings.Split(string(data), "\n") {
+		fl := strings.Fields(l)
+		switch {
+		case len(fl) >= 5 && strings.Contains(fl[0], "-"):
+			in = fl[len(fl)-1] == file
+		case in && len(fl) == 3 && fl[0] == "Anonymous:":
+			kb, _ := strconv.ParseInt(fl[1], 10, 64)
+			sum += kb << 10
+		}
+	}
+	return sum
+}
+
+func readSmaps(t *testing.T, pid int) smaps {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var s smaps
+	fields := map[string]*int64{"Pss:": &s.pss, "Pss_Anon:": &s.anon, "Pss_Shmem:": &s.shmem}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fl := strings.Fields(sc.Text()); len(fl) == 3 && fields[fl[0]] != nil {
+			kb, _ := strconv.ParseInt(fl[1], 10, 64)
+			*fields[fl[0]] = kb << 10
+		}
+	}
+	if s.pss == 0 {
+		t.Fatalf("pid %d: no Pss in smaps_rollup", pid)
+	}
+	return s
+}
+
+func cloneCount() int {
+	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_TEMPLATE_CLONES")); err == nil && n >= 2 {
+		return n
+	}
+	return 8
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// TestTemplateClones makes a template of the test guest, starts clones
+// of it, and checks that they are ready fast, share the template's
+// memory, are each their own machine, and never write the template.
+func TestTemplateClones(t *testing.T) {
+	h := testenv.StartHostd(t, "a", nil, "", "")
+	c := h.Client()
+	ctx := ctxT(t, 10*time.Minute)
+	tmpl, err := c.CreateTemplate(ctx, "small", templateGuest(t, "small"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("template: booted to guestd ready in %s, device state %d bytes, RAM file %s", tmpl.Boot, tmpl.State.Size, tmpl.RAM.Path)
+	if st, err := os.Stat(tmpl.RAM.Path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("template RAM file: %v %v", st, err)
+	}
+	n := cloneCount()
+	var ready []time.Duration
+	clones := make([]hostd.CloneResult, n)
+	for i := range n {
+		res, err := c.Clone(ctx, hostd.CloneRequest{Template: "small", Name: fmt.Sprintf("c%d", i)})
+		if err != nil {
+			t.Fatalf("clone %d: %v", i, err)
+		}
+		clones[i] = res
+		ready = append(ready, res.Ready)
+		t.Logf("clone %s: ready in %s (qemu up %s, state loaded and running %s, guestd %s of which handshake %s)", res.VM, res.Ready, res.Start, res.Load, res.Guest, res.Handshake)
+	}
+	sort.Slice(ready, func(i, j int) bool { return ready[i] < ready[j] })
+	t.Logf("%d clones: request to guestd ready p50 %s, max %s (target 150 ms, not asserted)", n, ready[n/2], ready[n-1])
+	checkCloneIdentities(t, h, clones)
+
+	time.Sleep(2 * time.Second) // the clones' 8 MiB writes
+	sum, tmplBytes := cloneMemory(t, tmpl, clones)
+	coldBoot, coldPSS := coldBoot(t, h)
+	t.Logf("cold boot: %s to symvirt-guest-ready, QEMU PSS %s; %d clones: p50 %s, PSS sum %s = %.2fx one booted VM (%.2fx with the whole template file)",
+		coldBoot.Round(time.Millisecond), mib(coldPSS), n, ready[n/2], mib(sum), float64(sum)/float64(coldPSS), float64(sum+tmplBytes)/float64(coldPSS))
+
+	// The clones wrote their memory; the template's file is as it was.
+	if sum, err := hostd.FileSHA256(tmpl.RAM.Path); err != nil || sum != tmpl.RAMSHA256 {
+		t.Fatalf("template RAM file changed by its clones: sha256 %s, was %s (%v)", sum, tmpl.RAMSHA256, err)
+	}
+	templateRefusesSwaps(t, h, tmpl)
+}
+
+// checkCloneIdentities: each clone has the hostname and MAC hostd gave
+// it, and no two share a hostname, machine-id, MAC, boot_id or the first
+// 64 bytes of /dev/urandom.
+func checkCloneIdentities(t *testing.T, h *testenv.Hostd, clones []hostd.CloneResult) {
+	states := make([][]string, len(clones))
+	for i, cl := range clones {
+		m := cloneStateRE.FindStringSubmatch(waitLog(t, serialLog(h, cl.VM), cloneStateRE, time.Minute))
+		states[i] = m[1:]
+		if m[1] != cl.VM || m[3] != cl.MACs["net0"] {
+			t.Errorf("clone %s: hostname %s, MAC %s in the guest; want %s, %s", cl.VM, m[1], m[3], cl.VM, cl.MACs["net0"])
+		}
+	}
+	for k, what := range []string{"hostname", "machine-id", "MAC", "boot_id", "/dev/urandom"} {
+		seen := map[string]string{}
+		for i, cl := range clones {
+			if other, dup := seen[states[i][k]]; dup {
+				t.Errorf("clones %s and %s have the same %s %s", other, cl.VM, what, states[i][k])
+			}
+			seen[states[i][k]] = cl.VM
+		}
+	}
+	t.Logf("clone c0: %v; c1: %v", states[0], states[1])
+	if data, err := os.ReadFile(serialLog(h, "c0")); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "CLONE") || strings.Contains(l, "hook ran") || strings.Contains(l, "host connected") {
+				t.Logf("c0 console: %s", strings.TrimSpace(l))
+			}
+		}
+	}
+}
+
+// cloneMemory logs the clones' memory and returns the sum of their PSS
+// and what the template file holds in /dev/shm (the pages clones map are
+// in their PSS already: sum plus file is an upper bound of the host's).
+func cloneMemory(t *testing.T, tmpl hostd.Template, clones []hostd.CloneResult) (sum, tmplBytes int64) {
+	var all smaps
+	var wrote int64
+	for _, cl := range clones {
+		all.add(readSmaps(t, cl.PID))
+		wrote += guestWrites(t, cl.PID, tmpl.RAM.Path)
+	}
+	n := int64(len(clones))
+	t.Logf("%d clones: their guests wrote %s (copied on write), %s each; QEMU's own anonymous memory %s each",
+		n, mib(wrote), mib(wrote/n), mib((all.anon-wrote)/n))
+	st, _ := os.Stat(tmpl.RAM.Path)
+	tmplBytes = st.Sys().(*syscall.Stat_t).Blocks * 512
+	t.Logf("%d clones: sum of QEMU PSS %s, %s each; template RAM file holds %s", n, all, mib(all.pss/n), mib(tmplBytes))
+	return all.pss, tmplBytes
+}
+
+// coldBoot boots the same guest without a template, side by side: its
+// time to the guest's ready marker and its QEMU's PSS.
+func coldBoot(t *testing.T, h *testenv.Hostd) (time.Duration, int64) {
+	cold := templateGuest(t, "cold")
+	off := false
+	cold.SharedMemory = &off
+	start := time.Now()
+	info, err := h.Client().Create(ctxT(t, 3*time.Minute), cold, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, serialLog(h, "cold"), regexp.MustCompile(`symvirt-guest-ready`), 2*time.Minute)
+	took := time.Since(start)
+	time.Sleep(time.Second)
+	s := readSmaps(t, info.PID)
+	t.Logf("cold-booted VM: QEMU PSS %s", s)
+	return took, s.pss
+}
+
+// templateRefusesSwaps: a RAM file put in the template's place, or a
+// device state changed, is refused, and the clone is gone; a removed
+// template leaves nothing behind.
+func templateRefusesSwaps(t *testing.T, h *testenv.Hostd, tmpl hostd.Template) {
+	c := h.Client()
+	ctx := ctxT(t, 2*time.Minute)
+	ram := tmpl.RAM.Path
+	if err := os.Rename(ram, ram+".orig"); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(ram, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(int64(tmpl.Spec.Memory) << 20)
+	f.Close()
+	if _, err := c.Clone(ctx, hostd.CloneRequest{Template: tmpl.Name, Name: "swapped"}); !errors.Is(err, hostd.ErrRAMFile) {
+		t.Fatalf("clone of a template whose RAM file was replaced: %v", err)
+	}
+	os.Remove(ram)
+	os.Rename(ram+".orig", ram)
+
+	state := filepath.Join(h.StateDir, "templates", tmpl.Name, "state")
+	data, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0xff
+	os.WriteFile(state, data, 0o600)
+	if _, err := c.Clone(ctx, hostd.CloneRequest{Template: tmpl.Name, Name: "tampered"}); !errors.Is(err, hostd.ErrChecksum) {
+		t.Fatalf("clone of a template whose device state was changed: %v", err)
+	}
+	if _, err := c.Status(ctx, "tampered"); !errors.Is(err, hostd.ErrNotFound) {
+		t.Fatalf("the failed clone is still there: %v", err)
+	}
+	if err := c.DeleteTemplate(ctx, tmpl.Name); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := c.Templates(ctx); err != nil || len(ts) != 0 {
+		t.Fatalf("templates after rm: %v %v", ts, err)
+	}
+	if _, err := os.Stat(ram); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("template RAM file after rm: %v", err)
+	}
+}
