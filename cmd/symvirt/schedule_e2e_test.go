@@ -60,7 +60,7 @@ func TestCLIScheduleAndCordon(t *testing.T) {
 	fails(exitNotFound, "not_found", `schedule of job "j1"`, "schedule", "rm", "j1")
 
 	ok("host a cordoned: no new VM is placed there (symvirt hosts uncordon a)", "hosts", "cordon", "a", "--reason", "disk")
-	if r := ok("a\t"+h.Socket()+"\tcordoned since ", "hosts"); !strings.Contains(r.stdout, ": disk\n") {
+	if r := ok("a\t"+h.Socket()+"\tcordoned since ", "hosts"); !strings.Contains(r.stdout, ": disk\tcpu ") {
 		t.Errorf("hosts: no reason:\n%s", r)
 	}
 	job2 := filepath.Join(t.TempDir(), "job2.yaml")
@@ -68,7 +68,7 @@ func TestCLIScheduleAndCordon(t *testing.T) {
 	fails(exitUsage, "invalid", "host a is cordoned", "jobs", "create", "-f", job2)
 	fails(exitNotFound, "not_found", `"nohost"`, "hosts", "cordon", "nohost")
 	ok("host a uncordoned", "hosts", "uncordon", "a")
-	if r := ok("a\t"+h.Socket()+"\n", "hosts"); strings.Contains(r.stdout, "cordoned") {
+	if r := ok("a\t"+h.Socket()+"\tcpu ", "hosts"); strings.Contains(r.stdout, "cordoned") {
 		t.Errorf("hosts after uncordon:\n%s", r)
 	}
 	ok("job j2 created", "jobs", "create", "-f", job2)
