@@ -41,7 +41,7 @@ const (
 )
 
 func mirrorJob(id string) string    { return "symvirt-mirror-" + id }
-func mirrorTarget(id string) string { return "symvirt-mirror-" + id }
+func mirrorTarget(id string) string { return "symvirt-target-" + id }
 func mirrorFD(id string) string     { return "symvirt-nbd-" + id }
 
 // copiesStorage says whether a migration of the VM takes its disks
