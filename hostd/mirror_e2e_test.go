@@ -3,7 +3,11 @@ package hostd_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +18,7 @@ import (
 
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/pausewatch"
+	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -36,7 +41,7 @@ const patternRC = `#!/bin/sh
 ( n=0; while :; do
     i=$((n % 64))
     { echo "symvirt-pattern blk=$i gen=$n"; yes "$i:$n" | head -c 3968; } |
-      dd of=/dev/vda bs=4096 seek=$((262144 + i*4096)) count=1 conv=sync,notrunc,fsync 2>/dev/null
+      dd of=/dev/vda bs=4096 seek=$((262144 + i*4096)) count=1 iflag=fullblock conv=sync,notrunc,fsync 2>/dev/null
     [ $((n % 16)) -eq 0 ] && echo "symvirt-gen $n"
     n=$((n+1))
   done ) </dev/null >/dev/console 2>&1 &
@@ -102,6 +107,7 @@ func verifyPattern(t *testing.T, image string) int {
 type mirrorPair struct {
 	certs    string
 	src, dst *testenv.Hostd
+	srcNS    *testenv.NetNS
 }
 
 func newMirrorPair(t *testing.T) mirrorPair {
@@ -124,6 +130,8 @@ func newMirrorPair(t *testing.T) mirrorPair {
 			"--tls-key", filepath.Join(p.certs, "hostd-"+name+".key"), "--tls-ca", filepath.Join(p.certs, "ca.crt"))
 	}
 	p.src, p.dst = start("a", a, "10.77.9.1"), start("b", b, "10.77.9.2")
+	p.srcNS = a
+	run("certs", "issue", "--dir", p.certs, "--role", "hostd", "--name", "c", "--host", "10.77.9.3")
 	return p
 }
 
@@ -226,7 +234,8 @@ func (w *switchWatch) pause(t *testing.T) time.Duration {
 func TestMigrateCopyStorage(t *testing.T) {
 	p := newMirrorPair(t)
 	ctx := ctxT(t, 15*time.Minute)
-	disk := p.startPatternVM(t, ctx, "cs1", 0)
+	const preload = 256 << 20 // data for the mirror to copy while the guest writes
+	disk := p.startPatternVM(t, ctx, "cs1", preload)
 	before := waitGen(t, serialLog(p.src, "cs1"), 0, time.Second)
 	w := watchSwitch(serialLog(p.src, "cs1"), serialLog(p.dst, "cs1"))
 	start := time.Now()
@@ -248,6 +257,7 @@ func TestMigrateCopyStorage(t *testing.T) {
 	if _, err := os.Stat(own); err != nil {
 		t.Fatalf("the destination's disk copy: %v", err)
 	}
+	firstHere := waitGen(t, serialLog(p.dst, "cs1"), 0, time.Minute)
 	after := waitGen(t, serialLog(p.dst, "cs1"), before+2*patternBlocks, 3*time.Minute)
 	if _, err := p.dst.Client().Action(ctx, "cs1", "pause"); err != nil {
 		t.Fatal(err)
@@ -256,9 +266,10 @@ func TestMigrateCopyStorage(t *testing.T) {
 	if newest < after {
 		t.Fatalf("the destination's disk holds generation %d, the guest printed %d", newest, after)
 	}
+	verifyPreload(t, own, preload)
 	t.Logf("migrate --copy-storage of a 2 GiB qcow2: %s in all (QEMU: total %s, downtime %s, %d bytes of RAM); "+
-		"guest pause at the switch-over (console, host clock) %s; pattern whole at generation %d (%d before the move)",
-		took.Round(time.Millisecond), res.TotalTime, res.Downtime, res.Transferred, pause.Round(time.Millisecond), newest, before)
+		"guest pause at the switch-over (console, host clock) %s; pattern whole at generation %d (%d when the move began, %d first printed after it)",
+		took.Round(time.Millisecond), res.TotalTime, res.Downtime, res.Transferred, pause.Round(time.Millisecond), newest, before, firstHere)
 }
 
 // TestMigrateCopyStorageDestinationDies: the destination's QEMU is killed
@@ -307,8 +318,115 @@ func TestMigrateCopyStorageDestinationDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	verifyPattern(t, disk)
-	out, err := exec.Command("qemu-io", "-r", "-U", "-c", fmt.Sprintf("read -P 0xab 0 %d", preload), disk).CombinedOutput()
+	verifyPreload(t, disk, preload)
+}
+
+// verifyPreload checks that image holds 0xab over its first n bytes.
+func verifyPreload(t *testing.T, image string, n int) {
+	t.Helper()
+	out, err := exec.Command("qemu-io", "-r", "-U", "-c", fmt.Sprintf("read -P 0xab 0 %d", n), image).CombinedOutput()
 	if err != nil || bytes.Contains(out, []byte("Pattern verification failed")) {
-		t.Fatalf("the source's preloaded data changed: %v\n%s", err, out)
+		t.Fatalf("%s: the preloaded data is not there: %v\n%s", image, err, out)
+	}
+}
+
+// copyIncoming asks the destination for an incoming storage migration as
+// hostd a would (mutual TLS from its namespace, the coordinator's grant).
+func (p mirrorPair) copyIncoming(t *testing.T, spec hostd.Spec, disks []hostd.CopyDisk) hostd.IncomingResponse {
+	t.Helper()
+	cfg, err := pki.ClientConfig(filepath.Join(p.certs, "hostd-a.crt"), filepath.Join(p.certs, "hostd-a.key"),
+		filepath.Join(p.certs, "ca.crt"), pki.RoleHostd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(hostd.IncomingRequest{Spec: spec, CopyStorage: disks, Grant: coordGrant(t, p.certs, spec.Name, "a", "b")})
+	resp, err := testenv.HTTPClientIn(p.srcNS, cfg).Post("https://10.77.9.2:7070/v1/incoming", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var inc hostd.IncomingResponse
+	if err := json.NewDecoder(resp.Body).Decode(&inc); err != nil || resp.StatusCode != 200 || inc.NBD == "" {
+		t.Fatalf("incoming storage migration: %s %+v %v", resp.Status, inc, err)
+	}
+	return inc
+}
+
+// nbdGreeting connects to addr from the source's namespace (TLS with the
+// certificate named, if any), presents token, and reports whether QEMU's
+// NBD server greeted: whether the connection reached it.
+func (p mirrorPair) nbdGreeting(t *testing.T, addr, cert, token string) bool {
+	t.Helper()
+	c, err := testenv.DialIn(p.srcNS, addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if cert != "" {
+		cfg, err := pki.ClientConfig(filepath.Join(p.certs, cert+".crt"), filepath.Join(p.certs, cert+".key"),
+			filepath.Join(p.certs, "ca.crt"), pki.RoleHostd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		host, _, _ := net.SplitHostPort(addr)
+		cfg.ServerName = host
+		tc := tls.Client(c, cfg)
+		if tc.Handshake() != nil {
+			return false
+		}
+		c = tc
+	}
+	if _, err := io.WriteString(c, token); err != nil {
+		return false
+	}
+	greeting := make([]byte, 8)
+	_, err = io.ReadFull(c, greeting)
+	return err == nil && string(greeting) == "NBDMAGIC"
+}
+
+// TestCopyStorageExportRefusesOthers mounts the attacks on a destination
+// that waits with its disk exported for a storage migration: an NBD
+// client writing in the clear (qemu-io nbd://), a plain connection that
+// knows the token, another hostd's certificate with the token, and the
+// source's own certificate with a wrong token reach no NBD server, and
+// the exported disk holds no byte of theirs. The source's certificate
+// with the token is greeted by QEMU's NBD server (the refusals came from
+// the credentials); cancelled, the destination drops the disk copy.
+func TestCopyStorageExportRefusesOthers(t *testing.T) {
+	p := newMirrorPair(t)
+	ctx := ctxT(t, 5*time.Minute)
+	kernel, _ := testguest.Paths(t)
+	spec := hostd.Spec{Name: "ex1", Memory: 64, VCPUs: 1, Kernel: kernel, Append: "console=ttyS0 quiet",
+		Guest: hostd.Channel{Type: "none"}, Disks: []hostd.Disk{{ID: "root", Path: "/nonexistent/ex1.qcow2", Format: "qcow2"}}}
+	inc := p.copyIncoming(t, spec, []hostd.CopyDisk{{ID: "root", Format: "qcow2", Size: 64 << 20}})
+	addr := strings.TrimPrefix(inc.NBD, "tcp:")
+	image := filepath.Join(p.dst.Layout().VM("ex1"), "disk-root.qcow2")
+	out, err := exec.Command("ip", "netns", "exec", p.srcNS.Name, "qemu-io", "-f", "raw",
+		"-c", "write -P 0x66 0 64k", "nbd://"+addr+"/root").CombinedOutput()
+	t.Logf("qemu-io nbd://%s/root in the clear: %v: %s", addr, err, bytes.TrimSpace(out))
+	wrong := strings.Repeat("0", len(inc.NBDToken))
+	for what, try := range map[string][2]string{
+		"plain with the token":             {"", inc.NBDToken},
+		"hostd c with the token":           {"hostd-c", inc.NBDToken},
+		"the source with a wrong token":    {"hostd-a", wrong},
+		"the source without a whole token": {"hostd-a", inc.NBDToken[:8]},
+	} {
+		if p.nbdGreeting(t, addr, try[0], try[1]) {
+			t.Errorf("%s: reached QEMU's NBD server", what)
+		}
+	}
+	if out, err := exec.Command("qemu-io", "-r", "-U", "-c", "read -P 0 0 64k", image).CombinedOutput(); err != nil ||
+		bytes.Contains(out, []byte("Pattern verification failed")) {
+		t.Fatalf("the exported disk was written: %v\n%s", err, out)
+	}
+	if !p.nbdGreeting(t, addr, "hostd-a", inc.NBDToken) {
+		t.Fatal("the source with its token was not greeted by the NBD server")
+	}
+	if err := p.dst.Client().AbortIncoming(ctx, "ex1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p.dst.Layout().VM("ex1")); !os.IsNotExist(err) {
+		t.Errorf("the cancelled destination kept its disk copy: %v", err)
 	}
 }
