@@ -24,6 +24,7 @@ func (c *Coord) Handler() http.Handler {
 	c.scheduleRoutes(mux)
 	c.cordonRoutes(mux)
 	c.opsRoutes(mux)
+	c.consolidateRoutes(mux)
 	return mux
 }
 
@@ -36,9 +37,9 @@ func handle[In any](mux *http.ServeMux, pattern string, fn func(*http.Request, I
 
 // stateRoutes: hosts, jobs, checkpoints and operations as stored.
 func (c *Coord) stateRoutes(mux *http.ServeMux) {
-	handle(mux, "GET /v1/hosts", func(*http.Request, none) (any, error) { return c.HostInfos() })
+	handle(mux, "GET /v1/hosts", func(r *http.Request, _ none) (any, error) { return c.HostInfosWithUsage(r.Context()) })
 	handle(mux, "POST /v1/hosts", func(_ *http.Request, h Host) (any, error) { return h, c.AddHost(h) })
-	handle(mux, "GET /v1/jobs", func(*http.Request, none) (any, error) { return c.JobInfos() })
+	handle(mux, "GET /v1/jobs", func(r *http.Request, _ none) (any, error) { return c.JobInfosWithUsage(r.Context()) })
 	handle(mux, "GET /v1/jobs/{name}", func(r *http.Request, _ none) (any, error) { return c.Job(r.PathValue("name")) })
 	handle(mux, "POST /v1/jobs", func(r *http.Request, j Job) (any, error) { return c.CreateJob(r.Context(), j) })
 	handle(mux, "GET /v1/status", func(r *http.Request, _ none) (any, error) { return c.Status(r.Context()) })

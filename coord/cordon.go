@@ -88,6 +88,8 @@ func (c *Coord) withCordoned(exclude []string) ([]string, error) {
 type HostInfo struct {
 	Host
 	Cordoned *Cordon `json:"cordoned,omitempty"`
+	// Usage is the host's capacity and what its VMs use (consolidate_usage.go).
+	Usage *HostUsage `json:"usage,omitempty"`
 }
 
 // HostInfos lists the hosts with their cordon.

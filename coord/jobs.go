@@ -23,6 +23,9 @@ type JobVM struct {
 	Name string      `json:"name" yaml:"name"`
 	Host string      `json:"host" yaml:"host"`
 	Spec *hostd.Spec `json:"spec,omitempty" yaml:"spec,omitempty"`
+	// AntiAffinity names a group whose VMs consolidate never puts on one
+	// host (default: the job's).
+	AntiAffinity string `json:"anti_affinity,omitempty" yaml:"anti_affinity,omitempty"`
 }
 
 // Job is a named set of VMs operated on together.
@@ -30,6 +33,9 @@ type Job struct {
 	Name    string    `json:"name" yaml:"name"`
 	VMs     []JobVM   `json:"vms" yaml:"vms"`
 	Created time.Time `json:"created" yaml:"-"`
+	// AntiAffinity is the group of every VM of the job that names none
+	// (consolidate: the group's VMs stay on distinct hosts).
+	AntiAffinity string `json:"anti_affinity,omitempty" yaml:"anti_affinity,omitempty"`
 }
 
 // AddHost registers (or updates) a hostd.

@@ -1,6 +1,7 @@
 package coord
 
 import (
+	"github.com/symvirt/symvirt/hostd"
 	"net/http"
 	"time"
 )
@@ -22,6 +23,8 @@ func (c *Coord) scheduleRoutes(mux *http.ServeMux) {
 type JobInfo struct {
 	Job
 	LastCheckpoint *LastCheckpoint `json:"last_checkpoint,omitempty"`
+	// Usage is each running VM's usage, by VM name (consolidate_usage.go).
+	Usage map[string]*hostd.VMUsage `json:"usage,omitempty"`
 }
 
 // LastCheckpoint is a job's newest complete checkpoint.

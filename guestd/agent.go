@@ -338,7 +338,8 @@ func (a *agent) hello(sess *session) {
 		ph := a.round.phase
 		if ph == phaseIdle || ph == phaseReady {
 			id, op := a.round.pending()
-			sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeHelloAck, State: ph.String(), ID: id, Op: op})
+			sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeHelloAck, State: ph.String(), ID: id, Op: op,
+				Usage: memUsage()})
 			a.mu.Unlock()
 			sess.log.Info("host connected", "state", ph.String(), "pending_id", id, "pending_op", op)
 			return
@@ -352,7 +353,8 @@ func (a *agent) hello(sess *session) {
 		case <-settle.C:
 			// Report the truth even if it is not settled.
 			a.mu.Lock()
-			sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeHelloAck, State: a.round.phase.String()})
+			sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeHelloAck, State: a.round.phase.String(),
+				Usage: memUsage()})
 			a.mu.Unlock()
 			return
 		}

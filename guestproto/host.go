@@ -65,6 +65,8 @@ type HelloAck struct {
 	// The round the guest answered READY to and that has not been resumed
 	// or aborted yet (State == StateReady); empty otherwise.
 	PendingID, PendingOp string
+	// Usage is the guest's memory report (zero: it sent none).
+	Usage Usage
 }
 
 // Prepare asks the guest to reach a safe point for an operation.
@@ -392,7 +394,7 @@ func (h *Host) Handshake(ctx context.Context) (HelloAck, error) {
 	if err != nil {
 		return HelloAck{}, fmt.Errorf("guestproto: handshake: %w", err)
 	}
-	ack := HelloAck{Version: m.V, State: m.State, PendingID: m.ID, PendingOp: m.Op}
+	ack := HelloAck{Version: m.V, State: m.State, PendingID: m.ID, PendingOp: m.Op, Usage: m.Usage}
 	if m.V != Version {
 		err := fmt.Errorf("guestproto: handshake: %w: guest speaks %d, host %d", ErrVersion, m.V, Version)
 		h.die(err)

@@ -103,6 +103,8 @@ type Message struct {
 	// set-time through qemu-guest-agent does. Absent from an older host;
 	// ignored by an older guest.
 	HostTimeNS int64 `json:"host_time_ns,omitempty"`
+	// Usage (HELLO_ACK only, optional): the guest's memory in use (usage.go).
+	Usage
 }
 
 // HostTime is HostTimeNS as a time (the zero time when absent).
@@ -210,7 +212,7 @@ func (m Message) Validate() error {
 // fields are the optional fields a type may carry; anything else set is an
 // error, so that a confused peer is noticed rather than half-understood.
 type fields struct {
-	id, op, deadline, devices, outcome, reason, state, freeze, hostTime bool
+	id, op, deadline, devices, outcome, reason, state, freeze, hostTime, usage bool
 }
 
 func (m Message) bad(format string, a ...any) error {
@@ -223,7 +225,10 @@ func (m Message) typeFields() (fields, error) {
 	var f fields
 	switch m.Type {
 	case TypeHelloAck:
-		f.state = true
+		f.state, f.usage = true, true
+		if err := m.checkUsage(); err != nil {
+			return f, err
+		}
 		if !validState(m.State) {
 			return f, m.bad("invalid state %.32q", m.State)
 		}
@@ -315,6 +320,8 @@ func (m Message) checkFields(f fields) error {
 		return m.bad("unexpected freeze")
 	case !f.hostTime && m.HostTimeNS != 0:
 		return m.bad("unexpected host_time_ns")
+	case !f.usage && m.Usage != Usage{}:
+		return m.bad("unexpected mem_used/mem_total")
 	}
 	return nil
 }
@@ -354,6 +361,7 @@ type wireMessage struct {
 	State      string                     `json:"state"`
 	Freeze     bool                       `json:"freeze"`
 	HostTimeNS int64                      `json:"host_time_ns"`
+	Usage
 }
 
 // maxNesting bounds how deeply a frame's JSON may nest. The schema needs 3
@@ -408,7 +416,7 @@ func decode(body []byte) (Message, error) {
 	m := Message{
 		V: w.V, Type: w.Type, ID: w.ID, Op: w.Op, DeadlineMS: w.DeadlineMS,
 		Outcome: w.Outcome, Reason: w.Reason, Seq: w.Seq, State: w.State,
-		Freeze: w.Freeze, HostTimeNS: w.HostTimeNS,
+		Freeze: w.Freeze, HostTimeNS: w.HostTimeNS, Usage: w.Usage,
 	}
 	n := 0
 	for n < len(w.Devices) && w.Devices[n].present {

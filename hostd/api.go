@@ -37,7 +37,8 @@ func (h *Host) hostRoutes(mux *http.ServeMux) {
 	handle(mux, "GET /v1/host", func(*http.Request, none) (any, error) {
 		return map[string]any{"accel": h.cfg.Accel, "migration_address": h.cfg.MigrationAddress,
 			"pools": h.cfg.Pools, "qemu": h.cfg.QEMU, "pid": os.Getpid(), "started_at": h.started,
-			"stale_shared_memory": h.StaleSharedMemory(), "insecure": h.InsecureAPI}, nil
+			"stale_shared_memory": h.StaleSharedMemory(), "insecure": h.InsecureAPI,
+			"capacity": h.Capacity()}, nil
 	})
 	handle(mux, "POST /v1/host/restart", func(_ *http.Request, req struct {
 		Binary string `json:"binary,omitempty"`

@@ -36,8 +36,9 @@ type CheckpointOptions struct {
 	// NoGuest skips the cooperation round even when the VM has a channel.
 	NoGuest bool `json:"no_guest,omitempty"`
 	// Live copies the VM's memory while it runs and pauses it only for
-	// the snapshot point at the end (a VM with disks: stopped for their
-	// copy, then a background snapshot; live.go). Where QEMU or the
+	// the snapshot point at the end (a VM with disks: stopped from the
+	// fence to its point, where its disks are cut in O(1) and copied in
+	// the background with its RAM; live.go, diskcut.go). Where QEMU or the
 	// kernel cannot, the stop-and-save path runs and
 	// CheckpointResult.Fallback says why.
 	Live bool `json:"live,omitempty"`
@@ -47,10 +48,13 @@ type CheckpointOptions struct {
 
 // CheckpointResult reports a finished checkpoint.
 type CheckpointResult struct {
-	Dir      string        `json:"dir"`
-	Manifest Manifest      `json:"manifest"`
-	Bytes    int64         `json:"bytes"`
-	Duration time.Duration `json:"duration_ns"`
+	Dir      string   `json:"dir"`
+	Manifest Manifest `json:"manifest"`
+	Bytes    int64    `json:"bytes"`
+	// DiskBytes is what the disks stored (a delta over the previous
+	// checkpoint's disks where it could be: diskcut.go).
+	DiskBytes int64         `json:"disk_bytes,omitempty"`
+	Duration  time.Duration `json:"duration_ns"`
 	// Downtime is how long the vCPUs were stopped (a live checkpoint:
 	// QEMU's own figure for its snapshot point).
 	Downtime time.Duration `json:"downtime_ns"`
@@ -100,30 +104,41 @@ func (vm *VM) Checkpoint(ctx context.Context, opts CheckpointOptions, progress P
 	}
 	for _, f := range res.Manifest.Files {
 		res.Bytes += f.Size
+		if f.Role == "disk" {
+			res.DiskBytes += f.Size
+		}
 	}
 	res.Dir, res.Downtime, res.Duration = opts.Dir, d.resumed.Sub(d.stopped), timeNow().Sub(start)
 	if o.Live {
 		res.Live, res.Fallback = d.note == "", d.note
 		res.Downtime, res.Pause, res.SnapshotAt = d.pause, d.pause, d.snapshotAt
 	}
-	vm.log.Info("checkpoint complete", "dir", opts.Dir, "live", res.Live, "bytes", res.Bytes, "downtime", res.Downtime)
+	vm.log.Info("checkpoint complete", "dir", opts.Dir, "live", res.Live, "bytes", res.Bytes, "disk_bytes", res.DiskBytes, "downtime", res.Downtime)
 	return res, nil
 }
 
 // writeCheckpoint saves a stopped VM into dir (which exists and is empty):
-// state, disks, then the manifest, last, so a directory without one is
-// incomplete by construction.
+// the disks' cut, the state, the disks' copies, then the manifest, last,
+// so a directory without one is incomplete by construction.
 func (vm *VM) writeCheckpoint(ctx context.Context, mon *qmp.Client, dir string) error {
 	m := vm.newManifest(mon)
+	cut, err := vm.cutDisks(ctx, mon, dir)
+	if err != nil {
+		return err
+	}
 	fd, err := snapshot.Save(ctx, mon, filepath.Join(dir, stateName))
 	if err != nil {
+		cut.abandon()
 		return fmt.Errorf("vm %q: save state: %w", vm.name, err)
 	}
 	m.Files = append(m.Files, fd)
-	if err := copyDisks(dir, &m); err != nil {
-		return fmt.Errorf("vm %q: %w", vm.name, err)
+	files, err := cut.wait(ctx)
+	if err != nil {
+		cut.abandon()
+		return err
 	}
-	return vm.h.writeManifest(dir, m)
+	addDisks(&m, files)
+	return vm.h.writeCheckpointManifest(dir, m)
 }
 
 // newManifest starts the manifest of a checkpoint of the VM as it is now,
@@ -133,24 +148,8 @@ func (vm *VM) newManifest(mon *qmp.Client) Manifest {
 	defer vm.mu.Unlock()
 	m := Manifest{Version: 1, VM: vm.name, Spec: vm.spec, CreatedAt: time.Now().UTC(),
 		QEMU: mon.Version().String(), Round: vm.rt.Round}
-	m.Spec.Disks = slices.Clone(m.Spec.Disks) // copyDisks rewrites their paths
+	m.Spec.Disks = slices.Clone(m.Spec.Disks) // addDisks rewrites their paths
 	return m
-}
-
-// copyDisks copies the disks of m's spec into the checkpoint dir, each
-// named in m relative to it.
-func copyDisks(dir string, m *Manifest) error {
-	for i, d := range m.Spec.Disks {
-		name := "disk-" + d.ID + "." + d.Format
-		fd, err := manifest.CopyFile(d.Path, filepath.Join(dir, name))
-		if err != nil {
-			return fmt.Errorf("copy disk %q: %w", d.ID, err)
-		}
-		fd.Role, fd.ID = "disk", d.ID
-		m.Files = append(m.Files, fd)
-		m.Spec.Disks[i].Path = name
-	}
-	return nil
 }
 
 // RestoreOptions control Restore.
@@ -230,7 +229,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
-	if err := h.cfg.Policy.CheckRestore(spec, opts.Dir, h.cfg.Pools); err != nil {
+	if err := h.cfg.Policy.CheckRestore(wholeDisks(spec, m), opts.Dir, h.cfg.Pools); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
 	}
 	// A stopped VM of the same name is replaced; a running one is not.
@@ -280,22 +279,26 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	return vm, nil
 }
 
-// launchRestored copies the checkpoint's disks into the VM's own
-// directory (the checkpoint stays intact for another restore) and starts
-// its QEMU waiting for the state, without passthrough devices.
+// launchRestored assembles the checkpoint's disks into new files of the
+// host's disk directory (the checkpoint stays intact for another restore)
+// and starts its QEMU waiting for the state, without passthrough devices.
 func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir string, progress ProgressFunc) error {
-	for i, d := range spec.Disks {
-		progress(Progress{Phase: "disk " + d.ID})
-		f, _ := m.File("disk", d.ID) // manifest.Check: it is there, and d.Path names it
-		dst := filepath.Join(vm.dir, f.Name)
-		if err := manifest.CopyVerified(dir, f, dst); err != nil {
-			return err
+	spec.Disks = slices.Clone(spec.Disks)
+	progress(Progress{Phase: "disks"})
+	made, err := vm.h.restoreDisks(ctx, dir, m, &spec)
+	if err == nil {
+		err = vm.h.cfg.Policy.Check(spec, vm.h.cfg.Pools)
+	}
+	if err != nil {
+		for _, p := range made {
+			os.Remove(p)
 		}
-		spec.Disks[i].Path = dst
+		return err
 	}
 	vm.mu.Lock()
+	vm.rt.Chain = nil // the next cut starts a chain on the restored disks
 	vm.spec = spec
-	err := writeJSON(filepath.Join(vm.dir, fileSpec), spec)
+	err = writeJSON(filepath.Join(vm.dir, fileSpec), spec)
 	vm.mu.Unlock()
 	if err != nil {
 		return err

@@ -149,6 +149,7 @@ type HostInfo struct {
 	PID               int                            `json:"pid"`
 	StartedAt         time.Time                      `json:"started_at"`
 	StaleSharedMemory []string                       `json:"stale_shared_memory"`
+	Capacity          HostCapacity                   `json:"capacity"`
 }
 
 // Host returns the hostd's description.

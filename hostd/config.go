@@ -75,6 +75,14 @@ type Config struct {
 	// MetricsAddress serves /metrics alone (metrics.go): plain HTTP on a
 	// loopback address, or TLS for monitor certificates with TLSCert.
 	MetricsAddress string `yaml:"metrics_address"`
+	// Capacity is what this host offers its VMs (default: nproc and
+	// MemTotal); UsageWindow is the span VM usage is averaged over,
+	// sampled every UsageInterval, the guest asked for its memory every
+	// UsageGuestInterval (usage.go).
+	Capacity           Capacity      `yaml:"capacity"`
+	UsageWindow        time.Duration `yaml:"usage_window"`
+	UsageInterval      time.Duration `yaml:"usage_interval"`
+	UsageGuestInterval time.Duration `yaml:"usage_guest_interval"`
 
 	Logger *slog.Logger `yaml:"-"`
 }
@@ -139,6 +147,9 @@ func (c *Config) setDefaults() error {
 	}
 	if err := c.metricsConfig().Check(); err != nil {
 		return fmt.Errorf("config: metrics_address: %w", err)
+	}
+	if err := c.usageDefaults(); err != nil {
+		return err
 	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return nil

@@ -47,6 +47,7 @@ type Host struct {
 	InsecureAPI bool
 
 	steps *stepState
+	usage *usageState
 	stop  context.CancelFunc
 	// keys sign the checkpoint manifests this host writes and verify
 	// the ones it restores (sign.go).
@@ -77,6 +78,7 @@ type VM struct {
 	attachMu  sync.Mutex
 	stoppedAt time.Time // when hostd stopped the vCPUs for a cut, for its pause
 	fencedAt  time.Time // when the network fence went up
+	disks     diskWork  // a checkpoint's disk copy and flatten (diskcut.go)
 }
 
 // runtimeState is persisted next to the spec so a restarted hostd knows
@@ -116,6 +118,8 @@ type runtimeState struct {
 	// RAM is the shared RAM file hostd created for this VM: the only one
 	// it hands to a QEMU of the VM again (ramfile.go).
 	RAM *qemu.RAMFile `json:"ram,omitempty"`
+	// Chain is the VM's disk chain since its first disk cut (diskcut.go).
+	Chain *chainState `json:"chain,omitempty"`
 }
 
 // VMInfo is a VM's status as the API reports it.
@@ -135,6 +139,8 @@ type VMInfo struct {
 	// RAMError says how the file at the VM's RAM path is not the one
 	// hostd created for it (replaced): it is never used again.
 	RAMError string `json:"ram_error,omitempty"`
+	// Usage is what the VM used over the host's usage window (usage.go).
+	Usage *VMUsage `json:"usage,omitempty"`
 }
 
 // New opens (creating if needed) the state dir and re-adopts every VM whose
@@ -144,7 +150,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
-		started: time.Now().UTC(), steps: newStepState()}
+		started: time.Now().UTC(), steps: newStepState(), usage: &usageState{vms: map[string]*vmSamples{}}}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
 	}
@@ -195,6 +201,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	go h.leaseLoop(ctx)
+	go h.usageLoop(ctx)
 	h.recoverDirect()
 	return h, nil
 }
@@ -408,6 +415,7 @@ func (vm *VM) Info(ctx context.Context) VMInfo {
 	}
 	info.RAMError = vm.rt.RAM.Replaced()
 	vm.mu.Unlock()
+	info.Usage = vm.h.vmUsage(vm.name, info.Spec.Memory)
 	switch {
 	case !qemu.Alive(info.PID):
 		info.State, info.PID = "stopped", 0

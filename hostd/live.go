@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/disk"
 	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/qmp"
 )
@@ -76,29 +77,56 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *
 
 // pointLive starts the stream: a running VM is copied while it runs
 // (LiveMode precopy) and fenced at its point; any other is saved by a
-// background snapshot, its disks copied first (it stands still for them).
+// background snapshot. A VM with disks is stopped right before its point
+// and its disks are cut there (in O(1); their copies are part of the
+// stream).
 func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed) (*snapshot.Stream, error) {
 	st, err := mon.Status(ctx)
-	if err == nil && st.Running && len(vm.Spec().Disks) > 0 {
-		err = fmt.Errorf("a live checkpoint copies disks at its cut, so the vm must be stopped first: %w", ErrInvalidState)
-	}
-	precopy := st.Running && vm.h.cfg.LiveMode == "precopy"
-	m := vm.newManifest(mon)
-	if err == nil && !precopy {
-		err = copyDisks(a.Dir(), &m)
-	}
 	if err != nil {
 		a.Disarm()
 		return nil, err
 	}
+	disks := len(vm.Spec().Disks) > 0
+	precopy := st.Running && !disks && vm.h.cfg.LiveMode == "precopy"
+	m := vm.newManifest(mon)
+	var cut *diskCut
 	o := snapshot.Options{PID: vm.pid(), Log: vm.log, Cut: vm.fence, Finish: func(state FileDigest) error {
 		m.Files = append(m.Files, state)
-		return vm.h.writeManifest(a.Dir(), m)
+		files, err := cut.wait(context.Background())
+		if err != nil {
+			return err
+		}
+		addDisks(&m, files)
+		return vm.h.writeCheckpointManifest(a.Dir(), m)
 	}}
 	if precopy {
 		return snapshot.Precopy(ctx, a, o)
 	}
-	return snapshot.Background(ctx, a, o)
+	o.Point = func(ctx context.Context, mon *qmp.Client) (err error) {
+		if st.Running && disks {
+			if err := vm.stopForPoint(ctx, mon); err != nil {
+				return err
+			}
+		}
+		cut, err = vm.cutDisks(ctx, mon, a.Dir())
+		return err
+	}
+	s, err := snapshot.Background(ctx, a, o)
+	if err != nil {
+		cut.abandon()
+	}
+	return s, err
+}
+
+// stopForPoint stops the VM at its snapshot point; its pause is from here.
+func (vm *VM) stopForPoint(ctx context.Context, mon *qmp.Client) error {
+	if err := mon.Stop(ctx); err != nil {
+		return err
+	}
+	vm.mu.Lock()
+	vm.stoppedAt = timeNow()
+	vm.mu.Unlock()
+	return nil
 }
 
 func (vm *VM) pid() int {
@@ -133,6 +161,7 @@ func (vm *VM) takeArm(ctx context.Context, mon *qmp.Client, dir string, bandwidt
 // dropArm disarms a live checkpoint that was armed and never started (the
 // operation rolled back).
 func (vm *VM) dropArm() {
+	disk.Discard(vm.takeReady())
 	vm.mu.Lock()
 	a := vm.armed
 	vm.armed = nil

@@ -322,6 +322,9 @@ func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequ
 		ireq.Op = req.Op
 	}
 	if vm.copiesStorage(req.Migrate.CopyStorage) {
+		if err := vm.waitDiskJobs(ctx); err != nil {
+			return ireq, err
+		}
 		disks, err := vm.copyDisks(ctx, mon)
 		if err != nil {
 			return ireq, err

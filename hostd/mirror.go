@@ -32,6 +32,7 @@ type CopyDisk struct {
 	ID     string `json:"id"`
 	Format string `json:"format"`
 	Size   int64  `json:"size"` // virtual size in bytes
+	node   string // the source's active node
 }
 
 const (
@@ -64,21 +65,47 @@ func (vm *VM) copiesStorage(asked bool) bool {
 	return false
 }
 
-// copyDisks lists the VM's disks with their virtual sizes.
+// copyDisks lists the VM's disks with their virtual sizes and the nodes
+// their devices write to (the active layer, an overlay after a checkpoint:
+// the mirror copies the whole chain into one image).
 func (vm *VM) copyDisks(ctx context.Context, mon *qmp.Client) ([]CopyDisk, error) {
-	nodes, err := mon.QueryNamedBlockNodes(ctx)
+	blocks, err := mon.QueryBlock(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("vm %q: storage migration: %w", vm.name, err)
 	}
 	var disks []CopyDisk
 	for _, d := range vm.Spec().Disks {
-		n, err := qmp.FindBlockNode(nodes, d.ID)
-		if err != nil || n.Image.VirtualSize <= 0 {
-			return nil, fmt.Errorf("vm %q: storage migration: disk %s has no size (%v): %w", vm.name, d.ID, err, ErrMigration)
+		b, ok := diskBackend(blocks, d.ID)
+		if !ok || b.Inserted.Image.VirtualSize <= 0 {
+			return nil, fmt.Errorf("vm %q: storage migration: disk %s has no device or no size: %w", vm.name, d.ID, ErrMigration)
 		}
-		disks = append(disks, CopyDisk{ID: d.ID, Format: d.Format, Size: n.Image.VirtualSize})
+		disks = append(disks, CopyDisk{ID: d.ID, Format: d.Format, Size: b.Inserted.Image.VirtualSize, node: b.Inserted.NodeName})
 	}
 	return disks, nil
+}
+
+// diskBackend finds the backend of disk id's virtio-blk device (dev-ID).
+func diskBackend(blocks []qmp.BlockInfo, id string) (qmp.BlockInfo, bool) {
+	for _, b := range blocks {
+		if b.Inserted != nil && (b.QDev == "dev-"+id || strings.Contains(b.QDev, "/dev-"+id+"/")) {
+			return b, true
+		}
+	}
+	return qmp.BlockInfo{}, false
+}
+
+// waitDiskJobs waits until no checkpoint's disk store or flatten holds
+// the VM's chains (a commit job would refuse the mirror).
+func (vm *VM) waitDiskJobs(ctx context.Context) error {
+	for !vm.disks.flat.TryLock() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("vm %q: storage migration: waiting for the disks' flatten: %w", vm.name, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	vm.disks.flat.Unlock()
+	return nil
 }
 
 // mirror is a storage migration's mirror jobs on the source.
@@ -113,7 +140,7 @@ func (vm *VM) startMirror(ctx context.Context, mon *qmp.Client, inc IncomingResp
 	m.events, m.unsub = mon.Subscribe("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
 	addr := strings.TrimPrefix(inc.NBD, "tcp:")
 	for _, d := range disks {
-		if err := m.add(ctx, d.ID, addr, cfg, inc.NBDToken); err != nil {
+		if err := m.add(ctx, d, addr, cfg, inc.NBDToken); err != nil {
 			m.abort(context.WithoutCancel(ctx))
 			return nil, fmt.Errorf("vm %q: storage migration: disk %s: %w", vm.name, d.ID, err)
 		}
@@ -122,8 +149,9 @@ func (vm *VM) startMirror(ctx context.Context, mon *qmp.Client, inc IncomingResp
 	return m, nil
 }
 
-// add mirrors disk id into the destination's export of the same name.
-func (m *mirror) add(ctx context.Context, id, addr string, cfg *tls.Config, token string) error {
+// add mirrors disk d into the destination's export of the same name.
+func (m *mirror) add(ctx context.Context, d CopyDisk, addr string, cfg *tls.Config, token string) error {
+	id := d.ID
 	conn, err := blockmirror.Connect(ctx, addr, cfg, token)
 	if err != nil {
 		return err
@@ -145,7 +173,7 @@ func (m *mirror) add(ctx context.Context, id, addr string, cfg *tls.Config, toke
 		return err
 	}
 	m.nodes = append(m.nodes, mirrorTarget(id))
-	err = m.mon.BlockdevMirror(ctx, qmp.MirrorOptions{JobID: mirrorJob(id), Device: id,
+	err = m.mon.BlockdevMirror(ctx, qmp.MirrorOptions{JobID: mirrorJob(id), Device: d.node,
 		Target: mirrorTarget(id), Sync: "full", CopyMode: "write-blocking"})
 	if err != nil {
 		return err

@@ -285,7 +285,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 		h.setLease(req.VM, req.Op, req.Lease, "")
 		return "", nil
 	case StepDeleteArtifacts:
-		return "", os.RemoveAll(req.Save.Dir)
+		return "", h.removeCheckpoint(ctx, req.Save.Dir)
 	}
 	vm, err := h.Get(req.VM)
 	if err != nil {
@@ -382,35 +382,30 @@ func (vm *VM) stopStep(ctx context.Context, req StepRequest) (string, error) {
 }
 
 // fenceStep is a live checkpoint's cut for this VM: cut off the network,
-// it runs on until its snapshot point. A VM with disks stands still (its
-// disks are copied at the point); one that cannot be fenced is stopped.
+// it runs on until its snapshot point. A VM with disks is fenced too (its
+// point stops it for an instant to cut its disks with its RAM, in O(1):
+// diskcut.go), even with live_mode precopy; one that cannot be fenced is
+// stopped.
 func (vm *VM) fenceStep(ctx context.Context, req StepRequest) (string, error) {
 	mon, err := vm.monitor()
 	if err != nil {
 		return "", err
 	}
 	vm.h.setLease(req.VM, req.Op, req.Lease, "")
-	if len(vm.Spec().Disks) == 0 {
-		if vm.h.cfg.LiveMode == "precopy" {
-			// Its cut is its snapshot point, at the end of the point
-			// step's copy, where it is fenced (fence.go).
-			return "", nil
-		}
-		unfenced := vm.fence(ctx, mon)
-		if unfenced == nil {
-			return "", nil
-		}
-		vm.log.Warn("the vm stops for the job's cut instead", "err", unfenced)
-		if _, err := vm.stopStep(ctx, req); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("stopped for the cut (no network fence: %v)", unfenced), nil
+	if len(vm.Spec().Disks) == 0 && vm.h.cfg.LiveMode == "precopy" {
+		// Its cut is its snapshot point, at the end of the point step's
+		// copy, where it is fenced (fence.go).
+		return "", nil
 	}
+	unfenced := vm.fence(ctx, mon)
+	if unfenced == nil {
+		return "", nil
+	}
+	vm.log.Warn("the vm stops for the job's cut instead", "err", unfenced)
 	if _, err := vm.stopStep(ctx, req); err != nil {
 		return "", err
 	}
-	// QEMU runs it again at its snapshot point, fenced from here.
-	return "", vm.fence(ctx, mon)
+	return fmt.Sprintf("stopped for the cut (no network fence: %v)", unfenced), nil
 }
 
 // saveStep writes a stopped VM's checkpoint.
@@ -540,6 +535,7 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	if err != nil {
 		return err
 	}
+	vm.prepareDisks(ctx, mon)
 	vm.mu.Lock()
 	vm.armed = a
 	vm.mu.Unlock()

@@ -2,40 +2,16 @@ package qmp
 
 import (
 	"context"
-	"fmt"
 )
 
 // The block layer's commands a storage migration uses: an NBD client
 // node on the source, a mirror job into it, and an NBD export on the
 // destination.
 
-// BlockNode is one entry of query-named-block-nodes.
-type BlockNode struct {
-	NodeName string `json:"node-name"`
-	Driver   string `json:"drv"`
-	File     string `json:"file"`
-	Image    struct {
-		VirtualSize int64  `json:"virtual-size"`
-		Format      string `json:"format"`
-	} `json:"image"`
-}
-
-// QueryNamedBlockNodes lists the block graph's named nodes (flat).
-func (c *Client) QueryNamedBlockNodes(ctx context.Context) ([]BlockNode, error) {
-	var nodes []BlockNode
-	err := c.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes)
-	return nodes, err
-}
-
 // BlockdevAdd adds a node to the block graph ("blockdev-add"); options
 // are the command's arguments (driver, node-name, ...).
 func (c *Client) BlockdevAdd(ctx context.Context, options map[string]any) error {
 	return c.Execute(ctx, "blockdev-add", options, nil)
-}
-
-// BlockdevDel removes a node nothing uses any more ("blockdev-del").
-func (c *Client) BlockdevDel(ctx context.Context, node string) error {
-	return c.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
 }
 
 // MirrorOptions are blockdev-mirror's arguments.
@@ -120,14 +96,4 @@ func (c *Client) QueryBlockExports(ctx context.Context) ([]BlockExport, error) {
 func NBDClientOverFD(node, fdName, export string) map[string]any {
 	return map[string]any{"driver": "nbd", "node-name": node, "export": export,
 		"server": map[string]any{"type": "fd", "str": fdName}}
-}
-
-// FindBlockNode returns the node named name.
-func FindBlockNode(nodes []BlockNode, name string) (BlockNode, error) {
-	for _, n := range nodes {
-		if n.NodeName == name {
-			return n, nil
-		}
-	}
-	return BlockNode{}, fmt.Errorf("block node %q: not found", name)
 }

@@ -19,7 +19,7 @@ import (
 
 // clusterCommands are the commands that talk to the coordinator.
 func clusterCommands() []*cli.Command {
-	return append(operationCommands(), statusCommand(), hostsCommand(), jobsCommand(), checkpointsCommand())
+	return append(operationCommands(), consolidateCommand(), statusCommand(), hostsCommand(), jobsCommand(), checkpointsCommand())
 }
 
 func statusCommand() *cli.Command {
@@ -66,7 +66,7 @@ func hostsCommand() *cli.Command {
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			return query(ctx, cmd, "/v1/hosts", &[]coord.HostInfo{}, func(w io.Writer, v any) {
 				for _, h := range *v.(*[]coord.HostInfo) {
-					fmt.Fprintf(w, "%s\t%s%s\n", h.Name, h.Addr, cordonedColumn(h.Cordoned))
+					fmt.Fprintf(w, "%s\t%s%s%s\n", h.Name, h.Addr, cordonedColumn(h.Cordoned), usageColumn(h.Usage))
 				}
 			})
 		},
@@ -106,7 +106,7 @@ func jobsCommand() *cli.Command {
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			return query(ctx, cmd, "/v1/jobs", &[]coord.JobInfo{}, func(w io.Writer, v any) {
 				for _, j := range *v.(*[]coord.JobInfo) {
-					fmt.Fprintf(w, "%s\t%s\t%s\n", j.Name, jobVMs(j.Job), checkpointAge(j.LastCheckpoint))
+					fmt.Fprintf(w, "%s\t%s\t%s%s\n", j.Name, jobVMs(j.Job), checkpointAge(j.LastCheckpoint), jobUsageColumn(j))
 				}
 			})
 		},

@@ -22,6 +22,7 @@ func TestHelpGolden(t *testing.T) {
 		{"hosts", "rm"}, {"jobs"}, {"jobs", "create"}, {"jobs", "show"}, {"jobs", "rm"}, {"checkpoints"},
 		{"vm"}, {"vm", "checkpoint"}, {"vm", "migrate"}, {"rejuvenate"}, {"coord"}, {"hostd"},
 		{"schedule"}, {"hosts", "cordon"}, {"hosts", "uncordon"}, {"ops"}, {"ops", "cancel"}, {"ops", "watch"},
+		{"consolidate"},
 	} {
 		name := strings.Join(append([]string{"symvirt"}, args...), "-")
 		var out, errb bytes.Buffer

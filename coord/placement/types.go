@@ -34,6 +34,10 @@ type Policy struct {
 	Target float64 `json:"target"`
 	// High is the high-water mark above which ScaleOut relieves a host.
 	High float64 `json:"high"`
+	// Low is the low-water mark under which a caller's loop consolidates
+	// (its hysteresis: nothing happens between Low and High). The planner
+	// itself does not read it.
+	Low float64 `json:"low,omitempty"`
 }
 
 // Move is one migration of a plan.
@@ -42,6 +46,10 @@ type Move struct {
 	Job  string `json:"job"`
 	From string `json:"from"`
 	To   string `json:"to"`
+	// Wave groups moves that may run at the same time: every move of wave
+	// k must finish before wave k+1 starts; within a wave the order does
+	// not matter. Waves number from 0, in plan order.
+	Wave int `json:"wave"`
 }
 
 // Plan is the moves to make, in order, and the hosts they leave empty.
@@ -52,7 +60,7 @@ type Plan struct {
 	Overloaded []string `json:"overloaded,omitempty"`
 }
 
-// The entry points (implemented in planner.go):
+// The entry points (consolidate.go, scaleout.go):
 //
 //	func Consolidate(hosts []Host, vms []VM, p Policy) (Plan, error)
 //	func ScaleOut(hosts []Host, vms []VM, p Policy) (Plan, error)

@@ -31,11 +31,8 @@ const (
 // saw are logged and written, as JSON, to build/mpi-e2e/pauses.json.
 //
 // The VMs boot from RAM (initrd.img: the whole guest is in its checkpoint).
-// SYMVIRT_MPI_BOOT=disk boots them from qcow2 overlays instead; that run
-// gets through the restart and the migration but not the evacuation back
-// to host b: a restored VM's disk is a copy in the restoring hostd's state
-// dir (vms/NAME/disk-root.qcow2), a migration keeps that path, and it is
-// gone from b once the VM left b.
+// SYMVIRT_MPI_BOOT=disk boots them from qcow2 overlays instead (a
+// restored VM's disk then lives in the restoring hostd's STATE_DIR/disks).
 func TestMPIJobThroughOperations(t *testing.T) {
 	c := newCluster(t)
 	s := scenario.Run(c.Cluster, scenario.Options{FromDisk: os.Getenv("SYMVIRT_MPI_BOOT") == "disk"})

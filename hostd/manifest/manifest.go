@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/sentinel"
@@ -39,6 +41,19 @@ type FileDigest struct {
 	Name   string `json:"name"`
 	Role   string `json:"role"` // state | disk
 	ID     string `json:"id,omitempty"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+	// Parent (a disk): the checkpoint disk this one is a delta over
+	// (its qcow2 backing file). Restore checks every link of the chain.
+	Parent *Link `json:"parent,omitempty"`
+}
+
+// Link names another checkpoint's disk file and what it must be.
+type Link struct {
+	// Dir is the other checkpoint's directory relative to this one's
+	// (both in the checkpoint store): the backing file is Dir/Name.
+	Dir    string `json:"dir"`
+	Name   string `json:"name"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
 }
@@ -87,6 +102,10 @@ func Check(m Manifest) error {
 		switch {
 		case f.Role == "state" && f.Name == StateName:
 			states++
+		case f.Role == "disk" && f.Parent != nil:
+			if err := checkLink(*f.Parent); err != nil {
+				return fmt.Errorf("manifest: file %q: %w", f.Name, err)
+			}
 		case f.Role == "disk":
 		default:
 			return fmt.Errorf("manifest: file %q has role %q: want state (%s) or disk: %w", f.Name, f.Role, StateName, ErrChecksum)
@@ -159,4 +178,12 @@ func Verify(dir string) (Manifest, error) {
 		}
 	}
 	return m, nil
+}
+
+// checkLink: a relative directory and a plain name.
+func checkLink(l Link) error {
+	if l.Dir == "" || filepath.IsAbs(l.Dir) || strings.ContainsRune(l.Dir, 0) || !PlainName(l.Name) || l.SHA256 == "" {
+		return fmt.Errorf("parent link %+v is not a relative directory and a plain name with a digest: %w", l, ErrChecksum)
+	}
+	return nil
 }

@@ -105,6 +105,10 @@ type Options struct {
 	// Cut (Precopy) runs while QEMU holds the VM stopped at its point,
 	// before it runs again; its error fails the save.
 	Cut func(context.Context, *qmp.Client) error
+	// Point (Background) runs right before the snapshot point, once all
+	// else is set up: a VM with disks stops there for their cut, so it
+	// stands still as little as can be. Its error fails the save.
+	Point func(context.Context, *qmp.Client) error
 	// Finish runs once the state file is whole, synced and hashed, before
 	// Done; its error fails the stream.
 	Finish func(state manifest.FileDigest) error
@@ -168,6 +172,13 @@ func Background(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	// as stalled as a paused one. The stream's thread inherits the boost.
 	unboost := boost(o.PID, snapshotNice)
 	endBoost := func() { unboost(); unlock() }
+	if o.Point != nil {
+		if err := o.Point(ctx, a.mon); err != nil {
+			endBoost()
+			a.Disarm()
+			return nil, err
+		}
+	}
 	if err := a.mon.Migrate(ctx, "fd:"+FD); err != nil {
 		endBoost()
 		a.Disarm()

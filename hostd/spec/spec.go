@@ -71,7 +71,8 @@ func ParseSize(orig string) (Size, error) {
 	return Size(n * mult), nil
 }
 
-// Disk is a block device. Checkpoints copy it (the VM is stopped), so a
+// Disk is a block device. A checkpoint cuts it at its snapshot point (a new
+// qcow2 overlay becomes the active layer) and stores the frozen image, so a
 // restore gets the disk as it was at the cut.
 type Disk struct {
 	ID     string `yaml:"id" json:"id"`
