@@ -224,8 +224,8 @@ func (w *switchWatch) pause(t *testing.T) time.Duration {
 }
 
 // TestMigrateCopyStorage: a VM on a 2 GiB sparse qcow2 disk in the source
-// host's own directory, on which the guest keeps writing its pattern,
-// migrates live with --copy-storage between two hostds (mutual TLS) that
+// host's own directory, on which the guest keeps writing its pattern (a
+// checkpoint first puts the disk on an overlay chain), migrates live with --copy-storage between two hostds (mutual TLS) that
 // share no disk directory. The destination runs it on a disk of its own
 // (the source's image is moved away right after), the guest writes on
 // through the move and after it, and the pattern on the destination's
@@ -236,6 +236,15 @@ func TestMigrateCopyStorage(t *testing.T) {
 	ctx := ctxT(t, 15*time.Minute)
 	const preload = 256 << 20 // data for the mirror to copy while the guest writes
 	disk := p.startPatternVM(t, ctx, "cs1", preload)
+	// A checkpoint first: the disk is a chain (its root under an overlay)
+	// and the mirror must copy all of it.
+	ck, err := p.src.Client().Checkpoint(ctx, "cs1", hostd.CheckpointOptions{Dir: filepath.Join(t.TempDir(), "ck"), Live: true, NoGuest: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := mustStatus(t, p.src.Client(), "cs1"); st.Spec.Disks[0].Path == disk {
+		t.Fatalf("after the checkpoint the disk is not on an overlay: %+v (checkpoint %+v)", st.Spec.Disks, ck)
+	}
 	before := waitGen(t, serialLog(p.src, "cs1"), 0, time.Second)
 	w := watchSwitch(serialLog(p.src, "cs1"), serialLog(p.dst, "cs1"))
 	start := time.Now()
@@ -245,7 +254,7 @@ func TestMigrateCopyStorage(t *testing.T) {
 	}
 	took := time.Since(start)
 	pause := w.pause(t)
-	// The source's disk goes: the destination must not need it.
+	// The source's disk (its root) goes: the destination must not need it.
 	if err := os.Rename(disk, disk+".gone"); err != nil {
 		t.Fatal(err)
 	}
