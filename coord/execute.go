@@ -99,7 +99,7 @@ func (e *executor) stepRequest(a machine.Action) (hostd.StepRequest, error) {
 		if err != nil {
 			return req, err
 		}
-		req.Migrate = &hostd.MigrateArgs{Dest: dest, Grant: grant}
+		req.Migrate = &hostd.MigrateArgs{Dest: dest, Grant: grant, CopyStorage: a.CopyStorage}
 	}
 	return req, nil
 }

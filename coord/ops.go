@@ -222,6 +222,9 @@ type MigrateOptions struct {
 	// DependencyAware freezes each guest's untainted processes while it
 	// migrates (implies Live).
 	DependencyAware bool `json:"dependency_aware,omitempty"`
+	// CopyStorage takes each moving VM's disks along (hosts that share
+	// no disk storage); hostd also does when its config says local_disks.
+	CopyStorage bool `json:"copy_storage,omitempty"`
 }
 
 // Migrate moves a job (or one VM of it) to the given hosts, round-robin.
@@ -259,5 +262,5 @@ func (c *Coord) Migrate(ctx context.Context, target string, opts MigrateOptions,
 		vms = append(vms, machine.VM{Name: v.Name, Host: v.Host, Dest: dest})
 	}
 	return c.run(ctx, machine.KindMigrate, j, vms, machine.Options{Live: opts.Live || opts.DependencyAware,
-		Freeze: opts.DependencyAware}, progress)
+		Freeze: opts.DependencyAware, CopyStorage: opts.CopyStorage}, progress)
 }

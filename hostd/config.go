@@ -62,6 +62,10 @@ type Config struct {
 	// latter. Zero: 2 minutes and 30 minutes.
 	OpStepTimeout     time.Duration `yaml:"op_step_timeout"`
 	OpTransferTimeout time.Duration `yaml:"op_transfer_timeout"`
+	// LocalDisks says this host's disk directories are not shared with
+	// other hosts: a VM migrating away (migrate, evacuate) takes its
+	// disks along, as with --copy-storage (mirror.go).
+	LocalDisks bool `yaml:"local_disks"`
 	// Policy confines the files and host devices a VM spec may use.
 	Policy Policy `yaml:"policy"`
 	// QEMUUser, when set, is the unprivileged user QEMU runs as after it

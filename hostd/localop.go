@@ -346,7 +346,7 @@ func (d *directOp) stepRequest(a machine.Action) StepRequest {
 		req.Save = &SaveArgs{Dir: d.Dir, Bandwidth: d.MaxBandwidth}
 	case machine.Migrate:
 		req.Migrate = &MigrateArgs{Dest: d.To, Grant: d.Grant, MaxBandwidth: d.MaxBandwidth,
-			DowntimeLimit: d.DowntimeLimit, Capabilities: d.Capabilities, Progress: d.migrating}
+			DowntimeLimit: d.DowntimeLimit, Capabilities: d.Capabilities, Progress: d.migrating, CopyStorage: a.CopyStorage}
 	case machine.Replace:
 		req.Replace = &ReplaceArgs{QEMU: d.QEMU, Transferred: func(n int64) {
 			d.mu.Lock()

@@ -29,6 +29,9 @@ type MigrateOptions struct {
 	// Grant is the coordinator's signed permission to hand the VM to a
 	// TLS destination (peerauth.go); it is passed on as it is.
 	Grant *Grant `json:"grant,omitempty"`
+	// CopyStorage takes the VM's disks along (mirror.go): for hosts
+	// that share no disk storage.
+	CopyStorage bool `json:"copy_storage,omitempty"`
 }
 
 // MigrateResult reports a finished migration, with QEMU's own figures.
@@ -55,11 +58,18 @@ type IncomingRequest struct {
 	// Grant is the coordinator's permission for the calling peer hostd
 	// to hand this VM over (required from a peer over TLS).
 	Grant *Grant `json:"grant,omitempty"`
+	// CopyStorage: the destination creates these disks (every disk of
+	// the spec, in order) and serves them for the source's mirror.
+	CopyStorage []CopyDisk `json:"copy_storage,omitempty"`
 }
 
 // IncomingResponse tells the source where to send the stream.
 type IncomingResponse struct {
 	URI string `json:"uri"`
+	// NBD and NBDToken (a storage migration): where the source connects
+	// its mirrors, one connection per disk, each presenting the token.
+	NBD      string `json:"nbd,omitempty"`
+	NBDToken string `json:"nbd_token,omitempty"`
 }
 
 // Migrate live-migrates the VM to another hostd, a one-VM operation of the
@@ -79,7 +89,7 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 		return res, fmt.Errorf("vm %q: a dependency-aware migration needs the guest's cooperation: %w", vm.name, ErrInvalidState)
 	}
 	o := vm.h.opOptions("")
-	o.Live, o.Freeze = true, opts.DependencyAware
+	o.Live, o.Freeze, o.CopyStorage = true, opts.DependencyAware, opts.CopyStorage
 	d, acts, err := vm.h.newDirect(machine.KindMigrate, machine.VM{Name: vm.name, Dest: opts.To}, o)
 	if err != nil {
 		return res, err
@@ -98,27 +108,15 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 
 // Incoming starts a QEMU waiting for a migration stream.
 func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingResponse, error) {
-	spec := req.Spec
 	from, err := h.admitIncoming(ctx, req)
 	if err != nil {
 		return IncomingResponse{}, err
 	}
-	if err := spec.Validate(); err != nil {
-		return IncomingResponse{}, err
-	}
-	if err := h.cfg.Policy.Check(spec, h.cfg.Pools); err != nil {
-		return IncomingResponse{}, err
-	}
-	if old, err := h.Get(spec.Name); err == nil {
-		if old.alive() {
-			return IncomingResponse{}, fmt.Errorf("vm %q already runs here: %w", spec.Name, ErrExists)
-		}
-		h.forget(old)
-	}
-	vm, err := h.Create(spec)
+	vm, err := h.createIncoming(req)
 	if err != nil {
 		return IncomingResponse{}, err
 	}
+	spec := vm.Spec()
 	if err := vm.lock("incoming"); err != nil {
 		return IncomingResponse{}, err
 	}
@@ -140,6 +138,11 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err := vm.allocateSlots(req.Absent); err != nil {
 		return IncomingResponse{}, err
 	}
+	if len(req.CopyStorage) > 0 {
+		if err := vm.createCopyImages(ctx, req.CopyStorage); err != nil {
+			return IncomingResponse{}, err
+		}
+	}
 	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
 		return IncomingResponse{}, err
 	}
@@ -151,8 +154,13 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if req.Lease > 0 {
 		wait = 2 * req.Lease
 	}
-	uri, err := vm.incomingStream(ctx, mon, from, wait)
-	if err != nil {
+	var resp IncomingResponse
+	if len(req.CopyStorage) > 0 {
+		if resp.NBD, resp.NBDToken, err = vm.exportDisks(ctx, mon, from, wait); err != nil {
+			return IncomingResponse{}, err
+		}
+	}
+	if resp.URI, err = vm.incomingStream(ctx, mon, from, wait); err != nil {
 		return IncomingResponse{}, err
 	}
 	vm.mu.Lock()
@@ -164,8 +172,36 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 		h.setLease(spec.Name, req.Op, 2*req.Lease, "")
 	}
 	ok = true
-	vm.log.Info("waiting for incoming migration", "uri", uri)
-	return IncomingResponse{URI: uri}, nil
+	vm.log.Info("waiting for incoming migration", "uri", resp.URI, "disks", len(req.CopyStorage))
+	return resp, nil
+}
+
+// createIncoming registers the VM an incoming migration brings, its
+// spec checked against this host's policy; a storage migration's disks
+// become new images in the VM's directory (mirror_incoming.go).
+func (h *Host) createIncoming(req IncomingRequest) (*VM, error) {
+	spec := req.Spec
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	check := h.cfg.Policy.Check
+	if len(req.CopyStorage) > 0 {
+		var err error
+		if spec, err = h.copyStorageSpec(spec, req.CopyStorage); err != nil {
+			return nil, err
+		}
+		check = func(s Spec, _ map[string][]map[string]string) error { return h.checkCopyStorage(s) }
+	}
+	if err := check(spec, h.cfg.Pools); err != nil {
+		return nil, err
+	}
+	if old, err := h.Get(spec.Name); err == nil {
+		if old.alive() {
+			return nil, fmt.Errorf("vm %q already runs here: %w", spec.Name, ErrExists)
+		}
+		h.forget(old)
+	}
+	return h.create(spec)
 }
 
 // FinishIncoming completes a migration on the destination: wait for the
@@ -189,6 +225,9 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 	defer cancel()
 	if _, err := mon.WaitMigration(wctx, 50*time.Millisecond, nil); err != nil {
 		return VMInfo{}, fmt.Errorf("vm %q: incoming: %w", vm.name, err)
+	}
+	if err := vm.stopExports(ctx, mon); err != nil {
+		return VMInfo{}, err
 	}
 	vm.mu.Lock()
 	vm.rt.Incoming = false
@@ -226,29 +265,80 @@ func (vm *VM) AbortIncoming(ctx context.Context) error {
 
 // migrateStep streams the VM to a destination that keeps it paused; the
 // source stays paused too until the operation resumes one of them (a
-// failed stream is cancelled here; the destination's copy is the
-// operation's to cancel).
+// failed stream is cancelled here, with the storage migration's mirrors;
+// the destination's copy is the operation's to cancel).
 func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	args := req.Migrate
 	mon, err := vm.monitor()
 	if err != nil {
 		return err
 	}
+	ireq, err := vm.incomingRequest(ctx, mon, req)
+	if err != nil {
+		return err
+	}
+	inc, err := vm.h.peer(args.Dest).Incoming(ctx, ireq)
+	if err != nil {
+		return fmt.Errorf("vm %q: destination %s: %w", vm.name, args.Dest, err)
+	}
+	var m *mirror
+	if len(ireq.CopyStorage) > 0 {
+		if m, err = vm.startMirror(ctx, mon, inc, args.Dest, ireq.CopyStorage); err == nil {
+			err = m.waitReady(ctx)
+		}
+	}
+	var tun *migstream.Out
+	var info qmp.MigrationInfo
+	if err == nil {
+		tun, info, err = vm.migrateRAM(ctx, mon, args, inc.URI)
+	}
+	if err == nil && m != nil {
+		err = m.complete(ctx)
+	}
+	if err != nil {
+		bg := context.WithoutCancel(ctx)
+		mon.MigrateCancel(bg)
+		err = migstream.WithStreamErr(err, tun.Abort(bg, mon))
+		m.abort(bg)
+		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
+	}
+	if args.Progress != nil {
+		args.Progress(info)
+	}
+	vm.h.setLease(vm.name, req.Op, req.Lease, args.Dest)
+	return nil
+}
+
+// incomingRequest is what the destination is asked to prepare.
+func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequest) (IncomingRequest, error) {
 	spec := vm.Spec()
 	vm.mu.Lock()
 	round := vm.rt.Round
 	vm.mu.Unlock()
-	dest := vm.h.peer(args.Dest)
-	ireq := IncomingRequest{Spec: spec, Absent: spec.PassthroughIDs(), Round: round, Lease: req.Lease, Grant: args.Grant}
+	ireq := IncomingRequest{Spec: spec, Absent: spec.PassthroughIDs(), Round: round, Lease: req.Lease, Grant: req.Migrate.Grant}
 	if req.Lease > 0 {
 		// Held under the operation's lease there (a direct operation
 		// holds none: its driver, this host, cancels the copy itself).
 		ireq.Op = req.Op
 	}
-	inc, err := dest.Incoming(ctx, ireq)
-	if err != nil {
-		return fmt.Errorf("vm %q: destination %s: %w", vm.name, args.Dest, err)
+	if vm.copiesStorage(req.Migrate.CopyStorage) {
+		if err := vm.waitDiskJobs(ctx); err != nil {
+			return ireq, err
+		}
+		disks, err := vm.copyDisks(ctx, mon)
+		if err != nil {
+			return ireq, err
+		}
+		ireq.CopyStorage = disks
 	}
+	return ireq, nil
+}
+
+// migrateRAM pre-copies the VM's state to uri and waits for QEMU to
+// complete the migration (the source is paused then). The tunnel, if
+// any, is returned for the caller to abort on failure.
+func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs, uri string) (*migstream.Out, qmp.MigrationInfo, error) {
+	var info qmp.MigrationInfo
 	params := map[string]any{"max-bandwidth": int64(64) << 30}
 	if args.MaxBandwidth > 0 {
 		params["max-bandwidth"] = args.MaxBandwidth
@@ -258,9 +348,9 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	}
 	var tun *migstream.Out
 	qemuURI := ""
-	host, err := checkMigrationURI(inc.URI, args.Dest, vm.h.cfg.migrationPorts())
+	host, err := checkMigrationURI(uri, args.Dest, vm.h.cfg.migrationPorts())
 	if err == nil {
-		tun, qemuURI, err = vm.streamTo(ctx, mon, inc.URI, host)
+		tun, qemuURI, err = vm.streamTo(ctx, mon, uri, host)
 	}
 	if err == nil && len(args.Capabilities) > 0 {
 		err = mon.MigrateSetCapabilities(ctx, args.Capabilities)
@@ -271,21 +361,11 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if err == nil {
 		err = mon.Migrate(ctx, qemuURI)
 	}
-	var info qmp.MigrationInfo
 	if err == nil {
 		info, err = mon.WaitMigration(ctx, 50*time.Millisecond, args.Progress)
 	}
 	if err == nil {
 		err = tun.Finish()
 	}
-	if err != nil {
-		mon.MigrateCancel(context.WithoutCancel(ctx))
-		err = migstream.WithStreamErr(err, tun.Abort(context.WithoutCancel(ctx), mon))
-		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
-	}
-	if args.Progress != nil {
-		args.Progress(info)
-	}
-	vm.h.setLease(vm.name, req.Op, req.Lease, args.Dest)
-	return nil
+	return tun, info, err
 }

@@ -84,7 +84,9 @@ func (vm *VM) watch(p *qemu.Process) {
 	vm.mu.Lock()
 	current := vm.rt.PID == p.PID
 	if current {
-		vm.rt.PID, vm.rt.Incoming, vm.ramOrphan = 0, false, true
+		// Incoming stays: a copy whose QEMU died before it ran here is
+		// still one its source (or the operation) may discard.
+		vm.rt.PID, vm.ramOrphan = 0, true
 		vm.saveRuntime()
 	}
 	if vm.proc == p {

@@ -152,13 +152,14 @@ func operationCommands() []*cli.Command {
 				"passthrough devices re-attached from the destination's pools.",
 			[]cli.Flag{&cli.StringSliceFlag{Name: "to", Required: true, Usage: "destination host name, as in symvirt hosts (repeat for several: round-robin)"},
 				liveFlag("pre-copy while the VMs run"),
-				&cli.BoolFlag{Name: "dependency-aware", Usage: "freeze each guest's processes without an outside dependency while it migrates (needs --live)"}},
+				&cli.BoolFlag{Name: "dependency-aware", Usage: "freeze each guest's processes without an outside dependency while it migrates (needs --live)"},
+				copyStorageFlag()},
 			func(ctx context.Context, c *coord.Client, cmd *cli.Command, target string, p coord.ProgressFunc) (any, error) {
 				if cmd.Bool("dependency-aware") && !cmd.Bool("live") {
 					return nil, usageErr("migrate: --dependency-aware needs --live")
 				}
 				return c.Migrate(ctx, target, coord.MigrateOptions{To: cmd.StringSlice("to"), Live: cmd.Bool("live"),
-					DependencyAware: cmd.Bool("dependency-aware")}, p)
+					DependencyAware: cmd.Bool("dependency-aware"), CopyStorage: cmd.Bool("copy-storage")}, p)
 			}),
 		opCommand("evacuate", "move every VM off hosts and cordon them (jobs move as jobs)", "HOSTLIST",
 			"HOSTLIST is a host name, as in `symvirt hosts`, or a Slurm hostlist such as 'node[1-3,7]'. Every host is\n"+

@@ -201,7 +201,7 @@ func vmCommand() *cli.Command {
 					defer p.Done()
 					return c.Migrate(ctx, vm, hostd.MigrateOptions{To: to, MaxBandwidth: bw,
 						DowntimeLimit: cmd.Duration("downtime-limit"), NoGuest: cmd.Bool("no-guest"),
-						DependencyAware: cmd.Bool("dependency-aware")}, progressTo(p))
+						DependencyAware: cmd.Bool("dependency-aware"), CopyStorage: cmd.Bool("copy-storage")}, progressTo(p))
 				},
 				&cli.StringFlag{Name: "to-addr", Usage: "destination hostd's API address (host:port or unix socket path); between hosts with certificates use symvirt migrate VM --to HOST"},
 				&cli.StringFlag{Name: "to", Hidden: true, Usage: "old name of --to-addr"},
@@ -209,7 +209,8 @@ func vmCommand() *cli.Command {
 				&cli.StringFlag{Name: "max-bandwidth", Hidden: true, Usage: "old name of --bandwidth"},
 				&cli.DurationFlag{Name: "downtime-limit", Usage: "QEMU's downtime target"},
 				&cli.BoolFlag{Name: "dependency-aware", Usage: "freeze the guest's processes that do not depend on the outside while it migrates"},
-				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"}),
+				&cli.BoolFlag{Name: "no-guest", Usage: "skip the guest cooperation round"},
+				copyStorageFlag()),
 		},
 	}
 }

@@ -71,6 +71,8 @@
 //	live migrate:      PREPARE -> DETACH ---------> MIGRATE(live) =commit=> switch
 //	                   switch, per moving VM: ATTACH@dest, RESUME(migrated)@dest, KILL@source
 //	                   switch, per staying VM (no Dest): ATTACH, RESUME(migrated)
+//	                   (Options.CopyStorage: the same phases; each Migrate also copies
+//	                   the VM's disks, switched with its memory; CANCEL-MIGRATE drops them)
 //	restart:           RESTORE (paused, on Dest or Host) =commit=> resume: ATTACH, RESUME(restored)
 //	rejuvenate:        PREPARE -> DETACH -> STOP -> REPLACE =commit=> resume: ATTACH, RESUME(rejuvenated)
 //	release:           no forward phase: starts in its rollback (below)

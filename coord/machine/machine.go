@@ -139,6 +139,8 @@ func validateKind(kind Kind, moving int, opts Options) error {
 		return fmt.Errorf("machine: Bandwidth applies to a live checkpoint, not a %s (live %v)", kind, opts.Live)
 	case opts.Freeze && !migration:
 		return fmt.Errorf("machine: Freeze applies to migrate and evacuate, not %s", kind)
+	case opts.CopyStorage && !migration:
+		return fmt.Errorf("machine: CopyStorage applies to migrate and evacuate, not %s", kind)
 	}
 	return nil
 }
@@ -752,7 +754,7 @@ func (o *Op) issue(v *VMState, slot **Action, t ActionType, host, outcome string
 	case Prepare:
 		a.Freeze = o.Opts.Freeze
 	case Migrate:
-		a.Dest, a.Live = v.Dest, o.Opts.Live
+		a.Dest, a.Live, a.CopyStorage = v.Dest, o.Opts.Live, o.Opts.CopyStorage
 	case CancelMigrate:
 		a.Dest = v.Dest
 	case Resume:

@@ -104,7 +104,7 @@ func newScenario(t *testing.T, d *datadriven.TestData) *harness {
 		vms = append(vms, VM{Name: name, Host: host, Dest: dest, Incoming: slices.Contains(incoming, name)})
 	}
 	opts := Options{CheckpointID: "ck1", TransferTimeout: 300 * time.Second, Live: d.HasArg("live"),
-		Freeze: d.HasArg("freeze")}
+		Freeze: d.HasArg("freeze"), CopyStorage: d.HasArg("copy-storage")}
 	d.MaybeScanArgs(t, "ck", &opts.CheckpointID)
 	d.MaybeScanArgs(t, "max", &opts.MaxAttempts)
 	d.MaybeScanArgs(t, "bandwidth", &opts.Bandwidth)
@@ -241,6 +241,9 @@ func fmtFull(a Action, start time.Time) string {
 	}
 	if a.Freeze {
 		s += " freeze"
+	}
+	if a.CopyStorage {
+		s += " copy-storage"
 	}
 	if a.Bandwidth != 0 {
 		s += " bandwidth=" + strconv.FormatInt(a.Bandwidth, 10)

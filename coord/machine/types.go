@@ -56,6 +56,13 @@ type Options struct {
 	// guest freezes its untainted processes during Prepare. Carried by
 	// Prepare.
 	Freeze bool `json:"freeze,omitempty"`
+	// CopyStorage (migrate/evacuate only): the hosts share no disk
+	// storage, so each moving VM's Migrate also copies its disks to its
+	// destination (hostd mirrors them while the memory pre-copies and
+	// switches both at the VM's switch-over). Carried by Migrate; the
+	// phases and the rollback are a migration's: CancelMigrate@dest
+	// drops the destination's disk copies with its paused VM.
+	CopyStorage bool `json:"copy_storage,omitempty"`
 	// PrepareTimeout bounds a Prepare (the guest cooperation round).
 	PrepareTimeout time.Duration `json:"prepare_timeout"`
 	// StepTimeout bounds every other action (Detach, Stop, Attach,
@@ -173,6 +180,8 @@ type Action struct {
 	Bandwidth int64 `json:"bandwidth,omitempty"`
 	// Freeze: Prepare of a dependency-aware migration.
 	Freeze bool `json:"freeze,omitempty"`
+	// CopyStorage: Migrate also copies the VM's disks to Dest.
+	CopyStorage bool `json:"copy_storage,omitempty"`
 	// Outcome: for Resume, what the guest is told ("checkpointed",
 	// "migrated", "restored", "rejuvenated", "aborted"); for
 	// RecordCheckpoint, "complete" or "failed".

@@ -80,6 +80,9 @@ type MigrateArgs struct {
 	DowntimeLimit time.Duration `json:"downtime_limit_ns,omitempty"`
 	// Capabilities are extra QEMU migration capabilities (auto-converge...).
 	Capabilities map[string]bool `json:"capabilities,omitempty"`
+	// CopyStorage takes the VM's disks along (the hosts share no disk
+	// storage): the destination creates them and the source mirrors them.
+	CopyStorage bool `json:"copy_storage,omitempty"`
 	// Progress, when set (hostd's own direct operations), observes QEMU's
 	// figures while the stream runs and once more when it completed.
 	Progress func(qmp.MigrationInfo) `json:"-"`
