@@ -17,7 +17,9 @@ type Config struct {
 	// StateDir holds one directory per VM; it survives hostd restarts,
 	// which is how a restarted hostd re-adopts running VMs.
 	StateDir string `yaml:"state_dir"`
-	// QEMU is the emulator binary (default qemu-system-x86_64).
+	// QEMU is the emulator binary: by default $SYMVIRT_QEMU (how a test
+	// suite or demo picks another QEMU for every hostd it starts), else
+	// qemu-system-x86_64.
 	QEMU string `yaml:"qemu"`
 	// Accel is kvm, tcg, or auto (kvm when /dev/kvm opens, else tcg). The
 	// default is tcg: a /dev/kvm that opens is not proof that KVM can run
@@ -94,7 +96,7 @@ func (c *Config) setDefaults() error {
 	if c.StateDir == "" {
 		return fmt.Errorf("config: state_dir is missing")
 	}
-	c.QEMU = cmp.Or(c.QEMU, "qemu-system-x86_64")
+	c.QEMU = cmp.Or(c.QEMU, os.Getenv("SYMVIRT_QEMU"), "qemu-system-x86_64")
 	switch c.Accel {
 	case "":
 		c.Accel = "tcg"

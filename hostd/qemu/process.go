@@ -77,6 +77,10 @@ func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, err
 		return nil, fmt.Errorf("%w: %v: %s", sentinel.ErrQEMUStart, err, tail(logf.Name(), logStart))
 	}
 	go func() { <-p.exited; p.Mon.Close() }()
+	if err := CheckVersion(bin, p.Mon.Version()); err != nil {
+		p.Kill()
+		return nil, err
+	}
 	return p, nil
 }
 

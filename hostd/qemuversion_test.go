@@ -1,0 +1,32 @@
+package hostd
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// hostd refuses to run a QEMU older than 7.2, naming the binary and its
+// version; a newer one starts it.
+func TestHostdRefusesOldQEMU(t *testing.T) {
+	fake := func(version string) string {
+		p := filepath.Join(t.TempDir(), "qemu-system-x86_64")
+		script := "#!/bin/sh\necho 'QEMU emulator version " + version + " (Debian test)'\n"
+		if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	old := fake("6.2.0")
+	_, err := New(Config{StateDir: t.TempDir(), QEMU: old})
+	if !errors.Is(err, ErrQEMUStart) || !strings.Contains(err.Error(), old+" is QEMU 6.2.0, older than 7.2") {
+		t.Fatalf("hostd on QEMU 6.2: %v", err)
+	}
+	h, err := New(Config{StateDir: t.TempDir(), QEMU: fake("10.0.2")})
+	if err != nil {
+		t.Fatalf("hostd on QEMU 10.0: %v", err)
+	}
+	h.Close()
+}
