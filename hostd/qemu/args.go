@@ -32,6 +32,8 @@ type Args struct {
 	Absent   map[string]bool
 	Override map[string]map[string]string // pool properties, by device
 	RunAs    string                       // the user QEMU drops to ("": root)
+	// runWith: the binary takes -run-with user= for -runas (Start).
+	runWith bool
 }
 
 // QMPSocket is the monitor socket of a VM's QEMU of generation gen.
@@ -90,7 +92,7 @@ func (a Args) argv() []string {
 	if a.Incoming {
 		v = append(v, "-incoming", "defer")
 	}
-	return append(v, confineArgs(a.RunAs)...)
+	return append(v, confineArgs(a.RunAs, a.runWith)...)
 }
 
 // deviceArgs: the NICs and other devices, each passthrough one on a
@@ -149,15 +151,21 @@ func (a Args) guestChannelArgs() []string {
 // opened at start or passed as a descriptor, which the filter allows.
 const sandboxDeny = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
-// confineArgs returns the seccomp sandbox and, for a user, -runas. QEMU 7.2
-// installs the filter before -runas's setuid, so elevateprivileges=deny
-// kills it with SIGSYS (measured): with a user, that sub-option stays at
-// allow; with every uid dropped and spawn denied QEMU cannot regain root.
-func confineArgs(user string) []string {
+// confineArgs returns the seccomp sandbox and, for a user, -runas (or, for
+// a QEMU that has it, runWith, -run-with user=: 9.1 deprecated -runas and
+// 10.0 removed it). QEMU 7.2 installs the filter before -runas's setuid,
+// so elevateprivileges=deny kills it with SIGSYS (measured): with a user,
+// that sub-option stays at allow; with every uid dropped and spawn denied
+// QEMU cannot regain root.
+func confineArgs(user string, runWith bool) []string {
 	if user == "" {
 		return []string{"-sandbox", sandboxDeny}
 	}
-	return []string{"-sandbox", strings.Replace(sandboxDeny, ",elevateprivileges=deny", "", 1), "-runas", user}
+	v := []string{"-sandbox", strings.Replace(sandboxDeny, ",elevateprivileges=deny", "", 1)}
+	if runWith {
+		return append(v, "-run-with", "user="+esc(user))
+	}
+	return append(v, "-runas", user)
 }
 
 func deviceArg(d devices.Device) string {

@@ -57,3 +57,11 @@ func ParseVersion(out string) (goqmp.Version, error) {
 	v.Package = m[4]
 	return v, nil
 }
+
+// hasRunWithUser reports whether bin takes -run-with user= (QEMU 9.1 and
+// later); a binary whose version cannot be read is taken to be older.
+func hasRunWithUser(ctx context.Context, bin string) bool {
+	v, err := BinaryVersion(ctx, bin)
+	q := v.QEMU
+	return err == nil && (q.Major > 9 || (q.Major == 9 && q.Minor >= 1))
+}
