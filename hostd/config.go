@@ -56,9 +56,12 @@ type Config struct {
 	// LiveMode is how a live checkpoint copies a running VM: "precopy"
 	// (copied while it runs, paused for its last pages), "snapshot"
 	// (QEMU's background-snapshot), or "auto" (the default): precopy
-	// under KVM, snapshot under TCG, where QEMU 7.2's precopy images
-	// were seen to miss guest writes (live.go).
+	// under KVM, and under TCG with QEMU 10.0 or later; snapshot under
+	// TCG with older ones, where QEMU 7.2's precopy images were seen to
+	// miss guest writes (precopy_image_vs_ram; qemuversion.go).
 	LiveMode string `yaml:"live_mode"`
+	// liveAuto: LiveMode was auto, so the QEMU version may change it.
+	liveAuto bool
 	// OpStepTimeout and OpTransferTimeout bound each step of a direct
 	// (single-VM) operation; a transfer (save, migrate, restore) gets the
 	// latter. Zero: 2 minutes and 30 minutes.
@@ -112,7 +115,7 @@ func (c *Config) setDefaults() error {
 	}
 	switch c.LiveMode {
 	case "", "auto":
-		c.LiveMode = "snapshot"
+		c.LiveMode, c.liveAuto = "snapshot", true
 		if c.Accel == "kvm" {
 			c.LiveMode = "precopy"
 		}

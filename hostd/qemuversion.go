@@ -20,5 +20,16 @@ func (h *Host) checkQEMU() error {
 		return err
 	}
 	h.log.Info("qemu", "binary", h.cfg.QEMU, "version", v.String(), "package", v.Package)
+	if h.cfg.liveAuto && h.cfg.Accel == "tcg" && v.QEMU.Major >= exactTCGPrecopyMajor {
+		h.cfg.LiveMode = "precopy"
+	}
+	h.log.Info("live checkpoints", "live_mode", h.cfg.LiveMode, "auto", h.cfg.liveAuto)
 	return nil
 }
+
+// exactTCGPrecopyMajor is the first QEMU whose precopy images under TCG
+// held the guest's RAM exactly (precopy_image_vs_ram: 0 of 40 rounds
+// differing on 10.0.2, against 1 to 9 of 20 on 7.2) and paused the guest
+// less than a background snapshot (3 to 5 ms against 13 to 26 ms at 256
+// MiB and 1 GiB): live_mode auto takes precopy from it on.
+const exactTCGPrecopyMajor = 10

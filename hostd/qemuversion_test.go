@@ -23,6 +23,24 @@ func TestHostdRefusesOldQEMU(t *testing.T) {
 	h.Close()
 }
 
+// live_mode auto is precopy under TCG on QEMU 10 (its precopy images are
+// exact there), snapshot on 7.2; a live_mode set in the config stays.
+func TestLiveModeAutoFollowsQEMUVersion(t *testing.T) {
+	for _, c := range []struct{ version, mode, want string }{
+		{"7.2.22", "", "snapshot"}, {"10.0.2", "", "precopy"}, {"10.0.2", "auto", "precopy"},
+		{"10.0.2", "snapshot", "snapshot"}, {"7.2.22", "precopy", "precopy"},
+	} {
+		h, err := New(Config{StateDir: t.TempDir(), QEMU: fakeQEMU(t, c.version), LiveMode: c.mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.cfg.LiveMode != c.want {
+			t.Errorf("QEMU %s, live_mode %q: %s, want %s", c.version, c.mode, h.cfg.LiveMode, c.want)
+		}
+		h.Close()
+	}
+}
+
 // fakeQEMU is a binary that answers --version as QEMU version would.
 func fakeQEMU(t *testing.T, version string) string {
 	p := filepath.Join(t.TempDir(), "qemu-system-x86_64")
