@@ -168,19 +168,13 @@ func Background(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	// as stalled as a paused one. The stream's thread inherits the boost.
 	unboost := boost(o.PID, snapshotNice)
 	endBoost := func() { unboost(); unlock() }
-	st, err := a.mon.Status(ctx)
-	if err == nil {
-		err = a.mon.Migrate(ctx, "fd:"+FD)
-	}
-	if err != nil {
+	if err := a.mon.Migrate(ctx, "fd:"+FD); err != nil {
 		endBoost()
 		a.Disarm()
 		return nil, err
 	}
 	a.used = true
-	if !st.Running {
-		go resumeAfterPoint(sctx, a.mon)
-	}
+	go resumeAfterPoint(sctx, a.mon)
 	go s.follow(sctx, nil, func(err error) error { return err })
 	err = s.await(ctx, events, func(ev string, at time.Time) bool {
 		switch ev {

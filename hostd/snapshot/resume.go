@@ -7,13 +7,14 @@ import (
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// resumeAfterPoint runs a VM that was paused when its background snapshot
-// started once the point is behind, as QEMU 7.2 does itself (it resumed
-// any VM after the point; QEMU 10 keeps a paused one paused for the whole
-// copy, measured, which made a VM stopped for its cut stand still until
-// the copy's end). The point is behind once RAM pages flow: QEMU sends
-// them only after it saved the devices and write-protected the RAM. A VM
-// QEMU already runs is left alone; so is one whose copy ended first.
+// resumeAfterPoint runs a VM that is still paused once its background
+// snapshot's point is behind, as QEMU 7.2 does itself (it resumed any VM
+// after the point; QEMU 10 keeps a VM that was paused before paused for
+// the whole copy, measured, which made a VM stopped for its cut stand
+// still until the copy's end). The point is behind once RAM pages flow:
+// QEMU sends them only after it saved the devices and write-protected the
+// RAM. A VM QEMU already runs is left alone; so is one whose copy ended
+// first.
 func resumeAfterPoint(ctx context.Context, mon *qmp.Client) {
 	for ctx.Err() == nil {
 		mi, err := mon.QueryMigrate(ctx)
