@@ -4,6 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 include mk/guest.mk
 include mk/guest-mpi.mk
+include mk/qemu10.mk
 
 .PHONY: all build test test-short test-race vet demo demo-vm bench generate libsymvirt libsymvirt-mpi clean
 

@@ -14,6 +14,7 @@ import (
 	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/pausewatch"
+	"github.com/symvirt/symvirt/internal/testguest"
 )
 
 var counterRE = regexp.MustCompile(`symvirt-counter (\d+)`)
@@ -163,7 +164,7 @@ func restartsAtCut(t *testing.T, c *cluster, job string, serials map[string]stri
 // background-snapshot.
 func TestLiveCheckpointFallsBackWhereRefused(t *testing.T) {
 	wrapper := filepath.Join(t.TempDir(), "qemu-autoconverge")
-	os.WriteFile(wrapper, []byte("#!/bin/sh\nexec qemu-system-x86_64 \"$@\" -global migration.x-auto-converge=on\n"), 0o755)
+	os.WriteFile(wrapper, []byte("#!/bin/sh\nexec "+testguest.Qemu+" \"$@\" -global migration.x-auto-converge=on\n"), 0o755)
 	c := newClusterWith(t, clusterOpts{hostdYAML: map[string]string{"b": "qemu: " + wrapper + "\n"}})
 	disk := filepath.Join(t.TempDir(), "vm2.raw")
 	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {

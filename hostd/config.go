@@ -17,7 +17,9 @@ type Config struct {
 	// StateDir holds one directory per VM; it survives hostd restarts,
 	// which is how a restarted hostd re-adopts running VMs.
 	StateDir string `yaml:"state_dir"`
-	// QEMU is the emulator binary (default qemu-system-x86_64).
+	// QEMU is the emulator binary: by default $SYMVIRT_QEMU (how a test
+	// suite or demo picks another QEMU for every hostd it starts), else
+	// qemu-system-x86_64.
 	QEMU string `yaml:"qemu"`
 	// Accel is kvm, tcg, or auto (kvm when /dev/kvm opens, else tcg). The
 	// default is tcg: a /dev/kvm that opens is not proof that KVM can run
@@ -54,9 +56,12 @@ type Config struct {
 	// LiveMode is how a live checkpoint copies a running VM: "precopy"
 	// (copied while it runs, paused for its last pages), "snapshot"
 	// (QEMU's background-snapshot), or "auto" (the default): precopy
-	// under KVM, snapshot under TCG, where QEMU 7.2's precopy images
-	// were seen to miss guest writes (live.go).
+	// under KVM, and under TCG with QEMU 10.0 or later; snapshot under
+	// TCG with older ones, where QEMU 7.2's precopy images were seen to
+	// miss guest writes (precopy_image_vs_ram; qemuversion.go).
 	LiveMode string `yaml:"live_mode"`
+	// liveAuto: LiveMode was auto, so the QEMU version may change it.
+	liveAuto bool
 	// OpStepTimeout and OpTransferTimeout bound each step of a direct
 	// (single-VM) operation; a transfer (save, migrate, restore) gets the
 	// latter. Zero: 2 minutes and 30 minutes.
@@ -106,7 +111,7 @@ func (c *Config) setDefaults() error {
 	if c.StateDir == "" {
 		return fmt.Errorf("config: state_dir is missing")
 	}
-	c.QEMU = cmp.Or(c.QEMU, "qemu-system-x86_64")
+	c.QEMU = cmp.Or(c.QEMU, os.Getenv("SYMVIRT_QEMU"), "qemu-system-x86_64")
 	switch c.Accel {
 	case "":
 		c.Accel = "tcg"
@@ -122,7 +127,7 @@ func (c *Config) setDefaults() error {
 	}
 	switch c.LiveMode {
 	case "", "auto":
-		c.LiveMode = "snapshot"
+		c.LiveMode, c.liveAuto = "snapshot", true
 		if c.Accel == "kvm" {
 			c.LiveMode = "precopy"
 		}

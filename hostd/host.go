@@ -151,6 +151,9 @@ func New(cfg Config) (*Host, error) {
 	}
 	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
 		started: time.Now().UTC(), steps: newStepState(), usage: &usageState{vms: map[string]*vmSamples{}}}
+	if err := h.checkQEMU(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(h.vmsDir(), 0o700); err != nil {
 		return nil, err
 	}

@@ -98,9 +98,9 @@ func TestBenchPrecopyImage(t *testing.T) {
 		"rounds_differing": bad, "pages_differing_max": worst})
 }
 
-// imagePages reads the RAM section of a QEMU 7.2 migration stream (4 KiB
-// pages, no compression) and returns the digest of the last copy of each
-// page of guest RAM (block ram0), by offset.
+// imagePages reads the RAM section of a migration stream of QEMU 7.2 or
+// 10.0 (4 KiB pages, no compression, no multifd) and returns the digest of
+// the last copy of each page of guest RAM (block ram0), by offset.
 func imagePages(path string) (map[int64][32]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -111,71 +111,100 @@ func imagePages(path string) (map[int64][32]byte, error) {
 	if i < 5 || data[i-5] != 0x01 {
 		return nil, errors.New("no ram section")
 	}
+	s := &ramStream{r: bufio.NewReader(bytes.NewReader(data[i+4+8:])), pages: map[int64][32]byte{}}
 	section := binary.BigEndian.Uint32(data[i-4 : i])
-	r := bufio.NewReader(bytes.NewReader(data[i+4+8:]))
-	var rerr error
-	be := func(n int) uint64 {
-		b := make([]byte, 8)
-		if _, err := io.ReadFull(r, b[8-n:]); err != nil && rerr == nil {
-			rerr = err
+	for s.err == nil {
+		if err := s.part(); err != nil {
+			return nil, err
 		}
-		return binary.BigEndian.Uint64(b)
-	}
-	name := func() string {
-		n, _ := r.ReadByte()
-		b := make([]byte, n)
-		io.ReadFull(r, b)
-		return string(b)
-	}
-	const (
-		flagZero, flagMemSize, flagPage, flagEOS, flagContinue = 0x02, 0x04, 0x08, 0x10, 0x20
-		sectionPart, sectionEnd, sectionFooter                 = 0x02, 0x03, 0x7e
-	)
-	pages := map[int64][32]byte{}
-	page := make([]byte, 4096)
-	block := ""
-	for rerr == nil {
-		for rerr == nil {
-			h := be(8)
-			flags, off := h&0xfff, int64(h&^0xfff)
-			if flags&flagMemSize != 0 {
-				for left := off; left > 0 && rerr == nil; {
-					name()
-					left -= int64(be(8))
-				}
-				continue
-			}
-			if flags&flagEOS != 0 {
-				break
-			}
-			if flags&flagContinue == 0 {
-				block = name()
-			}
-			switch {
-			case flags&flagZero != 0:
-				c, _ := r.ReadByte()
-				for j := range page {
-					page[j] = c
-				}
-			case flags&flagPage != 0:
-				if _, err := io.ReadFull(r, page); err != nil {
-					return nil, err
-				}
-			default:
-				return nil, fmt.Errorf("page flags %#x not read here", flags)
-			}
-			if block == "ram0" {
-				pages[off] = sha256.Sum256(page)
-			}
-		}
-		b, err := r.ReadByte()
-		if err == nil && b == sectionFooter {
-			be(4)
-			b, err = r.ReadByte()
-		}
-		if err != nil || (b != sectionPart && b != sectionEnd) || uint32(be(4)) != section {
+		if !s.nextPart(section) {
 			break // the devices' state follows the last ram part
 		}
 	}
-	return pages, rerr
+	return s.pages, s.err
+}
+
+// ramStream reads the parts of a stream's RAM section.
+type ramStream struct {
+	r     *bufio.Reader
+	err   error // the first read error
+	block string
+	pages map[int64][32]byte
+}
+
+// Page header flags (migration/ram.c) and stream bytes (savevm.c).
+const (
+	ramFlagZero, ramFlagMemSize, ramFlagPage, ramFlagEOS, ramFlagContinue = 0x02, 0x04, 0x08, 0x10, 0x20
+	vmSectionPart, vmSectionEnd, vmCommand, vmSectionFooter               = 0x02, 0x03, 0x08, 0x7e
+)
+
+func (s *ramStream) be(n int) uint64 {
+	b := make([]byte, 8)
+	if _, err := io.ReadFull(s.r, b[8-n:]); err != nil && s.err == nil {
+		s.err = err
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+func (s *ramStream) name() string {
+	n, _ := s.r.ReadByte()
+	b := make([]byte, n)
+	io.ReadFull(s.r, b)
+	return string(b)
+}
+
+// part reads pages up to the end of one part (RAM_SAVE_FLAG_EOS).
+func (s *ramStream) part() error {
+	page := make([]byte, 4096)
+	for s.err == nil {
+		h := s.be(8)
+		flags, off := h&0xfff, int64(h&^0xfff)
+		if flags&ramFlagMemSize != 0 {
+			for left := off; left > 0 && s.err == nil; {
+				s.name()
+				left -= int64(s.be(8))
+			}
+			continue
+		}
+		if flags&ramFlagEOS != 0 {
+			return nil
+		}
+		if flags&ramFlagContinue == 0 {
+			s.block = s.name()
+		}
+		switch {
+		case flags&ramFlagZero != 0:
+			c, _ := s.r.ReadByte()
+			for j := range page {
+				page[j] = c
+			}
+		case flags&ramFlagPage != 0:
+			if _, err := io.ReadFull(s.r, page); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("page flags %#x not read here", flags)
+		}
+		if s.block == "ram0" {
+			s.pages[off] = sha256.Sum256(page)
+		}
+	}
+	return nil
+}
+
+// nextPart skips the section footer and any command between two sections
+// (QEMU 10 sends MIG_CMD_SWITCHOVER_START, no payload, before the last
+// part) and reports whether a part of section follows.
+func (s *ramStream) nextPart(section uint32) bool {
+	b, err := s.r.ReadByte()
+	for err == nil && (b == vmSectionFooter || b == vmCommand) {
+		if b == vmSectionFooter {
+			s.be(4)
+		} else {
+			s.be(2)                   // command
+			s.r.Discard(int(s.be(2))) // its payload
+		}
+		b, err = s.r.ReadByte()
+	}
+	return err == nil && (b == vmSectionPart || b == vmSectionEnd) && uint32(s.be(4)) == section
 }

@@ -120,7 +120,7 @@ func TestRAMFileNotReadableByLocalUsers(t *testing.T) {
 
 	// Control: the old layout, QEMU creating the file itself.
 	old := filepath.Join("/dev/shm", fmt.Sprintf("symvirt-oldlayout-%d.ram", os.Getpid()))
-	qemu := exec.Command("qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "64M", "-S",
+	qemu := exec.Command(testguest.Qemu, "-machine", "q35", "-accel", "tcg", "-m", "64M", "-S",
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-object", "memory-backend-file,id=ram0,share=on,size=64M,mem-path="+old, "-machine", "memory-backend=ram0")
 	if err := qemu.Start(); err != nil {

@@ -99,7 +99,7 @@ func TestRejuvenateKeepsGuestMemory(t *testing.T) {
 
 	// The upgrade case: another binary (a wrapper standing for a new QEMU).
 	wrapper := filepath.Join(t.TempDir(), "qemu-new")
-	os.WriteFile(wrapper, []byte("#!/bin/sh\nexec qemu-system-x86_64 \"$@\"\n"), 0o755)
+	os.WriteFile(wrapper, []byte("#!/bin/sh\nexec "+testguest.Qemu+" \"$@\"\n"), 0o755)
 	res = rejuvenate(t, h, "--qemu-binary", wrapper)
 	if res[0].Error != "" || res[0].QEMU != wrapper || res[0].Fallback {
 		t.Fatalf("upgrade: %+v", res)

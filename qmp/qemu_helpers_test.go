@@ -2,6 +2,7 @@ package qmp
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"os"
@@ -12,7 +13,8 @@ import (
 	"time"
 )
 
-const qemuBin = "qemu-system-x86_64"
+// qemuBin is $SYMVIRT_QEMU (make test-qemu10), else qemu-system-x86_64.
+var qemuBin = cmp.Or(os.Getenv("SYMVIRT_QEMU"), "qemu-system-x86_64")
 
 // requireQEMU returns the QEMU binary, skipping the test if it is missing
 // unless SYMVIRT_REQUIRE_QEMU=1, in which case the test fails.

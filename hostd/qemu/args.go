@@ -35,6 +35,8 @@ type Args struct {
 	// PrivateRAM maps the RAM file (a template's) private copy-on-write
 	// (share=off): the guest's writes never reach the file.
 	PrivateRAM bool
+	// runWith: the binary takes -run-with user= for -runas (Start).
+	runWith bool
 }
 
 // QMPSocket is the monitor socket of a VM's QEMU of generation gen.
@@ -94,7 +96,7 @@ func (a Args) argv() []string {
 	if a.Incoming {
 		v = append(v, "-incoming", "defer")
 	}
-	return append(v, confineArgs(a.RunAs)...)
+	return append(v, confineArgs(a.RunAs, a.runWith)...)
 }
 
 // ramFile: guest RAM is a file hostd hands QEMU.
@@ -156,15 +158,21 @@ func (a Args) guestChannelArgs() []string {
 // opened at start or passed as a descriptor, which the filter allows.
 const sandboxDeny = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
-// confineArgs returns the seccomp sandbox and, for a user, -runas. QEMU 7.2
-// installs the filter before -runas's setuid, so elevateprivileges=deny
-// kills it with SIGSYS (measured): with a user, that sub-option stays at
-// allow; with every uid dropped and spawn denied QEMU cannot regain root.
-func confineArgs(user string) []string {
+// confineArgs returns the seccomp sandbox and, for a user, -runas (or, for
+// a QEMU that has it, runWith, -run-with user=: 9.1 deprecated -runas and
+// 10.0 removed it). QEMU 7.2 installs the filter before -runas's setuid,
+// so elevateprivileges=deny kills it with SIGSYS (measured): with a user,
+// that sub-option stays at allow; with every uid dropped and spawn denied
+// QEMU cannot regain root.
+func confineArgs(user string, runWith bool) []string {
 	if user == "" {
 		return []string{"-sandbox", sandboxDeny}
 	}
-	return []string{"-sandbox", strings.Replace(sandboxDeny, ",elevateprivileges=deny", "", 1), "-runas", user}
+	v := []string{"-sandbox", strings.Replace(sandboxDeny, ",elevateprivileges=deny", "", 1)}
+	if runWith {
+		return append(v, "-run-with", "user="+esc(user))
+	}
+	return append(v, "-runas", user)
 }
 
 func deviceArg(d devices.Device) string {

@@ -54,12 +54,18 @@ func TestQEMUArgs(t *testing.T) {
 }
 
 func TestConfineArgs(t *testing.T) {
-	a := strings.Join(confineArgs(""), " ")
-	if a != "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" {
-		t.Errorf("sandbox: %s", a)
+	for _, runWith := range []bool{false, true} {
+		a := strings.Join(confineArgs("", runWith), " ")
+		if a != "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" {
+			t.Errorf("sandbox: %s", a)
+		}
 	}
-	a = strings.Join(confineArgs("nobody"), " ")
+	a := strings.Join(confineArgs("nobody", false), " ")
 	if !strings.Contains(a, "spawn=deny") || strings.Contains(a, "elevateprivileges") || !strings.HasSuffix(a, "-runas nobody") {
 		t.Errorf("sandbox with a user: %s", a)
+	}
+	// QEMU 10 has no -runas.
+	if a = strings.Join(confineArgs("nobody", true), " "); !strings.HasSuffix(a, "-run-with user=nobody") || strings.Contains(a, "-runas") {
+		t.Errorf("sandbox with a user, -run-with: %s", a)
 	}
 }

@@ -7,7 +7,8 @@
 //
 // Contract:
 //   - Start runs QEMU paused (-S), sandboxed (seccomp: no exec, no set*uid;
-//     -runas when a user is given), in a process group of its own so
+//     -runas, or -run-with user= from QEMU 9.1 on, when a user is given;
+//     QEMU older than 7.2 is refused), in a process group of its own so
 //     signals to hostd's never reach it, and returns only once its QMP
 //     monitor answers; a QEMU that did not get there is killed and the
 //     error (wrapping sentinel.ErrQEMUStart) carries the tail of its log.

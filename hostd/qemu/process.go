@@ -42,6 +42,7 @@ func (p *Process) ExitErr() error {
 // connects its monitor, within 30 s. ram is the guest RAM file when the
 // spec asks for shared memory; the caller keeps it.
 func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, error) {
+	a.runWith = a.RunAs != "" && hasRunWithUser(ctx, bin)
 	cmd := exec.Command(bin, append(a.argv(), "-S")...)
 	if a.ramFile() {
 		if ram == nil {
@@ -77,6 +78,10 @@ func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, err
 		return nil, fmt.Errorf("%w: %v: %s", sentinel.ErrQEMUStart, err, tail(logf.Name(), logStart))
 	}
 	go func() { <-p.exited; p.Mon.Close() }()
+	if err := CheckVersion(bin, p.Mon.Version()); err != nil {
+		p.Kill()
+		return nil, err
+	}
 	return p, nil
 }
 

@@ -29,7 +29,7 @@ func TestSandboxStopsExecMigration(t *testing.T) {
 		args := []string{"-machine", "q35", "-accel", "tcg", "-m", "64", "-nodefaults", "-display", "none", "-S",
 			"-qmp", "unix:" + sock + ",server=on,wait=off"}
 		if sandboxed {
-			args = append(args, confineArgs("")...)
+			args = append(args, confineArgs("", false)...)
 		}
 		cmd := exec.Command(testguest.Qemu, args...)
 		if err := cmd.Start(); err != nil {

@@ -185,6 +185,7 @@ func Background(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 		return nil, err
 	}
 	a.used = true
+	go resumeAfterPoint(sctx, a.mon)
 	go s.follow(sctx, nil, func(err error) error { return err })
 	err = s.await(ctx, events, func(ev string, at time.Time) bool {
 		switch ev {

@@ -2,8 +2,8 @@
 // cloud kernel and a busybox initramfs built by scripts/mkguest ("make
 // guest") into build/guest/.
 //
-// Paths finds the kernel and initrd, skipping the test when they (or
-// qemu-system-x86_64) are missing, or failing it when SYMVIRT_REQUIRE_QEMU=1.
+// Paths finds the kernel and initrd, skipping the test when they (or Qemu:
+// $SYMVIRT_QEMU, else qemu-system-x86_64) are missing, or failing it when SYMVIRT_REQUIRE_QEMU=1.
 // Initrd returns a copy of the initrd with extra files appended as a second
 // cpio archive, which the kernel unpacks over the first; tests use it to add
 // scripts to /etc/symvirt/rc.d/, which the guest's /init runs in order before

@@ -1,6 +1,7 @@
 package testguest
 
 import (
+	"cmp"
 	"compress/gzip"
 	"errors"
 	"io"
@@ -10,14 +11,16 @@ import (
 	"testing"
 )
 
-// Qemu is the emulator the test guest is run with.
-const Qemu = "qemu-system-x86_64"
+// Qemu is the emulator the test guest is run with: $SYMVIRT_QEMU (make
+// test-qemu10 sets it to QEMU 10's build/qemu10/bin/qemu-system-x86_64),
+// else qemu-system-x86_64; hostd's default is the same (Config.QEMU).
+var Qemu = cmp.Or(os.Getenv("SYMVIRT_QEMU"), "qemu-system-x86_64")
 
 // Paths returns the test guest's kernel and initrd. The guest directory is
 // $SYMVIRT_GUEST_DIR, or build/guest/ in the module root (the nearest
 // directory above the working directory that holds go.mod).
 //
-// When the guest is not built, or qemu-system-x86_64 is not on PATH, the
+// When the guest is not built, or Qemu is not found, the
 // test is skipped; with SYMVIRT_REQUIRE_QEMU=1 it fails instead.
 func Paths(t testing.TB) (kernel, initrd string) {
 	t.Helper()
