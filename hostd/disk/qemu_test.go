@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/testguest"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -15,7 +16,7 @@ import (
 // puts it on the command line.
 func startQEMU(t *testing.T, root string) *qmp.Client {
 	sock := filepath.Join(t.TempDir(), "qmp.sock")
-	cmd := exec.Command("qemu-system-x86_64", "-S", "-machine", "q35", "-display", "none", "-nodefaults",
+	cmd := exec.Command(testguest.Qemu, "-S", "-machine", "q35", "-display", "none", "-nodefaults",
 		"-qmp", "unix:"+sock+",server=on,wait=off",
 		"-blockdev", "driver=file,node-name=f-d0,filename="+root,
 		"-blockdev", "driver=qcow2,node-name=d0,file=f-d0",
