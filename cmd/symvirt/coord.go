@@ -41,7 +41,7 @@ func coordDaemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "step-timeout", Value: 60 * time.Second, Usage: "deadline of each step sent to a hostd (detach, stop, attach, resume...)"},
 			&cli.DurationFlag{Name: "transfer-timeout", Value: 10 * time.Minute, Usage: "deadline of a step that moves a VM's state (save, migrate, restore)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-		}, tlsFlags()...),
+		}, append(tlsFlags(), etcdFlags()...)...),
 		Action: runCoord,
 	}
 }
@@ -54,7 +54,7 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 	cfg := coord.Config{StateDir: cmd.String("state-dir"), CheckpointDir: cmd.String("checkpoint-dir"),
 		Lease: cmd.Duration("lease"), PrepareTimeout: cmd.Duration("prepare-timeout"),
 		StepTimeout: cmd.Duration("step-timeout"), TransferTimeout: cmd.Duration("transfer-timeout"),
-		Logger: log, CrashAt: os.Getenv("SYMVIRT_COORD_CRASH_AT")}
+		Logger: log, CrashAt: os.Getenv("SYMVIRT_COORD_CRASH_AT"), StopAt: os.Getenv("SYMVIRT_COORD_STOP_AT")}
 	log.Info("timeouts", "prepare", cfg.PrepareTimeout, "step", cfg.StepTimeout, "transfer", cfg.TransferTimeout,
 		"note", "a hostd's guest_timeout caps the prepare timeout of its guests")
 	if !filepath.IsAbs(cfg.CheckpointDir) {
@@ -73,6 +73,9 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 		}
 	}
 	if err := unixsock.PrivateDir(cfg.StateDir); err != nil {
+		return err
+	}
+	if cfg.Etcd, err = etcdConfig(cmd); err != nil {
 		return err
 	}
 	c, err := coord.New(cfg)
@@ -96,7 +99,8 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 
 func coordFlag() cli.Flag {
 	return &cli.StringFlag{Name: "coord", Sources: cli.EnvVars("SYMVIRT_COORD"),
-		Value: "/var/lib/symvirt-coord/coord.sock", Usage: "coordinator API: unix socket path or host:port (mutual TLS)"}
+		Value: "/var/lib/symvirt-coord/coord.sock",
+		Usage: "coordinator API: unix socket path or host:port (mutual TLS); several, comma-separated, for replicas (the leader is found)"}
 }
 
 // coordFlags are the flags of every command that talks to the coordinator.
