@@ -168,15 +168,15 @@ func (c *Coord) HA(ctx context.Context) (*HAStatus, error) {
 // replica; anything else is refused with ErrNotLeader naming the leader,
 // which the client (replicaClient) follows.
 func (c *Coord) haGate(next http.Handler) http.Handler {
-	if c.ha == nil {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && r.URL.Path == "/v1/replicas" {
 			st, err := c.HA(r.Context())
 			if err != nil {
 				codes.WriteError(w, err)
 				return
+			}
+			if st == nil {
+				st = &HAStatus{Replicas: []Replica{}} // one coordinator, on bbolt
 			}
 			jsonapi.WriteJSON(w, st)
 			return

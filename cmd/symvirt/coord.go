@@ -30,7 +30,7 @@ func coordDaemonCommand() *cli.Command {
 		Usage: "run the coordinator: job checkpoint, restart, migrate and evacuate across hosts",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/symvirt-coord", Usage: "the coordinator's store (bbolt)"},
-			&cli.StringFlag{Name: "checkpoint-dir", Required: true, Usage: "checkpoint root, the same path on every host (shared storage)"},
+			&cli.StringFlag{Name: "checkpoint-dir", Usage: "checkpoint root, the same path on every host (shared storage)"},
 			&cli.StringFlag{Name: "socket", Usage: "API unix socket (default STATE_DIR/coord.sock)"},
 			&cli.StringFlag{Name: "listen", Usage: "API TCP address (mutual TLS with client certificates)"},
 			metricsAddressFlag,
@@ -42,7 +42,8 @@ func coordDaemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "transfer-timeout", Value: 10 * time.Minute, Usage: "deadline of a step that moves a VM's state (save, migrate, restore)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		}, append(tlsFlags(), etcdFlags()...)...),
-		Action: runCoord,
+		Action:   runCoord,
+		Commands: []*cli.Command{coordStatusCommand()},
 	}
 }
 
@@ -57,6 +58,9 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 		Logger: log, CrashAt: os.Getenv("SYMVIRT_COORD_CRASH_AT"), StopAt: os.Getenv("SYMVIRT_COORD_STOP_AT")}
 	log.Info("timeouts", "prepare", cfg.PrepareTimeout, "step", cfg.StepTimeout, "transfer", cfg.TransferTimeout,
 		"note", "a hostd's guest_timeout caps the prepare timeout of its guests")
+	if cfg.CheckpointDir == "" {
+		return usageErr("Required flag \"checkpoint-dir\" not set") // not a flag requirement: \"coord status\" goes without
+	}
 	if !filepath.IsAbs(cfg.CheckpointDir) {
 		return usageErr("--checkpoint-dir %q: want an absolute path", cfg.CheckpointDir)
 	}
@@ -99,8 +103,7 @@ func runCoord(ctx context.Context, cmd *cli.Command) error {
 
 func coordFlag() cli.Flag {
 	return &cli.StringFlag{Name: "coord", Sources: cli.EnvVars("SYMVIRT_COORD"),
-		Value: "/var/lib/symvirt-coord/coord.sock",
-		Usage: "coordinator API: unix socket path or host:port (mutual TLS); several, comma-separated, for replicas (the leader is found)"}
+		Value: "/var/lib/symvirt-coord/coord.sock", Usage: "coordinator API: unix socket path or host:port (mutual TLS)"}
 }
 
 // coordFlags are the flags of every command that talks to the coordinator.

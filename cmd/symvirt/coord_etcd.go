@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"io"
 	"strings"
 
 	"github.com/symvirt/symvirt/coord"
@@ -52,4 +55,35 @@ func etcdConfig(cmd *cli.Command) (*coord.EtcdConfig, error) {
 		cfg.Advertise = coord.SocketPath(cmd.String("state-dir"))
 	}
 	return cfg, nil
+}
+
+// coordStatusCommand shows the coordinator replicas, which one leads and
+// its epoch; every replica answers it, also while none leads.
+func coordStatusCommand() *cli.Command {
+	return &cli.Command{
+		Name: "status", Usage: "the coordinator replicas, the leader and its epoch (etcd); any replica answers",
+		Flags: coordFlags(),
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			return query(ctx, cmd, "/v1/replicas", &coord.HAStatus{}, func(w io.Writer, v any) {
+				st := v.(*coord.HAStatus)
+				if len(st.Replicas) == 0 && st.Self == "" {
+					fmt.Fprintln(w, "one coordinator (bbolt store): no replicas")
+					return
+				}
+				if st.Leader == "" {
+					fmt.Fprintln(w, "leader: none elected")
+				} else {
+					fmt.Fprintf(w, "leader: %s (epoch %d)\n", st.Leader, st.Epoch)
+				}
+				fmt.Fprintf(w, "replicas (%d):\n", len(st.Replicas))
+				for _, r := range st.Replicas {
+					role := "follower"
+					if r.Leader {
+						role = "leader"
+					}
+					fmt.Fprintf(w, "  %s  %s  %s\n", r.ID, r.Addr, role)
+				}
+			})
+		},
+	}
 }
