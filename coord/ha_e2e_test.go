@@ -277,3 +277,47 @@ func (h *haCluster) opsOf(t *testing.T) string {
 		time.Sleep(300 * time.Millisecond)
 	}
 }
+
+// The leader is killed in a migration of vm2 from b to c, before the
+// commit point (its migrate steps just journaled) and after it (the
+// switch): the new leader rolls it back or finishes it; vm2 then runs on
+// exactly one host, the one the coordinator names, and vm1's connection to
+// it goes on.
+func TestHACoordLeaderKilledMidMigration(t *testing.T) {
+	for _, phase := range []string{"migrate", "switch"} {
+		t.Run(phase, func(t *testing.T) { testHAKilledMidMigration(t, phase) })
+	}
+}
+
+func testHAKilledMidMigration(t *testing.T, phase string) {
+	h := newHACluster(t, "SYMVIRT_COORD_CRASH_AT="+phase)
+	epoch := h.status(t).Epoch
+	since := startJob(t, h.cluster, "")
+	if _, out, err := h.op("migrate", "vm2", "--to", "c"); err == nil {
+		t.Fatalf("the leader should have died mid-migration:\n%s", out)
+	}
+	waitExited(t, h.cluster)
+	h.newLeader(t, h.coord, epoch)
+	var ops []coord.OpView
+	json.Unmarshal([]byte(h.opsOf(t)), &ops)
+	var mig *coord.OpView
+	for i := range ops {
+		if ops[i].Kind == machine.KindMigrate {
+			mig = &ops[i]
+		}
+	}
+	if mig == nil || mig.Result == nil {
+		t.Fatalf("no finished migration among %+v", ops)
+	}
+	where := h.where("jf")["vm2"]
+	t.Logf("migration %s after the leader died at %s: outcome %s, vm2 on %s", mig.ID, phase, mig.Result.Outcome, where)
+	switch {
+	case phase == "switch" && (mig.Result.Outcome != machine.OutcomeMigrated || where != "c"):
+		t.Fatalf("a migration past its commit point must end migrated on c: %s on %s", mig.Result.Outcome, where)
+	case mig.Result.Outcome == machine.OutcomeMigrated && where != "c",
+		mig.Result.Outcome != machine.OutcomeMigrated && where != "b":
+		t.Fatalf("outcome %s but vm2 on %s", mig.Result.Outcome, where)
+	}
+	h.assertOnce(t)
+	assertUntouched(t, h.cluster, since)
+}
