@@ -102,7 +102,7 @@ func (ch *chaos) proxyReplicas() {
 	for _, r := range h.reps {
 		r.Kill()
 	}
-	for i, r := range h.reps {
+	for _, r := range h.reps {
 		var ps []*cutProxy
 		var eps []string
 		for _, m := range h.etcd.Members {
@@ -116,12 +116,33 @@ func (ch *chaos) proxyReplicas() {
 			extra[j+1] = strings.Join(eps, ",")
 		}
 		r.Extra = extra
-		h.reps[i].Start()
+		// The first replica's readiness check is a single coordinator's
+		// (it asks what only a leader answers): once restarted it may
+		// follow.
+		r.Ready = replicaReady(ch.t, r)
+		r.Start()
+	}
+}
+
+// replicaReady: the replica answers "coord status", as every replica
+// does, leader or not.
+func replicaReady(t *testing.T, r *testenv.Coord) func() error {
+	return func() error {
+		if _, err := os.Stat(r.Socket()); err != nil {
+			return err
+		}
+		out, err := exec.Command(testenv.Binary(t), "coord", "status", "--coord", r.Socket()).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
 	}
 }
 
 // leader is the index of the leading replica and its epoch (-1: none
-// answers as leader now).
+// answers as leader now). The election key names an address; a replica
+// restarted there follows until its predecessor's session runs out, so
+// the named replica must also serve what only a leader serves.
 func (ch *chaos) leader() (int, int64) {
 	out, err := ch.h.cliAll("coord", "status", "--output", "json")
 	var st coord.HAStatus
@@ -130,6 +151,9 @@ func (ch *chaos) leader() (int, int64) {
 	}
 	for i, r := range ch.h.reps {
 		if r.Socket() == st.Leader && !r.Exited() {
+			if _, err := r.CLI(ch.t, "hosts"); err != nil {
+				return -1, st.Epoch
+			}
 			return i, st.Epoch
 		}
 	}

@@ -127,14 +127,25 @@ func (ch *chaos) heal() {
 	ch.firstSteps()
 }
 
-// final is the store's record once no operation runs.
+// final is the store's record once no operation runs. (haCluster.opsOf
+// looks for `"running":true`, which the CLI's indented JSON never prints.)
 func (ch *chaos) final() chaosFinal {
-	ch.syncLeader()
-	var ops []coord.OpView
-	if err := json.Unmarshal([]byte(ch.h.opsOf(ch.t)), &ops); err != nil {
-		ch.t.Fatalf("ops: %v", err)
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		ch.syncLeader()
+		out, err := ch.h.cliAll("ops", "--last", "0", "--output", "json")
+		var ops []coord.OpView
+		if err != nil || json.Unmarshal([]byte(out), &ops) != nil {
+			ch.t.Fatalf("ops: %v\n%s", err, out)
+		}
+		if !slices.ContainsFunc(ops, func(o coord.OpView) bool { return o.Running }) {
+			return chaosFinal{Ops: ops, Checkpoints: ch.checkpoints(), Files: ch.ckFiles}
+		}
+		if time.Now().After(deadline) {
+			ch.t.Fatalf("an operation still runs 120s after the last fault:\n%s", out)
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
-	return chaosFinal{Ops: ops, Checkpoints: ch.checkpoints(), Files: ch.ckFiles}
 }
 
 // running counts the job's VMs that run where the coordinator says.
