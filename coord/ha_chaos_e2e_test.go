@@ -69,7 +69,7 @@ func TestHACoordChaos(t *testing.T) {
 	t.Logf("chaos: %d operations, seed %d (SYMVIRT_CHAOS_SEED=%d replays the schedule)", n, seed, seed)
 	ch := &chaos{t: t, h: newHACluster(t), rng: rand.New(rand.NewPCG(uint64(seed), 1)), faults: map[string]int{},
 		ttl: 2 * time.Second}
-	ch.proxyReplicas()
+	ch.restartReplicas("2s", true)
 	ch.syncLeader()
 	startJob(t, ch.h.cluster, "")
 	for i := range n {
@@ -95,9 +95,10 @@ func TestHACoordChaos(t *testing.T) {
 	ch.restoreSample(fin, 1+len(ch.hist)/40)
 }
 
-// proxyReplicas restarts every replica with its etcd traffic through its
-// own proxies, so that one replica can be cut from etcd.
-func (ch *chaos) proxyReplicas() {
+// restartReplicas restarts every replica with session TTL ttl and, if
+// proxied, its etcd traffic through its own proxies (so that it alone can
+// be cut from etcd).
+func (ch *chaos) restartReplicas(ttl string, proxied bool) {
 	h := ch.h
 	for _, r := range h.reps {
 		r.Kill()
@@ -106,14 +107,20 @@ func (ch *chaos) proxyReplicas() {
 		var ps []*cutProxy
 		var eps []string
 		for _, m := range h.etcd.Members {
+			if !proxied {
+				eps = append(eps, m.Client)
+				continue
+			}
 			p := newCutProxy(ch.t, h.coord.NS, strings.TrimPrefix(m.Client, "http://"))
 			ps = append(ps, p)
 			eps = append(eps, p.URL())
 		}
 		ch.proxies = append(ch.proxies, ps)
 		extra := slices.Clone(r.Extra)
-		if j := slices.Index(extra, "--etcd"); j >= 0 {
-			extra[j+1] = strings.Join(eps, ",")
+		for _, kv := range [][2]string{{"--etcd", strings.Join(eps, ",")}, {"--etcd-ttl", ttl}} {
+			if j := slices.Index(extra, kv[0]); j >= 0 {
+				extra[j+1] = kv[1]
+			}
 		}
 		r.Extra = extra
 		// The first replica's readiness check is a single coordinator's
@@ -202,6 +209,9 @@ func busy(r opResult) bool {
 // after, when it ended first) for about half of them.
 func (ch *chaos) step(seq int) {
 	fault := ch.pickFault()
+	if seq < len(everyFault) {
+		fault = everyFault[seq] // even a short run sees each kind once
+	}
 	args := ch.pickOp()
 	for attempt := 0; ; attempt++ {
 		done := make(chan opResult, 1)
@@ -234,6 +244,8 @@ func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
 	return s
 }
+
+var everyFault = []string{"kill-leader", "partition-leader", "pause-leader", "kill-follower", "pause-follower"}
 
 // pickFault: none half the time; kill -9 of the leader most often.
 func (ch *chaos) pickFault() string {
