@@ -218,7 +218,7 @@ func (ch *chaos) step(seq int) {
 		go func() { done <- ch.run(args) }()
 		rec := chaosRecord{Seq: seq, Args: args}
 		if fault != "" && attempt == 0 {
-			time.Sleep(time.Duration(200+ch.rng.IntN(3500)) * time.Millisecond)
+			time.Sleep(time.Duration(100+ch.rng.IntN(1900)) * time.Millisecond)
 			rec.Faults = append(rec.Faults, ch.inject(fault, done))
 		}
 		r := <-done
