@@ -24,7 +24,8 @@ type ha struct {
 	store *etcdStore
 	id    string // replica id: PREFIX/replicas/ID holds its address
 	epoch atomic.Int64
-	once  sync.Once // takeOver runs once per process
+	once  sync.Once  // takeOver runs once per process
+	mu    sync.Mutex // held by takeOver: Close waits for it (the scheduler it starts)
 	stop  context.CancelFunc
 }
 
@@ -107,6 +108,8 @@ func (c *Coord) lead(key string, epoch int64) {
 	c.ha.store.lead(key, epoch)
 	c.ha.epoch.Store(epoch)
 	c.log.Info("leading the coordinator replicas", "epoch", epoch, "replica", c.ha.id)
+	c.ha.mu.Lock()
+	defer c.ha.mu.Unlock()
 	c.ha.once.Do(func() {
 		if err := c.takeOver(); err != nil {
 			c.log.Error("the journal cannot be read: this replica cannot lead", "err", err)
@@ -120,6 +123,8 @@ func (c *Coord) lead(key string, epoch int64) {
 func (c *Coord) stopHA() {
 	if c.ha != nil {
 		c.ha.stop()
+		c.ha.mu.Lock()
+		c.ha.mu.Unlock() //nolint:staticcheck // waits for a takeOver under way
 	}
 }
 
