@@ -121,7 +121,8 @@ func (h *haCluster) assertOnce(t *testing.T) {
 // replica is elected within the session TTL, resumes the operation from
 // the journal in etcd and finishes it or rolls it back, as a restarted
 // coordinator does; the VMs run exactly once, the checkpoint is complete
-// (its files there) or failed (its files gone). The CLI, given all three
+// (its files there, and the job restarts from it) or failed (its files
+// gone, and the next checkpoint completes). The CLI, given all three
 // replicas' addresses, finds the new leader.
 func TestHACoordLeaderKilledMidCheckpoint(t *testing.T) {
 	for _, tc := range []struct{ phase, live string }{
@@ -182,8 +183,26 @@ func testHAKilledMidCheckpoint(t *testing.T, phase, live string) {
 	if !strings.Contains(h.hosts["a"].Logs(), `"msg":"new coordinator epoch"`) {
 		t.Fatalf("hostd a never saw the new leader's epoch")
 	}
-	// The job is free again: the next checkpoint completes.
-	waitNextCheckpoint(t, h, live)
+	if status == "failed" {
+		// The job is free again: the next checkpoint completes.
+		waitNextCheckpoint(t, h, live)
+		return
+	}
+	// The recovered checkpoint restores: the job's VMs killed, the job
+	// restarts from it (once the recovered operation freed the job).
+	h.killAll("jf")
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		res, out, err := h.op("restart", "jf", "--checkpoint", id)
+		if err == nil && res.Outcome == machine.OutcomeRestored {
+			break
+		}
+		if !strings.Contains(out, "in progress") || time.Now().After(deadline) {
+			t.Fatalf("restart from the recovered checkpoint: %v\n%s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	h.assertOnce(t)
 }
 
 // waitNextCheckpoint retries a checkpoint while the recovered operation
