@@ -126,7 +126,8 @@ func (h *haCluster) assertOnce(t *testing.T) {
 // replicas' addresses, finds the new leader.
 func TestHACoordLeaderKilledMidCheckpoint(t *testing.T) {
 	for _, tc := range []struct{ phase, live string }{
-		{"prepare", "--live=false"}, {"save", "--live=false"}, {"point", "--live=true"},
+		{"prepare", "--live=false"}, {"detach", "--live=false"}, {"stop", "--live=false"}, {"save", "--live=false"},
+		{"resume", "--live=false"}, {"arm", "--live=true"}, {"point", "--live=true"},
 	} {
 		t.Run(tc.phase, func(t *testing.T) { testHAKilledMidCheckpoint(t, tc.phase, tc.live) })
 	}
@@ -161,7 +162,7 @@ func testHAKilledMidCheckpoint(t *testing.T, phase, live string) {
 		}
 	}
 	t.Logf("checkpoint %s %s after the leader died at %s", id, status, phase)
-	if (phase == "save" || phase == "point") && status != "complete" {
+	if (phase == "save" || phase == "point" || phase == "resume") && status != "complete" {
 		t.Fatalf("a checkpoint past its barrier should complete, it is %s", status)
 	}
 	files, _ := os.ReadDir(filepath.Join(h.ckDir, id))
