@@ -72,7 +72,7 @@ func (h *ha) prefix() string { return h.cfg.prefix() }
 func (c *Coord) campaign(ctx context.Context) {
 	h := c.ha
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(h.store.cli, concurrency.WithTTL(int(h.cfg.ttl().Seconds())),
+		sess, err := concurrency.NewSession(h.store.cli, concurrency.WithTTL(h.cfg.ttlSeconds()),
 			concurrency.WithContext(ctx))
 		if err != nil {
 			c.log.Warn("etcd session not opened; retrying", "err", err)
