@@ -24,7 +24,8 @@ type ha struct {
 	store *etcdStore
 	id    string // replica id: PREFIX/replicas/ID holds its address
 	epoch atomic.Int64
-	once  sync.Once // takeOver runs once per process
+	once  sync.Once  // takeOver runs once per process
+	mu    sync.Mutex // held by takeOver: Close waits for it (the scheduler it starts)
 	stop  context.CancelFunc
 }
 
@@ -71,7 +72,7 @@ func (h *ha) prefix() string { return h.cfg.prefix() }
 func (c *Coord) campaign(ctx context.Context) {
 	h := c.ha
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(h.store.cli, concurrency.WithTTL(int(h.cfg.ttl().Seconds())),
+		sess, err := concurrency.NewSession(h.store.cli, concurrency.WithTTL(h.cfg.ttlSeconds()),
 			concurrency.WithContext(ctx))
 		if err != nil {
 			c.log.Warn("etcd session not opened; retrying", "err", err)
@@ -107,6 +108,8 @@ func (c *Coord) lead(key string, epoch int64) {
 	c.ha.store.lead(key, epoch)
 	c.ha.epoch.Store(epoch)
 	c.log.Info("leading the coordinator replicas", "epoch", epoch, "replica", c.ha.id)
+	c.ha.mu.Lock()
+	defer c.ha.mu.Unlock()
 	c.ha.once.Do(func() {
 		if err := c.takeOver(); err != nil {
 			c.log.Error("the journal cannot be read: this replica cannot lead", "err", err)
@@ -120,6 +123,8 @@ func (c *Coord) lead(key string, epoch int64) {
 func (c *Coord) stopHA() {
 	if c.ha != nil {
 		c.ha.stop()
+		c.ha.mu.Lock()
+		c.ha.mu.Unlock() //nolint:staticcheck // waits for a takeOver under way
 	}
 }
 

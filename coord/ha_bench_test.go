@@ -27,7 +27,9 @@ func TestBenchHAFailover(t *testing.T) {
 	}
 	testenv.RequireRoot(t)
 	ttl := "1s"
-	etcd := testetcd.Start(t, "", 3, testetcd.FreeBase(t, 3))
+	// etcd makes a lease at least 1.5 election timeouts long: 500 ms
+	// lets the session be 1 s (with its defaults, 1 s, a lease is 2 s).
+	etcd := testetcd.Start(t, "", 3, testetcd.FreeBase(t, 3), "--election-timeout", "500")
 	args := []string{"--etcd", etcd.Endpoints(), "--etcd-insecure-http", "--etcd-ttl", ttl}
 	ck := t.TempDir()
 	var reps []*testenv.Coord

@@ -4,6 +4,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
 )
@@ -21,6 +22,10 @@ func (c *Coord) stopPoint(op *machine.Op) {
 	stopOnce.Do(func() {
 		c.log.Warn("stop point reached: pausing the process", "phase", op.Phase, "epoch", c.epoch())
 		syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+		// The stop reaches every thread asynchronously: nothing may go
+		// out before it has (a stopped process's timer runs out while
+		// it is stopped, so this adds nothing after SIGCONT).
+		time.Sleep(time.Second)
 		c.log.Warn("woken after the stop point", "phase", op.Phase, "epoch", c.epoch())
 	})
 }

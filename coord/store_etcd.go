@@ -38,11 +38,13 @@ func (e *EtcdConfig) prefix() string {
 	return strings.TrimSuffix(e.Prefix, "/")
 }
 
-func (e *EtcdConfig) ttl() time.Duration {
+// ttlSeconds is the session TTL in whole seconds (etcd's unit), rounded
+// up, at least 1 (3 by default).
+func (e *EtcdConfig) ttlSeconds() int {
 	if e.TTL <= 0 {
-		return 3 * time.Second
+		return 3
 	}
-	return e.TTL
+	return max(1, int((e.TTL+time.Second-1)/time.Second))
 }
 
 // etcdStore keeps the buckets under PREFIX/data/BUCKET/KEY. Every write is

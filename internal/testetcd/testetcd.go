@@ -56,8 +56,9 @@ func Binary(t testing.TB) string {
 
 // Start starts an n-member cluster in namespace ns ("" for the test's own)
 // with client ports base, base+2, ... and peer ports base+1, base+3, ...,
-// and waits until it has a leader. Everything is killed at cleanup.
-func Start(t testing.TB, ns string, n, base int) *Cluster {
+// and waits until it has a leader; extra are more etcd flags (they win
+// over the defaults). Everything is killed at cleanup.
+func Start(t testing.TB, ns string, n, base int, extra ...string) *Cluster {
 	t.Helper()
 	bin := Binary(t)
 	c := &Cluster{}
@@ -70,7 +71,7 @@ func Start(t testing.TB, ns string, n, base int) *Cluster {
 	}
 	for _, m := range c.Members {
 		m.initial = strings.Join(initial, ",")
-		m.start(t, bin)
+		m.start(t, bin, extra)
 		t.Cleanup(func() {
 			m.Kill()
 			if t.Failed() {
@@ -91,12 +92,13 @@ func (c *Cluster) Endpoints() string {
 	return strings.Join(eps, ",")
 }
 
-func (m *Member) start(t testing.TB, bin string) {
+func (m *Member) start(t testing.TB, bin string, extra []string) {
 	args := []string{"--name", m.Name, "--data-dir", filepath.Join(m.dir, "data"),
 		"--listen-client-urls", m.Client, "--advertise-client-urls", m.Client,
 		"--listen-peer-urls", m.Peer, "--initial-advertise-peer-urls", m.Peer,
 		"--initial-cluster", m.initial, "--initial-cluster-state", "new", "--initial-cluster-token", "symvirt-test",
 		"--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn", "--logger", "zap"}
+	args = append(args, extra...)
 	var cmd *exec.Cmd
 	if m.ns != "" {
 		cmd = exec.Command("ip", append([]string{"netns", "exec", m.ns, bin}, args...)...)
