@@ -81,6 +81,16 @@ func TestHACoordChaos(t *testing.T) {
 		len(ch.hist), len(fin.Ops), len(fin.Checkpoints), ch.faults, ch.restarts)
 	logDurations(t, "failover (kill -9 of the leader to a new leader's API answer)", ch.failover)
 	logDurations(t, "failover (kill -9 of the leader to the new leader's first step)", ch.firstStep)
+	told := map[string]int{}
+	for _, r := range ch.hist {
+		switch {
+		case r.Res == nil:
+			told["no answer"]++
+		default:
+			told[r.Res.Outcome+" "+r.Res.Checkpoint]++
+		}
+	}
+	t.Logf("chaos: what the CLI was told: %v", told)
 	if bad := checkHistory(ch.hist, fin); len(bad) > 0 {
 		for _, r := range ch.hist {
 			t.Logf("history: %+v", r)
@@ -213,13 +223,13 @@ func (ch *chaos) step(seq int) {
 		fault = everyFault[seq] // even a short run sees each kind once
 	}
 	args := ch.pickOp()
+	var faults []string // kept when a refused attempt is sent again
 	for attempt := 0; ; attempt++ {
 		done := make(chan opResult, 1)
 		go func() { done <- ch.run(args) }()
-		rec := chaosRecord{Seq: seq, Args: args}
 		if fault != "" && attempt == 0 {
 			time.Sleep(time.Duration(100+ch.rng.IntN(1900)) * time.Millisecond)
-			rec.Faults = append(rec.Faults, ch.inject(fault, done))
+			faults = append(faults, ch.inject(fault, done))
 		}
 		r := <-done
 		ch.heal()
@@ -227,6 +237,7 @@ func (ch *chaos) step(seq int) {
 			time.Sleep(time.Second)
 			continue
 		}
+		rec := chaosRecord{Seq: seq, Args: args, Faults: faults}
 		if r.res.Op != "" {
 			rec.Res = &r.res
 		}
