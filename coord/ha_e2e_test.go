@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -298,7 +299,11 @@ func (h *haCluster) opsOf(t *testing.T) string {
 		if err != nil {
 			t.Fatalf("ops: %v\n%s", err, out)
 		}
-		if !strings.Contains(out, `"running":true`) {
+		var views []coord.OpView
+		if err := json.Unmarshal([]byte(out), &views); err != nil {
+			t.Fatalf("ops: %v\n%s", err, out)
+		}
+		if !slices.ContainsFunc(views, func(v coord.OpView) bool { return v.Running }) {
 			return out
 		}
 		if time.Now().After(deadline) {
