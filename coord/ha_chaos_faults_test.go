@@ -127,8 +127,7 @@ func (ch *chaos) heal() {
 	ch.firstSteps()
 }
 
-// final is the store's record once no operation runs. (haCluster.opsOf
-// looks for `"running":true`, which the CLI's indented JSON never prints.)
+// final is the store's record once no operation runs.
 func (ch *chaos) final() chaosFinal {
 	deadline := time.Now().Add(120 * time.Second)
 	for {
