@@ -26,7 +26,7 @@ func (c *Coord) Handler() http.Handler {
 	c.opsRoutes(mux)
 	c.consolidateRoutes(mux)
 	c.bootRoutes(mux)
-	return mux
+	return c.haGate(mux)
 }
 
 // none is the request of a route that takes no body.
@@ -87,12 +87,14 @@ func (c *Coord) operationRoutes(mux *http.ServeMux) {
 }
 
 // Client talks to a coordinator.
-type Client struct{ api *jsonapi.Client }
+type Client struct{ api *replicaClient }
 
 // NewClient returns a client for a unix socket path or an https host:port
-// (cfg: the operator's client certificate).
+// (cfg: the operator's client certificate); a comma-separated list names
+// the replicas of an etcd-backed coordinator, and the client finds the
+// leader among them.
 func NewClient(addr string, cfg *tls.Config) *Client {
-	return &Client{api: jsonapi.NewClient("coord", addr, cfg, codes)}
+	return &Client{api: newReplicaClient(addr, cfg)}
 }
 
 // Do runs a plain request.

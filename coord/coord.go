@@ -34,7 +34,14 @@ type Config struct {
 	// CrashAt makes the coordinator exit at once when an operation enters
 	// this phase (after journaling it): a deterministic kill -9 for tests.
 	CrashAt string
-	Exit    func(code int)
+	// StopAt makes the coordinator SIGSTOP itself once, right after
+	// journaling this phase and before sending its actions: a paused
+	// leader at a known instant for tests (ha_hooks.go).
+	StopAt string
+	Exit   func(code int)
+	// Etcd, when set, keeps the store in etcd and makes this coordinator
+	// one replica of several (ha.go); StateDir then holds only the socket.
+	Etcd *EtcdConfig
 }
 
 // Coord is the coordinator.
@@ -49,6 +56,7 @@ type Coord struct {
 	wg   sync.WaitGroup
 
 	sched scheduler
+	ha    *ha // nil: the only coordinator (bbolt)
 }
 
 // New opens the store and resumes unfinished operations (they finish or
@@ -63,14 +71,32 @@ func New(cfg Config) (*Coord, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Etcd != nil {
+		st, err := OpenEtcd(cfg.Etcd)
+		if err != nil {
+			return nil, err
+		}
+		c := &Coord{cfg: cfg, store: st, log: cfg.Logger, busy: map[string]string{}}
+		c.startHA(st) // it takes over once elected
+		return c, nil
+	}
 	st, err := OpenBolt(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	c := &Coord{cfg: cfg, store: st, log: cfg.Logger, busy: map[string]string{}}
-	recs, err := listAll[OpRecord](st, bucketOps)
-	if err != nil {
+	if err := c.takeOver(); err != nil {
 		return nil, err
+	}
+	return c, nil
+}
+
+// takeOver resumes the unfinished operations of the journal and starts the
+// scheduler: at start, or when this replica becomes the leader.
+func (c *Coord) takeOver() error {
+	recs, err := listAll[OpRecord](c.store, bucketOps)
+	if err != nil {
+		return err
 	}
 	for _, rec := range recs {
 		if rec.Result == nil && rec.Op != nil {
@@ -78,7 +104,7 @@ func New(cfg Config) (*Coord, error) {
 		}
 	}
 	c.startScheduler()
-	return c, nil
+	return nil
 }
 
 // recover drives an operation a previous coordinator left unfinished to
@@ -102,6 +128,7 @@ func (c *Coord) Wait() { c.wg.Wait() }
 
 // Close stops the scheduler and closes the store.
 func (c *Coord) Close() error {
+	c.stopHA()
 	c.stopScheduler()
 	return c.store.Close()
 }

@@ -105,6 +105,7 @@ func progressHook(progress ProgressFunc) func(*machine.Op) {
 // crashPoint exits the process right after the journal write when the
 // operation enters the configured phase: a kill -9 at a known instant.
 func (c *Coord) crashPoint(op *machine.Op) {
+	c.stopPoint(op)
 	if c.cfg.CrashAt != "" && string(op.Phase) == c.cfg.CrashAt {
 		c.log.Warn("crash point reached: exiting without cleanup", "phase", op.Phase)
 		exit := c.cfg.Exit

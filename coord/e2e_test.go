@@ -46,6 +46,9 @@ type clusterOpts struct {
 	coordArgs []string
 	hostdYAML map[string]string // extra hostd configuration, per host
 	coordDir  string            // the coordinator's state dir (default: a temp dir)
+	// beforeCoord runs once the management namespace exists, before the
+	// coordinator starts there; it returns more coordinator flags.
+	beforeCoord func(mgmt *testenv.NetNS) []string
 }
 
 func newCluster(t *testing.T) *cluster { return newClusterWith(t, clusterOpts{}) }
@@ -99,6 +102,9 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 	args := append([]string{"--tls-cert", filepath.Join(c.certs, "coord-coord.crt"),
 		"--tls-key", filepath.Join(c.certs, "coord-coord.key"), "--tls-ca", filepath.Join(c.certs, "ca.crt"),
 		"--lease", "8s", "--prepare-timeout", "25s", "--step-timeout", "30s", "--transfer-timeout", "90s"}, o.coordArgs...)
+	if o.beforeCoord != nil {
+		args = append(args, o.beforeCoord(mgmt)...)
+	}
 	if o.coordDir == "" {
 		o.coordDir = t.TempDir()
 	}

@@ -3,6 +3,7 @@ package coord
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 
@@ -40,6 +41,7 @@ var codes = slices.Concat(jsonapi.Shared, jsonapi.Codes{
 	{Code: "needs_operator", Err: ErrNeedsOperator},
 	{Code: "failed", Err: ErrFailed},
 	{Code: "no_capacity", Err: ErrNoCapacity},
+	{Code: "not_leader", Err: ErrNotLeader, Status: http.StatusMisdirectedRequest},
 })
 
 // refine gives an operation's error the sentinel a caller acts on: VMs
@@ -91,3 +93,8 @@ type failure string
 
 func (f failure) Error() string { return string(f) }
 func (f failure) Unwrap() error { return ErrFailed }
+
+// ErrNotLeader: this coordinator replica does not lead (or no longer
+// does): it neither writes the store nor drives operations; the CLI asks
+// the leader instead.
+var ErrNotLeader = errors.New("not the leading coordinator")

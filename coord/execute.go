@@ -74,7 +74,8 @@ func (e *executor) stepRequest(a machine.Action) (hostd.StepRequest, error) {
 		return hostd.StepRequest{}, fmt.Errorf("action %s: the coordinator has no hostd step for it: %w", a.Type, ErrInvalid)
 	}
 	op := e.rec.Op
-	req := hostd.StepRequest{ID: a.ID.String(), Op: a.ID.Op, Kind: kind, VM: a.VM, Lease: e.c.cfg.Lease, Deadline: a.Deadline}
+	req := hostd.StepRequest{ID: a.ID.String(), Op: a.ID.Op, Kind: kind, VM: a.VM, Lease: e.c.cfg.Lease, Deadline: a.Deadline,
+		Epoch: e.c.epoch()}
 	switch a.Type {
 	case machine.Prepare:
 		req.Prepare = &hostd.PrepareArgs{Operation: string(op.Kind), Freeze: a.Freeze}

@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"errors"
 	"net/http"
 	"slices"
 
@@ -25,6 +26,9 @@ var (
 	ErrMigration    = sentinel.ErrMigration
 	ErrUnauthorized = sentinel.ErrUnauthorized
 	ErrRAMFile      = sentinel.ErrRAMFile
+	// ErrStaleEpoch: a step came from a coordinator leader older than one
+	// this host has already obeyed (a deposed leader): refused.
+	ErrStaleEpoch = errors.New("step from a deposed coordinator leader (stale epoch)")
 )
 
 // errorCodes gives every sentinel a stable wire name and HTTP status. A
@@ -38,6 +42,7 @@ var errorCodes = slices.Concat(jsonapi.Shared, jsonapi.Codes{
 	{Code: "migration", Err: ErrMigration},
 	{Code: "unauthorized", Err: ErrUnauthorized, Status: http.StatusForbidden},
 	{Code: "ram_file", Err: ErrRAMFile},
+	{Code: "stale_epoch", Err: ErrStaleEpoch, Status: http.StatusConflict},
 })
 
 func codeOf(err error) string { return errorCodes.Of(err) }

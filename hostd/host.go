@@ -52,6 +52,8 @@ type Host struct {
 	// keys sign the checkpoint manifests this host writes and verify
 	// the ones it restores (sign.go).
 	keys *manifestKeys
+	// epoch fences off deposed coordinator leaders (epoch.go).
+	epoch epochFence
 }
 
 // VM is one VM known to this host.

@@ -81,6 +81,9 @@ func newStepState() *stepState {
 
 // Step runs one coordinator step, de-duplicated by its id.
 func (h *Host) Step(ctx context.Context, req StepRequest) StepResult {
+	if res, ok := h.admitEpoch(req); !ok {
+		return res
+	}
 	st := h.steps
 	for {
 		st.mu.Lock()

@@ -46,6 +46,9 @@ type Request struct {
 	// guest round without the operation's driver renewing it.
 	Lease    time.Duration `json:"lease_ns,omitempty"`
 	Deadline time.Time     `json:"deadline,omitzero"`
+	// Epoch is the coordinator leader's fencing token (0: a single
+	// coordinator, not fenced): a step from an older epoch is refused.
+	Epoch int64 `json:"epoch,omitempty"`
 
 	Prepare *PrepareArgs `json:"prepare,omitempty"` // prepare
 	Save    *SaveArgs    `json:"save,omitempty"`    // save, arm, point, wait-save, restore, delete-artifacts
