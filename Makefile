@@ -45,6 +45,7 @@ test: guest guest-mpi libsymvirt vet
 .PHONY: test-slow
 test-slow: guest guest-mpi libsymvirt
 	SYMVIRT_TEST_SLOW=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 40m -run '^TestPMPILAMMPSInVMs$$' -v ./e2e/mpi/
+	SYMVIRT_TEST_SLOW=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 40m -run '^TestHACoordChaos$$' -v ./coord/
 
 # Unit tests only (no QEMU, no root).
 test-short:
