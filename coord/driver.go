@@ -128,7 +128,7 @@ func (c *Coord) renewLeases(ctx context.Context, rec *OpRecord) {
 		}
 		for name, addr := range rec.Hosts {
 			rctx, cancel := context.WithTimeout(ctx, c.cfg.Lease/3)
-			if err := c.client(addr).RenewLeases(rctx, rec.Op.ID, c.cfg.Lease); err != nil && !errors.Is(err, context.Canceled) {
+			if err := c.client(addr).RenewLeases(rctx, rec.Op.ID, c.cfg.Lease, c.epoch()); err != nil && !errors.Is(err, context.Canceled) {
 				c.log.Debug("lease renewal", "host", name, "err", err)
 			}
 			cancel()

@@ -62,8 +62,13 @@ func (h *Host) hostRoutes(mux *http.ServeMux) {
 	handle(mux, "POST /v1/leases/renew", func(_ *http.Request, req struct {
 		Op    string        `json:"op"`
 		Lease time.Duration `json:"lease_ns"`
+		Epoch int64         `json:"epoch"`
 	}) (any, error) {
-		return map[string]int{"renewed": h.RenewLeases(req.Op, req.Lease)}, nil
+		n, err := h.RenewLeases(req.Op, req.Lease, req.Epoch)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]int{"renewed": n}, nil
 	})
 }
 

@@ -179,7 +179,8 @@ func (c *Client) Step(ctx context.Context, req StepRequest) (StepResult, error) 
 	return res, err
 }
 
-// RenewLeases extends an operation's leases on the host.
-func (c *Client) RenewLeases(ctx context.Context, op string, d time.Duration) error {
-	return c.do(ctx, "POST", "/v1/leases/renew", map[string]any{"op": op, "lease_ns": d}, nil)
+// RenewLeases extends an operation's leases on the host, as the
+// coordinator of the given epoch (0: a single coordinator).
+func (c *Client) RenewLeases(ctx context.Context, op string, d time.Duration, epoch int64) error {
+	return c.do(ctx, "POST", "/v1/leases/renew", map[string]any{"op": op, "lease_ns": d, "epoch": epoch}, nil)
 }

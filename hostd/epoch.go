@@ -25,39 +25,56 @@ type epochFence struct {
 func (h *Host) epochFile() string { return filepath.Join(h.cfg.StateDir, "coord-epoch") }
 
 // admitEpoch lets a step through unless it comes from an epoch older than
-// the highest seen; a newer epoch is persisted before its step runs. Steps
-// without an epoch (a single coordinator) are not fenced.
+// the highest seen (fenceEpoch).
 func (h *Host) admitEpoch(req StepRequest) (StepResult, bool) {
-	if req.Epoch == 0 {
-		return StepResult{}, true
+	if err := h.fenceEpoch(req.Epoch); err != nil {
+		return h.epochRefused(req, err), false
+	}
+	return StepResult{}, true
+}
+
+// fenceEpoch refuses a coordinator epoch older than the highest this host
+// has obeyed; a newer one is persisted before what it came with runs.
+// Epoch 0 (a single coordinator) is not fenced.
+func (h *Host) fenceEpoch(epoch int64) error {
+	if epoch == 0 {
+		return nil
 	}
 	f := &h.epoch
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !f.loaded {
-		data, err := os.ReadFile(h.epochFile())
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return h.epochRefused(req, fmt.Errorf("coordinator epoch: %w", err)), false
-		}
-		if err == nil {
-			if f.highest, err = strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64); err != nil {
-				return h.epochRefused(req, fmt.Errorf("coordinator epoch file %s: %w", h.epochFile(), err)), false
-			}
-		}
-		f.loaded = true
+	if err := h.loadEpoch(f); err != nil {
+		return err
 	}
 	switch {
-	case req.Epoch < f.highest:
-		return h.epochRefused(req, fmt.Errorf("%w: the step's epoch is %d, this host obeys epoch %d", ErrStaleEpoch,
-			req.Epoch, f.highest)), false
-	case req.Epoch > f.highest:
-		if err := atomicfile.WriteFile(h.epochFile(), []byte(strconv.FormatInt(req.Epoch, 10)+"\n"), 0o600); err != nil {
-			return h.epochRefused(req, fmt.Errorf("coordinator epoch %d not persisted: %w", req.Epoch, err)), false
+	case epoch < f.highest:
+		return fmt.Errorf("%w: the request's epoch is %d, this host obeys epoch %d", ErrStaleEpoch, epoch, f.highest)
+	case epoch > f.highest:
+		if err := atomicfile.WriteFile(h.epochFile(), []byte(strconv.FormatInt(epoch, 10)+"\n"), 0o600); err != nil {
+			return fmt.Errorf("coordinator epoch %d not persisted: %w", epoch, err)
 		}
-		h.log.Info("new coordinator epoch", "epoch", req.Epoch, "previous", f.highest)
-		f.highest = req.Epoch
+		h.log.Info("new coordinator epoch", "epoch", epoch, "previous", f.highest)
+		f.highest = epoch
 	}
-	return StepResult{}, true
+	return nil
+}
+
+// loadEpoch reads the persisted epoch once (f.mu held).
+func (h *Host) loadEpoch(f *epochFence) error {
+	if f.loaded {
+		return nil
+	}
+	data, err := os.ReadFile(h.epochFile())
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("coordinator epoch: %w", err)
+	}
+	if err == nil {
+		if f.highest, err = strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64); err != nil {
+			return fmt.Errorf("coordinator epoch file %s: %w", h.epochFile(), err)
+		}
+	}
+	f.loaded = true
+	return nil
 }
 
 func (h *Host) epochRefused(req StepRequest, err error) StepResult {

@@ -2,8 +2,10 @@ package hostd
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Steps carry the coordinator leader's epoch: a host obeys the highest it
@@ -36,5 +38,23 @@ func TestStepFromStaleEpochRefused(t *testing.T) {
 	}
 	if r := step(h2, "s6", 5); r.Code != "stale_epoch" {
 		t.Fatalf("epoch 5 after epoch 7: %+v, want stale_epoch", r)
+	}
+}
+
+// A deposed coordinator cannot keep an operation's leases alive either: a
+// renewal from an older epoch is refused, one from the current epoch (or
+// without one) is not.
+func TestLeaseRenewalFromStaleEpochRefused(t *testing.T) {
+	h := newHostAt(t, t.TempDir())
+	if r := h.Step(context.Background(), StepRequest{ID: "s1", Op: "op-1", Kind: StepAbort, VM: "nosuchvm", Epoch: 5}); r.Code == "stale_epoch" {
+		t.Fatalf("first epoch refused: %+v", r)
+	}
+	if _, err := h.RenewLeases("op-1", time.Minute, 3); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("renewal of epoch 3 after epoch 5: %v, want ErrStaleEpoch", err)
+	}
+	for _, epoch := range []int64{5, 0} {
+		if _, err := h.RenewLeases("op-1", time.Minute, epoch); err != nil {
+			t.Fatalf("renewal of epoch %d: %v", epoch, err)
+		}
 	}
 }

@@ -105,7 +105,7 @@ func renewLeases(ctx context.Context, op string, lease time.Duration, hosts ...*
 		defer close(done)
 		for ctx.Err() == nil {
 			for _, h := range hosts {
-				h.Client().RenewLeases(ctx, op, lease)
+				h.Client().RenewLeases(ctx, op, lease, 0)
 			}
 			select {
 			case <-ctx.Done():

@@ -235,8 +235,15 @@ func (h *Host) dropLease(vm string) {
 	h.updateRuntime(vm, func(rt *runtimeState) { rt.Lease = nil })
 }
 
-// RenewLeases extends every lease an operation holds on this host.
-func (h *Host) RenewLeases(op string, d time.Duration) int {
+// RenewLeases extends every lease an operation holds on this host, unless
+// the renewal comes from a deposed coordinator (an older epoch): its
+// operation is then left to expire.
+func (h *Host) RenewLeases(op string, d time.Duration, epoch int64) (int, error) {
+	if err := h.fenceEpoch(epoch); err != nil {
+		h.log.Warn("lease renewal refused", "op", op, "epoch", epoch, "err", err)
+		h.metrics.ops.WithLabelValues("lease_renew", codeOf(err)).Inc()
+		return 0, err
+	}
 	h.steps.mu.Lock()
 	defer h.steps.mu.Unlock()
 	n := 0
@@ -246,7 +253,7 @@ func (h *Host) RenewLeases(op string, d time.Duration) int {
 			n++
 		}
 	}
-	return n
+	return n, nil
 }
 
 // runStep executes a validated step and builds its result.
