@@ -209,26 +209,14 @@ func (c *Coord) hostViews(ctx context.Context, hosts []Host) map[string]hostView
 	return out
 }
 
-// hostUse sums the usage of each host's VMs.
-func hostUse(vms []placement.VM) map[string]placement.Resources {
-	out := map[string]placement.Resources{}
-	for _, v := range vms {
-		u := out[v.Host]
-		u.CPU += v.Use.CPU
-		u.Mem += v.Use.Mem
-		out[v.Host] = u
-	}
-	return out
-}
-
 // filledBelow lists the hosts running VMs whose fill (the larger of CPU
 // and memory, as a fraction of capacity) is below low.
 func filledBelow(hosts []placement.Host, vms []placement.VM, low float64) []string {
-	use := hostUse(vms)
+	use := placement.Loads(vms)
 	var out []string
 	for _, h := range hosts {
 		u, ok := use[h.Name]
-		if ok && !h.Drained && max(u.CPU/h.Capacity.CPU, float64(u.Mem)/float64(h.Capacity.Mem)) < low {
+		if ok && !h.Drained && h.Fill(u) < low {
 			out = append(out, h.Name)
 		}
 	}
@@ -238,7 +226,7 @@ func filledBelow(hosts []placement.Host, vms []placement.VM, low float64) []stri
 // overloaded lists the hosts whose VMs use more than high of their
 // capacity (CPU or memory).
 func overloaded(hosts []placement.Host, vms []placement.VM, high float64) []string {
-	use := hostUse(vms)
+	use := placement.Loads(vms)
 	var out []string
 	for _, h := range hosts {
 		if u := use[h.Name]; u.CPU > high*h.Capacity.CPU || float64(u.Mem) > high*float64(h.Capacity.Mem) {

@@ -130,9 +130,9 @@ func apply(at []string, moves []placement.Move) (Round, []string, error) {
 }
 
 func countOver(hosts []placement.Host, vms []placement.VM, high float64) int {
-	load, n := loads(vms), 0
+	load, n := placement.Loads(vms), 0
 	for _, h := range hosts {
-		if fill(h, load[h.Name]) > high+1e-9 {
+		if h.Fill(load[h.Name]) > high+1e-9 {
 			n++
 		}
 	}
@@ -142,9 +142,9 @@ func countOver(hosts []placement.Host, vms []placement.VM, high float64) int {
 // check gives the fullest host's fill and the anti-affinity groups that
 // share a host.
 func check(hosts []placement.Host, vms []placement.VM) (maxFill float64, shared int) {
-	load := loads(vms)
+	load := placement.Loads(vms)
 	for _, h := range hosts {
-		maxFill = max(maxFill, fill(h, load[h.Name]))
+		maxFill = max(maxFill, h.Fill(load[h.Name]))
 	}
 	seen := map[[2]string]bool{}
 	for _, v := range vms {

@@ -24,7 +24,7 @@ type Planner struct{ Policy placement.Policy }
 func (Planner) Name() string { return "planner" }
 
 func (p Planner) Round(hosts []placement.Host, vms []placement.VM) ([]placement.Move, string, error) {
-	load := loads(vms)
+	load := placement.Loads(vms)
 	var used placement.Resources
 	var carried placement.Resources
 	for _, h := range hosts {
@@ -32,7 +32,7 @@ func (p Planner) Round(hosts []placement.Host, vms []placement.VM) ([]placement.
 		if !ok {
 			continue
 		}
-		if fill(h, l) > p.Policy.High {
+		if h.Fill(l) > p.Policy.High {
 			plan, err := placement.ScaleOut(hosts, vms, p.Policy)
 			return plan.Moves, "scaleout", err
 		}
@@ -75,7 +75,7 @@ func (f FFD) Round(hosts []placement.Host, vms []placement.VM) ([]placement.Move
 			l := load[h.Name]
 			l.CPU += v.Use.CPU
 			l.Mem += v.Use.Mem
-			if !h.Drained && fill(h, l) <= f.Policy.Target+1e-9 && (v.AntiAffinity == "" || !groups[[2]string{v.AntiAffinity, h.Name}]) {
+			if !h.Drained && h.Fill(l) <= f.Policy.Target+1e-9 && (v.AntiAffinity == "" || !groups[[2]string{v.AntiAffinity, h.Name}]) {
 				to = h.Name
 				break
 			}
@@ -90,20 +90,4 @@ func (f FFD) Round(hosts []placement.Host, vms []placement.VM) ([]placement.Move
 		}
 	}
 	return moves, "place", nil
-}
-
-// fill is the fuller of a load's CPU and memory shares of h.
-func fill(h placement.Host, l placement.Resources) float64 {
-	return max(l.CPU/h.Capacity.CPU, float64(l.Mem)/float64(h.Capacity.Mem))
-}
-
-func loads(vms []placement.VM) map[string]placement.Resources {
-	m := map[string]placement.Resources{}
-	for _, v := range vms {
-		l := m[v.Host]
-		l.CPU += v.Use.CPU
-		l.Mem += v.Use.Mem
-		m[v.Host] = l
-	}
-	return m
 }
