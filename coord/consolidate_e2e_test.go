@@ -108,7 +108,7 @@ vms:
   - name: svc%d
     host: %s
     spec:
-      memory: 128M
+      memory: 160M
       kernel: %s
       initrd: %s
       append: "console=ttyS0 quiet panic=-1 symvirt.agent=1 symvirt.name=svc%d symvirt.ip=10.79.0.%d/24"
@@ -259,6 +259,9 @@ func (c *cluster) hostsInUse(nSvc int) map[string][]string {
 // services on one host start spinning: the host is above its high-water
 // mark and consolidate scales out, to a third host (the services'
 // anti-affinity partners fill the other one), taking back a drained host.
+// The service VMs have 160 MiB: at 128 the test guest's kernel, its
+// unpacked initramfs and guestd left so little that the guest's OOM killer
+// took guestd now and then on this machine.
 func TestConsolidateServicesLive(t *testing.T) {
 	const nSvc = 8
 	c, clientNS := consolCluster(t, nSvc)
