@@ -59,8 +59,10 @@ func (a *agent) onClone(sess *session, m guestproto.Message) {
 		// out (a console) competes with the CLONE for the CPU.
 		log.Info("CLONE done", append(phases, "took", time.Since(start))...)
 		// The clone's own first work, on its new identity; the host need
-		// not wait for it.
-		hctx, cancel := context.WithTimeout(sess.ctx, guestproto.CloneTimeout)
+		// not wait for it, nor stay connected: the hooks outlive the
+		// session (hostd ends it once the clone is ready), bounded by
+		// CloneTimeout.
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(sess.ctx), guestproto.CloneTimeout)
 		defer cancel()
 		a.scripts(cloneHookPhase, cloneHookPhase, m.ID, "").resume(hctx, nil)
 	}()
