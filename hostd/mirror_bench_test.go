@@ -21,7 +21,7 @@ import (
 // between two hosts that share no disk directory.
 type copyStorageRun struct {
 	Total      time.Duration // the migrate command, start to end
-	Pause      time.Duration // the guest's longest pause, on the host's clock
+	Pause      time.Duration // the guest's longest pause, on the host's clock (pauses)
 	Generation int           // the pattern's newest generation on the destination's disk, whole
 	Extra      map[string]any
 }
@@ -84,6 +84,36 @@ func emitCopyStorage(side string, r copyStorageRun) {
 	emitJSON(v)
 }
 
+// pauses measures the guest's pauses over a migration on the host's clock:
+// the longest gap in the source's console while the migration runs, the
+// switch-over (the source's last output to the destination's first), and
+// the longest gap on the destination's afterwards, while the guest writes
+// its pattern there.
+type pauses struct {
+	dst      string
+	src, on  *pausewatch.GapMonitor
+	sw       *switchWatch
+	switchAt time.Duration
+}
+
+func watchPauses(src, dst string) *pauses {
+	return &pauses{dst: dst, src: pausewatch.WatchGaps(src), sw: watchSwitch(src, dst)}
+}
+
+// switched is called once the migration returned.
+func (p *pauses) switched(t *testing.T) {
+	p.switchAt = p.sw.pause(t)
+	p.on = pausewatch.WatchGaps(p.dst)
+}
+
+// end returns the longest pause and the three figures.
+func (p *pauses) end() (time.Duration, map[string]any) {
+	src, dst := p.src.End(), p.on.End()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return max(src, p.switchAt, dst), map[string]any{"source_longest_gap_ms": ms(src),
+		"switch_over_pause_ms": ms(p.switchAt), "destination_longest_gap_ms": ms(dst)}
+}
+
 func emitJSON(v map[string]any) {
 	data, _ := json.Marshal(v)
 	fmt.Println(string(data))
@@ -110,17 +140,19 @@ func benchSymvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 		t.Fatal(err)
 	}
 	before := waitGen(t, serialLog(p.src, "bcs"), 2*patternBlocks, 3*time.Minute)
-	w := watchSwitch(serialLog(p.src, "bcs"), serialLog(p.dst, "bcs"))
+	pw := watchPauses(serialLog(p.src, "bcs"), serialLog(p.dst, "bcs"))
 	start := time.Now()
 	res, err := p.migrate(ctx, t, "bcs")
 	if err != nil {
 		t.Fatalf("symvirt migrate --copy-storage: %v\nsource:\n%s", err, p.src.Logs())
 	}
-	r := copyStorageRun{Total: time.Since(start), Pause: w.pause(t)}
+	r := copyStorageRun{Total: time.Since(start)}
+	pw.switched(t)
 	if err := os.Rename(disk, disk+".gone"); err != nil { // the destination must not need it
 		t.Fatal(err)
 	}
 	after := waitGen(t, serialLog(p.dst, "bcs"), before+2*patternBlocks, 3*time.Minute)
+	r.Pause, r.Extra = pw.end()
 	if _, err := p.dst.Client().Action(ctx, "bcs", "pause"); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +162,8 @@ func benchSymvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 		t.Fatalf("symvirt: the destination's disk holds generation %d, the guest printed %d", r.Generation, after)
 	}
 	verifyPreload(t, own, benchPreload)
-	r.Extra = map[string]any{"qemu_total_seconds": res.TotalTime.Seconds(), "qemu_downtime_ms": float64(res.Downtime.Microseconds()) / 1000}
+	r.Extra["qemu_total_seconds"] = res.TotalTime.Seconds()
+	r.Extra["qemu_downtime_ms"] = float64(res.Downtime.Microseconds()) / 1000
 	t.Logf("symvirt: %s in all, pause %s, QEMU total %s downtime %s, pattern whole at generation %d",
 		r.Total.Round(time.Millisecond), r.Pause.Round(time.Millisecond), res.TotalTime, res.Downtime, r.Generation)
 	return r
@@ -161,7 +194,7 @@ func benchLibvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 		t.Fatal(err)
 	}
 	before := waitGen(t, src.serial(name), 2*patternBlocks, 3*time.Minute)
-	w := watchSwitch(src.serial(name), dst.serial(name))
+	pw := watchPauses(src.serial(name), dst.serial(name))
 	start := time.Now()
 	out, err := src.virsh("migrate", "--live", "--copy-storage-all", "--verbose", name, dst.uri(),
 		"--migrateuri", "tcp://10.77.19.2", "--listen-address", "10.77.19.2")
@@ -169,15 +202,17 @@ func benchLibvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 		log, _ := os.ReadFile(src.path("libvirtd.log"))
 		t.Fatalf("libvirt migrate --copy-storage-all: %v\nsource libvirtd:\n%s", err, log[max(0, len(log)-3000):])
 	}
-	r := copyStorageRun{Total: time.Since(start), Pause: w.pause(t)}
+	r := copyStorageRun{Total: time.Since(start)}
+	pw.switched(t)
 	if err := os.Rename(src.image(name), src.image(name)+".gone"); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := dst.virsh("domstate", name); err != nil || !regexp.MustCompile(`running`).MatchString(st) {
 		t.Fatalf("libvirt destination: %q %v", st, err)
 	}
-	r.Extra = libvirtJobInfo(t, dst, name)
 	after := waitGen(t, dst.serial(name), before+2*patternBlocks, 3*time.Minute)
+	r.Pause, r.Extra = pw.end()
+	libvirtJobInfo(t, dst, name, r.Extra)
 	if _, err := dst.virsh("suspend", name); err != nil {
 		t.Fatal(err)
 	}
@@ -193,16 +228,15 @@ func benchLibvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 
 var jobInfoRE = regexp.MustCompile(`(?m)^(Time elapsed|Total downtime):\s+(\d+) ms`)
 
-// libvirtJobInfo is libvirt's own account of the finished migration (the
-// destination keeps it): its elapsed time and downtime.
-func libvirtJobInfo(t *testing.T, h *libvirtHost, name string) map[string]any {
+// libvirtJobInfo adds libvirt's own account of the finished migration (the
+// destination keeps it) to v: its elapsed time and downtime.
+func libvirtJobInfo(t *testing.T, h *libvirtHost, name string, v map[string]any) {
 	out, err := h.virsh("domjobinfo", name, "--completed")
 	if err != nil {
 		t.Logf("libvirt job info: %v", err)
-		return nil
+		return
 	}
 	t.Logf("libvirt job info (destination):\n%s", out)
-	v := map[string]any{}
 	for _, m := range jobInfoRE.FindAllStringSubmatch(out, -1) {
 		ms, _ := strconv.ParseFloat(m[2], 64)
 		if m[1] == "Time elapsed" {
@@ -211,5 +245,4 @@ func libvirtJobInfo(t *testing.T, h *libvirtHost, name string) map[string]any {
 			v["libvirt_downtime_ms"] = ms
 		}
 	}
-	return v
 }
