@@ -90,6 +90,7 @@ func emitCopyStorage(side string, r copyStorageRun) {
 // the longest gap on the destination's afterwards, while the guest writes
 // its pattern there.
 type pauses struct {
+	start    time.Time
 	dst      string
 	src, on  *pausewatch.GapMonitor
 	sw       *switchWatch
@@ -97,7 +98,7 @@ type pauses struct {
 }
 
 func watchPauses(src, dst string) *pauses {
-	return &pauses{dst: dst, src: pausewatch.WatchGaps(src), sw: watchSwitch(src, dst)}
+	return &pauses{start: time.Now(), dst: dst, src: pausewatch.WatchGaps(src), sw: watchSwitch(src, dst)}
 }
 
 // switched is called once the migration returned.
@@ -106,10 +107,14 @@ func (p *pauses) switched(t *testing.T) {
 	p.on = pausewatch.WatchGaps(p.dst)
 }
 
-// end returns the longest pause and the three figures.
-func (p *pauses) end() (time.Duration, map[string]any) {
+// end returns the longest pause and the three figures; it logs the
+// source's longest gaps, when they began after the migration's start.
+func (p *pauses) end(t *testing.T) (time.Duration, map[string]any) {
 	src, dst := p.src.End(), p.on.End()
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	for _, g := range p.src.Longest(3) {
+		t.Logf("source gap of %s at +%s", g.Len().Round(time.Millisecond), g.From.Sub(p.start).Round(time.Millisecond))
+	}
 	return max(src, p.switchAt, dst), map[string]any{"source_longest_gap_ms": ms(src),
 		"switch_over_pause_ms": ms(p.switchAt), "destination_longest_gap_ms": ms(dst)}
 }
@@ -141,7 +146,7 @@ func benchSymvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 	}
 	before := waitGen(t, serialLog(p.src, "bcs"), 2*patternBlocks, 3*time.Minute)
 	pw := watchPauses(serialLog(p.src, "bcs"), serialLog(p.dst, "bcs"))
-	start := time.Now()
+	start := pw.start
 	res, err := p.migrate(ctx, t, "bcs")
 	if err != nil {
 		t.Fatalf("symvirt migrate --copy-storage: %v\nsource:\n%s", err, p.src.Logs())
@@ -152,7 +157,7 @@ func benchSymvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 		t.Fatal(err)
 	}
 	after := waitGen(t, serialLog(p.dst, "bcs"), before+2*patternBlocks, 3*time.Minute)
-	r.Pause, r.Extra = pw.end()
+	r.Pause, r.Extra = pw.end(t)
 	if _, err := p.dst.Client().Action(ctx, "bcs", "pause"); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +200,7 @@ func benchLibvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 	}
 	before := waitGen(t, src.serial(name), 2*patternBlocks, 3*time.Minute)
 	pw := watchPauses(src.serial(name), dst.serial(name))
-	start := time.Now()
+	start := pw.start
 	out, err := src.virsh("migrate", "--live", "--copy-storage-all", "--verbose", name, dst.uri(),
 		"--migrateuri", "tcp://10.77.19.2", "--listen-address", "10.77.19.2")
 	if err != nil {
@@ -211,7 +216,7 @@ func benchLibvirtCopyStorage(t *testing.T, g patternGuest) copyStorageRun {
 		t.Fatalf("libvirt destination: %q %v", st, err)
 	}
 	after := waitGen(t, dst.serial(name), before+2*patternBlocks, 3*time.Minute)
-	r.Pause, r.Extra = pw.end()
+	r.Pause, r.Extra = pw.end(t)
 	libvirtJobInfo(t, dst, name, r.Extra)
 	if _, err := dst.virsh("suspend", name); err != nil {
 		t.Fatal(err)
