@@ -17,7 +17,14 @@
 //     it to its end (it finishes or rolls back), then frees the job.
 //
 // All of it is in a Store (bbolt by default); every Put is durable when it
-// returns.
+// returns. With etcd (store_etcd.go, ha.go) several replicas campaign and
+// only the leader serves and drives operations; each of its writes is
+// conditioned on its election key (its epoch), and the epoch travels with
+// every step and lease renewal so hostds refuse a deposed leader.
+//
+// Besides operations it places VMs: consolidate.go gathers usage from the
+// hostds and carries coord/placement's plan out as migrate operations;
+// boot.go starts a template's clones on the hosts that hold it.
 //
 // # What it does
 //
