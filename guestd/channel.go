@@ -232,7 +232,6 @@ type inbound struct {
 // flood or a write error only end the session: the next HELLO starts anew.
 func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt func(), virtio bool) error {
 	br := bufio.NewReaderSize(rw, 4096)
-	fr := guestproto.NewFrameReader(br)
 	frames := make(chan inbound)
 	readErr := make(chan error, 1)
 	writeErr := make(chan error, 1)
@@ -240,65 +239,8 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		for {
-			m, err := fr.ReadFrame()
-			if err != nil && virtio && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
-				// No host right now. The session is kept: the notice
-				// that the previous host left can arrive after the next
-				// host's HELLO (control and data queues are not ordered),
-				// and every new host starts with a HELLO anyway. A
-				// partial frame goes with the EOF.
-				br.Reset(rw)
-				select {
-				case <-stop:
-					return
-				case <-time.After(eofPoll):
-				}
-				continue
-			}
-			in := inbound{m: m}
-			if err != nil {
-				if !virtio || !(errors.Is(err, guestproto.ErrMalformed) || errors.Is(err, guestproto.ErrVersion)) {
-					readErr <- err
-					return
-				}
-				in.garbage = err
-			}
-			select {
-			case frames <- in:
-			case <-stop:
-				return
-			}
-			if in.garbage != nil {
-				if err := guestproto.Resync(br); err != nil {
-					readErr <- err
-					return
-				}
-			}
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		dl, _ := rw.(interface{ SetWriteDeadline(time.Time) error })
-		for {
-			select {
-			case f := <-out:
-				if dl != nil {
-					_ = dl.SetWriteDeadline(time.Now().Add(writeTimeout))
-				}
-				if _, err := rw.Write(f); err != nil {
-					select {
-					case writeErr <- err:
-					default:
-					}
-				}
-			case <-stop:
-				return
-			}
-		}
-	}()
+	go func() { defer wg.Done(); readFrames(rw, br, virtio, frames, readErr, stop) }()
+	go func() { defer wg.Done(); writeFrames(rw, out, writeErr, stop) }()
 
 	var sess *session
 	endSess := func(cause error) {
@@ -392,6 +334,71 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 				}
 				endSess(err)
 			}
+		}
+	}
+}
+
+// readFrames passes each frame read from br to frames until a read error
+// (sent on readErr) or stop. On virtio-serial an EOF only means no host
+// right now, and malformed frames are passed on as garbage, then skipped.
+func readFrames(rw io.Reader, br *bufio.Reader, virtio bool, frames chan<- inbound, readErr chan<- error, stop <-chan struct{}) {
+	fr := guestproto.NewFrameReader(br)
+	for {
+		m, err := fr.ReadFrame()
+		if err != nil && virtio && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			// No host right now. The session is kept: the notice
+			// that the previous host left can arrive after the next
+			// host's HELLO (control and data queues are not ordered),
+			// and every new host starts with a HELLO anyway. A
+			// partial frame goes with the EOF.
+			br.Reset(rw)
+			select {
+			case <-stop:
+				return
+			case <-time.After(eofPoll):
+			}
+			continue
+		}
+		in := inbound{m: m}
+		if err != nil {
+			if !virtio || !(errors.Is(err, guestproto.ErrMalformed) || errors.Is(err, guestproto.ErrVersion)) {
+				readErr <- err
+				return
+			}
+			in.garbage = err
+		}
+		select {
+		case frames <- in:
+		case <-stop:
+			return
+		}
+		if in.garbage != nil {
+			if err := guestproto.Resync(br); err != nil {
+				readErr <- err
+				return
+			}
+		}
+	}
+}
+
+// writeFrames writes each queued frame, with a deadline where the stream
+// has one; a failed write is reported on writeErr (once pending).
+func writeFrames(rw io.Writer, out <-chan []byte, writeErr chan<- error, stop <-chan struct{}) {
+	dl, _ := rw.(interface{ SetWriteDeadline(time.Time) error })
+	for {
+		select {
+		case f := <-out:
+			if dl != nil {
+				_ = dl.SetWriteDeadline(time.Now().Add(writeTimeout))
+			}
+			if _, err := rw.Write(f); err != nil {
+				select {
+				case writeErr <- err:
+				default:
+				}
+			}
+		case <-stop:
+			return
 		}
 	}
 }
