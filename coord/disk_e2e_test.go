@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -13,34 +12,6 @@ import (
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
-
-// diskPatternRC: the guest writes a checked pattern to /dev/vda for ever
-// (as hostd's TestDiskCheckpointChain guest: block n%64 gets
-// "symvirt-pattern <n>", fsynced; every 16 writes every block is read back
-// from the disk and checked against what the guest's RAM says it wrote).
-const diskPatternRC = `#!/bin/sh
-( blocks=64; n=0
-  while :; do
-    i=$((n % blocks))
-    printf 'symvirt-pattern %08d\n' $n | dd of=/dev/vda bs=65536 seek=$i conv=notrunc,fsync 2>/dev/null
-    n=$((n + 1))
-    if [ $((n % 16)) -eq 0 ]; then
-      sync; echo 3 > /proc/sys/vm/drop_caches
-      bad=""; i=0
-      while [ $i -lt $blocks ]; do
-        got=$(dd if=/dev/vda bs=512 skip=$((i * 128)) count=1 2>/dev/null | head -n1 | tr -d '\0')
-        want=""
-        last=$((n - 1))
-        if [ $last -ge $i ]; then want=$(printf 'symvirt-pattern %08d' $((last - (last - i) % blocks))); fi
-        if [ "$got" != "$want" ]; then bad="$bad block $i got '$got' want '$want';"; fi
-        i=$((i + 1))
-      done
-      if [ -z "$bad" ]; then echo "symvirt-pattern-ok $n"; else echo "symvirt-pattern-BAD $n:$bad"; fi
-    fi
-  done ) &
-`
-
-var diskOKRE = regexp.MustCompile(`symvirt-pattern-ok \d+`)
 
 // waitDiskChecks waits for more good checks of the guest's disk in log
 // past offset from, failing on a bad one; it returns the log's length.
@@ -53,11 +24,11 @@ func waitDiskChecks(t *testing.T, log string, from, more int) int {
 		if i := strings.Index(string(tail), "symvirt-pattern-BAD"); i >= 0 {
 			t.Fatalf("the guest found its disk pattern broken: %s", strings.SplitN(string(tail[i:]), "\n", 2)[0])
 		}
-		if len(diskOKRE.FindAll(tail, -1)) >= more {
+		if len(testguest.DiskPatternOK.FindAll(tail, -1)) >= more {
 			return len(data)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d disk checks since offset %d, want %d", log, len(diskOKRE.FindAll(tail, -1)), from, more)
+			t.Fatalf("%s: %d disk checks since offset %d, want %d", log, len(testguest.DiskPatternOK.FindAll(tail, -1)), from, more)
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -78,7 +49,7 @@ func TestJobDiskCheckpointsRemoveMiddle(t *testing.T) {
 			t.Fatalf("%v: %v: %s", args, err, out)
 		}
 	}
-	initrd := testguest.Initrd(t, map[string]testguest.File{"/etc/symvirt/rc.d/30-pattern": {Mode: 0o755, Data: []byte(diskPatternRC)}})
+	initrd := testguest.Initrd(t, map[string]testguest.File{"/etc/symvirt/rc.d/30-pattern": {Mode: 0o755, Data: []byte(testguest.DiskPatternScript(64))}})
 	job := fmt.Sprintf(`name: jd
 vms:
   - name: vm1

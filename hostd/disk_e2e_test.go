@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,36 +16,6 @@ import (
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
-
-// diskPatternScript makes the guest write a checked pattern to /dev/vda for
-// ever: write n goes to 64 KiB block n%blocks as the line
-// "symvirt-pattern <n>" (fsynced); every 16 writes it drops its caches and
-// reads every block back from the disk, expecting in each the last n that
-// went there (as its RAM remembers), and prints pattern-ok or pattern-BAD.
-// A disk restored from another instant than the RAM shows as BAD.
-const diskPatternScript = `#!/bin/sh
-( blocks=128; n=0
-  while :; do
-    i=$((n % blocks))
-    printf 'symvirt-pattern %08d\n' $n | dd of=/dev/vda bs=65536 seek=$i conv=notrunc,fsync 2>/dev/null
-    n=$((n + 1))
-    if [ $((n % 16)) -eq 0 ]; then
-      sync; echo 3 > /proc/sys/vm/drop_caches
-      bad=""; i=0
-      while [ $i -lt $blocks ]; do
-        got=$(dd if=/dev/vda bs=512 skip=$((i * 128)) count=1 2>/dev/null | head -n1 | tr -d '\0')
-        want=""
-        last=$((n - 1))
-        if [ $last -ge $i ]; then want=$(printf 'symvirt-pattern %08d' $((last - (last - i) % blocks))); fi
-        if [ "$got" != "$want" ]; then bad="$bad block $i got '$got' want '$want';"; fi
-        i=$((i + 1))
-      done
-      if [ -z "$bad" ]; then echo "symvirt-pattern-ok $n"; else echo "symvirt-pattern-BAD $n:$bad"; fi
-    fi
-  done ) &
-`
-
-var patternOKRE = regexp.MustCompile(`symvirt-pattern-ok (\d+)`)
 
 // diskHostd is a hostd whose disks live in their own directory.
 func diskHostd(t *testing.T) (*testenv.Hostd, string) {
@@ -65,7 +34,7 @@ func diskHostd(t *testing.T) (*testenv.Hostd, string) {
 func patternSpec(t *testing.T, name, disks string) hostd.Spec {
 	kernel, _ := testguest.Paths(t)
 	initrd := testguest.Initrd(t, map[string]testguest.File{
-		"/etc/symvirt/rc.d/30-pattern": {Mode: 0o755, Data: []byte(diskPatternScript)},
+		"/etc/symvirt/rc.d/30-pattern": {Mode: 0o755, Data: []byte(testguest.DiskPatternScript(128))},
 	})
 	img := filepath.Join(disks, name+".qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "2G")
@@ -92,11 +61,11 @@ func waitPattern(t *testing.T, log string, seen, more int) int {
 		if i := strings.Index(string(data), "symvirt-pattern-BAD"); i >= 0 {
 			t.Fatalf("the guest found its disk pattern broken: %s", strings.SplitN(string(data[i:]), "\n", 2)[0])
 		}
-		if n := len(patternOKRE.FindAll(data, -1)); n >= seen+more {
+		if n := len(testguest.DiskPatternOK.FindAll(data, -1)); n >= seen+more {
 			return n
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d disk checks, want %d", log, len(patternOKRE.FindAll(data, -1)), seen+more)
+			t.Fatalf("%s: %d disk checks, want %d", log, len(testguest.DiskPatternOK.FindAll(data, -1)), seen+more)
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
