@@ -19,35 +19,8 @@ import (
 // each is ready with its time reported, and they form a job; hosts asked
 // for that lack the template are refused before anything starts.
 func TestBootClonesAcrossHosts(t *testing.T) {
-	testenv.RequireRoot(t)
-	kernel, initrd := testguest.Paths(t)
-	a := testenv.StartHostd(t, "a", nil, "", "")
-	b := testenv.StartHostd(t, "b", nil, "", "")
-	c := testenv.StartCoord(t, nil, t.TempDir(), nil)
-	spec := filepath.Join(t.TempDir(), "small.yaml")
-	os.WriteFile(spec, []byte(fmt.Sprintf(`name: small
-memory: 256M
-vcpus: 1
-kernel: %s
-initrd: %s
-append: "console=ttyS0 quiet panic=-1 symvirt.agent=1"
-nics: [{id: net0, model: virtio-net-pci}]
-guest_channel: {type: virtio-serial}
-`, kernel, initrd)), 0o600)
-	cli := func(args ...string) string {
-		t.Helper()
-		out, err := c.CLI(t, args...)
-		if err != nil {
-			t.Fatalf("symvirt %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
-	cli("hosts", "add", "a", a.Socket())
-	cli("hosts", "add", "b", b.Socket())
+	c, cli, a, b := bootSetup(t)
 	cli("hosts", "add", "c", t.TempDir()+"/none.sock") // no template (no hostd either)
-	for _, h := range []*testenv.Hostd{a, b} {
-		t.Log(strings.TrimSpace(cli("template", "create", "small", "--from", spec, "--host", h.Socket())))
-	}
 	if out := cli("template", "list", "--host", a.Socket()); !strings.Contains(out, "small") {
 		t.Fatalf("template list:\n%s", out)
 	}
@@ -87,4 +60,39 @@ guest_channel: {type: virtio-serial}
 	if len(vms) != 2 {
 		t.Errorf("b runs %d VMs, want 2", len(vms))
 	}
+}
+
+// bootSetup starts a coordinator and two hostds a and b, each with the
+// template "small" of the test guest, and returns a CLI runner that fails
+// the test on error.
+func bootSetup(t *testing.T) (*testenv.Coord, func(args ...string) string, *testenv.Hostd, *testenv.Hostd) {
+	testenv.RequireRoot(t)
+	kernel, initrd := testguest.Paths(t)
+	a := testenv.StartHostd(t, "a", nil, "", "")
+	b := testenv.StartHostd(t, "b", nil, "", "")
+	c := testenv.StartCoord(t, nil, t.TempDir(), nil)
+	spec := filepath.Join(t.TempDir(), "small.yaml")
+	os.WriteFile(spec, []byte(fmt.Sprintf(`name: small
+memory: 256M
+vcpus: 1
+kernel: %s
+initrd: %s
+append: "console=ttyS0 quiet panic=-1 symvirt.agent=1"
+nics: [{id: net0, model: virtio-net-pci}]
+guest_channel: {type: virtio-serial}
+`, kernel, initrd)), 0o600)
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := c.CLI(t, args...)
+		if err != nil {
+			t.Fatalf("symvirt %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	cli("hosts", "add", "a", a.Socket())
+	cli("hosts", "add", "b", b.Socket())
+	for _, h := range []*testenv.Hostd{a, b} {
+		t.Log(strings.TrimSpace(cli("template", "create", "small", "--from", spec, "--host", h.Socket())))
+	}
+	return c, cli, a, b
 }

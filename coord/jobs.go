@@ -36,6 +36,12 @@ type Job struct {
 	// AntiAffinity is the group of every VM of the job that names none
 	// (consolidate: the group's VMs stay on distinct hosts).
 	AntiAffinity string `json:"anti_affinity,omitempty" yaml:"anti_affinity,omitempty"`
+	// Template and Count ask for Count clones of a template instead of
+	// listing VMs (see BootRequest); Hosts and Parallel are as for a boot.
+	Template string   `json:"template,omitempty" yaml:"template,omitempty"`
+	Count    int      `json:"count,omitempty" yaml:"count,omitempty"`
+	Hosts    []string `json:"hosts,omitempty" yaml:"hosts,omitempty"`
+	Parallel int      `json:"parallel,omitempty" yaml:"parallel,omitempty"`
 }
 
 // AddHost registers (or updates) a hostd.
@@ -70,6 +76,9 @@ func (c *Coord) hostMap() (map[string]string, error) {
 // CreateJob records a job; VMs with a spec are created and started on
 // their hosts first (all or nothing).
 func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
+	if j.Clones() {
+		return c.createCloneJob(ctx, j)
+	}
 	if err := validateJob(j); err != nil {
 		return j, err
 	}

@@ -114,12 +114,19 @@ func jobsCommand() *cli.Command {
 			Name: "create", Usage: "create a job from a file (VMs with a spec are created and started)",
 			Description: "The file (YAML) names the job and its VMs, each on a host (a name from `symvirt hosts`):\n\n" +
 				"   name: mpi-job\n   vms:\n     - name: vm1\n       host: node1\n       spec:            # optional: a VM spec; without it the VM must exist on the host\n" +
-				"         memory: 1G\n         kernel: /srv/images/vmlinuz\n         initrd: /srv/images/initrd.img\n     - {name: vm2, host: node2}",
+				"         memory: 1G\n         kernel: /srv/images/vmlinuz\n         initrd: /srv/images/initrd.img\n     - {name: vm2, host: node2}\n\n" +
+				"Or, instead of vms, N clones of a template (as `symvirt boot`: placed by the coordinator, VMs NAME-0 .. NAME-(N-1),\n" +
+				"progress and each VM's time to guestd-ready shown):\n\n" +
+				"   name: web\n   template: small\n   count: 100\n   hosts: [node1, node2]   # optional: default every host that has the template\n   parallel: 2             # optional: clones each host starts at once",
 			Flags: []cli.Flag{&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "job file (YAML)"}},
 			Action: func(ctx context.Context, cmd *cli.Command) error {
 				j, err := loadJob(cmd.String("file"))
 				if err != nil {
 					return err
+				}
+				if j.Clones() {
+					req, _ := j.BootRequest() // loadJob checked it
+					return bootWithProgress(ctx, cmd, req)
 				}
 				return change(ctx, cmd, "POST", "/v1/jobs", j, &j, func(w io.Writer) {
 					fmt.Fprintf(w, "job %s created: %s\n", j.Name, jobVMs(j))
@@ -175,6 +182,12 @@ func loadJob(file string) (coord.Job, error) {
 	dec.KnownFields(true)
 	if err := dec.Decode(&j); err != nil {
 		return j, fmt.Errorf("%s: %w: %v", file, coord.ErrInvalid, err)
+	}
+	if j.Clones() {
+		if _, err := j.BootRequest(); err != nil {
+			return j, fmt.Errorf("%s: %w", file, err)
+		}
+		return j, nil
 	}
 	for i := range j.VMs {
 		if s := j.VMs[i].Spec; s != nil {

@@ -114,14 +114,6 @@ func bootCommand() *cli.Command {
 }
 
 func runBoot(ctx context.Context, cmd *cli.Command) error {
-	out, err := output(cmd)
-	if err != nil {
-		return err
-	}
-	c, err := coordClient(cmd)
-	if err != nil {
-		return err
-	}
 	req := coord.BootRequest{Template: cmd.String("template"), Count: int(cmd.Int("count")),
 		Job: cmd.String("job"), Parallel: int(cmd.Int("parallel"))}
 	if req.Job == "" {
@@ -131,6 +123,20 @@ func runBoot(ctx context.Context, cmd *cli.Command) error {
 		if h = strings.TrimSpace(h); h != "" {
 			req.Hosts = append(req.Hosts, h)
 		}
+	}
+	return bootWithProgress(ctx, cmd, req)
+}
+
+// bootWithProgress runs a boot (symvirt boot, or jobs create of a job
+// with count:), showing VMs ready / N as they come, then each VM's time.
+func bootWithProgress(ctx context.Context, cmd *cli.Command, req coord.BootRequest) error {
+	out, err := output(cmd)
+	if err != nil {
+		return err
+	}
+	c, err := coordClient(cmd)
+	if err != nil {
+		return err
 	}
 	p := cliutil.NewProgress("boot "+req.Job, true)
 	res, err := c.Boot(ctx, req, func(b coord.BootProgress) {
