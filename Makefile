@@ -93,3 +93,21 @@ clean:
 .PHONY: sim-consolidate
 sim-consolidate:
 	$(GO) run ./cmd/symvirt-sim consolidate
+
+# The boot simulation (1,000 VMs on 100 hosts: fan-out tree, whole-image
+# copies, one central NBD server), calibrated with per-phase times measured
+# here once (as root, under the e2e lock: namespaces and QEMU);
+# sim-boot-calibrate measures again.
+BOOTSIM_CAL := build/bootsim-calibration.json
+.PHONY: sim-boot sim-boot-calibrate
+sim-boot: $(BOOTSIM_CAL)
+	$(GO) run ./cmd/symvirt-sim boot --calibration $(BOOTSIM_CAL)
+
+$(BOOTSIM_CAL):
+	@mkdir -p build
+	SYMVIRT_BOOTSIM_CALIBRATION=$(CURDIR)/$(BOOTSIM_CAL) flock /tmp/symvirt-e2e.lock \
+		$(GO) test -count=1 -v -run '^TestCalibrateBoot$$' ./coord/bootsim/
+
+sim-boot-calibrate:
+	rm -f $(BOOTSIM_CAL)
+	$(MAKE) $(BOOTSIM_CAL)

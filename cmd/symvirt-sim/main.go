@@ -1,7 +1,9 @@
-// Command symvirt-sim runs the placement simulations: synthetic traces
-// replayed against the planners, no hosts or VMs involved.
+// Command symvirt-sim runs the simulations: synthetic traces replayed
+// against the placement planners, and the boot of many VMs from one
+// image; no hosts or VMs involved.
 //
 //	symvirt-sim consolidate [--hosts 100 --vms 1000 --hours 24 --step 5m --seed 1 --output table|json]
+//	symvirt-sim boot [--calibration build/bootsim-calibration.json --hosts 100 --vms 1000 --degree 2 ...]
 package main
 
 import (
@@ -17,6 +19,7 @@ var commands = map[string]struct {
 	brief string
 }{
 	"consolidate": {runConsolidate, "the planner (with hysteresis) against first-fit decreasing from scratch, over a day of diurnal load"},
+	"boot":        {runBoot, "time to boot N VMs on H hosts: fan-out tree of caches against whole-image copies and one central NBD server"},
 }
 
 func main() {

@@ -86,10 +86,14 @@ func Default() Config {
 
 // Conn is one NBD connection's throughput: the stream cap, or fewer
 // requests in flight than the latency allows.
-func (c Config) Conn() float64 {
+func (c Config) Conn() float64 { return c.conn(1) }
+
+// conn is a connection's throughput when each read waits for hops
+// round trips (a miss forwarded up a tree).
+func (c Config) conn(hops int) float64 {
 	r := c.Stream
 	if c.Latency > 0 && c.QueueDepth > 0 && c.Block > 0 {
-		r = min(r, float64(c.QueueDepth)*float64(c.Block)/c.Latency.Seconds())
+		r = min(r, float64(c.QueueDepth)*float64(c.Block)/(c.Latency.Seconds()*float64(hops)))
 	}
 	return r
 }

@@ -128,14 +128,15 @@ func (s *sim) move() {
 		flows[0].cap = s.c.Disk
 	}
 	dst := []int{-1} // host (>= 0) or ^VM the flow fills
+	hops := s.hops()
 	for h := 1; h < s.c.Hosts; h++ {
 		p := s.parent(h)
 		if s.have[h] >= s.target || (s.mode == Tree && readers[h] == 0) || s.mode == Central {
 			continue
 		}
-		cap := s.c.Conn()
-		if s.mode == Copy {
-			cap = s.c.Stream // a bulk copy keeps enough requests in flight
+		cap := s.c.Stream // a bulk copy keeps enough requests in flight
+		if s.mode == Tree {
+			cap = s.c.conn(hops[h])
 		}
 		flows = append(flows, flow{cap: s.avail(cap, s.have[p], s.have[h], s.in[p]), nics: [2]int{p, h}})
 		dst = append(dst, h)
@@ -151,6 +152,21 @@ func (s *sim) move() {
 	share(flows, s.c.NIC, s.c.Hosts)
 	s.apply(flows, dst)
 	s.readLocal()
+}
+
+// hops is, for each host of a tree, how many hops its reads wait for: a
+// read that misses on a parent which has caught up with its own parent
+// misses there too, up to the first node that is ahead (or the seed).
+func (s *sim) hops() []int {
+	n := make([]int, s.c.Hosts)
+	for h := 1; h < s.c.Hosts && s.mode == Tree; h++ {
+		p := Parent(h, s.c.Degree)
+		n[h] = 1
+		if p > 0 && s.have[Parent(p, s.c.Degree)]-s.have[p] < s.c.Conn()*s.dt {
+			n[h] += n[p]
+		}
+	}
+	return n
 }
 
 // parent is where host h fetches from: its tree parent, or the seed.

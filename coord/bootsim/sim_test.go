@@ -153,3 +153,40 @@ func TestInvalid(t *testing.T) {
 		t.Errorf("past the limit: %v", err)
 	}
 }
+
+func TestCalibrationApply(t *testing.T) {
+	cal := Calibration{Figures: []Figure{{Name: FigOverlay, Value: 0.004}, {Name: FigStart, Value: 0.03},
+		{Name: FigResume, Value: 0.07}, {Name: FigLatency, Value: 0.0005}, {Name: FigBlock, Value: 65536},
+		{Name: FigStream, Value: 8e8}, {Name: FigLocal, Value: 3e9}}}
+	c, err := cal.Apply(Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Overlay != 4*time.Millisecond || c.Start != 30*time.Millisecond || c.Resume != 70*time.Millisecond ||
+		c.Latency != 500*time.Microsecond || c.Block != 65536 || c.Stream != 8e8 || c.Local != 3e9 {
+		t.Fatalf("applied: %+v", c)
+	}
+	// 8 requests of 64 KiB per 0.5 ms: about 1 GB/s, above the stream cap.
+	if c.Conn() != 8e8 {
+		t.Errorf("connection rate %v, want the stream cap", c.Conn())
+	}
+	if _, err := (Calibration{Figures: []Figure{{Name: FigStream, Value: 0}}}).Apply(Default()); !errors.Is(err, ErrConfig) {
+		t.Errorf("a zero throughput: %v", err)
+	}
+}
+
+// A VM reading from the central server waits a round trip per request:
+// with QueueDepth requests of Block in flight, its rate is
+// QueueDepth*Block/Latency (below the stream cap), and so is a tree
+// host's fetch from a parent that holds the blocks.
+func TestLatencyBound(t *testing.T) {
+	c := base()
+	c.Hosts, c.VMs = 2, 2
+	c.Block, c.QueueDepth, c.Latency = 1e6, 2, 20*time.Millisecond // 100 MB/s
+	if got := c.conn(3); math.Abs(got-c.Conn()/3) > 1 {
+		t.Errorf("three hops: %v, want a third of %v", got, c.Conn())
+	}
+	want := phases(c) + float64(c.Read)/c.Conn()
+	near(t, "central, one remote VM", run(t, c, Central).Ready, want)
+	near(t, "tree, one remote host", run(t, c, Tree).Ready, want)
+}
