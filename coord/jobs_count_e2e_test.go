@@ -1,6 +1,7 @@
 package coord_test
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,7 +14,8 @@ import (
 // `symvirt jobs create -f` of a job file with template: and count: boots
 // the clones through the coordinator's boot: one on each host, each with
 // its time to guestd-ready, recorded as the job; a second job of the same
-// name is refused, and the text output shows each VM and the total.
+// name is refused, the text output shows each VM and the total, and
+// the API's POST /v1/jobs takes the same job.
 func TestJobsCreateCount(t *testing.T) {
 	c, cli, _, _ := bootSetup(t)
 	dir := t.TempDir()
@@ -57,4 +59,11 @@ func TestJobsCreateCount(t *testing.T) {
 		t.Fatalf("text output:\n%s", text)
 	}
 	t.Log(text)
+	// The API's job creation takes the same job (no progress: one reply).
+	var api coord.Job
+	err := coord.NewClient(c.Socket(), nil).Do(context.Background(), "POST", "/v1/jobs",
+		coord.Job{Name: "api", Template: "small", Count: 1}, &api)
+	if err != nil || len(api.VMs) != 1 || api.VMs[0].Name != "api-0" {
+		t.Fatalf("POST /v1/jobs with count: %+v %v", api, err)
+	}
 }
