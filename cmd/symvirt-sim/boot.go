@@ -24,6 +24,7 @@ type bootReport struct {
 	Config      bootsim.Config      `json:"config"`
 	Results     []bootsim.Result    `json:"results"`
 	Degrees     []bootsim.Result    `json:"degrees"`
+	Variants    []variant           `json:"variants"`
 	TargetMet   bool                `json:"target_met"`
 }
 
@@ -75,12 +76,54 @@ func runBoot(args []string, out io.Writer) error {
 		}
 		rep.Degrees = append(rep.Degrees, r)
 	}
+	if rep.Variants, err = variants(c); err != nil {
+		return err
+	}
 	if *output == "json" {
 		e := json.NewEncoder(out)
 		e.SetIndent("", "  ")
 		return e.Encode(rep)
 	}
 	return bootTable(out, rep)
+}
+
+// variant is (a) with one assumption changed.
+type variant struct {
+	Change string         `json:"change"`
+	Result bootsim.Result `json:"result"`
+}
+
+// variants reruns (a) with each assumed figure changed, to show how much
+// the prediction rests on it.
+func variants(c bootsim.Config) ([]variant, error) {
+	type change struct {
+		name string
+		set  func(*bootsim.Config)
+	}
+	var out []variant
+	for _, ch := range []change{
+		{"read set 128 MiB", func(c *bootsim.Config) { c.Read = 128 << 20 }},
+		{"read set 2 GiB", func(c *bootsim.Config) { c.Read = 2 << 30 }},
+		{"read set 4 GiB", func(c *bootsim.Config) { c.Read = 4 << 30 }},
+		{"NIC 1 Gbit/s", func(c *bootsim.Config) { c.NIC = 1e9 / 8 }},
+		{"NIC 25 Gbit/s", func(c *bootsim.Config) { c.NIC = 25e9 / 8 }},
+		{"seed disk 100 MB/s", func(c *bootsim.Config) { c.Disk = 100e6 }},
+		{"1 NBD request in flight", func(c *bootsim.Config) { c.QueueDepth = 1 }},
+		{"1 VM started at once per host", func(c *bootsim.Config) { c.Parallel = 1 }},
+		{"10 VMs started at once per host", func(c *bootsim.Config) { c.Parallel = 10 }},
+	} {
+		v := c
+		ch.set(&v)
+		if v.Read > v.Image {
+			continue
+		}
+		r, err := bootsim.Run(v, bootsim.Tree)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, variant{ch.name, r})
+	}
+	return out, nil
 }
 
 // loadCalibration reads the calibration file; "none" gives placeholders.
@@ -131,6 +174,12 @@ func bootTable(out io.Writer, rep bootReport) error {
 	fmt.Fprintln(w, "degree\tdepth\tall ready\tseed served\t")
 	for i, r := range rep.Degrees {
 		fmt.Fprintf(w, "%d\t%d\t%s\t%s\t\n", i+1, r.Depth, secs(r.Ready), cliutil.Bytes(r.SeedServed))
+	}
+	w.Flush()
+	fmt.Fprintf(out, "\n(a), degree %d, with one assumption changed:\n", c.Degree)
+	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	for _, v := range rep.Variants {
+		fmt.Fprintf(w, "%s\t%s\t\n", v.Change, secs(v.Result.Ready))
 	}
 	w.Flush()
 	verdict := "met"
