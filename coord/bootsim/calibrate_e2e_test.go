@@ -192,7 +192,7 @@ guest_channel: {type: virtio-serial}
 	}
 	src := fmt.Sprintf("measured: median of %d clones of a 256 MiB test-guest template on one hostd", cloneRuns)
 	return []bootsim.Figure{
-		{Name: bootsim.FigStart, Value: median(start), Unit: "s", Source: src + ", hostd's start_ns (QEMU process to QMP ready)"},
+		{Name: bootsim.FigStart, Value: median(start), Unit: "s", Source: src + ", hostd's start_ns (clone request to QEMU running with its QMP connected)"},
 		{Name: bootsim.FigResume, Value: median(resume), Unit: "s", Source: src + ", ready_ns - start_ns (state loaded, guestd ready and re-identified)"},
 		{Name: bootsim.FigHostReady, Value: median(ready), Unit: "s", Source: src + ", ready_ns (request to guestd ready)"},
 	}
