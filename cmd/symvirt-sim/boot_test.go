@@ -50,3 +50,35 @@ func TestBootCommand(t *testing.T) {
 		t.Errorf("missing calibration: %v", err)
 	}
 }
+
+// The calibration measured on the development VM (make
+// sim-boot-calibrate, 2026-12-05; docs/templates.md quotes its
+// prediction) still predicts 1,000 VMs on 100 hosts ready within the
+// target over the tree, and far later by the two other ways.
+func TestBootPredictionDevVM(t *testing.T) {
+	cal, err := loadCalibration(filepath.Join("testdata", "bootsim-calibration-devvm.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{bootsim.FigOverlay, bootsim.FigStart, bootsim.FigResume, bootsim.FigLatency, bootsim.FigStream} {
+		if f, ok := cal.Get(name); !ok || !strings.HasPrefix(f.Source, "measured") {
+			t.Errorf("figure %s: %+v", name, f)
+		}
+	}
+	c, err := cal.Apply(bootsim.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := bootsim.Run(c, bootsim.Tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	central, err := bootsim.Run(c, bootsim.Central)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("1,000 VMs on 100 hosts: tree %v, central %v", tree.Ready, central.Ready)
+	if tree.Ready >= bootTarget || central.Ready < 10*tree.Ready {
+		t.Errorf("tree %v (target %v), central %v", tree.Ready, bootTarget, central.Ready)
+	}
+}
