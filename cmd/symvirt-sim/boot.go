@@ -41,6 +41,9 @@ func runBoot(args []string, out io.Writer) error {
 	diskMBps := fs.Float64("disk-mbps", 500, "the seed's disk, MB/s")
 	fs.IntVar(&c.QueueDepth, "queue-depth", c.QueueDepth, "NBD requests in flight per connection")
 	fs.IntVar(&c.Parallel, "parallel", c.Parallel, "VMs each host starts at once")
+	fs.IntVar(&c.Kill, "kill", 0, "(a): this host (not the seed) dies at --kill-at; its children re-parent after --detect")
+	fs.DurationVar(&c.KillAt, "kill-at", time.Second, "when --kill dies")
+	fs.DurationVar(&c.Detect, "detect", time.Second, "how long a dead parent takes to notice")
 	fs.DurationVar(&c.Step, "step", c.Step, "simulation time step")
 	output := fs.String("output", "table", "table or json")
 	if err := fs.Parse(args); err != nil {
@@ -111,6 +114,7 @@ func variants(c bootsim.Config) ([]variant, error) {
 		{"1 NBD request in flight", func(c *bootsim.Config) { c.QueueDepth = 1 }},
 		{"1 VM started at once per host", func(c *bootsim.Config) { c.Parallel = 1 }},
 		{"10 VMs started at once per host", func(c *bootsim.Config) { c.Parallel = 10 }},
+		{"host 1 (below the seed) dies at 1 s, noticed in 1 s", func(c *bootsim.Config) { c.Kill, c.KillAt, c.Detect = 1, time.Second, time.Second }},
 	} {
 		v := c
 		ch.set(&v)
@@ -179,7 +183,11 @@ func bootTable(out io.Writer, rep bootReport) error {
 	fmt.Fprintf(out, "\n(a), degree %d, with one assumption changed:\n", c.Degree)
 	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	for _, v := range rep.Variants {
-		fmt.Fprintf(w, "%s\t%s\t\n", v.Change, secs(v.Result.Ready))
+		lost := ""
+		if v.Result.Lost > 0 {
+			lost = fmt.Sprintf("(%d VMs on the dead host lost)", v.Result.Lost)
+		}
+		fmt.Fprintf(w, "%s\t%s\t  %s\n", v.Change, secs(v.Result.Ready), lost)
 	}
 	w.Flush()
 	verdict := "met"

@@ -63,6 +63,11 @@ type Config struct {
 	Overlay time.Duration `json:"overlay_ns"`
 	Start   time.Duration `json:"qemu_start_ns"`
 	Resume  time.Duration `json:"resume_ns"`
+	// Kill, if not 0, is a host of the tree that dies at KillAt: its VMs
+	// are lost, and its children re-parent to its parent after Detect.
+	Kill   int           `json:"kill,omitempty"`
+	KillAt time.Duration `json:"kill_at_ns,omitempty"`
+	Detect time.Duration `json:"detect_ns,omitempty"`
 	// Parallel is how many VMs each host starts at once.
 	Parallel int           `json:"parallel"`
 	Step     time.Duration `json:"step_ns"`
@@ -108,6 +113,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: read set %d bytes of an image of %d", ErrConfig, c.Read, c.Image)
 	case c.NIC <= 0 || c.Disk <= 0 || c.Local <= 0 || c.Conn() <= 0:
 		return fmt.Errorf("%w: NIC, disk, local and NBD connection rates must be positive", ErrConfig)
+	case c.Kill < 0 || c.Kill >= c.Hosts:
+		return fmt.Errorf("%w: kill host %d: want 1..%d (the seed holds the only full copy), or 0 for none", ErrConfig, c.Kill, c.Hosts-1)
 	case c.Parallel < 1 || c.Step <= 0 || c.Limit <= 0:
 		return fmt.Errorf("%w: parallel %d, step %v, limit %v: want positive", ErrConfig, c.Parallel, c.Step, c.Limit)
 	}

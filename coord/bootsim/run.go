@@ -21,7 +21,10 @@ type Result struct {
 	SeedDisk   int64 `json:"seed_disk_bytes"`
 	// CopyDone is when the last host's copy ended (Copy only).
 	CopyDone time.Duration `json:"copy_done_ns,omitempty"`
-	Depth    int           `json:"depth,omitempty"` // hops from the seed to the deepest host (Tree only)
+	// Lost is how many VMs were on the killed host and never got ready
+	// (not counted in the times).
+	Lost  int `json:"lost,omitempty"`
+	Depth int `json:"depth,omitempty"` // hops from the seed to the deepest host (Tree only)
 }
 
 type phase int
@@ -32,6 +35,7 @@ const (
 	reading
 	resuming
 	ready
+	lost // on a host that died
 )
 
 type vm struct {
@@ -51,6 +55,9 @@ type sim struct {
 	have   []float64 // what each host holds (the seed: read from disk)
 	in     []float64 // each host's fill rate over the last step
 	slots  []int     // VMs of each host started and not yet ready
+	par    []int     // where each host fetches from (-1: the seed's disk)
+	stall  []float64 // a re-parented host fetches nothing until then
+	killed bool
 	vms    []vm
 	served float64
 	copied float64
@@ -66,6 +73,13 @@ func Run(c Config, m Mode) (Result, error) {
 	if m == Copy {
 		s.target = float64(c.Image)
 	}
+	s.par, s.stall = make([]int, c.Hosts), make([]float64, c.Hosts)
+	for h := range s.par {
+		s.par[h] = 0
+		if m == Tree || h == 0 {
+			s.par[h] = Parent(h, c.Degree)
+		}
+	}
 	for i := range c.VMs {
 		s.vms = append(s.vms, vm{host: i % c.Hosts})
 	}
@@ -73,14 +87,37 @@ func Run(c Config, m Mode) (Result, error) {
 		if s.t > c.Limit.Seconds() {
 			return Result{}, fmt.Errorf("%w: %s: %d of %d VMs not ready after %v", ErrConfig, m, left, c.VMs, c.Limit)
 		}
+		s.kill()
 		left = s.phases()
 		s.move()
 	}
 	return s.result(), nil
 }
 
+// kill takes the Kill host out of a tree at KillAt: its VMs are lost and
+// its children fetch from its parent once they have noticed (Detect).
+// The new parent's index is below the child's, as before.
+func (s *sim) kill() {
+	if s.killed || s.mode != Tree || s.c.Kill == 0 || s.t < s.c.KillAt.Seconds() {
+		return
+	}
+	s.killed = true
+	k := s.c.Kill
+	for h := range s.par {
+		if s.par[h] == k {
+			s.par[h], s.stall[h] = s.par[k], s.t+s.c.Detect.Seconds()
+		}
+	}
+	s.par[k], s.stall[k] = -1, math.Inf(1)
+	for i := range s.vms {
+		if s.vms[i].host == k && s.vms[i].phase != ready {
+			s.vms[i].phase = lost
+		}
+	}
+}
+
 // phases moves each VM on whose phase is over; it returns how many are
-// not ready yet.
+// neither ready nor lost.
 func (s *sim) phases() int {
 	left := 0
 	for i := range s.vms {
@@ -97,7 +134,7 @@ func (s *sim) phases() int {
 			v.phase, v.at = ready, v.until
 			s.slots[v.host]--
 		}
-		if v.phase != ready {
+		if v.phase != ready && v.phase != lost {
 			left++
 		}
 	}
@@ -130,8 +167,8 @@ func (s *sim) move() {
 	dst := []int{-1} // host (>= 0) or ^VM the flow fills
 	hops := s.hops()
 	for h := 1; h < s.c.Hosts; h++ {
-		p := s.parent(h)
-		if s.have[h] >= s.target || (s.mode == Tree && readers[h] == 0) || s.mode == Central {
+		p := s.par[h]
+		if s.have[h] >= s.target || (s.mode == Tree && readers[h] == 0) || s.mode == Central || s.t < s.stall[h] {
 			continue
 		}
 		cap := s.c.Stream // a bulk copy keeps enough requests in flight
@@ -160,21 +197,13 @@ func (s *sim) move() {
 func (s *sim) hops() []int {
 	n := make([]int, s.c.Hosts)
 	for h := 1; h < s.c.Hosts && s.mode == Tree; h++ {
-		p := Parent(h, s.c.Degree)
+		p := s.par[h]
 		n[h] = 1
-		if p > 0 && s.have[Parent(p, s.c.Degree)]-s.have[p] < s.c.Conn()*s.dt {
+		if p > 0 && s.have[s.par[p]]-s.have[p] < s.c.Conn()*s.dt {
 			n[h] += n[p]
 		}
 	}
 	return n
-}
-
-// parent is where host h fetches from: its tree parent, or the seed.
-func (s *sim) parent(h int) int {
-	if s.mode == Tree {
-		return Parent(h, s.c.Degree)
-	}
-	return 0
 }
 
 // readers counts the VMs reading on each host and, in a tree, below it
@@ -188,7 +217,9 @@ func (s *sim) readers() []int {
 	}
 	for h := s.c.Hosts - 1; h > 0; h-- {
 		if s.mode == Tree {
-			n[Parent(h, s.c.Degree)] += n[h]
+			if p := s.par[h]; p >= 0 {
+				n[p] += n[h]
+			}
 		} else {
 			n[0] += n[h] // the seed's disk serves every reader
 		}
@@ -212,7 +243,7 @@ func (s *sim) apply(flows []flow, dst []int) {
 			continue
 		}
 		h := dst[i]
-		p := s.parent(h)
+		p := s.par[h]
 		d := max(min(flows[i].rate*s.dt, s.have[p]-s.have[h], s.target-s.have[h]), 0)
 		s.have[h] += d
 		s.in[h] = d / s.dt
@@ -238,14 +269,22 @@ func (s *sim) readLocal() {
 }
 
 func (s *sim) result() Result {
-	at := make([]float64, len(s.vms))
-	for i, v := range s.vms {
-		at[i] = v.at
+	var at []float64
+	nLost := 0
+	for _, v := range s.vms {
+		if v.phase == lost {
+			nLost++
+			continue
+		}
+		at = append(at, v.at)
+	}
+	if len(at) == 0 {
+		at = []float64{0}
 	}
 	sort.Float64s(at)
 	dur := func(sec float64) time.Duration { return time.Duration(math.Round(sec * 1e9)) }
 	r := Result{Mode: s.mode.String(), First: dur(at[0]), P50: dur(at[len(at)/2]), Ready: dur(at[len(at)-1]),
-		SeedServed: int64(math.Round(s.served)), SeedDisk: int64(math.Round(s.have[0])), CopyDone: dur(s.copied)}
+		SeedServed: int64(math.Round(s.served)), SeedDisk: int64(math.Round(s.have[0])), CopyDone: dur(s.copied), Lost: nLost}
 	if s.mode == Tree {
 		r.Depth = Depth(s.c.Hosts, s.c.Degree)
 	}

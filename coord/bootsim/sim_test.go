@@ -190,3 +190,26 @@ func TestLatencyBound(t *testing.T) {
 	near(t, "central, one remote VM", run(t, c, Central).Ready, want)
 	near(t, "tree, one remote host", run(t, c, Tree).Ready, want)
 }
+
+// An inner host of a chain dies mid-read: its VM is lost; its child waits
+// Detect, then fetches the rest from the seed at a whole NIC (the seed
+// serves it alone, it serves no one).
+func TestKillInnerHost(t *testing.T) {
+	c := base()
+	c.Hosts, c.VMs, c.NIC = 3, 3, 100e6
+	c.Kill, c.KillAt, c.Detect = 1, 560*time.Millisecond, 200*time.Millisecond
+	r := run(t, c, Tree)
+	if r.Lost != 1 {
+		t.Errorf("%d VMs lost, want 1", r.Lost)
+	}
+	had := 0.5 * c.NIC / 2 // 0.5 s at half a NIC before the death
+	near(t, "the orphan's VM", r.Ready, 0.56+0.2+(float64(c.Read)-had)/c.NIC+c.Resume.Seconds())
+	c.Kill = 0
+	if r := run(t, c, Tree); r.Lost != 0 {
+		t.Errorf("no kill: %d lost", r.Lost)
+	}
+	c.Kill = 3
+	if _, err := Run(c, Tree); !errors.Is(err, ErrConfig) {
+		t.Errorf("kill a host that is not there: %v", err)
+	}
+}
