@@ -74,8 +74,7 @@ func Run(c Config, m Mode) (Result, error) {
 		s.target = float64(c.Image)
 	}
 	s.par, s.stall = make([]int, c.Hosts), make([]float64, c.Hosts)
-	for h := range s.par {
-		s.par[h] = 0
+	for h := range s.par { // Copy and Central: every host fetches from the seed
 		if m == Tree || h == 0 {
 			s.par[h] = Parent(h, c.Degree)
 		}
