@@ -57,8 +57,7 @@ func newCluster(t *testing.T) *cluster { return newClusterWith(t, clusterOpts{})
 func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 	testenv.RequireRoot(t)
 	kernel, _ := testguest.Paths(t)
-	c := &cluster{t: t, hosts: map[string]*testenv.Hostd{}, names: []string{"a", "b", "c"}, kernel: kernel,
-		netns: map[string]*testenv.NetNS{}}
+	c := &cluster{t: t, hosts: map[string]*testenv.Hostd{}, names: []string{"a", "b", "c"}, kernel: kernel, netns: map[string]*testenv.NetNS{}}
 	c.ckDir = o.ckDir
 	if c.ckDir == "" {
 		c.ckDir = t.TempDir()

@@ -369,7 +369,6 @@ func (vm *VM) armStep(ctx context.Context, req StepRequest) (string, error) {
 	if err := vm.detachAll(ctx); err != nil {
 		return "", err
 	}
-	vm.prefaultRAM()
 	if err := vm.arm(ctx, req.Save.Dir, req.Save.Bandwidth); err != nil {
 		vm.log.Warn("live checkpoint not armed in advance (the point will try again)", "err", err)
 		return fmt.Sprintf("not armed in advance: %v", err), nil
@@ -536,6 +535,7 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	if err != nil {
 		return err
 	}
+	vm.prefaultRAM()
 	a, err := vm.takeArm(ctx, mon, dir, bandwidth)
 	if err != nil {
 		return err
