@@ -11,7 +11,8 @@ import (
 
 // TestTouchMappingFaultsPagesIn: a process's shared mapping of a tmpfs
 // file whose pages were never touched has them all in memory (allocated,
-// mapped) after touchMapping, read through /proc/PID/mem.
+// mapped) after touchMapping, read through /proc/PID/mem; a second
+// touchMapping reads nothing.
 func TestTouchMappingFaultsPagesIn(t *testing.T) {
 	dir, err := os.MkdirTemp("/dev/shm", "symvirt-touch-")
 	if err != nil {
@@ -54,6 +55,9 @@ func TestTouchMappingFaultsPagesIn(t *testing.T) {
 	}
 	if n := resident(); n != pages {
 		t.Fatalf("%d of %d pages resident after", n, pages)
+	}
+	if again, err := touchMapping(os.Getpid(), path); err != nil || again != 0 {
+		t.Fatalf("touchMapping of a mapping all resident read %d pages (%v), want none", again, err)
 	}
 	for _, b := range m[:16] {
 		if b != 0 {
