@@ -4,8 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // prefaultRAM maps every page of guest RAM into QEMU's page tables while
@@ -26,8 +27,12 @@ func (vm *VM) prefaultRAM() {
 	if !s.UsesSharedMemory() || s.HugePages || pid <= 0 {
 		return
 	}
+	path := vm.h.ramPath(s)
+	if allocated(path, int64(s.Memory)<<20) {
+		return
+	}
 	start := timeNow()
-	pages, err := touchMapping(pid, vm.h.ramPath(s))
+	pages, err := touchMapping(pid, path)
 	if err != nil {
 		vm.log.Warn("guest RAM not mapped ahead of the snapshot point", "err", err)
 		return
@@ -37,10 +42,9 @@ func (vm *VM) prefaultRAM() {
 
 // touchMapping faults every page of process pid's mappings of file path
 // into its page tables: it reads them through /proc/PID/mem, a chunk at a
-// time, but not a mapping whose pages are all there already (its Rss in
-// /proc/PID/smaps). It returns how many pages it read.
+// time. It returns how many pages it read.
 func touchMapping(pid int, path string) (int, error) {
-	smaps, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
 		return 0, err
 	}
@@ -50,47 +54,33 @@ func touchMapping(pid int, path string) (int, error) {
 	}
 	defer mem.Close()
 	buf := make([]byte, 1<<20)
-	pages, found := 0, false
-	for _, m := range mappingsOf(string(smaps), path) {
-		found = true
-		if m.rss >= m.hi-m.lo {
+	pages := 0
+	for _, line := range strings.Split(string(maps), "\n") {
+		f := strings.Fields(line)
+		var lo, hi uint64
+		if len(f) < 6 || f[5] != path {
 			continue
 		}
-		for a := m.lo; a < m.hi; a += uint64(len(buf)) {
-			n, err := mem.ReadAt(buf[:min(uint64(len(buf)), m.hi-a)], int64(a))
+		if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err != nil {
+			return pages, fmt.Errorf("/proc/%d/maps: %q: %w", pid, f[0], err)
+		}
+		for a := lo; a < hi; a += uint64(len(buf)) {
+			n, err := mem.ReadAt(buf[:min(uint64(len(buf)), hi-a)], int64(a))
 			pages += n / os.Getpagesize()
 			if err != nil {
 				return pages, fmt.Errorf("read /proc/%d/mem at %#x: %w", pid, a, err)
 			}
 		}
 	}
-	if !found {
+	if pages == 0 {
 		return 0, errors.New("qemu maps no " + path)
 	}
 	return pages, nil
 }
 
-type mapping struct{ lo, hi, rss uint64 }
-
-// mappingsOf lists the mappings of path in a /proc/PID/smaps, each with
-// its resident size (bytes).
-func mappingsOf(smaps, path string) []mapping {
-	var ms []mapping
-	var cur *mapping
-	for _, line := range strings.Split(smaps, "\n") {
-		f := strings.Fields(line)
-		var lo, hi uint64
-		switch {
-		case len(f) >= 6 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
-			cur = nil
-			if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err == nil && f[5] == path {
-				ms = append(ms, mapping{lo: lo, hi: hi})
-				cur = &ms[len(ms)-1]
-			}
-		case cur != nil && len(f) == 3 && f[0] == "Rss:":
-			kb, _ := strconv.ParseUint(f[1], 10, 64)
-			cur.rss = kb << 10
-		}
-	}
-	return ms
+// allocated reports whether the file at path has all of its size bytes
+// allocated (a guest that touched all its RAM, or an earlier snapshot).
+func allocated(path string, size int64) bool {
+	var st unix.Stat_t
+	return unix.Stat(path, &st) == nil && st.Blocks*512 >= size
 }
