@@ -25,7 +25,8 @@ import (
 // so the fence goes up as late as the cut allows: the job's fence step
 // only arms it (the filters are added off, which also tells whether this
 // VM can be fenced at all: one that cannot is stopped for the cut
-// instead), and the VM's own point step turns it on, right before its
+// instead, and saved stop-and-save, so that it stays stopped until the
+// resume), and the VM's own point step turns it on, right before its
 // point. With live_mode precopy that is the stop at the end of its copy
 // (live.go): QEMU holds it stopped until hostd runs it, and hostd fences
 // it in between, so the fence does not cover the copy. With live_mode

@@ -103,8 +103,14 @@ func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed)
 		return snapshot.Precopy(ctx, a, o)
 	}
 	o.Point = func(ctx context.Context, mon *qmp.Client) (err error) {
-		if err := vm.fence(ctx, mon); err != nil && st.Running {
-			return err // a stopped VM that cannot be fenced was stopped for the cut
+		if err := vm.fence(ctx, mon); err != nil {
+			if st.Running {
+				return err
+			}
+			// Stopped for the cut, it cannot be fenced: QEMU would run
+			// it again at its point, unfenced, before the job's last
+			// point. Saved stop-and-save, it stays stopped until resumed.
+			return fmt.Errorf("%w: %v", snapshot.ErrUnsupported, err)
 		}
 		if st.Running && disks {
 			if err := vm.stopForPoint(ctx, mon); err != nil {
