@@ -33,6 +33,7 @@ type cluster struct {
 	initrd string
 	// lastWhere is the placement the coordinator last reported, per job.
 	lastWhere map[string]map[string]string
+	netns     map[string]*testenv.NetNS // each host's namespace
 }
 
 var hostIP = map[string]string{"a": "10.77.9.11", "b": "10.77.9.12", "c": "10.77.9.13"}
@@ -56,7 +57,7 @@ func newCluster(t *testing.T) *cluster { return newClusterWith(t, clusterOpts{})
 func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 	testenv.RequireRoot(t)
 	kernel, _ := testguest.Paths(t)
-	c := &cluster{t: t, hosts: map[string]*testenv.Hostd{}, names: []string{"a", "b", "c"}, kernel: kernel}
+	c := &cluster{t: t, hosts: map[string]*testenv.Hostd{}, names: []string{"a", "b", "c"}, kernel: kernel, netns: map[string]*testenv.NetNS{}}
 	c.ckDir = o.ckDir
 	if c.ckDir == "" {
 		c.ckDir = t.TempDir()
@@ -77,6 +78,7 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 	var prev *testenv.NetNS
 	for _, name := range c.names {
 		ns := testenv.NewNetNS(t, name)
+		c.netns[name] = ns
 		testenv.Attach(t, ns, hostIP[name]+"/24", mgmt, "mgmt")
 		testenv.Bridge(t, ns, "br0")
 		for i := 1; i <= vmsPerHost; i++ {
@@ -125,6 +127,7 @@ func newClusterWith(t *testing.T, o clusterOpts) *cluster {
 		"/etc/symvirt/rc.d/50-hook":    {Mode: 0o755, Data: []byte(hookRC)},
 		"/etc/symvirt/rc.d/60-peer":    {Mode: 0o755, Data: []byte(peersRC)},
 		"/etc/symvirt/rc.d/70-faults":  {Mode: 0o755, Data: []byte(faultsRC)},
+		"/etc/symvirt/rc.d/80-load":    {Mode: 0o755, Data: []byte(loadRC)},
 		"/etc/symvirt/hooks.d/10-slow": {Mode: 0o755, Data: []byte(slowHook)},
 		"/etc/symvirt/tick":            {Mode: 0o755, Data: []byte(pausewatch.TickScript)},
 		"/bin/tick":                    {Src: pausewatch.TickBinary(t), Mode: 0o755},

@@ -21,13 +21,20 @@ import (
 // lost in flight for the checkpoint, which TCP retransmits after a
 // restart.
 //
-// With live_mode precopy a running VM's snapshot point is the stop at
-// the end of its copy (live.go): QEMU holds it stopped until hostd runs
-// it, and hostd fences it in between, so the fence does not cover the
-// copy. With live_mode snapshot QEMU takes the point and runs the VM again
-// by itself, so every running VM is fenced at the job's STOP barrier,
-// before any point. A VM with disks is stopped and fenced at the barrier
-// (QEMU runs it again at its point).
+// While fenced a VM is off the network for every peer, in the job or not,
+// so the fence goes up as late as the cut allows: the job's fence step
+// only arms it (the filters are added off, which also tells whether this
+// VM can be fenced at all: one that cannot is stopped for the cut
+// instead, and saved stop-and-save, so that it stays stopped until the
+// resume), and the VM's own point step turns it on, right before its
+// point. With live_mode precopy that is the stop at the end of its copy
+// (live.go): QEMU holds it stopped until hostd runs it, and hostd fences
+// it in between, so the fence does not cover the copy. With live_mode
+// snapshot QEMU takes the point and runs the VM again by itself, so the
+// fence goes on right before hostd asks for the point, once this
+// machine's snapshot lock is taken (a VM waiting for another's point is
+// not fenced). A VM with disks is fenced there too, then stopped for the
+// cut of its disks (QEMU runs it again at its point).
 //
 // A held packet is in no VM's saved state, and a filter's release timer
 // runs on the guest's virtual clock, so an interval of an hour never
@@ -37,26 +44,69 @@ const fenceInterval = uint32(3600 * 1000 * 1000) // µs
 
 func fenceID(nic string) string { return "symvirt-fence-" + nic }
 
-// fence holds the VM's network traffic. On failure nothing stays fenced.
+func fenceFilter(nic, status string) map[string]any {
+	return map[string]any{"qom-type": "filter-buffer", "id": fenceID(nic), "netdev": "nd-" + nic,
+		"queue": "all", "interval": fenceInterval, "status": status}
+}
+
+// fencedNICs are the VM's NICs a fence holds: the passthrough ones are
+// detached before the cut.
+func (vm *VM) fencedNICs() []string {
+	var ids []string
+	for _, n := range vm.Spec().NICs {
+		if !n.Passthrough {
+			ids = append(ids, n.ID)
+		}
+	}
+	return ids
+}
+
+// armFence adds the fence's filters, off: traffic flows until fence. On
+// failure none is left.
+func (vm *VM) armFence(ctx context.Context, mon *qmp.Client) error {
+	var done []string
+	for _, id := range vm.fencedNICs() {
+		err := mon.Execute(ctx, "object-add", fenceFilter(id, "off"), nil)
+		if err != nil && !fenceThere(ctx, mon, id) {
+			vm.unfenceIDs(context.WithoutCancel(ctx), mon, done)
+			return fmt.Errorf("vm %q: network fence on %q: %w", vm.name, id, err)
+		}
+		done = append(done, id)
+	}
+	vm.log.Info("network fence armed", "nics", done)
+	return nil
+}
+
+// fenceThere: nic's fence filter exists already (a repeated arm).
+func fenceThere(ctx context.Context, mon *qmp.Client, nic string) bool {
+	var status string
+	return mon.Execute(ctx, "qom-get", map[string]any{"path": "/objects/" + fenceID(nic), "property": "status"}, &status) == nil
+}
+
+// fence holds the VM's network traffic: it turns the armed filters on, or
+// adds them on where they are not (hostd restarted since the arm). On
+// failure nothing stays fenced.
 func (vm *VM) fence(ctx context.Context, mon *qmp.Client) error {
 	start := timeNow()
 	var done []string
-	for _, n := range vm.Spec().NICs {
-		if n.Passthrough {
-			continue // detached before the cut
+	for _, id := range vm.fencedNICs() {
+		err := mon.Execute(ctx, "qom-set", map[string]any{"path": "/objects/" + fenceID(id), "property": "status", "value": "on"}, nil)
+		if err != nil {
+			err = mon.Execute(ctx, "object-add", fenceFilter(id, "on"), nil)
 		}
-		err := mon.Execute(ctx, "object-add", map[string]any{"qom-type": "filter-buffer", "id": fenceID(n.ID),
-			"netdev": "nd-" + n.ID, "queue": "all", "interval": fenceInterval}, nil)
 		if err != nil {
 			vm.unfenceIDs(context.WithoutCancel(ctx), mon, done)
-			return fmt.Errorf("vm %q: network fence on %q: %w", vm.name, n.ID, err)
+			return fmt.Errorf("vm %q: network fence on %q: %w", vm.name, id, err)
 		}
-		done = append(done, n.ID)
+		done = append(done, id)
 	}
 	vm.mu.Lock()
 	vm.fencedAt = start
 	vm.mu.Unlock()
-	vm.log.Info("network fenced", "nics", done, "took", timeNow().Sub(start))
+	// at: every packet is held from then on (the cut's tests order it
+	// against the VM's point).
+	end := timeNow()
+	vm.log.Info("network fenced", "nics", done, "took", end.Sub(start), "at", end)
 	return nil
 }
 
@@ -67,13 +117,8 @@ func (vm *VM) unfence(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	var ids []string
-	for _, n := range vm.Spec().NICs {
-		if !n.Passthrough {
-			ids = append(ids, n.ID)
-		}
-	}
-	if vm.unfenceIDs(ctx, mon, ids) {
+	begin := timeNow()
+	if vm.unfenceIDs(ctx, mon, vm.fencedNICs()) {
 		vm.mu.Lock()
 		at := vm.fencedAt
 		vm.fencedAt = time.Time{}
@@ -81,7 +126,7 @@ func (vm *VM) unfence(ctx context.Context) {
 		if !at.IsZero() {
 			held := timeNow().Sub(at)
 			vm.h.metrics.fence.Observe(held.Seconds())
-			vm.log.Info("network fence lifted", "held_ns", held.Nanoseconds())
+			vm.log.Info("network fence lifted", "held_ns", held.Nanoseconds(), "from", begin)
 		}
 	}
 }

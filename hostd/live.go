@@ -77,9 +77,9 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *
 
 // pointLive starts the stream: a running VM is copied while it runs
 // (LiveMode precopy) and fenced at its point; any other is saved by a
-// background snapshot. A VM with disks is stopped right before its point
-// and its disks are cut there (in O(1); their copies are part of the
-// stream).
+// background snapshot, fenced right before its point. A VM with disks is
+// stopped right before its point and its disks are cut there (in O(1);
+// their copies are part of the stream).
 func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed) (*snapshot.Stream, error) {
 	st, err := mon.Status(ctx)
 	if err != nil {
@@ -103,6 +103,15 @@ func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed)
 		return snapshot.Precopy(ctx, a, o)
 	}
 	o.Point = func(ctx context.Context, mon *qmp.Client) (err error) {
+		if err := vm.fence(ctx, mon); err != nil {
+			if st.Running {
+				return err
+			}
+			// Stopped for the cut, it cannot be fenced: QEMU would run
+			// it again at its point, unfenced, before the job's last
+			// point. Saved stop-and-save, it stays stopped until resumed.
+			return fmt.Errorf("%w: %v", snapshot.ErrUnsupported, err)
+		}
 		if st.Running && disks {
 			if err := vm.stopForPoint(ctx, mon); err != nil {
 				return err

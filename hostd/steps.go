@@ -391,23 +391,16 @@ func (vm *VM) stopStep(ctx context.Context, req StepRequest) (string, error) {
 	return "", nil
 }
 
-// fenceStep is a live checkpoint's cut for this VM: cut off the network,
-// it runs on until its snapshot point. A VM with disks is fenced too (its
-// point stops it for an instant to cut its disks with its RAM, in O(1):
-// diskcut.go), even with live_mode precopy; one that cannot be fenced is
-// stopped.
+// fenceStep readies a live checkpoint's cut for this VM: the network
+// fence is armed, and its point step turns it on (fence.go). A VM that
+// cannot be fenced is stopped here instead, before any VM's point.
 func (vm *VM) fenceStep(ctx context.Context, req StepRequest) (string, error) {
 	mon, err := vm.monitor()
 	if err != nil {
 		return "", err
 	}
 	vm.h.setLease(req.VM, req.Op, req.Lease, "")
-	if len(vm.Spec().Disks) == 0 && vm.h.cfg.LiveMode == "precopy" {
-		// Its cut is its snapshot point, at the end of the point step's
-		// copy, where it is fenced (fence.go).
-		return "", nil
-	}
-	unfenced := vm.fence(ctx, mon)
+	unfenced := vm.armFence(ctx, mon)
 	if unfenced == nil {
 		return "", nil
 	}
@@ -489,6 +482,8 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
+	// First: the job's last point is behind, and every peer waits.
+	vm.unfence(ctx)
 	mon, err := vm.monitor()
 	if err != nil {
 		return err
@@ -498,7 +493,6 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 			return err
 		}
 	}
-	vm.unfence(ctx)
 	if err := vm.attachAll(ctx); err != nil {
 		vm.log.Error("attach after resume", "err", err)
 	}
@@ -541,6 +535,7 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	if err != nil {
 		return err
 	}
+	vm.prefaultRAM()
 	a, err := vm.takeArm(ctx, mon, dir, bandwidth)
 	if err != nil {
 		return err

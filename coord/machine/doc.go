@@ -64,7 +64,7 @@
 //	checkpoint:        PREPARE -> DETACH -> STOP -> SAVE =commit=> resume: ATTACH, RESUME(checkpointed)
 //	                   (+ RecordCheckpoint complete at the commit, with every VM's digest)
 //	live checkpoint:   PREPARE -> ARM -> FENCE -> POINT =commit (the cut)=> resume:
-//	                   ATTACH, RESUME(checkpointed), WAIT-SAVE; then, job-level:
+//	                   RESUME(checkpointed), ATTACH, WAIT-SAVE; then, job-level:
 //	                   every WaitSave OK: RecordCheckpoint complete (Digests, Points)
 //	                   else:              discard: DELETE-ARTIFACTS (every VM), then RecordCheckpoint failed
 //	migrate/evacuate:  PREPARE -> DETACH -> STOP -> MIGRATE =commit=> switch
@@ -91,14 +91,16 @@
 //
 // Live checkpoint. The VMs never stop for the copy: ARM detaches their
 // devices and reserves the save (stream file, QEMU set up, Bandwidth);
-// FENCE cuts each VM off the network while it runs on, and the job's cut
-// is the FENCE barrier (no VM can hear from another one after it); POINT
-// takes each VM's snapshot point, after which QEMU runs it again, still
-// fenced, while its memory streams. Passing the POINT barrier is the
-// commit point: the VMs never roll back after it. Each VM then gets its
-// devices back and is resumed ("checkpointed"; hostd unfences it), and only
-// then WAIT-SAVE waits for its stream (TransferTimeout, one attempt, never
-// retried). The checkpoint is COMPLETE when every VM's WaitSave succeeded
+// FENCE readies each VM's network fence (a VM that cannot be fenced is
+// stopped there); POINT cuts each VM off the network right before its
+// snapshot point, after which QEMU runs it again, still fenced, while its
+// memory streams: no message leaves a VM after its point until every
+// point is taken, so the points make a consistent cut. Passing the POINT
+// barrier is the commit point: the VMs never roll back after it. Each VM
+// is then resumed first ("checkpointed"; hostd unfences it, so the fences
+// lift one round trip after the last point), then gets its devices back,
+// and only then WAIT-SAVE waits for its stream (TransferTimeout, one
+// attempt, never retried). The checkpoint is COMPLETE when every VM's WaitSave succeeded
 // (its digest, pause and snapshot time go into RecordCheckpoint). If one
 // failed (an error, its deadline, its host down, or a VM lost after the
 // cut before its stream was saved), the checkpoint FAILED: once every VM's

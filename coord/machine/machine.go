@@ -657,8 +657,9 @@ func (o *Op) next(v *VMState) (ActionType, string, string) {
 	return o.backNext(v)
 }
 
-// forwardNext: Attach, Resume(outcome) where the VM will run; after a
-// migration, Kill the obsolete source once the destination runs.
+// forwardNext: Attach, Resume(outcome) where the VM will run (a live
+// checkpoint resumes first, which unfences); after a migration, Kill the
+// obsolete source once the destination runs.
 func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
 	out := o.kindOutcome()
 	at := v.At
@@ -666,6 +667,11 @@ func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
 		at = v.Dest
 	}
 	switch {
+	case o.liveCheckpoint() && v.Finish == "":
+		// Its Resume lifts the network fence (and brings the devices
+		// back once the stream is over): the fences are off one round
+		// trip after the last point.
+		return Resume, at, out
 	case v.Attach == "":
 		return Attach, at, ""
 	case v.Finish == "":

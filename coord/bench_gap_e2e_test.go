@@ -1,0 +1,168 @@
+package coord_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/coord"
+	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/internal/testenv"
+)
+
+// loadRC (symvirt.load=1) keeps a guest busy: a CPU burner in every VM,
+// and the "client" VM streams bulk data to each peer's echo server (40-echo)
+// and back, as the ranks of a job exchange messages while they compute.
+const loadRC = `#!/bin/sh
+[ "$SYMVIRT_LOAD" = 1 ] || exit 0
+( while :; do :; done ) </dev/null >/dev/null 2>&1 &
+[ "$SYMVIRT_ROLE" = client ] || exit 0
+for p in $(echo "$SYMVIRT_PEERS" | tr , " "); do
+  ( until nc -w 2 $p 7000 </dev/null; do sleep 1; done
+    echo "symvirt-load-ready $p"
+    while :; do nc $p 7000 </dev/zero >/dev/null; sleep 0.2; done ) </dev/null >/dev/console 2>&1 &
+done
+`
+
+// gapProbeAddr is the outside peer's address on the guests' network.
+const gapProbeAddr = "10.79.0.200/24"
+
+// TestBenchJobNetworkGap is `make bench`'s network gap line: live
+// checkpoints of a 2-VM job of 1 GiB VMs that exchange bulk traffic under
+// CPU load, seen by a peer outside the job on the VMs' network that pings
+// each VM every 10 ms: the longest time a VM did not answer, beside each
+// VM's recorded snapshot pause and the network fence hostd held. The
+// first checkpoint of a fresh VM and a second one are reported apart (the
+// first one's QEMU reads in all of the guest's RAM before its point). The
+// test's log has each checkpoint's timeline (steps, fences, points).
+func TestBenchJobNetworkGap(t *testing.T) {
+	if os.Getenv("SYMVIRT_BENCH") != "1" {
+		t.Skip("benchmark: run with make bench")
+	}
+	o, mode := benchLiveMode(t)
+	c := newClusterWith(t, o)
+	pns := testenv.NewNetNS(t, "p")
+	testenv.Attach(t, pns, gapProbeAddr, c.netns["a"], "br0")
+	f := filepath.Join(t.TempDir(), "job.yaml")
+	yaml := strings.ReplaceAll(c.jobYAML("gap", " symvirt.load=1", "a", "b"), "memory: 256M", "memory: 1G")
+	os.WriteFile(f, []byte(yaml), 0o600)
+	c.cli("jobs", "create", "-f", f)
+	for i, h := range []string{"a", "b"} {
+		waitFile(t, c.serial(h, fmt.Sprintf("vm%d", i+1)), `virtio-serial port open`)
+	}
+	waitFile(t, c.serial("a", "vm1"), `symvirt-load-ready`)
+	addrs := map[string]string{"vm1": "10.79.0.11", "vm2": "10.79.0.12"}
+	p := testenv.Probe(t, pns, []string{addrs["vm1"], addrs["vm2"]}, 10*time.Millisecond)
+	for round := 1; round <= 2; round++ {
+		line := c.gapRound(p, addrs)
+		line["bench"], line["vms"], line["memory_mib"], line["live_mode"], line["round"] = "job_network_gap", 2, 1024, mode, round
+		b, _ := json.Marshal(line)
+		fmt.Println(string(b))
+	}
+}
+
+// gapRound checkpoints job "gap" live once and measures it.
+func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string) map[string]any {
+	t := c.t
+	quietFrom := time.Now()
+	time.Sleep(3 * time.Second)
+	var quiet time.Duration
+	for vm, a := range addrs {
+		if !p.Answered(a, quietFrom) {
+			t.Fatalf("%s (%s) does not answer the prober", vm, a)
+		}
+		quiet = max(quiet, p.Longest(a, quietFrom, time.Now()).Len())
+	}
+	marks := c.logMarks()
+	start := time.Now()
+	res, out, err := c.op("checkpoint", "gap")
+	if err != nil || res.Checkpoint != machine.CheckpointComplete {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	took := time.Since(start)
+	time.Sleep(time.Second)
+	gaps, pauses := map[string]float64{}, map[string]float64{}
+	var worst, fence time.Duration
+	for vm, a := range addrs {
+		g := p.Longest(a, start, time.Now())
+		worst = max(worst, g.Len())
+		gaps[vm] = g.Len().Seconds()
+		t.Logf("%s: outside gap %.1f ms, from %+.1f ms", vm, ms(g.Len()), ms(g.From.Sub(start)))
+	}
+	var ck coord.Checkpoint
+	if out, err := c.coord.CLI(t, "checkpoints", "show", res.CheckpointID, "--output", "json"); err != nil || json.Unmarshal([]byte(out), &ck) != nil {
+		t.Fatalf("checkpoints show: %v\n%s", err, out)
+	}
+	for _, v := range ck.VMs {
+		pauses[v.Name] = v.Pause.Seconds()
+	}
+	for h, d := range c.hosts {
+		fence = max(fence, maxFenceHeld(d.Logs()[marks[h]:]))
+	}
+	c.logTimeline(marks, start)
+	return map[string]any{"outside_gap_max_seconds": worst.Seconds(), "outside_gap_seconds": gaps,
+		"live_snapshot_pause_seconds": pauses, "live_network_fence_max_seconds": fence.Seconds(),
+		"live_checkpoint_seconds": took.Seconds(), "quiet_gap_max_seconds": quiet.Seconds(), "probe_period_seconds": 0.01}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// logMarks is where each hostd's log is now.
+func (c *cluster) logMarks() map[string]int {
+	m := map[string]int{}
+	for h, d := range c.hosts {
+		m[h] = len(d.Logs())
+	}
+	return m
+}
+
+// timelineMsgs are the hostd log lines of a live checkpoint's timeline.
+var timelineMsgs = []string{"step", "network fenced", "network fence lifted", "snapshot point taken"}
+
+// logTimeline logs what each hostd did since marks, in ms from start:
+// each step from its start to its end, fences and points.
+func (c *cluster) logTimeline(marks map[string]int, start time.Time) {
+	type event struct {
+		at   time.Duration
+		what string
+	}
+	var evs []event
+	for h, d := range c.hosts {
+		sc := bufio.NewScanner(strings.NewReader(d.Logs()[marks[h]:]))
+		for sc.Scan() {
+			var e struct {
+				Time          time.Time
+				Msg, Kind, VM string
+				Took, Pause   time.Duration
+				HeldNS        int64 `json:"held_ns"`
+				OK            bool
+			}
+			if json.Unmarshal(sc.Bytes(), &e) != nil || !slices.Contains(timelineMsgs, e.Msg) {
+				continue
+			}
+			at := e.Time.Sub(start)
+			what := fmt.Sprintf("%s %s", e.Msg, e.VM)
+			switch e.Msg {
+			case "step":
+				what = fmt.Sprintf("step %s %s ok=%v from %+.1f ms (%.1f ms)", e.Kind, e.VM, e.OK, ms(at-e.Took), ms(e.Took))
+			case "network fence lifted":
+				what += fmt.Sprintf(" held %.1f ms", float64(e.HeldNS)/1e6)
+			case "snapshot point taken":
+				what += fmt.Sprintf(" pause %.1f ms", ms(e.Pause))
+			}
+			evs = append(evs, event{at, h + ": " + what})
+		}
+	}
+	slices.SortFunc(evs, func(a, b event) int { return int(a.at - b.at) })
+	var b strings.Builder
+	for _, e := range evs {
+		fmt.Fprintf(&b, "%+9.1f ms  %s\n", ms(e.at), e.what)
+	}
+	c.t.Logf("timeline (ms from the checkpoint's start; hostd logs):\n%s", b.String())
+}
