@@ -46,7 +46,11 @@ func (h *Host) startStandby(ctx context.Context, tmpl string, n int) (*standby, 
 	if err != nil {
 		return nil, err
 	}
-	s := &standby{name: "standby-" + strconv.Itoa(n)}
+	// Unique across pools: a pool set again may meet its predecessor's
+	// standbys still going.
+	tag := make([]byte, 3)
+	rand.Read(tag)
+	s := &standby{name: "standby-" + strconv.Itoa(n) + "-" + hex.EncodeToString(tag)}
 	s.dir = filepath.Join(h.standbyDir(tmpl), s.name)
 	s.log = h.log.With("template", tmpl, "standby", s.name)
 	spec, nics, err := cloneSpec(t, CloneRequest{Template: tmpl, Name: s.name})
