@@ -199,6 +199,7 @@ func New(cfg Config) (*Host, error) {
 		h.loadSteps(vm)
 	}
 	h.reclaimOrphanRAM()
+	h.reapStandbys()
 	h.metrics.vmsFunc(h.stateCounts)
 	for _, f := range h.StaleSharedMemory() {
 		h.log.Warn("stale shared memory file: no running vm owns it", "file", f)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -160,7 +161,7 @@ func TestTemplateClones(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pid := range standbys {
-		if err := syscall.Kill(pid, 0); err == nil {
+		if qemu.Alive(pid) {
 			t.Errorf("standby clone pid %d still runs after its pool was emptied", pid)
 		}
 	}

@@ -137,6 +137,15 @@ func (s *standby) stop() {
 	os.RemoveAll(s.dir)
 }
 
+// reapStandbys kills every standby clone an earlier hostd left (it
+// crashed: Close stops them): pools start empty with hostd.
+func (h *Host) reapStandbys() {
+	ents, _ := os.ReadDir(h.templatesDir())
+	for _, e := range ents {
+		h.removeStaleStandbys(e.Name())
+	}
+}
+
 // removeStaleStandbys kills the standby clones an earlier hostd left (a
 // crash: Close stops them) and removes their directories.
 func (h *Host) removeStaleStandbys(tmpl string) {
