@@ -57,7 +57,10 @@ func (a *agent) onClone(sess *session, m guestproto.Message) {
 		sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeDone, ID: m.ID})
 		// Logged after DONE: on a one-vCPU guest, whatever carries the log
 		// out (a console) competes with the CLONE for the CPU.
-		log.Info("CLONE done", append(phases, "took", time.Since(start))...)
+		log.Info("CLONE done", append(phases, "took", time.Since(start), "standby", m.Clone.Standby)...)
+		if m.Clone.Standby {
+			return // a placeholder identity: the hooks wait for the real one
+		}
 		// The clone's own first work, on its new identity; the host need
 		// not wait for it, nor stay connected: the hooks outlive the
 		// session (hostd ends it once the clone is ready), bounded by

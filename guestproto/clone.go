@@ -34,6 +34,12 @@ type Clone struct {
 	// NICs: each NIC with the template's MAC OldMAC takes MAC (and IP, an
 	// address/prefix, if set).
 	NICs []CloneNIC `json:"nics,omitempty"`
+	// Standby: the clone waits in its host's pool of clones made ahead
+	// of requests, and this identity is a placeholder: the guest takes it
+	// (so its entropy and MACs are its own from the start, and the code
+	// that takes an identity has run once) but runs no clone hooks; a
+	// later CLONE, without Standby, gives it its own.
+	Standby bool `json:"standby,omitempty"`
 }
 
 // CloneNIC is one NIC's new identity.
@@ -50,13 +56,14 @@ type wireClone struct {
 	MachineID string                      `json:"machine_id"`
 	Hostname  string                      `json:"hostname"`
 	NICs      [MaxCloneNICs + 1]*CloneNIC `json:"nics"`
+	Standby   bool                        `json:"standby,omitempty"`
 }
 
 func (w *wireClone) clone() (*Clone, error) {
 	if w == nil {
 		return nil, nil
 	}
-	c := &Clone{Seed: w.Seed, MachineID: w.MachineID, Hostname: w.Hostname}
+	c := &Clone{Seed: w.Seed, MachineID: w.MachineID, Hostname: w.Hostname, Standby: w.Standby}
 	for i, n := range w.NICs {
 		switch {
 		case n == nil:

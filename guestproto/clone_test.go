@@ -16,17 +16,20 @@ func validClone() Message {
 }
 
 func TestCloneRoundTrip(t *testing.T) {
-	m := validClone()
-	f, err := Encode(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := ReadFrame(bytes.NewReader(f))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, m) {
-		t.Errorf("round trip: got %+v, want %+v", got, m)
+	for _, standby := range []bool{false, true} {
+		m := validClone()
+		m.Clone.Standby = standby
+		f, err := Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadFrame(bytes.NewReader(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, m) {
+			t.Errorf("round trip: got %+v, want %+v", got, m)
+		}
 	}
 }
 

@@ -49,6 +49,7 @@ type Host struct {
 	steps *stepState
 	usage *usageState
 	stop  context.CancelFunc
+	pools clonePools // templates' standby clones (template_pool.go)
 	// keys sign the checkpoint manifests this host writes and verify
 	// the ones it restores (sign.go).
 	keys *manifestKeys
@@ -94,6 +95,9 @@ type runtimeState struct {
 	Slots map[string]devices.Slot `json:"slots,omitempty"`
 	// Incoming is set while QEMU waits for a migration stream.
 	Incoming bool `json:"incoming,omitempty"`
+	// BornIn is the directory the current QEMU was started in, when not
+	// the VM's (a template's standby clone): its command line names it.
+	BornIn string `json:"born_in,omitempty"`
 	// Round is the guest cooperation round a migration carries.
 	Round *Round `json:"round,omitempty"`
 	// From is the certificate name of the peer hostd this VM was migrated
@@ -195,6 +199,7 @@ func New(cfg Config) (*Host, error) {
 		h.loadSteps(vm)
 	}
 	h.reclaimOrphanRAM()
+	h.reapStandbys()
 	h.metrics.vmsFunc(h.stateCounts)
 	for _, f := range h.StaleSharedMemory() {
 		h.log.Warn("stale shared memory file: no running vm owns it", "file", f)
@@ -216,6 +221,7 @@ func (h *Host) Close() error {
 	if h.stop != nil {
 		h.stop()
 	}
+	h.closePools()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, vm := range h.vms {

@@ -20,6 +20,8 @@ type launch struct {
 	// absent: passthrough devices unplugged at the source of a migration
 	// or checkpoint, plugged again once the state is loaded.
 	absent map[string]bool
+	// bornIn: the QEMU was started in another directory (runtime BornIn).
+	bornIn string
 }
 
 // args is the command line of the VM's QEMU of generation gen; callers
@@ -63,7 +65,7 @@ func (vm *VM) install(p *qemu.Process, l launch) {
 	vm.mu.Lock()
 	vm.proc = p
 	vm.rt.PID, vm.rt.StartedAt, vm.rt.Incoming, vm.rt.Gen = p.PID, time.Now().UTC(), l.incoming, p.Gen
-	vm.rt.QEMU = p.Bin
+	vm.rt.QEMU, vm.rt.BornIn = p.Bin, l.bornIn
 	if p.Bin == vm.h.cfg.QEMU {
 		vm.rt.QEMU = ""
 	}
@@ -115,9 +117,9 @@ func (vm *VM) reclaimRAM() {
 func (vm *VM) adopt() error {
 	vm.loseStream()
 	vm.mu.Lock()
-	pid, gen, ram := vm.rt.PID, vm.rt.Gen, vm.rt.RAM
+	pid, gen, ram, born := vm.rt.PID, vm.rt.Gen, vm.rt.RAM, cmp.Or(vm.rt.BornIn, vm.dir)
 	vm.mu.Unlock()
-	if !qemu.Owns(vm.dir, pid, gen) {
+	if !qemu.Owns(born, pid, gen) {
 		if pid != 0 {
 			vm.log.Info("qemu is gone; vm is stopped", "pid", pid)
 		}

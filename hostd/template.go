@@ -37,6 +37,9 @@ type Template struct {
 	CreatedAt time.Time           `json:"created_at"`
 	// Boot is how long the template VM took from start to guestd ready.
 	Boot time.Duration `json:"boot_ns"`
+	// Pool is the template's pool of standby clones, if it has one (in
+	// listings; not recorded).
+	Pool *PoolInfo `json:"pool,omitempty"`
 }
 
 // Files of a template's directory.
@@ -84,6 +87,9 @@ func (h *Host) Templates() []Template {
 	var out []Template
 	for _, e := range ents {
 		if t, err := h.Template(e.Name()); err == nil {
+			if p := h.pool(t.Name); p != nil {
+				t.Pool = p.info()
+			}
 			out = append(out, t)
 		}
 	}
@@ -99,6 +105,7 @@ func (h *Host) DeleteTemplate(name string) error {
 		return err
 	}
 	dir, _ := h.templateDir(name)
+	h.closePool(name)
 	if err := t.RAM.Remove(); err != nil {
 		return fmt.Errorf("template %q: %w", name, err)
 	}

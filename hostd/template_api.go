@@ -19,6 +19,11 @@ func (h *Host) templateRoutes(mux *http.ServeMux) {
 		name := r.PathValue("name")
 		return map[string]string{"deleted": name}, h.DeleteTemplate(name)
 	})
+	handle(mux, "PUT /v1/templates/{name}/pool", func(r *http.Request, req struct {
+		Size int `json:"size"`
+	}) (any, error) {
+		return map[string]int{"size": req.Size}, h.SetTemplatePool(r.PathValue("name"), req.Size)
+	})
 	handle(mux, "POST /v1/clones", func(r *http.Request, req CloneRequest) (any, error) {
 		return h.Clone(r.Context(), req)
 	})
@@ -49,4 +54,10 @@ func (c *Client) Clone(ctx context.Context, req CloneRequest) (CloneResult, erro
 	var res CloneResult
 	err := c.do(ctx, "POST", "/v1/clones", req, &res)
 	return res, err
+}
+
+// SetTemplatePool sets how many standby clones of a template the host
+// keeps ready (0: none).
+func (c *Client) SetTemplatePool(ctx context.Context, name string, size int) error {
+	return c.do(ctx, "PUT", "/v1/templates/"+url.PathEscape(name)+"/pool", map[string]int{"size": size}, nil)
 }

@@ -2,8 +2,6 @@ package hostd
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -50,6 +48,9 @@ type CloneResult struct {
 	Load      time.Duration `json:"load_ns"`
 	Guest     time.Duration `json:"guest_ns"`
 	Handshake time.Duration `json:"handshake_ns"`
+	// Standby: the clone was one of the template's pool, started before
+	// the request (Start and Load are then the time to take it).
+	Standby bool `json:"standby,omitempty"`
 }
 
 // Clone starts a VM from a template: the template's RAM file mapped
@@ -75,29 +76,13 @@ func (h *Host) Clone(ctx context.Context, req CloneRequest) (res CloneResult, er
 	if err != nil {
 		return res, err
 	}
-	ram, err := openTemplateRAM(t)
+	if s := h.standbyFor(req); s != nil {
+		spec, err = h.cloneFromStandby(ctx, t, req, s, start, &res)
+	} else {
+		err = h.cloneCold(ctx, t, spec, req, nics, start, &res)
+	}
 	if err != nil {
 		return res, err
-	}
-	defer ram.Close()
-	dir, _ := h.templateDir(t.Name)
-	state, err := os.Open(filepath.Join(dir, templateState))
-	if err != nil {
-		return res, fmt.Errorf("template %q: %w", t.Name, err)
-	}
-	defer state.Close()
-	vm, err := h.Create(spec)
-	if err != nil {
-		return res, err
-	}
-	var conn net.Conn
-	if err = vm.locked("clone", func() error { conn, err = vm.startClone(ctx, ram, state, t.State, start, &res); return err }); err == nil {
-		res.Handshake, err = vm.tellClone(ctx, conn, req, nics)
-	}
-	if err != nil {
-		vm.kill()
-		h.Delete(vm.name)
-		return res, fmt.Errorf("clone %q of template %q: %w", req.Name, t.Name, err)
 	}
 	res.Ready = timeNow().Sub(start)
 	res.Guest = res.Ready - res.Load
@@ -105,8 +90,38 @@ func (h *Host) Clone(ctx context.Context, req CloneRequest) (res CloneResult, er
 	for _, n := range spec.NICs {
 		res.MACs[n.ID] = n.MAC
 	}
-	vm.log.Info("clone ready", "template", t.Name, "ready", res.Ready, "start", res.Start, "load", res.Load)
+	h.log.Info("clone ready", "vm", req.Name, "template", t.Name, "ready", res.Ready, "start", res.Start, "load", res.Load, "standby", res.Standby)
 	return res, nil
+}
+
+// cloneCold starts a clone's QEMU now: the request waits for QEMU's
+// start, the state's load and the guest's first work.
+func (h *Host) cloneCold(ctx context.Context, t Template, spec Spec, req CloneRequest, nics []guestproto.CloneNIC, start time.Time, res *CloneResult) error {
+	ram, err := openTemplateRAM(t)
+	if err != nil {
+		return err
+	}
+	defer ram.Close()
+	dir, _ := h.templateDir(t.Name)
+	state, err := os.Open(filepath.Join(dir, templateState))
+	if err != nil {
+		return fmt.Errorf("template %q: %w", t.Name, err)
+	}
+	defer state.Close()
+	vm, err := h.Create(spec)
+	if err != nil {
+		return err
+	}
+	var conn net.Conn
+	if err = vm.locked("clone", func() error { conn, err = vm.startClone(ctx, ram, state, t.State, start, res); return err }); err == nil {
+		res.Handshake, err = vm.tellClone(ctx, conn, req, nics)
+	}
+	if err != nil {
+		vm.kill()
+		h.Delete(vm.name)
+		return fmt.Errorf("clone %q of template %q: %w", req.Name, t.Name, err)
+	}
+	return nil
 }
 
 // cloneSpec is the clone's VM: the template's, renamed, its RAM its own
@@ -153,7 +168,7 @@ func (vm *VM) startClone(ctx context.Context, ram, state *os.File, digest manife
 	vm.mu.Lock()
 	bin, a := vm.qemuBinary(), vm.args(l, vm.rt.Gen)
 	vm.mu.Unlock()
-	a.PrivateRAM = true
+	a.PrivateRAM, a.Accel = true, cloneAccel(a.Accel)
 	p, err := qemu.Start(ctx, bin, a, ram)
 	if err != nil {
 		return nil, fmt.Errorf("vm %q: %w", vm.name, err)
@@ -177,14 +192,7 @@ func (vm *VM) startClone(ctx context.Context, ram, state *os.File, digest manife
 // loadClone loads the template's device state into the clone's QEMU and
 // runs it.
 func (vm *VM) loadClone(ctx context.Context, p *qemu.Process, state *os.File, digest manifest.FileDigest) error {
-	if err := p.Mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
-		return err
-	}
-	if err := snapshot.Load(ctx, p.Mon, state, digest, nil); err != nil {
-		return fmt.Errorf("load the template's device state: %w", err)
-	}
-	// Later migrations of the clone carry its RAM.
-	if err := p.Mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false}); err != nil {
+	if err := loadTemplateState(ctx, p, state, digest); err != nil {
 		return err
 	}
 	vm.mu.Lock()
@@ -194,14 +202,26 @@ func (vm *VM) loadClone(ctx context.Context, p *qemu.Process, state *os.File, di
 	return p.Mon.Cont(ctx)
 }
 
+// loadTemplateState loads a template's device state into p, a QEMU
+// started incoming on the template's RAM file, without RAM
+// (x-ignore-shared): the RAM is the file.
+func loadTemplateState(ctx context.Context, p *qemu.Process, state *os.File, digest manifest.FileDigest) error {
+	// events: QEMU says when the load completed (a MIGRATION event), so
+	// the wait for it is not a poll.
+	if err := p.Mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true, "events": true}); err != nil {
+		return err
+	}
+	if err := snapshot.Load(ctx, p.Mon, state, digest, nil); err != nil {
+		return fmt.Errorf("load the template's device state: %w", err)
+	}
+	// Later migrations of the clone carry its RAM.
+	return p.Mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": false})
+}
+
 // tellClone sends guestd its new identity and waits until it took it.
 // conn is the guest channel, connected before the clone ran.
 func (vm *VM) tellClone(ctx context.Context, conn net.Conn, req CloneRequest, nics []guestproto.CloneNIC) (time.Duration, error) {
-	seed, mid := make([]byte, 64), make([]byte, 16)
-	rand.Read(seed)
-	rand.Read(mid)
-	c := guestproto.Clone{Seed: hex.EncodeToString(seed), MachineID: hex.EncodeToString(mid),
-		Hostname: req.Hostname, NICs: nics}
+	c := newCloneIdentity(req.Hostname, nics)
 	gctx, cancel := context.WithTimeout(ctx, vm.h.cfg.GuestTimeout)
 	defer cancel()
 	start := timeNow()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -113,8 +114,11 @@ func cloneCount() int {
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
 // TestTemplateClones makes a template of the test guest, starts clones
-// of it, and checks that they are ready fast, share the template's
-// memory, are each their own machine, and never write the template.
+// of it (the first from the template's pool of standby clones, the rest
+// as the pool gives out: standby or started on request), and checks that
+// they are each their own machine, share the template's memory and never
+// write the template; it reports their time to ready and memory beside a
+// cold boot of the same guest, in the same run.
 func TestTemplateClones(t *testing.T) {
 	h := testenv.StartHostd(t, "a", nil, "", "")
 	c := h.Client()
@@ -127,8 +131,75 @@ func TestTemplateClones(t *testing.T) {
 	if st, err := os.Stat(tmpl.RAM.Path); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("template RAM file: %v %v", st, err)
 	}
-	n := cloneCount()
-	var ready []time.Duration
+	pool := poolSize()
+	if err := c.SetTemplatePool(ctx, "small", pool); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(t, c, pool)
+	clones := startClones(t, c, cloneCount())
+	if !clones[0].Standby {
+		t.Errorf("clone c0 was not taken from the full pool")
+	}
+	checkCloneIdentities(t, h, clones)
+
+	time.Sleep(2 * time.Second) // the clones' 8 MiB writes
+	standbys := waitPool(t, c, pool)
+	mem := cloneMemory(t, tmpl, clones, standbys)
+	coldBoot, coldPSS := coldBoot(t, h)
+	r := readiness(clones)
+	t.Logf("SUMMARY cold boot %s, QEMU PSS %s | %d clones (pool %d, %d taken from it): ready p50 %s p90 %s | PSS sum %s (clones %s + standby %s) = %.2fx one booted VM; minus what the clones wrote (%s): %.2fx (target 1.5x); with the template file's unmapped pages %.2fx",
+		coldBoot.Round(time.Millisecond), mib(coldPSS), len(clones), pool, r.standby, r.p50, r.p90,
+		mib(mem.sum), mib(mem.clones), mib(mem.standby), float64(mem.sum)/float64(coldPSS), mib(mem.wrote),
+		float64(mem.sum-mem.wrote)/float64(coldPSS), float64(mem.sum+mem.tmplUnmapped)/float64(coldPSS))
+
+	// The clones wrote their memory; the template's file is as it was.
+	if sum, err := hostd.FileSHA256(tmpl.RAM.Path); err != nil || sum != tmpl.RAMSHA256 {
+		t.Fatalf("template RAM file changed by its clones: sha256 %s, was %s (%v)", sum, tmpl.RAMSHA256, err)
+	}
+	// An emptied pool stops its standby clones.
+	if err := c.SetTemplatePool(ctx, "small", 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range standbys {
+		if qemu.Alive(pid) {
+			t.Errorf("standby clone pid %d still runs after its pool was emptied", pid)
+		}
+	}
+	templateRefusesSwaps(t, h, tmpl)
+}
+
+// poolSize is the template's pool of standby clones in the test
+// (SYMVIRT_TEMPLATE_POOL, default 2).
+func poolSize() int {
+	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_TEMPLATE_POOL")); err == nil && n >= 1 {
+		return n
+	}
+	return 2
+}
+
+// waitPool waits until the template "small" has size standby clones and
+// returns their PIDs.
+func waitPool(t *testing.T, c *hostd.Client, size int) []int {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		ts, err := c.Templates(ctxT(t, time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ts) == 1 && ts[0].Pool != nil && len(ts[0].Pool.PIDs) >= size {
+			return ts[0].Pool.PIDs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("template pool never filled to %d: %+v", size, ts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// startClones requests n clones of "small", one after the other.
+func startClones(t *testing.T, c *hostd.Client, n int) []hostd.CloneResult {
+	ctx := ctxT(t, 10*time.Minute)
 	clones := make([]hostd.CloneResult, n)
 	for i := range n {
 		res, err := c.Clone(ctx, hostd.CloneRequest{Template: "small", Name: fmt.Sprintf("c%d", i)})
@@ -136,24 +207,39 @@ func TestTemplateClones(t *testing.T) {
 			t.Fatalf("clone %d: %v", i, err)
 		}
 		clones[i] = res
-		ready = append(ready, res.Ready)
-		t.Logf("clone %s: ready in %s (qemu up %s, state loaded and running %s, guestd %s of which handshake %s)", res.VM, res.Ready, res.Start, res.Load, res.Guest, res.Handshake)
+		t.Logf("clone %s: ready in %s, standby %v (qemu up or taken %s, state loaded and running %s, guestd %s of which handshake %s)",
+			res.VM, res.Ready, res.Standby, res.Start, res.Load, res.Guest, res.Handshake)
 	}
-	sort.Slice(ready, func(i, j int) bool { return ready[i] < ready[j] })
-	t.Logf("%d clones: request to guestd ready p50 %s, max %s (target 150 ms, not asserted)", n, ready[n/2], ready[n-1])
-	checkCloneIdentities(t, h, clones)
+	r := readiness(clones)
+	t.Logf("%d clones: request to guestd ready p50 %s, p90 %s, max %s; %d from the pool (p50 %s), %d started on request (p50 %s) (target p50 150 ms, not asserted)",
+		n, r.p50, r.p90, r.max, r.standby, r.standbyP50, n-r.standby, r.coldP50)
+	return clones
+}
 
-	time.Sleep(2 * time.Second) // the clones' 8 MiB writes
-	sum, tmplBytes := cloneMemory(t, tmpl, clones)
-	coldBoot, coldPSS := coldBoot(t, h)
-	t.Logf("cold boot: %s to symvirt-guest-ready, QEMU PSS %s; %d clones: p50 %s, PSS sum %s = %.2fx one booted VM (%.2fx with the whole template file)",
-		coldBoot.Round(time.Millisecond), mib(coldPSS), n, ready[n/2], mib(sum), float64(sum)/float64(coldPSS), float64(sum+tmplBytes)/float64(coldPSS))
+type readyStats struct {
+	p50, p90, max, standbyP50, coldP50 time.Duration
+	standby                            int
+}
 
-	// The clones wrote their memory; the template's file is as it was.
-	if sum, err := hostd.FileSHA256(tmpl.RAM.Path); err != nil || sum != tmpl.RAMSHA256 {
-		t.Fatalf("template RAM file changed by its clones: sha256 %s, was %s (%v)", sum, tmpl.RAMSHA256, err)
+func readiness(clones []hostd.CloneResult) readyStats {
+	var all, sb, cold []time.Duration
+	for _, c := range clones {
+		all = append(all, c.Ready)
+		if c.Standby {
+			sb = append(sb, c.Ready)
+		} else {
+			cold = append(cold, c.Ready)
+		}
 	}
-	templateRefusesSwaps(t, h, tmpl)
+	pct := func(d []time.Duration, p int) time.Duration {
+		if len(d) == 0 {
+			return 0
+		}
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return d[(len(d)-1)*p/100]
+	}
+	return readyStats{p50: pct(all, 50), p90: pct(all, 90), max: pct(all, 100),
+		standbyP50: pct(sb, 50), coldP50: pct(cold, 50), standby: len(sb)}
 }
 
 // checkCloneIdentities: each clone has the hostname and MAC hostd gave
@@ -187,23 +273,38 @@ func checkCloneIdentities(t *testing.T, h *testenv.Hostd, clones []hostd.CloneRe
 	}
 }
 
-// cloneMemory logs the clones' memory and returns the sum of their PSS
-// and what the template file holds in /dev/shm (the pages clones map are
-// in their PSS already: sum plus file is an upper bound of the host's).
-func cloneMemory(t *testing.T, tmpl hostd.Template, clones []hostd.CloneResult) (sum, tmplBytes int64) {
-	var all smaps
-	var wrote int64
+// cloneMem is the host's memory for the clones: the sum of PSS of
+// their QEMUs and of the standby clones waiting in the pool, what the
+// clones' guests wrote (their private copies of template pages), and the
+// template file's pages no QEMU maps (in /dev/shm, in no one's PSS).
+type cloneMem struct{ sum, clones, standby, wrote, tmplUnmapped int64 }
+
+// cloneMemory logs the clones' and the standby clones' memory, by part.
+func cloneMemory(t *testing.T, tmpl hostd.Template, clones []hostd.CloneResult, standbys []int) cloneMem {
+	var all, sb smaps
+	var m cloneMem
+	parts, sbParts := memParts{}, memParts{}
 	for _, cl := range clones {
 		all.add(readSmaps(t, cl.PID))
-		wrote += guestWrites(t, cl.PID, tmpl.RAM.Path)
+		m.wrote += guestWrites(t, cl.PID, tmpl.RAM.Path)
+		parts.add(readMemParts(t, cl.PID, tmpl.RAM.Path, int(tmpl.Spec.Memory)))
+	}
+	for _, pid := range standbys {
+		sb.add(readSmaps(t, pid))
+		sbParts.add(readMemParts(t, pid, tmpl.RAM.Path, int(tmpl.Spec.Memory)))
 	}
 	n := int64(len(clones))
+	t.Logf("%d clones: PSS by part (guest RAM includes what it wrote): %s", n, parts)
+	t.Logf("%d standby clones: PSS %s; by part: %s", len(standbys), sb, sbParts)
+	t.Logf("clone c0: PSS by part: %s%s", readMemParts(t, clones[0].PID, tmpl.RAM.Path, int(tmpl.Spec.Memory)), bigMappings(t, clones[0].PID, tmpl.RAM.Path))
 	t.Logf("%d clones: their guests wrote %s (copied on write), %s each; QEMU's own anonymous memory %s each",
-		n, mib(wrote), mib(wrote/n), mib((all.anon-wrote)/n))
+		n, mib(m.wrote), mib(m.wrote/n), mib((all.anon-m.wrote)/n))
 	st, _ := os.Stat(tmpl.RAM.Path)
-	tmplBytes = st.Sys().(*syscall.Stat_t).Blocks * 512
-	t.Logf("%d clones: sum of QEMU PSS %s, %s each; template RAM file holds %s", n, all, mib(all.pss/n), mib(tmplBytes))
-	return all.pss, tmplBytes
+	file := st.Sys().(*syscall.Stat_t).Blocks * 512
+	m.clones, m.standby, m.sum = all.pss, sb.pss, all.pss+sb.pss
+	m.tmplUnmapped = max(0, file-all.shmem-sb.shmem)
+	t.Logf("%d clones: sum of QEMU PSS %s, %s each; template RAM file holds %s", n, all, mib(all.pss/n), mib(file))
+	return m
 }
 
 // coldBoot boots the same guest without a template, side by side: its
@@ -221,7 +322,7 @@ func coldBoot(t *testing.T, h *testenv.Hostd) (time.Duration, int64) {
 	took := time.Since(start)
 	time.Sleep(time.Second)
 	s := readSmaps(t, info.PID)
-	t.Logf("cold-booted VM: QEMU PSS %s", s)
+	t.Logf("cold-booted VM: QEMU PSS %s; by part: %s", s, readMemParts(t, info.PID, "", int(cold.Memory)))
 	return took, s.pss
 }
 
@@ -239,7 +340,7 @@ func templateRefusesSwaps(t *testing.T, h *testenv.Hostd, tmpl hostd.Template) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Truncate(int64(tmpl.Spec.Memory) << 20)
+	f.Truncate(int64(int(tmpl.Spec.Memory)) << 20)
 	f.Close()
 	if _, err := c.Clone(ctx, hostd.CloneRequest{Template: tmpl.Name, Name: "swapped"}); !errors.Is(err, hostd.ErrRAMFile) {
 		t.Fatalf("clone of a template whose RAM file was replaced: %v", err)

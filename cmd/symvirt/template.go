@@ -53,6 +53,22 @@ func templateCommand() *cli.Command {
 				},
 			},
 			{
+				Name: "pool", Usage: "keep SIZE standby clones of a template running, ready for requests (0: none)", ArgsUsage: "NAME SIZE",
+				Action: func(ctx context.Context, cmd *cli.Command) error {
+					var size int
+					if cmd.Args().Len() != 2 {
+						return usageErr("template pool: want NAME and SIZE, got %d arguments (symvirt template pool --help)", cmd.Args().Len())
+					}
+					if _, err := fmt.Sscan(cmd.Args().Get(1), &size); err != nil {
+						return usageErr("template pool: SIZE %q: not a number", cmd.Args().Get(1))
+					}
+					name := cmd.Args().Get(0)
+					return templateAction(cmd, func(c *hostd.Client) (any, error) {
+						return map[string]any{"template": name, "pool": size}, c.SetTemplatePool(ctx, name, size)
+					})
+				},
+			},
+			{
 				Name: "clone", Usage: "start one VM from a template on this host", ArgsUsage: "TEMPLATE VM",
 				Action: func(ctx context.Context, cmd *cli.Command) error {
 					if cmd.Args().Len() != 2 {
@@ -86,13 +102,17 @@ func printTemplateResult(w io.Writer, res any) {
 			r.Name, r.Boot.Round(time.Millisecond), cliutil.Bytes(r.State.Size), r.RAM.Path)
 	case []hostd.Template:
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tMEMORY\tBOOT\tCREATED")
+		fmt.Fprintln(tw, "NAME\tMEMORY\tBOOT\tCREATED\tPOOL")
 		for _, t := range r {
-			fmt.Fprintf(tw, "%s\t%dM\t%s\t%s\n", t.Name, t.Spec.Memory, t.Boot.Round(time.Millisecond), t.CreatedAt.Format(time.RFC3339))
+			pool := "-"
+			if t.Pool != nil {
+				pool = fmt.Sprintf("%d/%d", len(t.Pool.PIDs), t.Pool.Size)
+			}
+			fmt.Fprintf(tw, "%s\t%dM\t%s\t%s\t%s\n", t.Name, t.Spec.Memory, t.Boot.Round(time.Millisecond), t.CreatedAt.Format(time.RFC3339), pool)
 		}
 		tw.Flush()
 	case hostd.CloneResult:
-		fmt.Fprintf(w, "%s: ready in %s (pid %d)\n", r.VM, r.Ready.Round(time.Millisecond), r.PID)
+		fmt.Fprintf(w, "%s: ready in %s (pid %d, standby %v)\n", r.VM, r.Ready.Round(time.Millisecond), r.PID, r.Standby)
 	case deleted:
 		fmt.Fprintf(w, "%s: deleted\n", r.Deleted)
 	}
