@@ -54,6 +54,8 @@ type Host struct {
 	keys *manifestKeys
 	// epoch fences off deposed coordinator leaders (epoch.go).
 	epoch epochFence
+	// images are the base images this host seeds or caches (image.go).
+	images imageSet
 }
 
 // VM is one VM known to this host.
