@@ -141,3 +141,9 @@ func Build(name, path string, chunk int) (*Manifest, error) {
 	}
 	return m, m.validate()
 }
+
+// DigestOf is data's digest as a manifest lists it.
+func DigestOf(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
