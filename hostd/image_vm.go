@@ -79,7 +79,7 @@ func (h *Host) BootImageVM(ctx context.Context, image string, req ImageVMRequest
 		return res, err
 	}
 	res.Start = timeNow().Sub(start)
-	if spec.Guest.Type != "" {
+	if t := vm.Spec().Guest.Type; t != "" && t != "none" {
 		gctx, cancel := context.WithTimeout(ctx, h.cfg.GuestTimeout)
 		g, _, gerr := vm.connectGuest(gctx)
 		cancel()
