@@ -24,7 +24,7 @@ import (
 // The fan-out test image: 1 GiB raw, of which the first imgData bytes
 // hold data (every 64 KiB block starts "symvirt-image-block N"), the
 // rest a hole. The guests read imgReads chunks, each at the start of
-// chunk k*61, then report.
+// chunk k*16 (spread over the data), then report.
 const (
 	imgSize  = 1 << 30
 	imgData  = 256 << 20
@@ -40,7 +40,7 @@ var imageReadRC = fmt.Sprintf(`#!/bin/sh
 echo 0 > /sys/block/vda/queue/read_ahead_kb
 bad=0; k=0
 while [ $k -lt %d ]; do
-  b=$((k * 61 * 4))
+  b=$((k * 16 * 4))
   got=$(dd if=/dev/vda bs=512 skip=$((b * 128)) count=1 2>/dev/null | head -n1 | tr -d '\0')
   [ "$got" = "$(printf 'symvirt-image-block %%08d' $b)" ] || { bad=$((bad + 1)); echo "image block $b: got '$got'"; }
   k=$((k + 1))
