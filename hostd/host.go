@@ -177,6 +177,7 @@ func New(cfg Config) (*Host, error) {
 	if h.keys, err = loadManifestKeys(cfg); err != nil {
 		return nil, err
 	}
+	h.reopenImages() // before the VMs reading them are adopted
 	entries, err := os.ReadDir(h.vmsDir())
 	if err != nil {
 		return nil, err

@@ -128,6 +128,9 @@ func (h *Host) RegisterImage(ctx context.Context, req RegisterImageRequest) (Ima
 		return ImageInfo{}, err
 	}
 	c, err := imagecache.OpenSeed(req.Path, m, id, h.log.With("image", req.Name))
+	if err == nil {
+		err = saveImageState(dir, imageState{ID: id, Seed: req.Path})
+	}
 	if err != nil {
 		return ImageInfo{}, err
 	}

@@ -28,6 +28,9 @@ func (h *Host) AttachImage(ctx context.Context, name string, req AttachImageRequ
 		}
 		if !c.Stats().Seed {
 			c.Sources().Set(h.imageSources(name, req.Sources))
+			if err := saveImageState(filepath.Join(h.imagesDir(), name), imageState{ID: req.ID, Sources: req.Sources}); err != nil {
+				return ImageInfo{}, err
+			}
 		}
 		return h.Image(name)
 	}
@@ -41,6 +44,9 @@ func (h *Host) AttachImage(ctx context.Context, name string, req AttachImageRequ
 	}
 	dir, err := h.imageDir(name, data)
 	if err != nil {
+		return ImageInfo{}, err
+	}
+	if err := saveImageState(dir, imageState{ID: req.ID, Sources: req.Sources}); err != nil {
 		return ImageInfo{}, err
 	}
 	c, err := imagecache.Open(dir, m, req.ID, srcs, h.log.With("image", name))
@@ -75,7 +81,7 @@ func (h *Host) imageSources(name string, addrs []string) []imagecache.Source {
 		if abs, err := filepath.Abs(a); err == nil && abs == self {
 			continue
 		}
-		out = append(out, &peerImage{c: h.peer(a), image: name})
+		out = append(out, &peerImage{h: h, addr: a, image: name})
 	}
 	return out
 }

@@ -124,3 +124,41 @@ func imageOn(t *testing.T, h *testenv.Hostd, name string) hostd.ImageInfo {
 	t.Fatalf("no image %s: %v %+v", name, err, imgs)
 	return hostd.ImageInfo{}
 }
+
+// A restarted hostd opens its images again: the cache keeps the chunks
+// it held (its bitmap), nothing is fetched twice, and the export serves.
+func TestImageCacheSurvivesHostdRestart(t *testing.T) {
+	testenv.RequireRoot(t)
+	file := filepath.Join(t.TempDir(), "base.raw")
+	img := bytes.Repeat([]byte("symvirt image restart test block\n"), 1<<15)
+	os.WriteFile(file, img[:1<<20], 0o600)
+	ctx := context.Background()
+	seed := testenv.StartHostd(t, "seed", nil, "", "")
+	host := testenv.StartHostd(t, "host", nil, "", "")
+	reg, err := seed.Client().RegisterImage(ctx, hostd.RegisterImageRequest{Name: "img", Path: file, Chunk: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Client().AttachImage(ctx, "img", hostd.AttachImageRequest{ID: reg.ID, Sources: []string{seed.Socket()}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Client().PrefetchImage(ctx, "img"); err != nil {
+		t.Fatal(err)
+	}
+	before := imageOn(t, host, "img")
+	host.Kill()
+	host.Start()
+	seed.Kill() // what the host holds must not need it
+	after := imageOn(t, host, "img")
+	if after.Held != before.Held || after.Held != after.Chunks || after.Fetched != 0 {
+		t.Fatalf("after a restart: %+v (before: %+v)", after, before)
+	}
+	got := filepath.Join(t.TempDir(), "got.raw")
+	export := "nbd+unix:///img?socket=" + filepath.Join(host.StateDir, "images", "img", "nbd.sock")
+	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "raw", export, got).CombinedOutput(); err != nil {
+		t.Fatalf("read after restart: %v %s", err, out)
+	}
+	if b, _ := os.ReadFile(got); !bytes.Equal(b, img[:1<<20]) {
+		t.Fatal("the image read after a restart differs")
+	}
+}

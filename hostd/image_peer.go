@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 
 	"github.com/symvirt/symvirt/hostd/imagecache"
 )
@@ -13,20 +14,30 @@ import (
 // peerImage is an image on another hostd, reached over the peer channel
 // (mutual TLS with a hostd certificate, or this host's unix sockets).
 type peerImage struct {
-	c     *Client
+	h     *Host
+	addr  string
 	image string
+	once  sync.Once
+	c     *Client
 }
 
-func (p *peerImage) Name() string { return p.c.Addr() }
+// client is made at first use: a reopened image's sources exist before
+// the daemon has set PeerTLS.
+func (p *peerImage) client() *Client {
+	p.once.Do(func() { p.c = p.h.peer(p.addr) })
+	return p.c
+}
+
+func (p *peerImage) Name() string { return p.addr }
 
 func (p *peerImage) path(rest string) string { return "/v1/images/" + url.PathEscape(p.image) + rest }
 
 func (p *peerImage) Chunk(ctx context.Context, i int) ([]byte, error) {
-	return p.c.api.GetBytes(ctx, p.path("/chunks/"+strconv.Itoa(i)), imagecache.ChunkMax)
+	return p.client().api.GetBytes(ctx, p.path("/chunks/"+strconv.Itoa(i)), imagecache.ChunkMax)
 }
 
 func (p *peerImage) Manifest(ctx context.Context) ([]byte, error) {
-	return p.c.api.GetBytes(ctx, p.path("/manifest"), imagecache.ManifestMax)
+	return p.client().api.GetBytes(ctx, p.path("/manifest"), imagecache.ManifestMax)
 }
 
 // servePeerImage answers a peer's GET of a manifest or a chunk with raw
