@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"reflect"
 	"testing"
+
+	"github.com/symvirt/symvirt/hostd"
 )
 
 func TestFanoutTree(t *testing.T) {
@@ -57,5 +59,23 @@ func TestFanoutTreeDegreeBound(t *testing.T) {
 			}
 		}
 		t.Logf("degree %d: depth %d for 100 hosts", d, depth)
+	}
+}
+
+func TestImageBootRequestChecked(t *testing.T) {
+	spec := &hostd.Spec{Name: "x"}
+	for _, tc := range []struct {
+		req BootRequest
+		ok  bool
+	}{
+		{BootRequest{Job: "j", Count: 1, Image: "img", Spec: spec}, true},
+		{BootRequest{Job: "j", Count: 1, Image: "img"}, false},                            // no spec
+		{BootRequest{Job: "j", Count: 1, Image: "img", Template: "t", Spec: spec}, false}, // both
+		{BootRequest{Job: "j", Count: 1, Image: "../x", Spec: spec}, false},
+		{BootRequest{Job: "j", Count: 1, Template: "t"}, true},
+	} {
+		if err := validBoot(tc.req); (err == nil) != tc.ok {
+			t.Errorf("%+v: %v", tc.req, err)
+		}
 	}
 }
