@@ -89,12 +89,28 @@ func (c *Coord) prepareImage(ctx context.Context, req BootRequest, plan []BootVM
 		f.Degree, f.SeedDegree = len(used), len(used)
 	}
 	tree := FanoutTree(img.Seeds, used, f.Degree, cmp.Or(f.SeedDegree, 1))
+	// Parents first: a child asks its parent for the manifest at once.
+	levels := map[int][]string{}
+	for host, sources := range tree {
+		depth := len(sources) - (len(img.Seeds) - 1)
+		levels[depth] = append(levels[depth], host)
+	}
+	for depth := 1; len(levels[depth]) > 0; depth++ {
+		if err := c.attachLevel(ctx, img, levels[depth], tree, f.Copy); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// attachLevel attaches the image on hosts at once.
+func (c *Coord) attachLevel(ctx context.Context, img Image, hosts []string, tree map[string][]string, copyAll bool) error {
 	var mu sync.Mutex
 	var errs []error
 	var wg sync.WaitGroup
-	for host, sources := range tree {
+	for _, host := range hosts {
 		wg.Go(func() {
-			if err := c.attachImage(ctx, img, host, sources, f.Copy); err != nil {
+			if err := c.attachImage(ctx, img, host, tree[host], copyAll); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
