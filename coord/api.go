@@ -26,6 +26,7 @@ func (c *Coord) Handler() http.Handler {
 	c.opsRoutes(mux)
 	c.consolidateRoutes(mux)
 	c.bootRoutes(mux)
+	c.imageRoutes(mux)
 	return c.haGate(mux)
 }
 

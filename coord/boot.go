@@ -28,6 +28,11 @@ type BootRequest struct {
 	Hosts    []string `json:"hosts,omitempty"`
 	// Parallel is how many clones each host starts at once (default 2).
 	Parallel int `json:"parallel,omitempty"`
+	// Image (instead of Template) boots each VM of Spec on a qcow2
+	// overlay of a registered image, fetched through a fan-out tree.
+	Image  string      `json:"image,omitempty"`
+	Spec   *hostd.Spec `json:"spec,omitempty"`
+	Fanout ImageFanout `json:"fanout,omitempty"`
 }
 
 // BootProgress is sent as each VM is ready or has failed.
@@ -98,6 +103,9 @@ func (c *Coord) Boot(ctx context.Context, req BootRequest, progress func(BootPro
 	if err != nil {
 		return res, err
 	}
+	if err := c.prepareImage(ctx, req, plan); err != nil {
+		return res, err
+	}
 	res.VMs = c.runClones(ctx, req, plan, start, progress)
 	res.Took = time.Since(start)
 	var failed []error
@@ -127,7 +135,7 @@ func validBoot(req BootRequest) error {
 	if err := names.Check("job", req.Job); err != nil {
 		return fmt.Errorf("boot: %w: %v", ErrInvalid, err)
 	}
-	if err := names.Check("template", req.Template); err != nil {
+	if err := checkBootSource(req); err != nil {
 		return fmt.Errorf("boot: %w: %v", ErrInvalid, err)
 	}
 	if req.Count < 1 || req.Count > MaxBootCount {
@@ -151,7 +159,7 @@ func (c *Coord) bootHosts(ctx context.Context, req BootRequest) ([]string, error
 	}
 	var out []string
 	for _, name := range asked {
-		err := c.hasTemplate(ctx, name, req.Template)
+		err := c.canBoot(ctx, name, req)
 		switch {
 		case err == nil:
 			out = append(out, name)
@@ -225,7 +233,7 @@ func (c *Coord) runClones(ctx context.Context, req BootRequest, plan []BootVM, s
 		wg.Go(func() {
 			sems[vm.Host] <- struct{}{}
 			defer func() { <-sems[vm.Host] }()
-			b := c.clone(ctx, req.Template, vm)
+			b := c.bootVM(ctx, req, vm)
 			b.Since = time.Since(start)
 			mu.Lock()
 			defer mu.Unlock()

@@ -31,6 +31,7 @@ const (
 	bucketCheckpoints = "checkpoints"
 	bucketSchedules   = "schedules"
 	bucketCordons     = "cordons"
+	bucketImages      = "images"
 )
 
 type boltStore struct{ db *bolt.DB }
@@ -45,7 +46,7 @@ func OpenBolt(dir string) (Store, error) {
 		return nil, fmt.Errorf("coord store: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range []string{bucketHosts, bucketJobs, bucketOps, bucketCheckpoints, bucketSchedules, bucketCordons} {
+		for _, b := range []string{bucketHosts, bucketJobs, bucketOps, bucketCheckpoints, bucketSchedules, bucketCordons, bucketImages} {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}

@@ -18,6 +18,7 @@ func (h *Host) Handler() http.Handler {
 	h.operationRoutes(mux)
 	h.migrationRoutes(mux)
 	h.templateRoutes(mux)
+	h.imageRoutes(mux)
 	mux.Handle("GET /metrics", h.metricsHandler())
 	return h.authorize(mux)
 }

@@ -55,6 +55,8 @@ type Host struct {
 	keys *manifestKeys
 	// epoch fences off deposed coordinator leaders (epoch.go).
 	epoch epochFence
+	// images are the base images this host seeds or caches (image.go).
+	images imageSet
 }
 
 // VM is one VM known to this host.
@@ -179,6 +181,7 @@ func New(cfg Config) (*Host, error) {
 	if h.keys, err = loadManifestKeys(cfg); err != nil {
 		return nil, err
 	}
+	h.reopenImages() // before the VMs reading them are adopted
 	entries, err := os.ReadDir(h.vmsDir())
 	if err != nil {
 		return nil, err

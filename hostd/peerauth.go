@@ -18,6 +18,8 @@ import (
 //     coordinator certificate naming the operation, the VM, the peer as
 //     source and this host as destination; the VM then records the peer as
 //     its source, and only that peer may finish, abort or read it;
+//   - a hostd certificate may also read any registered image's manifest and
+//     chunks (fan-out boots: every host may serve every other);
 //   - the unix socket (no TLS) is local root and may call everything.
 // A direct `symvirt vm migrate` between TLS hostds has no coordinator to
 // grant it and is refused at the source (migrate through the coordinator),
@@ -90,6 +92,9 @@ func (h *Host) authorize(next http.Handler) http.Handler {
 	peer.HandleFunc("GET /v1/vms/{name}", own)
 	peer.HandleFunc("POST /v1/vms/{name}/incoming/finish", own)
 	peer.HandleFunc("POST /v1/vms/{name}/incoming/abort", own)
+	// Image chunks: any hostd of the cluster may read them (images.md).
+	peer.HandleFunc("GET /v1/images/{name}/manifest", h.servePeerImage)
+	peer.HandleFunc("GET /v1/images/{name}/chunks/{chunk}", h.servePeerImage)
 	peer.HandleFunc("/", refuse)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var c Caller

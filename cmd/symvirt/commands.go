@@ -24,7 +24,7 @@ func commands() []*cli.Command {
 	var all []*cli.Command
 	all = append(all, in(catCluster, clusterCommands()...)...)
 	all = append(all, in(catCluster, scheduleCommand())...)
-	all = append(all, in(catCluster, opsCommand(), bootCommand())...)
+	all = append(all, in(catCluster, opsCommand(), bootCommand(), imagesCommand())...)
 	all = append(all, in(catHost, vmCommand(), rejuvenateCommand(), templateCommand())...)
 	all = append(all, in(catDaemons, coordDaemonCommand(), hostdCommand(), guestdCommand())...)
 	all = append(all, in(catGuest, hookCommand(), taintCommand())...)

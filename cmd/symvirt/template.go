@@ -119,11 +119,11 @@ func printTemplateResult(w io.Writer, res any) {
 }
 
 func bootCommand() *cli.Command {
-	return &cli.Command{
+	cmd := &cli.Command{
 		Name:  "boot",
 		Usage: "start N clones of a template as a new job; the coordinator places them on hosts that have the template",
 		Flags: coordFlags(
-			&cli.StringFlag{Name: "template", Required: true, Usage: "template name (on each host used: symvirt template create)"},
+			&cli.StringFlag{Name: "template", Usage: "template name (on each host used: symvirt template create)"},
 			&cli.IntFlag{Name: "count", Aliases: []string{"n"}, Required: true, Usage: "how many VMs"},
 			&cli.StringFlag{Name: "hosts", Usage: "comma-separated hosts to use (default: every host that has the template)"},
 			&cli.StringFlag{Name: "job", Usage: "job name; its VMs are JOB-0 .. JOB-(N-1) (default: the template's name)"},
@@ -131,11 +131,16 @@ func bootCommand() *cli.Command {
 		),
 		Action: runBoot,
 	}
+	cmd.Flags = append(cmd.Flags, imageBootFlags()...)
+	return cmd
 }
 
 func runBoot(ctx context.Context, cmd *cli.Command) error {
 	req := coord.BootRequest{Template: cmd.String("template"), Count: int(cmd.Int("count")),
 		Job: cmd.String("job"), Parallel: int(cmd.Int("parallel"))}
+	if err := imageBoot(cmd, &req); err != nil {
+		return err
+	}
 	if req.Job == "" {
 		req.Job = req.Template
 	}
