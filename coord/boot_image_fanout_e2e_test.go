@@ -1,6 +1,7 @@
 package coord_test
 
 import (
+	"encoding/json"
 	"context"
 	"fmt"
 	"os"
@@ -59,8 +60,10 @@ func (ic *imageCluster) fanoutVsCopy() {
 	t.Logf("8 VMs on 4 hosts, time to all ready: fan-out %s, copy the image to each host first %s (%.2fx)",
 		fan.Round(time.Millisecond), cp.Round(time.Millisecond), float64(cp)/float64(fan))
 	if os.Getenv("SYMVIRT_BENCH") == "1" {
-		fmt.Printf("BENCH image-fanout vms=8 hosts=4 image=1GiB data=%dMiB fanout=%s copy-first=%s ratio=%.2f\n",
-			imgData>>20, fan.Round(time.Millisecond), cp.Round(time.Millisecond), float64(cp)/float64(fan))
+		line, _ := json.Marshal(map[string]any{"bench": "image_fanout", "vms": 8, "hosts": 4, "image_gib": 1,
+			"data_mib": imgData >> 20, "fanout_seconds": fan.Seconds(), "copy_first_seconds": cp.Seconds(),
+			"copy_first_vs_fanout": float64(cp) / float64(fan)})
+		fmt.Println(string(line))
 	}
 }
 
