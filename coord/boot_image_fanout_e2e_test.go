@@ -1,8 +1,8 @@
 package coord_test
 
 import (
-	"encoding/json"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
