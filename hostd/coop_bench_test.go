@@ -59,6 +59,7 @@ func TestBenchCooperationRound(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Logf("%s: round %v ready %v guest prepare %v apps %v", vm, res.Round, res.Ready, res.GuestPrepare, res.Apps)
 			if vm == "withapp" {
 				w.add(res)
 			} else {
