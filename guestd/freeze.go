@@ -457,29 +457,6 @@ func cgFrozen(dir string) (bool, error) {
 	return false, fmt.Errorf("%s/cgroup.events has no \"frozen\" (kernel without the cgroup v2 freezer, Linux 5.2+)", dir)
 }
 
-// waitFrozen polls cgroup.events until the cgroup is frozen, for at most
-// settle; an error only if ctx ends first.
-func waitFrozen(ctx context.Context, dir string, settle time.Duration) (bool, error) {
-	deadline := time.Now().Add(settle)
-	for {
-		ok, err := cgFrozen(dir)
-		if err != nil {
-			return false, err
-		}
-		if ok {
-			return true, nil
-		}
-		if time.Now().After(deadline) {
-			return false, nil
-		}
-		select {
-		case <-ctx.Done():
-			return false, fmt.Errorf("waiting for the processes to freeze: %w", context.Cause(ctx))
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
 // ---- state file ----
 
 func (f *freezer) writeState(st *freezeState) error {
@@ -696,7 +673,7 @@ func (f *freezer) freeze(ctx context.Context, tainted func(int) bool) (res freez
 	if err := writeCg(filepath.Join(dir, "cgroup.freeze"), "1"); err != nil {
 		return res, fmt.Errorf("freeze %s: %w", dir, err)
 	}
-	if res.Settled, err = waitFrozen(ctx, dir, freezeSettle); err != nil {
+	if res.Settled, err = waitFrozen(ctx, dir, freezeSettle, frozenRecheck); err != nil {
 		return res, err
 	}
 	if !res.Settled {
