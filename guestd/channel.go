@@ -345,12 +345,22 @@ func (st *stream) frame(in inbound) error {
 		return nil
 	}
 	if in.m.Type == guestproto.TypeHello {
-		st.endSess(errNewHost)
-		if in.m.V != guestproto.Version {
-			a.log.Warn("host speaks another protocol version", "host", in.m.V, "guest", guestproto.Version)
+		// The old session ends first, but is logged after the answer:
+		// every round starts with a HELLO, and the host waits for it.
+		old := st.sess
+		if old != nil {
+			a.mu.Lock()
+			old.end(errNewHost)
+			a.mu.Unlock()
 		}
 		st.sess = a.newSession(st.out)
 		a.hello(st.sess)
+		if old != nil {
+			old.log.Info("host session ended", "cause", errNewHost)
+		}
+		if in.m.V != guestproto.Version {
+			a.log.Warn("host speaks another protocol version", "host", in.m.V, "guest", guestproto.Version)
+		}
 		return nil
 	}
 	if st.sess == nil {
