@@ -647,22 +647,8 @@ func (f *freezer) freeze(ctx context.Context, tainted func(int) bool) (res freez
 		set.recs[p.PID] = p
 	}
 	f.cur = set
-	for _, p := range procs {
-		if ctx.Err() != nil {
-			return res, fmt.Errorf("moving processes to freeze: %w", context.Cause(ctx))
-		}
-		if ps, err := readStat(p.PID); err != nil || ps.start != p.Start {
-			continue // exited, and its pid maybe taken by a process plan never saw
-		}
-		if err := movePID(dir, p.PID); err != nil {
-			if !errors.Is(err, syscall.ESRCH) {
-				// E.g. a cgroup that enabled controllers meanwhile, or a
-				// kernel's refusal we did not foresee: it keeps running.
-				f.log.Warn("cannot move a process into the frozen cgroup: it keeps running", "pid", p.PID, "comm", p.Comm, "cgroup", p.Cgroup, "err", err)
-				res.Skipped["cannot move"]++
-			}
-			continue
-		}
+	if err := f.moveAll(ctx, dir, procs, res.Skipped); err != nil {
+		return res, err
 	}
 	if f.hooks.afterMove != nil {
 		f.hooks.afterMove(ctx)
@@ -690,6 +676,27 @@ func (f *freezer) freeze(ctx context.Context, tainted func(int) bool) (res freez
 	set.done = make(chan struct{})
 	go f.watch(set, tainted)
 	return res, nil
+}
+
+// moveAll moves the planned processes into the cgroup dir (to be frozen),
+// counting in skipped those the kernel would not move; exited ones are
+// passed over.
+func (f *freezer) moveAll(ctx context.Context, dir string, procs []frozenProc, skipped map[string]int) error {
+	for _, p := range procs {
+		if ctx.Err() != nil {
+			return fmt.Errorf("moving processes to freeze: %w", context.Cause(ctx))
+		}
+		if ps, err := readStat(p.PID); err != nil || ps.start != p.Start {
+			continue // exited, and its pid maybe taken by a process plan never saw
+		}
+		if err := movePID(dir, p.PID); err != nil && !errors.Is(err, syscall.ESRCH) {
+			// E.g. a cgroup that enabled controllers meanwhile, or a
+			// kernel's refusal we did not foresee: it keeps running.
+			f.log.Warn("cannot move a process into the frozen cgroup: it keeps running", "pid", p.PID, "comm", p.Comm, "cgroup", p.Cgroup, "err", err)
+			skipped["cannot move"]++
+		}
+	}
+	return nil
 }
 
 // releaseTaintedLocked moves the members of the frozen cgroup that are
