@@ -78,6 +78,9 @@ type Config struct {
 	taintSource taint.Source
 	// openTaint replaces taint.Open (tests).
 	openTaint func(taint.Options) (taint.Source, io.Closer, error)
+	// eofPoll is how often a virtio-serial port without a host is read
+	// again if no SIGIO came (default eofPoll; tests lengthen it).
+	eofPoll time.Duration
 	// hostSilence ends a socket host connection with no frame for this long
 	// (default defaultHostSilence; tests shorten it).
 	hostSilence time.Duration
@@ -122,6 +125,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 5 * time.Second
+	}
+	if c.eofPoll == 0 {
+		c.eofPoll = eofPoll
 	}
 	if c.hostSilence == 0 {
 		c.hostSilence = defaultHostSilence
@@ -206,6 +212,9 @@ type agent struct {
 	met   *metrics
 	fz    *freezer
 	taint *taintTracker
+	// portWait is how the virtio-serial reader waits for a host; set by
+	// serveVirtio before it serves the port.
+	portWait *portWait
 
 	wg sync.WaitGroup // round work goroutines
 
@@ -503,50 +512,7 @@ func (a *agent) prepare(ctx context.Context, sess *session, w *roundWork, deadli
 	log := sess.log.With("id", w.id, "op", w.op)
 	wctx, cancel := context.WithTimeout(ctx, budget(deadline))
 	defer cancel()
-
-	a.hooks.Begin(w.op, w.id)
-	reason := ""
-	ok, err := a.scripts("prepare", w.op, w.id, "").prepare(wctx)
-	w.hooksOK = ok
-	if err != nil {
-		reason = err.Error()
-	}
-	if reason == "" {
-		if err := a.hooks.WaitSynced(wctx); err != nil {
-			var ns *NotSyncedError
-			if errors.As(err, &ns) {
-				reason = ns.Reason()
-			} else {
-				reason = err.Error()
-			}
-		}
-	}
-	if reason == "" {
-		h, err := a.net.detach(w.devices)
-		w.handoff = h
-		if err != nil {
-			reason = "NIC hand-off: " + err.Error()
-		}
-	}
-	if reason == "" {
-		if err := syncFS(wctx); err != nil {
-			reason = "sync() did not finish before the deadline"
-		}
-	}
-	// Freezing comes last: nothing above waits on a frozen process (a
-	// frozen FUSE server would hang sync), and the frozen stop dirtying
-	// memory from here on.
-	var frozen freezeResult
-	if reason == "" && w.freeze {
-		var err error
-		frozen, err = a.fz.freeze(wctx, a.taint.tainted)
-		if err != nil {
-			reason = "freezing the untainted processes: " + err.Error()
-		} else {
-			log.Info("froze the untainted processes", "frozen", frozen.Frozen, "left_running", frozen.Skipped,
-				"settled", frozen.Settled, "took", frozen.Took.Round(time.Millisecond))
-		}
-	}
+	reason, frozen := a.prepareWork(wctx, w, log)
 
 	// Decided under the lock: a cancellation (ABORT, host gone) that came
 	// first wins over success, and READY is never sent after it.
@@ -554,12 +520,13 @@ func (a *agent) prepare(ctx context.Context, sess *session, w *roundWork, deadli
 	if ctx.Err() == nil && reason == "" {
 		_ = a.round.prepared(w.id, true)
 		a.notifyLocked()
-		sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeReady, ID: w.id})
+		tm := guestproto.ReadyTiming(a.hooks.AppsTime(w.id), time.Since(start))
+		sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeReady, ID: w.id, Timing: tm})
 		a.mu.Unlock()
 		if w.freeze {
-			log.Info("READY", "took", time.Since(start).Round(time.Millisecond), "frozen", frozen.Frozen)
+			log.Info("READY", "took", tm.Took(), "apps", tm.Apps(), "frozen", frozen.Frozen)
 		} else {
-			log.Info("READY", "took", time.Since(start).Round(time.Millisecond))
+			log.Info("READY", "took", tm.Took(), "apps", tm.Apps())
 		}
 		return
 	}
@@ -587,6 +554,45 @@ func (a *agent) prepare(ctx context.Context, sess *session, w *roundWork, deadli
 	w.sendDone()
 	a.mu.Unlock()
 	a.met.rounds.WithLabelValues(w.op, result).Inc()
+}
+
+// prepareWork brings the guest to its safe point within wctx: hook
+// scripts, applications, NIC hand-off, sync, then the freeze if asked. It
+// returns why it could not ("" if it did).
+func (a *agent) prepareWork(wctx context.Context, w *roundWork, log *slog.Logger) (string, freezeResult) {
+	a.hooks.Begin(w.op, w.id)
+	ok, err := a.scripts("prepare", w.op, w.id, "").prepare(wctx)
+	w.hooksOK = ok
+	if err != nil {
+		return err.Error(), freezeResult{}
+	}
+	if err := a.hooks.WaitSynced(wctx); err != nil {
+		if ns := (*NotSyncedError)(nil); errors.As(err, &ns) {
+			return ns.Reason(), freezeResult{}
+		}
+		return err.Error(), freezeResult{}
+	}
+	h, err := a.net.detach(w.devices)
+	w.handoff = h
+	if err != nil {
+		return "NIC hand-off: " + err.Error(), freezeResult{}
+	}
+	if err := syncFS(wctx); err != nil {
+		return "sync() did not finish before the deadline", freezeResult{}
+	}
+	// Freezing comes last: nothing above waits on a frozen process (a
+	// frozen FUSE server would hang sync), and the frozen stop dirtying
+	// memory from here on.
+	if !w.freeze {
+		return "", freezeResult{}
+	}
+	frozen, err := a.fz.freeze(wctx, a.taint.tainted)
+	if err != nil {
+		return "freezing the untainted processes: " + err.Error(), frozen
+	}
+	log.Info("froze the untainted processes", "frozen", frozen.Frozen, "left_running", frozen.Skipped,
+		"settled", frozen.Settled, "took", frozen.Took.Round(time.Millisecond))
+	return "", frozen
 }
 
 // finish is the RESUME/ABORT work of a READY round, then DONE.

@@ -187,6 +187,8 @@ func (a *agent) serveVirtio(ctx context.Context) error {
 		}
 		lastErr = ""
 		a.log.Info("virtio-serial port open", "path", path)
+		pw, unwatch := watchHostConnect(f, a.cfg.eofPoll, a.log)
+		a.portWait = pw
 		for ctx.Err() == nil {
 			err := a.serveStream(ctx, f, func() {
 				if f.SetReadDeadline(time.Now()) != nil {
@@ -204,6 +206,7 @@ func (a *agent) serveVirtio(ctx context.Context) error {
 			a.log.Warn("virtio-serial port failed; reopening", "err", err)
 			break
 		}
+		unwatch()
 		f.Close()
 		sleepCtx(ctx, eofPoll)
 	}
@@ -235,22 +238,19 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 	frames := make(chan inbound)
 	readErr := make(chan error, 1)
 	writeErr := make(chan error, 1)
-	out := make(chan []byte, 64)
+	st := &stream{a: a, virtio: virtio, out: make(chan []byte, 64),
+		lim: guestproto.NewLimiter(inboundRate, inboundBurst)}
 	stop := make(chan struct{})
+	var wake *portWait
+	if virtio {
+		wake = a.portWait
+	}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); readFrames(rw, br, virtio, frames, readErr, stop) }()
-	go func() { defer wg.Done(); writeFrames(rw, out, writeErr, stop) }()
-
-	var sess *session
-	endSess := func(cause error) {
-		if sess != nil {
-			a.endSession(sess, cause)
-			sess = nil
-		}
-	}
+	go func() { defer wg.Done(); readFrames(rw, br, virtio, wake, frames, readErr, stop) }()
+	go func() { defer wg.Done(); writeFrames(rw, st.out, writeErr, stop) }()
 	defer func() {
-		endSess(errSessionEnded)
+		st.endSess(errSessionEnded)
 		close(stop)
 		interrupt()
 		wg.Wait()
@@ -261,8 +261,6 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 		defer t.Stop()
 		tick = t.C
 	}
-	lim := guestproto.NewLimiter(inboundRate, inboundBurst)
-	var seq uint64
 	// On a socket, a host that falls silent is gone: virtio-serial has no
 	// such notion (the port outlives hosts), and no one else can take it.
 	var silent <-chan time.Time
@@ -273,11 +271,11 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 		silent = silence.C
 	}
 	for {
-		if sess != nil && sess.ctx.Err() != nil { // ended by send (host not reading)
+		if st.sess != nil && st.sess.ctx.Err() != nil { // ended by send (host not reading)
 			if !virtio {
-				return context.Cause(sess.ctx)
+				return context.Cause(st.sess.ctx)
 			}
-			endSess(context.Cause(sess.ctx))
+			st.endSess(context.Cause(st.sess.ctx))
 		}
 		select {
 		case <-ctx.Done():
@@ -291,57 +289,100 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 				return fmt.Errorf("write: %w", err)
 			}
 			a.log.Warn("virtio-serial write failed: host gone?", "err", err)
-			endSess(err)
+			st.endSess(err)
 		case <-tick:
-			if sess != nil {
-				seq++
-				sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypePing, Seq: seq})
-			}
+			st.ping()
 		case in := <-frames:
 			if silence != nil {
 				silence.Reset(a.cfg.hostSilence)
 			}
-			if in.garbage != nil {
-				a.log.Warn("garbage from the host: waiting for the next HELLO", "err", in.garbage)
-				endSess(in.garbage)
-				continue
-			}
-			if !lim.Allow(time.Now()) {
-				err := fmt.Errorf("%w: more than %d frames at once", guestproto.ErrFlood, inboundBurst)
-				if !virtio {
-					return err
-				}
-				endSess(err)
-				continue
-			}
-			if in.m.Type == guestproto.TypeHello {
-				endSess(errNewHost)
-				if in.m.V != guestproto.Version {
-					a.log.Warn("host speaks another protocol version", "host", in.m.V, "guest", guestproto.Version)
-				}
-				sess = a.newSession(out)
-				a.hello(sess)
-				continue
-			}
-			if sess == nil {
-				a.log.Debug("frame before HELLO dropped", "type", in.m.Type, "id", in.m.ID)
-				continue
-			}
-			if err := a.handle(sess, in.m); err != nil {
-				a.log.Warn("host broke the protocol", "err", err)
-				if !virtio {
-					return err
-				}
-				endSess(err)
+			if err := st.frame(in); err != nil {
+				return err
 			}
 		}
 	}
 }
 
+// stream is serveStream's state: the session of the host on it.
+type stream struct {
+	a      *agent
+	virtio bool
+	out    chan []byte
+	lim    *guestproto.Limiter
+	sess   *session
+	seq    uint64
+}
+
+func (st *stream) endSess(cause error) {
+	if st.sess != nil {
+		st.a.endSession(st.sess, cause)
+		st.sess = nil
+	}
+}
+
+func (st *stream) ping() {
+	if st.sess != nil {
+		st.seq++
+		st.sess.send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypePing, Seq: st.seq})
+	}
+}
+
+// frame handles what the reader saw. An error ends the stream (a socket
+// host breaking the protocol); on virtio-serial it only ends the session.
+func (st *stream) frame(in inbound) error {
+	a := st.a
+	if in.garbage != nil {
+		a.log.Warn("garbage from the host: waiting for the next HELLO", "err", in.garbage)
+		st.endSess(in.garbage)
+		return nil
+	}
+	if !st.lim.Allow(time.Now()) {
+		err := fmt.Errorf("%w: more than %d frames at once", guestproto.ErrFlood, inboundBurst)
+		if !st.virtio {
+			return err
+		}
+		st.endSess(err)
+		return nil
+	}
+	if in.m.Type == guestproto.TypeHello {
+		// The old session ends first, but is logged after the answer:
+		// every round starts with a HELLO, and the host waits for it.
+		old := st.sess
+		if old != nil {
+			a.mu.Lock()
+			old.end(errNewHost)
+			a.mu.Unlock()
+		}
+		st.sess = a.newSession(st.out)
+		a.hello(st.sess)
+		if old != nil {
+			old.log.Info("host session ended", "cause", errNewHost)
+		}
+		if in.m.V != guestproto.Version {
+			a.log.Warn("host speaks another protocol version", "host", in.m.V, "guest", guestproto.Version)
+		}
+		return nil
+	}
+	if st.sess == nil {
+		a.log.Debug("frame before HELLO dropped", "type", in.m.Type, "id", in.m.ID)
+		return nil
+	}
+	if err := a.handle(st.sess, in.m); err != nil {
+		a.log.Warn("host broke the protocol", "err", err)
+		if !st.virtio {
+			return err
+		}
+		st.endSess(err)
+	}
+	return nil
+}
+
 // readFrames passes each frame read from br to frames until a read error
 // (sent on readErr) or stop. On virtio-serial an EOF only means no host
 // right now, and malformed frames are passed on as garbage, then skipped.
-func readFrames(rw io.Reader, br *bufio.Reader, virtio bool, frames chan<- inbound, readErr chan<- error, stop <-chan struct{}) {
+// A port at EOF is read again when wake fires (a host connected: see
+// portwake.go) or, failing that, after eofPoll.
+func readFrames(rw io.Reader, br *bufio.Reader, virtio bool, wake *portWait, frames chan<- inbound, readErr chan<- error, stop <-chan struct{}) {
 	fr := guestproto.NewFrameReader(br)
 	for {
 		m, err := fr.ReadFrame()
@@ -352,10 +393,8 @@ func readFrames(rw io.Reader, br *bufio.Reader, virtio bool, frames chan<- inbou
 			// and every new host starts with a HELLO anyway. A
 			// partial frame goes with the EOF.
 			br.Reset(rw)
-			select {
-			case <-stop:
+			if !wake.wait(stop) {
 				return
-			case <-time.After(eofPoll):
 			}
 			continue
 		}

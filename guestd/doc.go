@@ -21,8 +21,13 @@
 //  4. sync(2).
 //  5. With freeze (op migrate only): freeze the processes that do not depend
 //     on the world outside the VM (see Dependency-aware migration).
-//  6. READY. The round stays READY across host connections: after a restore
-//     or a migration, HELLO_ACK reports it (state "ready", id, op).
+//  6. READY, with the guest's timing: its time from PREPARE to READY, and
+//     the registered applications' own time to reach their safe point (the
+//     longest; from the round's start, or from the PENDING answer to a WAIT
+//     blocked when it started, to the SYNC), so that the host can tell what
+//     cooperating costs from what the applications take. The round stays
+//     READY across host connections: after a restore or a migration,
+//     HELLO_ACK reports it (state "ready", id, op).
 //
 // A refused round is undone at once by the guest itself (frozen processes,
 // NICs, "resume OP aborted" to the scripts that prepared, applications get
@@ -41,7 +46,9 @@
 // # Channel
 //
 // virtio-serial (the port named org.symvirt.0, made root-only 0600 before
-// it is opened; EOF means "no host now", so the agent polls; garbage makes
+// it is opened; EOF means "no host now", so the agent waits for the
+// driver's SIGIO that a host connected, re-reading every 200 ms failing
+// that; garbage makes
 // it resynchronise on the next HELLO), vsock (listens on a port; only the
 // host, CID 2, from a privileged port below 1024), or unix:PATH (listens on
 // a 0600 socket; tests). On sockets a new connection never replaces a live

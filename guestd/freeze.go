@@ -457,29 +457,6 @@ func cgFrozen(dir string) (bool, error) {
 	return false, fmt.Errorf("%s/cgroup.events has no \"frozen\" (kernel without the cgroup v2 freezer, Linux 5.2+)", dir)
 }
 
-// waitFrozen polls cgroup.events until the cgroup is frozen, for at most
-// settle; an error only if ctx ends first.
-func waitFrozen(ctx context.Context, dir string, settle time.Duration) (bool, error) {
-	deadline := time.Now().Add(settle)
-	for {
-		ok, err := cgFrozen(dir)
-		if err != nil {
-			return false, err
-		}
-		if ok {
-			return true, nil
-		}
-		if time.Now().After(deadline) {
-			return false, nil
-		}
-		select {
-		case <-ctx.Done():
-			return false, fmt.Errorf("waiting for the processes to freeze: %w", context.Cause(ctx))
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
 // ---- state file ----
 
 func (f *freezer) writeState(st *freezeState) error {
@@ -670,22 +647,8 @@ func (f *freezer) freeze(ctx context.Context, tainted func(int) bool) (res freez
 		set.recs[p.PID] = p
 	}
 	f.cur = set
-	for _, p := range procs {
-		if ctx.Err() != nil {
-			return res, fmt.Errorf("moving processes to freeze: %w", context.Cause(ctx))
-		}
-		if ps, err := readStat(p.PID); err != nil || ps.start != p.Start {
-			continue // exited, and its pid maybe taken by a process plan never saw
-		}
-		if err := movePID(dir, p.PID); err != nil {
-			if !errors.Is(err, syscall.ESRCH) {
-				// E.g. a cgroup that enabled controllers meanwhile, or a
-				// kernel's refusal we did not foresee: it keeps running.
-				f.log.Warn("cannot move a process into the frozen cgroup: it keeps running", "pid", p.PID, "comm", p.Comm, "cgroup", p.Cgroup, "err", err)
-				res.Skipped["cannot move"]++
-			}
-			continue
-		}
+	if err := f.moveAll(ctx, dir, procs, res.Skipped); err != nil {
+		return res, err
 	}
 	if f.hooks.afterMove != nil {
 		f.hooks.afterMove(ctx)
@@ -696,7 +659,7 @@ func (f *freezer) freeze(ctx context.Context, tainted func(int) bool) (res freez
 	if err := writeCg(filepath.Join(dir, "cgroup.freeze"), "1"); err != nil {
 		return res, fmt.Errorf("freeze %s: %w", dir, err)
 	}
-	if res.Settled, err = waitFrozen(ctx, dir, freezeSettle); err != nil {
+	if res.Settled, err = waitFrozen(ctx, dir, freezeSettle, frozenRecheck); err != nil {
 		return res, err
 	}
 	if !res.Settled {
@@ -713,6 +676,27 @@ func (f *freezer) freeze(ctx context.Context, tainted func(int) bool) (res freez
 	set.done = make(chan struct{})
 	go f.watch(set, tainted)
 	return res, nil
+}
+
+// moveAll moves the planned processes into the cgroup dir (to be frozen),
+// counting in skipped those the kernel would not move; exited ones are
+// passed over.
+func (f *freezer) moveAll(ctx context.Context, dir string, procs []frozenProc, skipped map[string]int) error {
+	for _, p := range procs {
+		if ctx.Err() != nil {
+			return fmt.Errorf("moving processes to freeze: %w", context.Cause(ctx))
+		}
+		if ps, err := readStat(p.PID); err != nil || ps.start != p.Start {
+			continue // exited, and its pid maybe taken by a process plan never saw
+		}
+		if err := movePID(dir, p.PID); err != nil && !errors.Is(err, syscall.ESRCH) {
+			// E.g. a cgroup that enabled controllers meanwhile, or a
+			// kernel's refusal we did not foresee: it keeps running.
+			f.log.Warn("cannot move a process into the frozen cgroup: it keeps running", "pid", p.PID, "comm", p.Comm, "cgroup", p.Cgroup, "err", err)
+			skipped["cannot move"]++
+		}
+	}
+	return nil
 }
 
 // releaseTaintedLocked moves the members of the frozen cgroup that are

@@ -83,6 +83,8 @@ type hookRound struct {
 	op, id  string
 	done    chan struct{} // closed by Finish
 	outcome string        // set before done is closed
+	begun   time.Time     // when Begin made it pending
+	apps    time.Duration // the longest own time of a registered SYNC (hooktiming.go)
 }
 
 // hookConn is one client. Fields after c are guarded by HookServer.mu.
@@ -96,6 +98,7 @@ type hookConn struct {
 	registered bool
 	synced     bool       // SYNCed in the current round
 	seen       bool       // was told PENDING of the current round
+	told       time.Time  // a WAIT blocked at Begin was answered PENDING (hooktiming.go)
 	missed     *hookRound // an aborted round it was part of but did not SYNC
 }
 
@@ -244,9 +247,9 @@ func (s *HookServer) Begin(op, id string) {
 		s.log.Warn("round replaced before it finished", "old_id", s.cur.id, "new_id", id)
 		s.finishLocked(s.cur, "aborted")
 	}
-	s.cur = &hookRound{op: op, id: id, done: make(chan struct{})}
+	s.cur = &hookRound{op: op, id: id, done: make(chan struct{}), begun: time.Now()}
 	for c := range s.conns {
-		c.synced, c.seen, c.missed = false, false, nil
+		c.synced, c.seen, c.missed, c.told = false, false, nil, time.Time{}
 	}
 	s.notifyLocked()
 	s.log.Info("round pending", "op", op, "id", id, "registered", s.registeredLocked())
@@ -506,42 +509,22 @@ func (s *HookServer) command(c *hookConn, line string, lines <-chan hookLine) er
 	if args != "" {
 		fields = strings.Split(args, " ")
 	}
-	nargs := func(n int) error {
-		if len(fields) != n {
-			return errHookClient{fmt.Sprintf("%s takes %d arguments", verb, n)}
+	want := 0
+	if verb == "HELLO" {
+		want = 2
+	}
+	switch verb {
+	case "HELLO", "POLL", "WAIT", "SYNC", "STATUS":
+		if len(fields) != want {
+			return errHookClient{fmt.Sprintf("%s takes %d arguments", verb, want)}
 		}
-		return nil
+	default:
+		return errHookClient{"unknown command"}
 	}
 	switch verb {
 	case "HELLO":
-		if err := nargs(2); err != nil {
-			return err
-		}
-		name, pidStr := fields[0], fields[1]
-		if !validAppName(name) {
-			return errHookClient{"invalid name"}
-		}
-		pid, err := strconv.Atoi(pidStr)
-		if err != nil || pid <= 0 {
-			return errHookClient{"invalid pid"}
-		}
-		s.mu.Lock()
-		c.name, c.pid, c.registered = name, pid, true
-		s.notifyLocked()
-		n := s.registeredLocked()
-		s.mu.Unlock()
-		if c.peerPID != 0 && c.peerPID != pid {
-			// Another pid namespace, or a helper registering for a parent:
-			// fine, but worth knowing when reading the logs.
-			s.log.Info("application pid differs from peer pid", "name", name, "pid", pid, "peer_pid", c.peerPID)
-		}
-		s.log.Info("application registered", "name", name, "pid", pid, "registered", n)
-		return s.reply(c, "OK 1")
-
+		return s.cmdHello(c, fields[0], fields[1])
 	case "POLL":
-		if err := nargs(0); err != nil {
-			return err
-		}
 		s.mu.Lock()
 		r := s.pendingForLocked(c)
 		s.mu.Unlock()
@@ -549,70 +532,99 @@ func (s *HookServer) command(c *hookConn, line string, lines <-chan hookLine) er
 			return s.reply(c, "IDLE")
 		}
 		return s.reply(c, "PENDING "+r.op+" "+r.id)
-
 	case "WAIT":
-		if err := nargs(0); err != nil {
-			return err
-		}
-		for {
-			s.mu.Lock()
-			r := s.pendingForLocked(c)
-			ch := s.changed
-			s.mu.Unlock()
-			if r != nil {
-				return s.reply(c, "PENDING "+r.op+" "+r.id)
-			}
-			if err := s.block(ch, lines); err != nil {
-				return err
-			}
-		}
-
+		return s.cmdWait(c, lines)
 	case "SYNC":
-		if err := nargs(0); err != nil {
-			return err
-		}
-		s.mu.Lock()
-		if m := c.missed; m != nil {
-			c.missed = nil
-			s.mu.Unlock()
-			return s.reply(c, "OUTCOME aborted "+m.op+" "+m.id)
-		}
-		r := s.cur
-		if r == nil {
-			s.mu.Unlock()
-			return s.reply(c, "OUTCOME none - -")
-		}
-		c.synced = true
-		s.notifyLocked()
-		s.mu.Unlock()
-		s.log.Info("application at safe point", "client", c.label(), "id", r.id)
-		if err := s.block(r.done, lines); err != nil {
-			return err
-		}
-		return s.reply(c, "OUTCOME "+r.outcome+" "+r.op+" "+r.id)
+		return s.cmdSync(c, lines)
+	}
+	return s.cmdStatus(c)
+}
 
-	case "STATUS":
-		if err := nargs(0); err != nil {
+func (s *HookServer) cmdHello(c *hookConn, name, pidStr string) error {
+	if !validAppName(name) {
+		return errHookClient{"invalid name"}
+	}
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil || pid <= 0 {
+		return errHookClient{"invalid pid"}
+	}
+	s.mu.Lock()
+	c.name, c.pid, c.registered = name, pid, true
+	s.notifyLocked()
+	n := s.registeredLocked()
+	s.mu.Unlock()
+	if c.peerPID != 0 && c.peerPID != pid {
+		// Another pid namespace, or a helper registering for a parent:
+		// fine, but worth knowing when reading the logs.
+		s.log.Info("application pid differs from peer pid", "name", name, "pid", pid, "peer_pid", c.peerPID)
+	}
+	s.log.Info("application registered", "name", name, "pid", pid, "registered", n)
+	return s.reply(c, "OK 1")
+}
+
+// cmdWait answers PENDING as soon as a round is pending. A client that was
+// blocked here when the round began is told now: its own time to reach its
+// safe point starts with this answer.
+func (s *HookServer) cmdWait(c *hookConn, lines <-chan hookLine) error {
+	blocked := false
+	for {
+		s.mu.Lock()
+		r := s.pendingForLocked(c)
+		ch := s.changed
+		if r != nil && blocked && r == s.cur {
+			c.told = time.Now()
+		}
+		s.mu.Unlock()
+		if r != nil {
+			return s.reply(c, "PENDING "+r.op+" "+r.id)
+		}
+		if err := s.block(ch, lines); err != nil {
 			return err
 		}
-		s.mu.Lock()
-		r := s.cur
-		reg, synced := 0, 0
-		for o := range s.conns {
-			if o.registered {
-				reg++
-				if o.synced {
-					synced++
-				}
+		blocked = true
+	}
+}
+
+func (s *HookServer) cmdSync(c *hookConn, lines <-chan hookLine) error {
+	s.mu.Lock()
+	if m := c.missed; m != nil {
+		c.missed = nil
+		s.mu.Unlock()
+		return s.reply(c, "OUTCOME aborted "+m.op+" "+m.id)
+	}
+	r := s.cur
+	if r == nil {
+		s.mu.Unlock()
+		return s.reply(c, "OUTCOME none - -")
+	}
+	c.synced = true
+	own := r.syncedLocked(c, time.Now())
+	s.notifyLocked()
+	s.mu.Unlock()
+	s.log.Info("application at safe point", "client", c.label(), "id", r.id, "own_time", own)
+	if err := s.block(r.done, lines); err != nil {
+		return err
+	}
+	return s.reply(c, "OUTCOME "+r.outcome+" "+r.op+" "+r.id)
+}
+
+func (s *HookServer) cmdStatus(c *hookConn) error {
+	s.mu.Lock()
+	r := s.cur
+	reg, synced := 0, 0
+	for o := range s.conns {
+		if o.registered {
+			reg++
+			if o.synced {
+				synced++
 			}
 		}
-		s.mu.Unlock()
-		if r == nil {
-			return s.reply(c, "STATUS idle")
-		}
-		return s.reply(c, fmt.Sprintf("STATUS pending %s %s synced=%d/%d", r.op, r.id, synced, reg))
 	}
-	return errHookClient{"unknown command"}
+	s.mu.Unlock()
+	if r == nil {
+		return s.reply(c, "STATUS idle")
+	}
+	return s.reply(c, fmt.Sprintf("STATUS pending %s %s synced=%d/%d", r.op, r.id, synced, reg))
 }
 
 // pendingForLocked is the round c should hear about: the current one (c is

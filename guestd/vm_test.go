@@ -32,6 +32,8 @@ var inGuest = os.Getenv("SYMVIRT_IN_GUEST") == "1"
 //     application syncs for, the host connection dropped after READY (as
 //     around a checkpoint: the port then reads EOF), a new connection whose
 //     HELLO_ACK reports the round, and RESUME reaching the application;
+//     guestd only re-reads a port without a host every 10 minutes here, so
+//     each handshake shows that a host's connection wakes it at once;
 //   - a guest user (uid 65534) against the port: it opens the port left
 //     0666 before guestd runs (the control), and is refused once guestd
 //     has made it root-only, while the round above still works.
@@ -163,7 +165,11 @@ func TestHelperProcess(t *testing.T) {
 	switch os.Getenv("SYMVIRT_HELPER") {
 	case "guestd":
 		log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug})).With("guestd", "vm")
-		err := Run(context.Background(), Config{NICWait: 2 * time.Second, Heartbeat: time.Second, Logger: log})
+		// Re-reading the port without a host only every 10 minutes:
+		// each HELLO below is read because the host's connection woke
+		// guestd (SIGIO), never by the timed fallback.
+		err := Run(context.Background(), Config{NICWait: 2 * time.Second, Heartbeat: time.Second, Logger: log,
+			eofPoll: 10 * time.Minute})
 		fmt.Println("helper-guestd exited:", err)
 	case "openport":
 		fmt.Println(openPortAs(os.Getenv("SYMVIRT_PORT"), 65534))

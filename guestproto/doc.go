@@ -25,7 +25,9 @@
 //	PREPARE    host->guest  id, op, deadline_ms, devices: reach a safe point;
 //	                        freeze (op "migrate" only): also freeze the guest's
 //	                        processes that do not depend on the outside world
-//	READY      guest->host  id: safe point reached, devices may go
+//	READY      guest->host  id: safe point reached, devices may go;
+//	                        took_ns, apps_ns (optional): the guest's time from
+//	                        PREPARE, and its applications' own part (Timing)
 //	REFUSED    guest->host  id, reason: the round is over, nothing changed
 //	RESUME     host->guest  id, outcome: the operation is over, undo the hand-off;
 //	                        host_time_ns: the host's clock, which the guest steps to

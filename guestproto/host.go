@@ -417,8 +417,14 @@ func prepareGrace(d time.Duration) time.Duration {
 // (context.DeadlineExceeded or ctx's error), or the channel's death
 // (ErrClosed). On anything but nil and ErrRefused the host must Abort(p.ID).
 func (h *Host) Prepare(ctx context.Context, p Prepare) error {
+	_, err := h.PrepareTimed(ctx, p)
+	return err
+}
+
+// prepare sends PREPARE and returns the guest's READY or REFUSED.
+func (h *Host) prepare(ctx context.Context, p Prepare) (Message, error) {
 	if !h.handshaken.Load() {
-		return fmt.Errorf("guestproto: prepare %s: %w", p.ID, ErrNoHandshake)
+		return Message{}, fmt.Errorf("guestproto: prepare %s: %w", p.ID, ErrNoHandshake)
 	}
 	m := Message{V: Version, Type: TypePrepare, ID: p.ID, Op: p.Op,
 		DeadlineMS: p.Deadline.Milliseconds(), Devices: p.Devices, Freeze: p.Freeze}
@@ -431,12 +437,9 @@ func (h *Host) Prepare(ctx context.Context, p Prepare) error {
 		return (r.Type == TypeReady || r.Type == TypeRefused) && r.ID == p.ID
 	})
 	if err != nil {
-		return fmt.Errorf("guestproto: prepare %s: %w", p.ID, err)
+		return Message{}, fmt.Errorf("guestproto: prepare %s: %w", p.ID, err)
 	}
-	if r.Type == TypeRefused {
-		return &RefusedError{ID: p.ID, Reason: r.Reason}
-	}
-	return nil
+	return r, nil
 }
 
 // Resume sends RESUME(id, outcome) with the host's wall clock (the guest

@@ -105,6 +105,9 @@ type Message struct {
 	HostTimeNS int64 `json:"host_time_ns,omitempty"`
 	// Usage (HELLO_ACK only, optional): the guest's memory in use (usage.go).
 	Usage
+	// Timing (READY only, optional): how the guest spent the prepare
+	// (timing.go).
+	Timing
 	// Clone (CLONE only): the clone's new identity.
 	Clone *Clone `json:"clone,omitempty"`
 }
@@ -214,7 +217,7 @@ func (m Message) Validate() error {
 // fields are the optional fields a type may carry; anything else set is an
 // error, so that a confused peer is noticed rather than half-understood.
 type fields struct {
-	id, op, deadline, devices, outcome, reason, state, freeze, hostTime, usage, clone bool
+	id, op, deadline, devices, outcome, reason, state, freeze, hostTime, usage, clone, timing bool
 }
 
 func (m Message) bad(format string, a ...any) error {
@@ -244,7 +247,10 @@ func (m Message) typeFields() (fields, error) {
 	case TypePrepare:
 		f.id, f.op, f.deadline, f.devices, f.freeze = true, true, true, true, true
 		return f, m.checkPrepare()
-	case TypeReady, TypeDone:
+	case TypeReady:
+		f.id, f.timing = true, true
+		return f, m.checkTiming()
+	case TypeDone:
 		f.id = true
 	case TypeRefused:
 		f.id, f.reason = true, true
@@ -329,6 +335,8 @@ func (m Message) checkFields(f fields) error {
 		return m.bad("unexpected mem_used/mem_total")
 	case !f.clone && m.Clone != nil:
 		return m.bad("unexpected clone")
+	case !f.timing && m.Timing != Timing{}:
+		return m.bad("unexpected apps_ns/took_ns")
 	}
 	return nil
 }
@@ -369,6 +377,7 @@ type wireMessage struct {
 	Freeze     bool                       `json:"freeze"`
 	HostTimeNS int64                      `json:"host_time_ns"`
 	Usage
+	Timing
 	Clone *wireClone `json:"clone"`
 }
 
@@ -424,7 +433,7 @@ func decode(body []byte) (Message, error) {
 	m := Message{
 		V: w.V, Type: w.Type, ID: w.ID, Op: w.Op, DeadlineMS: w.DeadlineMS,
 		Outcome: w.Outcome, Reason: w.Reason, Seq: w.Seq, State: w.State,
-		Freeze: w.Freeze, HostTimeNS: w.HostTimeNS, Usage: w.Usage,
+		Freeze: w.Freeze, HostTimeNS: w.HostTimeNS, Usage: w.Usage, Timing: w.Timing,
 	}
 	var err error
 	if m.Clone, err = w.Clone.clone(); err != nil {

@@ -88,10 +88,11 @@ func (vm *VM) connectGuest(ctx context.Context) (*guestproto.Host, guestproto.He
 // coop is one cooperation round with a VM's guest. A nil or empty coop
 // (no channel, or skipped) does nothing, so operations call it blindly.
 type coop struct {
-	vm   *VM
-	host *guestproto.Host
-	r    *Round
-	done bool
+	vm     *VM
+	host   *guestproto.Host
+	r      *Round
+	done   bool
+	timing guestproto.Timing // the guest's account of its prepare
 }
 
 func newRoundID() string {
@@ -138,7 +139,8 @@ func (vm *VM) prepareGuest(ctx context.Context, op string, freeze bool) (*coop, 
 		devs = vm.guestDevices()
 	}
 	p := guestproto.Prepare{ID: id, Op: op, Deadline: guestDeadline, Devices: devs, Freeze: freeze}
-	if err := host.Prepare(gctx, p); err != nil {
+	tm, err := host.PrepareTimed(gctx, p)
+	if err != nil {
 		// REFUSED means the guest already undid its round; anything else
 		// (deadline, dead channel) needs an explicit ABORT.
 		if !errors.Is(err, guestproto.ErrRefused) {
@@ -151,8 +153,9 @@ func (vm *VM) prepareGuest(ctx context.Context, op string, freeze bool) (*coop, 
 		return nil, fmt.Errorf("vm %q: %w: %v", vm.name, ErrGuest, err)
 	}
 	vm.h.metrics.observe("guest_prepare", "ok", start)
-	vm.log.Info("guest ready", "op", op, "round", id, "took", timeNow().Sub(start))
-	c.host, c.r = host, &Round{ID: id, Op: op}
+	vm.log.Info("guest ready", "op", op, "round", id, "took", timeNow().Sub(start),
+		"guest_took", tm.Took(), "apps_took", tm.Apps())
+	c.host, c.r, c.timing = host, &Round{ID: id, Op: op}, tm
 	return c, nil
 }
 
@@ -255,8 +258,15 @@ func (vm *VM) finishRound(ctx context.Context, outcome string) {
 
 // DrillResult times one cooperation round that changes nothing.
 type DrillResult struct {
-	Ready time.Duration `json:"ready_ns"` // PREPARE to READY
+	Ready time.Duration `json:"ready_ns"` // connect to READY
 	Round time.Duration `json:"round_ns"` // connect to the guest's DONE
+	// Apps is the registered applications' own time to reach their safe
+	// point (the longest), as the guest measured it: Round minus Apps is
+	// what cooperating costs. The guest is not trusted: for reports only.
+	Apps time.Duration `json:"apps_ns"`
+	// GuestPrepare is the guest's time from PREPARE to READY (Apps
+	// included), as it measured it.
+	GuestPrepare time.Duration `json:"guest_prepare_ns"`
 }
 
 // Drill runs a cooperation round and aborts it: the guest's hooks and
@@ -278,5 +288,6 @@ func (vm *VM) Drill(ctx context.Context) (DrillResult, error) {
 	}
 	ready := timeNow()
 	c.finish(ctx, "aborted")
-	return DrillResult{Ready: ready.Sub(start), Round: timeNow().Sub(start)}, nil
+	return DrillResult{Ready: ready.Sub(start), Round: timeNow().Sub(start),
+		Apps: c.timing.Apps(), GuestPrepare: c.timing.Took()}, nil
 }
