@@ -32,28 +32,41 @@ const maxBandwidth = int64(64) << 30
 // events wake the wait sooner).
 const poll = 50 * time.Millisecond
 
+// SaveTimes is where a Save's time went.
+type SaveTimes struct {
+	Stream time.Duration // from the migrate command to QEMU's end of stream, all written and hashed
+	RAM    time.Duration // a shared RAM file's copy (SaveShared), all written and hashed
+	Sync   time.Duration // fsync of the files and their directory
+}
+
 // Save writes the migration stream of a stopped VM into path, a new file,
 // through a pipe: hostd hashes and syncs what QEMU wrote, and QEMU opens
 // no file.
 func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDigest, error) {
-	fd := manifest.FileDigest{Name: filepath.Base(path), Role: "state"}
+	fd, _, err := SaveTimed(ctx, mon, path)
+	return fd, err
+}
+
+// SaveTimed is Save, saying where its time went.
+func SaveTimed(ctx context.Context, mon *qmp.Client, path string) (fd manifest.FileDigest, times SaveTimes, err error) {
+	fd = manifest.FileDigest{Name: filepath.Base(path), Role: "state"}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return fd, err
+		return fd, times, err
 	}
 	defer f.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
-		return fd, err
+		return fd, times, err
 	}
 	defer r.Close()
 	err = mon.GetFD(ctx, saveFD, w)
 	w.Close()
 	if err == nil {
-		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": maxBandwidth})
+		err = setUp(ctx, mon)
 	}
 	if err != nil {
-		return fd, err
+		return fd, times, err
 	}
 	h := sha256.New()
 	copied := make(chan error, 1)
@@ -72,11 +85,12 @@ func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDiges
 		}
 		copied <- err
 	}()
-	fail := func(err error) (manifest.FileDigest, error) {
+	fail := func(err error) (manifest.FileDigest, SaveTimes, error) {
 		r.Close()
 		cause := <-copied // first: no space left, say
-		return fd, cmp.Or(cause, err)
+		return fd, times, cmp.Or(cause, err)
 	}
+	start := time.Now()
 	if err := mon.Migrate(ctx, "fd:"+saveFD); err != nil {
 		cleanup(func(ctx context.Context) error { return mon.CloseFD(ctx, saveFD) })
 		return fail(err)
@@ -91,11 +105,23 @@ func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDiges
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
+	times.Stream = time.Since(start)
 	if err == nil {
 		err = errors.Join(f.Sync(), f.Close(), atomicfile.SyncDir(filepath.Dir(path)))
 	}
+	times.Sync = time.Since(start) - times.Stream
 	fd.SHA256 = hex.EncodeToString(h.Sum(nil))
-	return fd, err
+	return fd, times, err
+}
+
+// setUp readies QEMU for a save or load at the disk's speed, its end
+// reported by a MIGRATION event (without the capability, QEMU sends none
+// and the wait would see the end only at its next poll).
+func setUp(ctx context.Context, mon *qmp.Client) error {
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"events": true}); err != nil {
+		return err
+	}
+	return mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": maxBandwidth})
 }
 
 // Load feeds the state file f to a QEMU started with -incoming defer (and
@@ -109,6 +135,9 @@ func Load(ctx context.Context, mon *qmp.Client, f *os.File, want manifest.FileDi
 	defer w.Close()
 	err = mon.GetFD(ctx, loadFD, r)
 	r.Close()
+	if err == nil {
+		err = mon.MigrateSetCapabilities(ctx, map[string]bool{"events": true})
+	}
 	if err != nil {
 		return err
 	}
