@@ -41,8 +41,8 @@ func (l *phaseLog) since(start time.Time) map[string]float64 {
 type phaseHandler struct{ l *phaseLog }
 
 func (phaseHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h phaseHandler) WithAttrs([]slog.Attr) slog.Handler    { return h }
-func (h phaseHandler) WithGroup(string) slog.Handler         { return h }
+func (h phaseHandler) WithAttrs([]slog.Attr) slog.Handler     { return h }
+func (h phaseHandler) WithGroup(string) slog.Handler          { return h }
 
 func (h phaseHandler) Handle(_ context.Context, r slog.Record) error {
 	var name string
