@@ -86,17 +86,36 @@ func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...strin
 	return h, sock
 }
 
+// benchSize runs the baseline, then symvirt on the same guest with its
+// RAM in a shared file (the default where /dev/shm has room: warm
+// restarts need it), then with private RAM ("_private_ram" lines).
 func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	phases := &phaseLog{}
 	a, _ := benchHostLog(t, "1", phases.handler())
-	_, sockB := benchHostLog(t, "2", phases.handler())
-	plainCkpt, plainRestore, plainMigrate := plainBaseline(ctx, t, a, mem, kernel, initrd)
-	name := fmt.Sprintf("bench%d", mem)
-	vm, err := a.Create(Spec{Name: name, Memory: mem, VCPUs: 1, Kernel: kernel, Initrd: initrd,
-		Append: "console=ttyS0 quiet symvirt.counter=1",
-		NICs:   []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})
+	b, sockB := benchHostLog(t, "2", phases.handler())
+	var plain benchPlain
+	plain.ckpt, plain.restore, plain.migrate = plainBaseline(ctx, t, a, mem, kernel, initrd)
+	for _, shared := range []bool{true, false} {
+		name := benchOps(ctx, t, a, sockB, phases, plain, kernel, initrd, mem, shared)
+		if vm, err := b.Get(name); err == nil {
+			vm.kill() // its NIC goes back to b's pool
+			b.Delete(name)
+		}
+	}
+}
+
+// benchPlain is the baseline's times.
+type benchPlain struct{ ckpt, restore, migrate time.Duration }
+
+// benchOps measures checkpoint, restore and migrate of a new VM; it
+// returns the VM's name (it ends on sockB's host).
+func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *phaseLog, plain benchPlain, kernel, initrd string, mem Size, shared bool) string {
+	suffix := map[bool]string{true: "", false: "_private_ram"}[shared]
+	vm, err := a.Create(Spec{Name: fmt.Sprintf("bench%d%s", mem, strings.ReplaceAll(suffix, "_", "-")), Memory: mem, VCPUs: 1,
+		Kernel: kernel, Initrd: initrd, Append: "console=ttyS0 quiet symvirt.counter=1", SharedMemory: &shared,
+		NICs: []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +124,7 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	}
 	waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-counter 3`))
 	line := func(bench string, took time.Duration, m map[string]any) {
-		m["bench"], m["memory_mib"], m["seconds"] = bench, int(mem), took.Seconds()
+		m["bench"], m["memory_mib"], m["seconds"] = bench+suffix, int(mem), took.Seconds()
 		emit(m)
 	}
 	versus := func(bench string, took, plain time.Duration, start time.Time, m map[string]any) {
@@ -113,7 +132,6 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 		m["phases_seconds"] = phases.since(start)
 		line(bench, took, m)
 	}
-
 	start := time.Now()
 	if err := vm.Detach(ctx, "pt0"); err != nil {
 		t.Fatal(err)
@@ -131,24 +149,24 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	versus("checkpoint", res.Duration, plainCkpt, start, map[string]any{
+	versus("checkpoint", res.Duration, plain.ckpt, start, map[string]any{
 		"vcpu_stopped_seconds": res.Downtime.Seconds(), "bytes": res.Bytes})
 
 	start = time.Now()
-	vm, err = a.Restore(ctx, RestoreOptions{Dir: dir}, nil)
-	if err != nil {
+	if vm, err = a.Restore(ctx, RestoreOptions{Dir: dir}, nil); err != nil {
 		t.Fatal(err)
 	}
-	versus("restore", time.Since(start), plainRestore, start, map[string]any{})
+	versus("restore", time.Since(start), plain.restore, start, map[string]any{})
 
 	start = time.Now()
 	mres, err := vm.Migrate(ctx, MigrateOptions{To: sockB}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	versus("migrate", mres.Duration, plainMigrate, start, map[string]any{
+	versus("migrate", mres.Duration, plain.migrate, start, map[string]any{
 		"qemu_total_seconds": mres.TotalTime.Seconds(), "qemu_downtime_seconds": mres.Downtime.Seconds(),
 		"bytes": mres.Transferred})
+	return vm.name
 }
 
 func waitSerial(t *testing.T, path string, re *regexp.Regexp) {

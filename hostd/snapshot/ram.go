@@ -111,12 +111,30 @@ func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) e
 	return nil
 }
 
-// copySparse copies the chunks of src that are not zeros into dst at
-// their offsets and hashes every chunk, copiers at a time. writeback
-// starts each chunk's write-out to disk at once, so that the final fsync
-// has little left to wait for.
+// TestHookRAMChunk, when set (tests only), runs once after LoadRAM
+// copied a chunk: a test changes the file there, as an attacker would
+// while a restore runs.
+var TestHookRAMChunk func()
+
+// sparseCopy is a copy of the chunks of src that are not zeros into dst
+// at their offsets, every chunk hashed into sums.
+type sparseCopy struct {
+	src, dst *os.File
+	sums     *manifest.ChunkSums
+	// writeback starts each chunk's write-out to disk at once, so that
+	// the final fsync has little left to wait for.
+	writeback bool
+	after     func() // after each chunk copied
+}
+
+// copySparse runs the copy of src's first size bytes, copiers chunks at a
+// time.
 func copySparse(ctx context.Context, src, dst *os.File, size int64, writeback bool) (*manifest.ChunkSums, error) {
-	sums := manifest.NewChunkSums(size)
+	c := sparseCopy{src: src, dst: dst, sums: manifest.NewChunkSums(size), writeback: writeback, after: func() {}}
+	if hook := TestHookRAMChunk; hook != nil && !writeback {
+		var once sync.Once
+		c.after = func() { once.Do(hook) }
+	}
 	var next atomic.Int64
 	errs := make([]error, copiers)
 	var wg sync.WaitGroup
@@ -125,40 +143,41 @@ func copySparse(ctx context.Context, src, dst *os.File, size int64, writeback bo
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, manifest.Chunk)
-			for i := int(next.Add(1) - 1); i < sums.Chunks() && errs[w] == nil; i = int(next.Add(1) - 1) {
-				errs[w] = copyChunk(ctx, src, dst, sums, i, buf, writeback)
+			for i := int(next.Add(1) - 1); i < c.sums.Chunks() && errs[w] == nil; i = int(next.Add(1) - 1) {
+				errs[w] = c.chunk(ctx, i, buf)
 			}
 		}()
 	}
 	wg.Wait()
-	return sums, errors.Join(errs...)
+	return c.sums, errors.Join(errs...)
 }
 
-// copyChunk is copySparse's work on chunk i.
-func copyChunk(ctx context.Context, src, dst *os.File, sums *manifest.ChunkSums, i int, buf []byte, writeback bool) error {
+// chunk copies chunk i.
+func (c sparseCopy) chunk(ctx context.Context, i int, buf []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	off := int64(i) * manifest.Chunk
-	n := min(manifest.Chunk, sums.Size()-off)
-	if manifest.IsHole(src, off, n) {
+	n := min(manifest.Chunk, c.sums.Size()-off)
+	if manifest.IsHole(c.src, off, n) {
 		return nil
 	}
-	m, err := src.ReadAt(buf[:n], off)
+	m, err := c.src.ReadAt(buf[:n], off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("read %s: %w", src.Name(), err)
+		return fmt.Errorf("read %s: %w", c.src.Name(), err)
 	}
 	clear(buf[m:n]) // past a short file's end: what is hashed is what is written
 	if manifest.IsZero(buf[:n]) {
 		return nil
 	}
-	sums.Set(i, buf[:n])
-	if _, err := dst.WriteAt(buf[:n], off); err != nil {
-		return fmt.Errorf("write %s: %w", dst.Name(), err)
+	c.sums.Set(i, buf[:n])
+	if _, err := c.dst.WriteAt(buf[:n], off); err != nil {
+		return fmt.Errorf("write %s: %w", c.dst.Name(), err)
 	}
-	if writeback {
-		unix.SyncFileRange(int(dst.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	if c.writeback {
+		unix.SyncFileRange(int(c.dst.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 	}
+	c.after()
 	return nil
 }
 
