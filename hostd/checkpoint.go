@@ -297,7 +297,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	}
 	progress(Progress{Phase: "load"})
 	start = timeNow()
-	defer func() { vm.logPhase("restore_load", timeNow().Sub(start)) }()
+	defer func() { created.logPhase("restore_load", timeNow().Sub(start)) }()
 	if err := vm.loadState(ctx, mon, m, opts.Dir, state, progress); err != nil {
 		return nil, fmt.Errorf("vm %q: load state: %w", spec.Name, err)
 	}
