@@ -3,8 +3,6 @@ package snapshot
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +58,7 @@ func SaveTimed(ctx context.Context, mon *qmp.Client, path string) (fd manifest.F
 		return fd, times, err
 	}
 	defer r.Close()
+	widen(w)
 	err = mon.GetFD(ctx, saveFD, w)
 	w.Close()
 	if err == nil {
@@ -68,7 +67,7 @@ func SaveTimed(ctx context.Context, mon *qmp.Client, path string) (fd manifest.F
 	if err != nil {
 		return fd, times, err
 	}
-	h := sha256.New()
+	var sum string
 	copied := make(chan error, 1)
 	// A write error (a full disk) ends the wait for QEMU at once: it would
 	// block on the pipe until ctx ends.
@@ -76,7 +75,7 @@ func SaveTimed(ctx context.Context, mon *qmp.Client, path string) (fd manifest.F
 	defer stopWait(nil)
 	go func() {
 		var err error
-		fd.Size, err = io.Copy(io.MultiWriter(f, h), r)
+		fd.Size, sum, err = hashedCopy(f, r)
 		if errors.Is(err, os.ErrClosed) {
 			err = nil // by fail: not a cause
 		} else if err != nil {
@@ -110,7 +109,7 @@ func SaveTimed(ctx context.Context, mon *qmp.Client, path string) (fd manifest.F
 		err = errors.Join(f.Sync(), f.Close(), atomicfile.SyncDir(filepath.Dir(path)))
 	}
 	times.Sync = time.Since(start) - times.Stream
-	fd.SHA256 = hex.EncodeToString(h.Sum(nil))
+	fd.SHA256 = sum
 	return fd, times, err
 }
 
@@ -133,6 +132,7 @@ func Load(ctx context.Context, mon *qmp.Client, f *os.File, want manifest.FileDi
 		return err
 	}
 	defer w.Close()
+	widen(w)
 	err = mon.GetFD(ctx, loadFD, r)
 	r.Close()
 	if err == nil {
@@ -175,12 +175,12 @@ var TestHookStateSent func()
 // a QEMU error.
 func feed(f *os.File, w io.Writer) fed {
 	var res fed
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
+	h := newBgHash()
 	for {
+		buf := h.buf()
 		n, err := f.Read(buf)
 		if n > 0 {
-			h.Write(buf[:n])
+			h.add(buf[:n])
 			res.read += int64(n)
 			if res.sendErr == nil {
 				m, werr := w.Write(buf[:n])
@@ -198,7 +198,7 @@ func feed(f *os.File, w io.Writer) fed {
 			break
 		}
 	}
-	res.sum = hex.EncodeToString(h.Sum(nil))
+	res.sum = h.sum()
 	return res
 }
 
