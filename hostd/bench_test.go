@@ -1,10 +1,12 @@
 package hostd
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -22,7 +24,8 @@ import (
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
-// TestBenchOps is `make bench` for hostd: it prints one JSON line per
+// TestBenchOps is `make bench` for hostd: it prints one JSON line (the
+// median of benchRounds runs) per
 // measurement (detach, attach, checkpoint, restore, migrate) for a 256 MiB,
 // a 1 GiB and a 2 GiB guest, each of checkpoint, restore and migrate beside
 // the same operation on plain QEMU driven over QMP in the same run
@@ -86,34 +89,73 @@ func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...strin
 	return h, sock
 }
 
-// benchSize runs the baseline, then symvirt on the same guest with its
-// RAM in a shared file (the default where /dev/shm has room: warm
-// restarts need it), then with private RAM ("_private_ram" lines).
+// benchRounds: each line is the median of as many runs (this machine is
+// shared; one run of a few hundred milliseconds is mostly its noise).
+const benchRounds = 3
+
+// benchSize runs, benchRounds times, the baseline, then symvirt on the
+// same guest with its RAM in a shared file (the default where /dev/shm
+// has room: warm restarts need it), then with private RAM
+// ("_private_ram" lines).
 func benchSize(t *testing.T, kernel, initrd string, mem Size) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	phases := &phaseLog{}
 	a, _ := benchHostLog(t, "1", phases.handler())
 	b, sockB := benchHostLog(t, "2", phases.handler())
-	var plain benchPlain
-	plain.ckpt, plain.restore, plain.migrate = plainBaseline(ctx, t, a, mem, kernel, initrd)
-	for _, shared := range []bool{true, false} {
-		name := benchOps(ctx, t, a, sockB, phases, plain, kernel, initrd, mem, shared)
-		if vm, err := b.Get(name); err == nil {
-			vm.kill() // its NIC goes back to b's pool
-			b.Delete(name)
+	plain := map[string][]benchSample{}
+	ours := map[string][]benchSample{}
+	for round := range benchRounds {
+		ck, re, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)
+		for op, d := range map[string]time.Duration{"checkpoint": ck, "restore": re, "migrate": mi} {
+			plain[op] = append(plain[op], benchSample{took: d})
+			plain[op+"_private_ram"] = append(plain[op+"_private_ram"], benchSample{took: d})
 		}
+		for _, shared := range []bool{true, false} {
+			name := fmt.Sprintf("bench%d-%d-%v", mem, round, shared)
+			for _, s := range benchOps(ctx, t, a, sockB, phases, kernel, initrd, name, mem, shared) {
+				ours[s.bench] = append(ours[s.bench], s)
+			}
+			if vm, err := b.Get(name); err == nil {
+				vm.kill() // its NIC goes back to b's pool
+				b.Delete(name)
+			}
+		}
+	}
+	for _, bench := range slices.Sorted(maps.Keys(ours)) {
+		s := median(ours[bench])
+		m := s.extra
+		m["bench"], m["memory_mib"], m["seconds"], m["rounds"] = bench, int(mem), s.took.Seconds(), len(ours[bench])
+		if p, ok := plain[bench]; ok {
+			base := median(p).took
+			m["plain_qemu_seconds"], m["ratio_vs_plain_qemu"] = base.Seconds(), s.took.Seconds()/base.Seconds()
+			m["phases_seconds"] = s.phases
+		}
+		emit(m)
 	}
 }
 
-// benchPlain is the baseline's times.
-type benchPlain struct{ ckpt, restore, migrate time.Duration }
+// benchSample is one measurement: how long, symvirt's phases, other
+// figures for its line.
+type benchSample struct {
+	bench  string
+	took   time.Duration
+	phases map[string]float64
+	extra  map[string]any
+}
 
-// benchOps measures checkpoint, restore and migrate of a new VM; it
-// returns the VM's name (it ends on sockB's host).
-func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *phaseLog, plain benchPlain, kernel, initrd string, mem Size, shared bool) string {
+// median is the sample of median time.
+func median(s []benchSample) benchSample {
+	s = slices.Clone(s)
+	slices.SortFunc(s, func(a, b benchSample) int { return cmp.Compare(a.took, b.took) })
+	return s[len(s)/2]
+}
+
+// benchOps measures detach, attach, checkpoint, restore and migrate of a
+// new VM (it ends on sockB's host).
+func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *phaseLog, kernel, initrd, name string, mem Size, shared bool) (out []benchSample) {
 	suffix := map[bool]string{true: "", false: "_private_ram"}[shared]
-	vm, err := a.Create(Spec{Name: fmt.Sprintf("bench%d%s", mem, strings.ReplaceAll(suffix, "_", "-")), Memory: mem, VCPUs: 1,
+	vm, err := a.Create(Spec{Name: name, Memory: mem, VCPUs: 1,
 		Kernel: kernel, Initrd: initrd, Append: "console=ttyS0 quiet symvirt.counter=1", SharedMemory: &shared,
 		NICs: []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})
 	if err != nil {
@@ -123,25 +165,19 @@ func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *
 		t.Fatal(err)
 	}
 	waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-counter 3`))
-	line := func(bench string, took time.Duration, m map[string]any) {
-		m["bench"], m["memory_mib"], m["seconds"] = bench+suffix, int(mem), took.Seconds()
-		emit(m)
-	}
-	versus := func(bench string, took, plain time.Duration, start time.Time, m map[string]any) {
-		m["plain_qemu_seconds"], m["ratio_vs_plain_qemu"] = plain.Seconds(), took.Seconds()/plain.Seconds()
-		m["phases_seconds"] = phases.since(start)
-		line(bench, took, m)
+	add := func(bench string, took time.Duration, start time.Time, extra map[string]any) {
+		out = append(out, benchSample{bench: bench + suffix, took: took, phases: phases.since(start), extra: extra})
 	}
 	start := time.Now()
 	if err := vm.Detach(ctx, "pt0"); err != nil {
 		t.Fatal(err)
 	}
-	line("detach", time.Since(start), map[string]any{})
+	add("detach", time.Since(start), start, map[string]any{})
 	start = time.Now()
 	if err := vm.Attach(ctx, "pt0"); err != nil {
 		t.Fatal(err)
 	}
-	line("attach", time.Since(start), map[string]any{})
+	add("attach", time.Since(start), start, map[string]any{})
 
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	start = time.Now()
@@ -149,14 +185,13 @@ func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *
 	if err != nil {
 		t.Fatal(err)
 	}
-	versus("checkpoint", res.Duration, plain.ckpt, start, map[string]any{
-		"vcpu_stopped_seconds": res.Downtime.Seconds(), "bytes": res.Bytes})
+	add("checkpoint", res.Duration, start, map[string]any{"vcpu_stopped_seconds": res.Downtime.Seconds(), "bytes": res.Bytes})
 
 	start = time.Now()
 	if vm, err = a.Restore(ctx, RestoreOptions{Dir: dir}, nil); err != nil {
 		t.Fatal(err)
 	}
-	versus("restore", time.Since(start), plain.restore, start, map[string]any{})
+	add("restore", time.Since(start), start, map[string]any{})
 	// A VM that runs, not one whose guest still takes the NIC plugged
 	// back at the restore's end (its unplug would wait for that).
 	time.Sleep(2 * time.Second)
@@ -166,10 +201,9 @@ func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *
 	if err != nil {
 		t.Fatal(err)
 	}
-	versus("migrate", mres.Duration, plain.migrate, start, map[string]any{
-		"qemu_total_seconds": mres.TotalTime.Seconds(), "qemu_downtime_seconds": mres.Downtime.Seconds(),
-		"bytes": mres.Transferred})
-	return vm.name
+	add("migrate", mres.Duration, start, map[string]any{"qemu_total_seconds": mres.TotalTime.Seconds(),
+		"qemu_downtime_seconds": mres.Downtime.Seconds(), "bytes": mres.Transferred})
+	return out
 }
 
 func waitSerial(t *testing.T, path string, re *regexp.Regexp) {
