@@ -74,3 +74,20 @@ func hashedCopy(dst io.Writer, src io.Reader) (n int64, sum string, err error) {
 		}
 	}
 }
+
+// writeback writes to a file and starts each write's write-out to disk at
+// once, so that the fsync that completes a checkpoint has little left to
+// wait for.
+type writeback struct {
+	f   *os.File
+	off int64
+}
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if n > 0 {
+		unix.SyncFileRange(int(w.f.Fd()), w.off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
+		w.off += int64(n)
+	}
+	return n, err
+}

@@ -75,7 +75,7 @@ func SaveTimed(ctx context.Context, mon *qmp.Client, path string) (fd manifest.F
 	defer stopWait(nil)
 	go func() {
 		var err error
-		fd.Size, sum, err = hashedCopy(f, r)
+		fd.Size, sum, err = hashedCopy(&writeback{f: f}, r)
 		if errors.Is(err, os.ErrClosed) {
 			err = nil // by fail: not a cause
 		} else if err != nil {
