@@ -70,7 +70,7 @@ demo-vm: guest build
 	@scripts/demo-vm
 
 bench: guest build
-	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 60m -run '^(TestBench|TestDependencyAware)' -v ./... | grep '^{' || (echo "bench failed" >&2; exit 1)
+	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 90m -run '^(TestBench|TestDependencyAware)' -v ./... | grep '^{' || (echo "bench failed" >&2; exit 1)
 
 generate:
 	$(GO) generate ./...

@@ -27,7 +27,7 @@ import (
 // disk copy changed. Each restore is refused with a clear error, with no
 // QEMU left and the checkpoint untouched; the checkpoint itself restores.
 func TestRestoreRefusesTamperedCheckpoint(t *testing.T) {
-	f := newTamperFixture(t)
+	f := newTamperFixture(t, false)
 	f.attack("disk path ../../etc/shadow", ErrUnauthorized, func(dir string) {
 		f.editManifest(dir, func(m *Manifest) { m.Spec.Disks[0].Path = "../../etc/shadow" })
 	})
@@ -91,17 +91,70 @@ func TestRestoreRefusesTamperedCheckpoint(t *testing.T) {
 	f.genuineRestores()
 }
 
-// tamperFixture: a VM with a disk, its checkpoint ck1 (what the attacks
-// tamper with) and the state of a later checkpoint of it (otherState).
-type tamperFixture struct {
-	t                    *testing.T
-	ctx                  context.Context
-	h                    *Host
-	ck1, initrd          string
-	diskData, otherState []byte
+// The same attacks on a checkpoint's RAM file (a VM whose RAM is a shared
+// file: hostd copies it itself, snapshot.SaveShared): changed, truncated,
+// swapped for another checkpoint's (its digest recomputed: the signature
+// fails; as is: the digest fails), overwritten while the restore copies
+// it. Each is refused; the checkpoint itself restores and runs on.
+func TestRestoreRefusesTamperedRAMFile(t *testing.T) {
+	f := newTamperFixture(t, true)
+	ram := func(dir string) string { return filepath.Join(dir, manifest.RAMName) }
+	f.attack("ram.bin changed", ErrChecksum, func(dir string) {
+		file, err := os.OpenFile(ram(dir), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer file.Close()
+		buf := make([]byte, 4096)
+		for off := int64(0); ; off += 4096 { // the first page that is not zeros
+			if _, err := file.ReadAt(buf, off); err != nil {
+				t.Fatal("ram.bin is all zeros")
+			}
+			if !manifest.IsZero(buf) {
+				file.WriteAt(bytes.Repeat([]byte{0xcc}, 64), off)
+				return
+			}
+		}
+	})
+	f.attack("ram.bin truncated", ErrChecksum, func(dir string) {
+		os.Truncate(ram(dir), manifest.Chunk*8)
+	})
+	f.attack("another checkpoint's ram.bin, digest recomputed", ErrUnauthorized, func(dir string) {
+		os.WriteFile(ram(dir), f.otherRAM, 0o600)
+		file, _ := os.Open(ram(dir))
+		sum, err := manifest.SparseDigest(file, int64(len(f.otherRAM)))
+		file.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.editManifest(dir, func(m *Manifest) { m.Files[1].SHA256 = sum })
+	})
+	f.attack("ram.bin overwritten by another checkpoint's while it is copied", ErrChecksum, func(dir string) {
+		snapshot.TestHookRAMChunk = func() {
+			snapshot.TestHookRAMChunk = nil
+			if err := os.WriteFile(ram(dir), f.otherRAM, 0o600); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	snapshot.TestHookRAMChunk = nil
+	f.genuineRestores()
 }
 
-func newTamperFixture(t *testing.T) *tamperFixture {
+// tamperFixture: a VM with a disk, its checkpoint ck1 (what the attacks
+// tamper with) and the state (and RAM file) of a later checkpoint of it
+// (otherState, otherRAM).
+type tamperFixture struct {
+	t                              *testing.T
+	ctx                            context.Context
+	h                              *Host
+	ck1, initrd                    string
+	diskData, otherState, otherRAM []byte
+}
+
+// newTamperFixture's VM has its RAM in a shared file or private
+// (state.bin then holds it).
+func newTamperFixture(t *testing.T, sharedRAM bool) *tamperFixture {
 	kernel, _ := testguest.Paths(t)
 	f := &tamperFixture{t: t, initrd: testguest.Initrd(t, nil)}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
@@ -115,7 +168,7 @@ func newTamperFixture(t *testing.T) *tamperFixture {
 	}
 	spec := Spec{Name: "ta1", Memory: 256, Kernel: kernel, Initrd: f.initrd,
 		Append: "console=ttyS0 quiet panic=-1 symvirt.counter=1",
-		Disks:  []Disk{{ID: "d0", Path: disk, Format: "raw"}}}
+		Disks:  []Disk{{ID: "d0", Path: disk, Format: "raw"}}, SharedMemory: &sharedRAM}
 	vm, err := f.h.Create(spec)
 	if err != nil {
 		t.Fatal(err)
@@ -140,6 +193,9 @@ func newTamperFixture(t *testing.T) *tamperFixture {
 		t.Fatal(err)
 	}
 	if f.otherState, err = os.ReadFile(filepath.Join(ck2, stateName)); err != nil {
+		t.Fatal(err)
+	}
+	if f.otherRAM, err = os.ReadFile(filepath.Join(ck2, manifest.RAMName)); sharedRAM && err != nil {
 		t.Fatal(err)
 	}
 	return f

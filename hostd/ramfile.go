@@ -52,6 +52,19 @@ func (vm *VM) openWarmRAM() (*os.File, error) {
 	return f, nil
 }
 
+// sharedRAM opens the RAM file of the VM's running QEMU when hostd saves
+// and restores it itself (snapshot.SaveShared): a file on /dev/shm (a
+// hugetlbfs file takes no write(2); QEMU copies those); nil if none.
+func (vm *VM) sharedRAM() (*os.File, error) {
+	vm.mu.Lock()
+	s, rec := vm.spec, vm.rt.RAM
+	vm.mu.Unlock()
+	if !s.UsesSharedMemory() || s.HugePages || rec == nil {
+		return nil, nil
+	}
+	return vm.openWarmRAM()
+}
+
 // removeRAM deletes the VM's RAM file, once no QEMU of the VM needs it.
 // Another file at the path stays for the operator, and the record with
 // it, so that it is never taken for the VM's.

@@ -39,7 +39,7 @@ type Manifest struct {
 // FileDigest is one artifact of a checkpoint.
 type FileDigest struct {
 	Name   string `json:"name"`
-	Role   string `json:"role"` // state | disk
+	Role   string `json:"role"` // state | disk | ram (its SHA256 is a SparseDigest)
 	ID     string `json:"id,omitempty"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
@@ -90,7 +90,7 @@ func Check(m Manifest) error {
 		return fmt.Errorf("manifest is malformed (version %d, vm %q, %d files): %w", m.Version, m.VM, len(m.Files), ErrChecksum)
 	}
 	seen := map[string]bool{}
-	states := 0
+	states, rams := 0, 0
 	for _, f := range m.Files {
 		if !PlainName(f.Name) {
 			return fmt.Errorf("manifest: file name %q is not a plain name inside the checkpoint directory: %w", f.Name, ErrChecksum)
@@ -102,13 +102,15 @@ func Check(m Manifest) error {
 		switch {
 		case f.Role == "state" && f.Name == StateName:
 			states++
+		case f.Role == "ram" && f.Name == RAMName && rams == 0:
+			rams++
 		case f.Role == "disk" && f.Parent != nil:
 			if err := checkLink(*f.Parent); err != nil {
 				return fmt.Errorf("manifest: file %q: %w", f.Name, err)
 			}
 		case f.Role == "disk":
 		default:
-			return fmt.Errorf("manifest: file %q has role %q: want state (%s) or disk: %w", f.Name, f.Role, StateName, ErrChecksum)
+			return fmt.Errorf("manifest: file %q has role %q: want state (%s), one ram (%s) or disk: %w", f.Name, f.Role, StateName, RAMName, ErrChecksum)
 		}
 	}
 	if states != 1 {
@@ -122,8 +124,8 @@ func Check(m Manifest) error {
 		}
 		disks++
 	}
-	if disks != len(m.Files)-1 {
-		return fmt.Errorf("manifest: %d disk files for %d disks: %w", len(m.Files)-1, disks, ErrChecksum)
+	if disks != len(m.Files)-1-rams {
+		return fmt.Errorf("manifest: %d disk files for %d disks: %w", len(m.Files)-1-rams, disks, ErrChecksum)
 	}
 	return nil
 }
@@ -167,17 +169,31 @@ func Verify(dir string) (Manifest, error) {
 		if err != nil {
 			return m, fmt.Errorf("checkpoint %s: %w", dir, err)
 		}
-		h := sha256.New()
-		n, err := io.Copy(h, f)
+		n, sum, err := digestOf(f, fd.Role)
 		f.Close()
 		if err != nil {
 			return m, err
 		}
-		if n != fd.Size || hex.EncodeToString(h.Sum(nil)) != fd.SHA256 {
+		if n != fd.Size || sum != fd.SHA256 {
 			return m, fmt.Errorf("checkpoint %s: file %s (%d bytes) does not match its manifest: %w", dir, fd.Name, n, ErrChecksum)
 		}
 	}
 	return m, nil
+}
+
+// digestOf is f's size and digest as its role has it.
+func digestOf(f *os.File, role string) (int64, string, error) {
+	if role == "ram" {
+		st, err := f.Stat()
+		if err != nil {
+			return 0, "", err
+		}
+		sum, err := SparseDigest(f, st.Size())
+		return st.Size(), sum, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	return n, hex.EncodeToString(h.Sum(nil)), err
 }
 
 // checkLink: a relative directory and a plain name.

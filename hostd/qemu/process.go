@@ -82,6 +82,12 @@ func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, err
 		p.Kill()
 		return nil, err
 	}
+	// Every wait for a migration (a save, a load, a move) then wakes at
+	// its end on QEMU's MIGRATION event, not at its next poll.
+	if err := p.Mon.MigrateSetCapabilities(ctx, map[string]bool{"events": true}); err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("%w: migration events: %v", sentinel.ErrQEMUStart, err)
+	}
 	return p, nil
 }
 

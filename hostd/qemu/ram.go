@@ -85,7 +85,15 @@ func (id RAMFile) Remove() error {
 	if d := id.Replaced(); d != "" {
 		return fmt.Errorf("%s: left in place: %w", d, sentinel.ErrRAMFile)
 	}
-	return os.Remove(id.Path)
+	// Freeing a GiB of tmpfs pages takes a few hundred milliseconds,
+	// which nobody needs to wait for: a descriptor keeps them past the
+	// unlink, and its close, off the caller's path, frees them.
+	f, _ := os.OpenFile(id.Path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	err := os.Remove(id.Path)
+	if f != nil {
+		go f.Close()
+	}
+	return err
 }
 
 // MappedBy reports whether process pid maps the file (its /proc/PID/maps

@@ -3,8 +3,6 @@ package snapshot
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -32,30 +30,44 @@ const maxBandwidth = int64(64) << 30
 // events wake the wait sooner).
 const poll = 50 * time.Millisecond
 
+// SaveTimes is where a Save's time went.
+type SaveTimes struct {
+	Stream time.Duration // from the migrate command to QEMU's end of stream, all written and hashed
+	RAM    time.Duration // a shared RAM file's copy (SaveShared), all written and hashed
+	Sync   time.Duration // fsync of the files and their directory
+}
+
 // Save writes the migration stream of a stopped VM into path, a new file,
 // through a pipe: hostd hashes and syncs what QEMU wrote, and QEMU opens
 // no file.
 func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDigest, error) {
-	fd := manifest.FileDigest{Name: filepath.Base(path), Role: "state"}
+	fd, _, err := SaveTimed(ctx, mon, path)
+	return fd, err
+}
+
+// SaveTimed is Save, saying where its time went.
+func SaveTimed(ctx context.Context, mon *qmp.Client, path string) (fd manifest.FileDigest, times SaveTimes, err error) {
+	fd = manifest.FileDigest{Name: filepath.Base(path), Role: "state"}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return fd, err
+		return fd, times, err
 	}
 	defer f.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
-		return fd, err
+		return fd, times, err
 	}
 	defer r.Close()
+	widen(w)
 	err = mon.GetFD(ctx, saveFD, w)
 	w.Close()
 	if err == nil {
-		err = mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": maxBandwidth})
+		err = setUp(ctx, mon)
 	}
 	if err != nil {
-		return fd, err
+		return fd, times, err
 	}
-	h := sha256.New()
+	var sum string
 	copied := make(chan error, 1)
 	// A write error (a full disk) ends the wait for QEMU at once: it would
 	// block on the pipe until ctx ends.
@@ -63,7 +75,7 @@ func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDiges
 	defer stopWait(nil)
 	go func() {
 		var err error
-		fd.Size, err = io.Copy(io.MultiWriter(f, h), r)
+		fd.Size, sum, err = hashedCopy(&writeback{f: f}, r)
 		if errors.Is(err, os.ErrClosed) {
 			err = nil // by fail: not a cause
 		} else if err != nil {
@@ -72,11 +84,12 @@ func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDiges
 		}
 		copied <- err
 	}()
-	fail := func(err error) (manifest.FileDigest, error) {
+	fail := func(err error) (manifest.FileDigest, SaveTimes, error) {
 		r.Close()
 		cause := <-copied // first: no space left, say
-		return fd, cmp.Or(cause, err)
+		return fd, times, cmp.Or(cause, err)
 	}
+	start := time.Now()
 	if err := mon.Migrate(ctx, "fd:"+saveFD); err != nil {
 		cleanup(func(ctx context.Context) error { return mon.CloseFD(ctx, saveFD) })
 		return fail(err)
@@ -91,11 +104,23 @@ func Save(ctx context.Context, mon *qmp.Client, path string) (manifest.FileDiges
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
+	times.Stream = time.Since(start)
 	if err == nil {
 		err = errors.Join(f.Sync(), f.Close(), atomicfile.SyncDir(filepath.Dir(path)))
 	}
-	fd.SHA256 = hex.EncodeToString(h.Sum(nil))
-	return fd, err
+	times.Sync = time.Since(start) - times.Stream
+	fd.SHA256 = sum
+	return fd, times, err
+}
+
+// setUp readies QEMU for a save or load at the disk's speed, its end
+// reported by a MIGRATION event (without the capability, QEMU sends none
+// and the wait would see the end only at its next poll).
+func setUp(ctx context.Context, mon *qmp.Client) error {
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"events": true}); err != nil {
+		return err
+	}
+	return mon.MigrateSetParameters(ctx, map[string]any{"max-bandwidth": maxBandwidth})
 }
 
 // Load feeds the state file f to a QEMU started with -incoming defer (and
@@ -107,8 +132,12 @@ func Load(ctx context.Context, mon *qmp.Client, f *os.File, want manifest.FileDi
 		return err
 	}
 	defer w.Close()
+	widen(w)
 	err = mon.GetFD(ctx, loadFD, r)
 	r.Close()
+	if err == nil {
+		err = mon.MigrateSetCapabilities(ctx, map[string]bool{"events": true})
+	}
 	if err != nil {
 		return err
 	}
@@ -146,12 +175,12 @@ var TestHookStateSent func()
 // a QEMU error.
 func feed(f *os.File, w io.Writer) fed {
 	var res fed
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
+	h := newBgHash()
 	for {
+		buf := h.buf()
 		n, err := f.Read(buf)
 		if n > 0 {
-			h.Write(buf[:n])
+			h.add(buf[:n])
 			res.read += int64(n)
 			if res.sendErr == nil {
 				m, werr := w.Write(buf[:n])
@@ -169,7 +198,7 @@ func feed(f *os.File, w io.Writer) fed {
 			break
 		}
 	}
-	res.sum = hex.EncodeToString(h.Sum(nil))
+	res.sum = h.sum()
 	return res
 }
 

@@ -1,0 +1,124 @@
+package manifest
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// RAMName is a checkpoint's guest RAM file (role "ram"), there when
+	// the VM's RAM is a shared file hostd copied itself: its state file
+	// then holds no RAM.
+	RAMName = "ram.bin"
+	// Chunk is the unit of a RAM file's digest.
+	Chunk = 1 << 20
+)
+
+// A RAM file's digest (SparseDigest) is the sha256 of its size and of the
+// sha256 of each of its Chunk-byte chunks in order: a chunk of zeros has
+// a known digest, so that a hole (most of an idle guest's RAM) is neither
+// read nor hashed, and the digest is the same whatever holes a file
+// system kept.
+var zeroChunk = sync.OnceValue(func() [sha256.Size]byte { return sha256.Sum256(make([]byte, Chunk)) })
+
+// ChunkSums holds a sparse file's chunk digests as they are computed
+// (by any number of workers, one chunk each).
+type ChunkSums struct {
+	size int64
+	sums [][sha256.Size]byte
+}
+
+// NewChunkSums is for a file of size bytes, every chunk zero until set.
+func NewChunkSums(size int64) *ChunkSums {
+	c := &ChunkSums{size: size, sums: make([][sha256.Size]byte, (size+Chunk-1)/Chunk)}
+	for i := range c.sums {
+		c.sums[i] = zeroChunk()
+	}
+	return c
+}
+
+// Size is the file's size.
+func (c *ChunkSums) Size() int64 { return c.size }
+
+// Chunks is how many chunks the file has.
+func (c *ChunkSums) Chunks() int { return len(c.sums) }
+
+// Set records chunk i's bytes (the last chunk may be short; a short
+// chunk counts as padded with zeros, as the file's end is a multiple of
+// a page anyway).
+func (c *ChunkSums) Set(i int, data []byte) {
+	if len(data) == Chunk {
+		c.sums[i] = sha256.Sum256(data)
+		return
+	}
+	padded := make([]byte, Chunk)
+	copy(padded, data)
+	c.sums[i] = sha256.Sum256(padded)
+}
+
+// Sum is the file's digest.
+func (c *ChunkSums) Sum() string {
+	h := sha256.New()
+	binary.Write(h, binary.LittleEndian, c.size)
+	for _, s := range c.sums {
+		h.Write(s[:])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// IsHole reports whether f has no data in [off, off+n): SEEK_DATA finds
+// none before its end (a file system without holes says there is data).
+func IsHole(f *os.File, off, n int64) bool {
+	next, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		return true // no data after off
+	}
+	return err == nil && next >= off+n
+}
+
+// IsZero reports whether b is all zeros.
+func IsZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.NativeEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// SparseDigest hashes f's first size bytes as a RAM file (see above),
+// reading only what is not a hole.
+func SparseDigest(f *os.File, size int64) (string, error) {
+	sums := NewChunkSums(size)
+	buf := make([]byte, Chunk)
+	for i := range sums.Chunks() {
+		off := int64(i) * Chunk
+		n := min(Chunk, size-off)
+		if IsHole(f, off, n) {
+			continue
+		}
+		m, err := f.ReadAt(buf[:n], off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("read %s: %w", f.Name(), err)
+		}
+		clear(buf[m:n]) // past a short file's end
+		if !IsZero(buf[:n]) {
+			sums.Set(i, buf[:n])
+		}
+	}
+	return sums.Sum(), nil
+}

@@ -1,0 +1,206 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/hostd/sentinel"
+	"github.com/symvirt/symvirt/internal/atomicfile"
+	"github.com/symvirt/symvirt/qmp"
+	"golang.org/x/sys/unix"
+)
+
+// A VM whose RAM is a shared file (on /dev/shm) is saved as its device
+// state without RAM (QEMU's x-ignore-shared) and a copy of the file that
+// hostd makes itself: QEMU would read every page of the mapping, and a
+// page of a tmpfs file that was never written is allocated by that read
+// (anonymous memory maps the zero page instead), which costs a save a
+// second or more per GiB of idle guest. hostd reads only what is not a
+// hole, and writes it sparse.
+
+// copiers is how many chunks are copied and hashed at once.
+const copiers = 2
+
+// SaveShared saves a stopped VM whose RAM is the shared file ram into
+// dir: its device state into StateName (without RAM) and its RAM into
+// RAMName. Either way QEMU carries RAM again in its next migration.
+func SaveShared(ctx context.Context, mon *qmp.Client, ram *os.File, dir string) ([]manifest.FileDigest, SaveTimes, error) {
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
+		return nil, SaveTimes{}, err
+	}
+	state, times, err := SaveTimed(ctx, mon, filepath.Join(dir, manifest.StateName))
+	if rerr := carryRAM(ctx, mon); err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return nil, times, err
+	}
+	start := time.Now()
+	rd, sync, err := SaveRAM(ctx, ram, filepath.Join(dir, manifest.RAMName))
+	times.RAM, times.Sync = time.Since(start)-sync, times.Sync+sync
+	return []manifest.FileDigest{state, rd}, times, err
+}
+
+// carryRAM turns x-ignore-shared off again.
+func carryRAM(ctx context.Context, mon *qmp.Client) error {
+	return mon.MigrateSetCapabilities(context.WithoutCancel(ctx), map[string]bool{"x-ignore-shared": false})
+}
+
+// SaveRAM copies the RAM file ram of a stopped VM into path, a new file,
+// sparse (holes and chunks of zeros are not written), hashing it
+// (manifest.SparseDigest) on the way; it returns how long the final
+// fsync took.
+func SaveRAM(ctx context.Context, ram *os.File, path string) (manifest.FileDigest, time.Duration, error) {
+	fd := manifest.FileDigest{Name: filepath.Base(path), Role: "ram"}
+	st, err := ram.Stat()
+	if err != nil {
+		return fd, 0, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fd, 0, err
+	}
+	defer f.Close()
+	if err := f.Truncate(st.Size()); err != nil {
+		return fd, 0, err
+	}
+	sums, err := copySparse(ctx, ram, f, st.Size(), true)
+	if err != nil {
+		return fd, 0, err
+	}
+	start := time.Now()
+	if err := errors.Join(f.Sync(), f.Close(), atomicfile.SyncDir(filepath.Dir(path))); err != nil {
+		return fd, 0, err
+	}
+	fd.Size, fd.SHA256 = st.Size(), sums.Sum()
+	return fd, time.Since(start), nil
+}
+
+// LoadRAM fills dst, the RAM file of a QEMU waiting for its state
+// (incoming, paused), with the checkpoint's RAM file src: dst is emptied
+// first (what that QEMU wrote at its start goes), then it gets src's
+// chunks that are not zeros, hashed as they are read; unless they are
+// want's, it fails with ErrChecksum (the caller kills that QEMU: its
+// vCPUs never ran).
+func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) error {
+	st, err := dst.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() != want.Size {
+		return fmt.Errorf("%s: the checkpoint's RAM is %d bytes, the vm's %d: %w", src.Name(), want.Size, st.Size(), sentinel.ErrChecksum)
+	}
+	if err := unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, st.Size()); err != nil {
+		return fmt.Errorf("empty %s: %w", dst.Name(), err)
+	}
+	sums, err := copySparse(ctx, src, dst, want.Size, false)
+	if err != nil {
+		return err
+	}
+	if got := sums.Sum(); got != want.SHA256 {
+		return fmt.Errorf("%s as read (sha256 chunks %s) does not match its signed manifest (%s): %w", src.Name(), got, want.SHA256, sentinel.ErrChecksum)
+	}
+	return nil
+}
+
+// TestHookRAMChunk, when set (tests only), runs once after LoadRAM
+// copied a chunk: a test changes the file there, as an attacker would
+// while a restore runs.
+var TestHookRAMChunk func()
+
+// sparseCopy is a copy of the chunks of src that are not zeros into dst
+// at their offsets, every chunk hashed into sums.
+type sparseCopy struct {
+	src, dst *os.File
+	sums     *manifest.ChunkSums
+	// writeback starts each chunk's write-out to disk at once, so that
+	// the final fsync has little left to wait for.
+	writeback bool
+	after     func() // after each chunk copied
+}
+
+// copySparse runs the copy of src's first size bytes, copiers chunks at a
+// time.
+func copySparse(ctx context.Context, src, dst *os.File, size int64, writeback bool) (*manifest.ChunkSums, error) {
+	c := sparseCopy{src: src, dst: dst, sums: manifest.NewChunkSums(size), writeback: writeback, after: func() {}}
+	if hook := TestHookRAMChunk; hook != nil && !writeback {
+		var once sync.Once
+		c.after = func() { once.Do(hook) }
+	}
+	var next atomic.Int64
+	errs := make([]error, copiers)
+	var wg sync.WaitGroup
+	for w := range copiers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, manifest.Chunk)
+			for i := int(next.Add(1) - 1); i < c.sums.Chunks() && errs[w] == nil; i = int(next.Add(1) - 1) {
+				errs[w] = c.chunk(ctx, i, buf)
+			}
+		}()
+	}
+	wg.Wait()
+	return c.sums, errors.Join(errs...)
+}
+
+// chunk copies chunk i.
+func (c sparseCopy) chunk(ctx context.Context, i int, buf []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	off := int64(i) * manifest.Chunk
+	n := min(manifest.Chunk, c.sums.Size()-off)
+	if manifest.IsHole(c.src, off, n) {
+		return nil
+	}
+	m, err := c.src.ReadAt(buf[:n], off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read %s: %w", c.src.Name(), err)
+	}
+	clear(buf[m:n]) // past a short file's end: what is hashed is what is written
+	if manifest.IsZero(buf[:n]) {
+		return nil
+	}
+	c.sums.Set(i, buf[:n])
+	if _, err := c.dst.WriteAt(buf[:n], off); err != nil {
+		return fmt.Errorf("write %s: %w", c.dst.Name(), err)
+	}
+	if c.writeback {
+		unix.SyncFileRange(int(c.dst.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	}
+	c.after()
+	return nil
+}
+
+// SharedRAM is a checkpoint's RAM file (Src, its digest Want) for a QEMU
+// whose RAM is the shared file Dst.
+type SharedRAM struct {
+	Src, Dst *os.File
+	Want     manifest.FileDigest
+}
+
+// LoadShared loads a checkpoint SaveShared wrote into a QEMU waiting for
+// its state (incoming, paused): its RAM first, checked (LoadRAM), then its
+// device state, checked (Load), without RAM.
+func LoadShared(ctx context.Context, mon *qmp.Client, state *os.File, want manifest.FileDigest, ram SharedRAM, progress func(qmp.MigrationInfo)) error {
+	if err := LoadRAM(ctx, ram.Src, ram.Dst, ram.Want); err != nil {
+		return err
+	}
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
+		return err
+	}
+	err := Load(ctx, mon, state, want, progress)
+	if rerr := carryRAM(ctx, mon); err == nil {
+		err = rerr
+	}
+	return err
+}
