@@ -352,8 +352,8 @@ func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs
 	if err == nil {
 		tun, qemuURI, err = vm.streamTo(ctx, mon, uri, host)
 	}
-	if err == nil && len(args.Capabilities) > 0 {
-		err = mon.MigrateSetCapabilities(ctx, args.Capabilities)
+	if err == nil {
+		err = mon.MigrateSetCapabilities(ctx, migrationCapabilities(args.Capabilities))
 	}
 	if err == nil {
 		err = mon.MigrateSetParameters(ctx, params)
@@ -368,4 +368,15 @@ func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs
 		err = tun.Finish()
 	}
 	return tun, info, err
+}
+
+// migrationCapabilities: the caller's capabilities, with x-ignore-shared
+// off unless asked for. A save that a crash of hostd cut short may have
+// left it on in this QEMU, and a migration to another host must carry RAM.
+func migrationCapabilities(asked map[string]bool) map[string]bool {
+	caps := map[string]bool{"x-ignore-shared": false}
+	for k, v := range asked {
+		caps[k] = v
+	}
+	return caps
 }
