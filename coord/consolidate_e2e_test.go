@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord"
+	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -132,8 +133,10 @@ type echoClient struct {
 	phase int
 	gaps  map[int]time.Duration
 	rtts  map[int]time.Duration
-	err   error
-	count int
+	// gapEnd is when the longest gap of a phase ended.
+	gapEnd map[int]time.Time
+	err    error
+	count  int
 }
 
 func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
@@ -170,8 +173,9 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 		}
 		now := time.Now()
 		e.mu.Lock()
-		if e.count > 0 {
-			e.gaps[e.phase] = max(e.gaps[e.phase], now.Sub(last))
+		if e.count > 0 && now.Sub(last) > e.gaps[e.phase] {
+			e.gaps[e.phase] = now.Sub(last)
+			e.gapEnd[e.phase] = now
 		}
 		e.rtts[e.phase] = max(e.rtts[e.phase], now.Sub(sent))
 		e.count++
@@ -272,7 +276,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	clients := map[string]*echoClient{}
 	var wg sync.WaitGroup
 	for n := 1; n <= nSvc; n++ {
-		e := &echoClient{addr: fmt.Sprintf("10.79.0.%d:7000", n), gaps: map[int]time.Duration{}, rtts: map[int]time.Duration{}}
+		e := &echoClient{addr: fmt.Sprintf("10.79.0.%d:7000", n), gaps: map[int]time.Duration{}, rtts: map[int]time.Duration{}, gapEnd: map[int]time.Time{}}
 		clients[fmt.Sprintf("svc%d", n)] = e
 		wg.Add(1)
 		go func() { defer wg.Done(); e.run(clientNS, stop) }()
@@ -289,8 +293,9 @@ func TestConsolidateServicesLive(t *testing.T) {
 		t.Helper()
 		for name, e := range clients {
 			e.mu.Lock()
-			t.Logf("%s: client of %s: longest gap between answers %v (asked every 100 ms), longest round trip %v (%d answers)",
-				when, name, e.gaps[phase].Round(time.Millisecond), e.rtts[phase].Round(time.Millisecond), e.count)
+			t.Logf("%s: client of %s: longest gap between answers %v (asked every 100 ms, from %s to %s), longest round trip %v (%d answers)",
+				when, name, e.gaps[phase].Round(time.Millisecond), e.gapEnd[phase].Add(-e.gaps[phase]).UTC().Format(stampMs),
+				e.gapEnd[phase].UTC().Format(stampMs), e.rtts[phase].Round(time.Millisecond), e.count)
 			if e.err != nil {
 				t.Errorf("%s: client of %s failed: %v", when, name, e.err)
 			}
@@ -352,6 +357,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	checkClients("consolidate", 1)
+	c.logMigrationSteps(rep.Results)
 
 	// Two services of one host start spinning.
 	var burners []string
@@ -405,4 +411,50 @@ func TestConsolidateServicesLive(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	checkClients("scale out", 2)
 	t.Logf("hosts after:\n%s", c.cli("hosts"))
+}
+
+const stampMs = "15:04:05.000"
+
+// logMigrationSteps logs, for every VM the results moved, what each hostd
+// logged about it (its steps, when each ended and how long it took, and
+// QEMU's figures for the stream): with the clients' gaps, where a moved
+// service's pause went.
+func (c *cluster) logMigrationSteps(results []machine.Result) {
+	moved := map[string]bool{}
+	for _, r := range results {
+		for _, v := range r.VMs {
+			moved[v.Name] = true
+		}
+	}
+	var lines []string
+	for _, h := range c.names {
+		for _, l := range strings.Split(c.hosts[h].Logs(), "\n") {
+			var e struct {
+				Time     time.Time     `json:"time"`
+				Msg      string        `json:"msg"`
+				VM       string        `json:"vm"`
+				Kind     string        `json:"kind"`
+				Took     time.Duration `json:"took"`
+				Total    int64         `json:"total_ms"`
+				Downtime int64         `json:"downtime_ms"`
+			}
+			if json.Unmarshal([]byte(l), &e) != nil || !moved[e.VM] {
+				continue
+			}
+			var what string
+			switch e.Msg {
+			case "step":
+				what = fmt.Sprintf("%s step done (took %v)", e.Kind, e.Took.Round(time.Millisecond))
+			case "migration stream complete":
+				what = fmt.Sprintf("QEMU completed the stream (total %d ms, downtime %d ms)", e.Total, e.Downtime)
+			case "running":
+				what = "cont: the VM runs"
+			default:
+				continue
+			}
+			lines = append(lines, fmt.Sprintf("%s %s host %s: %s", e.Time.UTC().Format(stampMs), e.VM, h, what))
+		}
+	}
+	slices.Sort(lines)
+	c.t.Logf("the moved VMs' steps:\n%s", strings.Join(lines, "\n"))
 }

@@ -497,6 +497,7 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 		if err := mon.Cont(ctx); err != nil {
 			return err
 		}
+		vm.log.Debug("running", "outcome", req.Resume.Outcome)
 	}
 	vm.unfence(ctx)
 	if err := vm.attachAll(ctx); err != nil {
@@ -598,7 +599,7 @@ func (vm *VM) completeIncoming(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := mon.WaitMigration(ctx, 20*time.Millisecond, nil); err != nil {
+	if _, err := mon.WaitMigration(ctx, migratePoll, nil); err != nil {
 		return fmt.Errorf("vm %q: incoming: %w", vm.name, err)
 	}
 	vm.mu.Lock()
