@@ -658,7 +658,11 @@ func (o *Op) next(v *VMState) (ActionType, string, string) {
 }
 
 // forwardNext: Attach, Resume(outcome) where the VM will run; after a
-// migration, Kill the obsolete source once the destination runs.
+// migration, Kill the obsolete source once the destination runs. A moving
+// VM is resumed at its destination first: it is paused at both ends until
+// then (an Attach into its paused copy would only wait for it), and hostd
+// plugs a device into a running guest (Resume attaches too), so its Attach
+// follows and reports.
 func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
 	out := o.kindOutcome()
 	at := v.At
@@ -666,10 +670,12 @@ func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
 		at = v.Dest
 	}
 	switch {
-	case v.Attach == "":
+	case v.Attach == "" && !o.moving(v):
 		return Attach, at, ""
 	case v.Finish == "":
 		return Resume, at, out
+	case v.Attach == "":
+		return Attach, at, ""
 	case o.liveCheckpoint() && v.WaitSave == "":
 		return WaitSave, v.Host, ""
 	case o.Phase == PhaseDiscard && v.Delete == "":
