@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord"
-	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -357,7 +356,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	checkClients("consolidate", 1)
-	c.logMigrationSteps(rep.Results)
+	c.logMoveTimelines(rep.Results, clients, 1)
 
 	// Two services of one host start spinning.
 	var burners []string
@@ -411,50 +410,4 @@ func TestConsolidateServicesLive(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	checkClients("scale out", 2)
 	t.Logf("hosts after:\n%s", c.cli("hosts"))
-}
-
-const stampMs = "15:04:05.000"
-
-// logMigrationSteps logs, for every VM the results moved, what each hostd
-// logged about it (its steps, when each ended and how long it took, and
-// QEMU's figures for the stream): with the clients' gaps, where a moved
-// service's pause went.
-func (c *cluster) logMigrationSteps(results []machine.Result) {
-	moved := map[string]bool{}
-	for _, r := range results {
-		for _, v := range r.VMs {
-			moved[v.Name] = true
-		}
-	}
-	var lines []string
-	for _, h := range c.names {
-		for _, l := range strings.Split(c.hosts[h].Logs(), "\n") {
-			var e struct {
-				Time     time.Time     `json:"time"`
-				Msg      string        `json:"msg"`
-				VM       string        `json:"vm"`
-				Kind     string        `json:"kind"`
-				Took     time.Duration `json:"took"`
-				Total    int64         `json:"total_ms"`
-				Downtime int64         `json:"downtime_ms"`
-			}
-			if json.Unmarshal([]byte(l), &e) != nil || !moved[e.VM] {
-				continue
-			}
-			var what string
-			switch e.Msg {
-			case "step":
-				what = fmt.Sprintf("%s step done (took %v)", e.Kind, e.Took.Round(time.Millisecond))
-			case "migration stream complete":
-				what = fmt.Sprintf("QEMU completed the stream (total %d ms, downtime %d ms)", e.Total, e.Downtime)
-			case "running":
-				what = "cont: the VM runs"
-			default:
-				continue
-			}
-			lines = append(lines, fmt.Sprintf("%s %s host %s: %s", e.Time.UTC().Format(stampMs), e.VM, h, what))
-		}
-	}
-	slices.Sort(lines)
-	c.t.Logf("the moved VMs' steps:\n%s", strings.Join(lines, "\n"))
 }
