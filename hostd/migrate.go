@@ -290,6 +290,9 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	}
 	var tun *migstream.Out
 	var info qmp.MigrationInfo
+	taps := vm.captureFrames()
+	stops, unsubscribe := mon.Subscribe("STOP")
+	defer unsubscribe()
 	if err == nil {
 		tun, info, err = vm.migrateRAM(ctx, mon, args, inc.URI)
 	}
@@ -301,8 +304,10 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 		mon.MigrateCancel(bg)
 		err = migstream.WithStreamErr(err, tun.Abort(bg, mon))
 		m.abort(bg)
+		closeTaps(taps)
 		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
 	}
+	vm.forwardFrames(taps, args.Dest, pausedAt(stops, time.Duration(info.Downtime)*time.Millisecond))
 	if args.Progress != nil {
 		args.Progress(info)
 	}

@@ -90,6 +90,7 @@ func (h *Host) authorize(next http.Handler) http.Handler {
 	peer.HandleFunc("GET /v1/vms/{name}", own)
 	peer.HandleFunc("POST /v1/vms/{name}/incoming/finish", own)
 	peer.HandleFunc("POST /v1/vms/{name}/incoming/abort", own)
+	peer.HandleFunc("POST /v1/vms/{name}/incoming/frames", own)
 	peer.HandleFunc("/", refuse)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var c Caller

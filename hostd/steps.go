@@ -486,6 +486,7 @@ func (vm *VM) attachStep(ctx context.Context, req StepRequest) error {
 }
 
 func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
+	vm.stopFrames() // a source that runs again reads its own tap
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
@@ -518,6 +519,7 @@ func (vm *VM) abortStep(ctx context.Context, req StepRequest) error {
 
 func (vm *VM) killStep(ctx context.Context, req StepRequest) error {
 	vm.h.dropLease(req.VM)
+	vm.stopFrames()
 	vm.kill()
 	vm.h.forget(vm)
 	return nil

@@ -1,0 +1,144 @@
+package hostd
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	goqmp "github.com/digitalocean/go-qemu/qmp"
+)
+
+// frameForwardMax bounds how long a source passes frames on: by then the
+// bridges have long learnt the VM's new port from its announcement.
+const frameForwardMax = 30 * time.Second
+
+// frameForwardEvery is how often the source sends what its taps caught.
+const frameForwardEvery = 5 * time.Millisecond
+
+// FramesRequest hands a migration's destination the frames its source's
+// tap for NIC received while the VM was paused there.
+type FramesRequest struct {
+	NIC    string   `json:"nic"`
+	Frames [][]byte `json:"frames"`
+}
+
+// nicTap is a captured tap of one of the VM's NICs.
+type nicTap struct {
+	nic string
+	tap *frameTap
+}
+
+// frameForward passes on, from the moment the source paused for the last
+// round, what its taps still receive, until the source is killed.
+type frameForward struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	taps   []nicTap
+}
+
+// captureFrames starts capturing on every tap NIC of the VM (before the
+// stream starts, so nothing the paused VM misses escapes). A tap that
+// cannot be captured is only logged: the VM migrates as before.
+func (vm *VM) captureFrames() []nicTap {
+	var out []nicTap
+	for _, n := range vm.Spec().NICs {
+		if n.Backend != "tap" || n.Tap == "" || n.Passthrough {
+			continue
+		}
+		t, err := openFrameTap(n.Tap, n.MAC)
+		if err != nil {
+			vm.log.Warn("frames for the paused VM will not be passed on", "nic", n.ID, "err", err)
+			continue
+		}
+		out = append(out, nicTap{nic: n.ID, tap: t})
+	}
+	return out
+}
+
+func closeTaps(taps []nicTap) {
+	for _, t := range taps {
+		t.tap.close()
+	}
+}
+
+// pausedAt is when the source QEMU stopped the VM for the last round: its
+// STOP event's time, else the completion less QEMU's downtime.
+func pausedAt(stops <-chan goqmp.Event, downtime time.Duration) time.Time {
+	at := timeNow().Add(-downtime)
+	for {
+		select {
+		case ev := <-stops:
+			at = time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
+		default:
+			return at
+		}
+	}
+}
+
+// forwardFrames sends dest, for the VM's copy there, the frames taps
+// captured from since on, every few milliseconds, until stopFrames.
+func (vm *VM) forwardFrames(taps []nicTap, dest string, since time.Time) {
+	if len(taps) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), frameForwardMax)
+	f := &frameForward{cancel: cancel, done: make(chan struct{}), taps: taps}
+	vm.mu.Lock()
+	old := vm.frames
+	vm.frames = f
+	vm.mu.Unlock()
+	old.stop()
+	go func() {
+		defer close(f.done)
+		defer closeTaps(taps)
+		peer := vm.h.peer(dest)
+		tick := time.NewTicker(frameForwardEvery)
+		defer tick.Stop()
+		for {
+			for _, t := range taps {
+				frames := t.tap.take(since)
+				if len(frames) == 0 {
+					continue
+				}
+				err := peer.InjectFrames(context.WithoutCancel(ctx), vm.name, FramesRequest{NIC: t.nic, Frames: frames})
+				vm.log.Info("frames re-sent", "to", dest, "nic", t.nic, "frames", len(frames), "err", err)
+			}
+			if ctx.Err() != nil {
+				return // after a last pass
+			}
+			select {
+			case <-ctx.Done():
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+// stopFrames ends the VM's frame forwarding (its source copy is killed or
+// runs again) after a last pass.
+func (vm *VM) stopFrames() {
+	vm.mu.Lock()
+	f := vm.frames
+	vm.frames = nil
+	vm.mu.Unlock()
+	f.stop()
+}
+
+func (f *frameForward) stop() {
+	if f == nil {
+		return
+	}
+	f.cancel()
+	<-f.done
+}
+
+// InjectFrames queues frames on the tap of one of the VM's NICs: a
+// migration's source passes on what reached it while paused.
+func (vm *VM) InjectFrames(ctx context.Context, req FramesRequest) (int, error) {
+	for _, n := range vm.Spec().NICs {
+		if n.ID == req.NIC && n.Backend == "tap" && n.Tap != "" {
+			return injectFrames(n.Tap, req.Frames)
+		}
+	}
+	return 0, fmt.Errorf("vm %q has no tap NIC %q: %w", vm.name, req.NIC, ErrInvalidSpec)
+}
