@@ -72,7 +72,7 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 		underlay[ns] = consolIP(name)
 		certs("issue", "--dir", c.certs, "--role", "hostd", "--name", name, "--host", consolIP(name))
 		c.hosts[name] = testenv.StartHostd(t, name, ns, consolIP(name)+":7070",
-			"capacity: {cpu: 2, memory: 1G}\nusage_window: 10s\nusage_interval: 1s\nusage_guest_interval: 3s\n",
+			"capacity: {cpu: 2, memory: 1G}\nusage_window: 10s\nusage_interval: 1s\nusage_guest_interval: 3s\n"+consolDowntime(),
 			"--tls-cert", filepath.Join(c.certs, "hostd-"+name+".crt"),
 			"--tls-key", filepath.Join(c.certs, "hostd-"+name+".key"),
 			"--tls-ca", filepath.Join(c.certs, "ca.crt"), "--guest-timeout", "20s")
@@ -92,6 +92,16 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 		"/etc/symvirt/rc.d/40-svc": {Mode: 0o755, Data: []byte(svcRC)},
 	})
 	return c, client
+}
+
+// consolDowntime is hostd's migration_downtime_limit from
+// $SYMVIRT_MIGRATION_DOWNTIME (e.g. 30ms, for a run on QEMU 10, whose TCG
+// pre-copy is exact, with SYMVIRT_QEMU set to it); unset, hostd's default.
+func consolDowntime() string {
+	if d := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME"); d != "" {
+		return "migration_downtime_limit: " + d + "\n"
+	}
+	return ""
 }
 
 func testenvCLI(t *testing.T, args ...string) (string, error) {
