@@ -161,6 +161,11 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 			return IncomingResponse{}, err
 		}
 	}
+	// QEMU's MIGRATION events here end a Resume's wait for the stream
+	// at once (the VM is paused at both ends until it runs here).
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"events": true}); err != nil {
+		return IncomingResponse{}, err
+	}
 	if resp.URI, err = vm.incomingStream(ctx, mon, from, wait); err != nil {
 		return IncomingResponse{}, err
 	}
