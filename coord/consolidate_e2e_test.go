@@ -144,6 +144,9 @@ type echoClient struct {
 	rtts  map[int]time.Duration
 	// gapEnd is when the longest gap of a phase ended.
 	gapEnd map[int]time.Time
+	// times are when each answer came (the gap around a move is found
+	// from them).
+	times []time.Time
 	err    error
 	count  int
 }
@@ -188,6 +191,7 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 		}
 		e.rtts[e.phase] = max(e.rtts[e.phase], now.Sub(sent))
 		e.count++
+		e.times = append(e.times, now)
 		e.mu.Unlock()
 		last = now
 	}
@@ -366,7 +370,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	checkClients("consolidate", 1)
-	c.logMoveTimelines(rep.Results, clients, 1)
+	c.logMoveTimelines(rep.Results, clients)
 
 	// Two services of one host start spinning.
 	var burners []string
@@ -419,5 +423,6 @@ func TestConsolidateServicesLive(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	checkClients("scale out", 2)
+	c.logMoveTimelines(rep.Results, clients)
 	t.Logf("hosts after:\n%s", c.cli("hosts"))
 }

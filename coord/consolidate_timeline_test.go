@@ -52,22 +52,41 @@ func (c *cluster) moveEvents(results []machine.Result) map[string][]moveEvent {
 	return out
 }
 
-// logMoveTimelines logs, for every moved VM, where its client's longest
-// gap of phase went: the client's last answer before it, the source's
+// pauseOf is when QEMU paused the VM at the source for the last round
+// (its completion less its downtime).
+func pauseOf(evs []moveEvent) time.Time {
+	for _, ev := range evs {
+		if ev.Msg == "migration stream complete" {
+			return ev.Time.Add(-time.Duration(ev.Downtime) * time.Millisecond)
+		}
+	}
+	return time.Time{}
+}
+
+// gapAround is the client's last answer before t and its first after.
+func (e *echoClient) gapAround(t time.Time) (time.Time, time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(e.times, t, time.Time.Compare)
+	if i == 0 || i == len(e.times) {
+		return t, t
+	}
+	return e.times[i-1], e.times[i]
+}
+
+// logMoveTimelines logs, for every moved VM, where the gap its client saw
+// around the move went: the client's last answer before the source's
 // pause (QEMU's completion less its downtime), QEMU's completion, the
-// migrate step's answer, the destination's cont, and the client's first
-// answer after, each as an offset from the last answer; and every step
-// of the move, with the time it took.
-func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]*echoClient, phase int) {
+// steps' answers, the destination's cont, the frames the source passed
+// on, and the client's first answer after, each as an offset from the
+// last answer; and every step of the move, with the time it took.
+func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]*echoClient) {
 	var steps []string
 	for vm, evs := range c.moveEvents(results) {
-		e := clients[vm]
-		e.mu.Lock()
-		end, gap := e.gapEnd[phase], e.gaps[phase]
-		e.mu.Unlock()
-		start := end.Add(-gap)
+		start, end := clients[vm].gapAround(pauseOf(evs))
+		gap := end.Sub(start)
 		at := func(t time.Time) string { return fmt.Sprintf("+%dms", t.Sub(start).Milliseconds()) }
-		parts := []string{fmt.Sprintf("%s: gap %v: last answer %s", vm, gap.Round(time.Millisecond), start.UTC().Format(stampMs))}
+		parts := []string{fmt.Sprintf("%s: gap around the move %v: last answer %s", vm, gap.Round(time.Millisecond), start.UTC().Format(stampMs))}
 		for _, ev := range evs {
 			if ev.Time.Before(start.Add(-5*time.Second)) || ev.Time.After(end.Add(5*time.Second)) {
 				continue
@@ -88,8 +107,10 @@ func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]
 				parts = append(parts, "cont at the destination "+at(ev.Time))
 				what = "cont: the VM runs"
 			case ev.Msg == "frames re-sent":
-				parts = append(parts, fmt.Sprintf("%d queued frames re-sent %s", ev.Frames, at(ev.Time)))
-				what = fmt.Sprintf("%d frames queued at the source re-sent", ev.Frames)
+				if !ev.Time.After(end) {
+					parts = append(parts, fmt.Sprintf("%d frames passed on %s", ev.Frames, at(ev.Time)))
+				}
+				what = fmt.Sprintf("%d frames the paused source got passed on", ev.Frames)
 			}
 			if what != "" {
 				steps = append(steps, fmt.Sprintf("%s %s host %s: %s", ev.Time.UTC().Format(stampMs), vm, ev.host, what))
