@@ -22,6 +22,7 @@ type moveEvent struct {
 	Total    int64         `json:"total_ms"`
 	Downtime int64         `json:"downtime_ms"`
 	Frames   int           `json:"frames"`
+	Unicast  int           `json:"unicast"`
 	host     string
 }
 
@@ -108,9 +109,9 @@ func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]
 				what = "cont: the VM runs"
 			case ev.Msg == "frames re-sent":
 				if !ev.Time.After(end) {
-					parts = append(parts, fmt.Sprintf("%d frames passed on %s", ev.Frames, at(ev.Time)))
+					parts = append(parts, fmt.Sprintf("%d frames (%d to the VM) passed on %s", ev.Frames, ev.Unicast, at(ev.Time)))
 				}
-				what = fmt.Sprintf("%d frames the paused source got passed on", ev.Frames)
+				what = fmt.Sprintf("%d frames (%d to the VM) the paused source got passed on", ev.Frames, ev.Unicast)
 			}
 			if what != "" {
 				steps = append(steps, fmt.Sprintf("%s %s host %s: %s", ev.Time.UTC().Format(stampMs), vm, ev.host, what))

@@ -101,7 +101,7 @@ func (vm *VM) forwardFrames(taps []nicTap, dest string, since time.Time) {
 					continue
 				}
 				err := peer.InjectFrames(context.WithoutCancel(ctx), vm.name, FramesRequest{NIC: t.nic, Frames: frames})
-				vm.log.Info("frames re-sent", "to", dest, "nic", t.nic, "frames", len(frames), "err", err)
+				vm.log.Info("frames re-sent", "to", dest, "nic", t.nic, "frames", len(frames), "unicast", unicast(frames), "err", err)
 			}
 			if ctx.Err() != nil {
 				return // after a last pass
@@ -112,6 +112,17 @@ func (vm *VM) forwardFrames(taps []nicTap, dest string, since time.Time) {
 			}
 		}
 	}()
+}
+
+// unicast counts the frames addressed to one station (the VM).
+func unicast(frames [][]byte) int {
+	n := 0
+	for _, f := range frames {
+		if f[0]&1 == 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // stopFrames ends the VM's frame forwarding (its source copy is killed or
