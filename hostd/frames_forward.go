@@ -6,6 +6,8 @@ import (
 	"time"
 
 	goqmp "github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/symvirt/symvirt/qmp"
 )
 
 // frameForwardMax bounds how long a source passes frames on: by then the
@@ -112,6 +114,17 @@ func (vm *VM) forwardFrames(taps []nicTap, dest string, since time.Time) {
 			}
 		}
 	}()
+}
+
+// announce has QEMU announce the VM's NICs now that it runs here: the
+// bridges learn its new port at once (QEMU's own announcement after the
+// stream was queued while the VM was paused, until the guest's first
+// frame), and clients' frames stop reaching the source.
+func (vm *VM) announce(ctx context.Context, mon *qmp.Client) {
+	args := map[string]any{"initial": 1, "max": 100, "rounds": 3, "step": 50}
+	if err := mon.Execute(ctx, "announce-self", args, nil); err != nil {
+		vm.log.Warn("announce-self", "err", err)
+	}
 }
 
 // unicast counts the frames addressed to one station (the VM).

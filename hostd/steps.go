@@ -487,6 +487,9 @@ func (vm *VM) attachStep(ctx context.Context, req StepRequest) error {
 
 func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 	vm.stopFrames() // a source that runs again reads its own tap
+	vm.mu.Lock()
+	moved := vm.rt.Incoming
+	vm.mu.Unlock()
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
@@ -499,6 +502,9 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 			return err
 		}
 		vm.log.Debug("running", "outcome", req.Resume.Outcome)
+		if moved {
+			vm.announce(ctx, mon)
+		}
 	}
 	vm.unfence(ctx)
 	if err := vm.attachAll(ctx); err != nil {
