@@ -72,7 +72,7 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 		underlay[ns] = consolIP(name)
 		certs("issue", "--dir", c.certs, "--role", "hostd", "--name", name, "--host", consolIP(name))
 		c.hosts[name] = testenv.StartHostd(t, name, ns, consolIP(name)+":7070",
-			"capacity: {cpu: 2, memory: 1G}\nusage_window: 10s\nusage_interval: 1s\nusage_guest_interval: 3s\n"+consolDowntime(),
+			"capacity: {cpu: 2, memory: 1G}\nusage_window: 10s\nusage_interval: 1s\nusage_guest_interval: 3s\n"+consolMigrationConfig(),
 			"--tls-cert", filepath.Join(c.certs, "hostd-"+name+".crt"),
 			"--tls-key", filepath.Join(c.certs, "hostd-"+name+".key"),
 			"--tls-ca", filepath.Join(c.certs, "ca.crt"), "--guest-timeout", "20s")
@@ -94,14 +94,20 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 	return c, client
 }
 
-// consolDowntime is hostd's migration_downtime_limit from
+// consolMigrationConfig is hostd's migration_downtime_limit from
 // $SYMVIRT_MIGRATION_DOWNTIME (e.g. 30ms, for a run on QEMU 10, whose TCG
 // pre-copy is exact, with SYMVIRT_QEMU set to it); unset, hostd's default.
-func consolDowntime() string {
+// $SYMVIRT_MIGRATION_KEEP_FRAMES=false turns off what a paused source
+// passes on (hostd's migration_keep_frames), for a side-by-side run.
+func consolMigrationConfig() string {
+	out := ""
 	if d := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME"); d != "" {
-		return "migration_downtime_limit: " + d + "\n"
+		out += "migration_downtime_limit: " + d + "\n"
 	}
-	return ""
+	if k := os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"); k != "" {
+		out += "migration_keep_frames: " + k + "\n"
+	}
+	return out
 }
 
 func testenvCLI(t *testing.T, args ...string) (string, error) {
@@ -147,8 +153,8 @@ type echoClient struct {
 	// times are when each answer came (the gap around a move is found
 	// from them).
 	times []time.Time
-	err    error
-	count  int
+	err   error
+	count int
 }
 
 func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {

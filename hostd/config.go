@@ -44,6 +44,10 @@ type Config struct {
 	// MigrationTLS turns TLS on the migration stream off ("false", for a
 	// bench) or on; unset, it is on whenever TLSCert is set.
 	MigrationTLS *bool `yaml:"migration_tls"`
+	// MigrationKeepFrames false stops a migrating source from passing on
+	// the frames its taps get while the VM is paused (frames_forward.go):
+	// for a side-by-side measurement.
+	MigrationKeepFrames *bool `yaml:"migration_keep_frames"`
 	// MigrationDowntime is the downtime-limit a live migration asks QEMU
 	// for when its caller sets none (QEMU's own is 300 ms, a service's
 	// whole pause budget); a step's DowntimeLimit overrides it. Zero: 50 ms

@@ -42,6 +42,9 @@ type frameForward struct {
 // stream starts, so nothing the paused VM misses escapes). A tap that
 // cannot be captured is only logged: the VM migrates as before.
 func (vm *VM) captureFrames() []nicTap {
+	if k := vm.h.cfg.MigrationKeepFrames; k != nil && !*k {
+		return nil
+	}
 	var out []nicTap
 	for _, n := range vm.Spec().NICs {
 		if n.Backend != "tap" || n.Tap == "" || n.Passthrough {
