@@ -75,6 +75,29 @@ func (e *echoClient) gapAround(t time.Time) (time.Time, time.Time) {
 	return e.times[i-1], e.times[i]
 }
 
+// gapParts splits a moved VM's client's gap (from its last answer start to
+// its first answer end) into: before the source paused, QEMU's downtime,
+// from QEMU's completion to the cont at the destination, and from the cont
+// to the answer.
+func gapParts(evs []moveEvent, start, end time.Time) string {
+	var done, cont time.Time
+	var downtime time.Duration
+	for _, ev := range evs {
+		switch {
+		case ev.Msg == "migration stream complete" && done.IsZero():
+			done, downtime = ev.Time, time.Duration(ev.Downtime)*time.Millisecond
+		case ev.Msg == "running" && !done.IsZero() && cont.IsZero():
+			cont = ev.Time
+		}
+	}
+	if done.IsZero() || cont.IsZero() {
+		return fmt.Sprintf("%v (no completion or cont logged)", end.Sub(start).Round(time.Millisecond))
+	}
+	ms := func(d time.Duration) int64 { return d.Round(time.Millisecond).Milliseconds() }
+	return fmt.Sprintf("%d ms = %d before the source paused + %d QEMU's downtime + %d from completion to cont + %d from cont to the answer",
+		ms(end.Sub(start)), ms(done.Add(-downtime).Sub(start)), ms(downtime), ms(cont.Sub(done)), ms(end.Sub(cont)))
+}
+
 // logMoveTimelines logs, for every moved VM, where the gap its client saw
 // around the move went: the client's last answer before the source's
 // pause (QEMU's completion less its downtime), QEMU's completion, the
@@ -119,6 +142,7 @@ func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]
 		}
 		parts = append(parts, "first answer after "+at(end))
 		c.t.Logf("timeline of %s", strings.Join(parts, ", "))
+		c.t.Logf("gap of %s's client around its move: %s", vm, gapParts(evs, start, end))
 	}
 	slices.Sort(steps)
 	c.t.Logf("the moved VMs' steps:\n%s", strings.Join(steps, "\n"))
