@@ -53,15 +53,16 @@ func (c *cluster) moveEvents(results []machine.Result) map[string][]moveEvent {
 	return out
 }
 
-// pauseOf is when QEMU paused the VM at the source for the last round
-// (its completion less its downtime).
+// pauseOf is when QEMU paused the VM at the source for the last round of
+// its latest move (its completion less its downtime).
 func pauseOf(evs []moveEvent) time.Time {
+	var at time.Time
 	for _, ev := range evs {
 		if ev.Msg == "migration stream complete" {
-			return ev.Time.Add(-time.Duration(ev.Downtime) * time.Millisecond)
+			at = ev.Time.Add(-time.Duration(ev.Downtime) * time.Millisecond)
 		}
 	}
-	return time.Time{}
+	return at
 }
 
 // gapAround is the client's last answer before t and its first after.
@@ -84,6 +85,7 @@ func gapParts(evs []moveEvent, start, end time.Time) string {
 	var downtime time.Duration
 	for _, ev := range evs {
 		switch {
+		case ev.Time.Before(start):
 		case ev.Msg == "migration stream complete" && done.IsZero():
 			done, downtime = ev.Time, time.Duration(ev.Downtime)*time.Millisecond
 		case ev.Msg == "running" && !done.IsZero() && cont.IsZero():
