@@ -17,6 +17,9 @@ const frameForwardMax = 30 * time.Second
 // frameForwardEvery is how often the source sends what its taps caught.
 const frameForwardEvery = 5 * time.Millisecond
 
+// frameInjectTimeout bounds one hand-over of frames to the destination.
+const frameInjectTimeout = time.Second
+
 // FramesRequest hands a migration's destination the frames its source's
 // tap for NIC received while the VM was paused there.
 type FramesRequest struct {
@@ -105,7 +108,10 @@ func (vm *VM) forwardFrames(taps []nicTap, dest string, since time.Time) {
 				if len(frames) == 0 {
 					continue
 				}
-				err := peer.InjectFrames(context.WithoutCancel(ctx), vm.name, FramesRequest{NIC: t.nic, Frames: frames})
+				// Bounded: a Kill here waits for the last pass.
+				cctx, cancel := context.WithTimeout(context.Background(), frameInjectTimeout)
+				err := peer.InjectFrames(cctx, vm.name, FramesRequest{NIC: t.nic, Frames: frames})
+				cancel()
 				vm.log.Info("frames re-sent", "to", dest, "nic", t.nic, "frames", len(frames), "unicast", unicast(frames), "err", err)
 			}
 			if ctx.Err() != nil {
