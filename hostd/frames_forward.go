@@ -75,7 +75,10 @@ func pausedAt(stops <-chan goqmp.Event, downtime time.Duration) time.Time {
 	at := timeNow().Add(-downtime)
 	for {
 		select {
-		case ev := <-stops:
+		case ev, ok := <-stops:
+			if !ok {
+				return at
+			}
 			at = time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000)
 		default:
 			return at

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	goqmp "github.com/digitalocean/go-qemu/qmp"
 	"github.com/vishvananda/netns"
 )
 
@@ -217,5 +218,19 @@ func TestFramesOfAPausedTapReachTheDestinationTap(t *testing.T) {
 	err = inNS(ns, func() error { src = openTapQueue(t, "src"); return nil })
 	if n := len(readFrames(src)); err != nil || n != 0 {
 		t.Fatalf("the source's tap kept %d frames past its reader (%v): the test shows nothing", n, err)
+	}
+}
+
+func TestPausedAtTakesQEMUsStopEvent(t *testing.T) {
+	stops := make(chan goqmp.Event, 2)
+	var ev goqmp.Event
+	ev.Event, ev.Timestamp.Seconds, ev.Timestamp.Microseconds = "STOP", 1796442934, 575881
+	stops <- ev
+	if got := pausedAt(stops, time.Second); !got.Equal(time.Unix(1796442934, 575881000)) {
+		t.Fatalf("paused at %v, want the STOP event's time", got)
+	}
+	close(stops) // the monitor went away: the completion less the downtime
+	if got := pausedAt(stops, time.Second); time.Since(got) < time.Second || time.Since(got) > time.Minute {
+		t.Fatalf("paused at %v without an event, want about a second ago", got)
 	}
 }
