@@ -72,7 +72,7 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 		underlay[ns] = consolIP(name)
 		certs("issue", "--dir", c.certs, "--role", "hostd", "--name", name, "--host", consolIP(name))
 		c.hosts[name] = testenv.StartHostd(t, name, ns, consolIP(name)+":7070",
-			"capacity: {cpu: 2, memory: 1G}\nusage_window: 10s\nusage_interval: 1s\nusage_guest_interval: 3s\n",
+			"capacity: {cpu: 2, memory: 1G}\nusage_window: 10s\nusage_interval: 1s\nusage_guest_interval: 3s\n"+consolMigrationConfig(),
 			"--tls-cert", filepath.Join(c.certs, "hostd-"+name+".crt"),
 			"--tls-key", filepath.Join(c.certs, "hostd-"+name+".key"),
 			"--tls-ca", filepath.Join(c.certs, "ca.crt"), "--guest-timeout", "20s")
@@ -92,6 +92,22 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 		"/etc/symvirt/rc.d/40-svc": {Mode: 0o755, Data: []byte(svcRC)},
 	})
 	return c, client
+}
+
+// consolMigrationConfig is hostd's migration_downtime_limit from
+// $SYMVIRT_MIGRATION_DOWNTIME (e.g. 30ms, for a run on QEMU 10, whose TCG
+// pre-copy is exact, with SYMVIRT_QEMU set to it); unset, hostd's default.
+// $SYMVIRT_MIGRATION_KEEP_FRAMES=false turns off what a paused source
+// passes on (hostd's migration_keep_frames), for a side-by-side run.
+func consolMigrationConfig() string {
+	out := ""
+	if d := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME"); d != "" {
+		out += "migration_downtime_limit: " + d + "\n"
+	}
+	if k := os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"); k != "" {
+		out += "migration_keep_frames: " + k + "\n"
+	}
+	return out
 }
 
 func testenvCLI(t *testing.T, args ...string) (string, error) {
@@ -132,6 +148,11 @@ type echoClient struct {
 	phase int
 	gaps  map[int]time.Duration
 	rtts  map[int]time.Duration
+	// gapEnd is when the longest gap of a phase ended.
+	gapEnd map[int]time.Time
+	// times are when each answer came (the gap around a move is found
+	// from them).
+	times []time.Time
 	err   error
 	count int
 }
@@ -170,11 +191,13 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 		}
 		now := time.Now()
 		e.mu.Lock()
-		if e.count > 0 {
-			e.gaps[e.phase] = max(e.gaps[e.phase], now.Sub(last))
+		if e.count > 0 && now.Sub(last) > e.gaps[e.phase] {
+			e.gaps[e.phase] = now.Sub(last)
+			e.gapEnd[e.phase] = now
 		}
 		e.rtts[e.phase] = max(e.rtts[e.phase], now.Sub(sent))
 		e.count++
+		e.times = append(e.times, now)
 		e.mu.Unlock()
 		last = now
 	}
@@ -272,7 +295,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	clients := map[string]*echoClient{}
 	var wg sync.WaitGroup
 	for n := 1; n <= nSvc; n++ {
-		e := &echoClient{addr: fmt.Sprintf("10.79.0.%d:7000", n), gaps: map[int]time.Duration{}, rtts: map[int]time.Duration{}}
+		e := &echoClient{addr: fmt.Sprintf("10.79.0.%d:7000", n), gaps: map[int]time.Duration{}, rtts: map[int]time.Duration{}, gapEnd: map[int]time.Time{}}
 		clients[fmt.Sprintf("svc%d", n)] = e
 		wg.Add(1)
 		go func() { defer wg.Done(); e.run(clientNS, stop) }()
@@ -289,8 +312,9 @@ func TestConsolidateServicesLive(t *testing.T) {
 		t.Helper()
 		for name, e := range clients {
 			e.mu.Lock()
-			t.Logf("%s: client of %s: longest gap between answers %v (asked every 100 ms), longest round trip %v (%d answers)",
-				when, name, e.gaps[phase].Round(time.Millisecond), e.rtts[phase].Round(time.Millisecond), e.count)
+			t.Logf("%s: client of %s: longest gap between answers %v (asked every 100 ms, from %s to %s), longest round trip %v (%d answers)",
+				when, name, e.gaps[phase].Round(time.Millisecond), e.gapEnd[phase].Add(-e.gaps[phase]).UTC().Format(stampMs),
+				e.gapEnd[phase].UTC().Format(stampMs), e.rtts[phase].Round(time.Millisecond), e.count)
 			if e.err != nil {
 				t.Errorf("%s: client of %s failed: %v", when, name, e.err)
 			}
@@ -352,6 +376,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	checkClients("consolidate", 1)
+	c.logMoveTimelines(rep.Results, clients)
 
 	// Two services of one host start spinning.
 	var burners []string
@@ -404,5 +429,6 @@ func TestConsolidateServicesLive(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	checkClients("scale out", 2)
+	c.logMoveTimelines(rep.Results, clients)
 	t.Logf("hosts after:\n%s", c.cli("hosts"))
 }

@@ -189,6 +189,14 @@ func (h *Host) migrationRoutes(mux *http.ServeMux) {
 		}
 		return vm.FinishIncoming(r.Context())
 	})
+	handle(mux, "POST /v1/vms/{name}/incoming/frames", func(r *http.Request, req FramesRequest) (any, error) {
+		vm, err := h.vm(r)
+		if err != nil {
+			return nil, err
+		}
+		n, err := vm.InjectFrames(r.Context(), req)
+		return map[string]int{"frames": n}, err
+	})
 	handle(mux, "POST /v1/vms/{name}/incoming/abort", func(r *http.Request, _ none) (any, error) {
 		vm, err := h.vm(r)
 		if err == nil {

@@ -121,6 +121,12 @@ func (c *Client) FinishIncoming(ctx context.Context, name string) (VMInfo, error
 	return info, err
 }
 
+// InjectFrames hands a migration's destination frames its source's tap
+// received while the VM was paused there.
+func (c *Client) InjectFrames(ctx context.Context, name string, req FramesRequest) error {
+	return c.do(ctx, "POST", vmPath(name, "/incoming/frames"), req, nil)
+}
+
 // AbortIncoming discards a received migration.
 func (c *Client) AbortIncoming(ctx context.Context, name string) error {
 	return c.do(ctx, "POST", vmPath(name, "/incoming/abort"), nil, nil)

@@ -44,6 +44,17 @@ type Config struct {
 	// MigrationTLS turns TLS on the migration stream off ("false", for a
 	// bench) or on; unset, it is on whenever TLSCert is set.
 	MigrationTLS *bool `yaml:"migration_tls"`
+	// MigrationKeepFrames false stops a migrating source from passing on
+	// the frames its taps get while the VM is paused (frames_forward.go):
+	// for a side-by-side measurement.
+	MigrationKeepFrames *bool `yaml:"migration_keep_frames"`
+	// MigrationDowntime is the downtime-limit a live migration asks QEMU
+	// for when its caller sets none (QEMU's own is 300 ms, a service's
+	// whole pause budget); a step's DowntimeLimit overrides it. Zero: 50 ms
+	// under KVM; under TCG, QEMU's own: a lower limit pre-copies longer,
+	// and QEMU 7.2's TCG precopy misses guest writes (see LiveMode; a
+	// guest panicked after a 50 ms migration).
+	MigrationDowntime time.Duration `yaml:"migration_downtime_limit"`
 	// Pools are this host's passthrough devices, by pool name; each entry
 	// is a set of device properties (a VF's host address; a MAC in tests).
 	Pools map[string][]map[string]string `yaml:"pools"`

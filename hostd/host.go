@@ -81,9 +81,10 @@ type VM struct {
 	fwdOp     string             // the operation whose forward step runs now
 	fwdCancel context.CancelFunc // cancels it (lockStep: its closing step is waiting)
 	attachMu  sync.Mutex
-	stoppedAt time.Time // when hostd stopped the vCPUs for a cut, for its pause
-	fencedAt  time.Time // when the network fence went up
-	disks     diskWork  // a checkpoint's disk copy and flatten (diskcut.go)
+	stoppedAt time.Time     // when hostd stopped the vCPUs for a cut, for its pause
+	fencedAt  time.Time     // when the network fence went up
+	disks     diskWork      // a checkpoint's disk copy and flatten (diskcut.go)
+	frames    *frameForward // a migrated source passing on what its taps still get
 }
 
 // runtimeState is persisted next to the spec so a restarted hostd knows

@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -160,6 +161,11 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 			return IncomingResponse{}, err
 		}
 	}
+	// QEMU's MIGRATION events here end a Resume's wait for the stream
+	// at once (the VM is paused at both ends until it runs here).
+	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"events": true}); err != nil {
+		return IncomingResponse{}, err
+	}
 	if resp.URI, err = vm.incomingStream(ctx, mon, from, wait); err != nil {
 		return IncomingResponse{}, err
 	}
@@ -289,6 +295,9 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	}
 	var tun *migstream.Out
 	var info qmp.MigrationInfo
+	taps := vm.captureFrames()
+	stops, unsubscribe := mon.Subscribe("STOP")
+	defer unsubscribe()
 	if err == nil {
 		tun, info, err = vm.migrateRAM(ctx, mon, args, inc.URI)
 	}
@@ -300,11 +309,15 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 		mon.MigrateCancel(bg)
 		err = migstream.WithStreamErr(err, tun.Abort(bg, mon))
 		m.abort(bg)
+		closeTaps(taps)
 		return fmt.Errorf("vm %q: %w: %w", vm.name, ErrMigration, err)
 	}
+	vm.forwardFrames(taps, args.Dest, pausedAt(stops, time.Duration(info.Downtime)*time.Millisecond))
 	if args.Progress != nil {
 		args.Progress(info)
 	}
+	vm.log.Info("migration stream complete", "to", args.Dest, "total_ms", info.TotalTime,
+		"downtime_ms", info.Downtime, "setup_ms", info.SetupTime, "bytes", info.RAM.Transferred)
 	vm.h.setLease(vm.name, req.Op, req.Lease, args.Dest)
 	return nil
 }
@@ -339,13 +352,7 @@ func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequ
 // any, is returned for the caller to abort on failure.
 func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs, uri string) (*migstream.Out, qmp.MigrationInfo, error) {
 	var info qmp.MigrationInfo
-	params := map[string]any{"max-bandwidth": int64(64) << 30}
-	if args.MaxBandwidth > 0 {
-		params["max-bandwidth"] = args.MaxBandwidth
-	}
-	if args.DowntimeLimit > 0 {
-		params["downtime-limit"] = args.DowntimeLimit.Milliseconds()
-	}
+	params := vm.h.migrateParams(args)
 	var tun *migstream.Out
 	qemuURI := ""
 	host, err := checkMigrationURI(uri, args.Dest, vm.h.cfg.migrationPorts())
@@ -353,7 +360,7 @@ func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs
 		tun, qemuURI, err = vm.streamTo(ctx, mon, uri, host)
 	}
 	if err == nil {
-		err = mon.MigrateSetCapabilities(ctx, migrationCapabilities(args.Capabilities))
+		err = mon.MigrateSetCapabilities(ctx, migrateCapabilities(args.Capabilities))
 	}
 	if err == nil {
 		err = mon.MigrateSetParameters(ctx, params)
@@ -362,7 +369,10 @@ func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs
 		err = mon.Migrate(ctx, qemuURI)
 	}
 	if err == nil {
-		info, err = mon.WaitMigration(ctx, 50*time.Millisecond, args.Progress)
+		info, err = mon.WaitMigration(ctx, migratePoll, args.Progress)
+	}
+	if err == nil {
+		info, err = completedFigures(ctx, mon, info)
 	}
 	if err == nil {
 		err = tun.Finish()
@@ -370,13 +380,49 @@ func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs
 	return tun, info, err
 }
 
-// migrationCapabilities: the caller's capabilities, with x-ignore-shared
-// off unless asked for. A save that a crash of hostd cut short may have
-// left it on in this QEMU, and a migration to another host must carry RAM.
-func migrationCapabilities(asked map[string]bool) map[string]bool {
-	caps := map[string]bool{"x-ignore-shared": false}
-	for k, v := range asked {
+// migratePoll is how often a migration's source asks QEMU how far it got
+// (its MIGRATION events wake it too): the VM is paused at both ends from
+// QEMU's completion until the step's answer starts its switch.
+const migratePoll = 10 * time.Millisecond
+
+// migrateParams are QEMU's migration parameters for a step: the caller's
+// bandwidth cap and downtime target, or this host's defaults (no
+// downtime-limit: QEMU's own).
+func (h *Host) migrateParams(args *MigrateArgs) map[string]any {
+	params := map[string]any{"max-bandwidth": int64(64) << 30}
+	if args.MaxBandwidth > 0 {
+		params["max-bandwidth"] = args.MaxBandwidth
+	}
+	if d := cmp.Or(args.DowntimeLimit, h.cfg.MigrationDowntime); d > 0 {
+		params["downtime-limit"] = d.Milliseconds()
+	}
+	return params
+}
+
+// migrateCapabilities are the caller's capabilities with QEMU's MIGRATION
+// events on, which end the wait for the stream at once, and x-ignore-shared
+// off unless asked for: a save that a crash of hostd cut short may have left
+// it on in this QEMU, and a migration to another host must carry RAM.
+func migrateCapabilities(extra map[string]bool) map[string]bool {
+	caps := map[string]bool{"events": true, "x-ignore-shared": false}
+	for k, v := range extra {
 		caps[k] = v
 	}
 	return caps
+}
+
+// completedFigures waits, woken by the MIGRATION event, until QEMU has
+// filled in a completed migration's figures (total-time, downtime): it
+// does so a moment after the state changed, in the same step that marks
+// the source postmigrate, after which a Resume there is not undone.
+func completedFigures(ctx context.Context, mon *qmp.Client, info qmp.MigrationInfo) (qmp.MigrationInfo, error) {
+	for end := timeNow().Add(time.Second); info.TotalTime == 0 && timeNow().Before(end); {
+		time.Sleep(time.Millisecond)
+		next, err := mon.QueryMigrate(ctx)
+		if err != nil {
+			return info, err
+		}
+		info = next
+	}
+	return info, nil
 }

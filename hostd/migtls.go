@@ -2,9 +2,14 @@ package hostd
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/symvirt/symvirt/hostd/migstream"
 )
+
+// defaultMigrationDowntime (KVM) leaves a service that asks every 100 ms
+// room for the switch to its destination after QEMU's own pause.
+const defaultMigrationDowntime = 50 * time.Millisecond
 
 // migrationDefaults fills and checks the migration stream settings.
 func (c *Config) migrationDefaults() error {
@@ -16,6 +21,12 @@ func (c *Config) migrationDefaults() error {
 	}
 	if set, all := c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "", c.TLSCert != "" && c.TLSKey != "" && c.TLSCA != ""; set && !all {
 		return fmt.Errorf("config: tls_cert, tls_key and tls_ca go together (have %q, %q, %q)", c.TLSCert, c.TLSKey, c.TLSCA)
+	}
+	if c.MigrationDowntime < 0 {
+		return fmt.Errorf("config: migration_downtime_limit %v is negative", c.MigrationDowntime)
+	}
+	if c.MigrationDowntime == 0 && c.Accel == "kvm" {
+		c.MigrationDowntime = defaultMigrationDowntime
 	}
 	if c.MigrationTLS == nil {
 		on := c.TLSCert != ""

@@ -95,6 +95,7 @@ func (h *Host) authorize(next http.Handler) http.Handler {
 	// Image chunks: any hostd of the cluster may read them (images.md).
 	peer.HandleFunc("GET /v1/images/{name}/manifest", h.servePeerImage)
 	peer.HandleFunc("GET /v1/images/{name}/chunks/{chunk}", h.servePeerImage)
+	peer.HandleFunc("POST /v1/vms/{name}/incoming/frames", own)
 	peer.HandleFunc("/", refuse)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var c Caller

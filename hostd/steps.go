@@ -479,6 +479,10 @@ func (vm *VM) attachStep(ctx context.Context, req StepRequest) error {
 }
 
 func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
+	vm.stopFrames() // a source that runs again reads its own tap
+	vm.mu.Lock()
+	moved := vm.rt.Incoming
+	vm.mu.Unlock()
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
@@ -491,6 +495,10 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 	if st, err := mon.Status(ctx); err == nil && !st.Running {
 		if err := mon.Cont(ctx); err != nil {
 			return err
+		}
+		vm.log.Debug("running", "outcome", req.Resume.Outcome)
+		if moved {
+			vm.announce(ctx, mon)
 		}
 	}
 	if err := vm.attachAll(ctx); err != nil {
@@ -511,6 +519,7 @@ func (vm *VM) abortStep(ctx context.Context, req StepRequest) error {
 
 func (vm *VM) killStep(ctx context.Context, req StepRequest) error {
 	vm.h.dropLease(req.VM)
+	vm.stopFrames()
 	vm.kill()
 	vm.h.forget(vm)
 	return nil
@@ -593,7 +602,7 @@ func (vm *VM) completeIncoming(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := mon.WaitMigration(ctx, 20*time.Millisecond, nil); err != nil {
+	if _, err := mon.WaitMigration(ctx, migratePoll, nil); err != nil {
 		return fmt.Errorf("vm %q: incoming: %w", vm.name, err)
 	}
 	vm.mu.Lock()

@@ -69,7 +69,9 @@
 //	                   else:              discard: DELETE-ARTIFACTS (every VM), then RecordCheckpoint failed
 //	migrate/evacuate:  PREPARE -> DETACH -> STOP -> MIGRATE =commit=> switch
 //	live migrate:      PREPARE -> DETACH ---------> MIGRATE(live) =commit=> switch
-//	                   switch, per moving VM: ATTACH@dest, RESUME(migrated)@dest, KILL@source
+//	                   switch, per moving VM: RESUME(migrated)@dest, ATTACH@dest, KILL@source
+//	                   (resumed first: it is paused at both ends until then; hostd
+//	                   plugs its devices into the running guest, and Attach reports)
 //	                   switch, per staying VM (no Dest): ATTACH, RESUME(migrated)
 //	                   (Options.CopyStorage: the same phases; each Migrate also copies
 //	                   the VM's disks, switched with its memory; CANCEL-MIGRATE drops them)

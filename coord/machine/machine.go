@@ -657,9 +657,13 @@ func (o *Op) next(v *VMState) (ActionType, string, string) {
 	return o.backNext(v)
 }
 
-// forwardNext: Attach, Resume(outcome) where the VM will run (a live
-// checkpoint resumes first, which unfences); after a migration, Kill the
-// obsolete source once the destination runs.
+// forwardNext: Attach, Resume(outcome) where the VM will run; after a
+// migration, Kill the obsolete source once the destination runs. A live
+// checkpoint resumes first, which unfences. A moving VM is resumed at its
+// destination first too: it is paused at both ends until then (an Attach
+// into its paused copy would only wait for it), and hostd plugs a device
+// into a running guest (Resume attaches too), so its Attach follows and
+// reports.
 func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
 	out := o.kindOutcome()
 	at := v.At
@@ -672,10 +676,12 @@ func (o *Op) forwardNext(v *VMState) (ActionType, string, string) {
 		// back once the stream is over): the fences are off one round
 		// trip after the last point.
 		return Resume, at, out
-	case v.Attach == "":
+	case v.Attach == "" && !o.moving(v):
 		return Attach, at, ""
 	case v.Finish == "":
 		return Resume, at, out
+	case v.Attach == "":
+		return Attach, at, ""
 	case o.liveCheckpoint() && v.WaitSave == "":
 		return WaitSave, v.Host, ""
 	case o.Phase == PhaseDiscard && v.Delete == "":
