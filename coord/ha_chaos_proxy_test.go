@@ -3,13 +3,11 @@ package coord_test
 import (
 	"fmt"
 	"net"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/symvirt/symvirt/internal/testenv"
-	"github.com/vishvananda/netns"
 )
 
 // cutProxy stands between one coordinator replica and one etcd member,
@@ -28,23 +26,7 @@ type cutProxy struct {
 
 // listenIn listens on addr inside namespace ns; the socket stays there.
 func listenIn(ns *testenv.NetNS, addr string) (net.Listener, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns.Name)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return nil, err
-	}
-	defer netns.Set(orig)
-	return net.Listen("tcp", addr)
+	return testenv.InNetNS(ns, func() (net.Listener, error) { return net.Listen("tcp", addr) })
 }
 
 // newCutProxy forwards a free loopback port of ns to target (host:port in ns).

@@ -4,12 +4,9 @@ import (
 	"encoding/binary"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
 )
 
 // Prober is a peer outside a job on the guests' network: it pings every
@@ -54,23 +51,7 @@ func Probe(t testing.TB, ns *NetNS, addrs []string, period time.Duration) *Probe
 
 // listenICMPIn opens a raw ICMP socket inside ns; it stays there.
 func listenICMPIn(ns *NetNS) (net.PacketConn, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns.Name)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return nil, err
-	}
-	defer netns.Set(orig)
-	return net.ListenPacket("ip4:icmp", "0.0.0.0")
+	return InNetNS(ns, func() (net.PacketConn, error) { return net.ListenPacket("ip4:icmp", "0.0.0.0") })
 }
 
 func (p *Prober) send(period time.Duration) {

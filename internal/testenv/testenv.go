@@ -405,23 +405,7 @@ func Attach(t testing.TB, c *NetNS, addr string, a *NetNS, br string) {
 // DialIn dials a TCP address from inside namespace ns; the socket stays in
 // that namespace for its whole life.
 func DialIn(ns *NetNS, addr string, timeout time.Duration) (net.Conn, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns.Name)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return nil, err
-	}
-	defer netns.Set(orig)
-	return net.DialTimeout("tcp", addr, timeout)
+	return InNetNS(ns, func() (net.Conn, error) { return net.DialTimeout("tcp", addr, timeout) })
 }
 
 // Coord is a coordinator process under test.
@@ -514,4 +498,27 @@ func Make(t testing.TB, dir string) string {
 		t.Fatal(err)
 	}
 	return filepath.Join(root, dir, filepath.Base(dir))
+}
+
+// InNetNS runs open with the calling thread inside namespace ns and returns
+// what it opened: a socket keeps the namespace it was made in.
+func InNetNS[T any](ns *NetNS, open func() (T, error)) (T, error) {
+	var zero T
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return zero, err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns.Name)
+	if err != nil {
+		return zero, err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return zero, err
+	}
+	defer netns.Set(orig)
+	return open()
 }
