@@ -19,7 +19,14 @@ func TestWaitFrozenWakesOnChange(t *testing.T) {
 	}
 	go func() {
 		time.Sleep(200 * time.Millisecond)
-		os.WriteFile(events, []byte("populated 1\nfrozen 1\n"), 0o644)
+		// One write in place, as the kernel changes the file: a truncate
+		// and rewrite would be seen half done.
+		f, err := os.OpenFile(events, os.O_WRONLY, 0)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		f.WriteAt([]byte("populated 1\nfrozen 1\n"), 0)
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
