@@ -127,6 +127,20 @@ func openTemplateRAM(t Template) (*os.File, error) {
 	return f, nil
 }
 
+// openTemplate opens what a clone starts from: the template's RAM file
+// (its identity checked) and its device state.
+func (h *Host) openTemplate(t Template) (ram, state *os.File, err error) {
+	if ram, err = openTemplateRAM(t); err != nil {
+		return nil, nil, err
+	}
+	dir, _ := h.templateDir(t.Name)
+	if state, err = os.Open(filepath.Join(dir, templateState)); err != nil {
+		ram.Close()
+		return nil, nil, fmt.Errorf("template %q: %w", t.Name, err)
+	}
+	return ram, state, nil
+}
+
 // ramIdentity is the identity of the file at path, as qemu.RAMFile
 // records one.
 func ramIdentity(path string) (qemu.RAMFile, error) {

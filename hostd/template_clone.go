@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -97,16 +96,11 @@ func (h *Host) Clone(ctx context.Context, req CloneRequest) (res CloneResult, er
 // cloneCold starts a clone's QEMU now: the request waits for QEMU's
 // start, the state's load and the guest's first work.
 func (h *Host) cloneCold(ctx context.Context, t Template, spec Spec, req CloneRequest, nics []guestproto.CloneNIC, start time.Time, res *CloneResult) error {
-	ram, err := openTemplateRAM(t)
+	ram, state, err := h.openTemplate(t)
 	if err != nil {
 		return err
 	}
 	defer ram.Close()
-	dir, _ := h.templateDir(t.Name)
-	state, err := os.Open(filepath.Join(dir, templateState))
-	if err != nil {
-		return fmt.Errorf("template %q: %w", t.Name, err)
-	}
 	defer state.Close()
 	vm, err := h.Create(spec)
 	if err != nil {

@@ -72,16 +72,11 @@ func (h *Host) startStandby(ctx context.Context, tmpl string, n int) (*standby, 
 // run starts the standby's QEMU, loads and runs the template's state,
 // and tells guestd its placeholder identity.
 func (s *standby) run(ctx context.Context, h *Host, t Template, nics []guestproto.CloneNIC) error {
-	ram, err := openTemplateRAM(t)
+	ram, state, err := h.openTemplate(t)
 	if err != nil {
 		return err
 	}
 	defer ram.Close()
-	dir, _ := h.templateDir(t.Name)
-	state, err := os.Open(filepath.Join(dir, templateState))
-	if err != nil {
-		return err
-	}
 	defer state.Close()
 	a := qemu.Args{Spec: s.spec, Dir: s.dir, Accel: cloneAccel(h.cfg.Accel), Incoming: true,
 		RunAs: h.cfg.QEMUUser, PrivateRAM: true}
