@@ -18,9 +18,10 @@ import (
 const MaxBootCount = 10000
 
 // BootRequest asks for Count clones of a template, as a new job named Job
-// (its VMs JOB-0 .. JOB-(Count-1)). The template must be on every host
-// used: with Hosts, on each of them; without, the hosts that have it (and
-// are not cordoned) are used.
+// (its VMs JOB-0 .. JOB-(Count-1)). Without Hosts, the hosts that have
+// the template (and are not cordoned) are used; with Hosts, each of them,
+// and those that lack the template fetch it first through a fan-out tree
+// (Fanout) from a host that has it.
 type BootRequest struct {
 	Job      string   `json:"job"`
 	Template string   `json:"template"`
@@ -30,8 +31,9 @@ type BootRequest struct {
 	Parallel int `json:"parallel,omitempty"`
 	// Image (instead of Template) boots each VM of Spec on a qcow2
 	// overlay of a registered image, fetched through a fan-out tree.
-	Image  string      `json:"image,omitempty"`
-	Spec   *hostd.Spec `json:"spec,omitempty"`
+	Image string      `json:"image,omitempty"`
+	Spec  *hostd.Spec `json:"spec,omitempty"`
+	// Fanout shapes the tree an image, or a template, reaches hosts by.
 	Fanout ImageFanout `json:"fanout,omitempty"`
 }
 
@@ -106,6 +108,9 @@ func (c *Coord) Boot(ctx context.Context, req BootRequest, progress func(BootPro
 	if err := c.prepareImage(ctx, req, plan); err != nil {
 		return res, err
 	}
+	if err := c.prepareTemplate(ctx, req, plan); err != nil {
+		return res, err
+	}
 	res.VMs = c.runClones(ctx, req, plan, start, progress)
 	res.Took = time.Since(start)
 	var failed []error
@@ -144,8 +149,9 @@ func validBoot(req BootRequest) error {
 	return nil
 }
 
-// bootHosts are the hosts a boot may use: those asked for (each must have
-// the template and take VMs), or every host that has it and takes VMs.
+// bootHosts are the hosts a boot may use: those asked for (each must take
+// VMs; one that lacks the template fetches it), or every host that has it
+// and takes VMs.
 func (c *Coord) bootHosts(ctx context.Context, req BootRequest) ([]string, error) {
 	asked := req.Hosts
 	if len(asked) == 0 {
@@ -161,7 +167,7 @@ func (c *Coord) bootHosts(ctx context.Context, req BootRequest) ([]string, error
 	for _, name := range asked {
 		err := c.canBoot(ctx, name, req)
 		switch {
-		case err == nil:
+		case err == nil, len(req.Hosts) > 0 && errors.Is(err, errLacksTemplate):
 			out = append(out, name)
 		case len(req.Hosts) > 0:
 			return nil, fmt.Errorf("boot: %w", err)
@@ -188,7 +194,7 @@ func (c *Coord) hasTemplate(ctx context.Context, host, template string) error {
 		return fmt.Errorf("host %q: templates: %w", host, err)
 	}
 	if !slices.ContainsFunc(ts, func(t hostd.Template) bool { return t.Name == template }) {
-		return fmt.Errorf("host %q has no template %q: create it there (symvirt template create): %w", host, template, ErrNotFound)
+		return fmt.Errorf("host %q has no template %q: create it there (symvirt template create) or name it in --hosts: %w", host, template, errLacksTemplate)
 	}
 	return nil
 }

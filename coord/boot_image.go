@@ -78,47 +78,69 @@ func (c *Coord) prepareImage(ctx context.Context, req BootRequest, plan []BootVM
 	if err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
+	used := planHosts(plan)
+	f := req.Fanout
+	if f.Copy {
+		f.Degree, f.SeedDegree = len(used), len(used)
+	}
+	tree := FanoutTree(img.Seeds, used, f.Degree, cmp.Or(f.SeedDegree, 1))
+	return fanLevels(tree, len(img.Seeds), func(host string) error {
+		return c.attachImage(ctx, img, host, tree[host], f.Copy)
+	})
+}
+
+// hostAddrs are the hostd addresses of hosts.
+func (c *Coord) hostAddrs(hosts []string) ([]string, error) {
+	var addrs []string
+	for _, s := range hosts {
+		sh, err := c.host(s)
+		if err != nil {
+			return nil, fmt.Errorf("source %q: %w", s, err)
+		}
+		addrs = append(addrs, sh.Addr)
+	}
+	return addrs, nil
+}
+
+// planHosts are the hosts a plan uses, in its order.
+func planHosts(plan []BootVM) []string {
 	var used []string
 	for _, vm := range plan {
 		if !slices.Contains(used, vm.Host) {
 			used = append(used, vm.Host)
 		}
 	}
-	f := req.Fanout
-	if f.Copy {
-		f.Degree, f.SeedDegree = len(used), len(used)
-	}
-	tree := FanoutTree(img.Seeds, used, f.Degree, cmp.Or(f.SeedDegree, 1))
-	// Parents first: a child asks its parent for the manifest at once.
+	return used
+}
+
+// fanLevels runs fn on the tree's hosts level by level, a level's hosts
+// at once. Parents first: a child asks its parent for the manifest at
+// once.
+func fanLevels(tree map[string][]string, seeds int, fn func(host string) error) error {
 	levels := map[int][]string{}
 	for host, sources := range tree {
-		depth := len(sources) - (len(img.Seeds) - 1)
+		depth := len(sources) - (seeds - 1)
 		levels[depth] = append(levels[depth], host)
 	}
 	for depth := 1; len(levels[depth]) > 0; depth++ {
-		if err := c.attachLevel(ctx, img, levels[depth], tree, f.Copy); err != nil {
+		var mu sync.Mutex
+		var errs []error
+		var wg sync.WaitGroup
+		for _, host := range levels[depth] {
+			wg.Go(func() {
+				if err := fn(host); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// attachLevel attaches the image on hosts at once.
-func (c *Coord) attachLevel(ctx context.Context, img Image, hosts []string, tree map[string][]string, copyAll bool) error {
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, host := range hosts {
-		wg.Go(func() {
-			if err := c.attachImage(ctx, img, host, tree[host], copyAll); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 func (c *Coord) attachImage(ctx context.Context, img Image, host string, sources []string, copyAll bool) error {
@@ -126,13 +148,9 @@ func (c *Coord) attachImage(ctx context.Context, img Image, host string, sources
 	if err != nil {
 		return fmt.Errorf("host %q: %w", host, err)
 	}
-	var addrs []string
-	for _, s := range sources {
-		sh, err := c.host(s)
-		if err != nil {
-			return fmt.Errorf("image %q source %q: %w", img.Name, s, err)
-		}
-		addrs = append(addrs, sh.Addr)
+	addrs, err := c.hostAddrs(sources)
+	if err != nil {
+		return fmt.Errorf("image %q: %w", img.Name, err)
 	}
 	cl := c.client(h.Addr)
 	if _, err := cl.AttachImage(ctx, img.Name, hostd.AttachImageRequest{ID: img.ID, Sources: addrs}); err != nil {

@@ -25,6 +25,13 @@ func (h *Host) imageRoutes(mux *http.ServeMux) {
 	handle(mux, "POST /v1/images/{name}/vms", func(r *http.Request, req ImageVMRequest) (any, error) {
 		return h.BootImageVM(r.Context(), r.PathValue("name"), req)
 	})
+	handle(mux, "POST /v1/templates/{name}/publish", func(r *http.Request, _ none) (any, error) {
+		return h.PublishTemplate(r.Context(), r.PathValue("name"))
+	})
+	handle(mux, "POST /v1/templates/{name}/fetch", func(r *http.Request, req FetchTemplateRequest) (any, error) {
+		return h.FetchTemplate(r.Context(), r.PathValue("name"), req)
+	})
+	mux.HandleFunc("GET /v1/templates/{name}/manifest", h.servePeerTemplate)
 	mux.HandleFunc("GET /v1/images/{name}/manifest", h.servePeerImage)
 	mux.HandleFunc("GET /v1/images/{name}/chunks/{chunk}", h.servePeerImage)
 }
@@ -56,6 +63,21 @@ func (c *Client) AttachImage(ctx context.Context, name string, req AttachImageRe
 func (c *Client) PrefetchImage(ctx context.Context, name string) (ImageInfo, error) {
 	var out ImageInfo
 	err := c.do(ctx, "POST", imagePath(name, "/prefetch"), nil, &out)
+	return out, err
+}
+
+// PublishTemplate makes a template fetchable by peers (its files
+// published as images) and returns its id.
+func (c *Client) PublishTemplate(ctx context.Context, name string) (TemplatePublication, error) {
+	var out TemplatePublication
+	err := c.do(ctx, "POST", "/v1/templates/"+url.PathEscape(name)+"/publish", nil, &out)
+	return out, err
+}
+
+// FetchTemplate has the host fetch a template from its sources.
+func (c *Client) FetchTemplate(ctx context.Context, name string, req FetchTemplateRequest) (Template, error) {
+	var out Template
+	err := c.do(ctx, "POST", "/v1/templates/"+url.PathEscape(name)+"/fetch", req, &out)
 	return out, err
 }
 

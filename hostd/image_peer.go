@@ -40,6 +40,19 @@ func (p *peerImage) Manifest(ctx context.Context) ([]byte, error) {
 	return p.client().api.GetBytes(ctx, p.path("/manifest"), imagecache.ManifestMax)
 }
 
+// servePeerTemplate answers a peer's GET of a published template's
+// manifest.
+func (h *Host) servePeerTemplate(w http.ResponseWriter, r *http.Request) {
+	data, err := h.templateManifestBytes(r.PathValue("name"))
+	if err != nil {
+		errorCodes.WriteError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.Write(data)
+}
+
 // servePeerImage answers a peer's GET of a manifest or a chunk with raw
 // bytes; a chunk this host lacks is fetched from its own sources first.
 func (h *Host) servePeerImage(w http.ResponseWriter, r *http.Request) {

@@ -94,6 +94,7 @@ func (h *Host) authorize(next http.Handler) http.Handler {
 	peer.HandleFunc("POST /v1/vms/{name}/incoming/abort", own)
 	// Image chunks: any hostd of the cluster may read them (images.md).
 	peer.HandleFunc("GET /v1/images/{name}/manifest", h.servePeerImage)
+	peer.HandleFunc("GET /v1/templates/{name}/manifest", h.servePeerTemplate) // its files are images
 	peer.HandleFunc("GET /v1/images/{name}/chunks/{chunk}", h.servePeerImage)
 	peer.HandleFunc("POST /v1/vms/{name}/incoming/frames", own)
 	peer.HandleFunc("/", refuse)

@@ -34,7 +34,10 @@ type Template struct {
 	State     manifest.FileDigest `json:"state"`
 	RAM       qemu.RAMFile        `json:"ram"`
 	RAMSHA256 string              `json:"ram_sha256"`
-	CreatedAt time.Time           `json:"created_at"`
+	// ID is the template's manifest's sha256 once published or fetched
+	// (TemplateManifest), the same on every host that holds it.
+	ID        string    `json:"id,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 	// Boot is how long the template VM took from start to guestd ready.
 	Boot time.Duration `json:"boot_ns"`
 	// Pool is the template's pool of standby clones, if it has one (in
@@ -106,6 +109,7 @@ func (h *Host) DeleteTemplate(name string) error {
 	}
 	dir, _ := h.templateDir(name)
 	h.closePool(name)
+	h.unpublishTemplate(name)
 	if err := t.RAM.Remove(); err != nil {
 		return fmt.Errorf("template %q: %w", name, err)
 	}

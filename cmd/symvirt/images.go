@@ -94,8 +94,8 @@ func imageBootFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "image", Usage: "boot from this registered image (symvirt images add) instead of a template"},
 		&cli.StringFlag{Name: "from", Usage: "with --image: VM spec (YAML, no disks) for each VM; its name is ignored"},
-		&cli.IntFlag{Name: "degree", Usage: "with --image: children per host in the fan-out tree (default 2)"},
-		&cli.IntFlag{Name: "seed-degree", Usage: "with --image: children of the seed (default 1)"},
+		&cli.IntFlag{Name: "degree", Usage: "children per host in the fan-out tree of the image, or of the template to hosts that lack it (default 2)"},
+		&cli.IntFlag{Name: "seed-degree", Usage: "children of the fan-out tree's seed (default 1)"},
 		&cli.BoolFlag{Name: "copy", Usage: "with --image: copy the whole image to each host first (the baseline)"},
 	}
 }
@@ -103,6 +103,7 @@ func imageBootFlags() []cli.Flag {
 // imageBoot fills req's image fields from the flags.
 func imageBoot(cmd *cli.Command, req *coord.BootRequest) error {
 	req.Image = cmd.String("image")
+	req.Fanout = coord.ImageFanout{Degree: int(cmd.Int("degree")), SeedDegree: int(cmd.Int("seed-degree")), Copy: cmd.Bool("copy")}
 	if req.Image == "" {
 		return nil
 	}
@@ -114,7 +115,6 @@ func imageBoot(cmd *cli.Command, req *coord.BootRequest) error {
 		return err
 	}
 	req.Spec = &spec
-	req.Fanout = coord.ImageFanout{Degree: int(cmd.Int("degree")), SeedDegree: int(cmd.Int("seed-degree")), Copy: cmd.Bool("copy")}
 	if req.Job == "" {
 		req.Job = req.Image
 	}

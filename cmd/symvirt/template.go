@@ -121,11 +121,11 @@ func printTemplateResult(w io.Writer, res any) {
 func bootCommand() *cli.Command {
 	cmd := &cli.Command{
 		Name:  "boot",
-		Usage: "start N clones of a template as a new job; the coordinator places them on hosts that have the template",
+		Usage: "start N clones of a template as a new job; the coordinator places them (hosts named in --hosts that lack the template fetch it through a fan-out tree)",
 		Flags: coordFlags(
-			&cli.StringFlag{Name: "template", Usage: "template name (on each host used: symvirt template create)"},
+			&cli.StringFlag{Name: "template", Usage: "template name (symvirt template create on at least one host)"},
 			&cli.IntFlag{Name: "count", Aliases: []string{"n"}, Required: true, Usage: "how many VMs"},
-			&cli.StringFlag{Name: "hosts", Usage: "comma-separated hosts to use (default: every host that has the template)"},
+			&cli.StringFlag{Name: "hosts", Usage: "comma-separated hosts to use, with or without the template (default: every host that has it)"},
 			&cli.StringFlag{Name: "job", Usage: "job name; its VMs are JOB-0 .. JOB-(N-1) (default: the template's name)"},
 			&cli.IntFlag{Name: "parallel", Value: 2, Usage: "clones each host starts at once"},
 		),

@@ -58,7 +58,9 @@ func (m *Manifest) Check(i int, data []byte) error {
 	return nil
 }
 
-// zero reports whether chunk i is all zeros (nothing to fetch).
+// Zero reports whether chunk i is all zeros (nothing to fetch).
+func (m *Manifest) Zero(i int) bool { return m.zero(i) }
+
 func (m *Manifest) zero(i int) bool {
 	_, n := m.Span(i)
 	return m.Digests[i] == zeroDigest(n)
