@@ -52,7 +52,9 @@ type Stats struct {
 	ServedChunks int64 `json:"served_chunks"`
 	Fetched      int64 `json:"fetched_bytes"`
 	Rejected     int64 `json:"rejected_chunks"`
-	Failovers    int64 `json:"failovers"`
+	// Data: bytes of the image's chunks that are not all zeros.
+	Data      int64 `json:"data_bytes"`
+	Failovers int64 `json:"failovers"`
 }
 
 // OpenSeed serves the image file at path itself: every chunk is held.
@@ -111,7 +113,7 @@ func (c *Cache) Size() int64 { return c.m.Size }
 func (c *Cache) Stats() Stats {
 	s := Stats{ID: c.id, Size: c.m.Size, Chunk: c.m.Chunk, Chunks: c.m.Chunks(), Seed: c.bmp == nil,
 		Served: c.served.Load(), ServedChunks: c.servedChunks.Load(), Fetched: c.fetched.Load(),
-		Rejected: c.src.rejected.Load(), Failovers: c.src.failovers.Load()}
+		Rejected: c.src.rejected.Load(), Failovers: c.src.failovers.Load(), Data: c.m.DataBytes()}
 	s.Held = s.Chunks
 	if c.bmp != nil {
 		s.Held = c.bmp.count()

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 )
 
 // Bounds on what a manifest may describe.
@@ -66,9 +67,31 @@ func (m *Manifest) zero(i int) bool {
 	return m.Digests[i] == zeroDigest(n)
 }
 
+// zeroDigests memoizes zeroDigest by chunk length: every chunk's test
+// would otherwise hash a chunk of zeros.
+var zeroDigests sync.Map
+
 func zeroDigest(n int) string {
+	if d, ok := zeroDigests.Load(n); ok {
+		return d.(string)
+	}
 	sum := sha256.Sum256(make([]byte, n))
-	return hex.EncodeToString(sum[:])
+	d := hex.EncodeToString(sum[:])
+	zeroDigests.Store(n, d)
+	return d
+}
+
+// DataBytes is the size of the image's chunks that are not all zeros:
+// what a whole copy of it moves.
+func (m *Manifest) DataBytes() int64 {
+	var n int64
+	for i := range m.Chunks() {
+		if !m.zero(i) {
+			_, l := m.Span(i)
+			n += int64(l)
+		}
+	}
+	return n
 }
 
 func (m *Manifest) validate() error {

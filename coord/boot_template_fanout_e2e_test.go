@@ -1,0 +1,117 @@
+package coord_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/coord"
+	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/testguest"
+)
+
+// tmplCloneHook prints, in each clone once guestd took its new identity,
+// what must differ between clones.
+const tmplCloneHook = `#!/bin/sh
+[ "$1" = clone ] || exit 0
+echo "symvirt-clone-state host=$(hostname) mid=$(cat /etc/machine-id) mac=$(cat /sys/class/net/eth0/address) boot=$(cat /proc/sys/kernel/random/boot_id) rnd=$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')" >/dev/console
+`
+
+var tmplCloneStateRE = regexp.MustCompile(`symvirt-clone-state host=(\S+) mid=(\S+) mac=(\S+) boot=(\S+) rnd=([0-9a-f]+)`)
+
+// TestTemplateFanoutBoot: a template made on host s only, then `symvirt
+// boot --template --hosts a,b,c` (hosts that lack it): the coordinator
+// has s publish it and a, b, c fetch it through the fan-out tree (s → a,
+// a → b and c) over mutual TLS, each checking every chunk against the
+// template's id; every clone reaches guestd-ready with an identity of its
+// own, and the seed sent about one copy of the template (it feeds one
+// edge of the tree).
+func TestTemplateFanoutBoot(t *testing.T) {
+	ic := newImageCluster(t)
+	kernel, _ := testguest.Paths(t)
+	initrd := testguest.Initrd(t, map[string]testguest.File{"/etc/symvirt/hooks.d/50-clone-state": {Mode: 0o755, Data: []byte(tmplCloneHook)}})
+	spec := filepath.Join(t.TempDir(), "tmpl.yaml")
+	os.WriteFile(spec, []byte(fmt.Sprintf(`name: tf
+memory: 256M
+vcpus: 1
+kernel: %s
+initrd: %s
+append: "console=ttyS0 quiet panic=-1 symvirt.agent=1"
+nics: [{id: net0, model: virtio-net-pci}]
+guest_channel: {type: virtio-serial}
+`, kernel, initrd)), 0o600)
+	t.Log(ic.cli("template", "create", "tf", "--from", spec, "--host", ic.hosts["s"].Socket()))
+
+	var res coord.BootResult
+	out := ic.cli("boot", "--template", "tf", "--count", "6", "--hosts", "a,b,c", "--job", "tj", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Ready != 6 {
+		t.Fatalf("boot: %v %+v", err, res)
+	}
+	t.Logf("6 clones of a template held by s alone ready on a, b, c in %s", res.Took.Round(time.Millisecond))
+	ic.checkTemplateIdentities(res.VMs)
+	ic.checkTemplateServedOnce("tf")
+}
+
+// checkTemplateIdentities: each clone printed its state, and no two share
+// a hostname, machine-id, MAC, boot_id or the first bytes of urandom.
+func (ic *imageCluster) checkTemplateIdentities(vms []coord.BootedVM) {
+	t := ic.t
+	seen := make([]map[string]string, 5)
+	for i := range seen {
+		seen[i] = map[string]string{}
+	}
+	for _, vm := range vms {
+		log := ic.hosts[vm.Host].Layout().SerialLog(vm.Name)
+		var m []string
+		for deadline := time.Now().Add(time.Minute); m == nil; time.Sleep(100 * time.Millisecond) {
+			data, _ := os.ReadFile(log)
+			if m = tmplCloneStateRE.FindStringSubmatch(string(data)); m == nil && time.Now().After(deadline) {
+				t.Fatalf("%s on %s: no clone state after 1m:\n%s", vm.Name, vm.Host, data)
+			}
+		}
+		t.Logf("%s on %s: ready in %s; %v", vm.Name, vm.Host, vm.Ready.Round(time.Millisecond), m[1:4])
+		for k, what := range []string{"hostname", "machine-id", "MAC", "boot_id", "/dev/urandom"} {
+			if other, dup := seen[k][m[k+1]]; dup {
+				t.Errorf("clones %s and %s have the same %s %s", other, vm.Name, what, m[k+1])
+			}
+			seen[k][m[k+1]] = vm.Name
+		}
+	}
+}
+
+// checkTemplateServedOnce: the seed s sent about one copy of the
+// template's data (its RAM's and state's non-zero chunks) for its one
+// child, and each host fetched each chunk once.
+func (ic *imageCluster) checkTemplateServedOnce(name string) {
+	t := ic.t
+	ramImg, stateImg := hostd.TemplateImages(name)
+	sum := func(host string) (data, served, fetched int64) {
+		for _, img := range []string{ramImg, stateImg} {
+			i := ic.imageInfo(host, img)
+			data, served, fetched = data+i.Data, served+i.Served, fetched+i.Fetched
+		}
+		return
+	}
+	data, served, _ := sum("s")
+	t.Logf("template %s: %d bytes of data (RAM and state, zero chunks left out); seed s served %d bytes to its 1 child: %.3fx one copy per edge",
+		name, data, served, float64(served)/float64(data))
+	if served < data || served > data*12/10 {
+		t.Errorf("seed served %d bytes for one child, want %d..%d", served, data, data*12/10)
+	}
+	for _, h := range []string{"a", "b", "c"} {
+		_, srv, got := sum(h)
+		t.Logf("host %s: sources %v, fetched %d bytes, served %d", h, ic.imageInfo(h, ramImg).Sources, got, srv)
+		if got < data || got > data*12/10 {
+			t.Errorf("host %s fetched %d bytes, want %d..%d (each chunk once)", h, got, data, data*12/10)
+		}
+	}
+	ts, err := ic.hosts["b"].Client().Templates(context.Background())
+	if err != nil || len(ts) != 1 || ts[0].ID == "" {
+		t.Fatalf("templates on b: %v %+v", err, ts)
+	}
+}
