@@ -30,7 +30,7 @@ var tmplCloneStateRE = regexp.MustCompile(`symvirt-clone-state host=(\S+) mid=(\
 // a → b and c) over mutual TLS, each checking every chunk against the
 // template's id; every clone reaches guestd-ready with an identity of its
 // own, and the seed sent about one copy of the template (it feeds one
-// edge of the tree).
+// edge of the tree). Then d fetches it with s killed mid-fetch.
 func TestTemplateFanoutBoot(t *testing.T) {
 	ic := newImageCluster(t)
 	kernel, _ := testguest.Paths(t)
@@ -55,6 +55,54 @@ guest_channel: {type: virtio-serial}
 	t.Logf("6 clones of a template held by s alone ready on a, b, c in %s", res.Took.Round(time.Millisecond))
 	ic.checkTemplateIdentities(res.VMs)
 	ic.checkTemplateServedOnce("tf")
+	ic.templateSeedKilled("tf")
+}
+
+// templateSeedKilled: s, a, b and c now hold the template with its id,
+// so d's tree has one of them as its root (its parent) and the others as
+// replicas; the parent's hostd is killed -9 once it has served d a chunk:
+// d re-parents to a replica and its clones start.
+func (ic *imageCluster) templateSeedKilled(name string) {
+	t := ic.t
+	ramImg, _ := hostd.TemplateImages(name)
+	holders := []string{"s", "a", "b", "c"}
+	before := map[string]int64{}
+	for _, h := range holders {
+		before[h] = ic.imageInfo(h, ramImg).Served
+	}
+	killed := make(chan int64, 1)
+	var parent string
+	go func() {
+		for deadline := time.Now().Add(4 * time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			for _, h := range holders {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				imgs, _ := ic.hosts[h].Client().Images(ctx)
+				cancel()
+				for _, i := range imgs {
+					if i.Name == ramImg && i.Served > before[h] {
+						ic.hosts[h].Kill()
+						parent = h
+						killed <- i.Served - before[h]
+						return
+					}
+				}
+			}
+		}
+		killed <- 0
+	}()
+	var res coord.BootResult
+	out := ic.cli("boot", "--template", name, "--count", "2", "--hosts", "d", "--job", "tk", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Ready != 2 {
+		t.Fatalf("boot on d: %v %+v", err, res)
+	}
+	served := <-killed
+	d := ic.imageInfo("d", ramImg)
+	t.Logf("d's parent %s killed after serving it %d bytes; d failed over %d times (sources %v), fetched %d bytes; 2 clones ready on d in %s",
+		parent, served, d.Failovers, d.Sources, d.Fetched, res.Took.Round(time.Millisecond))
+	if served <= 0 || d.Failovers == 0 || d.Fetched < d.Data {
+		t.Fatalf("d did not re-parent mid-fetch: served %d before the kill; %+v", served, d)
+	}
+	ic.checkTemplateIdentities(res.VMs)
 }
 
 // checkTemplateIdentities: each clone printed its state, and no two share
