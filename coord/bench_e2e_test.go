@@ -51,7 +51,8 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"live_guest_pause_at_cut_max_seconds":   pauses.atCut.Seconds(), "live_guest_pause_at_cut_seconds": pauses.atCutPerVM,
 			"live_longest_stall_max_seconds":  pauses.pause["--live=true"].Seconds(),
 			"live_snapshot_pause_max_seconds": pauses.snapshot.Seconds(), "quiet_longest_gap_max_seconds": quiet.Seconds(), "tick_period_seconds": 0.002,
-			"live_network_fence_max_seconds": pauses.fenceHeld.Seconds(), "live_mode": mode,
+			"live_network_fence_max_seconds": pauses.fenceHeld.Seconds(), "live_mode": mode, "qemu": testguest.QemuVersion(t),
+			"live_snapshot_pause_seconds":      pauses.snapshotPerVM,
 			"stop_and_save_checkpoint_seconds": pauses.whole["--live=false"].Seconds(),
 			"live_checkpoint_seconds":          pauses.whole["--live=true"].Seconds(),
 			"pause_ratio_stop_over_live":       pauses.pause["--live=false"].Seconds() / pauses.atCut.Seconds()})
@@ -135,12 +136,13 @@ func (b *jobBench) quiet() time.Duration {
 type benchPauses struct {
 	pause, whole               map[string]time.Duration
 	snapshot, atCut, fenceHeld time.Duration
-	atCutPerVM                 map[string]float64
+	atCutPerVM, snapshotPerVM  map[string]float64
 }
 
 // pauses checkpoints the job stop-and-save, then live, and measures both.
 func (b *jobBench) pauses() benchPauses {
-	p := benchPauses{pause: map[string]time.Duration{}, whole: map[string]time.Duration{}, atCutPerVM: map[string]float64{}}
+	p := benchPauses{pause: map[string]time.Duration{}, whole: map[string]time.Duration{},
+		atCutPerVM: map[string]float64{}, snapshotPerVM: map[string]float64{}}
 	for _, live := range []string{"--live=false", "--live=true"} {
 		mons := b.watch()
 		logMark := map[string]int{}
@@ -179,6 +181,11 @@ func (b *jobBench) points(p *benchPauses, id string, mons map[string]*pausewatch
 		p.snapshot = max(p.snapshot, v.Pause)
 		p.atCut = max(p.atCut, mons[v.Name].At(v.SnapshotAt))
 		p.atCutPerVM[v.Name] = mons[v.Name].At(v.SnapshotAt).Seconds()
+		p.snapshotPerVM[v.Name] = v.Pause.Seconds()
+		// The pause QEMU saw (its STOP to its RESUME) ends at the point:
+		// a gap starting before it began is the guest stalled before QEMU
+		// stopped it.
+		b.t.Logf("%s: QEMU's pause %.1f ms", v.Name, float64(v.Pause.Microseconds())/1000)
 		for _, g := range mons[v.Name].Longest(3) {
 			b.t.Logf("%s: gap %.1f ms from %+.1f ms after its snapshot point", v.Name,
 				float64(g.Len().Microseconds())/1000, float64(g.From.Sub(v.SnapshotAt).Microseconds())/1000)
