@@ -99,9 +99,6 @@ func TestBenchLiveCheckpoint(t *testing.T) {
 		}
 		line["default_live_mode"] = auto
 		line["default_guest_pause_seconds"] = line[def+"_guest_pause_seconds"]
-		if v := os.Getenv("SYMVIRT_PRECOPY_END_NICE"); v != "" {
-			line["precopy_end_nice"] = v
-		}
 		line["pause_ratio_stop_over_live_shm"] = line["stop_guest_pause_seconds"].(float64) / line["live_shm_guest_pause_seconds"].(float64)
 		line["pause_ratio_stop_over_live_precopy"] = line["stop_guest_pause_seconds"].(float64) / line["live_precopy_guest_pause_seconds"].(float64)
 		if huge {

@@ -37,7 +37,7 @@ const precopyPasses = 8
 func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	s, sctx := newStream(a, o)
 	defer s.release()
-	events, unsubscribe := a.mon.Subscribe("STOP", "RESUME", "MIGRATION", "MIGRATION_PASS")
+	events, unsubscribe := a.mon.Subscribe("STOP", "RESUME", "MIGRATION")
 	defer unsubscribe()
 	cut := func() error { return nil }
 	if o.Cut != nil {
@@ -82,7 +82,6 @@ type precopy struct {
 	cut              func() error // Options.Cut, once
 	cutErr           error        // the cut's at the point
 	pointed, resumed bool
-	passes           int // QEMU's syncs of the dirty pages so far
 }
 
 // start starts the copy through a pipe drained into the file; it returns
@@ -170,11 +169,6 @@ func converge(passes int64) time.Duration {
 // stopped by QEMU, its cut up, and the VM run again.
 func (p *precopy) on(ev string, at time.Time) bool {
 	switch ev {
-	case "MIGRATION_PASS":
-		p.passes++
-		if p.passes == endPass {
-			p.nearEnd()
-		}
 	case "STOP":
 		// The last pages and the devices: the VM stands still until they
 		// are out, so it goes first now, and its cut goes up.
