@@ -54,10 +54,10 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"live_network_fence_max_seconds": pauses.fenceHeld.Seconds(), "live_mode": mode, "qemu": testguest.QemuVersion(t),
 			"live_snapshot_pause_seconds": pauses.snapshotPerVM, "live_stall_before_stop_max_seconds": pauses.beforeStop.Seconds(),
 			"live_stall_after_resume_max_seconds": pauses.afterResume.Seconds(),
-			"live_points_spread_seconds":          pauses.spread.Seconds(), "precopy_stagger": os.Getenv("SYMVIRT_PRECOPY_STAGGER"),
-			"stop_and_save_checkpoint_seconds": pauses.whole["--live=false"].Seconds(),
-			"live_checkpoint_seconds":          pauses.whole["--live=true"].Seconds(),
-			"pause_ratio_stop_over_live":       pauses.pause["--live=false"].Seconds() / pauses.atCut.Seconds()})
+			"live_points_spread_seconds":          pauses.spread.Seconds(),
+			"stop_and_save_checkpoint_seconds":    pauses.whole["--live=false"].Seconds(),
+			"live_checkpoint_seconds":             pauses.whole["--live=true"].Seconds(),
+			"pause_ratio_stop_over_live":          pauses.pause["--live=false"].Seconds() / pauses.atCut.Seconds()})
 		fmt.Println(string(line))
 		c.killAll(b.job)
 	}

@@ -110,18 +110,12 @@ func (p *precopy) start(ctx context.Context) (*os.File, error) {
 	if err == nil {
 		err = mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": precopyDowntime.Milliseconds()})
 	}
-	started := func() {}
-	if err == nil {
-		started, err = staggerStart(ctx, p.o.Log)
-	}
 	if err == nil {
 		go func() {
 			p.drained <- drain(r, p.a.f)
 			r.Close() // QEMU's next write fails: so does the migration
 		}()
-		err = mon.Migrate(ctx, "fd:"+pipeFD)
-		started()
-		if err != nil {
+		if err = mon.Migrate(ctx, "fd:"+pipeFD); err != nil {
 			cleanup(func(ctx context.Context) error { return mon.CloseFD(ctx, pipeFD) })
 		}
 	}
