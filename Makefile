@@ -69,8 +69,17 @@ demo: guest-mpi build
 demo-vm: guest build
 	@scripts/demo-vm
 
+# Every benchmark on the QEMU the suite runs ($$SYMVIRT_QEMU, else Debian's),
+# then, where build/qemu10 is there (make qemu10), the live checkpoint's on
+# QEMU 10 (bench-qemu10): each line says its QEMU ("qemu").
 bench: guest build
-	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 90m -run '^(TestBench|TestDependencyAware)' -v ./... | grep '^{' || (echo "bench failed" >&2; exit 1)
+	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 90m -run '^(TestBench|TestDependencyAware)' -v ./... | $(call bench_lines,$${SYMVIRT_QEMU:-qemu-system-x86_64}) || (echo "bench failed" >&2; exit 1)
+	@if [ -x $(QEMU10) ]; then $(MAKE) --no-print-directory bench-qemu10; fi
+
+# bench_lines keeps a benchmark run's JSON lines, each tagged with the
+# version of QEMU binary $(1) unless it says its own; it fails on none.
+bench_lines = awk -v q="$$($(1) --version | sed -n 's/^QEMU emulator version \([^ ]*\).*/\1/p')" \
+	'/^\{/ { if ($$0 !~ /"qemu":/) sub(/^\{/, "{\"qemu\":\"" q "\","); print; n++ } END { exit n == 0 }'
 
 generate:
 	$(GO) generate ./...

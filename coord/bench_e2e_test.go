@@ -51,10 +51,13 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"live_guest_pause_at_cut_max_seconds":   pauses.atCut.Seconds(), "live_guest_pause_at_cut_seconds": pauses.atCutPerVM,
 			"live_longest_stall_max_seconds":  pauses.pause["--live=true"].Seconds(),
 			"live_snapshot_pause_max_seconds": pauses.snapshot.Seconds(), "quiet_longest_gap_max_seconds": quiet.Seconds(), "tick_period_seconds": 0.002,
-			"live_network_fence_max_seconds": pauses.fenceHeld.Seconds(), "live_mode": mode,
-			"stop_and_save_checkpoint_seconds": pauses.whole["--live=false"].Seconds(),
-			"live_checkpoint_seconds":          pauses.whole["--live=true"].Seconds(),
-			"pause_ratio_stop_over_live":       pauses.pause["--live=false"].Seconds() / pauses.atCut.Seconds()})
+			"live_network_fence_max_seconds": pauses.fenceHeld.Seconds(), "live_mode": mode, "qemu": testguest.QemuVersion(t),
+			"live_snapshot_pause_seconds": pauses.snapshotPerVM, "live_stall_before_stop_max_seconds": pauses.beforeStop.Seconds(),
+			"live_stall_after_resume_max_seconds": pauses.afterResume.Seconds(),
+			"live_points_spread_seconds":          pauses.spread.Seconds(),
+			"stop_and_save_checkpoint_seconds":    pauses.whole["--live=false"].Seconds(),
+			"live_checkpoint_seconds":             pauses.whole["--live=true"].Seconds(),
+			"pause_ratio_stop_over_live":          pauses.pause["--live=false"].Seconds() / pauses.atCut.Seconds()})
 		fmt.Println(string(line))
 		c.killAll(b.job)
 	}
@@ -135,12 +138,27 @@ func (b *jobBench) quiet() time.Duration {
 type benchPauses struct {
 	pause, whole               map[string]time.Duration
 	snapshot, atCut, fenceHeld time.Duration
-	atCutPerVM                 map[string]float64
+	atCutPerVM, snapshotPerVM  map[string]float64
+	// The gap at the cut outside QEMU's own pause: the guest stalled
+	// before QEMU stopped it, and after QEMU ran it again.
+	beforeStop, afterResume time.Duration
+	spread                  time.Duration // from the first point to the last
+}
+
+// gapAround is m's gap around instant t (as GapMonitor.At).
+func gapAround(m *pausewatch.GapMonitor, t time.Time) (pausewatch.Gap, bool) {
+	for _, g := range m.Longest(1 << 20) {
+		if !t.Before(g.From.Add(-time.Millisecond)) && !t.After(g.To.Add(time.Millisecond)) {
+			return g, true
+		}
+	}
+	return pausewatch.Gap{}, false
 }
 
 // pauses checkpoints the job stop-and-save, then live, and measures both.
 func (b *jobBench) pauses() benchPauses {
-	p := benchPauses{pause: map[string]time.Duration{}, whole: map[string]time.Duration{}, atCutPerVM: map[string]float64{}}
+	p := benchPauses{pause: map[string]time.Duration{}, whole: map[string]time.Duration{},
+		atCutPerVM: map[string]float64{}, snapshotPerVM: map[string]float64{}}
 	for _, live := range []string{"--live=false", "--live=true"} {
 		mons := b.watch()
 		logMark := map[string]int{}
@@ -175,10 +193,29 @@ func (b *jobBench) points(p *benchPauses, id string, mons map[string]*pausewatch
 	if err != nil || json.Unmarshal([]byte(out), &ck) != nil {
 		b.t.Fatalf("checkpoints show: %v\n%s", err, out)
 	}
+	first := ck.VMs[0].SnapshotAt
 	for _, v := range ck.VMs {
+		if v.SnapshotAt.Before(first) {
+			first = v.SnapshotAt
+		}
+	}
+	for _, v := range ck.VMs {
+		p.spread = max(p.spread, v.SnapshotAt.Sub(first))
 		p.snapshot = max(p.snapshot, v.Pause)
 		p.atCut = max(p.atCut, mons[v.Name].At(v.SnapshotAt))
 		p.atCutPerVM[v.Name] = mons[v.Name].At(v.SnapshotAt).Seconds()
+		p.snapshotPerVM[v.Name] = v.Pause.Seconds()
+		// The pause QEMU saw (its STOP to its RESUME) ends at the point:
+		// a gap starting before it began is the guest stalled before QEMU
+		// stopped it.
+		b.t.Logf("%s: QEMU's pause %.1f ms, its point %.1f ms after the job's first", v.Name,
+			float64(v.Pause.Microseconds())/1000, float64(v.SnapshotAt.Sub(first).Microseconds())/1000)
+		if g, ok := gapAround(mons[v.Name], v.SnapshotAt); ok {
+			before, after := v.SnapshotAt.Add(-v.Pause).Sub(g.From), g.To.Sub(v.SnapshotAt)
+			p.beforeStop, p.afterResume = max(p.beforeStop, before), max(p.afterResume, after)
+			b.t.Logf("%s: gap at its point %.1f ms: %.1f ms before QEMU's STOP, %.1f ms after its RESUME", v.Name,
+				float64(g.Len().Microseconds())/1000, float64(before.Microseconds())/1000, float64(after.Microseconds())/1000)
+		}
 		for _, g := range mons[v.Name].Longest(3) {
 			b.t.Logf("%s: gap %.1f ms from %+.1f ms after its snapshot point", v.Name,
 				float64(g.Len().Microseconds())/1000, float64(g.From.Sub(v.SnapshotAt).Microseconds())/1000)

@@ -94,7 +94,9 @@ func TestBenchPrecopyImage(t *testing.T) {
 		worst = max(worst, differ)
 		time.Sleep(300 * time.Millisecond)
 	}
+	// h runs live_mode auto: its choice is the default this QEMU gets.
 	emit(map[string]any{"bench": "precopy_image_vs_ram", "accel": h.cfg.Accel, "rounds": rounds,
+		"qemu": testguest.QemuVersion(t), "default_live_mode": h.cfg.LiveMode,
 		"rounds_differing": bad, "pages_differing_max": worst})
 }
 

@@ -10,6 +10,8 @@
 #                      QEMU 10: live modes, sandboxing, migration, disks);
 #                      make test-qemu10-all runs every test of qmp, hostd
 #                      and coord there (about 25 minutes more)
+#   make bench-qemu10  the live checkpoint's benchmarks on it (BENCH_LIVE;
+#                      make bench runs them too when build/qemu10 is there)
 #
 # SYMVIRT_QEMU names the QEMU binary for the whole suite (hostd's --qemu
 # default, internal/testguest.Qemu): make test-qemu10 sets it to
@@ -20,7 +22,9 @@ QEMU10_PKGS ?= ./qmp/ ./hostd/... ./coord/...
 QEMU10_HOSTD_E2E := TestCheckpointRestoreContinuesCounter|TestLiveCheckpointRestoresTheCut|TestMigrateWithPassthroughNIC|TestRejuvenateKeepsGuestMemory|TestQEMURunsSandboxedAsQEMUUser|TestRAMFileNotReadableByLocalUsers|TestLiveCheckpointWithDiskIsConsistent|TestLiveCheckpointDiskFillsDuringStream|TestStepsSurviveHostdRestart|TestDirectCheckpointRecoveredAfterHostdKill|TestHostdRefusesOldQEMU|TestImagePagesQEMU10Stream|TestLiveModeAutoFollowsQEMUVersion
 QEMU10_COORD_E2E := TestLiveCheckpointFallsBackWhereRefused|TestLivePrecopyJobFencesEachVMAtItsPoint|TestEvacuateDownHostRestartsFromCheckpoint
 
-.PHONY: qemu10 test-qemu10 test-qemu10-all
+BENCH_LIVE := TestBenchLiveCheckpoint|TestBenchPrecopyImage|TestBenchJobCheckpoint
+
+.PHONY: qemu10 test-qemu10 test-qemu10-all bench-qemu10
 
 qemu10: deps
 	@scripts/deps qemu10 build/qemu10
@@ -32,3 +36,6 @@ test-qemu10: qemu10 guest libsymvirt
 
 test-qemu10-all: qemu10 guest libsymvirt
 	SYMVIRT_QEMU=$(QEMU10) SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 40m $(QEMU10_PKGS)
+
+bench-qemu10: qemu10 guest build
+	@SYMVIRT_QEMU=$(QEMU10) SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 60m -run '^($(BENCH_LIVE))$$' -v ./hostd/ ./coord/ | $(call bench_lines,$(QEMU10)) || (echo "bench on QEMU 10 failed" >&2; exit 1)
