@@ -285,6 +285,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 			return "", fmt.Errorf("vm %q: operation %s is closed here (its closing steps ran): %w", req.VM, req.Op, ErrInvalidState)
 		}
 	} else {
+		h.liftFenceFirst(ctx, req)
 		h.closeOp(req.VM, req.Op)
 	}
 	switch req.Kind {
@@ -553,6 +554,7 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	vm.mu.Lock()
 	vm.armed = a
 	vm.mu.Unlock()
+	vm.paceWriteback(dir)
 	return nil
 }
 
