@@ -446,10 +446,12 @@ func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Before the point: persisting waits behind the streams' writes, and
+	// the job's fences stay up until the last point step has answered.
+	vm.h.setLease(req.VM, req.Op, req.Lease, "")
 	a, err := vm.takeArm(ctx, mon, dir, req.Save.Bandwidth)
 	if err == nil {
 		if err = vm.startLiveSave(ctx, mon, req.Op, a); err == nil {
-			vm.h.setLease(req.VM, req.Op, req.Lease, "")
 			return "", nil
 		}
 	}
