@@ -41,10 +41,30 @@ const gapProbeAddr = "10.79.0.200/24"
 // first checkpoint of a fresh VM and a second one are reported apart (the
 // first one's QEMU reads in all of the guest's RAM before its point). The
 // test's log has each checkpoint's timeline (steps, fences, points).
+//
+// With SYMVIRT_NETGAP_COMPARE=1 a job whose hostds run the earlier path
+// (SYMVIRT_NETGAP_OLD=1: the fence lifted after the resume step's
+// persisting, the state files synced in one go) is measured first, in the
+// same run, its lines marked "path":"old".
 func TestBenchJobNetworkGap(t *testing.T) {
 	if os.Getenv("SYMVIRT_BENCH") != "1" {
 		t.Skip("benchmark: run with make bench")
 	}
+	paths := []string{"new"}
+	if os.Getenv("SYMVIRT_NETGAP_COMPARE") == "1" {
+		paths = []string{"old", "new"}
+	}
+	for _, path := range paths {
+		t.Run(path, func(t *testing.T) {
+			if path == "old" {
+				t.Setenv("SYMVIRT_NETGAP_OLD", "1")
+			}
+			benchJobNetworkGap(t, path)
+		})
+	}
+}
+
+func benchJobNetworkGap(t *testing.T, path string) {
 	o, mode := benchLiveMode(t)
 	c := newClusterWith(t, o)
 	pns := testenv.NewNetNS(t, "p")
@@ -62,6 +82,7 @@ func TestBenchJobNetworkGap(t *testing.T) {
 	for round := 1; round <= 2; round++ {
 		line := c.gapRound(p, addrs)
 		line["bench"], line["vms"], line["memory_mib"], line["live_mode"], line["round"] = "job_network_gap", 2, 1024, mode, round
+		line["path"] = path
 		b, _ := json.Marshal(line)
 		fmt.Println(string(b))
 	}
@@ -89,11 +110,19 @@ func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string) map[strin
 	time.Sleep(time.Second)
 	gaps, pauses := map[string]float64{}, map[string]float64{}
 	var worst, fence time.Duration
+	var logs []string
+	for h, d := range c.hosts {
+		logs = append(logs, d.Logs()[marks[h]:])
+	}
+	cuts := cutEvents(logs)
+	phases := map[string]any{}
 	for vm, a := range addrs {
 		g := p.Longest(a, start, time.Now())
 		worst = max(worst, g.Len())
 		gaps[vm] = g.Len().Seconds()
-		t.Logf("%s: outside gap %.1f ms, from %+.1f ms", vm, ms(g.Len()), ms(g.From.Sub(start)))
+		ph := vmGapPhases(p.Gaps(a, start, time.Now()), cuts[vm], lastPoint(cuts))
+		phases[vm] = ph
+		t.Logf("%s: outside gap %.1f ms, from %+.1f ms; %s", vm, ms(g.Len()), ms(g.From.Sub(start)), phaseLine(ph))
 	}
 	var ck coord.Checkpoint
 	if out, err := c.coord.CLI(t, "checkpoints", "show", res.CheckpointID, "--output", "json"); err != nil || json.Unmarshal([]byte(out), &ck) != nil {
@@ -108,7 +137,7 @@ func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string) map[strin
 	c.logTimeline(marks, start)
 	return map[string]any{"outside_gap_max_seconds": worst.Seconds(), "outside_gap_seconds": gaps,
 		"live_snapshot_pause_seconds": pauses, "live_network_fence_max_seconds": fence.Seconds(),
-		"live_checkpoint_seconds": took.Seconds(), "quiet_gap_max_seconds": quiet.Seconds(), "probe_period_seconds": 0.01}
+		"live_checkpoint_seconds": took.Seconds(), "gap_phases_ms": phases, "quiet_gap_max_seconds": quiet.Seconds(), "probe_period_seconds": 0.01}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -143,3 +143,26 @@ func (vm *VM) unfenceIDs(ctx context.Context, mon *qmp.Client, nics []string) bo
 	}
 	return lifted
 }
+
+// liftFenceFirst lifts the fence of a VM the resume step resumes before
+// anything else the step does: its persisting (each fsync waits behind
+// the streams' writeback), the VM's step lock. Every VM of a job waits on
+// the slowest lift, and a resume comes only once the job's last point is
+// taken (or its cut abandoned), so the lift is due as soon as it arrives.
+// A point step still fencing this VM (an abandoned cut) ends before the
+// resume step runs, whose own unfence then lifts what it put up.
+func (h *Host) liftFenceFirst(ctx context.Context, req StepRequest) {
+	if req.Kind != StepResume || oldFenceLift {
+		return
+	}
+	vm, err := h.Get(req.VM)
+	if err != nil {
+		return
+	}
+	vm.mu.Lock()
+	fenced := !vm.fencedAt.IsZero()
+	vm.mu.Unlock()
+	if fenced {
+		vm.unfence(ctx)
+	}
+}

@@ -285,6 +285,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 			return "", fmt.Errorf("vm %q: operation %s is closed here (its closing steps ran): %w", req.VM, req.Op, ErrInvalidState)
 		}
 	} else {
+		h.liftFenceFirst(ctx, req)
 		h.closeOp(req.VM, req.Op)
 	}
 	switch req.Kind {
@@ -445,10 +446,12 @@ func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Before the point: persisting waits behind the streams' writes, and
+	// the job's fences stay up until the last point step has answered.
+	vm.h.setLease(req.VM, req.Op, req.Lease, "")
 	a, err := vm.takeArm(ctx, mon, dir, req.Save.Bandwidth)
 	if err == nil {
 		if err = vm.startLiveSave(ctx, mon, req.Op, a); err == nil {
-			vm.h.setLease(req.VM, req.Op, req.Lease, "")
 			return "", nil
 		}
 	}
@@ -553,6 +556,7 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	vm.mu.Lock()
 	vm.armed = a
 	vm.mu.Unlock()
+	vm.paceWriteback(dir)
 	return nil
 }
 

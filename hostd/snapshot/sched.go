@@ -33,6 +33,14 @@ const (
 	lockPath = "/run/symvirt-snapshot.lock"
 )
 
+// BackgroundStreamNice is a background snapshot's stream thread's nice
+// value once its boost ends. It is not streamNice: that thread also
+// serves every write fault on guest RAM, the main loop's too (the
+// network's receive path, QMP), so at nice 19 under CPU load a VM stopped
+// answering its network for 100-400 ms at a time while its stream ran
+// (hostd's network gap benchmark; the stream of 1 GiB took 12 s, 3-4 s at 0).
+var BackgroundStreamNice = 0
+
 // serializePoints takes the machine's snapshot lock: a point is a burst of
 // CPU (device state, write-protecting all RAM) during which its VM stands
 // still, and several at once stretch every one of them.
@@ -74,7 +82,7 @@ func lockMachine(ctx context.Context, path string) (unlock func(), err error) {
 // boost renices every thread of QEMU process pid to nice and returns the
 // function that ends the boost (once): each thread gets its nice value
 // back, the background-snapshot thread (named by -name debug-threads=on)
-// gets streamNice, and threads born during the boost (which inherit it)
+// gets BackgroundStreamNice, and threads born during the boost (which inherit it)
 // get the main thread's.
 func boost(pid, nice int) (unboost func()) {
 	if pid <= 0 {
@@ -94,7 +102,7 @@ func boost(pid, nice int) (unboost func()) {
 			switch {
 			case ok:
 			case threadName(pid, tid) == "bg_snapshot":
-				n = streamNice
+				n = BackgroundStreamNice
 			default:
 				n = old[pid]
 			}
