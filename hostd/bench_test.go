@@ -37,6 +37,9 @@ func TestBenchOps(t *testing.T) {
 		t.Skip("benchmark: run with make bench")
 	}
 	kernel, initrd := testguest.Paths(t)
+	if os.Getenv("SYMVIRT_BENCH_NO_POPULATE") == "1" {
+		populateForMigration = false // the same run without it, to compare
+	}
 	// e.g. SYMVIRT_BENCH_OPS_MIB=1024: one size only.
 	for _, mem := range testguest.BenchSizes(t, "SYMVIRT_BENCH_OPS_MIB", []int{256, 1024, 2048}, 128, 2048) {
 		benchSize(t, kernel, initrd, Size(mem))
