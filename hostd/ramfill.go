@@ -22,8 +22,11 @@ var populateForMigration = true
 // whether a zero page needs clearing), and a tmpfs page that was never
 // written is allocated and zeroed by that read, one fault a page (a
 // shared mapping has no zero page). Populating the file here costs about
-// half as much and leaves QEMU pages its faults map sixteen at a time;
-// it runs beside QEMU, which goes up from the start, and never writes guest
+// half as much a page and leaves QEMU pages its faults map sixteen at a
+// time (measured here: 1 GiB of holes read through a mapping 1.1–1.4 s,
+// populated 0.6 s, then read 0.08 s); it runs beside QEMU, on another
+// core where one is idle, going down from the end while QEMU goes up
+// from the start, and never writes guest
 // memory (MADV_POPULATE_WRITE only faults pages in), so it is safe while
 // QEMU writes the same file. Best effort: an error leaves the work to
 // QEMU's faults. It returns how many bytes it populated.
