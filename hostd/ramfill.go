@@ -26,9 +26,8 @@ var populateForMigration = true
 // time (measured here: 1 GiB of holes read through a mapping 1.1–1.4 s,
 // populated 0.6 s, then read 0.08 s); it runs beside QEMU, on another
 // core where one is idle, going down from the end while QEMU goes up
-// from the start, and never writes guest
-// memory (MADV_POPULATE_WRITE only faults pages in), so it is safe while
-// QEMU writes the same file. Best effort: an error leaves the work to
+// from the start, and never writes guest memory (MADV_POPULATE_WRITE only
+// faults pages in), so it is safe while QEMU writes the same file. Best effort: an error leaves the work to
 // QEMU's faults. It returns how many bytes it populated.
 func (vm *VM) populateRAM(ctx context.Context) (int64, error) {
 	s := vm.Spec()
