@@ -36,6 +36,9 @@ func TestBenchOps(t *testing.T) {
 		t.Skip("benchmark: run with make bench")
 	}
 	kernel, initrd := testguest.Paths(t)
+	if os.Getenv("SYMVIRT_BENCH_NO_POPULATE") == "1" {
+		populateForMigration = false // the same run without it, to compare
+	}
 	// e.g. SYMVIRT_BENCH_OPS_MIB=1024: one size only.
 	for _, mem := range testguest.BenchSizes(t, "SYMVIRT_BENCH_OPS_MIB", []int{256, 1024, 2048}, 128, 2048) {
 		benchSize(t, kernel, initrd, Size(mem))
@@ -104,7 +107,11 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	b, sockB := benchHostLog(t, "2", phases.handler())
 	plain := map[string][]benchSample{}
 	ours := map[string][]benchSample{}
-	for round := range benchRounds {
+	rounds := benchRounds
+	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_BENCH_OPS_ROUNDS")); err == nil && n > 0 {
+		rounds = n // e.g. 1 while iterating on one phase
+	}
+	for round := range rounds {
 		ck, re, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)
 		for op, d := range map[string]time.Duration{"checkpoint": ck, "restore": re, "migrate": mi} {
 			plain[op] = append(plain[op], benchSample{took: d})
@@ -129,6 +136,9 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 			base := median(p).took
 			m["plain_qemu_seconds"], m["ratio_vs_plain_qemu"] = base.Seconds(), s.took.Seconds()/base.Seconds()
 			m["phases_seconds"] = s.phases
+			if rest, ok := unattributed(s); ok {
+				m["phases_unattributed_seconds"] = rest
+			}
 		}
 		emit(m)
 	}
@@ -141,6 +151,19 @@ type benchSample struct {
 	took   time.Duration
 	phases map[string]float64
 	extra  map[string]any
+}
+
+// unattributed is the part of a direct operation's time that none of
+// its steps, nor the destination's resume (a peer call, not a step here),
+// accounts for: the driver's journal, its machine, the calls between.
+func unattributed(s benchSample) (float64, bool) {
+	rest, steps := s.took.Seconds()-s.phases["dest_finish"], false
+	for name, v := range s.phases {
+		if strings.HasPrefix(name, "step_") {
+			rest, steps = rest-v, true
+		}
+	}
+	return rest, steps
 }
 
 // median is the sample of median time.

@@ -144,9 +144,12 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 			return IncomingResponse{}, err
 		}
 	}
+	start := timeNow()
 	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
 		return IncomingResponse{}, err
 	}
+	vm.logPhase("dest_launch", timeNow().Sub(start))
+	vm.populateUntilExit(ctx, migstream.ConnectWait)
 	mon, err := vm.monitor()
 	if err != nil {
 		return IncomingResponse{}, err
@@ -229,9 +232,12 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	start := timeNow()
+	defer func() { vm.logPhase("dest_finish", timeNow().Sub(start)) }()
 	if _, err := mon.WaitMigration(wctx, 50*time.Millisecond, nil); err != nil {
 		return VMInfo{}, fmt.Errorf("vm %q: incoming: %w", vm.name, err)
 	}
+	vm.logPhase("dest_finish_stream", timeNow().Sub(start))
 	if err := vm.stopExports(ctx, mon); err != nil {
 		return VMInfo{}, err
 	}
@@ -245,10 +251,14 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 		return VMInfo{}, err
 	}
 	crashPoint("finish-incoming", vm.log)
+	t := timeNow()
 	if err := vm.attachAll(ctx); err != nil {
 		return VMInfo{}, err
 	}
+	vm.logPhase("dest_finish_attach", timeNow().Sub(t))
+	t = timeNow()
 	vm.finishRound(ctx, "migrated")
+	vm.logPhase("dest_finish_guest", timeNow().Sub(t))
 	return vm.Info(ctx), nil
 }
 
@@ -279,14 +289,19 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if err != nil {
 		return err
 	}
+	pctx, stopPopulate := context.WithCancel(ctx)
+	defer stopPopulate()
+	vm.populateInBackground(pctx, stopPopulate, "source")
 	ireq, err := vm.incomingRequest(ctx, mon, req)
 	if err != nil {
 		return err
 	}
+	start := timeNow()
 	inc, err := vm.h.peer(args.Dest).Incoming(ctx, ireq)
 	if err != nil {
 		return fmt.Errorf("vm %q: destination %s: %w", vm.name, args.Dest, err)
 	}
+	vm.logPhase("migrate_incoming", timeNow().Sub(start))
 	var m *mirror
 	if len(ireq.CopyStorage) > 0 {
 		if m, err = vm.startMirror(ctx, mon, inc, args.Dest, ireq.CopyStorage); err == nil {
@@ -316,7 +331,9 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if args.Progress != nil {
 		args.Progress(info)
 	}
-	vm.log.Info("migration stream complete", "to", args.Dest, "total_ms", info.TotalTime,
+	vm.logPhase("qemu_setup", time.Duration(info.SetupTime)*time.Millisecond)
+	vm.logPhase("qemu_downtime", time.Duration(info.Downtime)*time.Millisecond)
+	vm.log.Info("migration stream complete", "to", args.Dest, "dirty_syncs", info.RAM.DirtySyncCount, "total_ms", info.TotalTime,
 		"downtime_ms", info.Downtime, "setup_ms", info.SetupTime, "bytes", info.RAM.Transferred)
 	vm.h.setLease(vm.name, req.Op, req.Lease, args.Dest)
 	return nil
@@ -365,18 +382,24 @@ func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs
 	if err == nil {
 		err = mon.MigrateSetParameters(ctx, params)
 	}
+	start := timeNow()
 	if err == nil {
 		err = mon.Migrate(ctx, qemuURI)
 	}
 	if err == nil {
 		info, err = mon.WaitMigration(ctx, migratePoll, args.Progress)
 	}
+	vm.logPhase("migrate_qemu", timeNow().Sub(start))
+	start = timeNow()
 	if err == nil {
 		info, err = completedFigures(ctx, mon, info)
 	}
+	vm.logPhase("migrate_figures", timeNow().Sub(start))
+	start = timeNow()
 	if err == nil {
 		err = tun.Finish()
 	}
+	vm.logPhase("migrate_tunnel_finish", timeNow().Sub(start))
 	return tun, info, err
 }
 

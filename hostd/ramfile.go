@@ -110,3 +110,23 @@ func (h *Host) reclaimOrphanRAM() {
 		}
 	}
 }
+
+// holdRAM opens the VM's shared RAM file for a kill that removes it, so
+// that its removal does not free the guest's pages (a tenth of a second
+// a GiB of tmpfs) while the operation waits: releaseRAM frees them after.
+// nil when there is no such file (releaseRAM takes nil).
+func (vm *VM) holdRAM() *os.File {
+	f, err := vm.sharedRAM()
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// releaseRAM closes a file holdRAM opened, in the background: the last
+// reference to a removed file frees its pages.
+func releaseRAM(f *os.File) {
+	if f != nil {
+		go f.Close()
+	}
+}

@@ -523,8 +523,12 @@ func (vm *VM) abortStep(ctx context.Context, req StepRequest) error {
 func (vm *VM) killStep(ctx context.Context, req StepRequest) error {
 	vm.h.dropLease(req.VM)
 	vm.stopFrames()
+	ram := vm.holdRAM()
+	start := timeNow()
 	vm.kill()
+	vm.logPhase("kill_process", timeNow().Sub(start))
 	vm.h.forget(vm)
+	releaseRAM(ram)
 	return nil
 }
 
