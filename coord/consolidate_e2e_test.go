@@ -153,6 +153,8 @@ type echoClient struct {
 	// times are when each answer came (the gap around a move is found
 	// from them).
 	times []time.Time
+	// sent are when each answer's question was sent.
+	sent  []time.Time
 	err   error
 	count int
 }
@@ -198,6 +200,7 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 		e.rtts[e.phase] = max(e.rtts[e.phase], now.Sub(sent))
 		e.count++
 		e.times = append(e.times, now)
+		e.sent = append(e.sent, sent)
 		e.mu.Unlock()
 		last = now
 	}

@@ -1,0 +1,76 @@
+package qemu
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// QEMU names its threads when started with -name ...,debug-threads=on
+// (args.go): a migration's sending thread is "live_migration" (7.2) or
+// "mig/src/main" (9 and later), a TCG vCPU "CPU 0/TCG".
+var migrationThreadNames = []string{"live_migration", "mig/src/"}
+
+// MigrationThreads are the thread IDs of QEMU pid's outgoing migration
+// threads (none before a migrate command has started one).
+func MigrationThreads(pid int) ([]int, error) {
+	return threadsNamed(pid, migrationThreadNames...)
+}
+
+// threadsNamed returns the IDs of pid's threads whose name starts with one
+// of prefixes.
+func threadsNamed(pid int, prefixes ...string) ([]int, error) {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("threads of qemu %d: %w", pid, err)
+	}
+	var out []int
+	for _, e := range ents {
+		comm, err := os.ReadFile(filepath.Join(dir, e.Name(), "comm"))
+		if err != nil {
+			continue // the thread ended
+		}
+		name := strings.TrimSpace(string(comm))
+		for _, p := range prefixes {
+			if strings.HasPrefix(name, p) {
+				if tid, err := strconv.Atoi(e.Name()); err == nil {
+					out = append(out, tid)
+				}
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// SetThreadIdle runs thread tid under SCHED_IDLE (idle) or back under
+// SCHED_NORMAL: an idle thread gets a core only when nothing else on it
+// wants one, so a bulk copy beside a guest's vCPU takes what the vCPU
+// leaves instead of half of it.
+func SetThreadIdle(tid int, idle bool) error {
+	policy := unix.SCHED_NORMAL
+	if idle {
+		policy = unix.SCHED_IDLE
+	}
+	var param struct{ priority int32 } // sched_param: 0 for both policies
+	_, _, e := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), uintptr(policy), uintptr(unsafe.Pointer(&param)))
+	if e != 0 {
+		return fmt.Errorf("sched_setscheduler thread %d policy %d: %w", tid, policy, e)
+	}
+	return nil
+}
+
+// ThreadIdle tells whether thread tid runs under SCHED_IDLE.
+func ThreadIdle(tid int) (bool, error) {
+	p, _, e := unix.Syscall(unix.SYS_SCHED_GETSCHEDULER, uintptr(tid), 0, 0)
+	if e != 0 {
+		return false, fmt.Errorf("sched_getscheduler thread %d: %w", tid, e)
+	}
+	return int(p) == unix.SCHED_IDLE, nil
+}

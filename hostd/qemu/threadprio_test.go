@@ -1,0 +1,50 @@
+package qemu
+
+import (
+	"os"
+	"runtime"
+	"slices"
+	"testing"
+
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A thread named like QEMU's migration thread is found, goes idle and
+// comes back.
+func TestMigrationThreadGoesIdleAndBack(t *testing.T) {
+	got := make(chan error)
+	found := make(chan []int)
+	done := make(chan struct{})
+	tidc := make(chan int, 1)
+	go func() {
+		runtime.LockOSThread() // the thread ends with the goroutine
+		tidc <- unix.Gettid()
+		name, _ := unix.BytePtrFromString("live_migration")
+		got <- unix.Prctl(unix.PR_SET_NAME, uintptr(unsafePointer(name)), 0, 0, 0)
+		<-done
+	}()
+	defer close(done)
+	tid := <-tidc
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		tids, _ := MigrationThreads(os.Getpid())
+		found <- tids
+	}()
+	if tids := <-found; !slices.Contains(tids, tid) {
+		t.Fatalf("MigrationThreads = %v, want %d among them", tids, tid)
+	}
+	for _, idle := range []bool{true, false} {
+		if err := SetThreadIdle(tid, idle); err != nil {
+			t.Fatal(err)
+		}
+		if is, err := ThreadIdle(tid); err != nil || is != idle {
+			t.Fatalf("after SetThreadIdle(%v): idle %v, %v", idle, is, err)
+		}
+	}
+}
+
+func unsafePointer(p *byte) unsafe.Pointer { return unsafe.Pointer(p) }
