@@ -2,6 +2,7 @@ package coord_test
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -98,7 +99,8 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 // $SYMVIRT_MIGRATION_DOWNTIME (e.g. 30ms, for a run on QEMU 10, whose TCG
 // pre-copy is exact, with SYMVIRT_QEMU set to it); unset, hostd's default.
 // $SYMVIRT_MIGRATION_KEEP_FRAMES=false turns off what a paused source
-// passes on (hostd's migration_keep_frames), for a side-by-side run.
+// passes on (hostd's migration_keep_frames), for a side-by-side run;
+// $SYMVIRT_MIGRATION_IDLE_THREAD sets hostd's migration_idle_thread.
 func consolMigrationConfig() string {
 	out := ""
 	if d := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME"); d != "" {
@@ -106,6 +108,9 @@ func consolMigrationConfig() string {
 	}
 	if k := os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"); k != "" {
 		out += "migration_keep_frames: " + k + "\n"
+	}
+	if k := os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"); k != "" {
+		out += "migration_idle_thread: " + k + "\n"
 	}
 	return out
 }
@@ -368,7 +373,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	}
 	setPhase(1)
 	start := time.Now()
-	rep, out, err := c.consolidate("--apply", "--parallel", "2", "--drain")
+	rep, out, err := c.consolidate("--apply", "--parallel", cmp.Or(os.Getenv("SYMVIRT_CONSOLIDATE_PARALLEL"), "2"), "--drain")
 	t.Logf("consolidate --apply (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
 	if err != nil || len(rep.Empty) != 2 || len(rep.Drained) != 2 || len(rep.Results) != 4 {
 		t.Fatalf("consolidate --apply: %v", err)
