@@ -37,6 +37,9 @@ nc -ll -p 7000 -e /bin/svc </dev/null >/dev/null 2>&1 &
 ( until [ -e /run/burn ]; do sleep 1; done; echo "burning"; while :; do :; done ) </dev/null >/dev/console 2>&1 &
 `
 
+// consolidateAsk is how often the clients ask while VMs move.
+const consolidateAsk = 40 * time.Millisecond
+
 var consolHosts = []string{"a", "b", "c", "d"}
 
 func consolIP(h string) string { return fmt.Sprintf("10.77.9.%d", 21+slices.Index(consolHosts, h)) }
@@ -144,13 +147,16 @@ vms:
 
 // echoClient keeps one TCP connection to a service and asks it a line
 // every 100 ms (more would keep eight TCG guests on two cores too busy to
-// tell a spinning one apart); it records, per phase, the longest time
-// between two answers and the longest round trip, and the first failure
-// (a broken connection, a wrong answer, or 20 s without one).
+// tell a spinning one apart), every 40 ms while VMs move (consolidateAsk:
+// the gap it measures is the service's pause plus up to one interval); it
+// records, per phase, the longest time between two answers and the
+// longest round trip, and the first failure (a broken connection, a wrong
+// answer, or 20 s without one).
 type echoClient struct {
 	addr  string
 	mu    sync.Mutex
 	phase int
+	every time.Duration // between an answer and the next question
 	gaps  map[int]time.Duration
 	rtts  map[int]time.Duration
 	// gapEnd is when the longest gap of a phase ended.
@@ -180,10 +186,13 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 	r := bufio.NewReader(conn)
 	last := time.Now()
 	for i := 0; ; i++ {
+		e.mu.Lock()
+		every := cmp.Or(e.every, 100*time.Millisecond)
+		e.mu.Unlock()
 		select {
 		case <-stop:
 			return
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(every):
 		}
 		sent := time.Now()
 		conn.SetDeadline(sent.Add(20 * time.Second))
@@ -309,10 +318,10 @@ func TestConsolidateServicesLive(t *testing.T) {
 		go func() { defer wg.Done(); e.run(clientNS, stop) }()
 	}
 	t.Cleanup(func() { close(stop); wg.Wait() })
-	setPhase := func(p int) {
+	setPhase := func(p int, every time.Duration) {
 		for _, e := range clients {
 			e.mu.Lock()
-			e.phase = p
+			e.phase, e.every = p, every
 			e.mu.Unlock()
 		}
 	}
@@ -320,7 +329,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 		t.Helper()
 		for name, e := range clients {
 			e.mu.Lock()
-			t.Logf("%s: client of %s: longest gap between answers %v (asked every 100 ms, from %s to %s), longest round trip %v (%d answers)",
+			t.Logf("%s: client of %s: longest gap between answers %v (from %s to %s), longest round trip %v (%d answers)",
 				when, name, e.gaps[phase].Round(time.Millisecond), e.gapEnd[phase].Add(-e.gaps[phase]).UTC().Format(stampMs),
 				e.gapEnd[phase].UTC().Format(stampMs), e.rtts[phase].Round(time.Millisecond), e.count)
 			if e.err != nil {
@@ -371,7 +380,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	if err != nil || plan.Mode != "consolidate" || len(plan.Plan.Freed) != 2 || len(plan.Plan.Moves) != 4 {
 		t.Fatalf("consolidate --plan: %v, want 4 moves freeing 2 hosts:\n%s", err, out)
 	}
-	setPhase(1)
+	setPhase(1, consolidateAsk)
 	start := time.Now()
 	rep, out, err := c.consolidate("--apply", "--parallel", cmp.Or(os.Getenv("SYMVIRT_CONSOLIDATE_PARALLEL"), "2"), "--drain")
 	t.Logf("consolidate --apply (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
@@ -385,6 +394,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	checkClients("consolidate", 1)
 	c.logMoveTimelines(rep.Results, clients)
+	setPhase(1, 0)
 
 	// Two services of one host start spinning.
 	var burners []string
@@ -426,7 +436,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 		}
 	}
 	t.Logf("hosts with %v spinning:\n%s", burners, c.cli("hosts"))
-	setPhase(2)
+	setPhase(2, 0)
 	rep, out, err = c.consolidate(append([]string{"--apply"}, policy...)...)
 	t.Logf("consolidate --apply (scale out):\n%s", out)
 	if err != nil || rep.Mode != "scale-out" || len(rep.Uncordoned) != 1 {
