@@ -103,7 +103,8 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 // pre-copy is exact, with SYMVIRT_QEMU set to it); unset, hostd's default.
 // $SYMVIRT_MIGRATION_KEEP_FRAMES=false turns off what a paused source
 // passes on (hostd's migration_keep_frames), for a side-by-side run;
-// $SYMVIRT_MIGRATION_IDLE_THREAD sets hostd's migration_idle_thread.
+// $SYMVIRT_MIGRATION_IDLE_THREAD and $SYMVIRT_MIGRATION_RESUME_BOOST set
+// hostd's migration_idle_thread and migration_resume_boost.
 func consolMigrationConfig() string {
 	out := ""
 	if d := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME"); d != "" {
@@ -114,6 +115,9 @@ func consolMigrationConfig() string {
 	}
 	if k := os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"); k != "" {
 		out += "migration_idle_thread: " + k + "\n"
+	}
+	if k := os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"); k != "" {
+		out += "migration_resume_boost: " + k + "\n"
 	}
 	return out
 }

@@ -498,6 +498,7 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 		}
 		vm.log.Debug("running", "outcome", req.Resume.Outcome)
 		if moved {
+			vm.boostAfterMove()
 			vm.announce(ctx, mon)
 		}
 	}

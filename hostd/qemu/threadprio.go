@@ -74,3 +74,28 @@ func ThreadIdle(tid int) (bool, error) {
 	}
 	return int(p) == unix.SCHED_IDLE, nil
 }
+
+// VCPUThreads are the thread IDs of QEMU pid's vCPUs ("CPU n/TCG",
+// "CPU n/KVM").
+func VCPUThreads(pid int) ([]int, error) {
+	return threadsNamed(pid, "CPU ")
+}
+
+// SetThreadNice sets thread tid's nice value (-20..19; below 0 needs
+// CAP_SYS_NICE): setpriority(2) on a thread ID changes that thread alone.
+func SetThreadNice(tid, nice int) error {
+	if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil {
+		return fmt.Errorf("setpriority thread %d nice %d: %w", tid, nice, err)
+	}
+	return nil
+}
+
+// ThreadNice is thread tid's nice value.
+func ThreadNice(tid int) (int, error) {
+	// The raw syscall returns 20-nice, so that no valid result is negative.
+	p, _, e := unix.Syscall(unix.SYS_GETPRIORITY, uintptr(unix.PRIO_PROCESS), uintptr(tid), 0)
+	if e != 0 {
+		return 0, fmt.Errorf("getpriority thread %d: %w", tid, e)
+	}
+	return 20 - int(p), nil
+}

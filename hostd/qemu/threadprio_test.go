@@ -12,7 +12,7 @@ import (
 )
 
 // A thread named like QEMU's migration thread is found, goes idle and
-// comes back.
+// comes back; its nice value is changed and read back.
 func TestMigrationThreadGoesIdleAndBack(t *testing.T) {
 	got := make(chan error)
 	found := make(chan []int)
@@ -36,6 +36,14 @@ func TestMigrationThreadGoesIdleAndBack(t *testing.T) {
 	}()
 	if tids := <-found; !slices.Contains(tids, tid) {
 		t.Fatalf("MigrationThreads = %v, want %d among them", tids, tid)
+	}
+	for _, nice := range []int{-5, 0} {
+		if err := SetThreadNice(tid, nice); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := ThreadNice(tid); err != nil || got != nice {
+			t.Fatalf("after SetThreadNice(%d): nice %d, %v", nice, got, err)
+		}
 	}
 	for _, idle := range []bool{true, false} {
 		if err := SetThreadIdle(tid, idle); err != nil {
