@@ -140,6 +140,11 @@ func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]
 				what = fmt.Sprintf("%s step done (took %v)", ev.Kind, ev.Took.Round(time.Millisecond))
 			case ev.Msg == "step":
 				what = fmt.Sprintf("%s step done (took %v)", ev.Kind, ev.Took.Round(time.Millisecond))
+			case ev.Msg == "boosted":
+				parts = append(parts, "boosted at the destination "+at(ev.Time))
+				what = "QEMU boosted"
+			case ev.Msg == "migration thread idle" || ev.Msg == "migration thread back to normal":
+				what = ev.Msg
 			case ev.Msg == "running":
 				parts = append(parts, "cont at the destination "+at(ev.Time))
 				what = "cont: the VM runs"

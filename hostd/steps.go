@@ -483,6 +483,9 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 	vm.mu.Lock()
 	moved := vm.rt.Incoming
 	vm.mu.Unlock()
+	if moved {
+		vm.boostAfterMove()
+	}
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
@@ -498,7 +501,6 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 		}
 		vm.log.Debug("running", "outcome", req.Resume.Outcome)
 		if moved {
-			vm.boostAfterMove()
 			vm.announce(ctx, mon)
 		}
 	}

@@ -75,10 +75,10 @@ func ThreadIdle(tid int) (bool, error) {
 	return int(p) == unix.SCHED_IDLE, nil
 }
 
-// VCPUThreads are the thread IDs of QEMU pid's vCPUs ("CPU n/TCG",
-// "CPU n/KVM").
-func VCPUThreads(pid int) ([]int, error) {
-	return threadsNamed(pid, "CPU ")
+// Threads are the thread IDs of QEMU pid: its main loop (device I/O, an
+// incoming migration's loading), its vCPUs ("CPU n/TCG") and the rest.
+func Threads(pid int) ([]int, error) {
+	return threadsNamed(pid, "")
 }
 
 // SetThreadNice sets thread tid's nice value (-20..19; below 0 needs
