@@ -39,8 +39,10 @@ func (vm *VM) boostAfterMove() {
 	}
 	vm.log.Debug("boosted", "threads", len(tids), "for", d)
 	time.AfterFunc(d, func() {
+		// Listed again: a thread QEMU started meanwhile took the boost.
+		tids, _ := qemu.Threads(p.PID) // a QEMU gone since: nothing to undo
 		for _, tid := range tids {
-			qemu.SetThreadNice(tid, 0) // a QEMU gone since: nothing to undo
+			qemu.SetThreadNice(tid, 0)
 		}
 	})
 }
