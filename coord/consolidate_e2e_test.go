@@ -112,8 +112,9 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 // pre-copy is exact, with SYMVIRT_QEMU set to it); unset, hostd's default.
 // $SYMVIRT_MIGRATION_KEEP_FRAMES=false turns off what a paused source
 // passes on (hostd's migration_keep_frames), for a side-by-side run;
-// $SYMVIRT_MIGRATION_IDLE_THREAD and $SYMVIRT_MIGRATION_RESUME_BOOST set
-// hostd's migration_idle_thread and migration_resume_boost.
+// hostd's migration_idle_thread and migration_resume_boost are on (true,
+// 2s) unless $SYMVIRT_MIGRATION_IDLE_THREAD or $SYMVIRT_MIGRATION_RESUME_BOOST
+// say otherwise (false, 0s).
 func consolMigrationConfig() string {
 	out := ""
 	if d := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME"); d != "" {
@@ -122,12 +123,8 @@ func consolMigrationConfig() string {
 	if k := os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"); k != "" {
 		out += "migration_keep_frames: " + k + "\n"
 	}
-	if k := os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"); k != "" {
-		out += "migration_idle_thread: " + k + "\n"
-	}
-	if k := os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"); k != "" {
-		out += "migration_resume_boost: " + k + "\n"
-	}
+	out += "migration_idle_thread: " + cmp.Or(os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"), "true") + "\n"
+	out += "migration_resume_boost: " + cmp.Or(os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"), "2s") + "\n"
 	return out
 }
 
@@ -307,8 +304,12 @@ func (c *cluster) hostsInUse(nSvc int) map[string][]string {
 // networks are one VXLAN segment; `symvirt consolidate --apply --drain`
 // packs them onto two hosts (pairs of services in one anti-affinity group
 // keep them from sharing one) in one run of live migrations through the
-// coordinator, and cordons the two it emptied; every client kept its
-// connection (its longest gap between answers is logged). Then two
+// coordinator, one at a time (two at once on these two cores lengthened
+// every moved client's gap), and cordons the two it emptied; every client
+// kept its connection (its longest gap between answers is logged, and
+// where the gap went), and every move ran its migration thread idle at the
+// source and was boosted at the destination (hostd's migration_idle_thread
+// and migration_resume_boost, on here). Then two
 // services on one host start spinning: the host is above its high-water
 // mark and consolidate scales out, to a third host (the services'
 // anti-affinity partners fill the other one), taking back a drained host.
@@ -395,7 +396,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	}
 	setPhase(1, consolidateAsk)
 	start := time.Now()
-	rep, out, err := c.consolidate("--apply", "--parallel", cmp.Or(os.Getenv("SYMVIRT_CONSOLIDATE_PARALLEL"), "2"), "--drain")
+	rep, out, err := c.consolidate("--apply", "--parallel", cmp.Or(os.Getenv("SYMVIRT_CONSOLIDATE_PARALLEL"), "1"), "--drain")
 	t.Logf("consolidate --apply (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
 	if err != nil || len(rep.Empty) != 2 || len(rep.Drained) != 2 || len(rep.Results) != 4 {
 		t.Fatalf("consolidate --apply: %v", err)
@@ -407,6 +408,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	checkClients("consolidate", 1)
 	c.logMoveTimelines(rep.Results, clients)
+	c.checkMoveTuning(rep.Results)
 	setPhase(1, 0)
 
 	// Two services of one host start spinning.

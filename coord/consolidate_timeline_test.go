@@ -3,6 +3,7 @@ package coord_test
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -171,4 +172,25 @@ func later(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// checkMoveTuning checks that each moved VM's migration thread went idle
+// at its source and back before the last round, and that its QEMU was
+// boosted at its destination, unless the run turned them off.
+func (c *cluster) checkMoveTuning(results []machine.Result) {
+	c.t.Helper()
+	want := map[string]bool{}
+	if os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD") != "false" {
+		want["migration thread idle"], want["migration thread back to normal"] = true, true
+	}
+	if d := os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"); d == "" || strings.Trim(d, "0smh") != "" {
+		want["boosted"] = true
+	}
+	for vm, evs := range c.moveEvents(results) {
+		for msg := range want {
+			if !slices.ContainsFunc(evs, func(e moveEvent) bool { return e.Msg == msg }) {
+				c.t.Errorf("%s moved without %q logged", vm, msg)
+			}
+		}
+	}
 }
