@@ -9,16 +9,21 @@ import (
 	"github.com/symvirt/symvirt/qmp"
 )
 
+// migrationIdleMax bounds how long a migration thread stays idle: on a
+// host whose cores are all busy (a host a scale-out empties, say) an idle
+// thread gets nothing, and the migration would not end.
+const migrationIdleMax = 2 * time.Second
+
 // migrationThreadPoll is how often the source looks for the thread a
 // migrate command starts (it appears within milliseconds).
 const migrationThreadPoll = 2 * time.Millisecond
 
 // idleMigrationThread runs the VM's QEMU migration thread under
 // SCHED_IDLE from the moment it appears until QEMU pauses the VM for the
-// last round (its STOP event), and then as before: during pre-copy the
-// guest's vCPU, still serving, comes first on a busy host; the final copy,
-// with the guest paused, is not left waiting for other VMs. Off unless
-// the host's migration_idle_thread is set. stop ends the watch (call it
+// last round (its STOP event), or for migrationIdleMax, and then as
+// before: during pre-copy the guest's vCPU, still serving, and the other
+// VMs come first; the final copy, with the guest paused, is not left
+// waiting for them. Off unless the host's migration_idle_thread is set. stop ends the watch (call it
 // once the stream is over, whatever its outcome).
 func (vm *VM) idleMigrationThread(mon *qmp.Client) (stop func()) {
 	if idle := vm.h.cfg.MigrationIdleThread; idle == nil || !*idle {
@@ -45,6 +50,7 @@ func (vm *VM) idleMigrationThread(mon *qmp.Client) (stop func()) {
 		select {
 		case <-stops:
 		case <-done:
+		case <-time.After(migrationIdleMax):
 		}
 		for _, tid := range tids {
 			qemu.SetThreadIdle(tid, false) // gone already: nothing to restore
