@@ -26,23 +26,7 @@ func (vm *VM) boostAfterMove() {
 	if err != nil {
 		return
 	}
-	tids, err := qemu.Threads(p.PID)
-	if err != nil || len(tids) == 0 {
-		vm.log.Warn("no QEMU threads to boost", "err", err)
-		return
-	}
-	for _, tid := range tids {
-		if err := qemu.SetThreadNice(tid, moveBoostNice); err != nil {
-			vm.log.Warn("QEMU not boosted", "err", err)
-			return
-		}
-	}
-	vm.log.Debug("boosted", "threads", len(tids), "for", d)
-	time.AfterFunc(d, func() {
-		// Listed again: a thread QEMU started meanwhile took the boost.
-		tids, _ := qemu.Threads(p.PID) // a QEMU gone since: nothing to undo
-		for _, tid := range tids {
-			qemu.SetThreadNice(tid, 0)
-		}
-	})
+	unboost := qemu.Boost(p.PID, moveBoostNice)
+	vm.log.Debug("boosted", "for", d)
+	time.AfterFunc(d, unboost)
 }

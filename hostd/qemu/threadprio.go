@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -79,6 +80,32 @@ func ThreadIdle(tid int) (bool, error) {
 // incoming migration's loading), its vCPUs ("CPU n/TCG") and the rest.
 func Threads(pid int) ([]int, error) {
 	return threadsNamed(pid, "")
+}
+
+// Boost renices every thread of QEMU process pid to nice and returns the
+// function that ends the boost (once): each thread gets its nice value
+// back, and threads born during the boost (which inherit it) get the
+// main thread's. (hostd/snapshot's boost does the same for a snapshot
+// point, and also renices its stream thread.)
+func Boost(pid, nice int) (unboost func()) {
+	old := map[int]int{}
+	tids, _ := Threads(pid)
+	for _, tid := range tids {
+		if n, err := ThreadNice(tid); err == nil {
+			old[tid] = n
+			SetThreadNice(tid, nice)
+		}
+	}
+	return sync.OnceFunc(func() {
+		tids, _ := Threads(pid) // none once QEMU is gone
+		for _, tid := range tids {
+			n, ok := old[tid]
+			if !ok {
+				n = old[pid]
+			}
+			SetThreadNice(tid, n)
+		}
+	})
 }
 
 // SetThreadNice sets thread tid's nice value (-20..19; below 0 needs

@@ -56,3 +56,25 @@ func TestMigrationThreadGoesIdleAndBack(t *testing.T) {
 }
 
 func unsafePointer(p *byte) unsafe.Pointer { return unsafe.Pointer(p) }
+
+// Boost renices every thread of a process and gives each its own value
+// back.
+func TestBoostRenicesEveryThreadAndBack(t *testing.T) {
+	pid := os.Getpid()
+	before, err := ThreadNice(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unboost := Boost(pid, before-3)
+	tids, _ := Threads(pid)
+	for _, tid := range tids {
+		if n, err := ThreadNice(tid); err == nil && n != before-3 {
+			t.Errorf("boosted thread %d: nice %d, want %d", tid, n, before-3)
+		}
+	}
+	unboost()
+	unboost()
+	if n, _ := ThreadNice(pid); n != before {
+		t.Errorf("after the boost: nice %d, want %d", n, before)
+	}
+}
