@@ -322,51 +322,8 @@ func TestConsolidateServicesLive(t *testing.T) {
 	for n := 1; n <= nSvc; n++ {
 		c.createService(n, consolHosts[(n-1)/2], fmt.Sprintf("g%d", (n-1)%4))
 	}
-	stop := make(chan struct{})
-	clients := map[string]*echoClient{}
-	var wg sync.WaitGroup
-	for n := 1; n <= nSvc; n++ {
-		e := &echoClient{addr: fmt.Sprintf("10.79.0.%d:7000", n), gaps: map[int]time.Duration{}, rtts: map[int]time.Duration{}, gapEnd: map[int]time.Time{}}
-		clients[fmt.Sprintf("svc%d", n)] = e
-		wg.Add(1)
-		go func() { defer wg.Done(); e.run(clientNS, stop) }()
-	}
-	t.Cleanup(func() { close(stop); wg.Wait() })
-	setPhase := func(p int, every time.Duration) {
-		for _, e := range clients {
-			e.mu.Lock()
-			e.phase, e.every = p, every
-			e.mu.Unlock()
-		}
-	}
-	checkClients := func(when string, phase int) {
-		t.Helper()
-		for name, e := range clients {
-			e.mu.Lock()
-			t.Logf("%s: client of %s: longest gap between answers %v (from %s to %s), longest round trip %v (%d answers)",
-				when, name, e.gaps[phase].Round(time.Millisecond), e.gapEnd[phase].Add(-e.gaps[phase]).UTC().Format(stampMs),
-				e.gapEnd[phase].UTC().Format(stampMs), e.rtts[phase].Round(time.Millisecond), e.count)
-			if e.err != nil {
-				t.Errorf("%s: client of %s failed: %v", when, name, e.err)
-			}
-			e.mu.Unlock()
-		}
-	}
-	for end := time.Now().Add(4 * time.Minute); ; time.Sleep(time.Second) {
-		ready := 0
-		for _, e := range clients {
-			if e.answered() > 10 {
-				ready++
-			}
-		}
-		if ready == nSvc {
-			break
-		}
-		if time.Now().After(end) {
-			checkClients("boot", 0)
-			t.Fatalf("only %d of %d services answer", ready, nSvc)
-		}
-	}
+	clients := startEchoClients(t, clientNS, nSvc)
+	clients.waitAnswering(t, 4*time.Minute)
 	c.waitUsage("every service measured", 2*time.Minute, func(m map[string]coord.JobInfo) bool {
 		n := 0
 		for _, ji := range m {
@@ -394,7 +351,7 @@ func TestConsolidateServicesLive(t *testing.T) {
 	if err != nil || plan.Mode != "consolidate" || len(plan.Plan.Freed) != 2 || len(plan.Plan.Moves) != 4 {
 		t.Fatalf("consolidate --plan: %v, want 4 moves freeing 2 hosts:\n%s", err, out)
 	}
-	setPhase(1, consolidateAsk)
+	clients.setPhase(1, consolidateAsk)
 	start := time.Now()
 	rep, out, err := c.consolidate("--apply", "--parallel", cmp.Or(os.Getenv("SYMVIRT_CONSOLIDATE_PARALLEL"), "1"), "--drain")
 	t.Logf("consolidate --apply (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
@@ -406,10 +363,10 @@ func TestConsolidateServicesLive(t *testing.T) {
 		t.Fatalf("after consolidate: services on %v, want 2 hosts", inUse)
 	}
 	time.Sleep(2 * time.Second)
-	checkClients("consolidate", 1)
+	clients.check(t, "consolidate", 1)
 	c.logMoveTimelines(rep.Results, clients)
 	c.checkMoveTuning(rep.Results)
-	setPhase(1, 0)
+	clients.setPhase(1, 0)
 
 	// Two services of one host start spinning.
 	var burners []string
@@ -417,8 +374,34 @@ func TestConsolidateServicesLive(t *testing.T) {
 		burners = svcs[:2]
 		break
 	}
+	// A lower high-water mark than the default: two spinning TCG guests
+	// on this shared machine may not get two full cores between them.
+	policy := []string{"--target", "0.5", "--high", "0.5"}
+	c.burnUntilScaleOut(clientNS, clients, burners, policy)
+	t.Logf("hosts with %v spinning:\n%s", burners, c.cli("hosts"))
+	clients.setPhase(2, 0)
+	rep, out, err = c.consolidate(append([]string{"--apply"}, policy...)...)
+	t.Logf("consolidate --apply (scale out):\n%s", out)
+	if err != nil || rep.Mode != "scale-out" || len(rep.Uncordoned) != 1 {
+		t.Fatalf("scale out: %v", err)
+	}
+	if inUse := c.hostsInUse(nSvc); len(inUse) != 3 {
+		t.Errorf("after the scale out: services on %v, want 3 hosts", inUse)
+	}
+	time.Sleep(2 * time.Second)
+	clients.check(t, "scale out", 2)
+	c.logMoveTimelines(rep.Results, clients)
+	t.Logf("hosts after:\n%s", c.cli("hosts"))
+}
+
+// burnUntilScaleOut makes the burners spin and waits until consolidate
+// with policy plans a scale out, and then until the hostds' window (10 s)
+// holds nothing but the spin.
+func (c *cluster) burnUntilScaleOut(ns *testenv.NetNS, clients echoClients, burners, policy []string) {
+	t := c.t
+	t.Helper()
 	for _, b := range burners {
-		conn, err := testenv.DialIn(clientNS, clients[b].addr, 5*time.Second)
+		conn, err := testenv.DialIn(ns, clients[b].addr, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -429,14 +412,9 @@ func TestConsolidateServicesLive(t *testing.T) {
 		}
 		conn.Close()
 	}
-	// A lower high-water mark than the default: two spinning TCG guests
-	// on this shared machine may not get two full cores between them.
-	policy := []string{"--target", "0.5", "--high", "0.5"}
-	// Planned once the spin shows; applied once the hostds' window (10 s)
-	// holds nothing but the spin.
 	var since time.Time
 	for end := time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
-		plan, out, err = c.consolidate(append([]string{"--plan"}, policy...)...)
+		plan, out, err := c.consolidate(append([]string{"--plan"}, policy...)...)
 		switch {
 		case err != nil || plan.Mode != "scale-out":
 			since = time.Time{}
@@ -444,24 +422,10 @@ func TestConsolidateServicesLive(t *testing.T) {
 			since = time.Now()
 		}
 		if !since.IsZero() && time.Since(since) > 12*time.Second {
-			break
+			return
 		}
 		if time.Now().After(end) {
 			t.Fatalf("no scale out planned with %v spinning: %v\n%s\nusage: %s", burners, err, out, usageString(c.jobUsage()))
 		}
 	}
-	t.Logf("hosts with %v spinning:\n%s", burners, c.cli("hosts"))
-	setPhase(2, 0)
-	rep, out, err = c.consolidate(append([]string{"--apply"}, policy...)...)
-	t.Logf("consolidate --apply (scale out):\n%s", out)
-	if err != nil || rep.Mode != "scale-out" || len(rep.Uncordoned) != 1 {
-		t.Fatalf("scale out: %v", err)
-	}
-	if inUse := c.hostsInUse(nSvc); len(inUse) != 3 {
-		t.Errorf("after the scale out: services on %v, want 3 hosts", inUse)
-	}
-	time.Sleep(2 * time.Second)
-	checkClients("scale out", 2)
-	c.logMoveTimelines(rep.Results, clients)
-	t.Logf("hosts after:\n%s", c.cli("hosts"))
 }
