@@ -40,15 +40,6 @@ nc -ll -p 7000 -e /bin/svc </dev/null >/dev/null 2>&1 &
 // consolidateAsk is how often the clients ask while VMs move.
 const consolidateAsk = 40 * time.Millisecond
 
-// svcRCNice is svcRC with the service's server at nice (the guest's
-// agent and its log pipe at 0), for a side-by-side run; "": as is.
-func svcRCNice(nice string) string {
-	if nice == "" {
-		return svcRC
-	}
-	return strings.Replace(svcRC, "nc -ll", "nice -n "+nice+" nc -ll", 1)
-}
-
 var consolHosts = []string{"a", "b", "c", "d"}
 
 func consolIP(h string) string { return fmt.Sprintf("10.77.9.%d", 21+slices.Index(consolHosts, h)) }
@@ -102,7 +93,7 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 	}
 	c.initrd = testguest.Initrd(t, map[string]testguest.File{
 		"/bin/svc":                 {Mode: 0o755, Data: []byte(svcScript)},
-		"/etc/symvirt/rc.d/40-svc": {Mode: 0o755, Data: []byte(svcRCNice(os.Getenv("SYMVIRT_SVC_NICE")))},
+		"/etc/symvirt/rc.d/40-svc": {Mode: 0o755, Data: []byte(svcRC)},
 	})
 	return c, client
 }
