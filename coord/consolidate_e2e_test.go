@@ -2,6 +2,7 @@ package coord_test
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -35,6 +36,9 @@ const svcRC = `#!/bin/sh
 nc -ll -p 7000 -e /bin/svc </dev/null >/dev/null 2>&1 &
 ( until [ -e /run/burn ]; do sleep 1; done; echo "burning"; while :; do :; done ) </dev/null >/dev/console 2>&1 &
 `
+
+// consolidateAsk is how often the clients ask while VMs move.
+const consolidateAsk = 40 * time.Millisecond
 
 var consolHosts = []string{"a", "b", "c", "d"}
 
@@ -98,7 +102,10 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 // $SYMVIRT_MIGRATION_DOWNTIME (e.g. 30ms, for a run on QEMU 10, whose TCG
 // pre-copy is exact, with SYMVIRT_QEMU set to it); unset, hostd's default.
 // $SYMVIRT_MIGRATION_KEEP_FRAMES=false turns off what a paused source
-// passes on (hostd's migration_keep_frames), for a side-by-side run.
+// passes on (hostd's migration_keep_frames), for a side-by-side run;
+// hostd's migration_idle_thread and migration_resume_boost are on (true,
+// 2s) unless $SYMVIRT_MIGRATION_IDLE_THREAD or $SYMVIRT_MIGRATION_RESUME_BOOST
+// say otherwise (false, 0s).
 func consolMigrationConfig() string {
 	out := ""
 	if d := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME"); d != "" {
@@ -107,6 +114,8 @@ func consolMigrationConfig() string {
 	if k := os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"); k != "" {
 		out += "migration_keep_frames: " + k + "\n"
 	}
+	out += "migration_idle_thread: " + cmp.Or(os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"), "true") + "\n"
+	out += "migration_resume_boost: " + cmp.Or(os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"), "2s") + "\n"
 	return out
 }
 
@@ -139,13 +148,16 @@ vms:
 
 // echoClient keeps one TCP connection to a service and asks it a line
 // every 100 ms (more would keep eight TCG guests on two cores too busy to
-// tell a spinning one apart); it records, per phase, the longest time
-// between two answers and the longest round trip, and the first failure
-// (a broken connection, a wrong answer, or 20 s without one).
+// tell a spinning one apart), every 40 ms while VMs move (consolidateAsk:
+// the gap it measures is the service's pause plus up to one interval); it
+// records, per phase, the longest time between two answers and the
+// longest round trip, and the first failure (a broken connection, a wrong
+// answer, or 20 s without one).
 type echoClient struct {
 	addr  string
 	mu    sync.Mutex
 	phase int
+	every time.Duration // between an answer and the next question
 	gaps  map[int]time.Duration
 	rtts  map[int]time.Duration
 	// gapEnd is when the longest gap of a phase ended.
@@ -153,6 +165,8 @@ type echoClient struct {
 	// times are when each answer came (the gap around a move is found
 	// from them).
 	times []time.Time
+	// sent are when each answer's question was sent.
+	sent  []time.Time
 	err   error
 	count int
 }
@@ -173,10 +187,13 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 	r := bufio.NewReader(conn)
 	last := time.Now()
 	for i := 0; ; i++ {
+		e.mu.Lock()
+		every := cmp.Or(e.every, 100*time.Millisecond)
+		e.mu.Unlock()
 		select {
 		case <-stop:
 			return
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(every):
 		}
 		sent := time.Now()
 		conn.SetDeadline(sent.Add(20 * time.Second))
@@ -198,6 +215,7 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 		e.rtts[e.phase] = max(e.rtts[e.phase], now.Sub(sent))
 		e.count++
 		e.times = append(e.times, now)
+		e.sent = append(e.sent, sent)
 		e.mu.Unlock()
 		last = now
 	}
@@ -277,8 +295,12 @@ func (c *cluster) hostsInUse(nSvc int) map[string][]string {
 // networks are one VXLAN segment; `symvirt consolidate --apply --drain`
 // packs them onto two hosts (pairs of services in one anti-affinity group
 // keep them from sharing one) in one run of live migrations through the
-// coordinator, and cordons the two it emptied; every client kept its
-// connection (its longest gap between answers is logged). Then two
+// coordinator, one at a time (two at once on these two cores lengthened
+// every moved client's gap), and cordons the two it emptied; every client
+// kept its connection (its longest gap between answers is logged, and
+// where the gap went), and every move ran its migration thread idle at the
+// source and was boosted at the destination (hostd's migration_idle_thread
+// and migration_resume_boost, on here). Then two
 // services on one host start spinning: the host is above its high-water
 // mark and consolidate scales out, to a third host (the services'
 // anti-affinity partners fill the other one), taking back a drained host.
@@ -291,51 +313,8 @@ func TestConsolidateServicesLive(t *testing.T) {
 	for n := 1; n <= nSvc; n++ {
 		c.createService(n, consolHosts[(n-1)/2], fmt.Sprintf("g%d", (n-1)%4))
 	}
-	stop := make(chan struct{})
-	clients := map[string]*echoClient{}
-	var wg sync.WaitGroup
-	for n := 1; n <= nSvc; n++ {
-		e := &echoClient{addr: fmt.Sprintf("10.79.0.%d:7000", n), gaps: map[int]time.Duration{}, rtts: map[int]time.Duration{}, gapEnd: map[int]time.Time{}}
-		clients[fmt.Sprintf("svc%d", n)] = e
-		wg.Add(1)
-		go func() { defer wg.Done(); e.run(clientNS, stop) }()
-	}
-	t.Cleanup(func() { close(stop); wg.Wait() })
-	setPhase := func(p int) {
-		for _, e := range clients {
-			e.mu.Lock()
-			e.phase = p
-			e.mu.Unlock()
-		}
-	}
-	checkClients := func(when string, phase int) {
-		t.Helper()
-		for name, e := range clients {
-			e.mu.Lock()
-			t.Logf("%s: client of %s: longest gap between answers %v (asked every 100 ms, from %s to %s), longest round trip %v (%d answers)",
-				when, name, e.gaps[phase].Round(time.Millisecond), e.gapEnd[phase].Add(-e.gaps[phase]).UTC().Format(stampMs),
-				e.gapEnd[phase].UTC().Format(stampMs), e.rtts[phase].Round(time.Millisecond), e.count)
-			if e.err != nil {
-				t.Errorf("%s: client of %s failed: %v", when, name, e.err)
-			}
-			e.mu.Unlock()
-		}
-	}
-	for end := time.Now().Add(4 * time.Minute); ; time.Sleep(time.Second) {
-		ready := 0
-		for _, e := range clients {
-			if e.answered() > 10 {
-				ready++
-			}
-		}
-		if ready == nSvc {
-			break
-		}
-		if time.Now().After(end) {
-			checkClients("boot", 0)
-			t.Fatalf("only %d of %d services answer", ready, nSvc)
-		}
-	}
+	clients := startEchoClients(t, clientNS, nSvc)
+	clients.waitAnswering(t, 4*time.Minute)
 	c.waitUsage("every service measured", 2*time.Minute, func(m map[string]coord.JobInfo) bool {
 		n := 0
 		for _, ji := range m {
@@ -363,9 +342,9 @@ func TestConsolidateServicesLive(t *testing.T) {
 	if err != nil || plan.Mode != "consolidate" || len(plan.Plan.Freed) != 2 || len(plan.Plan.Moves) != 4 {
 		t.Fatalf("consolidate --plan: %v, want 4 moves freeing 2 hosts:\n%s", err, out)
 	}
-	setPhase(1)
+	clients.setPhase(1, consolidateAsk)
 	start := time.Now()
-	rep, out, err := c.consolidate("--apply", "--parallel", "2", "--drain")
+	rep, out, err := c.consolidate("--apply", "--parallel", cmp.Or(os.Getenv("SYMVIRT_CONSOLIDATE_PARALLEL"), "1"), "--drain")
 	t.Logf("consolidate --apply (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
 	if err != nil || len(rep.Empty) != 2 || len(rep.Drained) != 2 || len(rep.Results) != 4 {
 		t.Fatalf("consolidate --apply: %v", err)
@@ -375,8 +354,10 @@ func TestConsolidateServicesLive(t *testing.T) {
 		t.Fatalf("after consolidate: services on %v, want 2 hosts", inUse)
 	}
 	time.Sleep(2 * time.Second)
-	checkClients("consolidate", 1)
+	clients.check(t, "consolidate", 1)
 	c.logMoveTimelines(rep.Results, clients)
+	c.checkMoveTuning(rep.Results)
+	clients.setPhase(1, 0)
 
 	// Two services of one host start spinning.
 	var burners []string
@@ -384,8 +365,34 @@ func TestConsolidateServicesLive(t *testing.T) {
 		burners = svcs[:2]
 		break
 	}
+	// A lower high-water mark than the default: two spinning TCG guests
+	// on this shared machine may not get two full cores between them.
+	policy := []string{"--target", "0.5", "--high", "0.5"}
+	c.burnUntilScaleOut(clientNS, clients, burners, policy)
+	t.Logf("hosts with %v spinning:\n%s", burners, c.cli("hosts"))
+	clients.setPhase(2, 0)
+	rep, out, err = c.consolidate(append([]string{"--apply"}, policy...)...)
+	t.Logf("consolidate --apply (scale out):\n%s", out)
+	if err != nil || rep.Mode != "scale-out" || len(rep.Uncordoned) != 1 {
+		t.Fatalf("scale out: %v", err)
+	}
+	if inUse := c.hostsInUse(nSvc); len(inUse) != 3 {
+		t.Errorf("after the scale out: services on %v, want 3 hosts", inUse)
+	}
+	time.Sleep(2 * time.Second)
+	clients.check(t, "scale out", 2)
+	c.logMoveTimelines(rep.Results, clients)
+	t.Logf("hosts after:\n%s", c.cli("hosts"))
+}
+
+// burnUntilScaleOut makes the burners spin and waits until consolidate
+// with policy plans a scale out, and then until the hostds' window (10 s)
+// holds nothing but the spin.
+func (c *cluster) burnUntilScaleOut(ns *testenv.NetNS, clients echoClients, burners, policy []string) {
+	t := c.t
+	t.Helper()
 	for _, b := range burners {
-		conn, err := testenv.DialIn(clientNS, clients[b].addr, 5*time.Second)
+		conn, err := testenv.DialIn(ns, clients[b].addr, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -396,14 +403,9 @@ func TestConsolidateServicesLive(t *testing.T) {
 		}
 		conn.Close()
 	}
-	// A lower high-water mark than the default: two spinning TCG guests
-	// on this shared machine may not get two full cores between them.
-	policy := []string{"--target", "0.5", "--high", "0.5"}
-	// Planned once the spin shows; applied once the hostds' window (10 s)
-	// holds nothing but the spin.
 	var since time.Time
 	for end := time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
-		plan, out, err = c.consolidate(append([]string{"--plan"}, policy...)...)
+		plan, out, err := c.consolidate(append([]string{"--plan"}, policy...)...)
 		switch {
 		case err != nil || plan.Mode != "scale-out":
 			since = time.Time{}
@@ -411,24 +413,10 @@ func TestConsolidateServicesLive(t *testing.T) {
 			since = time.Now()
 		}
 		if !since.IsZero() && time.Since(since) > 12*time.Second {
-			break
+			return
 		}
 		if time.Now().After(end) {
 			t.Fatalf("no scale out planned with %v spinning: %v\n%s\nusage: %s", burners, err, out, usageString(c.jobUsage()))
 		}
 	}
-	t.Logf("hosts with %v spinning:\n%s", burners, c.cli("hosts"))
-	setPhase(2)
-	rep, out, err = c.consolidate(append([]string{"--apply"}, policy...)...)
-	t.Logf("consolidate --apply (scale out):\n%s", out)
-	if err != nil || rep.Mode != "scale-out" || len(rep.Uncordoned) != 1 {
-		t.Fatalf("scale out: %v", err)
-	}
-	if inUse := c.hostsInUse(nSvc); len(inUse) != 3 {
-		t.Errorf("after the scale out: services on %v, want 3 hosts", inUse)
-	}
-	time.Sleep(2 * time.Second)
-	checkClients("scale out", 2)
-	c.logMoveTimelines(rep.Results, clients)
-	t.Logf("hosts after:\n%s", c.cli("hosts"))
 }

@@ -48,6 +48,12 @@ type Config struct {
 	// the frames its taps get while the VM is paused (frames_forward.go):
 	// for a side-by-side measurement.
 	MigrationKeepFrames *bool `yaml:"migration_keep_frames"`
+	// MigrationIdleThread runs a migrating source's QEMU migration thread
+	// under SCHED_IDLE until the last round (migprio.go).
+	MigrationIdleThread *bool `yaml:"migration_idle_thread"`
+	// MigrationResumeBoost is how long a VM just moved here runs its QEMU
+	// at a higher priority (moveboost.go); 0: not at all.
+	MigrationResumeBoost time.Duration `yaml:"migration_resume_boost"`
 	// MigrationDowntime is the downtime-limit a live migration asks QEMU
 	// for when its caller sets none (QEMU's own is 300 ms, a service's
 	// whole pause budget); a step's DowntimeLimit overrides it. Zero: 50 ms

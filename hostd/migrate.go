@@ -313,6 +313,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	taps := vm.captureFrames()
 	stops, unsubscribe := mon.Subscribe("STOP")
 	defer unsubscribe()
+	defer vm.idleMigrationThread(mon)()
 	if err == nil {
 		tun, info, err = vm.migrateRAM(ctx, mon, args, inc.URI)
 	}

@@ -486,6 +486,9 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 	vm.mu.Lock()
 	moved := vm.rt.Incoming
 	vm.mu.Unlock()
+	if moved {
+		vm.boostAfterMove()
+	}
 	if err := vm.completeIncoming(ctx); err != nil {
 		return err
 	}
