@@ -12,20 +12,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// QEMU names its threads when started with -name ...,debug-threads=on
+// MigrationThreadNames: QEMU names its threads when started with -name ...,debug-threads=on
 // (args.go): a migration's sending thread is "live_migration" (7.2) or
 // "mig/src/main" (9 and later), a TCG vCPU "CPU 0/TCG".
-var migrationThreadNames = []string{"live_migration", "mig/src/"}
+var MigrationThreadNames = []string{"live_migration", "mig/src/"}
 
 // MigrationThreads are the thread IDs of QEMU pid's outgoing migration
 // threads (none before a migrate command has started one).
 func MigrationThreads(pid int) ([]int, error) {
-	return threadsNamed(pid, migrationThreadNames...)
+	return ThreadsNamed(pid, MigrationThreadNames...)
 }
 
-// threadsNamed returns the IDs of pid's threads whose name starts with one
+// ThreadsNamed returns the IDs of pid's threads whose name starts with one
 // of prefixes.
-func threadsNamed(pid int, prefixes ...string) ([]int, error) {
+func ThreadsNamed(pid int, prefixes ...string) ([]int, error) {
 	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -79,14 +79,13 @@ func ThreadIdle(tid int) (bool, error) {
 // Threads are the thread IDs of QEMU pid: its main loop (device I/O, an
 // incoming migration's loading), its vCPUs ("CPU n/TCG") and the rest.
 func Threads(pid int) ([]int, error) {
-	return threadsNamed(pid, "")
+	return ThreadsNamed(pid, "")
 }
 
 // Boost renices every thread of QEMU process pid to nice and returns the
 // function that ends the boost (once): each thread gets its nice value
 // back, and threads born during the boost (which inherit it) get the
-// main thread's. (hostd/snapshot's boost does the same for a snapshot
-// point, and also renices its stream thread.)
+// main thread's.
 func Boost(pid, nice int) (unboost func()) {
 	old := map[int]int{}
 	tids, _ := Threads(pid)

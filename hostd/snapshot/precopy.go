@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/symvirt/symvirt/hostd/qemu"
+
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -128,7 +130,7 @@ func (p *precopy) start(ctx context.Context) (*os.File, error) {
 	p.a.used = true
 	p.o.Log.Info("live checkpoint copy started", "downtime_limit", precopyDowntime)
 	// A guest waiting for a CPU is stalled, a copy that waits only longer.
-	renice(p.o.PID, "live_migration", streamNice)
+	renice(p.o.PID, streamNice, qemu.MigrationThreadNames...)
 	return r, nil
 }
 

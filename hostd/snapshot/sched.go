@@ -7,12 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/symvirt/symvirt/hostd/qemu"
 )
 
 const (
@@ -81,60 +81,27 @@ func lockMachine(ctx context.Context, path string) (unlock func(), err error) {
 
 // boost renices every thread of QEMU process pid to nice and returns the
 // function that ends the boost (once): each thread gets its nice value
-// back, the background-snapshot thread (named by -name debug-threads=on)
-// gets BackgroundStreamNice, and threads born during the boost (which inherit it)
-// get the main thread's.
+// back, threads born during the boost (which inherit it) get the main
+// thread's, and the background-snapshot thread (named by -name
+// debug-threads=on, born at the point) gets BackgroundStreamNice.
 func boost(pid, nice int) (unboost func()) {
 	if pid <= 0 {
 		return func() {}
 	}
-	old := map[int]int{}
-	for _, tid := range threads(pid) {
-		// The raw getpriority(2) is 20-nice.
-		if p, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil {
-			old[tid] = 20 - p
-			unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
-		}
-	}
+	end := qemu.Boost(pid, nice)
 	return sync.OnceFunc(func() {
-		for _, tid := range threads(pid) {
-			n, ok := old[tid]
-			switch {
-			case ok:
-			case threadName(pid, tid) == "bg_snapshot":
-				n = BackgroundStreamNice
-			default:
-				n = old[pid]
-			}
-			unix.Setpriority(unix.PRIO_PROCESS, tid, n)
-		}
+		end()
+		renice(pid, BackgroundStreamNice, "bg_snapshot")
 	})
 }
 
-// renice sets the nice value of process pid's threads called name.
-func renice(pid int, name string, nice int) {
-	for _, tid := range threads(pid) {
-		if threadName(pid, tid) == name {
-			unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
-		}
+// renice sets the nice value of process pid's threads whose names start
+// with one of names.
+func renice(pid, nice int, names ...string) {
+	tids, _ := qemu.ThreadsNamed(pid, names...) // none once QEMU is gone
+	for _, tid := range tids {
+		qemu.SetThreadNice(tid, nice)
 	}
-}
-
-// threads lists the threads of process pid (none once it is gone).
-func threads(pid int) []int {
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	var tids []int
-	for _, e := range ents {
-		if tid, err := strconv.Atoi(e.Name()); err == nil {
-			tids = append(tids, tid)
-		}
-	}
-	return tids
-}
-
-func threadName(pid, tid int) string {
-	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", pid, tid))
-	return strings.TrimSpace(string(comm))
 }
 
 // atLowestPriority runs fn on a thread of the lowest priority: syncing
