@@ -32,8 +32,9 @@ import (
 // clone stops rather than boot a kernel it does not have.
 
 // placeholderKernelName is the placeholder's file in the templates
-// directory.
-const placeholderKernelName = "placeholder-kernel"
+// directory (a name no template can take: template names start with a
+// letter or digit).
+const placeholderKernelName = ".clone-kernel"
 
 // cloneEnv is the environment added to a clone's QEMU.
 var cloneEnv = []string{"MALLOC_ARENA_MAX=1"}
