@@ -277,10 +277,12 @@ func cloneMemory(t *testing.T, tmpl hostd.Template, clones []hostd.CloneResult, 
 	}
 	for _, cl := range clones {
 		m.wrote += one(cl.VM, cl.PID)[partGuestW]
+		cloneHoldsNoKernel(t, cl.PID)
 	}
 	m.clones = m.sum
 	for i, pid := range standbys {
 		m.sbWrote += one(fmt.Sprintf("standby %d", i), pid)[partGuestW]
+		cloneHoldsNoKernel(t, pid)
 	}
 	m.standby = m.sum - m.clones
 	n := int64(len(clones) + len(standbys))

@@ -23,9 +23,10 @@ import (
 //     block of the template's state, which must exist to load) and no
 //     initrd or command line. The clone's spec keeps the real kernel: a
 //     clone that later moves or restarts its QEMU gets it back.
-//   - a malloc arena per thread that allocates (glibc makes up to 8 per
-//     core, each a 64 MiB reservation touched as used): one arena does for
-//     a clone, which has a vCPU thread, an I/O thread and few allocations.
+//
+// (glibc's malloc tunables, MALLOC_ARENA_MAX=1 and a fixed
+// MALLOC_MMAP_THRESHOLD_, were measured too and saved nothing: the vCPU
+// thread's arena's allocations move into the main heap; docs/templates.md.)
 //
 // A clone whose guest reboots runs the placeholder: it powers the machine
 // off (ACPI S5 through the PM1a control port SeaBIOS sets on q35), so the
@@ -35,9 +36,6 @@ import (
 // directory (a name no template can take: template names start with a
 // letter or digit).
 const placeholderKernelName = ".clone-kernel"
-
-// cloneEnv is the environment added to a clone's QEMU.
-var cloneEnv = []string{"MALLOC_ARENA_MAX=1"}
 
 // placeholderKernel is a Linux boot image (boot protocol 2.06, one setup
 // sector, a loaded-high kernel of one sector) whose real-mode entry powers
@@ -81,10 +79,9 @@ func (h *Host) placeholderKernelPath() (string, error) {
 
 // leanClone makes a's QEMU a clone's: the template's RAM private, TCG's
 // translation buffer bounded, the placeholder kernel for a template that
-// booted a kernel, one malloc arena.
+// booted a kernel.
 func (h *Host) leanClone(a *qemu.Args) error {
 	a.PrivateRAM, a.Accel = true, cloneAccel(a.Accel)
-	a.Env = append(a.Env, cloneEnv...)
 	if a.Spec.Kernel == "" {
 		return nil
 	}

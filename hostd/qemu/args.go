@@ -35,8 +35,6 @@ type Args struct {
 	// PrivateRAM maps the RAM file (a template's) private copy-on-write
 	// (share=off): the guest's writes never reach the file.
 	PrivateRAM bool
-	// Env is added to QEMU's environment (NAME=value).
-	Env []string
 	// runWith: the binary takes -run-with user= for -runas (Start).
 	runWith bool
 }

@@ -44,9 +44,6 @@ func (p *Process) ExitErr() error {
 func Start(ctx context.Context, bin string, a Args, ram *os.File) (*Process, error) {
 	a.runWith = a.RunAs != "" && hasRunWithUser(ctx, bin)
 	cmd := exec.Command(bin, append(a.argv(), "-S")...)
-	if len(a.Env) > 0 {
-		cmd.Env = append(os.Environ(), a.Env...)
-	}
 	if a.ramFile() {
 		if ram == nil {
 			return nil, fmt.Errorf("%w: shared memory without a file", sentinel.ErrQEMUStart)
