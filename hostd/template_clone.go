@@ -162,7 +162,9 @@ func (vm *VM) startClone(ctx context.Context, ram, state *os.File, digest manife
 	vm.mu.Lock()
 	bin, a := vm.qemuBinary(), vm.args(l, vm.rt.Gen)
 	vm.mu.Unlock()
-	a.PrivateRAM, a.Accel = true, cloneAccel(a.Accel)
+	if err := vm.h.leanClone(&a); err != nil {
+		return nil, err
+	}
 	p, err := qemu.Start(ctx, bin, a, ram)
 	if err != nil {
 		return nil, fmt.Errorf("vm %q: %w", vm.name, err)

@@ -52,34 +52,8 @@ func templateGuest(t *testing.T, name string) hostd.Spec {
 // code) and of shmem pages (the template file's, shared).
 type smaps struct{ pss, anon, shmem int64 }
 
-func (s *smaps) add(o smaps) { s.pss, s.anon, s.shmem = s.pss+o.pss, s.anon+o.anon, s.shmem+o.shmem }
-
 func (s smaps) String() string {
 	return fmt.Sprintf("%s (anonymous %s, shmem %s)", mib(s.pss), mib(s.anon), mib(s.shmem))
-}
-
-// guestWrites sums the anonymous pages of a clone's guest RAM mapping
-// (the template file, private): the pages its guest wrote, copied on
-// write. The rest of its anonymous memory is QEMU's own.
-func guestWrites(t *testing.T, pid int, file string) int64 {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var in bool
-	var sum int64
-	for _, l := range strings.Split(string(data), "\n") {
-		fl := strings.Fields(l)
-		switch {
-		case len(fl) >= 5 && strings.Contains(fl[0], "-"):
-			in = fl[len(fl)-1] == file
-		case in && len(fl) == 3 && fl[0] == "Anonymous:":
-			kb, _ := strconv.ParseInt(fl[1], 10, 64)
-			sum += kb << 10
-		}
-	}
-	return sum
 }
 
 func readSmaps(t *testing.T, pid int) smaps {
@@ -147,10 +121,13 @@ func TestTemplateClones(t *testing.T) {
 	mem := cloneMemory(t, tmpl, clones, standbys)
 	coldBoot, coldPSS := coldBoot(t, h)
 	r := readiness(clones)
-	t.Logf("SUMMARY cold boot %s, QEMU PSS %s | %d clones (pool %d, %d taken from it): ready p50 %s p90 %s | PSS sum %s (clones %s + standby %s) = %.2fx one booted VM; minus what the clones wrote (%s): %.2fx (target 1.5x); with the template file's unmapped pages %.2fx",
+	all := mem.wrote + mem.sbWrote
+	t.Logf("SUMMARY cold boot %s, QEMU PSS %s | %d clones (pool %d, %d taken from it): ready p50 %s p90 %s | PSS sum %s (clones %s + standby %s) = %.2fx one booted VM | guests wrote %s (clones %s, standbys %s), QEMUs' own %s (%s each) | (sum - all written) / booted VM = %.2fx (target 1.5x: sum %s <= %s); the %d clones alone (pool not counted) %.2fx; with the template file's unmapped pages %.2fx",
 		coldBoot.Round(time.Millisecond), mib(coldPSS), len(clones), pool, r.standby, r.p50, r.p90,
-		mib(mem.sum), mib(mem.clones), mib(mem.standby), float64(mem.sum)/float64(coldPSS), mib(mem.wrote),
-		float64(mem.sum-mem.wrote)/float64(coldPSS), float64(mem.sum+mem.tmplUnmapped)/float64(coldPSS))
+		mib(mem.sum), mib(mem.clones), mib(mem.standby), float64(mem.sum)/float64(coldPSS),
+		mib(all), mib(mem.wrote), mib(mem.sbWrote), mib(mem.own), mib(mem.own/int64(len(clones)+len(standbys))),
+		float64(mem.sum-all)/float64(coldPSS), mib(mem.sum), mib(coldPSS*3/2+all),
+		len(clones), float64(mem.clones-mem.wrote)/float64(coldPSS), float64(mem.sum-all+mem.tmplUnmapped)/float64(coldPSS))
 
 	// The clones wrote their memory; the template's file is as it was.
 	if sum, err := hostd.FileSHA256(tmpl.RAM.Path); err != nil || sum != tmpl.RAMSHA256 {
@@ -273,37 +250,51 @@ func checkCloneIdentities(t *testing.T, h *testenv.Hostd, clones []hostd.CloneRe
 	}
 }
 
-// cloneMem is the host's memory for the clones: the sum of PSS of
-// their QEMUs and of the standby clones waiting in the pool, what the
-// clones' guests wrote (their private copies of template pages), and the
-// template file's pages no QEMU maps (in /dev/shm, in no one's PSS).
-type cloneMem struct{ sum, clones, standby, wrote, tmplUnmapped int64 }
+// cloneMem is the host's memory for the clones: the sum of PSS of their
+// QEMUs and of the standby clones waiting in the pool; what the guests
+// wrote (wrote: the requested clones', sbWrote: the standbys'), which is
+// the anonymous pages of each one's private mapping of the template's
+// RAM file, the guest RAM pages it dirtied and so holds a copy of its
+// own; shared, the PSS of the template file's pages they map untouched;
+// own, the rest, QEMU's own memory; and the template file's pages no
+// QEMU maps (in /dev/shm, in no one's PSS).
+type cloneMem struct{ sum, clones, standby, wrote, sbWrote, shared, own, tmplUnmapped int64 }
 
-// cloneMemory logs the clones' and the standby clones' memory, by part.
+// cloneMemory logs each clone's memory by part and the totals.
 func cloneMemory(t *testing.T, tmpl hostd.Template, clones []hostd.CloneResult, standbys []int) cloneMem {
-	var all, sb smaps
 	var m cloneMem
-	parts, sbParts := memParts{}, memParts{}
+	parts := memParts{}
+	one := func(name string, pid int) memParts {
+		p := readMemParts(t, pid, tmpl.RAM.Path, int(tmpl.Spec.Memory))
+		s := readSmaps(t, pid)
+		own := s.pss - p[partGuest]
+		m.sum, m.own, m.shared = m.sum+s.pss, m.own+own, m.shared+p[partGuest]-p[partGuestW]
+		t.Logf("%s: PSS %s = QEMU's own %s (TCG %s, heap %s, other anonymous %s, files %s) + template pages shared %s + guest wrote %s",
+			name, mib(s.pss), mib(own), mib(p[partTCG]), mib(p[partHeap]), mib(p[partAnon]), mib(p[partFiles]),
+			mib(p[partGuest]-p[partGuestW]), mib(p[partGuestW]))
+		parts.add(p)
+		return p
+	}
 	for _, cl := range clones {
-		all.add(readSmaps(t, cl.PID))
-		m.wrote += guestWrites(t, cl.PID, tmpl.RAM.Path)
-		parts.add(readMemParts(t, cl.PID, tmpl.RAM.Path, int(tmpl.Spec.Memory)))
+		m.wrote += one(cl.VM, cl.PID)[partGuestW]
+		cloneHoldsNoKernel(t, cl.PID)
 	}
-	for _, pid := range standbys {
-		sb.add(readSmaps(t, pid))
-		sbParts.add(readMemParts(t, pid, tmpl.RAM.Path, int(tmpl.Spec.Memory)))
+	m.clones = m.sum
+	for i, pid := range standbys {
+		m.sbWrote += one(fmt.Sprintf("standby %d", i), pid)[partGuestW]
+		cloneHoldsNoKernel(t, pid)
 	}
-	n := int64(len(clones))
-	t.Logf("%d clones: PSS by part (guest RAM includes what it wrote): %s", n, parts)
-	t.Logf("%d standby clones: PSS %s; by part: %s", len(standbys), sb, sbParts)
-	t.Logf("clone c0: PSS by part: %s%s", readMemParts(t, clones[0].PID, tmpl.RAM.Path, int(tmpl.Spec.Memory)), bigMappings(t, clones[0].PID, tmpl.RAM.Path))
-	t.Logf("%d clones: their guests wrote %s (copied on write), %s each; QEMU's own anonymous memory %s each",
-		n, mib(m.wrote), mib(m.wrote/n), mib((all.anon-m.wrote)/n))
+	m.standby = m.sum - m.clones
+	n := int64(len(clones) + len(standbys))
+	t.Logf("%d clones and %d standbys: PSS by part: %s", len(clones), len(standbys), parts)
+	t.Logf("clone c0's mappings over 512 KiB (guest RAM aside):%s", bigMappings(t, clones[0].PID, tmpl.RAM.Path))
+	t.Logf("per QEMU (mean of %d): PSS %s = QEMU's own %s + template pages shared %s + guest wrote %s (clones %s each, standbys %s each)",
+		n, mib(m.sum/n), mib(m.own/n), mib(m.shared/n), mib((m.wrote+m.sbWrote)/n),
+		mib(m.wrote/int64(len(clones))), mib(m.sbWrote/int64(max(1, len(standbys)))))
 	st, _ := os.Stat(tmpl.RAM.Path)
 	file := st.Sys().(*syscall.Stat_t).Blocks * 512
-	m.clones, m.standby, m.sum = all.pss, sb.pss, all.pss+sb.pss
-	m.tmplUnmapped = max(0, file-all.shmem-sb.shmem)
-	t.Logf("%d clones: sum of QEMU PSS %s, %s each; template RAM file holds %s", n, all, mib(all.pss/n), mib(file))
+	m.tmplUnmapped = max(0, file-m.shared)
+	t.Logf("template RAM file holds %s, of which %s mapped by no clone", mib(file), mib(m.tmplUnmapped))
 	return m
 }
 

@@ -78,8 +78,10 @@ func (s *standby) run(ctx context.Context, h *Host, t Template, nics []guestprot
 	}
 	defer ram.Close()
 	defer state.Close()
-	a := qemu.Args{Spec: s.spec, Dir: s.dir, Accel: cloneAccel(h.cfg.Accel), Incoming: true,
-		RunAs: h.cfg.QEMUUser, PrivateRAM: true}
+	a := qemu.Args{Spec: s.spec, Dir: s.dir, Accel: h.cfg.Accel, Incoming: true, RunAs: h.cfg.QEMUUser}
+	if err := h.leanClone(&a); err != nil {
+		return err
+	}
 	if s.proc, err = qemu.Start(ctx, h.cfg.QEMU, a, ram); err != nil {
 		return err
 	}
