@@ -44,13 +44,7 @@ func (p *peerImage) Manifest(ctx context.Context) ([]byte, error) {
 // manifest.
 func (h *Host) servePeerTemplate(w http.ResponseWriter, r *http.Request) {
 	data, err := h.templateManifestBytes(r.PathValue("name"))
-	if err != nil {
-		errorCodes.WriteError(w, err)
-		return
-	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	w.Write(data)
+	writeRaw(w, data, err)
 }
 
 // servePeerImage answers a peer's GET of a manifest or a chunk with raw
@@ -68,6 +62,11 @@ func (h *Host) servePeerImage(w http.ResponseWriter, r *http.Request) {
 			err = fmt.Errorf("chunk %q: %w", r.PathValue("chunk"), ErrInvalidSpec)
 		}
 	}
+	writeRaw(w, data, err)
+}
+
+// writeRaw answers a peer with raw bytes, or with err on the wire.
+func writeRaw(w http.ResponseWriter, data []byte, err error) {
 	if err != nil {
 		errorCodes.WriteError(w, err)
 		return

@@ -37,13 +37,7 @@ func (h *Host) CreateTemplate(ctx context.Context, name string, spec Spec) (Temp
 	if err != nil {
 		return Template{}, err
 	}
-	if err := os.MkdirAll(h.templatesDir(), 0o700); err != nil {
-		return Template{}, err
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return Template{}, fmt.Errorf("template %q: %w", name, ErrExists)
-		}
+	if err := h.makeTemplateDir(name, dir); err != nil {
 		return Template{}, err
 	}
 	t, err := h.bootTemplate(ctx, dir, name, spec)
@@ -175,4 +169,19 @@ func (vm *VM) saveTemplate(ctx context.Context, dir, ramPath string) (manifest.F
 	}
 	id, err := ramIdentity(ramPath)
 	return state, id, err
+}
+
+// makeTemplateDir creates template name's directory dir, refusing one that
+// exists: two creations or fetches of one name must not share it.
+func (h *Host) makeTemplateDir(name, dir string) error {
+	if err := os.MkdirAll(h.templatesDir(), 0o700); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("template %q: %w", name, ErrExists)
+		}
+		return err
+	}
+	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -50,13 +49,7 @@ func (h *Host) FetchTemplate(ctx context.Context, name string, req FetchTemplate
 	if err != nil {
 		return Template{}, fmt.Errorf("fetch template %q: %w", name, err)
 	}
-	if err := os.MkdirAll(h.templatesDir(), 0o700); err != nil {
-		return Template{}, err
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return Template{}, fmt.Errorf("template %q: %w", name, ErrExists)
-		}
+	if err := h.makeTemplateDir(name, dir); err != nil {
 		return Template{}, err
 	}
 	t, err := h.assembleTemplate(ctx, dir, m, data, req)
