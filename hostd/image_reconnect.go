@@ -14,8 +14,8 @@ const imageReconnectDelay = 60 * time.Second
 // imageBacking is the backing file name of an image VM's overlay: the
 // image's NBD export on this host as a json: name, because only the
 // nbd driver's options (not an nbd+unix:// URI) carry reconnect-delay.
-// Without it, QEMU (7.2 and 10) fails every read once the export went
-// away, even after it is served again.
+// Without it, QEMU (7.2 and 10) fails with an I/O error the reads that
+// find the export gone, even when it is served again by then.
 // Overlays made with the URI name keep opening as before.
 func imageBacking(image, socket string) string {
 	return nbdBacking(image, socket, imageReconnectDelay)
