@@ -70,8 +70,7 @@ func (h *Host) BootImageVM(ctx context.Context, image string, req ImageVMRequest
 		}
 	}()
 	sock := filepath.Join(h.imagesDir(), image, "nbd.sock")
-	backing := "nbd+unix:///" + image + "?socket=" + sock
-	if err = disk.CreateOverlay(ctx, overlay, backing, "raw", c.Size()); err != nil {
+	if err = disk.CreateOverlay(ctx, overlay, imageBacking(image, sock), "raw", c.Size()); err != nil {
 		return res, fmt.Errorf("vm %q: overlay on image %q: %w", spec.Name, image, err)
 	}
 	res.Overlay = timeNow().Sub(start)
