@@ -20,15 +20,17 @@ import (
 // clone QEMU started lean (template_lean.go) has the placeholder kernel,
 // which powers the machine off, so its QEMU exits. hostd tells that exit
 // from a power-off the guest or an operator meant by the QMP events that
-// led to it: a RESET, then the placeholder's SHUTDOWN (reason
-// guest-shutdown) with no host power-down request in between. It then
-// boots the VM again from its spec (the real kernel and initrd, the
-// clone's disks, NICs and MACs): a cold boot, as a reboot is, the guest's
-// RAM not kept. A guest that booted anew has the template's identity in
-// RAM no longer, and the kernel command line's; guestd is given the
-// clone's again (the same hostname, machine-id, MACs and addresses, new
-// entropy) once it is up, after this boot and after every later guest
-// reset of the clone's QEMU, which then runs the real kernel.
+// led to it: a RESET, then no host power-down request (POWERDOWN) and no
+// SHUTDOWN but the placeholder's (reason guest-shutdown). The SHUTDOWN is
+// not required: QEMU exits right after it, and its monitor may close
+// before hostd read it; the RESET comes well before, the firmware running
+// first. hostd then boots the VM again from its spec (the real kernel and
+// initrd, the clone's disks, NICs and MACs): a cold boot, as a reboot is,
+// the guest's RAM not kept. A guest that booted anew no longer has the
+// clone's identity, only the template's kernel command line; guestd is
+// given the clone's again (the same hostname, machine-id, MACs and
+// addresses, new entropy) once it is up, after this boot and after every
+// later guest reset of the clone's QEMU, which then runs the real kernel.
 
 // fileCloneIdentity holds, in a clone's directory, the identity guestd
 // was given, for guestd again after the guest reboots.
@@ -93,22 +95,22 @@ func (vm *VM) watchClone(p *qemu.Process) (rebooted func() bool) {
 	done := make(chan bool, 1)
 	go func() {
 		defer cancel()
-		reset, placeholder := false, false
+		reset := false
 		for ev := range events { // closed once QEMU's monitor is gone
 			switch ev.Event {
 			case "RESET":
-				reset, placeholder = true, false
+				reset = true
 				if !lean {
 					go vm.restoreCloneIdentity(p)
 				}
-			case "POWERDOWN": // an operator's stop: the guest's power-off is meant
+			case "POWERDOWN": // an operator's stop: the power-off is meant
 				reset = false
 			case "SHUTDOWN":
 				reason, _ := ev.Data["reason"].(string)
-				placeholder = lean && reset && reason == "guest-shutdown"
+				reset = reset && reason == "guest-shutdown"
 			}
 		}
-		done <- placeholder
+		done <- lean && reset
 	}()
 	return func() bool { return <-done }
 }
