@@ -82,6 +82,7 @@ func (vm *VM) install(p *qemu.Process, l launch) {
 // the operation running on the VM ends (unlock), unless it started a new
 // QEMU.
 func (vm *VM) watch(p *qemu.Process) {
+	rebooted := vm.watchClone(p)
 	vm.log.Info("qemu exited", "pid", p.PID, "status", p.ExitErr())
 	vm.mu.Lock()
 	current := vm.rt.PID == p.PID
@@ -98,6 +99,10 @@ func (vm *VM) watch(p *qemu.Process) {
 	if current && vm.op.TryLock() {
 		vm.reclaimRAM()
 		vm.op.Unlock()
+	}
+	if current && rebooted() {
+		cloneReboots.Store(vm, p)
+		vm.rebootClone(p)
 	}
 }
 
@@ -197,20 +202,26 @@ func (vm *VM) Start(ctx context.Context) error {
 		if vm.alive() {
 			return fmt.Errorf("vm %q is already running: %w", vm.name, ErrInvalidState)
 		}
-		if err := vm.allocateSlots(nil); err != nil {
-			return err
-		}
-		if err := vm.launch(ctx, launch{}); err != nil {
-			return err
-		}
-		return vm.vcpus(ctx, (*qmp.Client).Cont)
+		return vm.boot(ctx)
 	})
+}
+
+// boot starts the VM's QEMU from its spec and runs it; callers hold vm.op.
+func (vm *VM) boot(ctx context.Context) error {
+	if err := vm.allocateSlots(nil); err != nil {
+		return err
+	}
+	if err := vm.launch(ctx, launch{}); err != nil {
+		return err
+	}
+	return vm.vcpus(ctx, (*qmp.Client).Cont)
 }
 
 // Stop shuts the VM down: ACPI power-down first, then quit, then SIGKILL.
 // A timeout of 0 is the host's StopTimeout.
 func (vm *VM) Stop(ctx context.Context, timeout time.Duration) error {
 	return vm.locked("stop", func() error {
+		cloneReboots.Delete(vm) // a clone whose guest rebooted stays stopped
 		p, err := vm.process()
 		if err != nil || !vm.alive() {
 			vm.kill() // not running, or not adopted

@@ -106,9 +106,13 @@ func (h *Host) cloneCold(ctx context.Context, t Template, spec Spec, req CloneRe
 	if err != nil {
 		return err
 	}
+	c := newCloneIdentity(req.Hostname, nics)
 	var conn net.Conn
-	if err = vm.locked("clone", func() error { conn, err = vm.startClone(ctx, ram, state, t.State, start, res); return err }); err == nil {
-		res.Handshake, err = vm.tellClone(ctx, conn, req, nics)
+	if err = vm.saveCloneIdentity(c); err == nil {
+		err = vm.locked("clone", func() error { conn, err = vm.startClone(ctx, ram, state, t.State, start, res); return err })
+	}
+	if err == nil {
+		res.Handshake, err = vm.tellClone(ctx, conn, c)
 	}
 	if err != nil {
 		vm.kill()
@@ -216,8 +220,7 @@ func loadTemplateState(ctx context.Context, p *qemu.Process, state *os.File, dig
 
 // tellClone sends guestd its new identity and waits until it took it.
 // conn is the guest channel, connected before the clone ran.
-func (vm *VM) tellClone(ctx context.Context, conn net.Conn, req CloneRequest, nics []guestproto.CloneNIC) (time.Duration, error) {
-	c := newCloneIdentity(req.Hostname, nics)
+func (vm *VM) tellClone(ctx context.Context, conn net.Conn, c guestproto.Clone) (time.Duration, error) {
 	gctx, cancel := context.WithTimeout(ctx, vm.h.cfg.GuestTimeout)
 	defer cancel()
 	start := timeNow()

@@ -29,8 +29,9 @@ import (
 // thread's arena's allocations move into the main heap; docs/templates.md.)
 //
 // A clone whose guest reboots runs the placeholder: it powers the machine
-// off (ACPI S5 through the PM1a control port SeaBIOS sets on q35), so the
-// clone stops rather than boot a kernel it does not have.
+// off (ACPI S5 through the PM1a control port SeaBIOS sets on q35) rather
+// than boot a kernel the QEMU does not have; hostd then boots the VM again
+// from its spec (template_reboot.go).
 
 // placeholderKernelName is the placeholder's file in the templates
 // directory (a name no template can take: template names start with a

@@ -197,13 +197,17 @@ func (h *Host) cloneFromStandby(ctx context.Context, t Template, req CloneReques
 		nics[i].OldMAC = s.spec.NICs[i].MAC // what the guest has now
 	}
 	// guestd takes the identity while hostd records the VM.
+	c := newCloneIdentity(req.Hostname, nics)
 	done := make(chan error, 1)
 	go func() {
 		gctx, cancel := context.WithTimeout(ctx, h.cfg.GuestTimeout)
 		defer cancel()
-		done <- s.guest.Clone(gctx, newRoundID(), newCloneIdentity(req.Hostname, nics))
+		done <- s.guest.Clone(gctx, newRoundID(), c)
 	}()
 	vm, err := h.Create(spec)
+	if err == nil {
+		err = vm.saveCloneIdentity(c)
+	}
 	if err == nil {
 		err = vm.locked("clone", func() error { return vm.takeStandby(s) })
 		res.PID, res.Start, res.Standby = s.proc.PID, timeNow().Sub(start), true

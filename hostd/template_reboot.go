@@ -1,0 +1,195 @@
+package hostd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/symvirt/symvirt/guestproto"
+	"github.com/symvirt/symvirt/hostd/qemu"
+	"github.com/symvirt/symvirt/internal/atomicfile"
+)
+
+// A clone's guest that reboots runs what its QEMU was started with: a
+// clone QEMU started lean (template_lean.go) has the placeholder kernel,
+// which powers the machine off, so its QEMU exits. hostd tells that exit
+// from a power-off the guest or an operator meant by the QMP events that
+// led to it: a RESET, then no host power-down request (POWERDOWN) and no
+// SHUTDOWN but the placeholder's (reason guest-shutdown). The SHUTDOWN is
+// not required: QEMU exits right after it, and its monitor may close
+// before hostd read it; the RESET comes well before, the firmware running
+// first. hostd then boots the VM again from its spec (the real kernel and
+// initrd, the clone's disks, NICs and MACs): a cold boot, as a reboot is,
+// the guest's RAM not kept. A guest that booted anew no longer has the
+// clone's identity, only the template's kernel command line; guestd is
+// given the clone's again (the same hostname, machine-id, MACs and
+// addresses, new entropy) once it is up, after this boot and after every
+// later guest reset of the clone's QEMU, which then runs the real kernel.
+
+// fileCloneIdentity holds, in a clone's directory, the identity guestd
+// was given, for guestd again after the guest reboots.
+const fileCloneIdentity = "clone-identity.json"
+
+// cloneBootTimeout bounds a rebooted clone's boot up to guestd taking its
+// identity back: a cold boot, longer than a cooperation round.
+const cloneBootTimeout = 3 * time.Minute
+
+// cloneReboots holds, per VM, the QEMU whose guest rebooted into the
+// placeholder until the VM is booted again; Stop drops it, so that a
+// clone stopped meanwhile stays stopped.
+var cloneReboots sync.Map // *VM -> *qemu.Process
+
+// saveCloneIdentity records c (without its seed, which is used once) as
+// the VM's clone identity.
+func (vm *VM) saveCloneIdentity(c guestproto.Clone) error {
+	c.Seed, c.Standby = "", false
+	data, err := json.Marshal(c)
+	if err == nil {
+		err = atomicfile.WriteFile(filepath.Join(vm.dir, fileCloneIdentity), data, 0o600)
+	}
+	if err != nil {
+		return fmt.Errorf("vm %q: record the clone's identity: %w", vm.name, err)
+	}
+	return nil
+}
+
+// cloneIdentity is the identity the VM was given as a clone, for a guest
+// that booted again: the NICs already have the clone's MACs (the spec's),
+// and a new seed. ok is false for a VM that is not a clone.
+func (vm *VM) cloneIdentity() (c guestproto.Clone, ok bool) {
+	data, err := os.ReadFile(filepath.Join(vm.dir, fileCloneIdentity))
+	if err != nil || json.Unmarshal(data, &c) != nil {
+		return c, false
+	}
+	fresh := newCloneIdentity(c.Hostname, c.NICs)
+	c.Seed = fresh.Seed
+	for i := range c.NICs {
+		c.NICs[i].OldMAC = c.NICs[i].MAC
+	}
+	return c, true
+}
+
+// isLeanClone reports whether the QEMU pid runs the clones' placeholder
+// kernel (its command line names it).
+func isLeanClone(pid int) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && bytes.Contains(cmdline, []byte("/"+placeholderKernelName+"\x00"))
+}
+
+// watchClone follows a clone's QEMU p for guest resets. It returns what
+// watch asks once p exited: whether the guest rebooted into the
+// placeholder (for a QEMU that is not a lean clone's: never); a guest
+// that reset in a QEMU running the real kernel gets its identity back.
+func (vm *VM) watchClone(p *qemu.Process) (rebooted func() bool) {
+	if _, ok := vm.cloneIdentity(); !ok || p.Mon == nil {
+		return func() bool { return false }
+	}
+	lean := isLeanClone(p.PID)
+	events, cancel := p.Mon.Subscribe("RESET", "POWERDOWN", "SHUTDOWN")
+	done := make(chan bool, 1)
+	go func() {
+		defer cancel()
+		reset := false
+		for ev := range events { // closed once QEMU's monitor is gone
+			switch ev.Event {
+			case "RESET":
+				reset = true
+				if !lean {
+					go vm.restoreCloneIdentity(p)
+				}
+			case "POWERDOWN": // an operator's stop: the power-off is meant
+				reset = false
+			case "SHUTDOWN":
+				reason, _ := ev.Data["reason"].(string)
+				reset = reset && reason == "guest-shutdown"
+			}
+		}
+		done <- lean && reset
+	}()
+	return func() bool { return <-done }
+}
+
+// rebootClone boots the VM again from its spec after its guest rebooted
+// into the placeholder kernel (p's), unless the VM was stopped, started
+// or removed meanwhile; then guestd gets the clone's identity back.
+func (vm *VM) rebootClone(p *qemu.Process) {
+	vm.log.Info("clone's guest rebooted; booting it from its spec", "pid", p.PID)
+	ctx, cancel := context.WithTimeout(context.Background(), cloneBootTimeout)
+	defer cancel()
+	booted := false
+	err := vm.lockWait(ctx, "reboot", func() error {
+		if q, _ := cloneReboots.LoadAndDelete(vm); q != p || vm.alive() {
+			return nil
+		}
+		if cur, err := vm.h.Get(vm.name); err != nil || cur != vm {
+			return nil
+		}
+		booted = true
+		return vm.boot(ctx)
+	})
+	if err != nil {
+		vm.log.Error("clone's guest rebooted; booting it again failed: the VM is stopped", "err", err)
+		return
+	}
+	if booted {
+		vm.restoreCloneIdentity(vm.currentProcess())
+	}
+}
+
+// lockWait runs do under the VM's operation lock, waiting for an
+// operation under way to end.
+func (vm *VM) lockWait(ctx context.Context, op string, do func() error) error {
+	for {
+		err := vm.locked(op, do)
+		if err == nil || !errors.Is(err, ErrBusy) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%w)", ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// restoreCloneIdentity gives guestd, in a guest of the clone that booted
+// anew (QEMU p's), the clone's identity once it is up. It gives up when
+// p exits.
+func (vm *VM) restoreCloneIdentity(p *qemu.Process) {
+	c, ok := vm.cloneIdentity()
+	if !ok || p == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cloneBootTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.Exited():
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	host, _, err := vm.connectGuest(ctx)
+	if err == nil {
+		err = host.Clone(ctx, newRoundID(), c)
+		host.Close()
+	}
+	if err != nil {
+		vm.log.Error("clone's guest booted again; it did not take the clone's identity back", "err", fmt.Errorf("%w: %w", ErrGuest, err))
+		return
+	}
+	vm.log.Info("clone's guest booted again and took the clone's identity back", "hostname", c.Hostname)
+}
+
+// currentProcess is the VM's current QEMU, nil if none.
+func (vm *VM) currentProcess() *qemu.Process {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.proc
+}
