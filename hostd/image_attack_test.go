@@ -44,15 +44,7 @@ func lyingPeer(t *testing.T, file string, m *imagecache.Manifest, forge bool) st
 		i, _ := strconv.Atoi(r.PathValue("i"))
 		w.Write(corrupt(i))
 	})
-	sock := filepath.Join(t.TempDir(), "liar.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return sock
+	return servePeer(t, mux)
 }
 
 // Attack: a peer serves image chunks that are not the image's (and, in
@@ -161,4 +153,18 @@ func TestImageCacheSurvivesHostdRestart(t *testing.T) {
 	if b, _ := os.ReadFile(got); !bytes.Equal(b, img[:1<<20]) {
 		t.Fatal("the image read after a restart differs")
 	}
+}
+
+// servePeer serves mux, a fake peer hostd, on a unix socket for the
+// test's life and returns the socket's path.
+func servePeer(t *testing.T, mux *http.ServeMux) string {
+	sock := filepath.Join(t.TempDir(), "peer.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return sock
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -94,15 +93,7 @@ func (f *fakeTemplate) serve(t *testing.T, name string, forged func(chunk int, b
 			w.Write(b)
 		})
 	}
-	sock := filepath.Join(t.TempDir(), "peer.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return sock
+	return servePeer(t, mux)
 }
 
 // Attack: a peer in the fan-out tree serves a template whose manifest is
