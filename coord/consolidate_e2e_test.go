@@ -185,7 +185,7 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 	}
 	defer conn.Close()
 	r := bufio.NewReader(conn)
-	last := time.Now()
+	last, lastPhase := time.Now(), 0
 	for i := 0; ; i++ {
 		e.mu.Lock()
 		every := cmp.Or(e.every, 100*time.Millisecond)
@@ -208,7 +208,9 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 		}
 		now := time.Now()
 		e.mu.Lock()
-		if e.count > 0 && now.Sub(last) > e.gaps[e.phase] {
+		// A gap that began in the phase before is that phase's ask
+		// interval, not this one's.
+		if e.count > 0 && lastPhase == e.phase && now.Sub(last) > e.gaps[e.phase] {
 			e.gaps[e.phase] = now.Sub(last)
 			e.gapEnd[e.phase] = now
 		}
@@ -216,6 +218,7 @@ func (e *echoClient) run(ns *testenv.NetNS, stop <-chan struct{}) {
 		e.count++
 		e.times = append(e.times, now)
 		e.sent = append(e.sent, sent)
+		lastPhase = e.phase
 		e.mu.Unlock()
 		last = now
 	}

@@ -103,8 +103,13 @@ func gapParts(evs []moveEvent, start, end, asked time.Time) string {
 	}
 	ms := func(d time.Duration) int64 { return d.Round(time.Millisecond).Milliseconds() }
 	paused := done.Add(-downtime)
-	return fmt.Sprintf("%d ms = %d before the migration started + %d pre-copy until the source paused + %d QEMU's downtime"+
+	// The service's share: from when it stopped answering (the source's
+	// pause, or the question if it went earlier and waited) to the
+	// answer; the rest is the client's own wait between questions.
+	held := later(start, earliest(asked, paused))
+	return fmt.Sprintf("service's gap %d ms (from %s to the answer); between answers %d ms = %d before the migration started + %d pre-copy until the source paused + %d QEMU's downtime"+
 		" + %d from completion to cont + %d from cont to the answer; its question went %+d ms from the pause, %+d from the cont (round trip %d ms)",
+		ms(end.Sub(held)), map[bool]string{true: "the source's pause", false: "its question"}[held.Equal(paused)],
 		ms(end.Sub(start)), ms(began.Sub(start)), ms(paused.Sub(later(began, start))), ms(downtime), ms(cont.Sub(done)), ms(end.Sub(cont)),
 		ms(asked.Sub(paused)), ms(asked.Sub(cont)), ms(end.Sub(asked)))
 }
@@ -144,6 +149,9 @@ func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]
 			case ev.Msg == "boosted":
 				parts = append(parts, "boosted at the destination "+at(ev.Time))
 				what = "QEMU boosted"
+			case ev.Msg == "guest told":
+				parts = append(parts, "guest told "+at(ev.Time))
+				what = ev.Msg
 			case ev.Msg == "migration thread idle" || ev.Msg == "migration thread back to normal":
 				what = ev.Msg
 			case ev.Msg == "running":
@@ -165,6 +173,13 @@ func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]
 	}
 	slices.Sort(steps)
 	c.t.Logf("the moved VMs' steps:\n%s", strings.Join(steps, "\n"))
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func later(a, b time.Time) time.Time {
