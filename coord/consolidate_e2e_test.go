@@ -63,6 +63,7 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 	testenv.Run(t, "ip", "-n", mgmt.Name, "addr", "add", "10.77.9.1/24", "dev", "mgmt")
 	underlay := map[*testenv.NetNS]string{}
 	var first *testenv.NetNS
+	migration := consolMigrationConfig(t)
 	for _, name := range c.names {
 		ns := testenv.NewNetNS(t, name)
 		if first == nil {
@@ -76,7 +77,7 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 		underlay[ns] = consolIP(name)
 		certs("issue", "--dir", c.certs, "--role", "hostd", "--name", name, "--host", consolIP(name))
 		c.hosts[name] = testenv.StartHostd(t, name, ns, consolIP(name)+":7070",
-			"capacity: {cpu: 2, memory: 1G}\nusage_window: 10s\nusage_interval: 1s\nusage_guest_interval: 3s\n"+consolMigrationConfig(),
+			"capacity: {cpu: 2, memory: 1G}\nusage_window: 10s\nusage_interval: 1s\nusage_guest_interval: 3s\n"+migration,
 			"--tls-cert", filepath.Join(c.certs, "hostd-"+name+".crt"),
 			"--tls-key", filepath.Join(c.certs, "hostd-"+name+".key"),
 			"--tls-ca", filepath.Join(c.certs, "ca.crt"), "--guest-timeout", "20s")
@@ -99,23 +100,30 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 }
 
 // consolMigrationConfig is hostd's migration_downtime_limit from
-// $SYMVIRT_MIGRATION_DOWNTIME (e.g. 30ms, for a run on QEMU 10, whose TCG
-// pre-copy is exact, with SYMVIRT_QEMU set to it); unset, hostd's default.
+// $SYMVIRT_MIGRATION_DOWNTIME, by default 30 ms on QEMU 10 or later (whose
+// TCG pre-copy is exact; SYMVIRT_QEMU names it) and QEMU's own before.
 // $SYMVIRT_MIGRATION_KEEP_FRAMES=false turns off what a paused source
-// passes on (hostd's migration_keep_frames), for a side-by-side run;
-// hostd's migration_idle_thread and migration_resume_boost are on (true,
-// 2s) unless $SYMVIRT_MIGRATION_IDLE_THREAD or $SYMVIRT_MIGRATION_RESUME_BOOST
-// say otherwise (false, 0s).
-func consolMigrationConfig() string {
+// passes on (hostd's migration_keep_frames), for a side-by-side run, and
+// $SYMVIRT_MIGRATION_IDLE_THREAD and $SYMVIRT_MIGRATION_RESUME_BOOST set
+// hostd's migration_idle_thread and migration_resume_boost (on by
+// default; false and 0s turn them off).
+func consolMigrationConfig(t *testing.T) string {
 	out := ""
-	if d := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME"); d != "" {
-		out += "migration_downtime_limit: " + d + "\n"
+	downtime := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME")
+	if major, _, _ := strings.Cut(testguest.QemuVersion(t), "."); downtime == "" && len(major) > 1 {
+		downtime = "30ms"
 	}
-	if k := os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"); k != "" {
-		out += "migration_keep_frames: " + k + "\n"
+	for key, env := range map[string]string{
+		"migration_downtime_limit": downtime,
+		"migration_keep_frames":    os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"),
+		"migration_idle_thread":    os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"),
+		"migration_resume_boost":   os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"),
+	} {
+		if env != "" {
+			out += key + ": " + env + "\n"
+		}
 	}
-	out += "migration_idle_thread: " + cmp.Or(os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"), "true") + "\n"
-	out += "migration_resume_boost: " + cmp.Or(os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"), "2s") + "\n"
+	t.Logf("hostd's migration settings (QEMU %s): %q", testguest.QemuVersion(t), out)
 	return out
 }
 

@@ -49,11 +49,11 @@ type Config struct {
 	// for a side-by-side measurement.
 	MigrationKeepFrames *bool `yaml:"migration_keep_frames"`
 	// MigrationIdleThread runs a migrating source's QEMU migration thread
-	// under SCHED_IDLE until the last round (migprio.go).
+	// under SCHED_IDLE until the last round (migprio.go); default true.
 	MigrationIdleThread *bool `yaml:"migration_idle_thread"`
 	// MigrationResumeBoost is how long a VM just moved here runs its QEMU
-	// at a higher priority (moveboost.go); 0: not at all.
-	MigrationResumeBoost time.Duration `yaml:"migration_resume_boost"`
+	// at a higher priority (moveboost.go); default 2s, 0: not at all.
+	MigrationResumeBoost *time.Duration `yaml:"migration_resume_boost"`
 	// MigrationDowntime is the downtime-limit a live migration asks QEMU
 	// for when its caller sets none (QEMU's own is 300 ms, a service's
 	// whole pause budget); a step's DowntimeLimit overrides it. Zero: 50 ms
@@ -153,6 +153,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("config: live_mode %q: want precopy, snapshot or auto", c.LiveMode)
 	}
 	c.MigrationAddress = cmp.Or(c.MigrationAddress, "127.0.0.1")
+	c.moveDefaults()
 	if err := c.migrationDefaults(); err != nil {
 		return err
 	}

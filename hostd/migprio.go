@@ -23,11 +23,11 @@ const migrationThreadPoll = 2 * time.Millisecond
 // last round (its STOP event), or for migrationIdleMax, and then as
 // before: during pre-copy the guest's vCPU, still serving, and the other
 // VMs come first; the final copy, with the guest paused, is not left
-// waiting for them. Off unless the host's migration_idle_thread is set.
+// waiting for them. On unless the host's migration_idle_thread is false.
 // stop ends the watch (call it once the stream is over, whatever its
 // outcome).
 func (vm *VM) idleMigrationThread(mon *qmp.Client) (stop func()) {
-	if idle := vm.h.cfg.MigrationIdleThread; idle == nil || !*idle {
+	if idle := vm.h.cfg.MigrationIdleThread; idle != nil && !*idle {
 		return func() {}
 	}
 	p, err := vm.process()

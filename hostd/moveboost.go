@@ -6,6 +6,27 @@ import (
 	"github.com/symvirt/symvirt/hostd/qemu"
 )
 
+// defaultMigrationIdleThread and defaultResumeBoost are hostd's
+// migration_idle_thread and migration_resume_boost unless its config says
+// otherwise: with both, one move at a time, the moved services' clients
+// waited less (README, consolidation).
+const (
+	defaultMigrationIdleThread = true
+	defaultResumeBoost         = 2 * time.Second
+)
+
+// moveDefaults fills in the settings that shorten a moved VM's pause.
+func (c *Config) moveDefaults() {
+	if c.MigrationIdleThread == nil {
+		idle := defaultMigrationIdleThread
+		c.MigrationIdleThread = &idle
+	}
+	if c.MigrationResumeBoost == nil {
+		d := defaultResumeBoost
+		c.MigrationResumeBoost = &d
+	}
+}
+
 // moveBoostNice is the QEMU threads' nice value while a VM that has just
 // moved here is boosted (0 is every other QEMU's).
 const moveBoostNice = -10
@@ -18,7 +39,10 @@ const moveBoostNice = -10
 // TCG every block of code it runs is translated again, in a fresh QEMU);
 // a lightly loaded service VM takes little from the others in that time.
 func (vm *VM) boostAfterMove() {
-	d := vm.h.cfg.MigrationResumeBoost
+	d := defaultResumeBoost
+	if b := vm.h.cfg.MigrationResumeBoost; b != nil {
+		d = *b
+	}
 	if d <= 0 {
 		return
 	}
