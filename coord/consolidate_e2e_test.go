@@ -114,10 +114,11 @@ func consolMigrationConfig(t *testing.T) string {
 		downtime = "30ms"
 	}
 	for key, env := range map[string]string{
-		"migration_downtime_limit": downtime,
-		"migration_keep_frames":    os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"),
-		"migration_idle_thread":    os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"),
-		"migration_resume_boost":   os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"),
+		"migration_downtime_limit":  downtime,
+		"migration_keep_frames":     os.Getenv("SYMVIRT_MIGRATION_KEEP_FRAMES"),
+		"migration_idle_thread":     os.Getenv("SYMVIRT_MIGRATION_IDLE_THREAD"),
+		"migration_resume_boost":    os.Getenv("SYMVIRT_MIGRATION_RESUME_BOOST"),
+		"migration_resume_realtime": os.Getenv("SYMVIRT_MIGRATION_RESUME_REALTIME"),
 	} {
 		if env != "" {
 			out += key + ": " + env + "\n"

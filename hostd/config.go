@@ -54,6 +54,10 @@ type Config struct {
 	// MigrationResumeBoost is how long a VM just moved here runs its QEMU
 	// at a higher priority (moveboost.go); default 2s, 0: not at all.
 	MigrationResumeBoost *time.Duration `yaml:"migration_resume_boost"`
+	// MigrationResumeRealtime is how long, within the boost, a VM just
+	// moved here runs its QEMU threads under SCHED_RR (moveboost.go); 0:
+	// not at all.
+	MigrationResumeRealtime time.Duration `yaml:"migration_resume_realtime"`
 	// MigrationDowntime is the downtime-limit a live migration asks QEMU
 	// for when its caller sets none (QEMU's own is 300 ms, a service's
 	// whole pause budget); a step's DowntimeLimit overrides it. Zero: 50 ms

@@ -53,4 +53,28 @@ func (vm *VM) boostAfterMove() {
 	unboost := qemu.Boost(p.PID, moveBoostNice)
 	vm.log.Debug("boosted", "for", d)
 	time.AfterFunc(d, unboost)
+	vm.realtimeAfterMove(p.PID)
 }
+
+// realtimeAfterMove runs a VM just moved here under SCHED_RR for the
+// host's migration_resume_realtime: its first moments after the cont are
+// CPU-bound (its vCPU ran ~90 ms of the first ~110 under TCG, and waited
+// on the run queue for much of the rest despite the boost's nice value);
+// a lightly loaded guest then sleeps, and a busy one gives the core back
+// when the time is up.
+func (vm *VM) realtimeAfterMove(pid int) {
+	d := vm.h.cfg.MigrationResumeRealtime
+	if d <= 0 {
+		return
+	}
+	normal, err := qemu.Realtime(pid, moveRealtimePriority)
+	if err != nil {
+		vm.log.Warn("moved VM not run in real time", "err", err)
+	}
+	vm.log.Debug("realtime", "for", d)
+	time.AfterFunc(d, normal)
+}
+
+// moveRealtimePriority is a moved VM's SCHED_RR priority: the lowest,
+// above every normal thread and below anything the host runs in real time.
+const moveRealtimePriority = 1
