@@ -17,6 +17,15 @@ const frameForwardMax = 30 * time.Second
 // frameForwardEvery is how often the source sends what its taps caught.
 const frameForwardEvery = 5 * time.Millisecond
 
+// frameForwardBefore is how long before the source's pause the frames it
+// passes on begin: a frame that reached the tap just before it may be
+// neither in the guest nor passed on (still in the tap's queue or in
+// QEMU's, which the stream does not carry), and the client would resend it
+// only after its retransmission timeout (200 ms and more; seen for
+// questions 6 to 37 ms before the pause). A frame the guest did get
+// arrives twice: TCP drops the copy.
+const frameForwardBefore = 100 * time.Millisecond
+
 // frameInjectTimeout bounds one hand-over of frames to the destination.
 const frameInjectTimeout = time.Second
 
@@ -87,11 +96,12 @@ func pausedAt(stops <-chan goqmp.Event, downtime time.Duration) time.Time {
 }
 
 // forwardFrames sends dest, for the VM's copy there, the frames taps
-// captured from since on, every few milliseconds, until stopFrames.
+// captured from frameForwardBefore before since on, every few milliseconds, until stopFrames.
 func (vm *VM) forwardFrames(taps []nicTap, dest string, since time.Time) {
 	if len(taps) == 0 {
 		return
 	}
+	since = since.Add(-frameForwardBefore)
 	ctx, cancel := context.WithTimeout(context.Background(), frameForwardMax)
 	f := &frameForward{cancel: cancel, done: make(chan struct{}), taps: taps}
 	vm.mu.Lock()
