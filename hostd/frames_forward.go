@@ -26,6 +26,9 @@ const frameForwardEvery = 5 * time.Millisecond
 // arrives twice: TCP drops the copy.
 const frameForwardBefore = 100 * time.Millisecond
 
+// forwardFrom is when the frames a source paused at passes on begin.
+func forwardFrom(paused time.Time) time.Time { return paused.Add(-frameForwardBefore) }
+
 // frameInjectTimeout bounds one hand-over of frames to the destination.
 const frameInjectTimeout = time.Second
 
@@ -101,7 +104,7 @@ func (vm *VM) forwardFrames(taps []nicTap, dest string, since time.Time) {
 	if len(taps) == 0 {
 		return
 	}
-	since = since.Add(-frameForwardBefore)
+	since = forwardFrom(since)
 	ctx, cancel := context.WithTimeout(context.Background(), frameForwardMax)
 	f := &frameForward{cancel: cancel, done: make(chan struct{}), taps: taps}
 	vm.mu.Lock()
