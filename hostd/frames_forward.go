@@ -99,7 +99,8 @@ func pausedAt(stops <-chan goqmp.Event, downtime time.Duration) time.Time {
 }
 
 // forwardFrames sends dest, for the VM's copy there, the frames taps
-// captured from frameForwardBefore before since on, every few milliseconds, until stopFrames.
+// captured from frameForwardBefore before since (the pause) on, every few
+// milliseconds, until stopFrames.
 func (vm *VM) forwardFrames(taps []nicTap, dest string, since time.Time) {
 	if len(taps) == 0 {
 		return

@@ -8,8 +8,8 @@ import (
 
 // defaultMigrationIdleThread and defaultResumeBoost are hostd's
 // migration_idle_thread and migration_resume_boost unless its config says
-// otherwise: with both, one move at a time, the moved services' clients
-// waited less (README, consolidation).
+// otherwise: with the boost, a moved VM's vCPU waited 10-26 ms for a core
+// in its first ~110 ms, against 30-67 without (README, consolidation).
 const (
 	defaultMigrationIdleThread = true
 	defaultResumeBoost         = 2 * time.Second
