@@ -106,7 +106,8 @@ func consolCluster(t *testing.T, nSvc int) (*cluster, *testenv.NetNS) {
 // passes on (hostd's migration_keep_frames), for a side-by-side run, and
 // $SYMVIRT_MIGRATION_IDLE_THREAD and $SYMVIRT_MIGRATION_RESUME_BOOST set
 // hostd's migration_idle_thread and migration_resume_boost (on by
-// default; false and 0s turn them off).
+// default; false and 0s turn them off), and
+// $SYMVIRT_MIGRATION_RESUME_REALTIME its migration_resume_realtime.
 func consolMigrationConfig(t *testing.T) string {
 	out := ""
 	downtime := os.Getenv("SYMVIRT_MIGRATION_DOWNTIME")
