@@ -50,6 +50,10 @@ guest_channel: {type: virtio-serial}
 `, kernel, initrd)), 0o600)
 	t.Log(ic.cli("template", "create", "tf", "--from", spec, "--host", "s", "--coord", ic.coord.Socket()))
 	recorded := ic.recordedTemplate("tf")
+	if out, err := ic.coord.CLI(t, "template", "create", "tf", "--from", spec, "--host", "a", "--coord", ic.coord.Socket()); err == nil ||
+		!strings.Contains(out, recorded) {
+		t.Fatalf("a second template tf through the coordinator: %v\n%s", err, out)
+	}
 	foreign := ic.foreignTemplate(spec, "tf", "d")
 
 	var res coord.BootResult
