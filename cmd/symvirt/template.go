@@ -31,6 +31,9 @@ func templateCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
+					if cmd.String("coord") != "" && !cmd.IsSet("host") {
+						return usageErr("template create --coord: give --host, the host of the cluster to make it on (symvirt hosts list)")
+					}
 					spec, err := hostd.LoadSpec(cmd.String("from"))
 					if err != nil {
 						return err
