@@ -27,13 +27,18 @@ echo "symvirt-clone-state host=$(hostname) mid=$(cat /etc/machine-id) mac=$(cat 
 
 var tmplCloneStateRE = regexp.MustCompile(`symvirt-clone-state host=(\S+) mid=(\S+) mac=(\S+) boot=(\S+) rnd=([0-9a-f]+)`)
 
-// TestTemplateFanoutBoot: a template made on host s only, then `symvirt
-// boot --template --hosts a,b,c` (hosts that lack it): the coordinator
-// has s publish it and a, b, c fetch it through the fan-out tree (s → a,
-// a → b and c) over mutual TLS, each checking every chunk against the
-// template's id; every clone reaches guestd-ready with an identity of its
+// TestTemplateFanoutBoot: a template made on host s only, through the
+// coordinator (which records its id; a second one of the name is
+// refused), while d's hostd makes its own template under the same name;
+// then `symvirt boot --template --hosts a,b,c` (hosts that lack it): a,
+// b, c fetch the recorded template through the fan-out tree (s → a, a →
+// b and c; d, which the old scan put first, is no source) over mutual
+// TLS, each checking every chunk against the recorded id, and each keeps
+// its RAM once; every clone reaches guestd-ready with an identity of its
 // own, and the seed sent about one copy of the template (it feeds one
-// edge of the tree). Then d fetches it with s killed mid-fetch.
+// edge of the tree). A boot on d is refused naming both ids; once d's
+// own template is removed, d fetches the recorded one with s killed
+// mid-fetch.
 func TestTemplateFanoutBoot(t *testing.T) {
 	ic := newImageCluster(t)
 	kernel, _ := testguest.Paths(t)
