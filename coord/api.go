@@ -27,6 +27,7 @@ func (c *Coord) Handler() http.Handler {
 	c.consolidateRoutes(mux)
 	c.bootRoutes(mux)
 	c.imageRoutes(mux)
+	c.templateRoutes(mux)
 	return c.haGate(mux)
 }
 

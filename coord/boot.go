@@ -193,7 +193,8 @@ func (c *Coord) hasTemplate(ctx context.Context, host, template string) error {
 	if err != nil {
 		return fmt.Errorf("host %q: templates: %w", host, err)
 	}
-	if !slices.ContainsFunc(ts, func(t hostd.Template) bool { return t.Name == template }) {
+	rec, rerr := c.template(template) // recorded: only its id is the template
+	if !slices.ContainsFunc(ts, func(t hostd.Template) bool { return t.Name == template && (rerr != nil || t.ID == rec.ID) }) {
 		return fmt.Errorf("host %q has no template %q: create it there (symvirt template create) or name it in --hosts: %w", host, template, errLacksTemplate)
 	}
 	return nil

@@ -1,12 +1,15 @@
 package coord_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,13 +27,18 @@ echo "symvirt-clone-state host=$(hostname) mid=$(cat /etc/machine-id) mac=$(cat 
 
 var tmplCloneStateRE = regexp.MustCompile(`symvirt-clone-state host=(\S+) mid=(\S+) mac=(\S+) boot=(\S+) rnd=([0-9a-f]+)`)
 
-// TestTemplateFanoutBoot: a template made on host s only, then `symvirt
-// boot --template --hosts a,b,c` (hosts that lack it): the coordinator
-// has s publish it and a, b, c fetch it through the fan-out tree (s → a,
-// a → b and c) over mutual TLS, each checking every chunk against the
-// template's id; every clone reaches guestd-ready with an identity of its
+// TestTemplateFanoutBoot: a template made on host s only, through the
+// coordinator (which records its id; a second one of the name is
+// refused), while d's hostd makes its own template under the same name;
+// then `symvirt boot --template --hosts a,b,c` (hosts that lack it): a,
+// b, c fetch the recorded template through the fan-out tree (s → a, a →
+// b and c; d, which the old scan put first, is no source) over mutual
+// TLS, each checking every chunk against the recorded id, and each keeps
+// its RAM once; every clone reaches guestd-ready with an identity of its
 // own, and the seed sent about one copy of the template (it feeds one
-// edge of the tree). Then d fetches it with s killed mid-fetch.
+// edge of the tree). A boot on d is refused naming both ids; once d's
+// own template is removed, d fetches the recorded one with s killed
+// mid-fetch.
 func TestTemplateFanoutBoot(t *testing.T) {
 	ic := newImageCluster(t)
 	kernel, _ := testguest.Paths(t)
@@ -45,7 +53,13 @@ append: "console=ttyS0 quiet panic=-1 symvirt.agent=1"
 nics: [{id: net0, model: virtio-net-pci}]
 guest_channel: {type: virtio-serial}
 `, kernel, initrd)), 0o600)
-	t.Log(ic.cli("template", "create", "tf", "--from", spec, "--host", ic.hosts["s"].Socket()))
+	t.Log(ic.cli("template", "create", "tf", "--from", spec, "--host", "s", "--coord", ic.coord.Socket()))
+	recorded := ic.recordedTemplate("tf")
+	if out, err := ic.coord.CLI(t, "template", "create", "tf", "--from", spec, "--host", "a", "--coord", ic.coord.Socket()); err == nil ||
+		!strings.Contains(out, recorded) {
+		t.Fatalf("a second template tf through the coordinator: %v\n%s", err, out)
+	}
+	foreign := ic.foreignTemplate(spec, "tf", "d")
 
 	var res coord.BootResult
 	out := ic.cli("boot", "--template", "tf", "--count", "6", "--hosts", "a,b,c", "--job", "tj", "-o", "json")
@@ -54,8 +68,47 @@ guest_channel: {type: virtio-serial}
 	}
 	t.Logf("6 clones of a template held by s alone ready on a, b, c in %s", res.Took.Round(time.Millisecond))
 	ic.checkTemplateIdentities(res.VMs)
-	ic.checkTemplateServedOnce("tf")
+	ic.checkTemplateServedOnce("tf", recorded)
+	ic.refusesForeign("tf", "d", recorded, foreign)
 	ic.templateSeedKilled("tf")
+}
+
+// recordedTemplate is the id the coordinator recorded for the template.
+func (ic *imageCluster) recordedTemplate(name string) string {
+	var recs []coord.Template
+	if err := json.Unmarshal([]byte(ic.cli("template", "list", "--coord", ic.coord.Socket(), "-o", "json")), &recs); err != nil ||
+		len(recs) != 1 || recs[0].Name != name || recs[0].ID == "" {
+		ic.t.Fatalf("recorded templates: %v %+v", err, recs)
+	}
+	return recs[0].ID
+}
+
+// foreignTemplate has host's hostd, on its own, make another template
+// under the recorded one's name (128 MiB of RAM instead of 256): what a
+// host holding a stale or planted template would claim at boot time.
+func (ic *imageCluster) foreignTemplate(spec, name, host string) string {
+	data, _ := os.ReadFile(spec)
+	other := filepath.Join(ic.t.TempDir(), "foreign.yaml")
+	os.WriteFile(other, bytes.Replace(data, []byte("memory: 256M"), []byte("memory: 128M"), 1), 0o600)
+	var t hostd.Template
+	out := ic.cli("template", "create", name, "--from", other, "--host", ic.hosts[host].Socket(), "-o", "json")
+	if err := json.Unmarshal([]byte(out), &t); err != nil || t.ID == "" {
+		ic.t.Fatalf("foreign template on %s: %v %s", host, err, out)
+	}
+	ic.t.Logf("host %s made its own template %q, id %s", host, name, t.ID)
+	return t.ID
+}
+
+// refusesForeign: a boot that would start clones on the host holding the
+// foreign template is refused, naming both ids; once that template is
+// removed there, the host can fetch the recorded one.
+func (ic *imageCluster) refusesForeign(name, host, recorded, foreign string) {
+	out, err := ic.coord.CLI(ic.t, "boot", "--template", name, "--count", "1", "--hosts", host, "--job", "tforeign")
+	if err == nil || !strings.Contains(out, recorded) || !strings.Contains(out, foreign) {
+		ic.t.Fatalf("boot on %s, which holds another template %q: %v\n%s", host, name, err, out)
+	}
+	ic.t.Logf("boot on %s refused: %s", host, strings.TrimSpace(out))
+	ic.cli("template", "rm", name, "--host", ic.hosts[host].Socket())
 }
 
 // templateSeedKilled: s, a, b and c now hold the template with its id,
@@ -135,7 +188,7 @@ func (ic *imageCluster) checkTemplateIdentities(vms []coord.BootedVM) {
 // checkTemplateServedOnce: the seed s sent about one copy of the
 // template's data (its RAM's and state's non-zero chunks) for its one
 // child, and each host fetched each chunk once.
-func (ic *imageCluster) checkTemplateServedOnce(name string) {
+func (ic *imageCluster) checkTemplateServedOnce(name, recorded string) {
 	t := ic.t
 	ramImg, stateImg := hostd.TemplateImages(name)
 	sum := func(host string) (data, served, fetched int64) {
@@ -158,8 +211,30 @@ func (ic *imageCluster) checkTemplateServedOnce(name string) {
 			t.Errorf("host %s fetched %d bytes, want %d..%d (each chunk once)", h, got, data, data*12/10)
 		}
 	}
-	ts, err := ic.hosts["b"].Client().Templates(context.Background())
-	if err != nil || len(ts) != 1 || ts[0].ID == "" {
-		t.Fatalf("templates on b: %v %+v", err, ts)
+	for _, h := range []string{"a", "b", "c"} {
+		ts, err := ic.hosts[h].Client().Templates(context.Background())
+		if err != nil || len(ts) != 1 || ts[0].ID != recorded {
+			t.Fatalf("templates on %s: %v %+v, want the recorded id %s (made on s)", h, err, ts, recorded)
+		}
+		ram := ts[0].RAM.Path
+		imgDir := filepath.Join(ic.hosts[h].StateDir, "images", ramImg)
+		t.Logf("host %s keeps the template's RAM once: RAM file %d bytes allocated, its image's directory %d (no copy of the %d bytes of data)",
+			h, allocated(ram), allocated(imgDir), ic.imageInfo(h, ramImg).Data)
+		if allocated(imgDir) > ic.imageInfo(h, ramImg).Data/16 {
+			t.Errorf("host %s keeps a second copy of the template's RAM under %s", h, imgDir)
+		}
 	}
+}
+
+// allocated is the bytes the file, or the files under the directory,
+// take on their file system.
+func allocated(path string) int64 {
+	var n int64
+	filepath.Walk(path, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil {
+			n += fi.Sys().(*syscall.Stat_t).Blocks * 512
+		}
+		return nil
+	})
+	return n
 }

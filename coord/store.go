@@ -32,6 +32,7 @@ const (
 	bucketSchedules   = "schedules"
 	bucketCordons     = "cordons"
 	bucketImages      = "images"
+	bucketTemplates   = "templates"
 )
 
 type boltStore struct{ db *bolt.DB }
@@ -46,7 +47,7 @@ func OpenBolt(dir string) (Store, error) {
 		return nil, fmt.Errorf("coord store: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range []string{bucketHosts, bucketJobs, bucketOps, bucketCheckpoints, bucketSchedules, bucketCordons, bucketImages} {
+		for _, b := range []string{bucketHosts, bucketJobs, bucketOps, bucketCheckpoints, bucketSchedules, bucketCordons, bucketImages, bucketTemplates} {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}

@@ -57,6 +57,8 @@ type Host struct {
 	epoch epochFence
 	// images are the base images this host seeds or caches (image.go).
 	images imageSet
+	// fetches are the template fetches under way (template_fetch_once.go).
+	fetches templateFetches
 }
 
 // VM is one VM known to this host.

@@ -27,7 +27,7 @@ const templateVMPrefix = "template-"
 // CreateTemplate boots spec's VM with its RAM on a shared file, waits
 // until guestd answers, pauses it, saves its device state without RAM
 // (x-ignore-shared: the RAM file is the template's memory) and keeps both
-// under name. The VM itself is gone afterwards.
+// under name, published (its id set). The VM itself is gone afterwards.
 func (h *Host) CreateTemplate(ctx context.Context, name string, spec Spec) (Template, error) {
 	dir, err := h.templateDir(name)
 	if err != nil {
@@ -46,7 +46,17 @@ func (h *Host) CreateTemplate(ctx context.Context, name string, spec Spec) (Temp
 		os.Remove(h.templateRAMPath(name))
 		return Template{}, fmt.Errorf("template %q: %w", name, err)
 	}
-	h.log.Info("template created", "template", name, "boot", t.Boot, "state_bytes", t.State.Size)
+	// Published at once: its id is what the coordinator records, and
+	// what every later fetch of it is checked against.
+	pub, err := h.PublishTemplate(ctx, name)
+	if err != nil {
+		if derr := h.DeleteTemplate(name); derr != nil {
+			h.log.Warn("unpublished template not removed", "template", name, "err", derr)
+		}
+		return Template{}, fmt.Errorf("template %q: publish: %w", name, err)
+	}
+	t.ID = pub.ID
+	h.log.Info("template created", "template", name, "id", t.ID, "boot", t.Boot, "state_bytes", t.State.Size)
 	return t, nil
 }
 

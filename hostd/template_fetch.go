@@ -15,7 +15,7 @@ import (
 
 // FetchTemplateRequest asks a host for a template from its sources
 // (nearest ancestor in the coordinator's fan-out tree first). ID is the
-// sha256 of the template's manifest, as its host published it.
+// sha256 of the template's manifest, as the coordinator recorded it.
 type FetchTemplateRequest struct {
 	ID      string   `json:"id"`
 	Sources []string `json:"sources"`
@@ -29,31 +29,47 @@ const fetchWorkers = 4
 // if it hashes to req.ID, every chunk only if it matches the digest its
 // image's manifest (named by id in the template's) lists. Nothing is
 // recorded, so no clone can start, until every byte has been checked. A
-// template already here with the same id only takes the new sources.
+// template already here (or being fetched) with the same id is the
+// answer; with another id, the request is refused.
 func (h *Host) FetchTemplate(ctx context.Context, name string, req FetchTemplateRequest) (Template, error) {
-	dir, err := h.templateDir(name)
-	if err != nil {
+	if _, err := h.templateDir(name); err != nil {
 		return Template{}, err
 	}
 	if len(req.Sources) == 0 || len(req.Sources) > 64 {
 		return Template{}, fmt.Errorf("fetch template %q: %d sources (1..64): %w", name, len(req.Sources), ErrInvalidSpec)
 	}
+	tf, first, err := h.fetches.join(name, req.ID)
+	if err != nil {
+		return Template{}, err
+	}
+	if !first {
+		h.log.Info("template fetch: waiting for the one under way", "template", name, "id", req.ID)
+		return tf.wait(ctx)
+	}
+	t, err := h.fetchTemplate(ctx, name, req)
+	h.fetches.finish(name, tf, t, err)
+	return t, err
+}
+
+// fetchTemplate is FetchTemplate, alone for its name on this host.
+func (h *Host) fetchTemplate(ctx context.Context, name string, req FetchTemplateRequest) (Template, error) {
 	if t, err := h.Template(name); err == nil {
 		if t.ID != req.ID {
 			return Template{}, fmt.Errorf("template %q is here with id %q, not %s: %w", name, t.ID, req.ID, ErrExists)
 		}
-		_, _, err := h.attachTemplateImages(ctx, name, TemplateManifest{}, req, true)
-		return t, err
+		return t, nil
 	}
 	m, data, err := h.fetchTemplateManifest(ctx, name, req)
 	if err != nil {
 		return Template{}, fmt.Errorf("fetch template %q: %w", name, err)
 	}
+	dir, _ := h.templateDir(name)
 	if err := h.makeTemplateDir(name, dir); err != nil {
 		return Template{}, err
 	}
 	t, err := h.assembleTemplate(ctx, dir, m, data, req)
 	if err != nil {
+		h.unpublishTemplate(name) // the RAM image's chunks were the RAM file's
 		os.RemoveAll(dir)
 		os.Remove(h.templateRAMPath(name))
 		return Template{}, fmt.Errorf("fetch template %q: %w", name, err)
@@ -95,57 +111,34 @@ func (h *Host) peerAddrs(addrs []string) []string {
 	return out
 }
 
-// attachTemplateImages opens the template's two images from the
-// sources (only new sources when existing).
-func (h *Host) attachTemplateImages(ctx context.Context, name string, m TemplateManifest, req FetchTemplateRequest, existing bool) (ram, state *imagecache.Cache, err error) {
-	ramImg, stateImg := TemplateImages(name)
-	for _, a := range []struct {
-		img string
-		id  string
-		c   **imagecache.Cache
-	}{{ramImg, m.RAMImage, &ram}, {stateImg, m.StateImage, &state}} {
-		id := a.id
-		if existing {
-			c, err := h.imageCache(a.img)
-			if err != nil {
-				continue // a template fetched here and then published
-			}
-			id = c.Stats().ID
-		}
-		if _, err := h.AttachImage(ctx, a.img, AttachImageRequest{ID: id, Sources: req.Sources}); err != nil {
-			return nil, nil, err
-		}
-		if *a.c, err = h.imageCache(a.img); err != nil {
-			return nil, nil, err
-		}
-	}
-	return ram, state, nil
-}
-
 // assembleTemplate fetches the template's files into dir and its RAM
 // file, then records it.
 func (h *Host) assembleTemplate(ctx context.Context, dir string, m TemplateManifest, raw []byte, req FetchTemplateRequest) (Template, error) {
-	ram, state, err := h.attachTemplateImages(ctx, m.Name, m, req, false)
+	_, stateImg := TemplateImages(m.Name)
+	if _, err := h.AttachImage(ctx, stateImg, AttachImageRequest{ID: m.StateImage, Sources: req.Sources}); err != nil {
+		return Template{}, err
+	}
+	state, err := h.imageCache(stateImg)
 	if err != nil {
 		return Template{}, err
+	}
+	ramPath := h.templateRAMPath(m.Name)
+	ram, err := h.attachTemplateRAM(ctx, m, req, ramPath)
+	if err != nil {
+		return Template{}, fmt.Errorf("RAM: %w", err)
 	}
 	if ram.Size() != m.RAMSize || state.Size() < m.State.Size {
 		return Template{}, fmt.Errorf("images of %d and %d bytes for a RAM of %d and a state of %d: %w",
 			ram.Size(), state.Size(), m.RAMSize, m.State.Size, ErrInvalidSpec)
 	}
-	buf := make([]byte, m.State.Size)
-	if err := state.ReadAt(ctx, buf, 0); err != nil {
-		return Template{}, fmt.Errorf("state: %w", err)
-	}
-	if got := imagecache.DigestOf(buf); got != m.State.SHA256 {
-		return Template{}, fmt.Errorf("state: sha256 %s, the manifest says %s: %w", got, m.State.SHA256, imagecache.ErrDigest)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, templateState), buf, 0o600); err != nil {
+	if err := h.fetchTemplateState(ctx, dir, state, m); err != nil {
 		return Template{}, err
 	}
-	ramPath := h.templateRAMPath(m.Name)
-	if err := copyImageTo(ctx, ram, ramPath); err != nil {
+	if err := fillImage(ctx, ram); err != nil {
 		return Template{}, fmt.Errorf("RAM: %w", err)
+	}
+	if err := h.servesTemplateRAM(m, ramPath); err != nil {
+		return Template{}, err
 	}
 	id, err := ramIdentity(ramPath)
 	if err != nil {
@@ -163,32 +156,33 @@ func (h *Host) assembleTemplate(ctx context.Context, dir string, m TemplateManif
 	return t, atomicfile.SyncDir(dir)
 }
 
-// copyImageTo writes the image's bytes to a new file at path (0600, no
-// symlink followed), its zero chunks left as holes, fetchWorkers chunks
-// at a time.
-func copyImageTo(ctx context.Context, c *imagecache.Cache, path string) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return err
+// fetchTemplateState reads the device state from its image, checks it
+// against the manifest's digest and keeps it in dir.
+func (h *Host) fetchTemplateState(ctx context.Context, dir string, state *imagecache.Cache, m TemplateManifest) error {
+	buf := make([]byte, m.State.Size)
+	if err := state.ReadAt(ctx, buf, 0); err != nil {
+		return fmt.Errorf("state: %w", err)
 	}
-	defer f.Close()
+	if got := imagecache.DigestOf(buf); got != m.State.SHA256 {
+		return fmt.Errorf("state: sha256 %s, the manifest says %s: %w", got, m.State.SHA256, imagecache.ErrDigest)
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, templateState), buf, 0o600)
+}
+
+// fillImage fetches every chunk of c that is missing, fetchWorkers at a
+// time.
+func fillImage(ctx context.Context, c *imagecache.Cache) error {
 	m := c.Manifest()
-	if err := f.Truncate(m.Size); err != nil {
-		return err
-	}
 	next := make(chan int)
 	errs := make([]error, fetchWorkers)
 	var wg sync.WaitGroup
 	for w := range fetchWorkers {
 		wg.Go(func() {
+			buf := make([]byte, m.Chunk)
 			for i := range next {
-				if errs[w] != nil || m.Zero(i) {
-					continue
-				}
-				off, n := m.Span(i)
-				buf := make([]byte, n)
-				if errs[w] = c.ReadAt(ctx, buf, off); errs[w] == nil {
-					_, errs[w] = f.WriteAt(buf, off)
+				if errs[w] == nil {
+					_, n := m.Span(i)
+					errs[w] = c.ReadAt(ctx, buf[:n], int64(i)*int64(m.Chunk))
 				}
 			}
 		})
@@ -199,4 +193,10 @@ func copyImageTo(ctx context.Context, c *imagecache.Cache, path string) error {
 	close(next)
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// newRAMFile creates a template's RAM file: 0600, not through a symlink,
+// and not over a file that is there.
+func newRAMFile(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 }

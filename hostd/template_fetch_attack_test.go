@@ -142,11 +142,6 @@ func TestTemplateFetchRefusesForgedChunk(t *testing.T) {
 	if _, err := cl.Clone(ctx, hostd.CloneRequest{Template: "tf", Name: "c0"}); !errors.Is(err, hostd.ErrNotFound) {
 		t.Fatalf("clone of a refused template: %v", err)
 	}
-	ramImg, _ := hostd.TemplateImages("tf")
-	if info := imageOn(t, victim, ramImg); info.Rejected == 0 {
-		t.Fatalf("the forged chunk was not counted as rejected: %+v", info)
-	}
-
 	honest := f.serve(t, "tf", nil)
 	got, err := cl.FetchTemplate(ctx, "tf", hostd.FetchTemplateRequest{ID: f.id, Sources: []string{liar, honest}})
 	if err != nil {
@@ -160,6 +155,10 @@ func TestTemplateFetchRefusesForgedChunk(t *testing.T) {
 	if !bytes.Equal(state, f.state) {
 		t.Fatal("fetched device state differs from the published one")
 	}
+	ramImg, _ := hostd.TemplateImages("tf")
 	info := imageOn(t, victim, ramImg)
+	if info.Rejected == 0 {
+		t.Fatalf("the liar's forged chunk was not counted as rejected: %+v", info)
+	}
 	t.Logf("re-parented past the liar: %d chunks rejected, %d failovers, %d bytes fetched for %d of RAM", info.Rejected, info.Failovers, info.Fetched, len(f.ram))
 }

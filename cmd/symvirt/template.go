@@ -17,8 +17,10 @@ import (
 func templateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "template",
-		Usage: "booted VMs kept on a host to start clones from in milliseconds (talks to its hostd)",
-		Flags: []cli.Flag{hostFlag(), outputFlag()},
+		Usage: "booted VMs kept on a host to start clones from in milliseconds (talks to its hostd, or with --coord to the coordinator)",
+		Flags: append([]cli.Flag{hostFlag(), outputFlag(), &cli.StringFlag{Name: "coord",
+			Usage: "create, list and rm through the coordinator's API (unix socket path or host:port, mutual TLS): --host then names a host of the cluster, " +
+				"and the coordinator records the template's id, which every host that fetches it for a boot checks it against"}}, tlsFlags()...),
 		Commands: []*cli.Command{
 			{
 				Name: "create", Usage: "boot a VM until guestd is up and keep its memory and device state as a template",
@@ -29,25 +31,39 @@ func templateCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
+					if cmd.String("coord") != "" && !cmd.IsSet("host") {
+						return usageErr("template create --coord: give --host, the host of the cluster to make it on (symvirt hosts list)")
+					}
 					spec, err := hostd.LoadSpec(cmd.String("from"))
 					if err != nil {
 						return err
+					}
+					if cmd.String("coord") != "" {
+						return coordTemplateAction(cmd, func(c *coord.Client) (any, error) {
+							return c.CreateTemplate(ctx, coord.TemplateCreateRequest{Name: name, Host: cmd.String("host"), Spec: spec})
+						})
 					}
 					return templateAction(cmd, func(c *hostd.Client) (any, error) { return c.CreateTemplate(ctx, name, spec) })
 				},
 			},
 			{
-				Name: "list", Usage: "list the host's templates",
+				Name: "list", Usage: "list the host's templates (with --coord: the templates the coordinator recorded)",
 				Action: func(ctx context.Context, cmd *cli.Command) error {
+					if cmd.String("coord") != "" {
+						return coordTemplateAction(cmd, func(c *coord.Client) (any, error) { return c.Templates(ctx) })
+					}
 					return templateAction(cmd, func(c *hostd.Client) (any, error) { return c.Templates(ctx) })
 				},
 			},
 			{
-				Name: "rm", Usage: "remove a template (running clones keep their memory)", ArgsUsage: "NAME",
+				Name: "rm", Usage: "remove a template (running clones keep their memory; with --coord: from every host, and forget it)", ArgsUsage: "NAME",
 				Action: func(ctx context.Context, cmd *cli.Command) error {
 					name, err := oneArg(cmd, "NAME")
 					if err != nil {
 						return err
+					}
+					if cmd.String("coord") != "" {
+						return coordTemplateAction(cmd, func(c *coord.Client) (any, error) { return deleted{name}, c.RemoveTemplate(ctx, name) })
 					}
 					return templateAction(cmd, func(c *hostd.Client) (any, error) { return deleted{name}, c.DeleteTemplate(ctx, name) })
 				},
@@ -95,8 +111,35 @@ func templateAction(cmd *cli.Command, fn func(*hostd.Client) (any, error)) error
 	return out.Print(res, func(w io.Writer) { printTemplateResult(w, res) })
 }
 
+// coordTemplateAction runs fn against the coordinator and prints its
+// result.
+func coordTemplateAction(cmd *cli.Command, fn func(*coord.Client) (any, error)) error {
+	out, err := output(cmd)
+	if err != nil {
+		return err
+	}
+	c, err := coordClient(cmd)
+	if err != nil {
+		return err
+	}
+	res, err := fn(c)
+	if err != nil {
+		return err
+	}
+	return out.Print(res, func(w io.Writer) { printTemplateResult(w, res) })
+}
+
 func printTemplateResult(w io.Writer, res any) {
 	switch r := res.(type) {
+	case coord.Template:
+		fmt.Fprintf(w, "template %s: made on %s, id %s (recorded by the coordinator)\n", r.Name, r.Host, r.ID)
+	case []coord.Template:
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tHOST\tID\tCREATED")
+		for _, t := range r {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Name, t.Host, t.ID, t.Created.Format(time.RFC3339))
+		}
+		tw.Flush()
 	case hostd.Template:
 		fmt.Fprintf(w, "template %s: booted to guestd ready in %s; device state %s, RAM file %s\n",
 			r.Name, r.Boot.Round(time.Millisecond), cliutil.Bytes(r.State.Size), r.RAM.Path)
@@ -123,7 +166,7 @@ func bootCommand() *cli.Command {
 		Name:  "boot",
 		Usage: "start N clones of a template as a new job; the coordinator places them (hosts named in --hosts that lack the template fetch it through a fan-out tree)",
 		Flags: coordFlags(
-			&cli.StringFlag{Name: "template", Usage: "template name (symvirt template create on at least one host)"},
+			&cli.StringFlag{Name: "template", Usage: "template name (symvirt template create; hosts in --hosts that lack it fetch it if it was made with --coord)"},
 			&cli.IntFlag{Name: "count", Aliases: []string{"n"}, Required: true, Usage: "how many VMs"},
 			&cli.StringFlag{Name: "hosts", Usage: "comma-separated hosts to use, with or without the template (default: every host that has it)"},
 			&cli.StringFlag{Name: "job", Usage: "job name; its VMs are JOB-0 .. JOB-(N-1) (default: the template's name)"},

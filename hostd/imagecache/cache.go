@@ -78,6 +78,11 @@ func Open(dir string, m *Manifest, id string, src *Sources, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
+	return open(dir, f, m, id, src, log)
+}
+
+// open starts the cache of dir's bitmap on the data file f.
+func open(dir string, f *os.File, m *Manifest, id string, src *Sources, log *slog.Logger) (*Cache, error) {
 	bmp, kept, err := openBitmap(filepath.Join(dir, "bitmap"), id, m.Chunks())
 	if err == nil && !kept {
 		err = f.Truncate(0) // stale chunks must read as holes
