@@ -94,3 +94,59 @@ func stepSpan(t *testing.T, logs, kind string) span {
 	}
 	return *found
 }
+
+// The coordinator vanishes right after a Launch (the source detached, the
+// destination holds the launched, empty copy under the operation's
+// lease): when the lease runs out the destination kills its copy and the
+// source gets its NIC back and runs on. A Launch that reaches the
+// destination after its operation's CancelMigrate ran there is refused.
+func TestLaunchedCopyDroppedWithoutCoordinator(t *testing.T) {
+	src, dst := twoHosts(t, "52:54:00:bb:00:01")
+	ctx := ctxT(t, 4*time.Minute)
+	sc := src.Client()
+	if _, err := sc.Create(ctx, guestSpec(t, "ml3", "nic"), true); err != nil {
+		t.Fatal(err)
+	}
+	slog := serialLog(src, "ml3")
+	waitCounter(t, slog, 3, 90*time.Second)
+
+	const op, lease = "op-launch-gone", 3 * time.Second
+	vanish := renewLeases(ctx, op, lease, src, dst)
+	s, d := stepper{t, src, op, "ml3"}, stepper{t, dst, op, "ml3"}
+	detach := s.req(hostd.StepDetach, 1)
+	detach.Lease = lease
+	s.ok(detach)
+	launch := s.req(hostd.StepLaunch, 1)
+	launch.Lease, launch.Migrate = lease, &hostd.MigrateArgs{Dest: dst.Addr()}
+	s.ok(launch)
+	if st := mustStatus(t, dst.Client(), "ml3"); st.State == "running" {
+		t.Fatalf("the launched copy runs: %+v", st)
+	}
+	vanish()
+
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := dst.Client().Status(ctx, "ml3")
+		if errors.Is(err, hostd.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the launched copy is still at the destination after its lease ran out: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	assertRunningWith(t, sc, "ml3", "pt0", slog)
+
+	// Another operation's CancelMigrate ran at the destination (its
+	// Launch was late): that Launch starts nothing there.
+	s, d = stepper{t, src, op + "-late", "ml3"}, stepper{t, dst, op + "-late", "ml3"}
+	d.ok(d.req(hostd.StepCancelMigrate, 1))
+	late := s.req(hostd.StepLaunch, 1)
+	late.Lease, late.Migrate = lease, &hostd.MigrateArgs{Dest: dst.Addr()}
+	if res := s.send(late); res.OK {
+		t.Fatalf("a launch after its operation's cancel at the destination succeeded")
+	}
+	if _, err := dst.Client().Status(ctx, "ml3"); !errors.Is(err, hostd.ErrNotFound) {
+		t.Fatalf("the destination holds a copy after a refused launch: %v", err)
+	}
+}
