@@ -24,7 +24,7 @@ type executor struct {
 var stepKinds = map[machine.ActionType]string{
 	machine.Prepare: hostd.StepPrepare, machine.Detach: hostd.StepDetach, machine.Stop: hostd.StepStop,
 	machine.Save: hostd.StepSave, machine.Migrate: hostd.StepMigrate, machine.Restore: hostd.StepRestore,
-	machine.Arm: hostd.StepArm, machine.Fence: hostd.StepFence, machine.Point: hostd.StepPoint,
+	machine.Launch: hostd.StepLaunch, machine.Arm: hostd.StepArm, machine.Fence: hostd.StepFence, machine.Point: hostd.StepPoint,
 	machine.WaitSave: hostd.StepWaitSave, machine.Attach: hostd.StepAttach, machine.Resume: hostd.StepResume,
 	machine.Abort: hostd.StepAbort, machine.DeleteArtifacts: hostd.StepDeleteArtifacts,
 	machine.CancelMigrate: hostd.StepCancelMigrate, machine.Kill: hostd.StepKill,
@@ -91,7 +91,7 @@ func (e *executor) stepRequest(a machine.Action) (hostd.StepRequest, error) {
 			// A point on a VM whose arming failed arms it at the cap.
 			req.Save.Bandwidth = op.Opts.Bandwidth
 		}
-	case machine.Migrate:
+	case machine.Migrate, machine.Launch:
 		dest, ok := e.rec.Hosts[a.Dest]
 		if !ok {
 			return req, fmt.Errorf("unknown destination %q", a.Dest)

@@ -257,7 +257,7 @@ func (h *Host) execDirect(ctx context.Context, d *directOp, a machine.Action) ma
 
 func forwardAction(t machine.ActionType) bool {
 	switch t {
-	case machine.Prepare, machine.Detach, machine.Stop, machine.Save, machine.Migrate, machine.Restore,
+	case machine.Prepare, machine.Detach, machine.Stop, machine.Save, machine.Migrate, machine.Launch, machine.Restore,
 		machine.Arm, machine.Fence, machine.Point, machine.Replace:
 		return true
 	}
@@ -283,6 +283,9 @@ func (h *Host) localStep(ctx context.Context, d *directOp, a machine.Action) Ste
 		return d.quit(ctx, h, a.VM)
 	case a.Type == machine.Kill && d.Op.Kind == machine.KindRestart && !h.startedSince(a.VM, d.Op.StartedAt):
 		return StepResult{OK: true} // not the restore's VM: a stopped one it was to replace, or none
+	}
+	if a.Type == machine.Launch {
+		return h.Step(ctx, d.stepRequest(a)) // beside the Detach: it takes no lock of the VM
 	}
 	d.steps.Lock()
 	defer d.steps.Unlock()
@@ -344,6 +347,8 @@ func (d *directOp) stepRequest(a machine.Action) StepRequest {
 		req.Save = &SaveArgs{Dir: d.Dir, Bandwidth: a.Bandwidth}
 	case machine.Save, machine.Point, machine.WaitSave, machine.Restore, machine.DeleteArtifacts:
 		req.Save = &SaveArgs{Dir: d.Dir, Bandwidth: d.MaxBandwidth}
+	case machine.Launch:
+		req.Migrate = &MigrateArgs{Dest: d.To, Grant: d.Grant}
 	case machine.Migrate:
 		req.Migrate = &MigrateArgs{Dest: d.To, Grant: d.Grant, MaxBandwidth: d.MaxBandwidth,
 			DowntimeLimit: d.DowntimeLimit, Capabilities: d.Capabilities, Progress: d.migrating, CopyStorage: a.CopyStorage}

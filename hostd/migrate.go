@@ -113,6 +113,10 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	if err != nil {
 		return IncomingResponse{}, err
 	}
+	if req.Op != "" && h.isClosed(req.Spec.Name, req.Op) {
+		// Its CancelMigrate ran here: a late Launch or Migrate of it.
+		return IncomingResponse{}, fmt.Errorf("incoming %q: operation %s is closed here (its copy was cancelled): %w", req.Spec.Name, req.Op, ErrInvalidState)
+	}
 	vm, err := h.createIncoming(req)
 	if err != nil {
 		return IncomingResponse{}, err
@@ -292,16 +296,10 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	pctx, stopPopulate := context.WithCancel(ctx)
 	defer stopPopulate()
 	vm.populateInBackground(pctx, stopPopulate, "source")
-	ireq, err := vm.incomingRequest(ctx, mon, req)
+	inc, ireq, err := vm.destination(ctx, mon, req)
 	if err != nil {
 		return err
 	}
-	start := timeNow()
-	inc, err := vm.h.peer(args.Dest).Incoming(ctx, ireq)
-	if err != nil {
-		return fmt.Errorf("vm %q: destination %s: %w", vm.name, args.Dest, err)
-	}
-	vm.logPhase("migrate_incoming", timeNow().Sub(start))
 	var m *mirror
 	if len(ireq.CopyStorage) > 0 {
 		if m, err = vm.startMirror(ctx, mon, inc, args.Dest, ireq.CopyStorage); err == nil {
@@ -340,8 +338,28 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	return nil
 }
 
-// incomingRequest is what the destination is asked to prepare.
-func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequest) (IncomingRequest, error) {
+// destination is the incoming QEMU the stream goes to: the one this
+// operation's Launch started, else one the destination starts now.
+func (vm *VM) destination(ctx context.Context, mon *qmp.Client, req StepRequest) (IncomingResponse, IncomingRequest, error) {
+	if inc, ok := vm.takeLaunched(req.Op, req.Migrate.Dest); ok {
+		return inc, IncomingRequest{}, nil
+	}
+	ireq, err := vm.incomingRequest(ctx, mon, req)
+	if err != nil {
+		return IncomingResponse{}, ireq, err
+	}
+	start := timeNow()
+	inc, err := vm.h.peer(req.Migrate.Dest).Incoming(ctx, ireq)
+	if err != nil {
+		return inc, ireq, fmt.Errorf("vm %q: destination %s: %w", vm.name, req.Migrate.Dest, err)
+	}
+	vm.logPhase("migrate_incoming", timeNow().Sub(start))
+	return inc, ireq, nil
+}
+
+// incomingBase is what the destination is asked to prepare, without a
+// storage migration's disks.
+func (vm *VM) incomingBase(req StepRequest) IncomingRequest {
 	spec := vm.Spec()
 	vm.mu.Lock()
 	round := vm.rt.Round
@@ -352,6 +370,12 @@ func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequ
 		// holds none: its driver, this host, cancels the copy itself).
 		ireq.Op = req.Op
 	}
+	return ireq
+}
+
+// incomingRequest is what the destination is asked to prepare.
+func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequest) (IncomingRequest, error) {
+	ireq := vm.incomingBase(req)
 	if vm.copiesStorage(req.Migrate.CopyStorage) {
 		if err := vm.waitDiskJobs(ctx); err != nil {
 			return ireq, err

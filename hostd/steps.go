@@ -306,6 +306,9 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 		}
 		return "", err
 	}
+	if req.Kind == StepLaunch {
+		return "", vm.launchStep(ctx, req) // beside the Detach holding the VM's lock
+	}
 	if err := vm.lockStep(ctx, req); err != nil {
 		return "", err
 	}
@@ -318,6 +321,7 @@ func (h *Host) step(ctx context.Context, req StepRequest) (string, error) {
 		return fn(vm, ctx, req)
 	}
 	vm.dropArm() // an arm the closing operation did not use
+	vm.h.forgetLaunched(vm.name, req.Op)
 	return "", closingSteps[req.Kind](vm, ctx, req)
 }
 

@@ -26,6 +26,7 @@ const (
 	StepStop            = step.Stop
 	StepSave            = step.Save
 	StepMigrate         = step.Migrate
+	StepLaunch          = step.Launch
 	StepRestore         = step.Restore
 	StepAttach          = step.Attach
 	StepResume          = step.Resume

@@ -43,9 +43,10 @@
 //     Fencing: once hostd has executed a closing action (Abort, Attach,
 //     Resume, Kill, CancelMigrate, DeleteArtifacts) of an op for a VM, it
 //     refuses that op's forward actions (Prepare, Detach, Stop, Save,
-//     Migrate, Restore, Arm, Fence, Point, Replace) for that VM, and
-//     cancels one in progress if it can. WaitSave is not fenced: it follows
-//     the VM's Resume. The machine stops waiting for an action at its deadline, and
+//     Migrate, Launch, Restore, Arm, Fence, Point, Replace) for that VM,
+//     and cancels one in progress if it can; a destination that ran an
+//     op's CancelMigrate refuses that op's incoming copy. WaitSave is
+//     not fenced: it follows the VM's Resume. The machine stops waiting for an action at its deadline, and
 //     supersedes an outstanding Prepare with an Abort (and a Migrate with a
 //     CancelMigrate at the destination, which refuses the incoming copy), so
 //     a forward action may reach hostd after its compensation: the fence
@@ -67,8 +68,13 @@
 //	                   RESUME(checkpointed), ATTACH, WAIT-SAVE; then, job-level:
 //	                   every WaitSave OK: RecordCheckpoint complete (Digests, Points)
 //	                   else:              discard: DELETE-ARTIFACTS (every VM), then RecordCheckpoint failed
-//	migrate/evacuate:  PREPARE -> DETACH -> STOP -> MIGRATE =commit=> switch
-//	live migrate:      PREPARE -> DETACH ---------> MIGRATE(live) =commit=> switch
+//	migrate/evacuate:  PREPARE -> DETACH+LAUNCH -> STOP -> MIGRATE =commit=> switch
+//	live migrate:      PREPARE -> DETACH+LAUNCH ---------> MIGRATE(live) =commit=> switch
+//	                   (LAUNCH, per moving VM, on its Host beside its Detach:
+//	                   the destination starts its incoming QEMU, paused and
+//	                   empty, which the Migrate streams into; the DETACH
+//	                   barrier waits for both. Not with CopyStorage: its
+//	                   Migrate starts the destination after creating its disks)
 //	                   switch, per moving VM: RESUME(migrated)@dest, ATTACH@dest, KILL@source
 //	                   (resumed first: it is paused at both ends until then; hostd
 //	                   plugs its devices into the running guest, and Attach reports)
@@ -122,8 +128,9 @@
 // or timed-out action may have taken effect — in reverse order, on its
 // Host:
 //
-//	CANCEL-MIGRATE@dest   if Migrate was issued (runs concurrently with the rest,
-//	                      even while the Migrate is still outstanding)
+//	CANCEL-MIGRATE@dest   if Migrate or Launch was issued (runs concurrently with
+//	                      the rest, even while the Migrate is still outstanding;
+//	                      after an outstanding Launch is answered or timed out)
 //	ATTACH                if Detach or Arm was issued (hostd also drops the arm)
 //	RESUME(aborted)       if Stop, Migrate, Replace, Fence or Point was issued (the VM
 //	                      may be paused or fenced; hostd unfences it), else
@@ -137,6 +144,13 @@
 // RecordCheckpoint "failed". A failed Replace leaves the old QEMU holding
 // the VM paused, a successful one the new QEMU: either way Resume(aborted)
 // on Host runs it.
+//
+// A moving VM's closing Resume(aborted) or Abort at its source waits for
+// its CancelMigrate whenever a Launch or a Migrate was issued (the
+// destination is dropped first). If that cancel is given up on a live
+// destination after only a Launch, the source goes on and the error says
+// so: that copy never received the VM's state, so it is no second copy
+// (its lease there discards it).
 //
 // Migration, exactly: the destination runs a VM only after Resume@dest was
 // issued (VMState.Switched), and that happens only after the commit point

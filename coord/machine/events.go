@@ -164,6 +164,9 @@ func (o *Op) onHostDown(host string) {
 			if v.Pending != nil && v.Pending.Type == Migrate {
 				o.failAction(v, &v.Pending, "destination host "+host+" down")
 			}
+			if v.Side != nil && v.Side.Type == Launch {
+				o.failAction(v, &v.Side, "destination host "+host+" down")
+			}
 			o.failOn(v, host)
 			switch {
 			case v.Dir == DirForward && o.isDown(v.Host):

@@ -89,7 +89,7 @@ func checkOutstanding(o *Op, fail func(string, ...any)) map[ActionID]bool {
 	}
 	for i := range o.VMs {
 		v := &o.VMs[i]
-		if v.Side != nil && v.Side.Type != CancelMigrate {
+		if v.Side != nil && v.Side.Type != CancelMigrate && v.Side.Type != Launch {
 			fail("side action %s", v.Side.Type)
 		}
 		if v.Lost && v.Pending != nil {
@@ -139,6 +139,14 @@ func checkForward(o *Op, a Action, v *VMState, fail func(string, ...any)) {
 		} else {
 			after("was stopped", func(v *VMState) bool { return v.Stop == StatusOK })
 		}
+		if (v.Launch == StatusOK) == o.Opts.CopyStorage {
+			fail("migrate of %s with launch %q (copy storage %v)", a.VM, v.Launch, o.Opts.CopyStorage)
+		}
+	case Launch:
+		if o.Phase != PhaseDetach || !o.moving(v) || o.Opts.CopyStorage || a.Dest != v.Dest || a.Host != v.Host {
+			fail("bad launch %+v in phase %s", a, o.Phase)
+		}
+		after("was prepared", func(v *VMState) bool { return v.Prepare == StatusOK })
 	case Prepare:
 		if a.Freeze != o.Opts.Freeze {
 			fail("prepare without the op's Freeze")
@@ -155,6 +163,10 @@ func checkForward(o *Op, a Action, v *VMState, fail func(string, ...any)) {
 
 // checkClosing: closing actions keep the protocol's promises.
 func checkClosing(o *Op, a Action, v *VMState, fail func(string, ...any)) {
+	if (a.Type == Abort || (a.Type == Resume && a.Outcome == OutcomeAborted)) && o.destCopy(v) &&
+		(v.Cancel == "" || v.Cancel == StatusIssued) && (o.Kind == KindRelease || !o.isDown(v.Dest)) {
+		fail("%s of %s at its source before its copy at %s was dropped (cancel %q)", a.Type, a.VM, v.Dest, v.Cancel)
+	}
 	switch a.Type {
 	case Resume:
 		checkResume(o, a, v, fail)
@@ -341,6 +353,9 @@ func checkFinalVM(o *Op, v *VMState, lastFinish ActionType, fail func(string, ..
 			}
 			if v.Migrate != "" && v.Cancel != StatusOK && !o.isDown(v.Dest) {
 				fail("vm %s: incoming copy not dropped", v.Name)
+			}
+			if v.Launch != "" && v.Cancel != StatusOK && !o.isDown(v.Dest) && !strings.Contains(v.Error, "empty incoming copy") {
+				fail("vm %s: launched copy not dropped, and no error says so", v.Name)
 			}
 		}
 	}

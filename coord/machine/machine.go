@@ -427,6 +427,8 @@ func (v *VMState) status(t ActionType) *Status {
 		return &v.Save
 	case Migrate:
 		return &v.Migrate
+	case Launch:
+		return &v.Launch
 	case Restore:
 		return &v.Restore
 	case Arm:
@@ -633,12 +635,31 @@ func (o *Op) advance(v *VMState) {
 		}
 		o.issue(v, &v.Pending, t, host, outcome)
 	}
+	if v.Side == nil && o.needLaunch(v) {
+		o.issue(v, &v.Side, Launch, v.Host, "")
+	}
+}
+
+// needLaunch: v moves and its destination's QEMU can start while its
+// devices are detached (the user waits for the longer of the two, not
+// for both). A storage migration's Migrate starts it, after creating the
+// disks it needs.
+func (o *Op) needLaunch(v *VMState) bool {
+	return o.Phase == PhaseDetach && v.Dir == "" && !v.Lost && o.moving(v) && o.Kind != KindRelease &&
+		!o.Opts.CopyStorage && v.Launch == "" && !o.isDown(v.Host) && !o.isDown(v.Dest)
+}
+
+// destCopy: a step was issued that may have left a copy of v at its
+// destination (an empty incoming QEMU after Launch, the VM's state after
+// Migrate).
+func (o *Op) destCopy(v *VMState) bool {
+	return o.moving(v) && (v.Migrate != "" || v.Launch != "")
 }
 
 // needCancel: the destination may hold an incoming copy that will never
 // run, and can still be told to drop it.
 func (o *Op) needCancel(v *VMState) bool {
-	return o.moving(v) && v.Migrate != "" && v.Cancel == "" && !v.Switched &&
+	return o.destCopy(v) && v.Cancel == "" && !v.Switched &&
 		(v.Lost || v.Dir == DirBack) && !o.isDown(v.Dest)
 }
 
@@ -705,10 +726,8 @@ func (o *Op) backNext(v *VMState) (ActionType, string, string) {
 	switch {
 	case (v.Detach != "" || v.Arm != "") && v.Attach == "":
 		return Attach, v.Host, ""
-	case v.Finish == "" && o.copyHeld(v):
-		return o.resumeBack(v)
-	case v.Finish == "" && v.Prepare != "":
-		return Abort, v.Host, ""
+	case v.Finish == "" && (o.copyHeld(v) || v.Prepare != ""):
+		return o.finishBack(v)
 	case (v.Save != "" || v.Arm != "" || v.Point != "") && v.Delete == "":
 		return DeleteArtifacts, v.Host, ""
 	}
@@ -722,22 +741,31 @@ func (o *Op) copyHeld(v *VMState) bool {
 	return v.Stop != "" || v.Migrate != "" || v.Replace != "" || v.Fence != "" || v.Point != ""
 }
 
-// resumeBack resumes a rolled-back VM at its source, but a moving VM's
-// only once its destination's copy is gone: CancelMigrate succeeded, or
-// the destination host is down (not for a release: its absent
-// coordinator may have resumed the VM there). A CancelMigrate given up
-// on a live destination strands the VM paused at its source (never two
-// copies).
-func (o *Op) resumeBack(v *VMState) (ActionType, string, string) {
-	if o.moving(v) && v.Migrate != "" && v.Cancel != StatusOK && (o.Kind == KindRelease || !o.isDown(v.Dest)) {
+// finishBack ends a rolled-back VM's hold at its source: Resume(aborted)
+// if it may be paused, else Abort. A moving VM's only once its
+// destination's copy is gone: CancelMigrate succeeded, or the destination
+// host is down (not for a release: its absent coordinator may have
+// resumed the VM there); a Launch still outstanding is waited for, then
+// cancelled. A CancelMigrate given up on a live destination after a
+// Migrate strands the VM paused at its source (never two copies); after
+// only a Launch, that copy never received the VM's state, so the source
+// goes on (the error says what is left there).
+func (o *Op) finishBack(v *VMState) (ActionType, string, string) {
+	if o.destCopy(v) && v.Cancel != StatusOK && (o.Kind == KindRelease || !o.isDown(v.Dest)) {
 		if v.Cancel != StatusFailed {
-			return "", "", "" // its CancelMigrate is outstanding
+			return "", "", "" // its Launch or CancelMigrate is outstanding
 		}
-		v.addErr(fmt.Sprintf("left paused at %s: its copy at %s was not cancelled", v.Host, v.Dest))
-		v.Finished, v.Outcome = true, OutcomeStranded
-		return "", "", ""
+		if v.Migrate != "" {
+			v.addErr(fmt.Sprintf("left paused at %s: its copy at %s was not cancelled", v.Host, v.Dest))
+			v.Finished, v.Outcome = true, OutcomeStranded
+			return "", "", ""
+		}
+		v.addErr(fmt.Sprintf("its empty incoming copy at %s was not cancelled", v.Dest))
 	}
-	return Resume, v.Host, OutcomeAborted
+	if o.copyHeld(v) {
+		return Resume, v.Host, OutcomeAborted
+	}
+	return Abort, v.Host, ""
 }
 
 func (o *Op) finishVM(v *VMState, outcome string) {
@@ -767,7 +795,7 @@ func (o *Op) issue(v *VMState, slot **Action, t ActionType, host, outcome string
 		a.Freeze = o.Opts.Freeze
 	case Migrate:
 		a.Dest, a.Live, a.CopyStorage = v.Dest, o.Opts.Live, o.Opts.CopyStorage
-	case CancelMigrate:
+	case CancelMigrate, Launch:
 		a.Dest = v.Dest
 	case Resume:
 		if o.moving(v) && host == v.Dest {

@@ -245,6 +245,7 @@ func TestMigrateHappy(t *testing.T) {
 			h := start(t, kind, mgVMs, Options{})
 			h.answerAll(Prepare, true)
 			h.answerAll(Detach, true)
+			h.answerAll(Launch, true)
 			h.answerAll(Stop, true)
 			if h.op.Phase != PhaseMigrate || len(h.inflight) != 2 {
 				t.Fatalf("phase %s, in flight %s", h.op.Phase, fmtActs(h.inflight))
@@ -258,8 +259,8 @@ func TestMigrateHappy(t *testing.T) {
 				t.Fatalf("phase %s", h.op.Phase)
 			}
 			h.run(allOK)
-			h.wantSeq("a", "prepare@h1", "detach@h1", "stop@h1", "migrate@h1", "resume@h4(migrated)", "attach@h4", "kill@h1")
-			h.wantSeq("b", "prepare@h1", "detach@h1", "stop@h1", "migrate@h1", "resume@h5(migrated)", "attach@h5", "kill@h1")
+			h.wantSeq("a", "prepare@h1", "detach@h1", "launch@h1", "stop@h1", "migrate@h1", "resume@h4(migrated)", "attach@h4", "kill@h1")
+			h.wantSeq("b", "prepare@h1", "detach@h1", "launch@h1", "stop@h1", "migrate@h1", "resume@h5(migrated)", "attach@h5", "kill@h1")
 			h.wantSeq("c", "prepare@h2", "detach@h2", "stop@h2", "attach@h2", "resume@h2(migrated)")
 			r := h.op.Result()
 			if r.Outcome != OutcomeMigrated || r.VMs[0].Host != "h4" || r.VMs[1].Host != "h5" || r.VMs[2].Host != "h2" {
@@ -273,12 +274,13 @@ func TestMigrateFailsBeforeCommit(t *testing.T) {
 	h := start(t, KindMigrate, mgVMs, Options{})
 	h.answerAll(Prepare, true)
 	h.answerAll(Detach, true)
+	h.answerAll(Launch, true)
 	h.answerAll(Stop, true)
 	h.answer(Migrate, "a", true, "") // a's destination holds a complete paused copy
 	h.answer(Migrate, "b", false, "connection reset")
 	h.run(allOK)
-	h.wantSeq("a", "prepare@h1", "detach@h1", "stop@h1", "migrate@h1", "cancel-migrate@h4", "attach@h1", "resume@h1(aborted)")
-	h.wantSeq("b", "prepare@h1", "detach@h1", "stop@h1", "migrate@h1", "cancel-migrate@h5", "attach@h1", "resume@h1(aborted)")
+	h.wantSeq("a", "prepare@h1", "detach@h1", "launch@h1", "stop@h1", "migrate@h1", "cancel-migrate@h4", "attach@h1", "resume@h1(aborted)")
+	h.wantSeq("b", "prepare@h1", "detach@h1", "launch@h1", "stop@h1", "migrate@h1", "cancel-migrate@h5", "attach@h1", "resume@h1(aborted)")
 	h.wantSeq("c", "prepare@h2", "detach@h2", "stop@h2", "attach@h2", "resume@h2(aborted)")
 	r := h.op.Result()
 	if r.Outcome != OutcomeAborted || r.VMs[0].Host != "h1" {
@@ -292,6 +294,7 @@ func TestMigrateCancelWhileRunning(t *testing.T) {
 	h := start(t, KindMigrate, mgVMs, Options{})
 	h.answerAll(Prepare, true)
 	h.answerAll(Detach, true)
+	h.answerAll(Launch, true)
 	h.answerAll(Stop, true)
 	acts := h.answer(Migrate, "a", false, "destination refused")
 	if got := fmtActs(acts); got != "[a:cancel-migrate@h4 a:attach@h1 b:cancel-migrate@h5 c:attach@h2]" {
@@ -313,6 +316,7 @@ func TestMigrateDestinationLostAfterCommit(t *testing.T) {
 	h := start(t, KindMigrate, vms, Options{})
 	h.answerAll(Prepare, true)
 	h.answerAll(Detach, true)
+	h.answerAll(Launch, true)
 	h.answerAll(Stop, true)
 	h.answerAll(Migrate, true)
 	// Every moved VM is resumed at its destination at once (switched):
@@ -326,9 +330,9 @@ func TestMigrateDestinationLostAfterCommit(t *testing.T) {
 	h.hostDown("h5")
 	h.hostDown("h6")
 	h.run(allOK)
-	h.wantSeq("a", "prepare@h1", "detach@h1", "stop@h1", "migrate@h1", "resume@h4(migrated)", "attach@h4", "kill@h1")
-	h.wantSeq("b", "prepare@h1", "detach@h1", "stop@h1", "migrate@h1", "resume@h5(migrated)")
-	h.wantSeq("c", "prepare@h2", "detach@h2", "stop@h2", "migrate@h2", "resume@h6(migrated)")
+	h.wantSeq("a", "prepare@h1", "detach@h1", "launch@h1", "stop@h1", "migrate@h1", "resume@h4(migrated)", "attach@h4", "kill@h1")
+	h.wantSeq("b", "prepare@h1", "detach@h1", "launch@h1", "stop@h1", "migrate@h1", "resume@h5(migrated)")
+	h.wantSeq("c", "prepare@h2", "detach@h2", "launch@h2", "stop@h2", "migrate@h2", "resume@h6(migrated)")
 	r := h.op.Result()
 	if r.Outcome != OutcomeMigrated || !reflect.DeepEqual(r.Lost, []string{"b", "c"}) {
 		t.Fatalf("result %+v", r)
@@ -346,6 +350,7 @@ func TestSourceDownSalvage(t *testing.T) {
 		h := start(t, KindEvacuate, vms, Options{})
 		h.answerAll(Prepare, true)
 		h.answerAll(Detach, true)
+		h.answerAll(Launch, true)
 		h.answerAll(Stop, true)
 		h.answer(Migrate, "a", true, "")
 		acts := h.hostDown("h1") // a's transfer is complete: continue at h4
@@ -354,13 +359,13 @@ func TestSourceDownSalvage(t *testing.T) {
 		}
 		h.answer(Migrate, "b", !bFails, "boom")
 		h.run(allOK)
-		h.wantSeq("a", "prepare@h1", "detach@h1", "stop@h1", "migrate@h1", "resume@h4(migrated)", "attach@h4")
+		h.wantSeq("a", "prepare@h1", "detach@h1", "launch@h1", "stop@h1", "migrate@h1", "resume@h4(migrated)", "attach@h4")
 		r := h.op.Result()
 		if r.VMs[0].Outcome != OutcomeMigrated || r.VMs[0].Host != "h4" || r.Lost != nil {
 			t.Fatalf("result %+v", r)
 		}
 		if bFails {
-			h.wantSeq("b", "prepare@h2", "detach@h2", "stop@h2", "migrate@h2", "cancel-migrate@h5", "attach@h2", "resume@h2(aborted)")
+			h.wantSeq("b", "prepare@h2", "detach@h2", "launch@h2", "stop@h2", "migrate@h2", "cancel-migrate@h5", "attach@h2", "resume@h2(aborted)")
 			if r.Outcome != OutcomeAborted {
 				t.Fatalf("outcome %s", r.Outcome)
 			}
@@ -374,6 +379,7 @@ func TestSourceDownBeforeTransferCompletes(t *testing.T) {
 	h := start(t, KindMigrate, mgVMs, Options{})
 	h.answerAll(Prepare, true)
 	h.answerAll(Detach, true)
+	h.answerAll(Launch, true)
 	h.answerAll(Stop, true)
 	acts := h.hostDown("h1")
 	// a and b are lost; their incoming copies are dropped; c rolls back.
@@ -392,12 +398,13 @@ func TestLiveMigrate(t *testing.T) {
 	t.Run("happy", func(t *testing.T) {
 		h := start(t, KindMigrate, mgVMs, opts)
 		h.answerAll(Prepare, true)
-		acts := h.answerAll(Detach, true)
+		h.answerAll(Detach, true)
+		acts := h.answerAll(Launch, true)
 		if got := fmtActs(acts); got != "[a:migrate@h1 b:migrate@h1]" || !acts[0].Live || !acts[0].Deadline.Equal(t0.Add(time.Minute)) {
 			t.Fatalf("live migrate actions %s %+v", got, acts)
 		}
 		h.run(allOK)
-		h.wantSeq("a", "prepare@h1", "detach@h1", "migrate@h1", "resume@h4(migrated)", "attach@h4", "kill@h1")
+		h.wantSeq("a", "prepare@h1", "detach@h1", "launch@h1", "migrate@h1", "resume@h4(migrated)", "attach@h4", "kill@h1")
 		h.wantSeq("c", "prepare@h2", "detach@h2", "attach@h2", "resume@h2(migrated)")
 		if h.count(Stop) != 0 || h.op.Result().Outcome != OutcomeMigrated {
 			t.Fatal("live migration stopped VMs or failed")
@@ -407,11 +414,12 @@ func TestLiveMigrate(t *testing.T) {
 		h := start(t, KindMigrate, mgVMs, opts)
 		h.answerAll(Prepare, true)
 		h.answerAll(Detach, true)
+		h.answerAll(Launch, true)
 		h.answer(Migrate, "a", true, "")
 		h.answer(Migrate, "b", false, "too many dirty pages")
 		h.run(allOK)
 		// A migrated source is paused: it is resumed, not just told.
-		h.wantSeq("a", "prepare@h1", "detach@h1", "migrate@h1", "cancel-migrate@h4", "attach@h1", "resume@h1(aborted)")
+		h.wantSeq("a", "prepare@h1", "detach@h1", "launch@h1", "migrate@h1", "cancel-migrate@h4", "attach@h1", "resume@h1(aborted)")
 		// c never stopped: its round is aborted.
 		h.wantSeq("c", "prepare@h2", "detach@h2", "attach@h2", "abort@h2")
 	})
@@ -692,6 +700,7 @@ func TestSalvagedThenDestinationDown(t *testing.T) {
 	h := start(t, KindMigrate, vms, Options{})
 	h.answerAll(Prepare, true)
 	h.answerAll(Detach, true)
+	h.answerAll(Launch, true)
 	h.answerAll(Stop, true)
 	h.answer(Migrate, "a", true, "")
 	h.hostDown("h1")
@@ -708,6 +717,7 @@ func TestSaveWithoutDigest(t *testing.T) {
 	h := start(t, KindCheckpoint, vms3, ckOpts)
 	h.answerAll(Prepare, true)
 	h.answerAll(Detach, true)
+	h.answerAll(Launch, true)
 	h.answerAll(Stop, true)
 	a := h.take(Save, "a")
 	h.step(ActionResult{ID: a.ID, OK: true, Now: h.now})

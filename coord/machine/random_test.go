@@ -109,7 +109,7 @@ func (w *world) run(a Action) ActionResult {
 	}
 	s := w.vms[a.VM]
 	key := a.Host + "/" + a.VM
-	if a.Type.forward() && (w.fence[key] || (a.Type == Migrate && w.fence[a.Dest+"/"+a.VM])) {
+	if a.Type.forward() && (w.fence[key] || ((a.Type == Migrate || a.Type == Launch) && w.fence[a.Dest+"/"+a.VM])) {
 		return fail("fenced: the op was rolled back here")
 	}
 	if !a.Type.forward() && a.Type != WaitSave {
@@ -142,7 +142,7 @@ func (w *world) effect(a Action, s *simVM) string {
 	_, exists := s.copies[a.Host]
 	if !exists {
 		switch a.Type {
-		case Prepare, Detach, Stop, Migrate, Attach, Resume, Arm, Fence, Point, Replace:
+		case Prepare, Detach, Stop, Migrate, Launch, Attach, Resume, Arm, Fence, Point, Replace:
 			return "no such vm"
 		}
 	}
@@ -162,6 +162,12 @@ func (w *world) effect(a Action, s *simVM) string {
 		s.artifact = true
 	case DeleteArtifacts:
 		s.artifact, s.stream = false, ""
+	case Launch:
+		if w.dead[a.Dest] {
+			return "destination unreachable"
+		}
+		s.copies[a.Dest] = "empty" // an incoming QEMU without the VM's state
+		s.attached[a.Dest] = false
 	case Migrate:
 		if w.dead[a.Dest] {
 			return "destination unreachable"
@@ -222,6 +228,9 @@ func (w *world) liveEffect(a Action, s *simVM) string {
 }
 
 func (w *world) resume(a Action, s *simVM) {
+	if s.copies[a.Host] == "empty" {
+		w.t.Fatalf("resume of %s at %s: its copy there never received its state", a.VM, a.Host)
+	}
 	s.copies[a.Host] = "running"
 	s.inRound = false
 	var running []string

@@ -318,7 +318,7 @@ func fmtVM(v *VMState) string {
 	if v.Incoming {
 		s += " incoming"
 	}
-	for _, st := range []ActionType{Prepare, Detach, Arm, Fence, Stop, Point, Save, Migrate, Replace, Restore,
+	for _, st := range []ActionType{Prepare, Detach, Arm, Fence, Stop, Point, Save, Launch, Migrate, Replace, Restore,
 		CancelMigrate, Attach, Resume, WaitSave, Kill, DeleteArtifacts} {
 		name := string(st)
 		if st == Resume {

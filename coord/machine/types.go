@@ -99,6 +99,12 @@ const (
 	Stop    ActionType = "stop"    // pause the vCPUs
 	Save    ActionType = "save"    // write the VM's state into checkpoint CheckpointID; result carries the digest
 	Migrate ActionType = "migrate" // send the VM from Host to Dest; on success Dest holds a complete PAUSED copy
+	// Launch (migrate/evacuate, on Host, concurrently with Detach): have
+	// Dest start the moving VM's incoming QEMU, paused and empty, for the
+	// Migrate that follows to stream into. Not with CopyStorage (its
+	// Migrate creates the disks first). Its copy never holds the VM's
+	// state before a Migrate, so it is dropped by CancelMigrate like one.
+	Launch  ActionType = "launch"
 	Restore ActionType = "restore" // create the VM on Host from checkpoint CheckpointID, PAUSED
 	// Replace (rejuvenate): move the VM's device state into a new QEMU on
 	// Host, on the same shared memory. On success the NEW QEMU holds the
@@ -140,7 +146,7 @@ const (
 // before the commit point rolls the operation back).
 func (t ActionType) forward() bool {
 	switch t {
-	case Prepare, Detach, Stop, Save, Migrate, Restore, Arm, Fence, Point, Replace:
+	case Prepare, Detach, Stop, Save, Migrate, Restore, Arm, Fence, Point, Replace, Launch:
 		return true
 	}
 	return false
@@ -172,7 +178,7 @@ type Action struct {
 	// Host is the host whose hostd executes the action (for CancelMigrate:
 	// the destination; for Resume/Attach after a migration: the destination).
 	Host string `json:"host,omitempty"`
-	// Dest: Migrate's and CancelMigrate's destination host.
+	// Dest: Launch's, Migrate's and CancelMigrate's destination host.
 	Dest string `json:"dest,omitempty"`
 	// Live: Migrate pre-copies while the VM runs.
 	Live bool `json:"live,omitempty"`
@@ -329,6 +335,7 @@ type VMState struct {
 	Stop    Status `json:"stop,omitempty"`
 	Save    Status `json:"save,omitempty"`
 	Migrate Status `json:"migrate,omitempty"`
+	Launch  Status `json:"launch,omitempty"`
 	Restore Status `json:"restore,omitempty"`
 	Arm     Status `json:"arm,omitempty"`
 	Fence   Status `json:"fence,omitempty"`
@@ -344,7 +351,8 @@ type VMState struct {
 
 	Tries map[ActionType]int `json:"tries,omitempty"` // attempts issued per action type
 	// Pending is the VM's outstanding main action; Side its outstanding
-	// CancelMigrate (which runs at the destination, concurrently).
+	// Launch (beside its Detach) or CancelMigrate (which runs at the
+	// destination, concurrently).
 	Pending *Action `json:"pending,omitempty"`
 	Side    *Action `json:"side,omitempty"`
 }

@@ -29,6 +29,10 @@ const (
 	Fence    = "fence"
 	Point    = "point"
 	WaitSave = "wait-save"
+	// Launch (coord/machine's Launch, on a migration's source, beside its
+	// Detach): the destination starts the VM's incoming QEMU for the
+	// Migrate that follows (same arguments).
+	Launch = "launch"
 	// Replace is rejuvenate's step (coord/machine's Replace): a new QEMU
 	// on the same shared memory takes over the stopped VM's device state.
 	Replace = "replace"
@@ -52,7 +56,7 @@ type Request struct {
 
 	Prepare *PrepareArgs `json:"prepare,omitempty"` // prepare
 	Save    *SaveArgs    `json:"save,omitempty"`    // save, arm, point, wait-save, restore, delete-artifacts
-	Migrate *MigrateArgs `json:"migrate,omitempty"` // migrate
+	Migrate *MigrateArgs `json:"migrate,omitempty"` // migrate, launch
 	Resume  *ResumeArgs  `json:"resume,omitempty"`  // resume
 	Replace *ReplaceArgs `json:"replace,omitempty"` // replace
 }
@@ -127,7 +131,7 @@ type Result struct {
 // operation's closing refuses.
 func Forward(kind string) bool {
 	switch kind {
-	case Prepare, Detach, Stop, Save, Migrate, Restore, Arm, Fence, Point, Replace:
+	case Prepare, Detach, Stop, Save, Migrate, Restore, Arm, Fence, Point, Replace, Launch:
 		return true
 	}
 	return false
@@ -145,7 +149,7 @@ func (r Request) Validate() error {
 		want = "prepare"
 	case Save, Arm, Point, WaitSave, Restore, DeleteArtifacts:
 		want = "save"
-	case Migrate:
+	case Migrate, Launch:
 		want = "migrate"
 	case Resume:
 		want = "resume"
@@ -166,7 +170,7 @@ func (r Request) Validate() error {
 		return fmt.Errorf("step %s: dir %q is not an absolute path: %w", r.Kind, r.Save.Dir, jsonapi.ErrInvalid)
 	}
 	if r.Migrate != nil && r.Migrate.Dest == "" {
-		return fmt.Errorf("step migrate: dest is missing: %w", jsonapi.ErrInvalid)
+		return fmt.Errorf("step %s: dest is missing: %w", r.Kind, jsonapi.ErrInvalid)
 	}
 	return nil
 }
