@@ -171,10 +171,11 @@ func (vm *VM) saveState(ctx context.Context, mon *qmp.Client, dir string) ([]man
 // newManifest starts the manifest of a checkpoint of the VM as it is now,
 // in its guest cooperation round.
 func (vm *VM) newManifest(mon *qmp.Client) Manifest {
+	identity := vm.checkpointCloneIdentity()
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	m := Manifest{Version: 1, VM: vm.name, Spec: vm.spec, CreatedAt: time.Now().UTC(),
-		QEMU: mon.Version().String(), Round: vm.rt.Round}
+		QEMU: mon.Version().String(), Round: vm.rt.Round, CloneIdentity: identity}
 	m.Spec.Disks = slices.Clone(m.Spec.Disks) // addDisks rewrites their paths
 	return m
 }
@@ -285,6 +286,9 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 			h.forgetKeep(created, replaced) // the replaced VM's console history stays
 		}
 	}()
+	if err := vm.takeCloneIdentity(m.CloneIdentity); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
+	}
 	vm.logPhase("restore_verify", timeNow().Sub(start))
 	start = timeNow()
 	if err := vm.launchRestored(ctx, m, spec, opts.Dir, progress); err != nil {

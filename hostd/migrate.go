@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/guestproto"
 	"github.com/symvirt/symvirt/hostd/migstream"
 	"github.com/symvirt/symvirt/qmp"
 )
@@ -62,6 +63,8 @@ type IncomingRequest struct {
 	// CopyStorage: the destination creates these disks (every disk of
 	// the spec, in order) and serves them for the source's mirror.
 	CopyStorage []CopyDisk `json:"copy_storage,omitempty"`
+	// CloneIdentity: a template clone's kept identity (template_move.go).
+	CloneIdentity *guestproto.Clone `json:"clone_identity,omitempty"`
 }
 
 // IncomingResponse tells the source where to send the stream.
@@ -129,6 +132,9 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 			h.forget(vm)
 		}
 	}()
+	if err := vm.takeCloneIdentity(req.CloneIdentity); err != nil {
+		return IncomingResponse{}, err
+	}
 	absent := map[string]bool{}
 	for _, id := range req.Absent {
 		if !slices.Contains(spec.PassthroughIDs(), id) {
@@ -347,6 +353,10 @@ func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequ
 	round := vm.rt.Round
 	vm.mu.Unlock()
 	ireq := IncomingRequest{Spec: spec, Absent: spec.PassthroughIDs(), Round: round, Lease: req.Lease, Grant: req.Migrate.Grant}
+	var err error
+	if ireq.CloneIdentity, err = vm.movingCloneIdentity(); err != nil {
+		return ireq, err
+	}
 	if req.Lease > 0 {
 		// Held under the operation's lease there (a direct operation
 		// holds none: its driver, this host, cancels the copy itself).

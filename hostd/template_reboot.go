@@ -95,8 +95,11 @@ func (vm *VM) saveCloneIdentity(c guestproto.Clone) error {
 // that booted again: the NICs already have the clone's MACs (the spec's),
 // and a new seed. ok is false for a VM that is not a clone.
 func (vm *VM) cloneIdentity() (c guestproto.Clone, ok bool) {
-	data, err := os.ReadFile(filepath.Join(vm.dir, fileCloneIdentity))
-	if err != nil || json.Unmarshal(data, &c) != nil {
+	c, ok, err := vm.savedCloneIdentity()
+	if !ok {
+		if err != nil {
+			vm.log.Error("clone's identity unreadable: its guest will not take it back", "err", err)
+		}
 		return c, false
 	}
 	fresh := newCloneIdentity(c.Hostname, c.NICs)
