@@ -28,7 +28,7 @@ type launch struct {
 // hold vm.mu.
 func (vm *VM) args(l launch, gen int) qemu.Args {
 	return qemu.Args{Spec: vm.spec, Dir: vm.dir, Accel: vm.h.cfg.Accel, Gen: gen, Incoming: l.incoming,
-		Absent: l.absent, Override: vm.overrides(), RunAs: vm.h.cfg.QEMUUser}
+		Absent: l.absent, Override: vm.overrides(), RunAs: vm.h.cfg.QEMUUser, NamedRAM: vm.isClone()}
 }
 
 // qemuBinary is the QEMU this VM runs with; callers hold vm.mu.

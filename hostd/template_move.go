@@ -23,6 +23,14 @@ import (
 // request or manifest bounded in size as they are), each NIC's MAC one of
 // the spec's; it is written 0600 as a clone's own.
 
+// isClone reports whether the VM is a template's clone (it keeps a clone
+// identity): its QEMUs name their RAM block as the template's state does
+// (qemu.Args.NamedRAM), whether they load a state or boot.
+func (vm *VM) isClone() bool {
+	_, err := os.Stat(filepath.Join(vm.dir, fileCloneIdentity))
+	return err == nil
+}
+
 // savedCloneIdentity is the VM's kept clone identity as recorded (no
 // seed); ok is false for a VM that is not a clone.
 func (vm *VM) savedCloneIdentity() (c guestproto.Clone, ok bool, err error) {
