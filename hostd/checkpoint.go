@@ -270,7 +270,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 		h.forgetKeep(old, true)
 		replaced = true
 	}
-	vm, err = h.create(spec)
+	vm, err = h.createKeeping(spec, m.CloneIdentity)
 	if err != nil {
 		return nil, err
 	}
@@ -286,9 +286,6 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 			h.forgetKeep(created, replaced) // the replaced VM's console history stays
 		}
 	}()
-	if err := vm.takeCloneIdentity(m.CloneIdentity); err != nil {
-		return nil, fmt.Errorf("checkpoint %s: %w", opts.Dir, err)
-	}
 	vm.logPhase("restore_verify", timeNow().Sub(start))
 	start = timeNow()
 	if err := vm.launchRestored(ctx, m, spec, opts.Dir, progress); err != nil {

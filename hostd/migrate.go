@@ -132,9 +132,6 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 			h.forget(vm)
 		}
 	}()
-	if err := vm.takeCloneIdentity(req.CloneIdentity); err != nil {
-		return IncomingResponse{}, err
-	}
 	absent := map[string]bool{}
 	for _, id := range req.Absent {
 		if !slices.Contains(spec.PassthroughIDs(), id) {
@@ -216,7 +213,7 @@ func (h *Host) createIncoming(req IncomingRequest) (*VM, error) {
 		}
 		h.forget(old)
 	}
-	return h.create(spec)
+	return h.createKeeping(spec, req.CloneIdentity)
 }
 
 // FinishIncoming completes a migration on the destination: wait for the

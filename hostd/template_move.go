@@ -68,16 +68,24 @@ func (vm *VM) checkpointCloneIdentity() *guestproto.Clone {
 	return c
 }
 
-// takeCloneIdentity records, for the VM an incoming migration brings,
-// the clone identity its source sent (nil: not a clone), once checked.
-func (vm *VM) takeCloneIdentity(c *guestproto.Clone) error {
-	if c == nil {
-		return nil
+// createKeeping registers the VM of spec that a migration or a restore
+// brings, with the clone identity that came with it (nil: not a clone),
+// checked first.
+func (h *Host) createKeeping(spec Spec, identity *guestproto.Clone) (*VM, error) {
+	if identity != nil {
+		if err := checkMovedIdentity(*identity, spec); err != nil {
+			return nil, fmt.Errorf("vm %q: the clone identity that came with it: %w: %w", spec.Name, ErrInvalidSpec, err)
+		}
 	}
-	if err := checkMovedIdentity(*c, vm.Spec()); err != nil {
-		return fmt.Errorf("incoming %q: %w: %w", vm.name, ErrInvalidSpec, err)
+	vm, err := h.create(spec)
+	if err != nil || identity == nil {
+		return vm, err
 	}
-	return vm.saveCloneIdentity(*c)
+	if err := vm.saveCloneIdentity(*identity); err != nil {
+		h.forget(vm)
+		return nil, err
+	}
+	return vm, nil
 }
 
 // checkMovedIdentity checks a clone identity another host sent with the
