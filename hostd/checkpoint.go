@@ -171,10 +171,11 @@ func (vm *VM) saveState(ctx context.Context, mon *qmp.Client, dir string) ([]man
 // newManifest starts the manifest of a checkpoint of the VM as it is now,
 // in its guest cooperation round.
 func (vm *VM) newManifest(mon *qmp.Client) Manifest {
+	identity := vm.checkpointCloneIdentity()
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	m := Manifest{Version: 1, VM: vm.name, Spec: vm.spec, CreatedAt: time.Now().UTC(),
-		QEMU: mon.Version().String(), Round: vm.rt.Round}
+		QEMU: mon.Version().String(), Round: vm.rt.Round, CloneIdentity: identity}
 	m.Spec.Disks = slices.Clone(m.Spec.Disks) // addDisks rewrites their paths
 	return m
 }
@@ -269,7 +270,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 		h.forgetKeep(old, true)
 		replaced = true
 	}
-	vm, err = h.create(spec)
+	vm, err = h.createKeeping(spec, m.CloneIdentity)
 	if err != nil {
 		return nil, err
 	}

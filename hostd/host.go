@@ -69,7 +69,7 @@ type VM struct {
 	log  *slog.Logger
 
 	// op serialises long operations on one VM; TryLock failure is ErrBusy.
-	op sync.Mutex
+	op opLock
 
 	mu        sync.Mutex
 	spec      Spec
@@ -87,6 +87,7 @@ type VM struct {
 	fencedAt  time.Time     // when the network fence went up
 	disks     diskWork      // a checkpoint's disk copy and flatten (diskcut.go)
 	frames    *frameForward // a migrated source passing on what its taps still get
+	reboot    cloneReboot   // a clone's guest rebooting (template_reboot.go)
 }
 
 // runtimeState is persisted next to the spec so a restarted hostd knows

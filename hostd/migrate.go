@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/guestproto"
 	"github.com/symvirt/symvirt/hostd/migstream"
 	"github.com/symvirt/symvirt/qmp"
 )
@@ -62,6 +63,8 @@ type IncomingRequest struct {
 	// CopyStorage: the destination creates these disks (every disk of
 	// the spec, in order) and serves them for the source's mirror.
 	CopyStorage []CopyDisk `json:"copy_storage,omitempty"`
+	// CloneIdentity: a template clone's kept identity (template_move.go).
+	CloneIdentity *guestproto.Clone `json:"clone_identity,omitempty"`
 }
 
 // IncomingResponse tells the source where to send the stream.
@@ -214,7 +217,7 @@ func (h *Host) createIncoming(req IncomingRequest) (*VM, error) {
 		}
 		h.forget(old)
 	}
-	return h.create(spec)
+	return h.createKeeping(spec, req.CloneIdentity)
 }
 
 // FinishIncoming completes a migration on the destination: wait for the
@@ -365,6 +368,10 @@ func (vm *VM) incomingBase(req StepRequest) IncomingRequest {
 	round := vm.rt.Round
 	vm.mu.Unlock()
 	ireq := IncomingRequest{Spec: spec, Absent: spec.PassthroughIDs(), Round: round, Lease: req.Lease, Grant: req.Migrate.Grant}
+	var err error
+	if ireq.CloneIdentity, err = vm.movingCloneIdentity(); err != nil {
+		return ireq, err
+	}
 	if req.Lease > 0 {
 		// Held under the operation's lease there (a direct operation
 		// holds none: its driver, this host, cancels the copy itself).

@@ -28,7 +28,7 @@ type launch struct {
 // hold vm.mu.
 func (vm *VM) args(l launch, gen int) qemu.Args {
 	return qemu.Args{Spec: vm.spec, Dir: vm.dir, Accel: vm.h.cfg.Accel, Gen: gen, Incoming: l.incoming,
-		Absent: l.absent, Override: vm.overrides(), RunAs: vm.h.cfg.QEMUUser}
+		Absent: l.absent, Override: vm.overrides(), RunAs: vm.h.cfg.QEMUUser, NamedRAM: vm.isClone()}
 }
 
 // qemuBinary is the QEMU this VM runs with; callers hold vm.mu.
@@ -82,7 +82,7 @@ func (vm *VM) install(p *qemu.Process, l launch) {
 // the operation running on the VM ends (unlock), unless it started a new
 // QEMU.
 func (vm *VM) watch(p *qemu.Process) {
-	rebooted := vm.watchClone(p)
+	afterExit := vm.watchClone(p)
 	vm.log.Info("qemu exited", "pid", p.PID, "status", p.ExitErr())
 	vm.mu.Lock()
 	current := vm.rt.PID == p.PID
@@ -100,9 +100,8 @@ func (vm *VM) watch(p *qemu.Process) {
 		vm.reclaimRAM()
 		vm.op.Unlock()
 	}
-	if current && rebooted() {
-		cloneReboots.Store(vm, p)
-		vm.rebootClone(p)
+	if current {
+		afterExit()
 	}
 }
 
@@ -221,7 +220,7 @@ func (vm *VM) boot(ctx context.Context) error {
 // A timeout of 0 is the host's StopTimeout.
 func (vm *VM) Stop(ctx context.Context, timeout time.Duration) error {
 	return vm.locked("stop", func() error {
-		cloneReboots.Delete(vm) // a clone whose guest rebooted stays stopped
+		vm.noteStop() // a clone whose guest rebooted stays stopped
 		p, err := vm.process()
 		if err != nil || !vm.alive() {
 			vm.kill() // not running, or not adopted

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/symvirt/symvirt/guestproto"
@@ -40,10 +38,44 @@ const fileCloneIdentity = "clone-identity.json"
 // identity back: a cold boot, longer than a cooperation round.
 const cloneBootTimeout = 3 * time.Minute
 
-// cloneReboots holds, per VM, the QEMU whose guest rebooted into the
-// placeholder until the VM is booted again; Stop drops it, so that a
-// clone stopped meanwhile stays stopped.
-var cloneReboots sync.Map // *VM -> *qemu.Process
+// cloneReboot is a VM's state for its clone's guest rebooting into the
+// placeholder; vm.mu guards it.
+type cloneReboot struct {
+	// stops counts the stops asked of the VM. The QEMU whose guest
+	// rebooted is booted again only if none came since it started: a
+	// stop between its exit and the reboot taking the VM's lock keeps
+	// the clone stopped.
+	stops uint64
+	// hook, set by tests, runs as a reboot passes a stage: "decided"
+	// once hostd knows the guest rebooted into the placeholder, before it
+	// waits for the VM's lock; "done" once it booted the VM or gave up.
+	hook func(stage string)
+}
+
+// noteStop records a stop asked of the VM, which no reboot of a QEMU
+// started before it may undo.
+func (vm *VM) noteStop() {
+	vm.mu.Lock()
+	vm.reboot.stops++
+	vm.mu.Unlock()
+}
+
+// stopsSoFar is how many stops were asked of the VM.
+func (vm *VM) stopsSoFar() uint64 {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.reboot.stops
+}
+
+// rebootStage runs the test hook, if any, for a stage of a reboot.
+func (vm *VM) rebootStage(stage string) {
+	vm.mu.Lock()
+	hook := vm.reboot.hook
+	vm.mu.Unlock()
+	if hook != nil {
+		hook(stage)
+	}
+}
 
 // saveCloneIdentity records c (without its seed, which is used once) as
 // the VM's clone identity.
@@ -63,8 +95,11 @@ func (vm *VM) saveCloneIdentity(c guestproto.Clone) error {
 // that booted again: the NICs already have the clone's MACs (the spec's),
 // and a new seed. ok is false for a VM that is not a clone.
 func (vm *VM) cloneIdentity() (c guestproto.Clone, ok bool) {
-	data, err := os.ReadFile(filepath.Join(vm.dir, fileCloneIdentity))
-	if err != nil || json.Unmarshal(data, &c) != nil {
+	c, ok, err := vm.savedCloneIdentity()
+	if !ok {
+		if err != nil {
+			vm.log.Error("clone's identity unreadable: its guest will not take it back", "err", err)
+		}
 		return c, false
 	}
 	fresh := newCloneIdentity(c.Hostname, c.NICs)
@@ -82,14 +117,17 @@ func isLeanClone(pid int) bool {
 	return err == nil && bytes.Contains(cmdline, []byte("/"+placeholderKernelName+"\x00"))
 }
 
-// watchClone follows a clone's QEMU p for guest resets. It returns what
-// watch asks once p exited: whether the guest rebooted into the
-// placeholder (for a QEMU that is not a lean clone's: never); a guest
-// that reset in a QEMU running the real kernel gets its identity back.
-func (vm *VM) watchClone(p *qemu.Process) (rebooted func() bool) {
+// watchClone follows a clone's QEMU p for guest resets, from p's start
+// (watch's). It returns what watch calls once p exited as the VM's
+// current QEMU: it boots the VM again if the guest rebooted into the
+// placeholder (for a QEMU that is not a lean clone's: never) and no stop
+// was asked since p started. A guest that reset in a QEMU running the
+// real kernel gets its identity back at once.
+func (vm *VM) watchClone(p *qemu.Process) (afterExit func()) {
 	if _, ok := vm.cloneIdentity(); !ok || p.Mon == nil {
-		return func() bool { return false }
+		return func() {}
 	}
+	stops := vm.stopsSoFar()
 	lean := isLeanClone(p.PID)
 	events, cancel := p.Mon.Subscribe("RESET", "POWERDOWN", "SHUTDOWN")
 	done := make(chan bool, 1)
@@ -112,19 +150,31 @@ func (vm *VM) watchClone(p *qemu.Process) (rebooted func() bool) {
 		}
 		done <- lean && reset
 	}()
-	return func() bool { return <-done }
+	return func() {
+		if <-done {
+			vm.rebootClone(p, stops)
+		}
+	}
 }
 
 // rebootClone boots the VM again from its spec after its guest rebooted
-// into the placeholder kernel (p's), unless the VM was stopped, started
-// or removed meanwhile; then guestd gets the clone's identity back.
-func (vm *VM) rebootClone(p *qemu.Process) {
+// into the placeholder kernel (p's), unless the VM was stopped since p
+// started (stops: the count then), or started or removed meanwhile; then
+// guestd gets the clone's identity back. It waits for an operation under
+// way on the VM to end, within the boot's deadline.
+func (vm *VM) rebootClone(p *qemu.Process, stops uint64) {
 	vm.log.Info("clone's guest rebooted; booting it from its spec", "pid", p.PID)
+	vm.rebootStage("decided")
+	defer vm.rebootStage("done")
 	ctx, cancel := context.WithTimeout(context.Background(), cloneBootTimeout)
 	defer cancel()
 	booted := false
-	err := vm.lockWait(ctx, "reboot", func() error {
-		if q, _ := cloneReboots.LoadAndDelete(vm); q != p || vm.alive() {
+	err := vm.lockedWait(ctx, "reboot", func() error {
+		if vm.stopsSoFar() != stops {
+			vm.log.Info("clone's guest rebooted, but the VM was stopped since: it stays stopped")
+			return nil
+		}
+		if vm.alive() {
 			return nil
 		}
 		if cur, err := vm.h.Get(vm.name); err != nil || cur != vm {
@@ -139,22 +189,6 @@ func (vm *VM) rebootClone(p *qemu.Process) {
 	}
 	if booted {
 		vm.restoreCloneIdentity(vm.currentProcess())
-	}
-}
-
-// lockWait runs do under the VM's operation lock, waiting for an
-// operation under way to end.
-func (vm *VM) lockWait(ctx context.Context, op string, do func() error) error {
-	for {
-		err := vm.locked(op, do)
-		if err == nil || !errors.Is(err, ErrBusy) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (%w)", ctx.Err(), err)
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
 }
 

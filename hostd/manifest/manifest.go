@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/symvirt/symvirt/guestproto"
 	"github.com/symvirt/symvirt/hostd/sentinel"
 	"github.com/symvirt/symvirt/hostd/spec"
 	"github.com/symvirt/symvirt/hostd/step"
@@ -34,6 +35,9 @@ type Manifest struct {
 	// Round is the guest cooperation round the guest was in at the cut; a
 	// restore finishes it with the outcome "restored".
 	Round *step.Round `json:"round,omitempty"`
+	// CloneIdentity: a template clone's kept identity (no seed), which a
+	// restored clone takes back (hostd/template_move.go).
+	CloneIdentity *guestproto.Clone `json:"clone_identity,omitempty"`
 }
 
 // FileDigest is one artifact of a checkpoint.

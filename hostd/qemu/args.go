@@ -35,6 +35,11 @@ type Args struct {
 	// PrivateRAM maps the RAM file (a template's) private copy-on-write
 	// (share=off): the guest's writes never reach the file.
 	PrivateRAM bool
+	// NamedRAM puts guest RAM that is no file in a backend named ram0
+	// too, as a file's is: a template clone's state (the template's RAM
+	// was a file) names its RAM block so, and a QEMU that loads it, a
+	// migration's destination or a restore, must have that block.
+	NamedRAM bool
 	// runWith: the binary takes -run-with user= for -runas (Start).
 	runWith bool
 }
@@ -76,6 +81,8 @@ func (a Args) argv() []string {
 		share := map[bool]string{false: "on", true: "off"}[a.PrivateRAM]
 		v = append(v, "-object", fmt.Sprintf("memory-backend-file,id=ram0,share=%s,size=%dM,mem-path=/proc/self/fd/%d", share, s.Memory, ramFD),
 			"-machine", "memory-backend=ram0")
+	} else if a.NamedRAM {
+		v = append(v, "-object", fmt.Sprintf("memory-backend-ram,id=ram0,size=%dM", s.Memory), "-machine", "memory-backend=ram0")
 	}
 	if s.Kernel != "" {
 		v = append(v, "-kernel", s.Kernel)

@@ -69,3 +69,16 @@ func TestConfineArgs(t *testing.T) {
 		t.Errorf("sandbox with a user, -run-with: %s", a)
 	}
 }
+
+// TestNamedRAM: a clone's QEMU whose RAM is no file still names its RAM
+// block ram0, the template's state's name for it; others keep QEMU's own.
+func TestNamedRAM(t *testing.T) {
+	s := spec.Spec{Name: "c", Memory: 256, VCPUs: 1}
+	named := strings.Join(Args{Spec: s, Dir: "/state/c", Accel: "tcg", NamedRAM: true}.argv(), " ")
+	if !strings.Contains(named, "-object memory-backend-ram,id=ram0,size=256M -machine memory-backend=ram0") {
+		t.Errorf("NamedRAM: %s", named)
+	}
+	if plain := strings.Join(Args{Spec: s, Dir: "/state/c", Accel: "tcg"}.argv(), " "); strings.Contains(plain, "ram0") {
+		t.Errorf("not NamedRAM: %s", plain)
+	}
+}
