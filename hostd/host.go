@@ -59,6 +59,9 @@ type Host struct {
 	images imageSet
 	// fetches are the template fetches under way (template_fetch_once.go).
 	fetches templateFetches
+	// launched are the destinations started by Launch steps, kept for
+	// their Migrate (migrate_launch.go).
+	launched launches
 }
 
 // VM is one VM known to this host.

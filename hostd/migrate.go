@@ -362,7 +362,7 @@ func (vm *VM) destination(ctx context.Context, mon *qmp.Client, req StepRequest)
 
 // incomingBase is what the destination is asked to prepare, without a
 // storage migration's disks.
-func (vm *VM) incomingBase(req StepRequest) IncomingRequest {
+func (vm *VM) incomingBase(req StepRequest) (IncomingRequest, error) {
 	spec := vm.Spec()
 	vm.mu.Lock()
 	round := vm.rt.Round
@@ -377,12 +377,15 @@ func (vm *VM) incomingBase(req StepRequest) IncomingRequest {
 		// holds none: its driver, this host, cancels the copy itself).
 		ireq.Op = req.Op
 	}
-	return ireq
+	return ireq, nil
 }
 
 // incomingRequest is what the destination is asked to prepare.
 func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequest) (IncomingRequest, error) {
-	ireq := vm.incomingBase(req)
+	ireq, err := vm.incomingBase(req)
+	if err != nil {
+		return ireq, err
+	}
 	if vm.copiesStorage(req.Migrate.CopyStorage) {
 		if err := vm.waitDiskJobs(ctx); err != nil {
 			return ireq, err

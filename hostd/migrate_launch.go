@@ -18,13 +18,43 @@ import (
 
 // launchedKey names one launch: an operation's VM and its destination.
 type launchedKey struct {
-	h        *Host
 	vm, op   string
 	destAddr string
 }
 
-// launched holds the destinations' answers until their Migrate takes them.
-var launched sync.Map // launchedKey -> IncomingResponse
+// launches holds the destinations' answers until their Migrate takes them.
+type launches struct {
+	mu sync.Mutex
+	m  map[launchedKey]IncomingResponse
+}
+
+func (l *launches) put(k launchedKey, inc IncomingResponse) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[launchedKey]IncomingResponse{}
+	}
+	l.m[k] = inc
+}
+
+func (l *launches) take(k launchedKey) (IncomingResponse, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	inc, ok := l.m[k]
+	delete(l.m, k)
+	return inc, ok
+}
+
+// drop forgets every launch of vm's operation op.
+func (l *launches) drop(vm, op string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k := range l.m {
+		if k.vm == vm && k.op == op {
+			delete(l.m, k)
+		}
+	}
+}
 
 // launchLate (benchmarks only) makes Launch a no-op, so that Migrate
 // starts the destination after the Detach: the ordering before Launch,
@@ -41,33 +71,27 @@ func (vm *VM) launchStep(ctx context.Context, req StepRequest) error {
 	if vm.copiesStorage(req.Migrate.CopyStorage) {
 		return fmt.Errorf("vm %q: launch: a storage migration's destination is started by its migrate step: %w", vm.name, ErrInvalidSpec)
 	}
-	ireq := vm.incomingBase(req)
+	ireq, err := vm.incomingBase(req)
+	if err != nil {
+		return err
+	}
 	start := timeNow()
 	inc, err := vm.h.peer(req.Migrate.Dest).Incoming(ctx, ireq)
 	if err != nil {
 		return fmt.Errorf("vm %q: destination %s: %w", vm.name, req.Migrate.Dest, err)
 	}
 	vm.logPhase("migrate_incoming", timeNow().Sub(start))
-	launched.Store(launchedKey{vm.h, vm.name, req.Op, req.Migrate.Dest}, inc)
+	vm.h.launched.put(launchedKey{vm.name, req.Op, req.Migrate.Dest}, inc)
 	return nil
 }
 
 // takeLaunched returns (and forgets) what the destination answered to
 // this operation's Launch, if it did.
 func (vm *VM) takeLaunched(op, dest string) (IncomingResponse, bool) {
-	v, ok := launched.LoadAndDelete(launchedKey{vm.h, vm.name, op, dest})
-	if !ok {
-		return IncomingResponse{}, false
-	}
-	return v.(IncomingResponse), true
+	return vm.h.launched.take(launchedKey{vm.name, op, dest})
 }
 
 // forgetLaunched drops a launch its operation closed without using.
 func (h *Host) forgetLaunched(vm, op string) {
-	launched.Range(func(k, _ any) bool {
-		if key := k.(launchedKey); key.h == h && key.vm == vm && key.op == op {
-			launched.Delete(k)
-		}
-		return true
-	})
+	h.launched.drop(vm, op)
 }
