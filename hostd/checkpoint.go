@@ -369,7 +369,11 @@ func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir str
 	for _, id := range spec.PassthroughIDs() {
 		absent[id] = true
 	}
-	return vm.launch(ctx, launch{incoming: true, absent: absent})
+	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
+		return err
+	}
+	vm.populateAfterStart()
+	return nil
 }
 
 // logPhase logs how long a phase of a step took, for the bench's

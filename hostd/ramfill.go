@@ -3,50 +3,71 @@ package hostd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
-	"time"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 )
 
 // populateChunk is how much of the RAM file one madvise populates: small
-// enough to stop soon when the migration that needs it ends.
+// enough to stop soon when the operation that needs it ends.
 const populateChunk = 32 << 20
 
-// populateForMigration turns populateRAM on (benches compare without).
-var populateForMigration = true
+// When hostd populates a VM's RAM file on /dev/shm (Config.RAMPopulate).
+const (
+	// populateAtStart: beside every new QEMU of the VM, at the lowest
+	// priority, so that no later operation finds holes.
+	populateAtStart = "start"
+	// populateOnOperation: only when an operation reads every page (a
+	// migration at both ends, a live checkpoint's arm).
+	populateOnOperation = "operation"
+	// populateNever leaves every page to QEMU's own faults.
+	populateNever = "never"
+)
 
-// populateRAM allocates every page of the VM's shared RAM file on
-// /dev/shm, from its end back, until ctx ends: a migration's QEMU reads
-// every page of guest RAM (the source to send it, the destination to see
-// whether a zero page needs clearing), and a tmpfs page that was never
-// written is allocated and zeroed by that read, one fault a page (a
-// shared mapping has no zero page). Populating the file here costs about
-// half as much a page and leaves QEMU pages its faults map sixteen at a
-// time (measured here: 1 GiB of holes read through a mapping 1.1–1.4 s,
-// populated 0.6 s, then read 0.08 s); it runs beside QEMU, on another
-// core where one is idle, going down from the end while QEMU goes up
-// from the start, and never writes guest memory (MADV_POPULATE_WRITE only
-// faults pages in), so it is safe while QEMU writes the same file. Best effort: an error leaves the work to
-// QEMU's faults. It returns how many bytes it populated.
-func (vm *VM) populateRAM(ctx context.Context) (int64, error) {
+// populateRAM is how hostd faults a VM's shared RAM file on /dev/shm in:
+// it allocates every page of it, from its end back, until ctx ends, and
+// returns how many bytes it populated. QEMU reads every page of guest
+// RAM in a migration (the source to send it, the destination to see
+// whether a zero page needs clearing) and before a background snapshot's
+// point (to write-protect it), and a tmpfs page that was never written is
+// allocated and zeroed by that read, one fault a page (a shared mapping
+// has no zero page). Populated, QEMU's faults on it map pages sixteen at
+// a time. Measured here, 1 GiB of holes read through a mapping: 0.7–1.6 s;
+// MADV_POPULATE_WRITE through hostd's own mapping 0.6–0.9 s, then read
+// 0.06–0.07 s; the pages read through /proc/PID/mem into QEMU's own
+// mapping 0.8–1.3 s (then 0.005 s), and that holds QEMU's mmap lock;
+// fallocate 0.25–0.8 s, but it leaves the pages to be zeroed at QEMU's
+// reads (0.5–1.2 s). It never writes guest memory (MADV_POPULATE_WRITE
+// only faults pages in), so it is safe while QEMU writes the same file.
+// A file all allocated is left alone, and so is a hugetlbfs file (its
+// pages are reserved at start). Best effort: a failure, logged, leaves the
+// work to QEMU's faults. phase names the caller in the log.
+func (vm *VM) populateRAM(ctx context.Context, phase string) int64 {
 	s := vm.Spec()
-	if !populateForMigration || !s.UsesSharedMemory() || s.HugePages {
-		return 0, nil
+	if vm.h.cfg.RAMPopulate == populateNever || !s.UsesSharedMemory() || s.HugePages {
+		return 0
 	}
 	f, err := vm.sharedRAM()
 	if f == nil || err != nil {
-		return 0, err
+		return 0
 	}
 	defer f.Close()
 	st, err := f.Stat()
+	if err != nil || allocated(f.Name(), st.Size()) {
+		return 0
+	}
+	start := timeNow()
+	n, err := populateFile(ctx, f, st.Size())
 	if err != nil {
-		return 0, err
+		vm.log.Warn("guest RAM not populated", "for", phase, "err", err)
 	}
-	if allocated(f.Name(), st.Size()) {
-		return 0, nil
+	if n > 0 {
+		vm.logPhase(phase, timeNow().Sub(start))
+		vm.log.Info("guest RAM populated", "for", phase, "bytes", n, "took", timeNow().Sub(start))
 	}
-	return populateFile(ctx, f, st.Size())
+	return n
 }
 
 // populateFile populates size bytes of f's shared mapping, a chunk at a
@@ -54,7 +75,7 @@ func (vm *VM) populateRAM(ctx context.Context) (int64, error) {
 func populateFile(ctx context.Context, f *os.File, size int64) (int64, error) {
 	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("map %s: %w", f.Name(), err)
 	}
 	defer unix.Munmap(mem)
 	done := int64(0)
@@ -64,35 +85,19 @@ func populateFile(ctx context.Context, f *os.File, size int64) (int64, error) {
 			if errors.Is(err, unix.EINVAL) {
 				return done, errors.New("kernel without MADV_POPULATE_WRITE (5.14)")
 			}
-			return done, err
+			return done, fmt.Errorf("populate %s at %d: %w", f.Name(), lo, err)
 		}
 		done += end - lo
 	}
 	return done, nil
 }
 
-// populateInBackground runs populateRAM until ctx ends, logging what it
-// did (a "bg_" phase: beside the operation, not a part of its time);
-// done is called when it ends.
-func (vm *VM) populateInBackground(ctx context.Context, done context.CancelFunc, side string) {
-	go func() {
-		defer done()
-		start := timeNow()
-		n, err := vm.populateRAM(ctx)
-		if err != nil {
-			vm.log.Warn("guest RAM not populated ahead of the migration", "side", side, "err", err)
-		}
-		if n > 0 {
-			vm.logPhase("bg_populate_ram_"+side, timeNow().Sub(start))
-			vm.log.Info("guest RAM populated for the migration", "side", side, "bytes", n, "took", timeNow().Sub(start))
-		}
-	}()
-}
-
-// populateUntilExit populates a destination's RAM file for its incoming
-// stream, for at most d (the stream's own wait), or until its QEMU exits.
-func (vm *VM) populateUntilExit(ctx context.Context, d time.Duration) {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
+// populateRAMBeside runs populateRAM in the background until ctx ends,
+// the returned function is called, or the VM's current QEMU exits;
+// lowest runs it at the lowest priority (nothing waits for it). Its
+// phase is bg_populate_ram_SIDE: beside an operation, not a part of it.
+func (vm *VM) populateRAMBeside(ctx context.Context, side string, lowest bool) context.CancelFunc {
+	pctx, cancel := context.WithCancel(ctx)
 	exited := vm.exited()
 	go func() {
 		select {
@@ -101,5 +106,28 @@ func (vm *VM) populateUntilExit(ctx context.Context, d time.Duration) {
 		case <-pctx.Done():
 		}
 	}()
-	vm.populateInBackground(pctx, cancel, "dest")
+	go func() {
+		defer cancel()
+		if lowest {
+			runtime.LockOSThread() // the thread dies with the goroutine
+			unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
+		}
+		vm.populateRAM(pctx, "bg_populate_ram_"+side)
+	}()
+	return cancel
+}
+
+// populateAfterStart populates the RAM file of a QEMU just started, when
+// the host populates at start.
+func (vm *VM) populateAfterStart() {
+	if vm.h.cfg.RAMPopulate == populateAtStart {
+		vm.populateRAMBeside(context.Background(), "start", true)
+	}
+}
+
+// allocated reports whether the file at path has all of its size bytes
+// allocated (a guest that touched all its RAM, or an earlier populate).
+func allocated(path string, size int64) bool {
+	var st unix.Stat_t
+	return unix.Stat(path, &st) == nil && st.Blocks*512 >= size
 }

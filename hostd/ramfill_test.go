@@ -5,8 +5,11 @@ import (
 	"context"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/symvirt/symvirt/hostd/qemu"
+	"github.com/symvirt/symvirt/internal/testguest"
+	"golang.org/x/sys/unix"
 )
 
 // TestPopulateFileKeepsDataAndAllocates: populating a sparse RAM file on
@@ -86,5 +89,82 @@ func TestPopulateFileStopsWithItsContext(t *testing.T) {
 	cancel()
 	if n, err := populateFile(ctx, f, 4*populateChunk); n != 0 || err != nil {
 		t.Fatalf("populated %d bytes (%v) after its context ended", n, err)
+	}
+}
+
+// TestPopulateRAMFollowsItsSetting: the VM's RAM file (mapped by its
+// "QEMU", here this process) is populated as the host's ram_populate says:
+// never by "never"; by an operation (populateRAM, as a live checkpoint's
+// arm and a migration call it) under "operation", not once its context
+// ended, with no byte changed; beside a new QEMU under "start".
+func TestPopulateRAMFollowsItsSetting(t *testing.T) {
+	kernel, _ := testguest.Paths(t)
+	h, err := New(Config{StateDir: t.TempDir(), Policy: testPolicy(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	const size = 2*populateChunk + 4096
+	on := true
+	vmWithRAM := func(name string) (*VM, []byte) {
+		vm, err := h.Create(Spec{Name: name, Memory: 64, Kernel: kernel, SharedMemory: &on})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _, err := vm.openRAM(vm.Spec())
+		if err != nil {
+			t.Skipf("no shared RAM file here: %v", err)
+		}
+		defer f.Close()
+		if err := f.Truncate(size); err != nil {
+			t.Fatal(err)
+		}
+		m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(m[size-5:], "guest")
+		vm.mu.Lock()
+		vm.rt.PID = os.Getpid() // the process that maps it, as QEMU does
+		vm.mu.Unlock()
+		t.Cleanup(func() {
+			vm.mu.Lock()
+			vm.rt.PID = 0
+			vm.mu.Unlock()
+			unix.Munmap(m)
+			vm.removeRAM()
+		})
+		return vm, m
+	}
+	vm, m := vmWithRAM("pop1")
+	path := h.ramPath(vm.Spec())
+	if allocated(path, size) {
+		t.Fatal("a new RAM file is allocated already: the test shows nothing")
+	}
+	h.cfg.RAMPopulate = populateNever
+	if n := vm.populateRAM(context.Background(), "test"); n != 0 || allocated(path, size) {
+		t.Fatalf("ram_populate never: populated %d bytes", n)
+	}
+	h.cfg.RAMPopulate = populateOnOperation
+	vm.populateAfterStart()
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if n := vm.populateRAM(ended, "test"); n != 0 {
+		t.Fatalf("populated %d bytes after its context ended", n)
+	}
+	if n := vm.populateRAM(context.Background(), "test"); n != size || !allocated(path, size) {
+		t.Fatalf("populated %d of %d bytes; allocated: %v", n, size, allocated(path, size))
+	}
+	if string(m[size-5:]) != "guest" || m[0] != 0 {
+		t.Fatalf("guest memory changed: %q", m[size-5:])
+	}
+
+	h.cfg.RAMPopulate = populateAtStart
+	vm2, _ := vmWithRAM("pop2")
+	vm2.populateAfterStart()
+	for deadline := time.Now().Add(30 * time.Second); !allocated(h.ramPath(vm2.Spec()), size); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("ram_populate start: the RAM file of a new QEMU is not populated")
+		}
 	}
 }
