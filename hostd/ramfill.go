@@ -118,11 +118,15 @@ func (vm *VM) populateRAMBeside(ctx context.Context, side string, lowest bool) c
 }
 
 // populateAfterStart populates the RAM file of a QEMU just started, when
-// the host populates at start.
-func (vm *VM) populateAfterStart() {
-	if vm.h.cfg.RAMPopulate == populateAtStart {
-		vm.populateRAMBeside(context.Background(), "start", true)
+// the host populates at start; not a template's, whose holes its clones
+// and the hosts it is published to would otherwise hold as zeros. It
+// returns whether it started.
+func (vm *VM) populateAfterStart() bool {
+	if vm.h.cfg.RAMPopulate != populateAtStart || vm.sparseRAM {
+		return false
 	}
+	vm.populateRAMBeside(context.Background(), "start", true)
+	return true
 }
 
 // allocated reports whether the file at path has all of its size bytes

@@ -96,7 +96,8 @@ func TestPopulateFileStopsWithItsContext(t *testing.T) {
 // "QEMU", here this process) is populated as the host's ram_populate says:
 // never by "never"; by an operation (populateRAM, as a live checkpoint's
 // arm and a migration call it) under "operation", not once its context
-// ended, with no byte changed; beside a new QEMU under "start".
+// ended, with no byte changed; beside a new QEMU under "start", but not a
+// template's.
 func TestPopulateRAMFollowsItsSetting(t *testing.T) {
 	kernel, _ := testguest.Paths(t)
 	h, err := New(Config{StateDir: t.TempDir(), Policy: testPolicy(t)})
@@ -146,7 +147,9 @@ func TestPopulateRAMFollowsItsSetting(t *testing.T) {
 		t.Fatalf("ram_populate never: populated %d bytes", n)
 	}
 	h.cfg.RAMPopulate = populateOnOperation
-	vm.populateAfterStart()
+	if vm.populateAfterStart() {
+		t.Fatal("ram_populate operation: a new QEMU's RAM file is populated")
+	}
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
 	if n := vm.populateRAM(ended, "test"); n != 0 {
@@ -160,8 +163,14 @@ func TestPopulateRAMFollowsItsSetting(t *testing.T) {
 	}
 
 	h.cfg.RAMPopulate = populateAtStart
+	vm.sparseRAM = true // a template's
+	if vm.populateAfterStart() {
+		t.Fatal("a template's RAM file is populated")
+	}
 	vm2, _ := vmWithRAM("pop2")
-	vm2.populateAfterStart()
+	if !vm2.populateAfterStart() {
+		t.Fatal("ram_populate start: a new QEMU's RAM file is not populated")
+	}
 	for deadline := time.Now().Add(30 * time.Second); !allocated(h.ramPath(vm2.Spec()), size); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("ram_populate start: the RAM file of a new QEMU is not populated")
