@@ -301,6 +301,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	if err := vm.loadState(ctx, mon, m, opts.Dir, state, progress); err != nil {
 		return nil, fmt.Errorf("vm %q: load state: %w", spec.Name, err)
 	}
+	vm.populateAfterStart() // after the load, which empties the file first
 	vm.mu.Lock()
 	vm.rt.Incoming = false
 	vm.rt.Round = m.Round
@@ -369,11 +370,7 @@ func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir str
 	for _, id := range spec.PassthroughIDs() {
 		absent[id] = true
 	}
-	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
-		return err
-	}
-	vm.populateAfterStart()
-	return nil
+	return vm.launch(ctx, launch{incoming: true, absent: absent})
 }
 
 // logPhase logs how long a phase of a step took, for the bench's
