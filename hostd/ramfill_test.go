@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -175,5 +176,24 @@ func TestPopulateRAMFollowsItsSetting(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("ram_populate start: the RAM file of a new QEMU is not populated")
 		}
+	}
+}
+
+// TestRAMPopulateConfig: populating at start is the default; another
+// value than start, operation or never is refused.
+func TestRAMPopulateConfig(t *testing.T) {
+	c := Config{StateDir: t.TempDir()}
+	if err := c.setDefaults(); err != nil || c.RAMPopulate != populateAtStart {
+		t.Fatalf("default ram_populate %q (%v), want %q", c.RAMPopulate, err, populateAtStart)
+	}
+	for _, v := range []string{populateOnOperation, populateNever} {
+		c := Config{StateDir: t.TempDir(), RAMPopulate: v}
+		if err := c.setDefaults(); err != nil || c.RAMPopulate != v {
+			t.Fatalf("ram_populate %q: %q, %v", v, c.RAMPopulate, err)
+		}
+	}
+	c = Config{StateDir: t.TempDir(), RAMPopulate: "boot"}
+	if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "ram_populate") {
+		t.Fatalf("ram_populate boot: %v, want an error naming ram_populate", err)
 	}
 }
