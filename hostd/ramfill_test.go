@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testguest"
@@ -144,7 +145,7 @@ func TestPopulateRAMFollowsItsSetting(t *testing.T) {
 		t.Fatal("a new RAM file is allocated already: the test shows nothing")
 	}
 	h.cfg.RAMPopulate = populateNever
-	if n := vm.populateRAM(context.Background(), "test"); n != 0 || allocated(path, size) {
+	if n := vm.populateRAM(context.Background(), "test", false); n != 0 || allocated(path, size) {
 		t.Fatalf("ram_populate never: populated %d bytes", n)
 	}
 	h.cfg.RAMPopulate = populateOnOperation
@@ -153,10 +154,10 @@ func TestPopulateRAMFollowsItsSetting(t *testing.T) {
 	}
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
-	if n := vm.populateRAM(ended, "test"); n != 0 {
+	if n := vm.populateRAM(ended, "test", false); n != 0 {
 		t.Fatalf("populated %d bytes after its context ended", n)
 	}
-	if n := vm.populateRAM(context.Background(), "test"); n != size || !allocated(path, size) {
+	if n := vm.populateRAM(context.Background(), "test", false); n != size || !allocated(path, size) {
 		t.Fatalf("populated %d of %d bytes; allocated: %v", n, size, allocated(path, size))
 	}
 	if string(m[size-5:]) != "guest" || m[0] != 0 {
@@ -195,5 +196,74 @@ func TestRAMPopulateConfig(t *testing.T) {
 	c = Config{StateDir: t.TempDir(), RAMPopulate: "boot"}
 	if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "ram_populate") {
 		t.Fatalf("ram_populate boot: %v, want an error naming ram_populate", err)
+	}
+}
+
+// TestMapIntoProcessFillsItsPageTables: after populate, pages of a shared
+// mapping of the file (QEMU's, here this process's) are not in its page
+// tables until mapIntoProcess reads them through /proc/PID/mem: then
+// every span it read is, no byte changed; a context that ended maps none.
+func TestMapIntoProcessFillsItsPageTables(t *testing.T) {
+	const size = 8 << 20
+	f, err := os.CreateTemp(qemu.ShmDir, "symvirt-populate-test-*.ram")
+	if err != nil {
+		t.Skipf("no %s: %v", qemu.ShmDir, err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("guest"), size-5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := populateFile(context.Background(), f, size); err != nil {
+		t.Skipf("populate: %v", err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	pagemap, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		t.Skip(err)
+	}
+	defer pagemap.Close()
+	present := func(off int) bool { // bit 63 of the page's pagemap entry
+		var e [8]byte
+		addr := uintptr(unsafe.Pointer(&m[0])) + uintptr(off)
+		if _, err := pagemap.ReadAt(e[:], int64(addr/uintptr(os.Getpagesize()))*8); err != nil {
+			t.Fatal(err)
+		}
+		return e[7]&0x80 != 0
+	}
+	count := func() (n int) {
+		for off := 0; off < size; off += os.Getpagesize() {
+			if present(off) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("%d pages in the page tables before: the test shows nothing", n)
+	}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := mapIntoProcess(ended, os.Getpid(), f); err != nil || count() != 0 {
+		t.Fatalf("a context that ended: %v, %d pages mapped", err, count())
+	}
+	if err := mapIntoProcess(context.Background(), os.Getpid(), f); err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < size; off += faultAround {
+		if !present(off) {
+			t.Fatalf("the page at %d, read through /proc/self/mem, is not in the page tables", off)
+		}
+	}
+	t.Logf("%d of %d pages mapped by %d reads", count(), size/os.Getpagesize(), size/faultAround)
+	if string(m[size-5:]) != "guest" || m[0] != 0 {
+		t.Fatalf("guest memory changed: %q", m[size-5:])
 	}
 }
