@@ -82,9 +82,11 @@ type Config struct {
 	// RAMPopulate is when hostd allocates every page of a VM's RAM file
 	// on /dev/shm (ramfill.go): "start" (the default: beside each new
 	// QEMU, at the lowest priority; the file then takes all of guest RAM
-	// from the start), "operation" (only when a migration or a live
-	// checkpoint reads every page, paying for it then: denser hosts of
-	// idle VMs), or "never".
+	// from the start, and a checkpoint reads the zero pages it would
+	// skip as holes: measured 0.1–0.25 s a 1–2 GiB save more, against
+	// 0.4–2.4 s less a migration), "operation" (only when a migration or
+	// a live checkpoint reads every page, paying for it then: denser hosts
+	// of idle VMs), or "never".
 	RAMPopulate string `yaml:"ram_populate"`
 	// OpStepTimeout and OpTransferTimeout bound each step of a direct
 	// (single-VM) operation; a transfer (save, migrate, restore) gets the
