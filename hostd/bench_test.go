@@ -36,9 +36,6 @@ func TestBenchOps(t *testing.T) {
 		t.Skip("benchmark: run with make bench")
 	}
 	kernel, initrd := testguest.Paths(t)
-	if os.Getenv("SYMVIRT_BENCH_NO_POPULATE") == "1" {
-		populateForMigration = false // the same run without it, to compare
-	}
 	// e.g. SYMVIRT_BENCH_OPS_MIB=1024: one size only.
 	for _, mem := range testguest.BenchSizes(t, "SYMVIRT_BENCH_OPS_MIB", []int{256, 1024, 2048}, 128, 2048) {
 		benchSize(t, kernel, initrd, Size(mem))
@@ -113,13 +110,16 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	}
 	for round := range rounds {
 		ck, re, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)
+		rams := benchRAMs()
 		for op, d := range map[string]time.Duration{"checkpoint": ck, "restore": re, "migrate": mi} {
-			plain[op] = append(plain[op], benchSample{took: d})
-			plain[op+"_private_ram"] = append(plain[op+"_private_ram"], benchSample{took: d})
+			for _, r := range rams {
+				plain[op+r.suffix] = append(plain[op+r.suffix], benchSample{took: d})
+			}
 		}
-		for _, shared := range []bool{true, false} {
-			name := fmt.Sprintf("bench%d-%d-%v", mem, round, shared)
-			for _, s := range benchOps(ctx, t, a, sockB, phases, kernel, initrd, name, mem, shared) {
+		for i, r := range rams {
+			a.cfg.RAMPopulate, b.cfg.RAMPopulate = r.populate, r.populate
+			name := fmt.Sprintf("bench%d-%d-%d", mem, round, i)
+			for _, s := range benchOps(ctx, t, a, sockB, phases, kernel, initrd, name, mem, r) {
 				ours[s.bench] = append(ours[s.bench], s)
 			}
 			if vm, err := b.Get(name); err == nil {
@@ -142,6 +142,25 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 		}
 		emit(m)
 	}
+}
+
+// benchRAM is a way of keeping guest RAM a bench compares: its lines'
+// suffix, shared (a file on /dev/shm) or private, when hostd populates it.
+type benchRAM struct {
+	suffix   string
+	shared   bool
+	populate string
+}
+
+// benchRAMs are the default (shared, populated at start) and private RAM,
+// and the populate settings listed in $SYMVIRT_BENCH_RAM_POPULATE (e.g.
+// "operation,never": "_populate_operation" lines) to compare.
+func benchRAMs() []benchRAM {
+	rams := []benchRAM{{"", true, populateAtStart}}
+	for _, p := range strings.FieldsFunc(os.Getenv("SYMVIRT_BENCH_RAM_POPULATE"), func(r rune) bool { return r == ',' }) {
+		rams = append(rams, benchRAM{"_populate_" + p, true, p})
+	}
+	return append(rams, benchRAM{"_private_ram", false, populateAtStart})
 }
 
 // benchSample is one measurement: how long, symvirt's phases, other
@@ -176,8 +195,8 @@ func median(s []benchSample) benchSample {
 
 // benchOps measures detach, attach, checkpoint, restore and migrate of a
 // new VM (it ends on sockB's host).
-func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *phaseLog, kernel, initrd, name string, mem Size, shared bool) (out []benchSample) {
-	suffix := map[bool]string{true: "", false: "_private_ram"}[shared]
+func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *phaseLog, kernel, initrd, name string, mem Size, ram benchRAM) (out []benchSample) {
+	suffix, shared := ram.suffix, ram.shared
 	vm, err := a.Create(Spec{Name: name, Memory: mem, VCPUs: 1,
 		Kernel: kernel, Initrd: initrd, Append: "console=ttyS0 quiet symvirt.counter=1", SharedMemory: &shared,
 		NICs: []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})

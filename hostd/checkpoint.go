@@ -302,6 +302,7 @@ func (h *Host) restorePaused(ctx context.Context, opts RestoreOptions, progress 
 	if err := vm.loadState(ctx, mon, m, opts.Dir, state, progress); err != nil {
 		return nil, fmt.Errorf("vm %q: load state: %w", spec.Name, err)
 	}
+	vm.populateAfterStart() // after the load, which empties the file first
 	vm.mu.Lock()
 	vm.rt.Incoming = false
 	vm.rt.Round = m.Round

@@ -80,6 +80,7 @@ type VM struct {
 	savedRT   []byte             // rt as last written: saveRuntime skips an unchanged state
 	proc      *qemu.Process      // the current QEMU (nil: none, or not adopted)
 	ramOrphan bool               // the current QEMU went away (process.go's watch)
+	sparseRAM bool               // a template's boot: its RAM file is published as it is (ramfill.go)
 	operation string             // what the VM is doing now, for status
 	live      *liveSave          // a live checkpoint still streaming
 	armed     *snapshot.Armed    // a live checkpoint made ready before the job's cut

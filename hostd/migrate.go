@@ -156,7 +156,8 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 		return IncomingResponse{}, err
 	}
 	vm.logPhase("dest_launch", timeNow().Sub(start))
-	vm.populateUntilExit(ctx, migstream.ConnectWait)
+	stopPopulate := vm.populateRAMBeside(context.WithoutCancel(ctx), "dest", false)
+	time.AfterFunc(migstream.ConnectWait, stopPopulate)
 	mon, err := vm.monitor()
 	if err != nil {
 		return IncomingResponse{}, err
@@ -296,9 +297,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if err != nil {
 		return err
 	}
-	pctx, stopPopulate := context.WithCancel(ctx)
-	defer stopPopulate()
-	vm.populateInBackground(pctx, stopPopulate, "source")
+	defer vm.populateRAMBeside(ctx, "source", false)()
 	inc, ireq, err := vm.destination(ctx, mon, req)
 	if err != nil {
 		return err

@@ -213,6 +213,7 @@ func (vm *VM) boot(ctx context.Context) error {
 	if err := vm.launch(ctx, launch{}); err != nil {
 		return err
 	}
+	vm.populateAfterStart()
 	return vm.vcpus(ctx, (*qmp.Client).Cont)
 }
 

@@ -558,7 +558,7 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	if err != nil {
 		return err
 	}
-	vm.prefaultRAM()
+	vm.populateRAM(ctx, "populate_ram_arm", true)
 	a, err := vm.takeArm(ctx, mon, dir, bandwidth)
 	if err != nil {
 		return err

@@ -111,6 +111,7 @@ func (h *Host) bootTemplate(ctx context.Context, dir, name string, spec Spec) (T
 		}
 	}()
 	start := timeNow()
+	vm.sparseRAM = true
 	if err := vm.Start(ctx); err != nil {
 		return Template{}, err
 	}
