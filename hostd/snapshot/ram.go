@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/manifest"
@@ -25,9 +22,6 @@ import (
 // (anonymous memory maps the zero page instead), which costs a save a
 // second or more per GiB of idle guest. hostd reads only what is not a
 // hole, and writes it sparse.
-
-// copiers is how many chunks are copied and hashed at once.
-const copiers = 2
 
 // SaveShared saves a stopped VM whose RAM is the shared file ram into
 // dir: its device state into StateName (without RAM) and its RAM into
@@ -72,7 +66,15 @@ func SaveRAM(ctx context.Context, ram *os.File, path string) (manifest.FileDiges
 	if err := f.Truncate(st.Size()); err != nil {
 		return fd, 0, err
 	}
-	sums, err := copySparse(ctx, ram, f, st.Size(), true)
+	c, unmap, err := saveCopy(ram, f, st.Size())
+	if err != nil {
+		return fd, 0, err
+	}
+	err = c.run(ctx)
+	unmap()
+	if err == nil {
+		err = sameSize(ram, st.Size())
+	}
 	if err != nil {
 		return fd, 0, err
 	}
@@ -80,8 +82,18 @@ func SaveRAM(ctx context.Context, ram *os.File, path string) (manifest.FileDiges
 	if err := errors.Join(f.Sync(), f.Close(), atomicfile.SyncDir(filepath.Dir(path))); err != nil {
 		return fd, 0, err
 	}
-	fd.Size, fd.SHA256 = st.Size(), sums.Sum()
+	fd.Size, fd.SHA256 = st.Size(), c.sums.Sum()
 	return fd, time.Since(start), nil
+}
+
+// sameSize refuses a RAM file whose size is no longer size: cut while
+// copied, its end read as holes.
+func sameSize(f *os.File, size int64) error {
+	st, err := f.Stat()
+	if err == nil && st.Size() != size {
+		err = fmt.Errorf("%s is %d bytes, %d when its copy began: %w", f.Name(), st.Size(), size, sentinel.ErrRAMFile)
+	}
+	return err
 }
 
 // LoadRAM fills dst, the RAM file of a QEMU waiting for its state
@@ -98,86 +110,22 @@ func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) e
 	if st.Size() != want.Size {
 		return fmt.Errorf("%s: the checkpoint's RAM is %d bytes, the vm's %d: %w", src.Name(), want.Size, st.Size(), sentinel.ErrChecksum)
 	}
-	if err := unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, st.Size()); err != nil {
+	if st, err = src.Stat(); err != nil {
+		return err
+	}
+	if st.Size() != want.Size {
+		return fmt.Errorf("%s is %d bytes, its signed manifest says %d: %w", src.Name(), st.Size(), want.Size, sentinel.ErrChecksum)
+	}
+	if err := unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, want.Size); err != nil {
 		return fmt.Errorf("empty %s: %w", dst.Name(), err)
 	}
-	sums, err := copySparse(ctx, src, dst, want.Size, false)
-	if err != nil {
+	c := loadCopy(src, dst, want.Size)
+	if err := c.run(ctx); err != nil {
 		return err
 	}
-	if got := sums.Sum(); got != want.SHA256 {
+	if got := c.sums.Sum(); got != want.SHA256 {
 		return fmt.Errorf("%s as read (sha256 chunks %s) does not match its signed manifest (%s): %w", src.Name(), got, want.SHA256, sentinel.ErrChecksum)
 	}
-	return nil
-}
-
-// TestHookRAMChunk, when set (tests only), runs once after LoadRAM
-// copied a chunk: a test changes the file there, as an attacker would
-// while a restore runs.
-var TestHookRAMChunk func()
-
-// sparseCopy is a copy of the chunks of src that are not zeros into dst
-// at their offsets, every chunk hashed into sums.
-type sparseCopy struct {
-	src, dst *os.File
-	sums     *manifest.ChunkSums
-	// writeback starts each chunk's write-out to disk at once, so that
-	// the final fsync has little left to wait for.
-	writeback bool
-	after     func() // after each chunk copied
-}
-
-// copySparse runs the copy of src's first size bytes, copiers chunks at a
-// time.
-func copySparse(ctx context.Context, src, dst *os.File, size int64, writeback bool) (*manifest.ChunkSums, error) {
-	c := sparseCopy{src: src, dst: dst, sums: manifest.NewChunkSums(size), writeback: writeback, after: func() {}}
-	if hook := TestHookRAMChunk; hook != nil && !writeback {
-		var once sync.Once
-		c.after = func() { once.Do(hook) }
-	}
-	var next atomic.Int64
-	errs := make([]error, copiers)
-	var wg sync.WaitGroup
-	for w := range copiers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, manifest.Chunk)
-			for i := int(next.Add(1) - 1); i < c.sums.Chunks() && errs[w] == nil; i = int(next.Add(1) - 1) {
-				errs[w] = c.chunk(ctx, i, buf)
-			}
-		}()
-	}
-	wg.Wait()
-	return c.sums, errors.Join(errs...)
-}
-
-// chunk copies chunk i.
-func (c sparseCopy) chunk(ctx context.Context, i int, buf []byte) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	off := int64(i) * manifest.Chunk
-	n := min(manifest.Chunk, c.sums.Size()-off)
-	if manifest.IsHole(c.src, off, n) {
-		return nil
-	}
-	m, err := c.src.ReadAt(buf[:n], off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("read %s: %w", c.src.Name(), err)
-	}
-	clear(buf[m:n]) // past a short file's end: what is hashed is what is written
-	if manifest.IsZero(buf[:n]) {
-		return nil
-	}
-	c.sums.Set(i, buf[:n])
-	if _, err := c.dst.WriteAt(buf[:n], off); err != nil {
-		return fmt.Errorf("write %s: %w", c.dst.Name(), err)
-	}
-	if c.writeback {
-		unix.SyncFileRange(int(c.dst.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
-	}
-	c.after()
 	return nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -71,4 +73,160 @@ func stat(t *testing.T, path string) *syscall.Stat_t {
 		t.Fatal(err)
 	}
 	return fi.Sys().(*syscall.Stat_t)
+}
+
+// shmDir is a directory on /dev/shm, where guest RAM files are (the
+// mapped copy reads tmpfs pages in place), or a temporary one elsewhere.
+func shmDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("/dev/shm", "symvirt-ramtest-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// populatedRAM is a RAM file as hostd populates it (every page written,
+// no holes), holding data in chunks 1 (a page), 4 and 5 and the short last
+// chunk, or with a hole in chunk 6 when holed.
+func populatedRAM(t *testing.T, holed bool) *os.File {
+	size := int64(8*manifest.Chunk + 3*4096)
+	ram := newFile(t, filepath.Join(shmDir(t), "vm.ram"), size)
+	if _, err := ram.WriteAt(make([]byte, size), 0); err != nil {
+		t.Fatal(err)
+	}
+	ram.WriteAt([]byte("guest kernel"), manifest.Chunk+4096)
+	ram.WriteAt(bytes.Repeat([]byte{0xab}, 3*manifest.Chunk/2), 4*manifest.Chunk)
+	ram.WriteAt([]byte{1}, size-1)
+	if holed {
+		if err := syscall.Fallocate(int(ram.Fd()), 0x3 /* PUNCH_HOLE|KEEP_SIZE */, 6*manifest.Chunk, manifest.Chunk/2); err != nil {
+			t.Skip("no holes here:", err)
+		}
+		ram.WriteAt([]byte("after the hole"), 6*manifest.Chunk+manifest.Chunk*3/4)
+	}
+	return ram
+}
+
+// dataChunks are the chunks of f where SEEK_DATA finds data.
+func dataChunks(t *testing.T, f *os.File, size int64) (chunks []int64) {
+	for i := int64(0); i*manifest.Chunk < size; i++ {
+		if !manifest.IsHole(f, i*manifest.Chunk, min(manifest.Chunk, size-i*manifest.Chunk)) {
+			chunks = append(chunks, i)
+		}
+	}
+	return chunks
+}
+
+// A populated RAM file (no holes) saved by SaveRAM through its mapping:
+// the copy is byte for byte the file, holds data only in the chunks that
+// are not zeros, and has the digest the read path (SaveByRead) and
+// manifest.SparseDigest give the same file; LoadRAM takes it. A chunk
+// with a hole is copied by reading it (its pages stay holes in the RAM
+// file: a fault would allocate them).
+func TestSaveRAMMappedPopulatedFile(t *testing.T) {
+	for _, holed := range []bool{false, true} {
+		ram := populatedRAM(t, holed)
+		st, _ := ram.Stat()
+		allocated := stat(t, ram.Name()).Blocks
+		dir := t.TempDir()
+		mapped, _, err := SaveRAM(context.Background(), ram, filepath.Join(dir, "mapped.bin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		SaveByRead = true
+		read, _, err := SaveRAM(context.Background(), ram, filepath.Join(dir, "read.bin"))
+		SaveByRead = false
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := manifest.SparseDigest(ram, st.Size())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mapped.SHA256 != read.SHA256 || mapped.SHA256 != want || mapped.Size != st.Size() {
+			t.Fatalf("holed %v: mapped copy %+v, read copy %+v, SparseDigest %s", holed, mapped, read, want)
+		}
+		orig, _ := os.ReadFile(ram.Name())
+		for _, name := range []string{"mapped.bin", "read.bin"} {
+			got, _ := os.ReadFile(filepath.Join(dir, name))
+			if !bytes.Equal(got, orig) {
+				t.Fatalf("holed %v: %s differs from the RAM file", holed, name)
+			}
+		}
+		copyFile, _ := os.Open(filepath.Join(dir, "mapped.bin"))
+		defer copyFile.Close()
+		wantChunks := []int64{1, 4, 5, 8}
+		if holed {
+			wantChunks = []int64{1, 4, 5, 6, 8}
+		}
+		if got := dataChunks(t, copyFile, st.Size()); !slices.Equal(got, wantChunks) {
+			t.Errorf("holed %v: the copy has data in chunks %v, want %v (the chunks that are not zeros)", holed, got, wantChunks)
+		}
+		if after := stat(t, ram.Name()).Blocks; after != allocated {
+			t.Errorf("holed %v: the RAM file had %d blocks, %d after its save", holed, allocated, after)
+		}
+		dst := newFile(t, filepath.Join(dir, "new.ram"), st.Size())
+		if err := LoadRAM(context.Background(), copyFile, dst, mapped); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A checkpoint's RAM file shorter than its manifest says is refused, even
+// where what was cut off was zeros (the digest alone would not tell).
+func TestLoadRAMRefusesShortCopy(t *testing.T) {
+	ram := populatedRAM(t, false)
+	dir := t.TempDir()
+	saved, _, err := SaveRAM(context.Background(), ram, filepath.Join(dir, "ram.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved.Size -= 3 * 4096 // the copy cut back to 8 chunks, its manifest to match
+	saved.SHA256, err = manifest.SparseDigest(ram, saved.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(filepath.Join(dir, "ram.bin"), 7*manifest.Chunk) // chunk 7 was zeros
+	src, err := os.Open(filepath.Join(dir, "ram.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst := newFile(t, filepath.Join(dir, "new.ram"), saved.Size)
+	if err := LoadRAM(context.Background(), src, dst, saved); !errors.Is(err, sentinel.ErrChecksum) {
+		t.Fatalf("a copy %d bytes short: %v, want ErrChecksum", saved.Size-7*manifest.Chunk, err)
+	}
+}
+
+// A RAM file cut shorter while SaveRAM copies it (mapped, or read) fails
+// the save with ErrRAMFile: its end is not taken for zeros.
+func TestSaveRAMRefusesFileCutWhileCopied(t *testing.T) {
+	for _, byRead := range []bool{false, true} {
+		ram := populatedRAM(t, false)
+		var once sync.Once
+		testHookSaveChunk = func() { once.Do(func() { ram.Truncate(2 * manifest.Chunk) }) }
+		SaveByRead = byRead
+		_, _, err := SaveRAM(context.Background(), ram, filepath.Join(t.TempDir(), "ram.bin"))
+		testHookSaveChunk, SaveByRead = nil, false
+		if !errors.Is(err, sentinel.ErrRAMFile) {
+			t.Fatalf("by read %v: %v, want ErrRAMFile", byRead, err)
+		}
+	}
+}
+
+// A read of a mapping past its file's end (SIGBUS) is an error, not the
+// end of the process.
+func TestFaultlessTurnsAFaultIntoAnError(t *testing.T) {
+	f := newFile(t, filepath.Join(shmDir(t), "vm.ram"), 2*manifest.Chunk)
+	mem, err := syscall.Mmap(int(f.Fd()), 0, 2*manifest.Chunk, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(mem)
+	f.Truncate(4096)
+	var b byte
+	err = faultless(func() error { b = mem[manifest.Chunk]; return nil }, func() error { return sentinel.ErrRAMFile })
+	if !errors.Is(err, sentinel.ErrRAMFile) {
+		t.Fatalf("read past the end: %v (read %d), want the fault's error", err, b)
+	}
 }
