@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/qemu"
+	"github.com/symvirt/symvirt/hostd/snapshot"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -118,6 +119,7 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 		}
 		for i, r := range rams {
 			a.cfg.RAMPopulate, b.cfg.RAMPopulate = r.populate, r.populate
+			snapshot.SaveByRead = r.saveByRead
 			name := fmt.Sprintf("bench%d-%d-%d", mem, round, i)
 			for _, s := range benchOps(ctx, t, a, sockB, phases, kernel, initrd, name, mem, r) {
 				ours[s.bench] = append(ours[s.bench], s)
@@ -150,17 +152,28 @@ type benchRAM struct {
 	suffix   string
 	shared   bool
 	populate string
+	// saveByRead: a shared RAM file saved as before its mapped copy
+	// (snapshot.SaveByRead).
+	saveByRead bool
 }
 
 // benchRAMs are the default (shared, populated at start) and private RAM,
-// and the populate settings listed in $SYMVIRT_BENCH_RAM_POPULATE (e.g.
-// "operation,never": "_populate_operation" lines) to compare.
+// the populate settings listed in $SYMVIRT_BENCH_RAM_POPULATE (e.g.
+// "operation,never": "_populate_operation" lines) and, with
+// SYMVIRT_BENCH_SAVE_BY_READ=1, the shared RAM file saved as before its
+// mapped copy ("_save_by_read" lines), to compare.
 func benchRAMs() []benchRAM {
-	rams := []benchRAM{{"", true, populateAtStart}}
-	for _, p := range strings.FieldsFunc(os.Getenv("SYMVIRT_BENCH_RAM_POPULATE"), func(r rune) bool { return r == ',' }) {
-		rams = append(rams, benchRAM{"_populate_" + p, true, p})
+	rams := []benchRAM{{suffix: "", shared: true, populate: populateAtStart}}
+	if os.Getenv("SYMVIRT_BENCH_SAVE_BY_READ") == "1" {
+		rams = append(rams, benchRAM{suffix: "_save_by_read", shared: true, populate: populateAtStart, saveByRead: true})
 	}
-	return append(rams, benchRAM{"_private_ram", false, populateAtStart})
+	for _, p := range strings.FieldsFunc(os.Getenv("SYMVIRT_BENCH_RAM_POPULATE"), func(r rune) bool { return r == ',' }) {
+		rams = append(rams, benchRAM{suffix: "_populate_" + p, shared: true, populate: p})
+	}
+	if os.Getenv("SYMVIRT_BENCH_PRIVATE_RAM") == "0" { // e.g. while iterating on a shared RAM file's save
+		return rams
+	}
+	return append(rams, benchRAM{suffix: "_private_ram", shared: false, populate: populateAtStart})
 }
 
 // benchSample is one measurement: how long, symvirt's phases, other

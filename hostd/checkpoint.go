@@ -165,6 +165,7 @@ func (vm *VM) saveState(ctx context.Context, mon *qmp.Client, dir string) ([]man
 	vm.logPhase("save_stream", times.Stream)
 	vm.logPhase("save_ram_copy", times.RAM)
 	vm.logPhase("save_fsync", times.Sync)
+	vm.logPhase("save_ram_wait", times.RAMWait)
 	return fds, err
 }
 

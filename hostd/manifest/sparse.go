@@ -85,12 +85,6 @@ func IsHole(f *os.File, off, n int64) bool {
 	return err == nil && next >= off+n
 }
 
-// IsData reports whether f has data (no hole) all through [off, off+n).
-func IsData(f *os.File, off, n int64) bool {
-	next, err := unix.Seek(int(f.Fd()), off, unix.SEEK_HOLE)
-	return err == nil && next >= off+n
-}
-
 // zeroPage is what IsZero compares with, a page at a time: small enough
 // to stay in the first-level cache, and bytes.Equal compares with the
 // processor's widest vectors.

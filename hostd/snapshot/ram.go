@@ -25,22 +25,55 @@ import (
 
 // SaveShared saves a stopped VM whose RAM is the shared file ram into
 // dir: its device state into StateName (without RAM) and its RAM into
-// RAMName. Either way QEMU carries RAM again in its next migration.
+// RAMName, the RAM file copied while QEMU writes the state (QEMU neither
+// reads nor writes guest RAM in a stream without it). Either way QEMU
+// carries RAM again in its next migration.
 func SaveShared(ctx context.Context, mon *qmp.Client, ram *os.File, dir string) ([]manifest.FileDigest, SaveTimes, error) {
 	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {
 		return nil, SaveTimes{}, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var copied chan ramSaved
+	if !SaveByRead {
+		copied = saveRAMBeside(rctx, ram, dir)
 	}
 	state, times, err := SaveTimed(ctx, mon, filepath.Join(dir, manifest.StateName))
 	if rerr := carryRAM(ctx, mon); err == nil {
 		err = rerr
 	}
 	if err != nil {
+		cancel()
+	} else if copied == nil { // the bench's path before: one after the other
+		copied = saveRAMBeside(rctx, ram, dir)
+	}
+	if copied == nil {
 		return nil, times, err
 	}
-	start := time.Now()
-	rd, sync, err := SaveRAM(ctx, ram, filepath.Join(dir, manifest.RAMName))
-	times.RAM, times.Sync = time.Since(start)-sync, times.Sync+sync
-	return []manifest.FileDigest{state, rd}, times, err
+	waited := time.Now()
+	r := <-copied // before any return: nothing writes in dir after
+	times.RAM, times.RAMWait, times.Sync = r.took, time.Since(waited), times.Sync+r.sync
+	return []manifest.FileDigest{state, r.fd}, times, errors.Join(err, r.err)
+}
+
+// ramSaved is SaveRAM's result, and how long its copy took.
+type ramSaved struct {
+	fd         manifest.FileDigest
+	took, sync time.Duration
+	err        error
+}
+
+// saveRAMBeside runs SaveRAM of ram into dir on a goroutine of its own.
+func saveRAMBeside(ctx context.Context, ram *os.File, dir string) chan ramSaved {
+	copied := make(chan ramSaved, 1)
+	go func() {
+		start := time.Now()
+		var r ramSaved
+		r.fd, r.sync, r.err = SaveRAM(ctx, ram, filepath.Join(dir, manifest.RAMName))
+		r.took = time.Since(start) - r.sync
+		copied <- r
+	}()
+	return copied
 }
 
 // carryRAM turns x-ignore-shared off again.

@@ -27,9 +27,10 @@ var TestHookRAMChunk func()
 // chunk.
 var testHookSaveChunk func()
 
-// SaveByRead (the bench only) makes SaveRAM read each chunk into a buffer
-// as LoadRAM does, instead of testing it in place in the file's mapping,
-// to measure one beside the other.
+// SaveByRead (the bench only) saves a RAM file as before its mapped copy,
+// to measure one beside the other: SaveRAM reads each chunk into a
+// buffer, as LoadRAM does, instead of testing it in place in the file's
+// mapping, and SaveShared copies it after QEMU's state, not beside it.
 var SaveByRead bool
 
 // sparseCopy is a copy of the chunks of src that are not zeros into dst
@@ -37,6 +38,7 @@ var SaveByRead bool
 type sparseCopy struct {
 	src, dst *os.File
 	sums     *manifest.ChunkSums
+	data     dataMap // src's, as the copy began
 	// mem, when set, is src mapped read-only: a chunk that is all data
 	// (a populated RAM file has no holes) is tested for zeros, hashed and
 	// written from there, not copied into a buffer first. A chunk with a
@@ -84,6 +86,7 @@ func loadCopy(src, dst *os.File, size int64) sparseCopy {
 
 // run copies every chunk, copiers at a time.
 func (c sparseCopy) run(ctx context.Context) error {
+	c.data = mapData(c.src, c.sums.Size())
 	var next atomic.Int64
 	errs := make([]error, copiers)
 	var wg sync.WaitGroup
@@ -134,10 +137,11 @@ func (c sparseCopy) chunk(ctx context.Context, i int, buf *[]byte) error {
 	}
 	off := int64(i) * manifest.Chunk
 	n := min(manifest.Chunk, c.sums.Size()-off)
-	if manifest.IsHole(c.src, off, n) {
+	any, all := c.data.cover(off, n)
+	if !any {
 		return nil
 	}
-	data, err := c.data(off, n, buf)
+	data, err := c.read(off, n, all, buf)
 	if err != nil || manifest.IsZero(data) {
 		return err
 	}
@@ -152,9 +156,10 @@ func (c sparseCopy) chunk(ctx context.Context, i int, buf *[]byte) error {
 	return nil
 }
 
-// data is src's n bytes at off: in its mapping, or read into buf.
-func (c sparseCopy) data(off, n int64, buf *[]byte) ([]byte, error) {
-	if c.mem != nil && manifest.IsData(c.src, off, n) {
+// read is src's n bytes at off: in its mapping if they are all data, or
+// read into buf.
+func (c sparseCopy) read(off, n int64, all bool, buf *[]byte) ([]byte, error) {
+	if c.mem != nil && all {
 		return c.mem[off : off+n], nil
 	}
 	if *buf == nil {

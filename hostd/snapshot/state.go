@@ -34,7 +34,10 @@ const poll = 50 * time.Millisecond
 type SaveTimes struct {
 	Stream time.Duration // from the migrate command to QEMU's end of stream, all written and hashed
 	RAM    time.Duration // a shared RAM file's copy (SaveShared), all written and hashed
-	Sync   time.Duration // fsync of the files and their directory
+	// RAMWait is how long the save waited for that copy after the state
+	// was written (it runs beside it).
+	RAMWait time.Duration
+	Sync    time.Duration // fsync of the files and their directory
 }
 
 // Save writes the migration stream of a stopped VM into path, a new file,
