@@ -127,6 +127,6 @@ func (vm *VM) holdRAM() *os.File {
 // reference to a removed file frees its pages.
 func releaseRAM(f *os.File) {
 	if f != nil {
-		go f.Close()
+		go qemu.CloseLowest(f)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -91,9 +92,19 @@ func (id RAMFile) Remove() error {
 	f, _ := os.OpenFile(id.Path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	err := os.Remove(id.Path)
 	if f != nil {
-		go f.Close()
+		go CloseLowest(f)
 	}
 	return err
+}
+
+// CloseLowest closes f at the lowest priority. The last close of a
+// removed RAM file frees its pages, 0.12 s of a core a GiB populated here:
+// run beside what follows (a restore of the same VM starting its QEMU and
+// loading its RAM), it would take that core from it.
+func CloseLowest(f *os.File) {
+	runtime.LockOSThread() // the thread ends with the goroutine
+	unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
+	f.Close()
 }
 
 // MappedBy reports whether process pid maps the file (its /proc/PID/maps
