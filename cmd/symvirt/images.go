@@ -55,6 +55,12 @@ func imagesCommand() *cli.Command {
 }
 
 func imagesAction(cmd *cli.Command, fn func(*coord.Client) (any, error)) error {
+	return coordAction(cmd, fn, printImages)
+}
+
+// coordAction runs fn against the coordinator and prints its result, as
+// JSON or through text.
+func coordAction(cmd *cli.Command, fn func(*coord.Client) (any, error), text func(io.Writer, any)) error {
 	out, err := output(cmd)
 	if err != nil {
 		return err
@@ -67,7 +73,7 @@ func imagesAction(cmd *cli.Command, fn func(*coord.Client) (any, error)) error {
 	if err != nil {
 		return err
 	}
-	return out.Print(v, func(w io.Writer) { printImages(w, v) })
+	return out.Print(v, func(w io.Writer) { text(w, v) })
 }
 
 func printImages(w io.Writer, v any) {

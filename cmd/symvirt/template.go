@@ -114,19 +114,7 @@ func templateAction(cmd *cli.Command, fn func(*hostd.Client) (any, error)) error
 // coordTemplateAction runs fn against the coordinator and prints its
 // result.
 func coordTemplateAction(cmd *cli.Command, fn func(*coord.Client) (any, error)) error {
-	out, err := output(cmd)
-	if err != nil {
-		return err
-	}
-	c, err := coordClient(cmd)
-	if err != nil {
-		return err
-	}
-	res, err := fn(c)
-	if err != nil {
-		return err
-	}
-	return out.Print(res, func(w io.Writer) { printTemplateResult(w, res) })
+	return coordAction(cmd, fn, printTemplateResult)
 }
 
 func printTemplateResult(w io.Writer, res any) {
