@@ -65,6 +65,11 @@ type Config struct {
 	// and QEMU 7.2's TCG precopy misses guest writes (see LiveMode; a
 	// guest panicked after a 50 ms migration).
 	MigrationDowntime time.Duration `yaml:"migration_downtime_limit"`
+	// MigrationChannels is how many connections a live migration's RAM
+	// goes over (QEMU's multifd) when this host and its peer both run
+	// QEMU 9 or later and migration TLS is off (migchannels.go): 0 is
+	// the default (2), 1 one stream.
+	MigrationChannels int `yaml:"migration_channels"`
 	// Pools are this host's passthrough devices, by pool name; each entry
 	// is a set of device properties (a VF's host address; a MAC in tests).
 	Pools map[string][]map[string]string `yaml:"pools"`

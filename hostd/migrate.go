@@ -65,6 +65,9 @@ type IncomingRequest struct {
 	CopyStorage []CopyDisk `json:"copy_storage,omitempty"`
 	// CloneIdentity: a template clone's kept identity (template_move.go).
 	CloneIdentity *guestproto.Clone `json:"clone_identity,omitempty"`
+	// Channels the source can send RAM over (migchannels.go); 0: one
+	// stream.
+	Channels int `json:"channels,omitempty"`
 }
 
 // IncomingResponse tells the source where to send the stream.
@@ -74,6 +77,9 @@ type IncomingResponse struct {
 	// its mirrors, one connection per disk, each presenting the token.
 	NBD      string `json:"nbd,omitempty"`
 	NBDToken string `json:"nbd_token,omitempty"`
+	// Channels the destination waits on (at most the request's); 0: one
+	// stream, which an older destination answers too.
+	Channels int `json:"channels,omitempty"`
 }
 
 // Migrate live-migrates the VM to another hostd, a one-VM operation of the
@@ -156,17 +162,25 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 		return IncomingResponse{}, err
 	}
 	vm.logPhase("dest_launch", timeNow().Sub(start))
-	stopPopulate := vm.populateRAMBeside(context.WithoutCancel(ctx), "dest", false)
-	time.AfterFunc(migstream.ConnectWait, stopPopulate)
 	mon, err := vm.monitor()
 	if err != nil {
 		return IncomingResponse{}, err
+	}
+	var resp IncomingResponse
+	if resp.Channels, err = vm.acceptChannels(ctx, mon, req.Channels); err != nil {
+		return IncomingResponse{}, err
+	}
+	if resp.Channels == 0 {
+		// One stream sends every zero page, which QEMU checks here page
+		// by page (each read of a hole allocates it); multifd's are never
+		// sent and stay holes.
+		stopPopulate := vm.populateRAMBeside(context.WithoutCancel(ctx), "dest", false)
+		time.AfterFunc(migstream.ConnectWait, stopPopulate)
 	}
 	wait := migstream.ConnectWait
 	if req.Lease > 0 {
 		wait = 2 * req.Lease
 	}
-	var resp IncomingResponse
 	if len(req.CopyStorage) > 0 {
 		if resp.NBD, resp.NBDToken, err = vm.exportDisks(ctx, mon, from, wait); err != nil {
 			return IncomingResponse{}, err
@@ -189,7 +203,7 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 		h.setLease(spec.Name, req.Op, 2*req.Lease, "")
 	}
 	ok = true
-	vm.log.Info("waiting for incoming migration", "uri", resp.URI, "disks", len(req.CopyStorage))
+	vm.log.Info("waiting for incoming migration", "uri", resp.URI, "disks", len(req.CopyStorage), "channels", resp.Channels)
 	return resp, nil
 }
 
@@ -264,6 +278,9 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 		return VMInfo{}, err
 	}
 	vm.logPhase("dest_finish_attach", timeNow().Sub(t))
+	if err := vm.settleChannels(ctx, mon); err != nil {
+		vm.log.Error("after an incoming migration over channels", "err", err)
+	}
 	t = timeNow()
 	vm.finishRound(ctx, "migrated")
 	vm.logPhase("dest_finish_guest", timeNow().Sub(t))
@@ -315,7 +332,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	defer unsubscribe()
 	defer vm.idleMigrationThread(mon)()
 	if err == nil {
-		tun, info, err = vm.migrateRAM(ctx, mon, args, inc.URI)
+		tun, info, err = vm.migrateRAM(ctx, mon, args, inc)
 	}
 	if err == nil && m != nil {
 		err = m.complete(ctx)
@@ -323,6 +340,9 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	if err != nil {
 		bg := context.WithoutCancel(ctx)
 		mon.MigrateCancel(bg)
+		if serr := vm.settleChannels(bg, mon); serr != nil {
+			vm.log.Error("after a failed migration over channels", "err", serr)
+		}
 		err = migstream.WithStreamErr(err, tun.Abort(bg, mon))
 		m.abort(bg)
 		closeTaps(taps)
@@ -334,7 +354,7 @@ func (vm *VM) migrateStep(ctx context.Context, req StepRequest) error {
 	}
 	vm.logPhase("qemu_setup", time.Duration(info.SetupTime)*time.Millisecond)
 	vm.logPhase("qemu_downtime", time.Duration(info.Downtime)*time.Millisecond)
-	vm.log.Info("migration stream complete", "to", args.Dest, "dirty_syncs", info.RAM.DirtySyncCount, "total_ms", info.TotalTime,
+	vm.log.Info("migration stream complete", "to", args.Dest, "channels", inc.Channels, "dirty_syncs", info.RAM.DirtySyncCount, "total_ms", info.TotalTime,
 		"downtime_ms", info.Downtime, "setup_ms", info.SetupTime, "bytes", info.RAM.Transferred)
 	vm.h.setLease(vm.name, req.Op, req.Lease, args.Dest)
 	return nil
@@ -366,7 +386,8 @@ func (vm *VM) incomingBase(req StepRequest) (IncomingRequest, error) {
 	vm.mu.Lock()
 	round := vm.rt.Round
 	vm.mu.Unlock()
-	ireq := IncomingRequest{Spec: spec, Absent: spec.PassthroughIDs(), Round: round, Lease: req.Lease, Grant: req.Migrate.Grant}
+	ireq := IncomingRequest{Spec: spec, Absent: spec.PassthroughIDs(), Round: round, Lease: req.Lease, Grant: req.Migrate.Grant,
+		Channels: vm.offerChannels()}
 	var err error
 	if ireq.CloneIdentity, err = vm.movingCloneIdentity(); err != nil {
 		return ireq, err
@@ -398,20 +419,30 @@ func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequ
 	return ireq, nil
 }
 
-// migrateRAM pre-copies the VM's state to uri and waits for QEMU to
-// complete the migration (the source is paused then). The tunnel, if
-// any, is returned for the caller to abort on failure.
-func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs, uri string) (*migstream.Out, qmp.MigrationInfo, error) {
+// migrateRAM pre-copies the VM's state to the destination inc and waits
+// for QEMU to complete the migration (the source is paused then). The
+// tunnel, if any, is returned for the caller to abort on failure.
+func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs, inc IncomingResponse) (*migstream.Out, qmp.MigrationInfo, error) {
 	var info qmp.MigrationInfo
 	params := vm.h.migrateParams(args)
 	var tun *migstream.Out
 	qemuURI := ""
-	host, err := checkMigrationURI(uri, args.Dest, vm.h.cfg.migrationPorts())
+	host, err := checkMigrationURI(inc.URI, args.Dest, vm.h.cfg.migrationPorts())
 	if err == nil {
-		tun, qemuURI, err = vm.streamTo(ctx, mon, uri, host)
+		err = vm.checkChannels(mon, inc.Channels)
 	}
 	if err == nil {
-		err = mon.MigrateSetCapabilities(ctx, migrateCapabilities(args.Capabilities))
+		// An earlier multifd migration's cleanup must end first.
+		err = vm.settleChannels(ctx, mon)
+	}
+	if err == nil {
+		tun, qemuURI, err = vm.streamTo(ctx, mon, inc.URI, host)
+	}
+	if err == nil {
+		err = mon.MigrateSetCapabilities(ctx, migrateCapabilities(args.Capabilities, inc.Channels))
+	}
+	if err == nil && inc.Channels > 0 {
+		params["multifd-channels"] = inc.Channels
 	}
 	if err == nil {
 		err = mon.MigrateSetParameters(ctx, params)
@@ -457,14 +488,17 @@ func (h *Host) migrateParams(args *MigrateArgs) map[string]any {
 }
 
 // migrateCapabilities are the caller's capabilities with QEMU's MIGRATION
-// events on, which end the wait for the stream at once, and x-ignore-shared
-// off unless asked for: a save that a crash of hostd cut short may have left
-// it on in this QEMU, and a migration to another host must carry RAM.
-func migrateCapabilities(extra map[string]bool) map[string]bool {
+// events on, which end the wait for the stream at once, x-ignore-shared
+// off unless asked for (a save that a crash of hostd cut short may have
+// left it on in this QEMU, and a migration to another host must carry
+// RAM), and multifd as the destination agreed (channels > 0), whatever
+// the caller asked.
+func migrateCapabilities(extra map[string]bool, channels int) map[string]bool {
 	caps := map[string]bool{"events": true, "x-ignore-shared": false}
 	for k, v := range extra {
 		caps[k] = v
 	}
+	caps["multifd"] = channels > 0
 	return caps
 }
 

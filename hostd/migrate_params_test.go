@@ -30,7 +30,10 @@ func TestMigrateParamsDowntime(t *testing.T) {
 	if err := cfg.setDefaults(); err == nil || !strings.Contains(err.Error(), "migration_downtime_limit") {
 		t.Errorf("a negative migration_downtime_limit: %v", err)
 	}
-	if caps := migrateCapabilities(map[string]bool{"auto-converge": true}); !caps["events"] || !caps["auto-converge"] {
-		t.Errorf("capabilities %v: want events and the caller's", caps)
+	if caps := migrateCapabilities(map[string]bool{"auto-converge": true}, 0); !caps["events"] || !caps["auto-converge"] || caps["multifd"] {
+		t.Errorf("capabilities %v: want events and the caller's, no multifd", caps)
+	}
+	if caps := migrateCapabilities(map[string]bool{"multifd": false}, 4); !caps["multifd"] {
+		t.Errorf("capabilities %v over 4 channels: want multifd, whatever the caller asked", caps)
 	}
 }

@@ -28,6 +28,12 @@ func (c *Config) migrationDefaults() error {
 	if c.MigrationDowntime == 0 && c.Accel == "kvm" {
 		c.MigrationDowntime = defaultMigrationDowntime
 	}
+	if c.MigrationChannels < 0 || c.MigrationChannels > maxMigrationChannels {
+		return fmt.Errorf("config: migration_channels %d is not between 0 and %d", c.MigrationChannels, maxMigrationChannels)
+	}
+	if c.MigrationChannels == 0 {
+		c.MigrationChannels = defaultMigrationChannels
+	}
 	if c.MigrationTLS == nil {
 		on := c.TLSCert != ""
 		c.MigrationTLS = &on

@@ -503,6 +503,10 @@ func (vm *VM) resumeStep(ctx context.Context, req StepRequest) error {
 		return err
 	}
 	if st, err := mon.Status(ctx); err == nil && !st.Running {
+		// A source after a migration over channels (migchannels.go).
+		if err := vm.settleChannels(ctx, mon); err != nil {
+			vm.log.Error("resume", "err", err)
+		}
 		if err := mon.Cont(ctx); err != nil {
 			return err
 		}
