@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -233,6 +234,34 @@ func TestMigrateWithPassthroughNIC(t *testing.T) {
 	if strings.Contains(src.Logs(), `"msg":"device detached"`) == false {
 		t.Fatalf("source never detached the passthrough NIC")
 	}
+	assertChannels(t, src.Logs(), "migration stream complete")
+	if want := wantChannels(t); (res.MultifdBytes > 0) != (want > 0) {
+		t.Fatalf("multifd bytes %d over %d channels", res.MultifdBytes, want)
+	}
+}
+
+// wantChannels is how many channels two default hostds migrate over with
+// the QEMU under test: 2 (the default) from QEMU 9 on, else 0 (one stream).
+func wantChannels(t *testing.T) int {
+	v, err := qemu.BinaryVersion(context.Background(), testguest.Qemu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.QEMU.Major >= 9 {
+		return 2
+	}
+	return 0
+}
+
+// assertChannels checks that hostd's log line msg says the migration
+// went over wantChannels channels.
+func assertChannels(t *testing.T, logs, msg string) {
+	t.Helper()
+	re := regexp.MustCompile(`"msg":"` + msg + `"[^\n]*"channels":(\d+)`)
+	m := re.FindStringSubmatch(logs)
+	if want := strconv.Itoa(wantChannels(t)); m == nil || m[1] != want {
+		t.Fatalf("%q logged %v channels, want %s", msg, m, want)
+	}
 }
 
 func TestMigrateFailureResumesSource(t *testing.T) {
@@ -277,6 +306,7 @@ func TestMigrateFailureResumesSource(t *testing.T) {
 		t.Fatalf("migration to a dying destination: %v, want ErrMigration", err)
 	}
 	assertRunningWith(t, c, "mf1", "pt0", slog)
+	assertChannels(t, dst2.Logs(), "waiting for incoming migration")
 	if _, err := dst2.Client().Status(ctx, "mf1"); !errors.Is(err, hostd.ErrNotFound) {
 		t.Fatalf("destination still has the vm: %v", err)
 	}

@@ -43,7 +43,10 @@ type MigrateResult struct {
 	Downtime    time.Duration `json:"downtime_ns"`
 	Transferred int64         `json:"transferred"`
 	Duration    time.Duration `json:"duration_ns"`
-	VM          VMInfo        `json:"vm"`
+	// MultifdBytes: the part of Transferred that went over multifd's
+	// channels (migchannels.go).
+	MultifdBytes int64  `json:"multifd_bytes,omitempty"`
+	VM           VMInfo `json:"vm"`
 }
 
 // IncomingRequest asks a destination to prepare for a VM.
@@ -111,7 +114,7 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 	}
 	res = MigrateResult{Destination: opts.To, TotalTime: time.Duration(d.mig.TotalTime) * time.Millisecond,
 		Downtime: time.Duration(d.mig.Downtime) * time.Millisecond, Transferred: d.mig.RAM.Transferred,
-		VM: d.destVM, Duration: timeNow().Sub(start)}
+		MultifdBytes: d.mig.RAM.MultifdBytes, VM: d.destVM, Duration: timeNow().Sub(start)}
 	vm.log.Info("migrated", "to", opts.To, "total", res.TotalTime, "downtime", res.Downtime, "bytes", res.Transferred)
 	return res, nil
 }

@@ -108,6 +108,7 @@ type MigrationRAM struct {
 	DirtySyncCount   int64   `json:"dirty-sync-count"`
 	PageSize         int64   `json:"page-size"`
 	PostcopyRequests int64   `json:"postcopy-requests"`
+	MultifdBytes     int64   `json:"multifd-bytes"`
 }
 
 // MigrationInfo is the reply of query-migrate. Times are in milliseconds.
