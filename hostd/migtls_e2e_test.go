@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -264,13 +267,14 @@ func startRogue(t *testing.T, ctx context.Context, dst *testenv.Hostd, ns *teste
 func (r *rogue) tryTLS(t *testing.T, ctx context.Context, ca, cert, key string) string {
 	t.Helper()
 	dir := t.TempDir()
-	for from, to := range map[string]string{ca: "ca-cert.pem", cert: "client-cert.pem", key: "client-key.pem"} {
+	for from, to := range map[string]string{ca: "ca-cert.pem", key: "client-key.pem"} {
 		data, err := os.ReadFile(from)
 		if err != nil {
 			t.Fatal(err)
 		}
 		os.WriteFile(filepath.Join(dir, to), data, 0o600)
 	}
+	os.WriteFile(filepath.Join(dir, "client-cert.pem"), qemuUsableCert(t, filepath.Dir(ca), cert), 0o600)
 	r.mon.Execute(ctx, "object-del", map[string]any{"id": "rogue"}, nil)
 	if err := r.mon.Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": "rogue",
 		"dir": dir, "endpoint": "client", "verify-peer": false}, nil); err != nil {
@@ -359,4 +363,41 @@ func peerIncoming(t *testing.T, ns *testenv.NetNS, certs, from, to string, spec 
 		t.Fatalf("incoming as peer %s: %s %+v %v", from, resp.Status, inc, err)
 	}
 	return inc.URI
+}
+
+// qemuUsableCert is the certificate at path re-issued by the same CA (in
+// caDir) with key encipherment added to its key usage, which QEMU 10's
+// TLS credentials require of a client certificate (7.2 did not check):
+// the same identity, key and role, so a refusal still comes from them.
+func qemuUsableCert(t *testing.T, caDir, path string) []byte {
+	t.Helper()
+	load := func(p string) *pem.Block {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := pem.Decode(data)
+		if b == nil {
+			t.Fatalf("%s: no PEM", p)
+		}
+		return b
+	}
+	ca, err := x509.ParseCertificate(load(filepath.Join(caDir, pki.CACertFile)).Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caKey, err := x509.ParsePKCS8PrivateKey(load(filepath.Join(caDir, pki.CAKeyFile)).Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(load(path).Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf.KeyUsage |= x509.KeyUsageKeyEncipherment
+	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, leaf.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
