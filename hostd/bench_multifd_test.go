@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -26,6 +27,9 @@ import (
 func TestBenchMigrateMultifd(t *testing.T) {
 	if os.Getenv("SYMVIRT_BENCH") != "1" {
 		t.Skip("benchmark: run with make bench")
+	}
+	if v, err := qemu.BinaryVersion(context.Background(), testguest.Qemu); err != nil || !multifdQEMU(v) {
+		t.Skipf("multifd needs QEMU %d or later (%s: %v %v)", multifdMinMajor, testguest.Qemu, v, err)
 	}
 	kernel, initrd := testguest.Paths(t)
 	for _, mem := range testguest.BenchSizes(t, "SYMVIRT_BENCH_MULTIFD_MIB", []int{256, 1024, 2048}, 128, 2048) {

@@ -12,6 +12,7 @@
 #                      and coord there (about 25 minutes more)
 #   make bench-qemu10  the live checkpoint's benchmarks on it (BENCH_LIVE;
 #                      make bench runs them too when build/qemu10 is there)
+#                      and the multifd migration's (BENCH_QEMU10)
 #
 # SYMVIRT_QEMU names the QEMU binary for the whole suite (hostd's --qemu
 # default, internal/testguest.Qemu): make test-qemu10 sets it to
@@ -19,10 +20,12 @@
 
 QEMU10 := $(CURDIR)/build/qemu10/bin/qemu-system-x86_64
 QEMU10_PKGS ?= ./qmp/ ./hostd/... ./coord/...
-QEMU10_HOSTD_E2E := TestCheckpointRestoreContinuesCounter|TestLiveCheckpointRestoresTheCut|TestMigrateWithPassthroughNIC|TestRejuvenateKeepsGuestMemory|TestQEMURunsSandboxedAsQEMUUser|TestRAMFileNotReadableByLocalUsers|TestLiveCheckpointWithDiskIsConsistent|TestLiveCheckpointDiskFillsDuringStream|TestStepsSurviveHostdRestart|TestDirectCheckpointRecoveredAfterHostdKill|TestHostdRefusesOldQEMU|TestImagePagesQEMU10Stream|TestLiveModeAutoFollowsQEMUVersion
+QEMU10_HOSTD_E2E := TestCheckpointRestoreContinuesCounter|TestLiveCheckpointRestoresTheCut|TestMigrateWithPassthroughNIC|TestMigrateFailureResumesSource|TestMigrationStreamTLS|TestRejuvenateKeepsGuestMemory|TestQEMURunsSandboxedAsQEMUUser|TestRAMFileNotReadableByLocalUsers|TestLiveCheckpointWithDiskIsConsistent|TestLiveCheckpointDiskFillsDuringStream|TestStepsSurviveHostdRestart|TestDirectCheckpointRecoveredAfterHostdKill|TestHostdRefusesOldQEMU|TestImagePagesQEMU10Stream|TestLiveModeAutoFollowsQEMUVersion
 QEMU10_COORD_E2E := TestConsolidateServicesLive|TestLiveJobCutIsConsistent|TestLiveCheckpointFallsBackWhereRefused|TestLivePrecopyJobFencesEachVMAtItsPoint|TestEvacuateDownHostRestartsFromCheckpoint
 
 BENCH_LIVE := TestBenchLiveCheckpoint|TestBenchPrecopyImage|TestBenchJobCheckpoint
+# Benchmarks of what only QEMU 9 and later do (make bench-qemu10 only).
+BENCH_QEMU10 := TestBenchMigrateMultifd
 
 .PHONY: qemu10 test-qemu10 test-qemu10-all bench-qemu10
 
@@ -38,4 +41,4 @@ test-qemu10-all: qemu10 guest libsymvirt
 	SYMVIRT_QEMU=$(QEMU10) SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 40m $(QEMU10_PKGS)
 
 bench-qemu10: qemu10 guest build
-	@SYMVIRT_QEMU=$(QEMU10) SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 60m -run '^($(BENCH_LIVE))$$' -v ./hostd/ ./coord/ | $(call bench_lines,$(QEMU10)) || (echo "bench on QEMU 10 failed" >&2; exit 1)
+	@SYMVIRT_QEMU=$(QEMU10) SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 60m -run '^($(BENCH_LIVE)|$(BENCH_QEMU10))$$' -v ./hostd/ ./coord/ | $(call bench_lines,$(QEMU10)) || (echo "bench on QEMU 10 failed" >&2; exit 1)
