@@ -18,7 +18,8 @@ import (
 
 // TestBenchMigrateMultifd measures a live migration between two hostds
 // over multifd's channels (hostd's default from QEMU 9 on) and over one
-// stream (migration_channels: 1), beside plain QEMU's default migration
+// stream (migration_channels: 1; SYMVIRT_BENCH_MULTIFD_CHANNELS sets the
+// other's count, default hostd's), beside plain QEMU's default migration
 // in the same rounds: one VM with its RAM in /dev/shm (hostd's default)
 // migrated back and forth, the two hostd modes alternating which goes
 // first. One JSON line per mode and size: the median, its ratio to plain
@@ -47,6 +48,10 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_BENCH_MULTIFD_ROUNDS")); err == nil && n > 0 {
 		rounds = n
 	}
+	many := defaultMigrationChannels
+	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_BENCH_MULTIFD_CHANNELS")); err == nil && n > 1 {
+		many = n
+	}
 	name := fmt.Sprintf("multifd%d", mem)
 	vm, err := a.Create(Spec{Name: name, Memory: mem, VCPUs: 1, Kernel: kernel, Initrd: initrd,
 		Append: "console=ttyS0 quiet symvirt.counter=1",
@@ -64,7 +69,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 	for round := range rounds {
 		_, _, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)
 		plain = append(plain, benchSample{took: mi})
-		for _, channels := range [][2]int{{2, 1}, {1, 2}}[round%2] {
+		for _, channels := range [][2]int{{many, 1}, {1, many}}[round%2] {
 			a.cfg.MigrationChannels, b.cfg.MigrationChannels = channels, channels
 			time.Sleep(2 * time.Second) // a guest that took its NIC back
 			v, err := hosts[at].Get(name)
@@ -80,7 +85,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 			bench := map[bool]string{true: "migrate_multifd", false: "migrate_one_stream"}[channels > 1]
 			ours[bench] = append(ours[bench], benchSample{bench: bench, took: res.Duration, phases: phases.since(start),
 				extra: map[string]any{"qemu_total_seconds": res.TotalTime.Seconds(), "qemu_downtime_seconds": res.Downtime.Seconds(),
-					"multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
+					"channels": channels, "multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
 		}
 	}
 	if v, err := hosts[at].Get(name); err == nil {
