@@ -52,6 +52,10 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_BENCH_MULTIFD_CHANNELS")); err == nil && n > 1 {
 		many = n
 	}
+	// A chain of multifd moves: each source's RAM file is as sparse as
+	// the move before left it (otherwise a one-stream move, which fills
+	// its destination's file, comes before each multifd one).
+	chain := os.Getenv("SYMVIRT_BENCH_MULTIFD_CHAIN") == "1"
 	name := fmt.Sprintf("multifd%d", mem)
 	vm, err := a.Create(Spec{Name: name, Memory: mem, VCPUs: 1, Kernel: kernel, Initrd: initrd,
 		Append: "console=ttyS0 quiet symvirt.counter=1",
@@ -69,13 +73,18 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 	for round := range rounds {
 		_, _, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)
 		plain = append(plain, benchSample{took: mi})
-		for _, channels := range [][2]int{{many, 1}, {1, many}}[round%2] {
+		order := [][2]int{{many, 1}, {1, many}}[round%2]
+		if chain {
+			order = [2]int{many, many}
+		}
+		for _, channels := range order {
 			a.cfg.MigrationChannels, b.cfg.MigrationChannels = channels, channels
 			time.Sleep(2 * time.Second) // a guest that took its NIC back
 			v, err := hosts[at].Get(name)
 			if err != nil {
 				t.Fatal(err)
 			}
+			srcAlloc := allocatedMiB(t, hosts[at], name)
 			start := time.Now()
 			res, err := v.Migrate(ctx, MigrateOptions{To: socks[1-at]}, nil)
 			if err != nil {
@@ -85,7 +94,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 			bench := map[bool]string{true: "migrate_multifd", false: "migrate_one_stream"}[channels > 1]
 			ours[bench] = append(ours[bench], benchSample{bench: bench, took: res.Duration, phases: phases.since(start),
 				extra: map[string]any{"qemu_total_seconds": res.TotalTime.Seconds(), "qemu_downtime_seconds": res.Downtime.Seconds(),
-					"channels": channels, "multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
+					"channels": channels, "chain": chain, "source_ram_allocated_mib": srcAlloc, "multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
 		}
 	}
 	if v, err := hosts[at].Get(name); err == nil {
