@@ -284,6 +284,11 @@ func (vm *VM) FinishIncoming(ctx context.Context) (VMInfo, error) {
 	if err := vm.settleChannels(ctx, mon); err != nil {
 		vm.log.Error("after an incoming migration over channels", "err", err)
 	}
+	// Channels leave the zero pages they never sent as holes: filled now,
+	// beside the running VM, as at a boot (a move out of a sparse file
+	// pays tmpfs's allocation: 0.94 against 0.53 s at 2 GiB). A file one
+	// stream filled is skipped.
+	vm.populateAfterStart()
 	t = timeNow()
 	vm.finishRound(ctx, "migrated")
 	vm.logPhase("dest_finish_guest", timeNow().Sub(t))

@@ -191,8 +191,8 @@ func (vm *VM) populateRAMBeside(ctx context.Context, side string, lowest bool) c
 	return cancel
 }
 
-// populateAfterStart populates the RAM file of a QEMU just started, when
-// the host populates at start; not a template's, whose holes its clones
+// populateAfterStart populates the RAM file of a QEMU just started (or
+// just migrated in), when the host populates at start; not a template's, whose holes its clones
 // and the hosts it is published to would otherwise hold as zeros. It
 // returns whether it started.
 func (vm *VM) populateAfterStart() bool {
