@@ -15,6 +15,10 @@ import (
 // failed multifd migration is still being cleaned up for the first
 // cleanupPolls query-yank calls; it records every command.
 func scriptedQEMU(t *testing.T, multifd bool, cleanupPolls int) (*qmp.Client, <-chan []string) {
+	return scriptedQEMUVersion(t, 10, multifd, cleanupPolls)
+}
+
+func scriptedQEMUVersion(t *testing.T, major int, multifd bool, cleanupPolls int) (*qmp.Client, <-chan []string) {
 	t.Helper()
 	srv, cli := net.Pipe()
 	t.Cleanup(func() { srv.Close(); cli.Close() })
@@ -23,7 +27,7 @@ func scriptedQEMU(t *testing.T, multifd bool, cleanupPolls int) (*qmp.Client, <-
 		var cmds []string
 		defer func() { srv.Close(); seen <- cmds }()
 		w := json.NewEncoder(srv)
-		w.Encode(map[string]any{"QMP": map[string]any{"version": map[string]any{"qemu": map[string]int{"major": 10, "minor": 0, "micro": 2}}, "capabilities": []string{}}})
+		w.Encode(map[string]any{"QMP": map[string]any{"version": map[string]any{"qemu": map[string]int{"major": major, "minor": 0, "micro": 2}}, "capabilities": []string{}}})
 		r := bufio.NewReader(srv)
 		for {
 			line, err := r.ReadBytes('\n')
@@ -89,5 +93,39 @@ func TestMultifdOffOnlyAfterTeardown(t *testing.T) {
 	mon.Close()
 	if got := <-seen; len(got) != 2 {
 		t.Fatalf("commands with multifd off %v, want only its query", got)
+	}
+}
+
+// TestChannelsAgreed: a side offers or accepts channels only with QEMU 9
+// or later, migration TLS off and more than one channel configured; a
+// source refuses an answer of more channels than it can send.
+func TestChannelsAgreed(t *testing.T) {
+	on, off := true, false
+	cases := []struct {
+		major, setting int
+		tls            *bool
+		want           int
+	}{
+		{10, 2, &off, 2}, {9, 4, &off, 4}, {10, 1, &off, 1}, {7, 2, &off, 1}, {8, 2, &off, 1}, {10, 2, &on, 1},
+	}
+	for _, c := range cases {
+		mon, _ := scriptedQEMUVersion(t, c.major, false, 0)
+		h := &Host{cfg: Config{MigrationChannels: c.setting, MigrationTLS: c.tls}}
+		if got := h.channelsHere(mon); got != c.want {
+			t.Errorf("QEMU %d, migration_channels %d, tls %v: %d channels, want %d", c.major, c.setting, *c.tls, got, c.want)
+		}
+		vm := &VM{name: "v", h: h}
+		// 0 (one stream) always; the count offered only if over one;
+		// 1, or more than offered, never.
+		answers := map[int]bool{0: true, 1: false, c.want + 1: false}
+		if c.want > 1 {
+			answers[c.want] = true
+		}
+		for answer, ok := range answers {
+			if err := vm.checkChannels(mon, answer); (err == nil) != ok {
+				t.Errorf("QEMU %d, %d channels here: an answer of %d: %v", c.major, c.want, answer, err)
+			}
+		}
+		mon.Close()
 	}
 }
