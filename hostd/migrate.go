@@ -170,15 +170,8 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 		return IncomingResponse{}, err
 	}
 	var resp IncomingResponse
-	if resp.Channels, err = vm.acceptChannels(ctx, mon, req.Channels); err != nil {
+	if resp.Channels, err = vm.prepareIncomingRAM(ctx, mon, req.Channels); err != nil {
 		return IncomingResponse{}, err
-	}
-	if resp.Channels == 0 {
-		// One stream sends every zero page, which QEMU checks here page
-		// by page (each read of a hole allocates it); multifd's are never
-		// sent and stay holes.
-		stopPopulate := vm.populateRAMBeside(context.WithoutCancel(ctx), "dest", false)
-		time.AfterFunc(migstream.ConnectWait, stopPopulate)
 	}
 	wait := migstream.ConnectWait
 	if req.Lease > 0 {
@@ -425,6 +418,21 @@ func (vm *VM) incomingRequest(ctx context.Context, mon *qmp.Client, req StepRequ
 		ireq.CopyStorage = disks
 	}
 	return ireq, nil
+}
+
+// prepareIncomingRAM sets up the channels the destination waits on (at
+// most offered; 0: one stream) and, for one stream, populates its RAM
+// file beside it: one stream sends every zero page, which QEMU checks
+// here page by page (each read of a hole allocates it); multifd's are
+// never sent and stay holes.
+func (vm *VM) prepareIncomingRAM(ctx context.Context, mon *qmp.Client, offered int) (int, error) {
+	channels, err := vm.acceptChannels(ctx, mon, offered)
+	if err != nil || channels > 0 {
+		return channels, err
+	}
+	stopPopulate := vm.populateRAMBeside(context.WithoutCancel(ctx), "dest", false)
+	time.AfterFunc(migstream.ConnectWait, stopPopulate)
+	return 0, nil
 }
 
 // migrateRAM pre-copies the VM's state to the destination inc and waits
