@@ -14,6 +14,7 @@ type (
 	MigrateArgs    = step.MigrateArgs
 	ResumeArgs     = step.ResumeArgs
 	ReplaceArgs    = step.ReplaceArgs
+	FenceArgs      = step.FenceArgs
 	MigrationGrant = step.MigrationGrant
 	Grant          = step.Grant
 	Round          = step.Round

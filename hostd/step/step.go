@@ -59,7 +59,24 @@ type Request struct {
 	Migrate *MigrateArgs `json:"migrate,omitempty"` // migrate, launch
 	Resume  *ResumeArgs  `json:"resume,omitempty"`  // resume
 	Replace *ReplaceArgs `json:"replace,omitempty"` // replace
+	Fence   *FenceArgs   `json:"fence,omitempty"`   // fence
 }
+
+// FenceArgs scope a live checkpoint's network fence (nil: the whole VM).
+type FenceArgs struct {
+	// Peers are the MAC addresses of the NICs of the job's other VMs.
+	// Given, the fence holds only the frames this VM receives from them,
+	// from the fence step until this VM's own point, and every other frame
+	// flows: a message from a VM past its point never reaches one before
+	// its own, and peers outside the job see only the VM's pause. Empty:
+	// all of the VM's traffic is held from its point until the job's
+	// resume (what a job whose VMs reach each other through a router, not
+	// on one Ethernet segment, needs).
+	Peers []string `json:"peers,omitempty"`
+}
+
+// MaxFencePeers bounds FenceArgs.Peers.
+const MaxFencePeers = 4096
 
 // PrepareArgs: what the guest is told is coming.
 type PrepareArgs struct {
