@@ -24,7 +24,7 @@ type frameRelay struct {
 	nic     string
 	out, in net.Conn
 	queue   chan []byte
-	done    chan struct{} // closed with the relay
+	done    chan struct{}  // closed with the relay
 	pending sync.WaitGroup // records queued and not yet written
 	// Guarded by the hold's mutex:
 	held      [][]byte
