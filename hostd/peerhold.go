@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -68,10 +69,9 @@ type peerHold struct {
 	op     string
 	peers  map[string]bool // lower-case MACs
 	relays []*frameRelay
-	log    interface {
-		Info(string, ...any)
-		Warn(string, ...any)
-	}
+	log    *slog.Logger
+	// observe gets how long the hold held and how many frames it dropped.
+	observe func(held time.Duration, dropped int)
 	mu      sync.Mutex
 	holding bool
 	since   time.Time
@@ -93,7 +93,11 @@ func (vm *VM) holdPeers(ctx context.Context, mon *qmp.Client, op string, args *F
 	if old != nil {
 		vm.dropHold(ctx)
 	}
-	h := &peerHold{op: op, peers: peers, log: vm.log, holding: true, since: timeNow()}
+	h := &peerHold{op: op, peers: peers, log: vm.log, holding: true, since: timeNow(),
+		observe: func(held time.Duration, dropped int) {
+			vm.h.metrics.hold.Observe(held.Seconds())
+			vm.h.metrics.holdDropped.Add(float64(dropped))
+		}}
 	for _, nic := range vm.fencedNICs() {
 		r, err := startRelay(ctx, mon, nic, h)
 		if err != nil {
@@ -215,7 +219,11 @@ func (h *peerHold) release() bool {
 		}
 		r.held, r.heldBytes = nil, 0
 	}
-	h.log.Info("network hold released", "held_ns", timeNow().Sub(h.since).Nanoseconds(), "frames", n, "dropped", dropped)
+	held := timeNow().Sub(h.since)
+	h.log.Info("network hold released", "held_ns", held.Nanoseconds(), "frames", n, "dropped", dropped)
+	if h.observe != nil {
+		h.observe(held, dropped)
+	}
 	return true
 }
 
