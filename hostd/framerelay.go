@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -74,9 +75,10 @@ func startRelay(ctx context.Context, mon *qmp.Client, nic string, h *peerHold) (
 // read routes every record QEMU writes; a malformed one ends the relay
 // (QEMU then drops what it cannot write, until the hold is taken down).
 func (r *frameRelay) read(h *peerHold) {
+	in := bufio.NewReaderSize(r.out, 256<<10) // many frames a read
 	var hdr [8]byte
 	for {
-		if _, err := io.ReadFull(r.out, hdr[:]); err != nil {
+		if _, err := io.ReadFull(in, hdr[:]); err != nil {
 			return
 		}
 		n, vnet := binary.BigEndian.Uint32(hdr[0:4]), binary.BigEndian.Uint32(hdr[4:8])
@@ -87,7 +89,7 @@ func (r *frameRelay) read(h *peerHold) {
 		}
 		rec := make([]byte, 8+n)
 		copy(rec, hdr[:])
-		if _, err := io.ReadFull(r.out, rec[8:]); err != nil {
+		if _, err := io.ReadFull(in, rec[8:]); err != nil {
 			return
 		}
 		h.route(r, rec, frameSource(rec[8+vnet:]))
