@@ -214,6 +214,7 @@ func (h *peerHold) release() bool {
 		return false
 	}
 	h.holding = false
+	at := timeNow()
 	n, dropped := 0, 0
 	for _, r := range h.relays {
 		n += len(r.held)
@@ -223,8 +224,9 @@ func (h *peerHold) release() bool {
 		}
 		r.held, r.heldBytes = nil, 0
 	}
-	held := timeNow().Sub(h.since)
-	h.log.Info("network hold released", "held_ns", held.Nanoseconds(), "frames", n, "dropped", dropped)
+	held := at.Sub(h.since)
+	// from: when holding ended (the cut's tests order it after the point).
+	h.log.Info("network hold released", "held_ns", held.Nanoseconds(), "frames", n, "dropped", dropped, "from", at)
 	if h.observe != nil {
 		h.observe(held, dropped)
 	}

@@ -399,27 +399,25 @@ func (vm *VM) stopStep(ctx context.Context, req StepRequest) (string, error) {
 // fenceStep readies a live checkpoint's cut for this VM: the network
 // fence is armed, and its point step turns it on (fence.go); or, given
 // the job's peers, the frames from them are held from now until the
-// VM's point (peerhold.go), and the whole-VM fence is armed only if that
-// hold cannot be put up. A VM that cannot be fenced is stopped here
-// instead, before any VM's point.
+// VM's point (peerhold.go). A VM that cannot be fenced or hold is
+// stopped here instead, before any VM's point: stopped, it takes in
+// nothing until it is resumed after the cut.
 func (vm *VM) fenceStep(ctx context.Context, req StepRequest) (string, error) {
 	mon, err := vm.monitor()
 	if err != nil {
 		return "", err
 	}
 	vm.h.setLease(req.VM, req.Op, req.Lease, "")
-	note := ""
+	var unfenced error
 	if req.Fence != nil && len(req.Fence.Peers) > 0 {
-		err := vm.holdPeers(ctx, mon, req.Op, req.Fence)
-		if err == nil {
+		// The job's other VMs hold only what they receive: a whole-VM
+		// fence here, on from this VM's point only, would let their
+		// frames from after their points in before it.
+		if unfenced = vm.holdPeers(ctx, mon, req.Op, req.Fence); unfenced == nil {
 			return "", nil
 		}
-		vm.log.Warn("no network hold for the job's peers: the whole vm is fenced at its point instead", "err", err)
-		note = fmt.Sprintf("whole vm fenced (no hold for the job's peers: %v)", err)
-	}
-	unfenced := vm.armFence(ctx, mon)
-	if unfenced == nil {
-		return note, nil
+	} else if unfenced = vm.armFence(ctx, mon); unfenced == nil {
+		return "", nil
 	}
 	vm.log.Warn("the vm stops for the job's cut instead", "err", unfenced)
 	if _, err := vm.stopStep(ctx, req); err != nil {
