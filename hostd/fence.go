@@ -87,6 +87,12 @@ func fenceThere(ctx context.Context, mon *qmp.Client, nic string) bool {
 // adds them on where they are not (hostd restarted since the arm). On
 // failure nothing stays fenced.
 func (vm *VM) fence(ctx context.Context, mon *qmp.Client) error {
+	vm.mu.Lock()
+	held := vm.hold != nil
+	vm.mu.Unlock()
+	if held {
+		return nil // the job's fence holds only its peers' frames (peerhold.go)
+	}
 	start := timeNow()
 	var done []string
 	for _, id := range vm.fencedNICs() {
@@ -113,6 +119,7 @@ func (vm *VM) fence(ctx context.Context, mon *qmp.Client) error {
 // unfence releases what the fence held; it is harmless on a VM that is not
 // fenced (hostd may have restarted since it fenced it).
 func (vm *VM) unfence(ctx context.Context) {
+	vm.dropHold(ctx)
 	mon, err := vm.monitor()
 	if err != nil {
 		return

@@ -89,6 +89,7 @@ type VM struct {
 	attachMu  sync.Mutex
 	stoppedAt time.Time     // when hostd stopped the vCPUs for a cut, for its pause
 	fencedAt  time.Time     // when the network fence went up
+	hold      *peerHold     // the job-scoped fence (peerhold.go)
 	disks     diskWork      // a checkpoint's disk copy and flatten (diskcut.go)
 	frames    *frameForward // a migrated source passing on what its taps still get
 	reboot    cloneReboot   // a clone's guest rebooting (template_reboot.go)
@@ -131,6 +132,9 @@ type runtimeState struct {
 	// Stream is the job's live checkpoint stream being written (from its
 	// point step to the stream's end), or one lost with a hostd.
 	Stream *liveStream `json:"stream,omitempty"`
+	// Hold is the operation whose job-scoped network fence is up on the
+	// VM (peerhold.go): after a hostd restart its point is refused.
+	Hold string `json:"hold,omitempty"`
 	// RAM is the shared RAM file hostd created for this VM: the only one
 	// it hands to a QEMU of the VM again (ramfile.go).
 	RAM *qemu.RAMFile `json:"ram,omitempty"`

@@ -23,6 +23,10 @@ type metrics struct {
 	pause prometheus.Histogram
 	// fence is how long a job's network fence held a VM's traffic.
 	fence prometheus.Histogram
+	// hold is how long a job-scoped fence held the frames from a VM's
+	// peers (peerhold.go), and holdDropped what it could not keep.
+	hold        prometheus.Histogram
+	holdDropped prometheus.Counter
 	// addr is where the metrics address listens, if there is one.
 	addr net.Addr
 }
@@ -49,8 +53,17 @@ func newMetrics() *metrics {
 			Help:    "How long a live job checkpoint's network fence held a VM's packets.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
+		hold: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "symvirt_hostd_network_hold_seconds",
+			Help:    "How long a live job checkpoint's job-scoped fence held the frames a VM got from the job's other VMs.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		holdDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "symvirt_hostd_network_hold_dropped_frames_total",
+			Help: "Frames a job-scoped fence dropped: over its bounds, or its relay's queue full.",
+		}),
 	}
-	m.reg.MustRegister(m.ops, m.duration, m.pause, m.fence, prometheus.NewGoCollector())
+	m.reg.MustRegister(m.ops, m.duration, m.pause, m.fence, m.hold, m.holdDropped, prometheus.NewGoCollector())
 	return m
 }
 

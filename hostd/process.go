@@ -145,6 +145,7 @@ func (vm *VM) adopt() error {
 	go vm.watch(p)
 	vm.log.Info("re-adopted running qemu", "pid", pid)
 	vm.settleLive(p.Mon)
+	vm.settleLostHold(p.Mon)
 	return nil
 }
 

@@ -397,17 +397,29 @@ func (vm *VM) stopStep(ctx context.Context, req StepRequest) (string, error) {
 }
 
 // fenceStep readies a live checkpoint's cut for this VM: the network
-// fence is armed, and its point step turns it on (fence.go). A VM that
-// cannot be fenced is stopped here instead, before any VM's point.
+// fence is armed, and its point step turns it on (fence.go); or, given
+// the job's peers, the frames from them are held from now until the
+// VM's point (peerhold.go), and the whole-VM fence is armed only if that
+// hold cannot be put up. A VM that cannot be fenced is stopped here
+// instead, before any VM's point.
 func (vm *VM) fenceStep(ctx context.Context, req StepRequest) (string, error) {
 	mon, err := vm.monitor()
 	if err != nil {
 		return "", err
 	}
 	vm.h.setLease(req.VM, req.Op, req.Lease, "")
+	note := ""
+	if req.Fence != nil && len(req.Fence.Peers) > 0 {
+		err := vm.holdPeers(ctx, mon, req.Op, req.Fence)
+		if err == nil {
+			return "", nil
+		}
+		vm.log.Warn("no network hold for the job's peers: the whole vm is fenced at its point instead", "err", err)
+		note = fmt.Sprintf("whole vm fenced (no hold for the job's peers: %v)", err)
+	}
 	unfenced := vm.armFence(ctx, mon)
 	if unfenced == nil {
-		return "", nil
+		return note, nil
 	}
 	vm.log.Warn("the vm stops for the job's cut instead", "err", unfenced)
 	if _, err := vm.stopStep(ctx, req); err != nil {
@@ -446,6 +458,10 @@ func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
 	if err := vm.lostStream(dir); err != nil {
 		return "", err // a re-sent point: the stream went with a hostd
 	}
+	if _, err := vm.holdFor(req.Op); err != nil {
+		return "", err // its peers' frames went through meanwhile
+	}
+	defer vm.releaseHold() // the point is taken, or the cut abandoned
 	mon, err := vm.monitor()
 	if err != nil {
 		return "", err

@@ -2,6 +2,7 @@ package step
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"time"
 
@@ -189,7 +190,30 @@ func (r Request) Validate() error {
 	if r.Migrate != nil && r.Migrate.Dest == "" {
 		return fmt.Errorf("step %s: dest is missing: %w", r.Kind, jsonapi.ErrInvalid)
 	}
+	if r.Fence != nil && r.Kind != Fence {
+		return fmt.Errorf("step %s: arguments \"fence\" are not taken: %w", r.Kind, jsonapi.ErrInvalid)
+	}
+	if r.Fence != nil {
+		_, err := r.Fence.PeerSet()
+		return err
+	}
 	return nil
+}
+
+// PeerSet is the set of Peers, each in net.HardwareAddr's canonical form.
+func (f *FenceArgs) PeerSet() (map[string]bool, error) {
+	if len(f.Peers) > MaxFencePeers {
+		return nil, fmt.Errorf("fence: %d peers, at most %d: %w", len(f.Peers), MaxFencePeers, jsonapi.ErrInvalid)
+	}
+	peers := map[string]bool{}
+	for _, m := range f.Peers {
+		hw, err := net.ParseMAC(m)
+		if err != nil || len(hw) != 6 {
+			return nil, fmt.Errorf("fence: peer MAC %q is not an Ethernet address: %w", m, jsonapi.ErrInvalid)
+		}
+		peers[hw.String()] = true
+	}
+	return peers, nil
 }
 
 // Round identifies a guest cooperation round that outlives one QEMU (a

@@ -60,3 +60,36 @@ func TestForwardKinds(t *testing.T) {
 		}
 	}
 }
+
+// A fence's peers are Ethernet addresses, bounded in number, and only a
+// fence step takes them.
+func TestValidateFencePeers(t *testing.T) {
+	req := func(kind string, peers ...string) Request {
+		r := Request{ID: "a1", Op: "op1", VM: "v", Kind: kind, Fence: &FenceArgs{Peers: peers}}
+		if kind == Point {
+			r.Save = &SaveArgs{Dir: "/x"}
+		}
+		return r
+	}
+	if err := req(Fence, "52:54:00:00:00:01", "52:54:00:AA:00:02").Validate(); err != nil {
+		t.Fatalf("valid peers: %v", err)
+	}
+	many := make([]string, MaxFencePeers+1)
+	for i := range many {
+		many[i] = "52:54:00:00:00:01"
+	}
+	for name, r := range map[string]Request{
+		"not a MAC":        req(Fence, "52:54:00:00:00:01", "nope"),
+		"not Ethernet":     req(Fence, "00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01"),
+		"too many":         req(Fence, many...),
+		"not a fence step": req(Point, "52:54:00:00:00:01"),
+	} {
+		if err := r.Validate(); !errors.Is(err, jsonapi.ErrInvalid) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	set, _ := req(Fence, "52:54:00:AA:00:02").Fence.PeerSet()
+	if !set["52:54:00:aa:00:02"] {
+		t.Fatalf("peer set %v: want the canonical form", set)
+	}
+}
