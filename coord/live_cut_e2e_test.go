@@ -38,7 +38,7 @@ func TestLiveJobCutIsConsistent(t *testing.T) {
 
 func liveJobCutIsConsistent(t *testing.T, scope string) {
 	c := newCluster(t)
-	c.createJobFenced("jc", scope, "a", "b")
+	c.createJobFenced("jc", scope, "", "a", "b")
 	if out := c.cli("jobs", "show", "jc"); scope == coord.FenceJob && !strings.Contains(out, "network fence: job") {
 		t.Fatalf("jobs show does not say the job's network fence:\n%s", out)
 	}
