@@ -196,6 +196,10 @@ func TestNetworkFenceValidated(t *testing.T) {
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "field network_fence") {
 		t.Errorf("checkpoint with network fence Job: %v", err)
 	}
+	_, err = c.SetSchedule(Schedule{Job: "j", Every: time.Hour, Keep: 1, Options: CheckpointOptions{Live: true, NetworkFence: "jobs"}})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "field options.network_fence") {
+		t.Errorf("schedule with network fence jobs: %v", err)
+	}
 	for _, ok := range []string{"", FenceAll, FenceJob} {
 		if err := validFence("network_fence", ok); err != nil {
 			t.Errorf("%q: %v", ok, err)
