@@ -145,14 +145,15 @@ func checkPeerHold(t *testing.T, log, vm string, stopped map[string]time.Time) {
 			firstStop = s
 		}
 	}
-	t.Logf("%s: hold of %d peer MACs on %d NICs up %.1f ms before the job's first point; released %+.1f ms after its own point's stop",
-		vm, h.peers, h.nics, ms(firstStop.Sub(h.up)), ms(h.released.Sub(stopped[vm])))
 	if fenced, _ := fenceInstants(log, vm); !fenced.IsZero() {
 		t.Errorf("%s: fenced whole at %v under a job-scoped fence", vm, fenced)
 	}
-	switch {
-	case h.up.IsZero() || h.released.IsZero():
+	if h.up.IsZero() || h.released.IsZero() {
 		t.Fatalf("%s: hold up at %v, released at %v: want both in its hostd's log", vm, h.up, h.released)
+	}
+	t.Logf("%s: hold of %d peer MACs on %d NICs up %.1f ms before the job's first point; released %+.1f ms after its own point's stop",
+		vm, h.peers, h.nics, ms(firstStop.Sub(h.up)), ms(h.released.Sub(stopped[vm])))
+	switch {
 	case h.peers != 1 || h.nics < 1:
 		t.Errorf("%s: hold of %d peers on %d NICs: want the other VM's one non-passthrough NIC, on at least one NIC", vm, h.peers, h.nics)
 	case !h.up.Before(firstStop):
