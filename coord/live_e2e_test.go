@@ -69,6 +69,11 @@ func liveJobCheckpointRestoresTheCut(t *testing.T, scope string) {
 		if err != nil || res.Checkpoint != machine.CheckpointComplete {
 			t.Fatalf("checkpoint %s: %v\n%s", live, err, out)
 		}
+		for _, v := range res.VMs {
+			if strings.Contains(v.Note, "network fence") {
+				t.Fatalf("%s: %s", v.Name, v.Note)
+			}
+		}
 		time.Sleep(300 * time.Millisecond)
 		gaps[live] = map[string]time.Duration{}
 		window = map[string][2]int{}
