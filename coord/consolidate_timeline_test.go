@@ -15,15 +15,16 @@ const stampMs = "15:04:05.000"
 
 // moveEvent is one line of a hostd's log about a moved VM.
 type moveEvent struct {
-	Time     time.Time     `json:"time"`
-	Msg      string        `json:"msg"`
-	VM       string        `json:"vm"`
-	Kind     string        `json:"kind"`
-	Took     time.Duration `json:"took"`
-	Total    int64         `json:"total_ms"`
-	Downtime int64         `json:"downtime_ms"`
-	Frames   int           `json:"frames"`
-	Unicast  int           `json:"unicast"`
+	Time     time.Time       `json:"time"`
+	Msg      string          `json:"msg"`
+	VM       string          `json:"vm"`
+	Kind     string          `json:"kind"`
+	Took     time.Duration   `json:"took"`
+	Total    int64           `json:"total_ms"`
+	Downtime int64           `json:"downtime_ms"`
+	Frames   int             `json:"frames"`
+	Unicast  int             `json:"unicast"`
+	For      json.RawMessage `json:"for"` // a phase's name, or a duration
 	host     string
 }
 
@@ -154,6 +155,9 @@ func (c *cluster) logMoveTimelines(results []machine.Result, clients map[string]
 				what = ev.Msg
 			case ev.Msg == "migration thread idle" || ev.Msg == "migration thread back to normal":
 				what = ev.Msg
+			case ev.Msg == "guest RAM populated" && string(ev.For) == `"bg_populate_ram_start"`:
+				parts = append(parts, fmt.Sprintf("RAM file filled beside the VM from %s to %s", at(ev.Time.Add(-ev.Took)), at(ev.Time)))
+				what = fmt.Sprintf("RAM file filled beside the VM (took %v)", ev.Took.Round(time.Millisecond))
 			case ev.Msg == "running":
 				parts = append(parts, "cont at the destination "+at(ev.Time))
 				what = "cont: the VM runs"

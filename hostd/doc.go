@@ -41,7 +41,7 @@
 //     runtime state (leases included) live under Layout's state directory,
 //     written through internal/atomicfile, so a crash leaves the old or the
 //     new file; Layout is also what tools and tests read.
-//   - Steps and leases (steps.go, fence.go, localop.go, release.go):
+//   - Steps and leases (steps.go, fence.go, peerhold.go, localop.go, release.go):
 //     typed, idempotent steps, each under an operation's lease; a lease
 //     that expires releases the VM: a one-VM release operation of
 //     coord/machine, driven here like a direct operation, undoes what the

@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/symvirt/symvirt/qmp"
@@ -26,6 +28,7 @@ type frameRelay struct {
 	queue   chan []byte
 	done    chan struct{}  // closed with the relay
 	pending sync.WaitGroup // records queued and not yet written
+	queued  atomic.Int64   // their bytes
 	// Guarded by the hold's mutex:
 	held      [][]byte
 	heldBytes int
@@ -74,9 +77,10 @@ func startRelay(ctx context.Context, mon *qmp.Client, nic string, h *peerHold) (
 // read routes every record QEMU writes; a malformed one ends the relay
 // (QEMU then drops what it cannot write, until the hold is taken down).
 func (r *frameRelay) read(h *peerHold) {
+	in := bufio.NewReaderSize(r.out, 256<<10) // many frames a read
 	var hdr [8]byte
 	for {
-		if _, err := io.ReadFull(r.out, hdr[:]); err != nil {
+		if _, err := io.ReadFull(in, hdr[:]); err != nil {
 			return
 		}
 		n, vnet := binary.BigEndian.Uint32(hdr[0:4]), binary.BigEndian.Uint32(hdr[4:8])
@@ -87,7 +91,7 @@ func (r *frameRelay) read(h *peerHold) {
 		}
 		rec := make([]byte, 8+n)
 		copy(rec, hdr[:])
-		if _, err := io.ReadFull(r.out, rec[8:]); err != nil {
+		if _, err := io.ReadFull(in, rec[8:]); err != nil {
 			return
 		}
 		h.route(r, rec, frameSource(rec[8+vnet:]))
@@ -105,15 +109,26 @@ func frameSource(f []byte) string {
 // send queues a record for injection, or drops it when the queue is full.
 // Callers hold the hold's mutex, which keeps the frames' order.
 func (r *frameRelay) send(rec []byte) {
+	if r.queued.Load()+int64(len(rec)) > relayQueueBytes {
+		r.dropped++
+		return
+	}
 	r.pending.Add(1)
+	r.queued.Add(int64(len(rec)))
 	select {
 	case <-r.done:
-		r.pending.Done()
+		r.sent(rec)
 	case r.queue <- rec:
 	default:
-		r.pending.Done()
+		r.sent(rec)
 		r.dropped++
 	}
+}
+
+// sent accounts for a queued record written or dropped.
+func (r *frameRelay) sent(rec []byte) {
+	r.queued.Add(-int64(len(rec)))
+	r.pending.Done()
 }
 
 // write injects the queued records until the relay closes.
@@ -125,7 +140,7 @@ func (r *frameRelay) write() {
 		case rec := <-r.queue:
 			r.in.SetWriteDeadline(time.Now().Add(relayWriteTimeout))
 			r.in.Write(rec) // a frame QEMU does not take is lost, as on a wire
-			r.pending.Done()
+			r.sent(rec)
 		}
 	}
 }

@@ -145,26 +145,9 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 			h.forget(vm)
 		}
 	}()
-	absent := map[string]bool{}
-	for _, id := range req.Absent {
-		if !slices.Contains(spec.PassthroughIDs(), id) {
-			return IncomingResponse{}, fmt.Errorf("incoming %q: absent device %q is not a passthrough device: %w", spec.Name, id, ErrInvalidSpec)
-		}
-		absent[id] = true
-	}
-	if err := vm.allocateSlots(req.Absent); err != nil {
+	if err := vm.launchIncoming(ctx, req); err != nil {
 		return IncomingResponse{}, err
 	}
-	if len(req.CopyStorage) > 0 {
-		if err := vm.createCopyImages(ctx, req.CopyStorage); err != nil {
-			return IncomingResponse{}, err
-		}
-	}
-	start := timeNow()
-	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
-		return IncomingResponse{}, err
-	}
-	vm.logPhase("dest_launch", timeNow().Sub(start))
 	mon, err := vm.monitor()
 	if err != nil {
 		return IncomingResponse{}, err
@@ -201,6 +184,33 @@ func (h *Host) Incoming(ctx context.Context, req IncomingRequest) (IncomingRespo
 	ok = true
 	vm.log.Info("waiting for incoming migration", "uri", resp.URI, "disks", len(req.CopyStorage), "channels", resp.Channels)
 	return resp, nil
+}
+
+// launchIncoming starts the destination's QEMU, paused, with the devices
+// the source has detached absent and this host's own slots for them.
+func (vm *VM) launchIncoming(ctx context.Context, req IncomingRequest) error {
+	spec := vm.Spec()
+	absent := map[string]bool{}
+	for _, id := range req.Absent {
+		if !slices.Contains(spec.PassthroughIDs(), id) {
+			return fmt.Errorf("incoming %q: absent device %q is not a passthrough device: %w", spec.Name, id, ErrInvalidSpec)
+		}
+		absent[id] = true
+	}
+	if err := vm.allocateSlots(req.Absent); err != nil {
+		return err
+	}
+	if len(req.CopyStorage) > 0 {
+		if err := vm.createCopyImages(ctx, req.CopyStorage); err != nil {
+			return err
+		}
+	}
+	start := timeNow()
+	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
+		return err
+	}
+	vm.logPhase("dest_launch", timeNow().Sub(start))
+	return nil
 }
 
 // createIncoming registers the VM an incoming migration brings, its

@@ -45,11 +45,15 @@ import (
 // cannot keep (holdMaxFrames, holdMaxBytes, a full relay queue) it drops.
 
 const (
-	holdMaxFrames = 8192     // frames held per NIC
-	holdMaxBytes  = 64 << 20 // bytes held per NIC
+	// holdMaxFrames and holdMaxBytes bound what one NIC holds: no more
+	// than its relay's queue takes at the release.
+	holdMaxFrames = relayQueue
+	holdMaxBytes  = relayQueueBytes
 	holdMaxRecord = 256 << 10
-	// relayQueue bounds the frames waiting to be injected on one NIC.
-	relayQueue = 4096
+	// relayQueue and relayQueueBytes bound the frames waiting to be
+	// injected on one NIC.
+	relayQueue      = 4096
+	relayQueueBytes = 16 << 20
 	// relayWriteTimeout bounds one injection: QEMU reads the socket in
 	// its main loop.
 	relayWriteTimeout = time.Second

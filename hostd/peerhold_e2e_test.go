@@ -55,6 +55,39 @@ func etherOf(t *testing.T, ns *testenv.NetNS) string {
 	return m[1]
 }
 
+// holdOp is one live checkpoint operation's steps on the VM, into dir.
+type holdOp struct {
+	stepper
+	dir string
+}
+
+func (v holdVM) op(t *testing.T, op, vm string) holdOp {
+	return holdOp{stepper{t, v.h, op, vm}, filepath.Join(t.TempDir(), "live")}
+}
+
+func (o holdOp) withDir(kind string) hostd.StepRequest {
+	r := o.req(kind, 1)
+	r.Save = &hostd.SaveArgs{Dir: o.dir}
+	return r
+}
+
+// armAndFence sends the arm step and the fence step with peers.
+func (o holdOp) armAndFence(peers ...string) hostd.StepResult {
+	o.ok(o.withDir(hostd.StepArm))
+	fence := o.req(hostd.StepFence, 1)
+	fence.Fence = &hostd.FenceArgs{Peers: peers}
+	return o.ok(fence)
+}
+
+// pointAndResume takes the point, waits for its stream and resumes.
+func (o holdOp) pointAndResume() {
+	o.ok(o.withDir(hostd.StepPoint))
+	o.ok(o.withDir(hostd.StepWaitSave))
+	resume := o.req(hostd.StepResume, 1)
+	resume.Resume = &hostd.ResumeArgs{Outcome: "checkpointed"}
+	o.ok(resume)
+}
+
 func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
@@ -72,17 +105,8 @@ func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
 // all along; the whole-VM fence is not used.
 func TestPeerHoldHoldsOnlyTheJobsPeers(t *testing.T) {
 	v := startHoldVM(t, "ph1")
-	s := stepper{t, v.h, "op-hold", "ph1"}
-	dir := filepath.Join(t.TempDir(), "live")
-	withDir := func(kind string) hostd.StepRequest {
-		r := s.req(kind, 1)
-		r.Save = &hostd.SaveArgs{Dir: dir}
-		return r
-	}
-	s.ok(withDir(hostd.StepArm))
-	fence := s.req(hostd.StepFence, 1)
-	fence.Fence = &hostd.FenceArgs{Peers: []string{strings.ToUpper(v.peerMAC), "52:54:00:99:99:99"}}
-	if res := s.ok(fence); res.Note != "" {
+	s := v.op(t, "op-hold", "ph1")
+	if res := s.armAndFence(strings.ToUpper(v.peerMAC), "52:54:00:99:99:99"); res.Note != "" {
 		t.Fatalf("fence step departed from its request: %s", res.Note)
 	}
 	held := time.Now()
@@ -97,8 +121,8 @@ func TestPeerHoldHoldsOnlyTheJobsPeers(t *testing.T) {
 	if v.peer.Answered(holdAddr, settled) {
 		t.Fatal("the job's peer got an answer while its frames were held")
 	}
-	s.ok(withDir(hostd.StepPoint))
-	s.ok(withDir(hostd.StepWaitSave))
+	s.ok(s.withDir(hostd.StepPoint))
+	s.ok(s.withDir(hostd.StepWaitSave))
 	waitFor(t, "the peer is answered after the point", 30*time.Second, func() bool {
 		return v.peer.Answered(holdAddr, beforePoint)
 	})
@@ -126,24 +150,15 @@ func TestPeerHoldHoldsOnlyTheJobsPeers(t *testing.T) {
 // job's cut.
 func TestPeerHoldLostWithHostd(t *testing.T) {
 	v := startHoldVM(t, "ph2")
-	s := stepper{t, v.h, "op-lost", "ph2"}
-	dir := filepath.Join(t.TempDir(), "live")
-	withDir := func(kind string) hostd.StepRequest {
-		r := s.req(kind, 1)
-		r.Save = &hostd.SaveArgs{Dir: dir}
-		return r
-	}
-	s.ok(withDir(hostd.StepArm))
-	fence := s.req(hostd.StepFence, 1)
-	fence.Fence = &hostd.FenceArgs{Peers: []string{v.peerMAC}}
-	s.ok(fence)
+	s := v.op(t, "op-lost", "ph2")
+	s.armAndFence(v.peerMAC)
 	time.Sleep(500 * time.Millisecond)
 	restartHostd(v.h)
 	restarted := time.Now()
 	waitFor(t, "the peer is answered after the restart", 30*time.Second, func() bool {
 		return v.peer.Answered(holdAddr, restarted)
 	})
-	res := s.send(withDir(hostd.StepPoint))
+	res := s.send(s.withDir(hostd.StepPoint))
 	if res.OK || !strings.Contains(res.Reason, hostd.ErrHoldLost.Error()) {
 		t.Fatalf("point after the hold was lost: %+v", res)
 	}
@@ -152,15 +167,7 @@ func TestPeerHoldLostWithHostd(t *testing.T) {
 	s.ok(resume)
 
 	// The next operation holds again, and its point is taken.
-	s = stepper{t, v.h, "op-next", "ph2"}
-	dir = filepath.Join(t.TempDir(), "live")
-	s.ok(withDir(hostd.StepArm))
-	fence = s.req(hostd.StepFence, 1)
-	fence.Fence = &hostd.FenceArgs{Peers: []string{v.peerMAC}}
-	s.ok(fence)
-	s.ok(withDir(hostd.StepPoint))
-	s.ok(withDir(hostd.StepWaitSave))
-	resume = s.req(hostd.StepResume, 1)
-	resume.Resume = &hostd.ResumeArgs{Outcome: "checkpointed"}
-	s.ok(resume)
+	next := v.op(t, "op-next", "ph2")
+	next.armAndFence(v.peerMAC)
+	next.pointAndResume()
 }

@@ -103,7 +103,11 @@
 // stopped there); POINT cuts each VM off the network right before its
 // snapshot point, after which QEMU runs it again, still fenced, while its
 // memory streams: no message leaves a VM after its point until every
-// point is taken, so the points make a consistent cut. Passing the POINT
+// point is taken, so the points make a consistent cut. (A job whose VMs
+// share one Ethernet segment may scope the fence to the job: FENCE then
+// makes each VM hold only the frames from the job's other VMs until its
+// own POINT, which keeps the cut consistent the same way; the actions
+// are the same, only the fence step's arguments differ.) Passing the POINT
 // barrier is the commit point: the VMs never roll back after it. Each VM
 // is then resumed first ("checkpointed"; hostd unfences it, so the fences
 // lift one round trip after the last point), then gets its devices back,
