@@ -253,7 +253,20 @@ func (b *jobBench) baseline(ck string) (seqCk, jobRestart, seqRestart time.Durat
 	return seqCk, jobRestart, time.Since(start)
 }
 
-var fenceHeldRE = regexp.MustCompile(`"msg":"network fence lifted".*"held_ns":(\d+)`)
+var (
+	fenceHeldRE = regexp.MustCompile(`"msg":"network fence lifted".*"held_ns":(\d+)`)
+	holdHeldRE  = regexp.MustCompile(`"msg":"network hold released".*"held_ns":(\d+)`)
+)
+
+// maxHoldHeld is the longest job-scoped fence (peer hold) in hostd's log.
+func maxHoldHeld(log string) time.Duration {
+	var m time.Duration
+	for _, x := range holdHeldRE.FindAllStringSubmatch(log, -1) {
+		n, _ := strconv.ParseInt(x[1], 10, 64)
+		m = max(m, time.Duration(n))
+	}
+	return m
+}
 
 // maxFenceHeld is the longest network fence in hostd's log.
 func maxFenceHeld(log string) time.Duration {

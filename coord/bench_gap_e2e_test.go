@@ -38,9 +38,11 @@ const gapProbeAddr = "10.79.0.200/24"
 // CPU load, seen by a peer outside the job on the VMs' network that pings
 // each VM every 10 ms: the longest time a VM did not answer, beside each
 // VM's recorded snapshot pause and the network fence hostd held. The
-// first checkpoint of a fresh VM and a second one are reported apart (the
-// first one's QEMU reads in all of the guest's RAM before its point). The
-// test's log has each checkpoint's timeline (steps, fences, points).
+// first checkpoint of a fresh VM (its QEMU reads in all of the guest's RAM
+// before its point) is round 0, with the whole-VM fence; then each round
+// checkpoints once per network fence scope (--network-fence all, job),
+// side by side, in alternating order; each line says its scope. The
+// test's log has each checkpoint's timeline (steps, fences, holds, points).
 //
 // With SYMVIRT_NETGAP_COMPARE=1 a job whose hostds run the earlier path
 // (SYMVIRT_NETGAP_OLD=1: the fence lifted after the resume step's
@@ -79,17 +81,23 @@ func benchJobNetworkGap(t *testing.T, path string) {
 	waitFile(t, c.serial("a", "vm1"), `symvirt-load-ready`)
 	addrs := map[string]string{"vm1": "10.79.0.11", "vm2": "10.79.0.12"}
 	p := testenv.Probe(t, pns, []string{addrs["vm1"], addrs["vm2"]}, 10*time.Millisecond)
-	for round := 1; round <= 2; round++ {
-		line := c.gapRound(p, addrs)
-		line["bench"], line["vms"], line["memory_mib"], line["live_mode"], line["round"] = "job_network_gap", 2, 1024, mode, round
-		line["path"] = path
+	type run struct {
+		round int
+		scope string
+	}
+	runs := []run{{0, coord.FenceAll}, {1, coord.FenceAll}, {1, coord.FenceJob}, {2, coord.FenceJob}, {2, coord.FenceAll}}
+	for _, r := range runs {
+		line := c.gapRound(p, addrs, "--network-fence", r.scope)
+		line["bench"], line["vms"], line["memory_mib"], line["live_mode"], line["round"] = "job_network_gap", 2, 1024, mode, r.round
+		line["path"], line["network_fence"] = path, r.scope
 		b, _ := json.Marshal(line)
 		fmt.Println(string(b))
 	}
 }
 
-// gapRound checkpoints job "gap" live once and measures it.
-func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string) map[string]any {
+// gapRound checkpoints job "gap" live once (args added to the command)
+// and measures it.
+func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string, args ...string) map[string]any {
 	t := c.t
 	quietFrom := time.Now()
 	time.Sleep(3 * time.Second)
@@ -102,14 +110,14 @@ func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string) map[strin
 	}
 	marks := c.logMarks()
 	start := time.Now()
-	res, out, err := c.op("checkpoint", "gap")
+	res, out, err := c.op(append([]string{"checkpoint", "gap"}, args...)...)
 	if err != nil || res.Checkpoint != machine.CheckpointComplete {
 		t.Fatalf("checkpoint: %v\n%s", err, out)
 	}
 	took := time.Since(start)
 	time.Sleep(time.Second)
 	gaps, pauses := map[string]float64{}, map[string]float64{}
-	var worst, fence time.Duration
+	var worst, fence, hold time.Duration
 	var logs []string
 	for h, d := range c.hosts {
 		logs = append(logs, d.Logs()[marks[h]:])
@@ -133,11 +141,13 @@ func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string) map[strin
 	}
 	for h, d := range c.hosts {
 		fence = max(fence, maxFenceHeld(d.Logs()[marks[h]:]))
+		hold = max(hold, maxHoldHeld(d.Logs()[marks[h]:]))
 	}
 	c.logTimeline(marks, start)
 	return map[string]any{"outside_gap_max_seconds": worst.Seconds(), "outside_gap_seconds": gaps,
 		"live_snapshot_pause_seconds": pauses, "live_network_fence_max_seconds": fence.Seconds(),
-		"live_checkpoint_seconds": took.Seconds(), "gap_phases_ms": phases, "quiet_gap_max_seconds": quiet.Seconds(), "probe_period_seconds": 0.01}
+		"live_network_hold_max_seconds": hold.Seconds(),
+		"live_checkpoint_seconds":       took.Seconds(), "gap_phases_ms": phases, "quiet_gap_max_seconds": quiet.Seconds(), "probe_period_seconds": 0.01}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -152,7 +162,10 @@ func (c *cluster) logMarks() map[string]int {
 }
 
 // timelineMsgs are the hostd log lines of a live checkpoint's timeline.
-var timelineMsgs = []string{"step", "network fenced", "network fence lifted", "snapshot point taken"}
+var timelineMsgs = []string{"step", "network fenced", "network fence lifted", "snapshot point taken", holdUpMsg, "network hold released"}
+
+// holdUpMsg is hostd's line for a job-scoped fence (a peer hold) going up.
+const holdUpMsg = "network hold up: frames from the job's other VMs wait for this VM's point"
 
 // logTimeline logs what each hostd did since marks, in ms from start:
 // each step from its start to its end, fences and points.
@@ -180,8 +193,10 @@ func (c *cluster) logTimeline(marks map[string]int, start time.Time) {
 			switch e.Msg {
 			case "step":
 				what = fmt.Sprintf("step %s %s ok=%v from %+.1f ms (%.1f ms)", e.Kind, e.VM, e.OK, ms(at-e.Took), ms(e.Took))
-			case "network fence lifted":
+			case "network fence lifted", "network hold released":
 				what += fmt.Sprintf(" held %.1f ms", float64(e.HeldNS)/1e6)
+			case holdUpMsg:
+				what = "network hold up " + e.VM
 			case "snapshot point taken":
 				what += fmt.Sprintf(" pause %.1f ms", ms(e.Pause))
 			}

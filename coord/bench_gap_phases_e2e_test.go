@@ -84,6 +84,9 @@ func lastPoint(cuts map[string]*vmCut) time.Time {
 // that overlaps its fence, split into phases, and the longest one after
 // its fence lifted (the guest not answering while its stream runs).
 func vmGapPhases(gs []testenv.ProbeGap, c *vmCut, last time.Time) map[string]any {
+	if c != nil && c.fenced.IsZero() && !c.point.IsZero() {
+		return pauseGapPhases(gs, c)
+	}
 	var fenced, after testenv.ProbeGap
 	for _, g := range gs {
 		switch {
@@ -106,6 +109,29 @@ func vmGapPhases(gs []testenv.ProbeGap, c *vmCut, last time.Time) map[string]any
 	return r
 }
 
+// pauseGapPhases reports the gaps of a VM whose whole network was not
+// fenced (a job-scoped fence): the longest one over its snapshot pause,
+// split into the time to its stop, the pause and the time to the next
+// answer, and the longest other one.
+func pauseGapPhases(gs []testenv.ProbeGap, c *vmCut) map[string]any {
+	stop := c.point.Add(-c.pause)
+	var paused, other testenv.ProbeGap
+	for _, g := range gs {
+		if !g.To.Before(stop) && !g.From.After(c.point) {
+			paused = longer(paused, g)
+		} else {
+			other = longer(other, g)
+		}
+	}
+	r := map[string]any{"other_gap": ms(other.Len())}
+	if paused.Len() > 0 {
+		r["pause_gap"] = ms(paused.Len())
+		r["pause_gap_phases"] = map[string]float64{"answer_to_stop": ms(stop.Sub(paused.From)),
+			"snapshot_pause": ms(c.pause), "point_to_answer": ms(paused.To.Sub(c.point))}
+	}
+	return r
+}
+
 func longer(a, b testenv.ProbeGap) testenv.ProbeGap {
 	if b.Len() > a.Len() {
 		return b
@@ -115,6 +141,13 @@ func longer(a, b testenv.ProbeGap) testenv.ProbeGap {
 
 // phaseLine is vmGapPhases' report as one line, phases in order.
 func phaseLine(r map[string]any) string {
+	if p, ok := r["pause_gap_phases"].(map[string]float64); ok {
+		return fmt.Sprintf("no whole-VM fence; gap over the pause %.1f ms = answer→stop %.1f + pause %.1f + point→answer %.1f;"+
+			" longest other gap %.1f ms", r["pause_gap"], p["answer_to_stop"], p["snapshot_pause"], p["point_to_answer"], r["other_gap"])
+	}
+	if _, ok := r["other_gap"]; ok {
+		return fmt.Sprintf("no whole-VM fence; no gap over the pause; longest gap %.1f ms", r["other_gap"])
+	}
 	s := fmt.Sprintf("after the lift: longest gap %.1f ms", r["after_lift_gap"])
 	if f, ok := r["after_lift_gap_from_lift"]; ok {
 		s += fmt.Sprintf(" (%+.1f ms from the lift)", f)

@@ -35,6 +35,8 @@ type BootRequest struct {
 	Spec  *hostd.Spec `json:"spec,omitempty"`
 	// Fanout shapes the tree an image, or a template, reaches hosts by.
 	Fanout ImageFanout `json:"fanout,omitempty"`
+	// NetworkFence is the job's (Job.NetworkFence).
+	NetworkFence string `json:"network_fence,omitempty"`
 }
 
 // BootProgress is sent as each VM is ready or has failed.
@@ -125,7 +127,7 @@ func (c *Coord) Boot(ctx context.Context, req BootRequest, progress func(BootPro
 		c.undoBoot(ctx, res.VMs)
 		return res, fmt.Errorf("boot %q: %d of %d clones failed; the others were removed: %w", req.Job, len(failed), req.Count, errors.Join(failed...))
 	}
-	j := Job{Name: req.Job, Created: time.Now().UTC()}
+	j := Job{Name: req.Job, Created: time.Now().UTC(), NetworkFence: req.NetworkFence}
 	for _, vm := range plan {
 		j.VMs = append(j.VMs, JobVM{Name: vm.Name, Host: vm.Host})
 	}
@@ -142,6 +144,9 @@ func validBoot(req BootRequest) error {
 	}
 	if err := checkBootSource(req); err != nil {
 		return fmt.Errorf("boot: %w: %v", ErrInvalid, err)
+	}
+	if err := validFence("network_fence", req.NetworkFence); err != nil {
+		return fmt.Errorf("boot: %w", err)
 	}
 	if req.Count < 1 || req.Count > MaxBootCount {
 		return fmt.Errorf("boot: count %d is out of range 1..%d: %w", req.Count, MaxBootCount, ErrInvalid)

@@ -149,6 +149,9 @@ func (n *vmNotes) add(vm, note string) {
 	if n.m == nil {
 		n.m = map[string]string{}
 	}
+	if prev := n.m[vm]; prev != "" {
+		note = prev + "; " + note // each step's departure is worth knowing
+	}
 	n.m[vm] = note
 }
 

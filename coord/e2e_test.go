@@ -229,6 +229,14 @@ func (c *cluster) jobYAML(name, extra string, hosts ...string) string {
 
 func (c *cluster) createJob(name string, hosts ...string) { c.createJobWith(name, "", hosts...) }
 
+// createJobFenced creates a job with network_fence: scope (extra as for
+// jobYAML).
+func (c *cluster) createJobFenced(name, scope, extra string, hosts ...string) {
+	f := filepath.Join(c.t.TempDir(), "job.yaml")
+	os.WriteFile(f, []byte("network_fence: "+scope+"\n"+c.jobYAML(name, extra, hosts...)), 0o600)
+	c.cli("jobs", "create", "-f", f)
+}
+
 func (c *cluster) createJobWith(name, extra string, hosts ...string) {
 	f := filepath.Join(c.t.TempDir(), "job.yaml")
 	os.WriteFile(f, []byte(c.jobYAML(name, extra, hosts...)), 0o600)

@@ -63,6 +63,9 @@ func (e *executor) Execute(ctx context.Context, a machine.Action) machine.Event 
 		e.c.log.Warn("step departed from its request", "op", a.ID.Op, "vm", a.VM, "step", a.Type, "note", res.Note)
 		e.notes.add(a.VM, res.Note)
 	}
+	if note := e.rec.Fence.fallbackNote(); note != "" && a.Type == machine.Fence && res.OK {
+		e.notes.add(a.VM, note)
+	}
 	return machine.ActionResult{ID: a.ID, OK: res.OK, Reason: res.Reason, Digest: res.Digest,
 		Pause: res.Pause, SnapshotAt: res.SnapshotAt, Now: time.Now()}
 }
@@ -81,6 +84,8 @@ func (e *executor) stepRequest(a machine.Action) (hostd.StepRequest, error) {
 		req.Prepare = &hostd.PrepareArgs{Operation: string(op.Kind), Freeze: a.Freeze}
 	case machine.Resume:
 		req.Resume = &hostd.ResumeArgs{Outcome: a.Outcome}
+	case machine.Fence:
+		req.Fence = e.rec.Fence.peers(a.VM)
 	case machine.Save, machine.Arm, machine.Point, machine.WaitSave, machine.Restore, machine.DeleteArtifacts:
 		dir, err := e.c.ckDir(op.Opts.CheckpointID, a.VM)
 		if err != nil {

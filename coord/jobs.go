@@ -42,6 +42,12 @@ type Job struct {
 	Count    int      `json:"count,omitempty" yaml:"count,omitempty"`
 	Hosts    []string `json:"hosts,omitempty" yaml:"hosts,omitempty"`
 	Parallel int      `json:"parallel,omitempty" yaml:"parallel,omitempty"`
+	// NetworkFence scopes a live checkpoint's network fence: "all" (or
+	// empty) holds all of each VM's traffic from its point until the job
+	// resumes; "job" holds only the frames each VM receives from the
+	// job's other VMs, until its own point (FenceJob: the VMs must share
+	// one Ethernet segment).
+	NetworkFence string `json:"network_fence,omitempty" yaml:"network_fence,omitempty"`
 }
 
 // AddHost registers (or updates) a hostd.
@@ -137,6 +143,9 @@ func (c *Coord) CreateJob(ctx context.Context, j Job) (Job, error) {
 func validateJob(j Job) error {
 	if err := names.Check("name", j.Name); err != nil {
 		return fmt.Errorf("job: %w: %v", ErrInvalid, err)
+	}
+	if err := validFence("network_fence", j.NetworkFence); err != nil {
+		return fmt.Errorf("job %q: %w", j.Name, err)
 	}
 	if len(j.VMs) == 0 {
 		return fmt.Errorf("job %q: field vms: at least one vm is required: %w", j.Name, ErrInvalid)

@@ -16,7 +16,8 @@ func (j Job) Clones() bool {
 // places them. A job must either list its VMs or give template and
 // count, not both.
 func (j Job) BootRequest() (BootRequest, error) {
-	req := BootRequest{Job: j.Name, Template: j.Template, Count: j.Count, Hosts: j.Hosts, Parallel: j.Parallel}
+	req := BootRequest{Job: j.Name, Template: j.Template, Count: j.Count, Hosts: j.Hosts, Parallel: j.Parallel,
+		NetworkFence: j.NetworkFence}
 	switch {
 	case len(j.VMs) > 0:
 		return req, fmt.Errorf("job %q: fields vms and template/count together: list the VMs or ask for count clones of a template, not both: %w",

@@ -37,10 +37,17 @@ func counterLog(path string) []int {
 // Then both VMs run on, are killed, and the job restarts from the live
 // checkpoint: each guest's counter resumes from its value at the cut (a
 // value printed during the checkpoint, not the later ones), and the TCP
-// connection carries on (no reconnect).
+// connection carries on (no reconnect). Once per network fence scope (the
+// job's network_fence).
 func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
+	for _, scope := range []string{coord.FenceAll, coord.FenceJob} {
+		t.Run(scope, func(t *testing.T) { liveJobCheckpointRestoresTheCut(t, scope) })
+	}
+}
+
+func liveJobCheckpointRestoresTheCut(t *testing.T, scope string) {
 	c := newCluster(t)
-	c.createJobWith("jl", " symvirt.tick=1", "a", "b")
+	c.createJobFenced("jl", scope, " symvirt.tick=1", "a", "b")
 	peers := []string{"10.79.0.12"}
 	last := c.waitTraffic("jl", "a", peers, map[string]int{})
 	serials := map[string]string{"vm1": c.serial("a", "vm1"), "vm2": c.serial("b", "vm2")}
@@ -61,6 +68,11 @@ func TestLiveJobCheckpointRestoresTheCut(t *testing.T) {
 		res, out, err := c.op("checkpoint", "jl", live)
 		if err != nil || res.Checkpoint != machine.CheckpointComplete {
 			t.Fatalf("checkpoint %s: %v\n%s", live, err, out)
+		}
+		for _, v := range res.VMs {
+			if strings.Contains(v.Note, "network fence") {
+				t.Fatalf("%s: %s", v.Name, v.Note)
+			}
 		}
 		time.Sleep(300 * time.Millisecond)
 		gaps[live] = map[string]time.Duration{}

@@ -14,6 +14,8 @@ type OpRecord struct {
 	Op     *machine.Op       `json:"op"`
 	Result *machine.Result   `json:"result,omitempty"`
 	Hosts  map[string]string `json:"hosts"` // name -> address, frozen at start
+	// Fence is a live checkpoint's network fence, resolved at start.
+	Fence *OpFence `json:"fence,omitempty"`
 }
 
 // Ops lists journaled operations.
@@ -40,6 +42,9 @@ func (c *Coord) run(ctx context.Context, kind machine.Kind, job Job, vms []machi
 	if err != nil {
 		c.release(job.Name)
 		return machine.Result{}, err
+	}
+	if kind == machine.KindCheckpoint && opts.Live {
+		rec.Fence = c.resolveFence(ctx, job, vms, job.NetworkFence)
 	}
 	c.log.Info("operation starts", "op", id, "kind", kind, "job", job.Name, "vms", len(vms))
 	res, err := c.drive(ctx, rec, acts, progress)
@@ -132,13 +137,22 @@ type CheckpointOptions struct {
 	Live bool `json:"live"`
 	// Bandwidth caps each live stream (bytes/s; 0: none).
 	Bandwidth int64 `json:"bandwidth,omitempty"`
+	// NetworkFence overrides the job's network fence scope for this
+	// checkpoint ("": the job's; see Job.NetworkFence).
+	NetworkFence string `json:"network_fence,omitempty"`
 }
 
 // Checkpoint checkpoints every VM of a job together (a consistent cut).
 func (c *Coord) Checkpoint(ctx context.Context, job string, o CheckpointOptions, progress ProgressFunc) (machine.Result, error) {
+	if err := validFence("network_fence", o.NetworkFence); err != nil {
+		return machine.Result{}, fmt.Errorf("checkpoint of job %q: %w", job, err)
+	}
 	j, err := c.Job(job)
 	if err != nil {
 		return machine.Result{}, err
+	}
+	if o.NetworkFence != "" {
+		j.NetworkFence = o.NetworkFence // this operation's, not the job's record
 	}
 	var vms []machine.VM
 	for _, v := range j.VMs {

@@ -47,6 +47,9 @@ func (s Schedule) validate() error {
 		return fmt.Errorf("schedule of job %q: keep %d: want at least 1 (the only complete checkpoint is never deleted): %w",
 			s.Job, s.Keep, ErrInvalid)
 	}
+	if err := validFence("options.network_fence", s.Options.NetworkFence); err != nil {
+		return fmt.Errorf("schedule of job %q: %w", s.Job, err)
+	}
 	return nil
 }
 

@@ -106,7 +106,8 @@ func jobsCommand() *cli.Command {
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			return query(ctx, cmd, "/v1/jobs", &[]coord.JobInfo{}, func(w io.Writer, v any) {
 				for _, j := range *v.(*[]coord.JobInfo) {
-					fmt.Fprintf(w, "%s\t%s\t%s%s\n", j.Name, jobVMs(j.Job), checkpointAge(j.LastCheckpoint), jobUsageColumn(j))
+					fmt.Fprintf(w, "%s\t%s\t%s%s%s\n", j.Name, jobVMs(j.Job), checkpointAge(j.LastCheckpoint), jobUsageColumn(j),
+						fenceColumn(j.Job))
 				}
 			})
 		},
@@ -117,7 +118,10 @@ func jobsCommand() *cli.Command {
 				"         memory: 1G\n         kernel: /srv/images/vmlinuz\n         initrd: /srv/images/initrd.img\n     - {name: vm2, host: node2}\n\n" +
 				"Or, instead of vms, N clones of a template (as `symvirt boot`: placed by the coordinator, VMs NAME-0 .. NAME-(N-1),\n" +
 				"progress and each VM's time to guestd-ready shown):\n\n" +
-				"   name: web\n   template: small\n   count: 100\n   hosts: [node1, node2]   # optional: default every host that has the template\n   parallel: 2             # optional: clones each host starts at once",
+				"   name: web\n   template: small\n   count: 100\n   hosts: [node1, node2]   # optional: default every host that has the template\n   parallel: 2             # optional: clones each host starts at once\n\n" +
+				"Either form may add network_fence: job (default all): a live checkpoint then holds, on each VM, only the frames\n" +
+				"from the job's other VMs (by MAC) until its own point, so peers outside the job see only the VM's pause. Only for\n" +
+				"VMs on one Ethernet segment whose NICs each have a MAC of their own (not for VMs that reach each other through a router).",
 			Flags: []cli.Flag{&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "job file (YAML)"}},
 			Action: func(ctx context.Context, cmd *cli.Command) error {
 				j, err := loadJob(cmd.String("file"))
@@ -142,6 +146,9 @@ func jobsCommand() *cli.Command {
 				return query(ctx, cmd, "/v1/jobs/"+url.PathEscape(name), &coord.Job{}, func(w io.Writer, v any) {
 					j := v.(*coord.Job)
 					fmt.Fprintf(w, "job %s, created %s\n", j.Name, j.Created.Format(time.RFC3339))
+					if j.NetworkFence != "" {
+						fmt.Fprintf(w, "  network fence: %s\n", j.NetworkFence)
+					}
 					for _, vm := range j.VMs {
 						fmt.Fprintf(w, "  %s on %s\n", vm.Name, vm.Host)
 					}
@@ -161,6 +168,14 @@ func jobsCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+// fenceColumn shows a job's network fence scope when one is set.
+func fenceColumn(j coord.Job) string {
+	if j.NetworkFence == "" {
+		return ""
+	}
+	return "\tnetwork fence " + j.NetworkFence
 }
 
 func jobVMs(j coord.Job) string {

@@ -129,13 +129,18 @@ func operationCommands() []*cli.Command {
 			"Prepares every guest, detaches passthrough devices, saves each VM and re-attaches; prints the checkpoint ID\n"+
 				"once it is complete (symvirt checkpoints show ID).",
 			[]cli.Flag{liveFlag("copy each VM while it runs, pause it only for its snapshot point, fence its network from there to the last VM's; where QEMU cannot, stop-and-save is used and the reason shown"),
-				bandwidthFlag()},
+				bandwidthFlag(), &cli.StringFlag{Name: "network-fence", Usage: "job or all: this live checkpoint's network fence " +
+					"(default: the job's network_fence; job: hold only the frames from the job's other VMs until each VM's point)"}},
 			func(ctx context.Context, c *coord.Client, cmd *cli.Command, job string, p coord.ProgressFunc) (any, error) {
 				bw, err := parseRate(cmd.String("bandwidth"))
 				if err != nil {
 					return nil, err
 				}
-				return c.Checkpoint(ctx, job, coord.CheckpointOptions{Live: cmd.Bool("live"), Bandwidth: bw}, p)
+				fence := cmd.String("network-fence")
+				if fence != "" && !cmd.Bool("live") {
+					return nil, usageErr("checkpoint: --network-fence needs --live")
+				}
+				return c.Checkpoint(ctx, job, coord.CheckpointOptions{Live: cmd.Bool("live"), Bandwidth: bw, NetworkFence: fence}, p)
 			}),
 		opCommand("restart", "restore every VM of a job from a checkpoint", "JOB",
 			"Restores the job's VMs (from its newest complete checkpoint unless --checkpoint) on their hosts, or elsewhere\n"+
