@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
@@ -36,25 +33,13 @@ func benchLaunch(t *testing.T, kernel, initrd string, mem Size) {
 	phases := &phaseLog{}
 	a, sockA := benchHostLog(t, "1", phases.handler())
 	b, sockB := benchHostLog(t, "2", phases.handler())
-	rounds := 5
-	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_BENCH_LAUNCH_ROUNDS")); err == nil && n > 0 {
-		rounds = n
-	}
+	rounds := benchEnvInt("SYMVIRT_BENCH_LAUNCH_ROUNDS", 5, 1)
 	var plain []benchSample
 	ours := map[string][]benchSample{}
 	defer func() { launchLate = false }()
 	for _, shared := range []bool{true, false} {
 		name := fmt.Sprintf("launch%d-%v", mem, shared)
-		vm, err := a.Create(Spec{Name: name, Memory: mem, VCPUs: 1, Kernel: kernel, Initrd: initrd,
-			Append: "console=ttyS0 quiet symvirt.counter=1", SharedMemory: &shared,
-			NICs: []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := vm.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-counter 3`))
+		startBenchVM(ctx, t, a, name, mem, kernel, initrd, &shared)
 		hosts, socks, at := [2]*Host{a, b}, [2]string{sockA, sockB}, 0
 		for round := range rounds {
 			_, _, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)

@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
@@ -44,29 +41,14 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 	phases := &phaseLog{}
 	a, sockA := benchHostLog(t, "1", phases.handler())
 	b, sockB := benchHostLog(t, "2", phases.handler())
-	rounds := 3
-	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_BENCH_MULTIFD_ROUNDS")); err == nil && n > 0 {
-		rounds = n
-	}
-	many := defaultMigrationChannels
-	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_BENCH_MULTIFD_CHANNELS")); err == nil && n > 1 {
-		many = n
-	}
+	rounds := benchEnvInt("SYMVIRT_BENCH_MULTIFD_ROUNDS", 3, 1)
+	many := benchEnvInt("SYMVIRT_BENCH_MULTIFD_CHANNELS", defaultMigrationChannels, 2)
 	// A chain of multifd moves: each source's RAM file is as sparse as
 	// the move before left it (otherwise a one-stream move, which fills
 	// its destination's file, comes before each multifd one).
 	chain := os.Getenv("SYMVIRT_BENCH_MULTIFD_CHAIN") == "1"
 	name := fmt.Sprintf("multifd%d", mem)
-	vm, err := a.Create(Spec{Name: name, Memory: mem, VCPUs: 1, Kernel: kernel, Initrd: initrd,
-		Append: "console=ttyS0 quiet symvirt.counter=1",
-		NICs:   []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := vm.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-counter 3`))
+	startBenchVM(ctx, t, a, name, mem, kernel, initrd, nil)
 	hosts, socks, at := [2]*Host{a, b}, [2]string{sockA, sockB}, 0
 	var plain []benchSample
 	ours := map[string][]benchSample{}

@@ -105,10 +105,7 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	b, sockB := benchHostLog(t, "2", phases.handler())
 	plain := map[string][]benchSample{}
 	ours := map[string][]benchSample{}
-	rounds := benchRounds
-	if n, err := strconv.Atoi(os.Getenv("SYMVIRT_BENCH_OPS_ROUNDS")); err == nil && n > 0 {
-		rounds = n // e.g. 1 while iterating on one phase
-	}
+	rounds := benchEnvInt("SYMVIRT_BENCH_OPS_ROUNDS", benchRounds, 1) // e.g. 1 while iterating on one phase
 	for round := range rounds {
 		ck, re, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)
 		rams := benchRAMs()
@@ -210,16 +207,7 @@ func median(s []benchSample) benchSample {
 // new VM (it ends on sockB's host).
 func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *phaseLog, kernel, initrd, name string, mem Size, ram benchRAM) (out []benchSample) {
 	suffix, shared := ram.suffix, ram.shared
-	vm, err := a.Create(Spec{Name: name, Memory: mem, VCPUs: 1,
-		Kernel: kernel, Initrd: initrd, Append: "console=ttyS0 quiet symvirt.counter=1", SharedMemory: &shared,
-		NICs: []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := vm.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-counter 3`))
+	vm := startBenchVM(ctx, t, a, name, mem, kernel, initrd, &shared)
 	add := func(bench string, took time.Duration, start time.Time, extra map[string]any) {
 		out = append(out, benchSample{bench: bench + suffix, took: took, phases: phases.since(start), extra: extra})
 	}
@@ -414,4 +402,31 @@ func reserveHugePages(t *testing.T, n int) bool {
 		return false
 	}
 	return true
+}
+
+// benchEnvInt is the integer in environment variable name if it is at
+// least least, else def.
+func benchEnvInt(name string, def, least int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n >= least {
+		return n
+	}
+	return def
+}
+
+// startBenchVM creates and starts a bench VM on h (the test guest, a
+// passthrough-tagged NIC; shared nil: the host's default RAM) and waits
+// until its guest runs.
+func startBenchVM(ctx context.Context, t *testing.T, h *Host, name string, mem Size, kernel, initrd string, shared *bool) *VM {
+	t.Helper()
+	vm, err := h.Create(Spec{Name: name, Memory: mem, VCPUs: 1, Kernel: kernel, Initrd: initrd,
+		Append: "console=ttyS0 quiet symvirt.counter=1", SharedMemory: shared,
+		NICs: []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-counter 3`))
+	return vm
 }
