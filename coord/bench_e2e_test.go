@@ -178,7 +178,7 @@ func (b *jobBench) pauses() benchPauses {
 		if live == "--live=true" {
 			b.points(&p, res.CheckpointID, mons)
 			for h, d := range b.c.hosts {
-				p.fenceHeld = max(p.fenceHeld, maxFenceHeld(d.Logs()[logMark[h]:]))
+				p.fenceHeld = max(p.fenceHeld, maxHeld(d.Logs()[logMark[h]:], fenceHeldRE))
 			}
 		}
 	}
@@ -258,20 +258,11 @@ var (
 	holdHeldRE  = regexp.MustCompile(`"msg":"network hold released".*"held_ns":(\d+)`)
 )
 
-// maxHoldHeld is the longest job-scoped fence (peer hold) in hostd's log.
-func maxHoldHeld(log string) time.Duration {
+// maxHeld is the longest hold re finds in hostd's log: fenceHeldRE a
+// whole-VM network fence's, holdHeldRE a job-scoped fence's (peer hold).
+func maxHeld(log string, re *regexp.Regexp) time.Duration {
 	var m time.Duration
-	for _, x := range holdHeldRE.FindAllStringSubmatch(log, -1) {
-		n, _ := strconv.ParseInt(x[1], 10, 64)
-		m = max(m, time.Duration(n))
-	}
-	return m
-}
-
-// maxFenceHeld is the longest network fence in hostd's log.
-func maxFenceHeld(log string) time.Duration {
-	var m time.Duration
-	for _, x := range fenceHeldRE.FindAllStringSubmatch(log, -1) {
+	for _, x := range re.FindAllStringSubmatch(log, -1) {
 		n, _ := strconv.ParseInt(x[1], 10, 64)
 		m = max(m, time.Duration(n))
 	}

@@ -140,8 +140,8 @@ func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string, args ...s
 		pauses[v.Name] = v.Pause.Seconds()
 	}
 	for h, d := range c.hosts {
-		fence = max(fence, maxFenceHeld(d.Logs()[marks[h]:]))
-		hold = max(hold, maxHoldHeld(d.Logs()[marks[h]:]))
+		fence = max(fence, maxHeld(d.Logs()[marks[h]:], fenceHeldRE))
+		hold = max(hold, maxHeld(d.Logs()[marks[h]:], holdHeldRE))
 	}
 	c.logTimeline(marks, start)
 	return map[string]any{"outside_gap_max_seconds": worst.Seconds(), "outside_gap_seconds": gaps,
