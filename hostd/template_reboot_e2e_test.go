@@ -12,14 +12,18 @@ import (
 
 // powerHook makes a clone's guest reboot (a clone named r...) or power
 // off (p...) when a drill's PREPARE runs it: through the kernel
-// (sysrq b and o, which `reboot -f` and `poweroff -f` come to), a second
-// later, in a session of its own, so the hook answers first.
+// (sysrq b and o, which `reboot -f` and `poweroff -f` come to), in a
+// session of its own, once the drill's round is over in guestd (hook
+// status idle) and a second more for its DONE to reach hostd: a guest gone
+// before it answered would fail the drill, not reboot after it.
 const powerHook = `#!/bin/sh
 [ "$1" = prepare ] || exit 0
 case "$(hostname)" in
-r*) setsid sh -c 'sleep 1; echo b >/proc/sysrq-trigger' </dev/null >/dev/null 2>&1 & ;;
-p*) setsid sh -c 'sleep 1; echo o >/proc/sysrq-trigger' </dev/null >/dev/null 2>&1 & ;;
+r*) sysrq=b ;;
+p*) sysrq=o ;;
+*) exit 0 ;;
 esac
+setsid sh -c "sleep 1; while ! symvirt hook status | grep -qx idle; do sleep 0.2; done; sleep 1; echo $sysrq >/proc/sysrq-trigger" </dev/null >/dev/null 2>&1 &
 exit 0
 `
 
