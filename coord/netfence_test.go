@@ -127,9 +127,16 @@ func TestLiveCheckpointFencesEachVMAgainstTheOthers(t *testing.T) {
 		len(rec.Fence.MACs) != 3 {
 		t.Errorf("journaled fence: %v %+v", err, rec.Fence)
 	}
+	if v, err := c.OpView(res.Op); err != nil || v.NetworkFence != FenceJob || v.FenceFallback != "" {
+		t.Errorf("ops show: network fence %q, fallback %q (%v); want job, none", v.NetworkFence, v.FenceFallback, err)
+	}
 
-	if _, err := c.Checkpoint(ctx, "j", CheckpointOptions{Live: true, NetworkFence: FenceAll}, nil); err != nil {
+	res, err = c.Checkpoint(ctx, "j", CheckpointOptions{Live: true, NetworkFence: FenceAll}, nil)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if v, err := c.OpView(res.Op); err != nil || v.NetworkFence != FenceAll {
+		t.Errorf("ops show under --network-fence all: network fence %q (%v)", v.NetworkFence, err)
 	}
 	for vm, f := range host.fenced() {
 		if f != nil {
@@ -174,6 +181,9 @@ func TestJobFenceFallsBackToTheWholeVM(t *testing.T) {
 				if !strings.Contains(v.Note, "network fence: the whole VM's") || !strings.Contains(v.Note, tc.why) {
 					t.Errorf("%s: note %q, want the fallback and %q", v.Name, v.Note, tc.why)
 				}
+			}
+			if v, err := c.OpView(res.Op); err != nil || v.NetworkFence != FenceJob || !strings.Contains(v.FenceFallback, tc.why) {
+				t.Errorf("ops show: network fence %q, fallback %q (%v); want job and %q", v.NetworkFence, v.FenceFallback, err, tc.why)
 			}
 		})
 	}

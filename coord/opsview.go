@@ -24,7 +24,11 @@ type OpView struct {
 	// Deadline: the earliest deadline of the outstanding actions.
 	Deadline time.Time `json:"deadline,omitzero"`
 	Reason   string    `json:"reason,omitempty"` // why it rolls back
-	VMs      []VMView  `json:"vms"`
+	// NetworkFence is a live checkpoint's fence scope (all | job);
+	// FenceFallback says why a job-scoped one fell back to the whole VM's.
+	NetworkFence  string   `json:"network_fence,omitempty"`
+	FenceFallback string   `json:"network_fence_fallback,omitempty"`
+	VMs           []VMView `json:"vms"`
 	// Result: the operation's report, once it ended.
 	Result *machine.Result `json:"result,omitempty"`
 }
@@ -58,11 +62,14 @@ type CancelReply struct {
 	View    OpView `json:"operation"`
 }
 
-// viewOf reads op; it runs on the op's driver goroutine (or on a journaled
-// Op nobody drives).
-func viewOf(op *machine.Op, res *machine.Result) OpView {
+// viewOf reads op (and its fence, nil if none); it runs on the op's
+// driver goroutine (or on a journaled Op nobody drives).
+func viewOf(op *machine.Op, res *machine.Result, fence *OpFence) OpView {
 	v := OpView{ID: op.ID, Kind: op.Kind, Job: op.Job, Running: res == nil, Phase: string(op.Phase),
 		Committed: op.Committed, Started: op.StartedAt, Deadline: op.Deadline, Reason: op.Reason, Result: res}
+	if fence != nil {
+		v.NetworkFence, v.FenceFallback = fence.Scope, fence.Fallback
+	}
 	for _, s := range op.VMs {
 		v.VMs = append(v.VMs, VMView{Name: s.Name, Host: s.Host, Dest: s.Dest, Step: s.Step, Pending: s.Pending != nil,
 			Dir: s.Dir, Finished: s.Finished, Outcome: s.Outcome, Error: s.Error})
@@ -78,6 +85,7 @@ func viewOf(op *machine.Op, res *machine.Result) OpView {
 type liveOp struct {
 	inbox chan machine.Event
 	done  chan struct{} // closed when the driver returned
+	fence *OpFence      // the operation's, fixed at its start
 
 	mu      sync.Mutex
 	view    OpView
@@ -88,7 +96,7 @@ type liveOp struct {
 // track registers rec's operation as running until untrack.
 func (c *Coord) track(rec *OpRecord) *liveOp {
 	lv := &liveOp{inbox: make(chan machine.Event, 1), done: make(chan struct{}), changed: make(chan struct{}),
-		view: viewOf(rec.Op, nil)}
+		fence: rec.Fence, view: viewOf(rec.Op, nil, rec.Fence)}
 	c.mu.Lock()
 	if c.live == nil {
 		c.live = map[string]*liveOp{}
@@ -101,7 +109,7 @@ func (c *Coord) track(rec *OpRecord) *liveOp {
 // untrack publishes the operation's end; its record (with the result, if
 // it could be written) is in the journal by now.
 func (c *Coord) untrack(lv *liveOp, op *machine.Op, res machine.Result, err error) {
-	lv.publish(viewOf(op, &res), err)
+	lv.publish(viewOf(op, &res, lv.fence), err)
 	close(lv.done)
 	c.mu.Lock()
 	delete(c.live, op.ID)
@@ -112,7 +120,7 @@ func (c *Coord) untrack(lv *liveOp, op *machine.Op, res machine.Result, err erro
 // then calls next (if any).
 func (lv *liveOp) progress(next func(*machine.Op)) func(*machine.Op) {
 	return func(op *machine.Op) {
-		lv.publish(viewOf(op, nil), nil)
+		lv.publish(viewOf(op, nil, lv.fence), nil)
 		if next != nil {
 			next(op)
 		}
@@ -157,7 +165,7 @@ func (c *Coord) OpViews() ([]OpView, error) {
 			views = append(views, v)
 			continue
 		}
-		views = append(views, viewOf(r.Op, r.Result))
+		views = append(views, viewOf(r.Op, r.Result, r.Fence))
 	}
 	slices.SortStableFunc(views, func(a, b OpView) int {
 		if a.Running != b.Running {
@@ -181,7 +189,7 @@ func (c *Coord) OpView(id string) (OpView, error) {
 	if err := c.store.Get(bucketOps, id, &r); err != nil || r.Op == nil {
 		return OpView{}, fmt.Errorf("operation %q: %w", id, ErrNotFound)
 	}
-	return viewOf(r.Op, r.Result), nil
+	return viewOf(r.Op, r.Result, r.Fence), nil
 }
 
 // WatchOp sends each new view of a running operation to send until it

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/coord/machine"
 )
 
@@ -35,6 +36,25 @@ func TestOperationResultLines(t *testing.T) {
 			if strings.Contains(b.String(), n) {
 				t.Errorf("%q in:\n%s", n, b.String())
 			}
+		}
+	}
+}
+
+// ops show names a live checkpoint's network fence, and when a job-scoped
+// one fell back, the fence it got and why.
+func TestOpViewShowsTheNetworkFence(t *testing.T) {
+	for _, tc := range []struct {
+		scope, fallback, want string
+	}{
+		{"job", "", "  network fence: job\n"},
+		{"all", "", "  network fence: all\n"},
+		{"job", "vm vm2 nic n0 has no mac", "  network fence: all (asked: job; vm vm2 nic n0 has no mac)\n"},
+		{"", "", ""},
+	} {
+		var b strings.Builder
+		printOpView(&b, coord.OpView{ID: "op-1", Kind: "checkpoint", Job: "j", NetworkFence: tc.scope, FenceFallback: tc.fallback})
+		if got := b.String(); tc.want != "" && !strings.Contains(got, tc.want) || tc.want == "" && strings.Contains(got, "network fence") {
+			t.Errorf("scope %q fallback %q:\n%s\nwant %q", tc.scope, tc.fallback, got, tc.want)
 		}
 	}
 }

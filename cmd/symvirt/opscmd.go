@@ -209,6 +209,11 @@ func printOpView(w io.Writer, v coord.OpView) {
 	if v.Reason != "" {
 		fmt.Fprintf(w, "  reason: %s\n", v.Reason)
 	}
+	if v.FenceFallback != "" {
+		fmt.Fprintf(w, "  network fence: all (asked: %s; %s)\n", v.NetworkFence, v.FenceFallback)
+	} else if v.NetworkFence != "" {
+		fmt.Fprintf(w, "  network fence: %s\n", v.NetworkFence)
+	}
 	if !v.Deadline.IsZero() {
 		fmt.Fprintf(w, "  next deadline: %s\n", v.Deadline.Local().Format(time.TimeOnly))
 	}
