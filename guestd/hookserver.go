@@ -408,45 +408,10 @@ func (s *HookServer) serve(c *hookConn) {
 	defer s.wg.Done()
 	lines := make(chan hookLine)
 	stop := make(chan struct{})
-	go func() {
-		defer close(lines)
-		br := bufio.NewReaderSize(c.c, MaxHookLine+1)
-		for {
-			b, err := br.ReadSlice('\n')
-			var l hookLine
-			switch {
-			case errors.Is(err, bufio.ErrBufferFull):
-				l.tooLong = true
-			case err != nil:
-				return
-			default:
-				l.text = strings.TrimSuffix(string(b[:len(b)-1]), "\r")
-			}
-			select {
-			case lines <- l:
-			case <-stop:
-				return
-			}
-			if l.tooLong {
-				return
-			}
-		}
-	}()
+	go readHookLines(c, lines, stop)
 	defer func() {
 		close(stop)
-		c.c.Close()
-		s.mu.Lock()
-		delete(s.conns, c)
-		if s.perUID[c.peerUID]--; s.perUID[c.peerUID] <= 0 {
-			delete(s.perUID, c.peerUID)
-		}
-		if c.registered {
-			s.notifyLocked() // WaitSynced no longer waits for it
-		}
-		s.mu.Unlock()
-		if c.registered {
-			s.log.Info("application unregistered", "name", c.name, "pid", c.pid)
-		}
+		s.drop(c)
 	}()
 	idle := time.NewTimer(s.opts.idle)
 	defer idle.Stop()
@@ -486,6 +451,50 @@ func (s *HookServer) serve(c *hookConn) {
 			}
 			return
 		}
+	}
+}
+
+// readHookLines sends c's lines, each at most MaxHookLine bytes, until c
+// ends, sends one too long, or stop closes; then it closes lines.
+func readHookLines(c *hookConn, lines chan<- hookLine, stop <-chan struct{}) {
+	defer close(lines)
+	br := bufio.NewReaderSize(c.c, MaxHookLine+1)
+	for {
+		b, err := br.ReadSlice('\n')
+		var l hookLine
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			l.tooLong = true
+		case err != nil:
+			return
+		default:
+			l.text = strings.TrimSuffix(string(b[:len(b)-1]), "\r")
+		}
+		select {
+		case lines <- l:
+		case <-stop:
+			return
+		}
+		if l.tooLong {
+			return
+		}
+	}
+}
+
+// drop closes c and forgets it; a round no longer waits for it.
+func (s *HookServer) drop(c *hookConn) {
+	c.c.Close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	if s.perUID[c.peerUID]--; s.perUID[c.peerUID] <= 0 {
+		delete(s.perUID, c.peerUID)
+	}
+	if c.registered {
+		s.notifyLocked() // WaitSynced no longer waits for it
+	}
+	s.mu.Unlock()
+	if c.registered {
+		s.log.Info("application unregistered", "name", c.name, "pid", c.pid)
 	}
 }
 
