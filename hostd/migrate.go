@@ -45,8 +45,12 @@ type MigrateResult struct {
 	Duration    time.Duration `json:"duration_ns"`
 	// MultifdBytes: the part of Transferred that went over multifd's
 	// channels (migchannels.go).
-	MultifdBytes int64  `json:"multifd_bytes,omitempty"`
-	VM           VMInfo `json:"vm"`
+	MultifdBytes int64 `json:"multifd_bytes,omitempty"`
+	// Pages: the guest pages QEMU sent, zero ones included (as markers)
+	// and resent ones counted again; fewer than the guest's RAM holds
+	// when it skipped pages the guest hinted were free.
+	Pages int64  `json:"pages"`
+	VM    VMInfo `json:"vm"`
 }
 
 // IncomingRequest asks a destination to prepare for a VM.
@@ -114,8 +118,8 @@ func (vm *VM) Migrate(ctx context.Context, opts MigrateOptions, progress Progres
 	}
 	res = MigrateResult{Destination: opts.To, TotalTime: time.Duration(d.mig.TotalTime) * time.Millisecond,
 		Downtime: time.Duration(d.mig.Downtime) * time.Millisecond, Transferred: d.mig.RAM.Transferred,
-		MultifdBytes: d.mig.RAM.MultifdBytes, VM: d.destVM, Duration: timeNow().Sub(start)}
-	vm.log.Info("migrated", "to", opts.To, "total", res.TotalTime, "downtime", res.Downtime, "bytes", res.Transferred)
+		MultifdBytes: d.mig.RAM.MultifdBytes, Pages: d.mig.RAM.Normal + d.mig.RAM.Duplicate, VM: d.destVM, Duration: timeNow().Sub(start)}
+	vm.log.Info("migrated", "to", opts.To, "total", res.TotalTime, "downtime", res.Downtime, "bytes", res.Transferred, "pages", res.Pages)
 	return res, nil
 }
 

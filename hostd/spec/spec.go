@@ -39,6 +39,12 @@ type Spec struct {
 	// snapshot point: write-protecting 2 GiB takes 1,024 page-table
 	// entries instead of 524,288. Needs reserved pages (vm.nr_hugepages).
 	HugePages bool `yaml:"hugepages,omitempty" json:"hugepages,omitempty"`
+	// FreePageHints adds a virtio-balloon whose guest driver reports the
+	// guest's free pages while a migration or a precopy checkpoint copies
+	// RAM, and QEMU skips them. It pays only in a guest that does not zero
+	// each page it allocates (init_on_alloc=0): the driver allocates the
+	// free pages to report them.
+	FreePageHints bool `yaml:"free_page_hints,omitempty" json:"free_page_hints,omitempty"`
 }
 
 // Size is a memory size in MiB; YAML accepts 512, "512M", "2G".
