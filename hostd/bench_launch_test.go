@@ -37,12 +37,13 @@ func benchLaunch(t *testing.T, kernel, initrd string, mem Size) {
 	var plain []benchSample
 	ours := map[string][]benchSample{}
 	defer func() { launchLate = false }()
+	g := benchGuest{kernel: kernel, initrd: initrd}
 	for _, shared := range []bool{true, false} {
 		name := fmt.Sprintf("launch%d-%v", mem, shared)
-		startBenchVM(ctx, t, a, name, mem, kernel, initrd, &shared)
+		startBenchVM(ctx, t, a, name, mem, g, &shared)
 		hosts, socks, at := [2]*Host{a, b}, [2]string{sockA, sockB}, 0
 		for round := range rounds {
-			_, _, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)
+			_, _, mi := plainBaseline(ctx, t, a, mem, g)
 			plain = append(plain, benchSample{took: mi})
 			// Which ordering goes first alternates with the rounds.
 			for _, late := range []bool{round%2 == 1, round%2 == 0} {

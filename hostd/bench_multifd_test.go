@@ -47,13 +47,16 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 	// the move before left it (otherwise a one-stream move, which fills
 	// its destination's file, comes before each multifd one).
 	chain := os.Getenv("SYMVIRT_BENCH_MULTIFD_CHAIN") == "1"
+	// The guest hints its free pages (and boots as benchGuest says, on
+	// both sides).
+	g := benchGuest{kernel: kernel, initrd: initrd, hints: os.Getenv("SYMVIRT_BENCH_MULTIFD_HINTS") == "1"}
 	name := fmt.Sprintf("multifd%d", mem)
-	startBenchVM(ctx, t, a, name, mem, kernel, initrd, nil)
+	startBenchVM(ctx, t, a, name, mem, g, nil)
 	hosts, socks, at := [2]*Host{a, b}, [2]string{sockA, sockB}, 0
 	var plain []benchSample
 	ours := map[string][]benchSample{}
 	for round := range rounds {
-		_, _, mi := plainBaseline(ctx, t, a, mem, kernel, initrd)
+		_, _, mi := plainBaseline(ctx, t, a, mem, g)
 		plain = append(plain, benchSample{took: mi})
 		order := [][2]int{{many, 1}, {1, many}}[round%2]
 		if chain {
@@ -76,7 +79,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 			bench := map[bool]string{true: "migrate_multifd", false: "migrate_one_stream"}[channels > 1]
 			ours[bench] = append(ours[bench], benchSample{bench: bench, took: res.Duration, phases: phases.since(start),
 				extra: map[string]any{"qemu_total_seconds": res.TotalTime.Seconds(), "qemu_downtime_seconds": res.Downtime.Seconds(),
-					"channels": channels, "chain": chain, "source_ram_allocated_mib": srcAlloc, "multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
+					"channels": channels, "chain": chain, "free_page_hints": g.hints, "pages": res.Pages, "source_ram_allocated_mib": srcAlloc, "multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
 		}
 	}
 	if v, err := hosts[at].Get(name); err == nil {

@@ -26,12 +26,13 @@ type plainQEMU struct {
 	args []string
 }
 
-// plainArgs is the baseline's QEMU command line, without -incoming.
-func plainArgs(h *Host, dir string, mem Size, kernel, initrd string) []string {
+// plainArgs is the baseline's QEMU command line, without -incoming; g's
+// guest boots the same kernel command line as symvirt's.
+func plainArgs(h *Host, dir string, mem Size, g benchGuest) []string {
 	return []string{"-machine", "q35", "-accel", h.cfg.Accel,
 		"-m", fmt.Sprintf("%dM", mem), "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 quiet symvirt.counter=1",
+		"-kernel", g.kernel, "-initrd", g.initrd, "-append", g.cmdline(),
 		"-chardev", "file,id=serial0,append=on,path=" + filepath.Join(dir, "serial.log"), "-serial", "chardev:serial0",
 		"-qmp", "unix:" + filepath.Join(dir, "qmp.sock") + ",server=on,wait=off",
 		"-device", "pcie-root-port,id=rp-pt0,chassis=1,slot=1,bus=pcie.0",
@@ -40,12 +41,12 @@ func plainArgs(h *Host, dir string, mem Size, kernel, initrd string) []string {
 
 // startPlain starts a baseline QEMU (with incoming, waiting for a
 // migration stream: "defer") and connects to its monitor.
-func startPlain(ctx context.Context, t *testing.T, h *Host, mem Size, kernel, initrd string, incoming bool) *plainQEMU {
+func startPlain(ctx context.Context, t *testing.T, h *Host, mem Size, g benchGuest, incoming bool) *plainQEMU {
 	dir, err := os.MkdirTemp("", "plain")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &plainQEMU{t: t, dir: dir, bin: h.cfg.QEMU, args: plainArgs(h, dir, mem, kernel, initrd)}
+	p := &plainQEMU{t: t, dir: dir, bin: h.cfg.QEMU, args: plainArgs(h, dir, mem, g)}
 	args := p.args
 	if incoming {
 		args = append(args, "-incoming", "defer")
@@ -107,8 +108,8 @@ func (p *plainQEMU) waitRunning(ctx context.Context) {
 // on plain QEMU: stop and save to a file then quit; start a QEMU that
 // loads the file and runs; start a destination QEMU and migrate to it
 // until it runs.
-func plainBaseline(ctx context.Context, t *testing.T, h *Host, mem Size, kernel, initrd string) (ckpt, restore, migrate time.Duration) {
-	src := startPlain(ctx, t, h, mem, kernel, initrd, false)
+func plainBaseline(ctx context.Context, t *testing.T, h *Host, mem Size, g benchGuest) (ckpt, restore, migrate time.Duration) {
+	src := startPlain(ctx, t, h, mem, g, false)
 	waitSerial(t, filepath.Join(src.dir, "serial.log"), regexp.MustCompile(`symvirt-counter 3`))
 	file := filepath.Join(t.TempDir(), "plain.state")
 	start := time.Now()
@@ -128,7 +129,7 @@ func plainBaseline(ctx context.Context, t *testing.T, h *Host, mem Size, kernel,
 	ckpt = time.Since(start)
 
 	start = time.Now()
-	run := startPlain(ctx, t, h, mem, kernel, initrd, true)
+	run := startPlain(ctx, t, h, mem, g, true)
 	if err := run.mon.MigrateIncoming(ctx, "exec:cat "+file); err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +143,7 @@ func plainBaseline(ctx context.Context, t *testing.T, h *Host, mem Size, kernel,
 	restore = time.Since(start)
 
 	start = time.Now()
-	dst := startPlain(ctx, t, h, mem, kernel, initrd, true)
+	dst := startPlain(ctx, t, h, mem, g, true)
 	sock := "unix:" + filepath.Join(dst.dir, "mig.sock")
 	if err := dst.mon.MigrateIncoming(ctx, sock); err != nil {
 		t.Fatal(err)
