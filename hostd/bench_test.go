@@ -435,10 +435,11 @@ type benchGuest struct {
 
 // cmdline is the guest's kernel command line on either side.
 func (g benchGuest) cmdline() string {
+	c := "console=ttyS0 quiet symvirt.counter=1"
 	if g.hints {
-		return "console=ttyS0 quiet symvirt.counter=1 init_on_alloc=0"
+		c += " init_on_alloc=0"
 	}
-	return "console=ttyS0 quiet symvirt.counter=1"
+	return c
 }
 
 // startBenchVM creates and starts a bench VM on h (g's guest, a
