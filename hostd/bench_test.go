@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -59,7 +60,7 @@ func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...strin
 	dir := t.TempDir()
 	cfg := Config{StateDir: dir, Logger: slog.New(log),
 		Pools:  map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}},
-		Policy: testPolicy(t)}
+		Policy: testPolicy(t), RAMPool: os.Getenv("SYMVIRT_BENCH_RAM_POOL")} // e.g. 0: without the pool
 	if len(liveMode) > 0 {
 		cfg.LiveMode = liveMode[0]
 	}
@@ -135,9 +136,11 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 		s := median(ours[bench])
 		m := s.extra
 		m["bench"], m["memory_mib"], m["seconds"], m["rounds"] = bench, int(mem), s.took.Seconds(), len(ours[bench])
+		m["rounds_seconds"] = roundSeconds(ours[bench])
 		if p, ok := plain[bench]; ok {
 			base := median(p).took
 			m["plain_qemu_seconds"], m["ratio_vs_plain_qemu"] = base.Seconds(), s.took.Seconds()/base.Seconds()
+			m["plain_qemu_rounds_seconds"] = roundSeconds(p)
 			m["phases_seconds"] = s.phases
 			if rest, ok := unattributed(s); ok {
 				m["phases_unattributed_seconds"] = rest
@@ -205,6 +208,16 @@ func unattributed(s benchSample) (float64, bool) {
 		}
 	}
 	return rest, steps
+}
+
+// roundSeconds is each round's time, in the order they ran: how far one
+// run's rounds spread, beside their median.
+func roundSeconds(s []benchSample) []float64 {
+	out := make([]float64, len(s))
+	for i, x := range s {
+		out[i] = math.Round(x.took.Seconds()*1000) / 1000
+	}
+	return out
 }
 
 // median is the sample of median time.

@@ -97,6 +97,12 @@ type Config struct {
 	// a live checkpoint reads every page, paying for it then: denser hosts
 	// of idle VMs), or "never".
 	RAMPopulate string `yaml:"ram_populate"`
+	// RAMPool is how much of the shared RAM of VMs that left this host
+	// hostd keeps, zeroed, for VMs that arrive (rampool.go): a size ("4G",
+	// the default), or "0" / "off".
+	RAMPool string `yaml:"ram_pool"`
+	// ramPoolBytes is RAMPool parsed.
+	ramPoolBytes int64
 	// OpStepTimeout and OpTransferTimeout bound each step of a direct
 	// (single-VM) operation; a transfer (save, migrate, restore) gets the
 	// latter. Zero: 2 minutes and 30 minutes.
@@ -174,6 +180,10 @@ func (c *Config) setDefaults() error {
 	case populateAtStart, populateOnOperation, populateNever:
 	default:
 		return fmt.Errorf("config: ram_populate %q: want start, operation or never", c.RAMPopulate)
+	}
+	var err error
+	if c.ramPoolBytes, err = parseRAMPool(c.RAMPool); err != nil {
+		return err
 	}
 	c.MigrationAddress = cmp.Or(c.MigrationAddress, "127.0.0.1")
 	c.moveDefaults()

@@ -30,6 +30,8 @@ type Host struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	// ramPool keeps departed VMs' RAM files zeroed for new ones (nil: off).
+	ramPool *ramPool
 
 	mu  sync.Mutex
 	vms map[string]*VM
@@ -189,6 +191,8 @@ func New(cfg Config) (*Host, error) {
 			d.Close()
 		}
 	}
+	h.ramPool = newRAMPool(h.log, h.layout().ramDir(qemu.ShmDir), cfg.ramPoolBytes)
+	h.metrics.ramPoolFunc(h.ramPool.bytes, h.ramPool.takenCount)
 	var err error
 	if h.keys, err = loadManifestKeys(cfg); err != nil {
 		return nil, err
@@ -237,6 +241,7 @@ func (h *Host) Close() error {
 		h.stop()
 	}
 	h.closePools()
+	h.ramPool.close()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, vm := range h.vms {
@@ -245,6 +250,9 @@ func (h *Host) Close() error {
 			vm.proc.Mon.Close()
 		}
 		vm.mu.Unlock()
+	}
+	for _, dir := range h.layout().RAMDirs() {
+		os.Remove(dir) // only if empty: no VM's file is left there
 	}
 	return nil
 }
@@ -333,7 +341,7 @@ func (h *Host) create(spec Spec) (*VM, error) {
 	}
 	if spec.SharedMemory == nil {
 		// Room to spare: the default must not fill /dev/shm.
-		on := spec.HugePages || qemu.ShmFree() > 2*int64(spec.Memory)<<20+256<<20
+		on := spec.HugePages || qemu.ShmFree()+h.ramPool.bytes() > 2*int64(spec.Memory)<<20+256<<20
 		spec.SharedMemory = &on
 	}
 	vm := h.newVM(spec.Name, spec)

@@ -72,6 +72,17 @@ func (m *metrics) observe(op, result string, start time.Time) {
 	m.duration.WithLabelValues(op).Observe(timeNow().Sub(start).Seconds())
 }
 
+// ramPoolFunc exports the RAM pool's size and hand-outs (rampool.go).
+func (m *metrics) ramPoolFunc(bytes, taken func() int64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "symvirt_hostd_ram_pool_bytes",
+		Help: "Guest RAM of VMs that left, kept zeroed for VMs that arrive.",
+	}, func() float64 { return float64(bytes()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "symvirt_hostd_ram_pool_taken_total",
+		Help: "RAM files the pool handed to a new QEMU.",
+	}, func() float64 { return float64(taken()) }))
+}
+
 // vmsFunc exports the number of VMs per state, computed at scrape time.
 func (m *metrics) vmsFunc(counts func() map[string]int) {
 	m.reg.MustRegister(&vmCollector{counts: counts, desc: prometheus.NewDesc(

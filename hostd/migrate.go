@@ -210,7 +210,7 @@ func (vm *VM) launchIncoming(ctx context.Context, req IncomingRequest) error {
 		}
 	}
 	start := timeNow()
-	if err := vm.launch(ctx, launch{incoming: true, absent: absent}); err != nil {
+	if err := vm.launch(ctx, launch{incoming: true, absent: absent, pooledRAM: true}); err != nil {
 		return err
 	}
 	vm.logPhase("dest_launch", timeNow().Sub(start))

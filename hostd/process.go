@@ -22,6 +22,9 @@ type launch struct {
 	absent map[string]bool
 	// bornIn: the QEMU was started in another directory (runtime BornIn).
 	bornIn string
+	// pooledRAM: a new RAM file may come from the host's pool (a boot,
+	// an incoming migration: not a restore, which empties the file).
+	pooledRAM bool
 }
 
 // args is the command line of the VM's QEMU of generation gen; callers
@@ -44,7 +47,7 @@ func (vm *VM) launch(ctx context.Context, l launch) error {
 	vm.mu.Lock()
 	bin, a := vm.qemuBinary(), vm.args(l, vm.rt.Gen)
 	vm.mu.Unlock()
-	ram, created, err := vm.openRAM(a.Spec)
+	ram, created, err := vm.openRAM(a.Spec, l.pooledRAM)
 	if err != nil {
 		return err
 	}
@@ -211,7 +214,7 @@ func (vm *VM) boot(ctx context.Context) error {
 	if err := vm.allocateSlots(nil); err != nil {
 		return err
 	}
-	if err := vm.launch(ctx, launch{}); err != nil {
+	if err := vm.launch(ctx, launch{pooledRAM: true}); err != nil {
 		return err
 	}
 	vm.populateAfterStart()

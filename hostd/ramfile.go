@@ -22,14 +22,25 @@ func (h *Host) ramPath(s Spec) string {
 }
 
 // openRAM opens the RAM file for a new QEMU of the VM (nil when its spec
-// keeps RAM private), recording one it creates before QEMU sees it.
-func (vm *VM) openRAM(s Spec) (f *os.File, created bool, err error) {
+// keeps RAM private), recording one it creates before QEMU sees it; a new
+// one comes from the host's pool if pooled allows (not for a template,
+// whose holes stay holes).
+func (vm *VM) openRAM(s Spec, pooled bool) (f *os.File, created bool, err error) {
 	if !s.UsesSharedMemory() {
 		return nil, false, nil
 	}
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
-	f, id, err := qemu.OpenRAM(vm.h.ramPath(s), vm.rt.RAM, s.Memory, s.HugePages)
+	var pool qemu.Pool
+	took := &tookFromPool{ramPool: vm.h.ramPool}
+	if pooled && !vm.sparseRAM && vm.h.ramPool != nil {
+		pool = took
+	}
+	start := timeNow()
+	f, id, err := qemu.OpenRAM(vm.h.ramPath(s), vm.rt.RAM, s.Memory, s.HugePages, pool)
+	if took.ok {
+		vm.logPhase("ram_from_pool", timeNow().Sub(start))
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("vm %q: %w", vm.name, err)
 	}
@@ -38,6 +49,18 @@ func (vm *VM) openRAM(s Spec) (f *os.File, created bool, err error) {
 		vm.saveRuntime()
 	}
 	return f, id != nil, nil
+}
+
+// tookFromPool notes whether the pool handed out a file.
+type tookFromPool struct {
+	*ramPool
+	ok bool
+}
+
+func (p *tookFromPool) Take(dir *os.File, path string, size int64) (*os.File, *qemu.RAMFile, bool) {
+	f, id, ok := p.ramPool.Take(dir, path, size)
+	p.ok = ok
+	return f, id, ok
 }
 
 // openWarmRAM opens the RAM file the VM's running QEMU maps, for the new
@@ -65,13 +88,20 @@ func (vm *VM) sharedRAM() (*os.File, error) {
 	return vm.openWarmRAM()
 }
 
-// removeRAM deletes the VM's RAM file, once no QEMU of the VM needs it.
-// Another file at the path stays for the operator, and the record with
-// it, so that it is never taken for the VM's.
+// removeRAM deletes the VM's RAM file, once no QEMU of the VM needs it,
+// or gives it to the host's pool. Another file at the path stays for the
+// operator, and the record with it, so that it is never taken for the
+// VM's.
 func (vm *VM) removeRAM() {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	if vm.rt.RAM == nil {
+		return
+	}
+	if !vm.sparseRAM && vm.h.ramPool.put(*vm.rt.RAM) {
+		vm.log.Info("guest RAM file pooled", "file", vm.rt.RAM.Path)
+		vm.rt.RAM = nil
+		vm.saveRuntime()
 		return
 	}
 	if err := vm.rt.RAM.Remove(); err != nil {

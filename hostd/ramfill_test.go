@@ -114,7 +114,7 @@ func TestPopulateRAMFollowsItsSetting(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f, _, err := vm.openRAM(vm.Spec())
+		f, _, err := vm.openRAM(vm.Spec(), false)
 		if err != nil {
 			t.Skipf("no shared RAM file here: %v", err)
 		}

@@ -168,9 +168,10 @@ func OpenRAMDir(dir string) (*os.File, error) {
 }
 
 // OpenRAM opens the RAM file at path for a new QEMU: the one hostd created
-// (want, a crashed QEMU's) or, if none is there, a new one, whose identity
-// it returns (created) for the caller to record before QEMU sees it.
-func OpenRAM(path string, want *RAMFile, mem spec.Size, huge bool) (f *os.File, created *RAMFile, err error) {
+// (want, a crashed QEMU's) or, if none is there, a zeroed one from pool
+// (nil: none) or a new one, whose identity it returns (created) for the
+// caller to record before QEMU sees it.
+func OpenRAM(path string, want *RAMFile, mem spec.Size, huge bool, pool Pool) (f *os.File, created *RAMFile, err error) {
 	dir, err := OpenRAMDir(filepath.Dir(path))
 	if err != nil {
 		return nil, nil, err
@@ -180,7 +181,17 @@ func OpenRAM(path string, want *RAMFile, mem spec.Size, huge bool) (f *os.File, 
 	if !errors.Is(err, unix.ENOENT) {
 		return f, nil, err
 	}
-	if err := ramRoom(mem, huge); err != nil {
+	if pool != nil {
+		if f, id, ok := pool.Take(dir, path, int64(mem)<<20); ok {
+			return f, id, nil
+		}
+	}
+	err = ramRoom(mem, huge)
+	if err != nil && pool != nil {
+		pool.Reclaim()
+		err = ramRoom(mem, huge)
+	}
+	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", sentinel.ErrQEMUStart, err)
 	}
 	return createAt(dir, path)

@@ -1,0 +1,302 @@
+package hostd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd/qemu"
+	"github.com/symvirt/symvirt/hostd/spec"
+	"golang.org/x/sys/unix"
+)
+
+// ramPoolDefault is how much guest RAM the pool keeps unless the config's
+// ram_pool says otherwise; ramPoolTTL how long it keeps a file nobody
+// takes.
+const (
+	ramPoolDefault = 4 << 30
+	ramPoolTTL     = 10 * time.Minute
+)
+
+// ramPool keeps the shared RAM files of VMs that left this host (migrated
+// away, stopped, deleted), every page allocated and zeroed, for the next
+// VM that arrives by migration or boots here. A tmpfs page is allocated
+// and zeroed by the first read of it through a shared mapping, and one
+// stream's incoming migration reads every page (QEMU checks each zero
+// page it gets against the page it has): a file from the pool spares the
+// destination that, one fault a page. A file is handed out only once no
+// other process has it open and the kernel has cleared every page of it
+// for hostd: another guest's memory never reaches a new one. At most max bytes, each file
+// for ramPoolTTL; all of it freed before a new RAM file would not fit,
+// and when hostd stops (a file left by one that crashed is removed at
+// start, its zeroing unknown).
+type ramPool struct {
+	log *slog.Logger
+	dir string // hostd's RAM directory on /dev/shm
+	max int64
+
+	mu    sync.Mutex
+	ready []*pooledRAM
+	// zeroing are the files being cleared, and their bytes.
+	zeroing      int64
+	zeroingFiles map[string]qemu.RAMFile
+	seq          int
+	closed       bool
+	taken        int64
+}
+
+// pooledRAM is a zeroed file in the pool.
+type pooledRAM struct {
+	id    qemu.RAMFile
+	size  int64
+	timer *time.Timer
+}
+
+// newRAMPool is the host's pool (nil when max is 0), after removing what
+// an earlier hostd left in dir.
+func newRAMPool(log *slog.Logger, dir string, max int64) *ramPool {
+	if removed, err := qemu.RemovePooled(dir); len(removed) > 0 || err != nil {
+		log.Info("pooled guest RAM files of an earlier hostd removed", "removed", removed, "err", err)
+	}
+	if max <= 0 {
+		return nil
+	}
+	return &ramPool{log: log, dir: dir, max: max, zeroingFiles: map[string]qemu.RAMFile{}}
+}
+
+// put takes the RAM file id (no QEMU runs on it) into the pool and zeroes
+// it in the background; false when the pool does not want it (the
+// caller removes it).
+func (p *ramPool) put(id qemu.RAMFile) bool {
+	if p == nil || filepath.Dir(id.Path) != p.dir {
+		return false // none, or a hugetlbfs file
+	}
+	var st unix.Stat_t
+	if unix.Lstat(id.Path, &st) != nil || st.Size <= 0 || st.Size > p.max {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.seq++
+	moved, err := id.Rename(fmt.Sprintf("%s%d", qemu.PoolPrefix, p.seq))
+	if err != nil {
+		p.log.Warn("guest RAM file not pooled", "file", id.Path, "err", err)
+		return false
+	}
+	p.zeroing += st.Size
+	p.zeroingFiles[moved.Path] = moved
+	go p.zero(moved, st.Size)
+	return true
+}
+
+// zero clears the pooled file id and makes it ready, or removes it if
+// another process has it open. The check runs at hostd's priority (a
+// few thousand small calls), the clearing at the lowest.
+func (p *ramPool) zero(id qemu.RAMFile, size int64) {
+	start := timeNow()
+	err := errIfOpened(id)
+	if err == nil {
+		err = runLowest(func() error { return clearRAMFile(id, size) })
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.zeroing -= size
+	delete(p.zeroingFiles, id.Path)
+	if err != nil || p.closed {
+		if err != nil && !p.closed {
+			p.log.Warn("pooled guest RAM file removed", "file", id.Path, "err", err)
+		}
+		id.Remove()
+		return
+	}
+	e := &pooledRAM{id: id, size: size}
+	e.timer = time.AfterFunc(ramPoolTTL, func() { p.expire(e) })
+	p.ready = append(p.ready, e)
+	for p.readyBytes() > p.max {
+		p.dropLocked(p.ready[0])
+	}
+	took := timeNow().Sub(start)
+	p.log.Debug("phase", "phase", "bg_ram_pool_zero", "took", took)
+	p.log.Info("guest RAM file zeroed for the pool", "file", id.Path, "bytes", size, "took", took)
+}
+
+// errIfOpened refuses a file another process has open: its pages would
+// go on changing, and a new guest's would be that process's to read.
+func errIfOpened(id qemu.RAMFile) error {
+	if pid := id.OpenedByAny(); pid != 0 {
+		return fmt.Errorf("process %d has it open", pid)
+	}
+	return nil
+}
+
+// runLowest runs do on a thread of its own at the lowest priority.
+func runLowest(do func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // the thread ends with the goroutine
+		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
+		done <- do()
+	}()
+	return <-done
+}
+
+// clearRAMFile empties the file id (its pages freed) and populates it
+// again, every page allocated and zeroed by the kernel: a few calls for
+// the whole file. Hostd's own code reading or clearing each page would
+// hold one of the Go scheduler's processors at the lowest priority, and
+// every goroutine of hostd queued behind it on a busy host.
+func clearRAMFile(id qemu.RAMFile, size int64) error {
+	f, err := os.OpenFile(id.Path, os.O_RDWR|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if d := id.Replaced(); d != "" {
+		return fmt.Errorf("%s", d)
+	}
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, size); err != nil {
+		return fmt.Errorf("empty: %w", err)
+	}
+	if n, err := populateFile(context.Background(), f, size); err != nil || n != size {
+		return fmt.Errorf("populate (%d of %d bytes): %v", n, size, err)
+	}
+	return nil
+}
+
+// Take hands out the ready file closest above size (the smallest that
+// fits, its tail freed), renamed to path in dir.
+func (p *ramPool) Take(dir *os.File, path string, size int64) (*os.File, *qemu.RAMFile, bool) {
+	if p == nil {
+		return nil, nil, false
+	}
+	p.mu.Lock()
+	var best *pooledRAM
+	for _, e := range p.ready {
+		if e.size >= size && (best == nil || e.size < best.size) {
+			best = e
+		}
+	}
+	if best == nil {
+		p.mu.Unlock()
+		return nil, nil, false
+	}
+	p.unlistLocked(best)
+	p.mu.Unlock()
+	f, id, err := qemu.TakeAt(dir, best.id, path, size)
+	if err != nil {
+		p.log.Warn("pooled guest RAM file not taken", "file", best.id.Path, "for", path, "err", err)
+		best.id.Remove()
+		return nil, nil, false
+	}
+	p.mu.Lock()
+	p.taken++
+	p.mu.Unlock()
+	p.log.Info("guest RAM file from the pool", "file", path, "bytes", size)
+	return f, id, true
+}
+
+// Reclaim frees every ready file now (their pages are freed by the
+// unlink: no descriptor is open on them).
+func (p *ramPool) Reclaim() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	ready := slices.Clone(p.ready)
+	for _, e := range ready {
+		p.unlistLocked(e)
+	}
+	p.mu.Unlock()
+	for _, e := range ready {
+		if d := e.id.Replaced(); d == "" {
+			unix.Unlink(e.id.Path)
+		}
+	}
+}
+
+// close frees the pool, the files still being cleared too (their
+// clearing ends on a removed file).
+func (p *ramPool) close() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.closed = true
+	for _, id := range p.zeroingFiles {
+		id.Remove()
+	}
+	p.mu.Unlock()
+	p.Reclaim()
+}
+
+func (p *ramPool) expire(e *pooledRAM) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if slices.Contains(p.ready, e) {
+		p.dropLocked(e)
+	}
+}
+
+// dropLocked removes a ready file; its pages are freed in the background.
+func (p *ramPool) dropLocked(e *pooledRAM) {
+	p.unlistLocked(e)
+	e.id.Remove()
+}
+
+func (p *ramPool) unlistLocked(e *pooledRAM) {
+	e.timer.Stop()
+	p.ready = slices.DeleteFunc(p.ready, func(x *pooledRAM) bool { return x == e })
+}
+
+func (p *ramPool) readyBytes() (n int64) {
+	for _, e := range p.ready {
+		n += e.size
+	}
+	return n
+}
+
+// bytes is what the pool holds (ready or being zeroed): room on
+// /dev/shm that a new VM's RAM file can have.
+func (p *ramPool) bytes() int64 {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.readyBytes() + p.zeroing
+}
+
+// takenCount is how many files the pool handed out.
+func (p *ramPool) takenCount() int64 {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.taken
+}
+
+// parseRAMPool is the config's ram_pool in bytes: "" the default, "0" or
+// "off" none, else a size as in a spec ("4G", "512M").
+func parseRAMPool(v string) (int64, error) {
+	switch v {
+	case "":
+		return ramPoolDefault, nil
+	case "0", "off":
+		return 0, nil
+	}
+	s, err := spec.ParseSize(v)
+	if err != nil {
+		return 0, fmt.Errorf("config: ram_pool %q: %w", v, err)
+	}
+	return int64(s) << 20, nil
+}

@@ -1,0 +1,253 @@
+package hostd
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/symvirt/symvirt/hostd/qemu"
+	"github.com/symvirt/symvirt/internal/testguest"
+	"golang.org/x/sys/unix"
+)
+
+const poolTestSize = 64 << 20
+
+var poolSecret = []byte("symvirt-pool-secret-")
+
+// poolHost is a host whose VMs keep RAM on /dev/shm, with ram_pool pool.
+func poolHost(t *testing.T, pool string) (*Host, func(name string) *VM) {
+	kernel, _ := testguest.Paths(t)
+	h, err := New(Config{StateDir: t.TempDir(), Policy: testPolicy(t), RAMPool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	on := true
+	return h, func(name string) *VM {
+		vm, err := h.Create(Spec{Name: name, Memory: poolTestSize >> 20, Kernel: kernel, SharedMemory: &on})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vm
+	}
+}
+
+// secretRAM opens a new RAM file for vm (from the pool if pooled), sized
+// as QEMU would, and fills it with the secret; it returns the file's inode.
+func secretRAM(t *testing.T, vm *VM, pooled bool) uint64 {
+	f, created, err := vm.openRAM(vm.Spec(), pooled)
+	if err != nil {
+		t.Skipf("no shared RAM file here: %v", err)
+	}
+	defer f.Close()
+	if !created {
+		t.Fatal("openRAM found a file where it was to create one")
+	}
+	if err := f.Truncate(poolTestSize); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat(poolSecret, poolTestSize/len(poolSecret)), 0); err != nil {
+		t.Fatal(err)
+	}
+	return fileInode(t, f.Name())
+}
+
+func fileInode(t *testing.T, path string) uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// waitPooled waits until the pool has n bytes ready (none being zeroed).
+func waitPooled(t *testing.T, p *ramPool, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		p.mu.Lock()
+		ready, zeroing := p.readyBytes(), p.zeroing
+		p.mu.Unlock()
+		if ready == n && zeroing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool: %d bytes ready, %d being zeroed; want %d ready", ready, zeroing, n)
+		}
+	}
+}
+
+// TestRAMPoolZeroesWhatItHandsOut: the RAM file of a VM that goes, full
+// of its guest's data, is the next VM's (the same inode, a new name) with
+// every byte zero, and is the pool's again when that one goes; the pool
+// never hands out a file to a VM whose RAM is not to come from it.
+func TestRAMPoolZeroesWhatItHandsOut(t *testing.T) {
+	h, mk := poolHost(t, "")
+	vm := mk("p1")
+	ino := secretRAM(t, vm, true)
+	vm.removeRAM()
+	if _, err := os.Stat(h.ramPath(vm.Spec())); !os.IsNotExist(err) {
+		t.Fatalf("the departed VM's RAM file is still at its path: %v", err)
+	}
+	waitPooled(t, h.ramPool, poolTestSize)
+
+	other := mk("p0")
+	if got := secretRAM(t, other, false); got == ino {
+		t.Fatal("a VM whose RAM is not to come from the pool got a pooled file")
+	}
+	vm2 := mk("p2")
+	f, created, err := vm2.openRAM(vm2.Spec(), true)
+	if err != nil || !created {
+		t.Fatalf("openRAM: created %v, %v", created, err)
+	}
+	defer f.Close()
+	data, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fileInode(t, f.Name()); got != ino || h.ramPool.takenCount() != 1 {
+		t.Fatalf("new VM's RAM file: inode %d (the departed VM's was %d), %d taken from the pool", got, ino, h.ramPool.takenCount())
+	}
+	if len(data) != poolTestSize || bytes.Contains(data, poolSecret) || !bytes.Equal(data, make([]byte, poolTestSize)) {
+		t.Fatalf("the pooled file is %d bytes, the secret in it %d times: not zeroed", len(data), bytes.Count(data, poolSecret))
+	}
+	vm2.removeRAM()
+	waitPooled(t, h.ramPool, poolTestSize)
+	h.ramPool.Reclaim()
+	if n := h.ramPool.bytes(); n != 0 || pooledFiles(t, h) != 0 {
+		t.Fatalf("after Reclaim the pool holds %d bytes, %d files", n, pooledFiles(t, h))
+	}
+}
+
+func pooledFiles(t *testing.T, h *Host) int {
+	m, err := filepath.Glob(filepath.Join(h.layout().ramDir(qemu.ShmDir), qemu.PoolPrefix+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}
+
+// TestRAMPoolRefusesAMappedFile: a departed VM's file that another process
+// still has open and mapped (a QEMU that did not exit) is removed, not pooled: zeroing it
+// would change that process's memory, and handing it out would give a new
+// guest pages the other can read. The process's pages are untouched.
+func TestRAMPoolRefusesAMappedFile(t *testing.T) {
+	h, mk := poolHost(t, "")
+	vm := mk("m1")
+	secretRAM(t, vm, false)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperMapRAM$")
+	cmd.Env = append(os.Environ(), "SYMVIRT_MAP_RAM="+h.ramPath(vm.Spec()))
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, _ := bufio.NewReader(out).ReadString('\n'); !strings.HasPrefix(line, "mapped") {
+		t.Fatalf("helper: %q", line)
+	}
+	vm.removeRAM()
+	for deadline := time.Now().Add(20 * time.Second); h.ramPool.bytes() != 0 || pooledFiles(t, h) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a file another process maps is in the pool (%d bytes, %d files)", h.ramPool.bytes(), pooledFiles(t, h))
+		}
+	}
+	in.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the mapping process's memory changed: %v", err)
+	}
+}
+
+// TestHelperMapRAM (a helper process) maps $SYMVIRT_MAP_RAM until its
+// stdin closes, then fails unless the secret is still in every page.
+func TestHelperMapRAM(t *testing.T) {
+	path := os.Getenv("SYMVIRT_MAP_RAM")
+	if path == "" {
+		t.Skip("helper process")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, poolTestSize, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("mapped")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	if n := bytes.Count(m, poolSecret); n != poolTestSize/len(poolSecret) {
+		t.Fatalf("the secret is in the mapping %d times, was %d", n, poolTestSize/len(poolSecret))
+	}
+	runtime.KeepAlive(f) // open as long as mapped, as QEMU keeps its RAM file
+}
+
+// TestRAMPoolBounds: the pool keeps at most ram_pool bytes (the oldest
+// file goes first) and no file larger; "0" turns it off; a file an
+// earlier hostd left in the pool is removed at start.
+func TestRAMPoolBounds(t *testing.T) {
+	h, mk := poolHost(t, "64M")
+	for _, name := range []string{"b1", "b2"} {
+		vm := mk(name)
+		secretRAM(t, vm, false)
+		vm.removeRAM()
+		waitPooled(t, h.ramPool, poolTestSize)
+	}
+	if n := pooledFiles(t, h); n != 1 {
+		t.Fatalf("pool of 64M holds %d files of 64M", n)
+	}
+	small, mkSmall := poolHost(t, "32M")
+	vm := mkSmall("s1")
+	secretRAM(t, vm, false)
+	vm.removeRAM()
+	if n := small.ramPool.bytes(); n != 0 {
+		t.Fatalf("a pool of 32M took a 64M file (%d bytes)", n)
+	}
+	off, mkOff := poolHost(t, "0")
+	if off.ramPool != nil {
+		t.Fatal("ram_pool 0: the host has a pool")
+	}
+	vm = mkOff("o1")
+	secretRAM(t, vm, true)
+	vm.removeRAM()
+	if _, err := os.Stat(off.ramPath(vm.Spec())); !os.IsNotExist(err) {
+		t.Fatalf("ram_pool 0: the RAM file was not removed: %v", err)
+	}
+
+	dir := h.layout().ramDir(qemu.ShmDir)
+	if err := os.WriteFile(filepath.Join(dir, qemu.PoolPrefix+"99"), poolSecret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	if err := os.WriteFile(filepath.Join(dir, qemu.PoolPrefix+"98"), poolSecret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h2, err := New(Config{StateDir: h.cfg.StateDir, Policy: h.cfg.Policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h2.Close()
+	if n := pooledFiles(t, h2); n != 0 {
+		t.Fatalf("%d pooled files left by an earlier hostd are still there", n)
+	}
+}
+
+// TestRAMPoolConfig: ram_pool's default, off and sizes; a bad size names
+// the field.
+func TestRAMPoolConfig(t *testing.T) {
+	for v, want := range map[string]int64{"": ramPoolDefault, "0": 0, "off": 0, "2G": 2 << 30, "512M": 512 << 20} {
+		c := Config{StateDir: t.TempDir(), RAMPool: v}
+		if err := c.setDefaults(); err != nil || c.ramPoolBytes != want {
+			t.Fatalf("ram_pool %q: %d bytes (%v), want %d", v, c.ramPoolBytes, err, want)
+		}
+	}
+	c := Config{StateDir: t.TempDir(), RAMPool: "lots"}
+	if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "ram_pool") {
+		t.Fatalf("ram_pool lots: %v, want an error naming ram_pool", err)
+	}
+}
