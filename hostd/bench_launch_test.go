@@ -66,10 +66,7 @@ func benchLaunch(t *testing.T, kernel, initrd string, mem Size) {
 				at = 1 - at
 			}
 		}
-		if v, err := hosts[at].Get(name); err == nil {
-			v.kill()
-			hosts[at].Delete(name)
-		}
+		removeBenchVM(t, hosts[at], name)
 	}
 	base := median(plain).took
 	for bench, s := range ours {

@@ -82,10 +82,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 					"channels": channels, "chain": chain, "free_page_hints": g.hints, "pages": res.Pages, "source_ram_allocated_mib": srcAlloc, "multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
 		}
 	}
-	if v, err := hosts[at].Get(name); err == nil {
-		v.kill()
-		hosts[at].Delete(name)
-	}
+	removeBenchVM(t, hosts[at], name)
 	base := median(plain).took
 	for bench, s := range ours {
 		m := median(s)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -112,6 +113,7 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 		base := map[bool]map[string]time.Duration{} // by the guest's hints
 		for _, r := range rams {
 			if base[r.hints] == nil {
+				settle(a, b)
 				ck, re, mi := plainBaseline(ctx, t, a, mem, benchGuest{kernel: kernel, initrd: initrd, hints: r.hints})
 				base[r.hints] = map[string]time.Duration{"checkpoint": ck, "restore": re, "migrate": mi}
 			}
@@ -123,13 +125,11 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 			a.cfg.RAMPopulate, b.cfg.RAMPopulate = r.populate, r.populate
 			snapshot.SaveByRead = r.saveByRead
 			name := fmt.Sprintf("bench%d-%d-%d", mem, round, i)
+			settle(a, b)
 			for _, s := range benchOps(ctx, t, a, sockB, phases, kernel, initrd, name, mem, r) {
 				ours[s.bench] = append(ours[s.bench], s)
 			}
-			if vm, err := b.Get(name); err == nil {
-				vm.kill() // its NIC goes back to b's pool
-				b.Delete(name)
-			}
+			removeBenchVM(t, b, name) // its NIC goes back to b's pool
 		}
 	}
 	for _, bench := range slices.Sorted(maps.Keys(ours)) {
@@ -210,6 +210,42 @@ func unattributed(s benchSample) (float64, bool) {
 	return rest, steps
 }
 
+// settle waits (30 s at most) until the hosts' background work on RAM
+// files is done (population, the pool's clearing): each baseline and each
+// guest's run of operations starts on a host that is not still working
+// for the one before. What an operation itself leaves running stays in
+// the operations after it.
+func settle(hosts ...*Host) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		busy := false
+		for _, h := range hosts {
+			busy = busy || h.populating.Load() > 0 || h.ramPool.busy()
+		}
+		if !busy {
+			return
+		}
+	}
+}
+
+// removeBenchVM kills and deletes the VM, if h has it. The exit of its
+// QEMU takes the VM's lock a moment (watch): Delete is tried again then.
+func removeBenchVM(t *testing.T, h *Host, name string) {
+	vm, err := h.Get(name)
+	if err != nil {
+		return
+	}
+	vm.kill()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		err := h.Delete(name)
+		if err == nil || !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
+			if err != nil {
+				t.Fatalf("delete %s: %v", name, err)
+			}
+			return
+		}
+	}
+}
+
 // roundSeconds is each round's time, in the order they ran: how far one
 // run's rounds spread, beside their median.
 func roundSeconds(s []benchSample) []float64 {
@@ -232,6 +268,7 @@ func median(s []benchSample) benchSample {
 func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *phaseLog, kernel, initrd, name string, mem Size, ram benchRAM) (out []benchSample) {
 	suffix, shared := ram.suffix, ram.shared
 	vm := startBenchVM(ctx, t, a, name, mem, benchGuest{kernel: kernel, initrd: initrd, hints: ram.hints}, &shared)
+	settle(a) // its RAM populated: a VM that has been running a while
 	add := func(bench string, took time.Duration, start time.Time, extra map[string]any) {
 		out = append(out, benchSample{bench: bench + suffix, took: took, phases: phases.since(start), extra: extra})
 	}

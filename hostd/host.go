@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/devices"
@@ -32,6 +33,8 @@ type Host struct {
 	metrics *metrics
 	// ramPool keeps departed VMs' RAM files zeroed for new ones (nil: off).
 	ramPool *ramPool
+	// populating counts the RAM files being populated in the background.
+	populating atomic.Int64
 
 	mu  sync.Mutex
 	vms map[string]*VM

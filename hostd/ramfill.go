@@ -12,8 +12,11 @@ import (
 )
 
 // populateChunk is how much of the RAM file one madvise populates: small
-// enough to stop soon when the operation that needs it ends.
-const populateChunk = 32 << 20
+// enough to stop soon when the operation that needs it ends, and to hold
+// hostd's mmap lock (which the madvise takes) only briefly: at the lowest
+// priority on a busy host a call may wait long for a CPU, and every mmap
+// of hostd (its heap growing, a checkpoint's copy) waits behind it.
+const populateChunk = 1 << 20
 
 // When hostd populates a VM's RAM file on /dev/shm (Config.RAMPopulate).
 const (
@@ -180,7 +183,9 @@ func (vm *VM) populateRAMBeside(ctx context.Context, side string, lowest bool) c
 		case <-pctx.Done():
 		}
 	}()
+	vm.h.populating.Add(1)
 	go func() {
+		defer vm.h.populating.Add(-1)
 		defer cancel()
 		if lowest {
 			runtime.LockOSThread() // the thread dies with the goroutine

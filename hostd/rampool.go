@@ -1,7 +1,6 @@
 package hostd
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -31,8 +30,8 @@ const (
 // stream's incoming migration reads every page (QEMU checks each zero
 // page it gets against the page it has): a file from the pool spares the
 // destination that, one fault a page. A file is handed out only once no
-// other process has it open and the kernel has cleared every page of it
-// for hostd: another guest's memory never reaches a new one. At most max bytes, each file
+// other process has it open and hostd has written zeros over every page
+// of it: another guest's memory never reaches a new one. At most max bytes, each file
 // for ramPoolTTL; all of it freed before a new RAM file would not fit,
 // and when hostd stops (a file left by one that crashed is removed at
 // start, its zeroing unknown).
@@ -149,11 +148,10 @@ func runLowest(do func() error) error {
 	return <-done
 }
 
-// clearRAMFile empties the file id (its pages freed) and populates it
-// again, every page allocated and zeroed by the kernel: a few calls for
-// the whole file. Hostd's own code reading or clearing each page would
-// hold one of the Go scheduler's processors at the lowest priority, and
-// every goroutine of hostd queued behind it on a busy host.
+// clearRAMFile writes zeros over all of the file id, every page allocated
+// (a hole too): write calls of a MiB, never a mapping. A fault-in through hostd's own mapping at the lowest priority
+// would hold hostd's mmap lock while it waits for a CPU, and every mmap
+// of hostd (its heap growing, a checkpoint's copy) would wait behind it.
 func clearRAMFile(id qemu.RAMFile, size int64) error {
 	f, err := os.OpenFile(id.Path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -163,14 +161,17 @@ func clearRAMFile(id qemu.RAMFile, size int64) error {
 	if d := id.Replaced(); d != "" {
 		return fmt.Errorf("%s", d)
 	}
-	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, size); err != nil {
-		return fmt.Errorf("empty: %w", err)
-	}
-	if n, err := populateFile(context.Background(), f, size); err != nil || n != size {
-		return fmt.Errorf("populate (%d of %d bytes): %v", n, size, err)
+	zero := make([]byte, clearChunk)
+	for off := int64(0); off < size; off += clearChunk {
+		if _, err := f.WriteAt(zero[:min(clearChunk, size-off)], off); err != nil {
+			return fmt.Errorf("clear: %w", err)
+		}
 	}
 	return nil
 }
+
+// clearChunk is how much clearRAMFile writes a call.
+const clearChunk = 1 << 20
 
 // Take hands out the ready file closest above size (the smallest that
 // fits, its tail freed), renamed to path in dir.
@@ -273,6 +274,16 @@ func (p *ramPool) bytes() int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.readyBytes() + p.zeroing
+}
+
+// busy reports whether a file is being cleared.
+func (p *ramPool) busy() bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.zeroing > 0
 }
 
 // takenCount is how many files the pool handed out.

@@ -316,6 +316,15 @@ func HugetlbfsDir() string {
 // directory (one OpenRAMDir refuses is not touched), whose NAME orphan
 // says nothing needs, and returns the ones it removed.
 func RemoveRAMFiles(dir string, orphan func(name string) bool) ([]string, error) {
+	return removeIn(dir, func(n string) bool {
+		vm, ok := strings.CutSuffix(n, ".ram")
+		return ok && orphan(vm)
+	})
+}
+
+// removeIn removes the files in dir, hostd's own RAM directory, whose
+// names match, and returns the ones it removed.
+func removeIn(dir string, match func(name string) bool) ([]string, error) {
 	d, err := OpenRAMDir(dir)
 	if err != nil {
 		return nil, err
@@ -324,13 +333,14 @@ func RemoveRAMFiles(dir string, orphan func(name string) bool) ([]string, error)
 	names, err := d.Readdirnames(-1)
 	var removed []string
 	for _, n := range names {
-		if vm, ok := strings.CutSuffix(n, ".ram"); ok && orphan(vm) {
-			if uerr := unix.Unlinkat(int(d.Fd()), n, 0); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("remove %s: %w", filepath.Join(dir, n), uerr))
-				continue
-			}
-			removed = append(removed, filepath.Join(dir, n))
+		if !match(n) {
+			continue
 		}
+		if uerr := unix.Unlinkat(int(d.Fd()), n, 0); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove %s: %w", filepath.Join(dir, n), uerr))
+			continue
+		}
+		removed = append(removed, filepath.Join(dir, n))
 	}
 	return removed, err
 }

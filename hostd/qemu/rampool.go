@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -108,22 +107,5 @@ func (id RAMFile) openedBy(pid int) bool {
 // RemovePooled removes every pooled file in dir (hostd's RAM directory):
 // a file an earlier hostd left there was maybe not zeroed.
 func RemovePooled(dir string) ([]string, error) {
-	d, err := OpenRAMDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	var removed []string
-	for _, n := range names {
-		if !strings.HasPrefix(n, PoolPrefix) {
-			continue
-		}
-		if uerr := unix.Unlinkat(int(d.Fd()), n, 0); uerr != nil {
-			err = errors.Join(err, fmt.Errorf("remove %s: %w", filepath.Join(dir, n), uerr))
-			continue
-		}
-		removed = append(removed, filepath.Join(dir, n))
-	}
-	return removed, err
+	return removeIn(dir, func(n string) bool { return strings.HasPrefix(n, PoolPrefix) })
 }
