@@ -372,7 +372,7 @@ func (vm *VM) launchRestored(ctx context.Context, m Manifest, spec Spec, dir str
 	for _, id := range spec.PassthroughIDs() {
 		absent[id] = true
 	}
-	return vm.launch(ctx, launch{incoming: true, absent: absent})
+	return vm.launch(ctx, launch{incoming: true, absent: absent, pooledRAM: true})
 }
 
 // logPhase logs how long a phase of a step took, for the bench's

@@ -23,7 +23,7 @@ type launch struct {
 	// bornIn: the QEMU was started in another directory (runtime BornIn).
 	bornIn string
 	// pooledRAM: a new RAM file may come from the host's pool (a boot,
-	// an incoming migration: not a restore, which empties the file).
+	// an incoming migration, a restore).
 	pooledRAM bool
 }
 

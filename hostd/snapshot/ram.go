@@ -119,6 +119,12 @@ func SaveRAM(ctx context.Context, ram *os.File, path string) (manifest.FileDiges
 	return fd, time.Since(start), nil
 }
 
+// allocated reports whether all of f's size bytes are allocated.
+func allocated(f *os.File, size int64) bool {
+	var st unix.Stat_t
+	return unix.Fstat(int(f.Fd()), &st) == nil && st.Blocks*512 >= size
+}
+
 // sameSize refuses a RAM file whose size is no longer size: cut while
 // copied, its end read as holes.
 func sameSize(f *os.File, size int64) error {
@@ -130,9 +136,9 @@ func sameSize(f *os.File, size int64) error {
 }
 
 // LoadRAM fills dst, the RAM file of a QEMU waiting for its state
-// (incoming, paused), with the checkpoint's RAM file src: dst is emptied
-// first (what that QEMU wrote at its start goes), then it gets src's
-// chunks that are not zeros, hashed as they are read; unless they are
+// (incoming, paused), with the checkpoint's RAM file src: what that QEMU
+// wrote at its start goes (dst emptied first, or, all allocated, cleared
+// where src has zeros), and dst gets src's chunks that are not zeros, hashed as they are read; unless they are
 // want's, it fails with ErrChecksum (the caller kills that QEMU: its
 // vCPUs never ran).
 func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) error {
@@ -149,10 +155,15 @@ func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) e
 	if st.Size() != want.Size {
 		return fmt.Errorf("%s is %d bytes, its signed manifest says %d: %w", src.Name(), st.Size(), want.Size, sentinel.ErrChecksum)
 	}
-	if err := unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, want.Size); err != nil {
-		return fmt.Errorf("empty %s: %w", dst.Name(), err)
-	}
 	c := loadCopy(src, dst, want.Size)
+	// A file all allocated (from the host's pool) is kept so: each chunk
+	// the checkpoint has no data for is cleared where it is not zeros.
+	// Another is emptied first.
+	if c.clearSkipped = allocated(dst, want.Size); !c.clearSkipped {
+		if err := unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, want.Size); err != nil {
+			return fmt.Errorf("empty %s: %w", dst.Name(), err)
+		}
+	}
 	if err := c.run(ctx); err != nil {
 		return err
 	}

@@ -47,6 +47,18 @@ func TestRAMFileRoundTrip(t *testing.T) {
 	if got, _ := os.ReadFile(dst.Name()); !bytes.Equal(got, want) {
 		t.Fatal("the loaded RAM differs from the saved one")
 	}
+	if st := stat(t, dst.Name()); st.Blocks*512 < size {
+		t.Errorf("a RAM file all allocated (a pooled one) has %d of %d bytes allocated after the load: emptied", st.Blocks*512, size)
+	}
+	// One with holes is emptied first, then loaded.
+	holed := newFile(t, filepath.Join(dir, "holed.ram"), size)
+	holed.WriteAt(bytes.Repeat([]byte{0xff}, int(size/2)), size/4)
+	if err := LoadRAM(ctx, src, holed, saved); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(holed.Name()); !bytes.Equal(got, want) {
+		t.Fatal("the RAM loaded into a file with holes differs from the saved one")
+	}
 	f, _ := os.OpenFile(src.Name(), os.O_WRONLY, 0)
 	f.WriteAt([]byte("evil"), 4*manifest.Chunk+100)
 	f.Close()

@@ -51,6 +51,9 @@ type sparseCopy struct {
 	writeback bool
 	// short is the error of a src that ends before its size.
 	short error
+	// clearSkipped: dst was not emptied, and each chunk not copied (src
+	// has zeros there) is cleared in dst unless it is zeros already.
+	clearSkipped bool
 	after func() // after each chunk copied
 }
 
@@ -139,11 +142,14 @@ func (c sparseCopy) chunk(ctx context.Context, i int, buf *[]byte) error {
 	n := min(manifest.Chunk, c.sums.Size()-off)
 	any, all := c.data.cover(off, n)
 	if !any {
-		return nil
+		return c.clearDst(off, n, buf)
 	}
 	data, err := c.read(off, n, all, buf)
-	if err != nil || manifest.IsZero(data) {
+	if err != nil {
 		return err
+	}
+	if manifest.IsZero(data) {
+		return c.clearDst(off, n, buf)
 	}
 	c.sums.Set(i, data)
 	if _, err := c.dst.WriteAt(data, off); err != nil {
@@ -153,6 +159,29 @@ func (c sparseCopy) chunk(ctx context.Context, i int, buf *[]byte) error {
 		unix.SyncFileRange(int(c.dst.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 	}
 	c.after()
+	return nil
+}
+
+// clearDst zeroes dst's n bytes at off, if clearSkipped and they are not
+// zeros (buf, a chunk's buffer, is free by then).
+func (c sparseCopy) clearDst(off, n int64, buf *[]byte) error {
+	if !c.clearSkipped {
+		return nil
+	}
+	if *buf == nil {
+		*buf = make([]byte, manifest.Chunk)
+	}
+	b := (*buf)[:n]
+	if _, err := c.dst.ReadAt(b, off); err != nil {
+		return fmt.Errorf("read %s: %w", c.dst.Name(), err)
+	}
+	if manifest.IsZero(b) {
+		return nil
+	}
+	clear(b)
+	if _, err := c.dst.WriteAt(b, off); err != nil {
+		return fmt.Errorf("write %s: %w", c.dst.Name(), err)
+	}
 	return nil
 }
 
