@@ -37,8 +37,8 @@
 //     records of it (PID, generation, RAM file); re-adopted, not
 //     restarted, when hostd itself restarts; the RAM file is removed once
 //     no QEMU of the VM needs it (stopped, killed, crashed, deleted), or
-//     kept, cleared, for the next VM that boots or migrates in
-//     (rampool.go).
+//     kept, cleared, for the next VM that boots, migrates in or is
+//     restored (rampool.go).
 //   - Persisted state (layout.go, host.go's writeJSON): every VM's spec and
 //     runtime state (leases included) live under Layout's state directory,
 //     written through internal/atomicfile, so a crash leaves the old or the

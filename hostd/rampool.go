@@ -25,16 +25,17 @@ const (
 
 // ramPool keeps the shared RAM files of VMs that left this host (migrated
 // away, stopped, deleted), every page allocated and zeroed, for the next
-// VM that arrives by migration or boots here. A tmpfs page is allocated
-// and zeroed by the first read of it through a shared mapping, and one
-// stream's incoming migration reads every page (QEMU checks each zero
-// page it gets against the page it has): a file from the pool spares the
-// destination that, one fault a page. A file is handed out only once no
-// other process has it open and hostd has written zeros over every page
-// of it: another guest's memory never reaches a new one. At most max bytes, each file
-// for ramPoolTTL; all of it freed before a new RAM file would not fit,
-// and when hostd stops (a file left by one that crashed is removed at
-// start, its zeroing unknown).
+// VM that arrives by migration, boots or is restored here. A tmpfs page
+// is allocated and zeroed by the first read of it through a shared
+// mapping, and one stream's incoming migration reads every page (QEMU
+// checks each zero page it gets against the page it has): a file from
+// the pool spares the destination that, one fault a page. A file is
+// handed out only once no other process has it open and hostd has
+// written zeros over every page of it: another guest's memory never
+// reaches a new one. At most max bytes, each file for ramPoolTTL; all of
+// it freed before a new RAM file would not fit, and when hostd stops (a
+// file left by one that crashed is removed at start, its zeroing
+// unknown).
 type ramPool struct {
 	log *slog.Logger
 	dir string // hostd's RAM directory on /dev/shm

@@ -159,10 +159,15 @@ func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) e
 	// A file all allocated (from the host's pool) is kept so: each chunk
 	// the checkpoint has no data for is cleared where it is not zeros.
 	// Another is emptied first.
-	if c.clearSkipped = allocated(dst, want.Size); !c.clearSkipped {
-		if err := unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, want.Size); err != nil {
-			return fmt.Errorf("empty %s: %w", dst.Name(), err)
+	if c.clearSkipped = allocated(dst, want.Size); c.clearSkipped {
+		mem, err := unix.Mmap(int(dst.Fd()), 0, int(want.Size), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			return fmt.Errorf("map %s: %w", dst.Name(), err)
 		}
+		defer unix.Munmap(mem)
+		c.dstMem = mem
+	} else if err := unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, want.Size); err != nil {
+		return fmt.Errorf("empty %s: %w", dst.Name(), err)
 	}
 	if err := c.run(ctx); err != nil {
 		return err

@@ -52,9 +52,12 @@ type sparseCopy struct {
 	// short is the error of a src that ends before its size.
 	short error
 	// clearSkipped: dst was not emptied, and each chunk not copied (src
-	// has zeros there) is cleared in dst unless it is zeros already.
+	// has zeros there) is cleared in dst unless it is zeros already
+	// (tested in dstMem, dst mapped read-only: its pages are allocated,
+	// and nobody else writes them while QEMU waits for its state).
 	clearSkipped bool
-	after func() // after each chunk copied
+	dstMem       []byte
+	after        func() // after each chunk copied
 }
 
 // saveCopy is the copy of a stopped VM's RAM file, mapped unless
@@ -165,19 +168,13 @@ func (c sparseCopy) chunk(ctx context.Context, i int, buf *[]byte) error {
 // clearDst zeroes dst's n bytes at off, if clearSkipped and they are not
 // zeros (buf, a chunk's buffer, is free by then).
 func (c sparseCopy) clearDst(off, n int64, buf *[]byte) error {
-	if !c.clearSkipped {
+	if !c.clearSkipped || manifest.IsZero(c.dstMem[off:off+n]) {
 		return nil
 	}
 	if *buf == nil {
 		*buf = make([]byte, manifest.Chunk)
 	}
 	b := (*buf)[:n]
-	if _, err := c.dst.ReadAt(b, off); err != nil {
-		return fmt.Errorf("read %s: %w", c.dst.Name(), err)
-	}
-	if manifest.IsZero(b) {
-		return nil
-	}
 	clear(b)
 	if _, err := c.dst.WriteAt(b, off); err != nil {
 		return fmt.Errorf("write %s: %w", c.dst.Name(), err)
