@@ -175,9 +175,10 @@ func clearRAMFile(id qemu.RAMFile, size int64) error {
 const clearChunk = 1 << 20
 
 // Take hands out the ready file closest above size (the smallest that
-// fits, its tail freed), renamed to path in dir.
+// fits, its tail freed), renamed to path in dir: the pool's directory
+// (a path elsewhere, on the hugetlbfs, gets none).
 func (p *ramPool) Take(dir *os.File, path string, size int64) (*os.File, *qemu.RAMFile, bool) {
-	if p == nil {
+	if p == nil || filepath.Dir(path) != p.dir {
 		return nil, nil, false
 	}
 	p.mu.Lock()

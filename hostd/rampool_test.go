@@ -101,6 +101,14 @@ func TestRAMPoolZeroesWhatItHandsOut(t *testing.T) {
 	if got := secretRAM(t, other, false); got == ino {
 		t.Fatal("a VM whose RAM is not to come from the pool got a pooled file")
 	}
+	elsewhere, err := qemu.OpenRAMDir(filepath.Join(t.TempDir(), "hugetlbfs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer elsewhere.Close()
+	if _, _, ok := h.ramPool.Take(elsewhere, filepath.Join(elsewhere.Name(), "huge.ram"), poolTestSize); ok || h.ramPool.bytes() != poolTestSize {
+		t.Fatalf("a RAM file outside the pool's directory (a hugetlbfs one) was handed a pooled file: ok %v, %d bytes left", ok, h.ramPool.bytes())
+	}
 	vm2 := mk("p2")
 	f, created, err := vm2.openRAM(vm2.Spec(), true)
 	if err != nil || !created {
