@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -41,14 +40,14 @@ func TestPooledRAMCarriesNoGuestData(t *testing.T) {
 	if n := occurrences(t, ram("old"), secret); n == 0 {
 		t.Fatalf("the secret is not in the departing guest's RAM file %s: nothing to look for", ram("old"))
 	}
-	ino := inode(t, ram("old"))
+	ino := statT(t, ram("old")).Ino
 	leave(ctx, t, dst, "old", 1)
 
 	if _, err := dst.Client().Create(ctx, guestSpec(t, "next", "nic"), true); err != nil {
 		t.Fatal(err)
 	}
 	waitHostLogs(t, dst, "guest RAM file from the pool", 1, 5*time.Second)
-	if got := inode(t, ram("next")); got != ino {
+	if got := statT(t, ram("next")).Ino; got != ino {
 		t.Fatalf("the next guest's RAM file is inode %d, the departed guest's was %d: the pool was not used", got, ino)
 	}
 	waitCounter(t, serialLog(dst, "next"), 3, 90*time.Second)
@@ -65,7 +64,7 @@ func TestPooledRAMCarriesNoGuestData(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHostLogs(t, dst, "guest RAM file from the pool", 2, 5*time.Second)
-	if got := inode(t, ram("moved")); got != ino {
+	if got := statT(t, ram("moved")).Ino; got != ino {
 		t.Fatalf("the migrated guest's RAM file is inode %d, the pool's %d", got, ino)
 	}
 	waitCounter(t, serialLog(dst, "moved"), seen+3, 60*time.Second)
@@ -99,14 +98,6 @@ func occurrences(t *testing.T, path, s string) int {
 		t.Fatal(err)
 	}
 	return bytes.Count(data, []byte(s))
-}
-
-func inode(t *testing.T, path string) uint64 {
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st.Sys().(*syscall.Stat_t).Ino
 }
 
 // waitHostLogs waits until a message is n times in a hostd's log.
