@@ -338,7 +338,10 @@ func (vm *VM) loadState(ctx context.Context, mon *qmp.Client, m Manifest, dir st
 		return fmt.Errorf("checkpoint %s: %w", dir, err)
 	}
 	defer src.Close()
-	return snapshot.LoadShared(ctx, mon, state, stateFile, snapshot.SharedRAM{Src: src, Dst: dst, Want: ramFile}, loaded)
+	vm.mu.Lock()
+	zero := vm.zeroRAM
+	vm.mu.Unlock()
+	return snapshot.LoadShared(ctx, mon, state, stateFile, snapshot.SharedRAM{Src: src, Dst: dst, Want: ramFile, DstZero: zero}, loaded)
 }
 
 // launchRestored assembles the checkpoint's disks into new files of the

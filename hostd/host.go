@@ -86,6 +86,7 @@ type VM struct {
 	proc      *qemu.Process      // the current QEMU (nil: none, or not adopted)
 	ramOrphan bool               // the current QEMU went away (process.go's watch)
 	sparseRAM bool               // a template's boot: its RAM file is published as it is (ramfill.go)
+	zeroRAM   bool               // the current QEMU waits for its state on a RAM file of zeros (launch.zeroRAM)
 	operation string             // what the VM is doing now, for status
 	live      *liveSave          // a live checkpoint still streaming
 	armed     *snapshot.Armed    // a live checkpoint made ready before the job's cut

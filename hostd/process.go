@@ -25,6 +25,9 @@ type launch struct {
 	// pooledRAM: a new RAM file may come from the host's pool (a boot,
 	// an incoming migration, a restore).
 	pooledRAM bool
+	// zeroRAM: set by launch, the QEMU waits for its state on a RAM file
+	// that holds only zeros (new, or cleared by the pool).
+	zeroRAM bool
 }
 
 // args is the command line of the VM's QEMU of generation gen; callers
@@ -59,6 +62,7 @@ func (vm *VM) launch(ctx context.Context, l launch) error {
 		}
 		return fmt.Errorf("vm %q: %w", vm.name, err)
 	}
+	l.zeroRAM = created && l.incoming
 	vm.install(p, l)
 	return nil
 }
@@ -69,6 +73,7 @@ func (vm *VM) install(p *qemu.Process, l launch) {
 	vm.proc = p
 	vm.rt.PID, vm.rt.StartedAt, vm.rt.Incoming, vm.rt.Gen = p.PID, time.Now().UTC(), l.incoming, p.Gen
 	vm.rt.QEMU, vm.rt.BornIn = p.Bin, l.bornIn
+	vm.zeroRAM = l.zeroRAM
 	if p.Bin == vm.h.cfg.QEMU {
 		vm.rt.QEMU = ""
 	}

@@ -3,6 +3,7 @@ package hostd
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -257,5 +258,60 @@ func TestRAMPoolConfig(t *testing.T) {
 	c := Config{StateDir: t.TempDir(), RAMPool: "lots"}
 	if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "ram_pool") {
 		t.Fatalf("ram_pool lots: %v, want an error naming ram_pool", err)
+	}
+}
+
+// TestIncomingQEMUWritesNoGuestRAM: a QEMU waiting for its state
+// (-incoming) on a RAM file from the pool writes nothing into it before
+// the state arrives, which is what lets a restore skip clearing such a
+// file (snapshot.LoadRAM's zero). The control: the same file under a QEMU
+// that boots its guest is written as soon as the guest runs, so the scan
+// sees what a QEMU writes.
+func TestIncomingQEMUWritesNoGuestRAM(t *testing.T) {
+	h, mk := poolHost(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vm := mk("incoming")
+	ino := secretRAM(t, vm, true)
+	vm.removeRAM()
+	waitPooled(t, h.ramPool, poolTestSize)
+	for _, incoming := range []bool{true, false} {
+		if err := vm.launch(ctx, launch{incoming: incoming, pooledRAM: true}); err != nil {
+			t.Fatal(err)
+		}
+		path := h.ramPath(vm.Spec())
+		if got := fileInode(t, path); got != ino || vm.zeroRAM != incoming {
+			t.Fatalf("incoming %v: RAM file inode %d (the pool's %d), zeroRAM %v", incoming, got, ino, vm.zeroRAM)
+		}
+		mon, err := vm.monitor()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "inmigrate"
+		if !incoming {
+			want = "running"
+			if err := mon.Cont(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if st, err := mon.Status(ctx); err != nil || st.Status != want {
+			t.Fatalf("incoming %v: qemu status %+v (%v), want %s", incoming, st, err, want)
+		}
+		time.Sleep(time.Second) // QEMU's start and reset are done; a guest has run a while
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		written := len(data) - bytes.Count(data, []byte{0})
+		t.Logf("incoming %v: %d non-zero bytes in the guest's RAM file", incoming, written)
+		if incoming && written != 0 {
+			t.Fatalf("a QEMU waiting for its state wrote %d non-zero bytes into its guest RAM file", written)
+		}
+		if !incoming && written == 0 {
+			t.Fatal("control: a QEMU that ran its guest for a second left its RAM file all zeros: the scan sees nothing")
+		}
+		vm.kill()
+		vm.removeRAM()
+		waitPooled(t, h.ramPool, poolTestSize)
 	}
 }

@@ -136,12 +136,18 @@ func sameSize(f *os.File, size int64) error {
 }
 
 // LoadRAM fills dst, the RAM file of a QEMU waiting for its state
-// (incoming, paused), with the checkpoint's RAM file src: what that QEMU
-// wrote at its start goes (dst emptied first, or, all allocated, cleared
-// where src has zeros), and dst gets src's chunks that are not zeros, hashed as they are read; unless they are
+// (incoming, paused), with the checkpoint's RAM file src: dst gets src's
+// chunks that are not zeros, hashed as they are read; unless they are
 // want's, it fails with ErrChecksum (the caller kills that QEMU: its
-// vCPUs never ran).
-func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) error {
+// vCPUs never ran). Unless zero says dst held only zeros when that QEMU
+// started, what dst holds goes first (emptied, or, all allocated, cleared
+// where src has zeros).
+//
+// zero relies on a QEMU started with -incoming writing no guest RAM
+// before its state arrives: it leaves ROM contents in RAM to the stream
+// (and a local migration with x-ignore-shared, whose source still runs on
+// the same RAM, depends on that too).
+func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest, zero bool) error {
 	st, err := dst.Stat()
 	if err != nil {
 		return err
@@ -156,6 +162,9 @@ func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) e
 		return fmt.Errorf("%s is %d bytes, its signed manifest says %d: %w", src.Name(), st.Size(), want.Size, sentinel.ErrChecksum)
 	}
 	c := loadCopy(src, dst, want.Size)
+	if zero {
+		return c.load(ctx, src, want)
+	}
 	// A file all allocated (from the host's pool) is kept so: each chunk
 	// the checkpoint has no data for is cleared where it is not zeros.
 	// Another is emptied first.
@@ -169,6 +178,11 @@ func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) e
 	} else if err := unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, want.Size); err != nil {
 		return fmt.Errorf("empty %s: %w", dst.Name(), err)
 	}
+	return c.load(ctx, src, want)
+}
+
+// load runs the copy and checks what it read against want.
+func (c sparseCopy) load(ctx context.Context, src *os.File, want manifest.FileDigest) error {
 	if err := c.run(ctx); err != nil {
 		return err
 	}
@@ -183,13 +197,15 @@ func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest) e
 type SharedRAM struct {
 	Src, Dst *os.File
 	Want     manifest.FileDigest
+	// DstZero: Dst held only zeros when its QEMU started (see LoadRAM).
+	DstZero bool
 }
 
 // LoadShared loads a checkpoint SaveShared wrote into a QEMU waiting for
 // its state (incoming, paused): its RAM first, checked (LoadRAM), then its
 // device state, checked (Load), without RAM.
 func LoadShared(ctx context.Context, mon *qmp.Client, state *os.File, want manifest.FileDigest, ram SharedRAM, progress func(qmp.MigrationInfo)) error {
-	if err := LoadRAM(ctx, ram.Src, ram.Dst, ram.Want); err != nil {
+	if err := LoadRAM(ctx, ram.Src, ram.Dst, ram.Want, ram.DstZero); err != nil {
 		return err
 	}
 	if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true}); err != nil {

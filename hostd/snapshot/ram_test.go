@@ -16,8 +16,8 @@ import (
 )
 
 // A RAM file saved by SaveRAM and loaded by LoadRAM into a file that held
-// other bytes (what a new QEMU wrote at its start) comes back byte for
-// byte; the copy is sparse; a changed copy is refused.
+// other bytes, or only zeros, comes back byte for byte; the copy is
+// sparse; a changed copy is refused.
 func TestRAMFileRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -40,7 +40,7 @@ func TestRAMFileRoundTrip(t *testing.T) {
 	defer src.Close()
 	dst := newFile(t, filepath.Join(dir, "new.ram"), size)
 	dst.WriteAt(bytes.Repeat([]byte{0xff}, int(size)), 0)
-	if err := LoadRAM(ctx, src, dst, saved); err != nil {
+	if err := LoadRAM(ctx, src, dst, saved, false); err != nil {
 		t.Fatal(err)
 	}
 	want, _ := os.ReadFile(ram.Name())
@@ -53,16 +53,31 @@ func TestRAMFileRoundTrip(t *testing.T) {
 	// One with holes is emptied first, then loaded.
 	holed := newFile(t, filepath.Join(dir, "holed.ram"), size)
 	holed.WriteAt(bytes.Repeat([]byte{0xff}, int(size/2)), size/4)
-	if err := LoadRAM(ctx, src, holed, saved); err != nil {
+	if err := LoadRAM(ctx, src, holed, saved, false); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(holed.Name()); !bytes.Equal(got, want) {
 		t.Fatal("the RAM loaded into a file with holes differs from the saved one")
 	}
+	// One of zeros, all allocated (a pooled file, its QEMU waiting), is
+	// loaded as it is: exact, and still allocated.
+	zeros := newFile(t, filepath.Join(dir, "zeros.ram"), size)
+	if err := syscall.Fallocate(int(zeros.Fd()), 0, 0, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := LoadRAM(ctx, src, zeros, saved, true); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(zeros.Name()); !bytes.Equal(got, want) {
+		t.Fatal("the RAM loaded into a file of zeros differs from the saved one")
+	}
+	if st := stat(t, zeros.Name()); st.Blocks*512 < size {
+		t.Errorf("a file of zeros has %d of %d bytes allocated after the load", st.Blocks*512, size)
+	}
 	f, _ := os.OpenFile(src.Name(), os.O_WRONLY, 0)
 	f.WriteAt([]byte("evil"), 4*manifest.Chunk+100)
 	f.Close()
-	if err := LoadRAM(ctx, src, dst, saved); !errors.Is(err, sentinel.ErrChecksum) {
+	if err := LoadRAM(ctx, src, dst, saved, false); !errors.Is(err, sentinel.ErrChecksum) {
 		t.Fatalf("changed copy: %v, want ErrChecksum", err)
 	}
 }
@@ -178,7 +193,7 @@ func TestSaveRAMMappedPopulatedFile(t *testing.T) {
 			t.Errorf("holed %v: the RAM file had %d blocks, %d after its save", holed, allocated, after)
 		}
 		dst := newFile(t, filepath.Join(dir, "new.ram"), st.Size())
-		if err := LoadRAM(context.Background(), copyFile, dst, mapped); err != nil {
+		if err := LoadRAM(context.Background(), copyFile, dst, mapped, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -205,7 +220,7 @@ func TestLoadRAMRefusesShortCopy(t *testing.T) {
 	}
 	defer src.Close()
 	dst := newFile(t, filepath.Join(dir, "new.ram"), saved.Size)
-	if err := LoadRAM(context.Background(), src, dst, saved); !errors.Is(err, sentinel.ErrChecksum) {
+	if err := LoadRAM(context.Background(), src, dst, saved, false); !errors.Is(err, sentinel.ErrChecksum) {
 		t.Fatalf("a copy %d bytes short: %v, want ErrChecksum", saved.Size-7*manifest.Chunk, err)
 	}
 }
