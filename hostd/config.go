@@ -101,8 +101,14 @@ type Config struct {
 	// hostd keeps, zeroed, for VMs that arrive (rampool.go): a size ("4G",
 	// the default), or "0" / "off".
 	RAMPool string `yaml:"ram_pool"`
-	// ramPoolBytes is RAMPool parsed.
-	ramPoolBytes int64
+	// RAMPoolReserve is how much of it hostd fills with RAM files of its
+	// own, zeroed, from its start and after each hand-out, so that the
+	// first VMs to arrive on an idle host find one too: a size (at most
+	// ram_pool), default none. That memory stays taken while the host has
+	// room for it.
+	RAMPoolReserve string `yaml:"ram_pool_reserve"`
+	// ramPoolBytes and ramPoolReserve are RAMPool and RAMPoolReserve parsed.
+	ramPoolBytes, ramPoolReserve int64
 	// OpStepTimeout and OpTransferTimeout bound each step of a direct
 	// (single-VM) operation; a transfer (save, migrate, restore) gets the
 	// latter. Zero: 2 minutes and 30 minutes.
@@ -182,7 +188,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("config: ram_populate %q: want start, operation or never", c.RAMPopulate)
 	}
 	var err error
-	if c.ramPoolBytes, err = parseRAMPool(c.RAMPool); err != nil {
+	if c.ramPoolBytes, c.ramPoolReserve, err = parseRAMPool(c.RAMPool, c.RAMPoolReserve); err != nil {
 		return err
 	}
 	c.MigrationAddress = cmp.Or(c.MigrationAddress, "127.0.0.1")

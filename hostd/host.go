@@ -195,7 +195,7 @@ func New(cfg Config) (*Host, error) {
 			d.Close()
 		}
 	}
-	h.ramPool = newRAMPool(h.log, h.layout().ramDir(qemu.ShmDir), cfg.ramPoolBytes)
+	h.ramPool = newRAMPool(h.log, h.layout().ramDir(qemu.ShmDir), cfg.ramPoolBytes, cfg.ramPoolReserve)
 	h.metrics.ramPoolFunc(h.ramPool.bytes, h.ramPool.takenCount)
 	var err error
 	if h.keys, err = loadManifestKeys(cfg); err != nil {

@@ -36,10 +36,17 @@ const (
 // it freed before a new RAM file would not fit, and when hostd stops (a
 // file left by one that crashed is removed at start, its zeroing
 // unknown).
+//
+// With a reserve, the pool also makes files of its own, from hostd's
+// start and after each one it hands out, until it holds that much: the
+// first VM to arrive on an idle host finds one too. The reserve's files
+// outlive ramPoolTTL, and none is made that would leave /dev/shm less
+// free room than its own size.
 type ramPool struct {
-	log *slog.Logger
-	dir string // hostd's RAM directory on /dev/shm
-	max int64
+	log     *slog.Logger
+	dir     string // hostd's RAM directory on /dev/shm
+	max     int64
+	reserve int64
 
 	mu    sync.Mutex
 	ready []*pooledRAM
@@ -59,15 +66,38 @@ type pooledRAM struct {
 }
 
 // newRAMPool is the host's pool (nil when max is 0), after removing what
-// an earlier hostd left in dir.
-func newRAMPool(log *slog.Logger, dir string, max int64) *ramPool {
+// an earlier hostd left in dir; it starts filling its reserve.
+func newRAMPool(log *slog.Logger, dir string, max, reserve int64) *ramPool {
 	if removed, err := qemu.RemovePooled(dir); len(removed) > 0 || err != nil {
 		log.Info("pooled guest RAM files of an earlier hostd removed", "removed", removed, "err", err)
 	}
 	if max <= 0 {
 		return nil
 	}
-	return &ramPool{log: log, dir: dir, max: max, zeroingFiles: map[string]qemu.RAMFile{}}
+	p := &ramPool{log: log, dir: dir, max: max, reserve: min(reserve, max), zeroingFiles: map[string]qemu.RAMFile{}}
+	p.mu.Lock()
+	p.refillLocked()
+	p.mu.Unlock()
+	return p
+}
+
+// refillLocked makes a new file for what the pool lacks of its reserve,
+// zeroed (every page allocated) in the background, if /dev/shm has twice
+// that room free.
+func (p *ramPool) refillLocked() {
+	need := p.reserve - p.readyBytes() - p.zeroing
+	if p.closed || need <= 0 || qemu.ShmFree() < 2*need {
+		return
+	}
+	p.seq++
+	id, err := qemu.CreatePooled(p.dir, fmt.Sprintf("%s%d", qemu.PoolPrefix, p.seq))
+	if err != nil {
+		p.log.Warn("guest RAM pool reserve not refilled", "err", err)
+		return
+	}
+	p.zeroing += need
+	p.zeroingFiles[id.Path] = id
+	go p.zero(id, need)
 }
 
 // put takes the RAM file id (no QEMU runs on it) into the pool and zeroes
@@ -193,6 +223,7 @@ func (p *ramPool) Take(dir *os.File, path string, size int64) (*os.File, *qemu.R
 		return nil, nil, false
 	}
 	p.unlistLocked(best)
+	p.refillLocked()
 	p.mu.Unlock()
 	f, id, err := qemu.TakeAt(dir, best.id, path, size)
 	if err != nil {
@@ -241,10 +272,15 @@ func (p *ramPool) close() {
 	p.Reclaim()
 }
 
+// expire drops e, unless the pool would then hold less than its reserve.
 func (p *ramPool) expire(e *pooledRAM) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if slices.Contains(p.ready, e) {
+	switch {
+	case !slices.Contains(p.ready, e):
+	case p.readyBytes()+p.zeroing-e.size < p.reserve:
+		e.timer.Reset(ramPoolTTL)
+	default:
 		p.dropLocked(e)
 	}
 }
@@ -298,18 +334,32 @@ func (p *ramPool) takenCount() int64 {
 	return p.taken
 }
 
-// parseRAMPool is the config's ram_pool in bytes: "" the default, "0" or
-// "off" none, else a size as in a spec ("4G", "512M").
-func parseRAMPool(v string) (int64, error) {
+// parseRAMPool is the config's ram_pool and ram_pool_reserve in bytes:
+// "" the default (4 GiB; no reserve), "0" or "off" none, else a size as in
+// a spec ("4G", "512M"); the reserve is at most the pool.
+func parseRAMPool(pool, reserve string) (max, res int64, err error) {
+	if max, err = poolSize("ram_pool", pool, ramPoolDefault); err != nil {
+		return 0, 0, err
+	}
+	if res, err = poolSize("ram_pool_reserve", reserve, 0); err != nil {
+		return 0, 0, err
+	}
+	if res > max {
+		return 0, 0, fmt.Errorf("config: ram_pool_reserve %q is more than ram_pool (%d MiB): the pool holds its reserve", reserve, max>>20)
+	}
+	return max, res, nil
+}
+
+func poolSize(field, v string, def int64) (int64, error) {
 	switch v {
 	case "":
-		return ramPoolDefault, nil
+		return def, nil
 	case "0", "off":
 		return 0, nil
 	}
 	s, err := spec.ParseSize(v)
 	if err != nil {
-		return 0, fmt.Errorf("config: ram_pool %q: %w", v, err)
+		return 0, fmt.Errorf("config: %s %q: %w", field, v, err)
 	}
 	return int64(s) << 20, nil
 }

@@ -22,14 +22,21 @@ const poolTestSize = 64 << 20
 
 var poolSecret = []byte("symvirt-pool-secret-")
 
-// poolHost is a host whose VMs keep RAM on /dev/shm, with ram_pool pool.
-func poolHost(t *testing.T, pool string) (*Host, func(name string) *VM) {
+// poolHost is a host whose VMs keep RAM on /dev/shm, with ram_pool pool
+// (and ram_pool_reserve, if given).
+func poolHost(t *testing.T, pool string, reserve ...string) (*Host, func(name string) *VM) {
 	kernel, _ := testguest.Paths(t)
-	h, err := New(Config{StateDir: t.TempDir(), Policy: testPolicy(t), RAMPool: pool})
+	dir := t.TempDir()
+	h, err := New(Config{StateDir: dir, Policy: testPolicy(t), RAMPool: pool, RAMPoolReserve: strings.Join(reserve, "")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.Close() })
+	t.Cleanup(func() {
+		h.Close()
+		for _, d := range (Layout{dir}).RAMDirs() {
+			os.RemoveAll(d) // the VMs' files stay for a hostd's restart, not for the next test
+		}
+	})
 	on := true
 	return h, func(name string) *VM {
 		vm, err := h.Create(Spec{Name: name, Memory: poolTestSize >> 20, Kernel: kernel, SharedMemory: &on})
@@ -258,6 +265,54 @@ func TestRAMPoolConfig(t *testing.T) {
 	c := Config{StateDir: t.TempDir(), RAMPool: "lots"}
 	if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "ram_pool") {
 		t.Fatalf("ram_pool lots: %v, want an error naming ram_pool", err)
+	}
+	for _, r := range []struct{ pool, reserve, err string }{
+		{"", "", ""}, {"", "1G", ""}, {"4G", "4G", ""}, {"4G", "8G", "ram_pool_reserve"},
+		{"off", "1G", "ram_pool_reserve"}, {"", "lots", "ram_pool_reserve"},
+	} {
+		c := Config{StateDir: t.TempDir(), RAMPool: r.pool, RAMPoolReserve: r.reserve}
+		err := c.setDefaults()
+		if r.err == "" && err != nil || r.err != "" && (err == nil || !strings.Contains(err.Error(), r.err)) {
+			t.Fatalf("ram_pool %q, ram_pool_reserve %q: %v, want an error naming %q", r.pool, r.reserve, err, r.err)
+		}
+	}
+}
+
+// TestRAMPoolReserve: with ram_pool_reserve the pool makes a file of its
+// own at hostd's start, every page allocated and zero; the first VM's
+// QEMU runs on it, the pool makes another, and the reserve outlives the
+// pool's time limit.
+func TestRAMPoolReserve(t *testing.T) {
+	h, mk := poolHost(t, "128M", "64M")
+	waitPooled(t, h.ramPool, poolTestSize)
+	reserved := h.ramPool.ready[0].id
+	vm := mk("first")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := vm.launch(ctx, launch{pooledRAM: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer vm.kill()
+	path := h.ramPath(vm.Spec())
+	if got := fileInode(t, path); got != reserved.Ino || h.ramPool.takenCount() != 1 {
+		t.Fatalf("the first VM's RAM file is inode %d, the reserve's %d (%d taken)", got, reserved.Ino, h.ramPool.takenCount())
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil || st.Blocks*512 < poolTestSize {
+		t.Fatalf("the reserve's file has %d of %d bytes allocated (%v)", st.Blocks*512, poolTestSize, err)
+	}
+	waitPooled(t, h.ramPool, poolTestSize)
+	next := h.ramPool.ready[0]
+	if next.id.Ino == reserved.Ino {
+		t.Fatal("the pool refilled its reserve with the file it handed out")
+	}
+	data, err := os.ReadFile(next.id.Path)
+	if err != nil || !bytes.Equal(data, make([]byte, poolTestSize)) {
+		t.Fatalf("the refilled reserve is %d bytes, not all zeros (%v)", len(data), err)
+	}
+	h.ramPool.expire(next)
+	if h.ramPool.bytes() != poolTestSize {
+		t.Fatalf("the reserve's file expired: the pool holds %d bytes", h.ramPool.bytes())
 	}
 }
 

@@ -109,3 +109,19 @@ func (id RAMFile) openedBy(pid int) bool {
 func RemovePooled(dir string) ([]string, error) {
 	return removeIn(dir, func(n string) bool { return strings.HasPrefix(n, PoolPrefix) })
 }
+
+// CreatePooled creates an empty RAM file named name (PoolPrefix and a
+// number) in dir, hostd's RAM directory, for the pool to fill.
+func CreatePooled(dir, name string) (RAMFile, error) {
+	d, err := OpenRAMDir(dir)
+	if err != nil {
+		return RAMFile{}, err
+	}
+	defer d.Close()
+	f, id, err := createAt(d, filepath.Join(dir, name))
+	if err != nil {
+		return RAMFile{}, err
+	}
+	f.Close()
+	return *id, nil
+}
