@@ -38,7 +38,8 @@
 //     restarted, when hostd itself restarts; the RAM file is removed once
 //     no QEMU of the VM needs it (stopped, killed, crashed, deleted), or
 //     kept, cleared, for the next VM that boots, migrates in or is
-//     restored (rampool.go).
+//     restored; with a reserve the pool also makes cleared files of its
+//     own, so the first VM to arrive finds one (rampool.go).
 //   - Persisted state (layout.go, host.go's writeJSON): every VM's spec and
 //     runtime state (leases included) live under Layout's state directory,
 //     written through internal/atomicfile, so a crash leaves the old or the

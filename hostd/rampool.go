@@ -23,6 +23,12 @@ const (
 	ramPoolTTL     = 10 * time.Minute
 )
 
+// ramPoolRefillDelay is how long after its last hand-out the pool waits
+// before it makes a file for its reserve: the hand-out was for a VM that
+// boots, migrates in or is restored now, and the file's zeroing would
+// take CPU and memory bandwidth from it.
+var ramPoolRefillDelay = 5 * time.Second
+
 // ramPool keeps the shared RAM files of VMs that left this host (migrated
 // away, stopped, deleted), every page allocated and zeroed, for the next
 // VM that arrives by migration, boots or is restored here. A tmpfs page
@@ -56,6 +62,8 @@ type ramPool struct {
 	seq          int
 	closed       bool
 	taken        int64
+	lastTake     time.Time
+	refill       *time.Timer // a refill waiting for ramPoolRefillDelay
 }
 
 // pooledRAM is a zeroed file in the pool.
@@ -79,6 +87,24 @@ func newRAMPool(log *slog.Logger, dir string, max, reserve int64) *ramPool {
 	p.refillLocked()
 	p.mu.Unlock()
 	return p
+}
+
+// refillLaterLocked refills the reserve once ramPoolRefillDelay has
+// passed without a hand-out.
+func (p *ramPool) refillLaterLocked() {
+	if p.reserve == 0 || p.refill != nil {
+		return
+	}
+	p.refill = time.AfterFunc(ramPoolRefillDelay-timeNow().Sub(p.lastTake), func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.refill = nil
+		if timeNow().Sub(p.lastTake) < ramPoolRefillDelay {
+			p.refillLaterLocked() // another hand-out since
+			return
+		}
+		p.refillLocked()
+	})
 }
 
 // refillLocked makes a new file for what the pool lacks of its reserve,
@@ -223,7 +249,8 @@ func (p *ramPool) Take(dir *os.File, path string, size int64) (*os.File, *qemu.R
 		return nil, nil, false
 	}
 	p.unlistLocked(best)
-	p.refillLocked()
+	p.lastTake = timeNow()
+	p.refillLaterLocked()
 	p.mu.Unlock()
 	f, id, err := qemu.TakeAt(dir, best.id, path, size)
 	if err != nil {
@@ -265,6 +292,9 @@ func (p *ramPool) close() {
 	}
 	p.mu.Lock()
 	p.closed = true
+	if p.refill != nil {
+		p.refill.Stop()
+	}
 	for _, id := range p.zeroingFiles {
 		id.Remove()
 	}
@@ -314,14 +344,15 @@ func (p *ramPool) bytes() int64 {
 	return p.readyBytes() + p.zeroing
 }
 
-// busy reports whether a file is being cleared.
+// busy reports whether a file is being cleared, or the reserve waits to
+// be refilled.
 func (p *ramPool) busy() bool {
 	if p == nil {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.zeroing > 0
+	return p.zeroing > 0 || p.refill != nil
 }
 
 // takenCount is how many files the pool handed out.

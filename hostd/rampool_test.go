@@ -280,9 +280,11 @@ func TestRAMPoolConfig(t *testing.T) {
 
 // TestRAMPoolReserve: with ram_pool_reserve the pool makes a file of its
 // own at hostd's start, every page allocated and zero; the first VM's
-// QEMU runs on it, the pool makes another, and the reserve outlives the
-// pool's time limit.
+// QEMU runs on it, the pool makes another once the VM has had its start
+// to itself, and the reserve outlives the pool's time limit.
 func TestRAMPoolReserve(t *testing.T) {
+	defer func(d time.Duration) { ramPoolRefillDelay = d }(ramPoolRefillDelay)
+	ramPoolRefillDelay = time.Second
 	h, mk := poolHost(t, "128M", "64M")
 	waitPooled(t, h.ramPool, poolTestSize)
 	reserved := h.ramPool.ready[0].id
@@ -300,6 +302,9 @@ func TestRAMPoolReserve(t *testing.T) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil || st.Blocks*512 < poolTestSize {
 		t.Fatalf("the reserve's file has %d of %d bytes allocated (%v)", st.Blocks*512, poolTestSize, err)
+	}
+	if n := h.ramPool.bytes(); n != 0 || !h.ramPool.busy() {
+		t.Fatalf("right after the hand-out the pool holds %d bytes (busy %v): refilled at once, beside the VM's start", n, h.ramPool.busy())
 	}
 	waitPooled(t, h.ramPool, poolTestSize)
 	next := h.ramPool.ready[0]
