@@ -102,7 +102,7 @@ type Config struct {
 	// the default), or "0" / "off".
 	RAMPool string `yaml:"ram_pool"`
 	// RAMPoolReserve is how much of it hostd fills with RAM files of its
-	// own, zeroed, from its start and after each hand-out, so that the
+	// own, zeroed, from its start and after each VM that arrives, so that the
 	// first VMs to arrive on an idle host find one too: a size (at most
 	// ram_pool), default none. That memory stays taken while the host has
 	// room for it.

@@ -23,10 +23,10 @@ const (
 	ramPoolTTL     = 10 * time.Minute
 )
 
-// ramPoolRefillDelay is how long after its last hand-out the pool waits
-// before it makes a file for its reserve: the hand-out was for a VM that
-// boots, migrates in or is restored now, and the file's zeroing would
-// take CPU and memory bandwidth from it.
+// ramPoolRefillDelay is how long after the last VM that arrived (a file
+// asked of the pool) the pool waits before it makes a file for its
+// reserve: that VM boots, migrates in or is restored now, and the file's
+// zeroing would take CPU and memory bandwidth from it.
 var ramPoolRefillDelay = 5 * time.Second
 
 // ramPool keeps the shared RAM files of VMs that left this host (migrated
@@ -44,7 +44,7 @@ var ramPoolRefillDelay = 5 * time.Second
 // unknown).
 //
 // With a reserve, the pool also makes files of its own, from hostd's
-// start and after each one it hands out, until it holds that much: the
+// start and after each VM that arrives, until it holds that much: the
 // first VM to arrive on an idle host finds one too. The reserve's files
 // outlive ramPoolTTL, and none is made that would leave /dev/shm less
 // free room than its own size.
@@ -90,7 +90,7 @@ func newRAMPool(log *slog.Logger, dir string, max, reserve int64) *ramPool {
 }
 
 // refillLaterLocked refills the reserve once ramPoolRefillDelay has
-// passed without a hand-out.
+// passed since the last VM arrived.
 func (p *ramPool) refillLaterLocked() {
 	if p.reserve == 0 || p.refill != nil {
 		return
@@ -245,6 +245,8 @@ func (p *ramPool) Take(dir *os.File, path string, size int64) (*os.File, *qemu.R
 		}
 	}
 	if best == nil {
+		p.lastTake = timeNow() // a VM arrives all the same: its file is new
+		p.refillLaterLocked()  // a reserve freed by Reclaim comes back
 		p.mu.Unlock()
 		return nil, nil, false
 	}

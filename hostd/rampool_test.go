@@ -319,6 +319,15 @@ func TestRAMPoolReserve(t *testing.T) {
 	if h.ramPool.bytes() != poolTestSize {
 		t.Fatalf("the reserve's file expired: the pool holds %d bytes", h.ramPool.bytes())
 	}
+	// Freed for room, the reserve comes back after the next VM's start.
+	h.ramPool.Reclaim()
+	after := mk("after")
+	f, created, err := after.openRAM(after.Spec(), true)
+	if err != nil || !created || fileInode(t, f.Name()) == next.id.Ino {
+		t.Fatalf("after Reclaim: created %v, %v", created, err)
+	}
+	f.Close()
+	waitPooled(t, h.ramPool, poolTestSize)
 }
 
 // TestIncomingQEMUWritesNoGuestRAM: a QEMU waiting for its state
