@@ -244,15 +244,15 @@ func (p *ramPool) Take(dir *os.File, path string, size int64) (*os.File, *qemu.R
 			best = e
 		}
 	}
+	// A VM arrives, whether or not it gets a file: the reserve is refilled
+	// after its start (one freed by Reclaim too).
+	p.lastTake = timeNow()
+	p.refillLaterLocked()
 	if best == nil {
-		p.lastTake = timeNow() // a VM arrives all the same: its file is new
-		p.refillLaterLocked()  // a reserve freed by Reclaim comes back
 		p.mu.Unlock()
 		return nil, nil, false
 	}
 	p.unlistLocked(best)
-	p.lastTake = timeNow()
-	p.refillLaterLocked()
 	p.mu.Unlock()
 	f, id, err := qemu.TakeAt(dir, best.id, path, size)
 	if err != nil {
