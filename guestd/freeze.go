@@ -1,7 +1,6 @@
 package guestd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/symvirt/symvirt/ebpf/taint"
 	"github.com/symvirt/symvirt/internal/atomicfile"
+	"github.com/symvirt/symvirt/internal/mountinfo"
 )
 
 // Defaults of the freezer (dependency-aware migration; see doc.go).
@@ -319,39 +319,14 @@ func ownOutputPipes() []string {
 // a mountinfo file ("" if none). Mounts of a subtree (root field not "/")
 // are skipped: /proc/PID/cgroup paths are relative to the root.
 func findCgroup2(r io.Reader) string {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
+	point := ""
+	mountinfo.Read(r, func(m mountinfo.Mount) bool {
+		if m.FSType == "cgroup2" && m.Root == "/" {
+			point = m.Point
 		}
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if len(f) >= 5 && len(g) >= 1 && g[0] == "cgroup2" && f[3] == "/" {
-			return unescapeMount(f[4])
-		}
-	}
-	return ""
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+		return point == ""
+	})
+	return point
 }
 
 func isCgroup2(dir string) bool {

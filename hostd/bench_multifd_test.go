@@ -56,8 +56,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 	var plain []benchSample
 	ours := map[string][]benchSample{}
 	for round := range rounds {
-		_, _, mi := plainBaseline(ctx, t, a, mem, g)
-		plain = append(plain, benchSample{took: mi})
+		plain = append(plain, benchSample{took: plainBaseline(ctx, t, a, mem, g)["migrate"]})
 		order := [][2]int{{many, 1}, {1, many}}[round%2]
 		if chain {
 			order = [2]int{many, many}

@@ -61,7 +61,7 @@ func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 // benchHostLog is benchHost logging to log.
 func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...string) (*Host, string) {
 	dir := t.TempDir()
-	cfg := Config{StateDir: dir, Logger: slog.New(log),
+	cfg := Config{StateDir: dir, Logger: slog.New(log), ShmDir: benchShmDir(t),
 		Pools:  map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}},
 		Policy: testPolicy(t), RAMPool: os.Getenv("SYMVIRT_BENCH_RAM_POOL"), // e.g. 0: without the pool
 		RAMPoolReserve: os.Getenv("SYMVIRT_BENCH_RAM_POOL_RESERVE")} // e.g. 2G: the first round's VMs from the pool too
@@ -72,7 +72,7 @@ func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := Layout{dir}.Socket()
+	sock := h.layout().Socket()
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -87,11 +87,26 @@ func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...strin
 			}
 		}
 		h.Close()
-		for _, d := range (Layout{dir}).RAMDirs() {
+		for _, d := range h.layout().RAMDirs() {
 			os.RemoveAll(d)
 		}
 	})
 	return h, sock
+}
+
+// benchShmDir is a bench host's tmpfs for guest RAM: one of its own,
+// mounted with huge=within_size (shm_dir as the README advises: guest RAM
+// on 2 MiB pages, as plain QEMU's private RAM has them), unmounted at the
+// test's end; /dev/shm with SYMVIRT_BENCH_SHM_HUGE=0.
+func benchShmDir(t *testing.T) string {
+	if os.Getenv("SYMVIRT_BENCH_SHM_HUGE") == "0" {
+		return ""
+	}
+	dir, err := mountHugeTmpfs(t, qemu.FreeBytes(qemu.DefaultShmDir))
+	if err != nil {
+		t.Fatalf("guest RAM's tmpfs (SYMVIRT_BENCH_SHM_HUGE=0: /dev/shm): %v", err)
+	}
+	return dir
 }
 
 // benchRounds: each line is the median of as many runs (this machine is
@@ -117,8 +132,7 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 		for _, r := range rams {
 			if base[r.hints] == nil {
 				settle(a, b)
-				ck, re, mi := plainBaseline(ctx, t, a, mem, benchGuest{kernel: kernel, initrd: initrd, hints: r.hints})
-				base[r.hints] = map[string]time.Duration{"checkpoint": ck, "restore": re, "migrate": mi}
+				base[r.hints] = plainBaseline(ctx, t, a, mem, benchGuest{kernel: kernel, initrd: initrd, hints: r.hints})
 			}
 			for op, d := range base[r.hints] {
 				plain[op+r.suffix] = append(plain[op+r.suffix], benchSample{took: d})
@@ -144,6 +158,11 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 			base := median(p).took
 			m["plain_qemu_seconds"], m["ratio_vs_plain_qemu"] = base.Seconds(), s.took.Seconds()/base.Seconds()
 			m["plain_qemu_rounds_seconds"] = roundSeconds(p)
+			if ps, ok := plain[strings.Replace(bench, "checkpoint", "checkpoint_synced", 1)]; ok && strings.HasPrefix(bench, "checkpoint") {
+				synced := median(ps).took
+				m["plain_qemu_synced_seconds"], m["ratio_vs_plain_qemu_synced"] = synced.Seconds(), s.took.Seconds()/synced.Seconds()
+				m["plain_qemu_synced_rounds_seconds"] = roundSeconds(ps)
+			}
 			m["phases_seconds"] = s.phases
 			if slow := slowest(ours[bench]); slow.took > s.took*3/2 {
 				m["slowest_round_phases_seconds"] = slow.phases // an outlier's breakdown beside the median's

@@ -9,6 +9,7 @@ import (
 	"os/user"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -107,6 +108,13 @@ type Config struct {
 	// ram_pool), default none. That memory stays taken while the host has
 	// room for it.
 	RAMPoolReserve string `yaml:"ram_pool_reserve"`
+	// ShmDir is the tmpfs that holds shared guest RAM files (hostd's own
+	// 0700 directory in it): /dev/shm by default. A tmpfs mounted with
+	// huge=within_size (or always) gives guest RAM 2 MiB pages, as plain
+	// QEMU's private RAM has them: fewer faults and TLB misses for the
+	// guest, and every pass over its RAM (population, a checkpoint's copy,
+	// a migration's scan) walks 512 times fewer pages.
+	ShmDir string `yaml:"shm_dir"`
 	// ramPoolBytes and ramPoolReserve are RAMPool and RAMPoolReserve parsed.
 	ramPoolBytes, ramPoolReserve int64
 	// OpStepTimeout and OpTransferTimeout bound each step of a direct
@@ -190,6 +198,9 @@ func (c *Config) setDefaults() error {
 	var err error
 	if c.ramPoolBytes, c.ramPoolReserve, err = parseRAMPool(c.RAMPool, c.RAMPoolReserve); err != nil {
 		return err
+	}
+	if c.ShmDir, err = qemu.CheckShmDir(cmp.Or(c.ShmDir, qemu.DefaultShmDir)); err != nil {
+		return fmt.Errorf("config: shm_dir: %w", err)
 	}
 	c.MigrationAddress = cmp.Or(c.MigrationAddress, "127.0.0.1")
 	c.moveDefaults()

@@ -39,7 +39,9 @@
 //     no QEMU of the VM needs it (stopped, killed, crashed, deleted), or
 //     kept, cleared, for the next VM that boots, migrates in or is
 //     restored; with a reserve the pool also makes cleared files of its
-//     own, so the first VM to arrive finds one (rampool.go).
+//     own, so the first VM to arrive finds one (rampool.go). RAM files
+//     live on the host's tmpfs (shm_dir, /dev/shm by default; one with
+//     huge pages gives guest RAM 2 MiB pages), in hostd's 0700 directory.
 //   - Persisted state (layout.go, host.go's writeJSON): every VM's spec and
 //     runtime state (leases included) live under Layout's state directory,
 //     written through internal/atomicfile, so a crash leaves the old or the

@@ -195,7 +195,10 @@ func New(cfg Config) (*Host, error) {
 			d.Close()
 		}
 	}
-	h.ramPool = newRAMPool(h.log, h.layout().ramDir(qemu.ShmDir), cfg.ramPoolBytes, cfg.ramPoolReserve)
+	if huge, err := qemu.ShmHuge(cfg.ShmDir); err == nil {
+		h.log.Info("guest RAM files on a tmpfs", "shm_dir", cfg.ShmDir, "huge", huge)
+	}
+	h.ramPool = newRAMPool(h.log, h.layout().ShmRAMDir(), cfg.ramPoolBytes, cfg.ramPoolReserve)
 	h.metrics.ramPoolFunc(h.ramPool.bytes, h.ramPool.takenCount)
 	var err error
 	if h.keys, err = loadManifestKeys(cfg); err != nil {
@@ -344,8 +347,8 @@ func (h *Host) create(spec Spec) (*VM, error) {
 		return nil, fmt.Errorf("vm %q: field hugepages: no hugetlbfs is mounted here (mount -t hugetlbfs none /dev/hugepages): %w", spec.Name, ErrInvalidSpec)
 	}
 	if spec.SharedMemory == nil {
-		// Room to spare: the default must not fill /dev/shm.
-		on := spec.HugePages || qemu.ShmFree()+h.ramPool.bytes() > 2*int64(spec.Memory)<<20+256<<20
+		// Room to spare: the default must not fill the tmpfs.
+		on := spec.HugePages || qemu.FreeBytes(h.cfg.ShmDir)+h.ramPool.bytes() > 2*int64(spec.Memory)<<20+256<<20
 		spec.SharedMemory = &on
 	}
 	vm := h.newVM(spec.Name, spec)

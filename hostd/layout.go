@@ -11,7 +11,12 @@ import (
 // Layout is where the hostd of one state directory keeps its files: the
 // API socket, a directory per VM, and guest RAM files outside the state
 // directory. Tools and tests read it here rather than re-deriving it.
-type Layout struct{ StateDir string }
+type Layout struct {
+	StateDir string
+	// ShmDir is the tmpfs of guest RAM files (config shm_dir); empty:
+	// qemu.DefaultShmDir.
+	ShmDir string
+}
 
 // Files of a VM's directory.
 const (
@@ -21,7 +26,7 @@ const (
 	fileQEMULog = qemu.Log
 )
 
-func (h *Host) layout() Layout { return Layout{h.cfg.StateDir} }
+func (h *Host) layout() Layout { return Layout{StateDir: h.cfg.StateDir, ShmDir: h.cfg.ShmDir} }
 
 // Socket is the API's unix socket (unless --socket says otherwise).
 func (l Layout) Socket() string { return filepath.Join(l.StateDir, "hostd.sock") }
@@ -39,13 +44,24 @@ func (l Layout) SerialLog(vm string) string { return filepath.Join(l.VM(vm), fil
 func (l Layout) QEMULog(vm string) string { return filepath.Join(l.VM(vm), fileQEMULog) }
 
 // RAMDirs lists the directories where this hostd keeps guest RAM files:
-// on /dev/shm and on the hugetlbfs, if one is mounted.
+// on its tmpfs (ShmRAMDir) and on the hugetlbfs, if one is mounted.
 func (l Layout) RAMDirs() []string {
-	dirs := []string{l.ramDir(qemu.ShmDir)}
+	dirs := []string{l.ShmRAMDir()}
 	if hp := qemu.HugetlbfsDir(); hp != "" {
 		dirs = append(dirs, l.ramDir(hp))
 	}
 	return dirs
+}
+
+// ShmRAMDir is this hostd's RAM directory on its tmpfs (ShmDir).
+func (l Layout) ShmRAMDir() string { return l.ramDir(l.shm()) }
+
+// shm is the tmpfs of guest RAM files.
+func (l Layout) shm() string {
+	if l.ShmDir == "" {
+		return qemu.DefaultShmDir
+	}
+	return l.ShmDir
 }
 
 // ramDir is this hostd's RAM directory on the file system at base, named

@@ -12,13 +12,13 @@ import (
 )
 
 // ramPath is the VM's shared RAM file, in the host's own directory: on
-// the hugetlbfs for hugepages, else on /dev/shm.
+// the hugetlbfs for hugepages, else on its tmpfs (shm_dir).
 func (h *Host) ramPath(s Spec) string {
-	base := qemu.ShmDir
-	if dir := qemu.HugetlbfsDir(); s.HugePages && dir != "" {
-		base = dir
+	dir := h.layout().ShmRAMDir()
+	if hp := qemu.HugetlbfsDir(); s.HugePages && hp != "" {
+		dir = h.layout().ramDir(hp)
 	}
-	return filepath.Join(h.layout().ramDir(base), s.Name+".ram")
+	return filepath.Join(dir, s.Name+".ram")
 }
 
 // openRAM opens the RAM file for a new QEMU of the VM (nil when its spec

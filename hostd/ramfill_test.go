@@ -20,9 +20,9 @@ import (
 // writer (QEMU's incoming stream) writes while it runs.
 func TestPopulateFileKeepsDataAndAllocates(t *testing.T) {
 	const size = 3*populateChunk + 4096 // a partial chunk too
-	f, err := os.CreateTemp(qemu.ShmDir, "symvirt-populate-test-*.ram")
+	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
 	if err != nil {
-		t.Skipf("no %s: %v", qemu.ShmDir, err)
+		t.Skipf("no %s: %v", qemu.DefaultShmDir, err)
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
@@ -78,9 +78,9 @@ func TestPopulateFileKeepsDataAndAllocates(t *testing.T) {
 
 // TestPopulateFileStopsWithItsContext: a migration that ends stops it.
 func TestPopulateFileStopsWithItsContext(t *testing.T) {
-	f, err := os.CreateTemp(qemu.ShmDir, "symvirt-populate-test-*.ram")
+	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
 	if err != nil {
-		t.Skipf("no %s: %v", qemu.ShmDir, err)
+		t.Skipf("no %s: %v", qemu.DefaultShmDir, err)
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
@@ -205,9 +205,9 @@ func TestRAMPopulateConfig(t *testing.T) {
 // every span it read is, no byte changed; a context that ended maps none.
 func TestMapIntoProcessFillsItsPageTables(t *testing.T) {
 	const size = 8 << 20
-	f, err := os.CreateTemp(qemu.ShmDir, "symvirt-populate-test-*.ram")
+	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
 	if err != nil {
-		t.Skipf("no %s: %v", qemu.ShmDir, err)
+		t.Skipf("no %s: %v", qemu.DefaultShmDir, err)
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()

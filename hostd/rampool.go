@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -108,11 +109,11 @@ func (p *ramPool) refillLaterLocked() {
 }
 
 // refillLocked makes a new file for what the pool lacks of its reserve,
-// zeroed (every page allocated) in the background, if /dev/shm has twice
+// zeroed (every page allocated) in the background, if its tmpfs has twice
 // that room free.
 func (p *ramPool) refillLocked() {
 	need := p.reserve - p.readyBytes() - p.zeroing
-	if p.closed || need <= 0 || qemu.ShmFree() < 2*need {
+	if p.closed || need <= 0 || qemu.FreeBytes(p.dir) < 2*need {
 		return
 	}
 	p.seq++
@@ -206,9 +207,12 @@ func runLowest(do func() error) error {
 }
 
 // clearRAMFile writes zeros over all of the file id, every page allocated
-// (a hole too): write calls of a MiB, never a mapping. A fault-in through hostd's own mapping at the lowest priority
-// would hold hostd's mmap lock while it waits for a CPU, and every mmap
-// of hostd (its heap growing, a checkpoint's copy) would wait behind it.
+// (a hole too): write calls of a MiB, never a mapping. A fault-in through
+// hostd's own mapping at the lowest priority would hold hostd's mmap lock
+// while it waits for a CPU, and every mmap of hostd (its heap growing, a
+// checkpoint's copy) would wait behind it. A shorter file (a new one) is
+// sized first: a tmpfs with huge=within_size gives 2 MiB pages only
+// below the file's end.
 func clearRAMFile(id qemu.RAMFile, size int64) error {
 	f, err := os.OpenFile(id.Path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -217,6 +221,11 @@ func clearRAMFile(id qemu.RAMFile, size int64) error {
 	defer f.Close()
 	if d := id.Replaced(); d != "" {
 		return fmt.Errorf("%s", d)
+	}
+	if st, err := f.Stat(); err != nil || st.Size() < size {
+		if err := errors.Join(err, f.Truncate(size)); err != nil {
+			return fmt.Errorf("size: %w", err)
+		}
 	}
 	zero := make([]byte, clearChunk)
 	for off := int64(0); off < size; off += clearChunk {

@@ -33,7 +33,7 @@ func poolHost(t *testing.T, pool string, reserve ...string) (*Host, func(name st
 	}
 	t.Cleanup(func() {
 		h.Close()
-		for _, d := range (Layout{dir}).RAMDirs() {
+		for _, d := range h.layout().RAMDirs() {
 			os.RemoveAll(d) // the VMs' files stay for a hostd's restart, not for the next test
 		}
 	})
@@ -142,7 +142,7 @@ func TestRAMPoolZeroesWhatItHandsOut(t *testing.T) {
 }
 
 func pooledFiles(t *testing.T, h *Host) int {
-	m, err := filepath.Glob(filepath.Join(h.layout().ramDir(qemu.ShmDir), qemu.PoolPrefix+"*"))
+	m, err := filepath.Glob(filepath.Join(h.layout().ramDir(qemu.DefaultShmDir), qemu.PoolPrefix+"*"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestRAMPoolBounds(t *testing.T) {
 		t.Fatalf("ram_pool 0: the RAM file was not removed: %v", err)
 	}
 
-	dir := h.layout().ramDir(qemu.ShmDir)
+	dir := h.layout().ramDir(qemu.DefaultShmDir)
 	if err := os.WriteFile(filepath.Join(dir, qemu.PoolPrefix+"99"), poolSecret, 0o600); err != nil {
 		t.Fatal(err)
 	}

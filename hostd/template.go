@@ -65,7 +65,7 @@ func (h *Host) templateDir(name string) (string, error) {
 // templateRAMPath is a template's RAM file; its extension keeps it apart
 // from VMs' RAM files (NAME.ram), which hostd reclaims.
 func (h *Host) templateRAMPath(name string) string {
-	return filepath.Join(h.layout().ramDir(qemu.ShmDir), name+templateRAMExt)
+	return filepath.Join(h.layout().ShmRAMDir(), name+templateRAMExt)
 }
 
 // Template reads a template's record.

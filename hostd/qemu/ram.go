@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/symvirt/symvirt/hostd/sentinel"
 	"github.com/symvirt/symvirt/hostd/spec"
@@ -25,9 +24,6 @@ const (
 	// maps exactly the file hostd checked, whatever the path holds then.
 	ramFD = 3
 )
-
-// ShmDir is where shared guest RAM lives: a tmpfs that outlives QEMU.
-var ShmDir = "/dev/shm"
 
 // RAMFile is a guest RAM file as hostd created it: /dev/shm is
 // world-writable and the names predictable, so a file found at the path
@@ -186,10 +182,10 @@ func OpenRAM(path string, want *RAMFile, mem spec.Size, huge bool, pool Pool) (f
 			return f, id, nil
 		}
 	}
-	err = ramRoom(mem, huge)
+	err = ramRoom(filepath.Dir(path), mem, huge)
 	if err != nil && pool != nil {
 		pool.Reclaim()
-		err = ramRoom(mem, huge)
+		err = ramRoom(filepath.Dir(path), mem, huge)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", sentinel.ErrQEMUStart, err)
@@ -270,10 +266,10 @@ func createAt(dir *os.File, path string) (*os.File, *RAMFile, error) {
 
 // ramRoom says why a new RAM file of this size would not fit: a tmpfs or
 // a hugetlbfs out of room kills QEMU with SIGBUS at the first touch.
-func ramRoom(mem spec.Size, huge bool) error {
+func ramRoom(dir string, mem spec.Size, huge bool) error {
 	if !huge {
-		if ShmFree() < int64(mem)<<20 {
-			return fmt.Errorf("%s has no room for %d MiB of shared guest RAM (see stale files in hostd's status)", ShmDir, mem)
+		if FreeBytes(dir) < int64(mem)<<20 {
+			return fmt.Errorf("%s has no room for %d MiB of shared guest RAM (see stale files in hostd's status)", dir, mem)
 		}
 		return nil
 	}
@@ -286,15 +282,6 @@ func ramRoom(mem spec.Size, huge bool) error {
 		return fmt.Errorf("hugepages: %d MiB of guest RAM needs %d free 2 MiB pages, %d are free (sysctl vm.nr_hugepages)", mem, need, free)
 	}
 	return nil
-}
-
-// ShmFree is how many bytes /dev/shm has free.
-func ShmFree() int64 {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(ShmDir, &st); err != nil {
-		return 0
-	}
-	return int64(st.Bavail) * int64(st.Bsize)
 }
 
 // HugetlbfsDir is the first hugetlbfs of 2 MiB pages mounted here, or "".
