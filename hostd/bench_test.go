@@ -60,14 +60,21 @@ func benchHost(t *testing.T, name string, liveMode ...string) (*Host, string) {
 
 // benchHostLog is benchHost logging to log.
 func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...string) (*Host, string) {
+	return benchHostConfig(t, name, log, func(c *Config) {
+		if len(liveMode) > 0 {
+			c.LiveMode = liveMode[0]
+		}
+	})
+}
+
+// benchHostConfig is benchHostLog with its config changed by edit.
+func benchHostConfig(t *testing.T, name string, log slog.Handler, edit func(*Config)) (*Host, string) {
 	dir := t.TempDir()
-	cfg := Config{StateDir: dir, Logger: slog.New(log), ShmDir: benchShmDir(t),
+	cfg := Config{StateDir: dir, Logger: slog.New(log),
 		Pools:  map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}},
 		Policy: testPolicy(t), RAMPool: os.Getenv("SYMVIRT_BENCH_RAM_POOL"), // e.g. 0: without the pool
 		RAMPoolReserve: os.Getenv("SYMVIRT_BENCH_RAM_POOL_RESERVE")} // e.g. 2G: the first round's VMs from the pool too
-	if len(liveMode) > 0 {
-		cfg.LiveMode = liveMode[0]
-	}
+	edit(&cfg)
 	h, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -94,10 +101,11 @@ func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...strin
 	return h, sock
 }
 
-// benchShmDir is a bench host's tmpfs for guest RAM: one of its own,
-// mounted with huge=within_size (shm_dir as the README advises: guest RAM
-// on 2 MiB pages, as plain QEMU's private RAM has them), unmounted at the
-// test's end; /dev/shm with SYMVIRT_BENCH_SHM_HUGE=0.
+// benchShmDir is TestBenchOps's hosts' tmpfs for guest RAM: one of its
+// own, mounted with huge=within_size (shm_dir as the README advises: guest
+// RAM on 2 MiB pages, as plain QEMU's private RAM has them), unmounted at
+// the test's end; /dev/shm with SYMVIRT_BENCH_SHM_HUGE=0. The other
+// benches keep /dev/shm.
 func benchShmDir(t *testing.T) string {
 	if os.Getenv("SYMVIRT_BENCH_SHM_HUGE") == "0" {
 		return ""
@@ -121,8 +129,9 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	phases := &phaseLog{}
-	a, _ := benchHostLog(t, "1", phases.handler())
-	b, sockB := benchHostLog(t, "2", phases.handler())
+	onShm := func(c *Config) { c.ShmDir = benchShmDir(t) }
+	a, _ := benchHostConfig(t, "1", phases.handler(), onShm)
+	b, sockB := benchHostConfig(t, "2", phases.handler(), onShm)
 	plain := map[string][]benchSample{}
 	ours := map[string][]benchSample{}
 	rounds := benchEnvInt("SYMVIRT_BENCH_OPS_ROUNDS", benchRounds, 1) // e.g. 1 while iterating on one phase

@@ -122,12 +122,14 @@ func TestRestoreRefusesTamperedRAMFile(t *testing.T) {
 	f.attack("another checkpoint's ram.bin, digest recomputed", ErrUnauthorized, func(dir string) {
 		os.WriteFile(ram(dir), f.otherRAM, 0o600)
 		file, _ := os.Open(ram(dir))
-		sum, err := manifest.SparseDigest(file, int64(len(f.otherRAM)))
-		file.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.editManifest(dir, func(m *Manifest) { m.Files[1].SHA256 = sum })
+		defer file.Close()
+		f.editManifest(dir, func(m *Manifest) {
+			sum, err := manifest.SparseDigest(file, int64(len(f.otherRAM)), m.Files[1].Chunks)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Files[1].SHA256 = sum
+		})
 	})
 	f.attack("ram.bin overwritten by another checkpoint's while it is copied", ErrChecksum, func(dir string) {
 		snapshot.TestHookRAMChunk = func() {

@@ -288,7 +288,11 @@ func printResult(out cliutil.Output, v any) error {
 				fmt.Fprintf(w, "  not live: %s\n", r.Fallback)
 			}
 			for _, f := range r.Manifest.Files {
-				fmt.Fprintf(w, "  %s %s sha256:%s\n", f.Name, cliutil.Bytes(f.Size), f.SHA256)
+				chunks := ""
+				if f.Chunks != "" {
+					chunks = " (chunks: " + f.Chunks + ")"
+				}
+				fmt.Fprintf(w, "  %s %s sha256:%s%s\n", f.Name, cliutil.Bytes(f.Size), f.SHA256, chunks)
 			}
 		case hostd.DrillResult:
 			fmt.Fprintf(w, "guest cooperates: ready after %s, round done in %s\n", r.Ready.Round(time.Microsecond), r.Round.Round(time.Microsecond))

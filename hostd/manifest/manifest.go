@@ -47,6 +47,9 @@ type FileDigest struct {
 	ID     string `json:"id,omitempty"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+	// Chunks (a RAM file): its chunks' hash, ChunksSHA256 (none) or
+	// ChunksBLAKE3.
+	Chunks string `json:"chunks,omitempty"`
 	// Parent (a disk): the checkpoint disk this one is a delta over
 	// (its qcow2 backing file). Restore checks every link of the chain.
 	Parent *Link `json:"parent,omitempty"`
@@ -173,7 +176,7 @@ func Verify(dir string) (Manifest, error) {
 		if err != nil {
 			return m, fmt.Errorf("checkpoint %s: %w", dir, err)
 		}
-		n, sum, err := digestOf(f, fd.Role)
+		n, sum, err := digestOf(f, fd)
 		f.Close()
 		if err != nil {
 			return m, err
@@ -185,14 +188,14 @@ func Verify(dir string) (Manifest, error) {
 	return m, nil
 }
 
-// digestOf is f's size and digest as its role has it.
-func digestOf(f *os.File, role string) (int64, string, error) {
-	if role == "ram" {
+// digestOf is f's size and digest as fd's role has it.
+func digestOf(f *os.File, fd FileDigest) (int64, string, error) {
+	if fd.Role == "ram" {
 		st, err := f.Stat()
 		if err != nil {
 			return 0, "", err
 		}
-		sum, err := SparseDigest(f, st.Size())
+		sum, err := SparseDigest(f, st.Size(), fd.Chunks)
 		return st.Size(), sum, err
 	}
 	h := sha256.New()

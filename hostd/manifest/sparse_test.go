@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,6 +12,15 @@ import (
 // dense (zeros and all) and sparse (holes) hash alike; a changed byte, a
 // zero chunk turned into data or a different size hash differently.
 func TestSparseDigest(t *testing.T) {
+	for _, hash := range []string{ChunksSHA256, ChunksBLAKE3} {
+		testSparseDigest(t, hash)
+	}
+	if _, err := NewChunkSums(Chunk, "md5"); !errors.Is(err, ErrChecksum) {
+		t.Errorf("an unknown chunk hash: %v", err)
+	}
+}
+
+func testSparseDigest(t *testing.T, hash string) {
 	dir := t.TempDir()
 	size := int64(5*Chunk + 4096)
 	data := map[int64][]byte{Chunk / 2: []byte("symvirt"), 3 * Chunk: bytes.Repeat([]byte{7}, 5000), 5 * Chunk: {1}}
@@ -32,7 +42,7 @@ func TestSparseDigest(t *testing.T) {
 		if change != nil {
 			change(f)
 		}
-		sum, err := SparseDigest(f, size)
+		sum, err := SparseDigest(f, size, hash)
 		if err != nil {
 			t.Fatal(err)
 		}

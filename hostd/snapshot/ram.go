@@ -115,7 +115,7 @@ func SaveRAM(ctx context.Context, ram *os.File, path string) (manifest.FileDiges
 	if err := errors.Join(f.Sync(), f.Close(), atomicfile.SyncDir(filepath.Dir(path))); err != nil {
 		return fd, 0, err
 	}
-	fd.Size, fd.SHA256 = st.Size(), c.sums.Sum()
+	fd.Size, fd.SHA256, fd.Chunks = st.Size(), c.sums.Sum(), c.sums.Hash()
 	return fd, time.Since(start), nil
 }
 
@@ -161,7 +161,10 @@ func LoadRAM(ctx context.Context, src, dst *os.File, want manifest.FileDigest, z
 	if st.Size() != want.Size {
 		return fmt.Errorf("%s is %d bytes, its signed manifest says %d: %w", src.Name(), st.Size(), want.Size, sentinel.ErrChecksum)
 	}
-	c := loadCopy(src, dst, want.Size)
+	c, err := loadCopy(src, dst, want)
+	if err != nil {
+		return err
+	}
 	if zero {
 		return c.load(ctx, src, want)
 	}

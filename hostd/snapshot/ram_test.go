@@ -166,11 +166,11 @@ func TestSaveRAMMappedPopulatedFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := manifest.SparseDigest(ram, st.Size())
+		want, err := manifest.SparseDigest(ram, st.Size(), manifest.SaveChunks)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if mapped.SHA256 != read.SHA256 || mapped.SHA256 != want || mapped.Size != st.Size() {
+		if mapped.SHA256 != read.SHA256 || mapped.SHA256 != want || mapped.Size != st.Size() || mapped.Chunks != manifest.SaveChunks {
 			t.Fatalf("holed %v: mapped copy %+v, read copy %+v, SparseDigest %s", holed, mapped, read, want)
 		}
 		orig, _ := os.ReadFile(ram.Name())
@@ -199,6 +199,50 @@ func TestSaveRAMMappedPopulatedFile(t *testing.T) {
 	}
 }
 
+// A checkpoint's RAM file loads by its manifest's digest whichever chunk
+// hash that names: sha256 (the checkpoints written before BLAKE3) or
+// BLAKE3; a digest of the other hash, or a chunk hash LoadRAM does not
+// know, is refused.
+func TestLoadRAMTakesEitherChunkHash(t *testing.T) {
+	ram := populatedRAM(t, false)
+	dir := t.TempDir()
+	saved, _, err := SaveRAM(context.Background(), ram, filepath.Join(dir, "ram.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.Open(filepath.Join(dir, "ram.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	digest := map[string]string{}
+	for _, hash := range []string{manifest.ChunksSHA256, manifest.ChunksBLAKE3} {
+		if digest[hash], err = manifest.SparseDigest(src, saved.Size, hash); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if digest[saved.Chunks] != saved.SHA256 || digest[manifest.ChunksSHA256] == digest[manifest.ChunksBLAKE3] {
+		t.Fatalf("saved %+v, digests %v", saved, digest)
+	}
+	fd := func(sum, hash string) manifest.FileDigest {
+		return manifest.FileDigest{Size: saved.Size, SHA256: sum, Chunks: hash}
+	}
+	for _, c := range []struct {
+		want manifest.FileDigest
+		err  error
+	}{
+		{fd(digest[manifest.ChunksSHA256], manifest.ChunksSHA256), nil},
+		{fd(digest[manifest.ChunksBLAKE3], manifest.ChunksBLAKE3), nil},
+		{fd(digest[manifest.ChunksSHA256], manifest.ChunksBLAKE3), sentinel.ErrChecksum},
+		{fd(digest[manifest.ChunksBLAKE3], "md5"), sentinel.ErrChecksum},
+	} {
+		dst := newFile(t, filepath.Join(t.TempDir(), "vm.ram"), saved.Size)
+		if err := LoadRAM(context.Background(), src, dst, c.want, false); !errors.Is(err, c.err) {
+			t.Errorf("chunks %q: %v, want %v", c.want.Chunks, err, c.err)
+		}
+	}
+}
+
 // A checkpoint's RAM file shorter than its manifest says is refused, even
 // where what was cut off was zeros (the digest alone would not tell).
 func TestLoadRAMRefusesShortCopy(t *testing.T) {
@@ -209,7 +253,7 @@ func TestLoadRAMRefusesShortCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	saved.Size -= 3 * 4096 // the copy cut back to 8 chunks, its manifest to match
-	saved.SHA256, err = manifest.SparseDigest(ram, saved.Size)
+	saved.SHA256, err = manifest.SparseDigest(ram, saved.Size, saved.Chunks)
 	if err != nil {
 		t.Fatal(err)
 	}

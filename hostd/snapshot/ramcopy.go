@@ -63,7 +63,11 @@ type sparseCopy struct {
 // saveCopy is the copy of a stopped VM's RAM file, mapped unless
 // SaveByRead.
 func saveCopy(src, dst *os.File, size int64) (sparseCopy, func(), error) {
-	c := sparseCopy{src: src, dst: dst, sums: manifest.NewChunkSums(size), writeback: true, short: sentinel.ErrRAMFile, after: func() {}}
+	sums, err := manifest.NewChunkSums(size, manifest.SaveChunks)
+	if err != nil {
+		return sparseCopy{}, nil, err
+	}
+	c := sparseCopy{src: src, dst: dst, sums: sums, writeback: true, short: sentinel.ErrRAMFile, after: func() {}}
 	if hook := testHookSaveChunk; hook != nil {
 		c.after = hook
 	}
@@ -78,16 +82,21 @@ func saveCopy(src, dst *os.File, size int64) (sparseCopy, func(), error) {
 	return c, func() { unix.Munmap(mem) }, nil
 }
 
-// loadCopy is the copy of a checkpoint's RAM file src, read into private
-// buffers (whoever can write the checkpoint store could change the file
-// between a chunk's hash and its write).
-func loadCopy(src, dst *os.File, size int64) sparseCopy {
-	c := sparseCopy{src: src, dst: dst, sums: manifest.NewChunkSums(size), short: sentinel.ErrChecksum, after: func() {}}
+// loadCopy is the copy of a checkpoint's RAM file src, as want (its
+// manifest's entry) has it, read into private buffers (whoever can write
+// the checkpoint store could change the file between a chunk's hash and
+// its write).
+func loadCopy(src, dst *os.File, want manifest.FileDigest) (sparseCopy, error) {
+	sums, err := manifest.NewChunkSums(want.Size, want.Chunks)
+	if err != nil {
+		return sparseCopy{}, fmt.Errorf("%s: %w", src.Name(), err)
+	}
+	c := sparseCopy{src: src, dst: dst, sums: sums, short: sentinel.ErrChecksum, after: func() {}}
 	if hook := TestHookRAMChunk; hook != nil {
 		var once sync.Once
 		c.after = func() { once.Do(hook) }
 	}
-	return c
+	return c, nil
 }
 
 // run copies every chunk, copiers at a time.
