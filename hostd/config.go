@@ -109,11 +109,10 @@ type Config struct {
 	// room for it.
 	RAMPoolReserve string `yaml:"ram_pool_reserve"`
 	// ShmDir is the tmpfs that holds shared guest RAM files (hostd's own
-	// 0700 directory in it): /dev/shm by default. A tmpfs mounted with
-	// huge=within_size (or always) gives guest RAM 2 MiB pages, as plain
-	// QEMU's private RAM has them: fewer faults and TLB misses for the
-	// guest, and every pass over its RAM (population, a checkpoint's copy,
-	// a migration's scan) walks 512 times fewer pages.
+	// 0700 directory in it): /dev/shm by default. On a tmpfs mounted with
+	// huge=within_size (or always) the files are made of 2 MiB pages, and
+	// hostd's passes over them (population, a checkpoint's copy, the pool's
+	// clearing) walk 512 times fewer pages.
 	ShmDir string `yaml:"shm_dir"`
 	// ramPoolBytes and ramPoolReserve are RAMPool and RAMPoolReserve parsed.
 	ramPoolBytes, ramPoolReserve int64

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testguest"
 	"golang.org/x/sys/unix"
 )
@@ -41,8 +42,9 @@ func mountHugeTmpfs(t *testing.T, size int64) (string, error) {
 }
 
 // A host whose shm_dir is a tmpfs with huge pages keeps its VMs' RAM
-// files there, on 2 MiB pages; a VM checkpointed there restores there
-// and counts on.
+// files there, made of 2 MiB pages (a mapping of the file, as hostd's
+// copy has one, maps them as such); a VM checkpointed there restores
+// there and counts on.
 func TestGuestRAMOnHugeTmpfs(t *testing.T) {
 	shm := hugeTmpfs(t)
 	kernel, _ := testguest.Paths(t)
@@ -74,10 +76,22 @@ func TestGuestRAMOnHugeTmpfs(t *testing.T) {
 		t.Fatalf("RAM file %s is not on shm_dir %s", ram, shm)
 	}
 	waitSerial(t, filepath.Join(vm.dir, fileSerial), regexp.MustCompile(`symvirt-counter 3`))
-	if kb := pmdMapped(t, vm.pid(), ram); kb == 0 {
-		t.Fatalf("QEMU maps none of %s with 2 MiB pages", ram)
+	if kb := hugeMapped(t, ram); kb == 0 {
+		t.Fatalf("a mapping of %s has none of it on 2 MiB pages", ram)
 	} else {
-		t.Logf("QEMU maps %d MiB of %s with 2 MiB pages", kb>>10, ram)
+		t.Logf("a mapping of %s has %d MiB of it on 2 MiB pages", ram, kb>>10)
+	}
+	if huge, _ := qemu.ShmHuge(qemu.DefaultShmDir); huge == "never" { // control: the same check sees 4 KiB pages
+		f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-thp-control-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(f.Name())
+		f.Truncate(8 << 20)
+		f.Close()
+		if kb := hugeMapped(t, f.Name()); kb != 0 {
+			t.Fatalf("control: %s on a tmpfs without huge pages: %d KiB on 2 MiB pages", f.Name(), kb)
+		}
 	}
 	dir := filepath.Join(t.TempDir(), "ck")
 	if _, err := vm.Checkpoint(ctx, CheckpointOptions{Dir: dir, NoGuest: true, Stop: true}, nil); err != nil {
@@ -100,10 +114,28 @@ func TestGuestRAMOnHugeTmpfs(t *testing.T) {
 	}
 }
 
-// pmdMapped is how many KiB of the mapping of path in process pid are
-// mapped with huge pages (smaps' ShmemPmdMapped and FilePmdMapped).
-func pmdMapped(t *testing.T, pid int, path string) (kb int) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+// hugeMapped maps the file at path read-only, faults it in and returns
+// how many KiB of the mapping are huge pages (smaps' ShmemPmdMapped and
+// FilePmdMapped).
+func hugeMapped(t *testing.T, path string) (kb int) {
+	file, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	st, err := file.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(int(file.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	if err := unix.Madvise(mem, unix.MADV_POPULATE_READ); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,9 +79,7 @@ func (a Args) argv() []string {
 	}
 	if a.ramFile() {
 		share := map[bool]string{false: "on", true: "off"}[a.PrivateRAM]
-		// align: QEMU maps the file at a 2 MiB boundary, so that a tmpfs's
-		// huge pages (config shm_dir) are mapped as such.
-		v = append(v, "-object", fmt.Sprintf("memory-backend-file,id=ram0,share=%s,size=%dM,align=2M,mem-path=/proc/self/fd/%d", share, s.Memory, ramFD),
+		v = append(v, "-object", fmt.Sprintf("memory-backend-file,id=ram0,share=%s,size=%dM,mem-path=/proc/self/fd/%d", share, s.Memory, ramFD),
 			"-machine", "memory-backend=ram0")
 	} else if a.NamedRAM {
 		v = append(v, "-object", fmt.Sprintf("memory-backend-ram,id=ram0,size=%dM", s.Memory), "-machine", "memory-backend=ram0")
