@@ -162,7 +162,8 @@ func (c *cluster) logMarks() map[string]int {
 }
 
 // timelineMsgs are the hostd log lines of a live checkpoint's timeline.
-var timelineMsgs = []string{"step", "network fenced", "network fence lifted", "snapshot point taken", holdUpMsg, "network hold released"}
+var timelineMsgs = []string{"step", "network fenced", "network fence lifted", "snapshot point taken", holdUpMsg, "network hold released",
+	"live checkpoint copy held at its switchover", "live checkpoint copy released", "live checkpoint: the guest dirties memory fast; longer pause allowed"}
 
 // holdUpMsg is hostd's line for a job-scoped fence (a peer hold) going up.
 const holdUpMsg = "network hold up: frames from the job's other VMs wait for this VM's point"
@@ -184,6 +185,8 @@ func (c *cluster) logTimeline(marks map[string]int, start time.Time) {
 				Took, Pause   time.Duration
 				HeldNS        int64 `json:"held_ns"`
 				OK            bool
+				Passes        int64
+				Remaining     int64
 			}
 			if json.Unmarshal(sc.Bytes(), &e) != nil || !slices.Contains(timelineMsgs, e.Msg) {
 				continue
@@ -199,6 +202,8 @@ func (c *cluster) logTimeline(marks map[string]int, start time.Time) {
 				what = "network hold up " + e.VM
 			case "snapshot point taken":
 				what += fmt.Sprintf(" pause %.1f ms", ms(e.Pause))
+			case "live checkpoint copy held at its switchover", "live checkpoint copy released":
+				what += fmt.Sprintf(" passes %d remaining %d KiB", e.Passes, e.Remaining>>10)
 			}
 			evs = append(evs, event{at, h + ": " + what})
 		}

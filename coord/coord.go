@@ -57,6 +57,8 @@ type Coord struct {
 
 	sched scheduler
 	ha    *ha // nil: the only coordinator (bbolt)
+
+	clients sync.Map // hostd address -> *hostd.Client
 }
 
 // New opens the store and resumes unfinished operations (they finish or
@@ -139,7 +141,17 @@ func newID(prefix string) string {
 	return prefix + "-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
 }
 
-func (c *Coord) client(addr string) *hostd.Client { return hostd.NewClientTLS(addr, c.cfg.HostTLS) }
+// client is the hostd client for addr, one per address: its connections
+// stay open between steps, so that a step is one round trip, not a new
+// TCP connection and mutual-TLS handshake on a host whose cores its VMs'
+// streams keep busy (a fence's lift is such a step).
+func (c *Coord) client(addr string) *hostd.Client {
+	if cl, ok := c.clients.Load(addr); ok {
+		return cl.(*hostd.Client)
+	}
+	cl, _ := c.clients.LoadOrStore(addr, hostd.NewClientTLS(addr, c.cfg.HostTLS))
+	return cl.(*hostd.Client)
+}
 
 // claim marks a job busy with an operation.
 func (c *Coord) claim(job, op string) error {

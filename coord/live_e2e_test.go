@@ -230,10 +230,16 @@ func TestLiveCheckpointFallsBackWhereRefused(t *testing.T) {
 // With live_mode precopy (the default under KVM) each VM is copied while
 // it runs, unfenced, and fenced at its own snapshot point, the stop at the
 // end of its copy, before it runs again; the fences lift after the last
-// point. The job's connection carries on. (Not restored here: under TCG,
-// QEMU 7.2's precopy images were seen to miss guest writes, see hostd's
-// TestBenchPrecopyImage, which is why TCG hosts default to snapshot.)
+// point. On a QEMU with switchover-ack (8.1 and later) the copy starts at
+// the arm and is held at its switchover until the point step: no VM's
+// copy is released before every VM's first pass is over. The job's
+// connection carries on. (Not restored here: under TCG, QEMU 7.2's precopy
+// images were seen to miss guest writes, see hostd's TestBenchPrecopyImage,
+// which is why TCG hosts default to snapshot.)
 func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
+	major, _, _ := strings.Cut(testguest.QemuVersion(t), ".")
+	n, _ := strconv.Atoi(major)
+	held := n >= 9
 	yaml := "live_mode: precopy\n"
 	c := newClusterWith(t, clusterOpts{hostdYAML: map[string]string{"a": yaml, "b": yaml}})
 	c.createJob("jp", "a", "b")
@@ -249,6 +255,7 @@ func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
 			t.Fatalf("%s: %s", v.Name, v.Note)
 		}
 	}
+	var lastHeld, firstReleased time.Time
 	for vm, host := range map[string]string{"vm1": "a", "vm2": "b"} {
 		logs := c.hosts[host].Logs()[marks[host]:]
 		at := func(msg string) int {
@@ -262,6 +269,22 @@ func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
 		if !(copied < fenced && fenced < point && point < lifted) {
 			t.Fatalf("%s: copy started, fenced, point, lifted at %d, %d, %d, %d in the log: want that order", vm, copied, fenced, point, lifted)
 		}
+		if !held {
+			continue
+		}
+		h, r := at("live checkpoint copy held at its switchover"), at("live checkpoint copy released")
+		if !(copied < h && h < r && r < fenced) {
+			t.Fatalf("%s: copy started, held, released, fenced at %d, %d, %d, %d in the log: want that order", vm, copied, h, r, fenced)
+		}
+		if ht := logTime(t, logs[:h]); ht.After(lastHeld) {
+			lastHeld = ht
+		}
+		if rt := logTime(t, logs[:r]); firstReleased.IsZero() || rt.Before(firstReleased) {
+			firstReleased = rt
+		}
+	}
+	if held && !lastHeld.Before(firstReleased) {
+		t.Fatalf("a copy was released at %s, before the last VM's first pass was over (%s)", firstReleased, lastHeld)
 	}
 	var ck coord.Checkpoint
 	out, err = c.coord.CLI(t, "checkpoints", "show", res.CheckpointID, "--output", "json")
@@ -275,4 +298,20 @@ func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
 		}
 	}
 	c.waitTraffic("jp", "a", peers, last)
+}
+
+// logTime is the time of the log line that ends logs (cut before its
+// message): its "time" field.
+func logTime(t *testing.T, logs string) time.Time {
+	t.Helper()
+	i := strings.LastIndex(logs, `{"time":"`)
+	if i < 0 {
+		t.Fatalf("no time before %q", logs[max(0, len(logs)-80):])
+	}
+	ts, _, _ := strings.Cut(logs[i+len(`{"time":"`):], `"`)
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
 }

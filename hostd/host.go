@@ -506,8 +506,8 @@ func (vm *VM) saveRuntime() {
 // coordinator deletes: it never got a manifest) and must finish on its
 // own, since QEMU 7.2 cannot end one early without hanging the guest; once
 // it has, the capability goes off so a later migration is a migration. (A
-// running VM's copy went through a pipe into the dead hostd: it fails at
-// its next write and QEMU runs the VM on.)
+// running VM's copy went through a socket into the dead hostd: it fails at
+// its next write and QEMU runs the VM on; the switchover hold goes off.)
 func (vm *VM) settleLive(mon *qmp.Client) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	mi, err := mon.QueryMigrate(ctx)
@@ -538,6 +538,8 @@ func (vm *VM) settleLive(mon *qmp.Client) {
 		if err := mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": false}); err != nil {
 			vm.log.Debug("background-snapshot off", "err", err)
 		}
+		// Apart: QEMU before 8.1 has no switchover-ack and refuses it.
+		mon.MigrateSetCapabilities(ctx, map[string]bool{"switchover-ack": false, "return-path": false})
 	}()
 }
 

@@ -88,7 +88,7 @@ func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed)
 		return nil, err
 	}
 	disks := len(vm.Spec().Disks) > 0
-	precopy := st.Running && !disks && vm.h.cfg.LiveMode == "precopy"
+	precopy := vm.precopies(st)
 	if !precopy && vm.Spec().FreePageHints {
 		// The guest hints at the pages free now, not at the snapshot's
 		// point: a page freed after it would be left out of the image.
@@ -143,6 +143,13 @@ func (vm *VM) stopForPoint(ctx context.Context, mon *qmp.Client) error {
 	vm.stoppedAt = timeNow()
 	vm.mu.Unlock()
 	return nil
+}
+
+// precopies reports whether a live checkpoint of the VM in state st is a
+// precopy: it runs, has no disks (they are cut with the VM stopped), and
+// the host's live mode is precopy.
+func (vm *VM) precopies(st qmp.Status) bool {
+	return st.Running && len(vm.Spec().Disks) == 0 && vm.h.cfg.LiveMode == "precopy"
 }
 
 func (vm *VM) pid() int {

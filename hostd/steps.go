@@ -468,6 +468,13 @@ func (vm *VM) pointStep(ctx context.Context, req StepRequest) (string, error) {
 	// the job's fences stay up until the last point step has answered.
 	vm.h.setLease(req.VM, req.Op, req.Lease, "")
 	a, err := vm.takeArm(ctx, mon, dir, req.Save.Bandwidth)
+	if st, serr := mon.Status(ctx); err == nil && a.Copying() && (serr != nil || !vm.precopies(st)) {
+		// Stopped for the cut since its arm, QEMU ended its copy there (a
+		// stopped VM needs no switchover ack) or will: its point is a
+		// save of its own.
+		a.Disarm()
+		a, err = vm.takeArm(ctx, mon, dir, req.Save.Bandwidth)
+	}
 	if err == nil {
 		if err = vm.startLiveSave(ctx, mon, req.Op, a); err == nil {
 			return "", nil
@@ -586,7 +593,18 @@ func (vm *VM) arm(ctx context.Context, dir string, bandwidth int64) error {
 	vm.armed = a
 	vm.mu.Unlock()
 	vm.paceWriteback(dir)
-	return nil
+	if st, err := mon.Status(ctx); err != nil || !vm.precopies(st) {
+		return nil
+	}
+	err = snapshot.Copy(ctx, a, vm.log, vm.pid())
+	if errors.Is(err, snapshot.ErrNoHold) {
+		vm.log.Debug("live checkpoint copy left to the point", "err", err)
+		return nil
+	}
+	if err != nil {
+		vm.dropArm()
+	}
+	return err
 }
 
 // freshDir makes dir exist and be empty (a retried step starts from

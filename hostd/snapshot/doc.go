@@ -13,6 +13,14 @@
 // the stream. Not precopy under TCG: QEMU 7.2's TCG dirty tracking lets
 // writes escape it (hostd's TestBenchPrecopyImage).
 //
+// A job's precopy starts at its arm (Copy): QEMU copies the VM's RAM once,
+// then copies on what the guest dirties, its switchover held until the
+// point step's Precopy releases it (QEMU's switchover-ack, 8.1 and later:
+// hostd, as the copy's destination, acks on the migration's return path).
+// So every VM's bulk copy is behind before any point, and the job's points
+// are as close together as its point steps, not each VM's whole copy
+// apart. Where QEMU cannot hold a copy, Precopy copies it all.
+//
 // Contract:
 //   - The caller owns the QMP client: the package issues commands and
 //     subscribes to events on it, never closes it, and uses it until Save
@@ -31,7 +39,9 @@
 //     Options.Finish runs (never for a precopy whose point was not taken
 //     with its Cut up), then Done. Disarm, a Precopy or Background that
 //     fails, and a stream that fails (or whose Finish does) remove the
-//     directory; the VM runs on either way.
+//     directory; the VM runs on either way. Disarm cancels a held copy and
+//     turns the hold off: a later migration to a real QEMU would wait for
+//     an ack it does not send.
 //   - Cancel: ctx bounds Save and Load (QEMU's migration is cancelled),
 //     and a live save's wait for its point: ended before the point, it
 //     cancels the stream and waits for its end; after it the stream runs

@@ -33,7 +33,8 @@ type Armed struct {
 	mon  *qmp.Client
 	dir  string
 	f    *os.File
-	used bool // a stream took it
+	used bool     // a stream took it
+	copy *copyRun // its precopy, from Copy or Precopy
 }
 
 // Arm prepares a live save of a VM of ram bytes of RAM into dir, which
@@ -77,6 +78,7 @@ func (a *Armed) Dir() string { return a.dir }
 // Disarm undoes an arm no stream took: its directory goes.
 func (a *Armed) Disarm() {
 	if !a.used {
+		a.cancelCopy()
 		os.RemoveAll(a.dir)
 		cleanup(func(ctx context.Context) error { return a.mon.CloseFD(ctx, FD) })
 	}
@@ -88,6 +90,9 @@ func (a *Armed) Disarm() {
 func (a *Armed) end() {
 	if a.f != nil {
 		a.f.Close()
+	}
+	if a.copy != nil && a.copy.held {
+		a.endHold()
 	}
 	cleanup(func(ctx context.Context) error {
 		return a.mon.MigrateSetCapabilities(ctx, map[string]bool{"background-snapshot": false})

@@ -5,18 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
-
-	"github.com/symvirt/symvirt/hostd/qemu"
 
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// pipeFD is QEMU's name for the write end of a precopy's pipe.
+// pipeFD is QEMU's name for its end of a precopy's socket pair.
 const pipeFD = "symvirt-live-pipe"
 
 // precopyDowntime is the pause QEMU aims at when it stops a VM for the
@@ -31,11 +26,12 @@ const precopyPasses = 8
 
 // Precopy copies a running VM into the armed file until what is left fits
 // in precopyDowntime; QEMU then stops it for the rest, o.Cut runs, and the
-// VM runs again: Precopy returns. The stream goes through a pipe hostd
-// drains, so it lives no longer than hostd: a hostd that dies breaks it,
-// QEMU fails the migration and runs the VM on, never left stopped at the
-// end of a copy nobody would resume; a disk full past the reserved room
-// fails it the same way. On error the arm is disarmed.
+// VM runs again: Precopy returns. A copy Copy started at the arm is
+// released here; any other starts now. The stream goes through a socket
+// hostd drains, so it lives no longer than hostd: a hostd that dies breaks
+// it, QEMU fails the migration and runs the VM on, never left stopped at
+// the end of a copy nobody would resume; a disk full past the reserved
+// room fails it the same way. On error the arm is disarmed.
 func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	s, sctx := newStream(a, o)
 	defer s.release()
@@ -45,21 +41,22 @@ func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	if o.Cut != nil {
 		cut = func() error { return o.Cut(context.WithoutCancel(ctx), a.mon) }
 	}
-	p := &precopy{Stream: s, drained: make(chan error, 1), unboost: func() {}, cut: sync.OnceValue(cut)}
-	r, err := p.start(ctx)
-	if err != nil {
+	p := &precopy{Stream: s, unboost: func() {}, cut: sync.OnceValue(cut)}
+	if err := p.start(ctx); err != nil {
 		return nil, fmt.Errorf("live checkpoint: %w", err)
 	}
+	c := a.copy
 	go s.follow(sctx, p.converger(sctx), func(err error) error {
 		if err != nil {
-			r.Close()
+			c.conn.Close()
 		}
 		<-s.hold
 		p.runAfterCopy() // one that completed as ctx ended is postmigrate
-		p.restoreParams()
-		if derr := <-p.drained; err == nil && derr != nil {
+		c.restoreParams(a.mon)
+		if derr := <-c.drained; err == nil && derr != nil {
 			err = fmt.Errorf("write stream: %w", derr)
 		}
+		c.conn.Close()
 		if err == nil && !p.pointed {
 			err = errors.New("no snapshot point: the save was cancelled")
 		}
@@ -78,68 +75,34 @@ func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 
 type precopy struct {
 	*Stream
-	downtime         int64 // QEMU's downtime-limit (ms) before the copy
-	drained          chan error
 	unboost          func()
 	cut              func() error // Options.Cut, once
 	cutErr           error        // the cut's at the point
 	pointed, resumed bool
 }
 
-// start starts the copy through a pipe drained into the file; it returns
-// the pipe's read end.
-func (p *precopy) start(ctx context.Context) (*os.File, error) {
-	mon := p.a.mon
-	r, w, err := os.Pipe()
-	if err != nil {
-		p.a.Disarm()
-		return nil, err
-	}
-	// QEMU has its own: its close at the stream's end is our EOF.
-	defer w.Close()
-	// Big enough for QEMU's writes not to wait on hostd's reads.
-	if rc, err := r.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
-	}
-	var params struct {
-		Downtime int64 `json:"downtime-limit"`
-	}
-	err = mon.GetFD(ctx, pipeFD, w)
-	if err == nil {
-		err = mon.Execute(ctx, "query-migrate-parameters", nil, &params)
-	}
-	p.downtime = params.Downtime
-	if err == nil {
-		err = mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": precopyDowntime.Milliseconds()})
-	}
-	if err == nil {
-		go func() {
-			p.drained <- drain(r, p.a.f)
-			r.Close() // QEMU's next write fails: so does the migration
-		}()
-		if err = mon.Migrate(ctx, "fd:"+pipeFD); err != nil {
-			cleanup(func(ctx context.Context) error { return mon.CloseFD(ctx, pipeFD) })
+// start releases the copy Copy started at the arm, or starts one.
+func (p *precopy) start(ctx context.Context) error {
+	a := p.a
+	if a.copy == nil {
+		c, err := startCopy(ctx, a, p.o.Log, p.o.PID)
+		if err != nil {
+			a.Disarm()
+			return err
 		}
+		a.copy = c
 	}
-	if err != nil {
-		r.Close()
-		p.restoreParams()
-		p.a.Disarm()
-		return nil, err
+	a.used = true
+	if err := a.copy.release(); err != nil {
+		a.used = false
+		a.Disarm()
+		return fmt.Errorf("release the copy's switchover: %w", err)
 	}
-	p.a.used = true
-	p.o.Log.Info("live checkpoint copy started", "downtime_limit", precopyDowntime)
-	// A guest waiting for a CPU is stalled, a copy that waits only longer.
-	renice(p.o.PID, streamNice, qemu.MigrationThreadNames...)
-	return r, nil
-}
-
-func (p *precopy) restoreParams() {
-	if p.downtime > 0 {
-		cleanup(func(ctx context.Context) error {
-			return p.a.mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": p.downtime})
-		})
+	if a.copy.held {
+		mi, _ := a.mon.QueryMigrate(ctx) // where the release found it
+		p.o.Log.Info("live checkpoint copy released", "passes", mi.RAM.DirtySyncCount, "remaining", mi.RAM.Remaining)
 	}
+	return nil
 }
 
 // converger gives a guest that dirties memory faster than the disk takes
@@ -147,10 +110,19 @@ func (p *precopy) restoreParams() {
 // checkpoint.
 func (p *precopy) converger(ctx context.Context) func(qmp.MigrationInfo) {
 	dl := precopyDowntime
+	held, base := p.a.copy.held, int64(-1)
 	return func(mi qmp.MigrationInfo) {
-		if want := converge(mi.RAM.DirtySyncCount); want > dl {
+		if base < 0 {
+			// A held copy's passes before its release do not count.
+			base = 0
+			if held {
+				base = mi.RAM.DirtySyncCount
+			}
+		}
+		passes := mi.RAM.DirtySyncCount - base
+		if want := converge(passes); want > dl {
 			dl = want
-			p.o.Log.Info("live checkpoint: the guest dirties memory fast; longer pause allowed", "downtime_limit", dl, "passes", mi.RAM.DirtySyncCount)
+			p.o.Log.Info("live checkpoint: the guest dirties memory fast; longer pause allowed", "downtime_limit", dl, "passes", passes)
 			p.a.mon.MigrateSetParameters(ctx, map[string]any{"downtime-limit": dl.Milliseconds()})
 		}
 	}
@@ -216,32 +188,6 @@ func (p *precopy) runAfterCopy() (resumed bool) {
 			time.Sleep(100 * time.Microsecond)
 		default:
 			return false
-		}
-	}
-}
-
-// drain copies the pipe r into f (at f's offset) until EOF, by splice: the
-// stream does not pass through hostd's memory.
-func drain(r, f *os.File) error {
-	rc, err := r.SyscallConn()
-	if err != nil {
-		return err
-	}
-	out := int(f.Fd())
-	for {
-		var n int64
-		var serr error
-		err := rc.Read(func(fd uintptr) bool {
-			n, serr = unix.Splice(int(fd), nil, out, nil, 1<<20, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			return serr != unix.EAGAIN
-		})
-		switch {
-		case err != nil:
-			return err
-		case serr != nil:
-			return serr
-		case n == 0:
-			return nil
 		}
 	}
 }
