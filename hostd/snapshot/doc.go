@@ -46,7 +46,8 @@
 //     and a live save's wait for its point: ended before the point, it
 //     cancels the stream and waits for its end; after it the stream runs
 //     on until Done.
-//   - Background points are taken one at a time on a machine (a lock file
-//     shared by its hostds); a VM's QEMU threads go first around its point
-//     and its stream yields to every vCPU.
+//   - Background points, and the points of copies held at their
+//     switchover, are taken one at a time on a machine (a lock file shared
+//     by its hostds); a VM's QEMU threads go first around its point and its
+//     stream yields to every vCPU.
 package snapshot

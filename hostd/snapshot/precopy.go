@@ -41,6 +41,17 @@ func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	if o.Cut != nil {
 		cut = func() error { return o.Cut(context.WithoutCancel(ctx), a.mon) }
 	}
+	if a.copy != nil && a.copy.held {
+		// Released together, a job's held copies stop their VMs at once:
+		// on one machine they take their points one at a time, as
+		// background points do, each a burst of CPU its VM waits out.
+		unlock, err := serializePoints(ctx, o.Log)
+		if err != nil {
+			a.Disarm()
+			return nil, err
+		}
+		defer unlock()
+	}
 	p := &precopy{Stream: s, unboost: func() {}, cut: sync.OnceValue(cut)}
 	if err := p.start(ctx); err != nil {
 		return nil, fmt.Errorf("live checkpoint: %w", err)
@@ -76,6 +87,7 @@ func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 type precopy struct {
 	*Stream
 	unboost          func()
+	boosted          bool
 	cut              func() error // Options.Cut, once
 	cutErr           error        // the cut's at the point
 	pointed, resumed bool
@@ -92,8 +104,14 @@ func (p *precopy) start(ctx context.Context) error {
 		}
 		a.copy = c
 	}
+	if a.copy.held {
+		// Its last pass and its stop come now: the VM goes first.
+		p.unboost = boost(p.o.PID, snapshotNice)
+		p.boosted = true
+	}
 	a.used = true
 	if err := a.copy.release(); err != nil {
+		p.unboost()
 		a.used = false
 		a.Disarm()
 		return fmt.Errorf("release the copy's switchover: %w", err)
@@ -147,8 +165,10 @@ func (p *precopy) on(ev string, at time.Time) bool {
 		// The last pages and the devices: the VM stands still until they
 		// are out, so it goes first now, and its cut goes up.
 		p.Stopped = at
-		p.unboost()
-		p.unboost = boost(p.o.PID, snapshotNice)
+		if !p.boosted {
+			p.unboost = boost(p.o.PID, snapshotNice)
+			p.boosted = true
+		}
 		p.cut()
 	case "completed":
 		if !p.pointed {
