@@ -14,8 +14,8 @@ import (
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// ErrNoHold: this QEMU cannot hold a copy short of its switchover (it has
-// no switchover-ack capability, QEMU 8.1 and later); the point step then
+// ErrNoHold: this QEMU cannot hold a copy short of its switchover (no
+// switchover-ack capability: QEMU has it from 8.1); the point step then
 // copies the VM whole.
 var ErrNoHold = errors.New("no switchover hold in this QEMU")
 
@@ -49,11 +49,11 @@ type copyRun struct {
 
 // Copy starts a's precopy while its job arms and returns once the VM's
 // RAM is in the file and QEMU's passes over what the guest dirties are
-// short. QEMU then copies on the pages the
-// guest dirties, its switchover held (QEMU's switchover-ack, hostd as the
-// destination that acks) until Precopy releases it at the point: every VM
-// of a job has its bulk behind before any point, and the points follow
-// the point steps within milliseconds instead of each VM's whole copy.
+// short. QEMU goes on copying what the guest dirties, its switchover held
+// (QEMU's switchover-ack, hostd as the destination that acks) until
+// Precopy releases it at the point: every VM of a job has its bulk behind
+// before any point, and the points follow the point steps within
+// milliseconds instead of each VM's whole copy.
 // ErrNoHold: nothing started. On any other error the copy is cancelled
 // and the caller disarms a (its file holds part of a stream).
 func Copy(ctx context.Context, a *Armed, log *slog.Logger, pid int) error {
