@@ -106,6 +106,7 @@ func (p *precopy) start(ctx context.Context) error {
 	}
 	if a.copy.held {
 		// Its last pass and its stop come now: the VM goes first.
+		idleCopy(p.o.PID, false)
 		p.unboost = boost(p.o.PID, snapshotNice)
 		p.boosted = true
 	}
