@@ -147,7 +147,7 @@ func startCopy(ctx context.Context, a *Armed, log *slog.Logger, pid int) (*copyR
 	var params struct {
 		Downtime int64 `json:"downtime-limit"`
 	}
-	err = a.mon.GetFD(ctx, pipeFD, theirs)
+	err = a.mon.GetFD(ctx, copyFD, theirs)
 	if err == nil {
 		err = a.mon.Execute(ctx, "query-migrate-parameters", nil, &params)
 	}
@@ -157,8 +157,8 @@ func startCopy(ctx context.Context, a *Armed, log *slog.Logger, pid int) (*copyR
 	}
 	if err == nil {
 		go func() { c.drained <- drainSocket(c.conn, a.f) }()
-		if err = a.mon.Migrate(ctx, "fd:"+pipeFD); err != nil {
-			cleanup(func(ctx context.Context) error { return a.mon.CloseFD(ctx, pipeFD) })
+		if err = a.mon.Migrate(ctx, "fd:"+copyFD); err != nil {
+			cleanup(func(ctx context.Context) error { return a.mon.CloseFD(ctx, copyFD) })
 		}
 	}
 	if err != nil {

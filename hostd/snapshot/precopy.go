@@ -11,8 +11,8 @@ import (
 	"github.com/symvirt/symvirt/qmp"
 )
 
-// pipeFD is QEMU's name for its end of a precopy's socket pair.
-const pipeFD = "symvirt-live-pipe"
+// copyFD is QEMU's name for its end of a precopy's socket pair.
+const copyFD = "symvirt-live-copy"
 
 // precopyDowntime is the pause QEMU aims at when it stops a VM for the
 // last pages of a precopy (its downtime-limit). It needs the guest to
