@@ -1,6 +1,7 @@
 package coord_test
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -55,6 +56,8 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"live_snapshot_pause_seconds": pauses.snapshotPerVM, "live_stall_before_stop_max_seconds": pauses.beforeStop.Seconds(),
 			"live_stall_after_resume_max_seconds": pauses.afterResume.Seconds(),
 			"live_points_spread_seconds":          pauses.spread.Seconds(),
+			"live_vcpu_wait_at_point_max_seconds": pauses.vcpuWait.Seconds(),
+			"live_point_realtime":                 cmp.Or(os.Getenv("SYMVIRT_BENCH_POINT_REALTIME"), "hostd's default"),
 			"stop_and_save_checkpoint_seconds":    pauses.whole["--live=false"].Seconds(),
 			"live_checkpoint_seconds":             pauses.whole["--live=true"].Seconds(),
 			"pause_ratio_stop_over_live":          pauses.pause["--live=false"].Seconds() / pauses.atCut.Seconds()})
@@ -79,6 +82,16 @@ func benchLiveMode(t *testing.T) (clusterOpts, string) {
 		}
 	default:
 		t.Fatalf("SYMVIRT_BENCH_LIVE_MODE=%q: want precopy, snapshot or auto", mode)
+	}
+	// SYMVIRT_BENCH_POINT_REALTIME=true|false sets the hostds'
+	// live_point_realtime (default: theirs).
+	if rt := os.Getenv("SYMVIRT_BENCH_POINT_REALTIME"); rt != "" {
+		if o.hostdYAML == nil {
+			o.hostdYAML = map[string]string{}
+		}
+		for _, h := range []string{"a", "b", "c"} {
+			o.hostdYAML[h] += "live_point_realtime: " + rt + "\n"
+		}
 	}
 	return o, mode
 }
@@ -143,6 +156,8 @@ type benchPauses struct {
 	// before QEMU stopped it, and after QEMU ran it again.
 	beforeStop, afterResume time.Duration
 	spread                  time.Duration // from the first point to the last
+	// vcpuWait: the longest a VM's vCPU waited for a core over its point.
+	vcpuWait time.Duration
 }
 
 // gapAround is m's gap around instant t (as GapMonitor.At).
@@ -210,6 +225,10 @@ func (b *jobBench) points(p *benchPauses, id string, mons map[string]*pausewatch
 		// stopped it.
 		b.t.Logf("%s: QEMU's pause %.1f ms, its point %.1f ms after the job's first", v.Name,
 			float64(v.Pause.Microseconds())/1000, float64(v.SnapshotAt.Sub(first).Microseconds())/1000)
+		if run, wait, ok := b.pointSched(v.Name); ok {
+			b.t.Logf("%s: its vCPU from the point's start to its RESUME ran %.1f ms, waited for a core %.1f ms", v.Name, ms(run), ms(wait))
+			p.vcpuWait = max(p.vcpuWait, wait)
+		}
 		if g, ok := gapAround(mons[v.Name], v.SnapshotAt); ok {
 			before, after := v.SnapshotAt.Add(-v.Pause).Sub(g.From), g.To.Sub(v.SnapshotAt)
 			p.beforeStop, p.afterResume = max(p.beforeStop, before), max(p.afterResume, after)
@@ -221,6 +240,30 @@ func (b *jobBench) points(p *benchPauses, id string, mons map[string]*pausewatch
 				float64(g.Len().Microseconds())/1000, float64(g.From.Sub(v.SnapshotAt).Microseconds())/1000)
 		}
 	}
+}
+
+// pointSched is the vCPU's schedstat over vm's last snapshot point, from
+// its hostd's "snapshot point taken" line.
+func (b *jobBench) pointSched(vm string) (run, wait time.Duration, ok bool) {
+	for _, d := range b.c.hosts {
+		logs := d.Logs()
+		i := strings.LastIndex(logs, `"msg":"snapshot point taken"`)
+		for i >= 0 {
+			line := logs[i:]
+			line, _, _ = strings.Cut(line, "\n")
+			var e struct {
+				VM       string
+				VCPURun  time.Duration `json:"vcpu_run"`
+				VCPUWait time.Duration `json:"vcpu_wait"`
+			}
+			start := strings.LastIndex(logs[:i], "\n") + 1
+			if json.Unmarshal([]byte(logs[start:i]+line), &e) == nil && e.VM == vm {
+				return e.VCPURun, e.VCPUWait, true
+			}
+			i = strings.LastIndex(logs[:i], `"msg":"snapshot point taken"`)
+		}
+	}
+	return 0, 0, false
 }
 
 // baseline checkpoints the same VMs one after another, each with its own

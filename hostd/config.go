@@ -87,6 +87,10 @@ type Config struct {
 	// TCG with older ones, where QEMU 7.2's precopy images were seen to
 	// miss guest writes (precopy_image_vs_ram; qemuversion.go).
 	LiveMode string `yaml:"live_mode"`
+	// LivePointRealtime runs a VM's QEMU threads under SCHED_RR (the
+	// lowest priority) from the start of its live checkpoint's point until
+	// the point is behind (snapshot.PointRealtime); default true.
+	LivePointRealtime *bool `yaml:"live_point_realtime"`
 	// liveAuto: LiveMode was auto, so the QEMU version may change it.
 	liveAuto bool
 	// RAMPopulate is when hostd allocates every page of a VM's RAM file
@@ -203,6 +207,10 @@ func (c *Config) setDefaults() error {
 	}
 	c.MigrationAddress = cmp.Or(c.MigrationAddress, "127.0.0.1")
 	c.moveDefaults()
+	if c.LivePointRealtime == nil {
+		rt := defaultLivePointRealtime
+		c.LivePointRealtime = &rt
+	}
 	if err := c.migrationDefaults(); err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
+	"golang.org/x/sys/unix"
 )
 
 // nicsScript makes the guest print its NICs' MACs every second, so a test
@@ -322,15 +323,27 @@ func TestHostdKillReadoptsVM(t *testing.T) {
 	log := serialLog(h, "ad1")
 	n := waitCounter(t, log, 2, 90*time.Second)
 	h.Kill()
-	// The VM keeps running without hostd.
+	// The VM keeps running without hostd, its threads as a hostd killed
+	// during a snapshot point's boost left them.
 	waitCounter(t, log, n+3, 30*time.Second)
 	if !processAlive(info.PID) {
 		t.Fatal("qemu died with hostd")
+	}
+	qemu.Boost(info.PID, -10)
+	if _, err := qemu.Realtime(info.PID, 1); err != nil {
+		t.Fatal(err)
 	}
 	h.Start()
 	st := mustStatus(t, h.Client(), "ad1")
 	if st.State != "running" || st.PID != info.PID {
 		t.Fatalf("after hostd restart: state %s pid %d, want running pid %d", st.State, st.PID, info.PID)
+	}
+	tids, _ := qemu.Threads(info.PID)
+	for _, tid := range tids {
+		p, _, _ := unix.Syscall(unix.SYS_SCHED_GETSCHEDULER, uintptr(tid), 0, 0)
+		if nice, _ := qemu.ThreadNice(tid); p != unix.SCHED_NORMAL || nice != 0 {
+			t.Fatalf("re-adopted qemu's thread %d: policy %d nice %d, want SCHED_NORMAL and 0", tid, p, nice)
+		}
 	}
 	// And it is managed again.
 	if st, err := h.Client().Action(ctx, "ad1", "pause"); err != nil || st.State != "paused" {

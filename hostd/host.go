@@ -175,6 +175,7 @@ func New(cfg Config) (*Host, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	snapshot.PointRealtime = *cfg.LivePointRealtime
 	h := &Host{cfg: cfg, log: cfg.Logger, vms: map[string]*VM{}, metrics: newMetrics(),
 		started: time.Now().UTC(), steps: newStepState(), usage: &usageState{vms: map[string]*vmSamples{}}}
 	if err := h.checkQEMU(); err != nil {

@@ -152,6 +152,9 @@ func (vm *VM) adopt() error {
 	vm.mu.Unlock()
 	go vm.watch(p)
 	vm.log.Info("re-adopted running qemu", "pid", pid)
+	if err := qemu.ResetScheduling(pid); err != nil {
+		vm.log.Warn("qemu's threads keep the scheduling an earlier hostd gave them", "err", err)
+	}
 	vm.settleLive(p.Mon)
 	vm.settleLostHold(p.Mon)
 	return nil

@@ -23,9 +23,12 @@ func (h *Host) checkQEMU() error {
 	if h.cfg.liveAuto && h.cfg.Accel == "tcg" && v.QEMU.Major >= exactTCGPrecopyMajor {
 		h.cfg.LiveMode = "precopy"
 	}
-	h.log.Info("live checkpoints", "live_mode", h.cfg.LiveMode, "auto", h.cfg.liveAuto)
+	h.log.Info("live checkpoints", "live_mode", h.cfg.LiveMode, "auto", h.cfg.liveAuto, "point_realtime", *h.cfg.LivePointRealtime)
 	return nil
 }
+
+// defaultLivePointRealtime is live_point_realtime unless the config says.
+const defaultLivePointRealtime = false
 
 // exactTCGPrecopyMajor is the first QEMU whose precopy images under TCG
 // held the guest's RAM exactly (precopy_image_vs_ram: 0 of 40 rounds

@@ -46,3 +46,21 @@ func Realtime(pid, prio int) (normal func(), err error) {
 		}
 	}, err
 }
+
+// ResetScheduling puts every thread of process pid back as QEMU started
+// it: SCHED_NORMAL, nice 0. A hostd that died during a boost, a point's
+// real time or an idle copy left them so; the one that adopts the VM
+// resets them. It returns the first error.
+func ResetScheduling(pid int) error {
+	tids, err := Threads(pid)
+	for _, tid := range tids {
+		e := SetThreadRealtime(tid, 0)
+		if e == nil {
+			e = SetThreadNice(tid, 0)
+		}
+		if err == nil {
+			err = e
+		}
+	}
+	return err
+}

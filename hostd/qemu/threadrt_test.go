@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"os"
+	"os/exec"
 	"runtime"
 	"testing"
 
@@ -35,5 +36,35 @@ func TestSetThreadRealtime(t *testing.T) {
 	}
 	if n, err := ThreadNice(tid); err != nil || n != 3 {
 		t.Errorf("nice %d (%v) after realtime, want 3", n, err)
+	}
+}
+
+// A process left under SCHED_RR, or at another nice value, runs normal
+// again after ResetScheduling.
+func TestResetScheduling(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_SYS_NICE)")
+	}
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	pid := cmd.Process.Pid
+	if err := SetThreadRealtime(pid, 1); err != nil {
+		t.Skipf("no realtime scheduling here: %v", err)
+	}
+	if err := ResetScheduling(pid); err != nil {
+		t.Fatal(err)
+	}
+	if p, _, _ := unix.Syscall(unix.SYS_SCHED_GETSCHEDULER, uintptr(pid), 0, 0); int(p) != unix.SCHED_NORMAL {
+		t.Errorf("policy %d after the reset, want SCHED_NORMAL", p)
+	}
+	SetThreadNice(pid, 7)
+	if err := ResetScheduling(pid); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ThreadNice(pid); err != nil || n != 0 {
+		t.Errorf("nice %d (%v) after the reset, want 0", n, err)
 	}
 }

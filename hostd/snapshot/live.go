@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -125,6 +126,11 @@ type Stream struct {
 	// Stopped is QEMU's STOP at the point (zero: the VM was stopped
 	// already), At its RESUME (zero: unseen, the stream was that quick).
 	Stopped, At time.Time
+	// VCPU is what the VM's vCPU threads had of the host's CPUs from the
+	// point's start (its boost) to its RESUME: a guest that stalls there
+	// longer than QEMU's pause either waited for a core (Wait) or for
+	// QEMU's big lock.
+	VCPU qemu.SchedStat
 
 	a      *Armed
 	o      Options
@@ -175,6 +181,7 @@ func Background(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	// set-up holds QEMU's big lock (stalling the guest's I/O), the point
 	// needs the main loop and the vCPUs, and a guest waiting for a CPU is
 	// as stalled as a paused one. The stream's thread inherits the boost.
+	vcpu := vcpuSched(o.PID)
 	unboost := boost(o.PID, snapshotNice)
 	endBoost := func() { unboost(); unlock() }
 	if o.Point != nil {
@@ -201,6 +208,7 @@ func Background(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 		}
 		return ev != "STOP"
 	})
+	s.VCPU = vcpuSched(o.PID).Sub(vcpu)
 	if err != nil || s.At.IsZero() {
 		endBoost()
 	} else {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/qmp"
 )
 
@@ -77,6 +78,9 @@ func Precopy(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 	if err := s.await(ctx, events, p.on); err != nil {
 		return nil, err
 	}
+	if p.boosted {
+		s.VCPU = vcpuSched(p.o.PID).Sub(p.vcpu)
+	}
 	if p.cutErr != nil {
 		<-s.done
 		return nil, p.cutErr
@@ -88,8 +92,9 @@ type precopy struct {
 	*Stream
 	unboost          func()
 	boosted          bool
-	cut              func() error // Options.Cut, once
-	cutErr           error        // the cut's at the point
+	vcpu             qemu.SchedStat // at the boost
+	cut              func() error   // Options.Cut, once
+	cutErr           error          // the cut's at the point
 	pointed, resumed bool
 }
 
@@ -107,8 +112,7 @@ func (p *precopy) start(ctx context.Context) error {
 	if a.copy.held {
 		// Its last pass and its stop come now: the VM goes first.
 		idleCopy(p.o.PID, false)
-		p.unboost = boost(p.o.PID, snapshotNice)
-		p.boosted = true
+		p.boostVM()
 	}
 	a.used = true
 	if err := a.copy.release(); err != nil {
@@ -122,6 +126,13 @@ func (p *precopy) start(ctx context.Context) error {
 		p.o.Log.Info("live checkpoint copy released", "passes", mi.RAM.DirtySyncCount, "remaining", mi.RAM.Remaining)
 	}
 	return nil
+}
+
+// boostVM puts the VM first until the point is behind.
+func (p *precopy) boostVM() {
+	p.vcpu = vcpuSched(p.o.PID)
+	p.unboost = boost(p.o.PID, snapshotNice)
+	p.boosted = true
 }
 
 // converger gives a guest that dirties memory faster than the disk takes
@@ -167,8 +178,7 @@ func (p *precopy) on(ev string, at time.Time) bool {
 		// are out, so it goes first now, and its cut goes up.
 		p.Stopped = at
 		if !p.boosted {
-			p.unboost = boost(p.o.PID, snapshotNice)
-			p.boosted = true
+			p.boostVM()
 		}
 		p.cut()
 	case "completed":

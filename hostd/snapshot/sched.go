@@ -89,10 +89,35 @@ func boost(pid, nice int) (unboost func()) {
 		return func() {}
 	}
 	end := qemu.Boost(pid, nice)
+	normal := func() {}
+	if PointRealtime {
+		// Errors leave the threads it could not change at nice.
+		normal, _ = qemu.Realtime(pid, pointRealtimePriority)
+	}
 	return sync.OnceFunc(func() {
+		normal()
 		end()
 		renice(pid, BackgroundStreamNice, "bg_snapshot")
 	})
+}
+
+// PointRealtime runs a VM's QEMU threads under SCHED_RR for its boost
+// around a snapshot point (hostd's live_point_realtime): the nice value
+// does not keep its vCPU off the run queue where other VMs' threads
+// want the same cores, and a vCPU that waits for a core is paused as
+// much as a stopped one. A thread born meanwhile (the background
+// snapshot's stream) starts normal.
+var PointRealtime = false
+
+// pointRealtimePriority is the lowest real-time priority: above every
+// normal thread, below anything the host itself runs in real time.
+const pointRealtimePriority = 1
+
+// vcpuSched is what process pid's vCPU threads have had of the CPUs so
+// far (zero if unknown).
+func vcpuSched(pid int) qemu.SchedStat {
+	st, _ := qemu.ThreadsSchedStat(pid, qemu.VCPUThreadPrefix)
+	return st
 }
 
 // idleCopy puts (idle) or takes (not idle) process pid's migration
