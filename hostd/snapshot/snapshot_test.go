@@ -98,6 +98,22 @@ func TestBoost(t *testing.T) {
 		t.Fatalf("a second unboost changed nice to %d", n)
 	}
 	boost(0, -7)() // no process: nothing to do
+
+	// With PointRealtime the boost also runs them under SCHED_RR.
+	defer func(was bool) { PointRealtime = was }(PointRealtime)
+	PointRealtime = true
+	policy := func() int {
+		p, _, _ := unix.Syscall(unix.SYS_SCHED_GETSCHEDULER, uintptr(pid), 0, 0)
+		return int(p) &^ 0x40000000 // SCHED_RESET_ON_FORK
+	}
+	unboost = boost(pid, -7)
+	if p, n := policy(), nice(); p != unix.SCHED_RR || n != -7 {
+		t.Fatalf("boosted in real time: policy %d nice %d, want SCHED_RR and -7", p, n)
+	}
+	unboost()
+	if p, n := policy(), nice(); p != unix.SCHED_NORMAL || n != 5 {
+		t.Fatalf("after a real-time boost: policy %d nice %d, want SCHED_NORMAL and 5", p, n)
+	}
 }
 
 func TestConverge(t *testing.T) {
