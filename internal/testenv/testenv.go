@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
@@ -50,25 +51,56 @@ func RepoRoot(t testing.TB) string {
 	}
 }
 
-// Binary builds ./cmd/symvirt once per test process and returns its path.
+// Binary builds ./cmd/symvirt once per test process and returns its path:
+// one path per source tree and user, in the temporary directory, replaced
+// by a rename, so that test processes do not leave a binary each behind
+// and one that still runs the previous build keeps it.
 func Binary(t testing.TB) string {
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "symvirt-bin-")
+		root := RepoRoot(t)
+		sum := sha256.Sum256([]byte(root))
+		dir := filepath.Join(os.TempDir(), fmt.Sprintf("symvirt-bin-%d-%x", os.Getuid(), sum[:6]))
+		if buildErr = ownDir(dir); buildErr != nil {
+			return
+		}
+		tmp, err := os.CreateTemp(dir, "symvirt-*")
 		if err != nil {
 			buildErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "symvirt")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/symvirt")
-		cmd.Dir = RepoRoot(t)
+		tmp.Close()
+		defer os.Remove(tmp.Name())
+		cmd := exec.Command("go", "build", "-o", tmp.Name(), "./cmd/symvirt")
+		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
 		}
+		binPath = filepath.Join(dir, "symvirt")
+		buildErr = os.Rename(tmp.Name(), binPath)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 	return binPath
+}
+
+// ownDir makes dir, or checks that the one there is a directory of this
+// user's that nobody else may write: another local user's would let them
+// swap the binary between its build and its use.
+func ownDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%s is not a directory of uid %d closed to others (%v)", dir, os.Getuid(), fi.Mode())
+	}
+	return nil
 }
 
 // RequireRoot skips (or fails, under SYMVIRT_REQUIRE_QEMU=1) without root.
