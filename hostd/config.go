@@ -88,8 +88,8 @@ type Config struct {
 	// miss guest writes (precopy_image_vs_ram; qemuversion.go).
 	LiveMode string `yaml:"live_mode"`
 	// LivePointRealtime runs a VM's QEMU threads under SCHED_RR (the
-	// lowest priority) from the start of its live checkpoint's point until
-	// the point is behind (snapshot.PointRealtime); default true.
+	// lowest priority) from the start of a precopy's snapshot point until
+	// the VM runs again (snapshot.PointRealtime).
 	LivePointRealtime *bool `yaml:"live_point_realtime"`
 	// liveAuto: LiveMode was auto, so the QEMU version may change it.
 	liveAuto bool

@@ -89,25 +89,31 @@ func boost(pid, nice int) (unboost func()) {
 		return func() {}
 	}
 	end := qemu.Boost(pid, nice)
-	normal := func() {}
-	if PointRealtime {
-		// Errors leave the threads it could not change at nice.
-		normal, _ = qemu.Realtime(pid, pointRealtimePriority)
-	}
 	return sync.OnceFunc(func() {
-		normal()
 		end()
 		renice(pid, BackgroundStreamNice, "bg_snapshot")
 	})
 }
 
-// PointRealtime runs a VM's QEMU threads under SCHED_RR for its boost
-// around a snapshot point (hostd's live_point_realtime): the nice value
-// does not keep its vCPU off the run queue where other VMs' threads
-// want the same cores, and a vCPU that waits for a core is paused as
-// much as a stopped one. A thread born meanwhile (the background
-// snapshot's stream) starts normal.
+// PointRealtime runs a VM's QEMU threads under SCHED_RR from the start of
+// a precopy's point until it is behind (hostd's live_point_realtime): a
+// nice value does not keep the vCPU off the run queue where other VMs'
+// threads want the same cores, and a vCPU that waits for a core is paused
+// as much as a stopped one. Not for a background snapshot's point: its
+// stream thread, born at the point, serves the guest's write faults, and
+// a thread born of a real-time one starts normal.
 var PointRealtime = false
+
+// realtime runs process pid's threads under SCHED_RR when PointRealtime
+// and returns the function that puts them back (once).
+func realtime(pid int) (normal func()) {
+	if !PointRealtime || pid <= 0 {
+		return func() {}
+	}
+	// An error leaves the threads it could not change as they were.
+	normal, _ = qemu.Realtime(pid, pointRealtimePriority)
+	return sync.OnceFunc(normal)
+}
 
 // pointRealtimePriority is the lowest real-time priority: above every
 // normal thread, below anything the host itself runs in real time.

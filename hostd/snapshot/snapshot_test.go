@@ -99,7 +99,7 @@ func TestBoost(t *testing.T) {
 	}
 	boost(0, -7)() // no process: nothing to do
 
-	// With PointRealtime the boost also runs them under SCHED_RR.
+	// With PointRealtime a precopy's point also runs them under SCHED_RR.
 	defer func(was bool) { PointRealtime = was }(PointRealtime)
 	PointRealtime = true
 	policy := func() int {
@@ -107,12 +107,19 @@ func TestBoost(t *testing.T) {
 		return int(p) &^ 0x40000000 // SCHED_RESET_ON_FORK
 	}
 	unboost = boost(pid, -7)
+	normal := realtime(pid)
 	if p, n := policy(), nice(); p != unix.SCHED_RR || n != -7 {
 		t.Fatalf("boosted in real time: policy %d nice %d, want SCHED_RR and -7", p, n)
 	}
+	normal()
 	unboost()
 	if p, n := policy(), nice(); p != unix.SCHED_NORMAL || n != 5 {
 		t.Fatalf("after a real-time boost: policy %d nice %d, want SCHED_NORMAL and 5", p, n)
+	}
+	PointRealtime = false
+	realtime(pid)
+	if p := policy(); p != unix.SCHED_NORMAL {
+		t.Fatalf("PointRealtime off: policy %d, want SCHED_NORMAL", p)
 	}
 }
 
