@@ -131,7 +131,7 @@ func (p *precopy) start(ctx context.Context) error {
 // boostVM puts the VM first until the point is behind.
 func (p *precopy) boostVM() {
 	p.vcpu = vcpuSched(p.o.PID)
-	unboost, normal := boost(p.o.PID, snapshotNice), realtime(p.o.PID)
+	unboost, normal := boost(p.o.PID, snapshotNice), realtime(p.o.PID, p.o.Log)
 	p.unboost = func() { normal(); unboost() }
 	p.boosted = true
 }

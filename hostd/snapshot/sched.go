@@ -105,13 +105,17 @@ func boost(pid, nice int) (unboost func()) {
 var PointRealtime = false
 
 // realtime runs process pid's threads under SCHED_RR when PointRealtime
-// and returns the function that puts them back (once).
-func realtime(pid int) (normal func()) {
+// and returns the function that puts them back (once). An error (no
+// CAP_SYS_NICE, a real-time budget of 0) is logged and leaves the threads
+// it could not change as they were.
+func realtime(pid int, log *slog.Logger) (normal func()) {
 	if !PointRealtime || pid <= 0 {
 		return func() {}
 	}
-	// An error leaves the threads it could not change as they were.
-	normal, _ = qemu.Realtime(pid, pointRealtimePriority)
+	normal, err := qemu.Realtime(pid, pointRealtimePriority)
+	if err != nil {
+		log.Warn("snapshot point not run in real time", "err", err)
+	}
 	return sync.OnceFunc(normal)
 }
 

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -107,7 +108,7 @@ func TestBoost(t *testing.T) {
 		return int(p) &^ 0x40000000 // SCHED_RESET_ON_FORK
 	}
 	unboost = boost(pid, -7)
-	normal := realtime(pid)
+	normal := realtime(pid, slog.Default())
 	if p, n := policy(), nice(); p != unix.SCHED_RR || n != -7 {
 		t.Fatalf("boosted in real time: policy %d nice %d, want SCHED_RR and -7", p, n)
 	}
@@ -117,7 +118,7 @@ func TestBoost(t *testing.T) {
 		t.Fatalf("after a real-time boost: policy %d nice %d, want SCHED_NORMAL and 5", p, n)
 	}
 	PointRealtime = false
-	realtime(pid)
+	realtime(pid, slog.Default())
 	if p := policy(); p != unix.SCHED_NORMAL {
 		t.Fatalf("PointRealtime off: policy %d, want SCHED_NORMAL", p)
 	}
