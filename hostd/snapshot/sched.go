@@ -116,8 +116,15 @@ func realtime(pid int, log *slog.Logger) (normal func()) {
 	if err != nil {
 		log.Warn("snapshot point not run in real time", "err", err)
 	}
-	return sync.OnceFunc(normal)
+	once := sync.OnceFunc(normal)
+	t := time.AfterFunc(pointRealtimeMax, once)
+	return func() { t.Stop(); once() }
 }
+
+// pointRealtimeMax bounds a point's real time: a guest that keeps
+// dirtying memory keeps its released copy from switching over, and must
+// not keep a core from the host's other threads meanwhile.
+var pointRealtimeMax = 100 * time.Millisecond
 
 // pointRealtimePriority is the lowest real-time priority: above every
 // normal thread, below anything the host itself runs in real time.

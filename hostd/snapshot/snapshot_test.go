@@ -117,6 +117,16 @@ func TestBoost(t *testing.T) {
 	if p, n := policy(), nice(); p != unix.SCHED_NORMAL || n != 5 {
 		t.Fatalf("after a real-time boost: policy %d nice %d, want SCHED_NORMAL and 5", p, n)
 	}
+	// A point that lasts goes back to normal by itself.
+	defer func(was time.Duration) { pointRealtimeMax = was }(pointRealtimeMax)
+	pointRealtimeMax = 20 * time.Millisecond
+	normal = realtime(pid, slog.Default())
+	for start := time.Now(); policy() != unix.SCHED_NORMAL; time.Sleep(5 * time.Millisecond) {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("still policy %d %v after the real-time bound of %v", policy(), time.Since(start), pointRealtimeMax)
+		}
+	}
+	normal()
 	PointRealtime = false
 	realtime(pid, slog.Default())
 	if p := policy(); p != unix.SCHED_NORMAL {
