@@ -28,9 +28,10 @@ func (h *Host) checkQEMU() error {
 }
 
 // defaultLivePointRealtime is live_point_realtime unless the config says:
-// with it a job's VMs paused less at the cut on a host short of cores
-// (README, the 4-VM cut).
-const defaultLivePointRealtime = true
+// off, since a VM whose vCPUs keep busy takes a core per real-time thread,
+// and where that is all of them hostd, which takes the point (the fence,
+// the drain of the copy), waits out the bound (README).
+const defaultLivePointRealtime = false
 
 // exactTCGPrecopyMajor is the first QEMU whose precopy images under TCG
 // held the guest's RAM exactly (precopy_image_vs_ram: 0 of 40 rounds

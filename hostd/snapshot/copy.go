@@ -78,7 +78,6 @@ func Copy(ctx context.Context, a *Armed, log *slog.Logger, pid int) error {
 		return fmt.Errorf("live checkpoint copy: %w", err)
 	}
 	c.switchoverAt(ctx, a.mon)
-	idleCopy(pid, true)
 	log.Info("live checkpoint copy held at its switchover", "took", time.Since(start), "passes", mi.RAM.DirtySyncCount,
 		"remaining", mi.RAM.Remaining, "switchover_bandwidth", c.peak)
 	return nil

@@ -111,7 +111,6 @@ func (p *precopy) start(ctx context.Context) error {
 	}
 	if a.copy.held {
 		// Its last pass and its stop come now: the VM goes first.
-		idleCopy(p.o.PID, false)
 		p.boostVM()
 	}
 	a.used = true

@@ -137,17 +137,6 @@ func vcpuSched(pid int) qemu.SchedStat {
 	return st
 }
 
-// idleCopy puts (idle) or takes (not idle) process pid's migration
-// threads off every core another thread wants: a held copy syncs QEMU's
-// dirty log over and over, each time under its big lock, which the
-// guest's I/O waits for; idle, it syncs only where a core is free.
-func idleCopy(pid int, idle bool) {
-	tids, _ := qemu.ThreadsNamed(pid, qemu.MigrationThreadNames...)
-	for _, tid := range tids {
-		qemu.SetThreadIdle(tid, idle)
-	}
-}
-
 // renice sets the nice value of process pid's threads whose names start
 // with one of names.
 func renice(pid, nice int, names ...string) {
