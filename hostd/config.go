@@ -89,7 +89,8 @@ type Config struct {
 	LiveMode string `yaml:"live_mode"`
 	// LivePointRealtime runs a VM's QEMU threads under SCHED_RR (the
 	// lowest priority) from the start of a precopy's snapshot point until
-	// the VM runs again (snapshot.PointRealtime).
+	// the VM runs again, at most 100 ms (snapshot.PointRealtime); default
+	// false, for hosts with cores to spare.
 	LivePointRealtime *bool `yaml:"live_point_realtime"`
 	// liveAuto: LiveMode was auto, so the QEMU version may change it.
 	liveAuto bool

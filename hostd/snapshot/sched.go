@@ -99,9 +99,12 @@ func boost(pid, nice int) (unboost func()) {
 // a precopy's point until it is behind (hostd's live_point_realtime): a
 // nice value does not keep the vCPU off the run queue where other VMs'
 // threads want the same cores, and a vCPU that waits for a core is paused
-// as much as a stopped one. Not for a background snapshot's point: its
-// stream thread, born at the point, serves the guest's write faults, and
-// a thread born of a real-time one starts normal.
+// as much as a stopped one. But a busy thread in real time holds a core
+// for the whole window, and where the VM's busy threads are as many as
+// the cores, hostd, which takes the point, waits out pointRealtimeMax.
+// Not for a background snapshot's point: its stream thread, born at the
+// point, serves the guest's write faults, and a thread born of a
+// real-time one starts normal.
 var PointRealtime = false
 
 // realtime runs process pid's threads under SCHED_RR when PointRealtime
