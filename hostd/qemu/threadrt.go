@@ -49,7 +49,7 @@ func Realtime(pid, prio int) (normal func(), err error) {
 
 // ResetScheduling puts every thread of process pid back as QEMU started
 // it: SCHED_NORMAL, nice 0. A hostd that died during a boost, a point's
-// real time or an idle copy left them so; the one that adopts the VM
+// real time or a migration's idle thread left them so; the one that adopts the VM
 // resets them. It returns the first error.
 func ResetScheduling(pid int) error {
 	tids, err := Threads(pid)

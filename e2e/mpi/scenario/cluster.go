@@ -16,6 +16,7 @@ import (
 
 	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -292,9 +293,10 @@ func (c *Cluster) DumpGuests() {
 	}
 }
 
-// dumpQEMU logs a VM's state as its hostd reports it and what each of its
-// QEMU's threads ran over one second: a guest that stopped answering with
-// its vCPU threads idle is halted or blocked, one with them busy spins.
+// dumpQEMU logs a VM's state as its hostd reports it and what its QEMU's
+// vCPU threads, and all its threads, ran and waited for a core over one
+// second: a guest that stopped answering with its vCPUs idle is halted or
+// blocked, one with them busy spins.
 func (c *Cluster) dumpQEMU(hd *testenv.Hostd, host, vm string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -303,38 +305,14 @@ func (c *Cluster) dumpQEMU(hd *testenv.Hostd, host, vm string) {
 		c.TB.Logf("---- %s on %s: status %+v, %v ----", vm, host, info, err)
 		return
 	}
-	before := threadTicks(info.PID)
+	vcpu0, _ := qemu.ThreadsSchedStat(info.PID, qemu.VCPUThreadPrefix)
+	all0, _ := qemu.ThreadsSchedStat(info.PID, "")
 	time.Sleep(time.Second)
-	after := threadTicks(info.PID)
-	var b strings.Builder
-	for name, t := range after {
-		fmt.Fprintf(&b, "  %s: %d ticks in 1 s (%d in all)\n", name, t-before[name], t)
-	}
-	c.TB.Logf("---- %s on %s: state %s, QEMU pid %d threads ----\n%s", vm, host, info.State, info.PID, b.String())
-}
-
-// threadTicks is the CPU time (user+system, clock ticks) of each thread
-// of process pid, by "name/tid".
-func threadTicks(pid int) map[string]int64 {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	tasks, _ := os.ReadDir(dir)
-	ticks := map[string]int64{}
-	for _, t := range tasks {
-		stat, err := os.ReadFile(filepath.Join(dir, t.Name(), "stat"))
-		i := strings.LastIndexByte(string(stat), ')')
-		if err != nil || i < 0 {
-			continue
-		}
-		name := string(stat[strings.IndexByte(string(stat), '(')+1 : i])
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 13 {
-			continue
-		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		s, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks[name+"/"+t.Name()] = u + s
-	}
-	return ticks
+	vcpu1, _ := qemu.ThreadsSchedStat(info.PID, qemu.VCPUThreadPrefix)
+	all1, _ := qemu.ThreadsSchedStat(info.PID, "")
+	vcpu, all := vcpu1.Sub(vcpu0), all1.Sub(all0)
+	c.TB.Logf("---- %s on %s: state %s, QEMU pid %d over 1 s: vCPUs ran %v, waited %v; all threads ran %v, waited %v ----",
+		vm, host, info.State, info.PID, vcpu.Run, vcpu.Wait, all.Run, all.Wait)
 }
 
 // SaveLogs writes every daemon's output and every VM's console into dir
