@@ -152,9 +152,12 @@ func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string, args ...s
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// logMarks is where each hostd's log is now.
+// coordMark keys the coordinator's log among the hostds' in logMarks.
+const coordMark = "coord"
+
+// logMarks is where each hostd's log, and the coordinator's, is now.
 func (c *cluster) logMarks() map[string]int {
-	m := map[string]int{}
+	m := map[string]int{coordMark: len(c.coord.Logs())}
 	for h, d := range c.hosts {
 		m[h] = len(d.Logs())
 	}
@@ -169,29 +172,42 @@ var timelineMsgs = []string{"step", "network fenced", "network fence lifted", "s
 const holdUpMsg = "network hold up: frames from the job's other VMs wait for this VM's point"
 
 // logTimeline logs what each hostd did since marks, in ms from start:
-// each step from its start to its end, fences and points.
+// each step from its start to its end, fences and points; and the
+// coordinator's journal writes, which its steps wait for.
 func (c *cluster) logTimeline(marks map[string]int, start time.Time) {
 	type event struct {
 		at   time.Duration
 		what string
 	}
 	var evs []event
+	logs := map[string]string{coordMark: c.coord.Logs()[marks[coordMark]:]}
 	for h, d := range c.hosts {
-		sc := bufio.NewScanner(strings.NewReader(d.Logs()[marks[h]:]))
+		logs[h] = d.Logs()[marks[h]:]
+	}
+	for h, l := range logs {
+		sc := bufio.NewScanner(strings.NewReader(l))
 		for sc.Scan() {
 			var e struct {
 				Time          time.Time
 				Msg, Kind, VM string
+				Phase         string
+				Actions       int
 				Took, Pause   time.Duration
-				HeldNS        int64 `json:"held_ns"`
+				QEMUSetup     time.Duration `json:"qemu_setup"`
+				HeldNS        int64         `json:"held_ns"`
 				OK            bool
 				Passes        int64
 				Remaining     int64
 			}
-			if json.Unmarshal(sc.Bytes(), &e) != nil || !slices.Contains(timelineMsgs, e.Msg) {
+			if json.Unmarshal(sc.Bytes(), &e) != nil || !slices.Contains(timelineMsgs, e.Msg) && !strings.HasPrefix(e.Msg, "journal writ") {
 				continue
 			}
 			at := e.Time.Sub(start)
+			if strings.HasPrefix(e.Msg, "journal writ") {
+				// Its actions go out once it is written.
+				evs = append(evs, event{at, fmt.Sprintf("%s: journal written, phase %s, %d actions (%.1f ms)", h, e.Phase, e.Actions, ms(e.Took))})
+				continue
+			}
 			what := fmt.Sprintf("%s %s", e.Msg, e.VM)
 			switch e.Msg {
 			case "step":
@@ -202,6 +218,9 @@ func (c *cluster) logTimeline(marks map[string]int, start time.Time) {
 				what = "network hold up " + e.VM
 			case "snapshot point taken":
 				what += fmt.Sprintf(" pause %.1f ms", ms(e.Pause))
+				if e.QEMUSetup > 0 {
+					what += fmt.Sprintf(" (QEMU's set-up before it %.1f ms)", ms(e.QEMUSetup))
+				}
 			case "live checkpoint copy held at its switchover", "live checkpoint copy released":
 				what += fmt.Sprintf(" passes %d remaining %d KiB", e.Passes, e.Remaining>>10)
 			}
@@ -213,5 +232,5 @@ func (c *cluster) logTimeline(marks map[string]int, start time.Time) {
 	for _, e := range evs {
 		fmt.Fprintf(&b, "%+9.1f ms  %s\n", ms(e.at), e.what)
 	}
-	c.t.Logf("timeline (ms from the checkpoint's start; hostd logs):\n%s", b.String())
+	c.t.Logf("timeline (ms from the checkpoint's start; hostd and coordinator logs):\n%s", b.String())
 }

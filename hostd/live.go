@@ -63,7 +63,11 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *
 		ls.pause = s.At.Sub(stopped)
 		vm.h.metrics.pause.Observe(ls.pause.Seconds())
 	}
-	vm.log.Info("snapshot point taken", "pause", ls.pause, "vcpu_run", s.VCPU.Run, "vcpu_wait", s.VCPU.Wait)
+	attrs := []any{"pause", ls.pause, "vcpu_run", s.VCPU.Run, "vcpu_wait", s.VCPU.Wait}
+	if !s.Asked.IsZero() && !s.Stopped.IsZero() {
+		attrs = append(attrs, "qemu_setup", s.Stopped.Sub(s.Asked))
+	}
+	vm.log.Info("snapshot point taken", attrs...)
 	go func() {
 		<-s.Done()
 		if err := s.Err(); err != nil {

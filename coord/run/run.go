@@ -86,10 +86,12 @@ type driver struct {
 // send journals the Op, then executes acts in parallel.
 func (d *driver) send(ctx context.Context, acts []machine.Action) error {
 	if d.mustJournal(acts) {
+		start := time.Now()
 		if err := d.h.Journal(d.op); err != nil {
 			d.log.Error("journal write failed: the operation stops here", "op", d.op.ID, "phase", d.op.Phase, "err", err)
 			return fmt.Errorf("operation %s: %w: %w", d.op.ID, ErrJournal, err)
 		}
+		d.logJournal(time.Since(start), len(acts))
 		d.journaled = d.op.Phase
 		if d.h.Journaled != nil {
 			d.h.Journaled(d.op)
@@ -108,6 +110,22 @@ func (d *driver) send(ctx context.Context, acts []machine.Action) error {
 		d.h.Progress(d.op)
 	}
 	return nil
+}
+
+// slowJournal is a journal write long enough to say so: every action
+// waits for it (a disk busy with other writes, e.g. state files streaming
+// on the same file system, makes its sync wait).
+const slowJournal = 100 * time.Millisecond
+
+// logJournal records a journal write and how long the actions behind it
+// waited for it.
+func (d *driver) logJournal(took time.Duration, acts int) {
+	level := slog.LevelDebug
+	msg := "journal written"
+	if took > slowJournal {
+		level, msg = slog.LevelWarn, "journal write slow: the operation's next steps waited for it"
+	}
+	d.log.Log(context.Background(), level, msg, "op", d.op.ID, "phase", d.op.Phase, "took", took, "actions", acts)
 }
 
 // mustJournal reports whether the Op must be written before acts go out:

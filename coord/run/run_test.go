@@ -1,9 +1,12 @@
 package run
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -93,4 +96,50 @@ func TestJournalBeforeEveryActionNotAfterEveryAnswer(t *testing.T) {
 		t.Errorf("%d journal writes for %d actions: a write per answer", spy.writes, executed)
 	}
 	t.Logf("%d actions, %d journal writes", executed, spy.writes)
+}
+
+// A journal write that takes long is logged as such, once per write that
+// does, naming the phase whose actions waited for it; a quick one is only
+// a debug record.
+func TestSlowJournalWriteIsLogged(t *testing.T) {
+	vms := []machine.VM{{Name: "vm0", Host: "h0"}}
+	op, acts, err := machine.New("op1", machine.KindCheckpoint, "job", vms, machine.Options{CheckpointID: "c1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	writes := 0
+	journal := func(*machine.Op) error {
+		writes++
+		if writes == 2 {
+			time.Sleep(slowJournal + 20*time.Millisecond)
+		}
+		return nil
+	}
+	ex := ExecutorFunc(func(ctx context.Context, a machine.Action) machine.Event {
+		return machine.ActionResult{ID: a.ID, OK: true, Digest: "sha256:x", Now: time.Now()}
+	})
+	if _, err := Drive(context.Background(), op, acts, ex, Hooks{Journal: journal, Log: log}); err != nil {
+		t.Fatal(err)
+	}
+	var slow, quick int
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var r struct{ Level, Msg, Phase string }
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		switch {
+		case strings.HasPrefix(r.Msg, "journal write slow"):
+			slow++
+			if r.Level != "WARN" || r.Phase == "" {
+				t.Errorf("slow write logged as %+v, want a warning naming the phase", r)
+			}
+		case r.Msg == "journal written":
+			quick++
+		}
+	}
+	if slow != 1 || quick != writes-1 {
+		t.Errorf("%d slow and %d quick journal records for %d writes (one slow), want 1 and %d\n%s", slow, quick, writes, writes-1, logs.String())
+	}
 }

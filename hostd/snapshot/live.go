@@ -123,9 +123,11 @@ type Options struct {
 // Stream is a live save at or past its snapshot point, whose stream may
 // still be being written.
 type Stream struct {
-	// Stopped is QEMU's STOP at the point (zero: the VM was stopped
-	// already), At its RESUME (zero: unseen, the stream was that quick).
-	Stopped, At time.Time
+	// Asked is when QEMU was asked for a background snapshot's point,
+	// Stopped its STOP there (zero: the VM was stopped already), At its
+	// RESUME (zero: unseen, the stream was that quick). From Asked to
+	// Stopped QEMU sets the stream up with the VM running.
+	Asked, Stopped, At time.Time
 	// VCPU is what the VM's vCPU threads had of the host's CPUs from the
 	// point's start (its boost) to its RESUME: a guest that stalls there
 	// longer than QEMU's pause either waited for a core (Wait) or for
@@ -191,6 +193,7 @@ func Background(ctx context.Context, a *Armed, o Options) (*Stream, error) {
 			return nil, err
 		}
 	}
+	s.Asked = time.Now()
 	if err := a.mon.Migrate(ctx, "fd:"+FD); err != nil {
 		endBoost()
 		a.Disarm()
