@@ -152,6 +152,25 @@ func (c *cluster) gapRound(p *testenv.Prober, addrs map[string]string, args ...s
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// logPopulated says when hostd h last finished populating a guest's RAM
+// file (ram_populate: start runs at the lowest priority beside the
+// running VM), from start: a population still under way competes with the
+// checkpoint.
+func (c *cluster) logPopulated(h, logs string, start time.Time) {
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	for sc.Scan() {
+		var e struct {
+			Time    time.Time
+			Msg, VM string
+			For     string
+			Took    time.Duration
+		}
+		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Msg == "guest RAM populated" && e.For == "bg_populate_ram_start" {
+			c.t.Logf("%s: %s's RAM populated at %+.1f ms from the checkpoint's start (took %.1f ms)", h, e.VM, ms(e.Time.Sub(start)), ms(e.Took))
+		}
+	}
+}
+
 // coordMark keys the coordinator's log among the hostds' in logMarks.
 const coordMark = "coord"
 
@@ -183,6 +202,7 @@ func (c *cluster) logTimeline(marks map[string]int, start time.Time) {
 	logs := map[string]string{coordMark: c.coord.Logs()[marks[coordMark]:]}
 	for h, d := range c.hosts {
 		logs[h] = d.Logs()[marks[h]:]
+		c.logPopulated(h, d.Logs(), start)
 	}
 	for h, l := range logs {
 		sc := bufio.NewScanner(strings.NewReader(l))

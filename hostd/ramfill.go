@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -55,6 +54,11 @@ const (
 // Best effort: a failure, logged, leaves the work to QEMU's faults. phase
 // names the caller in the log.
 func (vm *VM) populateRAM(ctx context.Context, phase string, intoQEMU bool) int64 {
+	return vm.populateRAMBy(ctx, phase, intoQEMU, populateFile)
+}
+
+// populateRAMBy is populateRAM with populate doing the file's population.
+func (vm *VM) populateRAMBy(ctx context.Context, phase string, intoQEMU bool, populate func(context.Context, *os.File, int64) (int64, error)) int64 {
 	s := vm.Spec()
 	if vm.h.cfg.RAMPopulate == populateNever || !s.UsesSharedMemory() || s.HugePages {
 		return 0
@@ -71,7 +75,7 @@ func (vm *VM) populateRAM(ctx context.Context, phase string, intoQEMU bool) int6
 	start := timeNow()
 	var n int64
 	if !allocated(f.Name(), st.Size()) {
-		n, err = populateFile(ctx, f, st.Size())
+		n, err = populate(ctx, f, st.Size())
 	}
 	if pid := vm.pid(); err == nil && intoQEMU && pid > 0 {
 		err = mapIntoProcess(ctx, pid, f)
@@ -171,7 +175,8 @@ func fileMappings(pid int, dev, ino uint64) ([][2]uint64, error) {
 
 // populateRAMBeside runs populateRAM in the background until ctx ends,
 // the returned function is called, or the VM's current QEMU exits;
-// lowest runs it at the lowest priority (nothing waits for it). Its
+// lowest runs it at the lowest priority, in a helper process
+// (populatehelper.go; nothing waits for it). Its
 // phase is bg_populate_ram_SIDE: beside an operation, not a part of it.
 func (vm *VM) populateRAMBeside(ctx context.Context, side string, lowest bool) context.CancelFunc {
 	pctx, cancel := context.WithCancel(ctx)
@@ -184,14 +189,14 @@ func (vm *VM) populateRAMBeside(ctx context.Context, side string, lowest bool) c
 		}
 	}()
 	vm.h.populating.Add(1)
+	populate := populateFile
+	if lowest {
+		populate = populateLowest
+	}
 	go func() {
 		defer vm.h.populating.Add(-1)
 		defer cancel()
-		if lowest {
-			runtime.LockOSThread() // the thread dies with the goroutine
-			unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
-		}
-		vm.populateRAM(pctx, "bg_populate_ram_"+side, false)
+		vm.populateRAMBy(pctx, "bg_populate_ram_"+side, false, populate)
 	}()
 	return cancel
 }
