@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/symvirt/symvirt/hostd/qemu"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,15 +57,7 @@ func populateOnLowestThread(ctx context.Context, f *os.File, size int64) (int64,
 // window under busy loops and returns the longest mmap+munmap meanwhile
 // and how many there were.
 func populateStall(t *testing.T, size int64, window time.Duration, populate func(context.Context, *os.File, int64) (int64, error)) (time.Duration, int) {
-	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-bench-*.ram")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
+	f := sparseShmFile(t, size)
 	for range 2 * runtime.NumCPU() {
 		c := exec.Command("sh", "-c", "while :; do :; done")
 		if err := c.Start(); err != nil {

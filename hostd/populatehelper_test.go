@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/symvirt/symvirt/hostd/qemu"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,15 +16,7 @@ import (
 // with no byte changed; a context that ends kills the helper.
 func TestPopulateLowestRunsInAHelper(t *testing.T) {
 	const size = 8*populateChunk + 4096
-	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
-	if err != nil {
-		t.Skipf("no %s: %v", qemu.DefaultShmDir, err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
+	f := sparseShmFile(t, size)
 	mark := []byte("guest data")
 	if _, err := f.WriteAt(mark, populateChunk+10); err != nil {
 		t.Fatal(err)
@@ -59,15 +50,7 @@ func TestPopulateLowestRunsInAHelper(t *testing.T) {
 	}
 
 	// A context that ends stops it: the helper is killed, not waited for.
-	g, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(g.Name())
-	defer g.Close()
-	if err := g.Truncate(1 << 40); err != nil { // far more than populates in the test's time
-		t.Fatal(err)
-	}
+	g := sparseShmFile(t, 1<<40) // far more than populates in the test's time
 	ctx, cancel := context.WithCancel(context.Background())
 	testHookPopulateHelper = func(int) { time.AfterFunc(100*time.Millisecond, cancel) }
 	done := make(chan error, 1)

@@ -14,21 +14,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// sparseShmFile is a new file of size bytes on /dev/shm, all holes,
+// removed at the test's end.
+func sparseShmFile(t *testing.T, size int64) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
+	if err != nil {
+		t.Skipf("no %s: %v", qemu.DefaultShmDir, err)
+	}
+	t.Cleanup(func() { f.Close(); os.Remove(f.Name()) })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // TestPopulateFileKeepsDataAndAllocates: populating a sparse RAM file on
 // /dev/shm allocates every page (so that QEMU's reads of them no longer
 // do) and changes no byte, neither what was written before nor what a
 // writer (QEMU's incoming stream) writes while it runs.
 func TestPopulateFileKeepsDataAndAllocates(t *testing.T) {
 	const size = 3*populateChunk + 4096 // a partial chunk too
-	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
-	if err != nil {
-		t.Skipf("no %s: %v", qemu.DefaultShmDir, err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
+	f := sparseShmFile(t, size)
 	if allocated(f.Name(), size) {
 		t.Fatal("a new file is allocated already: the test shows nothing")
 	}
@@ -78,15 +85,7 @@ func TestPopulateFileKeepsDataAndAllocates(t *testing.T) {
 
 // TestPopulateFileStopsWithItsContext: a migration that ends stops it.
 func TestPopulateFileStopsWithItsContext(t *testing.T) {
-	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
-	if err != nil {
-		t.Skipf("no %s: %v", qemu.DefaultShmDir, err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Truncate(4 * populateChunk); err != nil {
-		t.Fatal(err)
-	}
+	f := sparseShmFile(t, 4*populateChunk)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if n, err := populateFile(ctx, f, 4*populateChunk); n != 0 || err != nil {
@@ -205,15 +204,7 @@ func TestRAMPopulateConfig(t *testing.T) {
 // every span it read is, no byte changed; a context that ended maps none.
 func TestMapIntoProcessFillsItsPageTables(t *testing.T) {
 	const size = 8 << 20
-	f, err := os.CreateTemp(qemu.DefaultShmDir, "symvirt-populate-test-*.ram")
-	if err != nil {
-		t.Skipf("no %s: %v", qemu.DefaultShmDir, err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
+	f := sparseShmFile(t, size)
 	if _, err := f.WriteAt([]byte("guest"), size-5); err != nil {
 		t.Fatal(err)
 	}
