@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/hostd/lowest"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,7 +23,7 @@ func TestPopulateLowestRunsInAHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pid, nice int
-	testHookPopulateHelper = func(p int) {
+	lowest.TestHookStarted = func(p int) {
 		pid = p
 		r, _, e := unix.Syscall(unix.SYS_GETPRIORITY, unix.PRIO_PROCESS, uintptr(p), 0)
 		if e != 0 {
@@ -30,7 +31,7 @@ func TestPopulateLowestRunsInAHelper(t *testing.T) {
 		}
 		nice = 20 - int(r)
 	}
-	defer func() { testHookPopulateHelper = nil }()
+	defer func() { lowest.TestHookStarted = nil }()
 	n, err := populateLowest(context.Background(), f, size)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +53,7 @@ func TestPopulateLowestRunsInAHelper(t *testing.T) {
 	// A context that ends stops it: the helper is killed, not waited for.
 	g := sparseShmFile(t, 1<<40) // far more than populates in the test's time
 	ctx, cancel := context.WithCancel(context.Background())
-	testHookPopulateHelper = func(int) { time.AfterFunc(100*time.Millisecond, cancel) }
+	lowest.TestHookStarted = func(int) { time.AfterFunc(100*time.Millisecond, cancel) }
 	done := make(chan error, 1)
 	go func() { _, err := populateLowest(ctx, g, 1<<40); done <- err }()
 	select {

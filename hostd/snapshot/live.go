@@ -283,11 +283,11 @@ func (s *Stream) finish(err error) {
 			if err == nil {
 				err = errors.Join(s.a.f.Truncate(end), s.a.f.Sync())
 			}
-			if err == nil {
-				fd, err = manifest.HashFile(s.a.f.Name())
-			}
 			return err
 		})
+	}
+	if err == nil {
+		fd, err = hashLowest(s.a.f)
 	}
 	if err == nil {
 		fd.Role = "state"
