@@ -285,7 +285,14 @@ type session struct {
 	log *slog.Logger
 	ctx context.Context
 	end context.CancelCauseFunc
-	out chan<- []byte
+	out chan<- outFrame
+}
+
+// outFrame is a frame for the host and the session it belongs to: a write
+// that fails ends that session only, not one a HELLO started since.
+type outFrame struct {
+	b    []byte
+	sess *session
 }
 
 // send queues m for the host without blocking (callers may hold a.mu). A
@@ -301,13 +308,13 @@ func (s *session) send(m guestproto.Message) {
 		return
 	}
 	select {
-	case s.out <- f:
+	case s.out <- outFrame{f, s}:
 	default:
 		s.end(errors.New("host does not read its replies"))
 	}
 }
 
-func (a *agent) newSession(out chan<- []byte) *session {
+func (a *agent) newSession(out chan<- outFrame) *session {
 	a.mu.Lock()
 	a.nsess++
 	id := a.nsess

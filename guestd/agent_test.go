@@ -2,6 +2,7 @@ package guestd
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -577,4 +578,78 @@ func TestHostFloodClosesConnection(t *testing.T) {
 	}
 	t.Logf("connection closed after %d PINGs", n)
 	e.host()
+}
+
+// gatedPort stands in for a virtio-serial port: reads come from the
+// host's end of a pipe, and each write waits for the test's verdict.
+type gatedPort struct {
+	r       io.Reader
+	writes  chan []byte
+	verdict chan error
+}
+
+func (p *gatedPort) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+func (p *gatedPort) Write(b []byte) (int, error) {
+	p.writes <- append([]byte(nil), b...)
+	if err := <-p.verdict; err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// A write that fails for a session a HELLO has ended since (on
+// virtio-serial: a frame queued while no host was there, timing out) ends
+// that session only: the new host's session goes on, and its PREPARE is
+// answered. Before, the failure ended whichever session was current, and
+// the next PREPARE was dropped as a frame before HELLO.
+func TestStaleWriteFailureKeepsTheNewSession(t *testing.T) {
+	hooks, _ := newHookServer(t)
+	cfg := Config{Logger: testLogger(t), Heartbeat: -1}
+	cfg.setDefaults()
+	a := newAgent(cfg, hooks)
+	gc, hc := net.Pipe()
+	defer hc.Close()
+	port := &gatedPort{r: gc, writes: make(chan []byte), verdict: make(chan error)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.serveStream(ctx, port, func() { gc.Close() }, true)
+	hc.SetDeadline(time.Now().Add(10 * time.Second))
+	send := func(m guestproto.Message) {
+		f, _ := guestproto.Encode(m)
+		if _, err := hc.Write(f); err != nil {
+			t.Fatalf("host writes %s: %v", m.Type, err)
+		}
+	}
+	written := func(what string) guestproto.Message {
+		select {
+		case b := <-port.writes:
+			m, err := guestproto.ReadFrame(bufio.NewReader(bytes.NewReader(b)))
+			if err != nil {
+				t.Fatalf("%s: guestd wrote %q: %v", what, b, err)
+			}
+			return m
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: guestd wrote nothing in 5 s", what)
+		}
+		return guestproto.Message{}
+	}
+	send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeHello})
+	if m := written("first HELLO_ACK"); m.Type != guestproto.TypeHelloAck {
+		t.Fatalf("first answer %+v, want HELLO_ACK", m)
+	}
+	// While that write hangs (no host), a new host says HELLO.
+	send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypeHello})
+	time.Sleep(200 * time.Millisecond) // the second HELLO handled
+	port.verdict <- errors.New("write timeout (no host)")
+	if m := written("second HELLO_ACK"); m.Type != guestproto.TypeHelloAck {
+		t.Fatalf("second answer %+v, want HELLO_ACK", m)
+	}
+	port.verdict <- nil
+	time.Sleep(200 * time.Millisecond) // the first write's failure handled
+	send(guestproto.Message{V: guestproto.Version, Type: guestproto.TypePrepare, ID: "r1", Op: guestproto.OpCheckpoint, DeadlineMS: 2000})
+	if m := written("answer to PREPARE"); m.Type != guestproto.TypeReady || m.ID != "r1" {
+		t.Fatalf("answer to PREPARE %+v, want READY r1", m)
+	}
+	port.verdict <- nil
 }

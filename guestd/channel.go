@@ -237,8 +237,8 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 	br := bufio.NewReaderSize(rw, 4096)
 	frames := make(chan inbound)
 	readErr := make(chan error, 1)
-	writeErr := make(chan error, 1)
-	st := &stream{a: a, virtio: virtio, out: make(chan []byte, 64),
+	writeErr := make(chan writeFailure, 16)
+	st := &stream{a: a, virtio: virtio, out: make(chan outFrame, 64),
 		lim: guestproto.NewLimiter(inboundRate, inboundBurst)}
 	stop := make(chan struct{})
 	var wake *portWait
@@ -284,12 +284,19 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 			return fmt.Errorf("%w: nothing from the host for %v", ErrHostSilent, a.cfg.hostSilence)
 		case err := <-readErr:
 			return err
-		case err := <-writeErr:
+		case wf := <-writeErr:
 			if !virtio {
-				return fmt.Errorf("write: %w", err)
+				return fmt.Errorf("write: %w", wf.err)
 			}
-			a.log.Warn("virtio-serial write failed: host gone?", "err", err)
-			st.endSess(err)
+			if wf.sess != st.sess {
+				// A frame of a session a HELLO has ended since (a
+				// PING queued while no host was there): the new
+				// host's session goes on.
+				a.log.Debug("virtio-serial write of an ended session failed", "session", wf.sess.id, "err", wf.err)
+				continue
+			}
+			a.log.Warn("virtio-serial write failed: host gone?", "err", wf.err)
+			st.endSess(wf.err)
 		case <-tick:
 			st.ping()
 		case in := <-frames:
@@ -307,7 +314,7 @@ func (a *agent) serveStream(ctx context.Context, rw io.ReadWriter, interrupt fun
 type stream struct {
 	a      *agent
 	virtio bool
-	out    chan []byte
+	out    chan outFrame
 	lim    *guestproto.Limiter
 	sess   *session
 	seq    uint64
@@ -422,17 +429,20 @@ func readFrames(rw io.Reader, br *bufio.Reader, virtio bool, wake *portWait, fra
 
 // writeFrames writes each queued frame, with a deadline where the stream
 // has one; a failed write is reported on writeErr (once pending).
-func writeFrames(rw io.Writer, out <-chan []byte, writeErr chan<- error, stop <-chan struct{}) {
+func writeFrames(rw io.Writer, out <-chan outFrame, writeErr chan<- writeFailure, stop <-chan struct{}) {
 	dl, _ := rw.(interface{ SetWriteDeadline(time.Time) error })
 	for {
 		select {
 		case f := <-out:
+			if f.sess.ctx.Err() != nil {
+				continue // its host is gone; the next one would drop it
+			}
 			if dl != nil {
 				_ = dl.SetWriteDeadline(time.Now().Add(writeTimeout))
 			}
-			if _, err := rw.Write(f); err != nil {
+			if _, err := rw.Write(f.b); err != nil {
 				select {
-				case writeErr <- err:
+				case writeErr <- writeFailure{err, f.sess}:
 				default:
 				}
 			}
@@ -440,4 +450,10 @@ func writeFrames(rw io.Writer, out <-chan []byte, writeErr chan<- error, stop <-
 			return
 		}
 	}
+}
+
+// writeFailure is a write that failed and the session whose frame it was.
+type writeFailure struct {
+	err  error
+	sess *session
 }
