@@ -295,15 +295,15 @@ func (c *Cluster) DumpGuests() {
 }
 
 // guestDump is what a failure shows of a VM from inside it (as user mpi,
-// over ssh, bounded): the run's last output, its processes (state, CPU,
-// where they sleep), guestd's view of the hook and its journal, and the TCP connections
-// with their retransmission state: a run that stopped shows whether its
+// over ssh, bounded): its TCP connections (queues), the run's processes
+// (state, CPU, where they sleep), guestd's view of the hook and its
+// journal, the run's last output: a run that stopped shows whether its
 // ranks wait on the network, on guestd or on each other.
-const guestDump = `tail -3 ~/jacobi.out; echo '-- processes'; ` +
-	`ps -eo pid,stat,pcpu,wchan:24,args | grep -E '[j]acobi|[p]rted|[m]pirun|[s]ymvirt'; ` +
+const guestDump = `echo '-- tcp'; ss -tn 2>&1 | head -30; ` +
+	`echo '-- processes'; ps -eo pid,stat,pcpu,wchan:24,args | grep -E '[j]acobi|[p]rted|[m]pirun|[s]ymvirt'; ` +
 	`echo '-- hook'; timeout 5 symvirt hook status 2>&1; ` +
 	`echo '-- guestd'; journalctl -u symvirt-guestd -n 60 --no-pager -o short-precise 2>&1; ` +
-	`echo '-- tcp'; ss -tni 2>&1 | head -60`
+	`echo '-- run'; tail -3 ~/jacobi.out`
 
 // dumpInside logs guestDump from job VM vm, if it answers ssh.
 func (c *Cluster) dumpInside(host, vm string) {
@@ -312,7 +312,7 @@ func (c *Cluster) dumpInside(host, vm string) {
 		return
 	}
 	out, err := c.SSH(ip, 20*time.Second, guestDump)
-	c.TB.Logf("---- %s on %s (inside, ssh mpi@%s: %v) ----\n%s", vm, host, ip, err, Tail(out, 6000))
+	c.TB.Logf("---- %s on %s (inside, ssh mpi@%s: %v) ----\n%s", vm, host, ip, err, Tail(out, 12000))
 }
 
 // dumpQEMU logs a VM's state as its hostd reports it and what its QEMU's
