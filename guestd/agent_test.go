@@ -461,15 +461,21 @@ func TestGarbageFromHostClosesConnection(t *testing.T) {
 	e.host()
 }
 
-// On virtio-serial the stream cannot be closed: garbage (a host that died
-// mid-frame, then a new host) is skipped up to the next HELLO.
-func TestVirtioStreamResyncsOnHello(t *testing.T) {
+// pipedAgent is an agent without heartbeats and the two ends of a pipe:
+// the guest's (to serve a stream on) and the host's (closed at the end).
+func pipedAgent(t *testing.T) (a *agent, guest, host net.Conn) {
 	hooks, _ := newHookServer(t)
 	cfg := Config{Logger: testLogger(t), Heartbeat: -1}
 	cfg.setDefaults()
-	a := newAgent(cfg, hooks)
-	gc, hc := net.Pipe()
-	defer hc.Close()
+	guest, host = net.Pipe()
+	t.Cleanup(func() { host.Close() })
+	return newAgent(cfg, hooks), guest, host
+}
+
+// On virtio-serial the stream cannot be closed: garbage (a host that died
+// mid-frame, then a new host) is skipped up to the next HELLO.
+func TestVirtioStreamResyncsOnHello(t *testing.T) {
+	a, gc, hc := pipedAgent(t)
 	done := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -604,12 +610,7 @@ func (p *gatedPort) Write(b []byte) (int, error) {
 // answered. Before, the failure ended whichever session was current, and
 // the next PREPARE was dropped as a frame before HELLO.
 func TestStaleWriteFailureKeepsTheNewSession(t *testing.T) {
-	hooks, _ := newHookServer(t)
-	cfg := Config{Logger: testLogger(t), Heartbeat: -1}
-	cfg.setDefaults()
-	a := newAgent(cfg, hooks)
-	gc, hc := net.Pipe()
-	defer hc.Close()
+	a, gc, hc := pipedAgent(t)
 	port := &gatedPort{r: gc, writes: make(chan []byte), verdict: make(chan error)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -3,11 +3,11 @@ package hostd
 import (
 	"context"
 	"os"
-	"os/exec"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/testguest"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,14 +58,7 @@ func populateOnLowestThread(ctx context.Context, f *os.File, size int64) (int64,
 // and how many there were.
 func populateStall(t *testing.T, size int64, window time.Duration, populate func(context.Context, *os.File, int64) (int64, error)) (time.Duration, int) {
 	f := sparseShmFile(t, size)
-	for range 2 * runtime.NumCPU() {
-		c := exec.Command("sh", "-c", "while :; do :; done")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer c.Wait()
-		defer c.Process.Kill()
-	}
+	defer testguest.BusyLoops(t, 2)()
 	ctx, cancel := context.WithTimeout(context.Background(), window)
 	defer cancel()
 	done := make(chan struct{})

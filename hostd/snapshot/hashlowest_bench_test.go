@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"testing"
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/internal/testguest"
 )
 
 // TestBenchHashGCStall is make bench's lowest_hash_gc_stall line: while a
@@ -57,14 +57,7 @@ func TestBenchHashGCStall(t *testing.T) {
 // gcStall runs hash over and over for window under busy loops and
 // returns the longest 64 KiB allocation meanwhile and the longest GC pause.
 func gcStall(t *testing.T, window time.Duration, hash func() error) (alloc, gc time.Duration) {
-	for range 2 * runtime.NumCPU() {
-		c := exec.Command("sh", "-c", "while :; do :; done")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer c.Wait()
-		defer c.Process.Kill()
-	}
+	defer testguest.BusyLoops(t, 2)()
 	ctx, cancel := context.WithTimeout(context.Background(), window)
 	defer cancel()
 	done := make(chan struct{})

@@ -2,6 +2,8 @@ package testguest
 
 import (
 	"os"
+	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,4 +27,27 @@ func BenchSizes(t testing.TB, env string, def []int, lo, hi int) []int {
 		sizes = append(sizes, n)
 	}
 	return sizes
+}
+
+// BusyLoops starts perCore shell busy loops per CPU at nice 0, standing for
+// guests that keep a host's cores busy, and returns what stops them.
+func BusyLoops(t testing.TB, perCore int) (stop func()) {
+	t.Helper()
+	var loops []*exec.Cmd
+	stop = func() {
+		for _, c := range loops {
+			c.Process.Kill()
+			c.Wait()
+		}
+		loops = nil
+	}
+	for range perCore * runtime.NumCPU() {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		if err := c.Start(); err != nil {
+			stop()
+			t.Fatal(err)
+		}
+		loops = append(loops, c)
+	}
+	return stop
 }
