@@ -83,10 +83,9 @@ func gcStall(t *testing.T, window time.Duration, hash func() error) (alloc, gc t
 		}
 		alloc = max(alloc, time.Since(start))
 	}
-	<-done
 	var after debug.GCStats
-	after.PauseQuantiles = make([]time.Duration, 5)
-	debug.ReadGCStats(&after)
+	debug.ReadGCStats(&after) // the window's pauses, not the wait below
+	<-done
 	for i, p := range after.Pause {
 		if int64(i) >= after.NumGC-before.NumGC {
 			break
