@@ -70,6 +70,7 @@ func benchHostLog(t *testing.T, name string, log slog.Handler, liveMode ...strin
 // benchHostConfig is benchHostLog with its config changed by edit.
 func benchHostConfig(t *testing.T, name string, log slog.Handler, edit func(*Config)) (*Host, string) {
 	dir := t.TempDir()
+	log = slog.NewMultiHandler(log, logOnFailure(t, "hostd "+name))
 	cfg := Config{StateDir: dir, Logger: slog.New(log),
 		Pools:  map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}},
 		Policy: testPolicy(t), RAMPool: os.Getenv("SYMVIRT_BENCH_RAM_POOL"), // e.g. 0: without the pool
@@ -99,6 +100,25 @@ func benchHostConfig(t *testing.T, name string, log slog.Handler, edit func(*Con
 		}
 	})
 	return h, sock
+}
+
+// logOnFailure is a debug log kept in a file and printed, its last 400
+// lines, only when the test fails: a benchmark's hosts log nothing else.
+func logOnFailure(t *testing.T, who string) slog.Handler {
+	f, err := os.Create(filepath.Join(t.TempDir(), "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		defer f.Close()
+		if !t.Failed() {
+			return
+		}
+		data, _ := os.ReadFile(f.Name())
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		t.Logf("%s's log, its last lines:\n%s", who, strings.Join(lines[max(0, len(lines)-400):], "\n"))
+	})
+	return slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug})
 }
 
 // benchShmDir is TestBenchOps's hosts' tmpfs for guest RAM: one of its
@@ -321,6 +341,9 @@ func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *
 		t.Fatal(err)
 	}
 	add("attach", time.Since(start), start, map[string]any{})
+	// The checkpoint meets a NIC the guest has in service, as a user's
+	// would, not one it is still taking up (whose unplug is shorter).
+	time.Sleep(2 * time.Second)
 
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	start = time.Now()
