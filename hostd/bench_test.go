@@ -74,7 +74,7 @@ func benchHostConfig(t *testing.T, name string, log slog.Handler, edit func(*Con
 	cfg := Config{StateDir: dir, Logger: slog.New(log),
 		Pools:  map[string][]map[string]string{"nic": {{"mac": "52:54:00:ee:00:0" + name}}},
 		Policy: testPolicy(t), RAMPool: os.Getenv("SYMVIRT_BENCH_RAM_POOL"), // e.g. 0: without the pool
-		RAMPoolReserve: os.Getenv("SYMVIRT_BENCH_RAM_POOL_RESERVE")} // e.g. 2G: the first round's VMs from the pool too
+		RAMPoolReserve: os.Getenv("SYMVIRT_BENCH_RAM_POOL_RESERVE")} // e.g. 0: TestBenchOps without its reserve
 	edit(&cfg)
 	h, err := New(cfg)
 	if err != nil {
@@ -149,7 +149,14 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	phases := &phaseLog{}
-	onShm := func(c *Config) { c.ShmDir = benchShmDir(t) }
+	onShm := func(c *Config) {
+		c.ShmDir = benchShmDir(t)
+		if c.RAMPool != "0" && c.RAMPoolReserve == "" {
+			// As on a host that takes migrations and restores: the first
+			// round's VMs get pooled files too.
+			c.RAMPoolReserve = "2G"
+		}
+	}
 	a, _ := benchHostConfig(t, "1", phases.handler(), onShm)
 	b, sockB := benchHostConfig(t, "2", phases.handler(), onShm)
 	plain := map[string][]benchSample{}
