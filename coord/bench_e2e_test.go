@@ -17,6 +17,7 @@ import (
 	"github.com/symvirt/symvirt/hostd"
 	"github.com/symvirt/symvirt/internal/pausewatch"
 	"github.com/symvirt/symvirt/internal/testguest"
+	"golang.org/x/sys/unix"
 )
 
 // TestBenchJobCheckpoint is `make bench`'s job line: a job checkpoint and
@@ -93,7 +94,37 @@ func benchLiveMode(t *testing.T) (clusterOpts, string) {
 			o.hostdYAML[h] += "live_point_realtime: " + rt + "\n"
 		}
 	}
+	// SYMVIRT_BENCH_SHM_HUGE=1 keeps each host's guest RAM on a tmpfs of
+	// its own mounted with huge=within_size (shm_dir, as the README
+	// advises) instead of /dev/shm.
+	if os.Getenv("SYMVIRT_BENCH_SHM_HUGE") == "1" {
+		if o.hostdYAML == nil {
+			o.hostdYAML = map[string]string{}
+		}
+		for _, h := range []string{"a", "b", "c"} {
+			o.hostdYAML[h] += "shm_dir: " + hugeTmpfs(t) + "\n"
+		}
+	}
 	return o, mode
+}
+
+// hugeTmpfs mounts a tmpfs with huge pages (huge=within_size) for the
+// test, in a directory every local user may traverse (QEMU runs as one of
+// its own).
+func hugeTmpfs(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "symvirt-shm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "huge=within_size,mode=0755,size=8g"); err != nil {
+		os.Remove(dir)
+		t.Fatalf("mount a tmpfs at %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		os.Remove(dir)
+	})
+	return dir
 }
 
 // jobBench measures one job of len(placement) VMs, vm i on placement[i-1].
