@@ -56,7 +56,8 @@ func (c *Client) DeviceDel(ctx context.Context, id string) error {
 		select {
 		case ev, ok := <-events:
 			if !ok {
-				return fmt.Errorf("qmp device_del %q: waiting for DEVICE_DELETED: %w", id, c.Err())
+				cancel()
+				return fmt.Errorf("qmp device_del %q: waiting for the unplug: %w", id, c.Err())
 			}
 			if done, err := deviceEvent(ev, id); done {
 				cancel()
@@ -69,7 +70,7 @@ func (c *Client) DeviceDel(ctx context.Context, id string) error {
 			}
 		case <-ctx.Done():
 			cancel()
-			return fmt.Errorf("qmp device_del %q: waiting for DEVICE_DELETED: %w", id, ctx.Err())
+			return fmt.Errorf("qmp device_del %q: waiting for the unplug (the guest's eject): %w", id, ctx.Err())
 		}
 	}
 }
