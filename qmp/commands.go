@@ -176,6 +176,47 @@ func (c *Client) WaitMigration(ctx context.Context, interval time.Duration, prog
 	}
 }
 
+// DeviceAdd runs device_add with the given driver, id and extra properties.
+func (c *Client) DeviceAdd(ctx context.Context, driver, id string, props map[string]any) error {
+	args := make(map[string]any, len(props)+2)
+	for k, v := range props {
+		args[k] = v
+	}
+	args["driver"] = driver
+	args["id"] = id
+	return c.Execute(ctx, "device_add", args, nil)
+}
+
+// DeviceDel runs device_del and waits for the DEVICE_DELETED event for id.
+// Unplug may need guest cooperation (PCIe, ACPI hotplug), so the wait is
+// bounded only by ctx; on expiry the error names the device and wraps ctx's
+// error. A DEVICE_UNPLUG_GUEST_ERROR for id fails the call immediately.
+func (c *Client) DeviceDel(ctx context.Context, id string) error {
+	// Subscribe first so the event cannot slip by between reply and wait.
+	events, cancel := c.Subscribe("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")
+	defer cancel()
+	if err := c.Execute(ctx, "device_del", map[string]any{"id": id}, nil); err != nil {
+		return err
+	}
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return fmt.Errorf("qmp device_del %q: waiting for DEVICE_DELETED: %w", id, c.Err())
+			}
+			if dev, _ := ev.Data["device"].(string); dev != id {
+				continue
+			}
+			if ev.Event == "DEVICE_UNPLUG_GUEST_ERROR" {
+				return fmt.Errorf("qmp device_del %q: guest refused unplug (DEVICE_UNPLUG_GUEST_ERROR)", id)
+			}
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("qmp device_del %q: waiting for DEVICE_DELETED: %w", id, ctx.Err())
+		}
+	}
+}
+
 // PCIBus is one element of query-pci's reply.
 type PCIBus struct {
 	Bus     int         `json:"bus"`
