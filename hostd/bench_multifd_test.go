@@ -47,9 +47,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 	// the move before left it (otherwise a one-stream move, which fills
 	// its destination's file, comes before each multifd one).
 	chain := os.Getenv("SYMVIRT_BENCH_MULTIFD_CHAIN") == "1"
-	// The guest hints its free pages (and boots as benchGuest says, on
-	// both sides).
-	g := benchGuest{kernel: kernel, initrd: initrd, hints: os.Getenv("SYMVIRT_BENCH_MULTIFD_HINTS") == "1"}
+	g := benchGuest{kernel: kernel, initrd: initrd}
 	name := fmt.Sprintf("multifd%d", mem)
 	startBenchVM(ctx, t, a, name, mem, g, nil)
 	hosts, socks, at := [2]*Host{a, b}, [2]string{sockA, sockB}, 0
@@ -78,7 +76,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 			bench := map[bool]string{true: "migrate_multifd", false: "migrate_one_stream"}[channels > 1]
 			ours[bench] = append(ours[bench], benchSample{bench: bench, took: res.Duration, phases: phases.since(start),
 				extra: map[string]any{"qemu_total_seconds": res.TotalTime.Seconds(), "qemu_downtime_seconds": res.Downtime.Seconds(),
-					"channels": channels, "chain": chain, "free_page_hints": g.hints, "pages": res.Pages, "source_ram_allocated_mib": srcAlloc, "multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
+					"channels": channels, "chain": chain, "pages": res.Pages, "source_ram_allocated_mib": srcAlloc, "multifd_bytes": res.MultifdBytes, "dest_ram_allocated_mib": allocatedMiB(t, hosts[at], name)}})
 		}
 	}
 	removeBenchVM(t, hosts[at], name)

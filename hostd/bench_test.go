@@ -164,13 +164,10 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	rounds := benchEnvInt("SYMVIRT_BENCH_OPS_ROUNDS", benchRounds, 1) // e.g. 1 while iterating on one phase
 	for round := range rounds {
 		rams := benchRAMs()
-		base := map[bool]map[string]time.Duration{} // by the guest's hints
+		settle(a, b)
+		base := plainBaseline(ctx, t, a, mem, benchGuest{kernel: kernel, initrd: initrd})
 		for _, r := range rams {
-			if base[r.hints] == nil {
-				settle(a, b)
-				base[r.hints] = plainBaseline(ctx, t, a, mem, benchGuest{kernel: kernel, initrd: initrd, hints: r.hints})
-			}
-			for op, d := range base[r.hints] {
+			for op, d := range base {
 				plain[op+r.suffix] = append(plain[op+r.suffix], benchSample{took: d})
 			}
 		}
@@ -220,22 +217,15 @@ type benchRAM struct {
 	// saveByRead: a shared RAM file saved as before its mapped copy
 	// (snapshot.SaveByRead).
 	saveByRead bool
-	// hints: the guest hints its free pages (benchGuest).
-	hints bool
 }
 
-// benchRAMs are the default (shared, populated at start), the same with the
-// guest hinting its free pages ("_free_page_hints" lines; left out with
-// SYMVIRT_BENCH_FREE_PAGE_HINTS=0) and private RAM,
+// benchRAMs are the default (shared, populated at start), private RAM,
 // the populate settings listed in $SYMVIRT_BENCH_RAM_POPULATE (e.g.
 // "operation,never": "_populate_operation" lines) and, with
 // SYMVIRT_BENCH_SAVE_BY_READ=1, the shared RAM file saved as before its
 // mapped copy ("_save_by_read" lines), to compare.
 func benchRAMs() []benchRAM {
 	rams := []benchRAM{{suffix: "", shared: true, populate: populateAtStart}}
-	if os.Getenv("SYMVIRT_BENCH_FREE_PAGE_HINTS") != "0" {
-		rams = append(rams, benchRAM{suffix: "_free_page_hints", shared: true, populate: populateAtStart, hints: true})
-	}
 	if os.Getenv("SYMVIRT_BENCH_SAVE_BY_READ") == "1" {
 		rams = append(rams, benchRAM{suffix: "_save_by_read", shared: true, populate: populateAtStart, saveByRead: true})
 	}
@@ -333,7 +323,7 @@ func median(s []benchSample) benchSample {
 // new VM (it ends on sockB's host).
 func benchOps(ctx context.Context, t *testing.T, a *Host, sockB string, phases *phaseLog, kernel, initrd, name string, mem Size, ram benchRAM) (out []benchSample) {
 	suffix, shared := ram.suffix, ram.shared
-	vm := startBenchVM(ctx, t, a, name, mem, benchGuest{kernel: kernel, initrd: initrd, hints: ram.hints}, &shared)
+	vm := startBenchVM(ctx, t, a, name, mem, benchGuest{kernel: kernel, initrd: initrd}, &shared)
 	settle(a) // its RAM populated: a VM that has been running a while
 	add := func(bench string, took time.Duration, start time.Time, extra map[string]any) {
 		out = append(out, benchSample{bench: bench + suffix, took: took, phases: phases.since(start), extra: extra})
@@ -544,21 +534,14 @@ func benchEnvInt(name string, def, least int) int {
 }
 
 // benchGuest is the guest a bench boots on symvirt and, for its baseline,
-// on plain QEMU: the test guest, with hints its symvirt VM hinting its free
-// pages (spec FreePageHints), both then booted with init_on_alloc=0, without
-// which the guest's driver zeroes every free page it hints.
+// on plain QEMU: the test guest.
 type benchGuest struct {
 	kernel, initrd string
-	hints          bool
 }
 
 // cmdline is the guest's kernel command line on either side.
 func (g benchGuest) cmdline() string {
-	c := "console=ttyS0 quiet symvirt.counter=1"
-	if g.hints {
-		c += " init_on_alloc=0"
-	}
-	return c
+	return "console=ttyS0 quiet symvirt.counter=1"
 }
 
 // startBenchVM creates and starts a bench VM on h (g's guest, a
@@ -567,7 +550,7 @@ func (g benchGuest) cmdline() string {
 func startBenchVM(ctx context.Context, t *testing.T, h *Host, name string, mem Size, g benchGuest, shared *bool) *VM {
 	t.Helper()
 	vm, err := h.Create(Spec{Name: name, Memory: mem, VCPUs: 1, Kernel: g.kernel, Initrd: g.initrd,
-		Append: g.cmdline(), SharedMemory: shared, FreePageHints: g.hints,
+		Append: g.cmdline(), SharedMemory: shared,
 		NICs: []NIC{{ID: "pt0", Model: "vmxnet3", Backend: "user", Passthrough: true, Pool: "nic"}}})
 	if err != nil {
 		t.Fatal(err)

@@ -81,10 +81,9 @@ func (vm *VM) startLiveSave(ctx context.Context, mon *qmp.Client, op string, a *
 
 // pointLive starts the stream: a running VM is copied while it runs
 // (LiveMode precopy) and fenced at its point; any other is saved by a
-// background snapshot, fenced right before its point, unless its guest
-// hints its free pages (spec FreePageHints): that one is refused, and saved
-// stop-and-save. A VM with disks is stopped right before its point and its
-// disks are cut there (in O(1); their copies are part of the stream).
+// background snapshot, fenced right before its point. A VM with disks is
+// stopped right before its point and its disks are cut there (in O(1);
+// their copies are part of the stream).
 func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed) (*snapshot.Stream, error) {
 	st, err := mon.Status(ctx)
 	if err != nil {
@@ -93,12 +92,6 @@ func (vm *VM) pointLive(ctx context.Context, mon *qmp.Client, a *snapshot.Armed)
 	}
 	disks := len(vm.Spec().Disks) > 0
 	precopy := vm.precopies(st)
-	if !precopy && vm.Spec().FreePageHints {
-		// The guest hints at the pages free now, not at the snapshot's
-		// point: a page freed after it would be left out of the image.
-		a.Disarm()
-		return nil, fmt.Errorf("%w: a background snapshot of a guest that hints its free pages", snapshot.ErrUnsupported)
-	}
 	m := vm.newManifest(mon)
 	var cut *diskCut
 	o := snapshot.Options{PID: vm.pid(), Log: vm.log, Cut: vm.fence, Finish: func(state FileDigest) error {

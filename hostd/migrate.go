@@ -47,8 +47,7 @@ type MigrateResult struct {
 	// channels (migchannels.go).
 	MultifdBytes int64 `json:"multifd_bytes,omitempty"`
 	// Pages: the guest pages QEMU sent, zero ones included (as markers)
-	// and resent ones counted again; fewer than the guest's RAM holds
-	// when it skipped pages the guest hinted were free.
+	// and resent ones counted again.
 	Pages int64  `json:"pages"`
 	VM    VMInfo `json:"vm"`
 }
@@ -454,7 +453,7 @@ func (vm *VM) prepareIncomingRAM(ctx context.Context, mon *qmp.Client, offered i
 // tunnel, if any, is returned for the caller to abort on failure.
 func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs, inc IncomingResponse) (*migstream.Out, qmp.MigrationInfo, error) {
 	var info qmp.MigrationInfo
-	params := vm.h.migrateParams(args, vm.Spec().FreePageHints)
+	params := vm.h.migrateParams(args)
 	var tun *migstream.Out
 	qemuURI := ""
 	host, err := checkMigrationURI(inc.URI, args.Dest, vm.h.cfg.migrationPorts())
@@ -503,25 +502,15 @@ func (vm *VM) migrateRAM(ctx context.Context, mon *qmp.Client, args *MigrateArgs
 // QEMU's completion until the step's answer starts its switch.
 const migratePoll = 10 * time.Millisecond
 
-// hintsDowntime is the downtime-limit asked for a guest that hints its
-// free pages (spec FreePageHints) where neither the step nor the host sets
-// one: QEMU stops the VM once what it has left to send fits in the limit at
-// its bandwidth, and hinted pages leave that count, so under QEMU's own
-// 300 ms it stopped such a VM with most of its RAM still to send.
-const hintsDowntime = 50 * time.Millisecond
-
 // migrateParams are QEMU's migration parameters for a step: the caller's
 // bandwidth cap and downtime target, or this host's defaults (no
-// downtime-limit: QEMU's own, unless the guest hints its free pages).
-func (h *Host) migrateParams(args *MigrateArgs, hints bool) map[string]any {
+// downtime-limit: QEMU's own).
+func (h *Host) migrateParams(args *MigrateArgs) map[string]any {
 	params := map[string]any{"max-bandwidth": int64(64) << 30}
 	if args.MaxBandwidth > 0 {
 		params["max-bandwidth"] = args.MaxBandwidth
 	}
 	d := cmp.Or(args.DowntimeLimit, h.cfg.MigrationDowntime)
-	if d == 0 && hints {
-		d = hintsDowntime
-	}
 	if d > 0 {
 		params["downtime-limit"] = d.Milliseconds()
 	}

@@ -8,26 +8,22 @@ import (
 
 // A live migration asks QEMU for this host's downtime-limit (under KVM
 // 50 ms unless configured, not QEMU's 300 ms; under TCG QEMU's own unless
-// configured, or 50 ms for a guest that hints its free pages); a step's own
-// limit overrides it.
+// configured); a step's own limit overrides it.
 func TestMigrateParamsDowntime(t *testing.T) {
 	for _, c := range []struct {
 		accel     string
 		cfg, step time.Duration
-		hints     bool
 		want      any
-	}{{"kvm", 0, 0, false, int64(50)}, {"tcg", 0, 0, false, nil}, {"tcg", 20 * time.Millisecond, 0, false, int64(20)},
-		{"kvm", 0, 200 * time.Millisecond, false, int64(200)}, {"tcg", 0, 200 * time.Millisecond, false, int64(200)},
-		{"tcg", 0, 0, true, int64(50)}, {"tcg", 20 * time.Millisecond, 0, true, int64(20)},
-		{"tcg", 0, 200 * time.Millisecond, true, int64(200)}} {
+	}{{"kvm", 0, 0, int64(50)}, {"tcg", 0, 0, nil}, {"tcg", 20 * time.Millisecond, 0, int64(20)},
+		{"kvm", 0, 200 * time.Millisecond, int64(200)}, {"tcg", 0, 200 * time.Millisecond, int64(200)}} {
 		cfg := Config{StateDir: t.TempDir(), Accel: c.accel, MigrationDowntime: c.cfg}
 		if err := cfg.setDefaults(); err != nil {
 			t.Fatal(err)
 		}
 		h := &Host{cfg: cfg}
-		p := h.migrateParams(&MigrateArgs{DowntimeLimit: c.step}, c.hints)
+		p := h.migrateParams(&MigrateArgs{DowntimeLimit: c.step})
 		if p["downtime-limit"] != c.want {
-			t.Errorf("%s, config %v, step %v, hints %v: downtime-limit %v, want %v", c.accel, c.cfg, c.step, c.hints, p["downtime-limit"], c.want)
+			t.Errorf("%s, config %v, step %v: downtime-limit %v, want %v", c.accel, c.cfg, c.step, p["downtime-limit"], c.want)
 		}
 	}
 	cfg := Config{StateDir: t.TempDir(), MigrationDowntime: -time.Millisecond}

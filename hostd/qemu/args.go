@@ -100,12 +100,6 @@ func (a Args) argv() []string {
 			"-device", fmt.Sprintf("virtio-blk-pci,drive=%s,id=dev-%s", d.ID, d.ID))
 	}
 	v = append(append(v, a.deviceArgs()...), a.guestChannelArgs()...)
-	if s.FreePageHints {
-		// QEMU takes the hints on an iothread of their own, beside
-		// the migration thread that skips the pages.
-		v = append(v, "-object", "iothread,id=hints0",
-			"-device", "virtio-balloon-pci,id=balloon0,free-page-hint=on,iothread=hints0")
-	}
 	if a.Incoming {
 		v = append(v, "-incoming", "defer")
 	}

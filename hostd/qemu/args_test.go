@@ -82,19 +82,3 @@ func TestNamedRAM(t *testing.T) {
 		t.Errorf("not NamedRAM: %s", plain)
 	}
 }
-
-// A guest that hints its free pages gets the balloon on an iothread (QEMU
-// refuses free-page-hint without one); others get no balloon.
-func TestFreePageHintsArgs(t *testing.T) {
-	s := spec.Spec{Name: "v", Memory: 256, VCPUs: 1}
-	if joined := strings.Join(Args{Spec: s, Dir: "/d", Accel: "tcg"}.argv(), " "); strings.Contains(joined, "balloon") {
-		t.Errorf("a balloon nobody asked for: %s", joined)
-	}
-	s.FreePageHints = true
-	joined := strings.Join(Args{Spec: s, Dir: "/d", Accel: "tcg"}.argv(), " ")
-	for _, want := range []string{"-object iothread,id=hints0", "-device virtio-balloon-pci,id=balloon0,free-page-hint=on,iothread=hints0"} {
-		if !strings.Contains(joined, want) {
-			t.Errorf("args lack %q:\n%s", want, joined)
-		}
-	}
-}

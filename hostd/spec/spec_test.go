@@ -31,6 +31,8 @@ func TestParseSpecNamesTheBadField(t *testing.T) {
 		{"name: v\nmemory: 1G\nkernel: /k\nguest_channel: {type: vsock}\n", "field guest_channel.cid"},
 		{"name: v\nmemory: 1G\nkernel: /k\ndisks: [{id: d0}]\n", "field disks[0].path"},
 		{"name: v\nmemory: 1G\nkernel: /k\nmemroy: 2G\n", "memroy"}, // unknown field
+		// withdrawn: QEMU could skip a hinted page the guest already reused
+		{"name: v\nmemory: 1G\nkernel: /k\nfree_page_hints: true\n", "field free_page_hints: not supported"},
 	}
 	for _, c := range cases {
 		_, err := ParseSpec([]byte(c.yaml))
