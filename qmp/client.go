@@ -92,6 +92,9 @@ type Client struct {
 	pending map[string]*call
 	order   []string // ids of pending calls in send order (for id-less replies)
 	subs    map[*subscription]struct{}
+	// finalizing: devices DeviceDel saw leave QEMU's device tree whose
+	// DEVICE_DELETED has not come yet; each channel closes when it does.
+	finalizing map[string]chan struct{}
 
 	dropped atomic.Uint64
 
@@ -166,14 +169,15 @@ func New(ctx context.Context, rwc io.ReadWriteCloser, opts ...Option) (*Client, 
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{
-		rwc:      rwc,
-		opts:     o,
-		log:      log,
-		greeting: make(chan greeting, 1),
-		writeSem: make(chan struct{}, 1),
-		pending:  make(map[string]*call),
-		subs:     make(map[*subscription]struct{}),
-		done:     make(chan struct{}),
+		rwc:        rwc,
+		opts:       o,
+		log:        log,
+		greeting:   make(chan greeting, 1),
+		writeSem:   make(chan struct{}, 1),
+		pending:    make(map[string]*call),
+		subs:       make(map[*subscription]struct{}),
+		finalizing: make(map[string]chan struct{}),
+		done:       make(chan struct{}),
 	}
 	go c.readLoop()
 

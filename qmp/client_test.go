@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -378,15 +379,42 @@ func TestIDLessErrorGoesToOldestCall(t *testing.T) {
 	}
 }
 
+// serveTree answers the client's qom-list polls of /machine/peripheral on
+// f's connection, listing id while present says so, and hands every other
+// command to the script through the channel it returns.
+func serveTree(f *fakeMon, id string, present func() bool) <-chan fakeReq {
+	ch := make(chan fakeReq)
+	go func() {
+		defer close(ch)
+		for {
+			req, ok := f.recv()
+			if !ok {
+				return
+			}
+			if req.Execute != "qom-list" {
+				ch <- req
+				continue
+			}
+			list := []map[string]string{{"name": "type", "type": "string"}}
+			if present() {
+				list = append(list, map[string]string{"name": id, "type": "child<vmxnet3>"})
+			}
+			f.reply(req.ID, list)
+		}
+	}()
+	return ch
+}
+
 func TestDeviceDel(t *testing.T) {
 	for _, order := range []string{"event-after-reply", "event-before-reply"} {
 		t.Run(order, func(t *testing.T) {
 			c := startFake(t, func(f *fakeMon) {
-				req := f.expect("device_del")
+				reqs := serveTree(f, "nic1", func() bool { return true })
+				req := <-reqs
 				var args map[string]string
 				json.Unmarshal(req.Arguments, &args)
-				if args["id"] != "nic1" {
-					f.t.Errorf("device_del args %s", req.Arguments)
+				if req.Execute != "device_del" || args["id"] != "nic1" {
+					f.t.Errorf("got %s %s", req.Execute, req.Arguments)
 				}
 				if order == "event-before-reply" { // QEMU does this for immediate unplug
 					f.event("DEVICE_DELETED", map[string]any{"device": "nic1", "path": "/machine/peripheral/nic1"})
@@ -406,9 +434,108 @@ func TestDeviceDel(t *testing.T) {
 	}
 }
 
+// QEMU finalizes an unplugged device (and emits DEVICE_DELETED) only after
+// its RCU callbacks; the device leaves the tree at the guest's eject.
+// DeviceDel returns then, and a DeviceAdd of the same id waits for the
+// DEVICE_DELETED.
+func TestDeviceDelReturnsWhenGoneFromTree(t *testing.T) {
+	var polls atomic.Int32
+	added := make(chan time.Time, 1)
+	var deletedAt time.Time
+	c := startFake(t, func(f *fakeMon) {
+		reqs := serveTree(f, "nic1", func() bool { return polls.Add(1) < 3 })
+		req := <-reqs
+		f.reply(req.ID, struct{}{})
+		select {
+		case req := <-reqs:
+			f.t.Errorf("%s before nic1's DEVICE_DELETED", req.Execute)
+		case <-time.After(100 * time.Millisecond):
+		}
+		deletedAt = time.Now()
+		f.event("DEVICE_DELETED", map[string]any{"device": "nic1", "path": "/machine/peripheral/nic1"})
+		req = <-reqs
+		if req.Execute != "device_add" {
+			f.t.Errorf("got %s, want device_add", req.Execute)
+		}
+		added <- time.Now()
+		f.reply(req.ID, struct{}{})
+	})
+	ctx := testCtx(t, 5*time.Second)
+	if err := c.DeviceDel(ctx, "nic1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := polls.Load(); n != 3 {
+		t.Errorf("DeviceDel returned after %d polls of the device tree, want 3 (gone at the third)", n)
+	}
+	if err := c.DeviceAdd(ctx, "vmxnet3", "nic1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if at := <-added; at.Before(deletedAt) {
+		t.Error("device_add reached QEMU before the earlier nic1's DEVICE_DELETED")
+	}
+}
+
+// A migration waits for every device DeviceDel returned for to be
+// finalized: QEMU 10 hung in a precopy started while one was pending.
+func TestMigrateWaitsForFinalizing(t *testing.T) {
+	var polls atomic.Int32
+	var deletedAt time.Time
+	migrated := make(chan time.Time, 1)
+	c := startFake(t, func(f *fakeMon) {
+		reqs := serveTree(f, "nic1", func() bool { return polls.Add(1) < 2 })
+		req := <-reqs
+		f.reply(req.ID, struct{}{})
+		select {
+		case req := <-reqs:
+			f.t.Errorf("%s before nic1's DEVICE_DELETED", req.Execute)
+		case <-time.After(100 * time.Millisecond):
+		}
+		deletedAt = time.Now()
+		f.event("DEVICE_DELETED", map[string]any{"device": "nic1", "path": "/machine/peripheral/nic1"})
+		req = <-reqs
+		if req.Execute != "migrate" {
+			f.t.Errorf("got %s, want migrate", req.Execute)
+		}
+		migrated <- time.Now()
+		f.reply(req.ID, struct{}{})
+	})
+	ctx := testCtx(t, 5*time.Second)
+	if err := c.DeviceDel(ctx, "nic1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Migrate(ctx, "fd:state"); err != nil {
+		t.Fatal(err)
+	}
+	if at := <-migrated; at.Before(deletedAt) {
+		t.Error("migrate reached QEMU before nic1's DEVICE_DELETED")
+	}
+}
+
+// A DEVICE_DELETED that never comes holds a DeviceAdd of the same id only
+// for finalizeBound.
+func TestDeviceAddAfterFinalizeBound(t *testing.T) {
+	defer func(d time.Duration) { finalizeBound = d }(finalizeBound)
+	finalizeBound = 50 * time.Millisecond
+	c := startFake(t, func(f *fakeMon) {
+		reqs := serveTree(f, "nic1", func() bool { return false })
+		req := <-reqs
+		f.reply(req.ID, struct{}{})
+		req = <-reqs
+		f.reply(req.ID, struct{}{})
+	})
+	ctx := testCtx(t, 5*time.Second)
+	if err := c.DeviceDel(ctx, "nic1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeviceAdd(ctx, "vmxnet3", "nic1", nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestDeviceDelTimeout(t *testing.T) {
 	c := startFake(t, func(f *fakeMon) {
-		req := f.expect("device_del")
+		reqs := serveTree(f, "hotnic", func() bool { return true })
+		req := <-reqs
 		f.reply(req.ID, struct{}{})
 		f.event("DEVICE_DELETED", map[string]any{"device": "someone-else"})
 	})

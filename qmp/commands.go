@@ -79,8 +79,13 @@ func (c *Client) MigrateSetParameters(ctx context.Context, params map[string]any
 
 // Migrate starts an outgoing migration to uri ("tcp:host:port", "fd:NAME",
 // "unix:/path", "exec:cmd"). It returns once QEMU accepted the command; use
-// WaitMigration to follow it.
+// WaitMigration to follow it. A device DeviceDel returned for is finalized
+// first (its DEVICE_DELETED seen): QEMU 10 could hang for good in a
+// precopy started while one was pending.
 func (c *Client) Migrate(ctx context.Context, uri string) error {
+	if err := c.awaitAllFinalized(ctx); err != nil {
+		return err
+	}
 	return c.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil)
 }
 
@@ -172,47 +177,6 @@ func (c *Client) WaitMigration(ctx context.Context, interval time.Duration, prog
 			}
 		case <-ctx.Done():
 			return mi, fmt.Errorf("qmp: waiting for migration (status %q): %w", mi.Status, ctx.Err())
-		}
-	}
-}
-
-// DeviceAdd runs device_add with the given driver, id and extra properties.
-func (c *Client) DeviceAdd(ctx context.Context, driver, id string, props map[string]any) error {
-	args := make(map[string]any, len(props)+2)
-	for k, v := range props {
-		args[k] = v
-	}
-	args["driver"] = driver
-	args["id"] = id
-	return c.Execute(ctx, "device_add", args, nil)
-}
-
-// DeviceDel runs device_del and waits for the DEVICE_DELETED event for id.
-// Unplug may need guest cooperation (PCIe, ACPI hotplug), so the wait is
-// bounded only by ctx; on expiry the error names the device and wraps ctx's
-// error. A DEVICE_UNPLUG_GUEST_ERROR for id fails the call immediately.
-func (c *Client) DeviceDel(ctx context.Context, id string) error {
-	// Subscribe first so the event cannot slip by between reply and wait.
-	events, cancel := c.Subscribe("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")
-	defer cancel()
-	if err := c.Execute(ctx, "device_del", map[string]any{"id": id}, nil); err != nil {
-		return err
-	}
-	for {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				return fmt.Errorf("qmp device_del %q: waiting for DEVICE_DELETED: %w", id, c.Err())
-			}
-			if dev, _ := ev.Data["device"].(string); dev != id {
-				continue
-			}
-			if ev.Event == "DEVICE_UNPLUG_GUEST_ERROR" {
-				return fmt.Errorf("qmp device_del %q: guest refused unplug (DEVICE_UNPLUG_GUEST_ERROR)", id)
-			}
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("qmp device_del %q: waiting for DEVICE_DELETED: %w", id, ctx.Err())
 		}
 	}
 }

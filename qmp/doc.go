@@ -73,6 +73,19 @@
 //     a slot the guest never powered on is unplugged at once, and
 //     DEVICE_DELETED follows the reply. Devices cannot be hot-plugged onto
 //     pcie.0 itself ("Bus 'pcie.0' does not support hotplugging").
+//   - A device the guest ejects leaves QEMU's device tree (unrealized,
+//     unparented; out of query-pci and of any migration) at the eject, but
+//     DEVICE_DELETED comes only when it is finalized, after QEMU's RCU
+//     callbacks, which QEMU batches for up to 50 ms (on 7.2 and 10.0 alike:
+//     30-50 ms after the eject). DeviceDel therefore returns once the device
+//     is gone from /machine/peripheral (polled every 2 ms, or its
+//     DEVICE_DELETED, whichever comes first), and DeviceAdd of the same id
+//     waits for the earlier device's DEVICE_DELETED (at most 5 s): a VFIO
+//     device keeps its host device until it is finalized. So does Migrate,
+//     for every device being finalized: QEMU 10.0 hung for good (its main,
+//     vCPU, migration and call_rcu threads all waiting) in a precopy
+//     started while one was. A stop-and-save of a shared RAM file copies
+//     the file meanwhile.
 //   - query-pci lists devices behind a bridge/root port only after the
 //     firmware has numbered the bridge's secondary bus: in prelaunch (-S,
 //     never run) FindPCIDevice will not find hot-plugged NICs.
