@@ -78,7 +78,7 @@ type Config struct {
 	StopTimeout time.Duration `yaml:"stop_timeout"`
 	// GuestTimeout bounds a cooperation round with a guest.
 	GuestTimeout time.Duration `yaml:"guest_timeout"`
-	// DetachTimeout bounds the wait for DEVICE_DELETED.
+	// DetachTimeout bounds the wait for the guest to eject a device.
 	DetachTimeout time.Duration `yaml:"detach_timeout"`
 	// LiveMode is how a live checkpoint copies a running VM: "precopy"
 	// (copied while it runs, paused for its last pages), "snapshot"

@@ -40,8 +40,9 @@ func (vm *VM) allocateSlots(only []string) error {
 	return nil
 }
 
-// Detach hot-unplugs one passthrough device and waits until QEMU reports it
-// gone (the guest must acknowledge the unplug), bounded by DetachTimeout.
+// Detach hot-unplugs one passthrough device and waits until it has left
+// QEMU's device tree (the guest must acknowledge the unplug), bounded by
+// DetachTimeout; QEMU finalizes it later (qmp.DeviceDel).
 func (vm *VM) Detach(ctx context.Context, id string) error {
 	return vm.locked("detach", func() error { return vm.detach(ctx, id) })
 }
