@@ -12,9 +12,10 @@ import (
 // tree while the guest ejects it.
 const devicePoll = 2 * time.Millisecond
 
-// finalizeBound bounds how long a DeviceAdd waits for the DEVICE_DELETED
-// of an earlier device of the same id (a reference QEMU never drops must
-// not hold a re-attach forever; QEMU then names the conflict itself).
+// finalizeBound bounds how long a DeviceAdd or Migrate waits for the
+// DEVICE_DELETED of a device DeviceDel returned for (a reference QEMU never
+// drops must not hold a re-attach or a migration forever; for a DeviceAdd,
+// QEMU then names the conflict itself).
 var finalizeBound = 5 * time.Second
 
 // DeviceAdd runs device_add with the given driver, id and extra properties.
@@ -39,7 +40,7 @@ func (c *Client) DeviceAdd(ctx context.Context, driver, id string, props map[str
 // part of a migration or a save, its id free. QEMU emits DEVICE_DELETED
 // only when the device is finalized, after its RCU callbacks, which it
 // batches for up to 50 ms; DeviceDel does not wait for that (DeviceAdd of
-// the same id does). Unplug may need guest cooperation (PCIe, ACPI
+// the same id and Migrate do). Unplug may need guest cooperation (PCIe, ACPI
 // hotplug), so the wait is bounded only by ctx; on expiry the error names
 // the device and wraps ctx's error. A DEVICE_UNPLUG_GUEST_ERROR for id
 // fails the call immediately.
