@@ -434,16 +434,17 @@ func TestDeviceDel(t *testing.T) {
 	}
 }
 
-// QEMU finalizes an unplugged device (and emits DEVICE_DELETED) only after
-// its RCU callbacks; the device leaves the tree at the guest's eject.
-// DeviceDel returns then, and a DeviceAdd of the same id waits for the
-// DEVICE_DELETED.
-func TestDeviceDelReturnsWhenGoneFromTree(t *testing.T) {
-	var polls atomic.Int32
-	added := make(chan time.Time, 1)
-	var deletedAt time.Time
-	c := startFake(t, func(f *fakeMon) {
-		reqs := serveTree(f, "nic1", func() bool { return polls.Add(1) < 3 })
+// finalizingFake is a monitor on which nic1 leaves the device tree at the
+// goneAt'th poll and sends its DEVICE_DELETED 100 ms after device_del's
+// reply, failing any command before that, and which then expects next.
+// reached, once the client has sent next, says when the DEVICE_DELETED
+// went out and when next came in.
+func finalizingFake(t *testing.T, goneAt int32, next string) (c *Client, polls *atomic.Int32, reached func() (deleted, at time.Time)) {
+	polls = new(atomic.Int32)
+	came := make(chan time.Time, 1)
+	var deleted time.Time
+	c = startFake(t, func(f *fakeMon) {
+		reqs := serveTree(f, "nic1", func() bool { return polls.Add(1) < goneAt })
 		req := <-reqs
 		f.reply(req.ID, struct{}{})
 		select {
@@ -451,15 +452,27 @@ func TestDeviceDelReturnsWhenGoneFromTree(t *testing.T) {
 			f.t.Errorf("%s before nic1's DEVICE_DELETED", req.Execute)
 		case <-time.After(100 * time.Millisecond):
 		}
-		deletedAt = time.Now()
+		deleted = time.Now()
 		f.event("DEVICE_DELETED", map[string]any{"device": "nic1", "path": "/machine/peripheral/nic1"})
 		req = <-reqs
-		if req.Execute != "device_add" {
-			f.t.Errorf("got %s, want device_add", req.Execute)
+		if req.Execute != next {
+			f.t.Errorf("got %s, want %s", req.Execute, next)
 		}
-		added <- time.Now()
+		came <- time.Now()
 		f.reply(req.ID, struct{}{})
 	})
+	return c, polls, func() (time.Time, time.Time) {
+		at := <-came
+		return deleted, at
+	}
+}
+
+// QEMU finalizes an unplugged device (and emits DEVICE_DELETED) only after
+// its RCU callbacks; the device leaves the tree at the guest's eject.
+// DeviceDel returns then, and a DeviceAdd of the same id waits for the
+// DEVICE_DELETED.
+func TestDeviceDelReturnsWhenGoneFromTree(t *testing.T) {
+	c, polls, reached := finalizingFake(t, 3, "device_add")
 	ctx := testCtx(t, 5*time.Second)
 	if err := c.DeviceDel(ctx, "nic1"); err != nil {
 		t.Fatal(err)
@@ -470,7 +483,7 @@ func TestDeviceDelReturnsWhenGoneFromTree(t *testing.T) {
 	if err := c.DeviceAdd(ctx, "vmxnet3", "nic1", nil); err != nil {
 		t.Fatal(err)
 	}
-	if at := <-added; at.Before(deletedAt) {
+	if deleted, at := reached(); at.Before(deleted) {
 		t.Error("device_add reached QEMU before the earlier nic1's DEVICE_DELETED")
 	}
 }
@@ -478,27 +491,7 @@ func TestDeviceDelReturnsWhenGoneFromTree(t *testing.T) {
 // A migration waits for every device DeviceDel returned for to be
 // finalized: QEMU 10 hung in a precopy started while one was pending.
 func TestMigrateWaitsForFinalizing(t *testing.T) {
-	var polls atomic.Int32
-	var deletedAt time.Time
-	migrated := make(chan time.Time, 1)
-	c := startFake(t, func(f *fakeMon) {
-		reqs := serveTree(f, "nic1", func() bool { return polls.Add(1) < 2 })
-		req := <-reqs
-		f.reply(req.ID, struct{}{})
-		select {
-		case req := <-reqs:
-			f.t.Errorf("%s before nic1's DEVICE_DELETED", req.Execute)
-		case <-time.After(100 * time.Millisecond):
-		}
-		deletedAt = time.Now()
-		f.event("DEVICE_DELETED", map[string]any{"device": "nic1", "path": "/machine/peripheral/nic1"})
-		req = <-reqs
-		if req.Execute != "migrate" {
-			f.t.Errorf("got %s, want migrate", req.Execute)
-		}
-		migrated <- time.Now()
-		f.reply(req.ID, struct{}{})
-	})
+	c, _, reached := finalizingFake(t, 2, "migrate")
 	ctx := testCtx(t, 5*time.Second)
 	if err := c.DeviceDel(ctx, "nic1"); err != nil {
 		t.Fatal(err)
@@ -506,7 +499,7 @@ func TestMigrateWaitsForFinalizing(t *testing.T) {
 	if err := c.Migrate(ctx, "fd:state"); err != nil {
 		t.Fatal(err)
 	}
-	if at := <-migrated; at.Before(deletedAt) {
+	if deleted, at := reached(); at.Before(deleted) {
 		t.Error("migrate reached QEMU before nic1's DEVICE_DELETED")
 	}
 }
