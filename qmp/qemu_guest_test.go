@@ -70,6 +70,32 @@ func TestQEMUDeviceDelReturnsAtTheGuestsEject(t *testing.T) {
 		t.Error("DeviceDel returned after DEVICE_DELETED in every round: it waited for QEMU's finalization")
 	}
 	t.Logf("%d of 3 DeviceDel calls returned before DEVICE_DELETED", early)
+	migrateAfterUnplug(t, ctx, c)
+}
+
+// migrateAfterUnplug unplugs nic0 and migrates at once: the migration
+// starts (its first MIGRATION event) only after nic0's DEVICE_DELETED.
+func migrateAfterUnplug(t *testing.T, ctx context.Context, c *Client) {
+	time.Sleep(2 * time.Second)
+	if err := c.MigrateSetCapabilities(ctx, map[string]bool{"events": true}); err != nil {
+		t.Fatal(err)
+	}
+	order, cancel := c.Subscribe("DEVICE_DELETED", "MIGRATION")
+	defer cancel()
+	if err := c.DeviceDel(ctx, "nic0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Migrate(ctx, "exec:cat > /dev/null"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-order:
+		if ev.Event != "DEVICE_DELETED" {
+			t.Errorf("%s %v came before nic0's DEVICE_DELETED: the migration started while QEMU finalized it", ev.Event, ev.Data)
+		}
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
 }
 
 // waitSerial waits until the guest's console log holds marker.
