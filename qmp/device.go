@@ -3,6 +3,7 @@ package qmp
 import (
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	goqmp "github.com/digitalocean/go-qemu/qmp"
@@ -160,10 +161,7 @@ func (c *Client) awaitFinalized(ctx context.Context, id string) error {
 // returned for is being finalized.
 func (c *Client) awaitAllFinalized(ctx context.Context) error {
 	c.mu.Lock()
-	fins := make(map[string]chan struct{}, len(c.finalizing))
-	for id, fin := range c.finalizing {
-		fins[id] = fin
-	}
+	fins := maps.Clone(c.finalizing)
 	c.mu.Unlock()
 	for id, fin := range fins {
 		select {
