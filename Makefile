@@ -70,8 +70,9 @@ demo-vm: guest build
 	@scripts/demo-vm
 
 # Every benchmark on the QEMU the suite runs ($$SYMVIRT_QEMU, else Debian's),
-# then, where build/qemu10 is there (make qemu10), the live checkpoint's on
-# QEMU 10 (bench-qemu10): each line says its QEMU ("qemu").
+# then, where build/qemu10 is there (make qemu10), the live checkpoint's and
+# the operations' against plain QEMU on QEMU 10 (bench-qemu10): each line
+# says its QEMU ("qemu").
 bench: guest build
 	@SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 90m -run '^(TestBench|TestDependencyAware)' -v ./... | $(call bench_lines,$${SYMVIRT_QEMU:-qemu-system-x86_64}) || (echo "bench failed" >&2; exit 1)
 	@if [ -x $(QEMU10) ]; then $(MAKE) --no-print-directory bench-qemu10; fi

@@ -160,15 +160,21 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 	a, _ := benchHostConfig(t, "1", phases.handler(), onShm)
 	b, sockB := benchHostConfig(t, "2", phases.handler(), onShm)
 	plain := map[string][]benchSample{}
+	plainUnplug := map[string][]benchSample{} // the same, a script's unplug and plug around each
 	ours := map[string][]benchSample{}
 	rounds := benchEnvInt("SYMVIRT_BENCH_OPS_ROUNDS", benchRounds, 1) // e.g. 1 while iterating on one phase
 	for round := range rounds {
 		rams := benchRAMs()
 		settle(a, b)
-		base := plainBaseline(ctx, t, a, mem, benchGuest{kernel: kernel, initrd: initrd})
+		g := benchGuest{kernel: kernel, initrd: initrd}
+		base := plainBaseline(ctx, t, a, mem, g)
+		baseUnplug := plainBaselineUnplug(ctx, t, a, mem, g)
 		for _, r := range rams {
 			for op, d := range base {
 				plain[op+r.suffix] = append(plain[op+r.suffix], benchSample{took: d})
+			}
+			for op, d := range baseUnplug {
+				plainUnplug[op+r.suffix] = append(plainUnplug[op+r.suffix], benchSample{took: d})
 			}
 		}
 		for i, r := range rams {
@@ -187,15 +193,9 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 		m := s.extra
 		m["bench"], m["memory_mib"], m["seconds"], m["rounds"] = bench, int(mem), s.took.Seconds(), len(ours[bench])
 		m["rounds_seconds"] = roundSeconds(ours[bench])
-		if p, ok := plain[bench]; ok {
-			base := median(p).took
-			m["plain_qemu_seconds"], m["ratio_vs_plain_qemu"] = base.Seconds(), s.took.Seconds()/base.Seconds()
-			m["plain_qemu_rounds_seconds"] = roundSeconds(p)
-			if ps, ok := plain[strings.Replace(bench, "checkpoint", "checkpoint_synced", 1)]; ok && strings.HasPrefix(bench, "checkpoint") {
-				synced := median(ps).took
-				m["plain_qemu_synced_seconds"], m["ratio_vs_plain_qemu_synced"] = synced.Seconds(), s.took.Seconds()/synced.Seconds()
-				m["plain_qemu_synced_rounds_seconds"] = roundSeconds(ps)
-			}
+		if _, ok := plain[bench]; ok {
+			addBaseline(m, "plain_qemu", bench, s, plain)
+			addBaseline(m, "plain_qemu_unplug", bench, s, plainUnplug)
 			m["phases_seconds"] = s.phases
 			if slow := slowest(ours[bench]); slow.took > s.took*3/2 {
 				m["slowest_round_phases_seconds"] = slow.phases // an outlier's breakdown beside the median's
@@ -205,6 +205,23 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 			}
 		}
 		emit(m)
+	}
+}
+
+// addBaseline puts into m a baseline's median for bench (name_seconds),
+// its rounds and s's ratio to it (ratio_vs_name), and for a checkpoint
+// the same against the baseline's synced checkpoint (name_synced_...).
+func addBaseline(m map[string]any, name, bench string, s benchSample, base map[string][]benchSample) {
+	add := func(name string, p []benchSample) {
+		d := median(p).took
+		m[name+"_seconds"], m["ratio_vs_"+name] = d.Seconds(), s.took.Seconds()/d.Seconds()
+		m[name+"_rounds_seconds"] = roundSeconds(p)
+	}
+	if p, ok := base[bench]; ok {
+		add(name, p)
+	}
+	if p, ok := base[strings.Replace(bench, "checkpoint", "checkpoint_synced", 1)]; ok && strings.HasPrefix(bench, "checkpoint") {
+		add(name+"_synced", p)
 	}
 }
 

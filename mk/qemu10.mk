@@ -10,9 +10,11 @@
 #                      QEMU 10: live modes, sandboxing, migration, disks);
 #                      make test-qemu10-all runs every test of qmp, hostd
 #                      and coord there (about 25 minutes more)
-#   make bench-qemu10  the live checkpoint's benchmarks on it (BENCH_LIVE;
-#                      make bench runs them too when build/qemu10 is there)
-#                      and the multifd migration's (BENCH_QEMU10)
+#   make bench-qemu10  the live checkpoint's benchmarks on it (BENCH_LIVE),
+#                      checkpoint, restore and migration against plain QEMU
+#                      (BENCH_OPS) and the multifd migration's
+#                      (BENCH_QEMU10); make bench runs them too when
+#                      build/qemu10 is there
 #
 # SYMVIRT_QEMU names the QEMU binary for the whole suite (hostd's --qemu
 # default, internal/testguest.Qemu): make test-qemu10 sets it to
@@ -24,6 +26,7 @@ QEMU10_HOSTD_E2E := TestCheckpointRestoreContinuesCounter|TestLiveCheckpointRest
 QEMU10_COORD_E2E := TestConsolidateServicesLive|TestLiveJobCutIsConsistent|TestLiveCheckpointFallsBackWhereRefused|TestLivePrecopyJobFencesEachVMAtItsPoint|TestEvacuateDownHostRestartsFromCheckpoint
 
 BENCH_LIVE := TestBenchLiveCheckpoint|TestBenchPrecopyImage|TestBenchJobCheckpoint|TestBenchJobNetworkGap
+BENCH_OPS := TestBenchOps
 # Benchmarks of what only QEMU 9 and later do (make bench-qemu10 only).
 BENCH_QEMU10 := TestBenchMigrateMultifd
 
@@ -41,4 +44,4 @@ test-qemu10-all: qemu10 guest libsymvirt
 	SYMVIRT_QEMU=$(QEMU10) SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 40m $(QEMU10_PKGS)
 
 bench-qemu10: qemu10 guest build
-	@SYMVIRT_QEMU=$(QEMU10) SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 60m -run '^($(BENCH_LIVE)|$(BENCH_QEMU10))$$' -v ./hostd/ ./coord/ | $(call bench_lines,$(QEMU10)) || (echo "bench on QEMU 10 failed" >&2; exit 1)
+	@SYMVIRT_QEMU=$(QEMU10) SYMVIRT_BENCH=1 SYMVIRT_REQUIRE_QEMU=1 $(GO) test -p 1 -count=1 -timeout 90m -run '^($(BENCH_LIVE)|$(BENCH_OPS)|$(BENCH_QEMU10))$$' -v ./hostd/ ./coord/ | $(call bench_lines,$(QEMU10)) || (echo "bench on QEMU 10 failed" >&2; exit 1)
