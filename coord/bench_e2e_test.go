@@ -15,6 +15,7 @@ import (
 	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/coord/machine"
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/pausewatch"
 	"github.com/symvirt/symvirt/internal/testguest"
 	"golang.org/x/sys/unix"
@@ -44,7 +45,7 @@ func TestBenchJobCheckpoint(t *testing.T) {
 		}
 		jobCk := time.Since(start)
 		seqCk, jobRestart, seqRestart := b.baseline(res.CheckpointID)
-		line, _ := json.Marshal(map[string]any{"bench": "job_checkpoint_restart", "vms": n, "memory_mib": 256,
+		benchline.Print(map[string]any{"bench": "job_checkpoint_restart", "vms": n, "memory_mib": 256,
 			"job_checkpoint_seconds": jobCk.Seconds(), "sequential_checkpoint_seconds": seqCk.Seconds(),
 			"checkpoint_ratio_sequential_over_job": seqCk.Seconds() / jobCk.Seconds(),
 			"job_restart_seconds":                  jobRestart.Seconds(), "sequential_restore_seconds": seqRestart.Seconds(),
@@ -62,7 +63,6 @@ func TestBenchJobCheckpoint(t *testing.T) {
 			"stop_and_save_checkpoint_seconds":    pauses.whole["--live=false"].Seconds(),
 			"live_checkpoint_seconds":             pauses.whole["--live=true"].Seconds(),
 			"pause_ratio_stop_over_live":          pauses.pause["--live=false"].Seconds() / pauses.atCut.Seconds()})
-		fmt.Println(string(line))
 		c.killAll(b.job)
 	}
 }
@@ -191,16 +191,6 @@ type benchPauses struct {
 	vcpuWait time.Duration
 }
 
-// gapAround is m's gap around instant t (as GapMonitor.At).
-func gapAround(m *pausewatch.GapMonitor, t time.Time) (pausewatch.Gap, bool) {
-	for _, g := range m.Longest(1 << 20) {
-		if !t.Before(g.From.Add(-time.Millisecond)) && !t.After(g.To.Add(time.Millisecond)) {
-			return g, true
-		}
-	}
-	return pausewatch.Gap{}, false
-}
-
 // pauses checkpoints the job stop-and-save, then live, and measures both.
 func (b *jobBench) pauses() benchPauses {
 	p := benchPauses{pause: map[string]time.Duration{}, whole: map[string]time.Duration{},
@@ -260,7 +250,7 @@ func (b *jobBench) points(p *benchPauses, id string, mons map[string]*pausewatch
 			b.t.Logf("%s: its vCPU from the point's start to its RESUME ran %.1f ms, waited for a core %.1f ms", v.Name, ms(run), ms(wait))
 			p.vcpuWait = max(p.vcpuWait, wait)
 		}
-		if g, ok := gapAround(mons[v.Name], v.SnapshotAt); ok {
+		if g, ok := mons[v.Name].GapAt(v.SnapshotAt); ok {
 			before, after := v.SnapshotAt.Add(-v.Pause).Sub(g.From), g.To.Sub(v.SnapshotAt)
 			p.beforeStop, p.afterResume = max(p.beforeStop, before), max(p.afterResume, after)
 			b.t.Logf("%s: gap at its point %.1f ms: %.1f ms before QEMU's STOP, %.1f ms after its RESUME", v.Name,

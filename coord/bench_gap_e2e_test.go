@@ -13,6 +13,7 @@ import (
 
 	"github.com/symvirt/symvirt/coord"
 	"github.com/symvirt/symvirt/coord/machine"
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testenv"
 )
 
@@ -90,8 +91,7 @@ func benchJobNetworkGap(t *testing.T, path string) {
 		line := c.gapRound(p, addrs, "--network-fence", r.scope)
 		line["bench"], line["vms"], line["memory_mib"], line["live_mode"], line["round"] = "job_network_gap", 2, 1024, mode, r.round
 		line["path"], line["network_fence"] = path, r.scope
-		b, _ := json.Marshal(line)
-		fmt.Println(string(b))
+		benchline.Print(line)
 	}
 }
 

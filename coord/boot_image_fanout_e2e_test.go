@@ -2,13 +2,14 @@ package coord_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/symvirt/symvirt/internal/benchline"
 )
 
 // TestImageFanoutBoot boots 8 VMs of a 1 GiB image on 4 hosts without
@@ -60,10 +61,9 @@ func (ic *imageCluster) fanoutVsCopy() {
 	t.Logf("8 VMs on 4 hosts, time to all ready: fan-out %s, copy the image to each host first %s (%.2fx)",
 		fan.Round(time.Millisecond), cp.Round(time.Millisecond), float64(cp)/float64(fan))
 	if os.Getenv("SYMVIRT_BENCH") == "1" {
-		line, _ := json.Marshal(map[string]any{"bench": "image_fanout", "vms": 8, "hosts": 4, "image_gib": 1,
+		benchline.Print(map[string]any{"bench": "image_fanout", "vms": 8, "hosts": 4, "image_gib": 1,
 			"data_mib": imgData >> 20, "fanout_seconds": fan.Seconds(), "copy_first_seconds": cp.Seconds(),
 			"copy_first_vs_fanout": float64(cp) / float64(fan)})
-		fmt.Println(string(line))
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/coord"
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testetcd"
 )
@@ -59,10 +60,9 @@ func TestBenchHAFailover(t *testing.T) {
 		reps[i].Start()
 	}
 	slices.Sort(took)
-	line, _ := json.Marshal(map[string]any{"bench": "coord_failover", "trials": len(took), "etcd_ttl": ttl,
+	benchline.Print(map[string]any{"bench": "coord_failover", "trials": len(took), "etcd_ttl": ttl,
 		"failover_median_seconds": took[len(took)/2].Seconds(), "failover_max_seconds": took[len(took)-1].Seconds(),
 		"failover_min_seconds": took[0].Seconds()})
-	fmt.Println(string(line))
 }
 
 // haLeader asks the replica list who leads.

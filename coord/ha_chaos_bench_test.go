@@ -1,7 +1,6 @@
 package coord_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -9,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testetcd"
 )
@@ -53,11 +53,10 @@ func TestBenchHAFailoverFirstStep(t *testing.T) {
 		ch.heal()
 		ch.final() // the recovered checkpoint ends before the next trial
 	}
-	line, _ := json.Marshal(map[string]any{"bench": "coord_failover_first_step", "trials": len(ch.firstStep),
+	benchline.Print(map[string]any{"bench": "coord_failover_first_step", "trials": len(ch.firstStep),
 		"etcd_ttl": "1s", "first_step_median_seconds": median(ch.firstStep).Seconds(),
 		"first_step_max_seconds": slices.Max(ch.firstStep).Seconds(),
 		"api_median_seconds":     median(ch.failover).Seconds(), "api_max_seconds": slices.Max(ch.failover).Seconds()})
-	fmt.Println(string(line))
 	logDurations(t, "kill -9 to the new leader's first step", ch.firstStep)
 	logDurations(t, "kill -9 to the new leader's API answer", ch.failover)
 }

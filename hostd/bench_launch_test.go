@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -74,6 +75,6 @@ func benchLaunch(t *testing.T, kernel, initrd string, mem Size) {
 		out["bench"], out["memory_mib"], out["seconds"], out["rounds"] = bench, int(mem), m.took.Seconds(), len(s)
 		out["plain_qemu_seconds"], out["ratio_vs_plain_qemu"] = base.Seconds(), m.took.Seconds()/base.Seconds()
 		out["phases_seconds"] = m.phases
-		emit(out)
+		benchline.Print(out)
 	}
 }

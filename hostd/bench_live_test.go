@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/pausewatch"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -104,7 +105,7 @@ func TestBenchLiveCheckpoint(t *testing.T) {
 		if huge {
 			line["pause_ratio_stop_over_live_hugepages"] = line["stop_guest_pause_seconds"].(float64) / line["live_hugepages_guest_pause_seconds"].(float64)
 		}
-		emit(line)
+		benchline.Print(line)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/symvirt/symvirt/hostd/qemu"
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -87,7 +88,7 @@ func benchMultifd(t *testing.T, kernel, initrd string, mem Size) {
 		out["bench"], out["memory_mib"], out["seconds"], out["rounds"] = bench, int(mem), m.took.Seconds(), len(s)
 		out["plain_qemu_seconds"], out["ratio_vs_plain_qemu"] = base.Seconds(), m.took.Seconds()/base.Seconds()
 		out["phases_seconds"] = m.phases
-		emit(out)
+		benchline.Print(out)
 	}
 }
 

@@ -3,7 +3,6 @@ package hostd
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/symvirt/symvirt/hostd/qemu"
 	"github.com/symvirt/symvirt/hostd/snapshot"
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -45,11 +45,6 @@ func TestBenchOps(t *testing.T) {
 		// gone before the next size's start.
 		t.Run(fmt.Sprintf("%dMiB", mem), func(t *testing.T) { benchSize(t, kernel, initrd, Size(mem)) })
 	}
-}
-
-func emit(v map[string]any) {
-	data, _ := json.Marshal(v)
-	fmt.Println(string(data))
 }
 
 // benchHost starts a hostd in-process; liveMode, if given, is its
@@ -204,7 +199,7 @@ func benchSize(t *testing.T, kernel, initrd string, mem Size) {
 				m["phases_unattributed_seconds"] = rest
 			}
 		}
-		emit(m)
+		benchline.Print(m)
 	}
 }
 
@@ -499,7 +494,7 @@ func benchWarmCold(t *testing.T, kernel, initrd string, mem Size, n int) {
 		coldMax = max(coldMax, r.down)
 	}
 	coldHost := time.Since(start)
-	emit(map[string]any{"bench": "rejuvenate_vs_cold", "memory_mib": int(mem), "vms": n,
+	benchline.Print(map[string]any{"bench": "rejuvenate_vs_cold", "memory_mib": int(mem), "vms": n,
 		"warm_downtime_max_seconds": warmMax.Seconds(), "warm_downtime_worst_of_5_seconds": warmMaxes[4].Seconds(), "cold_downtime_max_seconds": coldMax.Seconds(),
 		"warm_host_seconds": warmHost.Seconds(), "cold_host_seconds": coldHost.Seconds(),
 		"downtime_ratio_cold_over_warm": coldMax.Seconds() / warmMax.Seconds()})

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/pki"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
@@ -77,11 +78,11 @@ func benchMigrateTLS(t *testing.T, kernel, initrd string, mem Size, cert, key, c
 			at = a
 		}
 		times[on] = append(times[on], res.TotalTime.Seconds())
-		emit(map[string]any{"bench": "migrate_stream", "tls": on, "memory_mib": int(mem), "round": round,
+		benchline.Print(map[string]any{"bench": "migrate_stream", "tls": on, "memory_mib": int(mem), "round": round,
 			"seconds": res.Duration.Seconds(), "qemu_total_seconds": res.TotalTime.Seconds(), "bytes": res.Transferred})
 	}
 	median := func(s []float64) float64 { slices.Sort(s); return s[len(s)/2] }
-	emit(map[string]any{"bench": "migrate_tls_vs_plain", "memory_mib": int(mem),
+	benchline.Print(map[string]any{"bench": "migrate_tls_vs_plain", "memory_mib": int(mem),
 		"tls_median_seconds": median(times[true]), "plain_median_seconds": median(times[false]),
 		"ratio": median(times[true]) / median(times[false])})
 }

@@ -1,7 +1,6 @@
 package hostd_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd"
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/pausewatch"
 	"github.com/symvirt/symvirt/internal/testenv"
 	"github.com/symvirt/symvirt/internal/testguest"
@@ -69,7 +69,7 @@ func TestBenchCopyStorageVsLibvirt(t *testing.T) {
 		emitCopyStorage("libvirt", lv)
 	}
 	if side == "" {
-		emitJSON(map[string]any{"bench": "copy_storage_symvirt_vs_libvirt", "memory_mib": benchMemory,
+		benchline.Print(map[string]any{"bench": "copy_storage_symvirt_vs_libvirt", "memory_mib": benchMemory,
 			"total_ratio": sv.Total.Seconds() / lv.Total.Seconds(), "pause_ratio": sv.Pause.Seconds() / lv.Pause.Seconds()})
 	}
 }
@@ -81,7 +81,7 @@ func emitCopyStorage(side string, r copyStorageRun) {
 	for k, x := range r.Extra {
 		v[k] = x
 	}
-	emitJSON(v)
+	benchline.Print(v)
 }
 
 // pauses measures the guest's pauses over a migration on the host's clock:
@@ -117,11 +117,6 @@ func (p *pauses) end(t *testing.T) (time.Duration, map[string]any) {
 	}
 	return max(src, p.switchAt, dst), map[string]any{"source_longest_gap_ms": ms(src),
 		"switch_over_pause_ms": ms(p.switchAt), "destination_longest_gap_ms": ms(dst)}
-}
-
-func emitJSON(v map[string]any) {
-	data, _ := json.Marshal(v)
-	fmt.Println(string(data))
 }
 
 // patternDisk creates the 2 GiB sparse qcow2 at path with the preload.

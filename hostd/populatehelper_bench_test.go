@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testguest"
 	"golang.org/x/sys/unix"
 )
@@ -32,7 +33,7 @@ func TestBenchPopulateStall(t *testing.T) {
 		line[way.name+"_worst_seconds"], line[way.name+"_calls"] = worst.Seconds(), calls
 		t.Logf("%s: longest mmap+munmap %v, %d calls in %v", way.name, worst, calls, window)
 	}
-	emit(line)
+	benchline.Print(line)
 }
 
 // populateOnLowestThread is the baseline: the populate on a thread of this

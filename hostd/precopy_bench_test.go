@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -95,7 +96,7 @@ func TestBenchPrecopyImage(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 	}
 	// h runs live_mode auto: its choice is the default this QEMU gets.
-	emit(map[string]any{"bench": "precopy_image_vs_ram", "accel": h.cfg.Accel, "rounds": rounds,
+	benchline.Print(map[string]any{"bench": "precopy_image_vs_ram", "accel": h.cfg.Accel, "rounds": rounds,
 		"qemu": testguest.QemuVersion(t), "default_live_mode": h.cfg.LiveMode,
 		"rounds_differing": bad, "pages_differing_max": worst})
 }

@@ -1,10 +1,11 @@
 package machine
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"testing"
+
+	"github.com/symvirt/symvirt/internal/benchline"
 )
 
 // BenchmarkCheckpoint1000VMs drives one checkpoint of 1,000 simulated VMs
@@ -50,8 +51,7 @@ func TestBenchControlPlane(t *testing.T) {
 		t.Skip("benchmark: run with make bench")
 	}
 	r := testing.Benchmark(BenchmarkCheckpoint1000VMs)
-	line, _ := json.Marshal(map[string]any{"bench": "coord_checkpoint_round", "vms": 1000, "hosts": 100,
+	benchline.Print(map[string]any{"bench": "coord_checkpoint_round", "vms": 1000, "hosts": 100,
 		"seconds_per_round": float64(r.NsPerOp()) / 1e9, "rounds": r.N,
 		"actions_per_round": r.Extra["actions/op"], "allocs_per_round": r.AllocsPerOp()})
-	fmt.Println(string(line))
 }

@@ -2,7 +2,6 @@ package snapshot
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"runtime"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/symvirt/symvirt/hostd/manifest"
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/internal/testguest"
 )
 
@@ -50,8 +50,7 @@ func TestBenchHashGCStall(t *testing.T) {
 		line[way.name+"_worst_alloc_seconds"], line[way.name+"_worst_gc_pause_seconds"] = alloc.Seconds(), gc.Seconds()
 		t.Logf("%s: longest allocation %v, longest GC pause %v", way.name, alloc, gc)
 	}
-	data, _ := json.Marshal(line)
-	fmt.Println(string(data))
+	benchline.Print(line)
 }
 
 // gcStall runs hash over and over for window under busy loops and

@@ -26,7 +26,7 @@ import (
 type GapMonitor struct {
 	stop chan struct{}
 	done chan struct{}
-	gaps []Gap // longer than a few ticks
+	gaps []Gap // every one: At must find a pause shorter than a few ticks too
 	max  time.Duration
 }
 
@@ -46,9 +46,7 @@ func WatchGaps(path string) *GapMonitor {
 	grew := func(now time.Time) {
 		g := Gap{last, now}
 		m.max = max(m.max, g.Len())
-		if g.Len() > 3*time.Millisecond {
-			m.gaps = append(m.gaps, g)
-		}
+		m.gaps = append(m.gaps, g)
 		last = now
 	}
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
@@ -118,16 +116,26 @@ func (m *GapMonitor) Longest(n int) []Gap {
 	return g[:min(n, len(g))]
 }
 
-// At returns the gap around instant t (after End), 0 if the file grew
-// steadily then: the guest-visible pause at a known event.
+// At returns the length of the gap around instant t (after End), the
+// guest-visible pause at a known event: GapAt's, 0 for a t outside the
+// watch.
 func (m *GapMonitor) At(t time.Time) time.Duration {
-	const slack = time.Millisecond // the clocks of two processes, polling
-	for _, g := range m.gaps {
-		if !t.Before(g.From.Add(-slack)) && !t.After(g.To.Add(slack)) {
-			return g.Len()
+	g, _ := m.GapAt(t)
+	return g.Len()
+}
+
+// GapAt returns the gap around instant t (after End): the time between the
+// file's last growth before t and its first after, however short; of the
+// gaps within a millisecond of t (the clocks of two processes, polling),
+// the longest. ok is false for a t outside the watch.
+func (m *GapMonitor) GapAt(t time.Time) (g Gap, ok bool) {
+	const slack = time.Millisecond
+	for _, c := range m.gaps {
+		if !t.Before(c.From.Add(-slack)) && !t.After(c.To.Add(slack)) && (!ok || c.Len() > g.Len()) {
+			g, ok = c, true
 		}
 	}
-	return 0
+	return g, ok
 }
 
 // TickScript runs the guest-side timestamp loop (examples/tick, installed

@@ -1,14 +1,13 @@
 package pmpi_test
 
 import (
-	"encoding/json"
-	"fmt"
 	"os"
 	"regexp"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/symvirt/symvirt/internal/benchline"
 	"github.com/symvirt/symvirt/libsymvirt/pmpi/mpitest"
 )
 
@@ -56,6 +55,5 @@ func TestBenchPMPIOverhead(t *testing.T) {
 	for name, s := range best {
 		out[name+"_ns_per_allreduce"] = int64(s / iters * float64(time.Second))
 	}
-	b, _ := json.Marshal(out)
-	fmt.Println(string(b))
+	benchline.Print(out)
 }
