@@ -234,8 +234,8 @@ func TestLiveCheckpointFallsBackWhereRefused(t *testing.T) {
 // the arm and is held at its switchover until the point step: no VM's
 // copy is released before every VM's first pass is over. The job's
 // connection carries on. (Not restored here: under TCG, QEMU 7.2's precopy
-// images were seen to miss guest writes, see hostd's TestBenchPrecopyImage,
-// which is why TCG hosts default to snapshot.)
+// loses guest writes, see hostd's TestPrecopyImageExactWhereAutoTakesIt,
+// which is why TCG hosts on 7.2 default to snapshot.)
 func TestLivePrecopyJobFencesEachVMAtItsPoint(t *testing.T) {
 	major, _, _ := strings.Cut(testguest.QemuVersion(t), ".")
 	n, _ := strconv.Atoi(major)

@@ -84,8 +84,8 @@ type Config struct {
 	// (copied while it runs, paused for its last pages), "snapshot"
 	// (QEMU's background-snapshot), or "auto" (the default): precopy
 	// under KVM, and under TCG with QEMU 10.0 or later; snapshot under
-	// TCG with older ones, where QEMU 7.2's precopy images were seen to
-	// miss guest writes (precopy_image_vs_ram; qemuversion.go).
+	// TCG with older ones, where QEMU 7.2's precopy loses guest writes
+	// (TestPrecopyImageExactWhereAutoTakesIt; qemuversion.go).
 	LiveMode string `yaml:"live_mode"`
 	// LivePointRealtime runs a VM's QEMU threads under SCHED_RR (the
 	// lowest priority) from the start of a precopy's snapshot point until

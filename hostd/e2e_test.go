@@ -735,9 +735,9 @@ func TestLiveCheckpointWithDiskIsConsistent(t *testing.T) {
 // live checkpoint's 5 ms pause. After its passes hostd allows it a longer
 // pause, doubling, so the checkpoint completes instead of copying for
 // ever. (Its restore is not tested here: under TCG, QEMU
-// 7.2's precopy images were seen to miss guest writes, see
-// TestBenchPrecopyImage, which is why live_mode defaults to snapshot on a
-// TCG host.)
+// 7.2's precopy loses guest writes, see
+// TestPrecopyImageExactWhereAutoTakesIt, which is why live_mode defaults
+// to snapshot on a TCG host with QEMU 7.2.)
 func TestLiveCheckpointConvergesForAFastDirtier(t *testing.T) {
 	h := testenv.StartHostd(t, "a", nil, "", "live_mode: precopy\n")
 	c := h.Client()

@@ -10,8 +10,8 @@
 // takes a Background snapshot: QEMU saves the devices, write-protects the
 // guest's RAM (16-45 ms for 2 GiB here) and runs it while its memory, as
 // it was, streams on, each first write of the guest to a page waiting for
-// the stream. Not precopy under TCG: QEMU 7.2's TCG dirty tracking lets
-// writes escape it (hostd's TestBenchPrecopyImage).
+// the stream. Not precopy under TCG on QEMU 7.2: its dirty tracking there
+// loses writes (hostd's TestPrecopyImageExactWhereAutoTakesIt).
 //
 // A job's precopy starts at its arm (Copy): QEMU copies the VM's RAM once,
 // then copies on what the guest dirties, its switchover held until the
