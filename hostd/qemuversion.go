@@ -23,6 +23,10 @@ func (h *Host) checkQEMU() error {
 	if h.cfg.liveAuto && h.cfg.Accel == "tcg" && v.QEMU.Major >= exactTCGPrecopyMajor {
 		h.cfg.LiveMode = "precopy"
 	}
+	if h.cfg.Accel == "tcg" && v.QEMU.Major < exactTCGPrecopyMajor {
+		h.log.Warn("under TCG this QEMU's precopy can lose guest writes: a live migration (or a live checkpoint with live_mode precopy) can leave its copy of the guest corrupt; symvirt migrate --live=false moves a VM stopped",
+			"qemu", v.String(), "live_mode", h.cfg.LiveMode)
+	}
 	h.log.Info("live checkpoints", "live_mode", h.cfg.LiveMode, "auto", h.cfg.liveAuto, "point_realtime", *h.cfg.LivePointRealtime)
 	return nil
 }

@@ -1,7 +1,9 @@
 package hostd
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +40,26 @@ func TestLiveModeAutoFollowsQEMUVersion(t *testing.T) {
 			t.Errorf("QEMU %s, live_mode %q: %s, want %s", c.version, c.mode, h.cfg.LiveMode, c.want)
 		}
 		h.Close()
+	}
+}
+
+// Under TCG, hostd on a QEMU whose precopy loses guest writes says so at
+// start (live migrations are precopies); on QEMU 10, or under KVM, not.
+func TestHostdWarnsOfLossyTCGPrecopy(t *testing.T) {
+	for _, c := range []struct {
+		version, accel string
+		warn           bool
+	}{{"7.2.22", "tcg", true}, {"10.0.2", "tcg", false}, {"7.2.22", "kvm", false}} {
+		var log bytes.Buffer
+		h, err := New(Config{StateDir: t.TempDir(), QEMU: fakeQEMU(t, c.version), Accel: c.accel,
+			Logger: slog.New(slog.NewTextHandler(&log, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Close()
+		if got := strings.Contains(log.String(), "precopy can lose guest writes"); got != c.warn {
+			t.Errorf("QEMU %s under %s: warned %v, want %v:\n%s", c.version, c.accel, got, c.warn, log.String())
+		}
 	}
 }
 
