@@ -31,7 +31,7 @@ func TestPrecopyImageExactWhereAutoTakesIt(t *testing.T) {
 		})
 		return
 	}
-	// Each round loses writes with a probability of about 0.9 on QEMU 7.2.
+	// On QEMU 7.2 most rounds lose writes (README, live_mode).
 	const rounds = 20
 	lost := -1
 	precopyImageRounds(t, h, vm, rounds, func(round, differ int) bool {
